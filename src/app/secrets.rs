@@ -1,0 +1,191 @@
+//! Secrets: the master key, session-link tokens, API keys and admin tokens.
+//!
+//! Invariants: no secret is written to the log or a log line; API keys and admin tokens are
+//! kept as SHA-256 hashes and compared in constant time; session tokens are
+//! `base64url(HMAC-SHA256(link key, session id))` — 256 bits no one can compute without the
+//! master key, reproducible by the server (so an idempotent retry gets the same URL), stored
+//! nowhere, and never equal to the session id.
+
+use crate::core::{SecretHash, SessionId};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("master key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+}
+
+/// Hex SHA-256 of a secret string.
+pub fn hash_secret(secret: &str) -> SecretHash {
+    SecretHash(hex::encode(Sha256::digest(secret.as_bytes())))
+}
+
+/// Constant-time equality of two hashes.
+pub fn hashes_equal(a: &SecretHash, b: &SecretHash) -> bool {
+    a.0.as_bytes().ct_eq(b.0.as_bytes()).into()
+}
+
+/// A new API key: `pgk_` + 32 random bytes, base64url.
+pub fn new_api_key(random: [u8; 32]) -> String {
+    format!("pgk_{}", URL_SAFE_NO_PAD.encode(random))
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// Keys derived from the master key.
+#[derive(Clone)]
+pub struct Keys {
+    link_key: [u8; 32],
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}
+
+impl Keys {
+    pub fn from_master(master: &[u8; 32]) -> Keys {
+        Keys {
+            link_key: hmac(master, &[b"palmgate session link v1"]),
+        }
+    }
+
+    /// The URL token of a session.
+    pub fn session_token(&self, id: SessionId) -> String {
+        URL_SAFE_NO_PAD.encode(hmac(&self.link_key, &[id.0.as_bytes()]))
+    }
+
+    /// Loads the master key from `hex_override`, or from `path`, creating the file (mode 0600)
+    /// with `fresh` if it does not exist.
+    pub fn load_or_create(
+        path: &Path,
+        hex_override: Option<&str>,
+        fresh: [u8; 32],
+    ) -> Result<Keys, SecretsError> {
+        let err = |reason: String| SecretsError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(h) = hex_override {
+            let bytes = hex::decode(h.trim()).map_err(|e| err(format!("override: {e}")))?;
+            let key: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| err("override must be 32 bytes".into()))?;
+            return Ok(Keys::from_master(&key));
+        }
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let bytes = hex::decode(text.trim()).map_err(|e| err(format!("not hex: {e}")))?;
+                let key: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| err("must hold 64 hex characters".into()))?;
+                Ok(Keys::from_master(&key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+                }
+                write_private(path, format!("{}\n", hex::encode(fresh)).as_bytes())
+                    .map_err(|e| err(e.to_string()))?;
+                tracing::info!(path = %path.display(), "generated a new master key (mode 0600)");
+                Ok(Keys::from_master(&fresh))
+            }
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// The admin bearer token, held as its hash.
+#[derive(Clone, Debug)]
+pub struct AdminToken(Option<SecretHash>);
+
+impl AdminToken {
+    pub fn new(token: &str, token_sha256: &str) -> AdminToken {
+        if !token_sha256.is_empty() {
+            AdminToken(Some(SecretHash(token_sha256.to_lowercase())))
+        } else if !token.is_empty() {
+            AdminToken(Some(hash_secret(token)))
+        } else {
+            AdminToken(None)
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub fn verify(&self, presented: &str) -> bool {
+        match &self.0 {
+            Some(h) => hashes_equal(h, &hash_secret(presented)),
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_stable_and_not_the_id() {
+        let keys = Keys::from_master(&[7; 32]);
+        let id = SessionId::from_random([1; 16]);
+        let t = keys.session_token(id);
+        assert_eq!(t, keys.session_token(id));
+        assert_eq!(t.len(), 43);
+        assert!(!t.contains(&id.to_string()));
+        assert_ne!(t, Keys::from_master(&[8; 32]).session_token(id));
+    }
+
+    #[test]
+    fn admin_token_compares_hashes() {
+        let a = AdminToken::new("s3cret", "");
+        assert!(a.verify("s3cret"));
+        assert!(!a.verify("s3cre"));
+        assert!(!AdminToken::new("", "").verify(""));
+    }
+
+    #[test]
+    fn key_file_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k/master.key");
+        let a = Keys::load_or_create(&p, None, [3; 32]).unwrap();
+        let b = Keys::load_or_create(&p, None, [4; 32]).unwrap();
+        let id = SessionId::from_random([9; 16]);
+        assert_eq!(a.session_token(id), b.session_token(id));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

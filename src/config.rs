@@ -1,0 +1,469 @@
+//! Layered configuration: embedded defaults → file → `PALMGATE_*` environment, validated into
+//! typed values.
+//!
+//! Invariant: a config that reaches the server is whole and valid; every error names the key
+//! and where its value came from (the defaults, the file, or an environment variable).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::{Table, Value};
+
+/// The commented defaults, compiled in.
+pub const DEFAULTS: &str = include_str!("../config/palmgate.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path} is not valid TOML: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("config key `{key}` (from {source_name}): {reason}")]
+    Key {
+        key: String,
+        source_name: String,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub site: PathBuf,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub secrets: SecretsConfig,
+    pub sessions: SessionsConfig,
+    pub mqtt: MqttConfig,
+    pub matching: MatchingConfig,
+    pub rate_limit: RateLimitConfig,
+    pub webhooks: WebhooksConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub master_key: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    #[serde(deserialize_with = "de_duration")]
+    pub ttl: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub topic_prefix: String,
+    pub url: Option<String>,
+    pub embedded: EmbeddedMqtt,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedMqtt {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchingConfig {
+    pub dim: usize,
+    pub threshold: f32,
+    pub min_quality: f32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub per_minute: u32,
+    pub unauthenticated_per_minute: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    pub allow_networks: Vec<ipnet::IpNet>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub token: String,
+    pub token_sha256: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let dur = humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?} ({e}); use e.g. \"15m\" or \"2s\""
+        ))
+    })?;
+    if dur.is_zero() {
+        return Err(serde::de::Error::custom(
+            "duration must be greater than zero",
+        ));
+    }
+    Ok(dur)
+}
+
+impl Config {
+    /// Defaults only (plus environment): what `palmgate` runs with when no file is given.
+    pub fn defaults() -> Config {
+        Self::load(None, &[]).expect("embedded defaults are valid")
+    }
+
+    /// Loads defaults, then `file` (if any), then the `PALMGATE_*` variables in `env`.
+    pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut merged: Table =
+            DEFAULTS
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: "<embedded defaults>".into(),
+                    reason: e.to_string(),
+                })?;
+        let mut sources: BTreeMap<String, String> = BTreeMap::new();
+        leaf_keys(&merged, "", &mut |k| {
+            sources.insert(k, "the embedded defaults".into());
+        });
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let table: Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            let name = path.display().to_string();
+            leaf_keys(&table, "", &mut |k| {
+                sources.insert(k, name.clone());
+            });
+            merge(&mut merged, table);
+        }
+        apply_env(&mut merged, env, &mut sources)?;
+        let config: Config =
+            serde_path_to_error::deserialize(Value::Table(merged)).map_err(|e| {
+                let key = e.path().to_string();
+                let source_name = sources
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| {
+                        key == **k
+                            || key.starts_with(&format!("{k}."))
+                            || k.starts_with(&format!("{key}."))
+                    })
+                    .map(|(_, v)| v.clone())
+                    .or_else(|| file.map(|p| p.display().to_string()))
+                    .unwrap_or_else(|| "the embedded defaults".into());
+                ConfigError::Key {
+                    key,
+                    source_name,
+                    reason: e.into_inner().to_string(),
+                }
+            })?;
+        config.validate(&sources)?;
+        Ok(config)
+    }
+
+    /// Loads with the process environment.
+    pub fn load_with_process_env(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load(file, &env)
+    }
+
+    fn validate(&self, sources: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        let fail = |key: &str, reason: String| ConfigError::Key {
+            key: key.into(),
+            source_name: sources
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "the embedded defaults".into()),
+            reason,
+        };
+        if !self.http.public_url.is_empty() {
+            let ok = (self.http.public_url.starts_with("http://")
+                || self.http.public_url.starts_with("https://"))
+                && reqwest::Url::parse(&self.http.public_url).is_ok();
+            if !ok {
+                return Err(fail(
+                    "http.public_url",
+                    format!("{:?} is not an http(s) URL", self.http.public_url),
+                ));
+            }
+        }
+        if let Some(url) = &self.store.url
+            && !url.starts_with("esdb://")
+            && !url.starts_with("kurrentdb://")
+        {
+            return Err(fail("store.url", format!("{url:?} is not an esdb:// URL")));
+        }
+        if let Some(url) = &self.mqtt.url
+            && !url.starts_with("mqtt://")
+            && !url.starts_with("mqtts://")
+        {
+            return Err(fail(
+                "mqtt.url",
+                format!("{url:?} must start with mqtt:// or mqtts://"),
+            ));
+        }
+        if self.mqtt.topic_prefix.is_empty() || self.mqtt.topic_prefix.contains(['#', '+']) {
+            return Err(fail(
+                "mqtt.topic_prefix",
+                "must be non-empty and free of MQTT wildcards".into(),
+            ));
+        }
+        if !(1..=4096).contains(&self.matching.dim) {
+            return Err(fail(
+                "matching.dim",
+                format!("{} is outside 1..=4096", self.matching.dim),
+            ));
+        }
+        if !(self.matching.threshold > 0.0 && self.matching.threshold <= 1.0) {
+            return Err(fail("matching.threshold", "must be in (0, 1]".into()));
+        }
+        if !(0.0..=1.0).contains(&self.matching.min_quality) {
+            return Err(fail("matching.min_quality", "must be in [0, 1]".into()));
+        }
+        if self.rate_limit.per_minute == 0 {
+            return Err(fail("rate_limit.per_minute", "must be at least 1".into()));
+        }
+        if self.rate_limit.unauthenticated_per_minute == 0 {
+            return Err(fail(
+                "rate_limit.unauthenticated_per_minute",
+                "must be at least 1".into(),
+            ));
+        }
+        if !self.admin.token_sha256.is_empty()
+            && (self.admin.token_sha256.len() != 64
+                || hex::decode(&self.admin.token_sha256).is_err())
+        {
+            return Err(fail(
+                "admin.token_sha256",
+                "must be 64 hex characters".into(),
+            ));
+        }
+        if let Some(k) = &self.secrets.master_key
+            && (k.len() != 64 || hex::decode(k).is_err())
+        {
+            return Err(fail(
+                "secrets.master_key",
+                "must be 64 hex characters".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every dotted leaf key of `table` (tables recurse; arrays and inline values are leaves).
+fn leaf_keys(table: &Table, prefix: &str, f: &mut dyn FnMut(String)) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Table(t) if !t.is_empty() && !is_inline_leaf(&key) => leaf_keys(t, &key, f),
+            _ => f(key),
+        }
+    }
+}
+
+/// Tables that are values, not sections.
+fn is_inline_leaf(key: &str) -> bool {
+    key == "http.tls"
+}
+
+fn merge(into: &mut Table, from: Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(Value::Table(a)), Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Environment variable name of a dotted key: `http.public_url` → `PALMGATE_HTTP_PUBLIC_URL`.
+pub fn env_name(key: &str) -> String {
+    format!("PALMGATE_{}", key.replace('.', "_").to_uppercase())
+}
+
+/// Keys that may be set from the environment although the defaults do not list them.
+const OPTIONAL_KEYS: &[&str] = &["store.url", "mqtt.url", "secrets.master_key"];
+
+fn apply_env(
+    merged: &mut Table,
+    env: &[(String, String)],
+    sources: &mut BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    let mut keys: Vec<String> = Vec::new();
+    leaf_keys(merged, "", &mut |k| keys.push(k));
+    keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
+    for key in keys {
+        let name = env_name(&key);
+        let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) else {
+            continue;
+        };
+        let existing = lookup(merged, &key);
+        let value = match existing {
+            Some(Value::String(_)) | None => Value::String(raw.clone()),
+            Some(_) => {
+                // Numbers, booleans, arrays: read the variable as a TOML value.
+                let doc = format!("v = {raw}");
+                let t: Table = doc.parse().map_err(|_| ConfigError::Key {
+                    key: key.clone(),
+                    source_name: format!("environment variable {name}"),
+                    reason: format!("{raw:?} is not a valid value"),
+                })?;
+                t.get("v").cloned().unwrap_or(Value::String(raw.clone()))
+            }
+        };
+        set(merged, &key, value);
+        sources.insert(key, format!("environment variable {name}"));
+    }
+    Ok(())
+}
+
+fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
+    let mut parts = key.split('.').peekable();
+    let mut t = table;
+    while let Some(p) = parts.next() {
+        let v = t.get(p)?;
+        if parts.peek().is_none() {
+            return Some(v);
+        }
+        t = v.as_table()?;
+    }
+    None
+}
+
+fn set(table: &mut Table, key: &str, value: Value) {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut t = table;
+    for p in &parts[..parts.len() - 1] {
+        t = t
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Table(Table::new()))
+            .as_table_mut()
+            .expect("config sections are tables");
+    }
+    t.insert(parts[parts.len() - 1].to_string(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.sessions.ttl, Duration::from_secs(900));
+        assert_eq!(c.rate_limit.per_minute, 100);
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(
+            &f,
+            "[sessions]\nttl = \"2s\"\n[rate_limit]\nper_minute = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            &env(&[
+                ("PALMGATE_RATE_LIMIT_PER_MINUTE", "7"),
+                ("PALMGATE_ADMIN_TOKEN", "t0k"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.sessions.ttl, Duration::from_secs(2));
+        assert_eq!(c.rate_limit.per_minute, 7);
+        assert_eq!(c.admin.token, "t0k");
+    }
+
+    #[test]
+    fn errors_name_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, "[sessions]\nttl = \"soon\"\n").unwrap();
+        let e = Config::load(Some(&f), &[]).unwrap_err().to_string();
+        assert!(e.contains("sessions.ttl") && e.contains("bad.toml"), "{e}");
+
+        std::fs::write(&f, "[http]\nlisen = \"1.2.3.4:5\"\n").unwrap();
+        let e = Config::load(Some(&f), &[]).unwrap_err().to_string();
+        assert!(e.contains("lisen") && e.contains("http"), "{e}");
+
+        let e = Config::load(None, &env(&[("PALMGATE_MATCHING_DIM", "zero")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("matching.dim") && e.contains("PALMGATE_MATCHING_DIM"),
+            "{e}"
+        );
+
+        std::fs::write(&f, "[http\n").unwrap();
+        let e = Config::load(Some(&f), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.toml") && e.contains("not valid TOML"),
+            "{e}"
+        );
+    }
+}

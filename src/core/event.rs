@@ -1,0 +1,228 @@
+//! The events of the log: every fact palmgate knows, versioned from day one.
+//!
+//! An event is stored as `(type, version, data)`. [`Event::encode`] writes the current version;
+//! [`Event::decode`] reads any version ever written and upcasts old shapes, so the log is never
+//! rewritten. [`Recorded`] is an event as the store returns it: position, stream, revision,
+//! time and chain hashes included.
+
+use super::ids::*;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who asked for an idempotent request, and what they asked (SPEC 2, Idempotency).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Idempotency {
+    /// The partner's `Idempotency-Key` header, verbatim (≤ 255 chars).
+    pub key: String,
+    /// Hex SHA-256 over the request's kind, language and body.
+    pub fingerprint: String,
+}
+
+/// Every fact in the log. The serde tag is the event type written in the envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    PartnerCreated {
+        partner_id: PartnerId,
+        name: String,
+        api_key_hash: SecretHash,
+        at: DateTime<Utc>,
+    },
+    PartnerActivated {
+        partner_id: PartnerId,
+        at: DateTime<Utc>,
+    },
+    PartnerDeactivated {
+        partner_id: PartnerId,
+        at: DateTime<Utc>,
+    },
+    SessionCreated {
+        session_id: SessionId,
+        partner_id: PartnerId,
+        kind: SessionKind,
+        language: Language,
+        token_hash: SecretHash,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_id: Option<ExternalId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<Value>,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
+    /// The `Idempotency-Key` claim, in its own stream so two concurrent requests with one key
+    /// collide at the store's expected-revision check.
+    IdempotencyKeyUsed {
+        partner_id: PartnerId,
+        key: String,
+        fingerprint: String,
+        session_id: SessionId,
+        at: DateTime<Utc>,
+    },
+    SessionCompleted {
+        session_id: SessionId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_id: Option<ExternalId>,
+        at: DateTime<Utc>,
+    },
+    SessionFailed {
+        session_id: SessionId,
+        reason: FailReason,
+        at: DateTime<Utc>,
+    },
+    SessionExpired {
+        session_id: SessionId,
+        at: DateTime<Utc>,
+    },
+    UserEnrolled {
+        partner_id: PartnerId,
+        external_id: ExternalId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<Value>,
+        session_id: SessionId,
+        at: DateTime<Utc>,
+    },
+    UserErased {
+        partner_id: PartnerId,
+        external_id: ExternalId,
+        at: DateTime<Utc>,
+    },
+}
+
+/// Error reading an event back from its stored parts.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown event type `{0}`")]
+    UnknownType(String),
+    #[error("event type `{kind}` has no schema version {version}")]
+    UnknownVersion { kind: String, version: u32 },
+    #[error("event `{kind}` v{version} does not match its schema: {source}")]
+    Shape {
+        kind: String,
+        version: u32,
+        source: serde_json::Error,
+    },
+}
+
+impl Event {
+    /// The type name written in the envelope.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::PartnerCreated { .. } => "PartnerCreated",
+            Event::PartnerActivated { .. } => "PartnerActivated",
+            Event::PartnerDeactivated { .. } => "PartnerDeactivated",
+            Event::SessionCreated { .. } => "SessionCreated",
+            Event::IdempotencyKeyUsed { .. } => "IdempotencyKeyUsed",
+            Event::SessionCompleted { .. } => "SessionCompleted",
+            Event::SessionFailed { .. } => "SessionFailed",
+            Event::SessionExpired { .. } => "SessionExpired",
+            Event::UserEnrolled { .. } => "UserEnrolled",
+            Event::UserErased { .. } => "UserErased",
+        }
+    }
+
+    /// Current schema version of this event's type. Bump it when a shape changes and teach
+    /// [`Event::decode`] to upcast the old one.
+    pub fn version(&self) -> u32 {
+        1
+    }
+
+    /// `(type, version, data)` for the envelope.
+    pub fn encode(&self) -> (&'static str, u32, Value) {
+        let tagged = serde_json::to_value(self).expect("events always serialize");
+        let data = match tagged {
+            Value::Object(mut m) => m.remove("data").unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        (self.kind(), self.version(), data)
+    }
+
+    /// Reads an event of any known version, upcasting old shapes to the current one.
+    pub fn decode(kind: &str, version: u32, data: Value) -> Result<Event, DecodeError> {
+        if !KNOWN_TYPES.contains(&kind) {
+            return Err(DecodeError::UnknownType(kind.to_string()));
+        }
+        if version != 1 {
+            return Err(DecodeError::UnknownVersion {
+                kind: kind.to_string(),
+                version,
+            });
+        }
+        let tagged = serde_json::json!({ "type": kind, "data": data });
+        serde_json::from_value(tagged).map_err(|source| DecodeError::Shape {
+            kind: kind.to_string(),
+            version,
+            source,
+        })
+    }
+}
+
+/// Every type name ever written. Never remove one.
+pub const KNOWN_TYPES: &[&str] = &[
+    "PartnerCreated",
+    "PartnerActivated",
+    "PartnerDeactivated",
+    "SessionCreated",
+    "IdempotencyKeyUsed",
+    "SessionCompleted",
+    "SessionFailed",
+    "SessionExpired",
+    "UserEnrolled",
+    "UserErased",
+];
+
+/// Stream names (SPEC 8.1).
+pub mod stream {
+    use super::*;
+
+    pub fn partner(id: PartnerId) -> String {
+        format!("partner-{id}")
+    }
+    pub fn session(id: SessionId) -> String {
+        format!("session-{id}")
+    }
+    pub fn user(partner: PartnerId, external_id: &ExternalId) -> String {
+        format!("user-{partner}-{external_id}")
+    }
+    /// The key is kept verbatim: stream names are opaque text to every backend.
+    pub fn idempotency(partner: PartnerId, key: &str) -> String {
+        format!("idem-{partner}-{key}")
+    }
+}
+
+/// An event as read from (or just written to) the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    /// Global position, 1-based, gapless.
+    pub position: u64,
+    pub stream: String,
+    /// Revision within the stream, 0-based.
+    pub revision: u64,
+    pub recorded_at: DateTime<Utc>,
+    pub event: Event,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// Expected state of a stream for an optimistic append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last revision must be exactly this.
+    Revision(u64),
+    /// No check.
+    Any,
+}
+
+/// Events to append to one stream, with the concurrency expectation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamAppend {
+    pub stream: String,
+    pub expected: Expected,
+    pub events: Vec<Event>,
+}

@@ -1,0 +1,145 @@
+//! Newtype identifiers and small closed vocabularies shared by the whole core.
+//!
+//! Invariant: an id of one kind can never be passed where another is expected; the
+//! string forms here are the ones written to the log and shown on the API.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+macro_rules! uuid_id {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// Builds the id from 16 random bytes supplied by the shell's `Rng`.
+            pub fn from_random(bytes: [u8; 16]) -> Self {
+                Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
+            }
+            /// Parses the canonical hyphenated form; anything else is `None`.
+            pub fn parse(s: &str) -> Option<Self> {
+                Uuid::try_parse(s).ok().map(Self)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A partner organisation calling the Pass API.
+    PartnerId
+);
+uuid_id!(
+    /// One enroll or identify attempt (the id partners see; never the URL token).
+    SessionId
+);
+
+macro_rules! string_id {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// The partner's own identifier for a user (unique per partner, 1–100 scalar values).
+    ExternalId
+);
+string_id!(
+    /// Hex SHA-256 of a secret (API key, session token). Secrets themselves never reach the log.
+    SecretHash
+);
+
+/// Hosted-page and reader language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    En,
+    Kk,
+    Ru,
+}
+
+impl Language {
+    pub const ALL: [Language; 3] = [Language::En, Language::Kk, Language::Ru];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "en" => Some(Self::En),
+            "kk" => Some(Self::Kk),
+            "ru" => Some(Self::Ru),
+            _ => None,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::En => "en",
+            Self::Kk => "kk",
+            Self::Ru => "ru",
+        }
+    }
+}
+
+/// What a session is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    Enroll,
+    Identify,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enroll => "enroll",
+            Self::Identify => "identify",
+        }
+    }
+}
+
+/// Why a session failed (SPEC 4, `data.fail_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    NoMatch,
+    AlreadyEnrolled,
+    LowQuality,
+    LivenessFailed,
+    Cancelled,
+    ReaderOffline,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoMatch => "no_match",
+            Self::AlreadyEnrolled => "already_enrolled",
+            Self::LowQuality => "low_quality",
+            Self::LivenessFailed => "liveness_failed",
+            Self::Cancelled => "cancelled",
+            Self::ReaderOffline => "reader_offline",
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The pure core: every rule of palmgate as data in, data out.
+//!
+//! Nothing here performs IO, reads a clock or draws randomness (a test in `tests/` greps for
+//! it): the shell passes `now` and random ids in, appends the events the core returns, folds
+//! them back with `evolve`, and performs the effects.
+
+pub mod command;
+pub mod decider;
+pub mod event;
+pub mod ids;
+pub mod ratelimit;
+pub mod session;
+
+pub use command::{Command, EnrollRequest};
+pub use decider::{Decision, Outcome, Rejection, State, decide};
+pub use event::{Event, Expected, Recorded, StreamAppend};
+pub use ids::*;

@@ -1,0 +1,75 @@
+//! Session lifecycle rules: `pending → completed | failed | expired`, nothing else.
+//!
+//! Invariant: once a session leaves `pending` it never returns; expiry is a deadline the
+//! core reports through [`super::decider::State::next_deadline`], never a sleep.
+
+use super::ids::*;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    Pending,
+    Completed,
+    Failed,
+    Expired,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// The read model of one session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    pub id: SessionId,
+    pub partner_id: PartnerId,
+    pub kind: SessionKind,
+    pub language: Language,
+    pub token_hash: SecretHash,
+    pub external_id: Option<ExternalId>,
+    pub username: Option<String>,
+    pub metadata: Option<Value>,
+    pub state: SessionState,
+    pub fail_reason: Option<FailReason>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Revision of the session's stream, for the next expected-revision append.
+    pub revision: u64,
+}
+
+/// What a hosted page should show for a session at `now` (SPEC 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageView {
+    /// 200: the page to scan a palm.
+    Open,
+    /// 400: "link expired" — expired, or pending past its deadline before the tick ran.
+    Expired,
+    /// 410: completed or failed.
+    Gone,
+}
+
+impl Session {
+    /// True while the session can still be used at `now`.
+    pub fn is_open(&self, now: DateTime<Utc>) -> bool {
+        self.state == SessionState::Pending && now < self.expires_at
+    }
+
+    pub fn page_view(&self, now: DateTime<Utc>) -> PageView {
+        match self.state {
+            SessionState::Pending if now < self.expires_at => PageView::Open,
+            SessionState::Pending | SessionState::Expired => PageView::Expired,
+            SessionState::Completed | SessionState::Failed => PageView::Gone,
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The admin API under `/admin/v1` (SPEC 10), behind the admin bearer token.
+
+use super::auth::Admin;
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::time_text;
+use crate::app::App;
+use crate::app::secrets::{hash_secret, new_api_key};
+use crate::core::decider::Partner;
+use crate::core::{Command, PartnerId};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+/// A partner as the operator sees it (never its key).
+#[derive(Serialize, ToSchema)]
+pub struct PartnerBody {
+    pub id: String,
+    pub name: String,
+    pub active: bool,
+    pub created_at: String,
+}
+
+/// 201 of partner creation: the API key is shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct PartnerCreatedBody {
+    pub id: String,
+    pub name: String,
+    pub active: bool,
+    pub created_at: String,
+    /// Shown once; palmgate keeps only its hash.
+    pub api_key: String,
+    /// Shown once when a webhook URL was given; null otherwise.
+    pub webhook_secret: Option<String>,
+}
+
+fn partner_body(p: &Partner) -> PartnerBody {
+    PartnerBody {
+        id: p.id.to_string(),
+        name: p.name.clone(),
+        active: p.active,
+        created_at: time_text(p.created_at),
+    }
+}
+
+pub const MAX_PARTNER_NAME: usize = 200;
+
+/// `POST /admin/v1/partners` `{name}`
+pub async fn create_partner(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<PartnerCreatedBody>), ApiError> {
+    let bad = |m: &str| ApiError::BadRequest(m.to_string());
+    let obj = body
+        .as_object()
+        .ok_or_else(|| bad("request body must be a JSON object"))?;
+    let name = match obj.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+        Some(Value::String(_)) => return Err(bad("name must not be blank")),
+        None | Some(Value::Null) => return Err(bad("name is required")),
+        Some(_) => return Err(bad("name must be a string")),
+    };
+    if name.chars().count() > MAX_PARTNER_NAME {
+        return Err(bad("name must be at most 200 characters"));
+    }
+    if obj.get("webhook_url").is_some_and(|v| !v.is_null()) {
+        return Err(bad(
+            "webhook_url is set with PUT /v1/webhook once webhooks are enabled on this server",
+        ));
+    }
+    let partner_id = PartnerId::from_random(app.rng.bytes16());
+    let api_key = new_api_key(app.rng.bytes32());
+    app.execute(Command::CreatePartner {
+        partner_id,
+        name,
+        api_key_hash: hash_secret(&api_key),
+    })
+    .await?;
+    let p = app
+        .read(|s| s.partner(partner_id).map(partner_body))
+        .ok_or(ApiError::Internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(PartnerCreatedBody {
+            id: p.id,
+            name: p.name,
+            active: p.active,
+            created_at: p.created_at,
+            api_key,
+            webhook_secret: None,
+        }),
+    ))
+}
+
+/// `GET /admin/v1/partners`
+pub async fn list_partners(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<PartnerBody>> {
+    let mut list: Vec<PartnerBody> = app.read(|s| s.partners().map(partner_body).collect());
+    list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    Json(list)
+}
+
+async fn set_active(app: &App, id: &str, active: bool) -> Result<Json<PartnerBody>, ApiError> {
+    let partner_id = PartnerId::parse(id).ok_or(ApiError::NotFound)?;
+    app.execute(Command::SetPartnerActive { partner_id, active })
+        .await?;
+    app.read(|s| s.partner(partner_id).map(partner_body))
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+/// `POST /admin/v1/partners/{id}/activate`
+pub async fn activate(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<PartnerBody>, ApiError> {
+    set_active(&app, &id, true).await
+}
+
+/// `POST /admin/v1/partners/{id}/deactivate`
+pub async fn deactivate(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<PartnerBody>, ApiError> {
+    set_active(&app, &id, false).await
+}

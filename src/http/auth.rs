@@ -1,0 +1,145 @@
+//! Who is calling: the `/v1` gate (API key → partner, rate limits, the three headers on every
+//! answer) and the extractors that make a handler's signature say who may call it.
+//!
+//! Order of checks (SPEC 2): 401 unknown key → 403 inactive partner → 429 over the limit, then
+//! the handler's own 400/404/409. A request without a valid key spends its client address's
+//! budget; once that is spent it gets 429 whatever key it tries, so keys cannot be guessed.
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::app::secrets::{hash_secret, hashes_equal};
+use crate::core::PartnerId;
+use crate::core::ratelimit::Verdict;
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+/// The authenticated, active partner of a `/v1` request (set by [`v1_gate`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Partner(pub PartnerId);
+
+impl<S: Send + Sync> FromRequestParts<S> for Partner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Partner>()
+            .copied()
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// A caller holding the admin bearer token.
+#[derive(Clone, Copy, Debug)]
+pub struct Admin;
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if presented.is_some_and(|t| app.admin.verify(t)) {
+            return Ok(Admin);
+        }
+        let v = app.limiter.address(
+            client_ip(&parts.extensions),
+            app.clock.now().timestamp_millis(),
+        );
+        if !v.allowed {
+            return Err(ApiError::RateLimited {
+                retry_after_s: v.retry_after_s,
+            });
+        }
+        Err(ApiError::AdminUnauthorized)
+    }
+}
+
+pub fn client_ip(ext: &axum::http::Extensions) -> IpAddr {
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Paths under `/v1` that need no API key.
+const PUBLIC: &[&str] = &["/v1/openapi.json"];
+
+/// Middleware on every `/v1` route (and its 404 fallback).
+pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let now_ms = app.clock.now().timestamp_millis();
+    let matched = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let public = matched.as_deref().is_some_and(|m| PUBLIC.contains(&m));
+    let endpoint = match &matched {
+        Some(m) => format!("{} {m}", req.method()),
+        None => "unmatched".to_string(),
+    };
+    let ip = client_ip(req.extensions());
+    let presented = req
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(hash_secret);
+    let partner = presented.as_ref().and_then(|h| {
+        app.read(|s| {
+            s.partner_by_key_hash(h)
+                .filter(|p| hashes_equal(&p.api_key_hash, h))
+                .map(|p| (p.id, p.active))
+        })
+    });
+    let (verdict, refusal): (Verdict, Option<ApiError>) = match partner {
+        Some((id, active)) => {
+            let v = app.limiter.partner(id, &endpoint, now_ms);
+            let refusal = if !active {
+                Some(ApiError::Forbidden)
+            } else if !v.allowed {
+                Some(ApiError::RateLimited {
+                    retry_after_s: v.retry_after_s,
+                })
+            } else {
+                req.extensions_mut().insert(Partner(id));
+                None
+            };
+            (v, refusal)
+        }
+        None => {
+            let v = app.limiter.address(ip, now_ms);
+            let refusal = if !v.allowed {
+                Some(ApiError::RateLimited {
+                    retry_after_s: v.retry_after_s,
+                })
+            } else if public {
+                None
+            } else {
+                Some(ApiError::Unauthorized)
+            };
+            (v, refusal)
+        }
+    };
+    let mut resp = match refusal {
+        Some(e) => e.into_response(),
+        None if req.method() != Method::GET && !app.ready() => {
+            ApiError::Unavailable.into_response()
+        }
+        None => next.run(req).await,
+    };
+    rate_headers(resp.headers_mut(), &verdict);
+    resp
+}
+
+fn rate_headers(h: &mut HeaderMap, v: &Verdict) {
+    h.insert("x-ratelimit-limit", HeaderValue::from(v.limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(v.remaining));
+    h.insert("x-ratelimit-reset", HeaderValue::from(v.reset_s));
+}

@@ -1,0 +1,87 @@
+//! Request bodies: a 64 KiB cap (413) and JSON with a clear 400 for every way it can be wrong.
+
+use super::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use serde_json::Value;
+
+/// Largest request body accepted anywhere (SPEC 2).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The raw body, at most [`MAX_BODY`] bytes.
+pub struct LimitedBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for LimitedBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|e| {
+                let text = format!("{e:?}");
+                if text.contains("LengthLimit") {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest("could not read the request body".into())
+                }
+            })?;
+        Ok(LimitedBody(bytes))
+    }
+}
+
+/// A JSON body sent with `Content-Type: application/json`.
+pub struct JsonBody(pub Value);
+
+pub fn is_json_content_type(v: Option<&str>) -> bool {
+    v.and_then(|v| v.split(';').next())
+        .map(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false)
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, s: &S) -> Result<Self, ApiError> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let LimitedBody(bytes) = LimitedBody::from_request(req, s).await?;
+        if !is_json_content_type(ct.as_deref()) {
+            return Err(ApiError::BadRequest(
+                "Content-Type must be application/json".into(),
+            ));
+        }
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses JSON with a message that says where it went wrong.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest("request body is empty".into()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid JSON at line {} column {}: {}",
+            e.line(),
+            e.column(),
+            match e.classify() {
+                serde_json::error::Category::Eof => "unexpected end of input",
+                serde_json::error::Category::Syntax => "syntax error",
+                serde_json::error::Category::Data => "wrong value",
+                serde_json::error::Category::Io => "read error",
+            }
+        ))
+    })
+}

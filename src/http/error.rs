@@ -1,0 +1,92 @@
+//! The one mapping from errors to HTTP answers: `{"message": ...}`, JSON, never internals.
+
+use crate::app::AppError;
+use crate::core::Rejection;
+use crate::store::StoreError;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid or missing API key")]
+    Unauthorized,
+    #[error("invalid or missing admin token")]
+    AdminUnauthorized,
+    #[error("partner account is inactive")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after_s: i64 },
+    #[error("service unavailable: the event log cannot accept writes")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// `{"message": ...}` with `status`.
+pub fn message(status: StatusCode, msg: &str) -> Response {
+    (status, Json(serde_json::json!({ "message": msg }))).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = message(self.status(), &self.to_string());
+        if let ApiError::RateLimited { retry_after_s } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+        }
+        resp
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::NotFound => ApiError::NotFound,
+            Rejection::AlreadyEnrolled
+            | Rejection::SessionNotPending
+            | Rejection::IdempotencyMismatch
+            | Rejection::PartnerExists => ApiError::Conflict(r.to_string()),
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Rejected(r) => r.into(),
+            AppError::Store(StoreError::Conflict { .. }) | AppError::Contended => {
+                tracing::warn!(error = %e, "command lost too many races");
+                ApiError::Conflict("concurrent update, retry the request".into())
+            }
+            AppError::Store(e) => {
+                tracing::error!(error = %e, "event store failure");
+                ApiError::Unavailable
+            }
+        }
+    }
+}

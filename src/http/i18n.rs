@@ -1,0 +1,158 @@
+//! Message catalogs for pages (and, later, dashboards and reader feedback): en, kk, ru.
+//!
+//! Invariant: every message exists in all three languages, written by people (a test checks
+//! that no entry is empty or merely copied from English).
+
+use crate::core::Language;
+
+/// Every user-visible string of the hosted pages.
+pub struct Catalog {
+    pub enroll_title: &'static str,
+    pub identify_title: &'static str,
+    pub place_palm: &'static str,
+    pub hold_hint: &'static str,
+    /// `{time}` is replaced by the expiry time.
+    pub expires_at: &'static str,
+    pub waiting: &'static str,
+    pub cancel: &'static str,
+    pub cancelled: &'static str,
+    pub expired_title: &'static str,
+    pub expired_body: &'static str,
+    pub gone_title: &'static str,
+    pub gone_body: &'static str,
+    pub not_found_title: &'static str,
+    pub not_found_body: &'static str,
+    pub completed: &'static str,
+    pub failed: &'static str,
+}
+
+pub const EN: Catalog = Catalog {
+    enroll_title: "Palm enrollment",
+    identify_title: "Palm identification",
+    place_palm: "Place your palm on the scanner",
+    hold_hint: "Hold your hand flat, about 5 cm above the reader, until it confirms the scan.",
+    expires_at: "This link is valid until {time}.",
+    waiting: "Waiting for a palm scan…",
+    cancel: "Cancel",
+    cancelled: "Verification cancelled.",
+    expired_title: "Link expired",
+    expired_body: "This link is no longer valid. Return to the app that sent you here and start again.",
+    gone_title: "Link already used",
+    gone_body: "This verification has already ended. You can close this page.",
+    not_found_title: "Not found",
+    not_found_body: "This link does not exist. Check that you copied it completely.",
+    completed: "Verification completed.",
+    failed: "Verification failed.",
+};
+
+pub const KK: Catalog = Catalog {
+    enroll_title: "Алақанды тіркеу",
+    identify_title: "Алақан арқылы сәйкестендіру",
+    place_palm: "Алақаныңызды сканерге қойыңыз",
+    hold_hint: "Қолыңызды түзу ұстап, құрылғыдан шамамен 5 см биіктікте сканерлеу расталғанша ұстап тұрыңыз.",
+    expires_at: "Бұл сілтеме {time} дейін жарамды.",
+    waiting: "Алақанды сканерлеу күтілуде…",
+    cancel: "Бас тарту",
+    cancelled: "Тексеру тоқтатылды.",
+    expired_title: "Сілтеменің мерзімі өтті",
+    expired_body: "Бұл сілтеме енді жарамсыз. Сізді осында жіберген қолданбаға оралып, қайтадан бастаңыз.",
+    gone_title: "Сілтеме бұрын пайдаланылған",
+    gone_body: "Бұл тексеру аяқталған. Бұл бетті жаба аласыз.",
+    not_found_title: "Табылмады",
+    not_found_body: "Мұндай сілтеме жоқ. Оны толық көшіргеніңізді тексеріңіз.",
+    completed: "Тексеру сәтті аяқталды.",
+    failed: "Тексеру сәтсіз аяқталды.",
+};
+
+pub const RU: Catalog = Catalog {
+    enroll_title: "Регистрация ладони",
+    identify_title: "Идентификация по ладони",
+    place_palm: "Поднесите ладонь к сканеру",
+    hold_hint: "Держите руку ровно, примерно в 5 см над считывателем, пока он не подтвердит сканирование.",
+    expires_at: "Ссылка действительна до {time}.",
+    waiting: "Ожидание сканирования ладони…",
+    cancel: "Отменить",
+    cancelled: "Проверка отменена.",
+    expired_title: "Срок действия ссылки истёк",
+    expired_body: "Эта ссылка больше не действует. Вернитесь в приложение, которое направило вас сюда, и начните заново.",
+    gone_title: "Ссылка уже использована",
+    gone_body: "Эта проверка уже завершена. Страницу можно закрыть.",
+    not_found_title: "Не найдено",
+    not_found_body: "Такой ссылки не существует. Проверьте, что скопировали её полностью.",
+    completed: "Проверка успешно завершена.",
+    failed: "Проверка не пройдена.",
+};
+
+pub fn catalog(lang: Language) -> &'static Catalog {
+    match lang {
+        Language::En => &EN,
+        Language::Kk => &KK,
+        Language::Ru => &RU,
+    }
+}
+
+/// The best of en/kk/ru for an `Accept-Language` header (first listed that we speak).
+pub fn from_accept_language(header: Option<&str>) -> Language {
+    header
+        .into_iter()
+        .flat_map(|h| h.split(','))
+        .filter_map(|part| part.split(';').next())
+        .filter_map(|tag| Language::parse(tag.trim().get(..2)?.to_ascii_lowercase().as_str()))
+        .next()
+        .unwrap_or(Language::En)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(c: &Catalog) -> Vec<&'static str> {
+        vec![
+            c.enroll_title,
+            c.identify_title,
+            c.place_palm,
+            c.hold_hint,
+            c.expires_at,
+            c.waiting,
+            c.cancel,
+            c.cancelled,
+            c.expired_title,
+            c.expired_body,
+            c.gone_title,
+            c.gone_body,
+            c.not_found_title,
+            c.not_found_body,
+            c.completed,
+            c.failed,
+        ]
+    }
+
+    #[test]
+    fn every_message_is_translated() {
+        let en = entries(&EN);
+        for c in [&KK, &RU] {
+            for (i, (t, e)) in entries(c).iter().zip(&en).enumerate() {
+                assert!(!t.trim().is_empty(), "entry {i} empty");
+                assert_ne!(t, e, "entry {i} copied from English");
+                assert!(
+                    t.chars().any(|ch| ('\u{0400}'..='\u{04FF}').contains(&ch)),
+                    "entry {i} not Cyrillic"
+                );
+            }
+            assert!(c.expires_at.contains("{time}"));
+        }
+        // Kazakh uses letters Russian does not.
+        let kk: String = entries(&KK).concat();
+        assert!(kk.chars().any(|c| "әғқңөұүһі".contains(c)));
+    }
+
+    #[test]
+    fn accept_language_picks_first_spoken() {
+        assert_eq!(
+            from_accept_language(Some("de-DE,ru;q=0.8,en;q=0.5")),
+            Language::Ru
+        );
+        assert_eq!(from_accept_language(Some("kk-KZ")), Language::Kk);
+        assert_eq!(from_accept_language(None), Language::En);
+    }
+}

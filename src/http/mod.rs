@@ -1,0 +1,95 @@
+//! HTTP: one router for the Pass API (`/v1`), hosted pages, the admin API and health.
+//!
+//! Invariants: every error leaves through [`error::ApiError`] as `{"message"}` JSON; a panic in
+//! a handler becomes `500 {"message":"internal error"}` and a log line; every `/v1` answer,
+//! including 401, 404 and 429, carries the three rate-limit headers.
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod i18n;
+pub mod openapi;
+pub mod pages;
+pub mod pass_api;
+
+use crate::app::App;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::sync::Arc;
+use tower_http::catch_panic::CatchPanicLayer;
+
+/// RFC 3339, UTC, whole seconds, `Z` — the API's one time format.
+pub fn time_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route("/enroll", post(pass_api::enroll))
+        .route("/identify", post(pass_api::identify))
+        .route("/sessions/{session_id}", get(pass_api::get_session))
+        .route(
+            "/sessions/{session_id}/cancel",
+            post(pass_api::cancel_session),
+        )
+        .route("/users/{external_id}", get(pass_api::get_user))
+        .route("/openapi.json", get(openapi::serve))
+        .fallback(pass_api::not_found)
+        .method_not_allowed_fallback(pass_api::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::v1_gate,
+        ));
+    let admin = Router::new()
+        .route(
+            "/partners",
+            post(admin::create_partner).get(admin::list_partners),
+        )
+        .route("/partners/{id}/activate", post(admin::activate))
+        .route("/partners/{id}/deactivate", post(admin::deactivate));
+    Router::new()
+        .nest("/v1", v1)
+        .nest("/admin/v1", admin)
+        .route("/enroll/{token}", get(pages::enroll_page))
+        .route("/identify/{token}", get(pages::identify_page))
+        .route("/{kind}/{token}/cancel", post(pages::cancel))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(body::MAX_BODY))
+        .layer(CatchPanicLayer::custom(on_panic))
+        .with_state(app)
+}
+
+async fn not_found() -> Response {
+    error::ApiError::NotFound.into_response()
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Response {
+    if app.ready() {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        error::message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the event log cannot accept writes",
+        )
+    }
+}
+
+fn on_panic(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = what, "handler panicked");
+    error::ApiError::Internal.into_response()
+}

@@ -1,0 +1,300 @@
+//! The Pass API under `/v1` (SPEC 2): enroll, identify, sessions, users.
+//!
+//! Handlers validate input into core commands with the exact messages of the contract, run
+//! them through the pipeline, and shape the answer. Another partner's session or user answers
+//! 404, exactly as one that does not exist.
+
+use super::auth::Partner;
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::time_text;
+use crate::app::App;
+use crate::core::event::Idempotency;
+use crate::core::*;
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+pub const MAX_EXTERNAL_ID: usize = 100;
+pub const MAX_USERNAME: usize = 150;
+pub const MAX_METADATA: usize = 16 * 1024;
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// 201 body of enroll and identify.
+#[derive(Serialize, ToSchema)]
+pub struct SessionCreatedBody {
+    /// The hosted page to send the person to.
+    pub url: String,
+    pub session_id: String,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
+}
+
+/// A session as its partner sees it.
+#[derive(Serialize, ToSchema)]
+pub struct SessionBody {
+    pub session_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// pending, completed, failed or expired.
+    pub state: String,
+    pub language: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_reason: Option<String>,
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+}
+
+/// An enrolled user.
+#[derive(Serialize, ToSchema)]
+pub struct UserBody {
+    pub external_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    pub enrolled_at: String,
+}
+
+pub fn session_body(s: &crate::core::session::Session) -> SessionBody {
+    SessionBody {
+        session_id: s.id.to_string(),
+        kind: s.kind.as_str().into(),
+        state: s.state.as_str().into(),
+        language: s.language.code().into(),
+        external_id: s.external_id.as_ref().map(|e| e.0.clone()),
+        fail_reason: s.fail_reason.map(|r| r.as_str().into()),
+        created_at: time_text(s.created_at),
+        expires_at: time_text(s.expires_at),
+        ended_at: s.ended_at.map(time_text),
+    }
+}
+
+fn language(query: Option<&str>) -> Result<Language, ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
+    match pairs.iter().find(|(k, _)| k == "language") {
+        None => Ok(Language::En),
+        Some((_, v)) => Language::parse(v).ok_or_else(|| {
+            ApiError::BadRequest(format!("unsupported language {v:?}: use en, kk or ru"))
+        }),
+    }
+}
+
+/// Validates an enroll body into the core's request, with the contract's messages.
+pub fn parse_enroll(body: &Value) -> Result<EnrollRequest, ApiError> {
+    let bad = |m: &str| ApiError::BadRequest(m.to_string());
+    let obj = body
+        .as_object()
+        .ok_or_else(|| bad("request body must be a JSON object"))?;
+    let external_id = match obj.get("external_id") {
+        None | Some(Value::Null) => return Err(bad("external_id is required")),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(bad("external_id must be a string")),
+    };
+    if external_id.trim().is_empty() {
+        return Err(bad("external_id must not be blank"));
+    }
+    if external_id.chars().count() > MAX_EXTERNAL_ID {
+        return Err(bad("external_id must be at most 100 characters"));
+    }
+    let username = match obj.get("username") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() > MAX_USERNAME => {
+            return Err(bad("username must be at most 150 characters"));
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(bad("username must be a string")),
+    };
+    let metadata = match obj.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(m @ Value::Object(_)) => {
+            if serde_json::to_string(m).map_or(usize::MAX, |s| s.len()) > MAX_METADATA {
+                return Err(bad("metadata must be at most 16 KiB"));
+            }
+            Some(m.clone())
+        }
+        Some(_) => return Err(bad("metadata must be a JSON object")),
+    };
+    Ok(EnrollRequest {
+        external_id: ExternalId(external_id.clone()),
+        username,
+        metadata,
+    })
+}
+
+fn idempotency(
+    headers: &HeaderMap,
+    kind: SessionKind,
+    lang: Language,
+    body: Option<&Value>,
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 255 characters".into(),
+        ));
+    }
+    let mut h = Sha256::new();
+    h.update(kind.as_str());
+    h.update([0]);
+    h.update(lang.code());
+    h.update([0]);
+    if let Some(b) = body {
+        h.update(serde_json::to_string(b).unwrap_or_default());
+    }
+    Ok(Some(Idempotency {
+        key: key.to_string(),
+        fingerprint: hex::encode(h.finalize()),
+    }))
+}
+
+async fn create_session(
+    app: &App,
+    partner: PartnerId,
+    kind: SessionKind,
+    lang: Language,
+    enroll: Option<EnrollRequest>,
+    idempotency: Option<Idempotency>,
+) -> Result<Response, ApiError> {
+    let session_id = SessionId::from_random(app.rng.bytes16());
+    let token_hash = crate::app::secrets::hash_secret(&app.keys.session_token(session_id));
+    let ttl =
+        chrono::Duration::from_std(app.config.sessions.ttl).map_err(|_| ApiError::Internal)?;
+    let outcome = app
+        .execute(Command::CreateSession {
+            partner_id: partner,
+            session_id,
+            token_hash,
+            kind,
+            language: lang,
+            enroll,
+            idempotency,
+            ttl,
+        })
+        .await?;
+    let Outcome::Session { id, replayed } = outcome else {
+        return Err(ApiError::Internal);
+    };
+    let expires_at = app
+        .read(|s| s.session(id).map(|s| s.expires_at))
+        .ok_or(ApiError::Internal)?;
+    let body = SessionCreatedBody {
+        url: format!(
+            "{}/{}/{}",
+            app.public_url,
+            kind.as_str(),
+            app.keys.session_token(id)
+        ),
+        session_id: id.to_string(),
+        expires_at: time_text(expires_at),
+    };
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    if replayed {
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            "true".parse().expect("static header"),
+        );
+    }
+    Ok(resp)
+}
+
+/// `POST /v1/enroll`
+pub async fn enroll(
+    State(app): State<Arc<App>>,
+    Partner(partner): Partner,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let req = parse_enroll(&body)?;
+    let lang = language(query.as_deref())?;
+    let idem = idempotency(&headers, SessionKind::Enroll, lang, Some(&body))?;
+    create_session(&app, partner, SessionKind::Enroll, lang, Some(req), idem).await
+}
+
+/// `POST /v1/identify` (no body).
+pub async fn identify(
+    State(app): State<Arc<App>>,
+    Partner(partner): Partner,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let lang = language(query.as_deref())?;
+    let idem = idempotency(&headers, SessionKind::Identify, lang, None)?;
+    create_session(&app, partner, SessionKind::Identify, lang, None, idem).await
+}
+
+fn own_session(
+    app: &App,
+    partner: PartnerId,
+    id: &str,
+) -> Result<crate::core::session::Session, ApiError> {
+    let id = SessionId::parse(id).ok_or(ApiError::NotFound)?;
+    app.read(|s| s.session(id).filter(|s| s.partner_id == partner).cloned())
+        .ok_or(ApiError::NotFound)
+}
+
+/// `GET /v1/sessions/{session_id}`
+pub async fn get_session(
+    State(app): State<Arc<App>>,
+    Partner(partner): Partner,
+    Path(id): Path<String>,
+) -> Result<Json<SessionBody>, ApiError> {
+    let s = own_session(&app, partner, &id)?;
+    Ok(Json(session_body(&s)))
+}
+
+/// `POST /v1/sessions/{session_id}/cancel`
+pub async fn cancel_session(
+    State(app): State<Arc<App>>,
+    Partner(partner): Partner,
+    Path(id): Path<String>,
+) -> Result<Json<SessionBody>, ApiError> {
+    let s = own_session(&app, partner, &id)?;
+    app.execute(Command::CancelSession {
+        partner: Some(partner),
+        session_id: s.id,
+    })
+    .await?;
+    let s = own_session(&app, partner, &id)?;
+    Ok(Json(session_body(&s)))
+}
+
+/// `GET /v1/users/{external_id}`
+pub async fn get_user(
+    State(app): State<Arc<App>>,
+    Partner(partner): Partner,
+    Path(external_id): Path<String>,
+) -> Result<Json<UserBody>, ApiError> {
+    let u = app
+        .read(|s| s.user(partner, &ExternalId(external_id)).cloned())
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(UserBody {
+        external_id: u.external_id.0,
+        username: u.username,
+        metadata: u.metadata,
+        enrolled_at: time_text(u.enrolled_at),
+    }))
+}
+
+/// Unknown routes under `/v1` (after authentication, so 401 still comes first).
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}

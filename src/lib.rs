@@ -1,0 +1,20 @@
+//! # palmgate
+//!
+//! A palm-verification and door access-control gateway implementing the Alaqan Pass API.
+//!
+//! ## Layout
+//! - [`core`] — PURE rules: ids, events, commands, `decide`/`evolve`, rate-limit arithmetic.
+//!   No IO, no clock, no randomness.
+//! - [`store`] — the hash-chained event log: the [`store::EventStore`] trait and the embedded
+//!   SQLite backend with group commit.
+//! - [`app`] — the shell: the command pipeline (decide → append → evolve), projections rebuilt
+//!   at start-up, the `Clock` and `Rng` seams, secrets, and `app::run`, the composition root.
+//! - [`http`] — axum: the Pass API (`/v1`), hosted pages with en/kk/ru catalogs, the admin API,
+//!   the single error-to-response mapping, the OpenAPI document.
+//! - [`config`] — layered configuration (embedded defaults → file → `PALMGATE_*` env).
+
+pub mod app;
+pub mod config;
+pub mod core;
+pub mod http;
+pub mod store;

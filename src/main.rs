@@ -1,0 +1,226 @@
+//! The `palmgate` command line: one function per subcommand.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use palmgate::config::{Config, LogFormat};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "palmgate",
+    version,
+    about = "Palm verification and door access-control gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve {
+        /// Configuration file (TOML). Without it: embedded defaults and PALMGATE_* variables.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Manage partners through the admin API of a running server.
+    Partner {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[command(subcommand)]
+        action: PartnerCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// Configuration of the server to talk to (its http.listen / public_url and admin token).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Base URL of the server; overrides the config.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Admin token; overrides the config.
+    #[arg(
+        long,
+        global = true,
+        env = "PALMGATE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum PartnerCmd {
+    /// Create a partner; prints its API key once.
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+    /// List partners.
+    List,
+    /// Let a partner call the API again.
+    Activate { id: String },
+    /// Refuse a partner's calls with 403.
+    Deactivate { id: String },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| {
+            rt.block_on(async {
+                match cli.command {
+                    Cmd::Serve { config } => serve(config).await,
+                    Cmd::Partner { target, action } => partner(target, action).await,
+                }
+            })
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palmgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load_with_process_env(config.as_deref())?;
+    init_logging(config.log.format);
+    if config.admin.token.is_empty() && config.admin.token_sha256.is_empty() {
+        tracing::warn!("admin.token is not set: the admin API refuses every call");
+    }
+    let server = palmgate::app::start(config).await?;
+    // The one line scripts and tests read to find the server.
+    println!(
+        "palmgate listening on http://{} (public URL {})",
+        server.addr, server.public_url
+    );
+    std::io::stdout().flush().ok();
+    tracing::info!(addr = %server.addr, "serving");
+    server.serve(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+}
+
+async fn partner(target: AdminTarget, action: PartnerCmd) -> anyhow::Result<()> {
+    let config = Config::load_with_process_env(target.config.as_deref())?;
+    let base = match target.server {
+        Some(s) => s,
+        None if !config.http.public_url.is_empty() => config.http.public_url.clone(),
+        None => format!("http://{}", config.http.listen),
+    };
+    let base = base.trim_end_matches('/').to_string();
+    let token = target
+        .token
+        .filter(|t| !t.is_empty())
+        .or_else(|| Some(config.admin.token.clone()).filter(|t| !t.is_empty()))
+        .context("no admin token: pass --token, set PALMGATE_ADMIN_TOKEN or admin.token")?;
+    let client = reqwest::Client::new();
+    let (method, path, body) = match &action {
+        PartnerCmd::Create { name } => (
+            reqwest::Method::POST,
+            "/admin/v1/partners".to_string(),
+            Some(serde_json::json!({ "name": name })),
+        ),
+        PartnerCmd::List => (reqwest::Method::GET, "/admin/v1/partners".into(), None),
+        PartnerCmd::Activate { id } => (
+            reqwest::Method::POST,
+            format!("/admin/v1/partners/{id}/activate"),
+            None,
+        ),
+        PartnerCmd::Deactivate { id } => (
+            reqwest::Method::POST,
+            format!("/admin/v1/partners/{id}/deactivate"),
+            None,
+        ),
+    };
+    let mut req = client
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    let status = resp.status();
+    let json: serde_json::Value = resp
+        .json()
+        .await
+        .context("the server's answer is not JSON")?;
+    if !status.is_success() {
+        bail!(
+            "{status}: {}",
+            json.get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("no message")
+        );
+    }
+    match action {
+        PartnerCmd::List => {
+            let list = json.as_array().cloned().unwrap_or_default();
+            println!("{:<36}  {:<8}  {:<20}  name", "id", "active", "created_at");
+            for p in list {
+                println!(
+                    "{:<36}  {:<8}  {:<20}  {}",
+                    p["id"].as_str().unwrap_or(""),
+                    p["active"].as_bool().unwrap_or(false),
+                    p["created_at"].as_str().unwrap_or(""),
+                    p["name"].as_str().unwrap_or("")
+                );
+            }
+        }
+        PartnerCmd::Create { .. } => {
+            println!("id:      {}", json["id"].as_str().unwrap_or(""));
+            println!("name:    {}", json["name"].as_str().unwrap_or(""));
+            println!("api_key: {}", json["api_key"].as_str().unwrap_or(""));
+            println!("(the API key is shown once; palmgate keeps only its hash)");
+        }
+        PartnerCmd::Activate { .. } | PartnerCmd::Deactivate { .. } => {
+            println!(
+                "{} active={}",
+                json["id"].as_str().unwrap_or(""),
+                json["active"].as_bool().unwrap_or(false)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The event store: one append-only, hash-chained log behind a backend-neutral trait.
+//!
+//! Invariants every backend keeps: positions are global, 1-based and gapless; an append of
+//! several streams is all-or-nothing and checks each stream's expected revision; an append
+//! returns only once its events are durable; every event's `hash` is
+//! `SHA-256(prev_hash ‖ canonical bytes)` ([`chain`]), so a changed, dropped or reordered
+//! event breaks the chain at its position.
+
+pub mod chain;
+pub mod sqlite;
+
+use crate::core::{Expected, Recorded, StreamAppend};
+use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::pin::Pin;
+
+pub use chain::RawEvent;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("stream `{stream}` expected {expected:?} but is at {actual:?}")]
+    Conflict {
+        stream: String,
+        expected: Expected,
+        actual: Option<u64>,
+    },
+    #[error("storage failure: {0}")]
+    Io(String),
+    #[error("event at position {position} cannot be read: {reason}")]
+    Corrupt { position: u64, reason: String },
+    #[error("the store is closed")]
+    Closed,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A durable, hash-chained event log.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends all of `batch` atomically, durably, with `recorded_at` on every event.
+    fn append(
+        &self,
+        batch: Vec<StreamAppend>,
+        recorded_at: DateTime<Utc>,
+    ) -> BoxFuture<'_, Result<Vec<Recorded>, StoreError>>;
+
+    /// Up to `limit` stored events with position > `after`, in order, exactly as stored.
+    fn read_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEvent>, StoreError>;
+
+    /// Up to `limit` decoded events with position > `after`.
+    fn read(&self, after: u64, limit: usize) -> Result<Vec<Recorded>, StoreError> {
+        self.read_raw(after, limit)?
+            .into_iter()
+            .map(|r| r.decode())
+            .collect()
+    }
+
+    /// False after a write failed: the server then refuses new work until restarted.
+    fn healthy(&self) -> bool;
+}

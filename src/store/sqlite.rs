@@ -1,0 +1,380 @@
+//! The embedded backend: one SQLite file, WAL, `synchronous=FULL`, one writer thread with
+//! group commit.
+//!
+//! Every `append` is a request to the writer thread. The writer takes the first waiting
+//! request, drains every other one already queued, checks each against the stream heads, writes
+//! all that pass in ONE transaction (one fsync), and only then answers each caller. A request
+//! whose expected revision fails is refused alone; the others still commit. If the commit
+//! fails, every caller in the group gets the error, nothing is acknowledged, and the store
+//! marks itself unhealthy.
+
+use super::chain::RawEvent;
+use super::{BoxFuture, EventStore, StoreError};
+use crate::core::{Expected, Recorded, StreamAppend};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use tokio::sync::oneshot;
+
+/// Most requests one group commit takes.
+const MAX_GROUP: usize = 4096;
+
+struct WriteReq {
+    batch: Vec<StreamAppend>,
+    recorded_at: DateTime<Utc>,
+    reply: oneshot::Sender<Result<Vec<Recorded>, StoreError>>,
+}
+
+pub struct SqliteStore {
+    tx: Mutex<Option<mpsc::Sender<WriteReq>>>,
+    reader: Mutex<Connection>,
+    healthy: Arc<AtomicBool>,
+    path: PathBuf,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(io)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(io)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(io)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(io)?;
+    Ok(conn)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    position    INTEGER PRIMARY KEY,
+    stream      TEXT    NOT NULL,
+    revision    INTEGER NOT NULL,
+    type        TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    recorded_at TEXT    NOT NULL,
+    data        TEXT    NOT NULL,
+    prev_hash   BLOB    NOT NULL,
+    hash        BLOB    NOT NULL,
+    UNIQUE (stream, revision)
+);";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the log at `path` and starts its writer thread.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| io(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = open_conn(&path)?;
+        conn.execute_batch(SCHEMA).map_err(io)?;
+        let heads = load_heads(&conn)?;
+        let reader = open_conn(&path)?;
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::channel();
+        let h = healthy.clone();
+        let writer = std::thread::Builder::new()
+            .name("palmgate-store-writer".into())
+            .spawn(move || Writer { conn, heads }.run(rx, h))
+            .map_err(io)?;
+        Ok(SqliteStore {
+            tx: Mutex::new(Some(tx)),
+            reader: Mutex::new(reader),
+            healthy,
+            path,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops the writer after it has answered every queued request.
+    pub fn close(&self) {
+        self.tx.lock().expect("store lock").take();
+        if let Some(w) = self.writer.lock().expect("store lock").take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Heads {
+    position: u64,
+    hash: [u8; 32],
+    streams: HashMap<String, u64>,
+}
+
+fn load_heads(conn: &Connection) -> Result<Heads, StoreError> {
+    let last: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(io)?;
+    let (position, hash) = match last {
+        Some((p, h)) => (p as u64, to_hash(p as u64, &h)?),
+        None => (0, [0; 32]),
+    };
+    let mut stmt = conn
+        .prepare("SELECT stream, MAX(revision) FROM events GROUP BY stream")
+        .map_err(io)?;
+    let streams = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(io)?
+        .collect::<Result<HashMap<_, _>, _>>()
+        .map_err(io)?;
+    Ok(Heads {
+        position,
+        hash,
+        streams,
+    })
+}
+
+fn to_hash(position: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt {
+        position,
+        reason: format!("hash is {} bytes, not 32", bytes.len()),
+    })
+}
+
+struct Writer {
+    conn: Connection,
+    heads: Heads,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<WriteReq>, healthy: Arc<AtomicBool>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            if !healthy.load(Ordering::Acquire) {
+                for r in group {
+                    let _ = r.reply.send(Err(StoreError::Io(
+                        "an earlier write failed; restart the server".into(),
+                    )));
+                }
+                continue;
+            }
+            if let Err(e) = self.commit_group(group) {
+                tracing::error!(error = %e, "event store write failed; refusing new work");
+                healthy.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Writes every acceptable request of `group` in one transaction and answers all of them.
+    fn commit_group(&mut self, group: Vec<WriteReq>) -> Result<(), StoreError> {
+        let mut position = self.heads.position;
+        let mut hash = self.heads.hash;
+        let mut staged: HashMap<String, u64> = HashMap::new();
+        let mut accepted: Vec<(WriteReq, Vec<RawEvent>)> = Vec::with_capacity(group.len());
+        let mut refused = Vec::new();
+        for req in group {
+            match self.stage(&req, &mut position, &mut hash, &mut staged) {
+                Ok(rows) => accepted.push((req, rows)),
+                Err(e) => refused.push((req, e)),
+            }
+        }
+        for (req, e) in refused {
+            let _ = req.reply.send(Err(e));
+        }
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.write(&accepted) {
+            for (req, _) in accepted {
+                let _ = req.reply.send(Err(e.clone()));
+            }
+            return Err(e);
+        }
+        self.heads.position = position;
+        self.heads.hash = hash;
+        self.heads.streams.extend(staged);
+        for (req, rows) in accepted {
+            let recorded: Result<Vec<Recorded>, StoreError> =
+                rows.iter().map(RawEvent::decode).collect();
+            let _ = req.reply.send(recorded);
+        }
+        Ok(())
+    }
+
+    /// Checks a request's expectations against committed and already-staged heads and seals
+    /// its events into rows. On refusal nothing of it is staged.
+    fn stage(
+        &self,
+        req: &WriteReq,
+        position: &mut u64,
+        hash: &mut [u8; 32],
+        staged: &mut HashMap<String, u64>,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let head = |s: &str| staged.get(s).or(self.heads.streams.get(s)).copied();
+        let mut local: HashMap<&str, Option<u64>> = HashMap::new();
+        for a in &req.batch {
+            let actual = *local.entry(&a.stream).or_insert_with(|| head(&a.stream));
+            let ok = match a.expected {
+                Expected::Any => true,
+                Expected::NoStream => actual.is_none(),
+                Expected::Revision(r) => actual == Some(r),
+            };
+            if !ok {
+                return Err(StoreError::Conflict {
+                    stream: a.stream.clone(),
+                    expected: a.expected,
+                    actual,
+                });
+            }
+            let next = actual.map_or(0, |r| r + 1) + a.events.len() as u64;
+            if !a.events.is_empty() {
+                local.insert(&a.stream, Some(next - 1));
+            }
+        }
+        let mut rows = Vec::new();
+        let mut revs: HashMap<&str, u64> = HashMap::new();
+        for a in &req.batch {
+            for ev in &a.events {
+                let rev = match revs.get(a.stream.as_str()) {
+                    Some(r) => r + 1,
+                    None => head(&a.stream).map_or(0, |r| r + 1),
+                };
+                revs.insert(&a.stream, rev);
+                *position += 1;
+                let row = RawEvent::seal(*hash, *position, &a.stream, rev, req.recorded_at, ev);
+                *hash = row.hash;
+                rows.push(row);
+            }
+        }
+        for (s, r) in revs {
+            staged.insert(s.to_string(), r);
+        }
+        Ok(rows)
+    }
+
+    fn write(&mut self, accepted: &[(WriteReq, Vec<RawEvent>)]) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(io)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO events (position, stream, revision, type, version, recorded_at, \
+                     data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(io)?;
+            for row in accepted.iter().flat_map(|(_, rows)| rows) {
+                stmt.execute(params![
+                    row.position as i64,
+                    row.stream,
+                    row.revision as i64,
+                    row.kind,
+                    row.version,
+                    row.recorded_at,
+                    row.data,
+                    &row.prev_hash[..],
+                    &row.hash[..],
+                ])
+                .map_err(io)?;
+            }
+        }
+        tx.commit().map_err(io)
+    }
+}
+
+impl EventStore for SqliteStore {
+    fn append(
+        &self,
+        batch: Vec<StreamAppend>,
+        recorded_at: DateTime<Utc>,
+    ) -> BoxFuture<'_, Result<Vec<Recorded>, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .tx
+            .lock()
+            .expect("store lock")
+            .as_ref()
+            .map(|tx| {
+                tx.send(WriteReq {
+                    batch,
+                    recorded_at,
+                    reply,
+                })
+                .is_ok()
+            })
+            .unwrap_or(false);
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn read_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEvent>, StoreError> {
+        let conn = self.reader.lock().expect("store lock");
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT position, stream, revision, type, version, recorded_at, data, \
+                 prev_hash, hash FROM events WHERE position > ?1 ORDER BY position LIMIT ?2",
+            )
+            .map_err(io)?;
+        let rows = stmt
+            .query_map(params![after as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, Vec<u8>>(7)?,
+                    r.get::<_, Vec<u8>>(8)?,
+                ))
+            })
+            .map_err(io)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (position, stream, revision, kind, version, recorded_at, data, prev, hash) =
+                row.map_err(io)?;
+            out.push(RawEvent {
+                position,
+                stream,
+                revision,
+                kind,
+                version,
+                recorded_at,
+                data,
+                prev_hash: to_hash(position, &prev)?,
+                hash: to_hash(position, &hash)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+}
