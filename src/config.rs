@@ -70,6 +70,7 @@ pub struct StoreConfig {
 #[serde(deny_unknown_fields)]
 pub struct SecretsConfig {
     pub key_file: PathBuf,
+    pub key_store: PathBuf,
     #[serde(default)]
     pub master_key: Option<String>,
 }

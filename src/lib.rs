@@ -11,10 +11,14 @@
 //!   at start-up, the `Clock` and `Rng` seams, secrets, and `app::run`, the composition root.
 //! - [`http`] — axum: the Pass API (`/v1`), hosted pages with en/kk/ru catalogs, the admin API,
 //!   the single error-to-response mapping, the OpenAPI document.
+//! - [`mqtt`] — readers: the embedded rumqttd broker, the rumqttc client, the SPEC 5 protocol.
+//! - [`synthetic`] — reference synthetic palms (stable identity per name plus per-scan noise).
 //! - [`config`] — layered configuration (embedded defaults → file → `PALMGATE_*` env).
 
 pub mod app;
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod mqtt;
 pub mod store;
+pub mod synthetic;

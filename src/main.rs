@@ -25,6 +25,11 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Simulated palm readers.
+    Reader {
+        #[command(subcommand)]
+        action: ReaderCmd,
+    },
     /// Manage partners through the admin API of a running server.
     Partner {
         #[command(flatten)]
@@ -53,6 +58,45 @@ struct AdminTarget {
 }
 
 #[derive(Subcommand)]
+enum ReaderCmd {
+    /// Connect as reader ID and scan the synthetic palm NAME (SPEC 5).
+    ///
+    /// With --session, scan for that hosted-page session (token or URL); with --door, scan at
+    /// the reader's door; with --trigger, report a hand at a kiosk. In every case the reader
+    /// then answers `capture` and `retry` commands with fresh scans for --wait seconds,
+    /// printing each command it receives as a JSON line.
+    Simulate {
+        #[arg(long)]
+        reader: String,
+        #[arg(long)]
+        palm: String,
+        #[arg(long, conflicts_with_all = ["door", "trigger"])]
+        session: Option<String>,
+        #[arg(long, conflicts_with = "trigger")]
+        door: bool,
+        #[arg(long)]
+        trigger: bool,
+        /// Broker URL (mqtt:// or mqtts://); default: the config's broker.
+        #[arg(long)]
+        mqtt: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Reported capture quality (0–1).
+        #[arg(long, default_value_t = 0.93)]
+        quality: f32,
+        /// Report a failed liveness check.
+        #[arg(long)]
+        spoof: bool,
+        /// Seed of the scan noise (default: random).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Seconds to keep answering commands.
+        #[arg(long, default_value_t = 3)]
+        wait: u64,
+    },
+}
+
+#[derive(Subcommand)]
 enum PartnerCmd {
     /// Create a partner; prints its API key once.
     Create {
@@ -78,6 +122,7 @@ fn main() -> std::process::ExitCode {
                 match cli.command {
                     Cmd::Serve { config } => serve(config).await,
                     Cmd::Partner { target, action } => partner(target, action).await,
+                    Cmd::Reader { action } => reader(action).await,
                 }
             })
         });
@@ -92,7 +137,7 @@ fn main() -> std::process::ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -222,5 +267,54 @@ async fn partner(target: AdminTarget, action: PartnerCmd) -> anyhow::Result<()> 
             );
         }
     }
+    Ok(())
+}
+
+async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
+    let ReaderCmd::Simulate {
+        reader,
+        palm,
+        session,
+        door,
+        trigger,
+        mqtt,
+        config,
+        quality,
+        spoof,
+        seed,
+        wait,
+    } = action;
+    let config = Config::load_with_process_env(config.as_deref())?;
+    let mqtt_url = mqtt
+        .or_else(|| config.mqtt.url.clone())
+        .unwrap_or_else(|| format!("mqtt://{}", config.mqtt.embedded.listen));
+    let seed = seed.unwrap_or_else(|| {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).ok();
+        u64::from_le_bytes(b)
+    });
+    let mut sim =
+        palmgate::mqtt::simulate::SimReader::connect(palmgate::mqtt::simulate::SimOptions {
+            mqtt_url: mqtt_url.clone(),
+            topic_prefix: config.mqtt.topic_prefix.clone(),
+            reader: palmgate::core::ReaderId(reader),
+            palm,
+            dim: config.matching.dim,
+            quality,
+            liveness: !spoof,
+            seed,
+        })
+        .await
+        .with_context(|| format!("cannot connect to {mqtt_url}"))?;
+    let token = session.map(|s| s.rsplit('/').next().unwrap_or(&s).to_string());
+    if let Some(t) = &token {
+        sim.capture(Some(t)).await?;
+    } else if door {
+        sim.capture(None).await?;
+    } else if trigger {
+        sim.trigger().await?;
+    }
+    sim.follow(std::time::Duration::from_secs(wait), true)
+        .await?;
     Ok(())
 }

@@ -1,24 +1,34 @@
 //! The shell: runs the core against the real world.
 //!
-//! The command pipeline is `decide → append (durable) → evolve → answer`: the state a caller
-//! reads never holds a fact the log lacks. Expected-revision conflicts (two requests racing for
-//! one stream) are retried against the newer state. A background task sleeps until the core's
-//! next deadline and feeds it a `Tick`. [`run`] is the composition root.
+//! The command pipeline is `decide → append (durable) → evolve → effects`: the state a caller
+//! reads never holds a fact the log lacks, and no effect (a reader command, later a webhook or
+//! a relay pulse) happens before the events that justify it are on disk. Expected-revision
+//! conflicts (two requests racing for one stream) are retried against the newer state. A
+//! background task sleeps until the core's next deadline and feeds it a `Tick`. [`start`] and
+//! [`Server::serve`] are the composition root.
 
 pub mod clock;
+pub mod keystore;
 pub mod limiter;
+pub mod readers;
 pub mod secrets;
+pub mod templates;
 
 use crate::config::Config;
-use crate::core::{Command, Outcome, Recorded, Rejection, State, decide};
+use crate::core::matcher::Index;
+use crate::core::{
+    Command, Decision, Effect, Outcome, Recorded, Rejection, Rules, SessionId, State, decide,
+};
 use crate::store::{EventStore, SqliteStore, StoreError};
 use clock::{Clock, OsRng, Rng, SystemClock};
+use keystore::KeyStore;
 use limiter::Limiter;
 use secrets::{AdminToken, Keys};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use templates::KeyWrap;
+use tokio::sync::{Notify, broadcast, mpsc};
 
 /// How often a command is re-decided after losing an expected-revision race.
 const MAX_ATTEMPTS: usize = 8;
@@ -31,6 +41,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("too much contention on one stream")]
     Contended,
+    #[error("key store: {0}")]
+    Keys(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,13 +51,17 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Secrets(#[from] secrets::SecretsError),
+    #[error("{0}")]
+    KeyStore(#[from] keystore::KeyStoreError),
     #[error("cannot listen on {addr}: {reason}")]
     Bind { addr: SocketAddr, reason: String },
+    #[error("MQTT: {0}")]
+    Mqtt(String),
     #[error("{0}")]
     Unsupported(String),
 }
 
-/// Everything a request handler may use.
+/// Everything a request handler or adapter may use.
 pub struct App {
     state: RwLock<State>,
     pub store: Arc<dyn EventStore>,
@@ -57,47 +73,78 @@ pub struct App {
     pub config: Config,
     /// Base of hosted-page URLs, without a trailing slash.
     pub public_url: String,
+    index: RwLock<Index>,
+    keystore: KeyStore,
+    wrap: KeyWrap,
+    effects: mpsc::UnboundedSender<Effect>,
+    sessions_changed: broadcast::Sender<SessionId>,
     evolved: Notify,
     wake: Notify,
 }
 
+/// What [`App::new`] needs besides the configuration.
+pub struct Parts {
+    pub store: Arc<dyn EventStore>,
+    pub keystore: KeyStore,
+    pub clock: Arc<dyn Clock>,
+    pub rng: Arc<dyn Rng>,
+    pub keys: Keys,
+    pub public_url: String,
+}
+
 impl App {
-    /// Builds the app over `store`, folding the whole log into the state.
+    /// Builds the app, folding the whole log into the state and indexing enrolled templates.
+    /// Effects the core asks for arrive on the returned receiver.
     pub fn new(
         config: Config,
-        store: Arc<dyn EventStore>,
-        clock: Arc<dyn Clock>,
-        rng: Arc<dyn Rng>,
-        keys: Keys,
-        public_url: String,
-    ) -> Result<App, StoreError> {
-        let mut state = State::default();
+        parts: Parts,
+    ) -> Result<(App, mpsc::UnboundedReceiver<Effect>), StoreError> {
+        let rules = Rules {
+            threshold: config.matching.threshold,
+            min_quality: config.matching.min_quality,
+            ..Rules::default()
+        };
+        let mut state = State::new(rules);
         let mut after = 0;
         loop {
-            let page = store.read(after, 10_000)?;
+            let page = parts.store.read(after, 10_000)?;
             let Some(last) = page.last() else { break };
             after = last.position;
             for r in &page {
                 state.evolve(r);
             }
         }
-        tracing::info!(events = after, "projections rebuilt from the log");
-        Ok(App {
+        let wrap = KeyWrap::new(parts.keys.wrap_key());
+        let index = readers::build_index(&state, &parts.keystore, &wrap, config.matching.dim);
+        tracing::info!(
+            events = after,
+            templates = index.len(),
+            "projections rebuilt from the log"
+        );
+        let (effects, effects_rx) = mpsc::unbounded_channel();
+        let app = App {
             state: RwLock::new(state),
             admin: AdminToken::new(&config.admin.token, &config.admin.token_sha256),
             limiter: Limiter::new(
                 config.rate_limit.per_minute,
                 config.rate_limit.unauthenticated_per_minute,
             ),
-            store,
-            clock,
-            rng,
-            keys,
+            store: parts.store,
+            clock: parts.clock,
+            rng: parts.rng,
+            keys: parts.keys,
             config,
-            public_url: public_url.trim_end_matches('/').to_string(),
+            public_url: parts.public_url.trim_end_matches('/').to_string(),
+            index: RwLock::new(index),
+            keystore: parts.keystore,
+            wrap,
+            effects,
+            sessions_changed: broadcast::channel(1024).0,
             evolved: Notify::new(),
             wake: Notify::new(),
-        })
+        };
+        app.destroy_erased_keys();
+        Ok((app, effects_rx))
     }
 
     /// Runs `f` against the current state (read lock held only for `f`).
@@ -105,22 +152,47 @@ impl App {
         f(&self.state.read().expect("state lock"))
     }
 
-    /// Decides `cmd`, makes its events durable, folds them in, and says what happened.
+    /// Session ids whose state changed (for live pages).
+    pub fn session_changes(&self) -> broadcast::Receiver<SessionId> {
+        self.sessions_changed.subscribe()
+    }
+
+    /// The configured session lifetime.
+    pub fn ttl(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.config.sessions.ttl)
+            .unwrap_or(chrono::Duration::minutes(15))
+    }
+
+    /// Decides `cmd`, makes its events durable, folds them in, performs its effects.
     pub async fn execute(&self, cmd: Command) -> Result<Outcome, AppError> {
+        self.execute_with(cmd, |_| Ok(())).await
+    }
+
+    /// As [`App::execute`], running `before_append` on the decision first (e.g. to store a
+    /// data key the events will reference).
+    pub async fn execute_with(
+        &self,
+        cmd: Command,
+        before_append: impl Fn(&Decision) -> Result<(), AppError>,
+    ) -> Result<Outcome, AppError> {
         for _ in 0..MAX_ATTEMPTS {
             let now = self.clock.now();
             let decision = self.read(|s| decide(s, &cmd, now))?;
             let appends: Vec<_> = decision
                 .appends
-                .into_iter()
+                .iter()
                 .filter(|a| !a.events.is_empty())
+                .cloned()
                 .collect();
             if appends.is_empty() {
+                self.perform(decision.effects);
                 return Ok(decision.outcome);
             }
+            before_append(&decision)?;
             match self.store.append(appends, now).await {
                 Ok(recorded) => {
                     self.apply(&recorded);
+                    self.perform(decision.effects);
                     return Ok(decision.outcome);
                 }
                 Err(StoreError::Conflict { stream, actual, .. }) => {
@@ -139,8 +211,22 @@ impl App {
                 s.evolve(r);
             }
         }
+        for r in recorded {
+            self.follow(r);
+            if let Some(id) = session_of(&r.event) {
+                let _ = self.sessions_changed.send(id);
+            }
+        }
         self.evolved.notify_waiters();
         self.wake.notify_one();
+    }
+
+    fn perform(&self, effects: Vec<Effect>) {
+        for e in effects {
+            if self.effects.send(e).is_err() {
+                tracing::warn!("no adapter is taking effects (shutting down?)");
+            }
+        }
     }
 
     /// Waits (briefly) until the state has folded in `stream` up to `revision`.
@@ -186,21 +272,38 @@ impl App {
     }
 }
 
-/// A started server: its address and a handle that ends when it stops.
+fn session_of(e: &crate::core::Event) -> Option<SessionId> {
+    use crate::core::Event::*;
+    match e {
+        SessionCreated { session_id, .. }
+        | SessionCompleted { session_id, .. }
+        | SessionFailed { session_id, .. }
+        | SessionExpired { session_id, .. }
+        | SessionReaderArmed { session_id, .. }
+        | CaptureRetryRequested { session_id, .. } => Some(*session_id),
+        _ => None,
+    }
+}
+
+/// A started server: its addresses and what it runs.
 pub struct Server {
     pub addr: SocketAddr,
     pub public_url: String,
+    /// Where readers connect: the embedded broker's address or the external broker URL.
+    pub mqtt: String,
     pub app: Arc<App>,
     listener: tokio::net::TcpListener,
+    effects: mpsc::UnboundedReceiver<Effect>,
 }
 
-/// Opens the store, rebuilds projections and binds the listener (composition root, part 1).
+/// Opens the store, rebuilds projections, starts the broker and binds the listener
+/// (composition root, part 1).
 pub async fn start(config: Config) -> Result<Server, StartError> {
     start_with(config, Arc::new(SystemClock), Arc::new(OsRng)).await
 }
 
 pub async fn start_with(
-    config: Config,
+    mut config: Config,
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
 ) -> Result<Server, StartError> {
@@ -214,6 +317,7 @@ pub async fn start_with(
         config.secrets.master_key.as_deref(),
         rng.bytes32(),
     )?;
+    let keystore = KeyStore::open(&config.secrets.key_store)?;
     let store = Arc::new(SqliteStore::open(&config.store.path)?);
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -225,24 +329,38 @@ pub async fn start_with(
         addr: config.http.listen,
         reason: e.to_string(),
     })?;
+    let mqtt = match &config.mqtt.url {
+        Some(url) => url.clone(),
+        None => {
+            let listen = crate::mqtt::broker::start_embedded(config.mqtt.embedded.listen)
+                .map_err(|e| StartError::Mqtt(e.to_string()))?;
+            config.mqtt.embedded.listen = listen;
+            format!("mqtt://{listen}")
+        }
+    };
     let public_url = if config.http.public_url.is_empty() {
         format!("http://{addr}")
     } else {
         config.http.public_url.clone()
     };
-    let app = Arc::new(App::new(
+    let (app, effects) = App::new(
         config,
-        store,
-        clock,
-        rng,
-        keys,
-        public_url.clone(),
-    )?);
+        Parts {
+            store,
+            keystore,
+            clock,
+            rng,
+            keys,
+            public_url: public_url.clone(),
+        },
+    )?;
     Ok(Server {
         addr,
         public_url,
-        app,
+        mqtt,
+        app: Arc::new(app),
         listener,
+        effects,
     })
 }
 
@@ -253,6 +371,8 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let deadlines = tokio::spawn(self.app.clone().deadline_loop());
+        let mqtt = crate::mqtt::client::spawn(self.app.clone(), &self.mqtt, self.effects)
+            .map_err(std::io::Error::other)?;
         let router = crate::http::router(self.app.clone());
         let result = axum::serve(
             self.listener,
@@ -261,6 +381,7 @@ impl Server {
         .with_graceful_shutdown(shutdown)
         .await;
         deadlines.abort();
+        mqtt.abort();
         result
     }
 }

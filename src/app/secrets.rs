@@ -49,6 +49,7 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 #[derive(Clone)]
 pub struct Keys {
     link_key: [u8; 32],
+    wrap_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -61,7 +62,21 @@ impl Keys {
     pub fn from_master(master: &[u8; 32]) -> Keys {
         Keys {
             link_key: hmac(master, &[b"palmgate session link v1"]),
+            wrap_key: hmac(master, &[b"palmgate template key wrap v1"]),
         }
+    }
+
+    /// The key that wraps per-user template data keys.
+    pub fn wrap_key(&self) -> &[u8; 32] {
+        &self.wrap_key
+    }
+
+    /// A stable name for this installation (e.g. its MQTT client id), not revealing the key.
+    pub fn instance_name(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}-{}",
+            &hex::encode(hmac(&self.link_key, &[b"instance name"]))[..12]
+        )
     }
 
     /// The URL token of a session.

@@ -1,65 +1,22 @@
-//! decide/evolve: the rules for partners, sessions and users.
+//! `decide`: what a command means, given the state and the time.
 //!
-//! `decide(&State, &Command, now)` returns the events a command produces (or why it is
-//! refused) and never changes anything; `State::evolve(&Recorded)` folds one stored event into
-//! the read model. Invariants: `evolve` is total (it never fails on an event that `decide`
-//! could have produced), and the state after folding a log is the same whether the events
-//! arrived live or from a replay.
+//! `decide(&State, &Command, now)` returns the events to append (with each stream's expected
+//! revision), the effects to perform once they are durable, and what to answer — or why the
+//! command is refused. It never changes anything, reads no clock and draws no randomness.
 
-use super::command::{Command, EnrollRequest};
-use super::event::{Event, Expected, Idempotency, Recorded, StreamAppend, stream};
+use super::command::{Capture, Command, EnrollRequest};
+use super::event::{
+    CaptureRef, CaptureRejection, Event, Expected, Idempotency, StreamAppend, stream,
+};
 use super::ids::*;
-use super::session::{Session, SessionState};
+use super::session::Session;
+use super::state::State;
 use chrono::{DateTime, Duration, Utc};
-use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
+
+pub use super::state::{Partner, Reader, Rules, User};
 
 /// How long an `Idempotency-Key` answer is kept (SPEC 2).
 pub const IDEMPOTENCY_TTL: Duration = Duration::hours(24);
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Partner {
-    pub id: PartnerId,
-    pub name: String,
-    pub api_key_hash: SecretHash,
-    pub active: bool,
-    pub created_at: DateTime<Utc>,
-    pub revision: u64,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct User {
-    pub partner_id: PartnerId,
-    pub external_id: ExternalId,
-    pub username: Option<String>,
-    pub metadata: Option<Value>,
-    pub enrolled_at: DateTime<Utc>,
-    pub session_id: SessionId,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct IdemEntry {
-    session_id: SessionId,
-    fingerprint: String,
-    at: DateTime<Utc>,
-}
-
-/// The read model every decision is made against.
-#[derive(Clone, Debug, Default)]
-pub struct State {
-    partners: HashMap<PartnerId, Partner>,
-    partner_by_key: HashMap<SecretHash, PartnerId>,
-    sessions: HashMap<SessionId, Session>,
-    session_by_token: HashMap<SecretHash, SessionId>,
-    users: HashMap<(PartnerId, ExternalId), User>,
-    idempotency: HashMap<(PartnerId, String), IdemEntry>,
-    /// Last revision of every stream seen, for expected-revision appends.
-    revisions: HashMap<String, u64>,
-    /// Pending sessions by expiry.
-    deadlines: BTreeSet<(DateTime<Utc>, SessionId)>,
-    /// Global position of the last event folded in.
-    position: u64,
-}
 
 /// Why a command is refused. Each maps to exactly one API answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -74,12 +31,41 @@ pub enum Rejection {
     IdempotencyMismatch,
     #[error("partner already exists")]
     PartnerExists,
+    #[error("reader is offline")]
+    ReaderOffline,
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// A command for a reader (SPEC 5, `cmd` topic). Tokens and URLs are filled in by the shell.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReaderCommand {
+    /// Arm for a hosted-page session.
+    Capture {
+        session_id: SessionId,
+        kind: SessionKind,
+        language: Language,
+    },
+    /// Show a hosted page's URL (trigger flow).
+    Show { session_id: SessionId },
+    /// Ask for another scan.
+    Retry { reason: FailReason },
+}
+
+/// Something to do once the decision's events are durable.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Reader {
+        reader_id: ReaderId,
+        command: ReaderCommand,
+    },
 }
 
 /// What a command produced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub appends: Vec<StreamAppend>,
+    pub effects: Vec<Effect>,
     pub outcome: Outcome,
 }
 
@@ -92,13 +78,26 @@ pub enum Outcome {
         id: SessionId,
         replayed: bool,
     },
+    /// The input was already handled (a repeated `capture_id` or `trigger_id`).
+    Duplicate,
 }
 
 impl Decision {
     fn new(appends: Vec<StreamAppend>) -> Self {
         Self {
             appends,
+            effects: vec![],
             outcome: Outcome::Done,
+        }
+    }
+    fn with_effect(mut self, e: Effect) -> Self {
+        self.effects.push(e);
+        self
+    }
+    fn duplicate() -> Self {
+        Self {
+            outcome: Outcome::Duplicate,
+            ..Self::new(vec![])
         }
     }
     pub fn events(&self) -> impl Iterator<Item = &Event> {
@@ -106,199 +105,19 @@ impl Decision {
     }
 }
 
+fn one(stream: String, expected: Expected, event: Event) -> StreamAppend {
+    StreamAppend {
+        stream,
+        expected,
+        events: vec![event],
+    }
+}
+
 impl State {
     fn expected(&self, stream: &str) -> Expected {
-        match self.revisions.get(stream) {
-            Some(r) => Expected::Revision(*r),
+        match self.revision(stream) {
+            Some(r) => Expected::Revision(r),
             None => Expected::NoStream,
-        }
-    }
-
-    pub fn position(&self) -> u64 {
-        self.position
-    }
-    pub fn revision(&self, stream: &str) -> Option<u64> {
-        self.revisions.get(stream).copied()
-    }
-    pub fn partner(&self, id: PartnerId) -> Option<&Partner> {
-        self.partners.get(&id)
-    }
-    pub fn partners(&self) -> impl Iterator<Item = &Partner> {
-        self.partners.values()
-    }
-    pub fn partner_by_key_hash(&self, hash: &SecretHash) -> Option<&Partner> {
-        self.partner_by_key
-            .get(hash)
-            .and_then(|id| self.partners.get(id))
-    }
-    pub fn session(&self, id: SessionId) -> Option<&Session> {
-        self.sessions.get(&id)
-    }
-    pub fn session_by_token_hash(&self, hash: &SecretHash) -> Option<&Session> {
-        self.session_by_token
-            .get(hash)
-            .and_then(|id| self.sessions.get(id))
-    }
-    pub fn user(&self, partner: PartnerId, external_id: &ExternalId) -> Option<&User> {
-        self.users.get(&(partner, external_id.clone()))
-    }
-    /// The earliest instant at which [`Command::Tick`] has something to do.
-    pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
-        self.deadlines.first().map(|(t, _)| *t)
-    }
-
-    /// Folds one stored event into the state.
-    pub fn evolve(&mut self, rec: &Recorded) {
-        self.position = self.position.max(rec.position);
-        let rev = self
-            .revisions
-            .entry(rec.stream.clone())
-            .or_insert(rec.revision);
-        *rev = (*rev).max(rec.revision);
-        match &rec.event {
-            Event::PartnerCreated {
-                partner_id,
-                name,
-                api_key_hash,
-                at,
-            } => {
-                self.partner_by_key
-                    .insert(api_key_hash.clone(), *partner_id);
-                self.partners.insert(
-                    *partner_id,
-                    Partner {
-                        id: *partner_id,
-                        name: name.clone(),
-                        api_key_hash: api_key_hash.clone(),
-                        active: true,
-                        created_at: *at,
-                        revision: rec.revision,
-                    },
-                );
-            }
-            Event::PartnerActivated { partner_id, .. }
-            | Event::PartnerDeactivated { partner_id, .. } => {
-                if let Some(p) = self.partners.get_mut(partner_id) {
-                    p.active = matches!(rec.event, Event::PartnerActivated { .. });
-                    p.revision = rec.revision;
-                }
-            }
-            Event::SessionCreated {
-                session_id,
-                partner_id,
-                kind,
-                language,
-                token_hash,
-                external_id,
-                username,
-                metadata,
-                created_at,
-                expires_at,
-            } => {
-                self.session_by_token
-                    .insert(token_hash.clone(), *session_id);
-                self.deadlines.insert((*expires_at, *session_id));
-                self.sessions.insert(
-                    *session_id,
-                    Session {
-                        id: *session_id,
-                        partner_id: *partner_id,
-                        kind: *kind,
-                        language: *language,
-                        token_hash: token_hash.clone(),
-                        external_id: external_id.clone(),
-                        username: username.clone(),
-                        metadata: metadata.clone(),
-                        state: SessionState::Pending,
-                        fail_reason: None,
-                        created_at: *created_at,
-                        expires_at: *expires_at,
-                        ended_at: None,
-                        revision: rec.revision,
-                    },
-                );
-            }
-            Event::IdempotencyKeyUsed {
-                partner_id,
-                key,
-                fingerprint,
-                session_id,
-                at,
-            } => {
-                self.idempotency.insert(
-                    (*partner_id, key.clone()),
-                    IdemEntry {
-                        session_id: *session_id,
-                        fingerprint: fingerprint.clone(),
-                        at: *at,
-                    },
-                );
-            }
-            Event::SessionCompleted {
-                session_id,
-                external_id,
-                at,
-            } => self.end_session(*session_id, rec.revision, *at, |s| {
-                s.state = SessionState::Completed;
-                if external_id.is_some() {
-                    s.external_id = external_id.clone();
-                }
-            }),
-            Event::SessionFailed {
-                session_id,
-                reason,
-                at,
-            } => self.end_session(*session_id, rec.revision, *at, |s| {
-                s.state = SessionState::Failed;
-                s.fail_reason = Some(*reason);
-            }),
-            Event::SessionExpired { session_id, at } => {
-                self.end_session(*session_id, rec.revision, *at, |s| {
-                    s.state = SessionState::Expired;
-                })
-            }
-            Event::UserEnrolled {
-                partner_id,
-                external_id,
-                username,
-                metadata,
-                session_id,
-                at,
-            } => {
-                self.users.insert(
-                    (*partner_id, external_id.clone()),
-                    User {
-                        partner_id: *partner_id,
-                        external_id: external_id.clone(),
-                        username: username.clone(),
-                        metadata: metadata.clone(),
-                        enrolled_at: *at,
-                        session_id: *session_id,
-                    },
-                );
-            }
-            Event::UserErased {
-                partner_id,
-                external_id,
-                ..
-            } => {
-                self.users.remove(&(*partner_id, external_id.clone()));
-            }
-        }
-    }
-
-    fn end_session(
-        &mut self,
-        id: SessionId,
-        revision: u64,
-        at: DateTime<Utc>,
-        f: impl FnOnce(&mut Session),
-    ) {
-        if let Some(s) = self.sessions.get_mut(&id) {
-            self.deadlines.remove(&(s.expires_at, id));
-            s.revision = revision;
-            s.ended_at = Some(at);
-            f(s);
         }
     }
 }
@@ -314,38 +133,33 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
             if state.partners.contains_key(partner_id) {
                 return Err(Rejection::PartnerExists);
             }
-            Ok(Decision::new(vec![StreamAppend {
-                stream: stream::partner(*partner_id),
-                expected: Expected::NoStream,
-                events: vec![Event::PartnerCreated {
+            Ok(Decision::new(vec![one(
+                stream::partner(*partner_id),
+                Expected::NoStream,
+                Event::PartnerCreated {
                     partner_id: *partner_id,
                     name: name.clone(),
                     api_key_hash: api_key_hash.clone(),
                     at: now,
-                }],
-            }]))
+                },
+            )]))
         }
         Command::SetPartnerActive { partner_id, active } => {
             let p = state.partners.get(partner_id).ok_or(Rejection::NotFound)?;
             if p.active == *active {
                 return Ok(Decision::new(vec![]));
             }
+            let (partner_id, at) = (*partner_id, now);
             let event = if *active {
-                Event::PartnerActivated {
-                    partner_id: *partner_id,
-                    at: now,
-                }
+                Event::PartnerActivated { partner_id, at }
             } else {
-                Event::PartnerDeactivated {
-                    partner_id: *partner_id,
-                    at: now,
-                }
+                Event::PartnerDeactivated { partner_id, at }
             };
-            Ok(Decision::new(vec![StreamAppend {
-                stream: stream::partner(*partner_id),
-                expected: Expected::Revision(p.revision),
-                events: vec![event],
-            }]))
+            Ok(Decision::new(vec![one(
+                stream::partner(partner_id),
+                Expected::Revision(p.revision),
+                event,
+            )]))
         }
         Command::CreateSession {
             partner_id,
@@ -356,7 +170,7 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
             enroll,
             idempotency,
             ttl,
-        } => decide_create_session(
+        } => create_session(
             state,
             now,
             NewSession {
@@ -375,21 +189,116 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
             session_id,
         } => {
             let s = state.sessions.get(session_id).ok_or(Rejection::NotFound)?;
-            if partner.is_some_and(|p| p != s.partner_id) {
+            if partner.is_some() && *partner != s.partner_id {
                 return Err(Rejection::NotFound);
             }
             if !s.is_open(now) {
                 return Err(Rejection::SessionNotPending);
             }
-            Ok(Decision::new(vec![StreamAppend {
-                stream: stream::session(s.id),
-                expected: Expected::Revision(s.revision),
-                events: vec![Event::SessionFailed {
-                    session_id: s.id,
-                    reason: FailReason::Cancelled,
+            Ok(Decision::new(vec![fail(
+                s,
+                FailReason::Cancelled,
+                None,
+                now,
+            )]))
+        }
+        Command::EraseUser {
+            partner_id,
+            external_id,
+        } => {
+            let u = state
+                .user(*partner_id, external_id)
+                .ok_or(Rejection::NotFound)?;
+            Ok(Decision::new(vec![one(
+                stream::user(*partner_id, external_id),
+                Expected::Revision(u.revision),
+                Event::UserErased {
+                    partner_id: *partner_id,
+                    external_id: external_id.clone(),
                     at: now,
-                }],
-            }]))
+                },
+            )]))
+        }
+        Command::ReaderStatus {
+            reader_id,
+            online,
+            model,
+            firmware,
+        } => Ok(reader_status(
+            state, reader_id, *online, model, firmware, now,
+        )),
+        Command::ArmReader {
+            session_id,
+            reader_id,
+        } => {
+            let s = state.sessions.get(session_id).ok_or(Rejection::NotFound)?;
+            if !s.is_open(now) {
+                return Err(Rejection::SessionNotPending);
+            }
+            if !state.readers.get(reader_id).is_some_and(|r| r.online) {
+                return Err(Rejection::ReaderOffline);
+            }
+            Ok(Decision::new(vec![one(
+                stream::session(s.id),
+                Expected::Revision(s.revision),
+                Event::SessionReaderArmed {
+                    session_id: s.id,
+                    reader_id: reader_id.clone(),
+                    at: now,
+                },
+            )])
+            .with_effect(Effect::Reader {
+                reader_id: reader_id.clone(),
+                command: ReaderCommand::Capture {
+                    session_id: s.id,
+                    kind: s.kind,
+                    language: s.language,
+                },
+            }))
+        }
+        Command::Capture(c) => capture(state, c, now),
+        Command::Trigger {
+            reader_id,
+            trigger_id,
+            session_id,
+            token_hash,
+            ttl,
+        } => {
+            if state
+                .seen
+                .contains(&(reader_id.clone(), trigger_id.clone()))
+            {
+                return Ok(Decision::duplicate());
+            }
+            let created = Event::SessionCreated {
+                session_id: *session_id,
+                partner_id: None,
+                reader_id: Some(reader_id.clone()),
+                kind: SessionKind::Identify,
+                language: Language::En,
+                token_hash: token_hash.clone(),
+                external_id: None,
+                username: None,
+                metadata: None,
+                created_at: now,
+                expires_at: now + *ttl,
+            };
+            let mut d = Decision::new(vec![one(
+                stream::session(*session_id),
+                Expected::NoStream,
+                created,
+            )])
+            .with_effect(Effect::Reader {
+                reader_id: reader_id.clone(),
+                command: ReaderCommand::Show {
+                    session_id: *session_id,
+                },
+            });
+            d.outcome = Outcome::Session {
+                id: *session_id,
+                replayed: false,
+            };
+            Ok(d)
         }
         Command::Tick => {
             let due = state
@@ -397,18 +306,231 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
                 .iter()
                 .take_while(|(t, _)| *t <= now)
                 .filter_map(|(_, id)| state.sessions.get(id))
-                .map(|s| StreamAppend {
-                    stream: stream::session(s.id),
-                    expected: Expected::Revision(s.revision),
-                    events: vec![Event::SessionExpired {
-                        session_id: s.id,
-                        at: s.expires_at,
-                    }],
+                .map(|s| {
+                    one(
+                        stream::session(s.id),
+                        Expected::Revision(s.revision),
+                        Event::SessionExpired {
+                            session_id: s.id,
+                            at: s.expires_at,
+                        },
+                    )
                 })
                 .collect();
             Ok(Decision::new(due))
         }
     }
+}
+
+fn fail(
+    s: &Session,
+    reason: FailReason,
+    capture: Option<CaptureRef>,
+    now: DateTime<Utc>,
+) -> StreamAppend {
+    one(
+        stream::session(s.id),
+        Expected::Revision(s.revision),
+        Event::SessionFailed {
+            session_id: s.id,
+            reason,
+            capture,
+            at: now,
+        },
+    )
+}
+
+fn reader_status(
+    state: &State,
+    reader_id: &ReaderId,
+    online: bool,
+    model: &Option<String>,
+    firmware: &Option<String>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let known = state.readers.get(reader_id);
+    let unchanged = known.is_some_and(|r| {
+        r.online == online && (!online || (r.model == *model && r.firmware == *firmware))
+    });
+    if unchanged {
+        return Decision::new(vec![]);
+    }
+    let s = stream::reader(reader_id);
+    let mut appends = vec![one(
+        s.clone(),
+        state.expected(&s),
+        Event::ReaderStatusChanged {
+            reader_id: reader_id.clone(),
+            online,
+            model: model.clone(),
+            firmware: firmware.clone(),
+            at: now,
+        },
+    )];
+    if !online {
+        // Sessions waiting on this reader cannot finish: they fail `reader_offline`.
+        let mut waiting: Vec<&Session> = state
+            .sessions
+            .values()
+            .filter(|s| s.reader_id.as_ref() == Some(reader_id) && s.is_open(now))
+            .collect();
+        waiting.sort_by_key(|s| s.id);
+        appends.extend(
+            waiting
+                .into_iter()
+                .map(|s| fail(s, FailReason::ReaderOffline, None, now)),
+        );
+    }
+    Decision::new(appends)
+}
+
+fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, Rejection> {
+    if state
+        .seen
+        .contains(&(c.reader_id.clone(), c.capture_id.clone()))
+    {
+        return Ok(Decision::duplicate());
+    }
+    let rejected = |reason| {
+        let s = stream::reader(&c.reader_id);
+        Ok(Decision::new(vec![one(
+            s.clone(),
+            state.expected(&s),
+            Event::CaptureRejected {
+                reader_id: c.reader_id.clone(),
+                capture_id: c.capture_id.clone(),
+                reason,
+                at: now,
+            },
+        )]))
+    };
+    let Some(token) = &c.session else {
+        // Door scans are decided by the site policy; without one, a reader opens nothing.
+        return rejected(CaptureRejection::NoDoor);
+    };
+    let Some(s) = state.session_by_token_hash(token) else {
+        return rejected(CaptureRejection::UnknownSession);
+    };
+    if !s.is_open(now) {
+        return rejected(CaptureRejection::SessionNotPending);
+    }
+    let rules = state.rules;
+    let matched = c.best.as_ref().filter(|b| b.similarity >= rules.threshold);
+    let cref = CaptureRef {
+        reader_id: c.reader_id.clone(),
+        capture_id: c.capture_id.clone(),
+        quality: c.quality,
+        similarity: c.best.as_ref().map(|b| b.similarity),
+    };
+    if !c.liveness {
+        return Ok(Decision::new(vec![fail(
+            s,
+            FailReason::LivenessFailed,
+            Some(cref),
+            now,
+        )]));
+    }
+    if c.quality < rules.min_quality {
+        if s.retries >= rules.max_retries {
+            return Ok(Decision::new(vec![fail(
+                s,
+                FailReason::LowQuality,
+                Some(cref),
+                now,
+            )]));
+        }
+        return Ok(Decision::new(vec![one(
+            stream::session(s.id),
+            Expected::Revision(s.revision),
+            Event::CaptureRetryRequested {
+                session_id: s.id,
+                capture: cref,
+                attempt: s.retries + 1,
+                at: now,
+            },
+        )])
+        .with_effect(Effect::Reader {
+            reader_id: c.reader_id.clone(),
+            command: ReaderCommand::Retry {
+                reason: FailReason::LowQuality,
+            },
+        }));
+    }
+    match s.kind {
+        SessionKind::Identify => Ok(Decision::new(vec![match matched {
+            Some(m) => one(
+                stream::session(s.id),
+                Expected::Revision(s.revision),
+                Event::SessionCompleted {
+                    session_id: s.id,
+                    external_id: Some(m.external_id.clone()),
+                    capture: Some(cref),
+                    at: now,
+                },
+            ),
+            None => fail(s, FailReason::NoMatch, Some(cref), now),
+        }])),
+        SessionKind::Enroll => enroll_capture(state, s, c, cref, matched.is_some(), now),
+    }
+}
+
+fn enroll_capture(
+    state: &State,
+    s: &Session,
+    c: &Capture,
+    cref: CaptureRef,
+    palm_known: bool,
+    now: DateTime<Utc>,
+) -> Result<Decision, Rejection> {
+    let (Some(partner_id), Some(external_id)) = (s.partner_id, s.external_id.clone()) else {
+        return Err(Rejection::Invalid(
+            "enroll session without partner or external_id",
+        ));
+    };
+    let taken = state.user(partner_id, &external_id).is_some();
+    if palm_known || taken {
+        return Ok(Decision::new(vec![fail(
+            s,
+            FailReason::AlreadyEnrolled,
+            Some(cref),
+            now,
+        )]));
+    }
+    let Some(sealed) = c.sealed.clone() else {
+        return Err(Rejection::Invalid(
+            "enroll capture without a sealed template",
+        ));
+    };
+    let user_stream = stream::user(partner_id, &external_id);
+    let user_expected = match state.user_revision(partner_id, &external_id) {
+        Some(r) => Expected::Revision(r),
+        None => Expected::NoStream,
+    };
+    Ok(Decision::new(vec![
+        one(
+            stream::session(s.id),
+            Expected::Revision(s.revision),
+            Event::SessionCompleted {
+                session_id: s.id,
+                external_id: Some(external_id.clone()),
+                capture: Some(cref),
+                at: now,
+            },
+        ),
+        one(
+            user_stream,
+            user_expected,
+            Event::UserEnrolled {
+                partner_id,
+                external_id,
+                username: s.username.clone(),
+                metadata: s.metadata.clone(),
+                session_id: s.id,
+                template: Some(sealed),
+                at: now,
+            },
+        ),
+    ]))
 }
 
 struct NewSession<'a> {
@@ -422,14 +544,20 @@ struct NewSession<'a> {
     ttl: Duration,
 }
 
-fn decide_create_session(
+fn create_session(
     state: &State,
     now: DateTime<Utc>,
     n: NewSession<'_>,
 ) -> Result<Decision, Rejection> {
     let mut appends = Vec::with_capacity(2);
+    if let Some(e) = n.enroll
+        && state
+            .users
+            .contains_key(&(n.partner_id, e.external_id.clone()))
+    {
+        return Err(Rejection::AlreadyEnrolled);
+    }
     if let Some(idem) = n.idempotency {
-        let key_stream = stream::idempotency(n.partner_id, &idem.key);
         let live = state
             .idempotency
             .get(&(n.partner_id, idem.key.clone()))
@@ -440,52 +568,48 @@ fn decide_create_session(
             }
             return Ok(Decision {
                 appends: vec![],
+                effects: vec![],
                 outcome: Outcome::Session {
                     id: entry.session_id,
                     replayed: true,
                 },
             });
         }
-        appends.push(StreamAppend {
-            expected: state.expected(&key_stream),
-            stream: key_stream,
-            events: vec![Event::IdempotencyKeyUsed {
+    }
+    appends.push(one(
+        stream::session(n.session_id),
+        Expected::NoStream,
+        Event::SessionCreated {
+            session_id: n.session_id,
+            partner_id: Some(n.partner_id),
+            reader_id: None,
+            kind: n.kind,
+            language: n.language,
+            token_hash: n.token_hash.clone(),
+            external_id: n.enroll.map(|e| e.external_id.clone()),
+            username: n.enroll.and_then(|e| e.username.clone()),
+            metadata: n.enroll.and_then(|e| e.metadata.clone()),
+            created_at: now,
+            expires_at: now + n.ttl,
+        },
+    ));
+    if let Some(idem) = n.idempotency {
+        let key_stream = stream::idempotency(n.partner_id, &idem.key);
+        appends.push(one(
+            key_stream.clone(),
+            state.expected(&key_stream),
+            Event::IdempotencyKeyUsed {
                 partner_id: n.partner_id,
                 key: idem.key.clone(),
                 fingerprint: idem.fingerprint.clone(),
                 session_id: n.session_id,
                 at: now,
-            }],
-        });
+            },
+        ));
     }
-    if let Some(e) = n.enroll
-        && state
-            .users
-            .contains_key(&(n.partner_id, e.external_id.clone()))
-    {
-        return Err(Rejection::AlreadyEnrolled);
-    }
-    appends.insert(
-        0,
-        StreamAppend {
-            stream: stream::session(n.session_id),
-            expected: Expected::NoStream,
-            events: vec![Event::SessionCreated {
-                session_id: n.session_id,
-                partner_id: n.partner_id,
-                kind: n.kind,
-                language: n.language,
-                token_hash: n.token_hash.clone(),
-                external_id: n.enroll.map(|e| e.external_id.clone()),
-                username: n.enroll.and_then(|e| e.username.clone()),
-                metadata: n.enroll.and_then(|e| e.metadata.clone()),
-                created_at: now,
-                expires_at: now + n.ttl,
-            }],
-        },
-    );
     Ok(Decision {
         appends,
+        effects: vec![],
         outcome: Outcome::Session {
             id: n.session_id,
             replayed: false,

@@ -19,6 +19,29 @@ pub struct Idempotency {
     pub fingerprint: String,
 }
 
+/// A palm template encrypted with its user's data key (SPEC 8.3). The key lives in the key
+/// store, never in the log; deleting it makes these bytes noise.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SealedTemplate {
+    pub key_id: KeyId,
+    /// Base64 of the 12-byte AEAD nonce.
+    pub nonce: String,
+    /// Base64 of the ChaCha20-Poly1305 ciphertext of the little-endian f32 values.
+    pub ciphertext: String,
+}
+
+/// Why a reader's capture was refused without touching a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureRejection {
+    /// The `session` token names no session.
+    UnknownSession,
+    /// The session has ended or expired.
+    SessionNotPending,
+    /// A session-less capture at a reader that belongs to no door.
+    NoDoor,
+}
+
 /// Every fact in the log. The serde tag is the event type written in the envelope.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -39,7 +62,12 @@ pub enum Event {
     },
     SessionCreated {
         session_id: SessionId,
-        partner_id: PartnerId,
+        /// The partner that asked; `None` for a site session opened by a reader's trigger.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partner_id: Option<PartnerId>,
+        /// The reader a trigger session is bound to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reader_id: Option<ReaderId>,
         kind: SessionKind,
         language: Language,
         token_hash: SecretHash,
@@ -65,11 +93,43 @@ pub enum Event {
         session_id: SessionId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         external_id: Option<ExternalId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capture: Option<CaptureRef>,
         at: DateTime<Utc>,
     },
     SessionFailed {
         session_id: SessionId,
         reason: FailReason,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capture: Option<CaptureRef>,
+        at: DateTime<Utc>,
+    },
+    /// A hosted page armed a reader for this session.
+    SessionReaderArmed {
+        session_id: SessionId,
+        reader_id: ReaderId,
+        at: DateTime<Utc>,
+    },
+    /// A capture was below `min_quality`; the reader was asked to try again.
+    CaptureRetryRequested {
+        session_id: SessionId,
+        capture: CaptureRef,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    CaptureRejected {
+        reader_id: ReaderId,
+        capture_id: String,
+        reason: CaptureRejection,
+        at: DateTime<Utc>,
+    },
+    ReaderStatusChanged {
+        reader_id: ReaderId,
+        online: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        firmware: Option<String>,
         at: DateTime<Utc>,
     },
     SessionExpired {
@@ -84,6 +144,8 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         metadata: Option<Value>,
         session_id: SessionId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template: Option<SealedTemplate>,
         at: DateTime<Utc>,
     },
     UserErased {
@@ -91,6 +153,16 @@ pub enum Event {
         external_id: ExternalId,
         at: DateTime<Utc>,
     },
+}
+
+/// Which capture decided something, and how similar the best template was.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaptureRef {
+    pub reader_id: ReaderId,
+    pub capture_id: String,
+    pub quality: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f32>,
 }
 
 /// Error reading an event back from its stored parts.
@@ -122,6 +194,10 @@ impl Event {
             Event::SessionExpired { .. } => "SessionExpired",
             Event::UserEnrolled { .. } => "UserEnrolled",
             Event::UserErased { .. } => "UserErased",
+            Event::SessionReaderArmed { .. } => "SessionReaderArmed",
+            Event::CaptureRetryRequested { .. } => "CaptureRetryRequested",
+            Event::CaptureRejected { .. } => "CaptureRejected",
+            Event::ReaderStatusChanged { .. } => "ReaderStatusChanged",
         }
     }
 
@@ -173,6 +249,10 @@ pub const KNOWN_TYPES: &[&str] = &[
     "SessionExpired",
     "UserEnrolled",
     "UserErased",
+    "SessionReaderArmed",
+    "CaptureRetryRequested",
+    "CaptureRejected",
+    "ReaderStatusChanged",
 ];
 
 /// Stream names (SPEC 8.1).
@@ -187,6 +267,9 @@ pub mod stream {
     }
     pub fn user(partner: PartnerId, external_id: &ExternalId) -> String {
         format!("user-{partner}-{external_id}")
+    }
+    pub fn reader(id: &ReaderId) -> String {
+        format!("reader-{id}")
     }
     /// The key is kept verbatim: stream names are opaque text to every backend.
     pub fn idempotency(partner: PartnerId, key: &str) -> String {

@@ -41,6 +41,10 @@ uuid_id!(
     /// One enroll or identify attempt (the id partners see; never the URL token).
     SessionId
 );
+uuid_id!(
+    /// A per-user data key in the key store (outside the log); destroying it erases a template.
+    KeyId
+);
 
 macro_rules! string_id {
     ($(#[$m:meta])* $name:ident) => {
@@ -66,6 +70,10 @@ macro_rules! string_id {
 string_id!(
     /// The partner's own identifier for a user (unique per partner, 1–100 scalar values).
     ExternalId
+);
+string_id!(
+    /// A palm reader's id, the `{reader_id}` of its MQTT topics.
+    ReaderId
 );
 string_id!(
     /// Hex SHA-256 of a secret (API key, session token). Secrets themselves never reach the log.

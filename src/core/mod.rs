@@ -8,10 +8,13 @@ pub mod command;
 pub mod decider;
 pub mod event;
 pub mod ids;
+pub mod matcher;
 pub mod ratelimit;
 pub mod session;
+pub mod state;
 
-pub use command::{Command, EnrollRequest};
-pub use decider::{Decision, Outcome, Rejection, State, decide};
+pub use command::{Capture, Command, EnrollRequest};
+pub use decider::{Decision, Effect, Outcome, ReaderCommand, Rejection, decide};
 pub use event::{Event, Expected, Recorded, StreamAppend};
 pub use ids::*;
+pub use state::{Rules, State};

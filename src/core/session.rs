@@ -32,7 +32,8 @@ impl SessionState {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Session {
     pub id: SessionId,
-    pub partner_id: PartnerId,
+    /// `None` for a site session opened by a reader's trigger.
+    pub partner_id: Option<PartnerId>,
     pub kind: SessionKind,
     pub language: Language,
     pub token_hash: SecretHash,
@@ -41,6 +42,10 @@ pub struct Session {
     pub metadata: Option<Value>,
     pub state: SessionState,
     pub fail_reason: Option<FailReason>,
+    /// The reader armed for (or, for a trigger session, bound to) this session.
+    pub reader_id: Option<ReaderId>,
+    /// Low-quality retries asked for so far.
+    pub retries: u32,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,

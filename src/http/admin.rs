@@ -130,3 +130,31 @@ pub async fn deactivate(
 ) -> Result<Json<PartnerBody>, ApiError> {
     set_active(&app, &id, false).await
 }
+
+/// A reader as the operator sees it.
+#[derive(Serialize, ToSchema)]
+pub struct ReaderBody {
+    pub id: String,
+    pub online: bool,
+    pub model: Option<String>,
+    pub firmware: Option<String>,
+    /// When the reader last went online or offline.
+    pub since: String,
+}
+
+/// `GET /admin/v1/readers`
+pub async fn list_readers(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<ReaderBody>> {
+    let mut list: Vec<ReaderBody> = app.read(|s| {
+        s.readers()
+            .map(|r| ReaderBody {
+                id: r.id.0.clone(),
+                online: r.online,
+                model: r.model.clone(),
+                firmware: r.firmware.clone(),
+                since: time_text(r.since),
+            })
+            .collect()
+    });
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    Json(list)
+}

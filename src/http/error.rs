@@ -70,7 +70,9 @@ impl From<Rejection> for ApiError {
             Rejection::AlreadyEnrolled
             | Rejection::SessionNotPending
             | Rejection::IdempotencyMismatch
-            | Rejection::PartnerExists => ApiError::Conflict(r.to_string()),
+            | Rejection::PartnerExists
+            | Rejection::ReaderOffline => ApiError::Conflict(r.to_string()),
+            Rejection::Invalid(m) => ApiError::BadRequest(m.to_string()),
         }
     }
 }
@@ -82,6 +84,10 @@ impl From<AppError> for ApiError {
             AppError::Store(StoreError::Conflict { .. }) | AppError::Contended => {
                 tracing::warn!(error = %e, "command lost too many races");
                 ApiError::Conflict("concurrent update, retry the request".into())
+            }
+            AppError::Keys(e) => {
+                tracing::error!(error = %e, "key store failure");
+                ApiError::Unavailable
             }
             AppError::Store(e) => {
                 tracing::error!(error = %e, "event store failure");

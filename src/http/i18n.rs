@@ -24,6 +24,12 @@ pub struct Catalog {
     pub not_found_body: &'static str,
     pub completed: &'static str,
     pub failed: &'static str,
+    pub choose_reader: &'static str,
+    pub no_readers: &'static str,
+    /// `{reader}` is replaced by the reader's id.
+    pub armed: &'static str,
+    pub retry: &'static str,
+    pub reader_offline: &'static str,
 }
 
 pub const EN: Catalog = Catalog {
@@ -43,6 +49,11 @@ pub const EN: Catalog = Catalog {
     not_found_body: "This link does not exist. Check that you copied it completely.",
     completed: "Verification completed.",
     failed: "Verification failed.",
+    choose_reader: "Choose a scanner:",
+    no_readers: "No scanner is online. Ask a member of staff for help.",
+    armed: "Scanner {reader} is ready — place your palm on it.",
+    retry: "The scan was not clear. Please try again.",
+    reader_offline: "This scanner is offline. Choose another one.",
 };
 
 pub const KK: Catalog = Catalog {
@@ -62,6 +73,11 @@ pub const KK: Catalog = Catalog {
     not_found_body: "Мұндай сілтеме жоқ. Оны толық көшіргеніңізді тексеріңіз.",
     completed: "Тексеру сәтті аяқталды.",
     failed: "Тексеру сәтсіз аяқталды.",
+    choose_reader: "Сканерді таңдаңыз:",
+    no_readers: "Қосулы сканер жоқ. Қызметкерден көмек сұраңыз.",
+    armed: "{reader} сканері дайын — алақаныңызды соған қойыңыз.",
+    retry: "Сканерлеу анық болмады. Қайталап көріңіз.",
+    reader_offline: "Бұл сканер желіден тыс. Басқасын таңдаңыз.",
 };
 
 pub const RU: Catalog = Catalog {
@@ -81,6 +97,11 @@ pub const RU: Catalog = Catalog {
     not_found_body: "Такой ссылки не существует. Проверьте, что скопировали её полностью.",
     completed: "Проверка успешно завершена.",
     failed: "Проверка не пройдена.",
+    choose_reader: "Выберите сканер:",
+    no_readers: "Нет включённых сканеров. Обратитесь к сотруднику.",
+    armed: "Сканер {reader} готов — поднесите к нему ладонь.",
+    retry: "Сканирование получилось нечётким. Попробуйте ещё раз.",
+    reader_offline: "Этот сканер не в сети. Выберите другой.",
 };
 
 pub fn catalog(lang: Language) -> &'static Catalog {
@@ -140,6 +161,7 @@ mod tests {
                 );
             }
             assert!(c.expires_at.contains("{time}"));
+            assert!(c.armed.contains("{reader}"));
         }
         // Kazakh uses letters Russian does not.
         let kk: String = entries(&KK).concat();

@@ -28,6 +28,7 @@ pub fn time_text(t: DateTime<Utc>) -> String {
 }
 
 pub fn router(app: Arc<App>) -> Router {
+    prometheus();
     let v1 = Router::new()
         .route("/enroll", post(pass_api::enroll))
         .route("/identify", post(pass_api::identify))
@@ -36,7 +37,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/sessions/{session_id}/cancel",
             post(pass_api::cancel_session),
         )
-        .route("/users/{external_id}", get(pass_api::get_user))
+        .route(
+            "/users/{external_id}",
+            get(pass_api::get_user).delete(pass_api::delete_user),
+        )
         .route("/openapi.json", get(openapi::serve))
         .fallback(pass_api::not_found)
         .method_not_allowed_fallback(pass_api::not_found)
@@ -50,13 +54,17 @@ pub fn router(app: Arc<App>) -> Router {
             post(admin::create_partner).get(admin::list_partners),
         )
         .route("/partners/{id}/activate", post(admin::activate))
-        .route("/partners/{id}/deactivate", post(admin::deactivate));
+        .route("/partners/{id}/deactivate", post(admin::deactivate))
+        .route("/readers", get(admin::list_readers));
     Router::new()
         .nest("/v1", v1)
         .nest("/admin/v1", admin)
         .route("/enroll/{token}", get(pages::enroll_page))
         .route("/identify/{token}", get(pages::identify_page))
         .route("/{kind}/{token}/cancel", post(pages::cancel))
+        .route("/{kind}/{token}/events", get(pages::events))
+        .route("/assets/page.js", get(pages::script))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -67,6 +75,36 @@ pub fn router(app: Arc<App>) -> Router {
 
 async fn not_found() -> Response {
     error::ApiError::NotFound.into_response()
+}
+
+/// The Prometheus recorder, installed once per process (the `metrics` facade is global).
+fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+async fn metrics() -> Response {
+    match prometheus() {
+        Some(h) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            h.render(),
+        )
+            .into_response(),
+        None => error::message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable",
+        ),
+    }
 }
 
 async fn healthz() -> Response {

@@ -10,10 +10,14 @@ use crate::app::App;
 use crate::app::secrets::hash_secret;
 use crate::core::session::{PageView, Session, SessionState};
 use crate::core::{Command, Language, SessionKind};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use std::collections::HashMap;
 use std::sync::Arc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
 
 fn wants_json(headers: &HeaderMap) -> bool {
     let accept = headers
@@ -35,20 +39,69 @@ fn find(app: &App, kind: SessionKind, token: &str) -> Option<Session> {
 pub async fn enroll_page(
     State(app): State<Arc<App>>,
     Path(token): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    page(&app, SessionKind::Enroll, &token, &headers)
+    arm_then_page(&app, SessionKind::Enroll, &token, q.get("reader"), &headers).await
 }
 
 pub async fn identify_page(
     State(app): State<Arc<App>>,
     Path(token): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    page(&app, SessionKind::Identify, &token, &headers)
+    arm_then_page(
+        &app,
+        SessionKind::Identify,
+        &token,
+        q.get("reader"),
+        &headers,
+    )
+    .await
 }
 
-fn page(app: &App, kind: SessionKind, token: &str, headers: &HeaderMap) -> Response {
+/// `?reader=ID` arms that reader at once (it gets the `capture` command), then shows the page.
+async fn arm_then_page(
+    app: &App,
+    kind: SessionKind,
+    token: &str,
+    reader: Option<&String>,
+    headers: &HeaderMap,
+) -> Response {
+    let mut notice_key = None;
+    if let (Some(reader), Some(s)) = (reader, find(app, kind, token))
+        && s.is_open(app.clock.now())
+        && s.reader_id.as_ref().map(|r| &r.0) != Some(reader)
+    {
+        let cmd = Command::ArmReader {
+            session_id: s.id,
+            reader_id: crate::core::ReaderId(reader.clone()),
+        };
+        match app.execute(cmd).await {
+            Ok(_) => {}
+            Err(crate::app::AppError::Rejected(crate::core::Rejection::ReaderOffline)) => {
+                notice_key = Some(Notice::ReaderOffline)
+            }
+            Err(crate::app::AppError::Rejected(_)) => {}
+            Err(e) => return super::error::ApiError::from(e).into_response(),
+        }
+    }
+    page(app, kind, token, headers, notice_key)
+}
+
+#[derive(Clone, Copy)]
+enum Notice {
+    ReaderOffline,
+}
+
+fn page(
+    app: &App,
+    kind: SessionKind,
+    token: &str,
+    headers: &HeaderMap,
+    notice_key: Option<Notice>,
+) -> Response {
     let json = wants_json(headers);
     let Some(s) = find(app, kind, token) else {
         if json {
@@ -87,12 +140,14 @@ fn page(app: &App, kind: SessionKind, token: &str, headers: &HeaderMap) -> Respo
             html(StatusCode::GONE, s.language, c.gone_title, &body)
         }
         PageView::Open if json => axum::Json(super::pass_api::session_body(&s)).into_response(),
-        PageView::Open => html(
-            StatusCode::OK,
-            s.language,
-            title(c, kind),
-            &open_body(c, &s, token),
-        ),
+        PageView::Open => {
+            let readers = online_readers(app);
+            let mut body = open_body(c, &s, token, &readers);
+            if let Some(Notice::ReaderOffline) = notice_key {
+                body = format!("{}{body}", notice(c.reader_offline));
+            }
+            html(StatusCode::OK, s.language, title(c, kind), &body)
+        }
     }
 }
 
@@ -103,22 +158,62 @@ fn title(c: &Catalog, kind: SessionKind) -> &'static str {
     }
 }
 
-fn open_body(c: &Catalog, s: &Session, token: &str) -> String {
+fn online_readers(app: &App) -> Vec<String> {
+    let mut ids: Vec<String> = app.read(|s| {
+        s.readers()
+            .filter(|r| r.online)
+            .map(|r| r.id.0.clone())
+            .collect()
+    });
+    ids.sort();
+    ids
+}
+
+fn open_body(c: &Catalog, s: &Session, token: &str, readers: &[String]) -> String {
     let time = s.expires_at.format("%H:%M UTC").to_string();
+    let kind = s.kind.as_str();
+    let status = match &s.reader_id {
+        Some(r) => c.armed.replace("{reader}", &r.0),
+        None => c.waiting.to_string(),
+    };
+    let picker = if readers.is_empty() {
+        notice(c.no_readers)
+    } else {
+        let items: String = readers
+            .iter()
+            .map(|r| {
+                let current = s.reader_id.as_ref().is_some_and(|x| &x.0 == r);
+                format!(
+                    r#"<li><a class="reader{cls}" href="/{kind}/{token}?reader={id}"{aria}>{id}</a></li>"#,
+                    cls = if current { " current" } else { "" },
+                    aria = if current { r#" aria-current="true""# } else { "" },
+                    token = esc(token),
+                    id = esc(r),
+                )
+            })
+            .collect();
+        format!(
+            "<p>{}</p><ul class=\"readers\">{items}</ul>",
+            esc(c.choose_reader)
+        )
+    };
     format!(
         r#"<div class="palm" aria-hidden="true">&#9995;</div>
 <h2>{place}</h2>
 <p>{hint}</p>
-<p class="status" role="status" aria-live="polite">{waiting}</p>
+{picker}
+<p id="status" class="status" role="status" aria-live="polite" data-events="/{kind}/{token}/events" data-retry="{retry}" data-armed="{armed}">{status}</p>
 <p class="muted">{expires}</p>
 <form method="post" action="/{kind}/{token}/cancel">
 <button type="submit">{cancel}</button>
-</form>"#,
+</form>
+<script src="/assets/page.js"></script>"#,
         place = esc(c.place_palm),
         hint = esc(c.hold_hint),
-        waiting = esc(c.waiting),
+        retry = esc(c.retry),
+        armed = esc(c.armed),
+        status = esc(&status),
         expires = esc(&c.expires_at.replace("{time}", &time)),
-        kind = s.kind.as_str(),
         token = esc(token),
         cancel = esc(c.cancel),
     )
@@ -132,7 +227,9 @@ const STYLE: &str = "body{margin:0;font-family:system-ui,-apple-system,'Segoe UI
 background:#f4f6f8;color:#1d2733}main{max-width:30rem;margin:0 auto;padding:2rem 1.25rem}\
 h1{font-size:1.5rem;margin:0 0 1rem}h2{font-size:1.2rem}.card{background:#fff;border-radius:12px;\
 padding:1.5rem;box-shadow:0 1px 4px rgba(0,0,0,.08)}.palm{font-size:4rem;text-align:center}\
-.muted{color:#5b6875;font-size:.9rem}.status{font-weight:600}button{width:100%;min-height:48px;\
+.muted{color:#5b6875;font-size:.9rem}.status{font-weight:600}.readers{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.5rem}\
+.reader{display:inline-block;padding:.6rem 1rem;border:1px solid #c4ccd4;border-radius:8px;\
+text-decoration:none;color:#1d2733;min-height:24px}.reader.current{background:#2b6cb0;color:#fff}button{width:100%;min-height:48px;\
 font-size:1rem;border-radius:8px;border:1px solid #c4ccd4;background:#fff;cursor:pointer}\
 button:focus{outline:3px solid #2b6cb0}";
 
@@ -195,7 +292,7 @@ pub async fn cancel(
         _ => return message(StatusCode::NOT_FOUND, "not found"),
     };
     let Some(s) = find(&app, kind, &token) else {
-        return page(&app, kind, &token, &headers);
+        return page(&app, kind, &token, &headers, None);
     };
     match app
         .execute(Command::CancelSession {
@@ -209,4 +306,75 @@ pub async fn cancel(
         }
         Err(e) => super::error::ApiError::from(e).into_response(),
     }
+}
+
+/// `GET /{kind}/{token}/events`: server-sent events with the session's state as it changes.
+pub async fn events(
+    State(app): State<Arc<App>>,
+    Path((kind, token)): Path<(String, String)>,
+) -> Response {
+    let kind = match kind.as_str() {
+        "enroll" => SessionKind::Enroll,
+        "identify" => SessionKind::Identify,
+        _ => return message(StatusCode::NOT_FOUND, "not found"),
+    };
+    let Some(s) = find(&app, kind, &token) else {
+        return message(StatusCode::NOT_FOUND, "not found");
+    };
+    let id = s.id;
+    let first = progress(&s);
+    let changes = BroadcastStream::new(app.session_changes());
+    let app2 = app.clone();
+    let updates = changes.filter_map(move |r| match r {
+        Ok(changed) if changed == id => app2.read(|st| st.session(id).map(progress)),
+        Ok(_) => None,
+        // Lagged: send the current state anyway.
+        Err(_) => app2.read(|st| st.session(id).map(progress)),
+    });
+    let stream = tokio_stream::once(first)
+        .chain(updates)
+        .map(|v| Ok::<_, std::convert::Infallible>(SseEvent::default().data(v.to_string())));
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn progress(s: &Session) -> serde_json::Value {
+    serde_json::json!({
+        "state": s.state.as_str(),
+        "fail_reason": s.fail_reason.map(|r| r.as_str()),
+        "reader": s.reader_id.as_ref().map(|r| r.0.clone()),
+        "retries": s.retries,
+    })
+}
+
+/// The hosted page's only script: follows `/events` and updates the status line; reloads
+/// when the session ends so the result page shows.
+const SCRIPT: &str = r#"(function () {
+  var el = document.getElementById('status');
+  if (!el || !window.EventSource) { return; }
+  var source = new EventSource(el.getAttribute('data-events'));
+  var lastRetries = null;
+  source.onmessage = function (m) {
+    var p = JSON.parse(m.data);
+    if (p.state !== 'pending') { source.close(); window.location.reload(); return; }
+    if (lastRetries !== null && p.retries > lastRetries) {
+      el.textContent = el.getAttribute('data-retry');
+    } else if (p.reader) {
+      el.textContent = el.getAttribute('data-armed').replace('{reader}', p.reader);
+    }
+    lastRetries = p.retries;
+  };
+})();
+"#;
+
+pub async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SCRIPT,
+    )
+        .into_response()
 }

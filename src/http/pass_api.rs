@@ -247,8 +247,12 @@ fn own_session(
     id: &str,
 ) -> Result<crate::core::session::Session, ApiError> {
     let id = SessionId::parse(id).ok_or(ApiError::NotFound)?;
-    app.read(|s| s.session(id).filter(|s| s.partner_id == partner).cloned())
-        .ok_or(ApiError::NotFound)
+    app.read(|s| {
+        s.session(id)
+            .filter(|s| s.partner_id == Some(partner))
+            .cloned()
+    })
+    .ok_or(ApiError::NotFound)
 }
 
 /// `GET /v1/sessions/{session_id}`
@@ -297,4 +301,18 @@ pub async fn get_user(
 /// Unknown routes under `/v1` (after authentication, so 401 still comes first).
 pub async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+/// `DELETE /v1/users/{external_id}`: erase the user and destroy their template key.
+pub async fn delete_user(
+    State(app): State<Arc<App>>,
+    Partner(partner): Partner,
+    Path(external_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.execute(Command::EraseUser {
+        partner_id: partner,
+        external_id: ExternalId(external_id),
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,226 @@
+//! Reader messages in the shell: status, captures (matcher search, template sealing) and
+//! triggers become core commands; the matcher index follows the log.
+//!
+//! The search runs before `decide` and its result travels in the command, so the decision is
+//! a pure function of recorded inputs. An enroll capture's data key is written to the key
+//! store before the event that references it is appended, and only if it is.
+
+use super::templates::{self, KeyWrap};
+use super::{App, AppError};
+use crate::core::event::{Event, Recorded};
+use crate::core::matcher::Index;
+use crate::core::{Capture, Command, Outcome, PartnerId, ReaderId, SessionKind};
+use crate::mqtt::protocol::{CaptureMsg, Inbound};
+
+impl App {
+    /// Handles one parsed reader message. Returns what the core made of it.
+    pub async fn reader_message(
+        &self,
+        reader_id: ReaderId,
+        msg: Inbound,
+    ) -> Result<Outcome, AppError> {
+        match msg {
+            Inbound::Status {
+                online,
+                model,
+                firmware,
+            } => {
+                self.execute(Command::ReaderStatus {
+                    reader_id,
+                    online,
+                    model,
+                    firmware,
+                })
+                .await
+            }
+            Inbound::Trigger { trigger_id } => {
+                let session_id = crate::core::SessionId::from_random(self.rng.bytes16());
+                let token_hash = super::secrets::hash_secret(&self.keys.session_token(session_id));
+                self.execute(Command::Trigger {
+                    reader_id,
+                    trigger_id,
+                    session_id,
+                    token_hash,
+                    ttl: self.ttl(),
+                })
+                .await
+            }
+            Inbound::Capture(c) => self.capture(reader_id, c).await,
+        }
+    }
+
+    async fn capture(&self, reader_id: ReaderId, c: CaptureMsg) -> Result<Outcome, AppError> {
+        let token_hash = c.session.as_deref().map(super::secrets::hash_secret);
+        let session = token_hash
+            .as_ref()
+            .and_then(|h| self.read(|s| s.session_by_token_hash(h).cloned()));
+        // Scope: the session's partner; for site sessions and door scans, every partner.
+        let scope: Vec<PartnerId> = match session.as_ref().and_then(|s| s.partner_id) {
+            Some(p) => vec![p],
+            None => self.all_partners(),
+        };
+        let best = self
+            .index
+            .read()
+            .expect("index lock")
+            .best(&c.template, &scope);
+        let mut key = None;
+        let sealed = match &session {
+            Some(s) if s.kind == SessionKind::Enroll => {
+                match (s.partner_id, s.external_id.as_ref()) {
+                    (Some(p), Some(u)) => {
+                        let sealed = templates::seal(
+                            &c.template,
+                            p,
+                            u,
+                            self.rng.bytes16(),
+                            self.rng.bytes32(),
+                            rand12(&*self.rng),
+                        );
+                        let mut nonce = [0u8; 24];
+                        self.rng.fill(&mut nonce);
+                        let wrapped =
+                            self.wrap
+                                .wrap(sealed.template.key_id, &sealed.data_key, nonce);
+                        key = Some((sealed.template.key_id, wrapped));
+                        Some(sealed.template)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let cmd = Command::Capture(Capture {
+            reader_id,
+            capture_id: c.capture_id,
+            session: token_hash,
+            quality: c.quality,
+            liveness: c.liveness,
+            best,
+            sealed,
+        });
+        self.execute_with(cmd, |decision| {
+            let Some((key_id, wrapped)) = &key else {
+                return Ok(());
+            };
+            let keeps = decision.events().any(|e| {
+                matches!(e, Event::UserEnrolled { template: Some(t), .. } if t.key_id == *key_id)
+            });
+            if keeps {
+                self.keystore
+                    .put(*key_id, wrapped)
+                    .map_err(|e| AppError::Keys(e.to_string()))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn all_partners(&self) -> Vec<PartnerId> {
+        self.read(|s| s.partners().map(|p| p.id).collect())
+    }
+
+    /// Keeps the matcher index and the key store in step with a durable event.
+    pub(super) fn follow(&self, rec: &Recorded) {
+        match &rec.event {
+            Event::UserEnrolled {
+                partner_id,
+                external_id,
+                template: Some(t),
+                ..
+            } => match open_template(
+                &self.keystore,
+                &self.wrap,
+                t,
+                *partner_id,
+                external_id,
+                self.index_dim(),
+            ) {
+                Ok(values) => self.index.write().expect("index lock").insert(
+                    *partner_id,
+                    external_id.clone(),
+                    &values,
+                ),
+                Err(e) => {
+                    tracing::error!(position = rec.position, error = %e, "enrolled template cannot be opened")
+                }
+            },
+            Event::UserErased {
+                partner_id,
+                external_id,
+                ..
+            } => {
+                self.index
+                    .write()
+                    .expect("index lock")
+                    .remove(*partner_id, external_id);
+                self.destroy_erased_keys();
+            }
+            _ => {}
+        }
+    }
+
+    fn index_dim(&self) -> usize {
+        self.index.read().expect("index lock").dim()
+    }
+
+    /// Deletes every data key no enrolled user references (erased users, failed appends).
+    pub(super) fn destroy_erased_keys(&self) {
+        let live: std::collections::HashSet<_> = self.read(|s| {
+            s.users()
+                .filter_map(|u| u.template.as_ref().map(|t| t.key_id))
+                .collect()
+        });
+        match self.keystore.ids() {
+            Ok(ids) => {
+                for id in ids.into_iter().filter(|id| !live.contains(id)) {
+                    if let Err(e) = self.keystore.delete(id) {
+                        tracing::error!(error = %e, "cannot destroy a data key");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot list data keys"),
+        }
+    }
+}
+
+fn rand12(rng: &dyn super::clock::Rng) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    rng.fill(&mut b);
+    b
+}
+
+/// Opens a user's sealed template with its data key from the key store.
+pub fn open_template(
+    keystore: &super::keystore::KeyStore,
+    wrap: &KeyWrap,
+    t: &crate::core::event::SealedTemplate,
+    partner: PartnerId,
+    user: &crate::core::ExternalId,
+    dim: usize,
+) -> Result<Vec<f32>, String> {
+    let wrapped = keystore
+        .get(t.key_id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "its data key is gone".to_string())?;
+    let key = wrap.unwrap(t.key_id, &wrapped).map_err(|e| e.to_string())?;
+    templates::open(t, &key, partner, user, dim).map_err(|e| e.to_string())
+}
+
+/// Builds the matcher index from the enrolled users of `state`.
+pub fn build_index(
+    state: &crate::core::State,
+    keystore: &super::keystore::KeyStore,
+    wrap: &KeyWrap,
+    dim: usize,
+) -> Index {
+    let mut index = Index::new(dim);
+    for u in state.users() {
+        let Some(t) = &u.template else { continue };
+        match open_template(keystore, wrap, t, u.partner_id, &u.external_id, dim) {
+            Ok(v) => index.insert(u.partner_id, u.external_id.clone(), &v),
+            Err(e) => tracing::error!(user = %u.external_id, error = %e, "template not indexed"),
+        }
+    }
+    index
+}

@@ -1,0 +1,390 @@
+//! The read model every decision is made against, and `evolve`, which folds one stored event
+//! into it.
+//!
+//! Invariants: `evolve` is total (it never fails on an event `decide` could have produced);
+//! folding a log gives the same state whether the events arrived live or from a replay; a
+//! session that has left `pending` never returns to it.
+
+use super::event::{Event, Recorded, SealedTemplate};
+use super::ids::*;
+use super::session::{Session, SessionState};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Capture rules from the configuration (SPEC 5).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rules {
+    /// Cosine similarity a match needs.
+    pub threshold: f32,
+    /// Captures below this quality are retried.
+    pub min_quality: f32,
+    /// Retries asked for before a session fails `low_quality`.
+    pub max_retries: u32,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            threshold: 0.80,
+            min_quality: 0.5,
+            max_retries: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partner {
+    pub id: PartnerId,
+    pub name: String,
+    pub api_key_hash: SecretHash,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+    pub revision: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct User {
+    pub partner_id: PartnerId,
+    pub external_id: ExternalId,
+    pub username: Option<String>,
+    pub metadata: Option<Value>,
+    pub enrolled_at: DateTime<Utc>,
+    pub session_id: SessionId,
+    pub template: Option<SealedTemplate>,
+    /// Revision of the user's stream.
+    pub revision: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reader {
+    pub id: ReaderId,
+    pub online: bool,
+    pub model: Option<String>,
+    pub firmware: Option<String>,
+    pub since: DateTime<Utc>,
+    pub revision: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct IdemEntry {
+    pub session_id: SessionId,
+    pub fingerprint: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub rules: Rules,
+    pub(crate) partners: HashMap<PartnerId, Partner>,
+    partner_by_key: HashMap<SecretHash, PartnerId>,
+    pub(crate) sessions: HashMap<SessionId, Session>,
+    session_by_token: HashMap<SecretHash, SessionId>,
+    pub(crate) users: HashMap<(PartnerId, ExternalId), User>,
+    /// Revision of erased users' streams (a re-enrollment continues the stream).
+    erased: HashMap<(PartnerId, ExternalId), u64>,
+    pub(crate) idempotency: HashMap<(PartnerId, String), IdemEntry>,
+    pub(crate) readers: HashMap<ReaderId, Reader>,
+    /// `(reader, capture_id)` and `(reader, trigger_id)` already handled (QoS 1 redelivery).
+    pub(crate) seen: HashSet<(ReaderId, String)>,
+    /// Last revision of every stream seen, for expected-revision appends.
+    revisions: HashMap<String, u64>,
+    /// Pending sessions by expiry.
+    pub(crate) deadlines: BTreeSet<(DateTime<Utc>, SessionId)>,
+    position: u64,
+}
+
+impl State {
+    pub fn new(rules: Rules) -> State {
+        State {
+            rules,
+            ..State::default()
+        }
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+    pub fn revision(&self, stream: &str) -> Option<u64> {
+        self.revisions.get(stream).copied()
+    }
+    pub fn partner(&self, id: PartnerId) -> Option<&Partner> {
+        self.partners.get(&id)
+    }
+    pub fn partners(&self) -> impl Iterator<Item = &Partner> {
+        self.partners.values()
+    }
+    pub fn partner_by_key_hash(&self, hash: &SecretHash) -> Option<&Partner> {
+        self.partner_by_key
+            .get(hash)
+            .and_then(|id| self.partners.get(id))
+    }
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+    pub fn session_by_token_hash(&self, hash: &SecretHash) -> Option<&Session> {
+        self.session_by_token
+            .get(hash)
+            .and_then(|id| self.sessions.get(id))
+    }
+    pub fn user(&self, partner: PartnerId, external_id: &ExternalId) -> Option<&User> {
+        self.users.get(&(partner, external_id.clone()))
+    }
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+    /// Revision of a user stream, whether the user is enrolled or erased.
+    pub fn user_revision(&self, partner: PartnerId, external_id: &ExternalId) -> Option<u64> {
+        let key = (partner, external_id.clone());
+        self.users
+            .get(&key)
+            .map(|u| u.revision)
+            .or_else(|| self.erased.get(&key).copied())
+    }
+    pub fn reader(&self, id: &ReaderId) -> Option<&Reader> {
+        self.readers.get(id)
+    }
+    pub fn readers(&self) -> impl Iterator<Item = &Reader> {
+        self.readers.values()
+    }
+    /// The earliest instant at which `Command::Tick` has something to do.
+    pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// Folds one stored event into the state.
+    pub fn evolve(&mut self, rec: &Recorded) {
+        self.position = self.position.max(rec.position);
+        let rev = self
+            .revisions
+            .entry(rec.stream.clone())
+            .or_insert(rec.revision);
+        *rev = (*rev).max(rec.revision);
+        let revision = rec.revision;
+        match &rec.event {
+            Event::PartnerCreated {
+                partner_id,
+                name,
+                api_key_hash,
+                at,
+            } => {
+                self.partner_by_key
+                    .insert(api_key_hash.clone(), *partner_id);
+                self.partners.insert(
+                    *partner_id,
+                    Partner {
+                        id: *partner_id,
+                        name: name.clone(),
+                        api_key_hash: api_key_hash.clone(),
+                        active: true,
+                        created_at: *at,
+                        revision,
+                    },
+                );
+            }
+            Event::PartnerActivated { partner_id, .. }
+            | Event::PartnerDeactivated { partner_id, .. } => {
+                if let Some(p) = self.partners.get_mut(partner_id) {
+                    p.active = matches!(rec.event, Event::PartnerActivated { .. });
+                    p.revision = revision;
+                }
+            }
+            Event::SessionCreated {
+                session_id,
+                partner_id,
+                reader_id,
+                kind,
+                language,
+                token_hash,
+                external_id,
+                username,
+                metadata,
+                created_at,
+                expires_at,
+            } => {
+                self.session_by_token
+                    .insert(token_hash.clone(), *session_id);
+                self.deadlines.insert((*expires_at, *session_id));
+                self.sessions.insert(
+                    *session_id,
+                    Session {
+                        id: *session_id,
+                        partner_id: *partner_id,
+                        kind: *kind,
+                        language: *language,
+                        token_hash: token_hash.clone(),
+                        external_id: external_id.clone(),
+                        username: username.clone(),
+                        metadata: metadata.clone(),
+                        state: SessionState::Pending,
+                        fail_reason: None,
+                        reader_id: reader_id.clone(),
+                        retries: 0,
+                        created_at: *created_at,
+                        expires_at: *expires_at,
+                        ended_at: None,
+                        revision,
+                    },
+                );
+            }
+            Event::IdempotencyKeyUsed {
+                partner_id,
+                key,
+                fingerprint,
+                session_id,
+                at,
+            } => {
+                self.idempotency.insert(
+                    (*partner_id, key.clone()),
+                    IdemEntry {
+                        session_id: *session_id,
+                        fingerprint: fingerprint.clone(),
+                        at: *at,
+                    },
+                );
+            }
+            Event::SessionCompleted {
+                session_id,
+                external_id,
+                capture,
+                at,
+            } => {
+                self.see_capture(capture.as_ref());
+                self.end_session(*session_id, revision, *at, |s| {
+                    s.state = SessionState::Completed;
+                    if external_id.is_some() {
+                        s.external_id = external_id.clone();
+                    }
+                })
+            }
+            Event::SessionFailed {
+                session_id,
+                reason,
+                capture,
+                at,
+            } => {
+                self.see_capture(capture.as_ref());
+                self.end_session(*session_id, revision, *at, |s| {
+                    s.state = SessionState::Failed;
+                    s.fail_reason = Some(*reason);
+                })
+            }
+            Event::SessionExpired { session_id, at } => {
+                self.end_session(*session_id, revision, *at, |s| {
+                    s.state = SessionState::Expired;
+                })
+            }
+            Event::SessionReaderArmed {
+                session_id,
+                reader_id,
+                ..
+            } => {
+                if let Some(s) = self.sessions.get_mut(session_id) {
+                    s.reader_id = Some(reader_id.clone());
+                    s.revision = revision;
+                }
+            }
+            Event::CaptureRetryRequested {
+                session_id,
+                capture,
+                attempt,
+                ..
+            } => {
+                self.see_capture(Some(capture));
+                if let Some(s) = self.sessions.get_mut(session_id) {
+                    s.retries = *attempt;
+                    s.revision = revision;
+                }
+            }
+            Event::CaptureRejected {
+                reader_id,
+                capture_id,
+                ..
+            } => {
+                self.seen.insert((reader_id.clone(), capture_id.clone()));
+            }
+            Event::ReaderStatusChanged {
+                reader_id,
+                online,
+                model,
+                firmware,
+                at,
+            } => {
+                let before = self.readers.get(reader_id);
+                let reader = Reader {
+                    id: reader_id.clone(),
+                    online: *online,
+                    // An offline message (the last will) carries no model: keep what we knew.
+                    model: model
+                        .clone()
+                        .or_else(|| before.and_then(|r| r.model.clone())),
+                    firmware: firmware
+                        .clone()
+                        .or_else(|| before.and_then(|r| r.firmware.clone())),
+                    since: *at,
+                    revision,
+                };
+                self.readers.insert(reader_id.clone(), reader);
+            }
+            Event::UserEnrolled {
+                partner_id,
+                external_id,
+                username,
+                metadata,
+                session_id,
+                template,
+                at,
+            } => {
+                let key = (*partner_id, external_id.clone());
+                self.erased.remove(&key);
+                self.users.insert(
+                    key,
+                    User {
+                        partner_id: *partner_id,
+                        external_id: external_id.clone(),
+                        username: username.clone(),
+                        metadata: metadata.clone(),
+                        enrolled_at: *at,
+                        session_id: *session_id,
+                        template: template.clone(),
+                        revision,
+                    },
+                );
+            }
+            Event::UserErased {
+                partner_id,
+                external_id,
+                ..
+            } => {
+                let key = (*partner_id, external_id.clone());
+                self.users.remove(&key);
+                self.erased.insert(key, revision);
+            }
+        }
+    }
+
+    fn see_capture(&mut self, capture: Option<&super::event::CaptureRef>) {
+        if let Some(c) = capture {
+            self.seen
+                .insert((c.reader_id.clone(), c.capture_id.clone()));
+        }
+    }
+
+    fn end_session(
+        &mut self,
+        id: SessionId,
+        revision: u64,
+        at: DateTime<Utc>,
+        f: impl FnOnce(&mut Session),
+    ) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.revision = revision;
+            if s.state != SessionState::Pending {
+                return;
+            }
+            self.deadlines.remove(&(s.expires_at, id));
+            s.ended_at = Some(at);
+            f(s);
+        }
+    }
+}

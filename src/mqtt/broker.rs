@@ -1,0 +1,73 @@
+//! The built-in MQTT broker (rumqttd), for a gateway with no broker of its own.
+//!
+//! rumqttd's `Broker::start` blocks and builds its own runtimes, so it runs on a std thread;
+//! it has no shutdown API and lives as long as the process.
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+
+#[derive(Debug, thiserror::Error)]
+#[error("embedded broker on {addr}: {reason}")]
+pub struct BrokerError {
+    addr: SocketAddr,
+    reason: String,
+}
+
+/// Starts the broker on `listen` (port 0: a free port is chosen) and returns its address.
+pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    let err = |reason: String| BrokerError {
+        addr: listen,
+        reason,
+    };
+    // Bind once ourselves: a taken port is reported here, and port 0 becomes a real port.
+    let probe = TcpListener::bind(listen).map_err(|e| err(e.to_string()))?;
+    let addr = probe.local_addr().map_err(|e| err(e.to_string()))?;
+    drop(probe);
+    let server = ServerSettings {
+        name: "palmgate-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: 256 * 1024,
+            max_inflight_count: 200,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 16 * 1024 * 1024,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("v4".to_string(), server)])),
+        ..Config::default()
+    };
+    let mut broker = Broker::new(config);
+    std::thread::Builder::new()
+        .name("palmgate-mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded MQTT broker stopped");
+            }
+        })
+        .map_err(|e| err(e.to_string()))?;
+    // Wait until it accepts connections.
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            tracing::info!(%addr, "embedded MQTT broker listening");
+            return Ok(addr);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(err("did not start listening within 2 s".into()))
+}

@@ -1,0 +1,187 @@
+//! The gateway's MQTT client (rumqttc): persistent session, QoS 1, manual acknowledgement,
+//! reconnection with backoff, and re-subscription on every connection.
+
+use super::protocol::{self, TopicKind};
+use crate::app::App;
+use crate::core::{Effect, ReaderCommand};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, Transport};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("invalid MQTT URL {0:?}: {1}")]
+    Url(String, String),
+}
+
+/// Host, port and TLS from `mqtt://host:port` / `mqtts://host:port`.
+pub fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
+    let bad = |m: &str| MqttError::Url(url.to_string(), m.to_string());
+    let u = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    let tls = match u.scheme() {
+        "mqtt" => false,
+        "mqtts" => true,
+        _ => return Err(bad("scheme must be mqtt or mqtts")),
+    };
+    let host = u.host_str().ok_or_else(|| bad("no host"))?.to_string();
+    let port = u.port().unwrap_or(if tls { 8883 } else { 1883 });
+    Ok((host, port, tls))
+}
+
+/// Connects to `url` and runs the reader protocol until the returned task is aborted.
+pub fn spawn(
+    app: Arc<App>,
+    url: &str,
+    mut effects: mpsc::UnboundedReceiver<Effect>,
+) -> Result<JoinHandle<()>, MqttError> {
+    let (host, port, tls) = parse_url(url)?;
+    let mut opts = MqttOptions::new(app.keys.instance_name("palmgate"), host, port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_max_packet_size(512 * 1024, 512 * 1024);
+    if tls {
+        opts.set_transport(Transport::tls_with_default_config());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let prefix = app.config.mqtt.topic_prefix.clone();
+    let (inbound_tx, mut inbound_rx) = mpsc::channel::<Publish>(1024);
+
+    // Event loop: connection, reconnection with backoff, re-subscription.
+    let sub_client = client.clone();
+    let sub_prefix = prefix.clone();
+    let poller = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(200);
+                    tracing::info!("connected to the MQTT broker");
+                    for kind in ["status", "capture", "trigger"] {
+                        let filter = format!("{sub_prefix}/readers/+/{kind}");
+                        if let Err(e) = sub_client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::error!(error = %e, "cannot subscribe");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if inbound_tx.send(p).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost");
+                    metrics::counter!("palmgate_mqtt_disconnects_total").increment(1);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    });
+
+    // Inbound: one message at a time, acknowledged once the app has handled it.
+    let in_app = app.clone();
+    let ack_client = client.clone();
+    let in_prefix = prefix.clone();
+    let inbound = tokio::spawn(async move {
+        while let Some(p) = inbound_rx.recv().await {
+            let durable = handle(&in_app, &in_prefix, &p).await;
+            if durable && let Err(e) = ack_client.ack(&p).await {
+                tracing::warn!(error = %e, "cannot acknowledge an MQTT message");
+            }
+        }
+    });
+
+    // Outbound: reader commands from the core's effects.
+    let out_app = app.clone();
+    let outbound = tokio::spawn(async move {
+        while let Some(effect) = effects.recv().await {
+            let Effect::Reader { reader_id, command } = effect;
+            let payload = command_payload(&out_app, &command);
+            let topic = protocol::cmd_topic(&prefix, &reader_id);
+            if let Err(e) = client
+                .publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+                .await
+            {
+                tracing::error!(error = %e, reader = %reader_id, "cannot publish a reader command");
+            }
+        }
+    });
+
+    Ok(tokio::spawn(async move {
+        let _guard = AbortOnDrop(vec![poller, inbound, outbound]);
+        std::future::pending::<()>().await;
+    }))
+}
+
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Handles one message; false when it could not be made durable (leave it unacknowledged so
+/// the broker redelivers it).
+async fn handle(app: &App, prefix: &str, p: &Publish) -> bool {
+    let (reader, kind) = match protocol::parse_topic(prefix, &p.topic) {
+        Ok(t) => t,
+        Err(e) => {
+            reject(&e, None);
+            return true;
+        }
+    };
+    if kind == TopicKind::Status && p.payload.is_empty() {
+        return true; // a cleared retained status
+    }
+    let msg = match protocol::parse(kind, &p.payload, app.config.matching.dim) {
+        Ok(m) => m,
+        Err(e) => {
+            reject(&e, Some(&reader.0));
+            return true;
+        }
+    };
+    match app.reader_message(reader.clone(), msg).await {
+        Ok(_) => true,
+        Err(crate::app::AppError::Rejected(r)) => {
+            tracing::info!(reader = %reader, reason = %r, "reader message refused");
+            true
+        }
+        Err(e) => {
+            tracing::error!(reader = %reader, error = %e, "reader message not recorded; the broker will redeliver it");
+            false
+        }
+    }
+}
+
+fn reject(e: &protocol::ProtocolError, reader: Option<&str>) {
+    tracing::warn!(reader = reader.unwrap_or("?"), reason = %e, "malformed reader message rejected");
+    metrics::counter!("palmgate_mqtt_rejected_total", "reason" => e.label()).increment(1);
+}
+
+/// The JSON a reader receives for `command` (tokens and URLs filled in here).
+pub fn command_payload(app: &App, command: &ReaderCommand) -> serde_json::Value {
+    match command {
+        ReaderCommand::Capture {
+            session_id,
+            kind,
+            language,
+        } => protocol::capture_cmd(
+            &app.keys.session_token(*session_id),
+            kind.as_str(),
+            language.code(),
+        ),
+        ReaderCommand::Show { session_id } => protocol::show_cmd(&format!(
+            "{}/identify/{}",
+            app.public_url,
+            app.keys.session_token(*session_id)
+        )),
+        ReaderCommand::Retry { reason } => protocol::retry_cmd(reason.as_str()),
+    }
+}

@@ -1,0 +1,209 @@
+//! A simulated palm reader speaking SPEC 5, for demos, tests and benchmarks
+//! (`palmgate reader simulate`).
+//!
+//! It publishes a retained `status` (with `{"online": false}` as its last will), then captures
+//! of a synthetic palm ([`crate::synthetic`]) — for a given session token, at a door, or in
+//! answer to every `capture` command it receives (`follow`) — and reports the commands it gets.
+
+use super::client::parse_url;
+use super::protocol::{self, TopicKind};
+use crate::core::ReaderId;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What the simulated reader does.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub mqtt_url: String,
+    pub topic_prefix: String,
+    pub reader: ReaderId,
+    pub palm: String,
+    pub dim: usize,
+    pub quality: f32,
+    pub liveness: bool,
+    /// Seed of the first scan's noise (each later scan adds 1).
+    pub seed: u64,
+}
+
+/// A connected simulated reader.
+pub struct SimReader {
+    opts: SimOptions,
+    client: AsyncClient,
+    commands: mpsc::UnboundedReceiver<Value>,
+    scans: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SimReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("{0}")]
+    Url(#[from] super::client::MqttError),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error("no connection to the broker within 10 s")]
+    Timeout,
+}
+
+impl SimReader {
+    /// Connects, subscribes to its `cmd` topic and publishes `{"online": true}` (retained).
+    pub async fn connect(opts: SimOptions) -> Result<SimReader, SimError> {
+        let (host, port, tls) = parse_url(&opts.mqtt_url)?;
+        let status = protocol::reader_topic(&opts.topic_prefix, &opts.reader, TopicKind::Status);
+        let mut mo = MqttOptions::new(format!("sim-{}", opts.reader), host, port);
+        mo.set_keep_alive(Duration::from_secs(5));
+        mo.set_last_will(LastWill::new(
+            status.clone(),
+            json!({"online": false}).to_string(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        if tls {
+            mo.set_transport(Transport::tls_with_default_config());
+        }
+        let (client, mut eventloop) = AsyncClient::new(mo, 64);
+        let (tx, commands) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+        let cmd_topic = protocol::cmd_topic(&opts.topic_prefix, &opts.reader);
+        let sub = client.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = sub.try_subscribe(cmd_topic.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
+                            let _ = tx.send(v);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+            .await
+            .map_err(|_| SimError::Timeout)?;
+        let r = SimReader {
+            opts,
+            client,
+            commands,
+            scans: 0,
+            task,
+        };
+        r.publish(
+            TopicKind::Status,
+            json!({"online": true, "model": "palmgate-sim", "firmware": env!("CARGO_PKG_VERSION")}),
+            true,
+        )
+        .await?;
+        Ok(r)
+    }
+
+    async fn publish(&self, kind: TopicKind, v: Value, retain: bool) -> Result<(), SimError> {
+        let topic = protocol::reader_topic(&self.opts.topic_prefix, &self.opts.reader, kind);
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, v.to_string())
+            .await
+            .map_err(|e| SimError::Mqtt(e.to_string()))
+    }
+
+    /// Publishes a raw payload on one of this reader's topics (for malformed-input tests).
+    pub async fn publish_raw(&self, kind: TopicKind, payload: Vec<u8>) -> Result<(), SimError> {
+        let topic = protocol::reader_topic(&self.opts.topic_prefix, &self.opts.reader, kind);
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| SimError::Mqtt(e.to_string()))
+    }
+
+    /// The capture payload for the next scan of the palm (`session`: a token, or `None` at a door).
+    pub fn next_capture(&mut self, session: Option<&str>) -> Value {
+        let values =
+            crate::synthetic::scan(&self.opts.palm, self.opts.dim, self.opts.seed + self.scans);
+        self.scans += 1;
+        json!({
+            "capture_id": format!("{}-{}-{}", self.opts.reader, self.opts.seed, self.scans),
+            "session": session,
+            "template": protocol::encode_template(&values),
+            "quality": self.opts.quality,
+            "liveness": self.opts.liveness,
+        })
+    }
+
+    /// Scans the palm for `session` (or at the door when `None`); returns the payload sent.
+    pub async fn capture(&mut self, session: Option<&str>) -> Result<Value, SimError> {
+        let v = self.next_capture(session);
+        self.publish(TopicKind::Capture, v.clone(), false).await?;
+        Ok(v)
+    }
+
+    /// Sends an already built capture payload again (a QoS 1 redelivery, say).
+    pub async fn send_capture(&self, v: Value) -> Result<(), SimError> {
+        self.publish(TopicKind::Capture, v, false).await
+    }
+
+    /// A hand at a kiosk: publishes a `trigger`.
+    pub async fn trigger(&mut self) -> Result<(), SimError> {
+        self.scans += 1;
+        let id = format!("{}-t-{}-{}", self.opts.reader, self.opts.seed, self.scans);
+        self.publish(TopicKind::Trigger, json!({"trigger_id": id}), false)
+            .await
+    }
+
+    /// Publishes `{"online": false}` (retained), as the last will would.
+    pub async fn go_offline(&self) -> Result<(), SimError> {
+        self.publish(TopicKind::Status, json!({"online": false}), true)
+            .await
+    }
+
+    /// Changes the quality the next captures report.
+    pub fn set_quality(&mut self, q: f32) {
+        self.opts.quality = q;
+    }
+
+    /// The next command received within `timeout`.
+    pub async fn next_command(&mut self, timeout: Duration) -> Option<Value> {
+        tokio::time::timeout(timeout, self.commands.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Answers every `capture` command with a scan, and every `retry` with another scan, for
+    /// `duration`; prints each command as a JSON line when `print` is set.
+    pub async fn follow(&mut self, duration: Duration, print: bool) -> Result<(), SimError> {
+        let end = tokio::time::Instant::now() + duration;
+        let mut session: Option<String> = None;
+        while let Some(cmd) = self.next_command(end - tokio::time::Instant::now()).await {
+            if print {
+                println!("{cmd}");
+            }
+            match cmd.get("action").and_then(Value::as_str) {
+                Some("capture") => {
+                    session = cmd
+                        .get("session")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    self.capture(session.as_deref()).await?;
+                }
+                Some("retry") if session.is_some() => {
+                    self.capture(session.as_deref()).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
