@@ -13,6 +13,7 @@
 //!   the single error-to-response mapping, the OpenAPI document.
 //! - [`mqtt`] — readers: the embedded rumqttd broker, the rumqttc client, the SPEC 5 protocol.
 //! - [`synthetic`] — reference synthetic palms (stable identity per name plus per-scan noise).
+//! - [`webhooks`] — the webhook dispatcher (outbox = the log) and the SSRF guard.
 //! - [`config`] — layered configuration (embedded defaults → file → `PALMGATE_*` env).
 
 pub mod app;
@@ -22,3 +23,4 @@ pub mod http;
 pub mod mqtt;
 pub mod store;
 pub mod synthetic;
+pub mod webhooks;

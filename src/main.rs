@@ -154,6 +154,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::warn!("admin.token is not set: the admin API refuses every call");
     }
     let server = palmgate::app::start(config).await?;
+    println!("palmgate readers connect to {}", server.mqtt);
     // The one line scripts and tests read to find the server.
     println!(
         "palmgate listening on http://{} (public URL {})",

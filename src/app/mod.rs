@@ -80,6 +80,7 @@ pub struct App {
     sessions_changed: broadcast::Sender<SessionId>,
     evolved: Notify,
     wake: Notify,
+    outbox: Notify,
 }
 
 /// What [`App::new`] needs besides the configuration.
@@ -142,6 +143,7 @@ impl App {
             sessions_changed: broadcast::channel(1024).0,
             evolved: Notify::new(),
             wake: Notify::new(),
+            outbox: Notify::new(),
         };
         app.destroy_erased_keys();
         Ok((app, effects_rx))
@@ -219,6 +221,18 @@ impl App {
         }
         self.evolved.notify_waiters();
         self.wake.notify_one();
+        self.poke_outbox();
+    }
+
+    /// Resolves at the next change that may make a delivery due (create it before reading the
+    /// state, then await it).
+    pub fn outbox_changed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.outbox.notified()
+    }
+
+    /// Wakes the webhook dispatcher.
+    pub fn poke_outbox(&self) {
+        self.outbox.notify_one();
     }
 
     fn perform(&self, effects: Vec<Effect>) {
@@ -373,6 +387,7 @@ impl Server {
         let deadlines = tokio::spawn(self.app.clone().deadline_loop());
         let mqtt = crate::mqtt::client::spawn(self.app.clone(), &self.mqtt, self.effects)
             .map_err(std::io::Error::other)?;
+        let webhooks = crate::webhooks::spawn(self.app.clone());
         let router = crate::http::router(self.app.clone());
         let result = axum::serve(
             self.listener,
@@ -382,6 +397,7 @@ impl Server {
         .await;
         deadlines.abort();
         mqtt.abort();
+        webhooks.abort();
         result
     }
 }

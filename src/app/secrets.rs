@@ -50,6 +50,7 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 pub struct Keys {
     link_key: [u8; 32],
     wrap_key: [u8; 32],
+    secret_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -63,7 +64,33 @@ impl Keys {
         Keys {
             link_key: hmac(master, &[b"palmgate session link v1"]),
             wrap_key: hmac(master, &[b"palmgate template key wrap v1"]),
+            secret_key: hmac(master, &[b"palmgate webhook secret v1"]),
         }
+    }
+
+    /// Encrypts a webhook secret for the log: base64 of `nonce (24) ‖ ciphertext`.
+    pub fn seal_secret(&self, secret: &str, nonce: [u8; 24]) -> String {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        let c = chacha20poly1305::XChaCha20Poly1305::new((&self.secret_key).into());
+        let ct = c
+            .encrypt((&nonce).into(), secret.as_bytes())
+            .expect("encrypting a short secret cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// Decrypts a webhook secret sealed by [`Keys::seal_secret`].
+    pub fn open_secret(&self, sealed: &str) -> Option<String> {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        let raw = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+        if raw.len() < 24 {
+            return None;
+        }
+        let (nonce, ct) = raw.split_at(24);
+        let c = chacha20poly1305::XChaCha20Poly1305::new((&self.secret_key).into());
+        let clear = c.decrypt(nonce.into(), ct).ok()?;
+        String::from_utf8(clear).ok()
     }
 
     /// The key that wraps per-user template data keys.
@@ -178,6 +205,15 @@ mod tests {
         assert_eq!(t.len(), 43);
         assert!(!t.contains(&id.to_string()));
         assert_ne!(t, Keys::from_master(&[8; 32]).session_token(id));
+    }
+
+    #[test]
+    fn webhook_secrets_seal_and_open() {
+        let keys = Keys::from_master(&[7; 32]);
+        let sealed = keys.seal_secret("whsec_abc", [1; 24]);
+        assert!(!sealed.contains("whsec"));
+        assert_eq!(keys.open_secret(&sealed).as_deref(), Some("whsec_abc"));
+        assert_eq!(Keys::from_master(&[8; 32]).open_secret(&sealed), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use super::event::{Idempotency, SealedTemplate};
 use super::ids::*;
 use super::matcher::Candidate;
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
 /// The body of a validated `POST /v1/enroll`.
@@ -29,6 +29,22 @@ pub struct Capture {
     pub best: Option<Candidate>,
     /// For enroll sessions: the template sealed under a fresh data key, kept if it enrolls.
     pub sealed: Option<SealedTemplate>,
+}
+
+/// What happened when the shell sent one delivery attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptResult {
+    pub delivery_id: String,
+    pub attempt: u32,
+    /// The HTTP status, if an answer came.
+    pub status_code: Option<u16>,
+    /// Why no (timely) answer came: timeout, refused, blocked address...
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    /// The first 2 KB of the answer.
+    pub response: String,
+    /// The answer's `Retry-After`, if any.
+    pub retry_after: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +100,35 @@ pub enum Command {
         session_id: SessionId,
         token_hash: SecretHash,
         ttl: Duration,
+    },
+    /// `PUT /v1/webhook` (the secret arrives encrypted; the shell made it).
+    SetWebhook {
+        partner_id: PartnerId,
+        url: String,
+        secret: String,
+        events: Vec<String>,
+    },
+    EnableWebhook {
+        partner_id: PartnerId,
+    },
+    RotateWebhookSecret {
+        partner_id: PartnerId,
+        secret: String,
+    },
+    /// `POST /v1/webhook/test`: queue a signed `ping`.
+    TestWebhook {
+        partner_id: PartnerId,
+        delivery_id: String,
+    },
+    RecordAttempt(AttemptResult),
+    Redeliver {
+        partner_id: PartnerId,
+        delivery_id: String,
+    },
+    /// Redeliver every delivery of the partner queued since `since` and not delivered.
+    Recover {
+        partner_id: PartnerId,
+        since: DateTime<Utc>,
     },
     /// Time has passed: act on every deadline due at `now`.
     Tick,

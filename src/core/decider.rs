@@ -4,13 +4,14 @@
 //! revision), the effects to perform once they are durable, and what to answer — or why the
 //! command is refused. It never changes anything, reads no clock and draws no randomness.
 
-use super::command::{Capture, Command, EnrollRequest};
+use super::command::{AttemptResult, Capture, Command, EnrollRequest};
 use super::event::{
     CaptureRef, CaptureRejection, Event, Expected, Idempotency, StreamAppend, stream,
 };
 use super::ids::*;
 use super::session::Session;
-use super::state::State;
+use super::state::{DeliveryStatus, State};
+use super::webhook;
 use chrono::{DateTime, Duration, Utc};
 
 pub use super::state::{Partner, Reader, Rules, User};
@@ -195,12 +196,13 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
             if !s.is_open(now) {
                 return Err(Rejection::SessionNotPending);
             }
-            Ok(Decision::new(vec![fail(
+            Ok(Decision::new(end(
+                state,
                 s,
-                FailReason::Cancelled,
+                End::Failed(FailReason::Cancelled),
                 None,
                 now,
-            )]))
+            )))
         }
         Command::EraseUser {
             partner_id,
@@ -306,38 +308,264 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
                 .iter()
                 .take_while(|(t, _)| *t <= now)
                 .filter_map(|(_, id)| state.sessions.get(id))
-                .map(|s| {
-                    one(
-                        stream::session(s.id),
-                        Expected::Revision(s.revision),
-                        Event::SessionExpired {
-                            session_id: s.id,
-                            at: s.expires_at,
-                        },
-                    )
-                })
+                .flat_map(|s| end(state, s, End::Expired, None, s.expires_at))
                 .collect();
             Ok(Decision::new(due))
+        }
+        Command::SetWebhook {
+            partner_id,
+            url,
+            secret,
+            events,
+        } => {
+            let st = stream::webhook(*partner_id);
+            Ok(Decision::new(vec![one(
+                st.clone(),
+                state.expected(&st),
+                Event::WebhookConfigured {
+                    partner_id: *partner_id,
+                    url: url.clone(),
+                    secret: secret.clone(),
+                    events: events.clone(),
+                    at: now,
+                },
+            )]))
+        }
+        Command::EnableWebhook { partner_id } => {
+            let w = state.webhook(*partner_id).ok_or(Rejection::NotFound)?;
+            if w.active {
+                return Ok(Decision::new(vec![]));
+            }
+            Ok(Decision::new(vec![one(
+                stream::webhook(*partner_id),
+                Expected::Revision(w.revision),
+                Event::WebhookEnabled {
+                    partner_id: *partner_id,
+                    at: now,
+                },
+            )]))
+        }
+        Command::RotateWebhookSecret { partner_id, secret } => {
+            let w = state.webhook(*partner_id).ok_or(Rejection::NotFound)?;
+            Ok(Decision::new(vec![one(
+                stream::webhook(*partner_id),
+                Expected::Revision(w.revision),
+                Event::WebhookSecretRotated {
+                    partner_id: *partner_id,
+                    secret: secret.clone(),
+                    previous_until: now + ROTATION_OVERLAP,
+                    at: now,
+                },
+            )]))
+        }
+        Command::TestWebhook {
+            partner_id,
+            delivery_id,
+        } => {
+            let w = state.webhook(*partner_id).ok_or(Rejection::NotFound)?;
+            let data = serde_json::json!({ "message": "palmgate webhook test" });
+            Ok(Decision::new(vec![one(
+                stream::delivery(delivery_id),
+                Expected::NoStream,
+                Event::DeliveryQueued {
+                    delivery_id: delivery_id.clone(),
+                    partner_id: *partner_id,
+                    event: "ping".into(),
+                    session_id: None,
+                    body: webhook::body("ping", now, data),
+                    held: !w.active,
+                    at: now,
+                },
+            )]))
+        }
+        Command::RecordAttempt(r) => record_attempt(state, r, now),
+        Command::Redeliver {
+            partner_id,
+            delivery_id,
+        } => {
+            let d = state
+                .delivery(delivery_id)
+                .filter(|d| d.partner_id == *partner_id)
+                .ok_or(Rejection::NotFound)?;
+            Ok(Decision::new(vec![reschedule(d, now)]))
+        }
+        Command::Recover { partner_id, since } => {
+            let mut ds: Vec<_> = state
+                .deliveries_of(*partner_id)
+                .filter(|d| d.created_at >= *since && d.status != DeliveryStatus::Delivered)
+                .filter(|d| d.status != DeliveryStatus::Pending || d.attempt > 0)
+                .collect();
+            ds.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            Ok(Decision::new(
+                ds.into_iter().map(|d| reschedule(d, now)).collect(),
+            ))
         }
     }
 }
 
-fn fail(
-    s: &Session,
-    reason: FailReason,
-    capture: Option<CaptureRef>,
-    now: DateTime<Utc>,
-) -> StreamAppend {
+/// How long a rotated-out webhook secret keeps signing.
+pub const ROTATION_OVERLAP: Duration = Duration::hours(24);
+
+fn reschedule(d: &super::state::Delivery, now: DateTime<Utc>) -> StreamAppend {
     one(
-        stream::session(s.id),
-        Expected::Revision(s.revision),
-        Event::SessionFailed {
-            session_id: s.id,
-            reason,
-            capture,
+        stream::delivery(&d.id),
+        Expected::Revision(d.revision),
+        Event::DeliveryRescheduled {
+            delivery_id: d.id.clone(),
             at: now,
         },
     )
+}
+
+/// Records one attempt; schedules the next, or fails the delivery and disables the webhook.
+fn record_attempt(
+    state: &State,
+    r: &AttemptResult,
+    now: DateTime<Utc>,
+) -> Result<Decision, Rejection> {
+    let d = state.delivery(&r.delivery_id).ok_or(Rejection::NotFound)?;
+    // A stale result (the sequence moved on, or this attempt was already recorded).
+    if d.status != DeliveryStatus::Pending || r.attempt != d.attempt + 1 {
+        return Ok(Decision::duplicate());
+    }
+    let delivered = r.status_code.is_some_and(webhook::is_success) && r.error.is_none();
+    let next = if delivered {
+        None
+    } else {
+        webhook::next_attempt_at(r.attempt, now, r.retry_after)
+    };
+    let mut appends = vec![one(
+        stream::delivery(&d.id),
+        Expected::Revision(d.revision),
+        Event::DeliveryAttempted {
+            delivery_id: d.id.clone(),
+            attempt: r.attempt,
+            status_code: r.status_code,
+            error: r.error.clone(),
+            latency_ms: r.latency_ms,
+            response: r.response.clone(),
+            delivered,
+            next_attempt_at: next,
+            at: now,
+        },
+    )];
+    if !delivered
+        && next.is_none()
+        && let Some(w) = state.webhook(d.partner_id).filter(|w| w.active)
+    {
+        appends.push(one(
+            stream::webhook(d.partner_id),
+            Expected::Revision(w.revision),
+            Event::WebhookDisabled {
+                partner_id: d.partner_id,
+                delivery_id: d.id.clone(),
+                at: now,
+            },
+        ));
+    }
+    Ok(Decision::new(appends))
+}
+
+/// How a session ends.
+enum End {
+    Completed(ExternalId),
+    Failed(FailReason),
+    Expired,
+}
+
+/// The events ending session `s`: its terminal event and, in the same write (the outbox), the
+/// webhook delivery announcing it when its partner has a webhook.
+fn end(
+    state: &State,
+    s: &Session,
+    how: End,
+    capture: Option<CaptureRef>,
+    now: DateTime<Utc>,
+) -> Vec<StreamAppend> {
+    let (event, name) = match &how {
+        End::Completed(external_id) => (
+            Event::SessionCompleted {
+                session_id: s.id,
+                external_id: Some(external_id.clone()),
+                capture,
+                at: now,
+            },
+            "completed",
+        ),
+        End::Failed(reason) => (
+            Event::SessionFailed {
+                session_id: s.id,
+                reason: *reason,
+                capture,
+                at: now,
+            },
+            "failed",
+        ),
+        End::Expired => (
+            Event::SessionExpired {
+                session_id: s.id,
+                at: now,
+            },
+            "expired",
+        ),
+    };
+    let mut out = vec![one(
+        stream::session(s.id),
+        Expected::Revision(s.revision),
+        event,
+    )];
+    let Some(partner) = s.partner_id else {
+        return out;
+    };
+    let Some(hook) = state.webhook(partner).filter(|w| w.wants("session")) else {
+        return out;
+    };
+    // Who the session was about: the enrollee, or the identified user.
+    let matched = match &how {
+        End::Completed(e) if s.kind == SessionKind::Identify => state.user(partner, e),
+        _ => None,
+    };
+    let (external_id, username, metadata) = match (s.kind, matched) {
+        (SessionKind::Enroll, _) => (
+            s.external_id.as_ref(),
+            s.username.as_deref(),
+            s.metadata.as_ref(),
+        ),
+        (SessionKind::Identify, Some(u)) => (
+            Some(&u.external_id),
+            u.username.as_deref(),
+            u.metadata.as_ref(),
+        ),
+        (SessionKind::Identify, None) => (None, None, None),
+    };
+    let data = webhook::SessionData {
+        session_id: s.id,
+        kind: s.kind,
+        external_id,
+        username,
+        metadata,
+        fail_reason: match how {
+            End::Failed(r) => Some(r),
+            _ => None,
+        },
+        language: s.language,
+    };
+    let data = serde_json::to_value(&data).expect("session data serializes");
+    let delivery_id = webhook::session_delivery_id(s.id);
+    out.push(one(
+        stream::delivery(&delivery_id),
+        Expected::NoStream,
+        Event::DeliveryQueued {
+            delivery_id,
+            partner_id: partner,
+            event: name.into(),
+            session_id: Some(s.id),
+            body: webhook::body(name, now, data),
+            held: !hook.active,
+            at: now,
+        },
+    ));
+    out
 }
 
 fn reader_status(
@@ -375,11 +603,15 @@ fn reader_status(
             .filter(|s| s.reader_id.as_ref() == Some(reader_id) && s.is_open(now))
             .collect();
         waiting.sort_by_key(|s| s.id);
-        appends.extend(
-            waiting
-                .into_iter()
-                .map(|s| fail(s, FailReason::ReaderOffline, None, now)),
-        );
+        for s in waiting {
+            appends.extend(end(
+                state,
+                s,
+                End::Failed(FailReason::ReaderOffline),
+                None,
+                now,
+            ));
+        }
     }
     Decision::new(appends)
 }
@@ -422,22 +654,21 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
         quality: c.quality,
         similarity: c.best.as_ref().map(|b| b.similarity),
     };
-    if !c.liveness {
-        return Ok(Decision::new(vec![fail(
+    let failed = |reason, cref| {
+        Ok(Decision::new(end(
+            state,
             s,
-            FailReason::LivenessFailed,
+            End::Failed(reason),
             Some(cref),
             now,
-        )]));
+        )))
+    };
+    if !c.liveness {
+        return failed(FailReason::LivenessFailed, cref);
     }
     if c.quality < rules.min_quality {
         if s.retries >= rules.max_retries {
-            return Ok(Decision::new(vec![fail(
-                s,
-                FailReason::LowQuality,
-                Some(cref),
-                now,
-            )]));
+            return failed(FailReason::LowQuality, cref);
         }
         return Ok(Decision::new(vec![one(
             stream::session(s.id),
@@ -457,19 +688,16 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
         }));
     }
     match s.kind {
-        SessionKind::Identify => Ok(Decision::new(vec![match matched {
-            Some(m) => one(
-                stream::session(s.id),
-                Expected::Revision(s.revision),
-                Event::SessionCompleted {
-                    session_id: s.id,
-                    external_id: Some(m.external_id.clone()),
-                    capture: Some(cref),
-                    at: now,
-                },
-            ),
-            None => fail(s, FailReason::NoMatch, Some(cref), now),
-        }])),
+        SessionKind::Identify => match matched {
+            Some(m) => Ok(Decision::new(end(
+                state,
+                s,
+                End::Completed(m.external_id.clone()),
+                Some(cref),
+                now,
+            ))),
+            None => failed(FailReason::NoMatch, cref),
+        },
         SessionKind::Enroll => enroll_capture(state, s, c, cref, matched.is_some(), now),
     }
 }
@@ -489,12 +717,13 @@ fn enroll_capture(
     };
     let taken = state.user(partner_id, &external_id).is_some();
     if palm_known || taken {
-        return Ok(Decision::new(vec![fail(
+        return Ok(Decision::new(end(
+            state,
             s,
-            FailReason::AlreadyEnrolled,
+            End::Failed(FailReason::AlreadyEnrolled),
             Some(cref),
             now,
-        )]));
+        )));
     }
     let Some(sealed) = c.sealed.clone() else {
         return Err(Rejection::Invalid(
@@ -506,31 +735,27 @@ fn enroll_capture(
         Some(r) => Expected::Revision(r),
         None => Expected::NoStream,
     };
-    Ok(Decision::new(vec![
-        one(
-            stream::session(s.id),
-            Expected::Revision(s.revision),
-            Event::SessionCompleted {
-                session_id: s.id,
-                external_id: Some(external_id.clone()),
-                capture: Some(cref),
-                at: now,
-            },
-        ),
-        one(
-            user_stream,
-            user_expected,
-            Event::UserEnrolled {
-                partner_id,
-                external_id,
-                username: s.username.clone(),
-                metadata: s.metadata.clone(),
-                session_id: s.id,
-                template: Some(sealed),
-                at: now,
-            },
-        ),
-    ]))
+    let mut appends = end(
+        state,
+        s,
+        End::Completed(external_id.clone()),
+        Some(cref),
+        now,
+    );
+    appends.push(one(
+        user_stream,
+        user_expected,
+        Event::UserEnrolled {
+            partner_id,
+            external_id,
+            username: s.username.clone(),
+            metadata: s.metadata.clone(),
+            session_id: s.id,
+            template: Some(sealed),
+            at: now,
+        },
+    ));
+    Ok(Decision::new(appends))
 }
 
 struct NewSession<'a> {

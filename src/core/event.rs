@@ -153,6 +153,63 @@ pub enum Event {
         external_id: ExternalId,
         at: DateTime<Utc>,
     },
+    /// `PUT /v1/webhook`: the URL and a new secret (encrypted under the master key).
+    WebhookConfigured {
+        partner_id: PartnerId,
+        url: String,
+        secret: String,
+        events: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    /// A new secret; the previous one keeps signing until `previous_until`.
+    WebhookSecretRotated {
+        partner_id: PartnerId,
+        secret: String,
+        previous_until: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    WebhookEnabled {
+        partner_id: PartnerId,
+        at: DateTime<Utc>,
+    },
+    /// The 5th failed attempt of `delivery_id` disabled the webhook.
+    WebhookDisabled {
+        partner_id: PartnerId,
+        delivery_id: String,
+        at: DateTime<Utc>,
+    },
+    /// The outbox: a webhook to send, with its exact body. `held` when the partner's webhook
+    /// was disabled at the time (sent only after a redeliver or recover).
+    DeliveryQueued {
+        delivery_id: String,
+        partner_id: PartnerId,
+        event: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<SessionId>,
+        body: String,
+        held: bool,
+        at: DateTime<Utc>,
+    },
+    DeliveryAttempted {
+        delivery_id: String,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status_code: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        latency_ms: u64,
+        /// The first 2 KB of the answer.
+        response: String,
+        delivered: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_attempt_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    /// Redeliver / recover: a fresh sequence of attempts, starting now.
+    DeliveryRescheduled {
+        delivery_id: String,
+        at: DateTime<Utc>,
+    },
 }
 
 /// Which capture decided something, and how similar the best template was.
@@ -198,6 +255,13 @@ impl Event {
             Event::CaptureRetryRequested { .. } => "CaptureRetryRequested",
             Event::CaptureRejected { .. } => "CaptureRejected",
             Event::ReaderStatusChanged { .. } => "ReaderStatusChanged",
+            Event::WebhookConfigured { .. } => "WebhookConfigured",
+            Event::WebhookSecretRotated { .. } => "WebhookSecretRotated",
+            Event::WebhookEnabled { .. } => "WebhookEnabled",
+            Event::WebhookDisabled { .. } => "WebhookDisabled",
+            Event::DeliveryQueued { .. } => "DeliveryQueued",
+            Event::DeliveryAttempted { .. } => "DeliveryAttempted",
+            Event::DeliveryRescheduled { .. } => "DeliveryRescheduled",
         }
     }
 
@@ -253,6 +317,13 @@ pub const KNOWN_TYPES: &[&str] = &[
     "CaptureRetryRequested",
     "CaptureRejected",
     "ReaderStatusChanged",
+    "WebhookConfigured",
+    "WebhookSecretRotated",
+    "WebhookEnabled",
+    "WebhookDisabled",
+    "DeliveryQueued",
+    "DeliveryAttempted",
+    "DeliveryRescheduled",
 ];
 
 /// Stream names (SPEC 8.1).
@@ -267,6 +338,12 @@ pub mod stream {
     }
     pub fn user(partner: PartnerId, external_id: &ExternalId) -> String {
         format!("user-{partner}-{external_id}")
+    }
+    pub fn webhook(partner: PartnerId) -> String {
+        format!("webhook-{partner}")
+    }
+    pub fn delivery(id: &str) -> String {
+        format!("delivery-{id}")
     }
     pub fn reader(id: &ReaderId) -> String {
         format!("reader-{id}")

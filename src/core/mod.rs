@@ -12,8 +12,9 @@ pub mod matcher;
 pub mod ratelimit;
 pub mod session;
 pub mod state;
+pub mod webhook;
 
-pub use command::{Capture, Command, EnrollRequest};
+pub use command::{AttemptResult, Capture, Command, EnrollRequest};
 pub use decider::{Decision, Effect, Outcome, ReaderCommand, Rejection, decide};
 pub use event::{Event, Expected, Recorded, StreamAppend};
 pub use ids::*;

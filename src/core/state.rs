@@ -66,6 +66,77 @@ pub struct Reader {
     pub revision: u64,
 }
 
+/// A partner's webhook endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Webhook {
+    pub partner_id: PartnerId,
+    pub url: String,
+    /// The signing secret, encrypted under the master key (the shell decrypts it to sign).
+    pub secret: String,
+    /// The previous secret and until when it still signs.
+    pub previous: Option<(String, DateTime<Utc>)>,
+    pub events: Vec<String>,
+    pub active: bool,
+    pub last_failure: Option<DateTime<Utc>>,
+    pub revision: u64,
+}
+
+impl Webhook {
+    pub fn wants(&self, kind: &str) -> bool {
+        self.events.iter().any(|e| e == kind)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt.
+    Pending,
+    Delivered,
+    /// Five attempts failed.
+    Failed,
+    /// Queued while the webhook was disabled; sent after a redeliver or recover.
+    Held,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Held => "held",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    pub response: String,
+    pub delivered: bool,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub id: String,
+    pub partner_id: PartnerId,
+    pub event: String,
+    pub session_id: Option<SessionId>,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub status: DeliveryStatus,
+    /// Attempts made in the current sequence (0–5).
+    pub attempt: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Every attempt ever made, across redeliveries.
+    pub attempts: Vec<Attempt>,
+    pub revision: u64,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct IdemEntry {
     pub session_id: SessionId,
@@ -91,6 +162,10 @@ pub struct State {
     revisions: HashMap<String, u64>,
     /// Pending sessions by expiry.
     pub(crate) deadlines: BTreeSet<(DateTime<Utc>, SessionId)>,
+    pub(crate) webhooks: HashMap<PartnerId, Webhook>,
+    pub(crate) deliveries: HashMap<String, Delivery>,
+    /// Pending deliveries by next attempt time.
+    due: BTreeSet<(DateTime<Utc>, String)>,
     position: u64,
 }
 
@@ -147,6 +222,40 @@ impl State {
     pub fn readers(&self) -> impl Iterator<Item = &Reader> {
         self.readers.values()
     }
+    pub fn webhook(&self, partner: PartnerId) -> Option<&Webhook> {
+        self.webhooks.get(&partner)
+    }
+    pub fn delivery(&self, id: &str) -> Option<&Delivery> {
+        self.deliveries.get(id)
+    }
+    pub fn deliveries_of(&self, partner: PartnerId) -> impl Iterator<Item = &Delivery> {
+        self.deliveries
+            .values()
+            .filter(move |d| d.partner_id == partner)
+    }
+    /// Deliveries whose next attempt is due at `now`, for partners whose webhook is active,
+    /// earliest first: `(delivery id, attempt number to send)`.
+    pub fn due_deliveries(&self, now: DateTime<Utc>) -> Vec<(PartnerId, String, u32)> {
+        self.due
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .filter_map(|(_, id)| self.deliveries.get(id))
+            .filter(|d| self.webhooks.get(&d.partner_id).is_some_and(|w| w.active))
+            .map(|d| (d.partner_id, d.id.clone(), d.attempt + 1))
+            .collect()
+    }
+    /// When the next delivery attempt (of an active webhook) is due.
+    pub fn next_delivery_due(&self) -> Option<DateTime<Utc>> {
+        self.due
+            .iter()
+            .find(|(_, id)| {
+                self.deliveries
+                    .get(id)
+                    .is_some_and(|d| self.webhooks.get(&d.partner_id).is_some_and(|w| w.active))
+            })
+            .map(|(t, _)| *t)
+    }
+
     /// The earliest instant at which `Command::Tick` has something to do.
     pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
         self.deadlines.first().map(|(t, _)| *t)
@@ -359,6 +468,141 @@ impl State {
                 let key = (*partner_id, external_id.clone());
                 self.users.remove(&key);
                 self.erased.insert(key, revision);
+            }
+            Event::WebhookConfigured {
+                partner_id,
+                url,
+                secret,
+                events,
+                ..
+            } => {
+                self.webhooks.insert(
+                    *partner_id,
+                    Webhook {
+                        partner_id: *partner_id,
+                        url: url.clone(),
+                        secret: secret.clone(),
+                        previous: None,
+                        events: events.clone(),
+                        active: true,
+                        last_failure: None,
+                        revision,
+                    },
+                );
+            }
+            Event::WebhookSecretRotated {
+                partner_id,
+                secret,
+                previous_until,
+                ..
+            } => {
+                if let Some(w) = self.webhooks.get_mut(partner_id) {
+                    let old = std::mem::replace(&mut w.secret, secret.clone());
+                    w.previous = Some((old, *previous_until));
+                    w.revision = revision;
+                }
+            }
+            Event::WebhookEnabled { partner_id, .. } => {
+                if let Some(w) = self.webhooks.get_mut(partner_id) {
+                    w.active = true;
+                    w.revision = revision;
+                }
+            }
+            Event::WebhookDisabled { partner_id, at, .. } => {
+                if let Some(w) = self.webhooks.get_mut(partner_id) {
+                    w.active = false;
+                    w.last_failure = Some(*at);
+                    w.revision = revision;
+                }
+            }
+            Event::DeliveryQueued {
+                delivery_id,
+                partner_id,
+                event,
+                session_id,
+                body,
+                held,
+                at,
+            } => {
+                self.deliveries.insert(
+                    delivery_id.clone(),
+                    Delivery {
+                        id: delivery_id.clone(),
+                        partner_id: *partner_id,
+                        event: event.clone(),
+                        session_id: *session_id,
+                        body: body.clone(),
+                        created_at: *at,
+                        status: if *held {
+                            DeliveryStatus::Held
+                        } else {
+                            DeliveryStatus::Pending
+                        },
+                        attempt: 0,
+                        next_attempt_at: None,
+                        attempts: vec![],
+                        revision,
+                    },
+                );
+                if !*held {
+                    self.set_due(delivery_id, Some(*at));
+                }
+            }
+            Event::DeliveryAttempted {
+                delivery_id,
+                attempt,
+                status_code,
+                error,
+                latency_ms,
+                response,
+                delivered,
+                next_attempt_at,
+                at,
+            } => {
+                self.set_due(delivery_id, *next_attempt_at);
+                if let Some(d) = self.deliveries.get_mut(delivery_id) {
+                    d.revision = revision;
+                    d.attempt = *attempt;
+                    d.status = if *delivered {
+                        DeliveryStatus::Delivered
+                    } else if next_attempt_at.is_none() {
+                        DeliveryStatus::Failed
+                    } else {
+                        DeliveryStatus::Pending
+                    };
+                    d.attempts.push(Attempt {
+                        attempt: *attempt,
+                        status_code: *status_code,
+                        error: error.clone(),
+                        latency_ms: *latency_ms,
+                        response: response.clone(),
+                        delivered: *delivered,
+                        at: *at,
+                    });
+                    if !*delivered && let Some(w) = self.webhooks.get_mut(&d.partner_id) {
+                        w.last_failure = Some(*at);
+                    }
+                }
+            }
+            Event::DeliveryRescheduled { delivery_id, at } => {
+                if let Some(d) = self.deliveries.get_mut(delivery_id) {
+                    d.revision = revision;
+                    d.attempt = 0;
+                    d.status = DeliveryStatus::Pending;
+                }
+                self.set_due(delivery_id, Some(*at));
+            }
+        }
+    }
+
+    fn set_due(&mut self, id: &str, next: Option<DateTime<Utc>>) {
+        if let Some(d) = self.deliveries.get_mut(id) {
+            if let Some(t) = d.next_attempt_at {
+                self.due.remove(&(t, id.to_string()));
+            }
+            d.next_attempt_at = next;
+            if let Some(t) = next {
+                self.due.insert((t, id.to_string()));
             }
         }
     }

@@ -1,0 +1,178 @@
+//! The SSRF guard: webhook URLs may not reach loopback, private, link-local, metadata or other
+//! special addresses, unless `webhooks.allow_networks` lists the network. Checked when the URL
+//! is set and again at connect time on every DNS answer (a name that later resolves inward is
+//! refused), and redirects are never followed.
+
+use ipnet::IpNet;
+use reqwest::Url;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    allow: Arc<Vec<IpNet>>,
+}
+
+fn public_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || o[0] == 0
+        || (o[0] == 100 && (64..128).contains(&o[1])) // shared address space
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
+        || (o[0] == 198 && (o[1] == 18 || o[1] == 19)) // benchmarking
+        || o[0] >= 240)
+}
+
+fn public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return public_v4(v4);
+    }
+    let s = ip.segments();
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local (incl. fd00:ec2::254 metadata)
+        || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64 (can reach IPv4 private space)
+}
+
+impl Guard {
+    pub fn new(allow: Vec<IpNet>) -> Guard {
+        Guard {
+            allow: Arc::new(allow),
+        }
+    }
+
+    /// True when a webhook may connect to `ip`.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        if self.allow.iter().any(|n| n.contains(&ip)) {
+            return true;
+        }
+        match ip {
+            IpAddr::V4(v4) => public_v4(v4),
+            IpAddr::V6(v6) => public_v6(v6),
+        }
+    }
+
+    /// Checks a URL when it is set: http(s), a host, and every address it resolves to allowed.
+    pub async fn check_url(&self, raw: &str) -> Result<Url, String> {
+        let url = Url::parse(raw).map_err(|e| format!("url is not a valid URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("url must be http:// or https://".into());
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("url must not contain credentials".into());
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| "url has no host".to_string())?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| format!("url host {host:?} does not resolve: {e}"))?
+                .collect(),
+        };
+        if addrs.is_empty() {
+            return Err(format!("url host {host:?} does not resolve"));
+        }
+        if let Some(bad) = addrs.iter().find(|a| !self.allows(a.ip())) {
+            return Err(format!(
+                "url resolves to {}, a loopback, private, link-local or reserved address; \
+                 list its network in webhooks.allow_networks to allow it",
+                bad.ip()
+            ));
+        }
+        Ok(url)
+    }
+
+    /// Refuses a URL whose host is an IP literal the guard does not allow (names are checked
+    /// by the resolver).
+    pub fn check_literal(&self, url: &Url) -> Result<(), String> {
+        let host = url
+            .host_str()
+            .unwrap_or("")
+            .trim_matches(|c| c == '[' || c == ']');
+        match host.parse::<IpAddr>() {
+            Ok(ip) if !self.allows(ip) => Err(format!("address {ip} is not allowed")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Resolve for Guard {
+    fn resolve(&self, name: Name) -> Resolving {
+        let guard = self.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ok: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| guard.allows(a.ip()))
+                .collect();
+            if ok.is_empty() {
+                let msg = format!("{host} resolves only to addresses the SSRF guard refuses");
+                return Err(msg.into());
+            }
+            let addrs: Addrs = Box::new(ok.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_addresses_are_refused_unless_allowed() {
+        let g = Guard::default();
+        for bad in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(!g.allows(bad.parse().unwrap()), "{bad} allowed");
+        }
+        for good in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"] {
+            assert!(g.allows(good.parse().unwrap()), "{good} refused");
+        }
+        let lan = Guard::new(vec!["192.168.0.0/16".parse().unwrap()]);
+        assert!(lan.allows("192.168.1.1".parse().unwrap()));
+        assert!(!lan.allows("10.0.0.1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked_when_set() {
+        let g = Guard::default();
+        assert!(g.check_url("http://127.0.0.1:9/hook").await.is_err());
+        assert!(g.check_url("http://localhost/hook").await.is_err());
+        assert!(g.check_url("ftp://93.184.216.34/").await.is_err());
+        assert!(g.check_url("http://[::1]/").await.is_err());
+        assert!(g.check_url("https://93.184.216.34/hook").await.is_ok());
+        let lo = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert!(lo.check_url("http://127.0.0.1:9/hook").await.is_ok());
+    }
+}

@@ -1,0 +1,229 @@
+//! Webhook delivery: the outbox in the log, sent over HTTP with reqwest.
+//!
+//! The dispatcher asks the state which deliveries are due (pending, next attempt reached, the
+//! partner's webhook active), sends each attempt with the seed's and Standard Webhooks'
+//! signatures, and records the outcome as a command, so the core schedules the next attempt.
+//! Each partner has its own bounded pool of in-flight requests: an endpoint that hangs for the
+//! whole 10 s timeout only ever holds its own partner's slots. After a restart, pending
+//! deliveries are simply due again: an attempt interrupted by a crash is sent again with the
+//! same `X-Webhook-Id` and attempt number.
+
+pub mod guard;
+
+use crate::app::App;
+use crate::core::webhook::{seed_signature, standard_signature};
+use crate::core::{AttemptResult, Command, PartnerId};
+use guard::Guard;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// Requests in flight per partner.
+pub const PER_PARTNER: usize = 4;
+/// An answer must come within this (SPEC 4).
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of an answer is kept.
+pub const RESPONSE_KEPT: usize = 2048;
+
+/// The HTTP client for webhooks: no redirects, the SSRF guard as resolver, 10 s timeout.
+pub fn client(guard: &Guard) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(guard.clone()))
+        .timeout(TIMEOUT)
+        .connect_timeout(TIMEOUT)
+        .user_agent(concat!("palmgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("a reqwest client with rustls builds")
+}
+
+struct Dispatcher {
+    app: Arc<App>,
+    http: reqwest::Client,
+    guard: Guard,
+    in_flight: Mutex<HashSet<String>>,
+    pools: Mutex<HashMap<PartnerId, Arc<Semaphore>>>,
+}
+
+/// Runs the dispatcher until the returned task is aborted.
+pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
+    let guard = Guard::new(app.config.webhooks.allow_networks.clone());
+    let d = Arc::new(Dispatcher {
+        http: client(&guard),
+        guard,
+        app,
+        in_flight: Mutex::new(HashSet::new()),
+        pools: Mutex::new(HashMap::new()),
+    });
+    tokio::spawn(d.run())
+}
+
+impl Dispatcher {
+    async fn run(self: Arc<Self>) {
+        loop {
+            let changed = self.app.outbox_changed();
+            let now = self.app.clock.now();
+            let due = self.app.read(|s| s.due_deliveries(now));
+            let mut waiting_on_flight = false;
+            for (partner, id, attempt) in due {
+                if !self.in_flight.lock().expect("lock").insert(id.clone()) {
+                    waiting_on_flight = true;
+                    continue;
+                }
+                let pool = self
+                    .pools
+                    .lock()
+                    .expect("lock")
+                    .entry(partner)
+                    .or_insert_with(|| Arc::new(Semaphore::new(PER_PARTNER)))
+                    .clone();
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _permit = pool.acquire().await;
+                    me.attempt(&id, attempt).await;
+                    me.in_flight.lock().expect("lock").remove(&id);
+                    me.app.poke_outbox();
+                });
+            }
+            let next = self.app.read(|s| s.next_delivery_due());
+            match next {
+                Some(t) if t > now && !waiting_on_flight => {
+                    tokio::select! {
+                        _ = self.app.clock.sleep_until(t) => {}
+                        _ = changed => {}
+                    }
+                }
+                _ => changed.await,
+            }
+        }
+    }
+
+    /// Sends attempt `attempt` of delivery `id` and records what happened.
+    async fn attempt(&self, id: &str, attempt: u32) {
+        let now = self.app.clock.now();
+        let Some((url, body, secrets)) = self.app.read(|s| {
+            let d = s.delivery(id)?;
+            let w = s.webhook(d.partner_id)?;
+            let mut secrets = vec![w.secret.clone()];
+            if let Some((old, until)) = &w.previous
+                && now < *until
+            {
+                secrets.push(old.clone());
+            }
+            Some((w.url.clone(), d.body.clone(), secrets))
+        }) else {
+            return;
+        };
+        let secrets: Vec<String> = secrets
+            .iter()
+            .filter_map(|s| self.app.keys.open_secret(s))
+            .collect();
+        let Some(current) = secrets.first() else {
+            tracing::error!(
+                delivery = id,
+                "webhook secret cannot be decrypted with this master key"
+            );
+            return;
+        };
+        let ts = now.timestamp();
+        let standard: Vec<String> = secrets
+            .iter()
+            .filter_map(|s| standard_signature(s, id, ts, body.as_bytes()))
+            .collect();
+        let started = Instant::now();
+        let result = self
+            .send(&url, id, attempt, ts, current, &standard.join(" "), body)
+            .await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let (status_code, error, response, retry_after) = match result {
+            Ok((status, text, retry_after)) => (Some(status), None, text, retry_after),
+            Err(e) => (None, Some(e), String::new(), None),
+        };
+        metrics::counter!("palmgate_webhook_attempts_total",
+            "outcome" => if status_code.is_some_and(crate::core::webhook::is_success) { "delivered" } else { "failed" })
+        .increment(1);
+        let cmd = Command::RecordAttempt(AttemptResult {
+            delivery_id: id.to_string(),
+            attempt,
+            status_code,
+            error,
+            latency_ms,
+            response,
+            retry_after,
+        });
+        if let Err(e) = self.app.execute(cmd).await {
+            tracing::error!(delivery = id, error = %e, "cannot record a webhook attempt; it will be sent again");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        url: &str,
+        id: &str,
+        attempt: u32,
+        ts: i64,
+        secret: &str,
+        standard: &str,
+        body: String,
+    ) -> Result<(u16, String, Option<chrono::Duration>), String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid url: {e}"))?;
+        self.guard.check_literal(&parsed)?;
+        let resp = self
+            .http
+            .post(parsed)
+            .header("content-type", "application/json")
+            .header(
+                "x-webhook-signature",
+                seed_signature(secret, body.as_bytes()),
+            )
+            .header("x-webhook-id", id)
+            .header("x-webhook-attempt", attempt.to_string())
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", standard)
+            .body(body)
+            .send()
+            .await
+            .map_err(describe)?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|s| *s >= 0)
+            .map(chrono::Duration::seconds);
+        let mut text = String::new();
+        let mut resp = resp;
+        let mut kept: Vec<u8> = Vec::new();
+        while kept.len() < RESPONSE_KEPT {
+            match resp.chunk().await {
+                Ok(Some(c)) => kept.extend_from_slice(&c),
+                Ok(None) => break,
+                Err(e) => return Err(describe(e)),
+            }
+        }
+        kept.truncate(RESPONSE_KEPT);
+        text.push_str(&String::from_utf8_lossy(&kept));
+        Ok((status, text, retry_after))
+    }
+}
+
+fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out after 10 s".into()
+    } else if e.is_connect() {
+        let mut msg = "connection failed".to_string();
+        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("connection failed: {s}");
+            src = s.source();
+        }
+        msg
+    } else {
+        format!("request failed: {e}")
+    }
+}
