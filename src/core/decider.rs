@@ -81,6 +81,8 @@ pub enum Outcome {
     },
     /// The input was already handled (a repeated `capture_id` or `trigger_id`).
     Duplicate,
+    /// How many deliveries a recover rescheduled.
+    Rescheduled(usize),
 }
 
 impl Decision {
@@ -372,7 +374,7 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
                     partner_id: *partner_id,
                     event: "ping".into(),
                     session_id: None,
-                    body: webhook::body("ping", now, data),
+                    body: webhook::body("ping", now, &data),
                     held: !w.active,
                     at: now,
                 },
@@ -396,9 +398,11 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
                 .filter(|d| d.status != DeliveryStatus::Pending || d.attempt > 0)
                 .collect();
             ds.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-            Ok(Decision::new(
-                ds.into_iter().map(|d| reschedule(d, now)).collect(),
-            ))
+            let appends: Vec<StreamAppend> = ds.into_iter().map(|d| reschedule(d, now)).collect();
+            Ok(Decision {
+                outcome: Outcome::Rescheduled(appends.len()),
+                ..Decision::new(appends)
+            })
         }
     }
 }
@@ -550,7 +554,6 @@ fn end(
         },
         language: s.language,
     };
-    let data = serde_json::to_value(&data).expect("session data serializes");
     let delivery_id = webhook::session_delivery_id(s.id);
     out.push(one(
         stream::delivery(&delivery_id),
@@ -560,7 +563,7 @@ fn end(
             partner_id: partner,
             event: name.into(),
             session_id: Some(s.id),
-            body: webhook::body(name, now, data),
+            body: webhook::body(name, now, &data),
             held: !hook.active,
             at: now,
         },

@@ -49,10 +49,10 @@ pub fn is_success(status: u16) -> bool {
 }
 
 #[derive(Serialize)]
-struct Payload<'a> {
+struct Payload<'a, T: Serialize> {
     event: &'a str,
     timestamp: String,
-    data: Value,
+    data: &'a T,
 }
 
 /// The seed's `data` object for a session outcome.
@@ -73,7 +73,7 @@ pub struct SessionData<'a> {
 }
 
 /// The exact body of a webhook: `{"event", "timestamp", "data"}`, timestamp in whole UTC seconds.
-pub fn body(event: &str, at: DateTime<Utc>, data: Value) -> String {
+pub fn body<T: Serialize>(event: &str, at: DateTime<Utc>, data: &T) -> String {
     serde_json::to_string(&Payload {
         event,
         timestamp: at.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn body_has_the_seed_shape() {
         let t = Utc.with_ymd_and_hms(2024, 1, 15, 10, 30, 0).unwrap();
-        let b = body("completed", t, serde_json::json!({"session_id": "x"}));
+        let b = body("completed", t, &serde_json::json!({"session_id": "x"}));
         assert_eq!(
             b,
             r#"{"event":"completed","timestamp":"2024-01-15T10:30:00Z","data":{"session_id":"x"}}"#

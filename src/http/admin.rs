@@ -68,11 +68,10 @@ pub async fn create_partner(
     if name.chars().count() > MAX_PARTNER_NAME {
         return Err(bad("name must be at most 200 characters"));
     }
-    if obj.get("webhook_url").is_some_and(|v| !v.is_null()) {
-        return Err(bad(
-            "webhook_url is set with PUT /v1/webhook once webhooks are enabled on this server",
-        ));
-    }
+    let webhook = match obj.get("webhook_url") {
+        None | Some(Value::Null) => None,
+        Some(url) => Some(super::webhook_api::validate(&app, url, None).await?),
+    };
     let partner_id = PartnerId::from_random(app.rng.bytes16());
     let api_key = new_api_key(app.rng.bytes32());
     app.execute(Command::CreatePartner {
@@ -81,6 +80,10 @@ pub async fn create_partner(
         api_key_hash: hash_secret(&api_key),
     })
     .await?;
+    let webhook_secret = match webhook {
+        Some((url, events)) => Some(super::webhook_api::set(&app, partner_id, url, events).await?),
+        None => None,
+    };
     let p = app
         .read(|s| s.partner(partner_id).map(partner_body))
         .ok_or(ApiError::Internal)?;
@@ -92,7 +95,7 @@ pub async fn create_partner(
             active: p.active,
             created_at: p.created_at,
             api_key,
-            webhook_secret: None,
+            webhook_secret,
         }),
     ))
 }

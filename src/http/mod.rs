@@ -12,6 +12,7 @@ pub mod i18n;
 pub mod openapi;
 pub mod pages;
 pub mod pass_api;
+pub mod webhook_api;
 
 use crate::app::App;
 use axum::Router;
@@ -41,6 +42,19 @@ pub fn router(app: Arc<App>) -> Router {
             "/users/{external_id}",
             get(pass_api::get_user).delete(pass_api::delete_user),
         )
+        .route(
+            "/webhook",
+            axum::routing::put(webhook_api::put).get(webhook_api::get),
+        )
+        .route("/webhook/enable", post(webhook_api::enable))
+        .route("/webhook/rotate-secret", post(webhook_api::rotate))
+        .route("/webhook/test", post(webhook_api::test))
+        .route("/webhook/deliveries", get(webhook_api::deliveries))
+        .route(
+            "/webhook/deliveries/{id}/redeliver",
+            post(webhook_api::redeliver),
+        )
+        .route("/webhook/recover", post(webhook_api::recover))
         .route("/openapi.json", get(openapi::serve))
         .fallback(pass_api::not_found)
         .method_not_allowed_fallback(pass_api::not_found)
