@@ -83,7 +83,7 @@ enum ReaderCmd {
         config: Option<PathBuf>,
         /// Reported capture quality (0–1).
         #[arg(long, default_value_t = 0.93)]
-        quality: f32,
+        quality: f64,
         /// Report a failed liveness check.
         #[arg(long)]
         spoof: bool,

@@ -23,7 +23,7 @@ pub struct Capture {
     pub capture_id: String,
     /// Hash of the `session` token; `None` for a scan at a door.
     pub session: Option<SecretHash>,
-    pub quality: f32,
+    pub quality: f64,
     pub liveness: bool,
     /// The most similar enrolled user in the capture's scope, whatever the score.
     pub best: Option<Candidate>,

@@ -655,7 +655,10 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
         reader_id: c.reader_id.clone(),
         capture_id: c.capture_id.clone(),
         quality: c.quality,
-        similarity: c.best.as_ref().map(|b| b.similarity),
+        similarity: c
+            .best
+            .as_ref()
+            .map(|b| (f64::from(b.similarity) * 1e6).round() / 1e6),
     };
     let failed = |reason, cref| {
         Ok(Decision::new(end(
@@ -669,7 +672,7 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
     if !c.liveness {
         return failed(FailReason::LivenessFailed, cref);
     }
-    if c.quality < rules.min_quality {
+    if c.quality < f64::from(rules.min_quality) {
         if s.retries >= rules.max_retries {
             return failed(FailReason::LowQuality, cref);
         }
@@ -778,13 +781,6 @@ fn create_session(
     n: NewSession<'_>,
 ) -> Result<Decision, Rejection> {
     let mut appends = Vec::with_capacity(2);
-    if let Some(e) = n.enroll
-        && state
-            .users
-            .contains_key(&(n.partner_id, e.external_id.clone()))
-    {
-        return Err(Rejection::AlreadyEnrolled);
-    }
     if let Some(idem) = n.idempotency {
         let live = state
             .idempotency
@@ -803,6 +799,15 @@ fn create_session(
                 },
             });
         }
+    }
+    // After the idempotency lookup: a retry whose first answer was lost gets that answer,
+    // even if the person has enrolled since.
+    if let Some(e) = n.enroll
+        && state
+            .users
+            .contains_key(&(n.partner_id, e.external_id.clone()))
+    {
+        return Err(Rejection::AlreadyEnrolled);
     }
     appends.push(one(
         stream::session(n.session_id),

@@ -217,9 +217,11 @@ pub enum Event {
 pub struct CaptureRef {
     pub reader_id: ReaderId,
     pub capture_id: String,
-    pub quality: f32,
+    /// As the reader reported it.
+    pub quality: f64,
+    /// Rounded to 6 decimals, so the log holds the number, not f32 widening noise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub similarity: Option<f32>,
+    pub similarity: Option<f64>,
 }
 
 /// Error reading an event back from its stored parts.

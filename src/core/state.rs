@@ -311,6 +311,9 @@ impl State {
                 created_at,
                 expires_at,
             } => {
+                if self.sessions.contains_key(session_id) {
+                    return; // a session is created once; a repeat can only be a forged log
+                }
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);
                 self.deadlines.insert((*expires_at, *session_id));

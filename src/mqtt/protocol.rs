@@ -46,7 +46,7 @@ pub struct CaptureMsg {
     pub session: Option<String>,
     /// L2-normalised template.
     pub template: Vec<f32>,
-    pub quality: f32,
+    pub quality: f64,
     pub liveness: bool,
 }
 
@@ -201,7 +201,7 @@ pub fn parse(kind: TopicKind, payload: &[u8], dim: usize) -> Result<Inbound, Pro
             let values = matcher::from_le_bytes(&bytes, dim)?;
             let template = matcher::normalise(values, dim)?;
             let quality = match m.get("quality").and_then(Value::as_f64) {
-                Some(q) if (0.0..=1.0).contains(&q) => q as f32,
+                Some(q) if (0.0..=1.0).contains(&q) => q,
                 Some(_) => {
                     return Err(ProtocolError::Type {
                         field: "quality",

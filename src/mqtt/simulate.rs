@@ -21,7 +21,7 @@ pub struct SimOptions {
     pub reader: ReaderId,
     pub palm: String,
     pub dim: usize,
-    pub quality: f32,
+    pub quality: f64,
     pub liveness: bool,
     /// Seed of the first scan's noise (each later scan adds 1).
     pub seed: u64,
@@ -169,7 +169,7 @@ impl SimReader {
     }
 
     /// Changes the quality the next captures report.
-    pub fn set_quality(&mut self, q: f32) {
+    pub fn set_quality(&mut self, q: f64) {
         self.opts.quality = q;
     }
 

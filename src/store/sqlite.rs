@@ -178,15 +178,18 @@ impl Writer {
                 }
                 continue;
             }
-            if let Err(e) = self.commit_group(group) {
+            if let Err(e) = self.commit_group(group, &healthy) {
                 tracing::error!(error = %e, "event store write failed; refusing new work");
-                healthy.store(false, Ordering::Release);
             }
         }
     }
 
     /// Writes every acceptable request of `group` in one transaction and answers all of them.
-    fn commit_group(&mut self, group: Vec<WriteReq>) -> Result<(), StoreError> {
+    fn commit_group(
+        &mut self,
+        group: Vec<WriteReq>,
+        healthy: &AtomicBool,
+    ) -> Result<(), StoreError> {
         let mut position = self.heads.position;
         let mut hash = self.heads.hash;
         let mut staged: HashMap<String, u64> = HashMap::new();
@@ -205,6 +208,8 @@ impl Writer {
             return Ok(());
         }
         if let Err(e) = self.write(&accepted) {
+            // Unhealthy before anyone hears of the failure.
+            healthy.store(false, Ordering::Release);
             for (req, _) in accepted {
                 let _ = req.reply.send(Err(e.clone()));
             }
