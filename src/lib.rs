@@ -12,6 +12,8 @@
 //! - [`http`] — axum: the Pass API (`/v1`), hosted pages with en/kk/ru catalogs, the admin API,
 //!   the single error-to-response mapping, the OpenAPI document.
 //! - [`mqtt`] — readers: the embedded rumqttd broker, the rumqttc client, the SPEC 5 protocol.
+//! - [`modbus`] — relay boards over tokio-modbus (TCP, RTU): pulse with read-back, resting
+//!   states after reconnect, polled inputs; and a simulated board for tests and the demo.
 //! - [`synthetic`] — reference synthetic palms (stable identity per name plus per-scan noise).
 //! - [`webhooks`] — the webhook dispatcher (outbox = the log) and the SSRF guard.
 //! - [`config`] — layered configuration (embedded defaults → file → `PALMGATE_*` env).
@@ -20,6 +22,7 @@ pub mod app;
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod modbus;
 pub mod mqtt;
 pub mod store;
 pub mod synthetic;

@@ -1,0 +1,451 @@
+//! Relay boards over Modbus (tokio-modbus, TCP and RTU): one task per device.
+//!
+//! Each device task owns its connection: connect and response timeouts, reconnection with
+//! backoff, and after every (re)connection it drives every coil to the state the app wants now
+//! (locked unless an unlock window or emergency says otherwise), so a board that restarted in
+//! the middle of a pulse ends with its door locked. A pulse is ON, hold, OFF — and the OFF is
+//! read back and retried until it sticks. Inputs (door contacts, request-to-exit) are polled.
+//! A device that is down is reported, never fatal; other devices keep working.
+
+pub mod sim;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::prelude::Slave;
+
+/// Where a device is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// `tcp://host:port`
+    Tcp { host: String, port: u16 },
+    /// `rtu:///dev/ttyUSB0?baud=9600`
+    Rtu { path: String, baud: u32 },
+}
+
+impl Address {
+    pub fn parse(s: &str) -> Result<Address, String> {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{s:?}: expected tcp://host:port"))?;
+            let port = port
+                .trim_end_matches('/')
+                .parse()
+                .map_err(|_| format!("{s:?}: port is not a number"))?;
+            if host.is_empty() {
+                return Err(format!("{s:?}: no host"));
+            }
+            return Ok(Address::Tcp {
+                host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
+                port,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("rtu://") {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            if path.is_empty() {
+                return Err(format!("{s:?}: no serial device path"));
+            }
+            let mut baud = 9600;
+            for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("baud", v)) => {
+                        baud = v
+                            .parse()
+                            .map_err(|_| format!("{s:?}: baud is not a number"))?
+                    }
+                    _ => return Err(format!("{s:?}: unknown option {kv:?} (only baud)")),
+                }
+            }
+            return Ok(Address::Rtu {
+                path: path.to_string(),
+                baud,
+            });
+        }
+        Err(format!(
+            "{s:?}: expected tcp://host:port or rtu:///dev/tty...?baud=N"
+        ))
+    }
+}
+
+/// A device and what to poll on it.
+#[derive(Clone, Debug)]
+pub struct DeviceSpec {
+    pub id: String,
+    pub address: Address,
+    pub unit: u8,
+    /// Discrete inputs to poll (door contacts, request-to-exit buttons).
+    pub inputs: Vec<u16>,
+}
+
+/// What a device task reports to the app.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    Up {
+        device: String,
+    },
+    Down {
+        device: String,
+        error: String,
+    },
+    /// A coil was written (and, for OFF, read back).
+    Coil {
+        device: String,
+        coil: u16,
+        on: bool,
+        /// Why this write happened (the pulse's tag, or 0 for driving to the wanted state).
+        tag: u64,
+    },
+    /// A write failed; it is retried.
+    CoilFailed {
+        device: String,
+        coil: u16,
+        on: bool,
+        error: String,
+    },
+    /// An input changed (first poll after connecting reports every input).
+    Input {
+        device: String,
+        input: u16,
+        on: bool,
+    },
+}
+
+/// Commands to a device task.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// ON now, OFF after `hold` (unless the wanted state of the coil is ON by then).
+    Pulse { coil: u16, hold: Duration, tag: u64 },
+    /// The state a coil should rest in (locked = false); applied now and after reconnects.
+    Want { coil: u16, on: bool },
+}
+
+/// Timeouts and backoff of device connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub connect: Duration,
+    pub response: Duration,
+    pub poll: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            connect: Duration::from_secs(1),
+            response: Duration::from_millis(500),
+            poll: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Starts a task for `spec`; commands go in through the returned sender, reports come out on
+/// `reports`.
+pub fn spawn_device(
+    spec: DeviceSpec,
+    timing: Timing,
+    reports: mpsc::UnboundedSender<Report>,
+) -> mpsc::UnboundedSender<Command> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Device::new(spec, timing, reports).run(rx));
+    tx
+}
+
+struct Device {
+    spec: DeviceSpec,
+    timing: Timing,
+    reports: mpsc::UnboundedSender<Report>,
+    /// Resting state of each coil.
+    wanted: HashMap<u16, bool>,
+    /// Coils to turn OFF at a time (end of a pulse), with the pulse's tag.
+    offs: BTreeMap<(Instant, u16), u64>,
+    /// Coils ON because of a pulse.
+    pulsing: HashMap<u16, u64>,
+    inputs: HashMap<u16, bool>,
+    up: Option<bool>,
+}
+
+async fn connect(spec: &DeviceSpec) -> std::io::Result<Context> {
+    let slave = Slave(spec.unit);
+    match &spec.address {
+        Address::Tcp { host, port } => {
+            let addr = tokio::net::lookup_host((host.as_str(), *port))
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other("host does not resolve"))?;
+            tokio_modbus::client::tcp::connect_slave(addr, slave).await
+        }
+        Address::Rtu { path, baud } => {
+            let port = tokio_serial::SerialStream::open(&tokio_serial::new(path, *baud))
+                .map_err(std::io::Error::other)?;
+            Ok(tokio_modbus::client::rtu::attach_slave(port, slave))
+        }
+    }
+}
+
+type Io<T> = Result<T, String>;
+
+async fn timed<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = tokio_modbus::Result<T>>,
+) -> Io<T> {
+    match tokio::time::timeout(d, f).await {
+        Err(_) => Err("no answer (timeout)".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(Err(code))) => Err(format!("device exception {code:?}")),
+        Ok(Ok(Ok(v))) => Ok(v),
+    }
+}
+
+impl Device {
+    fn new(spec: DeviceSpec, timing: Timing, reports: mpsc::UnboundedSender<Report>) -> Self {
+        Device {
+            spec,
+            timing,
+            reports,
+            wanted: HashMap::new(),
+            offs: BTreeMap::new(),
+            pulsing: HashMap::new(),
+            inputs: HashMap::new(),
+            up: None,
+        }
+    }
+
+    fn report(&self, r: Report) {
+        let _ = self.reports.send(r);
+    }
+
+    fn mark(&mut self, up: bool, error: Option<String>) {
+        if self.up == Some(up) {
+            return;
+        }
+        self.up = Some(up);
+        let device = self.spec.id.clone();
+        self.report(match (up, error) {
+            (true, _) => Report::Up { device },
+            (false, e) => Report::Down {
+                device,
+                error: e.unwrap_or_default(),
+            },
+        });
+    }
+
+    /// Applies a command to the bookkeeping; the writes happen in the connected loop.
+    fn accept(&mut self, cmd: Command) -> Option<(u16, bool, u64)> {
+        match cmd {
+            Command::Want { coil, on } => {
+                self.wanted.insert(coil, on);
+                if self.pulsing.contains_key(&coil) {
+                    return None; // the pulse's end applies the wanted state
+                }
+                Some((coil, on, 0))
+            }
+            Command::Pulse { coil, hold, tag } => {
+                self.wanted.entry(coil).or_insert(false);
+                self.offs.retain(|(_, c), _| *c != coil);
+                self.offs.insert((Instant::now() + hold, coil), tag);
+                self.pulsing.insert(coil, tag);
+                Some((coil, true, tag))
+            }
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let conn = tokio::time::timeout(self.timing.connect, connect(&self.spec)).await;
+            let mut ctx = match conn {
+                Ok(Ok(ctx)) => ctx,
+                Ok(Err(e)) => {
+                    self.mark(false, Some(e.to_string()));
+                    if !self.wait_offline(&mut rx, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.timing.backoff_max);
+                    continue;
+                }
+                Err(_) => {
+                    self.mark(false, Some("connect timeout".into()));
+                    if !self.wait_offline(&mut rx, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.timing.backoff_max);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            match self.connected(&mut ctx, &mut rx).await {
+                Ok(()) => return, // the app is gone
+                Err(e) => {
+                    tracing::warn!(device = %self.spec.id, error = %e, "relay device lost");
+                    self.up = Some(true);
+                    self.mark(false, Some(e));
+                }
+            }
+        }
+    }
+
+    /// While disconnected: keep accepting commands (their effect is applied on reconnect).
+    /// False when the app has gone away.
+    async fn wait_offline(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+        d: Duration,
+    ) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                cmd = rx.recv() => match cmd {
+                    Some(c) => {
+                        // A pulse that cannot start is not held for later: the door stays locked.
+                        if let Command::Pulse { coil, tag, .. } = &c {
+                            self.report(Report::CoilFailed {
+                                device: self.spec.id.clone(),
+                                coil: *coil,
+                                on: true,
+                                error: format!("device down (pulse {tag} dropped)"),
+                            });
+                            continue;
+                        }
+                        self.accept(c);
+                    }
+                    None => return false,
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, ctx: &mut Context, coil: u16, on: bool, tag: u64) -> Io<()> {
+        let r = timed(self.timing.response, ctx.write_single_coil(coil, on)).await;
+        let r = match r {
+            Ok(()) if !on => {
+                // Read back: a door is only locked when the board says so.
+                let got = timed(self.timing.response, ctx.read_coils(coil, 1)).await?;
+                if got.first() == Some(&false) {
+                    Ok(())
+                } else {
+                    Err("coil still reads ON after OFF".into())
+                }
+            }
+            other => other,
+        };
+        match &r {
+            Ok(()) => self.report(Report::Coil {
+                device: self.spec.id.clone(),
+                coil,
+                on,
+                tag,
+            }),
+            Err(e) => self.report(Report::CoilFailed {
+                device: self.spec.id.clone(),
+                coil,
+                on,
+                error: e.clone(),
+            }),
+        }
+        r
+    }
+
+    async fn connected(
+        &mut self,
+        ctx: &mut Context,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Io<()> {
+        // Drive every coil to its resting state (ends any pulse cut short by the outage).
+        self.pulsing.clear();
+        self.offs.clear();
+        let wanted: Vec<(u16, bool)> = self.wanted.iter().map(|(c, o)| (*c, *o)).collect();
+        for (coil, on) in wanted {
+            self.write(ctx, coil, on, 0).await?;
+        }
+        self.inputs.clear();
+        self.poll(ctx).await?;
+        self.mark(true, None);
+        let mut next_poll = Instant::now() + self.timing.poll;
+        loop {
+            let next_off = self.offs.keys().next().map(|(t, _)| *t);
+            let wake = next_off.map_or(next_poll, |t| t.min(next_poll));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    let due: Vec<((Instant, u16), u64)> = self
+                        .offs
+                        .range(..=(now, u16::MAX))
+                        .map(|(k, v)| (*k, *v))
+                        .collect();
+                    for ((t, coil), tag) in due {
+                        let rest = self.wanted.get(&coil).copied().unwrap_or(false);
+                        match self.write(ctx, coil, rest, tag).await {
+                            Ok(()) => {
+                                self.offs.remove(&(t, coil));
+                                self.pulsing.remove(&coil);
+                            }
+                            Err(e) => {
+                                // Keep trying until the door is locked.
+                                self.offs.remove(&(t, coil));
+                                self.offs.insert((now + Duration::from_millis(200), coil), tag);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    if now >= next_poll {
+                        self.poll(ctx).await?;
+                        next_poll = now + self.timing.poll;
+                    }
+                }
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return Ok(()) };
+                    if let Some((coil, on, tag)) = self.accept(cmd) {
+                        self.write(ctx, coil, on, tag).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn poll(&mut self, ctx: &mut Context) -> Io<()> {
+        let inputs = self.spec.inputs.clone();
+        for input in inputs {
+            let v = timed(self.timing.response, ctx.read_discrete_inputs(input, 1)).await?;
+            let on = v.first().copied().unwrap_or(false);
+            if self.inputs.insert(input, on) != Some(on) {
+                self.report(Report::Input {
+                    device: self.spec.id.clone(),
+                    input,
+                    on,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            Address::parse("tcp://127.0.0.1:5020").unwrap(),
+            Address::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5020
+            }
+        );
+        assert_eq!(
+            Address::parse("rtu:///dev/ttyUSB0?baud=19200").unwrap(),
+            Address::Rtu {
+                path: "/dev/ttyUSB0".into(),
+                baud: 19200
+            }
+        );
+        assert!(Address::parse("rtu:///dev/ttyUSB0?parity=E").is_err());
+        assert!(Address::parse("udp://x:1").is_err());
+        assert!(Address::parse("tcp://x").is_err());
+    }
+}

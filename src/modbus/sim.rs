@@ -1,0 +1,174 @@
+//! A simulated Modbus TCP relay board: coils and discrete inputs in memory, for tests and for
+//! `palmgate demo` (no hardware needed). It can be stopped and restarted on the same port (a
+//! board power-cycling mid-pulse), and a coil can be stuck (writes ignored) to exercise the
+//! read-back path. Every coil write is kept with its time, so a test can measure pulses.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpSocket;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_modbus::prelude::{ExceptionCode, Request, Response};
+use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
+
+pub const SIZE: usize = 64;
+
+#[derive(Default)]
+struct Board {
+    coils: Vec<bool>,
+    inputs: Vec<bool>,
+    writes: Vec<(Instant, u16, bool)>,
+    stuck: HashSet<u16>,
+}
+
+#[derive(Clone)]
+struct Service(Arc<Mutex<Board>>);
+
+impl tokio_modbus::server::Service for Service {
+    type Request = Request<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let mut b = self.0.lock().expect("board lock");
+        let range = |addr: u16, cnt: u16| {
+            let (a, n) = (usize::from(addr), usize::from(cnt));
+            (a + n <= SIZE).then_some(a..a + n)
+        };
+        std::future::ready(match req {
+            Request::WriteSingleCoil(addr, on) if usize::from(addr) < SIZE => {
+                if !b.stuck.contains(&addr) {
+                    b.coils[usize::from(addr)] = on;
+                }
+                b.writes.push((Instant::now(), addr, on));
+                Ok(Response::WriteSingleCoil(addr, on))
+            }
+            Request::ReadCoils(addr, cnt) => match range(addr, cnt) {
+                Some(r) => Ok(Response::ReadCoils(b.coils[r].to_vec())),
+                None => Err(ExceptionCode::IllegalDataAddress),
+            },
+            Request::ReadDiscreteInputs(addr, cnt) => match range(addr, cnt) {
+                Some(r) => Ok(Response::ReadDiscreteInputs(b.inputs[r].to_vec())),
+                None => Err(ExceptionCode::IllegalDataAddress),
+            },
+            Request::WriteSingleCoil(..) => Err(ExceptionCode::IllegalDataAddress),
+            _ => Err(ExceptionCode::IllegalFunction),
+        })
+    }
+}
+
+/// A running simulated board.
+pub struct SimBoard {
+    board: Arc<Mutex<Board>>,
+    addr: SocketAddr,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for SimBoard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(64)
+}
+
+impl SimBoard {
+    /// Starts a board on `addr` (port 0: any free port).
+    pub async fn start(addr: SocketAddr) -> std::io::Result<SimBoard> {
+        let board = Arc::new(Mutex::new(Board {
+            coils: vec![false; SIZE],
+            inputs: vec![false; SIZE],
+            ..Board::default()
+        }));
+        let listener = listen(addr).await?;
+        let addr = listener.local_addr()?;
+        let sim = SimBoard {
+            board,
+            addr,
+            server: Mutex::new(None),
+        };
+        sim.serve(listener);
+        Ok(sim)
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let service = Service(self.board.clone());
+        let task = tokio::spawn(async move {
+            let server = Server::new(listener);
+            let on_connected = |stream, peer| {
+                let s = service.clone();
+                async move { accept_tcp_connection(stream, peer, move |_| Ok(Some(s.clone()))) }
+            };
+            let _ = server.serve(&on_connected, |_| {}).await;
+        });
+        *self.server.lock().expect("lock") = Some(task);
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `tcp://addr` for a site policy.
+    pub fn url(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+
+    /// Powers the board off: connections drop, nothing listens. Coils keep their state (a
+    /// latching relay) unless `reset` (a board that comes back with every relay off).
+    pub fn stop(&self) {
+        if let Some(t) = self.server.lock().expect("lock").take() {
+            t.abort();
+        }
+    }
+
+    /// Powers the board on again on the same port.
+    pub async fn restart(&self, reset: bool) -> std::io::Result<()> {
+        self.stop();
+        if reset {
+            self.board.lock().expect("lock").coils.fill(false);
+        }
+        let listener = listen(self.addr).await?;
+        self.serve(listener);
+        Ok(())
+    }
+
+    pub fn coil(&self, n: u16) -> bool {
+        self.board.lock().expect("lock").coils[usize::from(n)]
+    }
+
+    /// Forces a coil's state (e.g. a relay found ON at start-up).
+    pub fn force_coil(&self, n: u16, on: bool) {
+        self.board.lock().expect("lock").coils[usize::from(n)] = on;
+    }
+
+    /// Sets a discrete input (a door contact opening, a request-to-exit press).
+    pub fn set_input(&self, n: u16, on: bool) {
+        self.board.lock().expect("lock").inputs[usize::from(n)] = on;
+    }
+
+    /// While stuck, writes to the coil are acknowledged but change nothing.
+    pub fn stick(&self, n: u16, stuck: bool) {
+        let mut b = self.board.lock().expect("lock");
+        if stuck {
+            b.stuck.insert(n);
+        } else {
+            b.stuck.remove(&n);
+        }
+    }
+
+    /// Every coil write so far: (when, coil, value).
+    pub fn writes(&self) -> Vec<(Instant, u16, bool)> {
+        self.board.lock().expect("lock").writes.clone()
+    }
+}

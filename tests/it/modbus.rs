@@ -1,0 +1,250 @@
+//! The relay device task against the in-process simulated board (a real Modbus TCP peer).
+
+use palmgate::modbus::sim::SimBoard;
+use palmgate::modbus::{Address, Command, DeviceSpec, Report, Timing, spawn_device};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+fn spec(board: &SimBoard) -> DeviceSpec {
+    DeviceSpec {
+        id: "board-1".into(),
+        address: Address::parse(&board.url()).unwrap(),
+        unit: 1,
+        inputs: vec![0],
+    }
+}
+
+fn fast() -> Timing {
+    Timing {
+        connect: Duration::from_millis(300),
+        response: Duration::from_millis(300),
+        poll: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(300),
+    }
+}
+
+async fn wait_for(
+    rx: &mut mpsc::UnboundedReceiver<Report>,
+    what: impl Fn(&Report) -> bool,
+) -> Report {
+    timeout(Duration::from_secs(10), async {
+        loop {
+            let r = rx.recv().await.expect("device task alive");
+            if what(&r) {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("report in time")
+}
+
+async fn until(cond: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < end, "condition not reached in 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulse_is_on_then_off_after_the_hold() {
+    let board = SimBoard::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let dev = spawn_device(spec(&board), fast(), tx);
+    wait_for(&mut rx, |r| matches!(r, Report::Up { .. })).await;
+    let sent = Instant::now();
+    dev.send(Command::Pulse {
+        coil: 2,
+        hold: Duration::from_millis(300),
+        tag: 7,
+    })
+    .unwrap();
+    wait_for(&mut rx, |r| {
+        matches!(
+            r,
+            Report::Coil {
+                coil: 2,
+                on: true,
+                tag: 7,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(board.coil(2));
+    wait_for(&mut rx, |r| {
+        matches!(
+            r,
+            Report::Coil {
+                coil: 2,
+                on: false,
+                tag: 7,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(!board.coil(2));
+    let w = board.writes();
+    let on = w.iter().find(|(_, c, v)| *c == 2 && *v).unwrap().0;
+    let off = w.iter().find(|(_, c, v)| *c == 2 && !*v).unwrap().0;
+    assert!(
+        on - sent < Duration::from_millis(500),
+        "coil on after {:?}",
+        on - sent
+    );
+    let held = off - on;
+    assert!(
+        held >= Duration::from_millis(300) && held < Duration::from_millis(600),
+        "held {held:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_coil_is_retried_until_it_reads_off() {
+    let board = SimBoard::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let dev = spawn_device(spec(&board), fast(), tx);
+    wait_for(&mut rx, |r| matches!(r, Report::Up { .. })).await;
+    dev.send(Command::Pulse {
+        coil: 0,
+        hold: Duration::from_millis(100),
+        tag: 1,
+    })
+    .unwrap();
+    wait_for(&mut rx, |r| {
+        matches!(
+            r,
+            Report::Coil {
+                coil: 0,
+                on: true,
+                ..
+            }
+        )
+    })
+    .await;
+    board.stick(0, true);
+    let failed = wait_for(&mut rx, |r| {
+        matches!(
+            r,
+            Report::CoilFailed {
+                coil: 0,
+                on: false,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(matches!(failed, Report::CoilFailed { .. }));
+    assert!(board.coil(0), "still stuck on");
+    board.stick(0, false);
+    wait_for(&mut rx, |r| {
+        matches!(
+            r,
+            Report::Coil {
+                coil: 0,
+                on: false,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(!board.coil(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_that_restarts_mid_pulse_ends_locked() {
+    let board = SimBoard::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let dev = spawn_device(spec(&board), fast(), tx);
+    wait_for(&mut rx, |r| matches!(r, Report::Up { .. })).await;
+    dev.send(Command::Pulse {
+        coil: 1,
+        hold: Duration::from_secs(30),
+        tag: 3,
+    })
+    .unwrap();
+    wait_for(&mut rx, |r| {
+        matches!(
+            r,
+            Report::Coil {
+                coil: 1,
+                on: true,
+                ..
+            }
+        )
+    })
+    .await;
+    board.stop();
+    wait_for(&mut rx, |r| matches!(r, Report::Down { .. })).await;
+    // A latching relay keeps its state through the outage.
+    assert!(board.coil(1));
+    board.restart(false).await.unwrap();
+    wait_for(&mut rx, |r| matches!(r, Report::Up { .. })).await;
+    until(|| !board.coil(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wanted_states_are_driven_at_connect_and_inputs_reported() {
+    let board = SimBoard::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    board.force_coil(3, true); // found ON at start-up
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let dev = spawn_device(spec(&board), fast(), tx);
+    dev.send(Command::Want { coil: 3, on: false }).unwrap();
+    dev.send(Command::Want { coil: 4, on: true }).unwrap();
+    until(|| !board.coil(3) && board.coil(4)).await;
+    wait_for(&mut rx, |r| {
+        matches!(
+            r,
+            Report::Input {
+                input: 0,
+                on: false,
+                ..
+            }
+        )
+    })
+    .await;
+    board.set_input(0, true);
+    wait_for(&mut rx, |r| {
+        matches!(
+            r,
+            Report::Input {
+                input: 0,
+                on: true,
+                ..
+            }
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_board_is_reported_not_fatal() {
+    let board = SimBoard::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let s = spec(&board);
+    board.stop();
+    drop(board);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let dev = spawn_device(s, fast(), tx);
+    wait_for(&mut rx, |r| matches!(r, Report::Down { .. })).await;
+    dev.send(Command::Pulse {
+        coil: 0,
+        hold: Duration::from_millis(100),
+        tag: 9,
+    })
+    .unwrap();
+    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { .. })).await;
+    assert!(matches!(r, Report::CoilFailed { on: true, .. }));
+}
