@@ -234,20 +234,27 @@ impl State {
             .filter(move |d| d.partner_id == partner)
     }
     /// Deliveries whose next attempt is due at `now`, for partners whose webhook is active,
-    /// earliest first: `(delivery id, attempt number to send)`.
-    pub fn due_deliveries(&self, now: DateTime<Utc>) -> Vec<(PartnerId, String, u32)> {
+    /// earliest first: `(partner, delivery id, attempt number to send)`.
+    /// `skip` filters out ids the caller already handles (before anything is cloned).
+    pub fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        skip: impl Fn(&str) -> bool,
+    ) -> Vec<(PartnerId, String, u32)> {
         self.due
             .iter()
             .take_while(|(t, _)| *t <= now)
+            .filter(|(_, id)| !skip(id))
             .filter_map(|(_, id)| self.deliveries.get(id))
             .filter(|d| self.webhooks.get(&d.partner_id).is_some_and(|w| w.active))
             .map(|d| (d.partner_id, d.id.clone(), d.attempt + 1))
             .collect()
     }
     /// When the next delivery attempt (of an active webhook) is due.
-    pub fn next_delivery_due(&self) -> Option<DateTime<Utc>> {
+    pub fn next_delivery_due(&self, skip: impl Fn(&str) -> bool) -> Option<DateTime<Utc>> {
         self.due
             .iter()
+            .filter(|(_, id)| !skip(id))
             .find(|(_, id)| {
                 self.deliveries
                     .get(id)

@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 /// Requests in flight per partner.
-pub const PER_PARTNER: usize = 4;
+pub const PER_PARTNER: usize = 32;
 /// An answer must come within this (SPEC 4).
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an answer is kept.
@@ -65,13 +65,13 @@ impl Dispatcher {
         loop {
             let changed = self.app.outbox_changed();
             let now = self.app.clock.now();
-            let due = self.app.read(|s| s.due_deliveries(now));
-            let mut waiting_on_flight = false;
+            let due = {
+                let flying = self.in_flight.lock().expect("lock");
+                self.app
+                    .read(|s| s.due_deliveries(now, |id| flying.contains(id)))
+            };
             for (partner, id, attempt) in due {
-                if !self.in_flight.lock().expect("lock").insert(id.clone()) {
-                    waiting_on_flight = true;
-                    continue;
-                }
+                self.in_flight.lock().expect("lock").insert(id.clone());
                 let pool = self
                     .pools
                     .lock()
@@ -87,9 +87,14 @@ impl Dispatcher {
                     me.app.poke_outbox();
                 });
             }
-            let next = self.app.read(|s| s.next_delivery_due());
+            let next = {
+                let flying = self.in_flight.lock().expect("lock");
+                self.app
+                    .read(|s| s.next_delivery_due(|id| flying.contains(id)))
+            };
             match next {
-                Some(t) if t > now && !waiting_on_flight => {
+                Some(t) if t <= now => continue,
+                Some(t) => {
                     tokio::select! {
                         _ = self.app.clock.sleep_until(t) => {}
                         _ = changed => {}

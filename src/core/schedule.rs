@@ -1,0 +1,404 @@
+//! Time in the site's own calendar: cron windows, holiday dates and validity bounds.
+//!
+//! A [`Window`] is one named schedule of the site policy: one or more `cron` 0.17 expressions
+//! (`sec min hour dom month dow [year]`) read as predicates on *wall-clock* time. `includes(t)`
+//! asks whether the wall-clock reading of `t`, in `t`'s own zone, matches any expression, so a
+//! caller converts an instant to the site zone first (`t.with_timezone(&site_tz)`). Daylight
+//! saving is then the zone's business, exactly as cron documents it: a local hour skipped by a
+//! spring-forward never matches (a `* * 2-3 * * *` window in Europe/Berlin is open one hour on
+//! 2026-03-29), and a local hour repeated by a fall-back matches both times (three hours open on
+//! 2026-10-25).
+//!
+//! Invariants: every expression of a window has 6 or 7 fields and `*` in the seconds field (cron
+//! matches seconds exactly, so anything else would be a window a few seconds wide); days of the
+//! week count Sunday = 1 … Saturday = 7 or use names (`Mon-Fri`); day-of-month and day-of-week
+//! must both match (cron 0.17 semantics, not Vixie cron's "either"). Pure: no clock is read here;
+//! every instant is an argument.
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use cron::Schedule;
+use std::fmt;
+use std::str::FromStr;
+
+/// A named schedule: the union of one or more cron windows, in wall-clock time.
+#[derive(Clone, Debug)]
+pub struct Window {
+    schedules: Vec<Schedule>,
+}
+
+impl Window {
+    /// Parses every expression; the error names each bad one by its index (`[1] ...`).
+    pub fn parse(exprs: &[String]) -> Result<Window, String> {
+        if exprs.is_empty() {
+            return Err("a schedule needs at least one cron window".to_owned());
+        }
+        let mut schedules = Vec::with_capacity(exprs.len());
+        let mut errors = Vec::new();
+        for (i, expr) in exprs.iter().enumerate() {
+            match parse_expr(expr) {
+                Ok(s) => schedules.push(s),
+                Err(e) => errors.push(format!("[{i}] {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Window { schedules })
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// A window of expressions already checked with [`parse_expr`].
+    pub fn from_schedules(schedules: Vec<Schedule>) -> Window {
+        Window { schedules }
+    }
+
+    /// Whether the wall-clock reading of `t` (in `t`'s own zone) falls in any of the windows.
+    pub fn includes<Tz: TimeZone>(&self, t: &DateTime<Tz>) -> bool {
+        self.schedules.iter().any(|s| s.includes(t.clone()))
+    }
+
+    /// The source expressions, in document order.
+    pub fn exprs(&self) -> impl Iterator<Item = &str> {
+        self.schedules.iter().map(Schedule::source)
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.exprs().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "`{e}`")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses one window expression: 6 or 7 fields, `*` seconds, then cron's own grammar.
+pub fn parse_expr(expr: &str) -> Result<Schedule, String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if !(6..=7).contains(&fields.len()) {
+        return Err(format!(
+            "`{expr}` has {} field(s); a window needs 6 or 7: sec min hour dom month dow [year]",
+            fields.len()
+        ));
+    }
+    if fields[0] != "*" {
+        return Err(format!(
+            "`{expr}`: the seconds field must be `*` (cron matches seconds exactly, so `{}` \
+             would open the window only during those seconds)",
+            fields[0]
+        ));
+    }
+    Schedule::from_str(expr).map_err(|e| format!("`{expr}`: {e}"))
+}
+
+/// A strict `YYYY-MM-DD` calendar date (holidays, validity dates); anything else is `None`.
+pub fn parse_date(s: &str) -> Option<NaiveDate> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !digits(0..4) {
+        return None;
+    }
+    if !digits(5..7) || !digits(8..10) {
+        return None;
+    }
+    let year = s[0..4].parse().ok()?;
+    let month = s[5..7].parse().ok()?;
+    let day = s[8..10].parse().ok()?;
+    NaiveDate::from_ymd_opt(year, month, day)
+}
+
+/// One end of a user's validity window (`metadata.valid_from` / `valid_until`): an RFC 3339
+/// instant, or a calendar date read in the site zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Instant(DateTime<Utc>),
+    Date(NaiveDate),
+}
+
+impl Bound {
+    /// `2026-06-01` or `2026-06-01T08:00:00+05:00`; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Bound> {
+        if let Some(d) = parse_date(s) {
+            return Some(Bound::Date(d));
+        }
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| Bound::Instant(t.with_timezone(&Utc)))
+    }
+
+    /// As a `valid_from`: has the user become valid at `at` (whose site-zone date is
+    /// `local_date`)? A date counts from 00:00 site time of that day.
+    pub fn started(self, at: DateTime<Utc>, local_date: NaiveDate) -> bool {
+        match self {
+            Bound::Instant(t) => at >= t,
+            Bound::Date(d) => local_date >= d,
+        }
+    }
+
+    /// As a `valid_until`: is the user still valid at `at`? An instant is inclusive; a date
+    /// counts through 23:59:59.999… site time of that day.
+    pub fn not_ended(self, at: DateTime<Utc>, local_date: NaiveDate) -> bool {
+        match self {
+            Bound::Instant(t) => at <= t,
+            Bound::Date(d) => local_date <= d,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::Tz;
+
+    fn window(exprs: &[&str]) -> Window {
+        let v: Vec<String> = exprs.iter().map(|s| s.to_string()).collect();
+        Window::parse(&v).unwrap()
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// (instant in UTC, expected `includes` in the zone).
+    fn check(w: &Window, tz: Tz, table: &[(&str, bool)]) {
+        for (at, want) in table {
+            let local = utc(at).with_timezone(&tz);
+            assert_eq!(w.includes(&local), *want, "{at} = {local} in {tz}");
+        }
+    }
+
+    #[test]
+    fn expressions_parse_with_six_or_seven_fields() {
+        assert!(parse_expr("* * 8-17 * * Mon-Fri").is_ok());
+        assert!(parse_expr("* * 8-17 * * Mon-Fri 2026").is_ok());
+        assert!(parse_expr("* 0-29 8 ? * *").is_ok());
+    }
+
+    #[test]
+    fn bad_expressions_say_why() {
+        let cases = [
+            ("* 8-17 * * Mon-Fri", "5 field(s)"),
+            ("* * 8-17 * * Mon-Fri 2026 x", "8 field(s)"),
+            ("@daily", "1 field(s)"),
+            ("0 * 8-17 * * Mon-Fri", "seconds field must be `*`"),
+            ("*/5 * 8-17 * * *", "seconds field must be `*`"),
+            ("* * 25 * * *", "`* * 25 * * *`"),
+            ("* * 8-17 * * Funday", "Funday"),
+        ];
+        for (expr, want) in cases {
+            let err = parse_expr(expr).unwrap_err();
+            assert!(err.contains(want), "{expr}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_window_parse_names_every_bad_expression() {
+        let exprs = [
+            "* * 8 * * *".to_owned(),
+            "0 * * * * *".to_owned(),
+            "x".to_owned(),
+        ];
+        let err = Window::parse(&exprs).unwrap_err();
+        assert!(err.starts_with("[1] "), "{err}");
+        assert!(err.contains("; [2] "), "{err}");
+        assert!(Window::parse(&[]).is_err());
+    }
+
+    #[test]
+    fn business_hours_in_almaty_utc_plus_5() {
+        let w = window(&["* * 8-17 * * Mon-Fri"]);
+        // 2026-06-01 is a Monday; Almaty is UTC+5 all year (no DST).
+        check(
+            &w,
+            chrono_tz::Asia::Almaty,
+            &[
+                ("2026-06-01T02:59:59Z", false), // 07:59:59
+                ("2026-06-01T03:00:00Z", true),  // 08:00:00
+                ("2026-06-01T12:59:59Z", true),  // 17:59:59
+                ("2026-06-01T13:00:00Z", false), // 18:00:00
+                ("2026-06-06T05:00:00Z", false), // Saturday 10:00
+                ("2026-06-07T05:00:00Z", false), // Sunday 10:00
+                ("2026-06-05T05:00:00Z", true),  // Friday 10:00
+            ],
+        );
+    }
+
+    #[test]
+    fn the_weekday_is_the_site_weekday_not_the_utc_one() {
+        let w = window(&["* * * * * Mon"]);
+        // Sunday 2026-05-31 20:00 UTC is already Monday 01:00 in Almaty.
+        check(
+            &w,
+            chrono_tz::Asia::Almaty,
+            &[
+                ("2026-05-31T18:59:59Z", false),
+                ("2026-05-31T19:00:00Z", true),
+            ],
+        );
+    }
+
+    #[test]
+    fn berlin_spring_forward_skips_the_two_oclock_hour() {
+        // 2026-03-29: 02:00 CET jumps to 03:00 CEST at 01:00 UTC. Local hour 2 never happens,
+        // local hour 3 runs 01:00–01:59:59 UTC: the window is open one hour that night.
+        let w = window(&["* * 2-3 * * *"]);
+        check(
+            &w,
+            chrono_tz::Europe::Berlin,
+            &[
+                ("2026-03-29T00:00:00Z", false), // 01:00 CET
+                ("2026-03-29T00:59:59Z", false), // 01:59:59 CET
+                ("2026-03-29T01:00:00Z", true),  // 03:00 CEST
+                ("2026-03-29T01:59:59Z", true),  // 03:59:59 CEST
+                ("2026-03-29T02:00:00Z", false), // 04:00 CEST
+                ("2026-03-29T03:00:00Z", false), // 05:00 CEST
+                ("2026-03-28T01:00:00Z", true),  // the day before: 02:00 CET
+            ],
+        );
+        // A daily 02:30 (one minute wide) does not occur on the spring-forward day.
+        let w = window(&["* 30 2 * * *"]);
+        let day = |h: u32| -> Vec<(String, bool)> {
+            (0..24 * 60)
+                .map(|m| format!("2026-03-{h:02}T{:02}:{:02}:00Z", m / 60, m % 60))
+                .map(|s| {
+                    let open = w.includes(&utc(&s).with_timezone(&chrono_tz::Europe::Berlin));
+                    (s, open)
+                })
+                .filter(|(_, open)| *open)
+                .collect()
+        };
+        assert_eq!(day(29), vec![]);
+        assert_eq!(day(28), vec![("2026-03-28T01:30:00Z".to_owned(), true)]);
+    }
+
+    #[test]
+    fn berlin_fall_back_repeats_the_two_oclock_hour() {
+        // 2026-10-25: 03:00 CEST falls back to 02:00 CET at 01:00 UTC. Local 02:xx happens twice
+        // (00:00 and 01:00 UTC), then 03:xx CET (02:00 UTC): open three hours.
+        let w = window(&["* * 2-3 * * *"]);
+        check(
+            &w,
+            chrono_tz::Europe::Berlin,
+            &[
+                ("2026-10-24T23:59:59Z", false), // 01:59:59 CEST
+                ("2026-10-25T00:00:00Z", true),  // 02:00 CEST
+                ("2026-10-25T00:59:59Z", true),  // 02:59:59 CEST
+                ("2026-10-25T01:00:00Z", true),  // 02:00 CET (again)
+                ("2026-10-25T01:59:59Z", true),  // 02:59:59 CET
+                ("2026-10-25T02:00:00Z", true),  // 03:00 CET
+                ("2026-10-25T02:59:59Z", true),  // 03:59:59 CET
+                ("2026-10-25T03:00:00Z", false), // 04:00 CET
+                ("2026-10-25T04:00:00Z", false), // 05:00 CET
+            ],
+        );
+    }
+
+    #[test]
+    fn new_york_dst_moves_the_window_in_utc() {
+        let business = window(&["* * 9-16 * * Mon-Fri"]);
+        // 2026-03-06 (Fri) is EST (UTC-5); 2026-03-09 (Mon) is EDT (UTC-4), the day after the
+        // 2026-03-08 switch.
+        check(
+            &business,
+            chrono_tz::America::New_York,
+            &[
+                ("2026-03-06T13:59:59Z", false), // 08:59:59 EST
+                ("2026-03-06T14:00:00Z", true),  // 09:00 EST
+                ("2026-03-06T21:59:59Z", true),  // 16:59:59 EST
+                ("2026-03-06T22:00:00Z", false), // 17:00 EST
+                ("2026-03-09T12:59:59Z", false), // 08:59:59 EDT
+                ("2026-03-09T13:00:00Z", true),  // 09:00 EDT
+                ("2026-03-09T20:59:59Z", true),  // 16:59:59 EDT
+                ("2026-03-09T21:00:00Z", false), // 17:00 EDT
+            ],
+        );
+        // 2026-03-08: 02:00 EST jumps to 03:00 EDT at 07:00 UTC; hour 2 never happens.
+        let two = window(&["* * 2 * * *"]);
+        check(
+            &two,
+            chrono_tz::America::New_York,
+            &[
+                ("2026-03-08T06:59:59Z", false), // 01:59:59 EST
+                ("2026-03-08T07:00:00Z", false), // 03:00 EDT
+                ("2026-03-08T07:59:59Z", false), // 03:59:59 EDT
+            ],
+        );
+        // 2026-11-01: 02:00 EDT falls back to 01:00 EST at 06:00 UTC; hour 1 happens twice.
+        let one = window(&["* * 1 * * *"]);
+        check(
+            &one,
+            chrono_tz::America::New_York,
+            &[
+                ("2026-11-01T04:59:59Z", false), // 00:59:59 EDT
+                ("2026-11-01T05:00:00Z", true),  // 01:00 EDT
+                ("2026-11-01T05:59:59Z", true),  // 01:59:59 EDT
+                ("2026-11-01T06:00:00Z", true),  // 01:00 EST (again)
+                ("2026-11-01T06:59:59Z", true),  // 01:59:59 EST
+                ("2026-11-01T07:00:00Z", false), // 02:00 EST
+            ],
+        );
+    }
+
+    #[test]
+    fn a_window_is_the_union_of_its_expressions() {
+        let w = window(&["* * 22-23 * * *", "* * 0-5 * * *"]);
+        check(
+            &w,
+            chrono_tz::UTC,
+            &[
+                ("2026-06-01T21:59:59Z", false),
+                ("2026-06-01T22:00:00Z", true),
+                ("2026-06-02T05:59:59Z", true),
+                ("2026-06-02T06:00:00Z", false),
+            ],
+        );
+        assert_eq!(w.to_string(), "`* * 22-23 * * *`, `* * 0-5 * * *`");
+    }
+
+    #[test]
+    fn dates_are_strict() {
+        assert_eq!(
+            parse_date("2026-12-16"),
+            NaiveDate::from_ymd_opt(2026, 12, 16)
+        );
+        for bad in [
+            "2026-1-16",
+            "2026-13-01",
+            "2026-02-29",
+            "16.12.2026",
+            "2026-12-16T00:00:00Z",
+            "",
+            "+202-12-16",
+            "２026-12-16",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+        assert!(parse_date("2028-02-29").is_some());
+    }
+
+    #[test]
+    fn bounds_are_dates_or_rfc3339_instants() {
+        let d = NaiveDate::from_ymd_opt(2026, 6, 1).unwrap();
+        assert_eq!(Bound::parse("2026-06-01"), Some(Bound::Date(d)));
+        assert_eq!(
+            Bound::parse("2026-06-01T10:00:00+05:00"),
+            Some(Bound::Instant(utc("2026-06-01T05:00:00Z")))
+        );
+        assert_eq!(Bound::parse("tomorrow"), None);
+        assert_eq!(Bound::parse("2026-06-01 10:00"), None);
+
+        let at = utc("2026-06-01T05:00:00Z");
+        let inst = Bound::Instant(at);
+        assert!(inst.started(at, d) && inst.not_ended(at, d));
+        let later = at + chrono::Duration::seconds(1);
+        assert!(!inst.not_ended(later, d));
+        let earlier = at - chrono::Duration::seconds(1);
+        assert!(!inst.started(earlier, d));
+        let next = d.succ_opt().unwrap();
+        assert!(Bound::Date(d).started(at, d) && !Bound::Date(next).started(at, d));
+        assert!(Bound::Date(d).not_ended(at, d) && !Bound::Date(d).not_ended(at, next));
+    }
+}
