@@ -16,59 +16,8 @@ use tokio::time::Instant;
 use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::prelude::Slave;
 
-/// Where a device is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Address {
-    /// `tcp://host:port`
-    Tcp { host: String, port: u16 },
-    /// `rtu:///dev/ttyUSB0?baud=9600`
-    Rtu { path: String, baud: u32 },
-}
-
-impl Address {
-    pub fn parse(s: &str) -> Result<Address, String> {
-        if let Some(rest) = s.strip_prefix("tcp://") {
-            let (host, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| format!("{s:?}: expected tcp://host:port"))?;
-            let port = port
-                .trim_end_matches('/')
-                .parse()
-                .map_err(|_| format!("{s:?}: port is not a number"))?;
-            if host.is_empty() {
-                return Err(format!("{s:?}: no host"));
-            }
-            return Ok(Address::Tcp {
-                host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
-                port,
-            });
-        }
-        if let Some(rest) = s.strip_prefix("rtu://") {
-            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-            if path.is_empty() {
-                return Err(format!("{s:?}: no serial device path"));
-            }
-            let mut baud = 9600;
-            for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-                match kv.split_once('=') {
-                    Some(("baud", v)) => {
-                        baud = v
-                            .parse()
-                            .map_err(|_| format!("{s:?}: baud is not a number"))?
-                    }
-                    _ => return Err(format!("{s:?}: unknown option {kv:?} (only baud)")),
-                }
-            }
-            return Ok(Address::Rtu {
-                path: path.to_string(),
-                baud,
-            });
-        }
-        Err(format!(
-            "{s:?}: expected tcp://host:port or rtu:///dev/tty...?baud=N"
-        ))
-    }
-}
+/// Where a device is: the site policy's `modbus` address.
+pub use crate::core::policy::ModbusAddr as Address;
 
 /// A device and what to poll on it.
 #[derive(Clone, Debug)]
@@ -95,8 +44,8 @@ pub enum Report {
         device: String,
         coil: u16,
         on: bool,
-        /// Why this write happened (the pulse's tag, or 0 for driving to the wanted state).
-        tag: u64,
+        /// Why this write happened (the pulse's tag; empty for driving to the resting state).
+        tag: String,
     },
     /// A write failed; it is retried.
     CoilFailed {
@@ -117,7 +66,11 @@ pub enum Report {
 #[derive(Clone, Debug)]
 pub enum Command {
     /// ON now, OFF after `hold` (unless the wanted state of the coil is ON by then).
-    Pulse { coil: u16, hold: Duration, tag: u64 },
+    Pulse {
+        coil: u16,
+        hold: Duration,
+        tag: String,
+    },
     /// The state a coil should rest in (locked = false); applied now and after reconnects.
     Want { coil: u16, on: bool },
 }
@@ -161,9 +114,9 @@ struct Device {
     /// Resting state of each coil.
     wanted: HashMap<u16, bool>,
     /// Coils to turn OFF at a time (end of a pulse), with the pulse's tag.
-    offs: BTreeMap<(Instant, u16), u64>,
+    offs: BTreeMap<(Instant, u16), String>,
     /// Coils ON because of a pulse.
-    pulsing: HashMap<u16, u64>,
+    pulsing: HashMap<u16, String>,
     inputs: HashMap<u16, bool>,
     up: Option<bool>,
 }
@@ -234,20 +187,20 @@ impl Device {
     }
 
     /// Applies a command to the bookkeeping; the writes happen in the connected loop.
-    fn accept(&mut self, cmd: Command) -> Option<(u16, bool, u64)> {
+    fn accept(&mut self, cmd: Command) -> Option<(u16, bool, String)> {
         match cmd {
             Command::Want { coil, on } => {
                 self.wanted.insert(coil, on);
                 if self.pulsing.contains_key(&coil) {
                     return None; // the pulse's end applies the wanted state
                 }
-                Some((coil, on, 0))
+                Some((coil, on, String::new()))
             }
             Command::Pulse { coil, hold, tag } => {
                 self.wanted.entry(coil).or_insert(false);
                 self.offs.retain(|(_, c), _| *c != coil);
-                self.offs.insert((Instant::now() + hold, coil), tag);
-                self.pulsing.insert(coil, tag);
+                self.offs.insert((Instant::now() + hold, coil), tag.clone());
+                self.pulsing.insert(coil, tag.clone());
                 Some((coil, true, tag))
             }
         }
@@ -319,7 +272,7 @@ impl Device {
         }
     }
 
-    async fn write(&mut self, ctx: &mut Context, coil: u16, on: bool, tag: u64) -> Io<()> {
+    async fn write(&mut self, ctx: &mut Context, coil: u16, on: bool, tag: String) -> Io<()> {
         let r = timed(self.timing.response, ctx.write_single_coil(coil, on)).await;
         let r = match r {
             Ok(()) if !on => {
@@ -360,7 +313,7 @@ impl Device {
         self.offs.clear();
         let wanted: Vec<(u16, bool)> = self.wanted.iter().map(|(c, o)| (*c, *o)).collect();
         for (coil, on) in wanted {
-            self.write(ctx, coil, on, 0).await?;
+            self.write(ctx, coil, on, String::new()).await?;
         }
         self.inputs.clear();
         self.poll(ctx).await?;
@@ -372,14 +325,14 @@ impl Device {
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
-                    let due: Vec<((Instant, u16), u64)> = self
+                    let due: Vec<((Instant, u16), String)> = self
                         .offs
                         .range(..=(now, u16::MAX))
-                        .map(|(k, v)| (*k, *v))
+                        .map(|(k, v)| (*k, v.clone()))
                         .collect();
                     for ((t, coil), tag) in due {
                         let rest = self.wanted.get(&coil).copied().unwrap_or(false);
-                        match self.write(ctx, coil, rest, tag).await {
+                        match self.write(ctx, coil, rest, tag.clone()).await {
                             Ok(()) => {
                                 self.offs.remove(&(t, coil));
                                 self.pulsing.remove(&coil);
@@ -421,31 +374,5 @@ impl Device {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses() {
-        assert_eq!(
-            Address::parse("tcp://127.0.0.1:5020").unwrap(),
-            Address::Tcp {
-                host: "127.0.0.1".into(),
-                port: 5020
-            }
-        );
-        assert_eq!(
-            Address::parse("rtu:///dev/ttyUSB0?baud=19200").unwrap(),
-            Address::Rtu {
-                path: "/dev/ttyUSB0".into(),
-                baud: 19200
-            }
-        );
-        assert!(Address::parse("rtu:///dev/ttyUSB0?parity=E").is_err());
-        assert!(Address::parse("udp://x:1").is_err());
-        assert!(Address::parse("tcp://x").is_err());
     }
 }

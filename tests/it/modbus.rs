@@ -60,7 +60,7 @@ async fn pulse_is_on_then_off_after_the_hold() {
     dev.send(Command::Pulse {
         coil: 2,
         hold: Duration::from_millis(300),
-        tag: 7,
+        tag: "7".into(),
     })
     .unwrap();
     wait_for(&mut rx, |r| {
@@ -69,9 +69,7 @@ async fn pulse_is_on_then_off_after_the_hold() {
             Report::Coil {
                 coil: 2,
                 on: true,
-                tag: 7,
-                ..
-            }
+                tag, .. } if tag == "7"
         )
     })
     .await;
@@ -82,9 +80,7 @@ async fn pulse_is_on_then_off_after_the_hold() {
             Report::Coil {
                 coil: 2,
                 on: false,
-                tag: 7,
-                ..
-            }
+                tag, .. } if tag == "7"
         )
     })
     .await;
@@ -115,7 +111,7 @@ async fn a_stuck_coil_is_retried_until_it_reads_off() {
     dev.send(Command::Pulse {
         coil: 0,
         hold: Duration::from_millis(100),
-        tag: 1,
+        tag: "1".into(),
     })
     .unwrap();
     wait_for(&mut rx, |r| {
@@ -169,7 +165,7 @@ async fn a_board_that_restarts_mid_pulse_ends_locked() {
     dev.send(Command::Pulse {
         coil: 1,
         hold: Duration::from_secs(30),
-        tag: 3,
+        tag: "3".into(),
     })
     .unwrap();
     wait_for(&mut rx, |r| {
@@ -242,7 +238,7 @@ async fn a_dead_board_is_reported_not_fatal() {
     dev.send(Command::Pulse {
         coil: 0,
         hold: Duration::from_millis(100),
-        tag: 9,
+        tag: "9".into(),
     })
     .unwrap();
     let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { .. })).await;
