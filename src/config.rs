@@ -31,6 +31,7 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Site policy file; empty: none.
     pub site: PathBuf,
     pub http: HttpConfig,
     pub store: StoreConfig,
@@ -86,6 +87,8 @@ pub struct SessionsConfig {
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     pub topic_prefix: String,
+    /// Language of the messages readers display after a door decision (en, kk, ru).
+    pub reader_language: String,
     pub url: Option<String>,
     pub embedded: EmbeddedMqtt,
 }
@@ -259,6 +262,9 @@ impl Config {
                 "mqtt.topic_prefix",
                 "must be non-empty and free of MQTT wildcards".into(),
             ));
+        }
+        if crate::core::Language::parse(&self.mqtt.reader_language).is_none() {
+            return Err(fail("mqtt.reader_language", "must be en, kk or ru".into()));
         }
         if !(1..=4096).contains(&self.matching.dim) {
             return Err(fail(

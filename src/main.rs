@@ -162,6 +162,21 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     );
     std::io::stdout().flush().ok();
     tracing::info!(addr = %server.addr, "serving");
+    #[cfg(unix)]
+    {
+        // SIGHUP re-reads and activates the site policy file.
+        let app = server.app.clone();
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if app.activate_site_file("sighup").await.is_ok() {
+                        tracing::info!("site policy reloaded");
+                    }
+                }
+            });
+        }
+    }
     server.serve(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

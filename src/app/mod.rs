@@ -11,6 +11,7 @@ pub mod clock;
 pub mod keystore;
 pub mod limiter;
 pub mod readers;
+pub mod relays;
 pub mod secrets;
 pub mod templates;
 
@@ -78,6 +79,7 @@ pub struct App {
     wrap: KeyWrap,
     effects: mpsc::UnboundedSender<Effect>,
     sessions_changed: broadcast::Sender<SessionId>,
+    recorded: broadcast::Sender<Recorded>,
     evolved: Notify,
     wake: Notify,
     outbox: Notify,
@@ -141,6 +143,7 @@ impl App {
             wrap,
             effects,
             sessions_changed: broadcast::channel(1024).0,
+            recorded: broadcast::channel(4096).0,
             evolved: Notify::new(),
             wake: Notify::new(),
             outbox: Notify::new(),
@@ -157,6 +160,11 @@ impl App {
     /// Session ids whose state changed (for live pages).
     pub fn session_changes(&self) -> broadcast::Receiver<SessionId> {
         self.sessions_changed.subscribe()
+    }
+
+    /// Every event as it is recorded (for live feeds).
+    pub fn recorded_events(&self) -> broadcast::Receiver<Recorded> {
+        self.recorded.subscribe()
     }
 
     /// The configured session lifetime.
@@ -218,6 +226,7 @@ impl App {
             if let Some(id) = session_of(&r.event) {
                 let _ = self.sessions_changed.send(id);
             }
+            let _ = self.recorded.send(r.clone());
         }
         self.evolved.notify_waiters();
         self.wake.notify_one();
@@ -260,9 +269,10 @@ impl App {
     /// Feeds `Tick` to the core whenever its next deadline passes. Runs until dropped.
     pub async fn deadline_loop(self: Arc<Self>) {
         loop {
-            let next = self.read(|s| s.next_deadline());
+            let now = self.clock.now();
+            let next = self.read(|s| s.next_deadline_after(now));
             match next {
-                Some(t) if t <= self.clock.now() => {
+                Some(t) if t <= now => {
                     if let Err(e) = self.execute(Command::Tick).await {
                         tracing::warn!(error = %e, "deadline processing failed; retrying in 1 s");
                         let later = self.clock.now() + chrono::Duration::seconds(1);
@@ -278,6 +288,32 @@ impl App {
                 None => self.wake.notified().await,
             }
         }
+    }
+
+    /// Activates the configured site file (start-up, SIGHUP). An unreadable or invalid file is
+    /// reported and the policy in force stays. Returns the errors, if any.
+    pub async fn activate_site_file(&self, source: &str) -> Result<(), String> {
+        let path = &self.config.site;
+        if path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let document = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read site policy {}: {e}", path.display()))
+            .inspect_err(|e| tracing::error!("{e}"))?;
+        self.activate_policy(document, source)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .inspect_err(|e| tracing::error!("site policy refused, the policy in force stays: {e}"))
+    }
+
+    /// Validates and activates a site policy document.
+    pub async fn activate_policy(&self, document: String, source: &str) -> Result<(), AppError> {
+        self.execute(Command::ActivatePolicy {
+            document,
+            source: source.to_string(),
+        })
+        .await
+        .map(|_| ())
     }
 
     /// True when the server can accept new work.
@@ -368,11 +404,14 @@ pub async fn start_with(
             public_url: public_url.clone(),
         },
     )?;
+    let app = Arc::new(app);
+    // An invalid site file is reported; the policy in force (from the log) stays.
+    let _ = app.activate_site_file("startup").await;
     Ok(Server {
         addr,
         public_url,
         mqtt,
-        app: Arc::new(app),
+        app,
         listener,
         effects,
     })
@@ -385,7 +424,20 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let deadlines = tokio::spawn(self.app.clone().deadline_loop());
-        let mqtt = crate::mqtt::client::spawn(self.app.clone(), &self.mqtt, self.effects)
+        let (reader_tx, reader_rx) = mpsc::unbounded_channel();
+        let relays = relays::Relays::start(self.app.clone());
+        let mut effects = self.effects;
+        let router_task = tokio::spawn(async move {
+            while let Some(e) = effects.recv().await {
+                match e {
+                    Effect::Reader { reader_id, command } => {
+                        let _ = reader_tx.send((reader_id, command));
+                    }
+                    Effect::Relay { device, command } => relays.perform(&device, command),
+                }
+            }
+        });
+        let mqtt = crate::mqtt::client::spawn(self.app.clone(), &self.mqtt, reader_rx)
             .map_err(std::io::Error::other)?;
         let webhooks = crate::webhooks::spawn(self.app.clone());
         let router = crate::http::router(self.app.clone());
@@ -396,6 +448,7 @@ impl Server {
         .with_graceful_shutdown(shutdown)
         .await;
         deadlines.abort();
+        router_task.abort();
         mqtt.abort();
         webhooks.abort();
         result

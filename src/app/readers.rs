@@ -54,10 +54,11 @@ impl App {
         let session = token_hash
             .as_ref()
             .and_then(|h| self.read(|s| s.session_by_token_hash(h).cloned()));
-        // Scope: the session's partner; for site sessions and door scans, every partner.
+        // Scope: the session's partner; for site sessions and door scans, the partners the
+        // site admits.
         let scope: Vec<PartnerId> = match session.as_ref().and_then(|s| s.partner_id) {
             Some(p) => vec![p],
-            None => self.all_partners(),
+            None => self.site_partners(),
         };
         let best = self
             .index
@@ -116,8 +117,18 @@ impl App {
         .await
     }
 
-    fn all_partners(&self) -> Vec<PartnerId> {
-        self.read(|s| s.partners().map(|p| p.id).collect())
+    /// Partners whose users may open doors here (all, without a site policy).
+    fn site_partners(&self) -> Vec<PartnerId> {
+        self.read(|s| {
+            s.partners()
+                .filter(|p| {
+                    s.policy
+                        .as_ref()
+                        .is_none_or(|pol| pol.partner_allowed(p.id, &p.name))
+                })
+                .map(|p| p.id)
+                .collect()
+        })
     }
 
     /// Keeps the matcher index and the key store in step with a durable event.

@@ -47,6 +47,35 @@ pub struct AttemptResult {
     pub retry_after: Option<Duration>,
 }
 
+/// What a relay device reported (the adapter's words, as data).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RelayReport {
+    Up {
+        device: String,
+    },
+    Down {
+        device: String,
+        error: String,
+    },
+    Coil {
+        device: String,
+        coil: u16,
+        on: bool,
+        tag: String,
+    },
+    CoilFailed {
+        device: String,
+        coil: u16,
+        on: bool,
+        error: String,
+    },
+    Input {
+        device: String,
+        input: u16,
+        on: bool,
+    },
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     CreatePartner {
@@ -130,6 +159,17 @@ pub enum Command {
         partner_id: PartnerId,
         since: DateTime<Utc>,
     },
+    /// Activate a site policy document (`source`: startup, admin, sighup).
+    ActivatePolicy {
+        document: String,
+        source: String,
+    },
+    /// Lockdown / emergency unlock on or off (`None`: unchanged).
+    SetSiteMode {
+        lockdown: Option<bool>,
+        emergency: Option<bool>,
+    },
+    Relay(RelayReport),
     /// Time has passed: act on every deadline due at `now`.
     Tick,
 }

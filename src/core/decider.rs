@@ -5,10 +5,12 @@
 //! command is refused. It never changes anything, reads no clock and draws no randomness.
 
 use super::command::{AttemptResult, Capture, Command, EnrollRequest};
+use super::doors::{self, RelayCommand};
 use super::event::{
     CaptureRef, CaptureRejection, Event, Expected, Idempotency, StreamAppend, stream,
 };
 use super::ids::*;
+use super::policy::{DenyReason, DoorId};
 use super::session::Session;
 use super::state::{DeliveryStatus, State};
 use super::webhook;
@@ -36,6 +38,8 @@ pub enum Rejection {
     ReaderOffline,
     #[error("{0}")]
     Invalid(&'static str),
+    #[error("invalid site policy: {}", .0.join("; "))]
+    InvalidPolicy(Vec<String>),
 }
 
 /// A command for a reader (SPEC 5, `cmd` topic). Tokens and URLs are filled in by the shell.
@@ -51,6 +55,12 @@ pub enum ReaderCommand {
     Show { session_id: SessionId },
     /// Ask for another scan.
     Retry { reason: FailReason },
+    /// The outcome of a door decision (the shell localizes the message).
+    Result {
+        granted: bool,
+        door: DoorId,
+        reason: Option<DenyReason>,
+    },
 }
 
 /// Something to do once the decision's events are durable.
@@ -59,6 +69,10 @@ pub enum Effect {
     Reader {
         reader_id: ReaderId,
         command: ReaderCommand,
+    },
+    Relay {
+        device: String,
+        command: RelayCommand,
     },
 }
 
@@ -86,14 +100,14 @@ pub enum Outcome {
 }
 
 impl Decision {
-    fn new(appends: Vec<StreamAppend>) -> Self {
+    pub(crate) fn new(appends: Vec<StreamAppend>) -> Self {
         Self {
             appends,
             effects: vec![],
             outcome: Outcome::Done,
         }
     }
-    fn with_effect(mut self, e: Effect) -> Self {
+    pub(crate) fn with_effect(mut self, e: Effect) -> Self {
         self.effects.push(e);
         self
     }
@@ -108,7 +122,7 @@ impl Decision {
     }
 }
 
-fn one(stream: String, expected: Expected, event: Event) -> StreamAppend {
+pub(crate) fn one(stream: String, expected: Expected, event: Event) -> StreamAppend {
     StreamAppend {
         stream,
         expected,
@@ -117,7 +131,7 @@ fn one(stream: String, expected: Expected, event: Event) -> StreamAppend {
 }
 
 impl State {
-    fn expected(&self, stream: &str) -> Expected {
+    pub(crate) fn expected(&self, stream: &str) -> Expected {
         match self.revision(stream) {
             Some(r) => Expected::Revision(r),
             None => Expected::NoStream,
@@ -305,15 +319,33 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
             Ok(d)
         }
         Command::Tick => {
-            let due = state
-                .deadlines
-                .iter()
-                .take_while(|(t, _)| *t <= now)
-                .filter_map(|(_, id)| state.sessions.get(id))
-                .flat_map(|s| end(state, s, End::Expired, None, s.expires_at))
-                .collect();
-            Ok(Decision::new(due))
+            let mut d = doors::resting_changes(
+                state,
+                state.policy.as_deref(),
+                state.lockdown,
+                state.emergency,
+                now,
+                "schedule",
+            );
+            d.appends.extend(doors::held_open(state, now));
+            d.appends.extend(
+                state
+                    .deadlines
+                    .iter()
+                    .take_while(|(t, _)| *t <= now)
+                    .filter_map(|(_, id)| state.sessions.get(id))
+                    .flat_map(|s| end(state, s, End::Expired, None, s.expires_at)),
+            );
+            Ok(d)
         }
+        Command::ActivatePolicy { document, source } => {
+            doors::activate(state, document, source, now)
+        }
+        Command::SetSiteMode {
+            lockdown,
+            emergency,
+        } => Ok(doors::set_mode(state, *lockdown, *emergency, now)),
+        Command::Relay(r) => Ok(doors::relay_report(state, r, now)),
         Command::SetWebhook {
             partner_id,
             url,
@@ -640,8 +672,7 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
         )]))
     };
     let Some(token) = &c.session else {
-        // Door scans are decided by the site policy; without one, a reader opens nothing.
-        return rejected(CaptureRejection::NoDoor);
+        return doors::scan(state, c, now);
     };
     let Some(s) = state.session_by_token_hash(token) else {
         return rejected(CaptureRejection::UnknownSession);
@@ -694,16 +725,37 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
         }));
     }
     match s.kind {
-        SessionKind::Identify => match matched {
-            Some(m) => Ok(Decision::new(end(
-                state,
-                s,
-                End::Completed(m.external_id.clone()),
-                Some(cref),
-                now,
-            ))),
-            None => failed(FailReason::NoMatch, cref),
-        },
+        SessionKind::Identify => {
+            let mut d = match matched {
+                Some(m) => Decision::new(end(
+                    state,
+                    s,
+                    End::Completed(m.external_id.clone()),
+                    Some(cref.clone()),
+                    now,
+                )),
+                None => Decision::new(end(
+                    state,
+                    s,
+                    End::Failed(FailReason::NoMatch),
+                    Some(cref.clone()),
+                    now,
+                )),
+            };
+            // A site session (a reader's trigger) at a door's reader: the door decision follows.
+            if s.partner_id.is_none()
+                && let Some(policy) = &state.policy
+                && let Some(door) = policy.door_of_reader(&c.reader_id)
+            {
+                let user = matched.and_then(|m| state.user(m.partner_id, &m.external_id));
+                let subject = user.map(|u| doors::subject(state, u));
+                let erased = matched.is_some() && user.is_none();
+                let door_d = doors::decide_door(state, policy, door, &cref, subject, erased, now);
+                d.appends.extend(door_d.appends);
+                d.effects.extend(door_d.effects);
+            }
+            Ok(d)
+        }
         SessionKind::Enroll => enroll_capture(state, s, c, cref, matched.is_some(), now),
     }
 }

@@ -6,6 +6,7 @@
 //! time and chain hashes included.
 
 use super::ids::*;
+use super::policy::{Direction, DoorId, SiteMode, Verdict};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -38,8 +39,10 @@ pub enum CaptureRejection {
     UnknownSession,
     /// The session has ended or expired.
     SessionNotPending,
-    /// A session-less capture at a reader that belongs to no door.
+    /// A session-less capture at a reader that belongs to no door (or no site policy).
     NoDoor,
+    /// A door scan below `min_quality`: the reader was asked to try again.
+    LowQuality,
 }
 
 /// Every fact in the log. The serde tag is the event type written in the envelope.
@@ -210,6 +213,102 @@ pub enum Event {
         delivery_id: String,
         at: DateTime<Utc>,
     },
+    /// A site policy became the one in force (start-up, admin API, SIGHUP): the whole document,
+    /// so every later decision can be re-derived from the log alone.
+    PolicyActivated {
+        sha256: String,
+        document: String,
+        source: String,
+        at: DateTime<Utc>,
+    },
+    /// Lockdown and emergency unlock, both explicit to set and to revert.
+    SiteModeChanged {
+        lockdown: bool,
+        emergency: bool,
+        at: DateTime<Utc>,
+    },
+    /// A door decision with every input it was derived from.
+    DoorDecided {
+        door: DoorId,
+        reader_id: ReaderId,
+        /// The capture (or trigger session) that asked.
+        capture_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<DoorSubject>,
+        /// The palm matched a user whose record was erased in the meantime.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        erased: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        similarity: Option<f64>,
+        /// SHA-256 of the policy in force.
+        policy: String,
+        mode: SiteMode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_in_zone: Option<Direction>,
+        /// The zone movement this decision makes, when the reader is a zone reader.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        movement: Option<(String, Direction)>,
+        verdict: Verdict,
+        at: DateTime<Utc>,
+    },
+    /// A door's resting relay state changed (unlock window, emergency, lockdown).
+    DoorRestingChanged {
+        door: DoorId,
+        unlocked: bool,
+        cause: String,
+        at: DateTime<Utc>,
+    },
+    /// A relay coil was written and (for OFF) read back.
+    RelaySwitched {
+        door: DoorId,
+        device: String,
+        coil: u16,
+        on: bool,
+        /// The capture whose grant this pulse serves; empty for a resting-state drive.
+        tag: String,
+        at: DateTime<Utc>,
+    },
+    RelayFailed {
+        door: DoorId,
+        device: String,
+        coil: u16,
+        on: bool,
+        error: String,
+        at: DateTime<Utc>,
+    },
+    DeviceStatusChanged {
+        device: String,
+        up: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        at: DateTime<Utc>,
+    },
+    /// A door contact opened or closed.
+    DoorContactChanged {
+        door: DoorId,
+        open: bool,
+        at: DateTime<Utc>,
+    },
+    /// The request-to-exit button released the door.
+    DoorExitRequested { door: DoorId, at: DateTime<Utc> },
+    /// Opened with no grant, exit request, unlock window or emergency.
+    DoorForcedOpen { door: DoorId, at: DateTime<Utc> },
+    /// Open longer than `held_open_after_s`.
+    DoorHeldOpen {
+        door: DoorId,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+}
+
+/// Who a door decision was about, with the metadata it was decided on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DoorSubject {
+    pub partner_id: PartnerId,
+    pub partner_name: String,
+    pub external_id: ExternalId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
 }
 
 /// Which capture decided something, and how similar the best template was.
@@ -264,6 +363,17 @@ impl Event {
             Event::DeliveryQueued { .. } => "DeliveryQueued",
             Event::DeliveryAttempted { .. } => "DeliveryAttempted",
             Event::DeliveryRescheduled { .. } => "DeliveryRescheduled",
+            Event::PolicyActivated { .. } => "PolicyActivated",
+            Event::SiteModeChanged { .. } => "SiteModeChanged",
+            Event::DoorDecided { .. } => "DoorDecided",
+            Event::DoorRestingChanged { .. } => "DoorRestingChanged",
+            Event::RelaySwitched { .. } => "RelaySwitched",
+            Event::RelayFailed { .. } => "RelayFailed",
+            Event::DeviceStatusChanged { .. } => "DeviceStatusChanged",
+            Event::DoorContactChanged { .. } => "DoorContactChanged",
+            Event::DoorExitRequested { .. } => "DoorExitRequested",
+            Event::DoorForcedOpen { .. } => "DoorForcedOpen",
+            Event::DoorHeldOpen { .. } => "DoorHeldOpen",
         }
     }
 
@@ -326,6 +436,17 @@ pub const KNOWN_TYPES: &[&str] = &[
     "DeliveryQueued",
     "DeliveryAttempted",
     "DeliveryRescheduled",
+    "PolicyActivated",
+    "SiteModeChanged",
+    "DoorDecided",
+    "DoorRestingChanged",
+    "RelaySwitched",
+    "RelayFailed",
+    "DeviceStatusChanged",
+    "DoorContactChanged",
+    "DoorExitRequested",
+    "DoorForcedOpen",
+    "DoorHeldOpen",
 ];
 
 /// Stream names (SPEC 8.1).
@@ -347,6 +468,14 @@ pub mod stream {
     pub fn delivery(id: &str) -> String {
         format!("delivery-{id}")
     }
+    pub fn door(id: &DoorId) -> String {
+        format!("door-{id}")
+    }
+    pub fn device(id: &str) -> String {
+        format!("device-{id}")
+    }
+    pub const POLICY: &str = "policy";
+    pub const SITE: &str = "site";
     pub fn reader(id: &ReaderId) -> String {
         format!("reader-{id}")
     }

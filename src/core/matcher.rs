@@ -1,12 +1,59 @@
 //! 1:N palm-template search: L2-normalised f32 vectors, cosine similarity, best match.
 //!
-//! Pure computation. The index keeps one contiguous `n × dim` block per partner, so a search
-//! is a straight scan of dot products the compiler vectorises; a scope (one partner for a hosted
-//! session, the site's allowed partners for a door) picks which blocks are scanned.
-//! Invariants: every stored vector has norm 1 and length `dim`; one entry per (partner, user).
+//! Pure computation: no IO, no clock, no randomness, no threads. A scope (one partner for a
+//! hosted session, the site's allowed partners for a door) picks which partners' blocks are
+//! scanned; each partner's templates live in one [`Block`].
+//!
+//! # What `best` returns
+//! The template with the highest similarity `s = Σᵢ rowᵢ·queryᵢ`, summed in f32 strictly in
+//! index order `i = 0, 1, …` (one rounding per multiply and per add, no fused multiply-add) —
+//! exactly what [`dot`] computes. Ties go to the first row in scan order (partners in the
+//! order given, rows in insertion order, a removed row's slot taken by the last row). Both
+//! search paths below return that same candidate, bit for bit.
+//!
+//! # Two search paths
+//! - [`Index::best_exact`] scans every f32 row. Rows are stored *interleaved by groups of 32*:
+//!   value `i` of the 32 rows of a group sits in 32 consecutive floats, so the kernel is a
+//!   vertical multiply-add into 32 accumulators (eight 4-lane registers) with one broadcast
+//!   query value per step: no horizontal sums, no shuffles, and each row's sum is one
+//!   sequential chain — the same arithmetic as [`dot`].
+//! - [`Index::best`] (the default) scans int8 codes — a quarter of the bytes — keeps the
+//!   [`SHORTLIST`] highest approximate scores, re-ranks them with the exact f32 rows, and then
+//!   *proves* no other row can win: with `s_q`, `s_r` the query and row code scales and
+//!   `q̃`, `r̃` the dequantised vectors, `|q·r − q̃·r̃| ≤ ½·(s_q·‖r̃‖₁ + s_r·‖q‖₁) = δ`, so if
+//!   the best exact score beats every excluded row's approximate score by more than `δ` (plus
+//!   a bound on f32 rounding) the answer is exact. When the proof fails (many rows within
+//!   `δ` of the winner, i.e. near-ties) it rescans the codes and re-ranks every row that could
+//!   still win. The result is always identical to `best_exact`; only the time differs.
+//!
+//! # Codes
+//! Symmetric int8 with one scale per row, `s_r = max|rᵢ| / 127`, `cᵢ = round(rᵢ / s_r)`. A
+//! per-row scale is used rather than one global scale because unit vectors' largest
+//! component varies (about 0.2–0.45 at dim 128): a global scale must fit the largest one and
+//! wastes a bit or more of resolution on most rows, which widens `δ`; the price is 4 bytes per
+//! row and one multiply per row in the scan. The query is quantised the same way.
+//!
+//! Only SSE2 is guaranteed on x86-64 without `-C target-cpu`, and it has no 8-bit multiply:
+//! the fast instruction is `pmaddwd` (eight i16 × i16 products summed in pairs into i32). The
+//! codes are therefore stored two per 16-bit word, `w = (c₂ₖ + 128) + 256·c₂ₖ₊₁`: read as i16,
+//! `w·a + (w >> 8)·b` with `a = q₂ₖ` and `b = q₂ₖ₊₁ − 256·q₂ₖ` (fits in i16 since `|q| ≤ 127`)
+//! equals `(c₂ₖ + 128)·q₂ₖ + c₂ₖ₊₁·q₂ₖ₊₁`; the `+128` term is a per-query constant subtracted
+//! once. The kernel is written as a plain integer reduction over fixed-size arrays, which
+//! LLVM turns into one load, one shift and two `pmaddwd` per 16 codes. It is specialised
+//! (const generics) for the common padded widths, with a generic fallback.
+//!
+//! # Memory (dim 128)
+//! Per row: 512 bytes f32 + 128 bytes codes + 4 bytes scale + the user id (its bytes in one
+//! arena per block, an 8-byte span and a 4-byte slot of an open-addressing table). About
+//! 665 bytes, 66.5 MB (63.4 MiB) for 100 000 users.
+//!
+//! Invariants: every stored vector has length `dim` (and should have norm 1); one entry per
+//! (partner, user); a block's f32 rows, codes, scales and ids always describe the same rows;
+//! padding lanes of the last f32 group are zero.
 
 use super::ids::{ExternalId, PartnerId};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 /// Why a template was refused.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -59,6 +106,12 @@ pub fn to_le_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// The similarity the index computes: `Σ aᵢ·bᵢ` in f32, summed in index order (over the
+/// shorter of the two). [`Candidate::similarity`] equals `dot(query, template)` bit for bit.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)
+}
+
 /// The best candidate of a search.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
@@ -67,25 +120,514 @@ pub struct Candidate {
     pub similarity: f32,
 }
 
-#[derive(Default, Clone, Debug)]
+/// How a quantised search went (for benchmarks and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SearchStats {
+    /// Rows whose codes were scanned (rows of partners in scope, each time the scope names them).
+    pub scanned: usize,
+    /// Rows re-ranked with their exact f32 values.
+    pub reranked: usize,
+    /// True when the shortlist could not prove the winner and the codes were rescanned.
+    pub fallback: bool,
+    /// True when the search ran on the f32 rows only (query not finite, zero or of the wrong
+    /// length, or a stored row not finite).
+    pub exact_only: bool,
+}
+
+/// Bytes held by the index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// f32 rows (including the zero padding of each partner's last group of 32).
+    pub f32_bytes: usize,
+    /// int8 codes and per-row scales.
+    pub code_bytes: usize,
+    /// User ids: name bytes, spans, lookup tables.
+    pub id_bytes: usize,
+    /// `f32_bytes + code_bytes + id_bytes` plus the fixed size of each block.
+    pub total_bytes: usize,
+    /// Like `total_bytes` but counting allocated capacity rather than length (growth
+    /// headroom not yet written is reserved address space, mostly not resident).
+    pub reserved_bytes: usize,
+}
+
+/// Rows per interleaved f32 group.
+const GROUP: usize = 32;
+/// Rows re-ranked exactly after the int8 scan.
+pub const SHORTLIST: usize = 16;
+/// Rows whose code dot products are computed per batch before their scores are examined.
+const BATCH: usize = 64;
+/// Largest code magnitude.
+const CODE_MAX: f32 = 127.0;
+
+/// The ids of one block's rows: name bytes in one arena, a span per row, and an
+/// open-addressing table (linear probing, backward-shift deletion) from name to row.
+#[derive(Clone, Debug, Default)]
+struct Ids {
+    arena: String,
+    spans: Vec<(u32, u32)>,
+    /// `row + 1` per slot, 0 when empty; the length is zero or a power of two.
+    table: Vec<u32>,
+    /// Arena bytes no row refers to any more.
+    garbage: usize,
+}
+
+/// Deterministic SipHash (no per-process keys: the core draws no randomness).
+type IdHasher = BuildHasherDefault<DefaultHasher>;
+
+fn hash_of(name: &str) -> usize {
+    IdHasher::default().hash_one(name) as usize
+}
+
+impl Ids {
+    fn name(&self, row: usize) -> &str {
+        let (start, len) = self.spans[row];
+        &self.arena[start as usize..(start + len) as usize]
+    }
+
+    /// The table slot holding `name`, or the empty slot where it would go.
+    fn slot(&self, name: &str) -> (usize, Option<usize>) {
+        let mask = self.table.len() - 1;
+        let mut i = hash_of(name) & mask;
+        loop {
+            match self.table[i] {
+                0 => return (i, None),
+                e if self.name(e as usize - 1) == name => return (i, Some(e as usize - 1)),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        if self.table.is_empty() {
+            return None;
+        }
+        self.slot(name).1
+    }
+
+    /// Appends `name` (absent) as the next row.
+    fn push(&mut self, name: &str) {
+        let row = self.spans.len();
+        if (row + 1) * 8 > self.table.len() * 7 {
+            self.grow();
+        }
+        let start = u32::try_from(self.arena.len()).expect("id arena below 4 GiB");
+        self.arena.push_str(name);
+        self.spans.push((start, name.len() as u32));
+        let (slot, found) = self.slot(name);
+        debug_assert!(found.is_none());
+        self.table[slot] = row as u32 + 1;
+    }
+
+    fn grow(&mut self) {
+        let cap = (self.table.len() * 2).max(8);
+        self.table = vec![0; cap];
+        let mask = cap - 1;
+        for row in 0..self.spans.len() {
+            let mut i = hash_of(self.name(row)) & mask;
+            while self.table[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.table[i] = row as u32 + 1;
+        }
+    }
+
+    /// Empties table slot `i`, shifting back the entries probed past it.
+    fn vacate(&mut self, mut i: usize) {
+        let mask = self.table.len() - 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let e = self.table[j];
+            if e == 0 {
+                self.table[i] = 0;
+                return;
+            }
+            let home = hash_of(self.name(e as usize - 1)) & mask;
+            // The entry at j may move to i unless its home lies cyclically in (i, j].
+            let stays = if i <= j {
+                i < home && home <= j
+            } else {
+                i < home || home <= j
+            };
+            if !stays {
+                self.table[i] = e;
+                i = j;
+            }
+        }
+    }
+
+    /// Removes `row`; the last row takes its index.
+    fn swap_remove(&mut self, row: usize) {
+        let name_len = self.spans[row].1 as usize;
+        let (slot, _) = self.slot(self.name(row));
+        self.vacate(slot);
+        let last = self.spans.len() - 1;
+        if row != last {
+            let (slot, _) = self.slot(self.name(last));
+            self.table[slot] = row as u32 + 1;
+            self.spans[row] = self.spans[last];
+        }
+        self.spans.pop();
+        self.garbage += name_len;
+        if self.garbage > 4096 && self.garbage * 2 > self.arena.len() {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        let mut arena = String::with_capacity(self.arena.len() - self.garbage);
+        for span in &mut self.spans {
+            let (start, len) = *span;
+            let at = arena.len() as u32;
+            arena.push_str(&self.arena[start as usize..(start + len) as usize]);
+            *span = (at, len);
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+
+    fn bytes(&self) -> (usize, usize) {
+        let len = self.arena.len() + self.spans.len() * 8 + self.table.len() * 4;
+        let cap = self.arena.capacity() + self.spans.capacity() * 8 + self.table.capacity() * 4;
+        (len, cap)
+    }
+}
+
+/// One partner's templates.
+#[derive(Clone, Debug, Default)]
 struct Block {
-    ids: Vec<ExternalId>,
-    slots: HashMap<ExternalId, usize>,
-    data: Vec<f32>,
+    /// f32 rows interleaved by groups: value `i` of row `r` at
+    /// `(r / GROUP) * dim * GROUP + i * GROUP + r % GROUP`.
+    rows: Vec<f32>,
+    /// Codes, `words` i16 words per row, row after row.
+    codes: Vec<i16>,
+    /// Code scale per row.
+    scales: Vec<f32>,
+    ids: Ids,
+    /// Rows holding a NaN or infinite value (searched with the f32 path only).
+    irregular: usize,
+    /// Upper bounds over every row ever stored here (they never shrink, which only makes
+    /// the exactness proof more conservative after removals).
+    scale_max: f32,
+    /// Largest `‖r̃‖₁` (dequantised row).
+    l1_max: f32,
+    /// Largest `‖r‖₂`.
+    norm_max: f32,
+}
+
+impl Block {
+    fn len(&self) -> usize {
+        self.scales.len()
+    }
+
+    fn at(dim: usize, row: usize, i: usize) -> usize {
+        (row / GROUP) * dim * GROUP + i * GROUP + row % GROUP
+    }
+
+    fn row_is_irregular(&self, dim: usize, row: usize) -> bool {
+        (0..dim).any(|i| !self.rows[Self::at(dim, row, i)].is_finite())
+    }
+
+    fn write(&mut self, dim: usize, words: usize, row: usize, t: &[f32]) {
+        let was = row < self.len() && self.row_is_irregular(dim, row);
+        let base = (row / GROUP) * dim * GROUP + row % GROUP;
+        for (i, &v) in t.iter().enumerate() {
+            self.rows[base + i * GROUP] = v;
+        }
+        let now = t.iter().any(|v| !v.is_finite());
+        self.irregular = self.irregular + usize::from(now) - usize::from(was);
+
+        let (codes, scale) = quantise(t);
+        let out = &mut self.codes[row * words..(row + 1) * words];
+        pack(&codes, out);
+        self.scales[row] = scale;
+        let l1 = scale * codes.iter().map(|c| c.unsigned_abs() as f32).sum::<f32>();
+        let norm = t.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if now {
+            return;
+        }
+        self.scale_max = self.scale_max.max(scale);
+        self.l1_max = self.l1_max.max(l1);
+        self.norm_max = self.norm_max.max(norm);
+    }
+
+    fn push(&mut self, dim: usize, words: usize, user: &str, t: &[f32]) {
+        let row = self.len();
+        if row % GROUP == 0 {
+            self.rows.resize(self.rows.len() + GROUP * dim, 0.0);
+        }
+        self.codes.resize(self.codes.len() + words, 0);
+        self.scales.push(0.0);
+        self.ids.push(user);
+        self.write(dim, words, row, t);
+    }
+
+    fn swap_remove(&mut self, dim: usize, words: usize, row: usize) {
+        if self.row_is_irregular(dim, row) {
+            self.irregular -= 1;
+        }
+        let last = self.len() - 1;
+        if row != last {
+            for i in 0..dim {
+                self.rows[Self::at(dim, row, i)] = self.rows[Self::at(dim, last, i)];
+            }
+            self.codes
+                .copy_within(last * words..(last + 1) * words, row * words);
+            self.scales[row] = self.scales[last];
+        }
+        for i in 0..dim {
+            self.rows[Self::at(dim, last, i)] = 0.0;
+        }
+        self.ids.swap_remove(row);
+        self.codes.truncate(last * words);
+        self.scales.pop();
+        self.rows.truncate(last.div_ceil(GROUP) * GROUP * dim);
+    }
+
+    /// The exact similarity of `row` (sequential sum, as [`dot`]).
+    fn exact(&self, dim: usize, row: usize, query: &[f32]) -> f32 {
+        let base = (row / GROUP) * dim * GROUP + row % GROUP;
+        query
+            .iter()
+            .enumerate()
+            .fold(0.0, |s, (i, q)| s + self.rows[base + i * GROUP] * q)
+    }
+
+    /// Calls `f(row, similarity)` for every row in order.
+    #[inline(always)]
+    fn scan_exact(&self, dim: usize, query: &[f32], mut f: impl FnMut(usize, f32)) {
+        let n = self.len();
+        for (g, group) in self.rows.chunks_exact(GROUP * dim).enumerate() {
+            let acc = group_scores(group, query);
+            let live = (n - g * GROUP).min(GROUP);
+            for (l, &s) in acc[..live].iter().enumerate() {
+                f(g * GROUP + l, s);
+            }
+        }
+    }
+}
+
+/// The similarities of one interleaved group of 32 rows.
+#[inline(always)]
+fn group_scores(group: &[f32], query: &[f32]) -> [f32; GROUP] {
+    let mut acc = [0f32; GROUP];
+    for (x, &q) in group.chunks_exact(GROUP).zip(query) {
+        let x: &[f32; GROUP] = x.try_into().expect("a group step is GROUP floats");
+        for l in 0..GROUP {
+            acc[l] += x[l] * q;
+        }
+    }
+    acc
+}
+
+/// Symmetric int8 codes of `v` and their scale (`v ≈ scale · codes`); all zeros for a zero
+/// or non-finite vector.
+fn quantise(v: &[f32]) -> (Vec<i32>, f32) {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if !(max > 0.0) || !max.is_finite() {
+        return (vec![0; v.len()], 0.0);
+    }
+    let scale = max / CODE_MAX;
+    let codes = v
+        .iter()
+        .map(|x| ((x / scale).round() as i32).clamp(-127, 127))
+        .collect();
+    (codes, scale)
+}
+
+/// Packs codes two per word: low byte `c₂ₖ + 128`, high byte `c₂ₖ₊₁` (two's complement).
+fn pack(codes: &[i32], out: &mut [i16]) {
+    out.fill(0);
+    for (w, pair) in out.iter_mut().zip(codes.chunks(2)) {
+        let lo = (pair[0] + 128) as u16;
+        let hi = pair.get(1).copied().unwrap_or(0) as i8 as u8 as u16;
+        *w = (lo | (hi << 8)) as i16;
+    }
+}
+
+/// Words per row for `dim`: two codes per word, padded to a multiple of 16 words.
+fn words_for(dim: usize) -> usize {
+    dim.div_ceil(2).div_ceil(16) * 16
+}
+
+/// A query prepared for the code scan.
+struct CodeQuery {
+    /// `q₂ₖ` per word (zero in padding).
+    a: Vec<i16>,
+    /// `q₂ₖ₊₁ − 256·q₂ₖ` per word (zero in padding).
+    b: Vec<i16>,
+    /// `128 · Σₖ q₂ₖ`, the offset of the low bytes.
+    offset: i32,
+    scale: f32,
+    l1: f32,
+    l2: f32,
+}
+
+impl CodeQuery {
+    /// None when the query cannot be quantised (zero or not finite).
+    fn new(query: &[f32], words: usize) -> Option<CodeQuery> {
+        if query.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let (codes, scale) = quantise(query);
+        if scale == 0.0 {
+            return None;
+        }
+        let mut a = vec![0i16; words];
+        let mut b = vec![0i16; words];
+        for (k, pair) in codes.chunks(2).enumerate() {
+            let (lo, hi) = (pair[0], pair.get(1).copied().unwrap_or(0));
+            a[k] = lo as i16;
+            b[k] = (hi - 256 * lo) as i16;
+        }
+        let offset = 128 * a.iter().map(|&x| x as i32).sum::<i32>();
+        Some(CodeQuery {
+            a,
+            b,
+            offset,
+            scale,
+            l1: query.iter().map(|v| v.abs()).sum(),
+            l2: query.iter().map(|v| v * v).sum::<f32>().sqrt(),
+        })
+    }
+}
+
+/// `Σ (c₂ₖ + 128)·q₂ₖ + c₂ₖ₊₁·q₂ₖ₊₁` over one row of `W` words (see the module doc). Each
+/// lane adds at most `W / 16` terms below 2²³, so the lanes cannot overflow for `W ≤ 2048`.
+#[inline(always)]
+fn code_dot<const W: usize>(row: &[i16; W], a: &[i16; W], b: &[i16; W]) -> i32 {
+    let mut acc = [0i32; 16];
+    for c in 0..W / 16 {
+        for k in 0..16 {
+            let i = c * 16 + k;
+            let w = row[i];
+            acc[k] += w as i32 * a[i] as i32 + (w >> 8) as i32 * b[i] as i32;
+        }
+    }
+    acc.iter().fold(0i32, |s, x| s.wrapping_add(*x))
+}
+
+/// [`code_dot`] for any width.
+fn code_dot_any(row: &[i16], a: &[i16], b: &[i16]) -> i32 {
+    row.iter().zip(a).zip(b).fold(0i32, |s, ((&w, &a), &b)| {
+        s.wrapping_add(w as i32 * a as i32 + (w >> 8) as i32 * b as i32)
+    })
+}
+
+/// Raw code dot products of every row of `codes`, a batch at a time: `f(first_row, dots)`.
+#[inline(always)]
+fn scan_codes_w<const W: usize>(codes: &[i16], q: &CodeQuery, mut f: impl FnMut(usize, &[i32])) {
+    let a: &[i16; W] = q.a.as_slice().try_into().expect("query words");
+    let b: &[i16; W] = q.b.as_slice().try_into().expect("query words");
+    let mut dots = [0i32; BATCH];
+    for (n, batch) in codes.chunks(BATCH * W).enumerate() {
+        let rows = batch.len() / W;
+        for (row, d) in batch.chunks_exact(W).zip(dots.iter_mut()) {
+            let row: &[i16; W] = row.try_into().expect("row words");
+            *d = code_dot(row, a, b);
+        }
+        f(n * BATCH, &dots[..rows]);
+    }
+}
+
+fn scan_codes(codes: &[i16], words: usize, q: &CodeQuery, mut f: impl FnMut(usize, &[i32])) {
+    match words {
+        16 => scan_codes_w::<16>(codes, q, f),
+        32 => scan_codes_w::<32>(codes, q, f),
+        64 => scan_codes_w::<64>(codes, q, f),
+        128 => scan_codes_w::<128>(codes, q, f),
+        256 => scan_codes_w::<256>(codes, q, f),
+        _ => {
+            let mut dots = [0i32; BATCH];
+            for (n, batch) in codes.chunks(BATCH * words).enumerate() {
+                let rows = batch.len() / words;
+                for (row, d) in batch.chunks_exact(words).zip(dots.iter_mut()) {
+                    *d = code_dot_any(row, &q.a, &q.b);
+                }
+                f(n * BATCH, &dots[..rows]);
+            }
+        }
+    }
+}
+
+/// The approximate scores kept for re-ranking: `(score / query scale, scope position, row)`.
+struct Shortlist {
+    items: Vec<(f32, usize, usize)>,
+    /// Smallest kept score once full; rows scoring at or below it are not kept.
+    floor: f32,
+}
+
+impl Shortlist {
+    fn new() -> Shortlist {
+        Shortlist {
+            items: Vec::with_capacity(SHORTLIST),
+            floor: f32::NEG_INFINITY,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn offer(&mut self, score: f32, pos: usize, row: usize) {
+        if self.items.len() < SHORTLIST {
+            self.items.push((score, pos, row));
+            if self.items.len() == SHORTLIST {
+                self.floor = self.min().1;
+            }
+            return;
+        }
+        let (i, _) = self.min();
+        self.items[i] = (score, pos, row);
+        self.floor = self.min().1;
+    }
+
+    fn min(&self) -> (usize, f32) {
+        self.items
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::INFINITY),
+                |m, (i, it)| if it.0 < m.1 { (i, it.0) } else { m },
+            )
+    }
+
+    fn full(&self) -> bool {
+        self.items.len() == SHORTLIST
+    }
+}
+
+/// The running winner: highest similarity, then earliest (scope position, row).
+#[derive(Clone, Copy)]
+struct Winner {
+    pos: usize,
+    row: usize,
+    similarity: f32,
+}
+
+fn better(w: Option<Winner>, c: Winner) -> bool {
+    match w {
+        None => true,
+        Some(w) => {
+            c.similarity > w.similarity
+                || (c.similarity == w.similarity && (c.pos, c.row) < (w.pos, w.row))
+        }
+    }
 }
 
 /// The enrolled templates, by partner.
 #[derive(Clone, Debug)]
 pub struct Index {
     dim: usize,
-    blocks: HashMap<PartnerId, Block>,
+    /// Code words per row.
+    words: usize,
+    blocks: BTreeMap<PartnerId, Block>,
 }
 
 impl Index {
     pub fn new(dim: usize) -> Index {
         Index {
             dim,
-            blocks: HashMap::new(),
+            words: words_for(dim),
+            blocks: BTreeMap::new(),
         }
     }
 
@@ -94,7 +636,7 @@ impl Index {
     }
 
     pub fn len(&self) -> usize {
-        self.blocks.values().map(|b| b.ids.len()).sum()
+        self.blocks.values().map(Block::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -104,85 +646,230 @@ impl Index {
     /// Adds or replaces a user's template (already normalised, `dim` long).
     pub fn insert(&mut self, partner: PartnerId, user: ExternalId, template: &[f32]) {
         assert_eq!(template.len(), self.dim, "template dimension");
+        let (dim, words) = (self.dim, self.words);
         let b = self.blocks.entry(partner).or_default();
-        match b.slots.get(&user) {
-            Some(&i) => b.data[i * self.dim..(i + 1) * self.dim].copy_from_slice(template),
-            None => {
-                b.slots.insert(user.clone(), b.ids.len());
-                b.ids.push(user);
-                b.data.extend_from_slice(template);
-            }
+        match b.ids.find(user.as_str()) {
+            Some(row) => b.write(dim, words, row, template),
+            None => b.push(dim, words, user.as_str(), template),
         }
     }
 
     /// Removes a user's template; true if it was there.
     pub fn remove(&mut self, partner: PartnerId, user: &ExternalId) -> bool {
-        let dim = self.dim;
+        let (dim, words) = (self.dim, self.words);
         let Some(b) = self.blocks.get_mut(&partner) else {
             return false;
         };
-        let Some(i) = b.slots.remove(user) else {
+        let Some(row) = b.ids.find(user.as_str()) else {
             return false;
         };
-        let last = b.ids.len() - 1;
-        if i != last {
-            b.ids.swap(i, last);
-            let (head, tail) = b.data.split_at_mut(last * dim);
-            head[i * dim..(i + 1) * dim].copy_from_slice(&tail[..dim]);
-            b.slots.insert(b.ids[i].clone(), i);
+        b.swap_remove(dim, words, row);
+        if b.len() == 0 {
+            self.blocks.remove(&partner);
         }
-        b.ids.pop();
-        b.data.truncate(last * dim);
         true
     }
 
     /// The most similar user among `partners`' templates, whatever the score.
+    ///
+    /// Runs the int8 scan with exact re-ranking; the result equals [`Index::best_exact`].
     pub fn best<'a>(
         &self,
         query: &[f32],
         partners: impl IntoIterator<Item = &'a PartnerId>,
     ) -> Option<Candidate> {
-        let mut best: Option<(PartnerId, usize, f32)> = None;
-        for p in partners {
-            let Some(b) = self.blocks.get(p) else {
-                continue;
+        self.best_with_stats(query, partners).0
+    }
+
+    /// [`Index::best`], also telling how the search went.
+    pub fn best_with_stats<'a>(
+        &self,
+        query: &[f32],
+        partners: impl IntoIterator<Item = &'a PartnerId>,
+    ) -> (Option<Candidate>, SearchStats) {
+        let scope = self.scope(partners);
+        let prepared = if query.len() == self.dim && scope.iter().all(|(_, b)| b.irregular == 0) {
+            CodeQuery::new(query, self.words)
+        } else {
+            None
+        };
+        let Some(q) = prepared else {
+            let scanned = scope.iter().map(|(_, b)| b.len()).sum();
+            let stats = SearchStats {
+                scanned,
+                reranked: 0,
+                fallback: false,
+                exact_only: true,
             };
-            for (i, row) in b.data.chunks_exact(self.dim).enumerate() {
-                let s = dot(row, query);
-                if best.is_none_or(|(_, _, bs)| s > bs) {
-                    best = Some((*p, i, s));
+            return (self.exact_in(query, &scope), stats);
+        };
+        let mut stats = SearchStats::default();
+
+        // 1. Scan the codes, keeping the SHORTLIST best approximate scores.
+        let mut short = Shortlist::new();
+        for (pos, (_, b)) in scope.iter().enumerate() {
+            stats.scanned += b.len();
+            scan_codes(&b.codes, self.words, &q, |first, dots| {
+                let scales = &b.scales[first..first + dots.len()];
+                for (j, (&d, &s)) in dots.iter().zip(scales).enumerate() {
+                    let score = d.wrapping_sub(q.offset) as f32 * s;
+                    if score > short.floor {
+                        short.offer(score, pos, first + j);
+                    }
+                }
+            });
+        }
+
+        // 2. Re-rank the shortlist exactly.
+        let mut winner: Option<Winner> = None;
+        for &(_, pos, row) in &short.items {
+            let c = Winner {
+                pos,
+                row,
+                similarity: scope[pos].1.exact(self.dim, row, query),
+            };
+            if better(winner, c) {
+                winner = Some(c);
+            }
+        }
+        stats.reranked = short.items.len();
+        let Some(mut w) = winner else {
+            return (None, stats);
+        };
+
+        // 3. Prove no row left out can reach the winner; otherwise re-rank every row that might.
+        if short.full() {
+            let (delta, eps) = self.bounds(&q, &scope);
+            let reach = |approx: f32| approx + approx.abs() * 1e-6 + delta + eps;
+            if reach(short.floor * q.scale) >= w.similarity {
+                stats.fallback = true;
+                for (pos, (_, b)) in scope.iter().enumerate() {
+                    scan_codes(&b.codes, self.words, &q, |first, dots| {
+                        let scales = &b.scales[first..first + dots.len()];
+                        for (j, (&d, &s)) in dots.iter().zip(scales).enumerate() {
+                            let approx = d.wrapping_sub(q.offset) as f32 * s * q.scale;
+                            if reach(approx) >= w.similarity {
+                                let row = first + j;
+                                stats.reranked += 1;
+                                let c = Winner {
+                                    pos,
+                                    row,
+                                    similarity: b.exact(self.dim, row, query),
+                                };
+                                if better(Some(w), c) {
+                                    w = c;
+                                }
+                            }
+                        }
+                    });
                 }
             }
         }
-        best.map(|(p, i, s)| Candidate {
-            partner_id: p,
-            external_id: self.blocks[&p].ids[i].clone(),
-            similarity: s,
-        })
+        (Some(self.candidate(&scope, w)), stats)
+    }
+
+    /// The most similar user, scanning every f32 row (the reference the quantised search
+    /// must match).
+    pub fn best_exact<'a>(
+        &self,
+        query: &[f32],
+        partners: impl IntoIterator<Item = &'a PartnerId>,
+    ) -> Option<Candidate> {
+        self.exact_in(query, &self.scope(partners))
     }
 
     /// Every partner with at least one template.
     pub fn partners(&self) -> impl Iterator<Item = &PartnerId> {
         self.blocks.keys()
     }
-}
 
-/// Dot product in eight independent lanes (vectorises well).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
+    /// Bytes held, per kind.
+    pub fn memory(&self) -> MemoryUse {
+        let mut m = MemoryUse::default();
+        let fixed = std::mem::size_of::<Self>()
+            + self.blocks.len() * (std::mem::size_of::<(PartnerId, Block)>() + 16);
+        m.reserved_bytes = fixed;
+        for b in self.blocks.values() {
+            m.f32_bytes += b.rows.len() * 4;
+            m.code_bytes += b.codes.len() * 2 + b.scales.len() * 4;
+            let (ids, ids_cap) = b.ids.bytes();
+            m.id_bytes += ids;
+            m.reserved_bytes +=
+                b.rows.capacity() * 4 + b.codes.capacity() * 2 + b.scales.capacity() * 4 + ids_cap;
+        }
+        m.total_bytes = fixed + m.f32_bytes + m.code_bytes + m.id_bytes;
+        m
+    }
+
+    /// Releases growth headroom (after a bulk load).
+    pub fn shrink_to_fit(&mut self) {
+        for b in self.blocks.values_mut() {
+            b.rows.shrink_to_fit();
+            b.codes.shrink_to_fit();
+            b.scales.shrink_to_fit();
+            b.ids.arena.shrink_to_fit();
+            b.ids.spans.shrink_to_fit();
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
+
+    fn scope<'a>(
+        &self,
+        partners: impl IntoIterator<Item = &'a PartnerId>,
+    ) -> Vec<(PartnerId, &Block)> {
+        partners
+            .into_iter()
+            .filter_map(|p| self.blocks.get(p).map(|b| (*p, b)))
+            .collect()
     }
-    s
+
+    fn exact_in(&self, query: &[f32], scope: &[(PartnerId, &Block)]) -> Option<Candidate> {
+        let mut best: Option<(usize, usize, f32)> = None;
+        for (pos, (_, b)) in scope.iter().enumerate() {
+            b.scan_exact(self.dim, query, |row, s| {
+                if best.is_none_or(|(_, _, bs)| s > bs) {
+                    best = Some((pos, row, s));
+                }
+            });
+        }
+        best.map(|(pos, row, similarity)| {
+            self.candidate(
+                scope,
+                Winner {
+                    pos,
+                    row,
+                    similarity,
+                },
+            )
+        })
+    }
+
+    fn candidate(&self, scope: &[(PartnerId, &Block)], w: Winner) -> Candidate {
+        let (partner_id, b) = scope[w.pos];
+        Candidate {
+            partner_id,
+            external_id: ExternalId(b.ids.name(w.row).to_owned()),
+            similarity: w.similarity,
+        }
+    }
+
+    /// `(δ, ε)`: the largest gap between an approximate and a real similarity over `scope`,
+    /// and a bound on the f32 rounding of an exact similarity (see the module doc).
+    fn bounds(&self, q: &CodeQuery, scope: &[(PartnerId, &Block)]) -> (f32, f32) {
+        let (mut scale_max, mut l1_max, mut norm_max) = (0f32, 0f32, 0f32);
+        for (_, b) in scope {
+            scale_max = scale_max.max(b.scale_max);
+            l1_max = l1_max.max(b.l1_max);
+            norm_max = norm_max.max(b.norm_max);
+        }
+        // Half a code step per component, widened for the rounding of x / scale and of the
+        // f32 sums that produced l1_max and the scales.
+        let half = 0.5 * (1.0 + 1e-3);
+        let delta = half * (q.scale * l1_max + q.l1 * scale_max);
+        // A recursive f32 sum of n products is within n·2⁻²⁴/(1 − n·2⁻²⁴) of Σ|aᵢbᵢ| ≤ ‖a‖₂‖b‖₂.
+        let n = (self.dim + 4) as f32;
+        let eps = 2.0 * n * f32::EPSILON * q.l2 * norm_max + 1e-30;
+        (delta, eps)
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +886,32 @@ mod tests {
         let mut v = vec![0.0; dim];
         v[hot] = 1.0;
         v
+    }
+
+    /// Deterministic test data (SplitMix64 and Box–Muller).
+    struct Gen(u64);
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn gauss(&mut self) -> f32 {
+            let u1 = ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let u2 = ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        }
+        fn unit(&mut self, dim: usize) -> Vec<f32> {
+            normalise((0..dim).map(|_| self.gauss()).collect(), dim).unwrap()
+        }
+        /// `base` plus noise of relative size `noise`, normalised.
+        fn near(&mut self, base: &[f32], noise: f32) -> Vec<f32> {
+            let s = noise / (base.len() as f32).sqrt();
+            let v = base.iter().map(|x| x + s * self.gauss()).collect();
+            normalise(v, base.len()).unwrap()
+        }
     }
 
     #[test]
@@ -241,5 +954,225 @@ mod tests {
         let v = vec![0.5f32, -1.25, 3.0];
         assert_eq!(from_le_bytes(&to_le_bytes(&v), 3).unwrap(), v);
         assert!(from_le_bytes(&[0; 7], 2).is_err());
+    }
+
+    #[test]
+    fn pack_and_code_dot_compute_the_code_product() {
+        let mut g = Gen(7);
+        for dim in [1, 2, 3, 16, 31, 32, 33, 100, 128, 130, 256, 512, 600] {
+            let words = words_for(dim);
+            let r = g.unit(dim);
+            let q = g.unit(dim);
+            let (rc, _) = quantise(&r);
+            let (qc, _) = quantise(&q);
+            let mut packed = vec![0i16; words];
+            pack(&rc, &mut packed);
+            let cq = CodeQuery::new(&q, words).unwrap();
+            let want: i32 = rc.iter().zip(&qc).map(|(a, b)| a * b).sum();
+            assert_eq!(
+                code_dot_any(&packed, &cq.a, &cq.b).wrapping_sub(cq.offset),
+                want,
+                "dim {dim}"
+            );
+            let mut got = None;
+            scan_codes(&packed, words, &cq, |first, dots| {
+                assert_eq!(first, 0);
+                got = Some(dots[0].wrapping_sub(cq.offset));
+            });
+            assert_eq!(got, Some(want), "dim {dim} (specialised kernel)");
+        }
+    }
+
+    #[test]
+    fn similarity_is_dot_bit_for_bit() {
+        let mut g = Gen(11);
+        let mut ix = Index::new(128);
+        let rows: Vec<Vec<f32>> = (0..70).map(|_| g.unit(128)).collect();
+        for (i, r) in rows.iter().enumerate() {
+            ix.insert(p(1), u(&format!("u{i}")), r);
+        }
+        let q = g.near(&rows[41], 0.3);
+        let c = ix.best(&q, &[p(1)]).unwrap();
+        assert_eq!(c.external_id, u("u41"));
+        assert_eq!(c.similarity.to_bits(), dot(&q, &rows[41]).to_bits());
+        assert_eq!(ix.best_exact(&q, &[p(1)]), Some(c));
+    }
+
+    #[test]
+    fn quantised_top1_equals_exact_top1_on_random_data() {
+        let mut g = Gen(1);
+        for (dim, n) in [(128, 3000), (100, 500), (16, 300), (3, 200)] {
+            let mut ix = Index::new(dim);
+            let rows: Vec<Vec<f32>> = (0..n).map(|_| g.unit(dim)).collect();
+            for (i, r) in rows.iter().enumerate() {
+                ix.insert(p((i % 3) as u8), u(&format!("u{i}")), r);
+            }
+            let scopes = [vec![p(0)], vec![p(2), p(0), p(1)], vec![p(1), p(9)]];
+            let mut fallbacks = 0;
+            for k in 0..200 {
+                // Genuine queries (a noisy copy of a row) and random ones.
+                let q = if k % 2 == 0 {
+                    g.near(&rows[k * 7 % n], 0.33)
+                } else {
+                    g.unit(dim)
+                };
+                let scope = &scopes[k % 3];
+                let (got, stats) = ix.best_with_stats(&q, scope);
+                let want = ix.best_exact(&q, scope);
+                assert_eq!(got, want, "dim {dim}, query {k}");
+                assert!(!stats.exact_only);
+                fallbacks += usize::from(stats.fallback);
+            }
+            if dim == 128 {
+                assert!(fallbacks < 20, "{fallbacks} fallbacks of 200");
+            }
+        }
+    }
+
+    #[test]
+    fn near_ties_fall_back_and_stay_exact() {
+        // Many rows almost equal to the query: the shortlist cannot prove its winner.
+        let mut g = Gen(5);
+        let base = g.unit(128);
+        let mut ix = Index::new(128);
+        for i in 0..200 {
+            ix.insert(p(1), u(&format!("t{i}")), &g.near(&base, 0.01));
+        }
+        // Exact duplicates: the earliest row wins the tie on both paths.
+        ix.insert(p(1), u("dup-a"), &base);
+        ix.insert(p(1), u("dup-b"), &base);
+        let (got, stats) = ix.best_with_stats(&base, &[p(1)]);
+        assert!(stats.fallback, "{stats:?}");
+        assert!(stats.reranked > SHORTLIST);
+        assert_eq!(got, ix.best_exact(&base, &[p(1)]));
+        assert_eq!(got.unwrap().external_id, u("dup-a"));
+        let q = g.near(&base, 0.02);
+        assert_eq!(ix.best(&q, &[p(1)]), ix.best_exact(&q, &[p(1)]));
+    }
+
+    #[test]
+    fn remove_and_replace_keep_rows_codes_and_ids_in_step() {
+        let mut g = Gen(3);
+        let dim = 40;
+        let mut ix = Index::new(dim);
+        let mut model: Vec<(String, Vec<f32>)> = Vec::new();
+        for step in 0..3000 {
+            let op = g.next() % 10;
+            if op < 5 || model.len() < 5 {
+                let name = format!("user-{}", g.next() % 400);
+                let v = g.unit(dim);
+                match model.iter_mut().find(|(n, _)| *n == name) {
+                    Some(e) => e.1 = v.clone(),
+                    None => model.push((name.clone(), v.clone())),
+                }
+                ix.insert(p(1), u(&name), &v);
+            } else {
+                let i = (g.next() % model.len() as u64) as usize;
+                let (name, _) = model.swap_remove(i);
+                assert!(ix.remove(p(1), &u(&name)));
+                assert!(!ix.remove(p(1), &u(&name)));
+            }
+            assert_eq!(ix.len(), model.len(), "step {step}");
+            if step % 50 == 0 {
+                let b = &ix.blocks[&p(1)];
+                assert_eq!(b.codes.len(), b.len() * ix.words);
+                assert_eq!(b.rows.len(), b.len().div_ceil(GROUP) * GROUP * dim);
+                for row in 0..b.len() {
+                    let name = b.ids.name(row);
+                    assert_eq!(b.ids.find(name), Some(row));
+                    let (_, v) = model.iter().find(|(n, _)| n == name).unwrap();
+                    let mut words = vec![0i16; ix.words];
+                    pack(&quantise(v).0, &mut words);
+                    assert_eq!(&b.codes[row * ix.words..(row + 1) * ix.words], &words[..]);
+                    assert_eq!(b.scales[row], quantise(v).1);
+                    assert_eq!(b.exact(dim, row, v), dot(v, v));
+                }
+                for row in b.len()..b.len().div_ceil(GROUP) * GROUP {
+                    assert!((0..dim).all(|i| b.rows[Block::at(dim, row, i)] == 0.0));
+                }
+                // Every stored user is found by its own template.
+                for (name, v) in model.iter().take(20) {
+                    let c = ix.best(v, &[p(1)]).unwrap();
+                    assert_eq!(c.external_id, u(name));
+                    assert_eq!(Some(c), ix.best_exact(v, &[p(1)]));
+                }
+            }
+        }
+        for (name, _) in std::mem::take(&mut model) {
+            assert!(ix.remove(p(1), &u(&name)));
+        }
+        assert!(ix.is_empty());
+        assert_eq!(ix.partners().count(), 0);
+        assert_eq!(ix.best(&g.unit(dim), &[p(1)]), None);
+    }
+
+    #[test]
+    fn ids_survive_growth_deletion_and_compaction() {
+        let mut ids = Ids::default();
+        let names: Vec<String> = (0..5000)
+            .map(|i| format!("{i}-{}", "x".repeat(i % 13)))
+            .collect();
+        for n in &names {
+            ids.push(n);
+        }
+        let all_bytes: usize = names.iter().map(String::len).sum();
+        // Remove three in four, mirroring the swap-remove on a plain list.
+        let mut rows: Vec<String> = names.clone();
+        for (k, n) in names.iter().enumerate().filter(|(k, _)| k % 4 != 0) {
+            let row = ids.find(n).unwrap();
+            assert_eq!(ids.name(row), n, "{k}");
+            ids.swap_remove(row);
+            rows.swap_remove(row);
+        }
+        assert!(ids.arena.len() < all_bytes / 2, "the arena was compacted");
+        assert_eq!(ids.spans.len(), 1250);
+        for (row, n) in rows.iter().enumerate() {
+            assert_eq!(ids.find(n), Some(row));
+            assert_eq!(ids.name(row), n);
+        }
+        for (k, n) in names.iter().enumerate() {
+            assert_eq!(ids.find(n).is_some(), k % 4 == 0);
+        }
+        assert_eq!(ids.find(""), None);
+    }
+
+    #[test]
+    fn odd_queries_take_the_exact_path() {
+        let mut ix = Index::new(8);
+        ix.insert(p(1), u("a"), &unit(8, 0));
+        ix.insert(p(1), u("b"), &unit(8, 1));
+        let (c, stats) = ix.best_with_stats(&[0.0; 8], &[p(1)]);
+        assert!(stats.exact_only);
+        assert_eq!(c.unwrap().external_id, u("a"));
+        let mut nan = unit(8, 1);
+        nan[3] = f32::NAN;
+        let key = |c: Option<Candidate>| c.map(|c| (c.external_id, c.similarity.to_bits()));
+        assert_eq!(
+            key(ix.best(&nan, &[p(1)])),
+            key(ix.best_exact(&nan, &[p(1)]))
+        );
+        // A stored row that is not finite sends its block to the exact path.
+        ix.insert(p(1), u("bad"), &[f32::INFINITY; 8]);
+        let (_, stats) = ix.best_with_stats(&unit(8, 1), &[p(1)]);
+        assert!(stats.exact_only);
+        ix.insert(p(1), u("bad"), &unit(8, 2));
+        let (c, stats) = ix.best_with_stats(&unit(8, 2), &[p(1)]);
+        assert!(!stats.exact_only);
+        assert_eq!(c.unwrap().external_id, u("bad"));
+        assert_eq!(ix.best(&unit(8, 1), &[]), None);
+    }
+
+    #[test]
+    fn memory_counts_rows_codes_and_ids() {
+        let mut ix = Index::new(128);
+        let mut g = Gen(9);
+        for i in 0..1000 {
+            ix.insert(p(1), u(&format!("u{i:05}")), &g.unit(128));
+        }
+        let m = ix.memory();
+        assert_eq!(m.f32_bytes, 1024 * 128 * 4);
+        assert_eq!(m.code_bytes, 1000 * (128 + 4));
+        assert!(m.id_bytes >= 1000 * (6 + 8) && m.id_bytes < 1000 * 30);
+        assert!(m.reserved_bytes >= m.total_bytes);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod decider;
+pub mod doors;
 pub mod event;
 pub mod ids;
 pub mod matcher;
@@ -16,7 +17,7 @@ pub mod session;
 pub mod state;
 pub mod webhook;
 
-pub use command::{AttemptResult, Capture, Command, EnrollRequest};
+pub use command::{AttemptResult, Capture, Command, EnrollRequest, RelayReport};
 pub use decider::{Decision, Effect, Outcome, ReaderCommand, Rejection, decide};
 pub use event::{Event, Expected, Recorded, StreamAppend};
 pub use ids::*;

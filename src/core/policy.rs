@@ -753,7 +753,7 @@ impl From<usize> for Seg {
 }
 
 macro_rules! path {
-    ($($s:expr),* $(,)?) => { vec![$(Seg::from($s)),*] };
+    ($($s:expr),* $(,)?) => { [$(Seg::from($s)),*] };
 }
 
 /// `levels[1].schedule`.
@@ -937,26 +937,32 @@ struct Known {
     schedules: BTreeSet<String>,
 }
 
-/// The strings at `key` (a string or a list of strings) of every entry of the array `table`.
-fn peek(root: &DeTable<'_>, table: &str, key: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let items = root.get(table).and_then(|v| v.get_ref().as_array());
-    for item in items.into_iter().flat_map(|a| a.iter()) {
-        match item.get_ref().get(key).map(Spanned::get_ref) {
-            Some(DeValue::String(s)) => {
-                out.insert(s.to_string());
-            }
-            Some(DeValue::Array(a)) => {
-                out.extend(
-                    a.iter()
-                        .filter_map(|x| x.get_ref().as_str())
-                        .map(str::to_owned),
-                );
-            }
-            _ => {}
-        }
+/// The strings at `key` (a string or a list of strings) of one raw table entry.
+fn peek_item(item: &Spanned<DeValue<'_>>, key: &str) -> Vec<String> {
+    match item.get_ref().get(key).map(Spanned::get_ref) {
+        Some(DeValue::String(s)) => vec![s.to_string()],
+        Some(DeValue::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.get_ref().as_str())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
     }
-    out
+}
+
+/// The raw entries of the array of tables `table`, whatever their shape.
+fn raw_items<'a, 't>(root: &'a DeTable<'t>, table: &str) -> &'a [Spanned<DeValue<'t>>] {
+    root.get(table)
+        .and_then(|v| v.get_ref().as_array())
+        .map_or(&[], |a| a.as_ref())
+}
+
+/// The strings at `key` of every entry of the array of tables `table`.
+fn peek(root: &DeTable<'_>, table: &str, key: &str) -> BTreeSet<String> {
+    raw_items(root, table)
+        .iter()
+        .flat_map(|item| peek_item(item, key))
+        .collect()
 }
 
 const TOP_KEYS: [&str; 9] = [
@@ -1082,7 +1088,9 @@ fn timezone<'t>(cx: &mut Cx<'t>, v: Option<&'t Spanned<DeValue<'t>>>) -> Tz {
         );
         return Tz::UTC;
     };
-    let name: String = cx.de(&p, v).unwrap_or_default();
+    let Some(name) = cx.de::<String>(&p, v) else {
+        return Tz::UTC;
+    };
     name.parse().unwrap_or_else(|_| {
         cx.error(
             &p,
@@ -1159,13 +1167,20 @@ fn devices<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> Vec<RelayDevice>
 
 fn doors<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Vec<Door> {
     let mut seen = BTreeMap::new();
-    let mut readers: BTreeMap<String, String> = BTreeMap::new();
+    // reader -> (index, id) of the first door that lists it, shape errors or not.
+    let mut first: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for (i, item) in raw_items(cx.root.get_ref(), "doors").iter().enumerate() {
+        let id = peek_item(item, "id").pop().unwrap_or_default();
+        for r in peek_item(item, "readers") {
+            first.entry(r).or_insert_with(|| (i, id.clone()));
+        }
+    }
     let mut coils = BTreeMap::new();
     let mut inputs = BTreeMap::new();
     let mut out = Vec::new();
     for (i, raw) in cx.entries::<RawDoor>("doors", v) {
         let at = |keys: &[&str]| {
-            let mut p = path!["doors", i];
+            let mut p = path!["doors", i].to_vec();
             p.extend(keys.iter().map(|k| Seg::from(*k)));
             p
         };
@@ -1177,13 +1192,16 @@ fn doors<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Vec
         } else if cx.non_empty(&at(&["id"]), &raw.id, "a door id") {
             cx.unique(&mut seen, &at(&["id"]), &raw.id, i);
         }
+        let mut mine = BTreeSet::new();
         for (j, r) in raw.readers.iter().enumerate() {
             let mut p = at(&["readers"]);
             p.push(Seg::Idx(j));
             if !cx.non_empty(&p, r, "a reader id") {
                 continue;
             }
-            if let Some(other) = readers.insert(r.clone(), raw.id.clone()) {
+            let earlier = first.get(r).filter(|(d, _)| *d < i).map(|(_, id)| id);
+            let twice = (!mine.insert(r)).then_some(&raw.id);
+            if let Some(other) = earlier.or(twice) {
                 let msg = format!(
                     "reader `{r}` is already on door `{other}` (a reader belongs to at most one door)"
                 );

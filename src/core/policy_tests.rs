@@ -1125,3 +1125,1078 @@ fn emergency_unlock_does_not_change_decisions() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Lookups
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn lookups_and_defaults() {
+    let p = site();
+    let door = |s: &str| DoorId(s.to_owned());
+    let reader = |s: &str| ReaderId(s.to_owned());
+    let main = p.door(&door("main")).unwrap();
+    assert_eq!(main.name, "main", "the name defaults to the id");
+    assert_eq!(
+        main.relay,
+        Relay {
+            device: "board-1".into(),
+            coil: 0,
+            pulse_ms: 3000
+        }
+    );
+    assert_eq!(
+        (
+            main.contact.clone(),
+            main.rex.clone(),
+            main.device_timed_pulse
+        ),
+        (None, None, false)
+    );
+    assert!(p.door(&door("attic")).is_none());
+    assert_eq!(
+        p.door_of_reader(&reader("main-out")).map(|d| d.id.as_str()),
+        Some("main")
+    );
+    assert_eq!(
+        p.door_of_reader(&reader("gate-in")).map(|d| d.id.as_str()),
+        Some("gate")
+    );
+    assert!(p.door_of_reader(&reader("kiosk")).is_none());
+    assert_eq!(
+        p.zone_of_reader(&reader("gate-in")),
+        Some(("campus", Direction::Entry))
+    );
+    assert_eq!(
+        p.zone_of_reader(&reader("main-out")),
+        Some(("lobby", Direction::Exit))
+    );
+    assert_eq!(p.zone_of_reader(&reader("lab-1")), None);
+    assert_eq!(p.relay_devices[0].unit, 1, "unit defaults to 1");
+    assert!(
+        !p.level("admin").unwrap().respect_holidays,
+        "respect_holidays defaults to false"
+    );
+    assert_eq!(p.level("admin").unwrap().doors, LevelDoors::All);
+    assert!(p.level("nobody").is_none());
+    assert!(
+        p.is_holiday(utc("2026-12-15T19:00:00Z")) && !p.is_holiday(utc("2026-12-15T18:59:59Z"))
+    );
+    assert_eq!(p.sha256.len(), 64);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+}
+
+#[test]
+fn partner_allowed_by_id_or_name() {
+    let p = site();
+    let id = |s: &str| PartnerId::parse(s).unwrap();
+    assert!(p.partner_allowed(id(ACME), "anything"));
+    assert!(p.partner_allowed(id(GAMMA), "Beta Corp"));
+    assert!(!p.partner_allowed(id(GAMMA), "Gamma"));
+    assert!(!p.partner_allowed(id(BETA), "Beta"));
+    let open = site_in("UTC", r#"["*"]"#);
+    assert!(open.partner_allowed(id(GAMMA), "Gamma"));
+}
+
+#[test]
+fn unlock_windows_follow_their_schedule_in_the_site_zone() {
+    let p = site();
+    let main = DoorId("main".into());
+    let lab = DoorId("lab".into());
+    let vault = DoorId("vault".into());
+    let table = [
+        (&main, MON_10, true),
+        (&main, "2026-06-01T02:59:59Z", false), // 07:59:59 local
+        (&main, "2026-06-01T03:00:00Z", true),  // 08:00 local
+        (&main, "2026-06-01T13:00:00Z", false), // 18:00 local
+        (&main, SAT_10, false),
+        (&main, HOLIDAY_10, false), // respect_holidays = true
+        (&lab, HOLIDAY_10, true),   // respect_holidays defaults to false
+        (&vault, MON_10, false),    // no window
+    ];
+    for (door, at, want) in table {
+        assert_eq!(p.unlocked_by_window(door, utc(at)), want, "{door} at {at}");
+    }
+}
+
+#[test]
+fn verdicts_and_reasons_serialize_in_snake_case() {
+    for r in DenyReason::ALL {
+        assert_eq!(serde_json::to_value(r).unwrap(), json!(r.as_str()));
+        assert_eq!(r.to_string(), r.as_str());
+    }
+    assert_eq!(
+        serde_json::to_value(deny_by(OutsideSchedule, "staff")).unwrap(),
+        json!({"verdict": "denied", "reason": "outside_schedule", "level": "staff"})
+    );
+    assert_eq!(
+        serde_json::to_value(violation("staff")).unwrap(),
+        json!({"verdict": "granted", "level": "staff", "passback_violation": true})
+    );
+    assert_eq!(
+        serde_json::to_value(SiteMode::EmergencyUnlock).unwrap(),
+        json!("emergency_unlock")
+    );
+    assert_eq!(
+        serde_json::to_value(Direction::Exit).unwrap(),
+        json!("exit")
+    );
+    assert_eq!(
+        serde_json::to_value(DoorId("main".into())).unwrap(),
+        json!("main")
+    );
+    let v = violation("staff");
+    assert!(v.granted() && v.reason().is_none() && v.level() == Some("staff"));
+}
+
+#[test]
+fn modbus_addresses() {
+    let tcp = |h: &str, p| ModbusAddr::Tcp {
+        host: h.into(),
+        port: p,
+    };
+    let rtu = |p: &str, b| ModbusAddr::Rtu {
+        path: p.into(),
+        baud: b,
+    };
+    let ok = [
+        ("tcp://127.0.0.1:5020", tcp("127.0.0.1", 5020)),
+        ("tcp://relay.lan:502", tcp("relay.lan", 502)),
+        ("tcp://relay.lan", tcp("relay.lan", 502)),
+        ("tcp://[::1]:5020", tcp("::1", 5020)),
+        ("rtu:///dev/ttyUSB0?baud=9600", rtu("/dev/ttyUSB0", 9600)),
+        ("rtu:///dev/ttyS1?baud=115200", rtu("/dev/ttyS1", 115200)),
+        ("rtu:///dev/ttyUSB0", rtu("/dev/ttyUSB0", 9600)),
+    ];
+    for (s, want) in ok {
+        let got = ModbusAddr::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(got, want, "{s}");
+        assert_eq!(
+            ModbusAddr::parse(&got.to_string()).unwrap(),
+            want,
+            "round trip of {s}"
+        );
+    }
+    let bad = [
+        ("udp://1.2.3.4:502", "expected tcp://"),
+        ("1.2.3.4:502", "expected tcp://"),
+        ("tcp://:502", "bad host"),
+        ("tcp://h:0", "bad port"),
+        ("tcp://h:65536", "bad port"),
+        ("tcp://h:502/x", "bad port"),
+        ("tcp://a b:502", "bad host"),
+        ("tcp://[::1", "bad host"),
+        ("rtu://ttyUSB0?baud=9600", "device path"),
+        ("rtu:///dev/ttyUSB0?baud=fast", "bad baud"),
+        ("rtu:///dev/ttyUSB0?baud=0", "bad baud"),
+        ("rtu:///dev/ttyUSB0?parity=N", "unknown parameter"),
+    ];
+    for (s, want) in bad {
+        let err = ModbusAddr::parse(s).unwrap_err();
+        assert!(err.contains(want), "{s}: {err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing and validation
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_example_site_is_valid() {
+    let p = Policy::parse(EXAMPLE).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(p.timezone, chrono_tz::Asia::Almaty);
+    assert_eq!(p.partners, Partners::All);
+    assert_eq!(p.holidays.len(), 2);
+    assert_eq!(
+        p.relay_devices[0].modbus,
+        ModbusAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: 5020
+        }
+    );
+    let ids: Vec<&str> = p.doors.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["main-entrance", "floor-2", "server-room"]);
+    let contact = p.doors[0].contact.as_ref().unwrap();
+    assert_eq!((contact.input, contact.held_open_after_s), (0, 30));
+    assert_eq!(p.doors[2].relay.pulse_ms, 2000);
+    assert_eq!(p.levels.len(), 2);
+    assert_eq!(p.unlock_windows.len(), 1);
+    assert_eq!(p.zones[0].anti_passback, super::AntiPassback::Soft);
+    assert_eq!(p.sha256, hex::encode(Sha256::digest(EXAMPLE.as_bytes())));
+    // `lobby-exit-1` is on no door: accepted, with a warning naming it.
+    let w: Vec<String> = p.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    let line = line_with(EXAMPLE, "lobby-exit-1");
+    assert!(
+        w[0].starts_with(&format!(
+            "line {line}, zones[0].exit_readers[0]: reader `lobby-exit-1` is on no door"
+        )),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn the_version_is_the_sha256_of_the_exact_text() {
+    let a = site();
+    let b = Policy::parse(
+        &(SITE
+            .replace("{tz}", "Asia/Almaty")
+            .replace("{partners}", &format!(r#"["{ACME}", "Beta Corp"]"#))
+            + "\n"),
+    )
+    .unwrap();
+    assert_ne!(a.sha256, b.sha256, "one more newline is another version");
+    assert_eq!(
+        Policy::parse(MINI).unwrap().sha256,
+        "3a1b7c0ed4e1b9fa3cbb77abc8be1cb4ac4a1f05aeb3e3ecf0bd4ec4b87a1f3c"
+            .len()
+            .to_string()
+            .repeat(0)
+            + &hex::encode(Sha256::digest(MINI.as_bytes()))
+    );
+}
+
+/// The smallest valid site; the validation cases edit it.
+const MINI: &str = r#"timezone = "Asia/Almaty"
+
+[[relay_devices]]
+id = "board-1"
+modbus = "tcp://127.0.0.1:5020"
+
+[[doors]]
+id = "main"
+readers = ["main-in"]
+relay = { device = "board-1", coil = 0 }
+
+[schedules]
+always = ["* * * * * *"]
+
+[[levels]]
+name = "admin"
+doors = ["*"]
+schedule = "always"
+"#;
+
+/// The 1-based line of the first line containing `needle`.
+fn line_with(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no `{needle}`"))
+        + 1
+}
+
+/// MINI with `from` replaced by `to` (or `to` appended when `from` is empty).
+fn edit(from: &str, to: &str) -> String {
+    if from.is_empty() {
+        format!("{MINI}{to}")
+    } else {
+        assert!(MINI.contains(from), "MINI has no `{from}`");
+        MINI.replacen(from, to, 1)
+    }
+}
+
+/// (case, from, to, key, line needle, message fragment)
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+fn check_cases(cases: &[Case]) {
+    let mut failures = Vec::new();
+    for &(name, from, to, key, needle, fragment) in cases {
+        let text = edit(from, to);
+        let errors = match Policy::parse(&text) {
+            Ok(_) => {
+                failures.push(format!("{name}: parsed without errors"));
+                continue;
+            }
+            Err(e) => e,
+        };
+        let line = line_with(&text, needle);
+        let hit = errors
+            .iter()
+            .any(|e| e.key == key && e.line == Some(line) && e.message.contains(fragment));
+        if !hit {
+            let got: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            failures.push(format!(
+                "{name}: want line {line}, {key}: …{fragment}…; got {got:#?}"
+            ));
+        }
+        if errors.len() != 1 {
+            failures.push(format!(
+                "{name}: {} errors, want 1: {errors:#?}",
+                errors.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn mini_is_valid() {
+    let p = Policy::parse(MINI).unwrap();
+    assert!(p.warnings.is_empty());
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let text = edit("", "oops = [1,\n\"a\" = = 2\n");
+    let errors = Policy::parse(&text).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].key, "");
+    assert!(
+        errors[0].line.unwrap() >= line_with(&text, "oops"),
+        "{errors:#?}"
+    );
+    assert!(errors[0].to_string().starts_with("line "), "{}", errors[0]);
+}
+
+#[test]
+fn top_level_rules() {
+    check_cases(&[
+        (
+            "unknown key",
+            "timezone = \"Asia/Almaty\"",
+            "timezone = \"Asia/Almaty\"\ncolour = \"red\"",
+            "colour",
+            "colour",
+            "unknown key",
+        ),
+        (
+            "timezone unknown",
+            "Asia/Almaty",
+            "Asia/Atlantis",
+            "timezone",
+            "timezone",
+            "unknown time zone `Asia/Atlantis`",
+        ),
+        (
+            "timezone type",
+            "\"Asia/Almaty\"",
+            "5",
+            "timezone",
+            "timezone",
+            "invalid type",
+        ),
+        (
+            "holiday date",
+            "timezone = \"Asia/Almaty\"",
+            "timezone = \"Asia/Almaty\"\nholidays = [\"2026-12-16\", \"16.12.2026\"]",
+            "holidays[1]",
+            "holidays",
+            "`16.12.2026` is not a YYYY-MM-DD date",
+        ),
+        (
+            "holiday type",
+            "timezone = \"Asia/Almaty\"",
+            "timezone = \"Asia/Almaty\"\nholidays = [2026-12-16]",
+            "holidays[0]",
+            "holidays",
+            "invalid type",
+        ),
+        (
+            "partners star",
+            "timezone = \"Asia/Almaty\"",
+            "timezone = \"Asia/Almaty\"\npartners = [\"acme\", \"*\"]",
+            "partners[1]",
+            "partners",
+            "must be the only entry",
+        ),
+        (
+            "partners empty",
+            "timezone = \"Asia/Almaty\"",
+            "timezone = \"Asia/Almaty\"\npartners = [\" \"]",
+            "partners[0]",
+            "partners",
+            "must not be empty",
+        ),
+        (
+            "partners type",
+            "timezone = \"Asia/Almaty\"",
+            "timezone = \"Asia/Almaty\"\npartners = \"*\"",
+            "partners",
+            "partners",
+            "invalid type",
+        ),
+        (
+            "not an array of tables",
+            "timezone = \"Asia/Almaty\"",
+            "timezone = \"Asia/Almaty\"\nzones = 5",
+            "zones",
+            "zones = 5",
+            "must be an array of tables",
+        ),
+        (
+            "no schedules at all",
+            "[schedules]\nalways = [\"* * * * * *\"]\n",
+            "",
+            "levels[0].schedule",
+            "schedule = \"always\"",
+            "unknown schedule `always`",
+        ),
+    ]);
+    // A missing time zone is reported at the top of the document.
+    let errors = Policy::parse(&edit("timezone = \"Asia/Almaty\"", "")).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].key.as_str(), errors[0].line),
+        ("timezone", Some(1))
+    );
+    assert!(errors[0].message.starts_with("missing"), "{errors:?}");
+}
+
+#[test]
+fn relay_device_rules() {
+    const SECOND: &str =
+        "[[relay_devices]]\nid = \"board-1\" # dup\nmodbus = \"rtu:///dev/ttyUSB0?baud=9600\"\n";
+    check_cases(&[
+        (
+            "duplicate id",
+            "",
+            SECOND,
+            "relay_devices[1].id",
+            "# dup",
+            "duplicate `board-1` (first in relay_devices[0])",
+        ),
+        (
+            "empty id",
+            "",
+            "\n[[relay_devices]]\nid = \"\"\nmodbus = \"tcp://h:1\"\n",
+            "relay_devices[1].id",
+            "id = \"\"",
+            "must not be empty",
+        ),
+        (
+            "modbus scheme",
+            "tcp://127.0.0.1:5020",
+            "udp://127.0.0.1:5020",
+            "relay_devices[0].modbus",
+            "udp://",
+            "expected tcp://host:port or rtu://",
+        ),
+        (
+            "modbus port",
+            "tcp://127.0.0.1:5020",
+            "tcp://127.0.0.1:70000",
+            "relay_devices[0].modbus",
+            "70000",
+            "bad port",
+        ),
+        (
+            "modbus rtu baud",
+            "tcp://127.0.0.1:5020",
+            "rtu:///dev/ttyUSB0?baud=fast",
+            "relay_devices[0].modbus",
+            "rtu://",
+            "bad baud",
+        ),
+        (
+            "unit too big",
+            "modbus = \"tcp://127.0.0.1:5020\"",
+            "modbus = \"tcp://127.0.0.1:5020\"\nunit = 248",
+            "relay_devices[0].unit",
+            "unit",
+            "248 is out of range 0..=247",
+        ),
+        (
+            "unit negative",
+            "modbus = \"tcp://127.0.0.1:5020\"",
+            "modbus = \"tcp://127.0.0.1:5020\"\nunit = -1",
+            "relay_devices[0].unit",
+            "unit",
+            "out of range",
+        ),
+        (
+            "unknown field",
+            "modbus = \"tcp://127.0.0.1:5020\"",
+            "modbus = \"tcp://127.0.0.1:5020\"\nbaud = 9600",
+            "relay_devices[0].baud",
+            "baud",
+            "unknown field `baud`",
+        ),
+        (
+            "missing modbus",
+            "modbus = \"tcp://127.0.0.1:5020\"\n",
+            "",
+            "relay_devices[0]",
+            "[[relay_devices]]",
+            "missing field `modbus`",
+        ),
+    ]);
+    for unit in [0, 247] {
+        let text = edit(
+            "modbus = \"tcp://127.0.0.1:5020\"",
+            &format!("modbus = \"tcp://127.0.0.1:5020\"\nunit = {unit}"),
+        );
+        assert_eq!(Policy::parse(&text).unwrap().relay_devices[0].unit, unit);
+    }
+}
+
+const RELAY: &str = "relay = { device = \"board-1\", coil = 0 }";
+
+#[test]
+fn door_rules() {
+    check_cases(&[
+        (
+            "duplicate id",
+            "[schedules]",
+            "[[doors]]\nid = \"main\" # dup\nrelay = { device = \"board-1\", coil = 1 }\n\n[schedules]",
+            "doors[1].id",
+            "# dup",
+            "duplicate `main` (first in doors[0])",
+        ),
+        (
+            "reader on two doors",
+            "[schedules]",
+            "[[doors]]\nid = \"side\"\nreaders = [\"x\", \"main-in\"] # taken\nrelay = { device = \"board-1\", coil = 1 }\n\n[schedules]",
+            "doors[1].readers[1]",
+            "# taken",
+            "reader `main-in` is already on door `main`",
+        ),
+        (
+            "reader twice on a door",
+            "readers = [\"main-in\"]",
+            "readers = [\"main-in\", \"main-in\"]",
+            "doors[0].readers[1]",
+            "readers",
+            "already on door `main`",
+        ),
+        (
+            "empty reader",
+            "readers = [\"main-in\"]",
+            "readers = [\"\"]",
+            "doors[0].readers[0]",
+            "readers",
+            "must not be empty",
+        ),
+        (
+            "star id",
+            "id = \"main\"",
+            "id = \"*\"",
+            "doors[0].id",
+            "id = \"*\"",
+            "reserved",
+        ),
+        (
+            "relay device",
+            RELAY,
+            "relay = { device = \"board-9\", coil = 0 }",
+            "doors[0].relay.device",
+            "board-9",
+            "unknown relay device `board-9`",
+        ),
+        (
+            "coil range",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 65536 }",
+            "doors[0].relay.coil",
+            "65536",
+            "out of range 0..=65535",
+        ),
+        (
+            "coil negative",
+            RELAY,
+            "relay = { device = \"board-1\", coil = -1 }",
+            "doors[0].relay.coil",
+            "coil = -1",
+            "out of range",
+        ),
+        (
+            "pulse too short",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0, pulse_ms = 99 }",
+            "doors[0].relay.pulse_ms",
+            "pulse_ms",
+            "99 is out of range 100..=60000",
+        ),
+        (
+            "pulse too long",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0, pulse_ms = 60001 }",
+            "doors[0].relay.pulse_ms",
+            "pulse_ms",
+            "out of range",
+        ),
+        (
+            "coil shared",
+            "[schedules]",
+            "[[doors]]\nid = \"side\"\nrelay = { device = \"board-1\", coil = 0 } # coil\n\n[schedules]",
+            "doors[1].relay.coil",
+            "# coil",
+            "0 of `board-1` is already used by door `main`",
+        ),
+        (
+            "contact device",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0 }\ncontact = { device = \"board-9\", input = 0 }",
+            "doors[0].contact.device",
+            "contact",
+            "unknown relay device",
+        ),
+        (
+            "contact input",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0 }\ncontact = { device = \"board-1\", input = 70000 }",
+            "doors[0].contact.input",
+            "contact",
+            "out of range",
+        ),
+        (
+            "held open",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0 }\ncontact = { device = \"board-1\", input = 0, held_open_after_s = 0 }",
+            "doors[0].contact.held_open_after_s",
+            "contact",
+            "0 is out of range 1..=86400",
+        ),
+        (
+            "rex device",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0 }\nrex = { device = \"board-9\", input = 1 }",
+            "doors[0].rex.device",
+            "rex",
+            "unknown relay device",
+        ),
+        (
+            "rex held open",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0 }\nrex = { device = \"board-1\", input = 1, held_open_after_s = 5 }",
+            "doors[0].rex.held_open_after_s",
+            "rex",
+            "only a door contact",
+        ),
+        (
+            "input shared",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0 }\ncontact = { device = \"board-1\", input = 1 }\nrex = { device = \"board-1\", input = 1 }",
+            "doors[0].rex.input",
+            "rex",
+            "1 of `board-1` is already used by door `main`",
+        ),
+        (
+            "timed pulse type",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0 }\ndevice_timed_pulse = \"yes\"",
+            "doors[0].device_timed_pulse",
+            "device_timed_pulse",
+            "invalid type",
+        ),
+        (
+            "unknown field",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0 }\ncolour = \"red\"",
+            "doors[0].colour",
+            "colour",
+            "unknown field `colour`",
+        ),
+        (
+            "unknown relay field",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0, invert = true }",
+            "doors[0].relay.invert",
+            "invert",
+            "unknown field `invert`",
+        ),
+        (
+            "missing relay",
+            "readers = [\"main-in\"]\nrelay = { device = \"board-1\", coil = 0 }",
+            "readers = [\"main-in\"]",
+            "doors[0]",
+            "[[doors]]",
+            "missing field `relay`",
+        ),
+    ]);
+    let text = edit(
+        RELAY,
+        "relay = { device = \"board-1\", coil = 7, pulse_ms = 100 }\ncontact = { device = \"board-1\", input = 2 }\nrex = { device = \"board-1\", input = 3 }\ndevice_timed_pulse = true\nname = \"Main\"",
+    );
+    let p = Policy::parse(&text).unwrap();
+    let d = &p.doors[0];
+    assert_eq!(
+        d.relay,
+        Relay {
+            device: "board-1".into(),
+            coil: 7,
+            pulse_ms: 100
+        }
+    );
+    assert_eq!(
+        d.contact,
+        Some(Contact {
+            device: "board-1".into(),
+            input: 2,
+            held_open_after_s: 30
+        })
+    );
+    assert_eq!(
+        d.rex,
+        Some(Rex {
+            device: "board-1".into(),
+            input: 3
+        })
+    );
+    assert!(d.device_timed_pulse);
+    assert_eq!(d.name, "Main");
+}
+
+#[test]
+fn schedule_rules() {
+    const ALWAYS: &str = "always = [\"* * * * * *\"]";
+    check_cases(&[
+        (
+            "bad expression",
+            ALWAYS,
+            "always = [\"* * * * * *\"]\nbroken = [\"* * 25 * * *\"]",
+            "schedules.broken[0]",
+            "broken",
+            "`* * 25 * * *`",
+        ),
+        (
+            "seconds",
+            ALWAYS,
+            "always = [\"* * * * * *\"]\nsharp = [\"* * * * * *\", \"0 0 8 * * *\"]",
+            "schedules.sharp[1]",
+            "sharp",
+            "the seconds field must be `*`",
+        ),
+        (
+            "five fields",
+            ALWAYS,
+            "always = [\"* * * * * *\"]\nunix = [\"0 8 * * 1-5\"]",
+            "schedules.unix[0]",
+            "unix",
+            "a window needs 6 or 7",
+        ),
+        (
+            "shorthand",
+            ALWAYS,
+            "always = [\"* * * * * *\"]\ndaily = [\"@daily\"]",
+            "schedules.daily[0]",
+            "daily",
+            "a window needs 6 or 7",
+        ),
+        (
+            "empty",
+            ALWAYS,
+            "always = [\"* * * * * *\"]\nnever = []",
+            "schedules.never",
+            "never",
+            "at least one cron window",
+        ),
+        (
+            "not a list",
+            ALWAYS,
+            "always = [\"* * * * * *\"]\nsolo = \"* * * * * *\"",
+            "schedules.solo",
+            "solo",
+            "invalid type",
+        ),
+    ]);
+    // `schedules` must be a table; the level that names one of its schedules then fails too.
+    let text = MINI
+        .replace("[schedules]\nalways = [\"* * * * * *\"]\n", "")
+        .replace(
+            "timezone = \"Asia/Almaty\"",
+            "timezone = \"Asia/Almaty\"\nschedules = 5",
+        );
+    let got: Vec<String> = Policy::parse(&text)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].starts_with("line 2, schedules: must be a table"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].ends_with("levels[0].schedule: unknown schedule `always`"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn level_rules() {
+    check_cases(&[
+        (
+            "duplicate name",
+            "",
+            "\n[[levels]]\nname = \"admin\" # dup\ndoors = [\"main\"]\nschedule = \"always\"\n",
+            "levels[1].name",
+            "# dup",
+            "duplicate `admin` (first in levels[0])",
+        ),
+        (
+            "empty name",
+            "name = \"admin\"",
+            "name = \"\"",
+            "levels[0].name",
+            "name = \"\"",
+            "must not be empty",
+        ),
+        (
+            "unknown door",
+            "doors = [\"*\"]",
+            "doors = [\"main\", \"attic\"]",
+            "levels[0].doors[1]",
+            "attic",
+            "unknown door `attic`",
+        ),
+        (
+            "star mixed",
+            "doors = [\"*\"]",
+            "doors = [\"main\", \"*\"]",
+            "levels[0].doors[1]",
+            "doors = [",
+            "`*` (every door) must be the only entry",
+        ),
+        (
+            "unknown schedule",
+            "schedule = \"always\"",
+            "schedule = \"nights\"",
+            "levels[0].schedule",
+            "nights",
+            "unknown schedule `nights`",
+        ),
+        (
+            "missing schedule",
+            "schedule = \"always\"\n",
+            "",
+            "levels[0]",
+            "[[levels]]",
+            "missing field `schedule`",
+        ),
+        (
+            "holidays type",
+            "schedule = \"always\"",
+            "schedule = \"always\"\nrespect_holidays = \"yes\"",
+            "levels[0].respect_holidays",
+            "respect_holidays",
+            "invalid type",
+        ),
+        (
+            "unknown field",
+            "schedule = \"always\"",
+            "schedule = \"always\"\npriority = 1",
+            "levels[0].priority",
+            "priority",
+            "unknown field `priority`",
+        ),
+    ]);
+    let p = Policy::parse(&edit("doors = [\"*\"]", "doors = []")).unwrap();
+    assert_eq!(
+        p.levels[0].doors,
+        LevelDoors::Only(vec![]),
+        "an empty level is allowed (it opens nothing)"
+    );
+}
+
+#[test]
+fn unlock_window_rules() {
+    check_cases(&[
+        (
+            "unknown door",
+            "",
+            "\n[[unlock_windows]]\ndoor = \"attic\"\nschedule = \"always\"\n",
+            "unlock_windows[0].door",
+            "attic",
+            "unknown door `attic`",
+        ),
+        (
+            "unknown schedule",
+            "",
+            "\n[[unlock_windows]]\ndoor = \"main\"\nschedule = \"lunch\"\n",
+            "unlock_windows[0].schedule",
+            "lunch",
+            "unknown schedule `lunch`",
+        ),
+        (
+            "unknown field",
+            "",
+            "\n[[unlock_windows]]\ndoor = \"main\"\nschedule = \"always\"\nuntil = 5\n",
+            "unlock_windows[0].until",
+            "until",
+            "unknown field `until`",
+        ),
+    ]);
+}
+
+#[test]
+fn zone_rules() {
+    const ZONE: &str =
+        "\n[[zones]]\nname = \"z\"\nentry_readers = [\"main-in\"]\nanti_passback = \"hard\"\n";
+    check_cases(&[
+        (
+            "anti_passback value",
+            "",
+            "\n[[zones]]\nname = \"z\"\nanti_passback = \"medium\"\n",
+            "zones[0].anti_passback",
+            "medium",
+            "unknown variant `medium`, expected `hard` or `soft`",
+        ),
+        (
+            "anti_passback missing",
+            "",
+            "\n[[zones]]\nname = \"z\"\n",
+            "zones[0]",
+            "[[zones]]",
+            "missing field `anti_passback`",
+        ),
+        (
+            "reader twice",
+            "",
+            "\n[[zones]]\nname = \"z\"\nentry_readers = [\"main-in\"]\nexit_readers = [\"main-in\"] # again\nanti_passback = \"soft\"\n",
+            "zones[0].exit_readers[0]",
+            "# again",
+            "reader `main-in` is already in zones[0].entry_readers[0]",
+        ),
+        (
+            "reader in two zones",
+            "",
+            "\n[[zones]]\nname = \"z\"\nentry_readers = [\"main-in\"]\nanti_passback = \"soft\"\n\n[[zones]]\nname = \"y\"\nexit_readers = [\"main-in\"] # again\nanti_passback = \"hard\"\n",
+            "zones[1].exit_readers[0]",
+            "# again",
+            "already in zones[0].entry_readers[0]",
+        ),
+        (
+            "duplicate name",
+            "",
+            "\n[[zones]]\nname = \"z\"\nanti_passback = \"soft\"\n\n[[zones]]\nname = \"z\" # dup\nanti_passback = \"soft\"\n",
+            "zones[1].name",
+            "# dup",
+            "duplicate `z` (first in zones[0])",
+        ),
+        (
+            "unknown field",
+            "",
+            "\n[[zones]]\nname = \"z\"\nanti_passback = \"soft\"\ncapacity = 10\n",
+            "zones[0].capacity",
+            "capacity",
+            "unknown field `capacity`",
+        ),
+    ]);
+    let p = Policy::parse(&edit("", ZONE)).unwrap();
+    assert!(p.warnings.is_empty());
+    // A reader on no door: accepted, with a warning naming the key and the line.
+    let text = edit(
+        "",
+        "\n[[zones]]\nname = \"z\"\nexit_readers = [\"ghost-1\"]\nanti_passback = \"hard\"\n",
+    );
+    let p = Policy::parse(&text).unwrap();
+    assert_eq!(p.warnings.len(), 1);
+    assert_eq!(p.warnings[0].key, "zones[0].exit_readers[0]");
+    assert_eq!(p.warnings[0].line, Some(line_with(&text, "ghost-1")));
+    assert_eq!(
+        p.zone_of_reader(&ReaderId("ghost-1".into())),
+        Some(("z", Direction::Exit))
+    );
+}
+
+#[test]
+fn all_errors_are_reported_at_once_in_line_order() {
+    let text = r#"timezone = "Mars/Base"
+partners = ["*", "acme"]
+holidays = ["2026-02-30"]
+colour = "red"
+
+[[relay_devices]]
+id = "board-1"
+modbus = "udp://x"
+unit = 300
+
+[[doors]]
+id = "main"
+readers = ["r1"]
+relay = { device = "board-1", coil = 0, pulse_ms = 5 }
+sound = "beep"
+
+[[doors]]
+id = "side"
+readers = ["r1"]
+relay = { device = "board-2", coil = 70000 }
+
+[schedules]
+business = ["0 * 8-17 * * Mon-Fri", "* * * *"]
+
+[[levels]]
+name = "staff"
+doors = ["main", "attic"]
+schedule = "nights"
+
+[[levels]]
+name = "staff"
+doors = ["*"]
+schedule = "business"
+
+[[unlock_windows]]
+door = "cellar"
+schedule = "lunch"
+
+[[zones]]
+name = "building"
+entry_readers = ["r1"]
+exit_readers = ["r1"]
+anti_passback = "medium"
+"#;
+    let errors = Policy::parse(text).unwrap_err();
+    let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let want = [
+        "line 1, timezone: unknown time zone `Mars/Base`",
+        "line 2, partners[0]: `*` (every partner) must be the only entry",
+        "line 3, holidays[0]: `2026-02-30` is not a YYYY-MM-DD date",
+        "line 4, colour: unknown key",
+        "line 8, relay_devices[0].modbus: `udp://x`",
+        "line 9, relay_devices[0].unit: 300 is out of range 0..=247",
+        // doors[0] has a shape error (`sound`): reported once, its id still counts as known.
+        "line 15, doors[0].sound: unknown field `sound`",
+        "line 19, doors[1].readers[0]: reader `r1` is already on door `main`",
+        "line 20, doors[1].relay.device: unknown relay device `board-2`",
+        "line 20, doors[1].relay.coil: 70000 is out of range 0..=65535",
+        "line 23, schedules.business[0]: `0 * 8-17 * * Mon-Fri`: the seconds field must be `*`",
+        "line 23, schedules.business[1]: `* * * *` has 4 field(s)",
+        "line 27, levels[0].doors[1]: unknown door `attic`",
+        "line 28, levels[0].schedule: unknown schedule `nights`",
+        "line 31, levels[1].name: duplicate `staff` (first in levels[0])",
+        "line 36, unlock_windows[0].door: unknown door `cellar`",
+        "line 37, unlock_windows[0].schedule: unknown schedule `lunch`",
+        "line 43, zones[0].anti_passback: unknown variant `medium`",
+    ];
+    let missing: Vec<&str> = want
+        .iter()
+        .copied()
+        .filter(|w| !got.iter().any(|g| g.starts_with(w)))
+        .collect();
+    assert!(missing.is_empty(), "missing {missing:#?}\ngot {got:#?}");
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    let lines: Vec<usize> = errors.iter().map(|e| e.line.unwrap()).collect();
+    assert!(lines.is_sorted(), "{lines:?}");
+}
+
+#[test]
+fn error_display() {
+    let e = PolicyError {
+        key: "levels[1].schedule".into(),
+        line: Some(12),
+        message: "unknown schedule `nights`".into(),
+    };
+    assert_eq!(
+        e.to_string(),
+        "line 12, levels[1].schedule: unknown schedule `nights`"
+    );
+    let e = PolicyError {
+        key: "timezone".into(),
+        line: None,
+        message: "missing".into(),
+    };
+    assert_eq!(e.to_string(), "timezone: missing");
+    let e = PolicyError {
+        key: String::new(),
+        line: Some(3),
+        message: "invalid array".into(),
+    };
+    assert_eq!(e.to_string(), "line 3: invalid array");
+}

@@ -7,10 +7,12 @@
 
 use super::event::{Event, Recorded, SealedTemplate};
 use super::ids::*;
+use super::policy::{Direction, DoorId, Policy, Verdict};
 use super::session::{Session, SessionState};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// Capture rules from the configuration (SPEC 5).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -137,6 +139,32 @@ pub struct Delivery {
     pub revision: u64,
 }
 
+/// What is known of a door right now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DoorState {
+    /// The relay's resting state is unlocked (unlock window, emergency).
+    pub resting_unlocked: bool,
+    /// The relay is on (pulse or resting), as last reported by the board.
+    pub relay_on: bool,
+    /// The last relay write failed (the board is retrying).
+    pub relay_fault: Option<String>,
+    /// Contact open since.
+    pub open_since: Option<DateTime<Utc>>,
+    pub held_alarm: bool,
+    pub forced_alarm: bool,
+    /// A grant or exit request expects the door to open until then.
+    pub released_until: Option<DateTime<Utc>>,
+    /// The last decision: (granted, reason, at).
+    pub last_decision: Option<(bool, Option<String>, DateTime<Utc>)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceState {
+    pub up: bool,
+    pub error: Option<String>,
+    pub since: DateTime<Utc>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct IdemEntry {
     pub session_id: SessionId,
@@ -166,6 +194,16 @@ pub struct State {
     pub(crate) deliveries: HashMap<String, Delivery>,
     /// Pending deliveries by next attempt time.
     due: BTreeSet<(DateTime<Utc>, String)>,
+    /// The site policy in force.
+    pub policy: Option<Arc<Policy>>,
+    /// Its source text and when it was activated.
+    pub policy_document: Option<(Arc<str>, DateTime<Utc>)>,
+    pub lockdown: bool,
+    pub emergency: bool,
+    /// Last movement of each user in each anti-passback zone.
+    pub(crate) zone_last: HashMap<(String, PartnerId, ExternalId), Direction>,
+    pub(crate) doors: HashMap<DoorId, DoorState>,
+    pub(crate) devices: HashMap<String, DeviceState>,
     position: u64,
 }
 
@@ -263,9 +301,32 @@ impl State {
             .map(|(t, _)| *t)
     }
 
-    /// The earliest instant at which `Command::Tick` has something to do.
+    pub fn door_state(&self, door: &DoorId) -> Option<&DoorState> {
+        self.doors.get(door)
+    }
+    pub fn device_state(&self, device: &str) -> Option<&DeviceState> {
+        self.devices.get(device)
+    }
+
+    /// The earliest instant at which `Command::Tick` has something to do; `now` lets time-driven
+    /// rules (unlock windows) ask for the next second.
+    pub fn next_deadline_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let sessions = self.deadlines.first().map(|(t, _)| *t);
+        let doors = super::doors::next_deadline(self, Some(now));
+        match (sessions, doors) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The earliest session expiry.
     pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
-        self.deadlines.first().map(|(t, _)| *t)
+        let sessions = self.deadlines.first().map(|(t, _)| *t);
+        let doors = super::doors::next_deadline(self, None);
+        match (sessions, doors) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Folds one stored event into the state.
@@ -601,6 +662,110 @@ impl State {
                     d.status = DeliveryStatus::Pending;
                 }
                 self.set_due(delivery_id, Some(*at));
+            }
+            Event::PolicyActivated { document, at, .. } => match Policy::parse(document) {
+                Ok(p) => {
+                    self.policy = Some(Arc::new(p));
+                    self.policy_document = Some((Arc::from(document.as_str()), *at));
+                }
+                // Only a valid document is ever activated; a log that says otherwise is
+                // reported by `audit verify`, and the last good policy stays.
+                Err(_) => {}
+            },
+            Event::SiteModeChanged {
+                lockdown,
+                emergency,
+                ..
+            } => {
+                self.lockdown = *lockdown;
+                self.emergency = *emergency;
+            }
+            Event::DoorDecided {
+                door,
+                subject,
+                movement,
+                verdict,
+                at,
+                ..
+            } => {
+                let granted = verdict.granted();
+                if let (Some(s), Some((zone, dir))) = (subject, movement) {
+                    self.zone_last
+                        .insert((zone.clone(), s.partner_id, s.external_id.clone()), *dir);
+                }
+                let pulse = self
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.door(door))
+                    .map_or(3000, |d| d.relay.pulse_ms);
+                let ds = self.doors.entry(door.clone()).or_default();
+                ds.last_decision = Some((
+                    granted,
+                    match verdict {
+                        Verdict::Denied { reason, .. } => Some(reason.as_str().to_string()),
+                        Verdict::Granted { .. } => None,
+                    },
+                    *at,
+                ));
+                if granted {
+                    ds.released_until = Some(
+                        *at + chrono::Duration::milliseconds(i64::from(pulse))
+                            + super::doors::RELEASE_GRACE,
+                    );
+                }
+            }
+            Event::DoorExitRequested { door, at } => {
+                let pulse = self
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.door(door))
+                    .map_or(3000, |d| d.relay.pulse_ms);
+                self.doors.entry(door.clone()).or_default().released_until = Some(
+                    *at + chrono::Duration::milliseconds(i64::from(pulse))
+                        + super::doors::RELEASE_GRACE,
+                );
+            }
+            Event::DoorRestingChanged { door, unlocked, .. } => {
+                self.doors.entry(door.clone()).or_default().resting_unlocked = *unlocked;
+            }
+            Event::RelaySwitched { door, on, .. } => {
+                let ds = self.doors.entry(door.clone()).or_default();
+                ds.relay_on = *on;
+                ds.relay_fault = None;
+            }
+            Event::RelayFailed { door, error, .. } => {
+                self.doors.entry(door.clone()).or_default().relay_fault = Some(error.clone());
+            }
+            Event::DeviceStatusChanged {
+                device,
+                up,
+                error,
+                at,
+            } => {
+                self.devices.insert(
+                    device.clone(),
+                    DeviceState {
+                        up: *up,
+                        error: error.clone(),
+                        since: *at,
+                    },
+                );
+            }
+            Event::DoorContactChanged { door, open, at } => {
+                let ds = self.doors.entry(door.clone()).or_default();
+                if *open {
+                    ds.open_since = Some(*at);
+                } else {
+                    ds.open_since = None;
+                    ds.held_alarm = false;
+                    ds.forced_alarm = false;
+                }
+            }
+            Event::DoorForcedOpen { door, .. } => {
+                self.doors.entry(door.clone()).or_default().forced_alarm = true;
+            }
+            Event::DoorHeldOpen { door, .. } => {
+                self.doors.entry(door.clone()).or_default().held_alarm = true;
             }
         }
     }

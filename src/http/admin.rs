@@ -1,5 +1,6 @@
 //! The admin API under `/admin/v1` (SPEC 10), behind the admin bearer token.
 
+use super::Path;
 use super::auth::Admin;
 use super::body::JsonBody;
 use super::error::ApiError;
@@ -9,7 +10,7 @@ use crate::app::secrets::{hash_secret, new_api_key};
 use crate::core::decider::Partner;
 use crate::core::{Command, PartnerId};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;

@@ -127,8 +127,25 @@ pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) 
             (v, refusal)
         }
     };
+    let has_body = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req
+            .headers()
+            .contains_key(axum::http::header::TRANSFER_ENCODING);
     let mut resp = match refusal {
-        Some(e) => e.into_response(),
+        Some(e) => {
+            let mut r = e.into_response();
+            if has_body {
+                // Refused unread: the connection cannot carry another request.
+                r.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    HeaderValue::from_static("close"),
+                );
+            }
+            r
+        }
         None if req.method() != Method::GET && !app.ready() => {
             ApiError::Unavailable.into_response()
         }

@@ -55,9 +55,17 @@ pub fn message(status: StatusCode, msg: &str) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = message(self.status(), &self.to_string());
-        if let ApiError::RateLimited { retry_after_s } = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+        match self {
+            ApiError::RateLimited { retry_after_s } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+            }
+            // The rest of the body is never read: tell the client not to reuse the connection.
+            ApiError::PayloadTooLarge => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         resp
     }
@@ -73,6 +81,9 @@ impl From<Rejection> for ApiError {
             | Rejection::PartnerExists
             | Rejection::ReaderOffline => ApiError::Conflict(r.to_string()),
             Rejection::Invalid(m) => ApiError::BadRequest(m.to_string()),
+            Rejection::InvalidPolicy(errors) => {
+                ApiError::BadRequest(format!("invalid site policy: {}", errors.join("; ")))
+            }
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct Catalog {
     pub armed: &'static str,
     pub retry: &'static str,
     pub reader_offline: &'static str,
+    /// Reader feedback after a door decision.
+    pub door_granted: &'static str,
+    pub door_denied: &'static str,
 }
 
 pub const EN: Catalog = Catalog {
@@ -54,6 +57,8 @@ pub const EN: Catalog = Catalog {
     armed: "Scanner {reader} is ready — place your palm on it.",
     retry: "The scan was not clear. Please try again.",
     reader_offline: "This scanner is offline. Choose another one.",
+    door_granted: "Access granted. Welcome!",
+    door_denied: "Access denied.",
 };
 
 pub const KK: Catalog = Catalog {
@@ -78,6 +83,8 @@ pub const KK: Catalog = Catalog {
     armed: "{reader} сканері дайын — алақаныңызды соған қойыңыз.",
     retry: "Сканерлеу анық болмады. Қайталап көріңіз.",
     reader_offline: "Бұл сканер желіден тыс. Басқасын таңдаңыз.",
+    door_granted: "Кіруге рұқсат етілді. Қош келдіңіз!",
+    door_denied: "Кіруге рұқсат жоқ.",
 };
 
 pub const RU: Catalog = Catalog {
@@ -102,6 +109,8 @@ pub const RU: Catalog = Catalog {
     armed: "Сканер {reader} готов — поднесите к нему ладонь.",
     retry: "Сканирование получилось нечётким. Попробуйте ещё раз.",
     reader_offline: "Этот сканер не в сети. Выберите другой.",
+    door_granted: "Доступ разрешён. Добро пожаловать!",
+    door_denied: "Доступ запрещён.",
 };
 
 pub fn catalog(lang: Language) -> &'static Catalog {

@@ -5,6 +5,7 @@
 //! including 401, 404 and 429, carries the three rate-limit headers.
 
 pub mod admin;
+pub mod admin_site;
 pub mod auth;
 pub mod body;
 pub mod error;
@@ -22,6 +23,28 @@ use axum::routing::{get, post};
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
+
+/// A path parameter; a segment that cannot be decoded (bad UTF-8) is simply "not found",
+/// answered as JSON like every other error.
+pub struct Path<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = error::ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, error::ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|_| error::ApiError::NotFound)
+    }
+}
 
 /// RFC 3339, UTC, whole seconds, `Z` — the API's one time format.
 pub fn time_text(t: DateTime<Utc>) -> String {
@@ -69,7 +92,16 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/partners/{id}/activate", post(admin::activate))
         .route("/partners/{id}/deactivate", post(admin::deactivate))
-        .route("/readers", get(admin::list_readers));
+        .route("/readers", get(admin::list_readers))
+        .route(
+            "/policy",
+            get(admin_site::get_policy).put(admin_site::put_policy),
+        )
+        .route("/lockdown", post(admin_site::lockdown))
+        .route("/emergency-unlock", post(admin_site::emergency))
+        .route("/doors", get(admin_site::doors))
+        .route("/events", get(admin_site::events))
+        .route("/events/stream", get(admin_site::event_stream));
     Router::new()
         .nest("/v1", v1)
         .nest("/admin/v1", admin)

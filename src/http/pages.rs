@@ -4,13 +4,14 @@
 //! token (or a token used under the other kind's path). HTML in the session's language, or JSON
 //! when the client asks for it. Nothing is loaded from outside the server.
 
+use super::Path;
 use super::error::message;
 use super::i18n::{Catalog, catalog, from_accept_language};
 use crate::app::App;
 use crate::app::secrets::hash_secret;
 use crate::core::session::{PageView, Session, SessionState};
 use crate::core::{Command, Language, SessionKind};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};

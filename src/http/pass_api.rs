@@ -4,6 +4,7 @@
 //! them through the pipeline, and shape the answer. Another partner's session or user answers
 //! 404, exactly as one that does not exist.
 
+use super::Path;
 use super::auth::Partner;
 use super::body::JsonBody;
 use super::error::ApiError;
@@ -12,7 +13,7 @@ use crate::app::App;
 use crate::core::event::Idempotency;
 use crate::core::*;
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -235,6 +236,8 @@ pub async fn identify(
     Partner(partner): Partner,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    // No body is expected; one is read (and ignored) so that an oversized one is a 413.
+    _body: super::body::LimitedBody,
 ) -> Result<Response, ApiError> {
     let lang = language(query.as_deref())?;
     let idem = idempotency(&headers, SessionKind::Identify, lang, None)?;

@@ -4,6 +4,7 @@
 //! keeps it encrypted under the master key (signing needs the secret itself, so a hash would
 //! not do).
 
+use super::Path;
 use super::auth::Partner;
 use super::body::JsonBody;
 use super::error::ApiError;
@@ -14,7 +15,7 @@ use crate::core::webhook::new_secret;
 use crate::core::{Command, PartnerId};
 use crate::webhooks::guard::Guard;
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;

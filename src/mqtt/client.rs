@@ -3,7 +3,7 @@
 
 use super::protocol::{self, TopicKind};
 use crate::app::App;
-use crate::core::{Effect, ReaderCommand};
+use crate::core::{ReaderCommand, ReaderId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, Transport};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
 pub fn spawn(
     app: Arc<App>,
     url: &str,
-    mut effects: mpsc::UnboundedReceiver<Effect>,
+    mut commands: mpsc::UnboundedReceiver<(ReaderId, ReaderCommand)>,
 ) -> Result<JoinHandle<()>, MqttError> {
     let (host, port, tls) = parse_url(url)?;
     let mut opts = MqttOptions::new(app.keys.instance_name("palmgate"), host, port);
@@ -98,8 +98,7 @@ pub fn spawn(
     // Outbound: reader commands from the core's effects.
     let out_app = app.clone();
     let outbound = tokio::spawn(async move {
-        while let Some(effect) = effects.recv().await {
-            let Effect::Reader { reader_id, command } = effect;
+        while let Some((reader_id, command)) = commands.recv().await {
             let payload = command_payload(&out_app, &command);
             let topic = protocol::cmd_topic(&prefix, &reader_id);
             if let Err(e) = client
@@ -183,5 +182,29 @@ pub fn command_payload(app: &App, command: &ReaderCommand) -> serde_json::Value 
             app.keys.session_token(*session_id)
         )),
         ReaderCommand::Retry { reason } => protocol::retry_cmd(reason.as_str()),
+        ReaderCommand::Result {
+            granted,
+            door,
+            reason,
+        } => {
+            let lang = crate::core::Language::parse(&app.config.mqtt.reader_language)
+                .unwrap_or(crate::core::Language::En);
+            let c = crate::http::i18n::catalog(lang);
+            let message = if *granted {
+                c.door_granted
+            } else {
+                c.door_denied
+            };
+            let mut v = serde_json::json!({
+                "action": "result",
+                "granted": granted,
+                "door": door.as_str(),
+                "message": message,
+            });
+            if let Some(r) = reason {
+                v["reason"] = serde_json::Value::from(r.as_str());
+            }
+            v
+        }
     }
 }

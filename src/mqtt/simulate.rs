@@ -119,6 +119,19 @@ impl SimReader {
             .map_err(|e| SimError::Mqtt(e.to_string()))
     }
 
+    /// A deterministic id for the current scan: distinct for every (reader, palm, seed, scan).
+    fn scan_id(&self, kind: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [kind, &self.opts.reader.0, &self.opts.palm] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(self.opts.seed.to_le_bytes());
+        h.update(self.scans.to_le_bytes());
+        hex::encode(&h.finalize()[..16])
+    }
+
     /// Publishes a raw payload on one of this reader's topics (for malformed-input tests).
     pub async fn publish_raw(&self, kind: TopicKind, payload: Vec<u8>) -> Result<(), SimError> {
         let topic = protocol::reader_topic(&self.opts.topic_prefix, &self.opts.reader, kind);
@@ -134,7 +147,7 @@ impl SimReader {
             crate::synthetic::scan(&self.opts.palm, self.opts.dim, self.opts.seed + self.scans);
         self.scans += 1;
         json!({
-            "capture_id": format!("{}-{}-{}", self.opts.reader, self.opts.seed, self.scans),
+            "capture_id": self.scan_id("capture"),
             "session": session,
             "template": protocol::encode_template(&values),
             "quality": self.opts.quality,
@@ -157,7 +170,7 @@ impl SimReader {
     /// A hand at a kiosk: publishes a `trigger`.
     pub async fn trigger(&mut self) -> Result<(), SimError> {
         self.scans += 1;
-        let id = format!("{}-t-{}-{}", self.opts.reader, self.opts.seed, self.scans);
+        let id = self.scan_id("trigger");
         self.publish(TopicKind::Trigger, json!({"trigger_id": id}), false)
             .await
     }

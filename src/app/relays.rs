@@ -1,0 +1,139 @@
+//! The relay side of the shell: one Modbus device task per relay board of the site policy,
+//! the core's relay effects routed to them, and their reports fed back as commands.
+//!
+//! At start-up (and for a device that appears in a new policy) every door coil is told its
+//! resting state as the state says now; device tasks re-drive those states after every
+//! reconnection, so a door never stays unlocked because a board restarted.
+
+use super::App;
+use crate::core::doors::RelayCommand;
+use crate::core::{Command, RelayReport};
+use crate::modbus::{self, DeviceSpec, Report, Timing};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub struct Relays {
+    app: Arc<App>,
+    devices: Mutex<HashMap<String, mpsc::UnboundedSender<modbus::Command>>>,
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+impl Relays {
+    /// Starts the devices of the policy in force and the task that records their reports.
+    pub fn start(app: Arc<App>) -> Arc<Relays> {
+        let (reports, mut rx) = mpsc::unbounded_channel::<Report>();
+        let relays = Arc::new(Relays {
+            app: app.clone(),
+            devices: Mutex::new(HashMap::new()),
+            reports,
+        });
+        relays.ensure_devices();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                let report = match r {
+                    Report::Up { device } => RelayReport::Up { device },
+                    Report::Down { device, error } => RelayReport::Down { device, error },
+                    Report::Coil {
+                        device,
+                        coil,
+                        on,
+                        tag,
+                    } => RelayReport::Coil {
+                        device,
+                        coil,
+                        on,
+                        tag,
+                    },
+                    Report::CoilFailed {
+                        device,
+                        coil,
+                        on,
+                        error,
+                    } => RelayReport::CoilFailed {
+                        device,
+                        coil,
+                        on,
+                        error,
+                    },
+                    Report::Input { device, input, on } => RelayReport::Input { device, input, on },
+                };
+                if let Err(e) = app.execute(Command::Relay(report)).await {
+                    tracing::error!(error = %e, "relay report not recorded");
+                }
+            }
+        });
+        relays
+    }
+
+    /// Starts a task for every relay device of the policy that has none yet, and tells each new
+    /// device the resting state of its coils.
+    pub fn ensure_devices(&self) {
+        let Some(policy) = self.app.read(|s| s.policy.clone()) else {
+            return;
+        };
+        let now = self.app.clock.now();
+        let mut devices = self.devices.lock().expect("relays lock");
+        for dev in &policy.relay_devices {
+            if devices.contains_key(&dev.id) {
+                continue;
+            }
+            let mut inputs: Vec<u16> = policy
+                .doors
+                .iter()
+                .flat_map(|d| {
+                    let c = d
+                        .contact
+                        .iter()
+                        .filter(|c| c.device == dev.id)
+                        .map(|c| c.input);
+                    let r = d.rex.iter().filter(|r| r.device == dev.id).map(|r| r.input);
+                    c.chain(r).collect::<Vec<_>>()
+                })
+                .collect();
+            inputs.sort_unstable();
+            inputs.dedup();
+            let tx = modbus::spawn_device(
+                DeviceSpec {
+                    id: dev.id.clone(),
+                    address: dev.modbus.clone(),
+                    unit: dev.unit,
+                    inputs,
+                },
+                Timing::default(),
+                self.reports.clone(),
+            );
+            for door in policy.doors.iter().filter(|d| d.relay.device == dev.id) {
+                let on = self.app.read(|s| s.rests_unlocked(&door.id, now));
+                let _ = tx.send(modbus::Command::Want {
+                    coil: door.relay.coil,
+                    on,
+                });
+            }
+            devices.insert(dev.id.clone(), tx);
+        }
+    }
+
+    /// Performs a relay effect of the core.
+    pub fn perform(&self, device: &str, command: RelayCommand) {
+        self.ensure_devices();
+        let devices = self.devices.lock().expect("relays lock");
+        let Some(tx) = devices.get(device) else {
+            tracing::error!(
+                device,
+                "relay effect for a device the policy does not define"
+            );
+            return;
+        };
+        let cmd = match command {
+            RelayCommand::Pulse { coil, hold_ms, tag } => modbus::Command::Pulse {
+                coil,
+                hold: Duration::from_millis(u64::from(hold_ms)),
+                tag,
+            },
+            RelayCommand::Rest { coil, on } => modbus::Command::Want { coil, on },
+        };
+        let _ = tx.send(cmd);
+    }
+}

@@ -1,0 +1,614 @@
+//! Doors in the core: door scans, site modes, policy activation, relay and input reports.
+//!
+//! A door scan is decided here from recorded inputs only — the capture, the matcher's answer,
+//! the user projection, the policy in force, the site mode and the zone state — and the
+//! `DoorDecided` event carries all of them, so `audit` can re-derive it. A grant's relay pulse
+//! and the reader's `result` are effects: they happen only after the decision is durable.
+
+use super::command::{Capture, RelayReport};
+use super::decider::{Decision, Effect, ReaderCommand, Rejection, one};
+use super::event::{
+    CaptureRef, CaptureRejection, DoorSubject, Event, Expected, StreamAppend, stream,
+};
+use super::ids::*;
+use super::policy::{Door, DoorId, Identified, Policy, Request, SiteMode, Subject};
+use super::state::State;
+use super::webhook;
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// After a grant or exit request, how long an opening of the door is expected (on top of the
+/// pulse) before it counts as forced.
+pub const RELEASE_GRACE: Duration = Duration::seconds(10);
+
+/// A relay command for the adapter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RelayCommand {
+    Pulse {
+        coil: u16,
+        hold_ms: u32,
+        tag: String,
+    },
+    /// The coil's resting state (true = unlocked).
+    Rest { coil: u16, on: bool },
+}
+
+/// The metadata a decision depends on (kept in the event for audit).
+fn decision_metadata(m: Option<&serde_json::Value>) -> Option<serde_json::Value> {
+    let m = m?.as_object()?;
+    let kept: serde_json::Map<String, serde_json::Value> =
+        ["access_level", "valid_from", "valid_until"]
+            .iter()
+            .filter_map(|k| m.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+    (!kept.is_empty()).then_some(serde_json::Value::Object(kept))
+}
+
+impl State {
+    /// The site mode the policy sees.
+    pub fn site_mode(&self) -> SiteMode {
+        if self.lockdown {
+            SiteMode::Lockdown
+        } else if self.emergency {
+            SiteMode::EmergencyUnlock
+        } else {
+            SiteMode::Normal
+        }
+    }
+
+    /// Whether a door's relay should rest unlocked at `now`.
+    pub fn rests_unlocked(&self, door: &DoorId, now: DateTime<Utc>) -> bool {
+        rests_unlocked(
+            self.policy.as_deref(),
+            self.lockdown,
+            self.emergency,
+            door,
+            now,
+        )
+    }
+}
+
+/// Emergency holds every door open (fire safety wins over lockdown); lockdown holds every door
+/// locked; otherwise unlock windows decide.
+pub fn rests_unlocked(
+    policy: Option<&Policy>,
+    lockdown: bool,
+    emergency: bool,
+    door: &DoorId,
+    now: DateTime<Utc>,
+) -> bool {
+    if emergency {
+        return true;
+    }
+    if lockdown {
+        return false;
+    }
+    policy.is_some_and(|p| p.unlocked_by_window(door, now))
+}
+
+/// The re-derivable core of a door decision: the same function `audit` runs.
+pub fn verdict_for(
+    policy: &Policy,
+    door: &DoorId,
+    reader: &ReaderId,
+    subject: Option<&DoorSubject>,
+    erased: bool,
+    at: DateTime<Utc>,
+    mode: SiteMode,
+    last_in_zone: Option<super::policy::Direction>,
+) -> super::policy::Verdict {
+    let who = match subject {
+        Some(s) => Identified::User(Subject {
+            partner_id: s.partner_id,
+            partner_name: &s.partner_name,
+            external_id: &s.external_id,
+            metadata: s.metadata.as_ref(),
+        }),
+        None if erased => Identified::Erased,
+        None => Identified::NoMatch,
+    };
+    policy.decide(&Request {
+        door,
+        reader,
+        who,
+        at,
+        mode,
+        last_in_zone,
+    })
+}
+
+/// The decision's view of an enrolled user.
+pub fn subject(state: &State, u: &super::state::User) -> DoorSubject {
+    DoorSubject {
+        partner_id: u.partner_id,
+        partner_name: state
+            .partner(u.partner_id)
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+        external_id: u.external_id.clone(),
+        metadata: decision_metadata(u.metadata.as_ref()),
+    }
+}
+
+/// A capture with no session: a scan at a door.
+pub fn scan(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, Rejection> {
+    let rejected = |reason| {
+        let s = stream::reader(&c.reader_id);
+        Decision::new(vec![one(
+            s.clone(),
+            state.expected(&s),
+            Event::CaptureRejected {
+                reader_id: c.reader_id.clone(),
+                capture_id: c.capture_id.clone(),
+                reason,
+                at: now,
+            },
+        )])
+    };
+    let Some(policy) = state.policy.clone() else {
+        return Ok(rejected(CaptureRejection::NoDoor));
+    };
+    let Some(door) = policy.door_of_reader(&c.reader_id) else {
+        return Ok(rejected(CaptureRejection::NoDoor));
+    };
+    if c.liveness && c.quality < f64::from(state.rules.min_quality) {
+        return Ok(
+            rejected(CaptureRejection::LowQuality).with_effect(Effect::Reader {
+                reader_id: c.reader_id.clone(),
+                command: ReaderCommand::Retry {
+                    reason: FailReason::LowQuality,
+                },
+            }),
+        );
+    }
+    // A failed liveness check identifies no one.
+    let candidate = c
+        .best
+        .as_ref()
+        .filter(|b| c.liveness && b.similarity >= state.rules.threshold);
+    let user = candidate.and_then(|b| state.user(b.partner_id, &b.external_id));
+    let subject = user.map(|u| subject(state, u));
+    let erased = candidate.is_some() && user.is_none();
+    let cref = CaptureRef {
+        reader_id: c.reader_id.clone(),
+        capture_id: c.capture_id.clone(),
+        quality: c.quality,
+        similarity: c
+            .best
+            .as_ref()
+            .map(|b| (f64::from(b.similarity) * 1e6).round() / 1e6),
+    };
+    Ok(decide_door(
+        state, &policy, door, &cref, subject, erased, now,
+    ))
+}
+
+/// The decision at `door` for `subject` (shared by door scans and trigger sessions).
+pub fn decide_door(
+    state: &State,
+    policy: &Arc<Policy>,
+    door: &Door,
+    cref: &CaptureRef,
+    subject: Option<DoorSubject>,
+    erased: bool,
+    now: DateTime<Utc>,
+) -> Decision {
+    let zone = policy.zone_of_reader(&cref.reader_id);
+    let last_in_zone = match (&zone, &subject) {
+        (Some((z, _)), Some(s)) => state
+            .zone_last
+            .get(&(z.to_string(), s.partner_id, s.external_id.clone()))
+            .copied(),
+        _ => None,
+    };
+    let mode = state.site_mode();
+    let verdict = verdict_for(
+        policy,
+        &door.id,
+        &cref.reader_id,
+        subject.as_ref(),
+        erased,
+        now,
+        mode,
+        last_in_zone,
+    );
+    let granted = verdict.granted();
+    let door_stream = stream::door(&door.id);
+    let mut appends = vec![one(
+        door_stream.clone(),
+        state.expected(&door_stream),
+        Event::DoorDecided {
+            door: door.id.clone(),
+            reader_id: cref.reader_id.clone(),
+            capture_id: cref.capture_id.clone(),
+            subject: subject.clone(),
+            erased,
+            similarity: cref.similarity,
+            policy: policy.sha256.clone(),
+            mode,
+            last_in_zone,
+            movement: zone
+                .filter(|_| granted && subject.is_some())
+                .map(|(z, d)| (z.to_string(), d)),
+            verdict: verdict.clone(),
+            at: now,
+        },
+    )];
+    if let Some(s) = &subject
+        && let Some(hook) = state.webhook(s.partner_id).filter(|w| w.wants("access"))
+    {
+        #[derive(Serialize)]
+        struct Access<'a> {
+            door: &'a DoorId,
+            external_id: &'a ExternalId,
+            granted: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reason: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            level: Option<&'a str>,
+        }
+        let data = Access {
+            door: &door.id,
+            external_id: &s.external_id,
+            granted,
+            reason: verdict.reason().map(|r| r.as_str()),
+            level: verdict.level(),
+        };
+        let id = format!("msg_access_{}_{}", cref.reader_id, cref.capture_id);
+        appends.push(one(
+            stream::delivery(&id),
+            Expected::NoStream,
+            Event::DeliveryQueued {
+                delivery_id: id,
+                partner_id: s.partner_id,
+                event: "access".into(),
+                session_id: None,
+                body: webhook::body("access", now, &data),
+                held: !hook.active,
+                at: now,
+            },
+        ));
+    }
+    let mut d = Decision::new(appends).with_effect(Effect::Reader {
+        reader_id: cref.reader_id.clone(),
+        command: ReaderCommand::Result {
+            granted,
+            door: door.id.clone(),
+            reason: verdict.reason(),
+        },
+    });
+    if granted {
+        d = d.with_effect(Effect::Relay {
+            device: door.relay.device.clone(),
+            command: RelayCommand::Pulse {
+                coil: door.relay.coil,
+                hold_ms: door.relay.pulse_ms,
+                tag: cref.capture_id.clone(),
+            },
+        });
+    }
+    d
+}
+
+/// Resting-state changes due at `now` (unlock windows opening or closing, mode changes), for
+/// every door of the policy.
+pub fn resting_changes(
+    state: &State,
+    policy: Option<&Policy>,
+    lockdown: bool,
+    emergency: bool,
+    now: DateTime<Utc>,
+    cause: &str,
+) -> Decision {
+    let Some(policy) = policy else {
+        return Decision::new(vec![]);
+    };
+    let mut d = Decision::new(vec![]);
+    for door in &policy.doors {
+        let want = rests_unlocked(Some(policy), lockdown, emergency, &door.id, now);
+        let had = state
+            .doors
+            .get(&door.id)
+            .is_some_and(|s| s.resting_unlocked);
+        if want == had {
+            continue;
+        }
+        let s = stream::door(&door.id);
+        d.appends.push(one(
+            s.clone(),
+            state.expected(&s),
+            Event::DoorRestingChanged {
+                door: door.id.clone(),
+                unlocked: want,
+                cause: cause.to_string(),
+                at: now,
+            },
+        ));
+        d = d.with_effect(Effect::Relay {
+            device: door.relay.device.clone(),
+            command: RelayCommand::Rest {
+                coil: door.relay.coil,
+                on: want,
+            },
+        });
+    }
+    d
+}
+
+/// Held-open alarms due at `now`.
+pub fn held_open(state: &State, now: DateTime<Utc>) -> Vec<StreamAppend> {
+    let Some(policy) = &state.policy else {
+        return vec![];
+    };
+    let mut out = vec![];
+    for door in &policy.doors {
+        let (Some(contact), Some(ds)) = (&door.contact, state.doors.get(&door.id)) else {
+            continue;
+        };
+        if let Some(since) = ds.open_since
+            && !ds.held_alarm
+            && now >= since + Duration::seconds(i64::from(contact.held_open_after_s))
+        {
+            let s = stream::door(&door.id);
+            out.push(one(
+                s.clone(),
+                state.expected(&s),
+                Event::DoorHeldOpen {
+                    door: door.id.clone(),
+                    since,
+                    at: now,
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// The next instant the doors need a `Tick`: held-open deadlines and, with unlock windows, the
+/// next whole second (cron windows change at most once a second).
+pub fn next_deadline(state: &State, now_hint: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    let policy = state.policy.as_ref()?;
+    let mut next: Option<DateTime<Utc>> = None;
+    for door in &policy.doors {
+        if let (Some(c), Some(ds)) = (&door.contact, state.doors.get(&door.id))
+            && let Some(since) = ds.open_since
+            && !ds.held_alarm
+        {
+            let t = since + Duration::seconds(i64::from(c.held_open_after_s));
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+    }
+    if !policy.unlock_windows.is_empty()
+        && let Some(now) = now_hint
+    {
+        let t = now + Duration::seconds(1);
+        next = Some(next.map_or(t, |n| n.min(t)));
+    }
+    next
+}
+
+/// A report from a relay device.
+pub fn relay_report(state: &State, r: &RelayReport, now: DateTime<Utc>) -> Decision {
+    let Some(policy) = state.policy.clone() else {
+        return Decision::new(vec![]);
+    };
+    let door_of_coil = |device: &str, coil: u16| {
+        policy
+            .doors
+            .iter()
+            .find(|d| d.relay.device == device && d.relay.coil == coil)
+    };
+    match r {
+        RelayReport::Up { device } | RelayReport::Down { device, .. } => {
+            let up = matches!(r, RelayReport::Up { .. });
+            if state.devices.get(device).is_some_and(|d| d.up == up) {
+                return Decision::new(vec![]);
+            }
+            let s = stream::device(device);
+            Decision::new(vec![one(
+                s.clone(),
+                state.expected(&s),
+                Event::DeviceStatusChanged {
+                    device: device.clone(),
+                    up,
+                    error: match r {
+                        RelayReport::Down { error, .. } => Some(error.clone()),
+                        _ => None,
+                    },
+                    at: now,
+                },
+            )])
+        }
+        RelayReport::Coil {
+            device,
+            coil,
+            on,
+            tag,
+        } => {
+            let Some(door) = door_of_coil(device, *coil) else {
+                return Decision::new(vec![]);
+            };
+            let s = stream::door(&door.id);
+            Decision::new(vec![one(
+                s.clone(),
+                state.expected(&s),
+                Event::RelaySwitched {
+                    door: door.id.clone(),
+                    device: device.clone(),
+                    coil: *coil,
+                    on: *on,
+                    tag: tag.clone(),
+                    at: now,
+                },
+            )])
+        }
+        RelayReport::CoilFailed {
+            device,
+            coil,
+            on,
+            error,
+        } => {
+            let Some(door) = door_of_coil(device, *coil) else {
+                return Decision::new(vec![]);
+            };
+            let s = stream::door(&door.id);
+            Decision::new(vec![one(
+                s.clone(),
+                state.expected(&s),
+                Event::RelayFailed {
+                    door: door.id.clone(),
+                    device: device.clone(),
+                    coil: *coil,
+                    on: *on,
+                    error: error.clone(),
+                    at: now,
+                },
+            )])
+        }
+        RelayReport::Input { device, input, on } => {
+            input_changed(state, &policy, device, *input, *on, now)
+        }
+    }
+}
+
+fn input_changed(
+    state: &State,
+    policy: &Arc<Policy>,
+    device: &str,
+    input: u16,
+    on: bool,
+    now: DateTime<Utc>,
+) -> Decision {
+    let mut d = Decision::new(vec![]);
+    for door in &policy.doors {
+        let s = stream::door(&door.id);
+        let ds = state.doors.get(&door.id);
+        if door
+            .contact
+            .as_ref()
+            .is_some_and(|c| c.device == device && c.input == input)
+        {
+            let was_open = ds.is_some_and(|x| x.open_since.is_some());
+            if was_open == on {
+                continue;
+            }
+            let mut events = vec![Event::DoorContactChanged {
+                door: door.id.clone(),
+                open: on,
+                at: now,
+            }];
+            let released = ds.is_some_and(|x| x.released_until.is_some_and(|t| now <= t))
+                || state.rests_unlocked(&door.id, now);
+            if on && !released {
+                events.push(Event::DoorForcedOpen {
+                    door: door.id.clone(),
+                    at: now,
+                });
+            }
+            d.appends.push(StreamAppend {
+                stream: s.clone(),
+                expected: state.expected(&s),
+                events,
+            });
+        } else if on
+            && door
+                .rex
+                .as_ref()
+                .is_some_and(|r| r.device == device && r.input == input)
+        {
+            d.appends.push(one(
+                s.clone(),
+                state.expected(&s),
+                Event::DoorExitRequested {
+                    door: door.id.clone(),
+                    at: now,
+                },
+            ));
+            d = d.with_effect(Effect::Relay {
+                device: door.relay.device.clone(),
+                command: RelayCommand::Pulse {
+                    coil: door.relay.coil,
+                    hold_ms: door.relay.pulse_ms,
+                    tag: "exit-request".into(),
+                },
+            });
+        }
+    }
+    d
+}
+
+/// Policy activation: parse, refuse an invalid document (the running policy stays).
+pub fn activate(
+    state: &State,
+    document: &str,
+    source: &str,
+    now: DateTime<Utc>,
+) -> Result<Decision, Rejection> {
+    let policy = Policy::parse(document).map_err(|errors| {
+        Rejection::InvalidPolicy(errors.iter().map(|e| e.to_string()).collect())
+    })?;
+    if state
+        .policy
+        .as_ref()
+        .is_some_and(|p| p.sha256 == policy.sha256)
+    {
+        return Ok(Decision::new(vec![]));
+    }
+    let mut d = Decision::new(vec![one(
+        stream::POLICY.to_string(),
+        state.expected(stream::POLICY),
+        Event::PolicyActivated {
+            sha256: policy.sha256.clone(),
+            document: document.to_string(),
+            source: source.to_string(),
+            at: now,
+        },
+    )]);
+    // Resting states under the new policy.
+    let rest = resting_changes(
+        state,
+        Some(&policy),
+        state.lockdown,
+        state.emergency,
+        now,
+        "policy",
+    );
+    d.appends.extend(rest.appends);
+    d.effects.extend(rest.effects);
+    Ok(d)
+}
+
+/// Lockdown / emergency unlock.
+pub fn set_mode(
+    state: &State,
+    lockdown: Option<bool>,
+    emergency: Option<bool>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let l = lockdown.unwrap_or(state.lockdown);
+    let e = emergency.unwrap_or(state.emergency);
+    if l == state.lockdown && e == state.emergency {
+        return Decision::new(vec![]);
+    }
+    let mut d = Decision::new(vec![one(
+        stream::SITE.to_string(),
+        state.expected(stream::SITE),
+        Event::SiteModeChanged {
+            lockdown: l,
+            emergency: e,
+            at: now,
+        },
+    )]);
+    let cause = if e {
+        "emergency"
+    } else if l {
+        "lockdown"
+    } else {
+        "normal"
+    };
+    let rest = resting_changes(state, state.policy.as_deref(), l, e, now, cause);
+    d.appends.extend(rest.appends);
+    d.effects.extend(rest.effects);
+    d
+}

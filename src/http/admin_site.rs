@@ -1,0 +1,219 @@
+//! The operator's site endpoints under `/admin/v1` (SPEC 10): the site policy, lockdown and
+//! emergency unlock, doors, and the event log (paged, and live over server-sent events).
+
+use super::auth::Admin;
+use super::body::{JsonBody, LimitedBody};
+use super::error::ApiError;
+use super::time_text;
+use crate::app::App;
+use crate::core::Command;
+use crate::core::event::Recorded;
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use utoipa::ToSchema;
+
+/// `GET /admin/v1/policy`
+pub async fn get_policy(State(app): State<Arc<App>>, _: Admin) -> Result<Json<Value>, ApiError> {
+    app.read(|s| {
+        let (doc, at) = s.policy_document.as_ref()?;
+        let p = s.policy.as_ref()?;
+        Some(json!({
+            "sha256": p.sha256,
+            "timezone": p.timezone.name(),
+            "activated_at": time_text(*at),
+            "document": doc.as_ref(),
+            "warnings": p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        }))
+    })
+    .map(Json)
+    .ok_or(ApiError::NotFound)
+}
+
+/// `PUT /admin/v1/policy` with the TOML document as the body.
+pub async fn put_policy(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    LimitedBody(body): LimitedBody,
+) -> Result<Json<Value>, ApiError> {
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::BadRequest("the policy must be UTF-8 TOML".into()))?;
+    app.activate_policy(text, "admin").await?;
+    let sha = app.read(|s| s.policy.as_ref().map(|p| p.sha256.clone()));
+    Ok(Json(json!({ "sha256": sha })))
+}
+
+fn on_flag(body: &Value) -> Result<bool, ApiError> {
+    body.get("on")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| ApiError::BadRequest("body must be {\"on\": true|false}".into()))
+}
+
+fn mode(app: &App) -> Json<Value> {
+    Json(app.read(|s| json!({ "lockdown": s.lockdown, "emergency": s.emergency })))
+}
+
+/// `POST /admin/v1/lockdown` `{"on": bool}`
+pub async fn lockdown(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let on = on_flag(&body)?;
+    app.execute(Command::SetSiteMode {
+        lockdown: Some(on),
+        emergency: None,
+    })
+    .await?;
+    Ok(mode(&app))
+}
+
+/// `POST /admin/v1/emergency-unlock` `{"on": bool}`
+pub async fn emergency(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let on = on_flag(&body)?;
+    app.execute(Command::SetSiteMode {
+        lockdown: None,
+        emergency: Some(on),
+    })
+    .await?;
+    Ok(mode(&app))
+}
+
+/// A door as the operator sees it.
+#[derive(Serialize, ToSchema)]
+pub struct DoorBody {
+    pub id: String,
+    pub name: String,
+    pub readers: Vec<String>,
+    /// locked, unlocked, alarm or device_down.
+    pub state: String,
+    pub relay_on: bool,
+    pub resting_unlocked: bool,
+    pub device: String,
+    pub device_up: Option<bool>,
+    pub open: Option<bool>,
+    /// forced or held, when the contact raised an alarm.
+    pub alarm: Option<String>,
+    pub relay_fault: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub last_decision: Option<Value>,
+}
+
+/// `GET /admin/v1/doors`
+pub async fn doors(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<DoorBody>> {
+    Json(app.read(|s| {
+        let Some(policy) = &s.policy else {
+            return vec![];
+        };
+        policy
+            .doors
+            .iter()
+            .map(|d| {
+                let ds = s.door_state(&d.id).cloned().unwrap_or_default();
+                let device_up = s.device_state(&d.relay.device).map(|x| x.up);
+                let alarm = if ds.forced_alarm {
+                    Some("forced".to_string())
+                } else if ds.held_alarm {
+                    Some("held".to_string())
+                } else {
+                    None
+                };
+                let state = if device_up == Some(false) {
+                    "device_down"
+                } else if alarm.is_some() {
+                    "alarm"
+                } else if ds.relay_on || ds.resting_unlocked {
+                    "unlocked"
+                } else {
+                    "locked"
+                };
+                DoorBody {
+                    id: d.id.0.clone(),
+                    name: d.name.clone(),
+                    readers: d.readers.iter().map(|r| r.0.clone()).collect(),
+                    state: state.into(),
+                    relay_on: ds.relay_on,
+                    resting_unlocked: ds.resting_unlocked,
+                    device: d.relay.device.clone(),
+                    device_up,
+                    open: d.contact.as_ref().map(|_| ds.open_since.is_some()),
+                    alarm,
+                    relay_fault: ds.relay_fault.clone(),
+                    last_decision: ds.last_decision.as_ref().map(
+                        |(g, r, at)| json!({ "granted": g, "reason": r, "at": time_text(*at) }),
+                    ),
+                }
+            })
+            .collect()
+    }))
+}
+
+fn event_json(r: &Recorded) -> Value {
+    let (kind, version, data) = r.event.encode();
+    json!({
+        "position": r.position,
+        "stream": r.stream,
+        "revision": r.revision,
+        "type": kind,
+        "version": version,
+        "recorded_at": crate::store::chain::format_time(r.recorded_at),
+        "data": data,
+    })
+}
+
+fn query_u64(query: Option<&str>, key: &str) -> Result<Option<u64>, ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
+    match pairs.iter().find(|(k, _)| k == key) {
+        None => Ok(None),
+        Some((_, v)) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("{key} must be a non-negative integer"))),
+    }
+}
+
+/// `GET /admin/v1/events?after=POS&limit=N` (limit ≤ 1000, default 100).
+pub async fn events(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let after = query_u64(q.as_deref(), "after")?.unwrap_or(0);
+    let limit = query_u64(q.as_deref(), "limit")?
+        .unwrap_or(100)
+        .clamp(1, 1000) as usize;
+    let page = app.store.read(after, limit).map_err(|e| {
+        tracing::error!(error = %e, "cannot read the log");
+        ApiError::Internal
+    })?;
+    let next = page.last().map_or(after, |r| r.position);
+    Ok(Json(json!({
+        "events": page.iter().map(event_json).collect::<Vec<_>>(),
+        "next_after": next,
+    })))
+}
+
+/// `GET /admin/v1/events/stream`: every event as it is recorded (server-sent events).
+pub async fn event_stream(State(app): State<Arc<App>>, _: Admin) -> Response {
+    let stream = BroadcastStream::new(app.recorded_events()).filter_map(|r| {
+        r.ok().map(|rec| {
+            Ok::<_, std::convert::Infallible>(
+                SseEvent::default().data(event_json(&rec).to_string()),
+            )
+        })
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

@@ -1,0 +1,1016 @@
+//! SPEC 2, the error table of the Pass API, row by row: status, `{"message"}` body,
+//! `Content-Type: application/json`, the rate-limit headers on every `/v1` answer, the order
+//! of checking, and `Idempotency-Key`.
+
+use crate::fixtures::{Answer, Options, TestServer, send, unix_now_ms};
+use palmgate::store::{EventStore, SqliteStore};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::time::Instant;
+
+const BAD_KEY: &str = "pgk_this-key-was-never-issued-0000000000000";
+
+fn enroll_body(ext: &str) -> Value {
+    json!({
+        "external_id": ext,
+        "username": "John Doe",
+        "metadata": {"department": "Engineering", "access_level": "standard"}
+    })
+}
+
+/// `POST /v1/enroll` with a raw body and an optional content type.
+async fn enroll_raw(
+    s: &TestServer,
+    key: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Answer {
+    let mut rb = s.post("/v1/enroll").header("x-api-key", key).body(body);
+    if let Some(ct) = content_type {
+        rb = rb.header("content-type", ct);
+    }
+    send(rb).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 401 / 403
+
+#[tokio::test]
+async fn missing_api_key_is_401() {
+    let s = TestServer::start().await;
+    let t = unix_now_ms();
+    let a = send(s.post("/v1/enroll").json(&enroll_body("EMP-1"))).await;
+    a.assert_error(401, "invalid or missing API key");
+    a.assert_rate_headers(t);
+
+    let t = unix_now_ms();
+    let a = send(s.post("/v1/identify")).await;
+    a.assert_error(401, "invalid or missing API key");
+    a.assert_rate_headers(t);
+
+    // An empty header is as good as none.
+    let a = send(s.post("/v1/identify").header("x-api-key", "")).await;
+    a.assert_error(401, "invalid or missing API key");
+
+    let t = unix_now_ms();
+    let a = send(s.get("/v1/sessions/00000000-0000-4000-8000-000000000000")).await;
+    a.assert_error(401, "invalid or missing API key");
+    a.assert_rate_headers(t);
+}
+
+#[tokio::test]
+async fn unknown_api_key_is_401() {
+    let s = TestServer::start().await;
+    // A real partner exists; a key that is almost its key is still unknown.
+    let (_, key) = s.create_partner("Acme").await;
+    let near = format!("{}x", &key[..key.len() - 1]);
+    for k in [BAD_KEY, near.as_str()] {
+        let t = unix_now_ms();
+        let a = s.enroll(k, "", &enroll_body("EMP-1")).await;
+        a.assert_error(401, "invalid or missing API key");
+        a.assert_rate_headers(t);
+
+        let t = unix_now_ms();
+        let a = s.identify(k, "").await;
+        a.assert_error(401, "invalid or missing API key");
+        a.assert_rate_headers(t);
+    }
+    // The real key works.
+    s.identify(&key, "").await.created();
+}
+
+#[tokio::test]
+async fn inactive_partner_is_403_until_activated() {
+    let s = TestServer::start().await;
+    let (id, key) = s.create_partner("Sleepy").await;
+    let c = s.identify(&key, "").await.created();
+    s.deactivate(&id).await;
+
+    let t = unix_now_ms();
+    let a = s.enroll(&key, "", &enroll_body("EMP-1")).await;
+    a.assert_error(403, "partner account is inactive");
+    a.assert_rate_headers(t);
+
+    let t = unix_now_ms();
+    let a = s.identify(&key, "").await;
+    a.assert_error(403, "partner account is inactive");
+    a.assert_rate_headers(t);
+
+    let a = s.session(&key, &c.session_id).await;
+    a.assert_error(403, "partner account is inactive");
+    // 403 comes before 400: a bad body from an inactive partner is still 403.
+    let a = enroll_raw(&s, &key, Some("application/json"), b"{nope".to_vec()).await;
+    a.assert_error(403, "partner account is inactive");
+    // ...and before 404.
+    let a = send(s.get("/v1/no-such-thing").header("x-api-key", &key)).await;
+    a.assert_error(403, "partner account is inactive");
+
+    s.activate(&id).await;
+    s.identify(&key, "").await.created();
+    assert_eq!(s.session(&key, &c.session_id).await.status, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 429 and the rate-limit headers
+
+#[tokio::test]
+async fn rate_limit_is_per_partner_per_endpoint_with_headers() {
+    let s = TestServer::start_with(Options::default().per_minute(5)).await;
+    let (_, key) = s.create_partner("Busy").await;
+    let mut resets = Vec::new();
+    for i in 0..5 {
+        let t = unix_now_ms();
+        let a = s.enroll(&key, "", &enroll_body(&format!("EMP-{i}"))).await;
+        a.created();
+        let h = a.assert_rate_headers(t);
+        assert_eq!(h.limit, 5, "X-RateLimit-Limit");
+        assert_eq!(
+            h.remaining,
+            4 - i,
+            "X-RateLimit-Remaining after request {}",
+            i + 1
+        );
+        resets.push(h.reset);
+    }
+    assert!(
+        resets.windows(2).all(|w| w[0] <= w[1]),
+        "reset moves forward as the budget is spent: {resets:?}"
+    );
+
+    let t = unix_now_ms();
+    let a = s.enroll(&key, "", &enroll_body("EMP-6")).await;
+    a.assert_error(429, "rate limit exceeded");
+    let h = a.assert_rate_headers(t);
+    assert_eq!((h.limit, h.remaining), (5, 0));
+    let retry = a.retry_after();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+
+    // 429 comes before 400: a broken body over the limit is still 429.
+    let a = enroll_raw(&s, &key, Some("application/json"), b"{nope".to_vec()).await;
+    a.assert_error(429, "rate limit exceeded");
+    assert!(a.retry_after() >= 1);
+    a.assert_rate_headers(t);
+
+    // Another endpoint has its own budget.
+    let t = unix_now_ms();
+    let a = s.identify(&key, "").await;
+    let c = a.created();
+    let h = a.assert_rate_headers(t);
+    assert_eq!((h.limit, h.remaining), (5, 4));
+    let t = unix_now_ms();
+    let a = s.session(&key, &c.session_id).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let h = a.assert_rate_headers(t);
+    assert_eq!((h.limit, h.remaining), (5, 4));
+
+    // Another partner has its own budget on the same endpoint.
+    let (_, other) = s.create_partner("Calm").await;
+    let a = s.enroll(&other, "", &enroll_body("EMP-1")).await;
+    a.created();
+    assert_eq!(a.assert_rate_headers(t).remaining, 4);
+
+    // Enroll is still refused for the first partner.
+    s.enroll(&key, "", &enroll_body("EMP-7"))
+        .await
+        .assert_error(429, "rate limit exceeded");
+}
+
+#[tokio::test]
+async fn hundred_and_first_request_in_a_minute_is_429() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Burst").await;
+    let path = "/v1/sessions/00000000-0000-4000-8000-000000000000";
+    let started = Instant::now();
+    let mut passed = 0u32;
+    let refused = loop {
+        let t = unix_now_ms();
+        let a = send(s.get(path).header("x-api-key", &key)).await;
+        let h = a.assert_rate_headers(t);
+        assert_eq!(h.limit, 100);
+        if a.status == 429 {
+            break (a, h);
+        }
+        a.assert_error(404, "not found");
+        passed += 1;
+        if passed == 1 {
+            assert_eq!(h.remaining, 99);
+        }
+        assert!(passed <= 300, "never rate limited");
+    };
+    let elapsed = started.elapsed();
+    // Budget refills at 100/min (one request per 600 ms): the first 100 always pass, and only
+    // as many more as the time the burst took refilled. On a fast machine: exactly 100.
+    let refilled = (elapsed.as_millis() / 600) as u32 + 1;
+    assert!(passed >= 100, "only {passed} requests passed before a 429");
+    assert!(
+        passed <= 100 + refilled,
+        "{passed} requests passed in {elapsed:?} with a 100/min limit"
+    );
+    let (a, h) = refused;
+    a.assert_error(429, "rate limit exceeded");
+    assert_eq!(h.remaining, 0);
+    assert!(a.retry_after() >= 1);
+}
+
+#[tokio::test]
+async fn unauthenticated_calls_are_limited_per_address() {
+    let s = TestServer::start_with(Options::default().unauthenticated_per_minute(3)).await;
+    let (_, key) = s.create_partner("Legit").await;
+    for i in 0..3 {
+        let t = unix_now_ms();
+        let a = s.identify(&format!("{BAD_KEY}{i}"), "").await;
+        a.assert_error(401, "invalid or missing API key");
+        let h = a.assert_rate_headers(t);
+        assert_eq!((h.limit, h.remaining), (3, 2 - i));
+    }
+    // The fourth guess is refused without being checked: 429, not 401.
+    let t = unix_now_ms();
+    let a = s.identify(&format!("{BAD_KEY}x"), "").await;
+    a.assert_error(429, "rate limit exceeded");
+    assert!(a.retry_after() >= 1);
+    let h = a.assert_rate_headers(t);
+    assert_eq!(h.remaining, 0);
+    // Whatever the unauthenticated call is.
+    send(s.post("/v1/enroll").json(&enroll_body("EMP-1")))
+        .await
+        .assert_error(429, "rate limit exceeded");
+    send(s.get("/v1/whatever"))
+        .await
+        .assert_error(429, "rate limit exceeded");
+    // A valid key is limited by its partner's budget, not the address's.
+    let a = s.identify(&key, "").await;
+    a.created();
+    assert_eq!(a.assert_rate_headers(t).limit, 100);
+}
+
+#[tokio::test]
+async fn every_v1_answer_carries_rate_limit_headers() {
+    let s = TestServer::start_with(Options::default().per_minute(50)).await;
+    let (_, key) = s.create_partner("Headers").await;
+    let (other_id, other_key) = s.create_partner("Off").await;
+    s.deactivate(&other_id).await;
+
+    let cases: Vec<(u16, reqwest::RequestBuilder)> = vec![
+        (201, s.post("/v1/identify").header("x-api-key", &key)),
+        (
+            201,
+            s.post("/v1/enroll")
+                .header("x-api-key", &key)
+                .json(&enroll_body("EMP-1")),
+        ),
+        (
+            400,
+            s.post("/v1/enroll")
+                .header("x-api-key", &key)
+                .json(&json!({})),
+        ),
+        (401, s.post("/v1/identify")),
+        (403, s.post("/v1/identify").header("x-api-key", &other_key)),
+        (404, s.get("/v1/nothing-here").header("x-api-key", &key)),
+        (
+            404,
+            s.get("/v1/sessions/not-a-uuid").header("x-api-key", &key),
+        ),
+        (
+            413,
+            s.post("/v1/enroll")
+                .header("x-api-key", &key)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 64 * 1024 + 1]),
+        ),
+    ];
+    for (status, rb) in cases {
+        let t = unix_now_ms();
+        let a = send(rb).await;
+        assert_eq!(a.status, status, "{}", a.text);
+        a.assert_rate_headers(t);
+        if status >= 400 {
+            assert!(a.content_type().starts_with("application/json"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn inactive_is_checked_before_the_rate_limit() {
+    let s = TestServer::start_with(Options::default().per_minute(2)).await;
+    let (id, key) = s.create_partner("Spent").await;
+    s.identify(&key, "").await.created();
+    s.identify(&key, "").await.created();
+    s.identify(&key, "")
+        .await
+        .assert_error(429, "rate limit exceeded");
+    s.deactivate(&id).await;
+    let t = unix_now_ms();
+    let a = s.identify(&key, "").await;
+    a.assert_error(403, "partner account is inactive");
+    a.assert_rate_headers(t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 400
+
+#[tokio::test]
+async fn bad_json_and_content_type_are_400() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Sloppy").await;
+    let good = br#"{"external_id":"EMP-1"}"#.to_vec();
+
+    let t = unix_now_ms();
+    let a = enroll_raw(
+        &s,
+        &key,
+        Some("application/json"),
+        b"{\"external_id\": ".to_vec(),
+    )
+    .await;
+    a.assert_error_prefix(400, "invalid JSON");
+    a.assert_rate_headers(t);
+    enroll_raw(
+        &s,
+        &key,
+        Some("application/json"),
+        b"not json at all".to_vec(),
+    )
+    .await
+    .assert_error_prefix(400, "invalid JSON");
+    enroll_raw(&s, &key, Some("application/json"), Vec::new())
+        .await
+        .assert_error(400, "request body is empty");
+    enroll_raw(&s, &key, Some("application/json"), b"[\"EMP-1\"]".to_vec())
+        .await
+        .assert_error(400, "request body must be a JSON object");
+
+    // Valid JSON, wrong or missing Content-Type.
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("application/jsonp"),
+        None,
+    ] {
+        enroll_raw(&s, &key, ct, good.clone())
+            .await
+            .assert_error(400, "Content-Type must be application/json");
+    }
+    // Parameters on the media type are fine.
+    enroll_raw(
+        &s,
+        &key,
+        Some("application/json; charset=utf-8"),
+        good.clone(),
+    )
+    .await
+    .created();
+    enroll_raw(&s, &key, Some("Application/JSON"), good)
+        .await
+        .created();
+}
+
+#[tokio::test]
+async fn external_id_is_validated() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Strict").await;
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({}), "external_id is required"),
+        (json!({"username": "John"}), "external_id is required"),
+        (json!({"external_id": null}), "external_id is required"),
+        (json!({"external_id": ""}), "external_id must not be blank"),
+        (
+            json!({"external_id": "   "}),
+            "external_id must not be blank",
+        ),
+        (
+            json!({"external_id": "\t\n "}),
+            "external_id must not be blank",
+        ),
+        (
+            json!({"external_id": 12345}),
+            "external_id must be a string",
+        ),
+        (
+            json!({"external_id": ["EMP-1"]}),
+            "external_id must be a string",
+        ),
+        (
+            json!({"external_id": {"id": 1}}),
+            "external_id must be a string",
+        ),
+        (json!({"external_id": true}), "external_id must be a string"),
+        (
+            json!({"external_id": "a".repeat(101)}),
+            "external_id must be at most 100 characters",
+        ),
+        (
+            json!({"external_id": "ж".repeat(101)}),
+            "external_id must be at most 100 characters",
+        ),
+    ];
+    for (body, message) in cases {
+        let t = unix_now_ms();
+        let a = s.enroll(&key, "", &body).await;
+        a.assert_error(400, message);
+        a.assert_rate_headers(t);
+    }
+    // 1..=100 Unicode scalar values, whatever their size in bytes or UTF-16 units.
+    for ext in [
+        "a".to_string(),
+        "a".repeat(100),
+        "ж".repeat(100),
+        "😀".repeat(100),
+    ] {
+        let c = s
+            .enroll(&key, "", &json!({ "external_id": ext }))
+            .await
+            .created();
+        let got = s.session(&key, &c.session_id).await.json();
+        assert_eq!(got["external_id"], json!(ext), "external_id kept verbatim");
+    }
+}
+
+#[tokio::test]
+async fn username_and_metadata_are_validated() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Picky").await;
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"external_id": "E", "username": "u".repeat(151)}),
+            "username must be at most 150 characters",
+        ),
+        (
+            json!({"external_id": "E", "username": "ж".repeat(151)}),
+            "username must be at most 150 characters",
+        ),
+        (
+            json!({"external_id": "E", "username": 42}),
+            "username must be a string",
+        ),
+        (
+            json!({"external_id": "E", "metadata": ["a", "b"]}),
+            "metadata must be a JSON object",
+        ),
+        (
+            json!({"external_id": "E", "metadata": "standard"}),
+            "metadata must be a JSON object",
+        ),
+        (
+            json!({"external_id": "E", "metadata": 7}),
+            "metadata must be a JSON object",
+        ),
+        (
+            json!({"external_id": "E", "metadata": {"blob": "x".repeat(16 * 1024)}}),
+            "metadata must be at most 16 KiB",
+        ),
+    ];
+    for (body, message) in cases {
+        s.enroll(&key, "", &body).await.assert_error(400, message);
+    }
+    // Limits are inclusive: 150 characters of username, 16 KiB of serialized metadata.
+    s.enroll(
+        &key,
+        "",
+        &json!({"external_id": "E", "username": "u".repeat(150)}),
+    )
+    .await
+    .created();
+    s.enroll(
+        &key,
+        "",
+        &json!({"external_id": "E", "username": "ж".repeat(150)}),
+    )
+    .await
+    .created();
+    // `{"k":"…"}` serializes to 8 bytes plus the value.
+    let exact = json!({ "k": "x".repeat(16 * 1024 - 8) });
+    assert_eq!(serde_json::to_string(&exact).unwrap().len(), 16 * 1024);
+    s.enroll(&key, "", &json!({"external_id": "E", "metadata": exact}))
+        .await
+        .created();
+    let over = json!({ "k": "x".repeat(16 * 1024 - 7) });
+    s.enroll(&key, "", &json!({"external_id": "E", "metadata": over}))
+        .await
+        .assert_error(400, "metadata must be at most 16 KiB");
+    // Optional fields may be absent or null.
+    s.enroll(
+        &key,
+        "",
+        &json!({"external_id": "E", "username": null, "metadata": null}),
+    )
+    .await
+    .created();
+    s.enroll(&key, "", &json!({"external_id": "E", "metadata": {}}))
+        .await
+        .created();
+}
+
+#[tokio::test]
+async fn language_must_be_en_kk_or_ru() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Polyglot").await;
+    for q in ["?language=de", "?language=english", "?language=kz"] {
+        let t = unix_now_ms();
+        let a = s.enroll(&key, q, &enroll_body("EMP-1")).await;
+        a.assert_error_prefix(400, "unsupported language");
+        a.assert_rate_headers(t);
+        s.identify(&key, q)
+            .await
+            .assert_error_prefix(400, "unsupported language");
+    }
+    s.enroll(&key, "?language=de", &enroll_body("EMP-1"))
+        .await
+        .assert_error(400, "unsupported language \"de\": use en, kk or ru");
+
+    for (q, lang) in [
+        ("", "en"),
+        ("?language=en", "en"),
+        ("?language=kk", "kk"),
+        ("?language=ru", "ru"),
+    ] {
+        let c = s.enroll(&key, q, &enroll_body("EMP-1")).await.created();
+        assert_eq!(
+            s.session(&key, &c.session_id).await.json()["language"],
+            lang
+        );
+        let c = s.identify(&key, q).await.created();
+        assert_eq!(
+            s.session(&key, &c.session_id).await.json()["language"],
+            lang
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 413
+
+#[tokio::test]
+async fn body_over_64_kib_is_413_and_the_server_keeps_serving() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Heavy").await;
+    // A new connection for every request: this test is about the answers, not keep-alive
+    // (see `connection_after_413_is_closed_or_still_usable`).
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let raw = |body: Vec<u8>| {
+        client
+            .post(s.url("/v1/enroll"))
+            .header("x-api-key", &key)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+
+    let mut big = br#"{"external_id":"EMP-1","pad":""#.to_vec();
+    big.resize(64 * 1024 + 1 - 2, b'a');
+    big.extend_from_slice(b"\"}");
+    assert_eq!(big.len(), 64 * 1024 + 1);
+    let t = unix_now_ms();
+    let a = send(raw(big)).await;
+    a.assert_error(413, "request body too large");
+    a.assert_rate_headers(t);
+
+    // Far over, too.
+    send(raw(vec![b' '; 1024 * 1024]))
+        .await
+        .assert_error(413, "request body too large");
+
+    // Exactly 64 KiB is allowed (JSON may end in whitespace).
+    let mut exact = br#"{"external_id":"EMP-1"}"#.to_vec();
+    exact.resize(64 * 1024, b' ');
+    let c = send(raw(exact)).await.created();
+    let v = send(
+        client
+            .get(s.url(&format!("/v1/sessions/{}", c.session_id)))
+            .header("x-api-key", &key),
+    )
+    .await
+    .json();
+    assert_eq!(v["external_id"], "EMP-1");
+
+    // The server answers the next requests normally.
+    let c = send(
+        client
+            .post(s.url("/v1/enroll"))
+            .header("x-api-key", &key)
+            .json(&enroll_body("EMP-2")),
+    )
+    .await
+    .created();
+    let a = send(
+        client
+            .get(s.url(&format!("/v1/sessions/{}", c.session_id)))
+            .header("x-api-key", &key),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+/// Reads one HTTP/1.1 response (head and `content-length` body) from `conn`.
+async fn read_response(conn: &mut tokio::net::TcpStream) -> std::io::Result<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().expect("content-length"))
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok((head, buf[head_end..head_end + len].to_vec()))
+}
+
+/// HTTP/1.1 keep-alive after a 413: a server that will not read the rest of the body must say
+/// `Connection: close`; otherwise the connection must still serve the next request. (A
+/// pooled client — every partner SDK — reuses the connection, and its next request fails.)
+#[tokio::test]
+async fn connection_after_413_is_closed_or_still_usable() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("KeepAlive").await;
+    let addr = s.base_url.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let body = vec![b' '; 64 * 1024 + 1];
+    let head = format!(
+        "POST /v1/enroll HTTP/1.1\r\nHost: {addr}\r\nx-api-key: {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(&body);
+    conn.write_all(&request).await.expect("write request");
+    let (head, body) = read_response(&mut conn).await.expect("413 response");
+    assert!(head.starts_with("http/1.1 413"), "{head}");
+    let v: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(v, json!({"message": "request body too large"}));
+
+    let announced_close = head
+        .lines()
+        .any(|l| l.starts_with("connection:") && l.contains("close"));
+    if !announced_close {
+        let next = format!(
+            "GET /v1/sessions/00000000-0000-4000-8000-000000000000 HTTP/1.1\r\n\
+             Host: {addr}\r\nx-api-key: {key}\r\n\r\n"
+        );
+        let answer = match conn.write_all(next.as_bytes()).await {
+            Ok(()) => read_response(&mut conn).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok((head, _)) => assert!(head.starts_with("http/1.1 404"), "{head}"),
+            Err(e) => panic!(
+                "the 413 did not say `Connection: close`, yet the connection is dead for the \
+                 next request ({e}); the 413's head was:\n{head}"
+            ),
+        }
+    }
+    // Either way a new connection is served.
+    s.identify(&key, "").await.created();
+}
+
+/// The 413 row is about any body: `POST /v1/identify` takes none, and one over 64 KiB is
+/// still refused rather than silently ignored.
+#[tokio::test]
+async fn identify_with_a_body_over_64_kib_is_413() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Stuffed").await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let t = unix_now_ms();
+    let a = send(
+        client
+            .post(s.url("/v1/identify"))
+            .header("x-api-key", &key)
+            .header("content-type", "application/json")
+            .body(vec![b' '; 64 * 1024 + 1]),
+    )
+    .await;
+    a.assert_error(413, "request body too large");
+    a.assert_rate_headers(t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 404
+
+#[tokio::test]
+async fn unknown_v1_route_is_404_after_authentication() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Lost").await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/nothing-here"),
+        (reqwest::Method::POST, "/v1/enrol"),
+        (reqwest::Method::GET, "/v1/sessions"),
+        (reqwest::Method::GET, "/v1/enroll"),
+        (reqwest::Method::DELETE, "/v1/identify"),
+        (reqwest::Method::GET, "/v1/sessions/a/b/c"),
+    ] {
+        let t = unix_now_ms();
+        let a = send(
+            s.client
+                .request(method.clone(), s.url(path))
+                .header("x-api-key", &key),
+        )
+        .await;
+        a.assert_error(404, "not found");
+        a.assert_rate_headers(t);
+
+        // Without a key, authentication comes first.
+        let t = unix_now_ms();
+        let a = send(s.client.request(method.clone(), s.url(path))).await;
+        a.assert_error(401, "invalid or missing API key");
+        a.assert_rate_headers(t);
+        let a = send(
+            s.client
+                .request(method, s.url(path))
+                .header("x-api-key", BAD_KEY),
+        )
+        .await;
+        a.assert_error(401, "invalid or missing API key");
+    }
+}
+
+/// Path parameters that are not even UTF-8 name nothing: a JSON 404 like any unknown
+/// resource, never a plain-text framework error.
+#[tokio::test]
+async fn undecodable_path_segments_are_json_404() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Bytes").await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/sessions/%FF"),
+        (reqwest::Method::GET, "/v1/sessions/%C3%28"),
+        (reqwest::Method::POST, "/v1/sessions/%FF/cancel"),
+        (reqwest::Method::GET, "/v1/users/%FF"),
+        (reqwest::Method::GET, "/v1/users/EMP-%C3"),
+        (reqwest::Method::DELETE, "/v1/users/%FE%FF"),
+    ] {
+        let t = unix_now_ms();
+        let a = send(
+            s.client
+                .request(method.clone(), s.url(path))
+                .header("x-api-key", &key),
+        )
+        .await;
+        assert!(
+            a.content_type().starts_with("application/json"),
+            "{method} {path}: Content-Type {:?}, body {:?}",
+            a.content_type(),
+            a.text
+        );
+        a.assert_error(404, "not found");
+        a.assert_rate_headers(t);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 409
+
+#[tokio::test]
+async fn enroll_of_an_already_enrolled_external_id_is_409() {
+    let mut s = TestServer::prepare(Options::default());
+    let a_partner = s.seed_partner("Seeded", &["EMP-1", "ИВН-7"]).await;
+    s.launch().await;
+    let key = &a_partner.api_key;
+
+    for ext in ["EMP-1", "ИВН-7"] {
+        let t = unix_now_ms();
+        let a = s.enroll(key, "", &enroll_body(ext)).await;
+        a.assert_error(409, "user with this external_id already enrolled");
+        a.assert_rate_headers(t);
+        s.enroll(key, "?language=kk", &json!({ "external_id": ext }))
+            .await
+            .assert_error(409, "user with this external_id already enrolled");
+    }
+    // 400 is checked before 409.
+    s.enroll(key, "?language=de", &enroll_body("EMP-1"))
+        .await
+        .assert_error_prefix(400, "unsupported language");
+    s.enroll(key, "", &json!({"external_id": "EMP-1", "metadata": []}))
+        .await
+        .assert_error(400, "metadata must be a JSON object");
+
+    // Another external_id of the same partner, and identify, are fine.
+    s.enroll(key, "", &enroll_body("EMP-2")).await.created();
+    // A pending (not completed) enrollment does not block another one.
+    s.enroll(key, "", &enroll_body("EMP-2")).await.created();
+    s.identify(key, "").await.created();
+
+    // The same external_id under another partner is another person.
+    let (_, b_key) = s.create_partner("Other").await;
+    s.enroll(&b_key, "", &enroll_body("EMP-1")).await.created();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency-Key
+
+async fn enroll_idem(s: &TestServer, key: &str, idem: &str, body: &Value) -> Answer {
+    send(
+        s.post("/v1/enroll")
+            .header("x-api-key", key)
+            .header("idempotency-key", idem)
+            .json(body),
+    )
+    .await
+}
+
+async fn identify_idem(s: &TestServer, key: &str, idem: &str) -> Answer {
+    send(
+        s.post("/v1/identify")
+            .header("x-api-key", key)
+            .header("idempotency-key", idem),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_answer() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Retry").await;
+    let body = enroll_body("EMP-1");
+
+    let first = enroll_idem(&s, &key, "order-1", &body).await;
+    let c1 = first.created();
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let again = enroll_idem(&s, &key, "order-1", &body).await;
+    assert_eq!(again.created(), c1, "the same 201 body");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json(), first.json());
+    let t = unix_now_ms();
+    let third = enroll_idem(&s, &key, "order-1", &body).await;
+    assert_eq!(third.created(), c1);
+    third.assert_rate_headers(t);
+
+    // Without the key every call is a new session.
+    let n1 = s.enroll(&key, "", &body).await.created();
+    let n2 = s.enroll(&key, "", &body).await.created();
+    assert_ne!(n1.session_id, n2.session_id);
+    assert_ne!(n1.session_id, c1.session_id);
+
+    // Identify too.
+    let i1 = identify_idem(&s, &key, "id-1").await.created();
+    let a = identify_idem(&s, &key, "id-1").await;
+    assert_eq!(a.created(), i1);
+    assert_eq!(a.header("idempotent-replayed"), Some("true"));
+
+    // A 255-character key is fine.
+    let long = "k".repeat(255);
+    let l1 = enroll_idem(&s, &key, &long, &body).await.created();
+    assert_eq!(enroll_idem(&s, &key, &long, &body).await.created(), l1);
+    assert_ne!(l1.session_id, c1.session_id);
+
+    // Keys belong to their partner: another partner's same key is its own request.
+    let (_, other) = s.create_partner("Other").await;
+    let o1 = enroll_idem(&s, &other, "order-1", &body).await;
+    let o1c = o1.created();
+    assert_eq!(o1.header("idempotent-replayed"), None);
+    assert_ne!(o1c.session_id, c1.session_id);
+    // ...and the first partner's session is still invisible to it.
+    s.session(&other, &c1.session_id)
+        .await
+        .assert_error(404, "not found");
+}
+
+#[tokio::test]
+async fn idempotency_key_with_a_different_request_is_409() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Careless").await;
+    let c1 = enroll_idem(&s, &key, "k-1", &enroll_body("EMP-1"))
+        .await
+        .created();
+    let t = unix_now_ms();
+    let a = enroll_idem(&s, &key, "k-1", &enroll_body("EMP-2")).await;
+    a.assert_error(
+        409,
+        "Idempotency-Key was already used with a different request",
+    );
+    a.assert_rate_headers(t);
+    enroll_idem(&s, &key, "k-1", &json!({"external_id": "EMP-1"}))
+        .await
+        .assert_error(
+            409,
+            "Idempotency-Key was already used with a different request",
+        );
+    // The original request still replays.
+    assert_eq!(
+        enroll_idem(&s, &key, "k-1", &enroll_body("EMP-1"))
+            .await
+            .created(),
+        c1
+    );
+}
+
+#[tokio::test]
+async fn idempotency_key_over_255_characters_is_400() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Verbose").await;
+    let long = "k".repeat(256);
+    let t = unix_now_ms();
+    let a = enroll_idem(&s, &key, &long, &enroll_body("EMP-1")).await;
+    a.assert_error(400, "Idempotency-Key must be 1 to 255 characters");
+    a.assert_rate_headers(t);
+    identify_idem(&s, &key, &long)
+        .await
+        .assert_error(400, "Idempotency-Key must be 1 to 255 characters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_with_one_idempotency_key_share_one_session() {
+    let mut s = TestServer::start().await;
+    let (_, key) = s.create_partner("Racer").await;
+    let body = enroll_body("EMP-1");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let rb = s
+            .post("/v1/enroll")
+            .header("x-api-key", &key)
+            .header("idempotency-key", "same-key")
+            .json(&body);
+        tasks.spawn(send(rb));
+    }
+    let mut created = Vec::new();
+    let mut fresh = 0;
+    while let Some(a) = tasks.join_next().await {
+        let a = a.expect("task");
+        created.push(a.created());
+        if a.header("idempotent-replayed").is_none() {
+            fresh += 1;
+        }
+    }
+    let ids: HashSet<_> = created.iter().map(|c| c.session_id.clone()).collect();
+    assert_eq!(ids.len(), 1, "one session for one key: {created:?}");
+    let urls: HashSet<_> = created.iter().map(|c| c.url.clone()).collect();
+    assert_eq!(urls.len(), 1, "one URL for one key: {created:?}");
+    assert_eq!(
+        fresh, 1,
+        "exactly one answer is the original, the rest are replays"
+    );
+
+    // And the log holds exactly one session.
+    s.kill9();
+    let store = SqliteStore::open(s.store_path()).expect("open store");
+    let events = store.read(0, 10_000).expect("read log");
+    let sessions = events
+        .iter()
+        .filter(|r| r.event.kind() == "SessionCreated")
+        .count();
+    assert_eq!(sessions, 1, "SessionCreated events in the log");
+}
+
+#[tokio::test]
+async fn idempotency_key_survives_a_restart() {
+    let mut s =
+        TestServer::start_with(Options::default().public_url("https://gate.example.test")).await;
+    let (_, key) = s.create_partner("Patient").await;
+    let body = enroll_body("EMP-1");
+    let e1 = enroll_idem(&s, &key, "before-restart", &body)
+        .await
+        .created();
+    assert!(
+        e1.url.starts_with("https://gate.example.test/enroll/"),
+        "url on public_url: {}",
+        e1.url
+    );
+    let i1 = identify_idem(&s, &key, "before-restart-id").await.created();
+
+    s.restart().await;
+
+    let a = enroll_idem(&s, &key, "before-restart", &body).await;
+    assert_eq!(
+        a.created(),
+        e1,
+        "same session_id, url and expires_at after restart"
+    );
+    assert_eq!(a.header("idempotent-replayed"), Some("true"));
+    let a = identify_idem(&s, &key, "before-restart-id").await;
+    assert_eq!(a.created(), i1);
+    assert_eq!(a.header("idempotent-replayed"), Some("true"));
+    enroll_idem(&s, &key, "before-restart", &enroll_body("EMP-9"))
+        .await
+        .assert_error(
+            409,
+            "Idempotency-Key was already used with a different request",
+        );
+
+    // The page behind the replayed URL is the live session's.
+    let page = send(s.get(&e1.path())).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+}

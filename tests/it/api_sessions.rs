@@ -1,0 +1,355 @@
+//! SPEC 2 partner extensions: `GET /v1/sessions/{id}`, `POST /v1/sessions/{id}/cancel`,
+//! `GET /v1/users/{external_id}`, partner isolation, and expiry (SPEC 3: 15 minutes,
+//! configurable).
+
+use crate::fixtures::{Options, TestServer, poll, send, unix_now_ms};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Parses an API time: RFC 3339, UTC, written with `Z`.
+#[track_caller]
+fn api_time(v: &Value, field: &str) -> DateTime<Utc> {
+    let s = v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} is not a string in {v}"));
+    assert!(s.ends_with('Z'), "{field} {s:?} is not UTC with Z");
+    DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{field} {s:?} is not RFC 3339: {e}"))
+        .with_timezone(&Utc)
+}
+
+#[tokio::test]
+async fn get_session_shows_its_fields() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Reader").await;
+    let before = Utc::now();
+    let a = s
+        .enroll(
+            &key,
+            "?language=kk",
+            &json!({"external_id": "EMP-12345", "username": "Айгүл", "metadata": {"access_level": "standard"}}),
+        )
+        .await;
+    let c = a.created();
+    let after = Utc::now();
+
+    let t = unix_now_ms();
+    let a = s.session(&key, &c.session_id).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(a.content_type().starts_with("application/json"));
+    a.assert_rate_headers(t);
+    let v = a.json();
+    assert_eq!(v["session_id"], json!(c.session_id));
+    assert_eq!(v["type"], "enroll");
+    assert_eq!(v["state"], "pending");
+    assert_eq!(v["language"], "kk");
+    assert_eq!(v["external_id"], "EMP-12345");
+    assert!(
+        v.get("fail_reason").is_none_or(Value::is_null),
+        "no fail_reason while pending: {v}"
+    );
+    let created = api_time(&v, "created_at");
+    let expires = api_time(&v, "expires_at");
+    assert!(
+        created >= before - chrono::Duration::seconds(1)
+            && created <= after + chrono::Duration::seconds(1),
+        "created_at {created} is not the time of the request ({before}..{after})"
+    );
+    assert_eq!(
+        expires - created,
+        chrono::Duration::minutes(15),
+        "default ttl"
+    );
+    assert_eq!(
+        v["expires_at"],
+        json!(c.expires_at),
+        "same expires_at as the 201"
+    );
+    uuid::Uuid::parse_str(&c.session_id).expect("session_id is a UUID");
+
+    // An identify session.
+    let c = s.identify(&key, "?language=ru").await.created();
+    let v = s.session(&key, &c.session_id).await.json();
+    assert_eq!(v["session_id"], json!(c.session_id));
+    assert_eq!(v["type"], "identify");
+    assert_eq!(v["state"], "pending");
+    assert_eq!(v["language"], "ru");
+    assert!(
+        v.get("external_id").is_none_or(Value::is_null),
+        "identify has no external_id before it matches: {v}"
+    );
+    let created = api_time(&v, "created_at");
+    assert_eq!(
+        api_time(&v, "expires_at") - created,
+        chrono::Duration::minutes(15)
+    );
+    assert!(c.url.ends_with(&format!("/identify/{}", c.token())));
+}
+
+#[tokio::test]
+async fn configured_ttl_sets_expires_at() {
+    let s = TestServer::start_with(Options::default().ttl("90s")).await;
+    let (_, key) = s.create_partner("Quick").await;
+    let c = s.identify(&key, "").await.created();
+    let v = s.session(&key, &c.session_id).await.json();
+    assert_eq!(
+        api_time(&v, "expires_at") - api_time(&v, "created_at"),
+        chrono::Duration::seconds(90)
+    );
+}
+
+#[tokio::test]
+async fn cancel_fails_the_session_once() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Canceller").await;
+    let c = s
+        .enroll(&key, "", &json!({"external_id": "EMP-1"}))
+        .await
+        .created();
+
+    let t = unix_now_ms();
+    let a = s.cancel(&key, &c.session_id).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(a.content_type().starts_with("application/json"));
+    a.assert_rate_headers(t);
+    let v = a.json();
+    assert_eq!(v["session_id"], json!(c.session_id));
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["fail_reason"], "cancelled");
+
+    let v = s.session(&key, &c.session_id).await.json();
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["fail_reason"], "cancelled");
+    assert_eq!(v["type"], "enroll");
+    assert_eq!(v["external_id"], "EMP-1");
+
+    // A session that has ended cannot be cancelled again.
+    let t = unix_now_ms();
+    let a = s.cancel(&key, &c.session_id).await;
+    a.assert_error(409, "session is not pending");
+    a.assert_rate_headers(t);
+    assert_eq!(
+        s.session(&key, &c.session_id).await.json()["fail_reason"],
+        "cancelled"
+    );
+
+    // Identify sessions cancel the same way; other sessions are untouched.
+    let i = s.identify(&key, "").await.created();
+    let other = s.identify(&key, "").await.created();
+    let v = s.cancel(&key, &i.session_id).await.json();
+    assert_eq!(
+        (v["state"].as_str(), v["fail_reason"].as_str()),
+        (Some("failed"), Some("cancelled"))
+    );
+    assert_eq!(
+        s.session(&key, &other.session_id).await.json()["state"],
+        "pending"
+    );
+}
+
+#[tokio::test]
+async fn another_partners_sessions_and_users_do_not_exist() {
+    let mut s = TestServer::prepare(Options::default());
+    let a = s.seed_partner("Alpha", &["EMP-1"]).await;
+    s.launch().await;
+    let (_, b_key) = s.create_partner("Beta").await;
+
+    let c = s
+        .enroll(&a.api_key, "", &json!({"external_id": "EMP-2"}))
+        .await
+        .created();
+
+    // A sees its own session and user.
+    assert_eq!(s.session(&a.api_key, &c.session_id).await.status, 200);
+    let u = send(s.get("/v1/users/EMP-1").header("x-api-key", &a.api_key)).await;
+    assert_eq!(u.status, 200, "{}", u.text);
+    let v = u.json();
+    assert_eq!(v["external_id"], "EMP-1");
+    assert_eq!(v["username"], "User EMP-1");
+    assert_eq!(v["metadata"], json!({"access_level": "standard"}));
+    api_time(&v, "enrolled_at");
+
+    // B gets exactly what a missing session or user gets.
+    let t = unix_now_ms();
+    let r = s.session(&b_key, &c.session_id).await;
+    r.assert_error(404, "not found");
+    r.assert_rate_headers(t);
+    s.cancel(&b_key, &c.session_id)
+        .await
+        .assert_error(404, "not found");
+    send(s.get("/v1/users/EMP-1").header("x-api-key", &b_key))
+        .await
+        .assert_error(404, "not found");
+    s.session(&b_key, "00000000-0000-4000-8000-000000000000")
+        .await
+        .assert_error(404, "not found");
+
+    let r = send(
+        s.client
+            .delete(s.url("/v1/users/EMP-1"))
+            .header("x-api-key", &b_key),
+    )
+    .await;
+    r.assert_error(404, "not found");
+
+    // B's cancel and delete changed nothing.
+    assert_eq!(
+        send(s.get("/v1/users/EMP-1").header("x-api-key", &a.api_key))
+            .await
+            .status,
+        200
+    );
+    let v = s.session(&a.api_key, &c.session_id).await.json();
+    assert_eq!(v["state"], "pending");
+
+    // A user that does not exist, for A itself.
+    send(s.get("/v1/users/EMP-404").header("x-api-key", &a.api_key))
+        .await
+        .assert_error(404, "not found");
+    // A pending enrollment is not a user yet.
+    send(s.get("/v1/users/EMP-2").header("x-api-key", &a.api_key))
+        .await
+        .assert_error(404, "not found");
+}
+
+#[tokio::test]
+async fn unknown_or_malformed_session_id_is_404() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Typo").await;
+    let c = s.identify(&key, "").await.created();
+    for id in [
+        "not-a-uuid",
+        "00000000-0000-4000-8000-000000000000",
+        "12345",
+        &c.session_id[..35],
+        &format!("{}0", c.session_id),
+        &c.token(),
+    ] {
+        s.session(&key, id).await.assert_error(404, "not found");
+        s.cancel(&key, id).await.assert_error(404, "not found");
+    }
+    // The real one is still pending.
+    assert_eq!(
+        s.session(&key, &c.session_id).await.json()["state"],
+        "pending"
+    );
+}
+
+#[tokio::test]
+async fn pending_session_expires_after_its_ttl() {
+    let s = TestServer::start_with(Options::default().ttl("2s")).await;
+    let (_, key) = s.create_partner("Slow").await;
+    let e = s
+        .enroll(&key, "?language=ru", &json!({"external_id": "EMP-1"}))
+        .await
+        .created();
+    let i = s.identify(&key, "").await.created();
+    let cancelled = s.identify(&key, "").await.created();
+    assert_eq!(s.cancel(&key, &cancelled.session_id).await.status, 200);
+
+    let v = s.session(&key, &e.session_id).await.json();
+    assert_eq!(v["state"], "pending");
+    assert_eq!(
+        api_time(&v, "expires_at") - api_time(&v, "created_at"),
+        chrono::Duration::seconds(2)
+    );
+
+    for c in [&e, &i] {
+        let (srv, k, id) = (&s, key.as_str(), c.session_id.as_str());
+        let v = poll(
+            "the session to expire",
+            Duration::from_secs(10),
+            move || async move {
+                let v = srv.session(k, id).await.json();
+                (v["state"] == "expired").then_some(v)
+            },
+        )
+        .await;
+        assert!(
+            Utc::now() >= api_time(&v, "expires_at"),
+            "expired before expires_at: {v}"
+        );
+        assert!(
+            v.get("fail_reason").is_none_or(Value::is_null),
+            "an expired session has no fail_reason: {v}"
+        );
+        // The page says the link expired.
+        let page = send(s.get(&c.path())).await;
+        assert_eq!(page.status, 400, "{}", page.text);
+        // It can no longer be cancelled.
+        s.cancel(&key, &c.session_id)
+            .await
+            .assert_error(409, "session is not pending");
+    }
+    // A session that failed before its deadline stays failed.
+    let v = s.session(&key, &cancelled.session_id).await.json();
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["fail_reason"], "cancelled");
+}
+
+#[tokio::test]
+async fn completed_enrollment_reads_completed_and_cannot_be_cancelled() {
+    let mut s = TestServer::prepare(Options::default());
+    let p = s.seed_partner("Done", &["EMP-1", "EMP-2"]).await;
+    s.launch().await;
+    for u in &p.users {
+        let a = s.session(&p.api_key, &u.session_id).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        let v = a.json();
+        assert_eq!(v["session_id"], json!(u.session_id));
+        assert_eq!(v["type"], "enroll");
+        assert_eq!(v["state"], "completed");
+        assert_eq!(v["language"], json!(u.language));
+        assert_eq!(v["external_id"], json!(u.external_id));
+        assert!(v.get("fail_reason").is_none_or(Value::is_null), "{v}");
+        api_time(&v, "created_at");
+        api_time(&v, "expires_at");
+        s.cancel(&p.api_key, &u.session_id)
+            .await
+            .assert_error(409, "session is not pending");
+        assert_eq!(
+            s.session(&p.api_key, &u.session_id).await.json()["state"],
+            "completed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleted_user_is_gone_and_may_enroll_again() {
+    let mut s = TestServer::prepare(Options::default());
+    let p = s.seed_partner("Forgetful", &["EMP-1", "EMP-2"]).await;
+    s.launch().await;
+    let key = &p.api_key;
+    let user = |ext: &str| send(s.get(&format!("/v1/users/{ext}")).header("x-api-key", key));
+    let delete = |ext: &str| {
+        send(
+            s.client
+                .delete(s.url(&format!("/v1/users/{ext}")))
+                .header("x-api-key", key),
+        )
+    };
+
+    s.enroll(key, "", &json!({"external_id": "EMP-1"}))
+        .await
+        .assert_error(409, "user with this external_id already enrolled");
+    let t = unix_now_ms();
+    let a = delete("EMP-1").await;
+    assert_eq!(a.status, 204, "{}", a.text);
+    assert!(a.text.is_empty(), "204 has no body: {:?}", a.text);
+    a.assert_rate_headers(t);
+
+    user("EMP-1").await.assert_error(404, "not found");
+    delete("EMP-1").await.assert_error(404, "not found");
+    // The other user is untouched.
+    assert_eq!(user("EMP-2").await.status, 200);
+    // A later enroll of the same external_id is allowed.
+    s.enroll(key, "", &json!({"external_id": "EMP-1"}))
+        .await
+        .created();
+    // And the erasure survives a restart.
+    s.restart().await;
+    let user = |ext: &str| send(s.get(&format!("/v1/users/{ext}")).header("x-api-key", key));
+    user("EMP-1").await.assert_error(404, "not found");
+    assert_eq!(user("EMP-2").await.status, 200);
+}
