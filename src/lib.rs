@@ -14,6 +14,8 @@
 //! - [`mqtt`] — readers: the embedded rumqttd broker, the rumqttc client, the SPEC 5 protocol.
 //! - [`modbus`] — relay boards over tokio-modbus (TCP, RTU): pulse with read-back, resting
 //!   states after reconnect, polled inputs; and a simulated board for tests and the demo.
+//! - [`replay`] — audit: the log re-verified (hash chain, schema, every door decision
+//!   re-derived), exported, and replayed under a new policy (what-if).
 //! - [`synthetic`] — reference synthetic palms (stable identity per name plus per-scan noise).
 //! - [`webhooks`] — the webhook dispatcher (outbox = the log) and the SSRF guard.
 //! - [`config`] — layered configuration (embedded defaults → file → `PALMGATE_*` env).
@@ -24,6 +26,7 @@ pub mod core;
 pub mod http;
 pub mod modbus;
 pub mod mqtt;
+pub mod replay;
 pub mod store;
 pub mod synthetic;
 pub mod webhooks;

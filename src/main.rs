@@ -25,6 +25,11 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Re-verify, export or replay the recorded log (SPEC 9).
+    Audit {
+        #[command(subcommand)]
+        action: AuditCmd,
+    },
     /// Simulated palm readers.
     Reader {
         #[command(subcommand)]
@@ -55,6 +60,41 @@ struct AdminTarget {
         hide_env_values = true
     )]
     token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the whole log: hash chain, event schema, every door decision re-derived.
+    /// Exits 1 on any finding.
+    Verify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Who went through which door, when, and why (door decisions).
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// From this instant (RFC 3339), inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Until this instant (RFC 3339), exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_parser = ["jsonl", "csv"], default_value = "jsonl")]
+        format: String,
+    },
+    /// The past door decisions a new policy would decide differently.
+    WhatIf {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The candidate site policy (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +151,18 @@ enum PartnerCmd {
     Deactivate { id: String },
 }
 
+/// Ends the process with status 1 after printing `msg` (audit findings).
+#[derive(Debug)]
+struct Failed(String);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failed {}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = tokio::runtime::Builder::new_multi_thread()
@@ -123,11 +175,13 @@ fn main() -> std::process::ExitCode {
                     Cmd::Serve { config } => serve(config).await,
                     Cmd::Partner { target, action } => partner(target, action).await,
                     Cmd::Reader { action } => reader(action).await,
+                    Cmd::Audit { action } => audit(action),
                 }
             })
         });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Failed>().is_some() => std::process::ExitCode::FAILURE,
         Err(e) => {
             eprintln!("palmgate: {e:#}");
             std::process::ExitCode::FAILURE
@@ -332,5 +386,107 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
     }
     sim.follow(std::time::Duration::from_secs(wait), true)
         .await?;
+    Ok(())
+}
+
+fn instant(s: Option<String>, what: &str) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    s.map(|s| {
+        chrono::DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .with_context(|| format!("--{what} {s:?} is not an RFC 3339 instant"))
+    })
+    .transpose()
+}
+
+fn open_log(config: Option<&std::path::Path>) -> anyhow::Result<palmgate::store::SqliteStore> {
+    let config = Config::load_with_process_env(config)?;
+    if !config.store.path.exists() {
+        bail!("no event log at {}", config.store.path.display());
+    }
+    Ok(palmgate::store::SqliteStore::open(&config.store.path)?)
+}
+
+fn audit(action: AuditCmd) -> anyhow::Result<()> {
+    use palmgate::replay::audit;
+    match action {
+        AuditCmd::Verify { config } => {
+            let store = open_log(config.as_deref())?;
+            let report = audit::verify(&store)?;
+            for f in &report.findings {
+                println!("position {}: {}", f.position, f.problem);
+            }
+            println!(
+                "{} events, {} door decisions re-derived: {}",
+                report.events,
+                report.decisions,
+                if report.ok() {
+                    "hash chain intact, every decision reproduced".to_string()
+                } else {
+                    format!("{} problem(s)", report.findings.len())
+                }
+            );
+            if !report.ok() {
+                return Err(Failed("audit found problems".into()).into());
+            }
+        }
+        AuditCmd::Export {
+            config,
+            from,
+            to,
+            format,
+        } => {
+            let store = open_log(config.as_deref())?;
+            let rows = audit::decisions(&store, instant(from, "from")?, instant(to, "to")?)?;
+            let mut out = std::io::stdout().lock();
+            if format == "csv" {
+                writeln!(out, "{}", audit::CSV_HEADER)?;
+            }
+            for r in rows.iter().filter_map(audit::decision_row) {
+                if format == "csv" {
+                    writeln!(out, "{}", audit::csv_line(&r))?;
+                } else {
+                    writeln!(out, "{r}")?;
+                }
+            }
+        }
+        AuditCmd::WhatIf {
+            config,
+            policy,
+            from,
+            to,
+        } => {
+            let text = std::fs::read_to_string(&policy)
+                .with_context(|| format!("cannot read {}", policy.display()))?;
+            let candidate = palmgate::core::policy::Policy::parse(&text).map_err(|errs| {
+                anyhow::anyhow!(
+                    "{} is not a valid site policy:\n{}",
+                    policy.display(),
+                    errs.iter()
+                        .map(|e| format!("  {e}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })?;
+            let store = open_log(config.as_deref())?;
+            let (n, changed) = audit::what_if(
+                &store,
+                &candidate,
+                instant(from, "from")?,
+                instant(to, "to")?,
+            )?;
+            for c in &changed {
+                let now = match &c.now {
+                    palmgate::core::policy::Verdict::Granted { level, .. } => {
+                        format!("granted ({level})")
+                    }
+                    palmgate::core::policy::Verdict::Denied { reason, .. } => {
+                        format!("denied ({reason})")
+                    }
+                };
+                println!("{}  now: {now}", c.row);
+            }
+            println!("{n} decisions replayed, {} would change", changed.len());
+        }
+    }
     Ok(())
 }

@@ -24,6 +24,10 @@
 //!   keep being recorded for attendance and anti-passback.
 //! - A zone reader that is on no door is accepted with a warning ([`Policy::warnings`]): such a
 //!   reader cannot produce door decisions (SPEC 5), so its zone may never see those movements.
+//! - Defaults: `partners = ["*"]` (`[]` admits nobody), relay `unit = 1`, TCP port 502, RTU
+//!   9600 baud, `pulse_ms = 3000`, `held_open_after_s = 30`, door `name` = its id,
+//!   `respect_holidays = false` (levels and, an addition, unlock windows). `timezone` is
+//!   required. A coil or an input drives one door only; `*` is not a door id.
 //!
 //! Pure: no IO, no clock. The hot path of `decide` allocates only the level name it returns.
 
@@ -508,14 +512,11 @@ impl Policy {
         let date = local.date_naive();
         let field = |k: &str| who.metadata.and_then(|m| m.get(k)).filter(|v| !v.is_null());
         let bound = |k: &str| field(k).map(|v| v.as_str().and_then(Bound::parse));
-        if let Some(from) = bound("valid_from")
-            && !from.is_some_and(|b| b.started(req.at, date))
-        {
+        // Present (not null) but unparseable or unmet: denied.
+        if bound("valid_from").is_some_and(|b| !b.is_some_and(|b| b.started(req.at, date))) {
             return denied(DenyReason::NotYetValid);
         }
-        if let Some(until) = bound("valid_until")
-            && !until.is_some_and(|b| b.not_ended(req.at, date))
-        {
+        if bound("valid_until").is_some_and(|b| !b.is_some_and(|b| b.not_ended(req.at, date))) {
             return denied(DenyReason::Expired);
         }
         let names: &[Value] = match field("access_level") {

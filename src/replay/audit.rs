@@ -1,0 +1,316 @@
+//! `palmgate audit verify | export | what-if`.
+//!
+//! Verification folds the whole log into a fresh state, event by event, exactly as start-up
+//! does, and at each `DoorDecided` checks that (1) the recorded inputs are the ones the state
+//! held at that point — policy version, site mode, zone state — and (2) the policy, run again on
+//! those inputs, gives the recorded verdict. Any changed byte breaks the hash chain at its
+//! position; any rewritten decision is a mismatch at its position.
+
+use crate::core::doors::verdict_for;
+use crate::core::event::{Event, Recorded};
+use crate::core::policy::{Policy, Verdict};
+use crate::core::state::State;
+use crate::store::EventStore;
+use crate::store::chain::Verifier;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One problem found, at a log position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    pub position: u64,
+    pub problem: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub events: u64,
+    pub decisions: u64,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// Pages through the whole log.
+fn for_each_raw(
+    store: &dyn EventStore,
+    mut f: impl FnMut(&crate::store::RawEvent),
+) -> Result<(), crate::store::StoreError> {
+    let mut after = 0;
+    loop {
+        let page = store.read_raw(after, 10_000)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = last.position;
+        for r in &page {
+            f(r);
+        }
+    }
+}
+
+/// Verifies the chain, the schema and every door decision.
+pub fn verify(store: &dyn EventStore) -> Result<Report, crate::store::StoreError> {
+    let mut report = Report::default();
+    let mut chain = Verifier::default();
+    let mut state = State::default();
+    let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
+    let mut broken = false;
+    for_each_raw(store, |raw| {
+        report.events += 1;
+        if !broken && let Err(b) = chain.check(raw) {
+            report.findings.push(Finding {
+                position: b.position,
+                problem: format!("hash chain: {}", b.reason),
+            });
+            // Later links are judged against this break; report it once.
+            broken = true;
+        }
+        let rec = match raw.decode() {
+            Ok(r) => r,
+            Err(e) => {
+                report.findings.push(Finding {
+                    position: raw.position,
+                    problem: format!("schema: {e}"),
+                });
+                return;
+            }
+        };
+        check_event(&rec, &state, &mut policies, &mut report);
+        state.evolve(&rec);
+    })?;
+    Ok(report)
+}
+
+fn check_event(
+    rec: &Recorded,
+    state: &State,
+    policies: &mut HashMap<String, Arc<Policy>>,
+    report: &mut Report,
+) {
+    let mut problem = |p: String| {
+        report.findings.push(Finding {
+            position: rec.position,
+            problem: p,
+        })
+    };
+    match &rec.event {
+        Event::PolicyActivated {
+            sha256, document, ..
+        } => match Policy::parse(document) {
+            Ok(p) if p.sha256 == *sha256 => {
+                policies.insert(sha256.clone(), Arc::new(p));
+            }
+            Ok(p) => problem(format!(
+                "policy document hashes to {}, not the recorded {sha256}",
+                p.sha256
+            )),
+            Err(e) => problem(format!(
+                "activated policy is invalid: {}",
+                e.first().map(|e| e.to_string()).unwrap_or_default()
+            )),
+        },
+        Event::DoorDecided {
+            door,
+            reader_id,
+            subject,
+            erased,
+            policy,
+            mode,
+            last_in_zone,
+            verdict,
+            at,
+            ..
+        } => {
+            report.decisions += 1;
+            let Some(p) = policies.get(policy) else {
+                problem(format!("decided under policy {policy}, never activated"));
+                return;
+            };
+            if state.policy.as_ref().map(|x| x.sha256.as_str()) != Some(policy.as_str()) {
+                problem(format!(
+                    "decided under policy {policy}, but {} was in force",
+                    state
+                        .policy
+                        .as_ref()
+                        .map_or("none".to_string(), |x| x.sha256.clone())
+                ));
+            }
+            if state.site_mode() != *mode {
+                problem(format!(
+                    "recorded site mode {mode:?}, but the log says {:?}",
+                    state.site_mode()
+                ));
+            }
+            let again = verdict_for(
+                p,
+                door,
+                reader_id,
+                subject.as_ref(),
+                *erased,
+                *at,
+                *mode,
+                *last_in_zone,
+            );
+            report.decisions += 0;
+            if again != *verdict {
+                problem(format!(
+                    "door {door}: recorded {}, the policy gives {}",
+                    describe(verdict),
+                    describe(&again)
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn describe(v: &Verdict) -> String {
+    match v {
+        Verdict::Granted { level, .. } => format!("granted ({level})"),
+        Verdict::Denied { reason, .. } => format!("denied ({reason})"),
+    }
+}
+
+/// One row of `audit export`.
+pub fn decision_row(rec: &Recorded) -> Option<Value> {
+    let Event::DoorDecided {
+        door,
+        reader_id,
+        subject,
+        policy,
+        verdict,
+        at,
+        ..
+    } = &rec.event
+    else {
+        return None;
+    };
+    Some(json!({
+        "position": rec.position,
+        "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "door": door.as_str(),
+        "reader": reader_id.as_str(),
+        "partner_id": subject.as_ref().map(|s| s.partner_id.to_string()),
+        "external_id": subject.as_ref().map(|s| s.external_id.0.clone()),
+        "granted": verdict.granted(),
+        "reason": verdict.reason().map(|r| r.as_str()),
+        "level": verdict.level(),
+        "policy": policy,
+    }))
+}
+
+fn in_range(at: DateTime<Utc>, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> bool {
+    from.is_none_or(|f| at >= f) && to.is_none_or(|t| at < t)
+}
+
+/// Door decisions between `from` (inclusive) and `to` (exclusive).
+pub fn decisions(
+    store: &dyn EventStore,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> Result<Vec<Recorded>, crate::store::StoreError> {
+    let mut out = vec![];
+    let mut after = 0;
+    loop {
+        let page = store.read(after, 10_000)?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = last.position;
+        out.extend(page.into_iter().filter(
+            |r| matches!(&r.event, Event::DoorDecided { at, .. } if in_range(*at, from, to)),
+        ));
+    }
+}
+
+pub const CSV_HEADER: &str =
+    "position,at,door,reader,partner_id,external_id,granted,reason,level,policy";
+
+/// A CSV line (RFC 4180 quoting) of an export row.
+pub fn csv_line(row: &Value) -> String {
+    let cols = [
+        "position",
+        "at",
+        "door",
+        "reader",
+        "partner_id",
+        "external_id",
+        "granted",
+        "reason",
+        "level",
+        "policy",
+    ];
+    cols.iter()
+        .map(|c| {
+            let v = match &row[*c] {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if v.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", v.replace('"', "\"\""))
+            } else {
+                v
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A past decision the new policy would decide differently.
+#[derive(Debug)]
+pub struct Changed {
+    pub row: Value,
+    pub now: Verdict,
+}
+
+/// Re-decides every door decision in range with `policy` (same inputs).
+pub fn what_if(
+    store: &dyn EventStore,
+    policy: &Policy,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> Result<(usize, Vec<Changed>), crate::store::StoreError> {
+    let all = decisions(store, from, to)?;
+    let mut changed = vec![];
+    for rec in &all {
+        let Event::DoorDecided {
+            door,
+            reader_id,
+            subject,
+            erased,
+            mode,
+            last_in_zone,
+            verdict,
+            at,
+            ..
+        } = &rec.event
+        else {
+            continue;
+        };
+        let again = verdict_for(
+            policy,
+            door,
+            reader_id,
+            subject.as_ref(),
+            *erased,
+            *at,
+            *mode,
+            *last_in_zone,
+        );
+        if again.granted() != verdict.granted() || again.reason() != verdict.reason() {
+            if let Some(row) = decision_row(rec) {
+                changed.push(Changed { row, now: again });
+            }
+        }
+    }
+    Ok((all.len(), changed))
+}

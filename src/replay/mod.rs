@@ -1,0 +1,7 @@
+//! Replay and audit (SPEC 9): re-deriving what the log says happened.
+//!
+//! [`audit`] walks a stored log: hash chain, event schema, and every door decision re-derived
+//! from its recorded inputs with the policy then in force, checked against the state folded
+//! from the log up to that point.
+
+pub mod audit;
