@@ -125,22 +125,24 @@ impl Dispatcher {
             .iter()
             .filter_map(|s| self.app.keys.open_secret(s))
             .collect();
-        let Some(current) = secrets.first() else {
-            tracing::error!(
-                delivery = id,
-                "webhook secret cannot be decrypted with this master key"
-            );
-            return;
-        };
         let ts = now.timestamp();
-        let standard: Vec<String> = secrets
-            .iter()
-            .filter_map(|s| standard_signature(s, id, ts, body.as_bytes()))
-            .collect();
         let started = Instant::now();
-        let result = self
-            .send(&url, id, attempt, ts, current, &standard.join(" "), body)
-            .await;
+        let result = match secrets.first() {
+            // Recorded as a failed attempt, so the schedule runs its course (and disables the
+            // webhook) instead of retrying at once for ever.
+            None => {
+                tracing::error!(delivery = id, "webhook secret cannot be decrypted");
+                Err("the webhook secret cannot be decrypted with this server's master key".into())
+            }
+            Some(current) => {
+                let standard: Vec<String> = secrets
+                    .iter()
+                    .filter_map(|s| standard_signature(s, id, ts, body.as_bytes()))
+                    .collect();
+                self.send(&url, id, attempt, ts, current, &standard.join(" "), body)
+                    .await
+            }
+        };
         let latency_ms = started.elapsed().as_millis() as u64;
         let (status_code, error, response, retry_after) = match result {
             Ok((status, text, retry_after)) => (Some(status), None, text, retry_after),
