@@ -87,18 +87,9 @@ pub fn rests_unlocked(
     policy.is_some_and(|p| p.unlocked_by_window(door, now))
 }
 
-/// The re-derivable core of a door decision: the same function `audit` runs.
-pub fn verdict_for(
-    policy: &Policy,
-    door: &DoorId,
-    reader: &ReaderId,
-    subject: Option<&DoorSubject>,
-    erased: bool,
-    at: DateTime<Utc>,
-    mode: SiteMode,
-    last_in_zone: Option<super::policy::Direction>,
-) -> super::policy::Verdict {
-    let who = match subject {
+/// The policy's view of who stood at the reader, from a decision's recorded inputs.
+pub fn identified(subject: Option<&DoorSubject>, erased: bool) -> Identified<'_> {
+    match subject {
         Some(s) => Identified::User(Subject {
             partner_id: s.partner_id,
             partner_name: &s.partner_name,
@@ -107,15 +98,33 @@ pub fn verdict_for(
         }),
         None if erased => Identified::Erased,
         None => Identified::NoMatch,
-    };
-    policy.decide(&Request {
+    }
+}
+
+/// Re-derives the verdict a `DoorDecided` event records, from its own inputs (what `audit`
+/// runs); `None` for any other event.
+pub fn rederive(policy: &Policy, e: &Event) -> Option<super::policy::Verdict> {
+    let Event::DoorDecided {
         door,
-        reader,
-        who,
-        at,
+        reader_id,
+        subject,
+        erased,
         mode,
         last_in_zone,
-    })
+        at,
+        ..
+    } = e
+    else {
+        return None;
+    };
+    Some(policy.decide(&Request {
+        door,
+        reader: reader_id,
+        who: identified(subject.as_ref(), *erased),
+        at: *at,
+        mode: *mode,
+        last_in_zone: *last_in_zone,
+    }))
 }
 
 /// The decision's view of an enrolled user.
@@ -203,16 +212,14 @@ pub fn decide_door(
         _ => None,
     };
     let mode = state.site_mode();
-    let verdict = verdict_for(
-        policy,
-        &door.id,
-        &cref.reader_id,
-        subject.as_ref(),
-        erased,
-        now,
+    let verdict = policy.decide(&Request {
+        door: &door.id,
+        reader: &cref.reader_id,
+        who: identified(subject.as_ref(), erased),
+        at: now,
         mode,
         last_in_zone,
-    );
+    });
     let granted = verdict.granted();
     let door_stream = stream::door(&door.id);
     let mut appends = vec![one(

@@ -663,15 +663,14 @@ impl State {
                 }
                 self.set_due(delivery_id, Some(*at));
             }
-            Event::PolicyActivated { document, at, .. } => match Policy::parse(document) {
-                Ok(p) => {
+            // Only a valid document is ever activated; a log that says otherwise is reported by
+            // `audit verify`, and the last good policy stays.
+            Event::PolicyActivated { document, at, .. } => {
+                if let Ok(p) = Policy::parse(document) {
                     self.policy = Some(Arc::new(p));
                     self.policy_document = Some((Arc::from(document.as_str()), *at));
                 }
-                // Only a valid document is ever activated; a log that says otherwise is
-                // reported by `audit verify`, and the last good policy stays.
-                Err(_) => {}
-            },
+            }
             Event::SiteModeChanged {
                 lockdown,
                 emergency,

@@ -6,7 +6,7 @@
 //! those inputs, gives the recorded verdict. Any changed byte breaks the hash chain at its
 //! position; any rewritten decision is a mismatch at its position.
 
-use crate::core::doors::verdict_for;
+use crate::core::doors::rederive;
 use crate::core::event::{Event, Recorded};
 use crate::core::policy::{Policy, Verdict};
 use crate::core::state::State;
@@ -119,14 +119,9 @@ fn check_event(
         },
         Event::DoorDecided {
             door,
-            reader_id,
-            subject,
-            erased,
             policy,
             mode,
-            last_in_zone,
             verdict,
-            at,
             ..
         } => {
             report.decisions += 1;
@@ -149,17 +144,9 @@ fn check_event(
                     state.site_mode()
                 ));
             }
-            let again = verdict_for(
-                p,
-                door,
-                reader_id,
-                subject.as_ref(),
-                *erased,
-                *at,
-                *mode,
-                *last_in_zone,
-            );
-            report.decisions += 0;
+            let Some(again) = rederive(p, &rec.event) else {
+                return;
+            };
             if again != *verdict {
                 problem(format!(
                     "door {door}: recorded {}, the policy gives {}",
@@ -282,34 +269,15 @@ pub fn what_if(
     let all = decisions(store, from, to)?;
     let mut changed = vec![];
     for rec in &all {
-        let Event::DoorDecided {
-            door,
-            reader_id,
-            subject,
-            erased,
-            mode,
-            last_in_zone,
-            verdict,
-            at,
-            ..
-        } = &rec.event
-        else {
+        let Event::DoorDecided { verdict, .. } = &rec.event else {
             continue;
         };
-        let again = verdict_for(
-            policy,
-            door,
-            reader_id,
-            subject.as_ref(),
-            *erased,
-            *at,
-            *mode,
-            *last_in_zone,
-        );
-        if again.granted() != verdict.granted() || again.reason() != verdict.reason() {
-            if let Some(row) = decision_row(rec) {
-                changed.push(Changed { row, now: again });
-            }
+        let Some(again) = rederive(policy, &rec.event) else {
+            continue;
+        };
+        let differs = again.granted() != verdict.granted() || again.reason() != verdict.reason();
+        if differs && let Some(row) = decision_row(rec) {
+            changed.push(Changed { row, now: again });
         }
     }
     Ok((all.len(), changed))
