@@ -1,0 +1,361 @@
+//! `audit verify | export | what-if` on a real log made by the real server: tamper detection
+//! (a changed byte, a rewritten decision with a recomputed chain), re-derivation, exports, and
+//! what a new policy would change. The CLI's exit status is checked on the binary itself.
+
+use palmgate::core::ReaderId;
+use palmgate::mqtt::protocol::{CaptureMsg, Inbound};
+use palmgate::replay::audit;
+use palmgate::store::SqliteStore;
+use palmgate::store::chain::event_hash;
+use rusqlite::{Connection, params};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+const SITE: &str = r#"timezone = "Asia/Almaty"
+
+[[relay_devices]]
+id = "board-1"
+modbus = "tcp://127.0.0.1:9"
+
+[[doors]]
+id = "main"
+readers = ["lobby-1"]
+relay = { device = "board-1", coil = 0 }
+
+[[doors]]
+id = "lab"
+readers = ["lab-1"]
+relay = { device = "board-1", coil = 1 }
+
+[schedules]
+always = ["* * * * * *"]
+
+[[levels]]
+name = "standard"
+doors = ["main", "lab"]
+schedule = "always"
+"#;
+
+struct Log {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Log {
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("events.db")
+    }
+}
+
+fn capture(palm: &str, seed: u64, id: &str) -> Inbound {
+    Inbound::Capture(CaptureMsg {
+        capture_id: id.into(),
+        session: None,
+        template: palmgate::synthetic::scan(palm, 128, seed),
+        quality: 0.9,
+        liveness: true,
+    })
+}
+
+/// A log with a policy, an enrolled user and six door decisions (granted and denied).
+async fn make_log() -> Log {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    std::fs::write(dir.path().join("site.toml"), SITE).unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"site = "{d}/site.toml"
+[http]
+listen = "127.0.0.1:0"
+[store]
+path = "{d}/events.db"
+[secrets]
+key_file = "{d}/master.key"
+key_store = "{d}/keys.db"
+[mqtt.embedded]
+listen = "127.0.0.1:0"
+"#
+        ),
+    )
+    .unwrap();
+    let cfg = palmgate::config::Config::load(Some(&config), &[]).unwrap();
+    let server = palmgate::app::start(cfg).await.unwrap();
+    let app = server.app.clone();
+    // Enroll alice through the core pipeline (a session, then a capture at a desk reader).
+    let partner = palmgate::core::PartnerId::from_random([7; 16]);
+    app.execute(palmgate::core::Command::CreatePartner {
+        partner_id: partner,
+        name: "Acme".into(),
+        api_key_hash: palmgate::app::secrets::hash_secret("k"),
+    })
+    .await
+    .unwrap();
+    let sid = palmgate::core::SessionId::from_random([8; 16]);
+    let token = app.keys.session_token(sid);
+    app.execute(palmgate::core::Command::CreateSession {
+        partner_id: partner,
+        session_id: sid,
+        token_hash: palmgate::app::secrets::hash_secret(&token),
+        kind: palmgate::core::SessionKind::Enroll,
+        language: palmgate::core::Language::En,
+        enroll: Some(palmgate::core::EnrollRequest {
+            external_id: palmgate::core::ExternalId("alice".into()),
+            username: None,
+            metadata: Some(json!({"access_level": "standard"})),
+        }),
+        idempotency: None,
+        ttl: chrono::Duration::minutes(15),
+    })
+    .await
+    .unwrap();
+    app.reader_message(
+        ReaderId("desk-1".into()),
+        Inbound::Capture(CaptureMsg {
+            capture_id: "enroll-1".into(),
+            session: Some(token),
+            template: palmgate::synthetic::scan("alice", 128, 1),
+            quality: 0.9,
+            liveness: true,
+        }),
+    )
+    .await
+    .unwrap();
+    for (i, (reader, palm)) in [
+        ("lobby-1", "alice"),
+        ("lab-1", "alice"),
+        ("lobby-1", "mallory"),
+        ("lobby-1", "alice"),
+        ("lab-1", "mallory"),
+        ("lab-1", "alice"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        app.reader_message(
+            ReaderId(reader.to_string()),
+            capture(palm, 100 + i as u64, &format!("scan-{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    drop(server);
+    drop(app);
+    Log { dir, config }
+}
+
+fn store(path: &Path) -> SqliteStore {
+    SqliteStore::open(path).unwrap()
+}
+
+/// `(position, data)` of every DoorDecided row.
+fn decided_rows(db: &Path) -> Vec<(i64, String)> {
+    let c = Connection::open(db).unwrap();
+    let mut st = c
+        .prepare("SELECT position, data FROM events WHERE type = 'DoorDecided' ORDER BY position")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Rewrites one event's data and re-seals the whole chain from there, as a forger with write
+/// access to the file would.
+fn forge(db: &Path, position: i64, data: &str) {
+    let c = Connection::open(db).unwrap();
+    c.execute(
+        "UPDATE events SET data = ?1 WHERE position = ?2",
+        params![data, position],
+    )
+    .unwrap();
+    let rows: Vec<(i64, String, i64, String, i64, String, String, Vec<u8>)> = {
+        let mut st = c
+            .prepare(
+                "SELECT position, stream, revision, type, version, recorded_at, data, prev_hash \
+                 FROM events WHERE position >= ?1 ORDER BY position",
+            )
+            .unwrap();
+        st.query_map([position], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    let mut prev: [u8; 32] = rows[0].7.clone().try_into().unwrap();
+    for (pos, stream, rev, kind, ver, at, data, _) in rows {
+        let h = event_hash(
+            &prev, pos as u64, &stream, rev as u64, &kind, ver as u32, &at, &data,
+        );
+        c.execute(
+            "UPDATE events SET prev_hash = ?1, hash = ?2 WHERE position = ?3",
+            params![&prev[..], &h[..], pos],
+        )
+        .unwrap();
+        prev = h;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untouched_log_verifies_and_every_decision_is_reproduced() {
+    let log = make_log().await;
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    assert_eq!(r.decisions, 6);
+    let rows: Vec<Value> = audit::decisions(&store(&log.db()), None, None)
+        .unwrap()
+        .iter()
+        .filter_map(audit::decision_row)
+        .collect();
+    let granted: Vec<bool> = rows
+        .iter()
+        .map(|r| r["granted"].as_bool().unwrap())
+        .collect();
+    assert_eq!(granted, vec![true, true, false, true, false, true]);
+    assert_eq!(rows[2]["reason"], "no_match");
+    assert_eq!(rows[0]["external_id"], "alice");
+    assert_eq!(rows[0]["level"], "standard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_is_reported_at_its_position() {
+    let log = make_log().await;
+    let (pos, data) = decided_rows(&log.db())[1].clone();
+    let c = Connection::open(log.db()).unwrap();
+    c.execute(
+        "UPDATE events SET data = ?1 WHERE position = ?2",
+        params![data.replacen("lab", "lac", 1), pos],
+    )
+    .unwrap();
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert!(!r.ok());
+    assert_eq!(r.findings[0].position, pos as u64, "{:?}", r.findings);
+    assert!(r.findings[0].problem.contains("hash"), "{:?}", r.findings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_decision_with_a_resealed_chain_is_still_caught() {
+    let log = make_log().await;
+    // The no_match denial turned into a grant, and the chain recomputed after it.
+    let (pos, data) = decided_rows(&log.db())[2].clone();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(v["verdict"]["reason"], "no_match");
+    v["verdict"] = json!({"verdict": "granted", "level": "standard", "passback_violation": false});
+    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].position, pos as u64);
+    assert!(
+        r.findings[0].problem.contains("no_match"),
+        "{:?}",
+        r.findings
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_and_reordered_events_are_caught() {
+    let log = make_log().await;
+    let rows = decided_rows(&log.db());
+    let c = Connection::open(log.db()).unwrap();
+    c.execute("DELETE FROM events WHERE position = ?1", [rows[3].0])
+        .unwrap();
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert_eq!(
+        r.findings[0].position,
+        rows[3].0 as u64 + 1,
+        "{:?}",
+        r.findings
+    );
+
+    let log = make_log().await;
+    let rows = decided_rows(&log.db());
+    let c = Connection::open(log.db()).unwrap();
+    c.execute(
+        "UPDATE events SET data = ?1 WHERE position = ?2",
+        params![rows[1].1, rows[0].0],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE events SET data = ?1 WHERE position = ?2",
+        params![rows[0].1, rows[1].0],
+    )
+    .unwrap();
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert!(!r.ok());
+    assert_eq!(r.findings[0].position, rows[0].0 as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_lists_the_decisions_a_new_policy_changes() {
+    let log = make_log().await;
+    let stricter = palmgate::core::policy::Policy::parse(
+        &SITE.replace(r#"doors = ["main", "lab"]"#, r#"doors = ["main"]"#),
+    )
+    .unwrap();
+    let (n, changed) = audit::what_if(&store(&log.db()), &stricter, None, None).unwrap();
+    assert_eq!(n, 6);
+    // alice's two lab grants become door_not_in_level; mallory stays no_match.
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    for c in &changed {
+        assert_eq!(c.row["door"], "lab");
+        assert_eq!(
+            c.now.reason().map(|r| r.as_str()),
+            Some("door_not_in_level")
+        );
+    }
+    let same = palmgate::core::policy::Policy::parse(SITE).unwrap();
+    assert!(
+        audit::what_if(&store(&log.db()), &same, None, None)
+            .unwrap()
+            .1
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exits_1_on_tampering_and_exports_csv() {
+    let log = make_log().await;
+    let bin = env!("CARGO_BIN_EXE_palmgate");
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin)
+            .args(args)
+            .arg("--config")
+            .arg(&log.config)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&["audit", "verify"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let csv = run(&["audit", "export", "--format", "csv"]);
+    let text = String::from_utf8(csv.stdout).unwrap();
+    assert_eq!(text.lines().next().unwrap(), audit::CSV_HEADER);
+    assert_eq!(text.lines().count(), 7);
+    assert!(text.contains(",main,lobby-1,"));
+    let (pos, data) = decided_rows(&log.db())[0].clone();
+    Connection::open(log.db())
+        .unwrap()
+        .execute(
+            "UPDATE events SET data = ?1 WHERE position = ?2",
+            params![data.replace("standard", "standarc"), pos],
+        )
+        .unwrap();
+    let bad = run(&["audit", "verify"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(out.contains(&format!("position {pos}")), "{out}");
+}
