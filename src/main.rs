@@ -30,6 +30,12 @@ enum Cmd {
         #[command(subcommand)]
         action: AuditCmd,
     },
+    /// Run replay scenarios (files or directories of *.toml) on a virtual clock.
+    /// Prints one line per scenario and `N passed, N failed`; exits 1 on any failure.
+    Replay {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Simulated palm readers.
     Reader {
         #[command(subcommand)]
@@ -176,6 +182,7 @@ fn main() -> std::process::ExitCode {
                     Cmd::Partner { target, action } => partner(target, action).await,
                     Cmd::Reader { action } => reader(action).await,
                     Cmd::Audit { action } => audit(action),
+                    Cmd::Replay { paths } => replay(paths).await,
                 }
             })
         });
@@ -487,6 +494,32 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             }
             println!("{n} decisions replayed, {} would change", changed.len());
         }
+    }
+    Ok(())
+}
+
+async fn replay(paths: Vec<PathBuf>) -> anyhow::Result<()> {
+    let files = palmgate::replay::runner::collect(&paths);
+    if files.is_empty() {
+        bail!("no scenario files in {paths:?}");
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for f in files {
+        let o = palmgate::replay::runner::run_file(&f).await;
+        if o.failures.is_empty() {
+            passed += 1;
+            println!("ok    {}", o.name);
+        } else {
+            failed += 1;
+            println!("FAIL  {}", o.name);
+            for line in &o.failures {
+                println!("      {line}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        return Err(Failed(format!("{failed} scenario(s) failed")).into());
     }
     Ok(())
 }

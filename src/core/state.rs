@@ -301,6 +301,10 @@ impl State {
             .map(|(t, _)| *t)
     }
 
+    /// Ids of the sessions still pending.
+    pub fn open_session_ids(&self) -> std::collections::HashSet<SessionId> {
+        self.deadlines.iter().map(|(_, id)| *id).collect()
+    }
     pub fn door_state(&self, door: &DoorId) -> Option<&DoorState> {
         self.doors.get(door)
     }
