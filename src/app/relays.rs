@@ -6,8 +6,8 @@
 //! reconnection, so a door never stays unlocked because a board restarted.
 
 use super::App;
+use crate::core::Command;
 use crate::core::doors::RelayCommand;
-use crate::core::{Command, RelayReport};
 use crate::modbus::{self, DeviceSpec, Report, Timing};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,35 +30,22 @@ impl Relays {
             reports,
         });
         relays.ensure_devices();
+        // A new policy may name new boards: connect them as it activates.
+        let watcher = relays.clone();
+        let mut recorded = app.recorded_events();
         tokio::spawn(async move {
-            while let Some(r) = rx.recv().await {
-                let report = match r {
-                    Report::Up { device } => RelayReport::Up { device },
-                    Report::Down { device, error } => RelayReport::Down { device, error },
-                    Report::Coil {
-                        device,
-                        coil,
-                        on,
-                        tag,
-                    } => RelayReport::Coil {
-                        device,
-                        coil,
-                        on,
-                        tag,
-                    },
-                    Report::CoilFailed {
-                        device,
-                        coil,
-                        on,
-                        error,
-                    } => RelayReport::CoilFailed {
-                        device,
-                        coil,
-                        on,
-                        error,
-                    },
-                    Report::Input { device, input, on } => RelayReport::Input { device, input, on },
-                };
+            loop {
+                match recorded.recv().await {
+                    Ok(r) if matches!(r.event, crate::core::Event::PolicyActivated { .. }) => {
+                        watcher.ensure_devices()
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(report) = rx.recv().await {
                 if let Err(e) = app.execute(Command::Relay(report)).await {
                     tracing::error!(error = %e, "relay report not recorded");
                 }

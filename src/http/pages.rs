@@ -11,6 +11,7 @@ use crate::app::App;
 use crate::app::secrets::hash_secret;
 use crate::core::session::{PageView, Session, SessionState};
 use crate::core::{Command, Language, SessionKind};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -39,19 +40,22 @@ fn find(app: &App, kind: SessionKind, token: &str) -> Option<Session> {
 
 pub async fn enroll_page(
     State(app): State<Arc<App>>,
-    Path(token): Path<String>,
+    token: Result<axum::extract::Path<String>, PathRejection>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    // A token that does not even decode is simply unknown: the page's own 404.
+    let token = token.map(|t| t.0).unwrap_or_default();
     arm_then_page(&app, SessionKind::Enroll, &token, q.get("reader"), &headers).await
 }
 
 pub async fn identify_page(
     State(app): State<Arc<App>>,
-    Path(token): Path<String>,
+    token: Result<axum::extract::Path<String>, PathRejection>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    let token = token.map(|t| t.0).unwrap_or_default();
     arm_then_page(
         &app,
         SessionKind::Identify,

@@ -29,38 +29,8 @@ pub struct DeviceSpec {
     pub inputs: Vec<u16>,
 }
 
-/// What a device task reports to the app.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Report {
-    Up {
-        device: String,
-    },
-    Down {
-        device: String,
-        error: String,
-    },
-    /// A coil was written (and, for OFF, read back).
-    Coil {
-        device: String,
-        coil: u16,
-        on: bool,
-        /// Why this write happened (the pulse's tag; empty for driving to the resting state).
-        tag: String,
-    },
-    /// A write failed; it is retried.
-    CoilFailed {
-        device: String,
-        coil: u16,
-        on: bool,
-        error: String,
-    },
-    /// An input changed (first poll after connecting reports every input).
-    Input {
-        device: String,
-        input: u16,
-        on: bool,
-    },
-}
+/// What a device task reports to the app: the core's own input type.
+pub use crate::core::RelayReport as Report;
 
 /// Commands to a device task.
 #[derive(Clone, Debug)]
