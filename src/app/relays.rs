@@ -54,8 +54,8 @@ impl Relays {
         relays
     }
 
-    /// Starts a task for every relay device of the policy that has none yet, and tells each new
-    /// device the resting state of its coils.
+    /// Starts a task for every relay device of the policy that has none yet, and tells every
+    /// device the policy's inputs and the resting state of its coils.
     pub fn ensure_devices(&self) {
         let Some(policy) = self.app.read(|s| s.policy.clone()) else {
             return;
@@ -63,9 +63,6 @@ impl Relays {
         let now = self.app.clock.now();
         let mut devices = self.devices.lock().expect("relays lock");
         for dev in &policy.relay_devices {
-            if devices.contains_key(&dev.id) {
-                continue;
-            }
             let mut inputs: Vec<u16> = policy
                 .doors
                 .iter()
@@ -81,21 +78,30 @@ impl Relays {
                 .collect();
             inputs.sort_unstable();
             inputs.dedup();
-            let tx = modbus::spawn_device(
-                DeviceSpec {
-                    id: dev.id.clone(),
-                    address: dev.modbus.clone(),
-                    unit: dev.unit,
-                    inputs,
-                },
-                Timing::default(),
-                self.reports.clone(),
-            );
+            // A board already running learns the policy's coils and inputs (a new policy may
+            // add doors, contacts or exit buttons to it).
+            let tx = match devices.get(&dev.id) {
+                Some(tx) => {
+                    let _ = tx.send(modbus::Command::Inputs(inputs));
+                    tx.clone()
+                }
+                None => modbus::spawn_device(
+                    DeviceSpec {
+                        id: dev.id.clone(),
+                        address: dev.modbus.clone(),
+                        unit: dev.unit,
+                        inputs,
+                    },
+                    Timing::default(),
+                    self.reports.clone(),
+                ),
+            };
             for door in policy.doors.iter().filter(|d| d.relay.device == dev.id) {
                 let on = self.app.read(|s| s.rests_unlocked(&door.id, now));
                 let _ = tx.send(modbus::Command::Want {
                     coil: door.relay.coil,
                     on,
+                    cut_pulse: false,
                 });
             }
             devices.insert(dev.id.clone(), tx);
@@ -104,7 +110,15 @@ impl Relays {
 
     /// Performs a relay effect of the core.
     pub fn perform(&self, device: &str, command: RelayCommand) {
-        self.ensure_devices();
+        if !self
+            .devices
+            .lock()
+            .expect("relays lock")
+            .contains_key(device)
+        {
+            // An effect can race the policy watcher by a few microseconds.
+            self.ensure_devices();
+        }
         let devices = self.devices.lock().expect("relays lock");
         let Some(tx) = devices.get(device) else {
             tracing::error!(
@@ -119,7 +133,15 @@ impl Relays {
                 hold: Duration::from_millis(u64::from(hold_ms)),
                 tag,
             },
-            RelayCommand::Rest { coil, on } => modbus::Command::Want { coil, on },
+            RelayCommand::Rest {
+                coil,
+                on,
+                cut_pulse,
+            } => modbus::Command::Want {
+                coil,
+                on,
+                cut_pulse,
+            },
         };
         let _ = tx.send(cmd);
     }

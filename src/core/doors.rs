@@ -30,8 +30,13 @@ pub enum RelayCommand {
         hold_ms: u32,
         tag: String,
     },
-    /// The coil's resting state (true = unlocked).
-    Rest { coil: u16, on: bool },
+    /// The coil's resting state (true = unlocked); `cut_pulse` ends a pulse in progress
+    /// (lockdown: every relay off now).
+    Rest {
+        coil: u16,
+        on: bool,
+        cut_pulse: bool,
+    },
 }
 
 /// The metadata a decision depends on (kept in the event for audit).
@@ -337,6 +342,7 @@ pub fn resting_changes(
             command: RelayCommand::Rest {
                 coil: door.relay.coil,
                 on: want,
+                cut_pulse: false,
             },
         });
     }
@@ -617,5 +623,21 @@ pub fn set_mode(
     let rest = resting_changes(state, state.policy.as_deref(), l, e, now, cause);
     d.appends.extend(rest.appends);
     d.effects.extend(rest.effects);
+    // Lockdown means every relay off now, pulses included.
+    if l && !state.lockdown
+        && !e
+        && let Some(policy) = &state.policy
+    {
+        for door in &policy.doors {
+            d.effects.push(Effect::Relay {
+                device: door.relay.device.clone(),
+                command: RelayCommand::Rest {
+                    coil: door.relay.coil,
+                    on: false,
+                    cut_pulse: true,
+                },
+            });
+        }
+    }
     d
 }

@@ -393,17 +393,44 @@ impl Block {
             .fold(0.0, |s, (i, q)| s + self.rows[base + i * GROUP] * q)
     }
 
-    /// Calls `f(row, similarity)` for every row in order.
-    #[inline(always)]
-    fn scan_exact(&self, dim: usize, query: &[f32], mut f: impl FnMut(usize, f32)) {
-        let n = self.len();
-        for (g, group) in self.rows.chunks_exact(GROUP * dim).enumerate() {
-            let acc = group_scores(group, query);
-            let live = (n - g * GROUP).min(GROUP);
-            for (l, &s) in acc[..live].iter().enumerate() {
-                f(g * GROUP + l, s);
+    /// [`Block::exact`] of up to [`SHORTLIST`] rows at once (independent chains interleaved).
+    fn exact_rows(&self, dim: usize, rows: &[usize], query: &[f32], out: &mut [f32; SHORTLIST]) {
+        let mut bases = [0usize; SHORTLIST];
+        for (b, &row) in bases.iter_mut().zip(rows) {
+            *b = (row / GROUP) * dim * GROUP + row % GROUP;
+        }
+        let bases = &bases[..rows.len()];
+        let mut acc = [0f32; SHORTLIST];
+        for (i, &q) in query.iter().enumerate() {
+            for (a, &b) in acc.iter_mut().zip(bases) {
+                *a += self.rows[b + i * GROUP] * q;
             }
         }
+        *out = acc;
+    }
+
+    /// The first row scoring above `bar` and above every earlier row of the block, scanning
+    /// in order (with no `bar`, row 0 is taken whatever its score): `(row, similarity)`.
+    fn scan_exact(&self, dim: usize, query: &[f32], bar: Option<f32>) -> Option<(usize, f32)> {
+        let n = self.len();
+        let (mut found, mut bar) = (None, bar);
+        for (g, group) in self.rows.chunks_exact(GROUP * dim).enumerate() {
+            let acc = group_scores(group, query);
+            let live = &acc[..(n - g * GROUP).min(GROUP)];
+            // Most groups hold nothing better: test them with one vectorised count.
+            if let Some(b) = bar
+                && live.iter().fold(0u32, |c, &s| c + u32::from(s > b)) == 0
+            {
+                continue;
+            }
+            for (l, &s) in live.iter().enumerate() {
+                if bar.is_none_or(|b| s > b) {
+                    found = Some((g * GROUP + l, s));
+                    bar = Some(s);
+                }
+            }
+        }
+        found
     }
 }
 
@@ -514,6 +541,16 @@ fn code_dot_any(row: &[i16], a: &[i16], b: &[i16]) -> i32 {
     })
 }
 
+/// [`code_dot`] of each row of `codes` into `out`. Kept out of line: inlined into its
+/// caller, LLVM may vectorise *across* rows (gathering words lane by lane), which is slower.
+#[inline(never)]
+fn code_dots<const W: usize>(codes: &[i16], a: &[i16; W], b: &[i16; W], out: &mut [i32]) {
+    for (row, d) in codes.chunks_exact(W).zip(out.iter_mut()) {
+        let row: &[i16; W] = row.try_into().expect("row words");
+        *d = code_dot(row, a, b);
+    }
+}
+
 /// Raw code dot products of every row of `codes`, a batch at a time: `f(first_row, dots)`.
 #[inline(always)]
 fn scan_codes_w<const W: usize>(codes: &[i16], q: &CodeQuery, mut f: impl FnMut(usize, &[i32])) {
@@ -522,10 +559,7 @@ fn scan_codes_w<const W: usize>(codes: &[i16], q: &CodeQuery, mut f: impl FnMut(
     let mut dots = [0i32; BATCH];
     for (n, batch) in codes.chunks(BATCH * W).enumerate() {
         let rows = batch.len() / W;
-        for (row, d) in batch.chunks_exact(W).zip(dots.iter_mut()) {
-            let row: &[i16; W] = row.try_into().expect("row words");
-            *d = code_dot(row, a, b);
-        }
+        code_dots(batch, a, b, &mut dots[..rows]);
         f(n * BATCH, &dots[..rows]);
     }
 }
@@ -550,7 +584,8 @@ fn scan_codes(codes: &[i16], words: usize, q: &CodeQuery, mut f: impl FnMut(usiz
     }
 }
 
-/// The approximate scores kept for re-ranking: `(score / query scale, scope position, row)`.
+/// The approximate scores kept for re-ranking, `(score / query scale, scope position, row)`,
+/// as a binary min-heap on the score.
 struct Shortlist {
     items: Vec<(f32, usize, usize)>,
     /// Smallest kept score once full; rows scoring at or below it are not kept.
@@ -565,34 +600,77 @@ impl Shortlist {
         }
     }
 
+    /// Offers the rows of a batch scoring above the floor (rare once the list is full).
+    #[inline(always)]
+    fn offer_batch(&mut self, scores: &[f32], pos: usize, first: usize) {
+        let floor = self.floor;
+        let above = scores.iter().fold(0u32, |n, &s| n + u32::from(s > floor));
+        if above > 0 {
+            self.offer_each(scores, pos, first);
+        }
+    }
+
     #[cold]
     #[inline(never)]
+    fn offer_each(&mut self, scores: &[f32], pos: usize, first: usize) {
+        for (j, &s) in scores.iter().enumerate() {
+            if s > self.floor {
+                self.offer(s, pos, first + j);
+            }
+        }
+    }
+
     fn offer(&mut self, score: f32, pos: usize, row: usize) {
-        if self.items.len() < SHORTLIST {
-            self.items.push((score, pos, row));
-            if self.items.len() == SHORTLIST {
-                self.floor = self.min().1;
+        let h = &mut self.items;
+        if h.len() < SHORTLIST {
+            h.push((score, pos, row));
+            let mut i = h.len() - 1;
+            while i > 0 && h[(i - 1) / 2].0 > h[i].0 {
+                h.swap(i, (i - 1) / 2);
+                i = (i - 1) / 2;
+            }
+            if h.len() == SHORTLIST {
+                self.floor = h[0].0;
             }
             return;
         }
-        let (i, _) = self.min();
-        self.items[i] = (score, pos, row);
-        self.floor = self.min().1;
-    }
-
-    fn min(&self) -> (usize, f32) {
-        self.items
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::INFINITY),
-                |m, (i, it)| if it.0 < m.1 { (i, it.0) } else { m },
-            )
+        h[0] = (score, pos, row);
+        let mut i = 0;
+        loop {
+            let (l, r) = (2 * i + 1, 2 * i + 2);
+            let mut m = i;
+            if l < h.len() && h[l].0 < h[m].0 {
+                m = l;
+            }
+            if r < h.len() && h[r].0 < h[m].0 {
+                m = r;
+            }
+            if m == i {
+                break;
+            }
+            h.swap(i, m);
+            i = m;
+        }
+        self.floor = h[0].0;
     }
 
     fn full(&self) -> bool {
         self.items.len() == SHORTLIST
     }
+}
+
+/// Approximate scores (in units of the query scale) of a batch of raw code dot products.
+#[inline(always)]
+fn batch_scores<'s>(
+    dots: &[i32],
+    scales: &[f32],
+    offset: i32,
+    out: &'s mut [f32; BATCH],
+) -> &'s [f32] {
+    for ((o, &d), &s) in out.iter_mut().zip(dots).zip(scales) {
+        *o = d.wrapping_sub(offset) as f32 * s;
+    }
+    &out[..dots.len()]
 }
 
 /// The running winner: highest similarity, then earliest (scope position, row).
@@ -707,29 +785,36 @@ impl Index {
 
         // 1. Scan the codes, keeping the SHORTLIST best approximate scores.
         let mut short = Shortlist::new();
+        let mut scores = [0f32; BATCH];
         for (pos, (_, b)) in scope.iter().enumerate() {
             stats.scanned += b.len();
             scan_codes(&b.codes, self.words, &q, |first, dots| {
                 let scales = &b.scales[first..first + dots.len()];
-                for (j, (&d, &s)) in dots.iter().zip(scales).enumerate() {
-                    let score = d.wrapping_sub(q.offset) as f32 * s;
-                    if score > short.floor {
-                        short.offer(score, pos, first + j);
-                    }
-                }
+                let scores = batch_scores(dots, scales, q.offset, &mut scores);
+                short.offer_batch(scores, pos, first);
             });
         }
 
         // 2. Re-rank the shortlist exactly.
         let mut winner: Option<Winner> = None;
-        for &(_, pos, row) in &short.items {
-            let c = Winner {
-                pos,
-                row,
-                similarity: scope[pos].1.exact(self.dim, row, query),
-            };
-            if better(winner, c) {
-                winner = Some(c);
+        for (pos, (_, b)) in scope.iter().enumerate() {
+            let rows: Vec<usize> = short
+                .items
+                .iter()
+                .filter(|it| it.1 == pos)
+                .map(|it| it.2)
+                .collect();
+            let mut sims = [0f32; SHORTLIST];
+            b.exact_rows(self.dim, &rows, query, &mut sims);
+            for (&row, &similarity) in rows.iter().zip(&sims) {
+                let c = Winner {
+                    pos,
+                    row,
+                    similarity,
+                };
+                if better(winner, c) {
+                    winner = Some(c);
+                }
             }
         }
         stats.reranked = short.items.len();
@@ -746,9 +831,9 @@ impl Index {
                 for (pos, (_, b)) in scope.iter().enumerate() {
                     scan_codes(&b.codes, self.words, &q, |first, dots| {
                         let scales = &b.scales[first..first + dots.len()];
-                        for (j, (&d, &s)) in dots.iter().zip(scales).enumerate() {
-                            let approx = d.wrapping_sub(q.offset) as f32 * s * q.scale;
-                            if reach(approx) >= w.similarity {
+                        let scores = batch_scores(dots, scales, q.offset, &mut scores);
+                        for (j, &score) in scores.iter().enumerate() {
+                            if reach(score * q.scale) >= w.similarity {
                                 let row = first + j;
                                 stats.reranked += 1;
                                 let c = Winner {
@@ -825,11 +910,9 @@ impl Index {
     fn exact_in(&self, query: &[f32], scope: &[(PartnerId, &Block)]) -> Option<Candidate> {
         let mut best: Option<(usize, usize, f32)> = None;
         for (pos, (_, b)) in scope.iter().enumerate() {
-            b.scan_exact(self.dim, query, |row, s| {
-                if best.is_none_or(|(_, _, bs)| s > bs) {
-                    best = Some((pos, row, s));
-                }
-            });
+            if let Some((row, s)) = b.scan_exact(self.dim, query, best.map(|b| b.2)) {
+                best = Some((pos, row, s));
+            }
         }
         best.map(|(pos, row, similarity)| {
             self.candidate(

@@ -42,7 +42,14 @@ pub enum Command {
         tag: String,
     },
     /// The state a coil should rest in (locked = false); applied now and after reconnects.
-    Want { coil: u16, on: bool },
+    /// A pulse in progress ends first, unless `cut_pulse` (lockdown: every relay off now).
+    Want {
+        coil: u16,
+        on: bool,
+        cut_pulse: bool,
+    },
+    /// The inputs to poll (a new site policy may add contacts or exit buttons).
+    Inputs(Vec<u16>),
 }
 
 /// Timeouts and backoff of device connections.
@@ -159,12 +166,25 @@ impl Device {
     /// Applies a command to the bookkeeping; the writes happen in the connected loop.
     fn accept(&mut self, cmd: Command) -> Option<(u16, bool, String)> {
         match cmd {
-            Command::Want { coil, on } => {
+            Command::Want {
+                coil,
+                on,
+                cut_pulse,
+            } => {
                 self.wanted.insert(coil, on);
                 if self.pulsing.contains_key(&coil) {
-                    return None; // the pulse's end applies the wanted state
+                    if !cut_pulse {
+                        return None; // the pulse's end applies the wanted state
+                    }
+                    self.pulsing.remove(&coil);
+                    self.offs.retain(|(_, c), _| *c != coil);
                 }
                 Some((coil, on, String::new()))
+            }
+            Command::Inputs(inputs) => {
+                self.spec.inputs = inputs;
+                self.inputs.retain(|i, _| self.spec.inputs.contains(i));
+                None
             }
             Command::Pulse { coil, hold, tag } => {
                 self.wanted.entry(coil).or_insert(false);

@@ -134,7 +134,12 @@ impl SimBoard {
 
     /// Powers the board on again on the same port.
     pub async fn restart(&self, reset: bool) -> std::io::Result<()> {
-        self.stop();
+        let old = self.server.lock().expect("lock").take();
+        if let Some(t) = old {
+            t.abort();
+            // The listener is closed only once the aborted task is gone.
+            let _ = t.await;
+        }
         if reset {
             self.board.lock().expect("lock").coils.fill(false);
         }

@@ -364,7 +364,17 @@ impl Runner {
                             tag,
                             Some(Duration::milliseconds(i64::from(hold_ms))),
                         ),
-                        RelayCommand::Rest { coil, on } => (coil, on, String::new(), None),
+                        RelayCommand::Rest {
+                            coil,
+                            on,
+                            cut_pulse,
+                        } => {
+                            if cut_pulse {
+                                self.offs
+                                    .retain(|_, (d, c, _)| !(*d == device && *c == coil));
+                            }
+                            (coil, on, String::new(), None)
+                        }
                     };
                     let report = if self.down.contains(&device) {
                         RelayReport::CoilFailed {

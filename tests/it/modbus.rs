@@ -196,8 +196,18 @@ async fn wanted_states_are_driven_at_connect_and_inputs_reported() {
     board.force_coil(3, true); // found ON at start-up
     let (tx, mut rx) = mpsc::unbounded_channel();
     let dev = spawn_device(spec(&board), fast(), tx);
-    dev.send(Command::Want { coil: 3, on: false }).unwrap();
-    dev.send(Command::Want { coil: 4, on: true }).unwrap();
+    dev.send(Command::Want {
+        coil: 3,
+        on: false,
+        cut_pulse: false,
+    })
+    .unwrap();
+    dev.send(Command::Want {
+        coil: 4,
+        on: true,
+        cut_pulse: false,
+    })
+    .unwrap();
     until(|| !board.coil(3) && board.coil(4)).await;
     wait_for(&mut rx, |r| {
         matches!(
