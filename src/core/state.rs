@@ -685,12 +685,16 @@ impl State {
             }
             Event::DoorDecided {
                 door,
+                reader_id,
+                capture_id,
                 subject,
                 movement,
                 verdict,
                 at,
                 ..
             } => {
+                // A redelivered capture (QoS 1) is recognised and ignored.
+                self.seen.insert((reader_id.clone(), capture_id.clone()));
                 let granted = verdict.granted();
                 if let (Some(s), Some((zone, dir))) = (subject, movement) {
                     self.zone_last
