@@ -393,22 +393,6 @@ impl Block {
             .fold(0.0, |s, (i, q)| s + self.rows[base + i * GROUP] * q)
     }
 
-    /// [`Block::exact`] of up to [`SHORTLIST`] rows at once (independent chains interleaved).
-    fn exact_rows(&self, dim: usize, rows: &[usize], query: &[f32], out: &mut [f32; SHORTLIST]) {
-        let mut bases = [0usize; SHORTLIST];
-        for (b, &row) in bases.iter_mut().zip(rows) {
-            *b = (row / GROUP) * dim * GROUP + row % GROUP;
-        }
-        let bases = &bases[..rows.len()];
-        let mut acc = [0f32; SHORTLIST];
-        for (i, &q) in query.iter().enumerate() {
-            for (a, &b) in acc.iter_mut().zip(bases) {
-                *a += self.rows[b + i * GROUP] * q;
-            }
-        }
-        *out = acc;
-    }
-
     /// The first row scoring above `bar` and above every earlier row of the block, scanning
     /// in order (with no `bar`, row 0 is taken whatever its score): `(row, similarity)`.
     fn scan_exact(&self, dim: usize, query: &[f32], bar: Option<f32>) -> Option<(usize, f32)> {
@@ -584,23 +568,24 @@ fn scan_codes(codes: &[i16], words: usize, q: &CodeQuery, mut f: impl FnMut(usiz
     }
 }
 
-/// The approximate scores kept for re-ranking, `(score / query scale, scope position, row)`,
-/// as a binary min-heap on the score.
+/// The best approximate scores, `(score / query scale, scope position, row)`. Rows above
+/// the floor are appended; when 4 × [`SHORTLIST`] have gathered, the best [`SHORTLIST`] are
+/// kept and the floor rises to the lowest of them.
 struct Shortlist {
     items: Vec<(f32, usize, usize)>,
-    /// Smallest kept score once full; rows scoring at or below it are not kept.
+    /// Every row left out scored at or below it (−∞ while none was left out).
     floor: f32,
 }
 
 impl Shortlist {
     fn new() -> Shortlist {
         Shortlist {
-            items: Vec::with_capacity(SHORTLIST),
+            items: Vec::with_capacity(4 * SHORTLIST + BATCH),
             floor: f32::NEG_INFINITY,
         }
     }
 
-    /// Offers the rows of a batch scoring above the floor (rare once the list is full).
+    /// Offers the rows of a batch scoring above the floor (rare once the floor has risen).
     #[inline(always)]
     fn offer_batch(&mut self, scores: &[f32], pos: usize, first: usize) {
         let floor = self.floor;
@@ -613,49 +598,33 @@ impl Shortlist {
     #[cold]
     #[inline(never)]
     fn offer_each(&mut self, scores: &[f32], pos: usize, first: usize) {
+        let floor = self.floor;
         for (j, &s) in scores.iter().enumerate() {
-            if s > self.floor {
-                self.offer(s, pos, first + j);
+            if s > floor {
+                self.items.push((s, pos, first + j));
             }
+        }
+        if self.items.len() >= 4 * SHORTLIST {
+            self.keep_best();
         }
     }
 
-    fn offer(&mut self, score: f32, pos: usize, row: usize) {
-        let h = &mut self.items;
-        if h.len() < SHORTLIST {
-            h.push((score, pos, row));
-            let mut i = h.len() - 1;
-            while i > 0 && h[(i - 1) / 2].0 > h[i].0 {
-                h.swap(i, (i - 1) / 2);
-                i = (i - 1) / 2;
-            }
-            if h.len() == SHORTLIST {
-                self.floor = h[0].0;
-            }
+    /// Keeps the [`SHORTLIST`] best, raising the floor to the lowest kept score.
+    fn keep_best(&mut self) {
+        if self.items.len() <= SHORTLIST {
             return;
         }
-        h[0] = (score, pos, row);
-        let mut i = 0;
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut m = i;
-            if l < h.len() && h[l].0 < h[m].0 {
-                m = l;
-            }
-            if r < h.len() && h[r].0 < h[m].0 {
-                m = r;
-            }
-            if m == i {
-                break;
-            }
-            h.swap(i, m);
-            i = m;
-        }
-        self.floor = h[0].0;
+        self.items
+            .select_nth_unstable_by(SHORTLIST - 1, |a, b| b.0.total_cmp(&a.0));
+        self.items.truncate(SHORTLIST);
+        self.floor = self.items[SHORTLIST - 1].0;
     }
 
-    fn full(&self) -> bool {
-        self.items.len() == SHORTLIST
+    /// The kept rows, best approximate score first.
+    fn finish(&mut self) -> &[(f32, usize, usize)] {
+        self.keep_best();
+        self.items.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        &self.items
     }
 }
 
@@ -795,59 +764,51 @@ impl Index {
             });
         }
 
-        // 2. Re-rank the shortlist exactly.
+        // 2. Re-rank exactly, best approximate score first, until the rest cannot reach the
+        //    winner.
+        let (delta, eps) = self.bounds(&q, &scope);
+        let reach = |approx: f32| approx + approx.abs() * 1e-6 + delta + eps;
         let mut winner: Option<Winner> = None;
-        for (pos, (_, b)) in scope.iter().enumerate() {
-            let rows: Vec<usize> = short
-                .items
-                .iter()
-                .filter(|it| it.1 == pos)
-                .map(|it| it.2)
-                .collect();
-            let mut sims = [0f32; SHORTLIST];
-            b.exact_rows(self.dim, &rows, query, &mut sims);
-            for (&row, &similarity) in rows.iter().zip(&sims) {
-                let c = Winner {
-                    pos,
-                    row,
-                    similarity,
-                };
-                if better(winner, c) {
-                    winner = Some(c);
-                }
+        for &(score, pos, row) in short.finish() {
+            if winner.is_some_and(|w| reach(score * q.scale) < w.similarity) {
+                break;
+            }
+            stats.reranked += 1;
+            let c = Winner {
+                pos,
+                row,
+                similarity: scope[pos].1.exact(self.dim, row, query),
+            };
+            if better(winner, c) {
+                winner = Some(c);
             }
         }
-        stats.reranked = short.items.len();
         let Some(mut w) = winner else {
             return (None, stats);
         };
 
         // 3. Prove no row left out can reach the winner; otherwise re-rank every row that might.
-        if short.full() {
-            let (delta, eps) = self.bounds(&q, &scope);
-            let reach = |approx: f32| approx + approx.abs() * 1e-6 + delta + eps;
-            if reach(short.floor * q.scale) >= w.similarity {
-                stats.fallback = true;
-                for (pos, (_, b)) in scope.iter().enumerate() {
-                    scan_codes(&b.codes, self.words, &q, |first, dots| {
-                        let scales = &b.scales[first..first + dots.len()];
-                        let scores = batch_scores(dots, scales, q.offset, &mut scores);
-                        for (j, &score) in scores.iter().enumerate() {
-                            if reach(score * q.scale) >= w.similarity {
-                                let row = first + j;
-                                stats.reranked += 1;
-                                let c = Winner {
-                                    pos,
-                                    row,
-                                    similarity: b.exact(self.dim, row, query),
-                                };
-                                if better(Some(w), c) {
-                                    w = c;
-                                }
+        if short.floor > f32::NEG_INFINITY && reach(short.floor * q.scale) >= w.similarity {
+            stats.fallback = true;
+            for (pos, (_, b)) in scope.iter().enumerate() {
+                scan_codes(&b.codes, self.words, &q, |first, dots| {
+                    let scales = &b.scales[first..first + dots.len()];
+                    let scores = batch_scores(dots, scales, q.offset, &mut scores);
+                    for (j, &score) in scores.iter().enumerate() {
+                        if reach(score * q.scale) >= w.similarity {
+                            let row = first + j;
+                            stats.reranked += 1;
+                            let c = Winner {
+                                pos,
+                                row,
+                                similarity: b.exact(self.dim, row, query),
+                            };
+                            if better(Some(w), c) {
+                                w = c;
                             }
                         }
-                    });
-                }
+                    }
+                });
             }
         }
         (Some(self.candidate(&scope, w)), stats)

@@ -51,6 +51,44 @@ pub fn time_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// Every route of [`router`] as (method, OpenAPI path): the test below holds the OpenAPI
+/// document to it.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/enroll"),
+    ("post", "/v1/identify"),
+    ("get", "/v1/sessions/{session_id}"),
+    ("post", "/v1/sessions/{session_id}/cancel"),
+    ("get", "/v1/users/{external_id}"),
+    ("delete", "/v1/users/{external_id}"),
+    ("put", "/v1/webhook"),
+    ("get", "/v1/webhook"),
+    ("post", "/v1/webhook/enable"),
+    ("post", "/v1/webhook/rotate-secret"),
+    ("post", "/v1/webhook/test"),
+    ("get", "/v1/webhook/deliveries"),
+    ("post", "/v1/webhook/deliveries/{id}/redeliver"),
+    ("post", "/v1/webhook/recover"),
+    ("post", "/admin/v1/partners"),
+    ("get", "/admin/v1/partners"),
+    ("post", "/admin/v1/partners/{id}/activate"),
+    ("post", "/admin/v1/partners/{id}/deactivate"),
+    ("get", "/admin/v1/readers"),
+    ("get", "/admin/v1/policy"),
+    ("put", "/admin/v1/policy"),
+    ("post", "/admin/v1/lockdown"),
+    ("post", "/admin/v1/emergency-unlock"),
+    ("get", "/admin/v1/doors"),
+    ("get", "/admin/v1/events"),
+    ("get", "/admin/v1/events/stream"),
+    ("get", "/enroll/{token}"),
+    ("get", "/identify/{token}"),
+    ("post", "/{kind}/{token}/cancel"),
+    ("get", "/{kind}/{token}/events"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+];
+
 pub fn router(app: Arc<App>) -> Router {
     prometheus();
     let v1 = Router::new()
@@ -176,4 +214,58 @@ fn on_panic(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .unwrap_or("unknown panic");
     tracing::error!(panic = what, "handler panicked");
     error::ApiError::Internal.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc = serde_json::to_value(openapi::document()).unwrap();
+        for (method, path) in ROUTES {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} is not described in /v1/openapi.json"
+            );
+        }
+        let described: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum();
+        assert_eq!(
+            described,
+            ROUTES.len(),
+            "the document describes routes the router lacks"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_json_without_details() {
+        let router: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    panic!("secret detail");
+                    #[allow(unreachable_code)]
+                    ""
+                }),
+            )
+            .layer(CatchPanicLayer::custom(on_panic));
+        let resp = router
+            .oneshot(
+                axum::http::Request::get("/boom")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, serde_json::json!({"message": "internal error"}));
+    }
 }

@@ -1,12 +1,15 @@
 //! The OpenAPI 3 document of the whole HTTP surface, served at `/v1/openapi.json`.
 //!
 //! The functions below exist only to carry `#[utoipa::path]` descriptions; the real handlers
-//! live in `pass_api` and `admin`. A test checks that every route of the router is described.
+//! live in the other modules. A test (in `http`) checks that every route of the router is
+//! described.
 
 #![allow(dead_code)]
 
-use super::admin::{PartnerBody, PartnerCreatedBody};
+use super::admin::{PartnerBody, PartnerCreatedBody, ReaderBody};
+use super::admin_site::DoorBody;
 use super::pass_api::{SessionBody, SessionCreatedBody, UserBody};
+use super::webhook_api::{AttemptBody, DeliveryBody, WebhookBody, WebhookSecretBody};
 use axum::Json;
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -111,6 +114,165 @@ fn activate_partner() {}
     security(("admin_token" = [])))]
 fn deactivate_partner() {}
 
+#[utoipa::path(delete, path = "/v1/users/{external_id}", tag = "pass",
+    params(("external_id" = String, Path)),
+    responses((status = 204, description = "erased: template key destroyed, door access ended"),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn delete_user() {}
+
+/// Body of `PUT /v1/webhook`.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookPutBody {
+    /// http(s) URL; private, loopback and link-local addresses are refused unless allowed.
+    pub url: String,
+    /// `["session"]` (default) or `["session", "access"]`.
+    pub events: Option<Vec<String>>,
+}
+
+/// Body of `POST /v1/webhook/recover`.
+#[derive(Serialize, ToSchema)]
+pub struct RecoverBody {
+    /// RFC 3339.
+    pub since: String,
+}
+
+/// `{"on": bool}` for lockdown and emergency unlock.
+#[derive(Serialize, ToSchema)]
+pub struct OnBody {
+    pub on: bool,
+}
+
+#[utoipa::path(put, path = "/v1/webhook", tag = "webhooks",
+    request_body(content = WebhookPutBody, content_type = "application/json"),
+    responses((status = 200, body = WebhookSecretBody, description = "the secret is shown once"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn put_webhook() {}
+
+#[utoipa::path(get, path = "/v1/webhook", tag = "webhooks",
+    responses((status = 200, body = WebhookBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn get_webhook() {}
+
+#[utoipa::path(post, path = "/v1/webhook/enable", tag = "webhooks",
+    responses((status = 200, body = WebhookBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn enable_webhook() {}
+
+#[utoipa::path(post, path = "/v1/webhook/rotate-secret", tag = "webhooks",
+    responses((status = 200, body = WebhookSecretBody, description = "the old secret signs 24 h more"),
+              (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn rotate_webhook_secret() {}
+
+#[utoipa::path(post, path = "/v1/webhook/test", tag = "webhooks",
+    responses((status = 202, description = "a signed ping is queued"), (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn test_webhook() {}
+
+#[utoipa::path(get, path = "/v1/webhook/deliveries", tag = "webhooks",
+    params(("status" = Option<String>, Query, description = "pending, delivered, failed or held")),
+    responses((status = 200, body = Vec<DeliveryBody>), (status = 400, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn list_deliveries() {}
+
+#[utoipa::path(post, path = "/v1/webhook/deliveries/{id}/redeliver", tag = "webhooks",
+    params(("id" = String, Path)),
+    responses((status = 202, description = "a new sequence of attempts starts now"),
+              (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn redeliver() {}
+
+#[utoipa::path(post, path = "/v1/webhook/recover", tag = "webhooks",
+    request_body(content = RecoverBody, content_type = "application/json"),
+    responses((status = 200, description = "`{\"redelivering\": n}`"), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn recover() {}
+
+#[utoipa::path(get, path = "/admin/v1/readers", tag = "admin",
+    responses((status = 200, body = Vec<ReaderBody>), (status = 401, body = ErrorBody)),
+    security(("admin_token" = [])))]
+fn list_readers() {}
+
+#[utoipa::path(get, path = "/admin/v1/policy", tag = "admin",
+    responses((status = 200, description = "sha256, timezone, activated_at, document, warnings"),
+              (status = 404, body = ErrorBody)),
+    security(("admin_token" = [])))]
+fn get_policy() {}
+
+#[utoipa::path(put, path = "/admin/v1/policy", tag = "admin",
+    request_body(content = String, content_type = "application/toml", description = "the site policy document"),
+    responses((status = 200, description = "activated: `{\"sha256\": ...}`"),
+              (status = 400, body = ErrorBody, description = "every error, with its line and key")),
+    security(("admin_token" = [])))]
+fn put_policy() {}
+
+#[utoipa::path(post, path = "/admin/v1/lockdown", tag = "admin",
+    request_body(content = OnBody, content_type = "application/json"),
+    responses((status = 200, description = "`{\"lockdown\": bool, \"emergency\": bool}`")),
+    security(("admin_token" = [])))]
+fn lockdown() {}
+
+#[utoipa::path(post, path = "/admin/v1/emergency-unlock", tag = "admin",
+    request_body(content = OnBody, content_type = "application/json"),
+    responses((status = 200, description = "`{\"lockdown\": bool, \"emergency\": bool}`")),
+    security(("admin_token" = [])))]
+fn emergency_unlock() {}
+
+#[utoipa::path(get, path = "/admin/v1/doors", tag = "admin",
+    responses((status = 200, body = Vec<DoorBody>)),
+    security(("admin_token" = [])))]
+fn doors() {}
+
+#[utoipa::path(get, path = "/admin/v1/events", tag = "admin",
+    params(("after" = Option<u64>, Query), ("limit" = Option<u64>, Query, description = "1–1000, default 100")),
+    responses((status = 200, description = "`{\"events\": [...], \"next_after\": n}`")),
+    security(("admin_token" = [])))]
+fn events() {}
+
+#[utoipa::path(get, path = "/admin/v1/events/stream", tag = "admin",
+    responses((status = 200, content_type = "text/event-stream", description = "every event as it is recorded")),
+    security(("admin_token" = [])))]
+fn event_stream() {}
+
+#[utoipa::path(get, path = "/enroll/{token}", tag = "pages",
+    params(("token" = String, Path)),
+    responses((status = 200, content_type = "text/html", description = "the page"),
+              (status = 400, description = "link expired"), (status = 410, description = "already used"),
+              (status = 404, description = "unknown")))]
+fn enroll_page() {}
+
+#[utoipa::path(get, path = "/identify/{token}", tag = "pages",
+    params(("token" = String, Path), ("reader" = Option<String>, Query, description = "arm this reader")),
+    responses((status = 200, content_type = "text/html", description = "the page"),
+              (status = 400, description = "link expired"), (status = 410, description = "already used"),
+              (status = 404, description = "unknown")))]
+fn identify_page() {}
+
+#[utoipa::path(post, path = "/{kind}/{token}/cancel", tag = "pages",
+    params(("kind" = String, Path, description = "enroll or identify"), ("token" = String, Path)),
+    responses((status = 303, description = "back to the page")))]
+fn page_cancel() {}
+
+#[utoipa::path(get, path = "/{kind}/{token}/events", tag = "pages",
+    params(("kind" = String, Path), ("token" = String, Path)),
+    responses((status = 200, content_type = "text/event-stream", description = "the session's progress")))]
+fn page_events() {}
+
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200)))]
+fn healthz() {}
+
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200), (status = 503, body = ErrorBody, description = "the log cannot be written")))]
+fn readyz() {}
+
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, content_type = "text/plain", description = "Prometheus")))]
+fn metrics() {}
+
 struct Security;
 
 impl Modify for Security {
@@ -130,10 +292,16 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "palmgate", description = "The Alaqan Pass API as implemented by palmgate, with partner and admin extensions."),
-    paths(enroll, identify, get_session, cancel_session, get_user,
-          create_partner, list_partners, activate_partner, deactivate_partner),
+    paths(enroll, identify, get_session, cancel_session, get_user, delete_user,
+          put_webhook, get_webhook, enable_webhook, rotate_webhook_secret, test_webhook,
+          list_deliveries, redeliver, recover,
+          create_partner, list_partners, activate_partner, deactivate_partner, list_readers,
+          get_policy, put_policy, lockdown, emergency_unlock, doors, events, event_stream,
+          enroll_page, identify_page, page_cancel, page_events, healthz, readyz, metrics),
     components(schemas(ErrorBody, EnrollBody, SessionCreatedBody, SessionBody, UserBody,
-                       PartnerBody, PartnerCreatedBody, CreatePartnerBody)),
+                       PartnerBody, PartnerCreatedBody, CreatePartnerBody, ReaderBody,
+                       WebhookPutBody, WebhookBody, WebhookSecretBody, DeliveryBody, AttemptBody,
+                       RecoverBody, OnBody, DoorBody)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;
