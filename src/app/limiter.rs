@@ -32,24 +32,24 @@ impl Limiter {
     }
 
     /// Spends one request of `partner` on `endpoint`.
-    pub fn partner(&self, partner: PartnerId, endpoint: &str, now_ms: i64) -> Verdict {
+    pub fn partner(&self, partner: PartnerId, endpoint: &str, now_us: i64) -> Verdict {
         self.check(
             Key::Partner(partner, endpoint.to_string()),
             self.partner,
-            now_ms,
+            now_us,
         )
     }
 
     /// Spends one unauthenticated request from `addr`.
-    pub fn address(&self, addr: IpAddr, now_ms: i64) -> Verdict {
-        self.check(Key::Address(addr), self.anonymous, now_ms)
+    pub fn address(&self, addr: IpAddr, now_us: i64) -> Verdict {
+        self.check(Key::Address(addr), self.anonymous, now_us)
     }
 
-    fn check(&self, key: Key, quota: Quota, now_ms: i64) -> Verdict {
+    fn check(&self, key: Key, quota: Quota, now_us: i64) -> Verdict {
         let mut b = self.buckets.lock().expect("limiter lock");
         if b.len() >= SWEEP_AT {
-            b.retain(|_, bucket| !bucket.is_idle(now_ms));
+            b.retain(|_, bucket| !bucket.is_idle(now_us));
         }
-        quota.check(b.entry(key).or_default(), now_ms)
+        quota.check(b.entry(key).or_default(), now_us)
     }
 }

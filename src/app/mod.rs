@@ -187,18 +187,14 @@ impl App {
     ) -> Result<Outcome, AppError> {
         for _ in 0..MAX_ATTEMPTS {
             let now = self.clock.now();
-            let decision = self.read(|s| decide(s, &cmd, now))?;
-            let appends: Vec<_> = decision
-                .appends
-                .iter()
-                .filter(|a| !a.events.is_empty())
-                .cloned()
-                .collect();
-            if appends.is_empty() {
+            let mut decision = self.read(|s| decide(s, &cmd, now))?;
+            decision.appends.retain(|a| !a.events.is_empty());
+            if decision.appends.is_empty() {
                 self.perform(decision.effects);
                 return Ok(decision.outcome);
             }
             before_append(&decision)?;
+            let appends = std::mem::take(&mut decision.appends);
             match self.store.append(appends, now).await {
                 Ok(recorded) => {
                     self.apply(&recorded);

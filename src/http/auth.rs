@@ -53,7 +53,7 @@ impl FromRequestParts<Arc<App>> for Admin {
         }
         let v = app.limiter.address(
             client_ip(&parts.extensions),
-            app.clock.now().timestamp_millis(),
+            app.clock.now().timestamp_micros(),
         );
         if !v.allowed {
             return Err(ApiError::RateLimited {
@@ -75,7 +75,7 @@ const PUBLIC: &[&str] = &["/v1/openapi.json"];
 
 /// Middleware on every `/v1` route (and its 404 fallback).
 pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let now_ms = app.clock.now().timestamp_millis();
+    let now_us = app.clock.now().timestamp_micros();
     let matched = req
         .extensions()
         .get::<MatchedPath>()
@@ -100,7 +100,7 @@ pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) 
     });
     let (verdict, refusal): (Verdict, Option<ApiError>) = match partner {
         Some((id, active)) => {
-            let v = app.limiter.partner(id, &endpoint, now_ms);
+            let v = app.limiter.partner(id, &endpoint, now_us);
             let refusal = if !active {
                 Some(ApiError::Forbidden)
             } else if !v.allowed {
@@ -114,7 +114,7 @@ pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) 
             (v, refusal)
         }
         None => {
-            let v = app.limiter.address(ip, now_ms);
+            let v = app.limiter.address(ip, now_us);
             let refusal = if !v.allowed {
                 Some(ApiError::RateLimited {
                     retry_after_s: v.retry_after_s,

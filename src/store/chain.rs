@@ -9,6 +9,31 @@ use crate::core::event::{Event, Recorded};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 
+/// An event with its stored form computed: type, version and the exact data text.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    pub event: Event,
+    pub kind: &'static str,
+    pub version: u32,
+    pub data: String,
+}
+
+impl Encoded {
+    pub fn new(event: &Event) -> Encoded {
+        Encoded::from_event(event.clone())
+    }
+
+    pub fn from_event(event: Event) -> Encoded {
+        let (kind, version, data) = event.encode();
+        Encoded {
+            kind,
+            version,
+            data: serde_json::to_string(&data).expect("JSON values always serialize"),
+            event,
+        }
+    }
+}
+
 /// An event exactly as the store holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawEvent {
@@ -67,9 +92,31 @@ impl RawEvent {
         recorded_at: DateTime<Utc>,
         event: &Event,
     ) -> RawEvent {
-        let (kind, version, data) = event.encode();
-        let data = serde_json::to_string(&data).expect("JSON values always serialize");
-        let recorded_at = format_time(recorded_at);
+        let e = Encoded::new(event);
+        RawEvent::seal_encoded(
+            prev_hash,
+            position,
+            stream,
+            revision,
+            &format_time(recorded_at),
+            e.kind,
+            e.version,
+            &e.data,
+        )
+    }
+
+    /// [`RawEvent::seal`] for an event already encoded (the writer thread only chains).
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_encoded(
+        prev_hash: [u8; 32],
+        position: u64,
+        stream: &str,
+        revision: u64,
+        recorded_at: &str,
+        kind: &str,
+        version: u32,
+        data: &str,
+    ) -> RawEvent {
         let hash = event_hash(
             &prev_hash,
             position,
@@ -86,8 +133,8 @@ impl RawEvent {
             revision,
             kind: kind.to_string(),
             version,
-            recorded_at,
-            data,
+            recorded_at: recorded_at.to_string(),
+            data: data.to_string(),
             prev_hash,
             hash,
         }

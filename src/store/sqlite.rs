@@ -8,7 +8,7 @@
 //! fails, every caller in the group gets the error, nothing is acknowledged, and the store
 //! marks itself unhealthy.
 
-use super::chain::RawEvent;
+use super::chain::{Encoded, RawEvent, format_time};
 use super::{BoxFuture, EventStore, StoreError};
 use crate::core::{Expected, Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
@@ -22,9 +22,18 @@ use tokio::sync::oneshot;
 /// Most requests one group commit takes.
 const MAX_GROUP: usize = 4096;
 
+/// One stream's part of a request, encoded by the caller (off the writer thread).
+struct Prepared {
+    stream: String,
+    expected: Expected,
+    events: Vec<Encoded>,
+}
+
 struct WriteReq {
-    batch: Vec<StreamAppend>,
+    batch: Vec<Prepared>,
     recorded_at: DateTime<Utc>,
+    /// `recorded_at` as stored.
+    recorded_text: String,
     reply: oneshot::Sender<Result<Vec<Recorded>, StoreError>>,
 }
 
@@ -219,9 +228,22 @@ impl Writer {
         self.heads.hash = hash;
         self.heads.streams.extend(staged);
         for (req, rows) in accepted {
-            let recorded: Result<Vec<Recorded>, StoreError> =
-                rows.iter().map(RawEvent::decode).collect();
-            let _ = req.reply.send(recorded);
+            // The events are already typed: answer with them, no need to parse the rows back.
+            let events = req.batch.into_iter().flat_map(|a| a.events);
+            let recorded = rows
+                .into_iter()
+                .zip(events)
+                .map(|(row, e)| Recorded {
+                    position: row.position,
+                    stream: row.stream,
+                    revision: row.revision,
+                    recorded_at: req.recorded_at,
+                    event: e.event,
+                    prev_hash: row.prev_hash,
+                    hash: row.hash,
+                })
+                .collect();
+            let _ = req.reply.send(Ok(recorded));
         }
         Ok(())
     }
@@ -266,7 +288,16 @@ impl Writer {
                 };
                 revs.insert(&a.stream, rev);
                 *position += 1;
-                let row = RawEvent::seal(*hash, *position, &a.stream, rev, req.recorded_at, ev);
+                let row = RawEvent::seal_encoded(
+                    *hash,
+                    *position,
+                    &a.stream,
+                    rev,
+                    &req.recorded_text,
+                    ev.kind,
+                    ev.version,
+                    &ev.data,
+                );
                 *hash = row.hash;
                 rows.push(row);
             }
@@ -315,6 +346,18 @@ impl EventStore for SqliteStore {
         recorded_at: DateTime<Utc>,
     ) -> BoxFuture<'_, Result<Vec<Recorded>, StoreError>> {
         let (reply, rx) = oneshot::channel();
+        // Stored times have microseconds: the live answer carries exactly what a read returns.
+        let recorded_at =
+            DateTime::from_timestamp_micros(recorded_at.timestamp_micros()).unwrap_or(recorded_at);
+        let batch: Vec<Prepared> = batch
+            .into_iter()
+            .map(|a| Prepared {
+                stream: a.stream,
+                expected: a.expected,
+                events: a.events.into_iter().map(Encoded::from_event).collect(),
+            })
+            .collect();
+        let recorded_text = format_time(recorded_at);
         let sent = self
             .tx
             .lock()
@@ -324,6 +367,7 @@ impl EventStore for SqliteStore {
                 tx.send(WriteReq {
                     batch,
                     recorded_at,
+                    recorded_text,
                     reply,
                 })
                 .is_ok()
