@@ -124,8 +124,8 @@ impl RawEvent {
             revision,
             kind,
             version,
-            &recorded_at,
-            &data,
+            recorded_at,
+            data,
         );
         RawEvent {
             position,

@@ -161,6 +161,9 @@ fn decided_rows(db: &Path) -> Vec<(i64, String)> {
         .collect()
 }
 
+/// `(position, stream, revision, type, version, recorded_at, data, prev_hash)` of a stored row.
+type StoredRow = (i64, String, i64, String, i64, String, String, Vec<u8>);
+
 /// Rewrites one event's data and re-seals the whole chain from there, as a forger with write
 /// access to the file would.
 fn forge(db: &Path, position: i64, data: &str) {
@@ -170,7 +173,7 @@ fn forge(db: &Path, position: i64, data: &str) {
         params![data, position],
     )
     .unwrap();
-    let rows: Vec<(i64, String, i64, String, i64, String, String, Vec<u8>)> = {
+    let rows: Vec<StoredRow> = {
         let mut st = c
             .prepare(
                 "SELECT position, stream, revision, type, version, recorded_at, data, prev_hash \
