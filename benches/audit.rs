@@ -1,0 +1,337 @@
+//! Audit benchmarks (issue 6): `audit verify` throughput over a 1M-event log, and server
+//! start-up time on that log. `cargo bench --bench audit`.
+//!
+//! The log is written directly with `SqliteStore::append`, 1000 events per append: a partner, an
+//! activated site policy, then identify sessions (created + completed) and door decisions
+//! (verdicts from `Policy::decide`, zone movements tracked like the core does), half and half.
+
+use chrono::{DateTime, Utc};
+use palmgate::core::event::DoorSubject;
+use palmgate::core::policy::{Direction, DoorId, Identified, Policy, Request, SiteMode, Subject};
+use palmgate::core::{
+    Event, Expected, ExternalId, Language, PartnerId, ReaderId, SecretHash, SessionId, SessionKind,
+    StreamAppend,
+};
+use palmgate::store::{EventStore, SqliteStore};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+const SITE: &str = r#"timezone = "Asia/Almaty"
+partners = ["*"]
+holidays = ["2026-01-01", "2026-03-08"]
+
+[[relay_devices]]
+id = "board-1"
+modbus = "tcp://127.0.0.1:1502"
+unit = 1
+
+[[doors]]
+id = "main"
+readers = ["lobby-1"]
+relay = { device = "board-1", coil = 0, pulse_ms = 400 }
+
+[[doors]]
+id = "exit"
+readers = ["lobby-exit-1"]
+relay = { device = "board-1", coil = 1, pulse_ms = 400 }
+
+[[doors]]
+id = "lab"
+readers = ["lab-1"]
+relay = { device = "board-1", coil = 2, pulse_ms = 400 }
+
+[schedules]
+always = ["* * * * * *"]
+office = ["* * 8-17 * * Mon-Fri"]
+
+[[levels]]
+name = "standard"
+doors = ["main", "exit"]
+schedule = "always"
+
+[[levels]]
+name = "office"
+doors = ["main", "exit", "lab"]
+schedule = "office"
+respect_holidays = true
+
+[[zones]]
+name = "building"
+entry_readers = ["lobby-1"]
+exit_readers = ["lobby-exit-1"]
+anti_passback = "soft"
+"#;
+
+fn id16(n: u64, tag: u8) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&n.to_le_bytes());
+    b[15] = tag;
+    b
+}
+
+async fn generate(path: &Path, total: usize) -> usize {
+    let store = SqliteStore::open(path).unwrap();
+    let policy = Policy::parse(SITE).expect("site parses");
+    let partner = PartnerId::from_random(id16(1, 1));
+    let t0: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let head = vec![
+        StreamAppend {
+            stream: format!("partner-{partner}"),
+            expected: Expected::NoStream,
+            events: vec![Event::PartnerCreated {
+                partner_id: partner,
+                name: "Acme".into(),
+                api_key_hash: SecretHash("00".repeat(32)),
+                at: t0,
+            }],
+        },
+        StreamAppend {
+            stream: "policy".into(),
+            expected: Expected::Any,
+            events: vec![Event::PolicyActivated {
+                sha256: policy.sha256.clone(),
+                document: SITE.into(),
+                source: "bench".into(),
+                at: t0,
+            }],
+        },
+    ];
+    store.append(head, t0).await.unwrap();
+    let mut written = 2usize;
+    let metas: Vec<Value> = vec![
+        json!({"access_level": "standard"}),
+        json!({"access_level": "office"}),
+        json!({"access_level": "ghost"}),
+    ];
+    let doors = [
+        (DoorId("main".into()), ReaderId("lobby-1".into())),
+        (DoorId("exit".into()), ReaderId("lobby-exit-1".into())),
+        (DoorId("lab".into()), ReaderId("lab-1".into())),
+    ];
+    let mut zone: HashMap<String, Direction> = HashMap::new();
+    let mut seq: u64 = 0;
+    while written < total {
+        let mut batch = Vec::new();
+        let mut n = 0;
+        let mut door_events: Vec<Vec<Event>> = vec![vec![], vec![], vec![]];
+        while n < 1000 && written + n < total {
+            seq += 1;
+            let at = t0 + chrono::Duration::milliseconds(seq as i64 * 1500);
+            if seq % 2 == 0 && n + 2 <= 1000 && written + n + 2 <= total {
+                // An identify session, created and completed.
+                let sid = SessionId::from_random(id16(seq, 2));
+                batch.push(StreamAppend {
+                    stream: format!("session-{sid}"),
+                    expected: Expected::NoStream,
+                    events: vec![
+                        Event::SessionCreated {
+                            session_id: sid,
+                            partner_id: Some(partner),
+                            reader_id: None,
+                            kind: SessionKind::Identify,
+                            language: Language::En,
+                            token_hash: SecretHash(format!("{:064x}", seq)),
+                            external_id: None,
+                            username: None,
+                            metadata: None,
+                            created_at: at,
+                            expires_at: at + chrono::Duration::minutes(15),
+                        },
+                        Event::SessionCompleted {
+                            session_id: sid,
+                            external_id: Some(ExternalId(format!("user-{}", seq % 5000))),
+                            capture: None,
+                            at: at + chrono::Duration::seconds(3),
+                        },
+                    ],
+                });
+                n += 2;
+            } else {
+                let u = (seq * 7919) % 5000;
+                let (door, reader) = &doors[(seq % 3) as usize];
+                let meta = &metas[(u % 3) as usize];
+                let ext = ExternalId(format!("user-{u}"));
+                let matched = seq % 11 != 0;
+                let subject = matched.then(|| DoorSubject {
+                    partner_id: partner,
+                    partner_name: "Acme".into(),
+                    external_id: ext.clone(),
+                    metadata: Some(meta.clone()),
+                });
+                let zdir = policy
+                    .zone_of_reader(reader)
+                    .map(|(z, d)| (z.to_string(), d));
+                let last_in_zone = match (&zdir, matched) {
+                    (Some(_), true) => zone.get(&ext.0).copied(),
+                    _ => None,
+                };
+                let verdict = policy.decide(&Request {
+                    door,
+                    reader,
+                    who: match &subject {
+                        Some(s) => Identified::User(Subject {
+                            partner_id: s.partner_id,
+                            partner_name: &s.partner_name,
+                            external_id: &s.external_id,
+                            metadata: s.metadata.as_ref(),
+                        }),
+                        None => Identified::NoMatch,
+                    },
+                    at,
+                    mode: SiteMode::Normal,
+                    last_in_zone,
+                });
+                let movement = zdir.filter(|_| verdict.granted() && matched);
+                if let Some((_, d)) = &movement {
+                    zone.insert(ext.0.clone(), *d);
+                }
+                door_events[(seq % 3) as usize].push(Event::DoorDecided {
+                    door: door.clone(),
+                    reader_id: reader.clone(),
+                    capture_id: format!("cap-{seq}"),
+                    subject,
+                    erased: false,
+                    similarity: Some(if matched { 0.93 } else { 0.31 }),
+                    policy: policy.sha256.clone(),
+                    mode: SiteMode::Normal,
+                    last_in_zone,
+                    movement,
+                    verdict,
+                    at,
+                });
+                n += 1;
+            }
+        }
+        for (i, evs) in door_events.into_iter().enumerate() {
+            if !evs.is_empty() {
+                batch.push(StreamAppend {
+                    stream: format!("door-{}", doors[i].0),
+                    expected: Expected::Any,
+                    events: evs,
+                });
+            }
+        }
+        let now = t0 + chrono::Duration::milliseconds(seq as i64 * 1500);
+        store.append(batch, now).await.unwrap();
+        written += n;
+    }
+    store.close();
+    written
+}
+
+fn main() {
+    let total: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let t = Instant::now();
+    let written = rt.block_on(generate(&path, total));
+    let size: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "generated {written} events in {:.1} s ({:.0} events/s appended, 1000/append); files {:.1} MB",
+        t.elapsed().as_secs_f64(),
+        written as f64 / t.elapsed().as_secs_f64(),
+        size as f64 / 1e6
+    );
+
+    // Where verify's time goes: paging raw rows alone, then rows decoded into events.
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let t = Instant::now();
+        let (mut after, mut n) = (0u64, 0usize);
+        loop {
+            let page = store.read_raw(after, 10_000).unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            n += page.len();
+        }
+        let raw = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (mut after, mut m) = (0u64, 0usize);
+        loop {
+            let page = store.read(after, 10_000).unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            m += page.len();
+        }
+        let decoded = t.elapsed().as_secs_f64();
+        println!(
+            "breakdown: read_raw paging {n} rows {raw:.2} s ({:.0}/s); read+decode {m} events {decoded:.2} s ({:.0}/s)",
+            n as f64 / raw,
+            m as f64 / decoded
+        );
+        store.close();
+    }
+    for run in 0..runs {
+        let store = SqliteStore::open(&path).unwrap();
+        let t = Instant::now();
+        let report = palmgate::replay::audit::verify(&store).unwrap();
+        let el = t.elapsed().as_secs_f64();
+        let rate = report.events as f64 / el;
+        println!(
+            "verify run {run}: {} events ({} decisions, {} findings) in {:.2} s = {:.0} events/s  target >=500k/s: {}",
+            report.events,
+            report.decisions,
+            report.findings.len(),
+            el,
+            rate,
+            if report.ok() && rate >= 500_000.0 {
+                "MET"
+            } else {
+                "NOT MET"
+            }
+        );
+        for f in report.findings.iter().take(3) {
+            println!("  finding at {}: {}", f.position, f.problem);
+        }
+        store.close();
+    }
+
+    for run in 0..runs {
+        let d = dir.path().display();
+        let cfg = dir.path().join(format!("p{run}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "site = \"\"\n[http]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{d}/events.db\"\n\
+                 [secrets]\nkey_file = \"{d}/master.key\"\nkey_store = \"{d}/keys.db\"\n\
+                 [mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"bench-admin\"\n"
+            ),
+        )
+        .unwrap();
+        let config = palmgate::config::Config::load(Some(&cfg), &[]).unwrap();
+        let t = Instant::now();
+        let server = rt.block_on(palmgate::app::start(config)).expect("starts");
+        let el = t.elapsed().as_secs_f64();
+        let users = server.app.read(|s| s.users().count());
+        println!(
+            "start-up run {run}: palmgate::app::start on {written} events took {el:.2} s ({:.0} events/s folded)  target <=2 s: {}",
+            written as f64 / el,
+            if el <= 2.0 { "MET" } else { "NOT MET" }
+        );
+        let _ = users;
+        // Release the store (its writer thread) before the next start.
+        server.app.store.healthy();
+        drop(server);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    std::process::exit(0);
+}
