@@ -252,3 +252,93 @@ async fn killed_midway(
     let lost = drain_after_kill(set, got).await;
     assert!(lost <= in_flight);
 }
+
+/// SPEC 4 + issue 4: a delivery whose attempt was cut by `kill -9` (the request was in flight,
+/// no answer recorded) is sent again after the restart — with the same `X-Webhook-Id`, the
+/// same attempt number and the same bytes — and then exactly once more, not for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_attempt_cut_by_sigkill_is_sent_again_with_the_same_id() {
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(seen): axum::extract::State<Seen>,
+                 headers: axum::http::HeaderMap,
+                 body: axum::body::Bytes| async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    let first = {
+                        let mut s = seen.lock().unwrap();
+                        s.push((h("x-webhook-id"), h("x-webhook-attempt"), body.to_vec()));
+                        s.len() == 1
+                    };
+                    if first {
+                        // Hang: the server is killed while this attempt is in flight.
+                        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                    }
+                    axum::http::StatusCode::OK
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut s = TestServer::start_with(
+        Options::default().extra_toml("[webhooks]\nallow_networks = [\"127.0.0.0/8\"]"),
+    )
+    .await;
+    let (_, key) = s.create_partner("acme").await;
+    let r = s
+        .client
+        .put(s.url("/v1/webhook"))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({ "url": hook }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let created = s.identify(&key, "").await;
+    let sid = created.json()["session_id"].as_str().unwrap().to_string();
+    assert_eq!(s.cancel(&key, &sid).await.status, 200);
+
+    let count = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while seen.lock().unwrap().len() < n {
+                assert!(std::time::Instant::now() < end, "no delivery #{n} in 20 s");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    count(1).await;
+    s.kill9();
+    s.restart().await;
+    count(2).await;
+    // Answered now: nothing more is sent.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        2,
+        "{:?}",
+        seen.iter().map(|x| (&x.0, &x.1)).collect::<Vec<_>>()
+    );
+    assert_eq!(seen[0].0, seen[1].0, "same X-Webhook-Id");
+    assert!(seen[0].0.starts_with("msg_"));
+    assert_eq!((seen[0].1.as_str(), seen[1].1.as_str()), ("1", "1"));
+    assert_eq!(seen[0].2, seen[1].2, "same bytes");
+    let body: Value = serde_json::from_slice(&seen[1].2).unwrap();
+    assert_eq!(body["event"], "failed");
+    assert_eq!(body["data"]["fail_reason"], "cancelled");
+}
