@@ -76,6 +76,22 @@ pub enum RelayReport {
     },
 }
 
+impl Capture {
+    /// How the log names this capture: reader, id, quality and the best similarity (rounded
+    /// to 6 decimals so the log holds the number, not f32 widening noise).
+    pub fn reference(&self) -> super::event::CaptureRef {
+        super::event::CaptureRef {
+            reader_id: self.reader_id.clone(),
+            capture_id: self.capture_id.clone(),
+            quality: self.quality,
+            similarity: self
+                .best
+                .as_ref()
+                .map(|b| (f64::from(b.similarity) * 1e6).round() / 1e6),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     CreatePartner {

@@ -682,15 +682,7 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
     }
     let rules = state.rules;
     let matched = c.best.as_ref().filter(|b| b.similarity >= rules.threshold);
-    let cref = CaptureRef {
-        reader_id: c.reader_id.clone(),
-        capture_id: c.capture_id.clone(),
-        quality: c.quality,
-        similarity: c
-            .best
-            .as_ref()
-            .map(|b| (f64::from(b.similarity) * 1e6).round() / 1e6),
-    };
+    let cref = c.reference();
     let failed = |reason, cref| {
         Ok(Decision::new(end(
             state,

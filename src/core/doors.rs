@@ -184,15 +184,7 @@ pub fn scan(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, 
     let user = candidate.and_then(|b| state.user(b.partner_id, &b.external_id));
     let subject = user.map(|u| subject(state, u));
     let erased = candidate.is_some() && user.is_none();
-    let cref = CaptureRef {
-        reader_id: c.reader_id.clone(),
-        capture_id: c.capture_id.clone(),
-        quality: c.quality,
-        similarity: c
-            .best
-            .as_ref()
-            .map(|b| (f64::from(b.similarity) * 1e6).round() / 1e6),
-    };
+    let cref = c.reference();
     Ok(decide_door(
         state, &policy, door, &cref, subject, erased, now,
     ))
