@@ -63,11 +63,8 @@ impl KeyStore {
         self.conn
             .lock()
             .expect("key store lock")
-            .query_row(
-                "SELECT wrapped FROM data_keys WHERE id = ?1",
-                params![id.to_string()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT wrapped FROM data_keys WHERE id = ?1")
+            .and_then(|mut st| st.query_row(params![id.to_string()], |r| r.get(0)))
             .optional()
             .map_err(err)
     }
