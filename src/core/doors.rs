@@ -318,10 +318,9 @@ pub fn resting_changes(
         if want == had {
             continue;
         }
-        let s = stream::door(&door.id);
-        d.appends.push(one(
-            s.clone(),
-            state.expected(&s),
+        d.appends.push(on_door(
+            state,
+            &door.id,
             Event::DoorRestingChanged {
                 door: door.id.clone(),
                 unlocked: want,
@@ -355,10 +354,9 @@ pub fn held_open(state: &State, now: DateTime<Utc>) -> Vec<StreamAppend> {
             && !ds.held_alarm
             && now >= since + Duration::seconds(i64::from(contact.held_open_after_s))
         {
-            let s = stream::door(&door.id);
-            out.push(one(
-                s.clone(),
-                state.expected(&s),
+            out.push(on_door(
+                state,
+                &door.id,
                 Event::DoorHeldOpen {
                     door: door.id.clone(),
                     since,
@@ -391,6 +389,12 @@ pub fn next_deadline(state: &State, now_hint: Option<DateTime<Utc>>) -> Option<D
         next = Some(next.map_or(t, |n| n.min(t)));
     }
     next
+}
+
+/// One event on a door's stream, expecting the stream's current revision.
+fn on_door(state: &State, door: &DoorId, event: Event) -> StreamAppend {
+    let s = stream::door(door);
+    one(s.clone(), state.expected(&s), event)
 }
 
 /// A report from a relay device.
@@ -434,10 +438,9 @@ pub fn relay_report(state: &State, r: &RelayReport, now: DateTime<Utc>) -> Decis
             let Some(door) = door_of_coil(device, *coil) else {
                 return Decision::new(vec![]);
             };
-            let s = stream::door(&door.id);
-            Decision::new(vec![one(
-                s.clone(),
-                state.expected(&s),
+            Decision::new(vec![on_door(
+                state,
+                &door.id,
                 Event::RelaySwitched {
                     door: door.id.clone(),
                     device: device.clone(),
@@ -457,10 +460,9 @@ pub fn relay_report(state: &State, r: &RelayReport, now: DateTime<Utc>) -> Decis
             let Some(door) = door_of_coil(device, *coil) else {
                 return Decision::new(vec![]);
             };
-            let s = stream::door(&door.id);
-            Decision::new(vec![one(
-                s.clone(),
-                state.expected(&s),
+            Decision::new(vec![on_door(
+                state,
+                &door.id,
                 Event::RelayFailed {
                     door: door.id.clone(),
                     device: device.clone(),
