@@ -443,18 +443,13 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             format,
         } => {
             let store = open_log(config.as_deref())?;
-            let rows = audit::decisions(&store, instant(from, "from")?, instant(to, "to")?)?;
-            let mut out = std::io::stdout().lock();
-            if format == "csv" {
-                writeln!(out, "{}", audit::CSV_HEADER)?;
-            }
-            for r in rows.iter().filter_map(audit::decision_row) {
-                if format == "csv" {
-                    writeln!(out, "{}", audit::csv_line(&r))?;
-                } else {
-                    writeln!(out, "{r}")?;
-                }
-            }
+            let text = audit::export(
+                &store,
+                instant(from, "from")?,
+                instant(to, "to")?,
+                format == "csv",
+            )?;
+            std::io::stdout().lock().write_all(text.as_bytes())?;
         }
         AuditCmd::WhatIf {
             config,

@@ -51,6 +51,7 @@ pub struct Keys {
     link_key: [u8; 32],
     wrap_key: [u8; 32],
     secret_key: [u8; 32],
+    dash_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -65,6 +66,7 @@ impl Keys {
             link_key: hmac(master, &[b"palmgate session link v1"]),
             wrap_key: hmac(master, &[b"palmgate template key wrap v1"]),
             secret_key: hmac(master, &[b"palmgate webhook secret v1"]),
+            dash_key: hmac(master, &[b"palmgate dashboard cookie v1"]),
         }
     }
 
@@ -104,6 +106,11 @@ impl Keys {
             "{prefix}-{}",
             &hex::encode(hmac(&self.link_key, &[b"instance name"]))[..12]
         )
+    }
+
+    /// MAC of a dashboard cookie or CSRF token over `parts`.
+    pub fn dash_mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        hmac(&self.dash_key, parts)
     }
 
     /// The URL token of a session.
@@ -182,6 +189,11 @@ impl AdminToken {
 
     pub fn enabled(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// The token's hash (dashboard cookies are bound to it: a new token ends every session).
+    pub fn hash(&self) -> Option<&SecretHash> {
+        self.0.as_ref()
     }
 
     pub fn verify(&self, presented: &str) -> bool {

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod schedule;
 pub mod session;
+pub mod snapshot;
 pub mod state;
 pub mod webhook;
 

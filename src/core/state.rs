@@ -10,6 +10,7 @@ use super::ids::*;
 use super::policy::{Direction, DoorId, Policy, Verdict};
 use super::session::{Session, SessionState};
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -35,7 +36,7 @@ impl Default for Rules {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Partner {
     pub id: PartnerId,
     pub name: String,
@@ -45,7 +46,7 @@ pub struct Partner {
     pub revision: u64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub partner_id: PartnerId,
     pub external_id: ExternalId,
@@ -58,7 +59,7 @@ pub struct User {
     pub revision: u64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reader {
     pub id: ReaderId,
     pub online: bool,
@@ -69,7 +70,7 @@ pub struct Reader {
 }
 
 /// A partner's webhook endpoint.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Webhook {
     pub partner_id: PartnerId,
     pub url: String,
@@ -89,7 +90,7 @@ impl Webhook {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryStatus {
     /// Waiting for its next attempt.
     Pending,
@@ -111,7 +112,7 @@ impl DeliveryStatus {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     pub attempt: u32,
     pub status_code: Option<u16>,
@@ -122,7 +123,7 @@ pub struct Attempt {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
     pub id: String,
     pub partner_id: PartnerId,
@@ -140,7 +141,7 @@ pub struct Delivery {
 }
 
 /// What is known of a door right now.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DoorState {
     /// The relay's resting state is unlocked (unlock window, emergency).
     pub resting_unlocked: bool,
@@ -158,14 +159,14 @@ pub struct DoorState {
     pub last_decision: Option<(bool, Option<String>, DateTime<Utc>)>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceState {
     pub up: bool,
     pub error: Option<String>,
     pub since: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct IdemEntry {
     pub session_id: SessionId,
     pub fingerprint: String,
@@ -176,24 +177,24 @@ pub(crate) struct IdemEntry {
 pub struct State {
     pub rules: Rules,
     pub(crate) partners: HashMap<PartnerId, Partner>,
-    partner_by_key: HashMap<SecretHash, PartnerId>,
+    pub(super) partner_by_key: HashMap<SecretHash, PartnerId>,
     pub(crate) sessions: HashMap<SessionId, Session>,
-    session_by_token: HashMap<SecretHash, SessionId>,
+    pub(super) session_by_token: HashMap<SecretHash, SessionId>,
     pub(crate) users: HashMap<(PartnerId, ExternalId), User>,
     /// Revision of erased users' streams (a re-enrollment continues the stream).
-    erased: HashMap<(PartnerId, ExternalId), u64>,
+    pub(super) erased: HashMap<(PartnerId, ExternalId), u64>,
     pub(crate) idempotency: HashMap<(PartnerId, String), IdemEntry>,
     pub(crate) readers: HashMap<ReaderId, Reader>,
     /// `(reader, capture_id)` and `(reader, trigger_id)` already handled (QoS 1 redelivery).
     pub(crate) seen: HashSet<(ReaderId, String)>,
     /// Last revision of every stream seen, for expected-revision appends.
-    revisions: HashMap<String, u64>,
+    pub(super) revisions: HashMap<String, u64>,
     /// Pending sessions by expiry.
     pub(crate) deadlines: BTreeSet<(DateTime<Utc>, SessionId)>,
     pub(crate) webhooks: HashMap<PartnerId, Webhook>,
     pub(crate) deliveries: HashMap<String, Delivery>,
     /// Pending deliveries by next attempt time.
-    due: BTreeSet<(DateTime<Utc>, String)>,
+    pub(super) due: BTreeSet<(DateTime<Utc>, String)>,
     /// The site policy in force.
     pub policy: Option<Arc<Policy>>,
     /// Its source text and when it was activated.
@@ -204,7 +205,7 @@ pub struct State {
     pub(crate) zone_last: HashMap<(String, PartnerId, ExternalId), Direction>,
     pub(crate) doors: HashMap<DoorId, DoorState>,
     pub(crate) devices: HashMap<String, DeviceState>,
-    position: u64,
+    pub(super) position: u64,
 }
 
 impl State {

@@ -162,3 +162,50 @@ pub async fn list_readers(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<Rea
     list.sort_by(|a, b| a.id.cmp(&b.id));
     Json(list)
 }
+
+/// A user as the operator sees it: whose, who, and the access level(s) the doors read.
+#[derive(Serialize, ToSchema)]
+pub struct AdminUserBody {
+    pub partner_id: String,
+    pub partner_name: String,
+    pub external_id: String,
+    pub username: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    pub enrolled_at: String,
+}
+
+/// `GET /admin/v1/users?limit=N`: every partner's users, newest enrollment first.
+pub async fn list_users(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Vec<AdminUserBody>>, ApiError> {
+    let limit = super::pass_api::list_limit(query.as_deref())?;
+    let mut list: Vec<(chrono::DateTime<chrono::Utc>, AdminUserBody)> = app.read(|s| {
+        s.users()
+            .map(|u| {
+                let partner_name = s
+                    .partner(u.partner_id)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
+                (
+                    u.enrolled_at,
+                    AdminUserBody {
+                        partner_id: u.partner_id.to_string(),
+                        partner_name,
+                        external_id: u.external_id.0.clone(),
+                        username: u.username.clone(),
+                        metadata: u.metadata.clone(),
+                        enrolled_at: time_text(u.enrolled_at),
+                    },
+                )
+            })
+            .collect()
+    });
+    list.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then(a.1.external_id.cmp(&b.1.external_id))
+    });
+    Ok(Json(list.into_iter().take(limit).map(|(_, u)| u).collect()))
+}

@@ -217,3 +217,60 @@ pub async fn event_stream(State(app): State<Arc<App>>, _: Admin) -> Response {
         .keep_alive(KeepAlive::default())
         .into_response()
 }
+
+/// `GET /admin/v1/audit/export?from=&to=&format=csv|jsonl`: door decisions as a download.
+pub async fn audit_export(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, v)| key == k && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    };
+    let instant = |k: &str| -> Result<_, ApiError> {
+        get(k)
+            .map(|v| {
+                chrono::DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|_| ApiError::BadRequest(format!("{k} must be an RFC 3339 instant")))
+            })
+            .transpose()
+    };
+    let (from, to) = (instant("from")?, instant("to")?);
+    let csv = match get("format").unwrap_or("csv") {
+        "csv" => true,
+        "jsonl" => false,
+        _ => return Err(ApiError::BadRequest("format must be csv or jsonl".into())),
+    };
+    let store = app.store.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        crate::replay::audit::export(store.as_ref(), from, to, csv)
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .map_err(|e| {
+        tracing::error!(error = %e, "audit export failed");
+        ApiError::Internal
+    })?;
+    let (ctype, name) = if csv {
+        ("text/csv; charset=utf-8", "palmgate-audit.csv")
+    } else {
+        ("application/x-ndjson", "palmgate-audit.jsonl")
+    };
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, ctype.to_string()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        text,
+    )
+        .into_response())
+}

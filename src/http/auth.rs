@@ -51,6 +51,12 @@ impl FromRequestParts<Arc<App>> for Admin {
         if presented.is_some_and(|t| app.admin.verify(t)) {
             return Ok(Admin);
         }
+        if presented.is_none()
+            && super::dash::session::from_request(app, &parts.method, &parts.headers, true)
+                == Some(super::dash::session::Holder::Admin)
+        {
+            return Ok(Admin);
+        }
         let v = app.limiter.address(
             client_ip(&parts.extensions),
             app.clock.now().timestamp_micros(),
@@ -91,13 +97,19 @@ pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) 
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(hash_secret);
-    let partner = presented.as_ref().and_then(|h| {
-        app.read(|s| {
+    let partner = match &presented {
+        Some(h) => app.read(|s| {
             s.partner_by_key_hash(h)
                 .filter(|p| hashes_equal(&p.api_key_hash, h))
                 .map(|p| (p.id, p.active))
-        })
-    });
+        }),
+        // The partner dashboard calls the same API with its login cookie (+ CSRF header).
+        None => match super::dash::session::from_request(&app, req.method(), req.headers(), false)
+        {
+            Some(super::dash::session::Holder::Partner(id)) => Some((id, true)),
+            _ => None,
+        },
+    };
     let (verdict, refusal): (Verdict, Option<ApiError>) = match partner {
         Some((id, active)) => {
             let v = app.limiter.partner(id, &endpoint, now_us);

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admin_site;
 pub mod auth;
 pub mod body;
+pub mod dash;
 pub mod error;
 pub mod i18n;
 pub mod openapi;
@@ -56,8 +57,10 @@ pub fn time_text(t: DateTime<Utc>) -> String {
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/enroll"),
     ("post", "/v1/identify"),
+    ("get", "/v1/sessions"),
     ("get", "/v1/sessions/{session_id}"),
     ("post", "/v1/sessions/{session_id}/cancel"),
+    ("get", "/v1/users"),
     ("get", "/v1/users/{external_id}"),
     ("delete", "/v1/users/{external_id}"),
     ("put", "/v1/webhook"),
@@ -73,6 +76,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/v1/partners/{id}/activate"),
     ("post", "/admin/v1/partners/{id}/deactivate"),
     ("get", "/admin/v1/readers"),
+    ("get", "/admin/v1/users"),
+    ("get", "/admin/v1/audit/export"),
     ("get", "/admin/v1/policy"),
     ("put", "/admin/v1/policy"),
     ("post", "/admin/v1/lockdown"),
@@ -94,6 +99,8 @@ pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
         .route("/enroll", post(pass_api::enroll))
         .route("/identify", post(pass_api::identify))
+        .route("/sessions", get(pass_api::list_sessions))
+        .route("/users", get(pass_api::list_users))
         .route("/sessions/{session_id}", get(pass_api::get_session))
         .route(
             "/sessions/{session_id}/cancel",
@@ -131,6 +138,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/partners/{id}/activate", post(admin::activate))
         .route("/partners/{id}/deactivate", post(admin::deactivate))
         .route("/readers", get(admin::list_readers))
+        .route("/users", get(admin::list_users))
+        .route("/audit/export", get(admin_site::audit_export))
         .route(
             "/policy",
             get(admin_site::get_policy).put(admin_site::put_policy),
@@ -148,6 +157,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/{kind}/{token}/cancel", post(pages::cancel))
         .route("/{kind}/{token}/events", get(pages::events))
         .route("/assets/page.js", get(pages::script))
+        .merge(dash::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use super::admin::{PartnerBody, PartnerCreatedBody, ReaderBody};
+use super::admin::{AdminUserBody, PartnerBody, PartnerCreatedBody, ReaderBody};
 use super::admin_site::DoorBody;
 use super::pass_api::{SessionBody, SessionCreatedBody, UserBody};
 use super::webhook_api::{AttemptBody, DeliveryBody, WebhookBody, WebhookSecretBody};
@@ -62,6 +62,40 @@ fn enroll() {}
         (status = 429, body = ErrorBody)),
     security(("api_key" = [])))]
 fn identify() {}
+
+#[utoipa::path(get, path = "/v1/sessions", tag = "pass",
+    params(("limit" = Option<u32>, Query, description = "1–500, default 50")),
+    responses((status = 200, body = Vec<SessionBody>, description = "the partner's newest sessions first"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn list_sessions() {}
+
+#[utoipa::path(get, path = "/v1/users", tag = "pass",
+    params(("limit" = Option<u32>, Query, description = "1–500, default 50")),
+    responses((status = 200, body = Vec<UserBody>, description = "the partner's users, newest enrollment first"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("api_key" = [])))]
+fn list_users() {}
+
+#[utoipa::path(get, path = "/admin/v1/users", tag = "admin",
+    params(("limit" = Option<u32>, Query, description = "1–500, default 50")),
+    responses((status = 200, body = Vec<AdminUserBody>, description = "every partner's users"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 429, body = ErrorBody)),
+    security(("admin_token" = [])))]
+fn admin_users() {}
+
+#[utoipa::path(get, path = "/admin/v1/audit/export", tag = "admin",
+    params(("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
+           ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
+           ("format" = Option<String>, Query, description = "csv (default) or jsonl")),
+    responses((status = 200, content_type = "text/csv", body = String, description = "door decisions: who, which door, when, granted or why not, policy version"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 429, body = ErrorBody)),
+    security(("admin_token" = [])))]
+fn audit_export() {}
 
 #[utoipa::path(get, path = "/v1/sessions/{session_id}", tag = "pass",
     params(("session_id" = String, Path)),
@@ -292,7 +326,7 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "palmgate", description = "The Alaqan Pass API as implemented by palmgate, with partner and admin extensions."),
-    paths(enroll, identify, get_session, cancel_session, get_user, delete_user,
+    paths(enroll, identify, list_sessions, list_users, admin_users, audit_export, get_session, cancel_session, get_user, delete_user,
           put_webhook, get_webhook, enable_webhook, rotate_webhook_secret, test_webhook,
           list_deliveries, redeliver, recover,
           create_partner, list_partners, activate_partner, deactivate_partner, list_readers,
@@ -301,7 +335,7 @@ impl Modify for Security {
     components(schemas(ErrorBody, EnrollBody, SessionCreatedBody, SessionBody, UserBody,
                        PartnerBody, PartnerCreatedBody, CreatePartnerBody, ReaderBody,
                        WebhookPutBody, WebhookBody, WebhookSecretBody, DeliveryBody, AttemptBody,
-                       RecoverBody, OnBody, DoorBody)),
+                       RecoverBody, OnBody, DoorBody, AdminUserBody)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;

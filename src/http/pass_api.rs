@@ -319,3 +319,66 @@ pub async fn delete_user(
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `?limit=N` of the list endpoints: 1–500, default 50.
+pub fn list_limit(query: Option<&str>) -> Result<usize, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+    match pairs.iter().find(|(k, _)| k == "limit") {
+        None => Ok(50),
+        Some((_, v)) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::BadRequest("limit must be a whole number from 1 to 500".into())),
+    }
+}
+
+/// `GET /v1/sessions?limit=N`: the partner's newest sessions first.
+pub async fn list_sessions(
+    State(app): State<Arc<App>>,
+    Partner(partner): Partner,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<SessionBody>>, ApiError> {
+    let limit = list_limit(query.as_deref())?;
+    let mut list: Vec<crate::core::session::Session> = app.read(|s| {
+        s.sessions
+            .values()
+            .filter(|x| x.partner_id == Some(partner))
+            .cloned()
+            .collect()
+    });
+    list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.0.cmp(&a.id.0)));
+    Ok(Json(list.iter().take(limit).map(session_body).collect()))
+}
+
+/// `GET /v1/users?limit=N`: the partner's users, newest enrollment first.
+pub async fn list_users(
+    State(app): State<Arc<App>>,
+    Partner(partner): Partner,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<UserBody>>, ApiError> {
+    let limit = list_limit(query.as_deref())?;
+    let mut list: Vec<crate::core::state::User> = app.read(|s| {
+        s.users()
+            .filter(|u| u.partner_id == partner)
+            .cloned()
+            .collect()
+    });
+    list.sort_by(|a, b| {
+        b.enrolled_at
+            .cmp(&a.enrolled_at)
+            .then(a.external_id.0.cmp(&b.external_id.0))
+    });
+    Ok(Json(
+        list.into_iter()
+            .take(limit)
+            .map(|u| UserBody {
+                external_id: u.external_id.0,
+                username: u.username,
+                metadata: u.metadata,
+                enrolled_at: time_text(u.enrolled_at),
+            })
+            .collect(),
+    ))
+}

@@ -252,6 +252,26 @@ pub fn csv_line(row: &Value) -> String {
         .join(",")
 }
 
+/// The export of door decisions in range: CSV with a header line, or JSON lines.
+pub fn export(
+    store: &dyn EventStore,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    csv: bool,
+) -> Result<String, crate::store::StoreError> {
+    let rows = decisions(store, from, to)?;
+    let mut out = String::new();
+    if csv {
+        out.push_str(CSV_HEADER);
+        out.push('\n');
+    }
+    for r in rows.iter().filter_map(decision_row) {
+        out.push_str(&if csv { csv_line(&r) } else { r.to_string() });
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// A past decision the new policy would decide differently.
 #[derive(Debug)]
 pub struct Changed {

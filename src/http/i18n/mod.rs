@@ -1,9 +1,51 @@
-//! Message catalogs for pages (and, later, dashboards and reader feedback): en, kk, ru.
+//! Message catalogs for the hosted pages, the two dashboards and reader feedback: en, kk, ru.
+//!
+//! The pages use the typed [`Catalog`]; the dashboards use keyed tables ([`Entry`]) in
+//! `common`, `admin` and `partner`, handed to their scripts as JSON.
 //!
 //! Invariant: every message exists in all three languages, written by people (a test checks
 //! that no entry is empty or merely copied from English).
 
 use crate::core::Language;
+
+pub mod admin;
+pub mod common;
+pub mod partner;
+
+/// One dashboard message: a key and its text in en, kk and ru (in that order).
+pub type Entry = (&'static str, [&'static str; 3]);
+
+/// Keys whose text is the same in every language (codes, product and format names).
+pub const SAME_IN_ALL: &[&str] = &["lang.en", "lang.kk", "lang.ru", "format.csv", "format.jsonl", "brand"];
+
+/// The dashboard messages of one dashboard in one language, as a JSON object for its script:
+/// the common table, then the dashboard's own.
+pub fn dashboard_messages(lang: Language, own: &[Entry]) -> serde_json::Map<String, serde_json::Value> {
+    let i = match lang {
+        Language::En => 0,
+        Language::Kk => 1,
+        Language::Ru => 2,
+    };
+    common::COMMON
+        .iter()
+        .chain(own)
+        .map(|(k, t)| (k.to_string(), serde_json::Value::from(t[i])))
+        .collect()
+}
+
+/// A common dashboard message in `lang` (server-rendered parts: login forms, titles).
+pub fn common(lang: Language, key: &str) -> &'static str {
+    let i = match lang {
+        Language::En => 0,
+        Language::Kk => 1,
+        Language::Ru => 2,
+    };
+    common::COMMON
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, t)| t[i])
+        .unwrap_or("")
+}
 
 /// Every user-visible string of the hosted pages.
 pub struct Catalog {
@@ -175,6 +217,31 @@ mod tests {
         // Kazakh uses letters Russian does not.
         let kk: String = entries(&KK).concat();
         assert!(kk.chars().any(|c| "әғқңөұүһі".contains(c)));
+    }
+
+    #[test]
+    fn every_dashboard_message_is_translated_once() {
+        let mut keys = std::collections::HashSet::new();
+        for (key, [en, kk, ru]) in common::COMMON.iter().chain(admin::ADMIN).chain(partner::PARTNER) {
+            assert!(keys.insert(*key), "{key} defined twice");
+            for t in [en, kk, ru] {
+                assert!(!t.trim().is_empty(), "{key} has an empty text");
+            }
+            if SAME_IN_ALL.contains(key) {
+                continue;
+            }
+            for t in [kk, ru] {
+                assert_ne!(t, en, "{key} copied from English");
+                assert!(
+                    t.chars().any(|ch| ('\u{0400}'..='\u{04FF}').contains(&ch)),
+                    "{key} not Cyrillic: {t}"
+                );
+            }
+            // Placeholders survive translation.
+            for p in en.split('{').skip(1).filter_map(|x| x.split_once('}')).map(|x| x.0) {
+                assert!(kk.contains(&format!("{{{p}}}")) && ru.contains(&format!("{{{p}}}")), "{key} loses {{{p}}}");
+            }
+        }
     }
 
     #[test]

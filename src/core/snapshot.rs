@@ -1,0 +1,323 @@
+//! State snapshots: the read model as bytes, so start-up folds only the log's tail.
+//!
+//! A snapshot taken at position `p` is [`encode`] of the state after folding events `1..=p`;
+//! [`decode`] gives that state back, and folding events `p+1..` into it gives exactly the state
+//! a fold of the whole log gives (`tests/it/snapshots.rs` and the tests below check it). The
+//! shell decides where snapshots live and when they are trusted (`app::snapshot`); this module
+//! is the pure part: the format and the rebuild.
+//!
+//! Invariants:
+//! - `decode(encode(s)) == s` for every state `evolve` builds ([`PartialEq`] for [`State`]
+//!   compares every field; the compiled policy by its hash).
+//! - `encode` is canonical: maps are written sorted by key, so equal states give equal bytes.
+//! - Only facts are stored. The configuration's [`Rules`] are the caller's; the compiled site
+//!   policy is compiled again from its stored document (as `PolicyActivated` does); indexes that
+//!   follow from stored records (`session_by_token`, `deadlines`, `due`) are rebuilt.
+//! - [`SCHEMA`] names both the stored shape and what `evolve` means. Bump it when a stored
+//!   field changes or when `evolve` folds any event differently: a snapshot of another schema is
+//!   never loaded (start-up folds the whole log instead).
+//!
+//! The encoding is JSON (`serde_json`, already the log's encoding): records whose map key is
+//! one of their own fields (sessions, users, deliveries, …) are written as sorted lists of
+//! records, and maps keyed by tuples as lists of tuples, since JSON object keys are strings.
+
+use super::ids::*;
+use super::policy::{Direction, DoorId, Policy};
+use super::session::{Session, SessionState};
+use super::state::{
+    Delivery, DeviceState, DoorState, IdemEntry, Partner, Reader, Rules, State, User, Webhook,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::Hash;
+use std::sync::Arc;
+
+/// Version of the snapshot's shape and of `evolve`'s meaning (see the module doc).
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot does not decode: {0}")]
+    Decode(String),
+    #[error("snapshot is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// The stored form, borrowing from the state (written).
+#[derive(Serialize)]
+struct StateRef<'a> {
+    position: u64,
+    partners: Vec<&'a Partner>,
+    partner_by_key: Vec<(&'a SecretHash, &'a PartnerId)>,
+    sessions: Vec<&'a Session>,
+    users: Vec<&'a User>,
+    erased: Vec<(&'a PartnerId, &'a ExternalId, u64)>,
+    idempotency: Vec<(&'a PartnerId, &'a str, &'a IdemEntry)>,
+    readers: Vec<&'a Reader>,
+    seen: Vec<&'a (ReaderId, String)>,
+    #[serde(serialize_with = "sorted_map")]
+    revisions: &'a HashMap<String, u64>,
+    webhooks: Vec<&'a Webhook>,
+    deliveries: Vec<&'a Delivery>,
+    policy_document: Option<(&'a str, DateTime<Utc>)>,
+    lockdown: bool,
+    emergency: bool,
+    zone_last: Vec<(&'a str, &'a PartnerId, &'a ExternalId, Direction)>,
+    doors: Vec<(&'a DoorId, &'a DoorState)>,
+    devices: Vec<(&'a str, &'a DeviceState)>,
+}
+
+/// The stored form, owned (read). Same fields, same order as [`StateRef`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateOwned {
+    position: u64,
+    partners: Vec<Partner>,
+    partner_by_key: Vec<(SecretHash, PartnerId)>,
+    sessions: Vec<Session>,
+    users: Vec<User>,
+    erased: Vec<(PartnerId, ExternalId, u64)>,
+    idempotency: Vec<(PartnerId, String, IdemEntry)>,
+    readers: Vec<Reader>,
+    seen: Vec<(ReaderId, String)>,
+    revisions: HashMap<String, u64>,
+    webhooks: Vec<Webhook>,
+    deliveries: Vec<Delivery>,
+    policy_document: Option<(String, DateTime<Utc>)>,
+    lockdown: bool,
+    emergency: bool,
+    zone_last: Vec<(String, PartnerId, ExternalId, Direction)>,
+    doors: Vec<(DoorId, DoorState)>,
+    devices: Vec<(String, DeviceState)>,
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort_unstable();
+    v
+}
+
+fn sorted_by_key<T, K: Ord>(mut v: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    v.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
+    v
+}
+
+fn sorted_map<S: Serializer>(m: &&HashMap<String, u64>, s: S) -> Result<S::Ok, S::Error> {
+    let mut entries: Vec<(&str, u64)> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    entries.sort_unstable();
+    s.collect_map(entries)
+}
+
+/// The state as snapshot bytes (canonical: equal states give equal bytes).
+pub fn encode(state: &State) -> Vec<u8> {
+    // Destructured in full: a field added to `State` does not compile here until it is either
+    // stored or rebuilt (and `SCHEMA` bumped).
+    let State {
+        rules: _,
+        partners,
+        partner_by_key,
+        sessions,
+        session_by_token: _,
+        users,
+        erased,
+        idempotency,
+        readers,
+        seen,
+        revisions,
+        deadlines: _,
+        webhooks,
+        deliveries,
+        due: _,
+        policy: _,
+        policy_document,
+        lockdown,
+        emergency,
+        zone_last,
+        doors,
+        devices,
+        position,
+    } = state;
+    let stored = StateRef {
+        position: *position,
+        partners: sorted_by_key(partners.values().collect(), |p| p.id),
+        partner_by_key: sorted(partner_by_key.iter().collect()),
+        sessions: sorted_by_key(sessions.values().collect(), |s| s.id),
+        users: sorted_by_key(users.values().collect(), |u| (u.partner_id, &u.external_id)),
+        erased: sorted(erased.iter().map(|((p, e), r)| (p, e, *r)).collect()),
+        idempotency: sorted_by_key(
+            idempotency
+                .iter()
+                .map(|((p, k), v)| (p, k.as_str(), v))
+                .collect(),
+            |(p, k, _)| (**p, *k),
+        ),
+        readers: sorted_by_key(readers.values().collect(), |r| &r.id),
+        seen: sorted(seen.iter().collect()),
+        revisions,
+        webhooks: sorted_by_key(webhooks.values().collect(), |w| w.partner_id),
+        deliveries: sorted_by_key(deliveries.values().collect(), |d| &d.id),
+        policy_document: policy_document.as_ref().map(|(d, at)| (&**d, *at)),
+        lockdown: *lockdown,
+        emergency: *emergency,
+        zone_last: sorted_by_key(
+            zone_last
+                .iter()
+                .map(|((z, p, e), d)| (z.as_str(), p, e, *d))
+                .collect(),
+            |(z, p, e, _)| (*z, **p, *e),
+        ),
+        doors: sorted_by_key(doors.iter().collect(), |(d, _)| *d),
+        devices: sorted_by_key(
+            devices.iter().map(|(d, s)| (d.as_str(), s)).collect(),
+            |(d, _)| *d,
+        ),
+    };
+    serde_json::to_vec(&stored).expect("a state has only string map keys and finite numbers")
+}
+
+/// Inserts every `(key, value)`; a key twice means the bytes were not written by [`encode`].
+fn unique<K: Eq + Hash, V>(
+    what: &str,
+    items: impl ExactSizeIterator<Item = (K, V)>,
+) -> Result<HashMap<K, V>, SnapshotError> {
+    let mut map = HashMap::with_capacity(items.len());
+    for (k, v) in items {
+        if map.insert(k, v).is_some() {
+            return Err(SnapshotError::Inconsistent(format!("a {what} appears twice")));
+        }
+    }
+    Ok(map)
+}
+
+/// The state stored in `bytes`, with `rules` from the configuration, the site policy compiled
+/// again and the derived indexes rebuilt.
+pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
+    let o: StateOwned =
+        serde_json::from_slice(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+    let policy = match &o.policy_document {
+        None => None,
+        // Only a document that compiled was ever stored; one that no longer does cannot be
+        // reproduced from the snapshot (a full fold keeps the policy before it).
+        Some((document, _)) => Some(Arc::new(Policy::parse(document).map_err(|_| {
+            SnapshotError::Inconsistent("the stored site policy no longer compiles".into())
+        })?)),
+    };
+    let mut session_by_token = HashMap::with_capacity(o.sessions.len());
+    let mut deadlines = BTreeSet::new();
+    for s in &o.sessions {
+        session_by_token.insert(s.token_hash.clone(), s.id);
+        if s.state == SessionState::Pending {
+            deadlines.insert((s.expires_at, s.id));
+        }
+    }
+    let due = o
+        .deliveries
+        .iter()
+        .filter_map(|d| Some((d.next_attempt_at?, d.id.clone())))
+        .collect();
+    let seen_len = o.seen.len();
+    let seen: HashSet<(ReaderId, String)> = o.seen.into_iter().collect();
+    if seen.len() != seen_len {
+        return Err(SnapshotError::Inconsistent("a seen capture appears twice".into()));
+    }
+    Ok(State {
+        rules,
+        partners: unique("partner", o.partners.into_iter().map(|p| (p.id, p)))?,
+        partner_by_key: unique("API key hash", o.partner_by_key.into_iter())?,
+        sessions: unique("session", o.sessions.into_iter().map(|s| (s.id, s)))?,
+        session_by_token,
+        users: unique(
+            "user",
+            o.users
+                .into_iter()
+                .map(|u| ((u.partner_id, u.external_id.clone()), u)),
+        )?,
+        erased: unique(
+            "erased user",
+            o.erased.into_iter().map(|(p, e, r)| ((p, e), r)),
+        )?,
+        idempotency: unique(
+            "idempotency key",
+            o.idempotency.into_iter().map(|(p, k, v)| ((p, k), v)),
+        )?,
+        readers: unique("reader", o.readers.into_iter().map(|r| (r.id.clone(), r)))?,
+        seen,
+        revisions: o.revisions,
+        deadlines,
+        webhooks: unique(
+            "webhook",
+            o.webhooks.into_iter().map(|w| (w.partner_id, w)),
+        )?,
+        deliveries: unique(
+            "delivery",
+            o.deliveries.into_iter().map(|d| (d.id.clone(), d)),
+        )?,
+        due,
+        policy,
+        policy_document: o.policy_document.map(|(d, at)| (Arc::from(d), at)),
+        lockdown: o.lockdown,
+        emergency: o.emergency,
+        zone_last: unique(
+            "zone movement",
+            o.zone_last.into_iter().map(|(z, p, e, d)| ((z, p, e), d)),
+        )?,
+        doors: unique("door", o.doors.into_iter())?,
+        devices: unique("device", o.devices.into_iter())?,
+        position: o.position,
+    })
+}
+
+/// Field by field, indexes included; the compiled policy is compared by its hash.
+impl PartialEq for State {
+    fn eq(&self, o: &State) -> bool {
+        let State {
+            rules,
+            partners,
+            partner_by_key,
+            sessions,
+            session_by_token,
+            users,
+            erased,
+            idempotency,
+            readers,
+            seen,
+            revisions,
+            deadlines,
+            webhooks,
+            deliveries,
+            due,
+            policy,
+            policy_document,
+            lockdown,
+            emergency,
+            zone_last,
+            doors,
+            devices,
+            position,
+        } = self;
+        let sha = |p: &Option<Arc<Policy>>| p.as_ref().map(|p| p.sha256.clone());
+        *rules == o.rules
+            && *partners == o.partners
+            && *partner_by_key == o.partner_by_key
+            && *sessions == o.sessions
+            && *session_by_token == o.session_by_token
+            && *users == o.users
+            && *erased == o.erased
+            && *idempotency == o.idempotency
+            && *readers == o.readers
+            && *seen == o.seen
+            && *revisions == o.revisions
+            && *deadlines == o.deadlines
+            && *webhooks == o.webhooks
+            && *deliveries == o.deliveries
+            && *due == o.due
+            && sha(policy) == sha(&o.policy)
+            && *policy_document == o.policy_document
+            && *lockdown == o.lockdown
+            && *emergency == o.emergency
+            && *zone_last == o.zone_last
+            && *doors == o.doors
+            && *devices == o.devices
+            && *position == o.position
+    }
+}

@@ -1,0 +1,373 @@
+//! The two dashboards: the operator's at `/admin` (admin-token login) and the partner's at
+//! `/dashboard` (API-key login).
+//!
+//! Each is one server-rendered page shell (language, CSRF token, message catalog) and a script
+//! from `/assets/` that works through the same JSON APIs everyone else uses: `/admin/v1` for
+//! the operator, `/v1` for the partner, authenticated by the login cookie (see [`session`]).
+//! Nothing is loaded from outside the server; pages work on a phone and by keyboard.
+//!
+//! Invariants: a credential typed into a login form is checked in constant time and spends the
+//! caller's address budget when wrong (brute force meets 429 like the APIs); the page never
+//! contains the credential, only the cookie-bound CSRF token.
+
+pub mod session;
+
+use super::auth::client_ip;
+use super::i18n::{self, Entry, dashboard_messages, from_accept_language};
+use crate::app::App;
+use crate::app::secrets::{hash_secret, hashes_equal};
+use crate::core::Language;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use session::Holder;
+use std::sync::Arc;
+
+/// The dashboard routes, merged into the main router.
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/admin", get(admin_page))
+        .route("/admin/", get(|| async { Redirect::to("/admin") }))
+        .route("/admin/login", post(admin_login))
+        .route("/admin/logout", post(admin_logout))
+        .route("/dashboard", get(partner_page))
+        .route("/dashboard/", get(|| async { Redirect::to("/dashboard") }))
+        .route("/dashboard/login", post(partner_login))
+        .route("/dashboard/logout", post(partner_logout))
+        .route("/assets/dash.css", get(|| asset("dash.css", CSS, "text/css")))
+        .route("/assets/dash.js", get(|| asset("dash.js", COMMON_JS, JS)))
+        .route("/assets/admin.js", get(|| asset("admin.js", ADMIN_JS, JS)))
+        .route("/assets/admin.css", get(|| asset("admin.css", ADMIN_CSS, "text/css")))
+        .route("/assets/partner.js", get(|| asset("partner.js", PARTNER_JS, JS)))
+        .route("/assets/partner.css", get(|| asset("partner.css", PARTNER_CSS, "text/css")))
+}
+
+const JS: &str = "text/javascript";
+const CSS: &str = include_str!("assets/dash.css");
+const COMMON_JS: &str = include_str!("assets/dash.js");
+const ADMIN_JS: &str = include_str!("assets/admin.js");
+const ADMIN_CSS: &str = include_str!("assets/admin.css");
+const PARTNER_JS: &str = include_str!("assets/partner.js");
+const PARTNER_CSS: &str = include_str!("assets/partner.css");
+
+/// Serves an asset compiled into the binary. For working on the dashboards,
+/// `PALMGATE_DASH_ASSETS=src/http/dash/assets` serves the files from disk instead (read at
+/// each request, so an edit shows on reload without a rebuild).
+async fn asset(name: &'static str, built_in: &'static str, ctype: &'static str) -> Response {
+    let body = match std::env::var_os("PALMGATE_DASH_ASSETS") {
+        Some(dir) => std::fs::read_to_string(std::path::Path::new(&dir).join(name))
+            .unwrap_or_else(|_| built_in.to_string()),
+        None => built_in.to_string(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, format!("{ctype}; charset=utf-8")),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Which dashboard a handler serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Board {
+    Admin,
+    Partner,
+}
+
+impl Board {
+    fn is_admin(self) -> bool {
+        self == Board::Admin
+    }
+    fn path(self) -> &'static str {
+        match self {
+            Board::Admin => "/admin",
+            Board::Partner => "/dashboard",
+        }
+    }
+    fn catalog(self) -> &'static [Entry] {
+        match self {
+            Board::Admin => i18n::admin::ADMIN,
+            Board::Partner => i18n::partner::PARTNER,
+        }
+    }
+    fn script(self) -> &'static str {
+        match self {
+            Board::Admin => "admin",
+            Board::Partner => "partner",
+        }
+    }
+}
+
+/// The page language: `?lang=` (remembered in a cookie), else the cookie, else the browser's.
+fn language(headers: &HeaderMap, query: Option<&str>) -> (Language, bool) {
+    let asked = query
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .and_then(|pairs| {
+            pairs
+                .into_iter()
+                .find(|(k, _)| k == "lang")
+                .and_then(|(_, v)| Language::parse(&v))
+        });
+    if let Some(l) = asked {
+        return (l, true);
+    }
+    let remembered = session::cookie(headers, session::LANG_COOKIE).and_then(Language::parse);
+    let lang = remembered.unwrap_or_else(|| {
+        from_accept_language(
+            headers
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+        )
+    });
+    (lang, false)
+}
+
+async fn admin_page(State(app): State<Arc<App>>, req: Request) -> Response {
+    page(&app, Board::Admin, req)
+}
+
+async fn partner_page(State(app): State<Arc<App>>, req: Request) -> Response {
+    page(&app, Board::Partner, req)
+}
+
+fn page(app: &App, board: Board, req: Request) -> Response {
+    let (lang, chosen) = language(req.headers(), req.uri().query());
+    let name = if board.is_admin() {
+        session::ADMIN_COOKIE
+    } else {
+        session::PARTNER_COOKIE
+    };
+    let cookie = session::cookie(req.headers(), name)
+        .filter(|v| {
+            matches!(
+                (board, session::verify(app, v)),
+                (Board::Admin, Some(Holder::Admin)) | (Board::Partner, Some(Holder::Partner(_)))
+            )
+        })
+        .map(str::to_string);
+    let mut resp = match cookie {
+        Some(value) => shell(app, board, lang, &value),
+        None => login_form(app, board, lang, None, StatusCode::OK),
+    };
+    if chosen {
+        resp.headers_mut()
+            .append(header::SET_COOKIE, session::lang_cookie(lang.code()));
+    }
+    resp
+}
+
+fn esc(s: &str) -> String {
+    super::pages::esc(s)
+}
+
+/// `<html>` around a dashboard body: shared stylesheet, the board's own, no external asset.
+fn document(board: Board, lang: Language, title: &str, body: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="{lang}">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<link rel="stylesheet" href="/assets/dash.css">
+<link rel="stylesheet" href="/assets/{script}.css">
+</head>
+<body class="dash dash-{script}">
+{body}
+</body>
+</html>"#,
+        lang = lang.code(),
+        title = esc(title),
+        script = board.script(),
+    )
+}
+
+fn lang_switch(board: Board, lang: Language) -> String {
+    let links: String = [Language::En, Language::Kk, Language::Ru]
+        .iter()
+        .map(|l| {
+            let current = if *l == lang {
+                r#" aria-current="true""#
+            } else {
+                ""
+            };
+            format!(
+                r#"<a href="{path}?lang={code}" lang="{code}" hreflang="{code}"{current}>{name}</a>"#,
+                path = board.path(),
+                code = l.code(),
+                name = esc(i18n::common(*l, &format!("lang.{}", l.code()))),
+            )
+        })
+        .collect();
+    format!(
+        r#"<nav class="langs" aria-label="{label}">{links}</nav>"#,
+        label = esc(i18n::common(lang, "language"))
+    )
+}
+
+fn login_form(
+    app: &App,
+    board: Board,
+    lang: Language,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let t = |k: &str| esc(i18n::common(lang, k));
+    let (title, label, field) = if board.is_admin() {
+        (t("login.admin_title"), t("login.admin_token"), "token")
+    } else {
+        (t("login.partner_title"), t("login.api_key"), "api_key")
+    };
+    let error = match (error, board.is_admin() && !app.admin.enabled()) {
+        (Some(e), _) => Some(t(e)),
+        (None, true) => Some(t("login.disabled")),
+        (None, false) => None,
+    };
+    let error = error
+        .map(|e| format!(r#"<p class="error" role="alert" id="login-error">{e}</p>"#))
+        .unwrap_or_default();
+    let body = format!(
+        r#"<header class="top"><span class="brand">{brand}</span>{langs}</header>
+<main class="login">
+<h1>{title}</h1>
+{error}
+<form method="post" action="{path}/login" class="card">
+<label for="credential">{label}</label>
+<input id="credential" name="{field}" type="password" autocomplete="current-password" required autofocus>
+<input type="hidden" name="lang" value="{code}">
+<button type="submit">{submit}</button>
+</form>
+</main>"#,
+        brand = t("brand"),
+        langs = lang_switch(board, lang),
+        path = board.path(),
+        code = lang.code(),
+        submit = t("login.submit"),
+    );
+    let title = i18n::common(lang, if board.is_admin() { "login.admin_title" } else { "login.partner_title" });
+    (status, Html(document(board, lang, title, &body))).into_response()
+}
+
+fn shell(app: &App, board: Board, lang: Language, cookie: &str) -> Response {
+    let messages = serde_json::Value::Object(dashboard_messages(lang, board.catalog()));
+    // `</` cannot end the script element early once escaped.
+    let messages = messages.to_string().replace("</", "<\\/");
+    let csrf = session::csrf_token(app, cookie);
+    let body = format!(
+        r#"<header class="top"><span class="brand">{brand}</span>{langs}
+<form method="post" action="{path}/logout" class="logout"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">{logout}</button></form>
+</header>
+<main id="app" data-csrf="{csrf}" data-lang="{code}"><p class="muted">{loading}</p></main>
+<script id="messages" type="application/json">{messages}</script>
+<script src="/assets/dash.js"></script>
+<script src="/assets/{script}.js"></script>"#,
+        brand = esc(i18n::common(lang, "brand")),
+        langs = lang_switch(board, lang),
+        path = board.path(),
+        logout = esc(i18n::common(lang, "logout")),
+        loading = esc(i18n::common(lang, "loading")),
+        code = lang.code(),
+        script = board.script(),
+    );
+    let title = i18n::common(lang, "brand");
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(document(board, lang, title, &body)),
+    )
+        .into_response()
+}
+
+/// The fields of a small urlencoded form (login, logout), or `None` when unreadable.
+async fn form(req: Request) -> Option<(axum::http::request::Parts, Vec<(String, String)>)> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 8 * 1024).await.ok()?;
+    let fields = serde_urlencoded::from_bytes(&bytes).ok()?;
+    Some((parts, fields))
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+async fn admin_login(State(app): State<Arc<App>>, req: Request) -> Response {
+    login(&app, Board::Admin, req).await
+}
+
+async fn partner_login(State(app): State<Arc<App>>, req: Request) -> Response {
+    login(&app, Board::Partner, req).await
+}
+
+async fn login(app: &App, board: Board, req: Request) -> Response {
+    let Some((parts, fields)) = form(req).await else {
+        return login_form(app, board, Language::En, Some("login.failed"), StatusCode::BAD_REQUEST);
+    };
+    let lang = Language::parse(field(&fields, "lang"))
+        .unwrap_or_else(|| language(&parts.headers, None).0);
+    let holder = if board.is_admin() {
+        let token = field(&fields, "token");
+        (!token.is_empty() && app.admin.verify(token)).then_some(Holder::Admin)
+    } else {
+        let h = hash_secret(field(&fields, "api_key"));
+        app.read(|s| {
+            s.partner_by_key_hash(&h)
+                .filter(|p| hashes_equal(&p.api_key_hash, &h) && p.active)
+                .map(|p| Holder::Partner(p.id))
+        })
+    };
+    let cookie = holder.and_then(|h| session::issue(app, h));
+    let Some(cookie) = cookie else {
+        let v = app
+            .limiter
+            .address(client_ip(&parts.extensions), app.clock.now().timestamp_micros());
+        return if v.allowed {
+            login_form(app, board, lang, Some("login.failed"), StatusCode::UNAUTHORIZED)
+        } else {
+            let mut r = login_form(
+                app,
+                board,
+                lang,
+                Some("login.throttled"),
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, v.retry_after_s.into());
+            r
+        };
+    };
+    let mut r = Redirect::to(board.path()).into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        session::set_cookie(app, board.is_admin(), &cookie),
+    );
+    r
+}
+
+async fn admin_logout(State(app): State<Arc<App>>, req: Request) -> Response {
+    logout(&app, Board::Admin, req).await
+}
+
+async fn partner_logout(State(app): State<Arc<App>>, req: Request) -> Response {
+    logout(&app, Board::Partner, req).await
+}
+
+/// Ends the login (the CSRF field keeps other sites from signing people out).
+async fn logout(app: &App, board: Board, req: Request) -> Response {
+    let Some((parts, fields)) = form(req).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    if !session::form_csrf_ok(app, &parts.headers, board.is_admin(), field(&fields, "csrf")) {
+        return super::error::message(StatusCode::FORBIDDEN, "invalid CSRF token");
+    }
+    let mut r = Redirect::to(board.path()).into_response();
+    r.headers_mut()
+        .append(header::SET_COOKIE, session::clear_cookie(app, board.is_admin()));
+    r
+}

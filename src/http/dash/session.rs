@@ -1,0 +1,194 @@
+//! Dashboard sessions: signed cookies and CSRF tokens, with no server-side session table.
+//!
+//! A cookie is `kind.subject.expiry.mac`, the MAC (HMAC-SHA256 under a key derived from the
+//! master key) covering the kind, subject, expiry and the hash of the credential that opened it
+//! (the admin token's hash, or the partner's API-key hash): changing the admin token or
+//! replacing a partner ends its sessions. A deactivated partner's cookie is refused like its key.
+//!
+//! Invariants: a cookie authenticates reads (GET/HEAD) on its own; any other method also needs
+//! the `X-CSRF-Token` header (or a `csrf` form field on the logout forms) equal to the token
+//! derived from that same cookie, which only a page served to the cookie's holder carries.
+//! Cookies are `HttpOnly; SameSite=Strict`, and `Secure` when the public URL is https.
+
+use crate::app::App;
+use crate::core::{PartnerId, SecretHash};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use subtle::ConstantTimeEq;
+
+pub const ADMIN_COOKIE: &str = "pg_admin";
+pub const PARTNER_COOKIE: &str = "pg_partner";
+pub const LANG_COOKIE: &str = "pg_lang";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// How long a dashboard login lasts.
+pub const LIFETIME_S: i64 = 12 * 3600;
+
+/// Who a valid dashboard cookie speaks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    Admin,
+    Partner(PartnerId),
+}
+
+impl Holder {
+    fn cookie_name(self) -> &'static str {
+        match self {
+            Holder::Admin => ADMIN_COOKIE,
+            Holder::Partner(_) => PARTNER_COOKIE,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Holder::Admin => "a",
+            Holder::Partner(_) => "p",
+        }
+    }
+
+    fn subject(self) -> String {
+        match self {
+            Holder::Admin => "-".into(),
+            Holder::Partner(id) => id.to_string(),
+        }
+    }
+}
+
+/// The value of the named cookie in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The credential hash a holder's cookies are bound to, if the holder may still log in.
+fn binding(app: &App, holder: Holder) -> Option<SecretHash> {
+    match holder {
+        Holder::Admin => app.admin.hash().cloned(),
+        Holder::Partner(id) => app.read(|s| {
+            s.partner(id)
+                .filter(|p| p.active)
+                .map(|p| p.api_key_hash.clone())
+        }),
+    }
+}
+
+fn mac(app: &App, kind: &str, subject: &str, expiry: i64, bound: &SecretHash) -> String {
+    hex::encode(app.keys.dash_mac(&[
+        kind.as_bytes(),
+        b"\0",
+        subject.as_bytes(),
+        b"\0",
+        expiry.to_string().as_bytes(),
+        b"\0",
+        bound.0.as_bytes(),
+    ]))
+}
+
+/// A fresh cookie value for `holder`, valid for [`LIFETIME_S`].
+pub fn issue(app: &App, holder: Holder) -> Option<String> {
+    let bound = binding(app, holder)?;
+    let expiry = app.clock.now().timestamp() + LIFETIME_S;
+    let (kind, subject) = (holder.kind(), holder.subject());
+    Some(format!(
+        "{kind}.{subject}.{expiry}.{}",
+        mac(app, kind, &subject, expiry, &bound)
+    ))
+}
+
+/// The holder of a cookie value, if its MAC verifies, it has not expired and its credential
+/// still stands.
+pub fn verify(app: &App, value: &str) -> Option<Holder> {
+    let mut parts = value.split('.');
+    let (kind, subject, expiry, presented) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let expiry: i64 = expiry.parse().ok()?;
+    if expiry <= app.clock.now().timestamp() {
+        return None;
+    }
+    let holder = match kind {
+        "a" if subject == "-" => Holder::Admin,
+        "p" => Holder::Partner(PartnerId::parse(subject)?),
+        _ => return None,
+    };
+    let bound = binding(app, holder)?;
+    let expected = mac(app, kind, subject, expiry, &bound);
+    bool::from(expected.as_bytes().ct_eq(presented.as_bytes())).then_some(holder)
+}
+
+/// The CSRF token that goes with a cookie value.
+pub fn csrf_token(app: &App, cookie_value: &str) -> String {
+    hex::encode(&app.keys.dash_mac(&[b"csrf\0", cookie_value.as_bytes()])[..16])
+}
+
+fn csrf_ok(app: &App, cookie_value: &str, presented: Option<&str>) -> bool {
+    let expected = csrf_token(app, cookie_value);
+    presented.is_some_and(|p| bool::from(expected.as_bytes().ct_eq(p.as_bytes())))
+}
+
+/// The holder a request's cookie authenticates for `wanted` (admin or any partner), honouring
+/// the CSRF rule for methods other than GET and HEAD.
+pub fn from_request(
+    app: &App,
+    method: &Method,
+    headers: &HeaderMap,
+    admin: bool,
+) -> Option<Holder> {
+    let name = if admin { ADMIN_COOKIE } else { PARTNER_COOKIE };
+    let value = cookie(headers, name)?;
+    let holder = verify(app, value)?;
+    if holder.cookie_name() != name {
+        return None;
+    }
+    let safe = method == Method::GET || method == Method::HEAD;
+    let presented = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+    (safe || csrf_ok(app, value, presented)).then_some(holder)
+}
+
+/// Checks a CSRF token sent in a form field against the request's cookie.
+pub fn form_csrf_ok(app: &App, headers: &HeaderMap, admin: bool, presented: &str) -> bool {
+    let name = if admin { ADMIN_COOKIE } else { PARTNER_COOKIE };
+    cookie(headers, name).is_some_and(|v| csrf_ok(app, v, Some(presented)))
+}
+
+fn secure(app: &App) -> &'static str {
+    if app.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// `Set-Cookie` for a new login.
+pub fn set_cookie(app: &App, admin: bool, value: &str) -> HeaderValue {
+    let name = if admin { ADMIN_COOKIE } else { PARTNER_COOKIE };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; Max-Age={LIFETIME_S}; HttpOnly; SameSite=Strict{}",
+        secure(app)
+    ))
+    .expect("cookie characters are ASCII")
+}
+
+/// `Set-Cookie` that ends a login.
+pub fn clear_cookie(app: &App, admin: bool) -> HeaderValue {
+    let name = if admin { ADMIN_COOKIE } else { PARTNER_COOKIE };
+    HeaderValue::from_str(&format!(
+        "{name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{}",
+        secure(app)
+    ))
+    .expect("cookie characters are ASCII")
+}
+
+/// `Set-Cookie` remembering the chosen language for a year.
+pub fn lang_cookie(code: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{LANG_COOKIE}={code}; Path=/; Max-Age=31536000; SameSite=Lax"
+    ))
+    .expect("language codes are ASCII")
+}

@@ -1,0 +1,5 @@
+//! Messages of the partner dashboard (`/dashboard`).
+
+use super::Entry;
+
+pub const PARTNER: &[Entry] = &[];
