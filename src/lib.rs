@@ -18,11 +18,14 @@
 //!   re-derived), exported, and replayed under a new policy (what-if).
 //! - [`synthetic`] — reference synthetic palms (stable identity per name plus per-scan noise).
 //! - [`webhooks`] — the webhook dispatcher (outbox = the log) and the SSRF guard.
+//! - [`demo`] — `palmgate demo`: the real server plus a simulated board, readers, site,
+//!   partner and people, and the dashboard's virtual reader panel.
 //! - [`config`] — layered configuration (embedded defaults → file → `PALMGATE_*` env).
 
 pub mod app;
 pub mod config;
 pub mod core;
+pub mod demo;
 pub mod http;
 pub mod modbus;
 pub mod mqtt;

@@ -25,6 +25,19 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run everything on this machine with no hardware: embedded store and broker, a simulated
+    /// relay board, simulated readers, a demo site, partner and people. Prints the URLs to open.
+    Demo {
+        /// Configuration file (TOML) to start from; the demo sets its own store, site and keys.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// HTTP address (default 127.0.0.1:8080; port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Keep the demo's log, keys and site here (default: a new temporary directory).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Re-verify, export or replay the recorded log (SPEC 9).
     Audit {
         #[command(subcommand)]
@@ -179,6 +192,11 @@ fn main() -> std::process::ExitCode {
             rt.block_on(async {
                 match cli.command {
                     Cmd::Serve { config } => serve(config).await,
+                    Cmd::Demo {
+                        config,
+                        listen,
+                        data,
+                    } => demo(config, listen, data).await,
                     Cmd::Partner { target, action } => partner(target, action).await,
                     Cmd::Reader { action } => reader(action).await,
                     Cmd::Audit { action } => audit(action),
@@ -240,6 +258,48 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     }
     server.serve(shutdown_signal()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn demo(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    data: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut config = Config::load_with_process_env(config.as_deref())?;
+    if let Some(l) = listen {
+        config.http.listen = l;
+    }
+    init_logging(config.log.format);
+    palmgate::demo::run(
+        config,
+        data,
+        |s| {
+            let key = match &s.api_key {
+                Some(k) => format!("API key (demo partner \"{}\"): {k}", palmgate::demo::PARTNER_NAME),
+                None => "API key: shown at the first run of this data directory".into(),
+            };
+            println!(
+                "palmgate demo is running at {url}\n\
+                 \n  Operator dashboard  {url}/admin\n      admin token: {token}\n\
+                 \n  Partner dashboard   {url}/dashboard\n      {key}\n\
+                 \n  Pass API            {url}/v1  (OpenAPI: {url}/v1/openapi.json)\n\
+                 \n  Webhook test receiver: {url}/demo/receiver\n\
+                 \n  Simulated readers: {readers}, enrollment desk {desk} (MQTT {mqtt})\n\
+                 \n  Try: open the operator dashboard, sign in with the token, and scan daniyar at the server room.\n\
+                 \n  Data: {data} — Ctrl-C stops the demo.",
+                url = s.url,
+                token = s.admin_token,
+                readers = palmgate::demo::DOOR_READERS.join(", "),
+                desk = palmgate::demo::DESK_READER,
+                mqtt = s.mqtt,
+                data = s.data.display(),
+            );
+            std::io::stdout().flush().ok();
+        },
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

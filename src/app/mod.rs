@@ -13,6 +13,7 @@ pub mod limiter;
 pub mod readers;
 pub mod relays;
 pub mod secrets;
+pub mod snapshot;
 pub mod templates;
 
 use crate::config::Config;
@@ -83,6 +84,7 @@ pub struct App {
     evolved: Notify,
     wake: Notify,
     outbox: Notify,
+    snapshots: snapshot::Snapshotter,
 }
 
 /// What [`App::new`] needs besides the configuration.
@@ -96,8 +98,9 @@ pub struct Parts {
 }
 
 impl App {
-    /// Builds the app, folding the whole log into the state and indexing enrolled templates.
-    /// Effects the core asks for arrive on the returned receiver.
+    /// Builds the app: the state from the newest usable snapshot plus the log after it (the
+    /// whole log without one), then the index of enrolled templates. Effects the core asks for
+    /// arrive on the returned receiver.
     pub fn new(
         config: Config,
         parts: Parts,
@@ -107,23 +110,24 @@ impl App {
             min_quality: config.matching.min_quality,
             ..Rules::default()
         };
-        let mut state = State::new(rules);
-        let mut after = 0;
-        loop {
-            let page = parts.store.read(after, 10_000)?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for r in &page {
-                state.evolve(r);
-            }
-        }
+        let loaded = snapshot::load(&*parts.store, rules)?;
+        let state = loaded.state;
         let wrap = KeyWrap::new(parts.keys.wrap_key());
         let index = readers::build_index(&state, &parts.keystore, &wrap, config.matching.dim);
         tracing::info!(
-            events = after,
+            events = state.position(),
+            snapshot = loaded.snapshot,
+            folded = loaded.folded,
             templates = index.len(),
             "projections rebuilt from the log"
         );
+        let snapshots = snapshot::Snapshotter::start(
+            parts.store.clone(),
+            rules,
+            config.store.snapshot_every,
+            loaded.snapshot.unwrap_or(0),
+        );
+        snapshots.observe(state.position());
         let (effects, effects_rx) = mpsc::unbounded_channel();
         let app = App {
             state: RwLock::new(state),
@@ -147,6 +151,7 @@ impl App {
             evolved: Notify::new(),
             wake: Notify::new(),
             outbox: Notify::new(),
+            snapshots,
         };
         app.destroy_erased_keys();
         Ok((app, effects_rx))
@@ -211,12 +216,14 @@ impl App {
     }
 
     fn apply(&self, recorded: &[Recorded]) {
-        {
+        let position = {
             let mut s = self.state.write().expect("state lock");
             for r in recorded {
                 s.evolve(r);
             }
-        }
+            s.position()
+        };
+        self.snapshots.observe(position);
         for r in recorded {
             self.follow(r);
             if let Some(id) = session_of(&r.event) {
@@ -419,6 +426,15 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_with(axum::Router::new(), shutdown).await
+    }
+
+    /// Serves with `extra` routes beside the product's own (the demo's panel and receiver).
+    pub async fn serve_with(
+        self,
+        extra: axum::Router,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let deadlines = tokio::spawn(self.app.clone().deadline_loop());
         let (reader_tx, reader_rx) = mpsc::unbounded_channel();
         let relays = relays::Relays::start(self.app.clone());
@@ -436,7 +452,7 @@ impl Server {
         let mqtt = crate::mqtt::client::spawn(self.app.clone(), &self.mqtt, reader_rx)
             .map_err(std::io::Error::other)?;
         let webhooks = crate::webhooks::spawn(self.app.clone());
-        let router = crate::http::router(self.app.clone());
+        let router = crate::http::router(self.app.clone()).merge(extra);
         let result = axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

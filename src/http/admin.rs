@@ -203,9 +203,6 @@ pub async fn list_users(
             })
             .collect()
     });
-    list.sort_by(|a, b| {
-        b.0.cmp(&a.0)
-            .then(a.1.external_id.cmp(&b.1.external_id))
-    });
+    list.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.external_id.cmp(&b.1.external_id)));
     Ok(Json(list.into_iter().take(limit).map(|(_, u)| u).collect()))
 }

@@ -224,8 +224,9 @@ pub async fn audit_export(
     _: Admin,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
     let get = |k: &str| {
         pairs
             .iter()

@@ -104,11 +104,12 @@ pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) 
                 .map(|p| (p.id, p.active))
         }),
         // The partner dashboard calls the same API with its login cookie (+ CSRF header).
-        None => match super::dash::session::from_request(&app, req.method(), req.headers(), false)
-        {
-            Some(super::dash::session::Holder::Partner(id)) => Some((id, true)),
-            _ => None,
-        },
+        None => {
+            match super::dash::session::from_request(&app, req.method(), req.headers(), false) {
+                Some(super::dash::session::Holder::Partner(id)) => Some((id, true)),
+                _ => None,
+            }
+        }
     };
     let (verdict, refusal): (Verdict, Option<ApiError>) = match partner {
         Some((id, active)) => {

@@ -330,7 +330,9 @@ pub fn list_limit(query: Option<&str>) -> Result<usize, ApiError> {
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::BadRequest("limit must be a whole number from 1 to 500".into())),
+            .ok_or_else(|| {
+                ApiError::BadRequest("limit must be a whole number from 1 to 500".into())
+            }),
     }
 }
 

@@ -182,6 +182,11 @@ impl SimReader {
     }
 
     /// Changes the quality the next captures report.
+    /// Another person's palm on the same reader (the demo's virtual reader panel).
+    pub fn set_palm(&mut self, palm: &str) {
+        self.opts.palm = palm.to_string();
+    }
+
     pub fn set_quality(&mut self, q: f64) {
         self.opts.quality = q;
     }

@@ -36,12 +36,24 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/dashboard/", get(|| async { Redirect::to("/dashboard") }))
         .route("/dashboard/login", post(partner_login))
         .route("/dashboard/logout", post(partner_logout))
-        .route("/assets/dash.css", get(|| asset("dash.css", CSS, "text/css")))
+        .route(
+            "/assets/dash.css",
+            get(|| asset("dash.css", CSS, "text/css")),
+        )
         .route("/assets/dash.js", get(|| asset("dash.js", COMMON_JS, JS)))
         .route("/assets/admin.js", get(|| asset("admin.js", ADMIN_JS, JS)))
-        .route("/assets/admin.css", get(|| asset("admin.css", ADMIN_CSS, "text/css")))
-        .route("/assets/partner.js", get(|| asset("partner.js", PARTNER_JS, JS)))
-        .route("/assets/partner.css", get(|| asset("partner.css", PARTNER_CSS, "text/css")))
+        .route(
+            "/assets/admin.css",
+            get(|| asset("admin.css", ADMIN_CSS, "text/css")),
+        )
+        .route(
+            "/assets/partner.js",
+            get(|| asset("partner.js", PARTNER_JS, JS)),
+        )
+        .route(
+            "/assets/partner.css",
+            get(|| asset("partner.css", PARTNER_CSS, "text/css")),
+        )
 }
 
 const JS: &str = "text/javascript";
@@ -248,7 +260,14 @@ fn login_form(
         code = lang.code(),
         submit = t("login.submit"),
     );
-    let title = i18n::common(lang, if board.is_admin() { "login.admin_title" } else { "login.partner_title" });
+    let title = i18n::common(
+        lang,
+        if board.is_admin() {
+            "login.admin_title"
+        } else {
+            "login.partner_title"
+        },
+    );
     (status, Html(document(board, lang, title, &body))).into_response()
 }
 
@@ -307,10 +326,16 @@ async fn partner_login(State(app): State<Arc<App>>, req: Request) -> Response {
 
 async fn login(app: &App, board: Board, req: Request) -> Response {
     let Some((parts, fields)) = form(req).await else {
-        return login_form(app, board, Language::En, Some("login.failed"), StatusCode::BAD_REQUEST);
+        return login_form(
+            app,
+            board,
+            Language::En,
+            Some("login.failed"),
+            StatusCode::BAD_REQUEST,
+        );
     };
-    let lang = Language::parse(field(&fields, "lang"))
-        .unwrap_or_else(|| language(&parts.headers, None).0);
+    let lang =
+        Language::parse(field(&fields, "lang")).unwrap_or_else(|| language(&parts.headers, None).0);
     let holder = if board.is_admin() {
         let token = field(&fields, "token");
         (!token.is_empty() && app.admin.verify(token)).then_some(Holder::Admin)
@@ -324,11 +349,18 @@ async fn login(app: &App, board: Board, req: Request) -> Response {
     };
     let cookie = holder.and_then(|h| session::issue(app, h));
     let Some(cookie) = cookie else {
-        let v = app
-            .limiter
-            .address(client_ip(&parts.extensions), app.clock.now().timestamp_micros());
+        let v = app.limiter.address(
+            client_ip(&parts.extensions),
+            app.clock.now().timestamp_micros(),
+        );
         return if v.allowed {
-            login_form(app, board, lang, Some("login.failed"), StatusCode::UNAUTHORIZED)
+            login_form(
+                app,
+                board,
+                lang,
+                Some("login.failed"),
+                StatusCode::UNAUTHORIZED,
+            )
         } else {
             let mut r = login_form(
                 app,
@@ -363,11 +395,18 @@ async fn logout(app: &App, board: Board, req: Request) -> Response {
     let Some((parts, fields)) = form(req).await else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    if !session::form_csrf_ok(app, &parts.headers, board.is_admin(), field(&fields, "csrf")) {
+    if !session::form_csrf_ok(
+        app,
+        &parts.headers,
+        board.is_admin(),
+        field(&fields, "csrf"),
+    ) {
         return super::error::message(StatusCode::FORBIDDEN, "invalid CSRF token");
     }
     let mut r = Redirect::to(board.path()).into_response();
-    r.headers_mut()
-        .append(header::SET_COOKIE, session::clear_cookie(app, board.is_admin()));
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        session::clear_cookie(app, board.is_admin()),
+    );
     r
 }

@@ -16,11 +16,21 @@ pub mod partner;
 pub type Entry = (&'static str, [&'static str; 3]);
 
 /// Keys whose text is the same in every language (codes, product and format names).
-pub const SAME_IN_ALL: &[&str] = &["lang.en", "lang.kk", "lang.ru", "format.csv", "format.jsonl", "brand"];
+pub const SAME_IN_ALL: &[&str] = &[
+    "lang.en",
+    "lang.kk",
+    "lang.ru",
+    "format.csv",
+    "format.jsonl",
+    "brand",
+];
 
 /// The dashboard messages of one dashboard in one language, as a JSON object for its script:
 /// the common table, then the dashboard's own.
-pub fn dashboard_messages(lang: Language, own: &[Entry]) -> serde_json::Map<String, serde_json::Value> {
+pub fn dashboard_messages(
+    lang: Language,
+    own: &[Entry],
+) -> serde_json::Map<String, serde_json::Value> {
     let i = match lang {
         Language::En => 0,
         Language::Kk => 1,
@@ -222,7 +232,11 @@ mod tests {
     #[test]
     fn every_dashboard_message_is_translated_once() {
         let mut keys = std::collections::HashSet::new();
-        for (key, [en, kk, ru]) in common::COMMON.iter().chain(admin::ADMIN).chain(partner::PARTNER) {
+        for (key, [en, kk, ru]) in common::COMMON
+            .iter()
+            .chain(admin::ADMIN)
+            .chain(partner::PARTNER)
+        {
             assert!(keys.insert(*key), "{key} defined twice");
             for t in [en, kk, ru] {
                 assert!(!t.trim().is_empty(), "{key} has an empty text");
@@ -238,8 +252,16 @@ mod tests {
                 );
             }
             // Placeholders survive translation.
-            for p in en.split('{').skip(1).filter_map(|x| x.split_once('}')).map(|x| x.0) {
-                assert!(kk.contains(&format!("{{{p}}}")) && ru.contains(&format!("{{{p}}}")), "{key} loses {{{p}}}");
+            for p in en
+                .split('{')
+                .skip(1)
+                .filter_map(|x| x.split_once('}'))
+                .map(|x| x.0)
+            {
+                assert!(
+                    kk.contains(&format!("{{{p}}}")) && ru.contains(&format!("{{{p}}}")),
+                    "{key} loses {{{p}}}"
+                );
             }
         }
     }
