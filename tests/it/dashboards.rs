@@ -1,0 +1,524 @@
+//! The dashboards over real HTTP: login cookies, CSRF, throttled brute force, languages, the
+//! list endpoints they read, and the one-command demo (`palmgate demo`) end to end.
+//! The browser-driven checks are in `browser.rs`.
+
+use crate::fixtures::{ADMIN_TOKEN, Options, TestServer, send};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The `Set-Cookie` value (name=value) of a login answer.
+fn cookie_of(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_string())
+}
+
+/// The CSRF token a dashboard page carries for its cookie.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("data-csrf=\"")
+        .expect("page carries a CSRF token")
+        + 11;
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+async fn login(s: &TestServer, path: &str, field: &str, secret: &str) -> reqwest::Response {
+    no_redirects()
+        .post(s.url(path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([(field, secret)]).unwrap())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Logs in and returns (cookie header value, CSRF token from the served page).
+async fn session(s: &TestServer, board: &str, field: &str, secret: &str) -> (String, String) {
+    let r = login(s, &format!("{board}/login"), field, secret).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "login answers 303");
+    let name = if board == "/admin" {
+        "pg_admin"
+    } else {
+        "pg_partner"
+    };
+    let set = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert!(
+        set.iter()
+            .any(|c| c.contains("HttpOnly") && c.contains("SameSite=Strict")),
+        "{set:?}"
+    );
+    let cookie = cookie_of(&r, name).expect("login sets the cookie");
+    let page = no_redirects()
+        .get(s.url(board))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains(secret),
+        "the page never carries the credential"
+    );
+    (cookie.clone(), csrf_of(&page))
+}
+
+#[tokio::test]
+async fn admin_login_cookie_reads_and_csrf_guards_writes() {
+    let s = TestServer::start().await;
+    // Signed out: the login form, in the browser's language.
+    let page = s
+        .get("/admin")
+        .header("accept-language", "ru")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<html lang="ru">"#) && html.contains("Вход оператора"));
+    assert!(!html.contains("data-csrf"));
+
+    // A wrong token: 401 with the form again, no cookie.
+    let bad = login(&s, "/admin/login", "token", "nope").await;
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+    assert!(cookie_of(&bad, "pg_admin").is_none());
+
+    let (cookie, csrf) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    // Reads work with the cookie alone.
+    let r = send(s.get("/admin/v1/partners").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A write without the CSRF header is refused like no credential at all.
+    let r = send(
+        s.post("/admin/v1/partners")
+            .header("cookie", &cookie)
+            .json(&json!({"name": "Acme"})),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = send(
+        s.post("/admin/v1/partners")
+            .header("cookie", &cookie)
+            .header("x-csrf-token", "0".repeat(32))
+            .json(&json!({"name": "Acme"})),
+    )
+    .await;
+    assert_eq!(r.status, 401, "a wrong CSRF token is refused");
+    let r = send(
+        s.post("/admin/v1/partners")
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&json!({"name": "Acme"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    // A forged cookie (changed expiry) is refused.
+    let mut parts: Vec<String> = cookie.split('.').map(str::to_string).collect();
+    parts[2] = (parts[2].parse::<i64>().unwrap() + 1000).to_string();
+    let forged = parts.join(".");
+    let r = send(s.get("/admin/v1/partners").header("cookie", &forged)).await;
+    assert_eq!(r.status, 401);
+
+    // A partner cookie is not an admin cookie.
+    let (_, key) = s.create_partner("P").await;
+    let (pcookie, _) = session(&s, "/dashboard", "api_key", &key).await;
+    let as_admin = pcookie.replacen("pg_partner=", "pg_admin=", 1);
+    let r = send(s.get("/admin/v1/partners").header("cookie", &as_admin)).await;
+    assert_eq!(r.status, 401);
+
+    // Logout needs the CSRF field, then clears the cookie.
+    let r = no_redirects()
+        .post(s.url("/admin/logout"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("csrf", "wrong")]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = no_redirects()
+        .post(s.url("/admin/logout"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("csrf", csrf.as_str())]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cleared = cookie_of(&r, "pg_admin").unwrap();
+    assert_eq!(cleared, "pg_admin=");
+}
+
+#[tokio::test]
+async fn partner_cookie_speaks_for_that_partner_only_and_ends_with_deactivation() {
+    let s = TestServer::start().await;
+    let (a_id, a_key) = s.create_partner("A").await;
+    let (_, b_key) = s.create_partner("B").await;
+    let a_session = s
+        .enroll(&a_key, "", &json!({"external_id": "A-1"}))
+        .await
+        .created();
+    s.enroll(&b_key, "", &json!({"external_id": "B-1"}))
+        .await
+        .created();
+    let (cookie, csrf) = session(&s, "/dashboard", "api_key", &a_key).await;
+
+    let r = send(s.get("/v1/sessions").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let list = r.json();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![a_session.session_id.as_str()],
+        "only A's sessions"
+    );
+    r.assert_rate_headers(0);
+
+    // Writes need the CSRF header; with it the cookie acts as A's key.
+    let r = send(
+        s.post("/v1/identify")
+            .header("cookie", &cookie)
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = send(
+        s.post("/v1/identify")
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    // Another partner's session is "not found" through the cookie too.
+    let r = send(s.get("/v1/sessions?limit=500").header("x-api-key", &b_key)).await;
+    let b_id = r.json()[0]["session_id"].as_str().unwrap().to_string();
+    let r = send(
+        s.get(&format!("/v1/sessions/{b_id}"))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+
+    let r = send(s.get("/v1/sessions?limit=0").header("cookie", &cookie)).await;
+    r.assert_error(400, "limit must be a whole number from 1 to 500");
+
+    // Deactivating the partner ends its dashboard login at once.
+    s.deactivate(&a_id).await;
+    let r = send(s.get("/v1/sessions").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 401);
+    let page = no_redirects()
+        .get(s.url("/dashboard"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("data-csrf"), "signed out: the login form");
+    // And its key cannot open a new one.
+    let r = login(&s, "/dashboard/login", "api_key", &a_key).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn login_brute_force_meets_429() {
+    let s = TestServer::start_with(Options::default().unauthenticated_per_minute(5)).await;
+    let mut statuses = vec![];
+    for i in 0..8 {
+        let r = login(&s, "/admin/login", "token", &format!("guess-{i}")).await;
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|&c| c == 429), "{statuses:?}");
+    let r = login(&s, "/dashboard/login", "api_key", "pgk_guess").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    // The right token still gets in (throttling guesses must not lock the operator out).
+    let r = login(&s, "/admin/login", "token", ADMIN_TOKEN).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn language_choice_is_remembered_and_messages_are_embedded() {
+    let s = TestServer::start().await;
+    let (cookie, _) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let r = no_redirects()
+        .get(s.url("/admin?lang=kk"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let lang = cookie_of(&r, "pg_lang").expect("the choice is remembered");
+    assert_eq!(lang, "pg_lang=kk");
+    let html = r.text().await.unwrap();
+    assert!(html.contains(r#"<html lang="kk">"#));
+    let at = html
+        .find(r#"<script id="messages" type="application/json">"#)
+        .unwrap()
+        + 46;
+    let json_text = &html[at..at + html[at..].find("</script>").unwrap()];
+    let messages: Value = serde_json::from_str(json_text).unwrap();
+    assert_eq!(messages["logout"], "Шығу");
+    // The cookie alone keeps the language on the next visit.
+    let html = no_redirects()
+        .get(s.url("/admin"))
+        .header("cookie", format!("{cookie}; {lang}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(r#"<html lang="kk">"#));
+    // Assets are served by palmgate itself; pages reference nothing external.
+    for asset in [
+        "/assets/dash.js",
+        "/assets/dash.css",
+        "/assets/admin.js",
+        "/assets/partner.js",
+    ] {
+        let r = send(s.get(asset)).await;
+        assert_eq!(r.status, 200, "{asset}");
+    }
+    assert!(!html.contains("http://") && !html.contains("https://"));
+}
+
+#[tokio::test]
+async fn admin_lists_users_of_every_partner_and_exports_the_audit() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Acme").await;
+    let r = send(s.get("/admin/v1/users").bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!([]));
+    let r = send(
+        s.get("/admin/v1/audit/export?format=csv")
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.text.starts_with("position,at,door,reader,partner_id"));
+    assert!(
+        r.header("content-disposition")
+            .unwrap()
+            .contains("attachment")
+    );
+    let r = send(
+        s.get("/admin/v1/audit/export?format=xml")
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+    r.assert_error(400, "format must be csv or jsonl");
+    let r = send(
+        s.get("/admin/v1/audit/export?from=yesterday")
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+    r.assert_error(400, "from must be an RFC 3339 instant");
+    let r = send(s.get("/v1/users").header("x-api-key", &key)).await;
+    assert_eq!(r.json(), json!([]));
+}
+
+/// A running `palmgate demo` on a free port, with what it printed.
+pub struct Demo {
+    child: std::process::Child,
+    pub url: String,
+    pub admin_token: String,
+    pub api_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Demo {
+    pub fn start() -> Demo {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palmgate"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PALMGATE_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .args(["demo", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("demo"))
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut url, mut admin_token, mut api_key) = (None, None, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while url.is_none() || admin_token.is_none() || api_key.is_none() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("the demo prints its URL, admin token and API key within 60 s");
+            if let Some(u) = line.strip_prefix("palmgate demo is running at ") {
+                url = Some(u.trim().to_string());
+            } else if let Some(t) = line.trim().strip_prefix("admin token: ") {
+                admin_token = Some(t.to_string());
+            } else if let Some(at) = line.find("): pgk_") {
+                api_key = Some(line[at + 3..].trim().to_string());
+            }
+        }
+        Demo {
+            child,
+            url: url.unwrap(),
+            admin_token: admin_token.unwrap(),
+            api_key: api_key.unwrap(),
+            _dir: dir,
+        }
+    }
+}
+
+#[tokio::test]
+async fn demo_runs_a_site_with_people_doors_and_a_virtual_reader() {
+    let demo = Demo::start();
+    let http = reqwest::Client::new();
+    let admin = |path: &str| {
+        http.get(format!("{}{path}", demo.url))
+            .bearer_auth(&demo.admin_token)
+    };
+    let doors: Value = admin("/admin/v1/doors")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doors.as_array().unwrap().len(), 3, "{doors}");
+    let readers: Value = admin("/admin/v1/readers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let online = readers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["online"] == true)
+        .count();
+    assert_eq!(online, 4, "three door readers and the desk: {readers}");
+    let users: Value = http
+        .get(format!("{}/v1/users", demo.url))
+        .header("x-api-key", &demo.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 3, "{users}");
+
+    let scan = |person: &str, reader: &str| {
+        http.post(format!("{}/admin/v1/demo/scan", demo.url))
+            .bearer_auth(&demo.admin_token)
+            .json(&json!({"person": person, "reader": reader}))
+            .send()
+    };
+    let v: Value = scan("daniyar", "server-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["granted"], true, "{v}");
+    assert_eq!(v["door"], "server-room");
+    // The decision moved the simulated board's relay: the door reads unlocked.
+    let mut unlocked = false;
+    for _ in 0..50 {
+        let doors: Value = admin("/admin/v1/doors")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if doors
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == "server-room" && d["state"] == "unlocked")
+        {
+            unlocked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(unlocked, "server room never showed unlocked");
+    let v: Value = scan("olga", "server-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["granted"].clone(), v["reason"].clone()),
+        (json!(false), json!("door_not_in_level"))
+    );
+    let v: Value = scan("stranger", "lobby-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["reason"], "no_match");
+    let r = scan("nobody-known", "lobby-1").await.unwrap();
+    assert_eq!(r.status(), 400);
+    // The panel is an admin endpoint.
+    let r = http
+        .post(format!("{}/admin/v1/demo/scan", demo.url))
+        .json(&json!({"person": "daniyar", "reader": "server-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The webhook test receiver answers.
+    let r = http
+        .post(format!("{}/demo/receiver", demo.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
