@@ -108,6 +108,19 @@ impl Relays {
         }
     }
 
+    /// (register, count) when the door on `device`/`coil` asks for board-timed pulses and its
+    /// board has a pulse timer.
+    fn board_timer(&self, device: &str, coil: u16, hold_ms: u32) -> Option<(u16, u16)> {
+        self.app.read(|s| {
+            let policy = s.policy.as_ref()?;
+            policy.doors.iter().find(|d| {
+                d.device_timed_pulse && d.relay.device == device && d.relay.coil == coil
+            })?;
+            let dev = policy.relay_devices.iter().find(|d| d.id == device)?;
+            dev.timed_pulse.map(|t| t.write_for(coil, hold_ms))
+        })
+    }
+
     /// Performs a relay effect of the core.
     pub fn perform(&self, device: &str, command: RelayCommand) {
         if !self
@@ -132,6 +145,7 @@ impl Relays {
                 coil,
                 hold: Duration::from_millis(u64::from(hold_ms)),
                 tag,
+                timed: self.board_timer(device, coil, hold_ms),
             },
             RelayCommand::Rest {
                 coil,

@@ -110,6 +110,32 @@ pub struct RelayDevice {
     pub modbus: ModbusAddr,
     /// Modbus unit (slave) id, 0..=247; default 1.
     pub unit: u8,
+    /// The board's own pulse timer, when it has one (`timed_pulse`).
+    pub timed_pulse: Option<TimedPulse>,
+}
+
+/// A board that times pulses itself: writing `n` to holding register `register_base + coil`
+/// (function 06) turns the coil on for `n × unit_ms` and then off, with no further command — so
+/// a gateway that crashes mid-pulse cannot leave the door open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedPulse {
+    pub register_base: u16,
+    /// 1..=60000, default 100.
+    pub unit_ms: u32,
+}
+
+impl TimedPulse {
+    /// The register to write for `coil` and the count for a pulse of `pulse_ms` (rounded up, at
+    /// least 1).
+    pub fn write_for(&self, coil: u16, pulse_ms: u32) -> (u16, u16) {
+        let units = pulse_ms
+            .div_ceil(self.unit_ms.max(1))
+            .clamp(1, u32::from(u16::MAX));
+        (
+            self.register_base.wrapping_add(coil),
+            u16::try_from(units).unwrap_or(u16::MAX),
+        )
+    }
 }
 
 /// Where a relay board listens.
@@ -667,6 +693,14 @@ struct RawDevice {
     modbus: String,
     #[serde(default = "default_unit")]
     unit: i64,
+    timed_pulse: Option<RawTimed>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimed {
+    register_base: i64,
+    unit_ms: Option<i64>,
 }
 
 fn default_unit() -> i64 {
@@ -933,6 +967,8 @@ impl<'t> Cx<'t> {
 /// does not make every reference to it an error too.
 struct Known {
     devices: BTreeSet<String>,
+    /// Devices that declare `timed_pulse`.
+    timed_devices: BTreeSet<String>,
     doors: BTreeSet<String>,
     readers: BTreeSet<String>,
     schedules: BTreeSet<String>,
@@ -992,6 +1028,11 @@ fn build<'t>(cx: &mut Cx<'t>) -> Policy {
     let schedule_names = root.get("schedules").and_then(|v| v.get_ref().as_table());
     let known = Known {
         devices: peek(root, "relay_devices", "id"),
+        timed_devices: raw_items(root, "relay_devices")
+            .iter()
+            .filter(|item| item.get_ref().get("timed_pulse").is_some())
+            .flat_map(|item| peek_item(item, "id"))
+            .collect(),
         doors: peek(root, "doors", "id"),
         readers: peek(root, "doors", "readers"),
         schedules: schedule_names
@@ -1157,10 +1198,18 @@ fn devices<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> Vec<RelayDevice>
             }
         });
         let unit = cx.ranged(&at("unit"), raw.unit, 0, 247);
+        let timed_pulse = raw.timed_pulse.map(|t| {
+            let tp = |k: &str| path!["relay_devices", i, "timed_pulse", k];
+            TimedPulse {
+                register_base: cx.ranged(&tp("register_base"), t.register_base, 0, 65535),
+                unit_ms: cx.ranged(&tp("unit_ms"), t.unit_ms.unwrap_or(100), 1, 60000),
+            }
+        });
         out.push(RelayDevice {
             id: raw.id,
             modbus,
             unit,
+            timed_pulse,
         });
     }
     out
@@ -1210,6 +1259,17 @@ fn doors<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Vec
             }
         }
         cx.device_ref(&at(&["relay", "device"]), &raw.relay.device, known);
+        if raw.device_timed_pulse
+            && known.devices.contains(&raw.relay.device)
+            && !known.timed_devices.contains(&raw.relay.device)
+        {
+            let msg = format!(
+                "relay device `{}` has no `timed_pulse` register map: add \
+                 `timed_pulse = {{ register_base = N, unit_ms = 100 }}` to it",
+                raw.relay.device
+            );
+            cx.error(&at(&["device_timed_pulse"]), msg);
+        }
         let coil = cx.ranged(&at(&["relay", "coil"]), raw.relay.coil, 0, 65535);
         cx.claim(
             &mut coils,

@@ -1773,6 +1773,22 @@ fn door_rules() {
             "1 of `board-1` is already used by door `main`",
         ),
         (
+            "timed pulse without a register map",
+            RELAY,
+            "relay = { device = \"board-1\", coil = 0 }\ndevice_timed_pulse = true",
+            "doors[0].device_timed_pulse",
+            "device_timed_pulse",
+            "has no `timed_pulse` register map",
+        ),
+        (
+            "timed pulse unit",
+            "modbus = \"tcp://127.0.0.1:5020\"",
+            "modbus = \"tcp://127.0.0.1:5020\"\ntimed_pulse = { register_base = 256, unit_ms = 0 }",
+            "relay_devices[0].timed_pulse.unit_ms",
+            "timed_pulse",
+            "0 is out of range 1..=60000",
+        ),
+        (
             "timed pulse type",
             RELAY,
             "relay = { device = \"board-1\", coil = 0 }\ndevice_timed_pulse = \"yes\"",
@@ -1808,8 +1824,25 @@ fn door_rules() {
     let text = edit(
         RELAY,
         "relay = { device = \"board-1\", coil = 7, pulse_ms = 100 }\ncontact = { device = \"board-1\", input = 2 }\nrex = { device = \"board-1\", input = 3 }\ndevice_timed_pulse = true\nname = \"Main\"",
+    )
+    .replacen(
+        "modbus = \"tcp://127.0.0.1:5020\"",
+        "modbus = \"tcp://127.0.0.1:5020\"\ntimed_pulse = { register_base = 256, unit_ms = 100 }",
+        1,
     );
     let p = Policy::parse(&text).unwrap();
+    assert_eq!(
+        p.relay_devices[0].timed_pulse,
+        Some(crate::core::policy::TimedPulse {
+            register_base: 256,
+            unit_ms: 100
+        })
+    );
+    // 2500 ms in units of 100 ms on coil 7: 25 written to register 263.
+    assert_eq!(
+        p.relay_devices[0].timed_pulse.unwrap().write_for(7, 2_450),
+        (263, 25)
+    );
     let d = &p.doors[0];
     assert_eq!(
         d.relay,

@@ -4,7 +4,9 @@
 //! backoff, and after every (re)connection it drives every coil to the state the app wants now
 //! (locked unless an unlock window or emergency says otherwise), so a board that restarted in
 //! the middle of a pulse ends with its door locked. A pulse is ON, hold, OFF — and the OFF is
-//! read back and retried until it sticks. Inputs (door contacts, request-to-exit) are polled.
+//! read back and retried until it sticks. A board with its own pulse timer (`timed_pulse` in the
+//! policy) gets one register write instead, and the gateway only checks afterwards that the
+//! coil is OFF (switching it off itself if not): a gateway crash mid-pulse cannot hold a door. Inputs (door contacts, request-to-exit) are polled.
 //! A device that is down is reported, never fatal; other devices keep working.
 
 pub mod sim;
@@ -36,10 +38,14 @@ pub use crate::core::RelayReport as Report;
 #[derive(Clone, Debug)]
 pub enum Command {
     /// ON now, OFF after `hold` (unless the wanted state of the coil is ON by then).
+    /// With `timed = Some((register, count))` the board times the pulse: one write of `count`
+    /// to holding `register`; after `hold` (+ [`TIMED_GRACE`]) the coil is read back and only
+    /// driven OFF by the gateway if the board did not end the pulse itself.
     Pulse {
         coil: u16,
         hold: Duration,
         tag: String,
+        timed: Option<(u16, u16)>,
     },
     /// The state a coil should rest in (locked = false); applied now and after reconnects.
     /// A pulse in progress ends first, unless `cut_pulse` (lockdown: every relay off now).
@@ -51,6 +57,9 @@ pub enum Command {
     /// The inputs to poll (a new site policy may add contacts or exit buttons).
     Inputs(Vec<u16>),
 }
+
+/// How long after a board-timed pulse should have ended the gateway checks that it did.
+pub const TIMED_GRACE: Duration = Duration::from_millis(300);
 
 /// Timeouts and backoff of device connections.
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +103,8 @@ struct Device {
     offs: BTreeMap<(Instant, u16), String>,
     /// Coils ON because of a pulse.
     pulsing: HashMap<u16, String>,
+    /// Pulses the board is timing: coil → (register, count).
+    timed: HashMap<u16, (u16, u16)>,
     inputs: HashMap<u16, bool>,
     up: Option<bool>,
 }
@@ -139,6 +150,7 @@ impl Device {
             wanted: HashMap::new(),
             offs: BTreeMap::new(),
             pulsing: HashMap::new(),
+            timed: HashMap::new(),
             inputs: HashMap::new(),
             up: None,
         }
@@ -177,6 +189,7 @@ impl Device {
                         return None; // the pulse's end applies the wanted state
                     }
                     self.pulsing.remove(&coil);
+                    self.timed.remove(&coil);
                     self.offs.retain(|(_, c), _| *c != coil);
                 }
                 Some((coil, on, String::new()))
@@ -186,10 +199,26 @@ impl Device {
                 self.inputs.retain(|i, _| self.spec.inputs.contains(i));
                 None
             }
-            Command::Pulse { coil, hold, tag } => {
+            Command::Pulse {
+                coil,
+                hold,
+                tag,
+                timed,
+            } => {
                 self.wanted.entry(coil).or_insert(false);
                 self.offs.retain(|(_, c), _| *c != coil);
-                self.offs.insert((Instant::now() + hold, coil), tag.clone());
+                let check = match timed {
+                    Some(t) => {
+                        self.timed.insert(coil, t);
+                        hold + TIMED_GRACE
+                    }
+                    None => {
+                        self.timed.remove(&coil);
+                        hold
+                    }
+                };
+                self.offs
+                    .insert((Instant::now() + check, coil), tag.clone());
                 self.pulsing.insert(coil, tag.clone());
                 Some((coil, true, tag))
             }
@@ -293,6 +322,71 @@ impl Device {
         r
     }
 
+    /// A command's write: a board-timed pulse starts with its register write, anything else
+    /// is a coil write.
+    async fn drive(&mut self, ctx: &mut Context, coil: u16, on: bool, tag: String) -> Io<()> {
+        let timed = self.timed.get(&coil).copied();
+        match timed {
+            Some((register, count)) if on && self.pulsing.contains_key(&coil) => {
+                self.start_timed(ctx, coil, register, count, tag).await
+            }
+            _ => self.write(ctx, coil, on, tag).await,
+        }
+    }
+
+    /// Starts a board-timed pulse and reads the coil back: ON is reported once the board says
+    /// so. A board that does not turn the coil on is reported (the door stays locked).
+    async fn start_timed(
+        &mut self,
+        ctx: &mut Context,
+        coil: u16,
+        register: u16,
+        count: u16,
+        tag: String,
+    ) -> Io<()> {
+        timed(
+            self.timing.response,
+            ctx.write_single_register(register, count),
+        )
+        .await?;
+        let got = timed(self.timing.response, ctx.read_coils(coil, 1)).await?;
+        let device = self.spec.id.clone();
+        if got.first() == Some(&true) {
+            self.report(Report::Coil {
+                device,
+                coil,
+                on: true,
+                tag,
+            });
+        } else {
+            self.report(Report::CoilFailed {
+                device,
+                coil,
+                on: true,
+                error: format!(
+                    "coil still reads OFF after the timed-pulse write to register {register}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// After a board-timed pulse: true when the board has ended it (reported as the OFF).
+    async fn timed_pulse_ended(&mut self, ctx: &mut Context, coil: u16, tag: &str) -> Io<bool> {
+        let got = timed(self.timing.response, ctx.read_coils(coil, 1)).await?;
+        if got.first() == Some(&false) {
+            self.report(Report::Coil {
+                device: self.spec.id.clone(),
+                coil,
+                on: false,
+                tag: tag.to_string(),
+            });
+            return Ok(true);
+        }
+        tracing::warn!(device = %self.spec.id, coil, "the board did not end its timed pulse; switching OFF");
+        Ok(false)
+    }
+
     async fn connected(
         &mut self,
         ctx: &mut Context,
@@ -300,6 +394,7 @@ impl Device {
     ) -> Io<()> {
         // Drive every coil to its resting state (ends any pulse cut short by the outage).
         self.pulsing.clear();
+        self.timed.clear();
         self.offs.clear();
         let wanted: Vec<(u16, bool)> = self.wanted.iter().map(|(c, o)| (*c, *o)).collect();
         for (coil, on) in wanted {
@@ -322,6 +417,21 @@ impl Device {
                         .collect();
                     for ((t, coil), tag) in due {
                         let rest = self.wanted.get(&coil).copied().unwrap_or(false);
+                        if self.timed.remove(&coil).is_some() && !rest {
+                            match self.timed_pulse_ended(ctx, coil, &tag).await {
+                                Ok(true) => {
+                                    self.offs.remove(&(t, coil));
+                                    self.pulsing.remove(&coil);
+                                    continue;
+                                }
+                                Ok(false) => {} // the gateway ends it: OFF with read-back
+                                Err(e) => {
+                                    self.offs.remove(&(t, coil));
+                                    self.offs.insert((now + Duration::from_millis(200), coil), tag);
+                                    return Err(e);
+                                }
+                            }
+                        }
                         match self.write(ctx, coil, rest, tag.clone()).await {
                             Ok(()) => {
                                 self.offs.remove(&(t, coil));
@@ -343,7 +453,7 @@ impl Device {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { return Ok(()) };
                     if let Some((coil, on, tag)) = self.accept(cmd) {
-                        self.write(ctx, coil, on, tag).await?;
+                        self.drive(ctx, coil, on, tag).await?;
                     }
                 }
             }

@@ -13,6 +13,10 @@ use tokio_modbus::prelude::{ExceptionCode, Request, Response};
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 
 pub const SIZE: usize = 64;
+/// The board's pulse timer (policy `timed_pulse = { register_base = 256, unit_ms = 100 }`):
+/// writing `n` to holding register `TIMED_BASE + coil` turns the coil on for `n × 100 ms`.
+pub const TIMED_BASE: u16 = 256;
+pub const TIMED_UNIT_MS: u64 = 100;
 
 #[derive(Default)]
 struct Board {
@@ -20,6 +24,9 @@ struct Board {
     inputs: Vec<bool>,
     writes: Vec<(Instant, u16, bool)>,
     stuck: HashSet<u16>,
+    /// Pulse timers started, and the one running on each coil.
+    timers: u64,
+    timer_of: std::collections::HashMap<u16, u64>,
 }
 
 #[derive(Clone)]
@@ -39,6 +46,8 @@ impl tokio_modbus::server::Service for Service {
         };
         std::future::ready(match req {
             Request::WriteSingleCoil(addr, on) if usize::from(addr) < SIZE => {
+                // A direct write overrides the coil's pulse timer, as on real boards.
+                b.timer_of.remove(&addr);
                 if !b.stuck.contains(&addr) {
                     b.coils[usize::from(addr)] = on;
                 }
@@ -54,6 +63,35 @@ impl tokio_modbus::server::Service for Service {
                 None => Err(ExceptionCode::IllegalDataAddress),
             },
             Request::WriteSingleCoil(..) => Err(ExceptionCode::IllegalDataAddress),
+            Request::WriteSingleRegister(reg, n)
+                if reg >= TIMED_BASE && usize::from(reg - TIMED_BASE) < SIZE =>
+            {
+                let coil = reg - TIMED_BASE;
+                if !b.stuck.contains(&coil) {
+                    b.coils[usize::from(coil)] = true;
+                }
+                b.writes.push((Instant::now(), coil, true));
+                b.timers += 1;
+                let (board, generation) = (self.0.clone(), b.timers);
+                b.timer_of.insert(coil, generation);
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        u64::from(n) * TIMED_UNIT_MS,
+                    ))
+                    .await;
+                    let mut b = board.lock().expect("board lock");
+                    // A later timer on the same coil, or a power cycle, supersedes this one.
+                    if b.timer_of.get(&coil) == Some(&generation) {
+                        b.timer_of.remove(&coil);
+                        if !b.stuck.contains(&coil) {
+                            b.coils[usize::from(coil)] = false;
+                        }
+                        b.writes.push((Instant::now(), coil, false));
+                    }
+                });
+                Ok(Response::WriteSingleRegister(reg, n))
+            }
+            Request::WriteSingleRegister(..) => Err(ExceptionCode::IllegalDataAddress),
             _ => Err(ExceptionCode::IllegalFunction),
         })
     }
@@ -141,7 +179,9 @@ impl SimBoard {
             let _ = t.await;
         }
         if reset {
-            self.board.lock().expect("lock").coils.fill(false);
+            let mut b = self.board.lock().expect("lock");
+            b.coils.fill(false);
+            b.timer_of.clear();
         }
         let listener = listen(self.addr).await?;
         self.serve(listener);

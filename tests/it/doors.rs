@@ -39,7 +39,7 @@ pub struct Site {
 pub const ADMIN: &str = "Bearer site-admin";
 
 /// Generous upper bound for anything that should happen "soon" on a loaded 2-core box.
-const WAIT: Duration = Duration::from_secs(10);
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The parts of the site document a test may change; the rest is the fixture's site: one door
 /// `main` (reader `lobby-1`, coil 0 of `board-1`, contact on input 0 held-open after 2 s), a

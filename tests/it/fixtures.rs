@@ -90,6 +90,8 @@ pub struct TestServer {
     pub base_url: String,
     /// The public URL the server announced (base of hosted-page links).
     pub public_url: String,
+    /// Where readers connect (`mqtt://ADDR` of the embedded broker), as announced.
+    pub mqtt_url: String,
     pub client: reqwest::Client,
     starts: u32,
 }
@@ -168,6 +170,7 @@ listen = "127.0.0.1:0"
             child: None,
             base_url: String::new(),
             public_url: String::new(),
+            mqtt_url: String::new(),
             client,
             starts: 0,
         }
@@ -216,26 +219,31 @@ listen = "127.0.0.1:0"
         }
         let mut child = cmd.spawn().expect("spawn palmgate");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = tokio::sync::oneshot::channel::<(String, String)>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<(String, String, String)>();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
+            let mut mqtt = String::new();
             // Keep draining after the line so the server never blocks on a full pipe.
             while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                if let Some(parsed) = parse_listening(line.trim_end())
+                if let Some(url) = line.trim_end().strip_prefix("palmgate readers connect to ") {
+                    mqtt = url.to_string();
+                }
+                if let Some((base, public)) = parse_listening(line.trim_end())
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(parsed);
+                    let _ = tx.send((base, public, mqtt.clone()));
                 }
                 line.clear();
             }
         });
         self.child = Some(child);
         match tokio::time::timeout(START_TIMEOUT, rx).await {
-            Ok(Ok((base, public))) => {
+            Ok(Ok((base, public, mqtt))) => {
                 self.base_url = base;
                 self.public_url = public;
+                self.mqtt_url = mqtt;
             }
             Ok(Err(_)) => {
                 let status = self.child.as_mut().and_then(|c| c.wait().ok());

@@ -61,6 +61,7 @@ async fn pulse_is_on_then_off_after_the_hold() {
         coil: 2,
         hold: Duration::from_millis(300),
         tag: "7".into(),
+        timed: None,
     })
     .unwrap();
     wait_for(&mut rx, |r| {
@@ -112,6 +113,7 @@ async fn a_stuck_coil_is_retried_until_it_reads_off() {
         coil: 0,
         hold: Duration::from_millis(100),
         tag: "1".into(),
+        timed: None,
     })
     .unwrap();
     wait_for(&mut rx, |r| {
@@ -166,6 +168,7 @@ async fn a_board_that_restarts_mid_pulse_ends_locked() {
         coil: 1,
         hold: Duration::from_secs(30),
         tag: "3".into(),
+        timed: None,
     })
     .unwrap();
     wait_for(&mut rx, |r| {
@@ -249,6 +252,7 @@ async fn a_dead_board_is_reported_not_fatal() {
         coil: 0,
         hold: Duration::from_millis(100),
         tag: "9".into(),
+        timed: None,
     })
     .unwrap();
     let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { .. })).await;

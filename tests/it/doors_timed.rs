@@ -1,0 +1,157 @@
+//! Board-timed pulses (`device_timed_pulse` on a door, `timed_pulse` on its board): one
+//! register write starts the pulse and the board ends it — so a gateway killed mid-pulse
+//! cannot leave the door open. Against the simulated board's pulse timer
+//! (`palmgate::modbus::sim::TIMED_BASE`, 100 ms units).
+
+use crate::doors::{Layout, WAIT, new_board, scan, site_doc, start_with, until, writes_since};
+use crate::fixtures::{ADMIN_TOKEN, Options, TestServer};
+use palmgate::core::ReaderId;
+use palmgate::modbus::sim::{SimBoard, TIMED_BASE, TIMED_UNIT_MS};
+use palmgate::mqtt::simulate::{SimOptions, SimReader};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::time::Instant;
+
+fn timed_doc(board: &SimBoard, pulse_ms: u32) -> String {
+    let layout = Layout {
+        pulse_ms,
+        main_door: "device_timed_pulse = true".into(),
+        ..Layout::default()
+    };
+    site_doc(&board.url(), &layout).replacen(
+        "unit = 1",
+        &format!(
+            "unit = 1\ntimed_pulse = {{ register_base = {TIMED_BASE}, unit_ms = {TIMED_UNIT_MS} }}"
+        ),
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_timed_pulse_is_one_write_and_the_board_ends_it() {
+    let board = new_board().await;
+    let doc = timed_doc(&board, 800);
+    let site = start_with(board, vec![], &doc).await;
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = site.reader("lobby-1", "alice", 1).await;
+    site.wait_door("main", "device up", |d| d["device_up"] == true)
+        .await;
+    let t0 = Instant::now();
+    let (_, r) = scan(&mut lobby, "alice").await;
+    assert_eq!(r["granted"], true, "{r}");
+    until("coil 0 ON", || site.board.coil(0)).await;
+    until("coil 0 OFF", || !site.board.coil(0)).await;
+    let writes = writes_since(&site.board, 0, t0);
+    assert_eq!(
+        writes.len(),
+        2,
+        "one timer start and the board's own OFF: {writes:?}"
+    );
+    let held = writes[1].0.duration_since(writes[0].0);
+    assert!(
+        held >= Duration::from_millis(790) && held < Duration::from_millis(1500),
+        "held {held:?} for a pulse of 800 ms"
+    );
+    // The log still says ON then OFF for the grant (OFF read back after the board's timer).
+    let on = site
+        .wait_event("RelaySwitched", |d| d["door"] == "main" && d["on"] == true)
+        .await;
+    let off = site
+        .wait_event("RelaySwitched", |d| {
+            d["door"] == "main" && d["on"] == false && d["tag"] != ""
+        })
+        .await;
+    assert_eq!(on["data"]["tag"], off["data"]["tag"]);
+    site.wait_door("main", "locked", |d| {
+        d["state"] == "locked" && d["relay_on"] == false
+    })
+    .await;
+    drop(lobby);
+}
+
+/// The point of board-timed pulses: SIGKILL the gateway while the door is open; the board
+/// locks it on time by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_pulse_leaves_the_door_locked_by_the_board() {
+    let board = new_board().await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site.toml");
+    std::fs::write(&site, timed_doc(&board, 1500)).unwrap();
+    let mut s = TestServer::start_with(
+        Options::default().extra_toml(&format!("site = {:?}", site.display().to_string())),
+    )
+    .await;
+    let (_, key) = s.create_partner("Acme").await;
+    let reader = |id: &str, seed: u64| {
+        SimReader::connect(SimOptions {
+            mqtt_url: s.mqtt_url.clone(),
+            topic_prefix: "palmgate".into(),
+            reader: ReaderId(id.into()),
+            palm: "alice".into(),
+            dim: 128,
+            quality: 0.93,
+            liveness: true,
+            seed,
+        })
+    };
+    // Enroll alice through the API and the desk reader.
+    let created = s
+        .enroll(
+            &key,
+            "",
+            &json!({"external_id": "alice", "metadata": {"access_level": "standard"}}),
+        )
+        .await
+        .created();
+    let mut desk = reader("desk-1", 100).await.unwrap();
+    desk.capture(Some(&created.token())).await.unwrap();
+    let end = Instant::now() + WAIT;
+    loop {
+        let v: Value = s.session(&key, &created.session_id).await.json();
+        if v["state"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < end, "enrollment did not complete: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lobby = reader("lobby-1", 1).await.unwrap();
+    // Wait until the gateway holds the board (its resting drive wrote coil 0 OFF).
+    until("the gateway drove the board", || {
+        board.writes().iter().any(|(_, c, on)| *c == 0 && !*on)
+    })
+    .await;
+    let t0 = Instant::now();
+    lobby.capture(None).await.unwrap();
+    until("coil 0 ON", || board.coil(0)).await;
+    let on_at = Instant::now();
+    s.kill9();
+    until("coil 0 OFF with the gateway dead", || !board.coil(0)).await;
+    let off = writes_since(&board, 0, t0);
+    let held = off.last().unwrap().0.duration_since(off[0].0);
+    assert!(
+        held < Duration::from_millis(2500),
+        "the board ended the 1.5 s pulse after {held:?}"
+    );
+    assert!(on_at.elapsed() < WAIT);
+    // Back up: the grant is in the log and the door reads locked.
+    s.restart().await;
+    let r = s
+        .client
+        .get(s.url("/admin/v1/events?limit=1000"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let events: Value = r.json().await.unwrap();
+    let granted = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "DoorDecided" && e["data"]["verdict"]["verdict"] == "granted");
+    assert!(
+        granted,
+        "the grant was durable before the relay moved: {events}"
+    );
+    assert!(!board.coil(0));
+}
