@@ -1,0 +1,274 @@
+// The partner dashboard (/dashboard) end to end, against a running `palmgate demo`.
+//
+// The runner launches Chromium, starts the demo and calls run(); each step() is one reported
+// check. The demo partner has EMP-001..EMP-003 enrolled and the demo serves a webhook receiver
+// at /demo/receiver that answers 204.
+
+const WAIT = 10_000;
+
+function check(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+async function text(page, selector) {
+  return ((await page.locator(selector).first().textContent()) || "").trim();
+}
+
+// Opens a tab by its button and waits for its panel.
+async function openTab(page, id) {
+  await page.click(`#tab-${id}`);
+  await page.locator(`#panel-${id}`).waitFor({ state: "visible" });
+}
+
+// Polls fn (async, truthy when done) every interval ms until timeout.
+async function until(fn, timeout, interval, what) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, interval));
+  }
+}
+
+export async function run({ browser, baseUrl, adminToken, apiKey, shots, step }) {
+  void adminToken;
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: "en-US" });
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT);
+  const scriptErrors = [];
+  page.on("pageerror", (e) => scriptErrors.push(String(e)));
+  // HTTP errors the dashboard expects (401 of the wrong key, 404 of "no webhook yet") are
+  // logged by Chromium as "Failed to load resource"; anything else is a script problem.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/Failed to load resource/.test(m.text())) scriptErrors.push(m.text());
+  });
+  const shot = (name, p = page) => p.screenshot({ path: `${shots}/partner-${name}.png`, fullPage: true });
+  let firstSecret = null;
+
+  try {
+    await step("partner: a wrong API key is refused with an error", async () => {
+      await page.goto(`${baseUrl}/dashboard?lang=en`);
+      await page.fill("#credential", "pgk_not-a-real-key");
+      await page.click("main.login button[type=submit]");
+      await page.locator("#login-error").waitFor({ state: "visible" });
+      check((await text(page, "#login-error")).length > 0, "the login error is empty");
+      check((await page.locator("#app").count()) === 0, "the dashboard opened with a wrong key");
+    });
+
+    await step("partner: sign in with the API key", async () => {
+      await page.fill("#credential", apiKey);
+      await page.click("main.login button[type=submit]");
+      await page.locator("#tab-webhook").waitFor({ state: "visible" });
+      check((await page.getAttribute("#tab-webhook", "aria-selected")) === "true", "webhook tab not selected first");
+      await page.locator("#webhook-url").waitFor({ state: "visible" });
+    });
+
+    await step("partner: set the webhook URL; the secret is shown once", async () => {
+      await page.fill("#webhook-url", `${baseUrl}/demo/receiver`);
+      check(await page.isChecked("#webhook-event-session"), "session events not checked by default");
+      await page.click("#webhook-save");
+      await page.locator("#webhook-secret").waitFor({ state: "visible" });
+      firstSecret = await text(page, "#webhook-secret-value");
+      check(/^whsec_[A-Za-z0-9+/=]{40,}$/.test(firstSecret), `secret looks wrong: ${firstSecret}`);
+      check((await text(page, "#webhook-current-url")) === `${baseUrl}/demo/receiver`, "current URL not shown");
+      await page.locator("#webhook-status .badge.ok").waitFor();
+      await shot("webhook-en");
+      await page.reload();
+      await page.locator("#webhook-current-url").waitFor();
+      check((await page.locator("#webhook-secret").count()) === 0, "the secret box is back after a reload");
+      check(!(await page.content()).includes(firstSecret), "the secret is still in the page after a reload");
+    });
+
+    await step("partner: tabs are reachable with the arrow keys", async () => {
+      await page.focus("#tab-webhook");
+      await page.keyboard.press("ArrowRight");
+      check((await page.getAttribute("#tab-deliveries", "aria-selected")) === "true", "ArrowRight did not move to Deliveries");
+      check(await page.evaluate(() => document.activeElement.id === "tab-deliveries"), "focus did not follow");
+      await page.keyboard.press("ArrowLeft");
+      check((await page.getAttribute("#tab-webhook", "aria-selected")) === "true", "ArrowLeft did not come back");
+    });
+
+    await step("partner: a test ping is delivered (webhook tab says so)", async () => {
+      await page.click("#webhook-test");
+      await page.waitForFunction(() => {
+        const m = document.querySelector("#webhook-message");
+        return m && !m.hidden && /HTTP 2\d\d/.test(m.textContent);
+      }, null, { timeout: 15_000 });
+    });
+
+    await step("partner: the deliveries tab shows the ping answered 2xx", async () => {
+      await openTab(page, "deliveries");
+      const row = page.locator('#deliveries tr.delivery[data-status="delivered"]', { hasText: "ping" }).first();
+      await until(async () => {
+        if (await row.count()) return true;
+        await page.click("#deliveries-refresh");
+        return false;
+      }, 10_000, 1000, "a delivered ping in the table");
+      check(/^[1-9]\d*$/.test(await row.locator(".attempt-count").innerText()), "no attempt counted");
+      check(/HTTP 2\d\d/.test(await row.locator(".last-answer").innerText()), "last answer is not 2xx");
+      await row.locator("button.toggle").click();
+      check((await row.locator("button.toggle").getAttribute("aria-expanded")) === "true", "row did not expand");
+      const attempts = page.locator("tr.attempts tr[data-attempt]");
+      await attempts.first().waitFor();
+      const code = await attempts.first().locator(".badge").innerText();
+      check(/^2\d\d$/.test(code.trim()), `attempt status code ${code}`);
+      check((await page.locator("#deliveries-refresh").count()) === 1, "no refresh button");
+      check(await page.isChecked("#deliveries-auto"), "auto-refresh is off by default");
+      await shot("deliveries-en");
+    });
+
+    await step("partner: rotate the secret (confirmed) and see the new one once", async () => {
+      await openTab(page, "webhook");
+      await page.click("#webhook-rotate");
+      await page.locator("dialog #confirm-yes").waitFor({ state: "visible" });
+      await page.click("#confirm-yes");
+      await page.locator("#webhook-secret").waitFor({ state: "visible" });
+      const second = await text(page, "#webhook-secret-value");
+      check(second.startsWith("whsec_") && second !== firstSecret, "rotation did not show a new secret");
+      await page.waitForFunction(() => /\d/.test(document.querySelector("#webhook-current")?.textContent || "")
+        && document.querySelectorAll("#webhook-current dt").length >= 5, null, { timeout: WAIT });
+    });
+
+    await step("partner: recover since a time reports how many were queued again", async () => {
+      check(/^\d{4}-\d\d-\d\dT\d\d:\d\d$/.test(await page.inputValue("#recover-since")), "no default time");
+      await page.click("#recover-start");
+      await page.waitForFunction(() => /queued again: \d+/.test(document.querySelector("#webhook-message")?.textContent || "")
+        && !document.querySelector("#webhook-message").hidden, null, { timeout: WAIT });
+    });
+
+    await step("partner: a disabled webhook offers Re-enable (answer simulated)", async () => {
+      const real = await (await page.request.get(`${baseUrl}/v1/webhook`, { headers: { "X-API-Key": apiKey } })).json();
+      await page.route("**/v1/webhook", (route) => route.request().method() === "GET"
+        ? route.fulfill({ json: { ...real, status: "disabled", last_failure: new Date().toISOString() } })
+        : route.continue());
+      try {
+        await openTab(page, "users");
+        await openTab(page, "webhook");
+        await page.locator("#webhook-enable").waitFor({ state: "visible" });
+        await page.locator("#webhook-status .badge.bad").waitFor();
+        await page.locator("#webhook-disabled-note").waitFor();
+        await shot("webhook-disabled-en");
+        await page.click("#webhook-enable");
+        await page.locator("#webhook-status .badge.ok").waitFor();
+        check((await page.locator("#webhook-enable").count()) === 0, "Re-enable still offered");
+      } finally {
+        await page.unroute("**/v1/webhook");
+      }
+    });
+
+    await step("partner: start an enrollment; the link is shown and the session listed", async () => {
+      await openTab(page, "sessions");
+      await page.selectOption("#session-type", "enroll");
+      await page.fill("#enroll-external-id", "EMP-900");
+      await page.fill("#enroll-username", "Test Person");
+      await page.selectOption("#enroll-language", "kk");
+      await page.click("#enroll-start");
+      const link = page.locator("#enroll-url");
+      await link.waitFor({ state: "visible" });
+      const href = await link.getAttribute("href");
+      check(/\/enroll\/[A-Za-z0-9_-]{20,}$/.test(href || ""), `enroll URL: ${href}`);
+      const row = page.locator("#sessions tbody tr", { hasText: "EMP-900" }).first();
+      await row.waitFor();
+      check((await row.getAttribute("data-state")) === "pending", "new session not pending");
+      check((await page.locator("#sessions tbody tr[data-session]").first().getAttribute("data-session"))
+        === (await page.locator("#sessions tbody tr", { hasText: "EMP-900" }).first().getAttribute("data-session")),
+        "the new session is not listed first (newest first)");
+      await shot("sessions-en");
+    });
+
+    await step("partner: cancel a pending session; its reason is shown", async () => {
+      const row = page.locator("#sessions tbody tr", { hasText: "EMP-900" }).first();
+      await row.locator("button.cancel").click();
+      await page.click("#confirm-yes");
+      await page.waitForFunction(() => {
+        const r = [...document.querySelectorAll("#sessions tbody tr")].find((x) => x.textContent.includes("EMP-900"));
+        return r && r.dataset.state === "failed" && r.textContent.includes("Cancelled");
+      }, null, { timeout: WAIT });
+    });
+
+    await step("partner: identify session gives an /identify/ link", async () => {
+      await page.selectOption("#session-type", "identify");
+      check(await page.locator("#enroll-external-id").isHidden(), "external id shown for identify");
+      await page.click("#enroll-start");
+      await page.waitForFunction(() => /\/identify\//.test(document.querySelector("#enroll-url")?.href || ""));
+    });
+
+    await step("partner: the users tab lists the demo users", async () => {
+      await openTab(page, "users");
+      for (const id of ["EMP-001", "EMP-002", "EMP-003"]) {
+        await page.locator(`#users tr[data-external-id="${id}"]`).waitFor();
+      }
+      await shot("users-en");
+    });
+
+    await step("partner: erase a user after confirming; it disappears", async () => {
+      await page.locator('#users tr[data-external-id="EMP-003"] button.erase').click();
+      const dialog = page.locator("dialog[open]");
+      await dialog.waitFor();
+      const warning = await dialog.innerText();
+      check(warning.includes("EMP-003") && /cannot be undone/i.test(warning), `dialog text: ${warning}`);
+      // Cancelling keeps the user.
+      await page.click("#confirm-no");
+      await dialog.waitFor({ state: "detached" });
+      check((await page.locator('#users tr[data-external-id="EMP-003"]').count()) === 1, "cancel erased the user");
+      await page.locator('#users tr[data-external-id="EMP-003"] button.erase').click();
+      await page.click("#confirm-yes");
+      await page.locator('#users tr[data-external-id="EMP-003"]').waitFor({ state: "detached" });
+      check((await page.locator('#users tr[data-external-id="EMP-001"]').count()) === 1, "other users vanished");
+      const r = await page.request.get(`${baseUrl}/v1/users/EMP-003`, { headers: { "X-API-Key": apiKey } });
+      check(r.status() === 404, `erased user answers ${r.status()}`);
+    });
+
+    await step("partner: Kazakh page", async () => {
+      await page.goto(`${baseUrl}/dashboard?lang=kk`);
+      await page.locator("#tab-webhook").waitFor();
+      check((await page.getAttribute("html", "lang")) === "kk", "html lang is not kk");
+      check((await text(page, "#tab-users")) === "Пайдаланушылар", "users tab not in Kazakh");
+      check((await text(page, "#webhook-save")) === "Вебхукты сақтау", "save button not in Kazakh");
+      await page.locator("#webhook-current-url").waitFor();
+      await shot("webhook-kk");
+    });
+
+    await step("partner: Russian page", async () => {
+      await page.goto(`${baseUrl}/dashboard?lang=ru`);
+      await page.locator("#tab-webhook").waitFor();
+      check((await page.getAttribute("html", "lang")) === "ru", "html lang is not ru");
+      check((await text(page, "#tab-users")) === "Пользователи", "users tab not in Russian");
+      check((await text(page, "#webhook-save")) === "Сохранить вебхук", "save button not in Russian");
+      await page.locator("#webhook-current-url").waitFor();
+      await shot("webhook-ru");
+      await openTab(page, "sessions");
+      const cancelled = page.locator("#sessions tbody tr", { hasText: "EMP-900" }).first();
+      check((await cancelled.innerText()).includes("Отменена"), "fail reason not localized in Russian");
+    });
+
+    await step("partner: phone width 390x844 fits without sideways scrolling", async () => {
+      const phone = await context.newPage();
+      phone.setDefaultTimeout(WAIT);
+      phone.on("pageerror", (e) => scriptErrors.push(String(e)));
+      await phone.setViewportSize({ width: 390, height: 844 });
+      await phone.goto(`${baseUrl}/dashboard?lang=en`);
+      await phone.locator("#webhook-current-url").waitFor();
+      const wide = () => phone.evaluate(() => document.documentElement.scrollWidth);
+      check((await wide()) <= 390, `webhook tab is ${await wide()} px wide`);
+      await shot("phone-webhook", phone);
+      await openTab(phone, "deliveries");
+      await phone.locator("#deliveries tr.delivery").first().waitFor();
+      await phone.locator("#deliveries tr.delivery button.toggle").first().click();
+      await phone.locator("tr.attempts").first().waitFor();
+      check((await wide()) <= 390, `deliveries tab is ${await wide()} px wide`);
+      await shot("phone-deliveries", phone);
+      await openTab(phone, "sessions");
+      await phone.locator("#sessions tr[data-session]").first().waitFor();
+      check((await wide()) <= 390, `sessions tab is ${await wide()} px wide`);
+      await phone.close();
+    });
+
+    await step("partner: no script errors", async () => {
+      check(scriptErrors.length === 0, scriptErrors.join("\n"));
+    });
+  } finally {
+    await context.close();
+  }
+}
