@@ -59,6 +59,11 @@ fn mode(app: &App) -> Json<Value> {
     Json(app.read(|s| json!({ "lockdown": s.lockdown, "emergency": s.emergency })))
 }
 
+/// `GET /admin/v1/mode`: `{lockdown, emergency}` now.
+pub async fn get_mode(State(app): State<Arc<App>>, _: Admin) -> Json<Value> {
+    mode(&app)
+}
+
 /// `POST /admin/v1/lockdown` `{"on": bool}`
 pub async fn lockdown(
     State(app): State<Arc<App>>,
@@ -201,6 +206,8 @@ pub async fn events(
     Ok(Json(json!({
         "events": page.iter().map(event_json).collect::<Vec<_>>(),
         "next_after": next,
+        // The newest position folded in: `after = last_position - N` reads the tail.
+        "last_position": app.read(|s| s.position()),
     })))
 }
 

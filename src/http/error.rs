@@ -21,6 +21,9 @@ pub enum ApiError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    /// 400 whose body also lists every error (`errors`: one string per key, with its line).
+    #[error("invalid site policy: {}", .0.join("; "))]
+    InvalidPolicy(Vec<String>),
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("rate limit exceeded")]
@@ -34,7 +37,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidPolicy(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -54,7 +57,14 @@ pub fn message(status: StatusCode, msg: &str) -> Response {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = message(self.status(), &self.to_string());
+        let mut resp = match &self {
+            ApiError::InvalidPolicy(errors) => (
+                self.status(),
+                Json(serde_json::json!({ "message": self.to_string(), "errors": errors })),
+            )
+                .into_response(),
+            _ => message(self.status(), &self.to_string()),
+        };
         match self {
             ApiError::RateLimited { retry_after_s } => {
                 resp.headers_mut()
@@ -81,9 +91,7 @@ impl From<Rejection> for ApiError {
             | Rejection::PartnerExists
             | Rejection::ReaderOffline => ApiError::Conflict(r.to_string()),
             Rejection::Invalid(m) => ApiError::BadRequest(m.to_string()),
-            Rejection::InvalidPolicy(errors) => {
-                ApiError::BadRequest(format!("invalid site policy: {}", errors.join("; ")))
-            }
+            Rejection::InvalidPolicy(errors) => ApiError::InvalidPolicy(errors),
         }
     }
 }

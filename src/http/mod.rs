@@ -80,6 +80,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/v1/audit/export"),
     ("get", "/admin/v1/policy"),
     ("put", "/admin/v1/policy"),
+    ("get", "/admin/v1/mode"),
     ("post", "/admin/v1/lockdown"),
     ("post", "/admin/v1/emergency-unlock"),
     ("get", "/admin/v1/doors"),
@@ -144,6 +145,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/policy",
             get(admin_site::get_policy).put(admin_site::put_policy),
         )
+        .route("/mode", get(admin_site::get_mode))
         .route("/lockdown", post(admin_site::lockdown))
         .route("/emergency-unlock", post(admin_site::emergency))
         .route("/doors", get(admin_site::doors))

@@ -244,6 +244,12 @@ fn get_policy() {}
     security(("admin_token" = [])))]
 fn put_policy() {}
 
+#[utoipa::path(get, path = "/admin/v1/mode", tag = "admin",
+    responses((status = 200, description = "`{\"lockdown\": bool, \"emergency\": bool}`"),
+              (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("admin_token" = [])))]
+fn get_mode() {}
+
 #[utoipa::path(post, path = "/admin/v1/lockdown", tag = "admin",
     request_body(content = OnBody, content_type = "application/json"),
     responses((status = 200, description = "`{\"lockdown\": bool, \"emergency\": bool}`")),
@@ -330,7 +336,7 @@ impl Modify for Security {
           put_webhook, get_webhook, enable_webhook, rotate_webhook_secret, test_webhook,
           list_deliveries, redeliver, recover,
           create_partner, list_partners, activate_partner, deactivate_partner, list_readers,
-          get_policy, put_policy, lockdown, emergency_unlock, doors, events, event_stream,
+          get_policy, put_policy, get_mode, lockdown, emergency_unlock, doors, events, event_stream,
           enroll_page, identify_page, page_cancel, page_events, healthz, readyz, metrics),
     components(schemas(ErrorBody, EnrollBody, SessionCreatedBody, SessionBody, UserBody,
                        PartnerBody, PartnerCreatedBody, CreatePartnerBody, ReaderBody,

@@ -522,3 +522,50 @@ async fn demo_runs_a_site_with_people_doors_and_a_virtual_reader() {
         .unwrap();
     assert_eq!(r.status(), 204);
 }
+
+#[tokio::test]
+async fn the_operator_reads_the_mode_the_log_tail_and_every_policy_error() {
+    let s = TestServer::start().await;
+    let r = send(s.get("/admin/v1/mode").bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(r.json(), json!({"lockdown": false, "emergency": false}));
+    send(
+        s.post("/admin/v1/lockdown")
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"on": true})),
+    )
+    .await;
+    let r = send(s.get("/admin/v1/mode").bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(r.json()["lockdown"], true);
+    let r = send(s.get("/admin/v1/events?limit=1").bearer_auth(ADMIN_TOKEN)).await;
+    let last = r.json()["last_position"].as_u64().unwrap();
+    let tail = send(
+        s.get(&format!("/admin/v1/events?after={}", last - 1))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await
+    .json();
+    assert_eq!(tail["events"][0]["type"], "SiteModeChanged", "{tail}");
+    let r = send(
+        s.client
+            .put(s.url("/admin/v1/policy"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body("timezone = \"Mars/Olympus\"\n[[doors]]\nid = \"a\"\n"),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let body = r.json();
+    let errors = body["errors"].as_array().expect("errors listed");
+    assert!(errors.len() >= 2, "{body}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("timezone")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid site policy: ")
+    );
+}

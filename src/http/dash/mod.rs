@@ -185,6 +185,7 @@ fn document(board: Board, lang: Language, title: &str, body: &str) -> String {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/assets/dash.css">
 <link rel="stylesheet" href="/assets/{script}.css">
 </head>
@@ -208,7 +209,7 @@ fn lang_switch(board: Board, lang: Language) -> String {
                 ""
             };
             format!(
-                r#"<a href="{path}?lang={code}" lang="{code}" hreflang="{code}"{current}>{name}</a>"#,
+                r#"<a href="{path}?lang={code}" lang="{code}" hreflang="{code}"{current}><span class="lang-name">{name}</span><span class="lang-code" aria-hidden="true">{code}</span></a>"#,
                 path = board.path(),
                 code = l.code(),
                 name = esc(i18n::common(*l, &format!("lang.{}", l.code()))),
