@@ -1,5 +1,7 @@
 //! Audit benchmarks (issue 6): `audit verify` throughput over a 1M-event log, and server
-//! start-up time on that log. `cargo bench --bench audit`.
+//! start-up time on that log, without and with a state snapshot. `cargo bench --bench audit`
+//! (`BENCH_EVENTS`, `BENCH_RUNS`, `BENCH_VERIFY=0` to skip verify, `BENCH_LOG=DIR` to keep the
+//! log in DIR and reuse it).
 //!
 //! The log is written directly with `SqliteStore::append`, 1000 events per append: a partner, an
 //! activated site policy, then identify sessions (created + completed) and door decisions
@@ -12,10 +14,10 @@ use palmgate::core::{
     Event, Expected, ExternalId, Language, PartnerId, ReaderId, SecretHash, SessionId, SessionKind,
     StreamAppend,
 };
-use palmgate::store::{EventStore, SqliteStore};
+use palmgate::store::{EventStore, SnapshotDir, SqliteStore};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 const SITE: &str = r#"timezone = "Asia/Almaty"
@@ -223,6 +225,23 @@ async fn generate(path: &Path, total: usize) -> usize {
     written
 }
 
+/// Waits until the snapshot directory of `path` holds a snapshot at `position`.
+fn wait_for_snapshot(path: &Path, position: u64, limit: std::time::Duration) -> Option<f64> {
+    let t = Instant::now();
+    let dir = SnapshotDir::beside(path);
+    while t.elapsed() < limit {
+        if dir
+            .list()
+            .ok()
+            .is_some_and(|l| l.first().is_some_and(|i| i.position == position))
+        {
+            return Some(t.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
 fn main() {
     let total: usize = std::env::var("BENCH_EVENTS")
         .ok()
@@ -232,28 +251,49 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
+    // BENCH_VERIFY=0 skips the verify runs (start-up only).
+    let verify_runs = match std::env::var("BENCH_VERIFY").as_deref() {
+        Ok("0") => 0,
+        _ => runs,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.db");
-    let t = Instant::now();
-    let written = rt.block_on(generate(&path, total));
-    let size: u64 = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
-    println!(
-        "generated {written} events in {:.1} s ({:.0} events/s appended, 1000/append); files {:.1} MB",
-        t.elapsed().as_secs_f64(),
-        written as f64 / t.elapsed().as_secs_f64(),
-        size as f64 / 1e6
-    );
+    // BENCH_LOG=DIR keeps the log in DIR and reuses it when it is already there.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: PathBuf = std::env::var_os("BENCH_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("events.db");
+    let written = if path.exists() {
+        let n: i64 = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        let n = n as usize;
+        println!("reusing the log in {} ({n} events)", dir.display());
+        n
+    } else {
+        let t = Instant::now();
+        let written = rt.block_on(generate(&path, total));
+        let size: u64 = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        println!(
+            "generated {written} events in {:.1} s ({:.0} events/s appended, 1000/append); files {:.1} MB",
+            t.elapsed().as_secs_f64(),
+            written as f64 / t.elapsed().as_secs_f64(),
+            size as f64 / 1e6
+        );
+        written
+    };
 
     // Where verify's time goes: paging raw rows alone, then rows decoded into events.
-    {
+    if verify_runs > 0 {
         let store = SqliteStore::open(&path).unwrap();
         let t = Instant::now();
         let (mut after, mut n) = (0u64, 0usize);
@@ -280,7 +320,7 @@ fn main() {
         );
         store.close();
     }
-    for run in 0..runs {
+    for run in 0..verify_runs {
         let store = SqliteStore::open(&path).unwrap();
         let t = Instant::now();
         let report = palmgate::replay::audit::verify(&store).unwrap();
@@ -305,33 +345,81 @@ fn main() {
         store.close();
     }
 
-    for run in 0..runs {
-        let d = dir.path().display();
-        let cfg = dir.path().join(format!("p{run}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "site = \"\"\n[http]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{d}/events.db\"\n\
-                 [secrets]\nkey_file = \"{d}/master.key\"\nkey_store = \"{d}/keys.db\"\n\
-                 [mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"bench-admin\"\n"
-            ),
-        )
-        .unwrap();
+    let d = dir.display();
+    let cfg = dir.join("palmgate-bench.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "site = \"\"\n[http]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{d}/events.db\"\n\
+             [secrets]\nkey_file = \"{d}/master.key\"\nkey_store = \"{d}/keys.db\"\n\
+             [mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"bench-admin\"\n"
+        ),
+    )
+    .unwrap();
+    let snapshots = SnapshotDir::beside(&path);
+    let start = |label: &str, run: usize| {
         let config = palmgate::config::Config::load(Some(&cfg), &[]).unwrap();
         let t = Instant::now();
         let server = rt.block_on(palmgate::app::start(config)).expect("starts");
         let el = t.elapsed().as_secs_f64();
         let users = server.app.read(|s| s.users().count());
+        let position = server.app.read(|s| s.position());
         println!(
-            "start-up run {run}: palmgate::app::start on {written} events took {el:.2} s ({:.0} events/s folded)  target <=2 s: {}",
+            "start-up {label} run {run}: palmgate::app::start on {written} events took {el:.2} s ({:.0} events/s)  target <=2 s: {}",
             written as f64 / el,
             if el <= 2.0 { "MET" } else { "NOT MET" }
         );
         let _ = users;
-        // Release the store (its writer thread) before the next start.
-        server.app.store.healthy();
+        (server, position)
+    };
+    for run in 0..runs {
+        // Without a snapshot: the whole log is folded. The background writer then folds it
+        // again on its own thread and writes the first snapshot; that is timed too.
+        let _ = std::fs::remove_dir_all(snapshots.path());
+        let (server, position) = start("without snapshot", run);
+        let took = wait_for_snapshot(&path, position, std::time::Duration::from_secs(120));
+        match took {
+            Some(s) => println!(
+                "  background snapshot at {position} on disk {s:.2} s after start-up returned ({:.1} MB)",
+                snapshots.list().unwrap()[0].len as f64 / 1e6
+            ),
+            None => println!("  background snapshot NOT written within 120 s"),
+        }
         drop(server);
         std::thread::sleep(std::time::Duration::from_millis(300));
+        // With it: the snapshot is loaded and no tail remains.
+        let (server, _) = start("with snapshot", run);
+        drop(server);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    // Where a start-up from a snapshot spends its time.
+    {
+        let t = Instant::now();
+        let store = SqliteStore::open(&path).unwrap();
+        let open = t.elapsed().as_secs_f64();
+        let info = snapshots.list().unwrap().remove(0);
+        let t = Instant::now();
+        let bytes = snapshots.read(&info).unwrap();
+        let read = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let state = palmgate::core::snapshot::decode(&bytes, Default::default()).unwrap();
+        let decode = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let encoded = palmgate::core::snapshot::encode(&state);
+        let encode = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let loaded = palmgate::app::snapshot::load(&store, Default::default()).unwrap();
+        let load = t.elapsed().as_secs_f64();
+        assert_eq!(encoded, bytes, "canonical encoding");
+        assert_eq!((loaded.snapshot, loaded.folded), (Some(info.position), 0));
+        println!(
+            "snapshot breakdown: {:.1} MB; SqliteStore::open (stream heads) {open:.2} s; \
+             file read + digest {read:.2} s; decode {decode:.2} s; encode {encode:.2} s; \
+             snapshot::load (list + hash check + read + decode) {load:.2} s",
+            bytes.len() as f64 / 1e6
+        );
+        store.close();
     }
     std::process::exit(0);
 }

@@ -51,6 +51,13 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     pub public_url: String,
     pub tls: Option<TlsConfig>,
+    /// How long a client may take to send a request's head (also how long a kept-alive
+    /// connection may sit idle, and the TLS handshake's limit).
+    #[serde(deserialize_with = "de_duration")]
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body, counted from its head.
+    #[serde(deserialize_with = "de_duration")]
+    pub body_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -65,6 +72,8 @@ pub struct TlsConfig {
 pub struct StoreConfig {
     pub path: PathBuf,
     pub url: Option<String>,
+    /// Events between two state snapshots (written in the background); 0: never write one.
+    pub snapshot_every: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -90,6 +99,10 @@ pub struct MqttConfig {
     /// Language of the messages readers display after a door decision (en, kk, ru).
     pub reader_language: String,
     pub url: Option<String>,
+    /// PEM file of the CA(s) that signed an `mqtts://` broker's certificate (a private CA);
+    /// unset: the system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     pub embedded: EmbeddedMqtt,
 }
 
@@ -257,6 +270,25 @@ impl Config {
                 format!("{url:?} must start with mqtt:// or mqtts://"),
             ));
         }
+        if let Some(tls) = &self.http.tls {
+            for (key, path, what) in [
+                ("http.tls.cert", &tls.cert, PemKind::Certificates),
+                ("http.tls.key", &tls.key, PemKind::PrivateKey),
+            ] {
+                check_pem(path, what).map_err(|reason| ConfigError::Key {
+                    key: key.into(),
+                    source_name: sources
+                        .get("http.tls")
+                        .cloned()
+                        .unwrap_or_else(|| "the embedded defaults".into()),
+                    reason,
+                })?;
+            }
+        }
+        if let Some(path) = &self.mqtt.ca_file {
+            check_pem(path, PemKind::Certificates)
+                .map_err(|reason| fail("mqtt.ca_file", reason))?;
+        }
         if self.mqtt.topic_prefix.is_empty() || self.mqtt.topic_prefix.contains(['#', '+']) {
             return Err(fail(
                 "mqtt.topic_prefix",
@@ -308,6 +340,40 @@ impl Config {
     }
 }
 
+/// What a PEM file named in the config must hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PemKind {
+    /// At least one `CERTIFICATE` block.
+    Certificates,
+    /// A private key (PKCS#8, PKCS#1 or SEC1).
+    PrivateKey,
+}
+
+/// Reads `path` and checks it holds `kind`; the error says which file and what is wrong.
+pub fn check_pem(path: &Path, kind: PemKind) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let ok = match kind {
+        PemKind::Certificates => CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok_and(|certs| !certs.is_empty()),
+        PemKind::PrivateKey => PrivateKeyDer::from_pem_slice(&bytes).is_ok(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} holds no PEM {}",
+            path.display(),
+            match kind {
+                PemKind::Certificates => "certificate",
+                PemKind::PrivateKey => "private key",
+            }
+        ))
+    }
+}
+
 /// Every dotted leaf key of `table` (tables recurse; arrays and inline values are leaves).
 fn leaf_keys(table: &Table, prefix: &str, f: &mut dyn FnMut(String)) {
     for (k, v) in table {
@@ -345,7 +411,12 @@ pub fn env_name(key: &str) -> String {
 }
 
 /// Keys that may be set from the environment although the defaults do not list them.
-const OPTIONAL_KEYS: &[&str] = &["store.url", "mqtt.url", "secrets.master_key"];
+const OPTIONAL_KEYS: &[&str] = &[
+    "store.url",
+    "mqtt.url",
+    "mqtt.ca_file",
+    "secrets.master_key",
+];
 
 fn apply_env(
     merged: &mut Table,

@@ -3,12 +3,13 @@
 //! A palm-verification and door access-control gateway implementing the Alaqan Pass API.
 //!
 //! ## Layout
-//! - [`core`] — PURE rules: ids, events, commands, `decide`/`evolve`, rate-limit arithmetic.
-//!   No IO, no clock, no randomness.
+//! - [`core`] — PURE rules: ids, events, commands, `decide`/`evolve`, rate-limit arithmetic,
+//!   the state snapshot encoding. No IO, no clock, no randomness.
 //! - [`store`] — the hash-chained event log: the [`store::EventStore`] trait and the embedded
-//!   SQLite backend with group commit.
+//!   SQLite backend with group commit; state snapshot files beside the log.
 //! - [`app`] — the shell: the command pipeline (decide → append → evolve), projections rebuilt
-//!   at start-up, the `Clock` and `Rng` seams, secrets, and `app::run`, the composition root.
+//!   at start-up (newest valid snapshot + the log's tail) and snapshots written in the
+//!   background, the `Clock` and `Rng` seams, secrets, and `app::run`, the composition root.
 //! - [`http`] — axum: the Pass API (`/v1`), hosted pages with en/kk/ru catalogs, the admin API,
 //!   the single error-to-response mapping, the OpenAPI document.
 //! - [`mqtt`] — readers: the embedded rumqttd broker, the rumqttc client, the SPEC 5 protocol.

@@ -59,6 +59,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, reason: String },
     #[error("MQTT: {0}")]
     Mqtt(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -346,6 +348,8 @@ pub struct Server {
     pub mqtt: String,
     pub app: Arc<App>,
     listener: tokio::net::TcpListener,
+    /// `http.tls`, loaded: the listener speaks HTTPS only.
+    tls: Option<Arc<rustls::ServerConfig>>,
     effects: mpsc::UnboundedReceiver<Effect>,
 }
 
@@ -372,6 +376,10 @@ pub async fn start_with(
     )?;
     let keystore = KeyStore::open(&config.secrets.key_store)?;
     let store = Arc::new(SqliteStore::open(&config.store.path)?);
+    let tls = match &config.http.tls {
+        Some(t) => Some(crate::http::serve::load_tls(&t.cert, &t.key).map_err(StartError::Tls)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|e| StartError::Bind {
@@ -392,7 +400,8 @@ pub async fn start_with(
         }
     };
     let public_url = if config.http.public_url.is_empty() {
-        format!("http://{addr}")
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
     } else {
         config.http.public_url.clone()
     };
@@ -416,11 +425,18 @@ pub async fn start_with(
         mqtt,
         app,
         listener,
+        tls,
         effects,
     })
 }
 
 impl Server {
+    /// `https://ADDR` with TLS, else `http://ADDR`: where the listener answers.
+    pub fn listening_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// Serves until `shutdown` resolves (composition root, part 2).
     pub async fn serve(
         self,
@@ -453,12 +469,12 @@ impl Server {
             .map_err(std::io::Error::other)?;
         let webhooks = crate::webhooks::spawn(self.app.clone());
         let router = crate::http::router(self.app.clone()).merge(extra);
-        let result = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let limits = crate::http::serve::Limits {
+            header: self.app.config.http.header_timeout,
+            body: self.app.config.http.body_timeout,
+        };
+        let result =
+            crate::http::serve::serve(self.listener, self.tls, limits, router, shutdown).await;
         deadlines.abort();
         router_task.abort();
         mqtt.abort();

@@ -7,7 +7,7 @@
 
 use super::event::{Event, Recorded, SealedTemplate};
 use super::ids::*;
-use super::policy::{Direction, DoorId, Policy, Verdict};
+use super::policy::{Direction, DoorId, Policy};
 use super::session::{Session, SessionState};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -155,8 +155,22 @@ pub struct DoorState {
     pub forced_alarm: bool,
     /// A grant or exit request expects the door to open until then.
     pub released_until: Option<DateTime<Utc>>,
-    /// The last decision: (granted, reason, at).
-    pub last_decision: Option<(bool, Option<String>, DateTime<Utc>)>,
+    /// The last decision at this door.
+    pub last_decision: Option<LastDecision>,
+}
+
+/// A door's last decision, as the operator's door list shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastDecision {
+    pub granted: bool,
+    /// The denial reason (SPEC 6), when denied.
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+    pub reader_id: ReaderId,
+    /// The level that granted, or that gave the reason.
+    pub level: Option<String>,
+    /// Who, when the palm matched someone.
+    pub subject: Option<crate::core::event::DoorSubject>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -707,14 +721,14 @@ impl State {
                     .and_then(|p| p.door(door))
                     .map_or(3000, |d| d.relay.pulse_ms);
                 let ds = self.doors.entry(door.clone()).or_default();
-                ds.last_decision = Some((
+                ds.last_decision = Some(LastDecision {
                     granted,
-                    match verdict {
-                        Verdict::Denied { reason, .. } => Some(reason.as_str().to_string()),
-                        Verdict::Granted { .. } => None,
-                    },
-                    *at,
-                ));
+                    reason: verdict.reason().map(|r| r.as_str().to_string()),
+                    at: *at,
+                    reader_id: reader_id.clone(),
+                    level: verdict.level().map(str::to_string),
+                    subject: subject.clone(),
+                });
                 if granted {
                     ds.released_until = Some(
                         *at + chrono::Duration::milliseconds(i64::from(pulse))

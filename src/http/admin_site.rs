@@ -154,9 +154,24 @@ pub async fn doors(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<DoorBody>>
                     open: d.contact.as_ref().map(|_| ds.open_since.is_some()),
                     alarm,
                     relay_fault: ds.relay_fault.clone(),
-                    last_decision: ds.last_decision.as_ref().map(
-                        |(g, r, at)| json!({ "granted": g, "reason": r, "at": time_text(*at) }),
-                    ),
+                    last_decision: ds.last_decision.as_ref().map(|l| {
+                        let who = l.subject.as_ref();
+                        let username = who.and_then(|w| {
+                            s.user(w.partner_id, &w.external_id)
+                                .and_then(|u| u.username.clone())
+                        });
+                        json!({
+                            "granted": l.granted,
+                            "reason": l.reason,
+                            "at": time_text(l.at),
+                            "reader_id": l.reader_id.0,
+                            "level": l.level,
+                            "external_id": who.map(|w| w.external_id.0.clone()),
+                            "username": username,
+                            "partner_id": who.map(|w| w.partner_id.to_string()),
+                            "partner_name": who.map(|w| w.partner_name.clone()),
+                        })
+                    }),
                 }
             })
             .collect()
@@ -181,10 +196,13 @@ fn query_u64(query: Option<&str>, key: &str) -> Result<Option<u64>, ApiError> {
         serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
     match pairs.iter().find(|(k, _)| k == key) {
         None => Ok(None),
+        // At most i64::MAX, as the OpenAPI document says (int64).
         Some((_, v)) => v
-            .parse()
+            .parse::<i64>()
+            .ok()
+            .and_then(|n| u64::try_from(n).ok())
             .map(Some)
-            .map_err(|_| ApiError::BadRequest(format!("{key} must be a non-negative integer"))),
+            .ok_or_else(|| ApiError::BadRequest(format!("{key} must be a non-negative integer"))),
     }
 }
 
@@ -234,10 +252,11 @@ pub async fn audit_export(
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
             .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+    // An empty value is a bad value, not an absent one (as the OpenAPI document says).
     let get = |k: &str| {
         pairs
             .iter()
-            .find(|(key, v)| key == k && !v.is_empty())
+            .find(|(key, _)| key == k)
             .map(|(_, v)| v.as_str())
     };
     let instant = |k: &str| -> Result<_, ApiError> {

@@ -4,9 +4,11 @@
 //! several streams is all-or-nothing and checks each stream's expected revision; an append
 //! returns only once its events are durable; every event's `hash` is
 //! `SHA-256(prev_hash ‖ canonical bytes)` ([`chain`]), so a changed, dropped or reordered
-//! event breaks the chain at its position.
+//! event breaks the chain at its position. A backend may keep state snapshots beside the log
+//! ([`snapshots`]): a cache for start-up, never a source of facts.
 
 pub mod chain;
+pub mod snapshots;
 pub mod sqlite;
 
 use crate::core::{Expected, Recorded, StreamAppend};
@@ -15,6 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use chain::RawEvent;
+pub use snapshots::{SnapshotDir, SnapshotInfo};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,4 +60,10 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// False after a write failed: the server then refuses new work until restarted.
     fn healthy(&self) -> bool;
+
+    /// Where snapshots of the read model are kept beside this log; `None`: no snapshots
+    /// (every start-up folds the whole log).
+    fn snapshots(&self) -> Option<&SnapshotDir> {
+        None
+    }
 }

@@ -9,7 +9,7 @@
 //! marks itself unhealthy.
 
 use super::chain::{Encoded, RawEvent, format_time};
-use super::{BoxFuture, EventStore, StoreError};
+use super::{BoxFuture, EventStore, SnapshotDir, StoreError};
 use crate::core::{Expected, Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -43,6 +43,7 @@ pub struct SqliteStore {
     healthy: Arc<AtomicBool>,
     path: PathBuf,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    snapshots: SnapshotDir,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -97,6 +98,7 @@ impl SqliteStore {
             tx: Mutex::new(Some(tx)),
             reader: Mutex::new(reader),
             healthy,
+            snapshots: SnapshotDir::beside(&path),
             path,
             writer: Mutex::new(Some(writer)),
         })
@@ -425,5 +427,9 @@ impl EventStore for SqliteStore {
 
     fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    fn snapshots(&self) -> Option<&SnapshotDir> {
+        Some(&self.snapshots)
     }
 }

@@ -1,0 +1,252 @@
+//! Snapshot files beside the log: `<log>.snapshots/<position>.snap`, one file per snapshot.
+//!
+//! A file is a fixed header — magic, state schema, position, SHA-256 hash of the log's event at
+//! that position, SHA-256 digest and length of the payload — followed by the payload (the
+//! encoded state, see `core::snapshot`). They live in their own files, not in the log's SQLite
+//! database, so writing one never holds the log's write lock and never grows its WAL.
+//!
+//! Invariants: a file is written under a temporary name, synced, then renamed, so a crash
+//! leaves either the whole snapshot or none; [`SnapshotDir::read`] returns a payload only if
+//! its digest matches. This module checks the bytes only: whether a snapshot belongs to the log
+//! (its position's hash) and to this build (its schema) is the caller's decision. Snapshots are
+//! a cache: deleting the directory costs one full fold at the next start, nothing else.
+
+use super::StoreError;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"PGSNAP01";
+/// magic (8) + schema (4) + position (8) + event hash (32) + payload digest (32) + length (8).
+const HEADER: usize = 92;
+const SUFFIX: &str = "snap";
+
+/// What a snapshot file's header says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Global position of the last event folded in.
+    pub position: u64,
+    /// `hash` of the log's event at `position`.
+    pub hash: [u8; 32],
+    /// `core::snapshot::SCHEMA` of the writer.
+    pub schema: u32,
+    /// Payload length in bytes.
+    pub len: u64,
+    digest: [u8; 32],
+    path: PathBuf,
+}
+
+impl SnapshotInfo {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The snapshot directory of one log.
+#[derive(Clone, Debug)]
+pub struct SnapshotDir {
+    dir: PathBuf,
+}
+
+fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("snapshot {what} {}: {e}", path.display()))
+}
+
+impl SnapshotDir {
+    /// `<log>.snapshots` next to the log file (created on the first write).
+    pub fn beside(log: &Path) -> SnapshotDir {
+        let mut name = log.file_name().unwrap_or_default().to_os_string();
+        name.push(".snapshots");
+        SnapshotDir {
+            dir: log.with_file_name(name),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every readable snapshot header, newest (highest position) first. Files whose header
+    /// cannot be read are skipped with a warning; a missing directory is an empty list.
+    pub fn list(&self) -> Result<Vec<SnapshotInfo>, StoreError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io("directory", &self.dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| io("directory", &self.dir, e))?.path();
+            if path.extension().is_none_or(|x| x != SUFFIX) {
+                continue;
+            }
+            match read_header(&path) {
+                Ok(info) => out.push(info),
+                Err(e) => tracing::warn!(error = %e, "snapshot file skipped"),
+            }
+        }
+        out.sort_by_key(|i| std::cmp::Reverse(i.position));
+        Ok(out)
+    }
+
+    /// The payload of `info`, checked against the digest in its header.
+    pub fn read(&self, info: &SnapshotInfo) -> Result<Vec<u8>, StoreError> {
+        let mut f = std::fs::File::open(&info.path).map_err(|e| io("open", &info.path, e))?;
+        let mut header = [0u8; HEADER];
+        f.read_exact(&mut header)
+            .map_err(|e| io("read", &info.path, e))?;
+        if parse_header(&header, &info.path)? != *info {
+            return Err(io("read", &info.path, "changed since it was listed"));
+        }
+        let mut payload = Vec::with_capacity(info.len as usize);
+        f.read_to_end(&mut payload)
+            .map_err(|e| io("read", &info.path, e))?;
+        if payload.len() as u64 != info.len {
+            return Err(io(
+                "read",
+                &info.path,
+                format!(
+                    "payload is {} bytes, header says {}",
+                    payload.len(),
+                    info.len
+                ),
+            ));
+        }
+        if <[u8; 32]>::from(Sha256::digest(&payload)) != info.digest {
+            return Err(io("read", &info.path, "payload digest mismatch"));
+        }
+        Ok(payload)
+    }
+
+    /// Writes a snapshot atomically (temporary file, fsync, rename, directory fsync).
+    pub fn write(
+        &self,
+        position: u64,
+        hash: [u8; 32],
+        schema: u32,
+        payload: &[u8],
+    ) -> Result<SnapshotInfo, StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io("directory", &self.dir, e))?;
+        let path = self.dir.join(format!("{position:020}.{SUFFIX}"));
+        let tmp = self.dir.join(format!("{position:020}.tmp"));
+        let info = SnapshotInfo {
+            position,
+            hash,
+            schema,
+            len: payload.len() as u64,
+            digest: Sha256::digest(payload).into(),
+            path: path.clone(),
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+        f.write_all(&header_bytes(&info))
+            .and_then(|_| f.write_all(payload))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io("write", &tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(|e| io("rename", &tmp, e))?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(info)
+    }
+
+    /// Keeps the `keep` newest snapshots at or before `head` (the log's position when the
+    /// caller last wrote one) and deletes the rest — a snapshot past `head` was taken of
+    /// another log — as well as leftover temporary files.
+    pub fn prune(&self, keep: usize, head: u64) -> Result<(), StoreError> {
+        let (past, upto): (Vec<_>, Vec<_>) =
+            self.list()?.into_iter().partition(|i| i.position > head);
+        for info in past.iter().chain(upto.iter().skip(keep)) {
+            std::fs::remove_file(&info.path).map_err(|e| io("delete", &info.path, e))?;
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for p in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+                if p.extension().is_some_and(|x| x == "tmp") {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn header_bytes(info: &SnapshotInfo) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER);
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&info.schema.to_le_bytes());
+    h.extend_from_slice(&info.position.to_le_bytes());
+    h.extend_from_slice(&info.hash);
+    h.extend_from_slice(&info.digest);
+    h.extend_from_slice(&info.len.to_le_bytes());
+    h
+}
+
+fn read_header(path: &Path) -> Result<SnapshotInfo, StoreError> {
+    let mut header = [0u8; HEADER];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map_err(|e| io("header of", path, e))?;
+    parse_header(&header, path)
+}
+
+fn parse_header(h: &[u8; HEADER], path: &Path) -> Result<SnapshotInfo, StoreError> {
+    if &h[..8] != MAGIC {
+        return Err(io("header of", path, "not a palmgate snapshot"));
+    }
+    let arr =
+        |range: std::ops::Range<usize>| -> [u8; 32] { h[range].try_into().expect("32-byte field") };
+    Ok(SnapshotInfo {
+        schema: u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")),
+        position: u64::from_le_bytes(h[12..20].try_into().expect("8 bytes")),
+        hash: arr(20..52),
+        digest: arr(52..84),
+        len: u64::from_le_bytes(h[84..92].try_into().expect("8 bytes")),
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_list_read_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = SnapshotDir::beside(&dir.path().join("events.db"));
+        assert_eq!(snaps.list().unwrap(), vec![]);
+        for p in [10u64, 30, 20] {
+            snaps
+                .write(p, [p as u8; 32], 7, format!("state at {p}").as_bytes())
+                .unwrap();
+        }
+        let list = snaps.list().unwrap();
+        let positions: Vec<u64> = list.iter().map(|i| i.position).collect();
+        assert_eq!(positions, [30, 20, 10]);
+        assert_eq!((list[0].hash, list[0].schema), ([30; 32], 7));
+        assert_eq!(snaps.read(&list[0]).unwrap(), b"state at 30");
+        snaps.prune(2, 30).unwrap();
+        let positions: Vec<u64> = snaps.list().unwrap().iter().map(|i| i.position).collect();
+        assert_eq!(positions, [30, 20]);
+        snaps.prune(2, 25).unwrap();
+        let positions: Vec<u64> = snaps.list().unwrap().iter().map(|i| i.position).collect();
+        assert_eq!(
+            positions,
+            [20],
+            "a snapshot past the head is of another log"
+        );
+    }
+
+    #[test]
+    fn a_changed_payload_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = SnapshotDir::beside(&dir.path().join("events.db"));
+        let info = snaps.write(5, [1; 32], 1, b"hello snapshot").unwrap();
+        let mut bytes = std::fs::read(info.path()).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(info.path(), bytes).unwrap();
+        let listed = snaps.list().unwrap();
+        let err = snaps.read(&listed[0]).unwrap_err().to_string();
+        assert!(err.contains("digest"), "{err}");
+    }
+}
