@@ -299,6 +299,62 @@ pub enum Event {
         since: DateTime<Utc>,
         at: DateTime<Utc>,
     },
+    /// Upstream mode: a reader's trigger opened an identify session at the remote Pass API,
+    /// now bound to the reader: the remote's webhook for it decides at the reader's door. The
+    /// session's URL (a bearer link) is shown on the reader, never written here.
+    UpstreamIdentifyStarted {
+        session_id: UpstreamSessionId,
+        reader_id: ReaderId,
+        trigger_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    /// Upstream mode: the remote `POST /v1/identify` for a reader's trigger failed (no answer
+    /// in time, refused, a 4xx/5xx or an unreadable answer); the reader was told.
+    UpstreamIdentifyFailed {
+        reader_id: ReaderId,
+        trigger_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status_code: Option<u16>,
+        error: String,
+        at: DateTime<Utc>,
+    },
+    /// Upstream mode: the remote's signed webhook ended a bound session. The `DoorDecided` it
+    /// leads to (a completed session, or a `no_match` failure, at a door's reader, not late)
+    /// is in the same write.
+    UpstreamSessionEnded {
+        session_id: UpstreamSessionId,
+        reader_id: ReaderId,
+        outcome: UpstreamOutcome,
+        /// `X-Webhook-Id` of the delivery (empty when the remote sent none).
+        webhook_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_id: Option<ExternalId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        /// Only the metadata a door decision reads (`access_level`, `valid_from`,
+        /// `valid_until`); the rest of the person's record stays at the remote.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fail_reason: Option<String>,
+        /// The payload's `timestamp`: when the remote ended the session.
+        ended_at: DateTime<Utc>,
+        /// Arrived too long after the remote ended the session to open a door.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        late: bool,
+        at: DateTime<Utc>,
+    },
+}
+
+/// How a remote identify session ended (the webhook's `event`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamOutcome {
+    Completed,
+    Failed,
+    Expired,
 }
 
 /// Who a door decision was about, with the metadata it was decided on.
@@ -374,6 +430,9 @@ impl Event {
             Event::DoorExitRequested { .. } => "DoorExitRequested",
             Event::DoorForcedOpen { .. } => "DoorForcedOpen",
             Event::DoorHeldOpen { .. } => "DoorHeldOpen",
+            Event::UpstreamIdentifyStarted { .. } => "UpstreamIdentifyStarted",
+            Event::UpstreamIdentifyFailed { .. } => "UpstreamIdentifyFailed",
+            Event::UpstreamSessionEnded { .. } => "UpstreamSessionEnded",
         }
     }
 
@@ -394,6 +453,40 @@ impl Event {
     }
 
     /// Reads an event of any known version, upcasting old shapes to the current one.
+    /// As [`Event::decode`], straight from the stored JSON text of `data`: the envelope is
+    /// rebuilt as text with the tag first, so serde reads the variant's fields in one pass
+    /// (no intermediate `Value`, no buffered content). The log's read path.
+    pub fn decode_text(kind: &str, version: u32, data: &str) -> Result<Event, DecodeError> {
+        if !KNOWN_TYPES.contains(&kind) {
+            return Err(DecodeError::UnknownType(kind.to_string()));
+        }
+        if version != 1 {
+            return Err(DecodeError::UnknownVersion {
+                kind: kind.to_string(),
+                version,
+            });
+        }
+        // `data` must be exactly one JSON value: nothing spliced in can add envelope keys.
+        let data: &serde_json::value::RawValue =
+            serde_json::from_str(data).map_err(|source| DecodeError::Shape {
+                kind: kind.to_string(),
+                version,
+                source,
+            })?;
+        let data = data.get();
+        let mut envelope = String::with_capacity(data.len() + kind.len() + 20);
+        envelope.push_str("{\"type\":\"");
+        envelope.push_str(kind);
+        envelope.push_str("\",\"data\":");
+        envelope.push_str(data);
+        envelope.push('}');
+        serde_json::from_str(&envelope).map_err(|source| DecodeError::Shape {
+            kind: kind.to_string(),
+            version,
+            source,
+        })
+    }
+
     pub fn decode(kind: &str, version: u32, data: Value) -> Result<Event, DecodeError> {
         if !KNOWN_TYPES.contains(&kind) {
             return Err(DecodeError::UnknownType(kind.to_string()));
@@ -447,6 +540,9 @@ pub const KNOWN_TYPES: &[&str] = &[
     "DoorExitRequested",
     "DoorForcedOpen",
     "DoorHeldOpen",
+    "UpstreamIdentifyStarted",
+    "UpstreamIdentifyFailed",
+    "UpstreamSessionEnded",
 ];
 
 /// Stream names (SPEC 8.1).
@@ -478,6 +574,10 @@ pub mod stream {
     pub const SITE: &str = "site";
     pub fn reader(id: &ReaderId) -> String {
         format!("reader-{id}")
+    }
+    /// A remote identify session bound to a reader (upstream mode).
+    pub fn upstream(id: &UpstreamSessionId) -> String {
+        format!("upstream-{id}")
     }
     /// The key is kept verbatim: stream names are opaque text to every backend.
     pub fn idempotency(partner: PartnerId, key: &str) -> String {
@@ -516,4 +616,33 @@ pub struct StreamAppend {
     pub stream: String,
     pub expected: Expected,
     pub events: Vec<Event>,
+}
+
+#[cfg(test)]
+mod decode_text_tests {
+    use super::*;
+
+    #[test]
+    fn text_decoding_equals_value_decoding_and_rejects_splices() {
+        let e = Event::PartnerActivated {
+            partner_id: PartnerId::from_random([7; 16]),
+            at: DateTime::parse_from_rfc3339("2026-11-26T03:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        };
+        let (kind, version, data) = e.encode();
+        let text = data.to_string();
+        assert_eq!(Event::decode_text(kind, version, &text).unwrap(), e);
+        assert_eq!(Event::decode(kind, version, data).unwrap(), e);
+        // Text that is more than one value cannot reach the envelope.
+        for bad in [
+            format!("{text},\"type\":\"PartnerDeactivated\""),
+            format!("{text}}}"),
+            "".to_string(),
+        ] {
+            assert!(Event::decode_text(kind, version, &bad).is_err(), "{bad}");
+        }
+        assert!(Event::decode_text("NoSuchEvent", 1, &text).is_err());
+        assert!(Event::decode_text(kind, 2, &text).is_err());
+    }
 }

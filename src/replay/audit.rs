@@ -38,55 +38,116 @@ impl Report {
     }
 }
 
-/// Pages through the whole log.
-fn for_each_raw(
+/// Events per page of the parallel read.
+const PAGE: u64 = 10_000;
+/// Threads decoding and re-hashing pages beside the one that folds them.
+const DECODERS: u64 = 2;
+
+/// One stored event, hashed and decoded off the folding thread.
+struct Checked {
+    position: u64,
+    prev_hash: [u8; 32],
+    hash: [u8; 32],
+    computed: [u8; 32],
+    decoded: Result<Recorded, crate::store::StoreError>,
+}
+
+/// Page `k` covers positions `(k·size, (k+1)·size]`; `None` once nothing lies at or beyond it.
+fn read_page(
     store: &dyn EventStore,
-    mut f: impl FnMut(&crate::store::RawEvent),
-) -> Result<(), crate::store::StoreError> {
-    let mut after = 0;
-    loop {
-        let page = store.read_raw(after, 10_000)?;
-        let Some(last) = page.last() else {
-            return Ok(());
-        };
-        after = last.position;
-        for r in &page {
-            f(r);
-        }
+    k: u64,
+    size: u64,
+) -> Result<Option<Vec<Checked>>, crate::store::StoreError> {
+    let page = store.read_raw(k * size, size as usize)?;
+    if page.is_empty() {
+        return Ok(None);
     }
+    let end = (k + 1) * size;
+    Ok(Some(
+        page.iter()
+            .filter(|r| r.position <= end)
+            .map(|r| Checked {
+                position: r.position,
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+                computed: r.computed_hash(),
+                decoded: r.decode(),
+            })
+            .collect(),
+    ))
 }
 
 /// Verifies the chain, the schema and every door decision.
+///
+/// Pages are read, re-hashed and decoded by [`DECODERS`] threads (page `k` by thread
+/// `k mod DECODERS`, in order) while this thread checks the links and folds, page by page in
+/// log order — the same checks, in the same order, as a single pass.
 pub fn verify(store: &dyn EventStore) -> Result<Report, crate::store::StoreError> {
-    let mut report = Report::default();
-    let mut chain = Verifier::default();
-    let mut state = State::default();
-    let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
-    let mut broken = false;
-    for_each_raw(store, |raw| {
-        report.events += 1;
-        if !broken && let Err(b) = chain.check(raw) {
-            report.findings.push(Finding {
-                position: b.position,
-                problem: format!("hash chain: {}", b.reason),
+    verify_paged(store, PAGE)
+}
+
+/// [`verify`] with pages of `page` events (tests use tiny pages to cross page boundaries).
+pub fn verify_paged(store: &dyn EventStore, page: u64) -> Result<Report, crate::store::StoreError> {
+    use std::sync::mpsc::{Receiver, sync_channel};
+    let page_size = page.max(1);
+    type Page = Result<Option<Vec<Checked>>, crate::store::StoreError>;
+    std::thread::scope(|scope| {
+        let mut pages: Vec<Receiver<Page>> = Vec::new();
+        for w in 0..DECODERS {
+            let (tx, rx) = sync_channel::<Page>(2);
+            pages.push(rx);
+            scope.spawn(move || {
+                let mut k = w;
+                loop {
+                    let page = read_page(store, k, page_size);
+                    let last = !matches!(page, Ok(Some(_)));
+                    if tx.send(page).is_err() || last {
+                        return;
+                    }
+                    k += DECODERS;
+                }
             });
-            // Later links are judged against this break; report it once.
-            broken = true;
         }
-        let rec = match raw.decode() {
-            Ok(r) => r,
-            Err(e) => {
-                report.findings.push(Finding {
-                    position: raw.position,
-                    problem: format!("schema: {e}"),
-                });
-                return;
+        let mut report = Report::default();
+        let mut chain = Verifier::default();
+        let mut state = State::default();
+        let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
+        let mut broken = false;
+        for k in 0.. {
+            let page = pages[(k % DECODERS) as usize].recv().unwrap_or(Ok(None))?;
+            let Some(page) = page else {
+                break;
+            };
+            for c in page {
+                report.events += 1;
+                if !broken
+                    && let Err(b) = chain.check_link(c.position, &c.prev_hash, &c.hash, &c.computed)
+                {
+                    report.findings.push(Finding {
+                        position: b.position,
+                        problem: format!("hash chain: {}", b.reason),
+                    });
+                    // Later links are judged against this break; report it once.
+                    broken = true;
+                }
+                let rec = match c.decoded {
+                    Ok(r) => r,
+                    Err(e) => {
+                        report.findings.push(Finding {
+                            position: c.position,
+                            problem: format!("schema: {e}"),
+                        });
+                        continue;
+                    }
+                };
+                check_event(&rec, &state, &mut policies, &mut report);
+                state.evolve(&rec);
             }
-        };
-        check_event(&rec, &state, &mut policies, &mut report);
-        state.evolve(&rec);
-    })?;
-    Ok(report)
+        }
+        // Dropping the receivers ends the decoders.
+        drop(pages);
+        Ok(report)
+    })
 }
 
 fn check_event(

@@ -160,9 +160,8 @@ impl RawEvent {
             position: self.position,
             reason,
         };
-        let data = serde_json::from_str(&self.data).map_err(|e| corrupt(e.to_string()))?;
-        let event =
-            Event::decode(&self.kind, self.version, data).map_err(|e| corrupt(e.to_string()))?;
+        let event = Event::decode_text(&self.kind, self.version, &self.data)
+            .map_err(|e| corrupt(e.to_string()))?;
         let recorded_at = DateTime::parse_from_rfc3339(&self.recorded_at)
             .map_err(|e| corrupt(format!("recorded_at: {e}")))?
             .with_timezone(&Utc);
@@ -194,6 +193,28 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn check(&mut self, e: &RawEvent) -> Result<(), ChainBreak> {
+        self.check_link(e.position, &e.prev_hash, &e.hash, &e.computed_hash())
+    }
+
+    /// As [`Verifier::check`], with the event's hash already recomputed from its bytes
+    /// (`computed`), so that work can run on another thread.
+    pub fn check_link(
+        &mut self,
+        position: u64,
+        prev_hash: &[u8; 32],
+        hash: &[u8; 32],
+        computed: &[u8; 32],
+    ) -> Result<(), ChainBreak> {
+        struct E<'a> {
+            position: u64,
+            prev_hash: &'a [u8; 32],
+            hash: &'a [u8; 32],
+        }
+        let e = E {
+            position,
+            prev_hash,
+            hash,
+        };
         let fail = |reason: String| ChainBreak {
             position: e.position,
             reason,
@@ -205,14 +226,14 @@ impl Verifier {
                 e.position
             )));
         }
-        if e.prev_hash != self.last_hash {
+        if *e.prev_hash != self.last_hash {
             return Err(fail("prev_hash does not link to the previous event".into()));
         }
-        if e.computed_hash() != e.hash {
+        if computed != e.hash {
             return Err(fail("hash does not match the event's bytes".into()));
         }
         self.last_position = e.position;
-        self.last_hash = e.hash;
+        self.last_hash = *e.hash;
         Ok(())
     }
 
