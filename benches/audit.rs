@@ -318,9 +318,40 @@ fn main() {
             n as f64 / raw,
             m as f64 / decoded
         );
+        // Re-hashing every stored event, and folding the decoded events (no checks).
+        let (mut after, mut hashing, mut folding) = (0u64, 0f64, 0f64);
+        let mut state = palmgate::core::State::default();
+        loop {
+            let page = store.read_raw(after, 10_000).unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            let t = Instant::now();
+            let sum: u32 = page.iter().map(|r| u32::from(r.computed_hash()[0])).sum();
+            hashing += t.elapsed().as_secs_f64();
+            std::hint::black_box(sum);
+            let recs: Vec<_> = page.iter().map(|r| r.decode().unwrap()).collect();
+            let t = Instant::now();
+            for r in &recs {
+                state.evolve(r);
+            }
+            folding += t.elapsed().as_secs_f64();
+        }
+        println!("breakdown: re-hashing {hashing:.2} s; State::evolve {folding:.2} s");
         store.close();
     }
     for run in 0..verify_runs {
+        // Same-run baseline: the whole verification on one thread (what `verify` did before
+        // pages were decoded on their own threads).
+        let store = SqliteStore::open(&path).unwrap();
+        let t = Instant::now();
+        let report = palmgate::replay::audit::verify_paged(&store, 10_000, 0).unwrap();
+        let el = t.elapsed().as_secs_f64();
+        println!(
+            "verify (one thread) run {run}: {} events in {el:.2} s = {:.0} events/s",
+            report.events,
+            report.events as f64 / el
+        );
+        store.close();
         let store = SqliteStore::open(&path).unwrap();
         let t = Instant::now();
         let report = palmgate::replay::audit::verify(&store).unwrap();

@@ -43,6 +43,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub upstream: UpstreamConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -138,6 +139,58 @@ pub struct WebhooksConfig {
 pub struct AdminConfig {
     pub token: String,
     pub token_sha256: String,
+}
+
+/// `[upstream]`: palmgate as a partner of a remote Pass API (all empty: off).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub base_url: String,
+    pub api_key: String,
+    pub webhook_secret: String,
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// Upstream mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.base_url.is_empty()
+    }
+
+    /// `Err((key, reason))` for the first invalid key.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if !self.enabled() {
+            if !self.api_key.is_empty() || !self.webhook_secret.is_empty() {
+                return Err((
+                    "upstream.base_url",
+                    "is required when upstream.api_key or upstream.webhook_secret is set".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let url = reqwest::Url::parse(&self.base_url).ok().filter(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none()
+        });
+        if url.is_none() {
+            return Err((
+                "upstream.base_url",
+                format!("{:?} is not an http(s) URL", self.base_url),
+            ));
+        }
+        for (key, v) in [
+            ("upstream.api_key", &self.api_key),
+            ("upstream.webhook_secret", &self.webhook_secret),
+        ] {
+            if v.trim().is_empty() {
+                return Err((key, "is required when upstream.base_url is set".into()));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -328,6 +381,9 @@ impl Config {
                 "must be 64 hex characters".into(),
             ));
         }
+        self.upstream
+            .check()
+            .map_err(|(key, reason)| fail(key, reason))?;
         if let Some(k) = &self.secrets.master_key
             && (k.len() != 64 || hex::decode(k).is_err())
         {

@@ -9,9 +9,11 @@
 //!   SQLite backend with group commit; state snapshot files beside the log.
 //! - [`app`] — the shell: the command pipeline (decide → append → evolve), projections rebuilt
 //!   at start-up (newest valid snapshot + the log's tail) and snapshots written in the
-//!   background, the `Clock` and `Rng` seams, secrets, and `app::run`, the composition root.
+//!   background, the `Clock` and `Rng` seams, secrets, upstream mode's calls to a remote Pass
+//!   API, and `app::run`, the composition root.
 //! - [`http`] — axum: the Pass API (`/v1`), hosted pages with en/kk/ru catalogs, the admin API,
-//!   the single error-to-response mapping, the OpenAPI document.
+//!   the single error-to-response mapping, the OpenAPI document, the upstream webhook hook,
+//!   and the listener (HTTPS through rustls, time limits on slow clients).
 //! - [`mqtt`] — readers: the embedded rumqttd broker, the rumqttc client, the SPEC 5 protocol.
 //! - [`modbus`] — relay boards over tokio-modbus (TCP, RTU): pulse with read-back, resting
 //!   states after reconnect, polled inputs; and a simulated board for tests and the demo.

@@ -236,8 +236,9 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     println!("palmgate readers connect to {}", server.mqtt);
     // The one line scripts and tests read to find the server.
     println!(
-        "palmgate listening on http://{} (public URL {})",
-        server.addr, server.public_url
+        "palmgate listening on {} (public URL {})",
+        server.listening_url(),
+        server.public_url
     );
     std::io::stdout().flush().ok();
     tracing::info!(addr = %server.addr, "serving");
@@ -326,6 +327,7 @@ async fn partner(target: AdminTarget, action: PartnerCmd) -> anyhow::Result<()> 
     let base = match target.server {
         Some(s) => s,
         None if !config.http.public_url.is_empty() => config.http.public_url.clone(),
+        None if config.http.tls.is_some() => format!("https://{}", config.http.listen),
         None => format!("http://{}", config.http.listen),
     };
     let base = base.trim_end_matches('/').to_string();
@@ -334,7 +336,19 @@ async fn partner(target: AdminTarget, action: PartnerCmd) -> anyhow::Result<()> 
         .filter(|t| !t.is_empty())
         .or_else(|| Some(config.admin.token.clone()).filter(|t| !t.is_empty()))
         .context("no admin token: pass --token, set PALMGATE_ADMIN_TOKEN or admin.token")?;
-    let client = reqwest::Client::new();
+    // The certificates of the server's own chain file are trusted too (a self-signed one on
+    // the gateway box, or a private CA's chain).
+    let mut client = reqwest::Client::builder();
+    if let Some(tls) = &config.http.tls {
+        let pem = std::fs::read(&tls.cert)
+            .with_context(|| format!("cannot read http.tls.cert {}", tls.cert.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("http.tls.cert {}", tls.cert.display()))?
+        {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    let client = client.build().context("cannot build the HTTP client")?;
     let (method, path, body) = match &action {
         PartnerCmd::Create { name } => (
             reqwest::Method::POST,
@@ -430,8 +444,8 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
         getrandom::fill(&mut b).ok();
         u64::from_le_bytes(b)
     });
-    let mut sim =
-        palmgate::mqtt::simulate::SimReader::connect(palmgate::mqtt::simulate::SimOptions {
+    let mut sim = palmgate::mqtt::simulate::SimReader::connect_with_ca(
+        palmgate::mqtt::simulate::SimOptions {
             mqtt_url: mqtt_url.clone(),
             topic_prefix: config.mqtt.topic_prefix.clone(),
             reader: palmgate::core::ReaderId(reader),
@@ -440,9 +454,11 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
             quality,
             liveness: !spoof,
             seed,
-        })
-        .await
-        .with_context(|| format!("cannot connect to {mqtt_url}"))?;
+        },
+        config.mqtt.ca_file.as_deref(),
+    )
+    .await
+    .with_context(|| format!("cannot connect to {mqtt_url}"))?;
     let token = session.map(|s| s.rsplit('/').next().unwrap_or(&s).to_string());
     if let Some(t) = &token {
         sim.capture(Some(t)).await?;

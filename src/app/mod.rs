@@ -15,6 +15,7 @@ pub mod relays;
 pub mod secrets;
 pub mod snapshot;
 pub mod templates;
+pub mod upstream;
 
 use crate::config::Config;
 use crate::core::matcher::Index;
@@ -87,6 +88,8 @@ pub struct App {
     wake: Notify,
     outbox: Notify,
     snapshots: snapshot::Snapshotter,
+    /// Upstream mode (`[upstream]`): the remote Pass API this gateway is a partner of.
+    pub upstream: Option<upstream::Upstream>,
 }
 
 /// What [`App::new`] needs besides the configuration.
@@ -131,6 +134,7 @@ impl App {
         );
         snapshots.observe(state.position());
         let (effects, effects_rx) = mpsc::unbounded_channel();
+        let upstream = upstream::Upstream::new(&config.upstream, &config.mqtt.reader_language);
         let app = App {
             state: RwLock::new(state),
             admin: AdminToken::new(&config.admin.token, &config.admin.token_sha256),
@@ -154,6 +158,7 @@ impl App {
             wake: Notify::new(),
             outbox: Notify::new(),
             snapshots,
+            upstream,
         };
         app.destroy_erased_keys();
         Ok((app, effects_rx))
@@ -468,6 +473,7 @@ impl Server {
         let mqtt = crate::mqtt::client::spawn(self.app.clone(), &self.mqtt, reader_rx)
             .map_err(std::io::Error::other)?;
         let webhooks = crate::webhooks::spawn(self.app.clone());
+        let upstream = upstream::spawn(self.app.clone());
         let router = crate::http::router(self.app.clone()).merge(extra);
         let limits = crate::http::serve::Limits {
             header: self.app.config.http.header_timeout,
@@ -479,6 +485,9 @@ impl Server {
         router_task.abort();
         mqtt.abort();
         webhooks.abort();
+        if let Some(u) = upstream {
+            u.abort();
+        }
         result
     }
 }

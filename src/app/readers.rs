@@ -33,6 +33,10 @@ impl App {
                 })
                 .await
             }
+            // Upstream mode: the remote opens the identify session (`app::upstream`).
+            Inbound::Trigger { trigger_id } if self.upstream.is_some() => {
+                self.upstream_trigger(reader_id, trigger_id)
+            }
             Inbound::Trigger { trigger_id } => {
                 let session_id = crate::core::SessionId::from_random(self.rng.bytes16());
                 let token_hash = super::secrets::hash_secret(&self.keys.session_token(session_id));

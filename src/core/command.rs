@@ -188,4 +188,13 @@ pub enum Command {
     Relay(RelayReport),
     /// Time has passed: act on every deadline due at `now`.
     Tick,
+    /// Upstream mode: what the remote answered to the `POST /v1/identify` a reader's trigger
+    /// caused.
+    UpstreamIdentify {
+        reader_id: ReaderId,
+        trigger_id: String,
+        answer: super::upstream::IdentifyAnswer,
+    },
+    /// Upstream mode: the remote's webhook about an identify session, signature verified.
+    UpstreamWebhook(super::upstream::RemoteEnd),
 }

@@ -53,6 +53,14 @@ pub enum ReaderCommand {
     },
     /// Show a hosted page's URL (trigger flow).
     Show { session_id: SessionId },
+    /// Show a URL made elsewhere (upstream mode: the remote's identify page).
+    ShowUrl { url: String },
+    /// No door decision for the person at the reader (upstream mode: the remote failed, expired,
+    /// answered too late or could not be reached); the shell localizes the message.
+    NotIdentified {
+        door: Option<DoorId>,
+        why: super::upstream::Unidentified,
+    },
     /// Ask for another scan.
     Retry { reason: FailReason },
     /// The outcome of a door decision (the shell localizes the message).
@@ -111,7 +119,7 @@ impl Decision {
         self.effects.push(e);
         self
     }
-    fn duplicate() -> Self {
+    pub(crate) fn duplicate() -> Self {
         Self {
             outcome: Outcome::Duplicate,
             ..Self::new(vec![])
@@ -346,6 +354,12 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
             emergency,
         } => Ok(doors::set_mode(state, *lockdown, *emergency, now)),
         Command::Relay(r) => Ok(doors::relay_report(state, r, now)),
+        Command::UpstreamIdentify {
+            reader_id,
+            trigger_id,
+            answer,
+        } => super::upstream::identify(state, reader_id, trigger_id, answer, now),
+        Command::UpstreamWebhook(e) => super::upstream::ended(state, e, now),
         Command::SetWebhook {
             partner_id,
             url,

@@ -40,7 +40,7 @@ pub enum RelayCommand {
 }
 
 /// The metadata a decision depends on (kept in the event for audit).
-fn decision_metadata(m: Option<&serde_json::Value>) -> Option<serde_json::Value> {
+pub(crate) fn decision_metadata(m: Option<&serde_json::Value>) -> Option<serde_json::Value> {
     let m = m?.as_object()?;
     let kept: serde_json::Map<String, serde_json::Value> =
         ["access_level", "valid_from", "valid_until"]

@@ -308,6 +308,10 @@ pub enum Event {
         trigger_id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<DateTime<Utc>>,
+        /// How many seconds the remote's clock was ahead of ours (from the `Date` of its
+        /// answer), so its webhook `timestamp` can be read on our clock.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clock_skew_s: Option<i64>,
         at: DateTime<Utc>,
     },
     /// Upstream mode: the remote `POST /v1/identify` for a reader's trigger failed (no answer
@@ -480,10 +484,24 @@ impl Event {
         envelope.push_str("\",\"data\":");
         envelope.push_str(data);
         envelope.push('}');
-        serde_json::from_str(&envelope).map_err(|source| DecodeError::Shape {
-            kind: kind.to_string(),
-            version,
-            source,
+        serde_json::from_str(&envelope).or_else(|source| {
+            // The envelope nests `data` one level deeper than it was stored. Data nested right
+            // up to serde_json's recursion limit (128) then no longer parses; it is read as a
+            // value instead (converting a value has no limit), so what was written can always
+            // be read back.
+            if !source.to_string().starts_with("recursion limit exceeded") {
+                return Err(DecodeError::Shape {
+                    kind: kind.to_string(),
+                    version,
+                    source,
+                });
+            }
+            let value: Value = serde_json::from_str(data).map_err(|source| DecodeError::Shape {
+                kind: kind.to_string(),
+                version,
+                source,
+            })?;
+            Self::decode(kind, version, value)
         })
     }
 

@@ -79,6 +79,11 @@ string_id!(
     /// Hex SHA-256 of a secret (API key, session token). Secrets themselves never reach the log.
     SecretHash
 );
+string_id!(
+    /// The `session_id` a remote Pass API gave an identify session palmgate opened there for a
+    /// reader's trigger (upstream mode); 1–128 letters, digits or `-_.:`.
+    UpstreamSessionId
+);
 
 /// Hosted-page and reader language.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ pub mod schedule;
 pub mod session;
 pub mod snapshot;
 pub mod state;
+pub mod upstream;
 pub mod webhook;
 
 pub use command::{AttemptResult, Capture, Command, EnrollRequest, RelayReport};

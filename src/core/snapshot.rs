@@ -34,6 +34,7 @@ use super::session::{Session, SessionState};
 use super::state::{
     Delivery, DeviceState, DoorState, IdemEntry, Partner, Reader, Rules, State, User, Webhook,
 };
+use super::upstream::UpstreamBinding;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
@@ -43,7 +44,8 @@ use std::sync::Arc;
 
 /// Version of the snapshot's shape and of `evolve`'s meaning (see the module doc).
 /// 2: a door's last decision says who, where and by which level.
-pub const SCHEMA: u32 = 2;
+/// 3: upstream mode's open remote sessions (`upstream`).
+pub const SCHEMA: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -75,6 +77,7 @@ struct StateRef<'a> {
     zone_last: Vec<(&'a str, &'a PartnerId, &'a ExternalId, Direction)>,
     doors: Vec<(&'a DoorId, &'a DoorState)>,
     devices: Vec<(&'a str, &'a DeviceState)>,
+    upstream: Vec<&'a UpstreamBinding>,
 }
 
 /// The stored form, owned (read). Same fields, same order as [`StateRef`].
@@ -99,6 +102,7 @@ struct StateOwned {
     zone_last: Vec<(String, PartnerId, ExternalId, Direction)>,
     doors: Vec<(DoorId, DoorState)>,
     devices: Vec<(String, DeviceState)>,
+    upstream: Vec<UpstreamBinding>,
 }
 
 /// A session as a JSON array, not an object: sessions are most of a long log's state, and
@@ -269,6 +273,7 @@ pub fn encode(state: &State) -> Vec<u8> {
         zone_last,
         doors,
         devices,
+        upstream,
         position,
     } = state;
     let stored = StateRef {
@@ -308,6 +313,7 @@ pub fn encode(state: &State) -> Vec<u8> {
             devices.iter().map(|(d, s)| (d.as_str(), s)).collect(),
             |(d, _)| *d,
         ),
+        upstream: sorted_by_key(upstream.values().collect(), |b| &b.session_id),
     };
     serde_json::to_vec(&stored).expect("a state has only string map keys and finite numbers")
 }
@@ -402,6 +408,10 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         )?,
         doors: unique("door", o.doors.into_iter())?,
         devices: unique("device", o.devices.into_iter())?,
+        upstream: unique(
+            "upstream session",
+            o.upstream.into_iter().map(|b| (b.session_id.clone(), b)),
+        )?,
         position: o.position,
     })
 }
@@ -432,6 +442,7 @@ impl PartialEq for State {
             zone_last,
             doors,
             devices,
+            upstream,
             position,
         } = self;
         let sha = |p: &Option<Arc<Policy>>| p.as_ref().map(|p| p.sha256.clone());
@@ -457,6 +468,7 @@ impl PartialEq for State {
             && *zone_last == o.zone_last
             && *doors == o.doors
             && *devices == o.devices
+            && *upstream == o.upstream
             && *position == o.position
     }
 }

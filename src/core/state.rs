@@ -219,6 +219,9 @@ pub struct State {
     pub(crate) zone_last: HashMap<(String, PartnerId, ExternalId), Direction>,
     pub(crate) doors: HashMap<DoorId, DoorState>,
     pub(crate) devices: HashMap<String, DeviceState>,
+    /// Upstream mode: remote identify sessions bound to readers, until their webhook ends them
+    /// (an ended one leaves only its stream's revision behind).
+    pub(crate) upstream: HashMap<UpstreamSessionId, super::upstream::UpstreamBinding>,
     pub(super) position: u64,
 }
 
@@ -319,6 +322,13 @@ impl State {
     /// Ids of the sessions still pending.
     pub fn open_session_ids(&self) -> std::collections::HashSet<SessionId> {
         self.deadlines.iter().map(|(_, id)| *id).collect()
+    }
+    /// The open upstream session `id` (upstream mode).
+    pub fn upstream_binding(
+        &self,
+        id: &UpstreamSessionId,
+    ) -> Option<&super::upstream::UpstreamBinding> {
+        self.upstream.get(id)
     }
     pub fn door_state(&self, door: &DoorId) -> Option<&DoorState> {
         self.doors.get(door)
@@ -789,6 +799,9 @@ impl State {
             Event::DoorHeldOpen { door, .. } => {
                 self.doors.entry(door.clone()).or_default().held_alarm = true;
             }
+            Event::UpstreamIdentifyStarted { .. }
+            | Event::UpstreamIdentifyFailed { .. }
+            | Event::UpstreamSessionEnded { .. } => super::upstream::evolve(self, rec),
         }
     }
 

@@ -103,6 +103,50 @@ pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -
     Some(format!("v1,{}", STANDARD.encode(m.finalize().into_bytes())))
 }
 
+/// Checks an `X-Webhook-Signature` header (`sha256=<hex>`) against `body` signed with
+/// `secret` as [`seed_signature`] does; the comparison is constant-time.
+pub fn verify_seed_signature(secret: &str, body: &[u8], header: &str) -> bool {
+    let Some(sig) = header
+        .trim()
+        .strip_prefix("sha256=")
+        .and_then(|h| hex::decode(h).ok())
+    else {
+        return false;
+    };
+    let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    m.update(body);
+    m.verify_slice(&sig).is_ok()
+}
+
+/// Checks a Standard Webhooks `webhook-signature` header (space-separated `v1,<base64>`, one
+/// per active secret of the sender) as [`standard_signature`] computes it: true when one of
+/// them is `secret`'s. Constant-time per comparison; false when `secret` is not `whsec_…`.
+pub fn verify_standard_signature(
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+    header: &str,
+) -> bool {
+    let Some(key) = secret
+        .strip_prefix("whsec_")
+        .and_then(|k| STANDARD.decode(k).ok())
+    else {
+        return false;
+    };
+    let mut m = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key");
+    m.update(id.as_bytes());
+    m.update(b".");
+    m.update(timestamp.to_string().as_bytes());
+    m.update(b".");
+    m.update(body);
+    header
+        .split_whitespace()
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(|s| STANDARD.decode(s).ok())
+        .any(|sig| m.clone().verify_slice(&sig).is_ok())
+}
+
 /// A new secret from 32 random bytes: `whsec_<base64>`.
 pub fn new_secret(random: [u8; 32]) -> String {
     format!("whsec_{}", STANDARD.encode(random))
@@ -153,6 +197,62 @@ mod tests {
         let sig = standard_signature(&s, "msg_1", 1_700_000_000, b"{}").unwrap();
         assert!(sig.starts_with("v1,"));
         assert_eq!(standard_signature("nope", "a", 1, b""), None);
+    }
+
+    #[test]
+    fn verifiers_accept_exactly_what_the_signers_make() {
+        let body = br#"{"event":"completed"}"#;
+        let s = new_secret([7; 32]);
+        let seed = seed_signature(&s, body);
+        assert!(verify_seed_signature(&s, body, &seed));
+        assert!(verify_seed_signature(
+            &s,
+            body,
+            &seed.to_uppercase().replace("SHA256=", "sha256=")
+        ));
+        assert!(!verify_seed_signature(&s, b"{}", &seed));
+        assert!(!verify_seed_signature("whsec_other", body, &seed));
+        assert!(!verify_seed_signature(
+            &s,
+            body,
+            seed.trim_start_matches("sha256=")
+        ));
+        assert!(!verify_seed_signature(&s, body, "sha256=zz"));
+        assert!(!verify_seed_signature(&s, body, ""));
+        let old = new_secret([8; 32]);
+        let both = format!(
+            "{} {}",
+            standard_signature(&old, "msg_1", 1_700_000_000, body).unwrap(),
+            standard_signature(&s, "msg_1", 1_700_000_000, body).unwrap()
+        );
+        assert!(verify_standard_signature(
+            &s,
+            "msg_1",
+            1_700_000_000,
+            body,
+            &both
+        ));
+        assert!(!verify_standard_signature(
+            &s,
+            "msg_2",
+            1_700_000_000,
+            body,
+            &both
+        ));
+        assert!(!verify_standard_signature(
+            &s,
+            "msg_1",
+            1_700_000_001,
+            body,
+            &both
+        ));
+        assert!(!verify_standard_signature(
+            "plain",
+            "msg_1",
+            1_700_000_000,
+            body,
+            &both
+        ));
     }
 
     #[test]

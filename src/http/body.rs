@@ -30,6 +30,8 @@ impl<S: Send + Sync> FromRequest<S> for LimitedBody {
                 let text = format!("{e:?}");
                 if text.contains("LengthLimit") {
                     ApiError::PayloadTooLarge
+                } else if super::serve::is_body_timeout(&e) {
+                    ApiError::RequestTimeout
                 } else {
                     ApiError::BadRequest("could not read the request body".into())
                 }
@@ -72,16 +74,23 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::BadRequest("request body is empty".into()));
     }
     serde_json::from_slice(bytes).map_err(|e| {
+        // serde_json's own words say what is wrong ("expected value", "trailing characters",
+        // "recursion limit exceeded", "invalid unicode code point", ...): they name the input,
+        // never the server. Its position suffix is replaced by ours.
+        let what = e.to_string();
+        let what = what
+            .rsplit_once(" at line ")
+            .map_or(what.as_str(), |(w, _)| w)
+            .to_string();
+        let what = match what.as_str() {
+            "recursion limit exceeded" => "nested more than 128 levels deep".to_string(),
+            "" => "syntax error".to_string(),
+            _ => what,
+        };
         ApiError::BadRequest(format!(
-            "invalid JSON at line {} column {}: {}",
+            "invalid JSON at line {} column {}: {what}",
             e.line(),
             e.column(),
-            match e.classify() {
-                serde_json::error::Category::Eof => "unexpected end of input",
-                serde_json::error::Category::Syntax => "syntax error",
-                serde_json::error::Category::Data => "wrong value",
-                serde_json::error::Category::Io => "read error",
-            }
         ))
     })
 }

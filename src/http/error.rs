@@ -26,6 +26,9 @@ pub enum ApiError {
     InvalidPolicy(Vec<String>),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The body did not arrive within `http.body_timeout`.
+    #[error("request body timed out")]
+    RequestTimeout,
     #[error("rate limit exceeded")]
     RateLimited { retry_after_s: i64 },
     #[error("service unavailable: the event log cannot accept writes")]
@@ -43,6 +46,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -71,7 +75,7 @@ impl IntoResponse for ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
             }
             // The rest of the body is never read: tell the client not to reuse the connection.
-            ApiError::PayloadTooLarge => {
+            ApiError::PayloadTooLarge | ApiError::RequestTimeout => {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

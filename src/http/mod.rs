@@ -14,6 +14,8 @@ pub mod i18n;
 pub mod openapi;
 pub mod pages;
 pub mod pass_api;
+pub mod serve;
+pub mod upstream;
 pub mod webhook_api;
 
 use crate::app::App;
@@ -90,6 +92,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/identify/{token}"),
     ("post", "/{kind}/{token}/cancel"),
     ("get", "/{kind}/{token}/events"),
+    ("post", "/hooks/upstream"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -159,11 +162,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/{kind}/{token}/cancel", post(pages::cancel))
         .route("/{kind}/{token}/events", get(pages::events))
         .route("/assets/page.js", get(pages::script))
+        .route("/hooks/upstream", post(upstream::hook))
         .merge(dash::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        // Outside /v1 (where a wrong method is an unknown route, 404): 405 with `Allow`, as JSON.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body::MAX_BODY))
         .layer(CatchPanicLayer::custom(on_panic))
         .with_state(app)
@@ -171,6 +177,10 @@ pub fn router(app: Arc<App>) -> Router {
 
 async fn not_found() -> Response {
     error::ApiError::NotFound.into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    error::message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
 /// The Prometheus recorder, installed once per process (the `metrics` facade is global).

@@ -13,7 +13,43 @@ use super::webhook_api::{AttemptBody, DeliveryBody, WebhookBody, WebhookSecretBo
 use axum::Json;
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
+
+/// `?language=` of enroll and identify.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    En,
+    Kk,
+    Ru,
+}
+
+/// `?status=` of the delivery list (`pending` includes `held`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatusFilter {
+    Pending,
+    Delivered,
+    Failed,
+    Held,
+}
+
+/// `?format=` of the audit export.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFormat {
+    Csv,
+    Jsonl,
+}
+
+/// `{kind}` of the hosted pages.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PageKind {
+    Enroll,
+    Identify,
+}
 
 /// Every error answer.
 #[derive(Serialize, ToSchema)]
@@ -25,11 +61,12 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct EnrollBody {
     /// 1–100 characters, not blank; unique per partner.
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub external_id: String,
     #[schema(max_length = 150)]
     pub username: Option<String>,
-    /// Any JSON object up to 16 KiB; `access_level` names the user's door access level(s).
+    /// Any JSON object up to 16 KiB and 32 levels deep; `access_level` names the user's door
+    /// access level(s).
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
@@ -37,11 +74,15 @@ pub struct EnrollBody {
 /// Body of `POST /admin/v1/partners`.
 #[derive(Serialize, ToSchema)]
 pub struct CreatePartnerBody {
+    /// 1–200 characters, not blank.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
+    /// The partner's webhook (as `PUT /v1/webhook`); its secret is shown once in the answer.
+    pub webhook_url: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/enroll", tag = "pass",
-    params(("language" = Option<String>, Query, description = "en, kk or ru"),
+    params(("language" = Option<Language>, Query, description = "en (default), kk or ru"),
            ("Idempotency-Key" = Option<String>, Header, description = "≤ 255 characters")),
     request_body(content = EnrollBody, content_type = "application/json"),
     responses(
@@ -53,7 +94,7 @@ pub struct CreatePartnerBody {
 fn enroll() {}
 
 #[utoipa::path(post, path = "/v1/identify", tag = "pass",
-    params(("language" = Option<String>, Query, description = "en, kk or ru"),
+    params(("language" = Option<Language>, Query, description = "en (default), kk or ru"),
            ("Idempotency-Key" = Option<String>, Header, description = "≤ 255 characters")),
     responses(
         (status = 201, body = SessionCreatedBody, description = "session created"),
@@ -64,7 +105,7 @@ fn enroll() {}
 fn identify() {}
 
 #[utoipa::path(get, path = "/v1/sessions", tag = "pass",
-    params(("limit" = Option<u32>, Query, description = "1–500, default 50")),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 50")),
     responses((status = 200, body = Vec<SessionBody>, description = "the partner's newest sessions first"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)),
@@ -72,7 +113,7 @@ fn identify() {}
 fn list_sessions() {}
 
 #[utoipa::path(get, path = "/v1/users", tag = "pass",
-    params(("limit" = Option<u32>, Query, description = "1–500, default 50")),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 50")),
     responses((status = 200, body = Vec<UserBody>, description = "the partner's users, newest enrollment first"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)),
@@ -80,7 +121,7 @@ fn list_sessions() {}
 fn list_users() {}
 
 #[utoipa::path(get, path = "/admin/v1/users", tag = "admin",
-    params(("limit" = Option<u32>, Query, description = "1–500, default 50")),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 50")),
     responses((status = 200, body = Vec<AdminUserBody>, description = "every partner's users"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 429, body = ErrorBody)),
@@ -88,10 +129,10 @@ fn list_users() {}
 fn admin_users() {}
 
 #[utoipa::path(get, path = "/admin/v1/audit/export", tag = "admin",
-    params(("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
-           ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
-           ("format" = Option<String>, Query, description = "csv (default) or jsonl")),
-    responses((status = 200, content_type = "text/csv", body = String, description = "door decisions: who, which door, when, granted or why not, policy version"),
+    params(("from" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive"),
+           ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+           ("format" = Option<AuditFormat>, Query, description = "csv (default) or jsonl")),
+    responses((status = 200, content((String = "text/csv"), (String = "application/x-ndjson")), description = "door decisions: who, which door, when, granted or why not, policy version"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 429, body = ErrorBody)),
     security(("admin_token" = [])))]
@@ -168,6 +209,7 @@ pub struct WebhookPutBody {
 #[derive(Serialize, ToSchema)]
 pub struct RecoverBody {
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub since: String,
 }
 
@@ -207,7 +249,7 @@ fn rotate_webhook_secret() {}
 fn test_webhook() {}
 
 #[utoipa::path(get, path = "/v1/webhook/deliveries", tag = "webhooks",
-    params(("status" = Option<String>, Query, description = "pending, delivered, failed or held")),
+    params(("status" = Option<DeliveryStatusFilter>, Query, description = "pending (with held), delivered, failed or held")),
     responses((status = 200, body = Vec<DeliveryBody>), (status = 400, body = ErrorBody)),
     security(("api_key" = [])))]
 fn list_deliveries() {}
@@ -238,7 +280,7 @@ fn list_readers() {}
 fn get_policy() {}
 
 #[utoipa::path(put, path = "/admin/v1/policy", tag = "admin",
-    request_body(content = String, content_type = "application/toml", description = "the site policy document"),
+    request_body(content((String = "application/toml"), (String = "text/plain")), description = "the site policy document (TOML, UTF-8; any content type is read as TOML)"),
     responses((status = 200, description = "activated: `{\"sha256\": ...}`"),
               (status = 400, body = ErrorBody, description = "every error, with its line and key")),
     security(("admin_token" = [])))]
@@ -268,8 +310,10 @@ fn emergency_unlock() {}
 fn doors() {}
 
 #[utoipa::path(get, path = "/admin/v1/events", tag = "admin",
-    params(("after" = Option<u64>, Query), ("limit" = Option<u64>, Query, description = "1–1000, default 100")),
-    responses((status = 200, description = "`{\"events\": [...], \"next_after\": n}`")),
+    params(("after" = Option<i64>, Query, minimum = 0, description = "the position after which to read; default 0"),
+           ("limit" = Option<i64>, Query, minimum = 0, description = "default 100; clamped to 1–1000")),
+    responses((status = 200, description = "`{\"events\": [...], \"next_after\": n, \"last_position\": n}`"),
+              (status = 400, body = ErrorBody, description = "after or limit is not a whole number from 0 to 2^63-1")),
     security(("admin_token" = [])))]
 fn events() {}
 
@@ -293,14 +337,44 @@ fn enroll_page() {}
 fn identify_page() {}
 
 #[utoipa::path(post, path = "/{kind}/{token}/cancel", tag = "pages",
-    params(("kind" = String, Path, description = "enroll or identify"), ("token" = String, Path)),
-    responses((status = 303, description = "back to the page")))]
+    params(("kind" = PageKind, Path), ("token" = String, Path)),
+    responses((status = 303, description = "back to the page"),
+              (status = 404, description = "unknown link (HTML, or JSON when asked for)"),
+              (status = 503, body = ErrorBody)))]
 fn page_cancel() {}
 
 #[utoipa::path(get, path = "/{kind}/{token}/events", tag = "pages",
-    params(("kind" = String, Path), ("token" = String, Path)),
-    responses((status = 200, content_type = "text/event-stream", description = "the session's progress")))]
+    params(("kind" = PageKind, Path), ("token" = String, Path)),
+    responses((status = 200, content_type = "text/event-stream", description = "the session's progress"),
+              (status = 404, body = ErrorBody)))]
 fn page_events() {}
+
+/// The remote Pass API's webhook (SPEC 4 payload), in upstream mode.
+#[derive(Serialize, ToSchema)]
+pub struct UpstreamHookBody {
+    /// `completed`, `failed` or `expired` (anything else is ignored).
+    pub event: String,
+    /// RFC 3339: when the remote session ended.
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+    /// `session_id`, `type`, `external_id`, `username`, `metadata`, `fail_reason`, `language`.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+#[utoipa::path(post, path = "/hooks/upstream", tag = "upstream",
+    params(("X-Webhook-Signature" = String, Header, description = "sha256=<hex HMAC-SHA256(upstream.webhook_secret, raw body)>"),
+           ("X-Webhook-Id" = Option<String>, Header, description = "the delivery's id"),
+           ("webhook-timestamp" = Option<String>, Header, description = "Standard Webhooks: Unix seconds, within 5 minutes of now"),
+           ("webhook-signature" = Option<String>, Header, description = "Standard Webhooks: verified when present with webhook-id and webhook-timestamp")),
+    request_body(content = UpstreamHookBody, content_type = "application/json"),
+    responses((status = 200, description = "`{\"status\": \"accepted\" | \"duplicate\" | \"ignored\"}`"),
+              (status = 400, body = ErrorBody, description = "not a webhook payload"),
+              (status = 401, body = ErrorBody, description = "missing, wrong or stale signature"),
+              (status = 404, body = ErrorBody, description = "upstream mode is off"),
+              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 503, body = ErrorBody, description = "the event log cannot accept writes: retry")))]
+fn upstream_hook() {}
 
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200)))]
 fn healthz() {}
@@ -312,6 +386,69 @@ fn readyz() {}
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, content_type = "text/plain", description = "Prometheus")))]
 fn metrics() {}
+
+/// Adds the error answers every operation of a family can give, where its description does not
+/// name them already: 401 and 429 behind a credential, 403 for an inactive partner, 400 and 413
+/// with a body, 404 with a path parameter, 503 for a write the log cannot take. Kept here, in
+/// one place, so the document cannot drift from the gate and extractors that produce them
+/// (schemathesis checks every answer against it).
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let partner = path.starts_with("/v1/");
+            let admin = path.starts_with("/admin/v1/");
+            let ops = [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("put", &mut item.put),
+                ("delete", &mut item.delete),
+            ];
+            for (method, op) in ops {
+                let Some(op) = op else { continue };
+                let has_body = op.request_body.is_some();
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, what: &str| {
+                    responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| error_response(what));
+                };
+                if partner || admin {
+                    add("401", "missing or unknown credential");
+                    add("429", "rate limit exceeded (with Retry-After)");
+                    if method != "get" {
+                        add("503", "the event log cannot accept writes");
+                    }
+                    if path.contains('{') {
+                        add("404", "not found");
+                    }
+                }
+                if partner {
+                    add("403", "partner account is inactive");
+                }
+                if has_body {
+                    add("400", "bad request body");
+                    add("413", "request body over 64 KiB");
+                }
+            }
+        }
+    }
+}
+
+fn error_response(what: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(what)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}
 
 struct Security;
 
@@ -337,12 +474,12 @@ impl Modify for Security {
           list_deliveries, redeliver, recover,
           create_partner, list_partners, activate_partner, deactivate_partner, list_readers,
           get_policy, put_policy, get_mode, lockdown, emergency_unlock, doors, events, event_stream,
-          enroll_page, identify_page, page_cancel, page_events, healthz, readyz, metrics),
-    components(schemas(ErrorBody, EnrollBody, SessionCreatedBody, SessionBody, UserBody,
+          enroll_page, identify_page, page_cancel, page_events, upstream_hook, healthz, readyz, metrics),
+    components(schemas(ErrorBody, Language, DeliveryStatusFilter, AuditFormat, PageKind, EnrollBody, SessionCreatedBody, SessionBody, UserBody,
                        PartnerBody, PartnerCreatedBody, CreatePartnerBody, ReaderBody,
                        WebhookPutBody, WebhookBody, WebhookSecretBody, DeliveryBody, AttemptBody,
-                       RecoverBody, OnBody, DoorBody, AdminUserBody)),
-    modifiers(&Security)
+                       RecoverBody, OnBody, DoorBody, AdminUserBody, UpstreamHookBody)),
+    modifiers(&Security, &CommonErrors)
 )]
 pub struct ApiDoc;
 

@@ -25,6 +25,10 @@ use utoipa::ToSchema;
 pub const MAX_EXTERNAL_ID: usize = 100;
 pub const MAX_USERNAME: usize = 150;
 pub const MAX_METADATA: usize = 16 * 1024;
+/// How deeply `metadata` may nest (the object itself is level 1). The log stores it inside
+/// events, and readers of those events (start-up, audit, webhook receivers) parse JSON with a
+/// recursion limit — serde_json's is 128 — so what is accepted must stay well inside it.
+pub const MAX_METADATA_DEPTH: usize = 32;
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// 201 body of enroll and identify.
@@ -124,6 +128,9 @@ pub fn parse_enroll(body: &Value) -> Result<EnrollRequest, ApiError> {
             if serde_json::to_string(m).map_or(usize::MAX, |s| s.len()) > MAX_METADATA {
                 return Err(bad("metadata must be at most 16 KiB"));
             }
+            if depth(m) > MAX_METADATA_DEPTH {
+                return Err(bad("metadata must be nested at most 32 levels deep"));
+            }
             Some(m.clone())
         }
         Some(_) => return Err(bad("metadata must be a JSON object")),
@@ -133,6 +140,16 @@ pub fn parse_enroll(body: &Value) -> Result<EnrollRequest, ApiError> {
         username,
         metadata,
     })
+}
+
+/// Nesting depth of a JSON value: 0 for a scalar, 1 for a flat object or array. (The recursion
+/// is bounded by the parser's own limit on what reaches here.)
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 fn idempotency(

@@ -4,7 +4,8 @@
 use super::protocol::{self, TopicKind};
 use crate::app::App;
 use crate::core::{ReaderCommand, ReaderId};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -14,6 +15,40 @@ use tokio::task::JoinHandle;
 pub enum MqttError {
     #[error("invalid MQTT URL {0:?}: {1}")]
     Url(String, String),
+    #[error("mqtt.ca_file {0}: {1}")]
+    Tls(String, String),
+}
+
+/// The TLS transport of an `mqtts://` connection (the server's client and simulated readers):
+/// with `ca_file` (`mqtt.ca_file`, PEM), the broker's certificate must chain to one of the CA
+/// certificates in that file, and only those; without it, to the system's trusted roots.
+pub fn tls_transport(ca_file: Option<&Path>) -> Result<Transport, MqttError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let Some(path) = ca_file else {
+        return Ok(Transport::tls_with_default_config());
+    };
+    let bad = |m: String| MqttError::Tls(path.display().to_string(), m);
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no PEM certificate".into()));
+    }
+    // The provider is named, so a second one in the tree cannot make rustls panic.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(config),
+    )))
 }
 
 /// Host, port and TLS from `mqtt://host:port` / `mqtts://host:port`.
@@ -43,7 +78,7 @@ pub fn spawn(
     opts.set_manual_acks(true);
     opts.set_max_packet_size(512 * 1024, 512 * 1024);
     if tls {
-        opts.set_transport(Transport::tls_with_default_config());
+        opts.set_transport(tls_transport(app.config.mqtt.ca_file.as_deref())?);
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let prefix = app.config.mqtt.topic_prefix.clone();
@@ -126,8 +161,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Handles one message; false when it could not be made durable (leave it unacknowledged so
-/// the broker redelivers it).
+/// Handles one message; true when it may be acknowledged — always, once handled. A message
+/// whose events could not be written (the log is failing, or too much contention) is dropped,
+/// logged and counted, not left unacknowledged: MQTT would not bring it back before the next
+/// reconnection — and then as a stale scan that could open a door long after the person left —
+/// while every unacknowledged message holds a slot of the broker's in-flight window, and a
+/// full window stops every reader. A crash mid-handling still leaves it unacknowledged, so an
+/// external broker redelivers it to the restarted server.
 async fn handle(app: &App, prefix: &str, p: &Publish) -> bool {
     let (reader, kind) = match protocol::parse_topic(prefix, &p.topic) {
         Ok(t) => t,
@@ -153,8 +193,10 @@ async fn handle(app: &App, prefix: &str, p: &Publish) -> bool {
             true
         }
         Err(e) => {
-            tracing::error!(reader = %reader, error = %e, "reader message not recorded; the broker will redeliver it");
-            false
+            tracing::error!(reader = %reader, error = %e, "reader message not recorded; dropped (the reader must scan again)");
+            metrics::counter!("palmgate_mqtt_dropped_total", "reason" => "not_recorded")
+                .increment(1);
+            true
         }
     }
 }
@@ -182,6 +224,10 @@ pub fn command_payload(app: &App, command: &ReaderCommand) -> serde_json::Value 
             app.keys.session_token(*session_id)
         )),
         ReaderCommand::Retry { reason } => protocol::retry_cmd(reason.as_str()),
+        ReaderCommand::ShowUrl { url } => protocol::show_cmd(url),
+        ReaderCommand::NotIdentified { door, why } => {
+            crate::app::upstream::not_identified_cmd(app, door.as_ref(), why)
+        }
         ReaderCommand::Result {
             granted,
             door,

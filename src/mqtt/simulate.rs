@@ -5,11 +5,12 @@
 //! of a synthetic palm ([`crate::synthetic`]) — for a given session token, at a door, or in
 //! answer to every `capture` command it receives (`follow`) — and reports the commands it gets.
 
-use super::client::parse_url;
+use super::client::{parse_url, tls_transport};
 use super::protocol::{self, TopicKind};
 use crate::core::ReaderId;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -55,6 +56,15 @@ pub enum SimError {
 impl SimReader {
     /// Connects, subscribes to its `cmd` topic and publishes `{"online": true}` (retained).
     pub async fn connect(opts: SimOptions) -> Result<SimReader, SimError> {
+        Self::connect_with_ca(opts, None).await
+    }
+
+    /// As [`SimReader::connect`]; an `mqtts://` broker's certificate must chain to a CA in
+    /// `ca_file` (PEM, `mqtt.ca_file`) when one is given.
+    pub async fn connect_with_ca(
+        opts: SimOptions,
+        ca_file: Option<&Path>,
+    ) -> Result<SimReader, SimError> {
         let (host, port, tls) = parse_url(&opts.mqtt_url)?;
         let status = protocol::reader_topic(&opts.topic_prefix, &opts.reader, TopicKind::Status);
         let mut mo = MqttOptions::new(format!("sim-{}", opts.reader), host, port);
@@ -66,7 +76,7 @@ impl SimReader {
             true,
         ));
         if tls {
-            mo.set_transport(Transport::tls_with_default_config());
+            mo.set_transport(tls_transport(ca_file)?);
         }
         let (client, mut eventloop) = AsyncClient::new(mo, 64);
         let (tx, commands) = mpsc::unbounded_channel();

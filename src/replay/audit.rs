@@ -83,17 +83,33 @@ fn read_page(
 /// `k mod DECODERS`, in order) while this thread checks the links and folds, page by page in
 /// log order — the same checks, in the same order, as a single pass.
 pub fn verify(store: &dyn EventStore) -> Result<Report, crate::store::StoreError> {
-    verify_paged(store, PAGE)
+    verify_paged(store, PAGE, DECODERS)
 }
 
-/// [`verify`] with pages of `page` events (tests use tiny pages to cross page boundaries).
-pub fn verify_paged(store: &dyn EventStore, page: u64) -> Result<Report, crate::store::StoreError> {
+/// [`verify`] with pages of `page` events read by `decoders` threads; `decoders = 0` does
+/// everything on the calling thread (the benchmark's baseline). Tests use tiny pages to cross
+/// page boundaries.
+pub fn verify_paged(
+    store: &dyn EventStore,
+    page: u64,
+    decoders: u64,
+) -> Result<Report, crate::store::StoreError> {
     use std::sync::mpsc::{Receiver, sync_channel};
     let page_size = page.max(1);
+    if decoders == 0 {
+        let mut fold = Fold::default();
+        for k in 0.. {
+            match read_page(store, k, page_size)? {
+                Some(p) => p.into_iter().for_each(|c| fold.next(c)),
+                None => break,
+            }
+        }
+        return Ok(fold.report);
+    }
     type Page = Result<Option<Vec<Checked>>, crate::store::StoreError>;
     std::thread::scope(|scope| {
         let mut pages: Vec<Receiver<Page>> = Vec::new();
-        for w in 0..DECODERS {
+        for w in 0..decoders {
             let (tx, rx) = sync_channel::<Page>(2);
             pages.push(rx);
             scope.spawn(move || {
@@ -104,50 +120,62 @@ pub fn verify_paged(store: &dyn EventStore, page: u64) -> Result<Report, crate::
                     if tx.send(page).is_err() || last {
                         return;
                     }
-                    k += DECODERS;
+                    k += decoders;
                 }
             });
         }
-        let mut report = Report::default();
-        let mut chain = Verifier::default();
-        let mut state = State::default();
-        let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
-        let mut broken = false;
+        let mut fold = Fold::default();
         for k in 0.. {
-            let page = pages[(k % DECODERS) as usize].recv().unwrap_or(Ok(None))?;
+            let page = pages[(k % decoders) as usize].recv().unwrap_or(Ok(None))?;
             let Some(page) = page else {
                 break;
             };
-            for c in page {
-                report.events += 1;
-                if !broken
-                    && let Err(b) = chain.check_link(c.position, &c.prev_hash, &c.hash, &c.computed)
-                {
-                    report.findings.push(Finding {
-                        position: b.position,
-                        problem: format!("hash chain: {}", b.reason),
-                    });
-                    // Later links are judged against this break; report it once.
-                    broken = true;
-                }
-                let rec = match c.decoded {
-                    Ok(r) => r,
-                    Err(e) => {
-                        report.findings.push(Finding {
-                            position: c.position,
-                            problem: format!("schema: {e}"),
-                        });
-                        continue;
-                    }
-                };
-                check_event(&rec, &state, &mut policies, &mut report);
-                state.evolve(&rec);
-            }
+            page.into_iter().for_each(|c| fold.next(c));
         }
         // Dropping the receivers ends the decoders.
         drop(pages);
-        Ok(report)
+        Ok(fold.report)
     })
+}
+
+/// The sequential part of verification: links, then each event checked and folded in order.
+#[derive(Default)]
+struct Fold {
+    report: Report,
+    chain: Verifier,
+    state: State,
+    policies: HashMap<String, Arc<Policy>>,
+    broken: bool,
+}
+
+impl Fold {
+    fn next(&mut self, c: Checked) {
+        self.report.events += 1;
+        if !self.broken
+            && let Err(b) = self
+                .chain
+                .check_link(c.position, &c.prev_hash, &c.hash, &c.computed)
+        {
+            self.report.findings.push(Finding {
+                position: b.position,
+                problem: format!("hash chain: {}", b.reason),
+            });
+            // Later links are judged against this break; report it once.
+            self.broken = true;
+        }
+        let rec = match c.decoded {
+            Ok(r) => r,
+            Err(e) => {
+                self.report.findings.push(Finding {
+                    position: c.position,
+                    problem: format!("schema: {e}"),
+                });
+                return;
+            }
+        };
+        check_event(&rec, &self.state, &mut self.policies, &mut self.report);
+        self.state.evolve(&rec);
+    }
 }
 
 fn check_event(

@@ -58,7 +58,8 @@ pub trait EventStore: Send + Sync + 'static {
             .collect()
     }
 
-    /// False after a write failed: the server then refuses new work until restarted.
+    /// False after a write failed, until the backend finds it can write again (the SQLite
+    /// backend probes): meanwhile the server is not ready and refuses new work.
     fn healthy(&self) -> bool;
 
     /// Where snapshots of the read model are kept beside this log; `None`: no snapshots

@@ -7,6 +7,18 @@
 //! whose expected revision fails is refused alone; the others still commit. If the commit
 //! fails, every caller in the group gets the error, nothing is acknowledged, and the store
 //! marks itself unhealthy.
+//!
+//! While unhealthy (a full disk, an I/O error, the file locked by another process past the
+//! busy timeout) every request is refused at once, and every [`PROBE_EVERY`] (whether requests
+//! keep coming or not) the writer probes the file, without waiting on another process's lock:
+//! the log's last row must still be the head the writer knows (the failed transaction left
+//! nothing behind), and a probe transaction must commit — one that inserts a row into `events`
+//! and deletes it again (the log is unchanged, but the append path is exercised) and writes
+//! [`PROBE_BYTES`] into a side table (`store_probe`, never read as events, emptied right
+//! after), so a disk with a few bytes left is not taken for a writable one. Then the store is
+//! healthy again — no restart needed. A log whose last row is not the known head (a commit
+//! reported failed that reached the file anyway) stays unhealthy: the in-memory state lacks
+//! those events, and only a restart folds them in.
 
 use super::chain::{Encoded, RawEvent, format_time};
 use super::{BoxFuture, EventStore, SnapshotDir, StoreError};
@@ -17,10 +29,18 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Most requests one group commit takes.
 const MAX_GROUP: usize = 4096;
+
+/// How often an unhealthy store checks whether it can write again.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// What a probe writes (then deletes): room for many ordinary groups, so a disk with a few
+/// bytes left is not reported writable.
+pub const PROBE_BYTES: i64 = 64 * 1024;
 
 /// One stream's part of a request, encoded by the caller (off the writer thread).
 struct Prepared {
@@ -50,14 +70,16 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// How long a write waits for a lock another process holds on the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(io)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(io)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(io)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(io)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(io)?;
     Ok(conn)
 }
 
@@ -92,7 +114,14 @@ impl SqliteStore {
         let h = healthy.clone();
         let writer = std::thread::Builder::new()
             .name("palmgate-store-writer".into())
-            .spawn(move || Writer { conn, heads }.run(rx, h))
+            .spawn(move || {
+                Writer {
+                    conn,
+                    heads,
+                    diverged: false,
+                }
+                .run(rx, h)
+            })
             .map_err(io)?;
         Ok(SqliteStore {
             tx: Mutex::new(Some(tx)),
@@ -169,11 +198,31 @@ fn to_hash(position: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
 struct Writer {
     conn: Connection,
     heads: Heads,
+    /// The file's last row is not the head we know: only a restart can fold it in.
+    diverged: bool,
 }
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<WriteReq>, healthy: Arc<AtomicBool>) {
-        while let Ok(first) = rx.recv() {
+        // While unhealthy: when the next probe is due (requests keep coming or not).
+        let mut next_probe = Instant::now();
+        loop {
+            let first = if healthy.load(Ordering::Acquire) {
+                match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.recv_timeout(next_probe.saturating_duration_since(Instant::now())) {
+                    Ok(r) => r,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.probe(&healthy);
+                        next_probe = Instant::now() + PROBE_EVERY;
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            };
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -181,18 +230,110 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if !healthy.load(Ordering::Acquire) && Instant::now() >= next_probe {
+                self.probe(&healthy);
+                next_probe = Instant::now() + PROBE_EVERY;
+            }
             if !healthy.load(Ordering::Acquire) {
+                let why = if self.diverged {
+                    "the event log changed under a failed write; restart the server"
+                } else {
+                    "the event log cannot be written (an earlier write failed)"
+                };
                 for r in group {
-                    let _ = r.reply.send(Err(StoreError::Io(
-                        "an earlier write failed; restart the server".into(),
-                    )));
+                    let _ = r.reply.send(Err(StoreError::Io(why.into())));
                 }
                 continue;
             }
             if let Err(e) = self.commit_group(group, &healthy) {
-                tracing::error!(error = %e, "event store write failed; refusing new work");
+                tracing::error!(
+                    error = %e,
+                    "event store write failed; refusing new work until a write succeeds again"
+                );
+                next_probe = Instant::now() + PROBE_EVERY;
             }
         }
+    }
+
+    /// After a failed write: healthy again once the log is unchanged and a probe commits.
+    fn probe(&mut self, healthy: &AtomicBool) {
+        if self.diverged {
+            return;
+        }
+        match self.try_probe() {
+            Ok(true) => {
+                healthy.store(true, Ordering::Release);
+                tracing::warn!("event store writable again; accepting new work");
+            }
+            Ok(false) => {
+                self.diverged = true;
+                tracing::error!(
+                    position = self.heads.position,
+                    "the event log's last event is not the one this server wrote last (a \
+                     failed commit reached the file?); restart the server to fold it in"
+                );
+            }
+            Err(e) => tracing::debug!(error = %e, "event store still not writable"),
+        }
+    }
+
+    /// `Ok(false)`: the log's last row is not our head. `Err`: still cannot write. A lock
+    /// held by another process fails the probe at once (no busy wait): requests waiting behind
+    /// a probe would only be refused later, or — for a reader's scan — decided late.
+    fn try_probe(&mut self) -> Result<bool, StoreError> {
+        self.conn.busy_timeout(Duration::ZERO).map_err(io)?;
+        let probed = self.probe_write();
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(io)?;
+        probed
+    }
+
+    fn probe_write(&mut self) -> Result<bool, StoreError> {
+        let last: Option<(i64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(io)?;
+        let same = match last {
+            None => self.heads.position == 0,
+            Some((p, h)) => p as u64 == self.heads.position && h[..] == self.heads.hash[..],
+        };
+        if !same {
+            return Ok(false);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(io)?;
+        // The append path itself: a row in `events`, removed in the same transaction, so the
+        // log is unchanged but the statement appends use must work...
+        let next = self.heads.position as i64 + 1;
+        tx.execute(
+            "INSERT INTO events (position, stream, revision, type, version, recorded_at, data, \
+             prev_hash, hash) VALUES (?1, '$probe', 0, 'Probe', 0, '', '', x'', x'')",
+            params![next],
+        )
+        .map_err(io)?;
+        tx.execute("DELETE FROM events WHERE position = ?1", params![next])
+            .map_err(io)?;
+        // ... and room on the disk: PROBE_BYTES in a side table, emptied after the commit.
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS store_probe (id INTEGER PRIMARY KEY, pad BLOB NOT NULL)",
+        )
+        .map_err(io)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO store_probe (id, pad) VALUES (1, zeroblob(?1))",
+            params![PROBE_BYTES],
+        )
+        .map_err(io)?;
+        tx.commit().map_err(io)?;
+        self.conn
+            .execute("DELETE FROM store_probe", [])
+            .map_err(io)?;
+        Ok(true)
     }
 
     /// Writes every acceptable request of `group` in one transaction and answers all of them.

@@ -6,7 +6,10 @@
 //! Each partner has its own bounded pool of in-flight requests: an endpoint that hangs for the
 //! whole 10 s timeout only ever holds its own partner's slots. After a restart, pending
 //! deliveries are simply due again: an attempt interrupted by a crash is sent again with the
-//! same `X-Webhook-Id` and attempt number.
+//! same `X-Webhook-Id` and attempt number. Nothing is sent while the log cannot be written
+//! (the outcome could not be recorded, so the attempt would only be sent again), and an
+//! attempt whose outcome was not recorded is released for a re-send only after
+//! [`RECORD_RETRY`]: a receiver is never hammered by a store that fails.
 
 pub mod guard;
 
@@ -26,6 +29,10 @@ pub const PER_PARTNER: usize = 32;
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an answer is kept.
 pub const RESPONSE_KEPT: usize = 2048;
+/// An attempt whose outcome could not be recorded is sent again no sooner than this.
+pub const RECORD_RETRY: Duration = Duration::from_secs(1);
+/// While the log cannot be written, how often the dispatcher looks again.
+const NOT_READY_POLL: Duration = Duration::from_millis(250);
 
 /// The HTTP client for webhooks: no redirects, the SSRF guard as resolver, 10 s timeout.
 pub fn client(guard: &Guard) -> reqwest::Client {
@@ -63,6 +70,10 @@ pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
 impl Dispatcher {
     async fn run(self: Arc<Self>) {
         loop {
+            if !self.app.ready() {
+                tokio::time::sleep(NOT_READY_POLL).await;
+                continue;
+            }
             let changed = self.app.outbox_changed();
             let now = self.app.clock.now();
             let due = {
@@ -82,7 +93,9 @@ impl Dispatcher {
                 let me = self.clone();
                 tokio::spawn(async move {
                     let _permit = pool.acquire().await;
-                    me.attempt(&id, attempt).await;
+                    if !me.attempt(&id, attempt).await {
+                        tokio::time::sleep(RECORD_RETRY).await;
+                    }
                     me.in_flight.lock().expect("lock").remove(&id);
                     me.app.poke_outbox();
                 });
@@ -105,8 +118,9 @@ impl Dispatcher {
         }
     }
 
-    /// Sends attempt `attempt` of delivery `id` and records what happened.
-    async fn attempt(&self, id: &str, attempt: u32) {
+    /// Sends attempt `attempt` of delivery `id` and records what happened; false when the
+    /// outcome could not be recorded (the attempt is then due again).
+    async fn attempt(&self, id: &str, attempt: u32) -> bool {
         let now = self.app.clock.now();
         let Some((url, body, secrets)) = self.app.read(|s| {
             let d = s.delivery(id)?;
@@ -119,7 +133,7 @@ impl Dispatcher {
             }
             Some((w.url.clone(), d.body.clone(), secrets))
         }) else {
-            return;
+            return true;
         };
         let secrets: Vec<String> = secrets
             .iter()
@@ -162,7 +176,9 @@ impl Dispatcher {
         });
         if let Err(e) = self.app.execute(cmd).await {
             tracing::error!(delivery = id, error = %e, "cannot record a webhook attempt; it will be sent again");
+            return false;
         }
+        true
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -210,11 +226,18 @@ impl Dispatcher {
             match resp.chunk().await {
                 Ok(Some(c)) => kept.extend_from_slice(&c),
                 Ok(None) => break,
-                Err(e) => return Err(describe(e)),
+                // Not trusted as a delivery: sent again (the receiver dedups by X-Webhook-Id).
+                Err(e) => return Err(format!("answered {status}, then {}", describe(e))),
             }
         }
         kept.truncate(RESPONSE_KEPT);
         text.push_str(&String::from_utf8_lossy(&kept));
+        // A binary answer's replacement characters must not grow it past the 2 KB kept.
+        let mut end = text.len().min(RESPONSE_KEPT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
         Ok((status, text, retry_after))
     }
 }
@@ -231,6 +254,18 @@ fn describe(e: reqwest::Error) -> String {
         }
         msg
     } else {
-        format!("request failed: {e}")
+        // reqwest's own message names only the URL: add the innermost cause (a malformed
+        // answer, a connection closed before the answer, ...).
+        let mut msg = format!("request failed: {e}");
+        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        let mut last = None;
+        while let Some(s) = src {
+            last = Some(s);
+            src = s.source();
+        }
+        if let Some(cause) = last {
+            msg = format!("{msg}: {cause}");
+        }
+        msg
     }
 }

@@ -719,7 +719,7 @@ async fn unknown_v1_route_is_404_after_authentication() {
     for (method, path) in [
         (reqwest::Method::GET, "/v1/nothing-here"),
         (reqwest::Method::POST, "/v1/enrol"),
-        (reqwest::Method::GET, "/v1/sessions"),
+        (reqwest::Method::PUT, "/v1/sessions"),
         (reqwest::Method::GET, "/v1/enroll"),
         (reqwest::Method::DELETE, "/v1/identify"),
         (reqwest::Method::GET, "/v1/sessions/a/b/c"),

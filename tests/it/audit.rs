@@ -312,10 +312,10 @@ async fn verification_is_the_same_whatever_the_page_size() {
         .unwrap();
     c.execute("DELETE FROM events WHERE position = ?1", [rows[2].0 + 1])
         .unwrap();
-    let one_pass = audit::verify_paged(&store(&log.db()), 1_000_000).unwrap();
+    let one_pass = audit::verify_paged(&store(&log.db()), 1_000_000, 0).unwrap();
     assert!(!one_pass.ok());
-    for page in [1, 2, 3, 5, 7] {
-        let r = audit::verify_paged(&store(&log.db()), page).unwrap();
+    for (page, threads) in [(1, 2), (2, 2), (3, 1), (5, 3), (7, 2), (2, 0)] {
+        let r = audit::verify_paged(&store(&log.db()), page, threads).unwrap();
         assert_eq!(r.events, one_pass.events, "page {page}");
         assert_eq!(r.decisions, one_pass.decisions, "page {page}");
         assert_eq!(r.findings, one_pass.findings, "page {page}");

@@ -195,6 +195,12 @@ listen = "127.0.0.1:0"
 
     /// Starts the binary on the config and waits for its listening line.
     pub async fn launch(&mut self) {
+        self.launch_env(&[]).await
+    }
+
+    /// As [`TestServer::launch`], with extra environment variables for the process (e.g.
+    /// `RUST_LOG`); they are applied last.
+    pub async fn launch_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "server already running");
         self.starts += 1;
         let stderr = std::fs::OpenOptions::new()
@@ -216,6 +222,9 @@ listen = "127.0.0.1:0"
             if k.starts_with("PALMGATE_") {
                 cmd.env_remove(k);
             }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn palmgate");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -403,7 +412,7 @@ fn parse_listening(line: &str) -> Option<(String, String)> {
     let rest = line.strip_prefix("palmgate listening on ")?;
     let (base, rest) = rest.split_once(" (public URL ")?;
     let public = rest.strip_suffix(')')?;
-    base.starts_with("http://")
+    (base.starts_with("http://") || base.starts_with("https://"))
         .then(|| (base.to_string(), public.to_string()))
 }
 

@@ -4,22 +4,25 @@
 mod fixtures;
 mod modbus;
 
+mod abuse;
 mod api_errors;
 mod api_sessions;
 mod architecture;
 mod audit;
 mod browser;
 mod crash;
+mod crash_suite;
 mod dashboards;
 mod decider;
 mod doors;
 mod doors_timed;
 mod events_golden;
+mod faults;
 mod pages;
 mod readers;
 mod scenarios;
 mod snapshots;
 mod store_contract;
-mod webhooks;
-mod abuse;
 mod tls;
+mod upstream;
+mod webhooks;

@@ -933,12 +933,12 @@ async fn erasure_shreds_the_template_for_good() {
 // ---------------------------------------------------------------------------------------------
 
 /// A Mosquitto child process, killed when dropped.
-struct Mosquitto {
+pub(crate) struct Mosquitto {
     child: std::process::Child,
 }
 
 impl Mosquitto {
-    fn start(bin: &Path, port: u16) -> Mosquitto {
+    pub(crate) fn start(bin: &Path, port: u16) -> Mosquitto {
         let child = std::process::Command::new(bin)
             .args(["-p", &port.to_string()])
             .stdin(std::process::Stdio::null())
@@ -958,7 +958,7 @@ impl Mosquitto {
         m
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -972,7 +972,7 @@ impl Drop for Mosquitto {
 }
 
 /// `mosquitto` on PATH, or where Debian installs it (`/usr/sbin` is not on every PATH).
-fn find_mosquitto() -> Option<PathBuf> {
+pub(crate) fn find_mosquitto() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -983,7 +983,7 @@ fn find_mosquitto() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()

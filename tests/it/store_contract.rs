@@ -614,6 +614,7 @@ mod sqlite {
     use super::*;
     use palmgate::store::SqliteStore;
     use palmgate::store::chain::event_hash;
+    use palmgate::store::sqlite::PROBE_EVERY;
     use rusqlite::{Connection, params};
     use std::path::{Path, PathBuf};
     use tempfile::TempDir;
@@ -831,7 +832,7 @@ mod sqlite {
     }
 
     #[tokio::test]
-    async fn failed_write_errs_and_refuses_work_until_restart() {
+    async fn failed_write_errs_and_refuses_work_until_the_disk_recovers() {
         let (_d, p, store, conn) = store_on_a_failing_disk().await;
         let r = store
             .append(one("doomed", Expected::NoStream, 1), at(1))
@@ -845,11 +846,11 @@ mod sqlite {
         }
         assert!(!store.healthy(), "a failed write marks the store unhealthy");
 
-        // Even once the disk is "fixed", the store refuses new work until restarted.
-        conn.execute_batch("DROP TRIGGER fail_inserts;")
-            .expect("drop trigger");
+        // While the disk still fails, the store's probes fail too: it stays unhealthy and
+        // refuses new work (several probe periods).
+        tokio::time::sleep(PROBE_EVERY * 3).await;
         let r = store
-            .append(one("later", Expected::NoStream, 2), at(2))
+            .append(one("refused", Expected::NoStream, 2), at(2))
             .await;
         assert!(
             r.is_err(),
@@ -861,17 +862,33 @@ mod sqlite {
             [1],
             "nothing half-written"
         );
-        drop(store);
 
-        // A restart recovers: same heads, the chain continues.
-        let store = SqliteStore::open(&p).expect("reopen");
-        assert!(store.healthy());
+        // Once the disk is "fixed", a probe succeeds: healthy again without a restart, and
+        // the chain continues from the same heads.
+        conn.execute_batch("DROP TRIGGER fail_inserts;")
+            .expect("drop trigger");
+        let deadline = std::time::Instant::now() + PROBE_EVERY * 10;
+        while !store.healthy() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(store.healthy(), "the store recovers once it can write");
         let recs = store
             .append(one("doomed", Expected::NoStream, 1), at(3))
             .await
-            .expect("append after restart");
+            .expect("append after recovery");
         assert_eq!(recs[0].position, 2);
         assert_eq!(verify(&store.read_raw(0, 100).unwrap()), Ok(2));
+        drop(store);
+
+        // A restart sees the same log.
+        let store = SqliteStore::open(&p).expect("reopen");
+        assert!(store.healthy());
+        let recs = store
+            .append(one("after", Expected::NoStream, 4), at(4))
+            .await
+            .expect("append after restart");
+        assert_eq!(recs[0].position, 3);
+        assert_eq!(verify(&store.read_raw(0, 100).unwrap()), Ok(3));
     }
 
     /// `healthy()` is "false after a write failed": a caller that has its error in hand and

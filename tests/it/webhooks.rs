@@ -38,9 +38,9 @@ use tokio::task::JoinHandle;
 const ADMIN: &str = "t";
 const USER_AGENT: &str = concat!("palmgate/", env!("CARGO_PKG_VERSION"));
 /// How long a "nothing more arrives" check watches the receiver (real time).
-const QUIET: Duration = Duration::from_millis(400);
+pub(crate) const QUIET: Duration = Duration::from_millis(400);
 /// Deadline for something that should happen at once.
-const SOON: Duration = Duration::from_secs(5);
+pub(crate) const SOON: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // The receiver
@@ -48,15 +48,15 @@ const SOON: Duration = Duration::from_secs(5);
 
 /// One request as the receiver got it.
 #[derive(Clone, Debug)]
-struct Hit {
-    path: String,
-    headers: HeaderMap,
-    body: Vec<u8>,
-    at: Instant,
+pub(crate) struct Hit {
+    pub(crate) path: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Vec<u8>,
+    pub(crate) at: Instant,
 }
 
 impl Hit {
-    fn header(&self, name: &str) -> String {
+    pub(crate) fn header(&self, name: &str) -> String {
         self.headers
             .get(name)
             .unwrap_or_else(|| panic!("header {name} missing; headers: {:?}", self.headers))
@@ -64,22 +64,22 @@ impl Hit {
             .expect("ASCII header")
             .to_string()
     }
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("webhook body is JSON")
     }
-    fn attempt(&self) -> u32 {
+    pub(crate) fn attempt(&self) -> u32 {
         self.header("x-webhook-attempt")
             .parse()
             .expect("attempt number")
     }
-    fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         self.header("x-webhook-id")
     }
 }
 
 /// One scripted answer.
 #[derive(Clone, Debug)]
-struct Reply {
+pub(crate) struct Reply {
     status: u16,
     retry_after: Option<String>,
     body: String,
@@ -88,7 +88,7 @@ struct Reply {
 }
 
 impl Reply {
-    fn status(status: u16) -> Reply {
+    pub(crate) fn status(status: u16) -> Reply {
         Reply {
             status,
             retry_after: None,
@@ -97,19 +97,19 @@ impl Reply {
             location: None,
         }
     }
-    fn retry_after(mut self, v: &str) -> Reply {
+    pub(crate) fn retry_after(mut self, v: &str) -> Reply {
         self.retry_after = Some(v.into());
         self
     }
-    fn body(mut self, b: impl Into<String>) -> Reply {
+    pub(crate) fn body(mut self, b: impl Into<String>) -> Reply {
         self.body = b.into();
         self
     }
-    fn delay(mut self, d: Duration) -> Reply {
+    pub(crate) fn delay(mut self, d: Duration) -> Reply {
         self.delay = d;
         self
     }
-    fn location(mut self, url: &str) -> Reply {
+    pub(crate) fn location(mut self, url: &str) -> Reply {
         self.location = Some(url.into());
         self
     }
@@ -154,8 +154,8 @@ async fn receive(
 }
 
 /// A recording webhook endpoint on 127.0.0.1 (port 0).
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     inbox: Arc<Inbox>,
     task: JoinHandle<()>,
 }
@@ -168,7 +168,18 @@ impl Drop for Receiver {
 
 impl Receiver {
     /// Answers `default` to every request not covered by a scripted reply.
-    async fn start(default: Reply) -> Receiver {
+    pub(crate) async fn start(default: Reply) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::serve(listener, default)
+    }
+
+    /// As [`Receiver::start`], on `addr` (an endpoint that comes back on its old port).
+    pub(crate) async fn start_on(addr: std::net::SocketAddr, default: Reply) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Receiver::serve(listener, default)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, default: Reply) -> Receiver {
         let inbox = Arc::new(Inbox {
             hits: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
@@ -177,7 +188,6 @@ impl Receiver {
         let router = axum::Router::new()
             .fallback(receive)
             .with_state(inbox.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -190,24 +200,24 @@ impl Receiver {
     }
 
     /// Queues replies for the next requests, in order.
-    fn then(&self, replies: impl IntoIterator<Item = Reply>) {
+    pub(crate) fn then(&self, replies: impl IntoIterator<Item = Reply>) {
         self.inbox.script.lock().unwrap().extend(replies);
     }
 
-    fn set_default(&self, reply: Reply) {
+    pub(crate) fn set_default(&self, reply: Reply) {
         *self.inbox.default.lock().unwrap() = reply;
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub(crate) fn hits(&self) -> Vec<Hit> {
         self.inbox.hits.lock().unwrap().clone()
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.inbox.hits.lock().unwrap().len()
     }
 
     /// Waits until at least `n` requests arrived; fails after `within` (real time).
-    async fn wait_for(&self, n: usize, within: Duration, what: &str) -> Vec<Hit> {
+    pub(crate) async fn wait_for(&self, n: usize, within: Duration, what: &str) -> Vec<Hit> {
         let deadline = Instant::now() + within;
         loop {
             let hits = self.hits();
@@ -224,7 +234,7 @@ impl Receiver {
     }
 
     /// Asserts that the receiver still has exactly `n` requests after watching for [`QUIET`].
-    async fn stays(&self, n: usize, what: &str) {
+    pub(crate) async fn stays(&self, n: usize, what: &str) {
         let deadline = Instant::now() + QUIET;
         while Instant::now() < deadline {
             assert_eq!(
@@ -275,8 +285,8 @@ fn config(dir: &Path, allow_loopback: bool) -> Config {
 }
 
 /// palmgate in-process, served until [`Gate::stop`] (or drop).
-struct Gate {
-    base: String,
+pub(crate) struct Gate {
+    pub(crate) base: String,
     mqtt: String,
     app: Option<Arc<App>>,
     http: reqwest::Client,
@@ -285,7 +295,7 @@ struct Gate {
 }
 
 impl Gate {
-    async fn start(dir: &Path, allow_loopback: bool, clock: Arc<ManualClock>) -> Gate {
+    pub(crate) async fn start(dir: &Path, allow_loopback: bool, clock: Arc<ManualClock>) -> Gate {
         let server = palmgate::app::start_with(config(dir, allow_loopback), clock, Arc::new(OsRng))
             .await
             .expect("palmgate starts");
@@ -327,7 +337,7 @@ impl Gate {
     }
 
     /// Fires the shutdown, waits for `serve` to end and lets go of the app.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -341,7 +351,7 @@ impl Gate {
         self.app.take();
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
@@ -368,12 +378,22 @@ impl Gate {
         (status, v)
     }
 
-    async fn v1(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn v1(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         self.send(method, path, Auth::Key(key), body).await
     }
 
     /// Creates a partner; returns its API key and webhook secret (if a URL was given).
-    async fn partner(&self, name: &str, webhook_url: Option<&str>) -> (String, Option<String>) {
+    pub(crate) async fn partner(
+        &self,
+        name: &str,
+        webhook_url: Option<&str>,
+    ) -> (String, Option<String>) {
         let mut body = json!({ "name": name });
         if let Some(u) = webhook_url {
             body["webhook_url"] = json!(u);
@@ -388,7 +408,7 @@ impl Gate {
     }
 
     /// A new identify session; returns its id.
-    async fn identify(&self, key: &str) -> String {
+    pub(crate) async fn identify(&self, key: &str) -> String {
         self.identify_in(key, "en").await.0
     }
 
@@ -444,7 +464,7 @@ impl Gate {
         (v["session_id"].as_str().unwrap().to_string(), token)
     }
 
-    async fn cancel(&self, key: &str, session: &str) {
+    pub(crate) async fn cancel(&self, key: &str, session: &str) {
         let (status, v) = self
             .v1(
                 Method::POST,
@@ -458,13 +478,13 @@ impl Gate {
     }
 
     /// A session that is created and cancelled at once: one `failed` webhook.
-    async fn end_one(&self, key: &str) -> String {
+    pub(crate) async fn end_one(&self, key: &str) -> String {
         let id = self.identify(key).await;
         self.cancel(key, &id).await;
         id
     }
 
-    async fn deliveries(&self, key: &str, status: Option<&str>) -> Vec<Value> {
+    pub(crate) async fn deliveries(&self, key: &str, status: Option<&str>) -> Vec<Value> {
         let path = match status {
             Some(s) => format!("/v1/webhook/deliveries?status={s}"),
             None => "/v1/webhook/deliveries".to_string(),
@@ -474,7 +494,7 @@ impl Gate {
         v.as_array().expect("a list of deliveries").clone()
     }
 
-    async fn delivery(&self, key: &str, id: &str) -> Option<Value> {
+    pub(crate) async fn delivery(&self, key: &str, id: &str) -> Option<Value> {
         self.deliveries(key, None)
             .await
             .into_iter()
@@ -482,7 +502,7 @@ impl Gate {
     }
 
     /// Polls delivery `id` until `pred` holds; fails after `within`.
-    async fn wait_delivery(
+    pub(crate) async fn wait_delivery(
         &self,
         key: &str,
         id: &str,
@@ -506,14 +526,14 @@ impl Gate {
     }
 
     /// Waits until delivery `id` has `n` recorded attempts.
-    async fn wait_attempts(&self, key: &str, id: &str, n: usize) -> Value {
+    pub(crate) async fn wait_attempts(&self, key: &str, id: &str, n: usize) -> Value {
         self.wait_delivery(key, id, &format!("{n} attempts recorded"), |d| {
             d["attempts"].as_array().map_or(0, Vec::len) >= n
         })
         .await
     }
 
-    async fn webhook(&self, key: &str) -> Value {
+    pub(crate) async fn webhook(&self, key: &str) -> Value {
         let (code, v) = self.v1(Method::GET, "/v1/webhook", key, None).await;
         assert_eq!(code, 200, "GET /v1/webhook: {v}");
         v
@@ -535,12 +555,12 @@ impl Drop for Gate {
     }
 }
 
-enum Auth<'a> {
+pub(crate) enum Auth<'a> {
     Admin,
     Key(&'a str),
 }
 
-fn tempdir() -> TempDir {
+pub(crate) fn tempdir() -> TempDir {
     tempfile::Builder::new()
         .prefix("palmgate-webhooks-")
         .tempdir()
@@ -549,15 +569,15 @@ fn tempdir() -> TempDir {
 
 /// A whole-second instant near the wall clock (Standard Webhooks libraries refuse timestamps
 /// more than 5 minutes away from their own clock).
-fn now_secs() -> DateTime<Utc> {
+pub(crate) fn now_secs() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(0)
 }
 
-fn text(t: DateTime<Utc>) -> String {
+pub(crate) fn text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn session_delivery_id(session: &str) -> String {
+pub(crate) fn session_delivery_id(session: &str) -> String {
     format!("msg_{}", session.replace('-', ""))
 }
 
@@ -1125,7 +1145,12 @@ async fn an_expired_session_sends_an_expired_webhook_at_its_deadline() {
 
 /// Advances the clock to just before `due`, checks nothing is sent, then to `due` and waits
 /// for request number `n`.
-async fn step_to(clock: &ManualClock, rx: &Receiver, due: DateTime<Utc>, n: usize) -> Hit {
+pub(crate) async fn step_to(
+    clock: &ManualClock,
+    rx: &Receiver,
+    due: DateTime<Utc>,
+    n: usize,
+) -> Hit {
     let now = palmgate::app::clock::Clock::now(clock);
     assert!(due > now, "due {due} is not after now {now}");
     clock.advance(due - now - Span::seconds(1));

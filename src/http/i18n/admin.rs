@@ -373,6 +373,30 @@ pub const ADMIN: &[Entry] = &[
             "Дверь слишком долго открыта",
         ],
     ),
+    (
+        "admin.type.UpstreamIdentifyStarted",
+        [
+            "Upstream identification started",
+            "Сыртқы сәйкестендіру басталды",
+            "Начата внешняя идентификация",
+        ],
+    ),
+    (
+        "admin.type.UpstreamIdentifyFailed",
+        [
+            "Upstream unavailable",
+            "Сыртқы сервис қолжетімсіз",
+            "Внешний сервис недоступен",
+        ],
+    ),
+    (
+        "admin.type.UpstreamSessionEnded",
+        [
+            "Upstream identification ended",
+            "Сыртқы сәйкестендіру аяқталды",
+            "Внешняя идентификация завершена",
+        ],
+    ),
     // Why a door's resting state changed, and where an activated policy came from.
     (
         "admin.cause.normal",

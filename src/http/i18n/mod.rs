@@ -85,6 +85,8 @@ pub struct Catalog {
     /// Reader feedback after a door decision.
     pub door_granted: &'static str,
     pub door_denied: &'static str,
+    /// Reader feedback when the upstream Pass API (upstream mode) could not be reached.
+    pub upstream_unavailable: &'static str,
 }
 
 pub const EN: Catalog = Catalog {
@@ -111,6 +113,7 @@ pub const EN: Catalog = Catalog {
     reader_offline: "This scanner is offline. Choose another one.",
     door_granted: "Access granted. Welcome!",
     door_denied: "Access denied.",
+    upstream_unavailable: "Identification is unavailable right now. Please try again.",
 };
 
 pub const KK: Catalog = Catalog {
@@ -137,6 +140,7 @@ pub const KK: Catalog = Catalog {
     reader_offline: "Бұл сканер желіден тыс. Басқасын таңдаңыз.",
     door_granted: "Кіруге рұқсат етілді. Қош келдіңіз!",
     door_denied: "Кіруге рұқсат жоқ.",
+    upstream_unavailable: "Сәйкестендіру қазір қолжетімсіз. Қайталап көріңіз.",
 };
 
 pub const RU: Catalog = Catalog {
@@ -163,6 +167,7 @@ pub const RU: Catalog = Catalog {
     reader_offline: "Этот сканер не в сети. Выберите другой.",
     door_granted: "Доступ разрешён. Добро пожаловать!",
     door_denied: "Доступ запрещён.",
+    upstream_unavailable: "Идентификация сейчас недоступна. Попробуйте ещё раз.",
 };
 
 pub fn catalog(lang: Language) -> &'static Catalog {
@@ -206,6 +211,7 @@ mod tests {
             c.not_found_body,
             c.completed,
             c.failed,
+            c.upstream_unavailable,
         ]
     }
 

@@ -400,6 +400,51 @@ pub fn mixed_log(rounds: u64) -> Vec<Vec<StreamAppend>> {
                 },
             ));
         }
+        // Upstream mode: remote sessions bound to a reader, some ended, some still open.
+        let up = |k: u64| palmgate::core::UpstreamSessionId(format!("remote-{k}"));
+        if n % 7 == 0 {
+            batch.push(one(
+                stream::upstream(&up(n)),
+                Event::UpstreamIdentifyStarted {
+                    session_id: up(n),
+                    reader_id: ReaderId("lobby-1".into()),
+                    trigger_id: format!("trg-{n}"),
+                    expires_at: (n % 2 == 0).then(|| at(n) + Duration::minutes(15)),
+                    clock_skew_s: (n % 3 == 0).then_some(-2),
+                    at: at(n),
+                },
+            ));
+        }
+        if n % 14 == 0 && n >= 7 {
+            batch.push(one(
+                stream::upstream(&up(n - 7)),
+                Event::UpstreamSessionEnded {
+                    session_id: up(n - 7),
+                    reader_id: ReaderId("lobby-1".into()),
+                    outcome: palmgate::core::event::UpstreamOutcome::Completed,
+                    webhook_id: format!("msg_{n}"),
+                    external_id: Some(ExternalId(format!("u{n}"))),
+                    username: None,
+                    metadata: Some(json!({"access_level": "staff"})),
+                    fail_reason: None,
+                    ended_at: at(n),
+                    late: false,
+                    at: at(n),
+                },
+            ));
+        }
+        if n % 11 == 0 {
+            batch.push(one(
+                stream::reader(&ReaderId("lobby-1".into())),
+                Event::UpstreamIdentifyFailed {
+                    reader_id: ReaderId("lobby-1".into()),
+                    trigger_id: format!("trg-f{n}"),
+                    status_code: (n % 2 == 0).then_some(503),
+                    error: "the upstream answered 503".into(),
+                    at: at(n),
+                },
+            ));
+        }
         log.push(batch);
     }
     log

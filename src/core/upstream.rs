@@ -1,0 +1,300 @@
+//! Upstream mode in the core: palmgate as a partner of a remote Pass API, running the doors
+//! for people enrolled at the remote.
+//!
+//! A reader's `trigger` makes the shell call the remote `POST /v1/identify`; what the remote
+//! answered arrives here as [`Command::UpstreamIdentify`](super::Command::UpstreamIdentify)
+//! and is recorded: the remote session bound to the reader (`UpstreamIdentifyStarted`; the
+//! reader is told to show the remote's page) or the failure (`UpstreamIdentifyFailed`; the
+//! reader gets a failure `result`). The remote's verified webhook arrives as
+//! [`Command::UpstreamWebhook`](super::Command::UpstreamWebhook): it ends the binding
+//! (`UpstreamSessionEnded`) and, for a person identified at a door's reader, runs the very same
+//! door decision as a local scan ([`doors::decide_door`]) — the person as a subject of the
+//! upstream's local partner identity, with the metadata the policy reads — in the same write,
+//! so the grant is durable before the relay pulses and `audit` re-derives it from the
+//! `DoorDecided` alone.
+//!
+//! Invariants: a trigger is handled once; a remote session ends once (a repeated webhook is a
+//! duplicate, whatever its id); a webhook about a session palmgate did not open is refused
+//! (`NotFound`) and recorded nowhere; no door opens for a webhook that arrives more than
+//! [`LATE_AFTER`] after the remote ended the session (the person has walked away) — read on
+//! our clock, corrected by the skew measured when the session was opened.
+
+use super::decider::{Decision, Effect, ReaderCommand, Rejection, one};
+use super::doors;
+use super::event::{CaptureRef, DoorSubject, Event, Expected, Recorded, UpstreamOutcome, stream};
+use super::ids::*;
+use super::policy::DoorId;
+use super::state::State;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A webhook that arrives later than this after the remote ended the session opens nothing.
+pub const LATE_AFTER: Duration = Duration::seconds(60);
+
+/// A remote identify session opened for a reader's trigger and not ended yet (state).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamBinding {
+    pub session_id: UpstreamSessionId,
+    pub reader_id: ReaderId,
+    pub trigger_id: String,
+    pub started_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Seconds the remote's clock was ahead of ours when it answered.
+    pub clock_skew_s: Option<i64>,
+    /// Revision of the binding's stream.
+    pub revision: u64,
+}
+
+/// Folds an upstream event into the state (called by [`State::evolve`]): a trigger is seen
+/// once recorded, a binding lives from its start to its end.
+pub(crate) fn evolve(state: &mut State, rec: &Recorded) {
+    match &rec.event {
+        Event::UpstreamIdentifyStarted {
+            session_id,
+            reader_id,
+            trigger_id,
+            expires_at,
+            clock_skew_s,
+            at,
+        } => {
+            state.seen.insert((reader_id.clone(), trigger_id.clone()));
+            state.upstream.insert(
+                session_id.clone(),
+                UpstreamBinding {
+                    session_id: session_id.clone(),
+                    reader_id: reader_id.clone(),
+                    trigger_id: trigger_id.clone(),
+                    started_at: *at,
+                    expires_at: *expires_at,
+                    clock_skew_s: *clock_skew_s,
+                    revision: rec.revision,
+                },
+            );
+        }
+        Event::UpstreamIdentifyFailed {
+            reader_id,
+            trigger_id,
+            ..
+        } => {
+            state.seen.insert((reader_id.clone(), trigger_id.clone()));
+        }
+        Event::UpstreamSessionEnded { session_id, .. } => {
+            state.upstream.remove(session_id);
+        }
+        _ => {}
+    }
+}
+
+/// What the remote answered to `POST /v1/identify` (the shell's words, as data).
+#[derive(Clone, Debug, PartialEq)]
+pub enum IdentifyAnswer {
+    /// 2xx with a usable `{url, session_id, expires_at?}`. The URL goes to the reader only.
+    Started {
+        session_id: UpstreamSessionId,
+        url: String,
+        expires_at: Option<DateTime<Utc>>,
+        /// Seconds the remote's clock is ahead of ours (its answer's `Date` minus our clock).
+        clock_skew_s: Option<i64>,
+    },
+    /// No answer in time, refused, a 4xx/5xx, or an answer that could not be used.
+    Failed {
+        status_code: Option<u16>,
+        error: String,
+    },
+}
+
+/// A verified webhook of the remote about an identify session (SPEC 4 payload).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteEnd {
+    pub session_id: UpstreamSessionId,
+    /// `X-Webhook-Id` (empty when absent).
+    pub webhook_id: String,
+    pub outcome: UpstreamOutcome,
+    pub external_id: Option<ExternalId>,
+    pub username: Option<String>,
+    pub metadata: Option<Value>,
+    pub fail_reason: Option<String>,
+    /// The payload's `timestamp`.
+    pub ended_at: DateTime<Utc>,
+    /// The local identity of the upstream's people, as the site policy sees them.
+    pub partner_id: PartnerId,
+    pub partner_name: String,
+}
+
+/// Why the person at a reader got no door decision (upstream mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unidentified {
+    /// The remote could not be reached, or refused the identify call.
+    Unavailable,
+    /// The remote session failed with this `fail_reason`.
+    Failed(String),
+    /// The remote session expired.
+    Expired,
+    /// The webhook came more than [`LATE_AFTER`] after the session ended.
+    TooLate,
+    /// The reader belongs to no door.
+    NoDoor,
+}
+
+impl Unidentified {
+    /// The `reason` readers receive.
+    pub fn code(&self) -> &str {
+        match self {
+            Unidentified::Unavailable => "upstream_unavailable",
+            Unidentified::Failed(r) => r,
+            Unidentified::Expired => "session_expired",
+            Unidentified::TooLate => "too_late",
+            Unidentified::NoDoor => "no_door",
+        }
+    }
+}
+
+fn door_of(state: &State, reader: &ReaderId) -> Option<DoorId> {
+    state
+        .policy
+        .as_ref()
+        .and_then(|p| p.door_of_reader(reader))
+        .map(|d| d.id.clone())
+}
+
+fn not_identified(state: &State, reader: &ReaderId, why: Unidentified) -> Effect {
+    Effect::Reader {
+        reader_id: reader.clone(),
+        command: ReaderCommand::NotIdentified {
+            door: door_of(state, reader),
+            why,
+        },
+    }
+}
+
+/// Records what the remote answered to the identify call a reader's trigger caused.
+pub fn identify(
+    state: &State,
+    reader_id: &ReaderId,
+    trigger_id: &str,
+    answer: &IdentifyAnswer,
+    now: DateTime<Utc>,
+) -> Result<Decision, Rejection> {
+    if state
+        .seen
+        .contains(&(reader_id.clone(), trigger_id.to_string()))
+    {
+        return Ok(Decision::duplicate());
+    }
+    match answer {
+        IdentifyAnswer::Started {
+            session_id,
+            url,
+            expires_at,
+            clock_skew_s,
+        } => {
+            let s = stream::upstream(session_id);
+            // An `Idempotency-Key` retry answered with a session already bound.
+            if state.revision(&s).is_some() {
+                return Ok(Decision::duplicate());
+            }
+            Ok(Decision::new(vec![one(
+                s,
+                Expected::NoStream,
+                Event::UpstreamIdentifyStarted {
+                    session_id: session_id.clone(),
+                    reader_id: reader_id.clone(),
+                    trigger_id: trigger_id.to_string(),
+                    expires_at: *expires_at,
+                    clock_skew_s: *clock_skew_s,
+                    at: now,
+                },
+            )])
+            .with_effect(Effect::Reader {
+                reader_id: reader_id.clone(),
+                command: ReaderCommand::ShowUrl { url: url.clone() },
+            }))
+        }
+        IdentifyAnswer::Failed { status_code, error } => {
+            let s = stream::reader(reader_id);
+            Ok(Decision::new(vec![one(
+                s.clone(),
+                state.expected(&s),
+                Event::UpstreamIdentifyFailed {
+                    reader_id: reader_id.clone(),
+                    trigger_id: trigger_id.to_string(),
+                    status_code: *status_code,
+                    error: error.clone(),
+                    at: now,
+                },
+            )])
+            .with_effect(not_identified(state, reader_id, Unidentified::Unavailable)))
+        }
+    }
+}
+
+/// The remote's webhook ends a bound session; a person identified at a door's reader gets the
+/// door decision a local scan would.
+pub fn ended(state: &State, e: &RemoteEnd, now: DateTime<Utc>) -> Result<Decision, Rejection> {
+    let s = stream::upstream(&e.session_id);
+    let Some(b) = state.upstream.get(&e.session_id) else {
+        return if state.revision(&s).is_some() {
+            Ok(Decision::duplicate())
+        } else {
+            Err(Rejection::NotFound)
+        };
+    };
+    // The remote's `timestamp`, on our clock.
+    let ended_here = e.ended_at - Duration::seconds(b.clock_skew_s.unwrap_or(0));
+    let late = now > ended_here + LATE_AFTER;
+    let metadata = doors::decision_metadata(e.metadata.as_ref());
+    let mut d = Decision::new(vec![one(
+        s,
+        Expected::Revision(b.revision),
+        Event::UpstreamSessionEnded {
+            session_id: e.session_id.clone(),
+            reader_id: b.reader_id.clone(),
+            outcome: e.outcome,
+            webhook_id: e.webhook_id.clone(),
+            external_id: e.external_id.clone(),
+            username: e.username.clone(),
+            metadata: metadata.clone(),
+            fail_reason: e.fail_reason.clone(),
+            ended_at: e.ended_at,
+            late,
+            at: now,
+        },
+    )]);
+    // Who stood at the reader: a person, or nobody the remote knows (`no_match`), as a door
+    // decision sees it; `None` when the session ended without a scan that decides anything.
+    let who: Option<Option<DoorSubject>> = match (e.outcome, &e.external_id) {
+        (UpstreamOutcome::Completed, Some(x)) => Some(Some(DoorSubject {
+            partner_id: e.partner_id,
+            partner_name: e.partner_name.clone(),
+            external_id: x.clone(),
+            metadata,
+        })),
+        (UpstreamOutcome::Completed, None) => Some(None),
+        (UpstreamOutcome::Failed, _) if e.fail_reason.as_deref() == Some("no_match") => Some(None),
+        _ => None,
+    };
+    let policy = state.policy.clone();
+    let door = policy.as_ref().and_then(|p| p.door_of_reader(&b.reader_id));
+    let why = match (who, door, &policy) {
+        (Some(subject), Some(door), Some(policy)) if !late => {
+            let cref = CaptureRef {
+                reader_id: b.reader_id.clone(),
+                capture_id: b.trigger_id.clone(),
+                quality: 0.0,
+                similarity: None,
+            };
+            let dd = doors::decide_door(state, policy, door, &cref, subject, false, now);
+            d.appends.extend(dd.appends);
+            d.effects.extend(dd.effects);
+            return Ok(d);
+        }
+        (Some(_), Some(_), _) => Unidentified::TooLate,
+        (Some(_), None, _) => Unidentified::NoDoor,
+        (None, ..) => match e.outcome {
+            UpstreamOutcome::Expired => Unidentified::Expired,
+            _ => Unidentified::Failed(e.fail_reason.clone().unwrap_or_else(|| "failed".into())),
+        },
+    };
+    Ok(d.with_effect(not_identified(state, &b.reader_id, why)))
+}

@@ -1,0 +1,728 @@
+//! Upstream mode end to end (issue 9): two palmgate instances, both the real binary.
+//!
+//! - **R**, the remote Pass API: keeps the people. Its partner "Gate" has a webhook pointing at
+//!   G's `/hooks/upstream` (loopback allowed with `webhooks.allow_networks`).
+//! - **G**, the gateway: `[upstream]` points at R with Gate's API key and webhook secret; a site
+//!   policy with doors on a simulated Modbus board (in this process) and readers on G's broker.
+//!
+//! A hand at G's door reader (`trigger`) makes G open an identify session at R; the reader is
+//! told to `show` R's page; the palm is captured at R (a simulated reader on R's broker, with
+//! the session token from the URL); R's signed webhook reaches G, which decides with its own
+//! site policy, records the decision, pulses the coil and tells the reader.
+
+use crate::doors::{Layout, WAIT, new_board, result_cmd, site_doc, until, writes_since};
+use crate::fixtures::{ADMIN_TOKEN, Options, TestServer};
+use palmgate::config::Config;
+use palmgate::core::ReaderId;
+use palmgate::core::webhook::seed_signature;
+use palmgate::modbus::sim::SimBoard;
+use palmgate::mqtt::simulate::{SimOptions, SimReader};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+use tokio::time::Instant;
+
+// ---------------------------------------------------------------------------------------------
+// Fixture
+// ---------------------------------------------------------------------------------------------
+
+struct Pair {
+    r: TestServer,
+    g: TestServer,
+    board: SimBoard,
+    /// Gate, R's partner that G is: id, API key, webhook secret.
+    partner: String,
+    key: String,
+    secret: String,
+    /// `PALMGATE_HTTP_LISTEN` of G (fixed: R's webhook URL names it).
+    g_listen: String,
+    _site: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The site: door `main` (reader `lobby-1`, coil 0) for level `standard`; door `side`
+/// (reader `side-1`, coil 1) for level `visitor` only.
+fn site(board: &SimBoard) -> String {
+    site_doc(
+        &board.url(),
+        &Layout {
+            extra: r#"
+[[levels]]
+name = "visitor"
+doors = ["side"]
+schedule = "always"
+
+[[doors]]
+id = "side"
+readers = ["side-1"]
+relay = { device = "board-1", coil = 1, pulse_ms = 400 }
+"#
+            .into(),
+            ..Layout::default()
+        },
+    )
+}
+
+/// Starts R, creates Gate with its webhook at G's future address, starts G on `upstream_url`
+/// (`None`: R's own URL) with `upstream.timeout = timeout`.
+async fn pair_with(upstream_url: Option<&str>, timeout: &str) -> Pair {
+    let g_listen = format!("127.0.0.1:{}", free_port());
+    let r = TestServer::start_with(
+        Options::default().extra_toml("[webhooks]\nallow_networks = [\"127.0.0.0/8\"]"),
+    )
+    .await;
+    let resp = r
+        .client
+        .post(r.url("/admin/v1/partners"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({
+            "name": "Gate",
+            "webhook_url": format!("http://{g_listen}/hooks/upstream"),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let p: Value = resp.json().await.unwrap();
+    let s = |k: &str| p[k].as_str().unwrap().to_string();
+    let (partner, key, secret) = (s("id"), s("api_key"), s("webhook_secret"));
+
+    let board = new_board().await;
+    let dir = tempfile::tempdir().unwrap();
+    let site_path = dir.path().join("site.toml");
+    std::fs::write(&site_path, site(&board)).unwrap();
+    let base = upstream_url.map_or_else(|| r.base_url.clone(), str::to_string);
+    let mut g = TestServer::prepare(Options::default().extra_toml(&format!(
+        "site = {site:?}\n[upstream]\nbase_url = {base:?}\napi_key = {key:?}\nwebhook_secret = {secret:?}\ntimeout = {timeout:?}\n",
+        site = site_path.display().to_string(),
+    )));
+    g.launch_env(&[("PALMGATE_HTTP_LISTEN", &g_listen)]).await;
+    let pair = Pair {
+        r,
+        g,
+        board,
+        partner,
+        key,
+        secret,
+        g_listen,
+        _site: dir,
+    };
+    // Every door locked once the board is connected.
+    pair.g_event("DeviceStatusChanged", |d| d["up"] == true)
+        .await;
+    pair
+}
+
+async fn pair() -> Pair {
+    pair_with(None, "10s").await
+}
+
+async fn reader(mqtt: &str, id: &str, palm: &str, seed: u64) -> SimReader {
+    SimReader::connect(SimOptions {
+        mqtt_url: mqtt.to_string(),
+        topic_prefix: "palmgate".into(),
+        reader: ReaderId(id.into()),
+        palm: palm.into(),
+        dim: 128,
+        quality: 0.93,
+        liveness: true,
+        seed,
+    })
+    .await
+    .unwrap()
+}
+
+/// The next command of `action` the reader receives (others are skipped).
+async fn command(r: &mut SimReader, action: &str) -> Value {
+    let end = Instant::now() + WAIT;
+    loop {
+        let c = r
+            .next_command(end.saturating_duration_since(Instant::now()))
+            .await
+            .unwrap_or_else(|| panic!("no `{action}` command for the reader"));
+        if c["action"] == action {
+            return c;
+        }
+    }
+}
+
+async fn events(s: &TestServer) -> Vec<Value> {
+    let mut out = vec![];
+    let mut after = 0;
+    loop {
+        let page: Value = s
+            .client
+            .get(s.url(&format!("/admin/v1/events?after={after}&limit=1000")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let evs = page["events"].as_array().expect("events").clone();
+        if evs.is_empty() {
+            return out;
+        }
+        after = page["next_after"].as_u64().unwrap();
+        out.extend(evs);
+    }
+}
+
+async fn events_of(s: &TestServer, kind: &str) -> Vec<Value> {
+    events(s)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
+async fn wait_event(s: &TestServer, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let end = Instant::now() + WAIT;
+    loop {
+        if let Some(e) = events_of(s, kind)
+            .await
+            .into_iter()
+            .find(|e| pred(&e["data"]))
+        {
+            return e;
+        }
+        assert!(
+            Instant::now() < end,
+            "no {kind} event as expected; the log:\n{}",
+            summary(s).await
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn summary(s: &TestServer) -> String {
+    events(s)
+        .await
+        .iter()
+        .map(|e| {
+            let mut d = e["data"].clone();
+            if let Some(m) = d.as_object_mut() {
+                m.remove("document");
+            }
+            format!(
+                "{:>4} {} {d}",
+                e["position"],
+                e["type"].as_str().unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Pair {
+    async fn g_event(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_event(&self.g, kind, pred).await
+    }
+
+    /// Enrolls `palm` at R as `external_id` of Gate, through a desk reader on R's broker.
+    async fn enroll(&self, external_id: &str, palm: &str, metadata: Value) {
+        let a = self
+            .r
+            .enroll(
+                &self.key,
+                "",
+                &json!({"external_id": external_id, "username": format!("{external_id} user"), "metadata": metadata}),
+            )
+            .await
+            .created();
+        let mut desk = reader(&self.r.mqtt_url, "desk-r", palm, 100).await;
+        desk.capture(Some(&a.token())).await.unwrap();
+        self.wait_remote_session(&a.session_id, "completed").await;
+    }
+
+    async fn wait_remote_session(&self, id: &str, state: &str) -> Value {
+        let end = Instant::now() + WAIT;
+        loop {
+            let s = self.r.session(&self.key, id).await.json();
+            if s["state"] == state {
+                return s;
+            }
+            assert!(Instant::now() < end, "remote session {id}: {s}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A trigger at G's reader `r`: the `show` URL, and the remote session id G bound.
+    async fn trigger(&self, r: &mut SimReader) -> (String, String) {
+        let before = events_of(&self.g, "UpstreamIdentifyStarted").await.len();
+        r.trigger().await.unwrap();
+        let show = command(r, "show").await;
+        let url = show["url"].as_str().expect("show url").to_string();
+        let started = events_of(&self.g, "UpstreamIdentifyStarted").await;
+        assert_eq!(started.len(), before + 1, "one binding per trigger");
+        let bound = started.last().unwrap()["data"].clone();
+        assert_eq!(bound["reader_id"], "lobby-1");
+        (url, bound["session_id"].as_str().unwrap().to_string())
+    }
+
+    /// A webhook to G signed with `secret`: (status, body).
+    async fn post_hook(&self, secret: &str, body: &str) -> (u16, Value) {
+        let resp = self
+            .g
+            .client
+            .post(format!("http://{}/hooks/upstream", self.g_listen))
+            .header("content-type", "application/json")
+            .header(
+                "x-webhook-signature",
+                seed_signature(secret, body.as_bytes()),
+            )
+            .header("x-webhook-id", "msg_test")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// The token at the end of a hosted-page URL.
+fn token(url: &str) -> String {
+    url.rsplit('/').next().unwrap().to_string()
+}
+
+fn completed_body(session: &str, external_id: &str, level: &str) -> String {
+    json!({
+        "event": "completed",
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "data": {"session_id": session, "type": "identify", "external_id": external_id,
+                 "metadata": {"access_level": level}, "language": "en"},
+    })
+    .to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// The whole path: trigger at G → identify at R → `show` → palm at R → R's webhook → G's
+/// policy → durable `DoorDecided` → coil pulse → reader `result`; a replay of the webhook opens
+/// nothing; the audit re-derives the decision from G's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_enrolled_at_the_remote_opens_the_door_at_the_gateway() {
+    let mut p = pair().await;
+    p.enroll(
+        "alice",
+        "alice",
+        json!({"access_level": "standard", "department": "R&D"}),
+    )
+    .await;
+
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 1).await;
+    let (url, session) = p.trigger(&mut lobby).await;
+    assert!(
+        url.starts_with(&format!("{}/identify/", p.r.public_url)),
+        "the reader shows R's page: {url}"
+    );
+    // G measured R's clock against its own (same machine: no skew) from R's `Date`.
+    let started = p.g_event("UpstreamIdentifyStarted", |_| true).await;
+    let skew = started["data"]["clock_skew_s"]
+        .as_i64()
+        .expect("clock_skew_s");
+    assert!(skew.abs() <= 1, "{started}");
+    // R knows the session as Gate's identify session.
+    let remote = p.wait_remote_session(&session, "pending").await;
+    assert_eq!(remote["type"], "identify");
+
+    let since = Instant::now();
+    let mut palm_at_r = reader(&p.r.mqtt_url, "kiosk-r", "alice", 7).await;
+    palm_at_r.capture(Some(&token(&url))).await.unwrap();
+
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], true, "{r}");
+    assert_eq!(r["door"], "main");
+    until("coil 0 ON", || {
+        writes_since(&p.board, 0, since).iter().any(|(_, on)| *on)
+    })
+    .await;
+    until("coil 0 OFF after the pulse", || !p.board.coil(0)).await;
+    assert!(
+        writes_since(&p.board, 1, since).is_empty(),
+        "another door moved"
+    );
+
+    // The log: the session ended, then the decision (same write), then the relay.
+    let ended = p
+        .g_event("UpstreamSessionEnded", |d| d["session_id"] == session)
+        .await;
+    let d = &ended["data"];
+    assert_eq!(d["outcome"], "completed");
+    assert_eq!(d["external_id"], "alice");
+    assert_eq!(d["username"], "alice user");
+    assert_eq!(
+        d["metadata"],
+        json!({"access_level": "standard"}),
+        "only what the policy reads is kept"
+    );
+    assert!(d["webhook_id"].as_str().unwrap().starts_with("msg_"));
+    let decided = p.g_event("DoorDecided", |_| true).await;
+    let dd = &decided["data"];
+    assert_eq!(dd["door"], "main");
+    assert_eq!(dd["verdict"]["verdict"], "granted");
+    assert_eq!(dd["verdict"]["level"], "standard");
+    assert_eq!(dd["subject"]["external_id"], "alice");
+    assert_eq!(dd["subject"]["partner_name"], "upstream");
+    let upstream_partner = dd["subject"]["partner_id"].as_str().unwrap().to_string();
+    assert_ne!(upstream_partner, p.partner, "a local identity, not R's id");
+    let on = p
+        .g_event("RelaySwitched", |d| d["on"] == true && d["door"] == "main")
+        .await;
+    assert!(
+        ended["position"].as_u64() < decided["position"].as_u64()
+            && decided["position"].as_u64() < on["position"].as_u64(),
+        "the decision is durable before the relay moves:\n{}",
+        summary(&p.g).await
+    );
+    assert_eq!(on["data"]["tag"], dd["capture_id"]);
+
+    // The same webhook again (a retry, or a replay by someone who saw it): nothing happens.
+    let replay = completed_body(&session, "alice", "standard");
+    let before = Instant::now();
+    assert_eq!(
+        p.post_hook(&p.secret, &replay).await,
+        (200, json!({"status": "duplicate"}))
+    );
+    // A signed webhook about a session G never opened is ignored, recorded nowhere.
+    assert_eq!(
+        p.post_hook(&p.secret, &completed_body("not-ours", "alice", "standard"))
+            .await,
+        (200, json!({"status": "ignored"}))
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        writes_since(&p.board, 0, before).is_empty(),
+        "a replay opened the door"
+    );
+    assert_eq!(events_of(&p.g, "DoorDecided").await.len(), 1);
+
+    // The audit re-derives the decision from G's log alone.
+    p.g.kill9();
+    let store = palmgate::store::SqliteStore::open(p.g.store_path()).unwrap();
+    let report = palmgate::replay::audit::verify(&store).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.decisions, 1);
+}
+
+/// A forged webhook is refused with 401 and changes nothing; then a person whose level lacks
+/// the door is identified at R and denied at G: the reason reaches the reader, no coil moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_webhook_is_refused_and_a_person_without_the_door_is_denied() {
+    let p = pair().await;
+    p.enroll("olga", "olga", json!({"access_level": "visitor"}))
+        .await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 2).await;
+    let (url, session) = p.trigger(&mut lobby).await;
+    let since = Instant::now();
+
+    // Forged: signed with another secret, unsigned, or with a mangled signature.
+    let forged = completed_body(&session, "mallory", "standard");
+    let (status, body) = p.post_hook("whsec_not-the-secret", &forged).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["message"], "invalid or missing webhook signature");
+    let hook = format!("http://{}/hooks/upstream", p.g_listen);
+    let unsigned =
+        p.g.client
+            .post(&hook)
+            .body(forged.clone())
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let mangled =
+        p.g.client
+            .post(&hook)
+            .header(
+                "x-webhook-signature",
+                seed_signature(&p.secret, forged.as_bytes()).replace("sha256=", "sha1="),
+            )
+            .body(forged.clone())
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(mangled.status(), 401);
+    // A stale Standard Webhooks timestamp, even with the right seed signature.
+    let stale =
+        p.g.client
+            .post(&hook)
+            .header(
+                "x-webhook-signature",
+                seed_signature(&p.secret, forged.as_bytes()),
+            )
+            .header("webhook-id", "msg_old")
+            .header(
+                "webhook-timestamp",
+                (chrono::Utc::now().timestamp() - 3600).to_string(),
+            )
+            .body(forged.clone())
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(stale.status(), 401);
+    // Signed garbage is a 400, not a decision.
+    assert_eq!(p.post_hook(&p.secret, "{not json").await.0, 400);
+    assert_eq!(
+        p.post_hook(&p.secret, r#"{"event":"completed"}"#).await.0,
+        400
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(events_of(&p.g, "UpstreamSessionEnded").await.is_empty());
+    assert!(events_of(&p.g, "DoorDecided").await.is_empty());
+    assert!(writes_since(&p.board, 0, since).is_empty());
+
+    // Olga (visitor: side door only) is identified at R: denied at the main door.
+    let mut palm_at_r = reader(&p.r.mqtt_url, "kiosk-r", "olga", 9).await;
+    palm_at_r.capture(Some(&token(&url))).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], false, "{r}");
+    assert_eq!(r["door"], "main");
+    assert_eq!(r["reason"], "door_not_in_level");
+    let decided = p.g_event("DoorDecided", |_| true).await;
+    assert_eq!(decided["data"]["verdict"]["reason"], "door_not_in_level");
+    assert_eq!(decided["data"]["subject"]["external_id"], "olga");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        writes_since(&p.board, 0, since).is_empty(),
+        "a denial moved the coil"
+    );
+}
+
+/// A palm R does not know: R fails the session `no_match`; G records a `no_match` denial at
+/// the door and tells the reader. A session R lets expire: the reader is told, nothing opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_palm_is_a_no_match_denial_and_a_cancelled_session_opens_nothing() {
+    let p = pair().await;
+    p.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 3).await;
+    let since = Instant::now();
+
+    let (url, _) = p.trigger(&mut lobby).await;
+    let mut palm_at_r = reader(&p.r.mqtt_url, "kiosk-r", "stranger", 11).await;
+    palm_at_r.capture(Some(&token(&url))).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(
+        (&r["granted"], &r["reason"]),
+        (&json!(false), &json!("no_match")),
+        "{r}"
+    );
+    let decided = p.g_event("DoorDecided", |_| true).await;
+    assert_eq!(decided["data"]["verdict"]["reason"], "no_match");
+
+    // Cancelled at R (the person pressed Cancel on R's page): a failure result, no decision.
+    let (_, session) = p.trigger(&mut lobby).await;
+    assert_eq!(p.r.cancel(&p.key, &session).await.status, 200);
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(
+        (&r["granted"], &r["reason"]),
+        (&json!(false), &json!("cancelled")),
+        "{r}"
+    );
+    assert_eq!(r["door"], "main");
+    let ended = p
+        .g_event("UpstreamSessionEnded", |d| d["session_id"] == session)
+        .await;
+    assert_eq!(ended["data"]["outcome"], "failed");
+    assert_eq!(events_of(&p.g, "DoorDecided").await.len(), 1);
+    assert!(writes_since(&p.board, 0, since).is_empty());
+}
+
+/// R refusing the call (Gate deactivated: 403) and R down (killed): each trigger is recorded
+/// as failed and the reader gets a failure `result`; nothing opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_remote_refuses_or_is_down_the_reader_is_told() {
+    let mut p = pair().await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 4).await;
+    let since = Instant::now();
+
+    p.r.deactivate(&p.partner).await;
+    lobby.trigger().await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], false, "{r}");
+    assert_eq!(r["reason"], "upstream_unavailable");
+    assert_eq!(r["door"], "main");
+    assert!(
+        r["message"].as_str().unwrap().contains("unavailable"),
+        "{r}"
+    );
+    let failed = p.g_event("UpstreamIdentifyFailed", |_| true).await;
+    assert_eq!(failed["data"]["status_code"], 403);
+    assert!(
+        failed["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("partner account is inactive"),
+        "{failed}"
+    );
+
+    p.r.kill9();
+    lobby.trigger().await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["reason"], "upstream_unavailable", "{r}");
+    let failed = p
+        .g_event("UpstreamIdentifyFailed", |d| d["status_code"].is_null())
+        .await;
+    assert!(
+        failed["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
+        "{failed}"
+    );
+    assert!(events_of(&p.g, "UpstreamIdentifyStarted").await.is_empty());
+    assert!(writes_since(&p.board, 0, since).is_empty());
+}
+
+/// A remote that does not answer in time: the reader is told within `upstream.timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_that_hangs_times_out_and_the_reader_is_told() {
+    // A listener that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let p = pair_with(Some(&url), "3s").await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 5).await;
+    let sent = Instant::now();
+    lobby.trigger().await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["reason"], "upstream_unavailable", "{r}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(2900),
+        "told before the timeout"
+    );
+    let failed = p.g_event("UpstreamIdentifyFailed", |_| true).await;
+    assert!(
+        failed["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer from the upstream within 3s"),
+        "{failed}"
+    );
+    hold.abort();
+}
+
+/// The reader ↔ remote session binding is in the log: G killed and restarted between the
+/// trigger and the palm still decides for the right reader and door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binding_survives_a_gateway_restart() {
+    let mut p = pair().await;
+    p.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 6).await;
+    let (url, _) = p.trigger(&mut lobby).await;
+
+    let restarted = Instant::now();
+    p.g.kill9();
+    let listen = p.g_listen.clone();
+    p.g.launch_env(&[("PALMGATE_HTTP_LISTEN", &listen)]).await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 60).await;
+    // The restarted gateway has reconnected to the board (it drives every coil to rest).
+    until("the board reconnected", || {
+        !writes_since(&p.board, 0, restarted).is_empty()
+    })
+    .await;
+    let since = Instant::now();
+
+    let mut palm_at_r = reader(&p.r.mqtt_url, "kiosk-r", "alice", 13).await;
+    palm_at_r.capture(Some(&token(&url))).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], true, "{r}");
+    until("coil 0 ON", || {
+        writes_since(&p.board, 0, since).iter().any(|(_, on)| *on)
+    })
+    .await;
+}
+
+/// `[upstream]` is validated: all empty is off; a base URL needs the key and the secret and
+/// must be http(s); errors name the key.
+#[test]
+fn upstream_config_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.toml");
+    let load = |body: &str| {
+        std::fs::write(&f, format!("[upstream]\n{body}")).unwrap();
+        Config::load(Some(Path::new(&f)), &[])
+    };
+    assert!(!Config::defaults().upstream.enabled());
+    let ok = load(
+        "base_url = \"https://pass.example.com/\"\napi_key = \"k\"\nwebhook_secret = \"whsec_x\"",
+    )
+    .unwrap();
+    assert!(ok.upstream.enabled());
+    for (body, key) in [
+        (
+            "base_url = \"https://pass.example.com\"\nwebhook_secret = \"s\"",
+            "upstream.api_key",
+        ),
+        (
+            "base_url = \"https://pass.example.com\"\napi_key = \"k\"",
+            "upstream.webhook_secret",
+        ),
+        (
+            "base_url = \"ftp://pass.example.com\"\napi_key = \"k\"\nwebhook_secret = \"s\"",
+            "upstream.base_url",
+        ),
+        (
+            "base_url = \"pass.example.com\"\napi_key = \"k\"\nwebhook_secret = \"s\"",
+            "upstream.base_url",
+        ),
+        ("api_key = \"k\"", "upstream.base_url"),
+        (
+            "base_url = \"http://h\"\napi_key = \"k\"\nwebhook_secret = \"s\"\ntimeout = \"soon\"",
+            "upstream.timeout",
+        ),
+    ] {
+        let e = load(body).unwrap_err().to_string();
+        assert!(e.contains(key), "{body}: {e}");
+    }
+    let env = Config::load(
+        None,
+        &[
+            (
+                "PALMGATE_UPSTREAM_BASE_URL".into(),
+                "http://10.0.0.5:8080".into(),
+            ),
+            ("PALMGATE_UPSTREAM_API_KEY".into(), "k".into()),
+            ("PALMGATE_UPSTREAM_WEBHOOK_SECRET".into(), "s".into()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(env.upstream.base_url, "http://10.0.0.5:8080");
+}
+
+/// With upstream mode off, the hook does not exist.
+#[tokio::test]
+async fn the_hook_is_not_found_when_upstream_mode_is_off() {
+    let s = TestServer::start().await;
+    let resp = s
+        .client
+        .post(s.url("/hooks/upstream"))
+        .header("x-webhook-signature", "sha256=00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["message"], "not found");
+}
+
+/// The core's rules (pure: given events, when a command, then events and effects).
+mod rules;
