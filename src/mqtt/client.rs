@@ -65,6 +65,24 @@ pub fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
     Ok((host, port, tls))
 }
 
+/// The user name and password of `mqtt://user:password@host` (percent-decoded), for brokers
+/// that refuse anonymous clients.
+pub fn credentials(url: &str) -> Option<(String, String)> {
+    let u = reqwest::Url::parse(url).ok()?;
+    if u.username().is_empty() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    Some((
+        decode(u.username()),
+        decode(u.password().unwrap_or_default()),
+    ))
+}
+
 /// Connects to `url` and runs the reader protocol until the returned task is aborted.
 pub fn spawn(
     app: Arc<App>,
@@ -73,6 +91,9 @@ pub fn spawn(
 ) -> Result<JoinHandle<()>, MqttError> {
     let (host, port, tls) = parse_url(url)?;
     let mut opts = MqttOptions::new(app.keys.instance_name("palmgate"), host, port);
+    if let Some((user, password)) = credentials(url) {
+        opts.set_credentials(user, password);
+    }
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(false);
     opts.set_manual_acks(true);

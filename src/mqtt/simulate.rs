@@ -68,6 +68,9 @@ impl SimReader {
         let (host, port, tls) = parse_url(&opts.mqtt_url)?;
         let status = protocol::reader_topic(&opts.topic_prefix, &opts.reader, TopicKind::Status);
         let mut mo = MqttOptions::new(format!("sim-{}", opts.reader), host, port);
+        if let Some((user, password)) = super::client::credentials(&opts.mqtt_url) {
+            mo.set_credentials(user, password);
+        }
         mo.set_keep_alive(Duration::from_secs(5));
         mo.set_last_will(LastWill::new(
             status.clone(),
