@@ -99,12 +99,28 @@ pub fn normalise(mut values: Vec<f32>, dim: usize) -> Result<Vec<f32>, TemplateE
     if values.iter().any(|v| !v.is_finite()) {
         return Err(TemplateError::NotFinite);
     }
-    let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
-    if norm.is_nan() || norm <= f32::MIN_POSITIVE || norm.is_infinite() {
+    let sum = values.iter().map(|v| v * v).sum::<f32>();
+    if sum.is_finite() && sum >= f32::MIN_POSITIVE {
+        let norm = sum.sqrt();
+        for v in &mut values {
+            *v /= norm;
+        }
+        return Ok(values);
+    }
+    // The squares left f32's normal range: tiny values (all below ~1e-19, found by the
+    // `template` fuzz target: their squares are subnormal or zero, so the f32 norm was off by
+    // percents and the "unit" template was not) or huge ones (above ~1e19: the sum overflowed).
+    // f64 holds every f32 square exactly enough.
+    let norm = values
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt();
+    if norm == 0.0 || !norm.is_finite() {
         return Err(TemplateError::Zero);
     }
     for v in &mut values {
-        *v /= norm;
+        *v = (f64::from(*v) / norm) as f32;
     }
     Ok(values)
 }
@@ -1173,6 +1189,33 @@ mod tests {
         assert_eq!(normalise(vec![0.0, 0.0], 2), Err(TemplateError::Zero));
         let v = normalise(vec![3.0, 4.0], 2).unwrap();
         assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+    }
+
+    /// Found by the `template` fuzz target: values whose squares are subnormal in f32
+    /// (|v| < ~1e-19) gave a "unit" template of length 1.003; values whose squares overflow
+    /// (|v| > ~1e19) were refused as all zeros.
+    #[test]
+    fn normalise_gives_unit_length_for_tiny_and_huge_values() {
+        let len = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        // The fuzzer's input: bytes 0x9b9b9b9b (-2.57e-22) and a few other tiny values.
+        let mut tiny = vec![f32::from_le_bytes([0x9b; 4]); 30];
+        tiny.extend([
+            f32::from_bits(0x017e_0000),
+            f32::from_bits(0x0029_00d9),
+            0.0,
+        ]);
+        let n = tiny.len();
+        let unit = normalise(tiny, n).unwrap();
+        assert!((len(&unit) - 1.0).abs() < 1e-5, "{}", len(&unit));
+        let unit = normalise(vec![3e-30, 4e-30], 2).unwrap();
+        assert!((unit[0] - 0.6).abs() < 1e-6 && (unit[1] - 0.8).abs() < 1e-6);
+        let unit = normalise(vec![3e30, -4e30, 0.0], 3).unwrap();
+        assert!((unit[0] - 0.6).abs() < 1e-6 && (unit[1] + 0.8).abs() < 1e-6);
+        assert_eq!(
+            normalise(vec![f32::from_bits(1), 0.0], 2),
+            Ok(vec![1.0, 0.0])
+        );
+        assert_eq!(normalise(vec![-0.0, 0.0], 2), Err(TemplateError::Zero));
     }
 
     #[test]
