@@ -45,6 +45,19 @@ async fn login(s: &TestServer, path: &str, field: &str, secret: &str) -> reqwest
         .unwrap()
 }
 
+/// The HTML `path` serves to the holder of `cookie` (a `Cookie` header value).
+async fn page_with(s: &TestServer, path: &str, cookie: impl AsRef<str>) -> String {
+    no_redirects()
+        .get(s.url(path))
+        .header("cookie", cookie.as_ref())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Logs in and returns (cookie header value, CSRF token from the served page).
 async fn session(s: &TestServer, board: &str, field: &str, secret: &str) -> (String, String) {
     let r = login(s, &format!("{board}/login"), field, secret).await;
@@ -66,15 +79,7 @@ async fn session(s: &TestServer, board: &str, field: &str, secret: &str) -> (Str
         "{set:?}"
     );
     let cookie = cookie_of(&r, name).expect("login sets the cookie");
-    let page = no_redirects()
-        .get(s.url(board))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_with(s, board, &cookie).await;
     assert!(
         !page.contains(secret),
         "the page never carries the credential"
@@ -231,15 +236,7 @@ async fn partner_cookie_speaks_for_that_partner_only_and_ends_with_deactivation(
     s.deactivate(&a_id).await;
     let r = send(s.get("/v1/sessions").header("cookie", &cookie)).await;
     assert_eq!(r.status, 401);
-    let page = no_redirects()
-        .get(s.url("/dashboard"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_with(&s, "/dashboard", &cookie).await;
     assert!(!page.contains("data-csrf"), "signed out: the login form");
     // And its key cannot open a new one.
     let r = login(&s, "/dashboard/login", "api_key", &a_key).await;
@@ -286,15 +283,7 @@ async fn language_choice_is_remembered_and_messages_are_embedded() {
     let messages: Value = serde_json::from_str(json_text).unwrap();
     assert_eq!(messages["logout"], "Шығу");
     // The cookie alone keeps the language on the next visit.
-    let html = no_redirects()
-        .get(s.url("/admin"))
-        .header("cookie", format!("{cookie}; {lang}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = page_with(&s, "/admin", format!("{cookie}; {lang}")).await;
     assert!(html.contains(r#"<html lang="kk">"#));
     // Assets are served by palmgate itself; pages reference nothing external.
     for asset in [

@@ -25,17 +25,22 @@ pub const SAME_IN_ALL: &[&str] = &[
     "brand",
 ];
 
+/// The column of `lang` in an [`Entry`].
+fn column(lang: Language) -> usize {
+    match lang {
+        Language::En => 0,
+        Language::Kk => 1,
+        Language::Ru => 2,
+    }
+}
+
 /// The dashboard messages of one dashboard in one language, as a JSON object for its script:
 /// the common table, then the dashboard's own.
 pub fn dashboard_messages(
     lang: Language,
     own: &[Entry],
 ) -> serde_json::Map<String, serde_json::Value> {
-    let i = match lang {
-        Language::En => 0,
-        Language::Kk => 1,
-        Language::Ru => 2,
-    };
+    let i = column(lang);
     common::COMMON
         .iter()
         .chain(own)
@@ -45,11 +50,7 @@ pub fn dashboard_messages(
 
 /// A common dashboard message in `lang` (server-rendered parts: login forms, titles).
 pub fn common(lang: Language, key: &str) -> &'static str {
-    let i = match lang {
-        Language::En => 0,
-        Language::Kk => 1,
-        Language::Ru => 2,
-    };
+    let i = column(lang);
     common::COMMON
         .iter()
         .find(|(k, _)| *k == key)
