@@ -38,8 +38,7 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_at TEXT    NOT NULL,
     data        TEXT    NOT NULL,
     prev_hash   BLOB    NOT NULL,
-    hash        BLOB    NOT NULL,
-    UNIQUE (stream, revision)
+    hash        BLOB    NOT NULL
 );";
 
 const TARGET_RATIO: f64 = 20.0;

@@ -93,9 +93,18 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_at TEXT    NOT NULL,
     data        TEXT    NOT NULL,
     prev_hash   BLOB    NOT NULL,
-    hash        BLOB    NOT NULL,
-    UNIQUE (stream, revision)
+    hash        BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS store_heads (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    position INTEGER NOT NULL,
+    hash     BLOB    NOT NULL,
+    heads    BLOB    NOT NULL
 );";
+
+/// Every this many events the writer saves the stream heads ([`HeadsCheckpoint`]), so that
+/// opening the log reads only the events after the checkpoint, not all of them.
+pub const CHECKPOINT_EVERY: u64 = 250_000;
 
 impl SqliteStore {
     /// Opens (creating if needed) the log at `path` and starts its writer thread.
@@ -156,6 +165,103 @@ struct Heads {
     position: u64,
     hash: [u8; 32],
     streams: HashMap<String, u64>,
+    /// The position of the last saved checkpoint of `streams`.
+    checkpoint: u64,
+}
+
+/// The stream heads as of one position, saved in `store_heads` (one row).
+///
+/// Why it exists: the log has no index on `(stream, revision)`. Such an index puts each event
+/// of a group commit in a different B-tree leaf, which costs a 4 KiB WAL page per event; the
+/// writer checks expected revisions against its in-memory heads instead. Those heads are
+/// rebuilt at start-up from this checkpoint plus the events after it. The checkpoint is only a
+/// cache: one that does not match the log (its position past the end, or a different hash at
+/// its position) is ignored and the heads are rebuilt from every event.
+///
+/// Encoding: the number of streams (`u64`, LE), then for each stream its name's length
+/// (`u32`, LE), the name's bytes and its revision (`u64`, LE). Anything else is refused.
+struct HeadsCheckpoint;
+
+impl HeadsCheckpoint {
+    fn encode(streams: &HashMap<String, u64>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + streams.len() * 48);
+        out.extend_from_slice(&(streams.len() as u64).to_le_bytes());
+        for (s, r) in streams {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<HashMap<String, u64>> {
+        let count = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+        let mut b = &b[8..];
+        let mut streams = HashMap::new();
+        for _ in 0..count {
+            let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+            let name = std::str::from_utf8(b.get(4..4 + n)?).ok()?;
+            let rev = u64::from_le_bytes(b.get(4 + n..12 + n)?.try_into().ok()?);
+            streams.insert(name.to_string(), rev);
+            b = &b[12 + n..];
+        }
+        (b.is_empty() && streams.len() as u64 == count).then_some(streams)
+    }
+
+    /// The saved heads if they belong to this log: `(position, streams)`.
+    fn load(
+        conn: &Connection,
+        last: u64,
+    ) -> Result<Option<(u64, HashMap<String, u64>)>, StoreError> {
+        let row: Option<(i64, Vec<u8>, Vec<u8>)> = conn
+            .query_row(
+                "SELECT position, hash, heads FROM store_heads WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(io)?;
+        let Some((position, hash, blob)) = row else {
+            return Ok(None);
+        };
+        let position = position as u64;
+        let logged: Option<Vec<u8>> = if position == 0 || position > last {
+            None
+        } else {
+            conn.query_row(
+                "SELECT hash FROM events WHERE position = ?1",
+                params![position as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(io)?
+        };
+        let matches = position == 0 || logged.is_some_and(|h| h == hash);
+        match HeadsCheckpoint::decode(&blob).filter(|_| matches) {
+            Some(streams) => Ok(Some((position, streams))),
+            None => {
+                tracing::warn!(
+                    position,
+                    "the saved stream heads do not match the event log; rebuilding them from \
+                     every event"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    fn save(conn: &Connection, heads: &Heads) -> Result<(), StoreError> {
+        conn.execute(
+            "INSERT OR REPLACE INTO store_heads (id, position, hash, heads) VALUES (1, ?1, ?2, ?3)",
+            params![
+                heads.position as i64,
+                &heads.hash[..],
+                HeadsCheckpoint::encode(&heads.streams)
+            ],
+        )
+        .map_err(io)?;
+        Ok(())
+    }
 }
 
 fn load_heads(conn: &Connection) -> Result<Heads, StoreError> {
@@ -171,20 +277,27 @@ fn load_heads(conn: &Connection) -> Result<Heads, StoreError> {
         Some((p, h)) => (p as u64, to_hash(p as u64, &h)?),
         None => (0, [0; 32]),
     };
+    let (checkpoint, mut streams) = HeadsCheckpoint::load(conn, position)?.unwrap_or_default();
+    // Revisions grow with positions: the last row of a stream is its head.
     let mut stmt = conn
-        .prepare("SELECT stream, MAX(revision) FROM events GROUP BY stream")
+        .prepare("SELECT stream, revision FROM events WHERE position > ?1 ORDER BY position")
         .map_err(io)?;
-    let streams = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-        })
-        .map_err(io)?
-        .collect::<Result<HashMap<_, _>, _>>()
-        .map_err(io)?;
+    let mut rows = stmt.query(params![checkpoint as i64]).map_err(io)?;
+    while let Some(r) = rows.next().map_err(io)? {
+        let stream = r.get_ref(0).map_err(io)?.as_str().map_err(io)?;
+        let revision = r.get::<_, i64>(1).map_err(io)? as u64;
+        match streams.get_mut(stream) {
+            Some(rev) => *rev = revision,
+            None => {
+                streams.insert(stream.to_string(), revision);
+            }
+        }
+    }
     Ok(Heads {
         position,
         hash,
         streams,
+        checkpoint,
     })
 }
 
@@ -210,7 +323,11 @@ impl Writer {
             let first = if healthy.load(Ordering::Acquire) {
                 match rx.recv() {
                     Ok(r) => r,
-                    Err(_) => return,
+                    Err(_) => {
+                        // Closing: save the heads, so the next start-up reads no events for them.
+                        self.checkpoint();
+                        return;
+                    }
                 }
             } else {
                 match rx.recv_timeout(next_probe.saturating_duration_since(Instant::now())) {
@@ -251,7 +368,20 @@ impl Writer {
                     "event store write failed; refusing new work until a write succeeds again"
                 );
                 next_probe = Instant::now() + PROBE_EVERY;
+            } else if self.heads.position - self.heads.checkpoint >= CHECKPOINT_EVERY {
+                self.checkpoint();
             }
+        }
+    }
+
+    /// Saves the stream heads (a cache for start-up: a failure is logged, nothing else).
+    fn checkpoint(&mut self) {
+        if self.heads.position == self.heads.checkpoint || self.diverged {
+            return;
+        }
+        match HeadsCheckpoint::save(&self.conn, &self.heads) {
+            Ok(()) => self.heads.checkpoint = self.heads.position,
+            Err(e) => tracing::warn!(error = %e, "could not save the stream heads"),
         }
     }
 
@@ -572,5 +702,153 @@ impl EventStore for SqliteStore {
 
     fn snapshots(&self) -> Option<&SnapshotDir> {
         Some(&self.snapshots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Event, SessionId};
+
+    fn expired(i: u8) -> Event {
+        Event::SessionExpired {
+            session_id: SessionId::from_random([i; 16]),
+            at: Utc::now(),
+        }
+    }
+
+    async fn put(store: &SqliteStore, stream: &str, expected: Expected) -> Result<(), StoreError> {
+        let batch = vec![StreamAppend {
+            stream: stream.into(),
+            expected,
+            events: vec![expected_event(stream)],
+        }];
+        store.append(batch, Utc::now()).await.map(|_| ())
+    }
+
+    fn expected_event(stream: &str) -> Event {
+        expired(stream.len() as u8)
+    }
+
+    fn saved_heads(path: &Path) -> (i64, Vec<u8>) {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT position, heads FROM store_heads", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+    }
+
+    /// Heads come back right after a restart whatever the checkpoint: current, stale (events
+    /// after it) or not matching the log at all.
+    #[tokio::test]
+    async fn heads_survive_restarts_with_current_stale_or_foreign_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+
+        let store = SqliteStore::open(&path).unwrap();
+        put(&store, "a", Expected::NoStream).await.unwrap();
+        store.close();
+        let stale = saved_heads(&path);
+        assert_eq!(stale.0, 1, "closing saves the heads");
+
+        let store = SqliteStore::open(&path).unwrap();
+        put(&store, "a", Expected::Revision(0)).await.unwrap();
+        put(&store, "b", Expected::NoStream).await.unwrap();
+        store.close();
+        assert_eq!(saved_heads(&path).0, 3);
+
+        // Stale: as if the server had been killed before saving again.
+        let c = Connection::open(&path).unwrap();
+        c.execute(
+            "UPDATE store_heads SET position = ?1, heads = ?2",
+            params![stale.0, stale.1],
+        )
+        .unwrap();
+        c.execute(
+            "UPDATE store_heads SET hash = (SELECT hash FROM events WHERE position = 1)",
+            [],
+        )
+        .unwrap();
+        drop(c);
+        let store = SqliteStore::open(&path).unwrap();
+        let err = put(&store, "b", Expected::NoStream).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Conflict {
+                    actual: Some(0),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = put(&store, "a", Expected::Revision(0)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Conflict {
+                    actual: Some(1),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        put(&store, "a", Expected::Revision(1)).await.unwrap();
+        store.close();
+
+        // Foreign: a checkpoint whose hash is not the log's is ignored.
+        let c = Connection::open(&path).unwrap();
+        c.execute(
+            "UPDATE store_heads SET position = 1, hash = zeroblob(32), heads = ?1",
+            params![HeadsCheckpoint::encode(&HashMap::new())],
+        )
+        .unwrap();
+        drop(c);
+        let store = SqliteStore::open(&path).unwrap();
+        put(&store, "a", Expected::Revision(2)).await.unwrap();
+        let err = put(&store, "b", Expected::NoStream).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        store.close();
+
+        // Past the end of the log (events removed behind the store's back): ignored too.
+        let c = Connection::open(&path).unwrap();
+        c.execute("UPDATE store_heads SET position = 999", [])
+            .unwrap();
+        drop(c);
+        let store = SqliteStore::open(&path).unwrap();
+        put(&store, "a", Expected::Revision(3)).await.unwrap();
+        put(&store, "b", Expected::Revision(0)).await.unwrap();
+    }
+
+    #[test]
+    fn checkpoint_encoding_round_trips_and_rejects_truncation() {
+        let mut streams = HashMap::new();
+        streams.insert("session-1".to_string(), 3);
+        streams.insert("ключ".to_string(), u64::MAX);
+        streams.insert(String::new(), 0);
+        let bytes = HeadsCheckpoint::encode(&streams);
+        assert_eq!(HeadsCheckpoint::decode(&bytes), Some(streams));
+        for cut in 0..bytes.len() {
+            assert_eq!(HeadsCheckpoint::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+    }
+
+    /// The schema has no index on `(stream, revision)` (see [`HeadsCheckpoint`]): revisions
+    /// are checked by the writer, and a group of appends writes its events side by side.
+    #[test]
+    fn the_log_has_no_per_stream_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        SqliteStore::open(&path).unwrap().close();
+        let n: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 0);
     }
 }
