@@ -161,10 +161,13 @@ impl Drop for SqliteStore {
     }
 }
 
+/// Each stream's last revision.
+type StreamHeads = HashMap<String, u64>;
+
 struct Heads {
     position: u64,
     hash: [u8; 32],
-    streams: HashMap<String, u64>,
+    streams: StreamHeads,
     /// The position of the last saved checkpoint of `streams`.
     checkpoint: u64,
 }
@@ -209,10 +212,7 @@ impl HeadsCheckpoint {
     }
 
     /// The saved heads if they belong to this log: `(position, streams)`.
-    fn load(
-        conn: &Connection,
-        last: u64,
-    ) -> Result<Option<(u64, HashMap<String, u64>)>, StoreError> {
+    fn load(conn: &Connection, last: u64) -> Result<Option<(u64, StreamHeads)>, StoreError> {
         let row: Option<(i64, Vec<u8>, Vec<u8>)> = conn
             .query_row(
                 "SELECT position, hash, heads FROM store_heads WHERE id = 1",
