@@ -308,11 +308,23 @@ impl Config {
                 ));
             }
         }
+        // The schemes of KurrentDB connection strings (`+discover`: a cluster found by DNS).
         if let Some(url) = &self.store.url
-            && !url.starts_with("esdb://")
-            && !url.starts_with("kurrentdb://")
+            && ![
+                "esdb://",
+                "esdb+discover://",
+                "kurrentdb://",
+                "kurrentdb+discover://",
+                "kdb://",
+                "kdb+discover://",
+            ]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
         {
-            return Err(fail("store.url", format!("{url:?} is not an esdb:// URL")));
+            return Err(fail(
+                "store.url",
+                format!("{url:?} is not a KurrentDB URL (esdb://, kurrentdb://, +discover)"),
+            ));
         }
         if let Some(url) = &self.mqtt.url
             && !url.starts_with("mqtt://")

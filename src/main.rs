@@ -184,6 +184,10 @@ impl std::error::Error for Failed {}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The KurrentDB client brings rustls's `ring` provider beside `aws-lc-rs`: with two compiled
+    // in, rustls has no process default and a client built without naming one panics.
+    #[cfg(feature = "kurrentdb")]
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -481,12 +485,14 @@ fn instant(s: Option<String>, what: &str) -> anyhow::Result<Option<chrono::DateT
     .transpose()
 }
 
-fn open_log(config: Option<&std::path::Path>) -> anyhow::Result<palmgate::store::SqliteStore> {
+fn open_log(
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<std::sync::Arc<dyn palmgate::store::EventStore>> {
     let config = Config::load_with_process_env(config)?;
-    if !config.store.path.exists() {
+    if config.store.url.is_none() && !config.store.path.exists() {
         bail!("no event log at {}", config.store.path.display());
     }
-    Ok(palmgate::store::SqliteStore::open(&config.store.path)?)
+    Ok(palmgate::app::open_store(&config.store)?)
 }
 
 fn audit(action: AuditCmd) -> anyhow::Result<()> {
@@ -494,7 +500,7 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
     match action {
         AuditCmd::Verify { config } => {
             let store = open_log(config.as_deref())?;
-            let report = audit::verify(&store)?;
+            let report = audit::verify(&*store)?;
             for f in &report.findings {
                 println!("position {}: {}", f.position, f.problem);
             }
@@ -520,7 +526,7 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
         } => {
             let store = open_log(config.as_deref())?;
             let text = audit::export(
-                &store,
+                &*store,
                 instant(from, "from")?,
                 instant(to, "to")?,
                 format == "csv",
@@ -547,7 +553,7 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             })?;
             let store = open_log(config.as_deref())?;
             let (n, changed) = audit::what_if(
-                &store,
+                &*store,
                 &candidate,
                 instant(from, "from")?,
                 instant(to, "to")?,

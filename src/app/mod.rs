@@ -369,18 +369,13 @@ pub async fn start_with(
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
 ) -> Result<Server, StartError> {
-    if config.store.url.is_some() {
-        return Err(StartError::Unsupported(
-            "store.url (KurrentDB) is not available in this build; use store.path".into(),
-        ));
-    }
+    let store = open_store(&config.store)?;
     let keys = Keys::load_or_create(
         &config.secrets.key_file,
         config.secrets.master_key.as_deref(),
         rng.bytes32(),
     )?;
     let keystore = KeyStore::open(&config.secrets.key_store)?;
-    let store = Arc::new(SqliteStore::open(&config.store.path)?);
     let tls = match &config.http.tls {
         Some(t) => Some(crate::http::serve::load_tls(&t.cert, &t.key).map_err(StartError::Tls)?),
         None => None,
@@ -422,6 +417,7 @@ pub async fn start_with(
         },
     )?;
     let app = Arc::new(app);
+    follow_shared_log(&app);
     // An invalid site file is reported; the policy in force (from the log) stays.
     let _ = app.activate_site_file("startup").await;
     Ok(Server {
@@ -433,6 +429,46 @@ pub async fn start_with(
         tls,
         effects,
     })
+}
+
+/// Opens the event log `store` names: KurrentDB with `store.url` (a build with the `kurrentdb`
+/// feature), else the SQLite file at `store.path`.
+pub fn open_store(store: &crate::config::StoreConfig) -> Result<Arc<dyn EventStore>, StartError> {
+    match &store.url {
+        None => Ok(Arc::new(SqliteStore::open(&store.path)?)),
+        #[cfg(feature = "kurrentdb")]
+        Some(url) => Ok(Arc::new(crate::store::KurrentStore::open(
+            url,
+            crate::store::kurrent::LOG_STREAM,
+        )?)),
+        #[cfg(not(feature = "kurrentdb"))]
+        Some(_) => Err(StartError::Unsupported(
+            "store.url (KurrentDB) needs a palmgate built with the `kurrentdb` feature \
+             (cargo build --release --features kurrentdb); this build has only the SQLite log \
+             (store.path)"
+                .into(),
+        )),
+    }
+}
+
+/// A log shared with other gateways (KurrentDB): folds in, in order, the events they append,
+/// from the position the state was rebuilt at, so users, policy and sessions follow. Nothing
+/// for the SQLite log. The task ends with the store (or the app).
+fn follow_shared_log(app: &Arc<App>) {
+    let Some(mut feed) = app.store.follow_others(app.read(|s| s.position())) else {
+        return;
+    };
+    let app = Arc::downgrade(app);
+    tokio::spawn(async move {
+        while let Some(events) = feed.recv().await {
+            let Some(app) = app.upgrade() else { return };
+            tracing::debug!(
+                events = events.len(),
+                "events from other gateways folded in"
+            );
+            app.apply(&events);
+        }
+    });
 }
 
 impl Server {

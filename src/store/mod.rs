@@ -8,6 +8,8 @@
 //! ([`snapshots`]): a cache for start-up, never a source of facts.
 
 pub mod chain;
+#[cfg(feature = "kurrentdb")]
+pub mod kurrent;
 pub mod snapshots;
 pub mod sqlite;
 
@@ -17,6 +19,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use chain::RawEvent;
+#[cfg(feature = "kurrentdb")]
+pub use kurrent::KurrentStore;
 pub use snapshots::{SnapshotDir, SnapshotInfo};
 pub use sqlite::SqliteStore;
 
@@ -65,6 +69,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// Where snapshots of the read model are kept beside this log; `None`: no snapshots
     /// (every start-up folds the whole log).
     fn snapshots(&self) -> Option<&SnapshotDir> {
+        None
+    }
+
+    /// A log shared by several writers (KurrentDB: several gateways): every event OTHER
+    /// writers append after position `after`, in order, batch by batch, as this store learns
+    /// of them — the app folds them in so its projections follow. Call it once, with the
+    /// position the state was rebuilt at. `None` (the default, SQLite): this store is the log's
+    /// only writer.
+    fn follow_others(
+        &self,
+        after: u64,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<Vec<Recorded>>> {
+        let _ = after;
         None
     }
 }
