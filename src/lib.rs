@@ -25,6 +25,14 @@
 //!   partner and people, and the dashboard's virtual reader panel.
 //! - [`config`] — layered configuration (embedded defaults → file → `PALMGATE_*` env).
 
+/// mimalloc instead of glibc malloc for every binary that links palmgate (the server, tests,
+/// benches): under load glibc's allocator took ~20 % of the request path's CPU (profiled in
+/// BENCHMARKS.md §2). Not under `cfg(fuzzing)`: cargo-fuzz builds use AddressSanitizer, which
+/// must see every allocation.
+#[cfg(not(fuzzing))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod app;
 pub mod config;
 pub mod core;
