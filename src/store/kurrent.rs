@@ -24,7 +24,9 @@
 //! (`WrongExpectedVersion`), the store reads the new events (checking their chain links), updates
 //! its heads, passes them on to [`EventStore::follow_others`], re-checks every request against
 //! the new heads (a request whose stream moved is refused with [`StoreError::Conflict`], the
-//! rest are re-sealed) and retries.
+//! rest are re-sealed) and retries. Before refusing a request on its own heads the store reads
+//! the log's tail once: they may lag what the app has already read (the subscription is
+//! behind), and a conflict the app cannot resolve by waiting would make it give up.
 //!
 //! **Following other gateways**: a catch-up subscription to the log stream delivers every new
 //! event; the ones this store did not write itself are checked (position, link, hash), folded
@@ -295,7 +297,12 @@ impl KurrentStore {
             Err(e) => {
                 // Not `drop`: the caller may be inside another runtime.
                 runtime.shutdown_background();
-                return Err(e);
+                return Err(match e {
+                    StoreError::Io(why) => StoreError::Io(format!(
+                        "cannot read the log `{stream}` at store.url: {why}"
+                    )),
+                    other => other,
+                });
             }
         };
         tracing::info!(
@@ -707,19 +714,42 @@ impl Actor {
             }
             return;
         }
-        for _ in 0..MAX_ATTEMPTS {
-            // Stage every request against the heads; refusals are answered at once.
+        // Whether the heads were brought up to the log's tail for this group already.
+        let mut caught_up = false;
+        let mut attempt = 0;
+        while attempt < MAX_ATTEMPTS {
+            attempt += 1;
+            // Stage every request against the heads.
             let mut position = self.heads.position;
             let mut hash = self.heads.hash;
             let mut staged: HashMap<String, u64> = HashMap::new();
             let mut accepted: Vec<(WriteReq, Vec<RawEvent>)> = Vec::with_capacity(group.len());
+            let mut refused = Vec::new();
             for req in group {
                 match stage(&self.heads, &req, &mut position, &mut hash, &mut staged) {
                     Ok(rows) => accepted.push((req, rows)),
-                    Err(e) => {
-                        let _ = req.reply.send(Err(e));
-                    }
+                    Err(e) => refused.push((req, e)),
                 }
+            }
+            // The heads may lag the log (the subscription is behind what the app has read
+            // already): before refusing anything, read the tail once and stage again.
+            if !refused.is_empty() && !caught_up {
+                caught_up = true;
+                match self.catch_up().await {
+                    Ok(()) => {
+                        group = accepted
+                            .into_iter()
+                            .map(|(req, _)| req)
+                            .chain(refused.into_iter().map(|(req, _)| req))
+                            .collect();
+                        attempt -= 1;
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "KurrentDB catch-up failed"),
+                }
+            }
+            for (req, e) in refused {
+                let _ = req.reply.send(Err(e));
             }
             if accepted.is_empty() {
                 return;
@@ -773,6 +803,7 @@ impl Actor {
                 }
                 Err(kurrentdb::Error::WrongExpectedVersion { .. }) => {
                     // Another gateway appended first: read its events, then re-stage.
+                    caught_up = true;
                     if let Err(e) = self.catch_up().await {
                         self.healthy.store(false, Ordering::Release);
                         for (req, _) in accepted {
