@@ -231,16 +231,27 @@ impl App {
             s.position()
         };
         self.snapshots.observe(position);
+        // Live listeners (the admin event stream) get a copy; with none, nothing is cloned.
+        let listening = self.recorded.receiver_count() > 0;
         for r in recorded {
             self.follow(r);
             if let Some(id) = session_of(&r.event) {
                 let _ = self.sessions_changed.send(id);
             }
-            let _ = self.recorded.send(r.clone());
+            if listening {
+                let _ = self.recorded.send(r.clone());
+            }
         }
         self.evolved.notify_waiters();
         self.wake.notify_one();
-        self.poke_outbox();
+        // A new session creates or schedules no webhook delivery: the dispatcher need not look
+        // (the common case under load: every identify and enroll call records only that).
+        if recorded
+            .iter()
+            .any(|r| !matches!(r.event, crate::core::Event::SessionCreated { .. }))
+        {
+            self.poke_outbox();
+        }
     }
 
     /// Resolves at the next change that may make a delivery due (create it before reading the

@@ -192,7 +192,8 @@ async fn create_session(
     idempotency: Option<Idempotency>,
 ) -> Result<Response, ApiError> {
     let session_id = SessionId::from_random(app.rng.bytes16());
-    let token_hash = crate::app::secrets::hash_secret(&app.keys.session_token(session_id));
+    let token = app.keys.session_token(session_id);
+    let token_hash = crate::app::secrets::hash_secret(&token);
     let ttl =
         chrono::Duration::from_std(app.config.sessions.ttl).map_err(|_| ApiError::Internal)?;
     let outcome = app
@@ -213,13 +214,14 @@ async fn create_session(
     let expires_at = app
         .read(|s| s.session(id).map(|s| s.expires_at))
         .ok_or(ApiError::Internal)?;
+    // An idempotent replay answers for the session created the first time.
+    let token = if id == session_id {
+        token
+    } else {
+        app.keys.session_token(id)
+    };
     let body = SessionCreatedBody {
-        url: format!(
-            "{}/{}/{}",
-            app.public_url,
-            kind.as_str(),
-            app.keys.session_token(id)
-        ),
+        url: format!("{}/{}/{}", app.public_url, kind.as_str(), token),
         session_id: id.to_string(),
         expires_at: time_text(expires_at),
     };
