@@ -15,7 +15,10 @@
 //! - `BENCH_CHUNK` (default 50): a round runs the queries in chunks of this many, each chunk
 //!   on the f32 path, the int8 path and FAISS in turn (rotating order, 3 untimed warm-up
 //!   searches before each chunk), so that the three paths share the same neighbours;
-//! - `BENCH_FAISS` (default 1): 0 skips the FAISS baseline.
+//! - `BENCH_FAISS` (default 1): 0 skips the FAISS baseline;
+//! - `BENCH_KERNELS` (default `best`): the matcher's SIMD kernels, `best` (what
+//!   `Index::new` picks on this CPU), `portable` (the x86-64 baseline, SSE2), `avx2` or
+//!   `avx512`; a level this CPU lacks is refused.
 //!
 //! Data: user `u{i}` is `synthetic::identity("u{i}", 128)`; a genuine query is
 //! `synthetic::scan("u{j}", 128, seed)` of a random enrolled `j`, an impostor query a scan of
@@ -33,7 +36,7 @@ use palmgate::app::keystore::KeyStore;
 use palmgate::app::readers::open_template;
 use palmgate::app::templates::{self, KeyWrap};
 use palmgate::core::event::SealedTemplate;
-use palmgate::core::matcher::{Index, SearchStats, dot};
+use palmgate::core::matcher::{Index, Kernels, SearchStats, dot};
 use palmgate::core::{ExternalId, PartnerId};
 use palmgate::synthetic;
 use std::io::Write;
@@ -56,6 +59,7 @@ struct Settings {
     rounds: usize,
     chunk: usize,
     faiss: bool,
+    kernels: Kernels,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -96,7 +100,25 @@ fn settings() -> Settings {
         rounds: env_or("BENCH_ROUNDS", if quick { 2 } else { 3 }).max(1),
         chunk: env_or("BENCH_CHUNK", 50).max(1),
         faiss: env_or("BENCH_FAISS", 1) == 1,
+        kernels: kernels(),
     }
+}
+
+fn kernels() -> Kernels {
+    let name = std::env::var("BENCH_KERNELS").unwrap_or_else(|_| "best".into());
+    let k = match name.trim() {
+        "best" => Kernels::best(),
+        "portable" => Kernels::Portable,
+        "avx2" => Kernels::Avx2,
+        "avx512" => Kernels::Avx512,
+        other => panic!("BENCH_KERNELS: best, portable, avx2 or avx512, not {other:?}"),
+    };
+    assert!(
+        k.available(),
+        "BENCH_KERNELS: this CPU cannot run {}",
+        k.name()
+    );
+    k
 }
 
 /// SplitMix64: the benchmark's own deterministic randomness.
@@ -360,10 +382,13 @@ type Top = Vec<Option<(usize, f32)>>;
 
 /// One size: build, then `rounds` passes over the queries, chunk by chunk on each path.
 fn one_size(s: &Settings, n: usize, ids: &[Vec<f32>], summary: &mut Vec<String>) {
-    println!("\n## {n} templates (dim {DIM}, one partner, one thread)");
+    println!(
+        "\n## {n} templates (dim {DIM}, one partner, one thread, {} kernels)",
+        s.kernels.name()
+    );
     let p = partner();
     let t0 = Instant::now();
-    let mut index = Index::new(DIM);
+    let mut index = Index::with_kernels(DIM, s.kernels).expect("kernels checked");
     for (i, v) in ids[..n].iter().enumerate() {
         index.insert(p, ExternalId(user(i)), v);
     }
@@ -401,6 +426,8 @@ fn one_size(s: &Settings, n: usize, ids: &[Vec<f32>], summary: &mut Vec<String>)
     let (mut f32_top, mut i8_top): (Top, Top) = (vec![None; nq], vec![None; nq]);
     let (mut fa_top, mut fa_scores) = (vec![usize::MAX; nq], vec![f32::NAN; nq]);
     let mut stats = vec![SearchStats::default(); nq];
+    let mut by_kind: [Vec<(f64, f64, f64)>; 2] = [vec![], vec![]];
+    let mut summary_kinds = Vec::new();
     println!("| round | path | p50 ms | p99 ms | mean ms |");
     println!("|---|---|---|---|---|");
     for round in 0..s.rounds {
@@ -444,6 +471,29 @@ fn one_size(s: &Settings, n: usize, ids: &[Vec<f32>], summary: &mut Vec<String>)
                         }
                     }
                 }
+            }
+        }
+        // Per query kind: genuine queries let both palmgate paths skip most of the rest of
+        // the block once the match is found; impostor queries do not.
+        if ms.iter().all(|m| m.len() == nq) {
+            for (kind, genuine) in [("genuine", true), ("impostor", false)] {
+                let pick = |m: &[f64]| -> Vec<f64> {
+                    m.iter()
+                        .zip(&qs)
+                        .filter(|(_, q)| q.from.is_some() == genuine)
+                        .map(|(t, _)| *t)
+                        .collect()
+                };
+                let p50 = |m: &[f64]| latency(pick(m)).p50;
+                let (f, i, fa) = (p50(&ms[0]), p50(&ms[1]), p50(&ms[2]));
+                by_kind[usize::from(!genuine)].push((f, i, fa));
+                println!(
+                    "round {} {kind} queries ({}): p50 f32 {f:.4} / int8 {i:.4} / FAISS {fa:.4} ms; vs FAISS f32 {:.2}×, int8 {:.2}×",
+                    round + 1,
+                    pick(&ms[0]).len(),
+                    fa / f,
+                    fa / i
+                );
             }
         }
         for (path, name) in ["f32", "int8", "FAISS"].iter().enumerate() {
@@ -530,6 +580,24 @@ fn one_size(s: &Settings, n: usize, ids: &[Vec<f32>], summary: &mut Vec<String>)
     println!(
         "1:N at threshold {THRESHOLD} (int8 path): genuine queries identified {gen_ok}/{gen_n}; impostor queries accepted {imp_acc}/{imp_n}"
     );
+    for (kind, rounds) in ["genuine", "impostor"].iter().zip(&by_kind) {
+        if rounds.is_empty() {
+            continue;
+        }
+        let med3 = |f: fn(&(f64, f64, f64)) -> f64| median(rounds.iter().map(f).collect());
+        let ratio =
+            |f: fn(&(f64, f64, f64)) -> f64| median(rounds.iter().map(|r| r.2 / f(r)).collect());
+        let line = format!(
+            "| {n} | {kind} queries only: p50 f32 {:.4} ms, int8 {:.4} ms, FAISS {:.4} ms | | | | f32 {:.2}×, int8 {:.2}× | | |",
+            med3(|r| r.0),
+            med3(|r| r.1),
+            med3(|r| r.2),
+            ratio(|r| r.0),
+            ratio(|r| r.1),
+        );
+        println!("{line}");
+        summary_kinds.push(line);
+    }
     let names = [
         "palmgate f32 (`best_exact`)",
         "palmgate int8 + exact re-rank (`best`)",
@@ -577,6 +645,7 @@ fn one_size(s: &Settings, n: usize, ids: &[Vec<f32>], summary: &mut Vec<String>)
         println!("{r}");
     }
     summary.extend(rows);
+    summary.extend(summary_kinds);
     summary.push(format!(
         "| {n} | index memory: {} held ({} reserved before `shrink_to_fit`) | | | | | | int8: {fallbacks}/{} rescans, {reranked:.2} re-ranked/query, {head_only:.0} % rows head-only |",
         mb(m.total_bytes),
@@ -758,6 +827,17 @@ fn main() {
         s.impostors * 100.0,
         s.pairs,
         s.startup
+    );
+    let levels: Vec<&str> = Kernels::ALL
+        .into_iter()
+        .filter(|k| k.available())
+        .map(Kernels::name)
+        .collect();
+    println!(
+        "matcher kernels: {} (this CPU runs: {}; `Index::new` picks {})",
+        s.kernels.name(),
+        levels.join(", "),
+        Kernels::best().name()
     );
     let max = s.sizes.iter().copied().max().unwrap_or(0);
     let t0 = Instant::now();

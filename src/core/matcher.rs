@@ -14,12 +14,18 @@
 //! # The f32 path, [`Index::best_exact`]
 //! Scans every f32 row. Rows are stored *interleaved by groups of 32*: value `i` of the 32
 //! rows of a group sits in 32 consecutive floats, so the kernel is a vertical multiply-add into
-//! 32 accumulators (eight 4-lane registers) with one broadcast query value per step: no
-//! horizontal sums, no shuffles, and each row's sum is one sequential chain — the arithmetic
-//! of [`dot`]. A group whose 32 scores hold nothing better is dismissed with one vectorised
-//! count. Per row that is 128 multiplies and 128 adds in 4-lane SSE2 (about 20 cycles): on
-//! par with FAISS's AVX2/AVX-512 `IndexFlatIP` in cache, and both are bound by memory
-//! bandwidth beyond the L3.
+//! 32 accumulators with one broadcast query value per step: no horizontal sums, no shuffles,
+//! and each row's sum is one sequential chain — the arithmetic of [`dot`]. A group whose 32
+//! scores hold nothing better is dismissed with one vectorised count. The AVX2 and AVX-512
+//! kernels (see *Kernels*) scan two groups side by side, so that 64 independent chains hide
+//! the adder's latency. Beyond the L3 (about 50 000 rows) the scan is bound by memory
+//! bandwidth, like FAISS's `IndexFlatIP`; so, once a bar is set, each group is first summed
+//! over its first half of values (the code head's) and its second half is read only if some
+//! row could still pass the bar: `‖row tail‖·‖query tail‖` (Cauchy–Schwarz) bounds what that
+//! half can add, `‖row tail‖` itself bounded by the stored code scale and tail code norm
+//! (`s_r·(⌈‖tail codes‖⌉ + ½·√n)`), so this costs no memory. After a genuine match (similarity
+//! ≈ 0.9, against ≈ 0 + 0.5 for a stranger's head plus bound) the rest of the block is read
+//! at half the bytes; the result stays exactly that of the full scan.
 //!
 //! # The int8 path, [`Index::best`] (the default)
 //! 1. Scans int8 codes (a quarter of the bytes), keeping the [`SHORTLIST`] best approximate
@@ -57,11 +63,30 @@
 //! codes are therefore stored two per 16-bit word, `w = (c₂ₖ + 128) + 256·c₂ₖ₊₁`: read as i16,
 //! `w·a + (w >> 8)·b` with `a = q₂ₖ` and `b = q₂ₖ₊₁ − 256·q₂ₖ` (fits in i16 since `|q| ≤ 127`)
 //! equals `(c₂ₖ + 128)·q₂ₖ + c₂ₖ₊₁·q₂ₖ₊₁`; the `+128` term is a per-query constant subtracted
-//! once. The kernel is a plain integer reduction over fixed-size arrays, which LLVM turns
-//! into one load, one shift and two `pmaddwd` per 16 codes; it is specialised (const
-//! generics) for the common widths, with a generic fallback. Everything is portable Rust: no
-//! `std::arch`, no runtime feature detection; other targets get whatever their autovectoriser
-//! makes of the same code.
+//! once. The portable kernel is a plain integer reduction over fixed-size arrays, which LLVM
+//! turns into one load, one shift and two `pmaddwd` per 16 codes; it is specialised (const
+//! generics) for the common widths, with a generic fallback.
+//!
+//! # Kernels
+//! The crate is built for the x86-64 baseline (the Debian package must run on any x86-64), so
+//! wider instructions are chosen at run time: [`Index::new`] asks the CPU once
+//! ([`Kernels::best`], `is_x86_feature_detected!`) and every search of that index runs
+//! - [`Kernels::Avx512`] (AVX-512 F, BW and VNNI): the code scan with `vpdpwssd` (the
+//!   `pmaddwd` of 32 words and the add in one instruction), one 512-bit load per 64 codes,
+//!   and the 16 partial sums of 16 rows added across in one shuffle tree; the f32 scan of
+//!   the AVX2 level (measured ~5 % faster on Zen 4 than 16-lane registers, which it splits
+//!   in two 256-bit halves anyway);
+//! - [`Kernels::Avx2`] (AVX2 and FMA): the portable bodies compiled with 8-lane registers,
+//!   the f32 scan two groups at a time;
+//! - [`Kernels::Portable`]: the same Rust for the baseline (SSE2), or for any other target.
+//!
+//! Every level performs the same f32 multiplies and adds in the same order per row (no fused
+//! multiply-add, which would round once instead of twice) and integer sums that wrap the same
+//! in any order: the results are identical, bit for bit, whichever level runs (the tests check
+//! every level this machine has against the portable one). The only `unsafe` is the call into
+//! a `#[target_feature]` function, behind a level checked by [`Kernels::available`], and the
+//! unaligned loads and stores of the AVX-512 code kernel, from and to references of exactly
+//! the size they read and write.
 //!
 //! # Memory (dim 128)
 //! Per row: 512 bytes f32 + 128 bytes codes + 4 bytes scale + 2 bytes tail norm + the user id
@@ -189,6 +214,61 @@ pub struct MemoryUse {
     /// Like `total_bytes` but counting allocated capacity rather than length (growth
     /// headroom not yet written is reserved address space, mostly not resident).
     pub reserved_bytes: usize,
+}
+
+/// The SIMD kernels a search runs. [`Index::new`] takes the best this CPU has (checked once,
+/// at run time: the crate is built for the x86-64 baseline). Every level computes the same
+/// bits: the same multiplies and adds in the same order per row, no fused multiply-add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kernels {
+    /// Portable Rust for the target's baseline (SSE2 on x86-64).
+    Portable,
+    /// x86-64 with AVX2 and FMA: 8-lane f32, 16-word `vpmaddwd`.
+    Avx2,
+    /// x86-64 with AVX-512 F, BW and VNNI: 16-lane f32, 32-word `vpdpwssd`.
+    Avx512,
+}
+
+impl Kernels {
+    /// Every level, slowest first.
+    pub const ALL: [Kernels; 3] = [Kernels::Portable, Kernels::Avx2, Kernels::Avx512];
+
+    /// The fastest level this CPU runs.
+    pub fn best() -> Kernels {
+        Kernels::ALL
+            .into_iter()
+            .rev()
+            .find(|k| k.available())
+            .unwrap_or(Kernels::Portable)
+    }
+
+    /// True when this CPU has every feature the level's kernels use.
+    pub fn available(self) -> bool {
+        match self {
+            Kernels::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => {
+                Kernels::Avx2.available()
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Portable => "portable (baseline SIMD)",
+            Kernels::Avx2 => "AVX2+FMA",
+            Kernels::Avx512 => "AVX-512 F/BW/VNNI",
+        }
+    }
 }
 
 /// Rows per interleaved f32 group.
@@ -452,12 +532,132 @@ impl Block {
 
     /// The first row scoring above `bar` and above every earlier row of the block, scanning
     /// in order (with no `bar`, row 0 is taken whatever its score): `(row, similarity)`.
-    fn scan_exact(&self, dim: usize, query: &[f32], bar: Option<f32>) -> Option<(usize, f32)> {
-        let n = self.len();
-        let (mut found, mut bar) = (None, bar);
-        for (g, group) in self.rows.chunks_exact(GROUP * dim).enumerate() {
-            let acc = group_scores(group, query);
-            let live = &acc[..(n - g * GROUP).min(GROUP)];
+    fn scan_exact(
+        &self,
+        k: Kernels,
+        shape: Shape,
+        query: &[f32],
+        bar: Option<f32>,
+    ) -> Option<(usize, f32)> {
+        let prune = Prune::new(self, shape, query);
+        let dim = shape.dim;
+        match k {
+            // SAFETY: `k` is an `Index`'s kernels (or, in tests, a level from `levels()`), which
+            // is `Avx2` or `Avx512` only after `Kernels::available` confirmed (std's detection,
+            // CPU and OS state) AVX2 and FMA, the features `x86::scan_exact_avx2` enables. (The
+            // AVX-512 level uses it too: 256-bit registers measured ~5 % faster here than
+            // 512-bit ones, which Zen 4 splits in two halves anyway.)
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2 | Kernels::Avx512 => unsafe {
+                x86::scan_exact_avx2(self, dim, query, bar, prune)
+            },
+            _ => scan_exact_in::<1>(self, dim, query, bar, prune),
+        }
+    }
+}
+
+/// What lets the f32 scan skip the second half of a group's values: per row, a bound on what
+/// that half can add, `‖row tail‖·‖query tail‖` (Cauchy–Schwarz), with `‖row tail‖` bounded
+/// from the stored code scale and tail code norm, `s_r·(⌈‖tail codes‖⌉ + ½·√n)` (each value
+/// is within half a code step of `s_r·cᵢ`), so no extra memory is needed.
+#[derive(Clone, Copy)]
+struct Prune<'a> {
+    /// Values per row read before the check (the code head's, `2 · shape.head`).
+    split: usize,
+    scales: &'a [f32],
+    tail_norms: &'a [u16],
+    /// `½·√n` (n values in the tail), widened for the rounding of the codes.
+    half_steps: f32,
+    /// `‖query tail‖`, widened for the rounding of the bound itself.
+    query_tail: f32,
+    /// Twice the largest f32 rounding error of a similarity (see [`Index::bounds`]).
+    eps: f32,
+}
+
+impl<'a> Prune<'a> {
+    /// None when the block cannot be pruned: no code tail, a row or the query not finite,
+    /// a query of another length.
+    fn new(b: &'a Block, shape: Shape, query: &[f32]) -> Option<Prune<'a>> {
+        let split = 2 * shape.head;
+        if shape.tail == 0
+            || split >= shape.dim
+            || b.irregular > 0
+            || query.len() != shape.dim
+            || !query.iter().all(|q| q.is_finite())
+        {
+            return None;
+        }
+        let tail_sq = query[split..].iter().map(|q| q * q).sum::<f32>();
+        let q2 = query.iter().map(|q| q * q).sum::<f32>();
+        let n = (shape.dim + 4) as f32;
+        Some(Prune {
+            split,
+            scales: &b.scales,
+            tail_norms: &b.tail_norms,
+            half_steps: (0.5 + 1e-3) * ((shape.dim - split) as f32).sqrt(),
+            query_tail: tail_sq.sqrt() * (1.0 + 1e-4),
+            eps: 4.0 * n * f32::EPSILON * q2.sqrt() * b.norm_max + 1e-30,
+        })
+    }
+
+    /// True when some of the `m` rows from `first`, with head sums `acc`, might still score
+    /// above `bar` (a NaN counts as "might").
+    #[inline(always)]
+    fn open(&self, acc: &[f32; GROUP], first: usize, m: usize, bar: f32) -> bool {
+        let scales = &self.scales[first..first + m];
+        let norms = &self.tail_norms[first..first + m];
+        let above = acc
+            .iter()
+            .zip(scales)
+            .zip(norms)
+            .fold(0u32, |c, ((&h, &s), &t)| {
+                let reach = h + s * (f32::from(t) + self.half_steps) * self.query_tail + self.eps;
+                c + u32::from(reach > bar || reach.is_nan() || bar.is_nan())
+            });
+        above > 0
+    }
+}
+
+/// [`Block::scan_exact`]'s body, compiled once per kernel level (the wrappers only change
+/// which instructions LLVM may use; the arithmetic per row is the same sequential chain).
+///
+/// `G` groups are scanned side by side: each row's sum is one chain of dependent adds (3–4
+/// cycles each), so the more rows in flight, the closer the scan gets to the adder's
+/// throughput. One group is 32 chains (eight SSE2 registers); wider vectors need two.
+/// Once there is a bar, each group's rows are first summed over the first `split` values;
+/// when no row can then reach the bar, the rest of the group is never read.
+#[inline(always)]
+fn scan_exact_in<const G: usize>(
+    b: &Block,
+    dim: usize,
+    query: &[f32],
+    bar: Option<f32>,
+    prune: Option<Prune>,
+) -> Option<(usize, f32)> {
+    let n = b.len();
+    let (mut found, mut bar) = (None, bar);
+    let step = GROUP * dim;
+    let groups = b.rows.len() / step.max(1);
+    let split = prune.map_or(dim, |p| p.split);
+    let mut g = 0;
+    while g < groups {
+        let k = (groups - g).min(G);
+        let rows = &b.rows[g * step..(g + k) * step];
+        let mut acc = [[0f32; GROUP]; G];
+        accumulate(rows, dim, query, 0, split, &mut acc[..k]);
+        if let (Some(p), Some(bar)) = (prune, bar)
+            && !acc[..k].iter().enumerate().any(|(j, acc)| {
+                let first = (g + j) * GROUP;
+                p.open(acc, first, (n - first).min(GROUP), bar)
+            })
+        {
+            g += k;
+            continue;
+        }
+        accumulate(rows, dim, query, split, dim, &mut acc[..k]);
+        for (j, acc) in acc.iter().enumerate().take(k) {
+            let first = (g + j) * GROUP;
+            let live = &acc[..(n - first).min(GROUP)];
             // Most groups hold nothing better: test them with one vectorised count.
             if let Some(b) = bar
                 && live.iter().fold(0u32, |c, &s| c + u32::from(s > b)) == 0
@@ -466,26 +666,69 @@ impl Block {
             }
             for (l, &s) in live.iter().enumerate() {
                 if bar.is_none_or(|b| s > b) {
-                    found = Some((g * GROUP + l, s));
+                    found = Some((first + l, s));
                     bar = Some(s);
                 }
             }
         }
-        found
+        g += k;
+    }
+    found
+}
+
+/// Adds `xᵢ·qᵢ` for `i` in `lo..hi` (in index order, as [`dot`]) to the scores of the
+/// `acc.len()` (1 or 2) consecutive interleaved groups of 32 rows that `rows` holds.
+#[inline(always)]
+fn accumulate(
+    rows: &[f32],
+    dim: usize,
+    query: &[f32],
+    lo: usize,
+    hi: usize,
+    acc: &mut [[f32; GROUP]],
+) {
+    let step = GROUP * dim;
+    let q = &query[lo.min(query.len())..hi.min(query.len())];
+    let part = |j: usize| &rows[j * step + lo * GROUP..j * step + hi * GROUP];
+    match acc {
+        [a, b] => {
+            let mut flat = [0f32; 2 * GROUP];
+            flat[..GROUP].copy_from_slice(a);
+            flat[GROUP..].copy_from_slice(b);
+            two_group_scores(&mut flat, part(0), part(1), q);
+            a.copy_from_slice(&flat[..GROUP]);
+            b.copy_from_slice(&flat[GROUP..]);
+        }
+        _ => {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                group_scores(acc, part(j), q);
+            }
+        }
     }
 }
 
-/// The similarities of one interleaved group of 32 rows.
+/// Adds one interleaved group's products to its 32 scores.
 #[inline(always)]
-fn group_scores(group: &[f32], query: &[f32]) -> [f32; GROUP] {
-    let mut acc = [0f32; GROUP];
+fn group_scores(acc: &mut [f32; GROUP], group: &[f32], query: &[f32]) {
     for (x, &q) in group.chunks_exact(GROUP).zip(query) {
         let x: &[f32; GROUP] = x.try_into().expect("a group step is GROUP floats");
         for l in 0..GROUP {
             acc[l] += x[l] * q;
         }
     }
-    acc
+}
+
+/// Adds two interleaved groups' products to their scores, `a`'s rows then `b`'s.
+#[inline(always)]
+fn two_group_scores(acc: &mut [f32; 2 * GROUP], a: &[f32], b: &[f32], query: &[f32]) {
+    for ((x, y), &q) in a.chunks_exact(GROUP).zip(b.chunks_exact(GROUP)).zip(query) {
+        let x: &[f32; GROUP] = x.try_into().expect("a group step is GROUP floats");
+        let y: &[f32; GROUP] = y.try_into().expect("a group step is GROUP floats");
+        for l in 0..GROUP {
+            acc[l] += x[l] * q;
+            acc[GROUP + l] += y[l] * q;
+        }
+    }
 }
 
 /// The code scale of `v`, `max |vᵢ| / 127`; 0 for a zero or non-finite vector.
@@ -636,20 +879,182 @@ fn code_dot_any(row: &[i16], a: &[i16], b: &[i16]) -> i32 {
     })
 }
 
-/// [`code_dot`] of each `W`-word row of `codes` into `out`.
+/// [`code_dot`] of each `W`-word row of `codes` into `out`, with the kernels `k`.
+#[inline(always)]
+fn code_dots<const W: usize>(k: Kernels, codes: &[i16], a: &[i16], b: &[i16], out: &mut [i32]) {
+    match k {
+        // SAFETY: `k` is an `Index`'s kernels (or, in tests, a level from `levels()`), which
+        // is `Avx512` only after `Kernels::available` confirmed (std's detection, CPU and OS
+        // state) every feature `x86::code_dots_avx512` enables on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx512 => unsafe { x86::code_dots_avx512::<W>(codes, a, b, out) },
+        // SAFETY: as above, for the AVX2 and FMA features of `x86::code_dots_avx2`.
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 => unsafe { x86::code_dots_avx2::<W>(codes, a, b, out) },
+        _ => code_dots_portable::<W>(codes, a, b, out),
+    }
+}
+
+/// The portable [`code_dots`].
 ///
 /// LLVM may vectorise this loop *across* rows instead (gathering each word lane by lane),
 /// several times slower than the per-row `pmaddwd` code: it does so when inlined into a
 /// caller, hence `inline(never)`, and for rows of 32 words or fewer, hence the opaque
 /// `black_box` per row there (measured: 2–3× faster at 16 and 32 words, 8 % slower at 64).
 #[inline(never)]
-fn code_dots<const W: usize>(codes: &[i16], a: &[i16], b: &[i16], out: &mut [i32]) {
+fn code_dots_portable<const W: usize>(codes: &[i16], a: &[i16], b: &[i16], out: &mut [i32]) {
+    code_dots_in::<W, true>(codes, a, b, out)
+}
+
+/// The body of every [`code_dots`] kernel; `OPAQUE` hides each row's result from the
+/// optimiser for `W ≤ 32` (see [`code_dots_portable`]).
+#[inline(always)]
+fn code_dots_in<const W: usize, const OPAQUE: bool>(
+    codes: &[i16],
+    a: &[i16],
+    b: &[i16],
+    out: &mut [i32],
+) {
     let a: &[i16; W] = a.try_into().expect("query words");
     let b: &[i16; W] = b.try_into().expect("query words");
     for (row, d) in codes.chunks_exact(W).zip(out.iter_mut()) {
         let row: &[i16; W] = row.try_into().expect("row words");
         let v = code_dot(row, a, b);
-        *d = if W <= 32 { std::hint::black_box(v) } else { v };
+        *d = if OPAQUE && W <= 32 {
+            std::hint::black_box(v)
+        } else {
+            v
+        };
+    }
+}
+
+/// The kernels compiled for x86-64 extensions beyond the baseline: the portable bodies
+/// again, with more instructions allowed (wider vectors; the same operations per row, so
+/// the same bits). Only called through [`Kernels`] values checked by [`Kernels::available`].
+// AVX-512 intrinsics and target features are stable since Rust 1.89.
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod x86 {
+    use super::{Block, Prune, code_dots_in, scan_exact_in};
+    use std::arch::x86_64::{
+        __m512i, _mm512_add_epi32, _mm512_dpwssd_epi32, _mm512_loadu_si512, _mm512_setzero_si512,
+        _mm512_shuffle_i32x4, _mm512_srai_epi16, _mm512_storeu_si512, _mm512_unpackhi_epi32,
+        _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64,
+    };
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn scan_exact_avx2(
+        b: &Block,
+        dim: usize,
+        query: &[f32],
+        bar: Option<f32>,
+        prune: Option<Prune>,
+    ) -> Option<(usize, f32)> {
+        scan_exact_in::<2>(b, dim, query, bar, prune)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    pub(super) fn code_dots_avx2<const W: usize>(
+        codes: &[i16],
+        a: &[i16],
+        b: &[i16],
+        out: &mut [i32],
+    ) {
+        code_dots_in::<W, true>(codes, a, b, out)
+    }
+
+    /// [`code_dots`](super::code_dots) with AVX-512 VNNI: for rows of a multiple of 32
+    /// words, each row's 32-word slices are one 512-bit load, one shift and two `vpdpwssd`
+    /// (`pmaddwd` and add in one instruction) into a per-row vector of 16 partial sums; the
+    /// partial sums of 16 rows are then added across with one shuffle tree. Integer sums
+    /// wrap the same in any order, so the result equals the portable kernel's exactly.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+    #[inline(never)]
+    pub(super) fn code_dots_avx512<const W: usize>(
+        codes: &[i16],
+        a: &[i16],
+        b: &[i16],
+        out: &mut [i32],
+    ) {
+        if !W.is_multiple_of(32) || W > 32 * MAX_SLICES {
+            return code_dots_in::<W, true>(codes, a, b, out);
+        }
+        let slices = W / 32;
+        let load = |w: &[i16]| load_words(w.try_into().expect("32 words"));
+        let qa: [__m512i; MAX_SLICES] = std::array::from_fn(|k| {
+            if k < slices {
+                load(&a[k * 32..][..32])
+            } else {
+                _mm512_setzero_si512()
+            }
+        });
+        let qb: [__m512i; MAX_SLICES] = std::array::from_fn(|k| {
+            if k < slices {
+                load(&b[k * 32..][..32])
+            } else {
+                _mm512_setzero_si512()
+            }
+        });
+        let rows = codes.len() / W;
+        let full = rows.min(out.len()) / 16 * 16;
+        for (block, out) in codes[..full * W]
+            .chunks_exact(16 * W)
+            .zip(out[..full].chunks_exact_mut(16))
+        {
+            let mut acc = [_mm512_setzero_si512(); 16];
+            for (acc, row) in acc.iter_mut().zip(block.chunks_exact(W)) {
+                for (k, w) in row.chunks_exact(32).enumerate() {
+                    let w = load(w);
+                    *acc = _mm512_dpwssd_epi32(*acc, w, qa[k]);
+                    *acc = _mm512_dpwssd_epi32(*acc, _mm512_srai_epi16::<8>(w), qb[k]);
+                }
+            }
+            store_sums(out.try_into().expect("16 rows"), sum_across(&acc));
+        }
+        code_dots_in::<W, true>(&codes[full * W..], a, b, &mut out[full..]);
+    }
+
+    /// Row slices of 32 words [`code_dots_avx512`] handles (rows up to 128 words, i.e. the
+    /// specialised shapes).
+    const MAX_SLICES: usize = 4;
+
+    /// Lane `r` of the result is the (wrapping) sum of the 16 lanes of `v[r]`.
+    #[target_feature(enable = "avx512f")]
+    fn sum_across(v: &[__m512i; 16]) -> __m512i {
+        // Rows r, r+1: per 128-bit lane [r₀+r₂, s₀+s₂, r₁+r₃, s₁+s₃].
+        let pairs: [__m512i; 8] = std::array::from_fn(|i| {
+            let (x, y) = (v[2 * i], v[2 * i + 1]);
+            _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y))
+        });
+        // Rows 4i..4i+4: per 128-bit lane, one partial sum of each.
+        let quads: [__m512i; 4] = std::array::from_fn(|i| {
+            let (x, y) = (pairs[2 * i], pairs[2 * i + 1]);
+            _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y))
+        });
+        // Add 128-bit lanes 0+1 and 2+3 of two quads: rows 8i..8i+8, two lanes each.
+        let halves = |x: __m512i, y: __m512i| {
+            _mm512_add_epi32(
+                _mm512_shuffle_i32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_i32x4::<0b11_01_11_01>(x, y),
+            )
+        };
+        let octs = [halves(quads[0], quads[1]), halves(quads[2], quads[3])];
+        halves(octs[0], octs[1])
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn load_words(w: &[i16; 32]) -> __m512i {
+        // SAFETY: `w` is a reference to 64 readable bytes, exactly what the unaligned load
+        // reads.
+        unsafe { _mm512_loadu_si512(w.as_ptr().cast()) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn store_sums(out: &mut [i32; 16], v: __m512i) {
+        // SAFETY: `out` is an exclusive reference to 64 writable bytes, exactly what the
+        // unaligned store writes.
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), v) }
     }
 }
 
@@ -665,13 +1070,20 @@ trait Sink {
 /// Scans a block's codes a batch at a time: every batch's head words, and its tail words
 /// unless no row of the batch can score above the sink's floor. Returns the rows whose tail
 /// was skipped.
-fn scan_block<S: Sink>(b: &Block, shape: Shape, q: &CodeQuery, pos: usize, sink: &mut S) -> usize {
+fn scan_block<S: Sink>(
+    b: &Block,
+    shape: Shape,
+    k: Kernels,
+    q: &CodeQuery,
+    pos: usize,
+    sink: &mut S,
+) -> usize {
     match (shape.head, shape.tail) {
-        (16, 0) => scan_split::<16, 0, S>(b, q, pos, sink),
-        (16, 16) => scan_split::<16, 16, S>(b, q, pos, sink),
-        (32, 32) => scan_split::<32, 32, S>(b, q, pos, sink),
-        (64, 64) => scan_split::<64, 64, S>(b, q, pos, sink),
-        (128, 128) => scan_split::<128, 128, S>(b, q, pos, sink),
+        (16, 0) => scan_split::<16, 0, S>(b, k, q, pos, sink),
+        (16, 16) => scan_split::<16, 16, S>(b, k, q, pos, sink),
+        (32, 32) => scan_split::<32, 32, S>(b, k, q, pos, sink),
+        (64, 64) => scan_split::<64, 64, S>(b, k, q, pos, sink),
+        (128, 128) => scan_split::<128, 128, S>(b, k, q, pos, sink),
         _ => scan_any(b, shape, q, pos, sink),
     }
 }
@@ -679,6 +1091,7 @@ fn scan_block<S: Sink>(b: &Block, shape: Shape, q: &CodeQuery, pos: usize, sink:
 #[inline(always)]
 fn scan_split<const H: usize, const T: usize, S: Sink>(
     b: &Block,
+    k: Kernels,
     q: &CodeQuery,
     pos: usize,
     sink: &mut S,
@@ -690,7 +1103,7 @@ fn scan_split<const H: usize, const T: usize, S: Sink>(
     for first in (0..b.len()).step_by(BATCH) {
         let m = (b.len() - first).min(BATCH);
         let (head, tail, scores) = (&mut head[..m], &mut tail[..m], &mut scores[..m]);
-        code_dots::<H>(&b.head[first * H..(first + m) * H], ah, bh, head);
+        code_dots::<H>(k, &b.head[first * H..(first + m) * H], ah, bh, head);
         let scales = &b.scales[first..first + m];
         if T > 0 {
             // |tail code dot| ≤ ‖row tail codes‖·‖query tail codes‖ (+1 covers f32 rounding).
@@ -708,7 +1121,7 @@ fn scan_split<const H: usize, const T: usize, S: Sink>(
                 skipped += m;
                 continue;
             }
-            code_dots::<T>(&b.tail[first * T..(first + m) * T], at, bt, tail);
+            code_dots::<T>(k, &b.tail[first * T..(first + m) * T], at, bt, tail);
         }
         for (((o, &h), &t), &s) in scores.iter_mut().zip(&*head).zip(&*tail).zip(scales) {
             let d = h
@@ -886,16 +1299,33 @@ fn better(w: Option<Winner>, c: Winner) -> bool {
 pub struct Index {
     dim: usize,
     shape: Shape,
+    /// Checked by [`Kernels::available`] (the `x86` kernels rely on it).
+    kernels: Kernels,
     blocks: BTreeMap<PartnerId, Block>,
 }
 
 impl Index {
+    /// An empty index searching with the fastest [`Kernels`] of this CPU.
     pub fn new(dim: usize) -> Index {
         Index {
             dim,
             shape: Shape::new(dim),
+            kernels: Kernels::best(),
             blocks: BTreeMap::new(),
         }
+    }
+
+    /// An empty index searching with `kernels`; None if this CPU cannot run them.
+    pub fn with_kernels(dim: usize, kernels: Kernels) -> Option<Index> {
+        kernels.available().then(|| Index {
+            kernels,
+            ..Index::new(dim)
+        })
+    }
+
+    /// The kernels searches run.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     pub fn dim(&self) -> usize {
@@ -976,7 +1406,7 @@ impl Index {
         let mut short = Shortlist::new(2.5 * (delta + eps) / q.scale);
         for (pos, (_, b)) in scope.iter().enumerate() {
             stats.scanned += b.len();
-            stats.head_only += scan_block(b, self.shape, &q, pos, &mut short);
+            stats.head_only += scan_block(b, self.shape, self.kernels, &q, pos, &mut short);
         }
 
         // 2. Re-rank exactly, best approximate score first, until the rest cannot reach the
@@ -1016,7 +1446,7 @@ impl Index {
                 reranked: 0,
             };
             for (pos, (_, b)) in scope.iter().enumerate() {
-                scan_block(b, self.shape, &q, pos, &mut rescan);
+                scan_block(b, self.shape, self.kernels, &q, pos, &mut rescan);
             }
             w = rescan.winner;
             stats.reranked += rescan.reranked;
@@ -1024,8 +1454,9 @@ impl Index {
         (Some(self.candidate(&scope, w)), stats)
     }
 
-    /// The most similar user, scanning every f32 row (the reference the quantised search
-    /// must match).
+    /// The most similar user, from the f32 rows (the reference the quantised search must
+    /// match): every row is scored, except that the second half of a group of rows that
+    /// provably cannot beat the best so far is not read (see the module doc).
     pub fn best_exact<'a>(
         &self,
         query: &[f32],
@@ -1086,7 +1517,8 @@ impl Index {
     fn exact_in(&self, query: &[f32], scope: &[(PartnerId, &Block)]) -> Option<Candidate> {
         let mut best: Option<(usize, usize, f32)> = None;
         for (pos, (_, b)) in scope.iter().enumerate() {
-            if let Some((row, s)) = b.scan_exact(self.dim, query, best.map(|b| b.2)) {
+            if let Some((row, s)) = b.scan_exact(self.kernels, self.shape, query, best.map(|b| b.2))
+            {
                 best = Some((pos, row, s));
             }
         }
@@ -1269,7 +1701,10 @@ mod tests {
             let cq = CodeQuery::new(&q, shape).unwrap();
             let (qc, _) = quantise(&q);
             let mut all = All(Vec::new());
-            assert_eq!(scan_block(&ix.blocks[&p(1)], shape, &cq, 0, &mut all), 0);
+            assert_eq!(
+                scan_block(&ix.blocks[&p(1)], shape, ix.kernels, &cq, 0, &mut all),
+                0
+            );
             for (r, &score) in rows.iter().zip(&all.0) {
                 let (rc, s) = quantise(r);
                 let want: i32 = rc.iter().zip(&qc).map(|(a, b)| a * b).sum();
@@ -1284,6 +1719,198 @@ mod tests {
                 assert_eq!(score, want as f32 * s, "dim {dim}");
             }
             assert_eq!(all.0.len(), rows.len());
+        }
+    }
+
+    /// The kernel levels this machine runs (the portable one first).
+    fn levels() -> Vec<Kernels> {
+        Kernels::ALL.into_iter().filter(|k| k.available()).collect()
+    }
+
+    #[test]
+    fn the_best_level_is_picked_and_unavailable_ones_refused() {
+        assert_eq!(Index::new(8).kernels(), Kernels::best());
+        assert!(Kernels::Portable.available());
+        for k in Kernels::ALL {
+            assert_eq!(Index::with_kernels(8, k).is_some(), k.available(), "{k:?}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512bw")
+        {
+            assert_eq!(Kernels::best(), Kernels::Avx512);
+        }
+        eprintln!("kernel levels on this machine: {:?}", levels());
+    }
+
+    #[test]
+    fn every_kernel_level_computes_the_portable_code_dots() {
+        fn check<const W: usize>(g: &mut Gen, k: Kernels) {
+            let dim = 2 * W;
+            let q = g.unit(dim);
+            let cq = CodeQuery::new(&q, Shape::new(dim)).unwrap();
+            // Row counts around the 16-row blocks of the AVX-512 kernel.
+            for rows in [0, 1, 15, 16, 17, 31, 32, 33, 64] {
+                let mut codes = vec![0i16; rows * W];
+                for row in codes.chunks_exact_mut(W) {
+                    // Extreme codes too: ±127 in every slot of some rows.
+                    let v = match g.next() % 4 {
+                        0 => vec![if g.next() & 1 == 0 { 1.0 } else { -1.0 }; dim],
+                        _ => g.unit(dim),
+                    };
+                    pack(&quantise(&v).0, row);
+                }
+                let (a, b) = (&cq.a[..W], &cq.b[..W]);
+                let mut got = vec![i32::MIN; rows + 3];
+                code_dots::<W>(k, &codes, a, b, &mut got[..rows]);
+                let want: Vec<i32> = codes
+                    .chunks_exact(W)
+                    .map(|r| code_dot_any(r, a, b))
+                    .collect();
+                assert_eq!(&got[..rows], &want[..], "{k:?}, {W} words, {rows} rows");
+                assert!(
+                    got[rows..].iter().all(|&x| x == i32::MIN),
+                    "wrote past the rows"
+                );
+            }
+        }
+        let mut g = Gen(31);
+        for k in levels() {
+            check::<16>(&mut g, k);
+            check::<32>(&mut g, k);
+            check::<64>(&mut g, k);
+            check::<128>(&mut g, k);
+            check::<48>(&mut g, k);
+        }
+    }
+
+    /// [`Block::scan_exact`] without any SIMD kernel or pruning: [`Block::exact`] row by row.
+    fn naive_scan(b: &Block, dim: usize, q: &[f32], bar: Option<f32>) -> Option<(usize, f32)> {
+        let (mut found, mut bar) = (None, bar);
+        for row in 0..b.len() {
+            let s = b.exact(dim, row, q);
+            if bar.is_none_or(|b| s > b) {
+                found = Some((row, s));
+                bar = Some(s);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_f32_scan_skips_tails_only_when_they_cannot_matter() {
+        let mut g = Gen(41);
+        let dim = 128;
+        let rows: Vec<Vec<f32>> = (0..3000).map(|_| g.unit(dim)).collect();
+        for k in levels() {
+            let mut ix = Index::with_kernels(dim, k).unwrap();
+            for (i, r) in rows.iter().enumerate() {
+                ix.insert(p(1), u(&format!("u{i}")), r);
+            }
+            let b = &ix.blocks[&p(1)];
+            for (qi, q) in (0..60)
+                .map(|i| match i % 3 {
+                    0 => g.unit(dim),
+                    1 => g.near(&rows[i * 37 % rows.len()], 0.3),
+                    // Rows whose head agrees with the query and whose tail decides.
+                    _ => {
+                        let mut v = rows[i * 11 % rows.len()].clone();
+                        for x in &mut v[64..] {
+                            *x = -*x;
+                        }
+                        v
+                    }
+                })
+                .enumerate()
+            {
+                for bar in [None, Some(0.1), Some(0.5), Some(0.8), Some(0.95)] {
+                    assert_eq!(
+                        b.scan_exact(k, ix.shape, &q, bar),
+                        naive_scan(b, dim, &q, bar),
+                        "{k:?} query {qi} bar {bar:?}"
+                    );
+                }
+            }
+            // The bound is never below a row's real tail share.
+            let prune = Prune::new(b, ix.shape, &rows[0]).unwrap();
+            for (row, r) in rows.iter().enumerate().take(500) {
+                let tail: f32 = r[64..].iter().map(|x| x * x).sum::<f32>().sqrt();
+                let bound =
+                    prune.scales[row] * (f32::from(prune.tail_norms[row]) + prune.half_steps);
+                assert!(bound >= tail, "row {row}: {bound} < {tail}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_level_finds_the_same_rows_and_bits() {
+        let mut g = Gen(23);
+        // Dims that are not a multiple of any vector width, row counts around the groups of
+        // 32 rows and the pairs of groups.
+        for (dim, n) in [
+            (1, 40),
+            (3, 65),
+            (17, 97),
+            (31, 64),
+            (100, 130),
+            (128, 1000),
+            (130, 333),
+            (257, 70),
+        ] {
+            let rows: Vec<Vec<f32>> = (0..n).map(|_| g.unit(dim)).collect();
+            let queries: Vec<Vec<f32>> = (0..40)
+                .map(|k| match k % 4 {
+                    0 => g.unit(dim),
+                    // Exact copies (top-1 ties with itself only) and near copies.
+                    1 => rows[k * 13 % n].clone(),
+                    _ => g.near(&rows[k * 7 % n], 0.3),
+                })
+                .collect();
+            let build = |k: Kernels| {
+                let mut ix = Index::with_kernels(dim, k).unwrap();
+                for (i, r) in rows.iter().enumerate() {
+                    ix.insert(p((i % 2) as u8), u(&format!("u{i}")), r);
+                }
+                // Exact duplicates in different groups: the earliest wins on every level.
+                ix.insert(p(0), u("dup"), &rows[0]);
+                ix.remove(p(1), &u("u1"));
+                ix
+            };
+            let key = |c: Option<Candidate>| c.map(|c| (c.external_id, c.similarity.to_bits()));
+            let portable = build(Kernels::Portable);
+            for k in levels() {
+                let ix = build(k);
+                for (qi, q) in queries.iter().enumerate() {
+                    for scope in [vec![p(0)], vec![p(1), p(0)]] {
+                        let want = key(portable.best_exact(q, &scope));
+                        assert_eq!(
+                            key(ix.best_exact(q, &scope)),
+                            want,
+                            "{k:?} dim {dim} q {qi}"
+                        );
+                        let (got, stats) = ix.best_with_stats(q, &scope);
+                        assert_eq!(key(got), want, "{k:?} dim {dim} q {qi}");
+                        assert_eq!(stats, portable.best_with_stats(q, &scope).1);
+                    }
+                }
+                // Every bar: the first row above it, as the portable scan finds it.
+                let b = &ix.blocks[&p(0)];
+                let pb = &portable.blocks[&p(0)];
+                for q in queries.iter().take(8) {
+                    for bar in [None, Some(-1.0), Some(0.0), Some(0.2), Some(0.9), Some(2.0)] {
+                        let got = b.scan_exact(k, ix.shape, q, bar);
+                        let want = pb.scan_exact(Kernels::Portable, ix.shape, q, bar);
+                        assert_eq!(got, want, "{k:?} dim {dim} bar {bar:?}");
+                        assert_eq!(
+                            got,
+                            naive_scan(b, dim, q, bar),
+                            "{k:?} dim {dim} bar {bar:?}"
+                        );
+                        if let Some((row, s)) = got {
+                            assert_eq!(s.to_bits(), b.exact(dim, row, q).to_bits());
+                        }
+                    }
+                }
+            }
         }
     }
 
