@@ -25,9 +25,13 @@ fi
 installed_by_us=0
 smoke_dir=""
 server_pid=""
+broker_dir=""
+broker_pid=""
 cleanup() {
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+  if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
   if [ -n "$smoke_dir" ]; then rm -rf "$smoke_dir"; fi
+  if [ -n "$broker_dir" ]; then rm -rf "$broker_dir"; fi
   if [ "$installed_by_us" = 1 ] && dpkg -s palmgate >/dev/null 2>&1; then
     echo "(cleanup: purging the palmgate package)"
     dpkg --purge palmgate >/dev/null 2>&1 || true
@@ -139,10 +143,14 @@ else
 fi
 
 step "the installed binary serves with the installed config"
-# As the palmgate user, with /etc/palmgate/palmgate.toml as installed; only the state paths
-# (into a temp dir), the HTTP port (any free one), the broker (a free port where nothing listens:
-# palmgate retries in the background and touches no broker of this machine's), the site file
-# (below) and the admin token come from the environment, as the unit's EnvironmentFile would.
+# As the palmgate user, with /etc/palmgate/palmgate.toml as installed and an environment file
+# made as deploy/README.md says (admin token; palmgate's Mosquitto password in
+# PALMGATE_MQTT_URL), loaded as the unit's EnvironmentFile= would. The broker is a Mosquitto run
+# here with the shipped palmgate.conf, acl and acl-local (paths and ports moved into a temp dir,
+# both listeners on 127.0.0.1, a throw-away CA), so palmgate must log in with those credentials;
+# without mosquitto, the broker is a free port where nothing listens (palmgate retries in the
+# background). Either way it touches no broker of this machine's. Only the state paths (into a
+# temp dir), the HTTP port (any free one) and the site file (below) come from extra variables.
 no_broker=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 9)
 smoke_dir=$(mktemp -d /tmp/palmgate-ci.XXXXXX)
 chown palmgate:palmgate "$smoke_dir"
@@ -152,15 +160,85 @@ chmod 0750 "$smoke_dir"
 sed -E "s#modbus = \"tcp://[^\"]*\"#modbus = \"tcp://127.0.0.1:$no_broker\"#" \
   /etc/palmgate/site.toml >"$smoke_dir/site.toml"
 chmod 0644 "$smoke_dir/site.toml"
+
+# /etc/palmgate/env as deploy/README.md makes it ("Install on a gateway box", "Readers and
+# Mosquitto"), here in $smoke_dir/env.
+have_broker=0
+if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
+  have_broker=1
+  PATH="$PATH:/usr/sbin"
+elif [ "${PALMGATE_PEERS:-}" = required ]; then
+  bad "mosquitto is missing (PALMGATE_PEERS=required)"
+else
+  echo "skipped (the MQTT login checks): mosquitto is not installed"
+fi
+env_file="$smoke_dir/env"
+install -m 0600 -o root -g root /usr/share/doc/palmgate/env.example "$env_file"
+sed -i "s/^PALMGATE_ADMIN_TOKEN=.*/PALMGATE_ADMIN_TOKEN=ci-token/" "$env_file"
+if [ "$have_broker" = 1 ]; then
+  broker_dir=$(mktemp -d /tmp/palmgate-ci-broker.XXXXXX)
+  chmod 755 "$broker_dir"   # mosquitto started as root drops to the mosquitto user
+  # The README's commands, with the password file in $broker_dir.
+  PG_MQTT_PASSWORD=$(openssl rand -hex 24)
+  printf '%s\n%s\n' "$PG_MQTT_PASSWORD" "$PG_MQTT_PASSWORD" \
+    | mosquitto_passwd -c "$broker_dir/palmgate.passwd" palmgate >/dev/null
+  sed -i "s#^PALMGATE_MQTT_URL=.*#PALMGATE_MQTT_URL=mqtt://palmgate:${PG_MQTT_PASSWORD}@127.0.0.1:1883#" \
+    "$env_file"
+  mosquitto_passwd -b "$broker_dir/palmgate.passwd" lobby-1 lobby-1-secret   # a reader of site.toml
+  if grep -q "^PALMGATE_MQTT_URL=mqtt://palmgate:$PG_MQTT_PASSWORD@127.0.0.1:1883\$" "$env_file" \
+     && [ "$(stat -c %U:%G:%a "$env_file")" = root:root:600 ]; then
+    ok "env file: PALMGATE_MQTT_URL with palmgate's password, root:root 0600"
+  else
+    bad "env file: $(stat -c %U:%G:%a "$env_file"), $(grep -c '^PALMGATE_MQTT_URL=' "$env_file") URL line(s)"
+  fi
+  unset PG_MQTT_PASSWORD
+  # The broker: both listeners moved to free loopback ports, a throw-away CA for the TLS one.
+  read -r mqtt_plain mqtt_tls < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*(x.getsockname()[1] for x in s))')
+  mkdir "$broker_dir/certs"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=palmgate ci CA" \
+    -keyout "$broker_dir/certs/ca.key" -out "$broker_dir/certs/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$broker_dir/certs/server.key" -out "$broker_dir/certs/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$broker_dir/certs/san.ext"
+  openssl x509 -req -in "$broker_dir/certs/server.csr" -CA "$broker_dir/certs/ca.crt" \
+    -CAkey "$broker_dir/certs/ca.key" -CAcreateserial -days 2 -extfile "$broker_dir/certs/san.ext" \
+    -out "$broker_dir/certs/server.crt" 2>/dev/null
+  chmod 644 "$broker_dir"/certs/*
+  sed -e "s#^listener 1883 127.0.0.1\$#listener $mqtt_plain 127.0.0.1#" \
+      -e "s#^listener 8883\$#listener $mqtt_tls 127.0.0.1#" \
+      -e "s#/etc/mosquitto/#$broker_dir/#g" \
+      /usr/share/palmgate/mosquitto/palmgate.conf >"$broker_dir/mosquitto.conf"
+  printf 'log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\npersistence false\n' \
+    >>"$broker_dir/mosquitto.conf"
+  cp /usr/share/palmgate/mosquitto/acl "$broker_dir/palmgate.acl"
+  cp /usr/share/palmgate/mosquitto/acl-local "$broker_dir/palmgate-local.acl"
+  chmod 644 "$broker_dir"/*.acl "$broker_dir/palmgate.passwd"
+  mosquitto -c "$broker_dir/mosquitto.conf" >"$broker_dir/mosquitto.log" 2>&1 &
+  broker_pid=$!
+  for _ in $(seq 50); do
+    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $mqtt_plain), 1)" \
+      2>/dev/null && break
+    sleep 0.1
+  done
+  # The listener moved: so does the URL (as the sed above moved the broker's).
+  sed -i "/^PALMGATE_MQTT_URL=/s#@127.0.0.1:1883\$#@127.0.0.1:$mqtt_plain#" "$env_file"
+else
+  sed -i "s#^PALMGATE_MQTT_URL=.*#PALMGATE_MQTT_URL=mqtt://127.0.0.1:$no_broker#" "$env_file"
+fi
+# systemd's EnvironmentFile=: KEY=VALUE lines; comments and blank lines ignored.
+mapfile -t unit_env < <(grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$env_file")
 # setpriv execs (no fork): $! is palmgate itself.
 setpriv --reuid palmgate --regid palmgate --init-groups -- env -i PATH=/usr/bin:/bin NO_COLOR=1 \
+  "${unit_env[@]}" \
   PALMGATE_STORE_PATH="$smoke_dir/events.db" \
   PALMGATE_SECRETS_KEY_FILE="$smoke_dir/master.key" \
   PALMGATE_SECRETS_KEY_STORE="$smoke_dir/keys.db" \
   PALMGATE_HTTP_LISTEN=127.0.0.1:0 \
-  PALMGATE_MQTT_URL="mqtt://127.0.0.1:$no_broker" \
   PALMGATE_SITE="$smoke_dir/site.toml" \
-  PALMGATE_ADMIN_TOKEN=ci-token \
   /usr/bin/palmgate serve --config /etc/palmgate/palmgate.toml \
   >"$smoke_dir/stdout" 2>"$smoke_dir/stderr" &
 server_pid=$!
@@ -179,6 +257,51 @@ if [ -n "$addr" ]; then
     ok "the installed site.toml (boards moved) is the policy in force"
   else
     bad "the installed site.toml is not in force"
+  fi
+  if [ "$have_broker" = 1 ]; then
+    # palmgate logs in on the loopback listener (allow_anonymous false) with the env file's
+    # credentials and subscribes; a reader's status over TLS then reaches it, and its answer to
+    # the reader's trigger reaches the reader.
+    for _ in $(seq 100); do
+      grep -q 'connected to the MQTT broker' "$smoke_dir/stderr" && break
+      sleep 0.1
+    done
+    if grep -q 'connected to the MQTT broker' "$smoke_dir/stderr" \
+       && ! grep -q 'MQTT connection lost' "$smoke_dir/stderr"; then
+      ok "palmgate logged in to the shipped Mosquitto config (loopback, allow_anonymous false)"
+    else
+      grep -i mqtt "$smoke_dir/stderr" | tail -5 || true
+      bad "palmgate did not log in to the broker"
+    fi
+    reader=(-h localhost -p "$mqtt_tls" --cafile "$broker_dir/certs/ca.crt" -u lobby-1 -P lobby-1-secret)
+    mosquitto_sub "${reader[@]}" -v -W 10 -C 1 -t palmgate/readers/lobby-1/cmd \
+      >"$broker_dir/lobby-1-cmd.out" 2>&1 &
+    cmd_sub=$!
+    sleep 0.5
+    mosquitto_pub "${reader[@]}" -V 5 -q 1 -r -t palmgate/readers/lobby-1/status \
+      -m '{"online": true}' || true
+    online=""
+    for _ in $(seq 100); do
+      online=$(curl -fsS "http://$addr/admin/v1/readers" -H 'Authorization: Bearer ci-token' \
+        | python3 -c 'import json,sys; print(any(r.get("id") == "lobby-1" and r.get("online") is True for r in json.load(sys.stdin)))' \
+        2>/dev/null || true)
+      [ "$online" = True ] && break
+      sleep 0.1
+    done
+    if [ "$online" = True ]; then
+      ok "a reader's status over TLS reached palmgate (GET /admin/v1/readers: lobby-1 online)"
+    else
+      bad "lobby-1's status never reached palmgate"
+    fi
+    mosquitto_pub "${reader[@]}" -V 5 -q 1 -t palmgate/readers/lobby-1/trigger \
+      -m '{"trigger_id": "ci-1"}' || true
+    wait "$cmd_sub" 2>/dev/null || true
+    if grep -q '^palmgate/readers/lobby-1/cmd {' "$broker_dir/lobby-1-cmd.out"; then
+      ok "palmgate answered the reader's trigger on its cmd topic ($(cut -c1-80 "$broker_dir/lobby-1-cmd.out" | head -1))"
+    else
+      cat "$broker_dir/lobby-1-cmd.out"
+      bad "no cmd reached the reader after its trigger"
+    fi
   fi
   # ExecReload: SIGHUP re-reads the site file, the server keeps running.
   kill -HUP "$server_pid"
@@ -205,6 +328,11 @@ if [ -n "$addr" ]; then
   set -e
   server_pid=""
   if [ "$rc" -eq 0 ]; then ok "SIGTERM: clean exit"; else bad "SIGTERM: exit status $rc"; fi
+  if [ -n "$broker_pid" ]; then
+    kill "$broker_pid" 2>/dev/null || true
+    wait "$broker_pid" 2>/dev/null || true
+    broker_pid=""
+  fi
   # The log it wrote verifies, as a backup would (deploy/README.md, Backups).
   if command -v sqlite3 >/dev/null 2>&1; then
     setpriv --reuid palmgate --regid palmgate --init-groups -- \

@@ -86,6 +86,9 @@ hasnt() { ! grep -qF -- "$2" "$T/$1.out"; }
 subs=()
 mosquitto_sub "${GW[@]}" -v -W 5 -t 'palmgate/readers/+/status' -t 'palmgate/readers/+/capture' \
   -t 'palmgate/readers/+/trigger' >"$T/gw.out" 2>&1 & subs+=($!)
+mosquitto_sub "${GW[@]}" -v -W 5 -t 'palmgate/#' >"$T/gw-wild.out" 2>&1 & subs+=($!)
+mosquitto_sub -h 127.0.0.1 -p "$PLAIN" -u reader-1 -P r1-secret -v -W 5 -t 'palmgate/#' \
+  >"$T/r1-loopback.out" 2>&1 & subs+=($!)
 mosquitto_sub "${R1[@]}" -v -W 5 -t palmgate/readers/reader-1/cmd >"$T/r1-own.out" 2>&1 & subs+=($!)
 mosquitto_sub "${R1[@]}" -v -W 5 -V 5 -t palmgate/readers/reader-2/cmd >"$T/r1-other.out" 2>&1 & subs+=($!)
 mosquitto_sub "${R1[@]}" -v -W 5 -V 5 -t 'palmgate/#' >"$T/r1-wild.out" 2>&1 & subs+=($!)
@@ -117,11 +120,23 @@ refused "wrong password on the TLS listener" \
   mosquitto_pub -h localhost -p "$TLSPORT" --cafile "$T/certs/ca.crt" -u reader-1 -P wrong -q 1 -t palmgate/readers/reader-1/status -m x
 refused "plain MQTT on the TLS listener" \
   timeout 5 mosquitto_pub -h 127.0.0.1 -p "$TLSPORT" -u reader-1 -P r1-secret -q 1 -t palmgate/readers/reader-1/status -m x
-# Interim (acl-local): anonymous clients on the loopback listener are palmgate, within palmgate/#.
-check   "anonymous on loopback (interim) may publish under palmgate/" \
-  mosquitto_pub -h 127.0.0.1 -p "$PLAIN" -V 5 -q 1 -t palmgate/readers/reader-1/cmd -m '{"action": "retry", "reason": "anon-loopback"}'
-refused "anonymous on loopback may not publish outside palmgate/" \
-  mosquitto_pub -h 127.0.0.1 -p "$PLAIN" -V 5 -q 1 -t other/topic -m x
+# The loopback listener (acl-local): only palmgate, with its password, within palmgate/#.
+refused "anonymous client on loopback cannot publish" \
+  mosquitto_pub -h 127.0.0.1 -p "$PLAIN" -V 5 -q 1 -t palmgate/readers/reader-1/cmd -m '{"forged": "anon-loopback"}'
+refused "anonymous client on loopback cannot subscribe" \
+  mosquitto_sub -h 127.0.0.1 -p "$PLAIN" -V 5 -W 3 -C 1 -t 'palmgate/#'
+# MQTT 3.1.1 has no refusal in PUBACK (a denied publish is acked silently): this one passes only
+# if the broker refuses the anonymous CONNECT itself (allow_anonymous false), not just its topics.
+refused "anonymous CONNECT on loopback is refused (MQTT 3.1.1)" \
+  mosquitto_pub -h 127.0.0.1 -p "$PLAIN" -V 311 -q 1 -t palmgate/readers/reader-1/cmd -m '{"forged": "anon-loopback-311"}'
+refused "palmgate with a wrong password on loopback" \
+  mosquitto_pub -h 127.0.0.1 -p "$PLAIN" -u palmgate -P wrong -V 5 -q 1 -t palmgate/readers/reader-1/cmd -m '{"forged": "wrong-password"}'
+refused "palmgate without a password on loopback" \
+  mosquitto_pub -h 127.0.0.1 -p "$PLAIN" -u palmgate -V 5 -q 1 -t palmgate/readers/reader-1/cmd -m '{"forged": "no-password"}'
+refused "palmgate may not publish outside palmgate/ (acl-local)" \
+  mosquitto_pub "${GW[@]}" -V 5 -q 1 -t other/topic -m x
+check   "palmgate publishes under palmgate/ on loopback" \
+  mosquitto_pub "${GW[@]}" -V 5 -q 1 -t palmgate/gateway/ping -m '{"from": "palmgate-loopback"}'
 refused "a reader's login on loopback gets nothing (acl-local)" \
   mosquitto_pub -h 127.0.0.1 -p "$PLAIN" -u reader-1 -P r1-secret -V 5 -q 1 -t palmgate/readers/reader-2/capture -m '{"forged": "loopback"}'
 # The subscribers end 5 s after they started (-W 5).
@@ -131,6 +146,10 @@ check   "palmgate received reader-1's status" has gw 'palmgate/readers/reader-1/
 check   "palmgate received reader-1's capture" has gw 'palmgate/readers/reader-1/capture'
 check   "palmgate received reader-1's trigger" has gw 'palmgate/readers/reader-1/trigger'
 check   "no forged message reached palmgate" hasnt gw 'forged'
+check   "palmgate subscribed to palmgate/# on loopback gets the readers' messages" has gw-wild 'palmgate/readers/reader-1/capture'
+check   "... and its own publications" has gw-wild 'palmgate-loopback'
+check   "... and none a refused client sent" hasnt gw-wild 'forged'
+check   "a reader's login on loopback receives nothing" hasnt r1-loopback 'palmgate/'
 check   "reader-1 received its own cmd" has r1-own 'for-reader-1'
 check   "reader-2 received its own cmd" has r2-own 'for-reader-2'
 check   "reader-1 cannot read reader-2's cmd" hasnt r1-other 'for-reader-2'
