@@ -1,7 +1,8 @@
 //! Audit benchmarks (issue 6): `audit verify` throughput over a 1M-event log, and server
 //! start-up time on that log, without and with a state snapshot. `cargo bench --bench audit`
-//! (`BENCH_EVENTS`, `BENCH_RUNS`, `BENCH_VERIFY=0` to skip verify, `BENCH_LOG=DIR` to keep the
-//! log in DIR and reuse it).
+//! (`BENCH_EVENTS`, `BENCH_RUNS`, `BENCH_VERIFY=0` to skip verify, `BENCH_BREAKDOWN=0` to skip
+//! verify's breakdown, `BENCH_STARTUP=0` to skip start-up, `BENCH_LOG=DIR` to keep the log in
+//! DIR and reuse it).
 //!
 //! The log is written directly with `SqliteStore::append`, 1000 events per append: a partner, an
 //! activated site policy, then identify sessions (created + completed) and door decisions
@@ -256,6 +257,8 @@ fn main() {
         Ok("0") => 0,
         _ => runs,
     };
+    // BENCH_STARTUP=0 skips the start-up runs (verify only).
+    let startup = !matches!(std::env::var("BENCH_STARTUP").as_deref(), Ok("0"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -293,7 +296,8 @@ fn main() {
     };
 
     // Where verify's time goes: paging raw rows alone, then rows decoded into events.
-    if verify_runs > 0 {
+    let breakdown = !matches!(std::env::var("BENCH_BREAKDOWN").as_deref(), Ok("0"));
+    if verify_runs > 0 && breakdown {
         let store = SqliteStore::open(&path).unwrap();
         let t = Instant::now();
         let (mut after, mut n) = (0u64, 0usize);
@@ -329,14 +333,17 @@ fn main() {
             let sum: u32 = page.iter().map(|r| u32::from(r.computed_hash()[0])).sum();
             hashing += t.elapsed().as_secs_f64();
             std::hint::black_box(sum);
-            let recs: Vec<_> = page.iter().map(|r| r.decode().unwrap()).collect();
+            let mut recs: Vec<_> = page
+                .into_iter()
+                .map(|r| r.into_recorded().unwrap())
+                .collect();
             let t = Instant::now();
-            for r in &recs {
-                state.evolve(r);
+            for r in &mut recs {
+                state.evolve_take(r);
             }
             folding += t.elapsed().as_secs_f64();
         }
-        println!("breakdown: re-hashing {hashing:.2} s; State::evolve {folding:.2} s");
+        println!("breakdown: re-hashing {hashing:.2} s; State::evolve_take {folding:.2} s");
         store.close();
     }
     for run in 0..verify_runs {
@@ -374,6 +381,9 @@ fn main() {
             println!("  finding at {}: {}", f.position, f.problem);
         }
         store.close();
+    }
+    if !startup {
+        std::process::exit(0);
     }
 
     let d = dir.display();

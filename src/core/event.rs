@@ -457,9 +457,10 @@ impl Event {
     }
 
     /// Reads an event of any known version, upcasting old shapes to the current one.
-    /// As [`Event::decode`], straight from the stored JSON text of `data`: the envelope is
-    /// rebuilt as text with the tag first, so serde reads the variant's fields in one pass
-    /// (no intermediate `Value`, no buffered content). The log's read path.
+    /// As [`Event::decode`], straight from the stored JSON text of `data`: serde is handed the
+    /// envelope `{"type": kind, "data": <data>}` as a map whose `data` value is read from the
+    /// stored text itself, so the variant's fields are parsed in one pass (no intermediate
+    /// `Value`, no buffered content, no copy of the text). The log's read path.
     pub fn decode_text(kind: &str, version: u32, data: &str) -> Result<Event, DecodeError> {
         if !KNOWN_TYPES.contains(&kind) {
             return Err(DecodeError::UnknownType(kind.to_string()));
@@ -470,39 +471,23 @@ impl Event {
                 version,
             });
         }
-        // `data` must be exactly one JSON value: nothing spliced in can add envelope keys.
-        let data: &serde_json::value::RawValue =
-            serde_json::from_str(data).map_err(|source| DecodeError::Shape {
-                kind: kind.to_string(),
-                version,
-                source,
-            })?;
-        let data = data.get();
-        let mut envelope = String::with_capacity(data.len() + kind.len() + 20);
-        envelope.push_str("{\"type\":\"");
-        envelope.push_str(kind);
-        envelope.push_str("\",\"data\":");
-        envelope.push_str(data);
-        envelope.push('}');
-        serde_json::from_str(&envelope).or_else(|source| {
-            // The envelope nests `data` one level deeper than it was stored. Data nested right
-            // up to serde_json's recursion limit (128) then no longer parses; it is read as a
-            // value instead (converting a value has no limit), so what was written can always
-            // be read back.
-            if !source.to_string().starts_with("recursion limit exceeded") {
-                return Err(DecodeError::Shape {
-                    kind: kind.to_string(),
-                    version,
-                    source,
-                });
-            }
-            let value: Value = serde_json::from_str(data).map_err(|source| DecodeError::Shape {
-                kind: kind.to_string(),
-                version,
-                source,
-            })?;
-            Self::decode(kind, version, value)
-        })
+        let shape = |source| DecodeError::Shape {
+            kind: kind.to_string(),
+            version,
+            source,
+        };
+        // `data` is read at its own depth (the envelope adds no nesting), so whatever
+        // serde_json wrote, up to its recursion limit, reads back.
+        let mut de = serde_json::Deserializer::from_str(data);
+        let event = Event::deserialize(serde::de::value::MapAccessDeserializer::new(Envelope {
+            kind,
+            data: &mut de,
+            next: 0,
+        }))
+        .map_err(shape)?;
+        // `data` must be exactly one JSON value: nothing may follow it but whitespace.
+        de.end().map_err(shape)?;
+        Ok(event)
     }
 
     pub fn decode(kind: &str, version: u32, data: Value) -> Result<Event, DecodeError> {
@@ -562,6 +547,45 @@ pub const KNOWN_TYPES: &[&str] = &[
     "UpstreamIdentifyFailed",
     "UpstreamSessionEnded",
 ];
+
+/// The envelope `{"type": kind, "data": …}` as a serde map, for [`Event::decode_text`]: the
+/// tag is `kind` and the content is read straight from the stored text.
+struct Envelope<'a, 'de> {
+    kind: &'a str,
+    data: &'a mut serde_json::Deserializer<serde_json::de::StrRead<'de>>,
+    /// 0: the tag is next; 1: the content; 2: done.
+    next: u8,
+}
+
+impl<'de> serde::de::MapAccess<'de> for Envelope<'_, 'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        use serde::de::IntoDeserializer;
+        let key = match self.next {
+            0 => "type",
+            1 => "data",
+            _ => return Ok(None),
+        };
+        seed.deserialize(key.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        use serde::de::IntoDeserializer;
+        self.next += 1;
+        if self.next == 1 {
+            seed.deserialize(self.kind.into_deserializer())
+        } else {
+            seed.deserialize(&mut *self.data)
+        }
+    }
+}
 
 /// Stream names (SPEC 8.1).
 pub mod stream {
@@ -662,5 +686,32 @@ mod decode_text_tests {
         }
         assert!(Event::decode_text("NoSuchEvent", 1, &text).is_err());
         assert!(Event::decode_text(kind, 2, &text).is_err());
+    }
+
+    #[test]
+    fn text_decoding_reads_data_nested_up_to_the_recursion_limit() {
+        let nested =
+            |depth: usize| -> Value { (0..depth).fold(Value::Null, |v, _| Value::Array(vec![v])) };
+        let event = |depth| Event::UserEnrolled {
+            partner_id: PartnerId::from_random([7; 16]),
+            external_id: ExternalId("e".into()),
+            username: None,
+            metadata: Some(nested(depth)),
+            session_id: SessionId::from_random([8; 16]),
+            template: None,
+            at: DateTime::parse_from_rfc3339("2026-11-26T03:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        };
+        // The data object is one level, its metadata the other 126: serde_json reads at most
+        // 127 nested arrays and objects.
+        let e = event(126);
+        let (kind, version, data) = e.encode();
+        let text = serde_json::to_string(&data).unwrap();
+        assert_eq!(Event::decode_text(kind, version, &text).unwrap(), e);
+        let (kind, version, data) = event(127).encode();
+        let text = serde_json::to_string(&data).unwrap();
+        let err = Event::decode_text(kind, version, &text).unwrap_err();
+        assert!(err.to_string().contains("recursion limit"), "{err}");
     }
 }

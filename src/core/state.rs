@@ -358,14 +358,183 @@ impl State {
         }
     }
 
+    /// The stream's last revision seen; `stream` is only copied the first time it is seen.
+    fn note_revision(&mut self, stream: &str, revision: u64) {
+        match self.revisions.get_mut(stream) {
+            Some(rev) => *rev = (*rev).max(revision),
+            None => {
+                self.revisions.insert(stream.to_string(), revision);
+            }
+        }
+    }
+
+    /// [`State::evolve`] for an event the caller owns (a replay, `audit verify`): the strings
+    /// the state keeps from the frequent events (sessions created and ended, door decisions)
+    /// are taken out of `rec` instead of copied, and what the state lets go of may be left in
+    /// `rec` instead of freed, so `rec` is only good for dropping afterwards (on the thread
+    /// that allocated it, ideally). The resulting state is the same as with `evolve`.
+    pub fn evolve_take(&mut self, rec: &mut Recorded) {
+        use super::policy::Verdict;
+        use std::mem::take;
+        if !matches!(
+            rec.event,
+            Event::SessionCreated { .. }
+                | Event::SessionCompleted { .. }
+                | Event::SessionFailed { .. }
+                | Event::DoorDecided { .. }
+        ) {
+            return self.evolve(rec);
+        }
+        self.position = self.position.max(rec.position);
+        let revision = rec.revision;
+        match self.revisions.get_mut(&rec.stream) {
+            Some(rev) => *rev = (*rev).max(revision),
+            None => {
+                self.revisions.insert(take(&mut rec.stream), revision);
+            }
+        }
+        match &mut rec.event {
+            Event::SessionCreated {
+                session_id,
+                partner_id,
+                reader_id,
+                kind,
+                language,
+                token_hash,
+                external_id,
+                username,
+                metadata,
+                created_at,
+                expires_at,
+            } => {
+                if self.sessions.contains_key(session_id) {
+                    return; // a session is created once; a repeat can only be a forged log
+                }
+                self.session_by_token
+                    .insert(token_hash.clone(), *session_id);
+                self.deadlines.insert((*expires_at, *session_id));
+                self.sessions.insert(
+                    *session_id,
+                    Session {
+                        id: *session_id,
+                        partner_id: *partner_id,
+                        kind: *kind,
+                        language: *language,
+                        token_hash: SecretHash(take(&mut token_hash.0)),
+                        external_id: external_id.take(),
+                        username: username.take(),
+                        metadata: metadata.take(),
+                        state: SessionState::Pending,
+                        fail_reason: None,
+                        reader_id: reader_id.take(),
+                        retries: 0,
+                        created_at: *created_at,
+                        expires_at: *expires_at,
+                        ended_at: None,
+                        revision,
+                    },
+                );
+            }
+            Event::SessionCompleted {
+                session_id,
+                external_id,
+                capture,
+                at,
+            } => {
+                self.see_capture_taken(capture);
+                self.end_session(*session_id, revision, *at, |s| {
+                    s.state = SessionState::Completed;
+                    if external_id.is_some() {
+                        s.external_id = external_id.take();
+                    }
+                })
+            }
+            Event::SessionFailed {
+                session_id,
+                reason,
+                capture,
+                at,
+            } => {
+                self.see_capture_taken(capture);
+                self.end_session(*session_id, revision, *at, |s| {
+                    s.state = SessionState::Failed;
+                    s.fail_reason = Some(*reason);
+                })
+            }
+            Event::DoorDecided {
+                door,
+                reader_id,
+                capture_id,
+                subject,
+                movement,
+                verdict,
+                at,
+                ..
+            } => {
+                // A redelivered capture (QoS 1) is recognised and ignored.
+                self.seen.insert((reader_id.clone(), take(capture_id)));
+                let granted = verdict.granted();
+                if let (Some(s), Some((zone, dir))) = (&*subject, movement) {
+                    self.zone_last
+                        .insert((take(zone), s.partner_id, s.external_id.clone()), *dir);
+                }
+                let pulse = self
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.door(door))
+                    .map_or(3000, |d| d.relay.pulse_ms);
+                let ds = match self.doors.get_mut(door) {
+                    Some(ds) => ds,
+                    None => self.doors.entry(DoorId(take(&mut door.0))).or_default(),
+                };
+                let reason = verdict.reason().map(|r| r.as_str().to_string());
+                let mut level = match verdict {
+                    Verdict::Granted { level, .. } => Some(take(level)),
+                    Verdict::Denied { level, .. } => level.take(),
+                };
+                match &mut ds.last_decision {
+                    // The previous decision's strings are swapped into `rec`, to be freed
+                    // wherever `rec` is.
+                    Some(last) => {
+                        last.granted = granted;
+                        last.reason = reason;
+                        last.at = *at;
+                        std::mem::swap(&mut last.reader_id, reader_id);
+                        std::mem::swap(&mut last.level, &mut level);
+                        std::mem::swap(&mut last.subject, subject);
+                        match verdict {
+                            Verdict::Granted { level: slot, .. } => {
+                                *slot = level.unwrap_or_default()
+                            }
+                            Verdict::Denied { level: slot, .. } => *slot = level,
+                        }
+                    }
+                    None => {
+                        ds.last_decision = Some(LastDecision {
+                            granted,
+                            reason,
+                            at: *at,
+                            reader_id: ReaderId(take(&mut reader_id.0)),
+                            level,
+                            subject: subject.take(),
+                        })
+                    }
+                }
+                if granted {
+                    ds.released_until = Some(
+                        *at + chrono::Duration::milliseconds(i64::from(pulse))
+                            + super::doors::RELEASE_GRACE,
+                    );
+                }
+            }
+            _ => unreachable!("only the events matched above reach here"),
+        }
+    }
+
     /// Folds one stored event into the state.
     pub fn evolve(&mut self, rec: &Recorded) {
         self.position = self.position.max(rec.position);
-        let rev = self
-            .revisions
-            .entry(rec.stream.clone())
-            .or_insert(rec.revision);
-        *rev = (*rev).max(rec.revision);
+        self.note_revision(&rec.stream, rec.revision);
         let revision = rec.revision;
         match &rec.event {
             Event::PartnerCreated {
@@ -817,6 +986,12 @@ impl State {
         }
     }
 
+    fn see_capture_taken(&mut self, capture: &mut Option<super::event::CaptureRef>) {
+        if let Some(c) = capture.take() {
+            self.seen.insert((c.reader_id, c.capture_id));
+        }
+    }
+
     fn see_capture(&mut self, capture: Option<&super::event::CaptureRef>) {
         if let Some(c) = capture {
             self.seen
@@ -840,5 +1015,218 @@ impl State {
             s.ended_at = Some(at);
             f(s);
         }
+    }
+}
+
+#[cfg(test)]
+mod evolve_take_tests {
+    use super::*;
+    use crate::core::event::{CaptureRef, DoorSubject};
+    use crate::core::policy::{DenyReason, SiteMode, Verdict};
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000 + s, 0).unwrap()
+    }
+
+    /// Every event `evolve_take` handles itself, with the branches that matter (a repeated
+    /// creation, an end after an end, a capture, a subject with and without a zone movement),
+    /// plus a few it hands to `evolve`.
+    fn log() -> Vec<Recorded> {
+        let partner = PartnerId::from_random([1; 16]);
+        let sid = |n: u8| SessionId::from_random([n; 16]);
+        let created = |n: u8| Event::SessionCreated {
+            session_id: sid(n),
+            partner_id: Some(partner),
+            reader_id: (n == 3).then(|| ReaderId("r-3".into())),
+            kind: SessionKind::Identify,
+            language: Language::En,
+            token_hash: SecretHash(format!("{n:064x}")),
+            external_id: (n == 2).then(|| ExternalId("e-2".into())),
+            username: None,
+            metadata: (n == 2).then(|| serde_json::json!({"a": 1})),
+            created_at: at(i64::from(n)),
+            expires_at: at(900 + i64::from(n)),
+        };
+        let capture = |id: &str| CaptureRef {
+            reader_id: ReaderId("r-1".into()),
+            capture_id: id.into(),
+            quality: 0.9,
+            similarity: Some(0.95),
+        };
+        let subject = |e: &str| DoorSubject {
+            partner_id: partner,
+            partner_name: "Acme".into(),
+            external_id: ExternalId(e.into()),
+            metadata: Some(serde_json::json!({"access_level": "standard"})),
+        };
+        let decided = |n: i64, subj: Option<DoorSubject>, movement, verdict| Event::DoorDecided {
+            door: DoorId(if n % 2 == 0 { "main" } else { "lab" }.into()),
+            reader_id: ReaderId("lobby-1".into()),
+            capture_id: format!("cap-{n}"),
+            subject: subj,
+            erased: false,
+            similarity: Some(0.9),
+            policy: "p".into(),
+            mode: SiteMode::Normal,
+            last_in_zone: None,
+            movement,
+            verdict,
+            at: at(n),
+        };
+        let granted = || Verdict::Granted {
+            level: "standard".into(),
+            passback_violation: false,
+        };
+        let events = vec![
+            (
+                "partner-1",
+                Event::PartnerCreated {
+                    partner_id: partner,
+                    name: "Acme".into(),
+                    api_key_hash: SecretHash("00".into()),
+                    at: at(0),
+                },
+            ),
+            ("session-1", created(1)),
+            ("session-2", created(2)),
+            ("session-3", created(3)),
+            ("session-1", created(1)),
+            (
+                "session-1",
+                Event::SessionCompleted {
+                    session_id: sid(1),
+                    external_id: Some(ExternalId("e-1".into())),
+                    capture: Some(capture("c-1")),
+                    at: at(10),
+                },
+            ),
+            (
+                "session-1",
+                Event::SessionFailed {
+                    session_id: sid(1),
+                    reason: FailReason::NoMatch,
+                    capture: None,
+                    at: at(11),
+                },
+            ),
+            (
+                "session-2",
+                Event::SessionFailed {
+                    session_id: sid(2),
+                    reason: FailReason::LowQuality,
+                    capture: Some(capture("c-2")),
+                    at: at(12),
+                },
+            ),
+            (
+                "session-3",
+                Event::SessionCompleted {
+                    session_id: sid(3),
+                    external_id: None,
+                    capture: None,
+                    at: at(13),
+                },
+            ),
+            (
+                "session-9",
+                Event::SessionCompleted {
+                    session_id: sid(9),
+                    external_id: None,
+                    capture: None,
+                    at: at(14),
+                },
+            ),
+            (
+                "door-main",
+                decided(
+                    20,
+                    Some(subject("e-1")),
+                    Some(("building".to_string(), Direction::Entry)),
+                    granted(),
+                ),
+            ),
+            (
+                "door-lab",
+                decided(
+                    21,
+                    Some(subject("e-2")),
+                    None,
+                    Verdict::Denied {
+                        reason: DenyReason::NoAccessLevel,
+                        level: Some("office".into()),
+                    },
+                ),
+            ),
+            (
+                "door-main",
+                decided(
+                    22,
+                    None,
+                    None,
+                    Verdict::Denied {
+                        reason: DenyReason::NoMatch,
+                        level: None,
+                    },
+                ),
+            ),
+            (
+                "door-main",
+                decided(
+                    24,
+                    Some(subject("e-1")),
+                    Some(("building".to_string(), Direction::Exit)),
+                    granted(),
+                ),
+            ),
+            (
+                "door-lab",
+                Event::DoorExitRequested {
+                    door: DoorId("lab".into()),
+                    at: at(30),
+                },
+            ),
+            (
+                "session-4",
+                Event::SessionExpired {
+                    session_id: sid(4),
+                    at: at(31),
+                },
+            ),
+        ];
+        let mut revisions: HashMap<&str, u64> = HashMap::new();
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, (stream, event))| {
+                let r = revisions.entry(stream).or_insert(0);
+                *r += 1;
+                Recorded {
+                    position: i as u64 + 1,
+                    stream: stream.into(),
+                    revision: *r - 1,
+                    recorded_at: at(i as i64),
+                    event,
+                    prev_hash: [0; 32],
+                    hash: [0; 32],
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn evolve_take_gives_the_state_evolve_gives() {
+        let (mut by_ref, mut owned) = (State::default(), State::default());
+        for mut rec in log() {
+            by_ref.evolve(&rec);
+            owned.evolve_take(&mut rec);
+            assert_eq!(
+                crate::core::snapshot::encode(&by_ref),
+                crate::core::snapshot::encode(&owned)
+            );
+        }
+        assert_eq!(by_ref.deadlines, owned.deadlines);
+        assert_eq!(owned.position(), 16);
+        assert_eq!(owned.zone_last.len(), 1);
+        assert!(owned.doors.values().all(|d| d.last_decision.is_some()));
     }
 }

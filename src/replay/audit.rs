@@ -52,29 +52,32 @@ struct Checked {
     decoded: Result<Recorded, crate::store::StoreError>,
 }
 
-/// Page `k` covers positions `(k·size, (k+1)·size]`; `None` once nothing lies at or beyond it.
+/// Page `k` covers positions `(k·size, (k+1)·size]`, read into `out` (emptied first, its
+/// capacity reused); false once nothing lies at or beyond it.
 fn read_page(
     store: &dyn EventStore,
     k: u64,
     size: u64,
-) -> Result<Option<Vec<Checked>>, crate::store::StoreError> {
+    out: &mut Vec<Checked>,
+) -> Result<bool, crate::store::StoreError> {
+    out.clear();
     let page = store.read_raw(k * size, size as usize)?;
     if page.is_empty() {
-        return Ok(None);
+        return Ok(false);
     }
     let end = (k + 1) * size;
-    Ok(Some(
-        page.iter()
+    out.extend(
+        page.into_iter()
             .filter(|r| r.position <= end)
             .map(|r| Checked {
                 position: r.position,
                 prev_hash: r.prev_hash,
                 hash: r.hash,
                 computed: r.computed_hash(),
-                decoded: r.decode(),
-            })
-            .collect(),
-    ))
+                decoded: r.into_recorded(),
+            }),
+    );
+    Ok(true)
 }
 
 /// Verifies the chain, the schema and every door decision.
@@ -98,24 +101,32 @@ pub fn verify_paged(
     let page_size = page.max(1);
     if decoders == 0 {
         let mut fold = Fold::default();
+        let mut buf = Vec::new();
         for k in 0.. {
-            match read_page(store, k, page_size)? {
-                Some(p) => p.into_iter().for_each(|c| fold.next(c)),
-                None => break,
+            if !read_page(store, k, page_size, &mut buf)? {
+                break;
             }
+            buf.iter_mut().for_each(|c| fold.next(c));
         }
         return Ok(fold.report);
     }
     type Page = Result<Option<Vec<Checked>>, crate::store::StoreError>;
     std::thread::scope(|scope| {
         let mut pages: Vec<Receiver<Page>> = Vec::new();
+        let mut spent = Vec::new();
         for w in 0..decoders {
             let (tx, rx) = sync_channel::<Page>(2);
             pages.push(rx);
+            // Folded pages come back to their decoder, which empties and refills them: what the
+            // fold left in them is freed on the thread that allocated it.
+            let (back, reuse) = sync_channel::<Vec<Checked>>(4);
+            spent.push(back);
             scope.spawn(move || {
                 let mut k = w;
                 loop {
-                    let page = read_page(store, k, page_size);
+                    let mut buf = reuse.try_recv().unwrap_or_default();
+                    let page =
+                        read_page(store, k, page_size, &mut buf).map(|more| more.then_some(buf));
                     let last = !matches!(page, Ok(Some(_)));
                     if tx.send(page).is_err() || last {
                         return;
@@ -126,11 +137,14 @@ pub fn verify_paged(
         }
         let mut fold = Fold::default();
         for k in 0.. {
-            let page = pages[(k % decoders) as usize].recv().unwrap_or(Ok(None))?;
-            let Some(page) = page else {
+            let w = (k % decoders) as usize;
+            let page = pages[w].recv().unwrap_or(Ok(None))?;
+            let Some(mut page) = page else {
                 break;
             };
-            page.into_iter().for_each(|c| fold.next(c));
+            page.iter_mut().for_each(|c| fold.next(c));
+            // Back to its decoder, which empties and refills it.
+            let _ = spent[w].try_send(page);
         }
         // Dropping the receivers ends the decoders.
         drop(pages);
@@ -149,7 +163,10 @@ struct Fold {
 }
 
 impl Fold {
-    fn next(&mut self, c: Checked) {
+    /// Checks and folds `c`, taking out of it what the state keeps (see [`State::evolve_take`]);
+    /// the rest is freed by whoever drops it: the decoding thread that allocated it, when it
+    /// refills the page.
+    fn next(&mut self, c: &mut Checked) {
         self.report.events += 1;
         if !self.broken
             && let Err(b) = self
@@ -163,7 +180,7 @@ impl Fold {
             // Later links are judged against this break; report it once.
             self.broken = true;
         }
-        let rec = match c.decoded {
+        let rec = match &mut c.decoded {
             Ok(r) => r,
             Err(e) => {
                 self.report.findings.push(Finding {
@@ -173,8 +190,8 @@ impl Fold {
                 return;
             }
         };
-        check_event(&rec, &self.state, &mut self.policies, &mut self.report);
-        self.state.evolve(&rec);
+        check_event(rec, &self.state, &mut self.policies, &mut self.report);
+        self.state.evolve_take(rec);
     }
 }
 

@@ -53,6 +53,40 @@ pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// The exact form [`format_time`] writes (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), read without the
+/// general RFC 3339 parser; `None` for anything else (a leap second, another offset, other
+/// precision, an invalid date), which is left to that parser.
+fn parse_stored_time(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() != 27 || b[26] != b'Z' {
+        return None;
+    }
+    for (i, sep) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ] {
+        if b[i] != sep {
+            return None;
+        }
+    }
+    let num = |from: usize, to: usize| -> Option<u32> {
+        b[from..to].iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let date =
+        chrono::NaiveDate::from_ymd_opt(i32::try_from(num(0, 4)?).ok()?, num(5, 7)?, num(8, 10)?)?;
+    let (h, m, sec, micro) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 26)?);
+    if sec > 59 {
+        return None;
+    }
+    Some(date.and_hms_micro_opt(h, m, sec, micro)?.and_utc())
+}
+
 /// `SHA-256(prev_hash ‖ canonical bytes)`.
 #[allow(clippy::too_many_arguments)]
 pub fn event_hash(
@@ -156,15 +190,7 @@ impl RawEvent {
 
     /// Parses the stored data into a typed event (upcasting old versions).
     pub fn decode(&self) -> Result<Recorded, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt {
-            position: self.position,
-            reason,
-        };
-        let event = Event::decode_text(&self.kind, self.version, &self.data)
-            .map_err(|e| corrupt(e.to_string()))?;
-        let recorded_at = DateTime::parse_from_rfc3339(&self.recorded_at)
-            .map_err(|e| corrupt(format!("recorded_at: {e}")))?
-            .with_timezone(&Utc);
+        let (event, recorded_at) = self.decode_parts()?;
         Ok(Recorded {
             position: self.position,
             stream: self.stream.clone(),
@@ -174,6 +200,36 @@ impl RawEvent {
             prev_hash: self.prev_hash,
             hash: self.hash,
         })
+    }
+
+    /// [`RawEvent::decode`] consuming the stored form: the stream name moves into the result.
+    pub fn into_recorded(self) -> Result<Recorded, StoreError> {
+        let (event, recorded_at) = self.decode_parts()?;
+        Ok(Recorded {
+            position: self.position,
+            stream: self.stream,
+            revision: self.revision,
+            recorded_at,
+            event,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        })
+    }
+
+    fn decode_parts(&self) -> Result<(Event, DateTime<Utc>), StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            position: self.position,
+            reason,
+        };
+        let event = Event::decode_text(&self.kind, self.version, &self.data)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let recorded_at = match parse_stored_time(&self.recorded_at) {
+            Some(t) => t,
+            None => DateTime::parse_from_rfc3339(&self.recorded_at)
+                .map_err(|e| corrupt(format!("recorded_at: {e}")))?
+                .with_timezone(&Utc),
+        };
+        Ok((event, recorded_at))
     }
 }
 
@@ -239,5 +295,39 @@ impl Verifier {
 
     pub fn verified(&self) -> u64 {
         self.last_position
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_times_read_as_the_rfc3339_parser_reads_them() {
+        let t = DateTime::parse_from_rfc3339("2026-11-26T05:59:58.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for t in [
+            t,
+            t + chrono::Duration::microseconds(1),
+            DateTime::from_timestamp(0, 0).unwrap(),
+            DateTime::from_timestamp(253_402_300_799, 999_999_000).unwrap(),
+        ] {
+            let s = format_time(t);
+            assert_eq!(parse_stored_time(&s), Some(t), "{s}");
+        }
+        // Anything but the written form goes to the general parser.
+        for s in [
+            "2026-11-26T05:59:58Z",
+            "2026-11-26T05:59:58.123456+00:00",
+            "2026-11-26T05:59:60.000000Z",
+            "2026-02-30T05:59:58.123456Z",
+            "2026-11-26T24:00:00.000000Z",
+            "2026-11-26 05:59:58.123456Z",
+            "2026-11-26T05:59:58.12345aZ",
+            "+026-11-26T05:59:58.123456Z",
+        ] {
+            assert_eq!(parse_stored_time(s), None, "{s}");
+        }
     }
 }
