@@ -323,7 +323,10 @@ impl Config {
         {
             return Err(fail(
                 "store.url",
-                format!("{url:?} is not a KurrentDB URL (esdb://, kurrentdb://, +discover)"),
+                format!(
+                    "{:?} is not a KurrentDB URL (esdb://, kurrentdb://, +discover)",
+                    redact_url(url)
+                ),
             ));
         }
         if let Some(url) = &self.mqtt.url
@@ -332,7 +335,7 @@ impl Config {
         {
             return Err(fail(
                 "mqtt.url",
-                format!("{url:?} must start with mqtt:// or mqtts://"),
+                format!("{:?} must start with mqtt:// or mqtts://", redact_url(url)),
             ));
         }
         if let Some(tls) = &self.http.tls {
@@ -473,6 +476,33 @@ fn merge(into: &mut Table, from: Table) {
     }
 }
 
+/// `url` fit for a message or a log: a password in it (`scheme://user:password@host`) is
+/// replaced by `***`, also when the URL does not parse (everything between `://` and the last
+/// `@` before the path is then hidden).
+pub fn redact_url(url: &str) -> String {
+    if let Ok(mut u) = reqwest::Url::parse(url) {
+        if u.password().is_none() && u.has_host() {
+            return url.to_string();
+        }
+        if u.set_password(Some("***")).is_ok() {
+            return u.to_string();
+        }
+    }
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return match url.rfind('@') {
+            Some(at) => format!("***{}", &url[at..]),
+            None => url.to_string(),
+        };
+    };
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Environment variable name of a dotted key: `http.public_url` → `PALMGATE_HTTP_PUBLIC_URL`.
 pub fn env_name(key: &str) -> String {
     format!("PALMGATE_{}", key.replace('.', "_").to_uppercase())
@@ -548,6 +578,34 @@ fn set(table: &mut Table, key: &str, value: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_in_messages_carry_no_password() {
+        let r = redact_url("mqtt://palmgate:s3cret@127.0.0.1:1883");
+        assert_eq!(r, "mqtt://palmgate:***@127.0.0.1:1883");
+        assert_eq!(redact_url("mqtt://127.0.0.1:1883"), "mqtt://127.0.0.1:1883");
+        assert_eq!(redact_url("mqtt://reader@host"), "mqtt://reader@host");
+        // Unparseable: everything before the host's `@` hidden.
+        for bad in [
+            "mqtt://palmgate:s3 cret@host:99999",
+            "ftp//u:s3cret@host",
+            "u:s3cret@host",
+            "esdb://admin:s3cret@node1:2113,node2:2113?tls=false",
+        ] {
+            let r = redact_url(bad);
+            assert!(
+                !r.contains("s3cret") && !r.contains("s3 cret"),
+                "{bad} -> {r}"
+            );
+        }
+        let e = Config::load(
+            None,
+            &env(&[("PALMGATE_MQTT_URL", "tcp://palmgate:s3cret@host")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mqtt.url") && !e.contains("s3cret"), "{e}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -462,7 +462,12 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
         config.mqtt.ca_file.as_deref(),
     )
     .await
-    .with_context(|| format!("cannot connect to {mqtt_url}"))?;
+    .with_context(|| {
+        format!(
+            "cannot connect to {}",
+            palmgate::config::redact_url(&mqtt_url)
+        )
+    })?;
     let token = session.map(|s| s.rsplit('/').next().unwrap_or(&s).to_string());
     if let Some(t) = &token {
         sim.capture(Some(t)).await?;

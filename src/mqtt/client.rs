@@ -53,7 +53,8 @@ pub fn tls_transport(ca_file: Option<&Path>) -> Result<Transport, MqttError> {
 
 /// Host, port and TLS from `mqtt://host:port` / `mqtts://host:port`.
 pub fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
-    let bad = |m: &str| MqttError::Url(url.to_string(), m.to_string());
+    // The URL may carry the broker password: never in an error.
+    let bad = |m: &str| MqttError::Url(crate::config::redact_url(url), m.to_string());
     let u = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
     let tls = match u.scheme() {
         "mqtt" => false,
