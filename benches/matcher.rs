@@ -426,7 +426,8 @@ fn one_size(s: &Settings, n: usize, ids: &[Vec<f32>], summary: &mut Vec<String>)
     let (mut f32_top, mut i8_top): (Top, Top) = (vec![None; nq], vec![None; nq]);
     let (mut fa_top, mut fa_scores) = (vec![usize::MAX; nq], vec![f32::NAN; nq]);
     let mut stats = vec![SearchStats::default(); nq];
-    let mut by_kind: [Vec<(f64, f64, f64)>; 2] = [vec![], vec![]];
+    // p50 of genuine queries, p50 of impostor queries, p10 of all: (f32, int8, FAISS) per round.
+    let mut by_kind: [Vec<(f64, f64, f64)>; 3] = [vec![], vec![], vec![]];
     let mut summary_kinds = Vec::new();
     println!("| round | path | p50 ms | p99 ms | mean ms |");
     println!("|---|---|---|---|---|");
@@ -495,6 +496,22 @@ fn one_size(s: &Settings, n: usize, ids: &[Vec<f32>], summary: &mut Vec<String>)
                     fa / i
                 );
             }
+        }
+        // The 10th percentile: on a shared machine, the searches no other process disturbed.
+        if ms.iter().all(|m| m.len() == nq) {
+            let p10 = |m: &[f64]| {
+                let mut v = m.to_vec();
+                v.sort_by(f64::total_cmp);
+                pct(&v, 10.0)
+            };
+            let (f, i, fa) = (p10(&ms[0]), p10(&ms[1]), p10(&ms[2]));
+            by_kind[2].push((f, i, fa));
+            println!(
+                "round {} p10 (all queries): f32 {f:.4} / int8 {i:.4} / FAISS {fa:.4} ms; vs FAISS f32 {:.2}×, int8 {:.2}×",
+                round + 1,
+                fa / f,
+                fa / i
+            );
         }
         for (path, name) in ["f32", "int8", "FAISS"].iter().enumerate() {
             if ms[path].len() != nq {
@@ -580,7 +597,14 @@ fn one_size(s: &Settings, n: usize, ids: &[Vec<f32>], summary: &mut Vec<String>)
     println!(
         "1:N at threshold {THRESHOLD} (int8 path): genuine queries identified {gen_ok}/{gen_n}; impostor queries accepted {imp_acc}/{imp_n}"
     );
-    for (kind, rounds) in ["genuine", "impostor"].iter().zip(&by_kind) {
+    for (kind, rounds) in [
+        "genuine queries only: p50",
+        "impostor queries only: p50",
+        "all queries: p10",
+    ]
+    .iter()
+    .zip(&by_kind)
+    {
         if rounds.is_empty() {
             continue;
         }
@@ -588,7 +612,7 @@ fn one_size(s: &Settings, n: usize, ids: &[Vec<f32>], summary: &mut Vec<String>)
         let ratio =
             |f: fn(&(f64, f64, f64)) -> f64| median(rounds.iter().map(|r| r.2 / f(r)).collect());
         let line = format!(
-            "| {n} | {kind} queries only: p50 f32 {:.4} ms, int8 {:.4} ms, FAISS {:.4} ms | | | | f32 {:.2}×, int8 {:.2}× | | |",
+            "| {n} | {kind} f32 {:.4} ms, int8 {:.4} ms, FAISS {:.4} ms | | | | f32 {:.2}×, int8 {:.2}× | | |",
             med3(|r| r.0),
             med3(|r| r.1),
             med3(|r| r.2),
