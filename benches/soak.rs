@@ -86,6 +86,8 @@ struct Settings {
     ttl_secs: u64,
     timeout: Duration,
     publish: bool,
+    /// `store.snapshot_every` for the server; `None`: the product's default.
+    snapshot_every: Option<u64>,
 }
 
 fn settings() -> Settings {
@@ -102,6 +104,10 @@ fn settings() -> Settings {
         ttl_secs: env_num::<u64>("SOAK_TTL", 60).max(1),
         timeout: Duration::from_millis(env_num("SOAK_TIMEOUT_MS", 5000)),
         publish: env_num::<u8>("SOAK_PUBLISH", 0) != 0,
+        snapshot_every: std::env::var("SOAK_SNAPSHOT_EVERY").ok().map(|v| {
+            v.parse()
+                .expect("SOAK_SNAPSHOT_EVERY must be a whole number")
+        }),
     }
 }
 
@@ -667,7 +673,66 @@ const SVG_W: f64 = 960.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 30.0;
 
-fn plot(windows: &[Window], s: &Settings, title: &str, subtitle: &str, warm_rss: f64) -> String {
+/// A state snapshot the server wrote during the soak (from its log).
+struct Snapshot {
+    /// Seconds since the load started, when the server logged it (i.e. when it was done).
+    t: f64,
+    position: u64,
+    mb: f64,
+    ms: f64,
+}
+
+/// The "state snapshot written" lines of the server's log (ANSI colours stripped).
+fn snapshots_in_log(log: &Path, start: chrono::DateTime<chrono::Utc>) -> Vec<Snapshot> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = Vec::new();
+    for raw in text
+        .lines()
+        .filter(|l| l.contains("state snapshot written"))
+    {
+        let mut line = String::new();
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                line.push(c);
+            }
+        }
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        let Some(at) = line
+            .split_whitespace()
+            .next()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        else {
+            continue;
+        };
+        out.push(Snapshot {
+            t: (at.with_timezone(&chrono::Utc) - start).num_milliseconds() as f64 / 1e3,
+            position: field("position").unwrap_or(0.0) as u64,
+            mb: field("bytes").unwrap_or(0.0) / 1048576.0,
+            ms: field("ms").unwrap_or(f64::NAN),
+        });
+    }
+    out
+}
+
+fn plot(
+    windows: &[Window],
+    s: &Settings,
+    title: &str,
+    subtitle: &str,
+    warm_rss: f64,
+    snapshots: &[Snapshot],
+) -> String {
     let total = s.secs as f64;
     let pw = SVG_W - LEFT - RIGHT;
     let x = |t: f64| LEFT + pw * (t / total).clamp(0.0, 1.0);
@@ -878,6 +943,28 @@ fn plot(windows: &[Window], s: &Settings, title: &str, subtitle: &str, warm_rss:
         );
     }
 
+    // State snapshots: a vertical line from the start to the end of each write.
+    for snap in snapshots {
+        let (a, b) = (x(snap.t - snap.ms / 1e3), x(snap.t));
+        for q in &panels[..2] {
+            let _ = writeln!(
+                o,
+                r##"<rect x="{a:.1}" y="{}" width="{:.1}" height="{}" fill="#8e44ad" fill-opacity="0.35"/>"##,
+                q.top,
+                (b - a).max(1.5),
+                q.height
+            );
+        }
+        let _ = writeln!(
+            o,
+            r##"<text x="{:.1}" y="{:.1}" fill="#8e44ad" font-size="11">state snapshot ({:.0} MB, {:.1} s)</text>"##,
+            b + 4.0,
+            p.top + 14.0,
+            snap.mb,
+            snap.ms / 1e3
+        );
+    }
+
     // Panel 3: errors and late ticks per window.
     let p = &panels[2];
     let max_e = windows
@@ -943,6 +1030,16 @@ struct LogCounts {
     cancelled: u64,
     delivered: u64,
     attempts_failed: u64,
+    /// Sessions created and not ended yet: id → expires_at.
+    open: std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>,
+    /// Seconds from `expires_at` to the recording of each `SessionExpired`.
+    expiry_lag_s: Vec<f64>,
+}
+
+fn instant(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str()?)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 async fn read_log(sh: &Shared, from: u64) -> Result<LogCounts, String> {
@@ -967,8 +1064,34 @@ async fn read_log(sh: &Shared, from: u64) -> Result<LogCounts, String> {
         for e in &events {
             let kind = e["type"].as_str().unwrap_or("?").to_string();
             let data = &e["data"];
+            let session = data["session_id"].as_str().unwrap_or_default();
             match kind.as_str() {
-                "SessionFailed" if data["reason"] == "cancelled" => counts.cancelled += 1,
+                "SessionCreated" => {
+                    if let Some(t) = instant(&data["expires_at"]) {
+                        counts.open.insert(session.to_string(), t);
+                    }
+                }
+                "SessionExpired" => {
+                    if let (Some(due), Some(at)) =
+                        (counts.open.remove(session), instant(&e["recorded_at"]))
+                    {
+                        counts
+                            .expiry_lag_s
+                            .push((at - due).num_milliseconds() as f64 / 1e3);
+                    }
+                }
+                "SessionCompleted" => {
+                    counts.open.remove(session);
+                }
+                _ => {}
+            }
+            match kind.as_str() {
+                "SessionFailed" => {
+                    counts.open.remove(session);
+                    if data["reason"] == "cancelled" {
+                        counts.cancelled += 1;
+                    }
+                }
                 "DeliveryAttempted" if data["delivered"] == true => counts.delivered += 1,
                 "DeliveryAttempted" => counts.attempts_failed += 1,
                 _ => {}
@@ -1030,15 +1153,15 @@ async fn run() -> ExitCode {
         .expect("temp dir");
     let data = tmp.path().join("data");
     let config = tmp.path().join("soak.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "# palmgate soak bench: the demo partner must be allowed the soak's rate.\n\
-             [rate_limit]\nper_minute = 1000000\n\n[sessions]\nttl = \"{}s\"\n",
-            s.ttl_secs
-        ),
-    )
-    .expect("write the config");
+    let mut toml = format!(
+        "# palmgate soak bench: the demo partner must be allowed the soak's rate.\n\
+         [rate_limit]\nper_minute = 1000000\n\n[sessions]\nttl = \"{}s\"\n",
+        s.ttl_secs
+    );
+    if let Some(n) = s.snapshot_every {
+        let _ = write!(toml, "\n[store]\nsnapshot_every = {n}\n");
+    }
+    std::fs::write(&config, toml).expect("write the config");
     let log = out_dir.join("server.log");
     let load_at_start = loadavg();
     println!(
@@ -1064,6 +1187,10 @@ async fn run() -> ExitCode {
     let client = reqwest::Client::builder()
         .timeout(s.timeout)
         .pool_max_idle_per_host(256)
+        // Below the server's keep-alive idle limit (`http.header_timeout`, 30 s): a pooled
+        // connection the server is closing must not be picked for a request (a POST is not
+        // retried).
+        .pool_idle_timeout(Duration::from_secs(20))
         .build()
         .expect("reqwest client");
     let mut sh = Shared {
@@ -1110,6 +1237,7 @@ async fn run() -> ExitCode {
     println!("|---:|---:|---:|---:|---:|---:|---|---|---|---:|");
 
     sh.start = Instant::now();
+    let start_wall = chrono::Utc::now();
     let sh = Arc::new(sh);
     let api = tokio::spawn(ticker(sh.clone(), s.rate, s.secs, 0x50A4, next_api));
     let scans = tokio::spawn(ticker(sh.clone(), s.scan_rate, s.secs, 0x5CA2, |_, rng| {
@@ -1283,6 +1411,15 @@ async fn run() -> ExitCode {
         late.len(),
         late.iter().map(|l| l.1).fold(0.0, f32::max)
     );
+    let snapshots = snapshots_in_log(&log, start_wall);
+    for snap in &snapshots {
+        let _ = writeln!(
+            report,
+            "\nState snapshot written by the server at t = {:.1} s: position {}, {:.1} MB, {:.0} \
+             ms (from its log).",
+            snap.t, snap.position, snap.mb, snap.ms
+        );
+    }
     if !errors.is_empty() {
         let _ = writeln!(report, "\nFirst errors:");
         for e in &errors {
@@ -1521,6 +1658,33 @@ async fn run() -> ExitCode {
                 counts.attempts_failed,
                 n("SessionExpired")
             );
+            // Expiry: every session past its deadline (by more than 5 s) must have ended.
+            let now = chrono::Utc::now();
+            let overdue: Vec<f64> = counts
+                .open
+                .values()
+                .map(|due| (now - *due).num_milliseconds() as f64 / 1e3)
+                .filter(|late| *late > 5.0)
+                .collect();
+            let mut lag = counts.expiry_lag_s.clone();
+            lag.sort_by(f64::total_cmp);
+            let _ = writeln!(
+                report,
+                "  - expiry: {} sessions expired, recorded p50 {:.1} s / p99 {:.1} s / max {:.1} s \
+                 after their deadline; {} still pending more than 5 s past it (the most by {:.0} s)",
+                lag.len(),
+                percentile(&lag, 0.5),
+                percentile(&lag, 0.99),
+                lag.last().copied().unwrap_or(f64::NAN),
+                overdue.len(),
+                overdue.iter().copied().fold(0.0, f64::max)
+            );
+            if !overdue.is_empty() {
+                failed.push(format!(
+                    "{} sessions pending past their deadline",
+                    overdue.len()
+                ));
+            }
             let others: Vec<String> = counts
                 .by_type
                 .iter()
@@ -1628,7 +1792,7 @@ async fn run() -> ExitCode {
             .last()
             .map_or("?", |l| l.1.split_whitespace().next().unwrap_or("?"))
     );
-    let svg = plot(&windows, &s, &title, &subtitle, warm.rss_mb);
+    let svg = plot(&windows, &s, &title, &subtitle, warm.rss_mb, &snapshots);
     let svg_path = out_dir.join("soak.svg");
     std::fs::write(&svg_path, &svg).expect("write the SVG");
     let _ = writeln!(
