@@ -147,6 +147,9 @@ impl State {
     }
 }
 
+/// Most sessions one `Tick` expires (the earliest due first).
+pub const MAX_EXPIRIES_PER_TICK: usize = 256;
+
 /// Decides what `cmd` means given `state` at `now`. Pure: no IO, no clock, no randomness.
 pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decision, Rejection> {
     match cmd {
@@ -341,6 +344,10 @@ pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decisi
                     .deadlines
                     .iter()
                     .take_while(|(t, _)| *t <= now)
+                    // A bounded batch: after a backlog (a stalled disk, a restart after hours)
+                    // one append of every due session is huge and conflicts with any write to
+                    // any of them; the shell ticks again while expiries are still due.
+                    .take(MAX_EXPIRIES_PER_TICK)
                     .filter_map(|(_, id)| state.sessions.get(id))
                     .flat_map(|s| end(state, s, End::Expired, None, s.expires_at)),
             );

@@ -448,8 +448,12 @@ impl Runner {
         for _ in 0..10_000 {
             let now = self.clock.now();
             let mut busy = false;
-            // Expiries, held-open alarms, unlock windows: whatever is due now.
+            // Expiries, held-open alarms, unlock windows: whatever is due now. A tick expires
+            // a bounded batch of sessions: another round while some are still due.
             self.exec(Command::Tick).await?;
+            busy |= self
+                .app
+                .read(|s| s.deadlines.first().is_some_and(|(t, _)| *t <= now));
             while let Some((&(t, seq), _)) = self.offs.iter().next() {
                 if t > now {
                     break;

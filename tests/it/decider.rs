@@ -1011,6 +1011,50 @@ fn tick_expires_exactly_the_due_sessions_at_their_deadline() {
     then.and().when(Command::Tick, minutes(25)).then_nothing();
 }
 
+/// After a backlog, a tick expires a bounded batch, earliest first; the next ticks take the
+/// rest, and each session expires once, at its own deadline.
+#[test]
+fn tick_expires_a_backlog_in_bounded_batches_earliest_first() {
+    use palmgate::core::decider::MAX_EXPIRIES_PER_TICK as MAX;
+    let n = MAX + 44;
+    let mut events = vec![partner_created(P1)];
+    // Created in reverse so that creation order is not deadline order.
+    for i in (0..n).rev() {
+        events.push(identify_created(sid(i as u128 + 1), P1, t(i as i64) - TTL));
+    }
+    let mut g = given(events);
+    let now = t(n as i64 + 10);
+    let mut expired_ids: Vec<u128> = Vec::new();
+    for round in 0..4 {
+        let then = g.when(Command::Tick, now);
+        let appends = &then.decision().appends;
+        let want = (n - expired_ids.len()).min(MAX);
+        assert_eq!(appends.len(), want, "round {round}");
+        for a in appends {
+            match a.events.as_slice() {
+                [Event::SessionExpired { session_id, at }] => {
+                    let i = (0..n as u128)
+                        .find(|i| sid(i + 1) == *session_id)
+                        .expect("a known session");
+                    assert_eq!(*at, t(i as i64), "expired at its own deadline");
+                    expired_ids.push(i);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        g = then.and();
+        if want == 0 {
+            break;
+        }
+    }
+    assert_eq!(expired_ids.len(), n);
+    // Earliest first: the first batch is exactly the MAX earliest deadlines.
+    let mut first: Vec<u128> = expired_ids[..MAX].to_vec();
+    first.sort();
+    assert_eq!(first, (0..MAX as u128).collect::<Vec<_>>());
+    g.when(Command::Tick, now).then_nothing();
+}
+
 #[test]
 fn tick_expects_the_sessions_current_revision() {
     one_pending()
