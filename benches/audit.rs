@@ -124,7 +124,7 @@ async fn generate(path: &Path, total: usize) -> usize {
         while n < 1000 && written + n < total {
             seq += 1;
             let at = t0 + chrono::Duration::milliseconds(seq as i64 * 1500);
-            if seq % 2 == 0 && n + 2 <= 1000 && written + n + 2 <= total {
+            if seq.is_multiple_of(2) && n + 2 <= 1000 && written + n + 2 <= total {
                 // An identify session, created and completed.
                 let sid = SessionId::from_random(id16(seq, 2));
                 batch.push(StreamAppend {
@@ -158,7 +158,7 @@ async fn generate(path: &Path, total: usize) -> usize {
                 let (door, reader) = &doors[(seq % 3) as usize];
                 let meta = &metas[(u % 3) as usize];
                 let ext = ExternalId(format!("user-{u}"));
-                let matched = seq % 11 != 0;
+                let matched = !seq.is_multiple_of(11);
                 let subject = matched.then(|| DoorSubject {
                     partner_id: partner,
                     partner_name: "Acme".into(),

@@ -205,11 +205,11 @@ impl Shared {
         let ms = (now - t0).as_secs_f64() * 1e3;
         let done = (now - self.start).as_secs_f32();
         let mut st = self.stats.lock().unwrap();
-        if let Err(e) = &result {
-            if st.errors.len() < KEEP_ERRORS {
-                st.errors
-                    .push(format!("t={done:.1}s {} after {ms:.0} ms: {e}", op.name()));
-            }
+        if let Err(e) = &result
+            && st.errors.len() < KEEP_ERRORS
+        {
+            st.errors
+                .push(format!("t={done:.1}s {} after {ms:.0} ms: {e}", op.name()));
         }
         st.samples.push(Sample {
             done,

@@ -484,7 +484,7 @@ impl Block {
 
     fn push(&mut self, shape: Shape, user: &str, t: &[f32]) {
         let row = self.len();
-        if row % GROUP == 0 {
+        if row.is_multiple_of(GROUP) {
             self.rows.resize(self.rows.len() + GROUP * shape.dim, 0.0);
         }
         self.head.resize(self.head.len() + shape.head, 0);
@@ -793,7 +793,11 @@ struct Shape {
 impl Shape {
     fn new(dim: usize) -> Shape {
         let words = dim.div_ceil(2).div_ceil(16) * 16;
-        let head = if words % 32 == 0 { words / 2 } else { words };
+        let head = if words.is_multiple_of(32) {
+            words / 2
+        } else {
+            words
+        };
         Shape {
             dim,
             words,

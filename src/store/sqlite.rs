@@ -337,11 +337,10 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("palmgate-store-checkpoint".into())
             .spawn(move || {
-                loop {
-                    match rx.recv_timeout(CHECKPOINT_WAL_EVERY) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        _ => break,
-                    }
+                // Until `stop` is dropped (or sent to).
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(CHECKPOINT_WAL_EVERY)
+                {
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
                         tracing::debug!(error = %e, "WAL checkpoint failed (retried)");
@@ -724,7 +723,7 @@ impl EventStore for SqliteStore {
                 ))
             })
             .map_err(io)?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(limit.min(100_000));
         for row in rows {
             let (position, stream, revision, kind, version, recorded_at, data, prev, hash) =
                 row.map_err(io)?;
