@@ -335,7 +335,7 @@ impl Checkpointer {
         let conn = open_conn(path)?;
         let (stop, rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
-            .name("palmgate-store-checkpoint".into())
+            .name("palmgate-wal-ckpt".into())
             .spawn(move || {
                 // Until `stop` is dropped (or sent to).
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
