@@ -59,8 +59,6 @@ struct WriteReq {
 
 pub struct SqliteStore {
     tx: Mutex<Option<mpsc::Sender<WriteReq>>>,
-    /// Dropped to stop the checkpointer.
-    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     reader: Mutex<Connection>,
     healthy: Arc<AtomicBool>,
     path: PathBuf,
@@ -118,13 +116,7 @@ impl SqliteStore {
         }
         let conn = open_conn(&path)?;
         conn.execute_batch(SCHEMA).map_err(io)?;
-        // The writer never checkpoints: a checkpoint copies WAL pages into the database file
-        // and fsyncs it, which on the writer would stall every append waiting behind it. The
-        // checkpointer thread does it beside the writer instead.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(io)?;
         let heads = load_heads(&conn)?;
-        let checkpointer = Checkpointer::start(&path)?;
         let reader = open_conn(&path)?;
         let healthy = Arc::new(AtomicBool::new(true));
         let (tx, rx) = mpsc::channel();
@@ -142,7 +134,6 @@ impl SqliteStore {
             .map_err(io)?;
         Ok(SqliteStore {
             tx: Mutex::new(Some(tx)),
-            checkpointer: Mutex::new(Some(checkpointer)),
             reader: Mutex::new(reader),
             healthy,
             snapshots: SnapshotDir::beside(&path),
@@ -160,10 +151,6 @@ impl SqliteStore {
         self.tx.lock().expect("store lock").take();
         if let Some(w) = self.writer.lock().expect("store lock").take() {
             let _ = w.join();
-        }
-        if let Some((stop, t)) = self.checkpointer.lock().expect("store lock").take() {
-            drop(stop);
-            let _ = t.join();
         }
     }
 }
@@ -319,39 +306,6 @@ fn to_hash(position: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
         position,
         reason: format!("hash is {} bytes, not 32", bytes.len()),
     })
-}
-
-/// How often the checkpointer moves committed WAL pages into the database file.
-pub const CHECKPOINT_WAL_EVERY: Duration = Duration::from_millis(250);
-
-/// Checkpoints the WAL on its own connection and thread (`PRAGMA wal_checkpoint(PASSIVE)`:
-/// never waits for the writer, never blocks it), so appends do not wait for the database
-/// file's fsync. SQLite restarts the WAL from its beginning once every frame is checkpointed,
-/// so the WAL stays about as large as what is written between two checkpoints.
-struct Checkpointer;
-
-impl Checkpointer {
-    fn start(path: &Path) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>), StoreError> {
-        let conn = open_conn(path)?;
-        let (stop, rx) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("palmgate-wal-ckpt".into())
-            .spawn(move || {
-                // Until `stop` is dropped (or sent to).
-                while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    rx.recv_timeout(CHECKPOINT_WAL_EVERY)
-                {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::debug!(error = %e, "WAL checkpoint failed (retried)");
-                    }
-                }
-                // Closing: everything into the database file, the WAL emptied.
-                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-            })
-            .map_err(io)?;
-        Ok((stop, thread))
-    }
 }
 
 struct Writer {
@@ -865,41 +819,6 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         put(&store, "a", Expected::Revision(3)).await.unwrap();
         put(&store, "b", Expected::Revision(0)).await.unwrap();
-    }
-
-    /// Appends only reach the WAL (the writer never checkpoints); the checkpointer moves them
-    /// into the database file while the store runs, and empties the WAL on close.
-    #[tokio::test]
-    async fn the_checkpointer_moves_the_wal_into_the_database_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.db");
-        let wal = dir.path().join("events.db-wal");
-        let store = SqliteStore::open(&path).unwrap();
-        let before = std::fs::metadata(&path).unwrap().len();
-        for i in 0..500 {
-            put(&store, &format!("s-{i}"), Expected::NoStream)
-                .await
-                .unwrap();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&path).unwrap().len() <= before {
-            assert!(
-                Instant::now() < deadline,
-                "the database file never grew: no checkpoint ran"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        store.close();
-        assert_eq!(
-            std::fs::metadata(&wal).map_or(0, |m| m.len()),
-            0,
-            "WAL left"
-        );
-        let n: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 500);
     }
 
     #[test]
