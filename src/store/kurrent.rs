@@ -44,9 +44,10 @@
 //! methods ([`EventStore::read_raw`]) can wait for it from any thread, inside or outside another
 //! runtime.
 
-use super::chain::{Encoded, RawEvent, format_time};
+use super::chain::RawEvent;
+use super::group::{WriteReq, answer, stage};
 use super::{BoxFuture, EventStore, StoreError};
-use crate::core::{Expected, Recorded, StreamAppend};
+use crate::core::{Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
 use kurrentdb::{
     AppendToStreamOptions, Client, ClientSettings, EventData, ReadStreamOptions, RetryOptions,
@@ -57,7 +58,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// The KurrentDB stream holding the palmgate log (every gateway of a site uses the same).
 pub const LOG_STREAM: &str = "palmgate-log";
@@ -220,20 +221,6 @@ async fn scan(client: &Client, stream: &str) -> Result<Heads, StoreError> {
     }
 }
 
-/// One stream's part of a request, encoded by the caller.
-struct Prepared {
-    stream: String,
-    expected: Expected,
-    events: Vec<Encoded>,
-}
-
-struct WriteReq {
-    batch: Vec<Prepared>,
-    recorded_at: DateTime<Utc>,
-    recorded_text: String,
-    reply: oneshot::Sender<Result<Vec<Recorded>, StoreError>>,
-}
-
 impl WriteReq {
     fn bytes(&self) -> usize {
         self.batch
@@ -383,24 +370,7 @@ impl EventStore for KurrentStore {
         batch: Vec<StreamAppend>,
         recorded_at: DateTime<Utc>,
     ) -> BoxFuture<'_, Result<Vec<Recorded>, StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        // Stored times have microseconds: the live answer carries exactly what a read returns.
-        let recorded_at =
-            DateTime::from_timestamp_micros(recorded_at.timestamp_micros()).unwrap_or(recorded_at);
-        let batch = batch
-            .into_iter()
-            .map(|a| Prepared {
-                stream: a.stream,
-                expected: a.expected,
-                events: a.events.into_iter().map(Encoded::from_event).collect(),
-            })
-            .collect();
-        let req = WriteReq {
-            batch,
-            recorded_at,
-            recorded_text: format_time(recorded_at),
-            reply,
-        };
+        let (req, rx) = WriteReq::new(batch, recorded_at);
         let sent = self
             .tx
             .lock()
@@ -726,7 +696,13 @@ impl Actor {
             let mut accepted: Vec<(WriteReq, Vec<RawEvent>)> = Vec::with_capacity(group.len());
             let mut refused = Vec::new();
             for req in group {
-                match stage(&self.heads, &req, &mut position, &mut hash, &mut staged) {
+                match stage(
+                    &self.heads.streams,
+                    &req,
+                    &mut position,
+                    &mut hash,
+                    &mut staged,
+                ) {
                     Ok(rows) => accepted.push((req, rows)),
                     Err(e) => refused.push((req, e)),
                 }
@@ -783,21 +759,7 @@ impl Actor {
                         self.own.push((first, position));
                     }
                     for (req, rows) in accepted {
-                        let events = req.batch.into_iter().flat_map(|a| a.events);
-                        let recorded = rows
-                            .into_iter()
-                            .zip(events)
-                            .map(|(row, e)| Recorded {
-                                position: row.position,
-                                stream: row.stream,
-                                revision: row.revision,
-                                recorded_at: req.recorded_at,
-                                event: e.event,
-                                prev_hash: row.prev_hash,
-                                hash: row.hash,
-                            })
-                            .collect();
-                        let _ = req.reply.send(Ok(recorded));
+                        answer(req, rows);
                     }
                     return;
                 }
@@ -834,64 +796,4 @@ impl Actor {
             )));
         }
     }
-}
-
-/// Checks a request's expectations against the heads and what the group staged before it, and
-/// seals its events into rows after `position`/`hash`. On refusal nothing of it is staged.
-fn stage(
-    heads: &Heads,
-    req: &WriteReq,
-    position: &mut u64,
-    hash: &mut [u8; 32],
-    staged: &mut HashMap<String, u64>,
-) -> Result<Vec<RawEvent>, StoreError> {
-    let head = |s: &str| staged.get(s).or(heads.streams.get(s)).copied();
-    let mut local: HashMap<&str, Option<u64>> = HashMap::new();
-    for a in &req.batch {
-        let actual = *local.entry(&a.stream).or_insert_with(|| head(&a.stream));
-        let ok = match a.expected {
-            Expected::Any => true,
-            Expected::NoStream => actual.is_none(),
-            Expected::Revision(r) => actual == Some(r),
-        };
-        if !ok {
-            return Err(StoreError::Conflict {
-                stream: a.stream.clone(),
-                expected: a.expected,
-                actual,
-            });
-        }
-        if !a.events.is_empty() {
-            let next = actual.map_or(0, |r| r + 1) + a.events.len() as u64;
-            local.insert(&a.stream, Some(next - 1));
-        }
-    }
-    let mut rows = Vec::new();
-    let mut revs: HashMap<&str, u64> = HashMap::new();
-    for a in &req.batch {
-        for ev in &a.events {
-            let rev = match revs.get(a.stream.as_str()) {
-                Some(r) => r + 1,
-                None => head(&a.stream).map_or(0, |r| r + 1),
-            };
-            revs.insert(&a.stream, rev);
-            *position += 1;
-            let row = RawEvent::seal_encoded(
-                *hash,
-                *position,
-                &a.stream,
-                rev,
-                &req.recorded_text,
-                ev.kind,
-                ev.version,
-                &ev.data,
-            );
-            *hash = row.hash;
-            rows.push(row);
-        }
-    }
-    for (s, r) in revs {
-        staged.insert(s.to_string(), r);
-    }
-    Ok(rows)
 }

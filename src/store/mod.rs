@@ -8,6 +8,7 @@
 //! ([`snapshots`]): a cache for start-up, never a source of facts.
 
 pub mod chain;
+mod group;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrent;
 pub mod snapshots;

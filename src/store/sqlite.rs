@@ -20,9 +20,10 @@
 //! reported failed that reached the file anyway) stays unhealthy: the in-memory state lacks
 //! those events, and only a restart folds them in.
 
-use super::chain::{Encoded, RawEvent, format_time};
+use super::chain::RawEvent;
+use super::group::{WriteReq, answer, stage};
 use super::{BoxFuture, EventStore, SnapshotDir, StoreError};
-use crate::core::{Expected, Recorded, StreamAppend};
+use crate::core::{Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
@@ -30,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 /// Most requests one group commit takes.
 const MAX_GROUP: usize = 4096;
@@ -41,21 +41,6 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// What a probe writes (then deletes): room for many ordinary groups, so a disk with a few
 /// bytes left is not reported writable.
 pub const PROBE_BYTES: i64 = 64 * 1024;
-
-/// One stream's part of a request, encoded by the caller (off the writer thread).
-struct Prepared {
-    stream: String,
-    expected: Expected,
-    events: Vec<Encoded>,
-}
-
-struct WriteReq {
-    batch: Vec<Prepared>,
-    recorded_at: DateTime<Utc>,
-    /// `recorded_at` as stored.
-    recorded_text: String,
-    reply: oneshot::Sender<Result<Vec<Recorded>, StoreError>>,
-}
 
 pub struct SqliteStore {
     tx: Mutex<Option<mpsc::Sender<WriteReq>>>,
@@ -478,7 +463,13 @@ impl Writer {
         let mut accepted: Vec<(WriteReq, Vec<RawEvent>)> = Vec::with_capacity(group.len());
         let mut refused = Vec::new();
         for req in group {
-            match self.stage(&req, &mut position, &mut hash, &mut staged) {
+            match stage(
+                &self.heads.streams,
+                &req,
+                &mut position,
+                &mut hash,
+                &mut staged,
+            ) {
                 Ok(rows) => accepted.push((req, rows)),
                 Err(e) => refused.push((req, e)),
             }
@@ -501,84 +492,9 @@ impl Writer {
         self.heads.hash = hash;
         self.heads.streams.extend(staged);
         for (req, rows) in accepted {
-            // The events are already typed: answer with them, no need to parse the rows back.
-            let events = req.batch.into_iter().flat_map(|a| a.events);
-            let recorded = rows
-                .into_iter()
-                .zip(events)
-                .map(|(row, e)| Recorded {
-                    position: row.position,
-                    stream: row.stream,
-                    revision: row.revision,
-                    recorded_at: req.recorded_at,
-                    event: e.event,
-                    prev_hash: row.prev_hash,
-                    hash: row.hash,
-                })
-                .collect();
-            let _ = req.reply.send(Ok(recorded));
+            answer(req, rows);
         }
         Ok(())
-    }
-
-    /// Checks a request's expectations against committed and already-staged heads and seals
-    /// its events into rows. On refusal nothing of it is staged.
-    fn stage(
-        &self,
-        req: &WriteReq,
-        position: &mut u64,
-        hash: &mut [u8; 32],
-        staged: &mut HashMap<String, u64>,
-    ) -> Result<Vec<RawEvent>, StoreError> {
-        let head = |s: &str| staged.get(s).or(self.heads.streams.get(s)).copied();
-        let mut local: HashMap<&str, Option<u64>> = HashMap::new();
-        for a in &req.batch {
-            let actual = *local.entry(&a.stream).or_insert_with(|| head(&a.stream));
-            let ok = match a.expected {
-                Expected::Any => true,
-                Expected::NoStream => actual.is_none(),
-                Expected::Revision(r) => actual == Some(r),
-            };
-            if !ok {
-                return Err(StoreError::Conflict {
-                    stream: a.stream.clone(),
-                    expected: a.expected,
-                    actual,
-                });
-            }
-            let next = actual.map_or(0, |r| r + 1) + a.events.len() as u64;
-            if !a.events.is_empty() {
-                local.insert(&a.stream, Some(next - 1));
-            }
-        }
-        let mut rows = Vec::new();
-        let mut revs: HashMap<&str, u64> = HashMap::new();
-        for a in &req.batch {
-            for ev in &a.events {
-                let rev = match revs.get(a.stream.as_str()) {
-                    Some(r) => r + 1,
-                    None => head(&a.stream).map_or(0, |r| r + 1),
-                };
-                revs.insert(&a.stream, rev);
-                *position += 1;
-                let row = RawEvent::seal_encoded(
-                    *hash,
-                    *position,
-                    &a.stream,
-                    rev,
-                    &req.recorded_text,
-                    ev.kind,
-                    ev.version,
-                    &ev.data,
-                );
-                *hash = row.hash;
-                rows.push(row);
-            }
-        }
-        for (s, r) in revs {
-            staged.insert(s.to_string(), r);
-        }
-        Ok(rows)
     }
 
     fn write(&mut self, accepted: &[(WriteReq, Vec<RawEvent>)]) -> Result<(), StoreError> {
@@ -618,34 +534,13 @@ impl EventStore for SqliteStore {
         batch: Vec<StreamAppend>,
         recorded_at: DateTime<Utc>,
     ) -> BoxFuture<'_, Result<Vec<Recorded>, StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        // Stored times have microseconds: the live answer carries exactly what a read returns.
-        let recorded_at =
-            DateTime::from_timestamp_micros(recorded_at.timestamp_micros()).unwrap_or(recorded_at);
-        let batch: Vec<Prepared> = batch
-            .into_iter()
-            .map(|a| Prepared {
-                stream: a.stream,
-                expected: a.expected,
-                events: a.events.into_iter().map(Encoded::from_event).collect(),
-            })
-            .collect();
-        let recorded_text = format_time(recorded_at);
+        let (req, rx) = WriteReq::new(batch, recorded_at);
         let sent = self
             .tx
             .lock()
             .expect("store lock")
             .as_ref()
-            .map(|tx| {
-                tx.send(WriteReq {
-                    batch,
-                    recorded_at,
-                    recorded_text,
-                    reply,
-                })
-                .is_ok()
-            })
-            .unwrap_or(false);
+            .is_some_and(|tx| tx.send(req).is_ok());
         Box::pin(async move {
             if !sent {
                 return Err(StoreError::Closed);
@@ -708,7 +603,7 @@ impl EventStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{Event, SessionId};
+    use crate::core::{Event, Expected, SessionId};
 
     fn expired(i: u8) -> Event {
         Event::SessionExpired {

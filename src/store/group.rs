@@ -1,0 +1,137 @@
+//! What every backend's writer shares: an append request as the writer receives it, the
+//! expected-revision check and sealing of a request within a group commit, and the answer.
+//!
+//! A backend's writer takes a group of requests, [`stage`]s each against its stream heads (and
+//! what the group staged before it), writes the accepted rows in one durable operation, and
+//! then [`answer`]s each accepted request with its recorded events.
+
+use super::StoreError;
+use super::chain::{Encoded, RawEvent, format_time};
+use crate::core::{Expected, Recorded, StreamAppend};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use tokio::sync::oneshot;
+
+/// One stream's part of a request, encoded by the caller (off the writer thread).
+pub(super) struct Prepared {
+    pub stream: String,
+    pub expected: Expected,
+    pub events: Vec<Encoded>,
+}
+
+/// An append as the writer receives it.
+pub(super) struct WriteReq {
+    pub batch: Vec<Prepared>,
+    pub recorded_at: DateTime<Utc>,
+    /// `recorded_at` as stored.
+    pub recorded_text: String,
+    pub reply: oneshot::Sender<Result<Vec<Recorded>, StoreError>>,
+}
+
+pub(super) type Reply = oneshot::Receiver<Result<Vec<Recorded>, StoreError>>;
+
+impl WriteReq {
+    /// Encodes `batch` on the caller's thread. Stored times have microseconds: the live answer
+    /// carries exactly what a read returns.
+    pub fn new(batch: Vec<StreamAppend>, recorded_at: DateTime<Utc>) -> (WriteReq, Reply) {
+        let (reply, rx) = oneshot::channel();
+        let recorded_at =
+            DateTime::from_timestamp_micros(recorded_at.timestamp_micros()).unwrap_or(recorded_at);
+        let batch = batch
+            .into_iter()
+            .map(|a| Prepared {
+                stream: a.stream,
+                expected: a.expected,
+                events: a.events.into_iter().map(Encoded::from_event).collect(),
+            })
+            .collect();
+        let req = WriteReq {
+            batch,
+            recorded_at,
+            recorded_text: format_time(recorded_at),
+            reply,
+        };
+        (req, rx)
+    }
+}
+
+/// Checks a request's expectations against the committed `heads` and what the group staged
+/// before it (`staged`), and seals its events into rows after `position`/`hash`. On refusal
+/// nothing of it is staged.
+pub(super) fn stage(
+    heads: &HashMap<String, u64>,
+    req: &WriteReq,
+    position: &mut u64,
+    hash: &mut [u8; 32],
+    staged: &mut HashMap<String, u64>,
+) -> Result<Vec<RawEvent>, StoreError> {
+    let head = |s: &str| staged.get(s).or(heads.get(s)).copied();
+    let mut local: HashMap<&str, Option<u64>> = HashMap::new();
+    for a in &req.batch {
+        let actual = *local.entry(&a.stream).or_insert_with(|| head(&a.stream));
+        let ok = match a.expected {
+            Expected::Any => true,
+            Expected::NoStream => actual.is_none(),
+            Expected::Revision(r) => actual == Some(r),
+        };
+        if !ok {
+            return Err(StoreError::Conflict {
+                stream: a.stream.clone(),
+                expected: a.expected,
+                actual,
+            });
+        }
+        let next = actual.map_or(0, |r| r + 1) + a.events.len() as u64;
+        if !a.events.is_empty() {
+            local.insert(&a.stream, Some(next - 1));
+        }
+    }
+    let mut rows = Vec::new();
+    let mut revs: HashMap<&str, u64> = HashMap::new();
+    for a in &req.batch {
+        for ev in &a.events {
+            let rev = match revs.get(a.stream.as_str()) {
+                Some(r) => r + 1,
+                None => head(&a.stream).map_or(0, |r| r + 1),
+            };
+            revs.insert(&a.stream, rev);
+            *position += 1;
+            let row = RawEvent::seal_encoded(
+                *hash,
+                *position,
+                &a.stream,
+                rev,
+                &req.recorded_text,
+                ev.kind,
+                ev.version,
+                &ev.data,
+            );
+            *hash = row.hash;
+            rows.push(row);
+        }
+    }
+    for (s, r) in revs {
+        staged.insert(s.to_string(), r);
+    }
+    Ok(rows)
+}
+
+/// Answers a committed request with its recorded events. The events are already typed: no
+/// need to parse the rows back.
+pub(super) fn answer(req: WriteReq, rows: Vec<RawEvent>) {
+    let events = req.batch.into_iter().flat_map(|a| a.events);
+    let recorded = rows
+        .into_iter()
+        .zip(events)
+        .map(|(row, e)| Recorded {
+            position: row.position,
+            stream: row.stream,
+            revision: row.revision,
+            recorded_at: req.recorded_at,
+            event: e.event,
+            prev_hash: row.prev_hash,
+            hash: row.hash,
+        })
+        .collect();
+    let _ = req.reply.send(Ok(recorded));
+}
