@@ -91,6 +91,9 @@ pub struct SecretsConfig {
 pub struct SessionsConfig {
     #[serde(deserialize_with = "de_duration")]
     pub ttl: Duration,
+    /// How long an ended session stays readable (`GET /v1/sessions/{id}`, its page's 410).
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -132,6 +135,9 @@ pub struct RateLimitConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebhooksConfig {
     pub allow_networks: Vec<ipnet::IpNet>,
+    /// How long a delivered or failed delivery stays listed (and can be redelivered).
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -113,10 +113,20 @@ impl App {
         let rules = Rules {
             threshold: config.matching.threshold,
             min_quality: config.matching.min_quality,
+            session_retention: retention(config.sessions.retention),
+            delivery_retention: retention(config.webhooks.retention),
             ..Rules::default()
         };
         let loaded = snapshot::load(&*parts.store, rules)?;
-        let state = loaded.state;
+        let mut state = loaded.state;
+        // The store checks expected revisions against its own stream heads: those of streams
+        // the state has forgotten (ended sessions past their retention, ...) are dropped there
+        // too, now and whenever the state forgets more (`apply`).
+        parts.store.retain_streams(
+            state.streams().map(str::to_string).collect(),
+            state.position(),
+        );
+        state.collect_forgotten();
         let wrap = KeyWrap::new(parts.keys.wrap_key());
         let index = readers::build_index(&state, &parts.keystore, &wrap, config.matching.dim);
         tracing::info!(
@@ -227,6 +237,12 @@ impl App {
             let mut s = self.state.write().expect("state lock");
             for r in recorded {
                 s.evolve(r);
+            }
+            // Under the state lock: a command decided after this sees the state without these
+            // streams, and its append reaches the store after the store has dropped them.
+            let forgotten = s.take_forgotten();
+            if !forgotten.is_empty() {
+                self.store.forget_streams(forgotten);
             }
             s.position()
         };
@@ -460,6 +476,13 @@ pub fn open_store(store: &crate::config::StoreConfig) -> Result<Arc<dyn EventSto
                 .into(),
         )),
     }
+}
+
+/// A configured retention as the core's duration (at most a century: forever enough, and no
+/// date arithmetic overflows).
+fn retention(d: Duration) -> chrono::Duration {
+    let century = chrono::Duration::days(36_525);
+    chrono::Duration::from_std(d).map_or(century, |d| d.min(century))
 }
 
 /// A log shared with other gateways (KurrentDB): folds in, in order, the events they append,

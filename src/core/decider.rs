@@ -850,7 +850,9 @@ fn create_session(
         let live = state
             .idempotency
             .get(&(n.partner_id, idem.key.clone()))
-            .filter(|e| now < e.at + IDEMPOTENCY_TTL);
+            // A key whose session the state has forgotten (`sessions.retention` shorter than
+            // the key's 24 h) cannot be answered again: it starts a new session.
+            .filter(|e| now < e.at + IDEMPOTENCY_TTL && state.sessions.contains_key(&e.session_id));
         if let Some(entry) = live {
             if entry.fingerprint != idem.fingerprint {
                 return Err(Rejection::IdempotencyMismatch);

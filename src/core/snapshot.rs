@@ -32,7 +32,8 @@ use super::ids::*;
 use super::policy::{Direction, DoorId, Policy};
 use super::session::{Session, SessionState};
 use super::state::{
-    Delivery, DeviceState, DoorState, IdemEntry, Partner, Reader, Rules, State, User, Webhook,
+    Delivery, DeliveryStatus, DeviceState, DoorState, IdemEntry, Partner, Reader, Rules,
+    SeenCaptures, State, User, Webhook,
 };
 use super::upstream::UpstreamBinding;
 use chrono::{DateTime, Utc};
@@ -45,7 +46,9 @@ use std::sync::Arc;
 /// Version of the snapshot's shape and of `evolve`'s meaning (see the module doc).
 /// 2: a door's last decision says who, where and by which level.
 /// 3: upstream mode's open remote sessions (`upstream`).
-pub const SCHEMA: u32 = 3;
+/// 4: what has ended is forgotten after its retention (sessions, deliveries, idempotency keys,
+///    seen captures in two generations); the retentions folded with are stored.
+pub const SCHEMA: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -66,7 +69,8 @@ struct StateRef<'a> {
     erased: Vec<(&'a PartnerId, &'a ExternalId, u64)>,
     idempotency: Vec<(&'a PartnerId, &'a str, &'a IdemEntry)>,
     readers: Vec<&'a Reader>,
-    seen: Vec<&'a (ReaderId, String)>,
+    seen: SeenRef<'a>,
+    retention_ms: (i64, i64),
     #[serde(serialize_with = "sorted_map")]
     revisions: &'a HashMap<String, u64>,
     webhooks: Vec<&'a Webhook>,
@@ -92,7 +96,8 @@ struct StateOwned {
     erased: Vec<(PartnerId, ExternalId, u64)>,
     idempotency: Vec<(PartnerId, String, IdemEntry)>,
     readers: Vec<Reader>,
-    seen: Vec<(ReaderId, String)>,
+    seen: SeenOwned,
+    retention_ms: (i64, i64),
     revisions: HashMap<String, u64>,
     webhooks: Vec<Webhook>,
     deliveries: Vec<Delivery>,
@@ -103,6 +108,29 @@ struct StateOwned {
     doors: Vec<(DoorId, DoorState)>,
     devices: Vec<(String, DeviceState)>,
     upstream: Vec<UpstreamBinding>,
+}
+
+/// The two generations of seen captures, each sorted.
+#[derive(Serialize)]
+struct SeenRef<'a> {
+    current: Vec<&'a (ReaderId, String)>,
+    previous: Vec<&'a (ReaderId, String)>,
+    since: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeenOwned {
+    current: Vec<(ReaderId, String)>,
+    previous: Vec<(ReaderId, String)>,
+    since: Option<DateTime<Utc>>,
+}
+
+fn retention_ms(rules: &Rules) -> (i64, i64) {
+    (
+        rules.session_retention.num_milliseconds(),
+        rules.delivery_retention.num_milliseconds(),
+    )
 }
 
 /// A session as a JSON array, not an object: sessions are most of a long log's state, and
@@ -251,7 +279,7 @@ pub fn encode(state: &State) -> Vec<u8> {
     // Destructured in full: a field added to `State` does not compile here until it is either
     // stored or rebuilt (and `SCHEMA` bumped).
     let State {
-        rules: _,
+        rules,
         partners,
         partner_by_key,
         sessions,
@@ -275,6 +303,11 @@ pub fn encode(state: &State) -> Vec<u8> {
         devices,
         upstream,
         position,
+        // Rebuilt from the records they index.
+        ended_sessions: _,
+        finished_deliveries: _,
+        idempotency_by_time: _,
+        forgotten: _,
     } = state;
     let stored = StateRef {
         position: *position,
@@ -294,7 +327,12 @@ pub fn encode(state: &State) -> Vec<u8> {
             |(p, k, _)| (**p, *k),
         ),
         readers: sorted_by_key(readers.values().collect(), |r| &r.id),
-        seen: sorted(seen.iter().collect()),
+        seen: SeenRef {
+            current: sorted(seen.current.iter().collect()),
+            previous: sorted(seen.previous.iter().collect()),
+            since: seen.since,
+        },
+        retention_ms: retention_ms(rules),
         revisions,
         webhooks: sorted_by_key(webhooks.values().collect(), |w| w.partner_id),
         deliveries: sorted_by_key(deliveries.values().collect(), |d| &d.id),
@@ -361,13 +399,42 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         .iter()
         .filter_map(|d| Some((d.next_attempt_at?, d.id.clone())))
         .collect();
-    let seen_len = o.seen.len();
-    let seen: HashSet<(ReaderId, String)> = o.seen.into_iter().collect();
-    if seen.len() != seen_len {
+    if o.retention_ms != retention_ms(&rules) {
+        // A fold with other retentions keeps other sessions and deliveries.
         return Err(SnapshotError::Inconsistent(
-            "a seen capture appears twice".into(),
+            "the snapshot was folded with other retention settings".into(),
         ));
     }
+    let generation = |v: Vec<(ReaderId, String)>| {
+        let len = v.len();
+        let set: HashSet<(ReaderId, String)> = v.into_iter().collect();
+        if set.len() != len {
+            return Err(SnapshotError::Inconsistent(
+                "a seen capture appears twice".into(),
+            ));
+        }
+        Ok(set)
+    };
+    let seen = SeenCaptures {
+        current: generation(o.seen.current)?,
+        previous: generation(o.seen.previous)?,
+        since: o.seen.since,
+    };
+    let ended_sessions = sessions
+        .iter()
+        .filter_map(|s| Some((s.ended_at?, s.id)))
+        .collect();
+    let finished_deliveries = o
+        .deliveries
+        .iter()
+        .filter(|d| matches!(d.status, DeliveryStatus::Delivered | DeliveryStatus::Failed))
+        .filter_map(|d| Some((d.attempts.last()?.at, d.id.clone())))
+        .collect();
+    let idempotency_by_time = o
+        .idempotency
+        .iter()
+        .map(|(p, k, e)| (e.at, *p, k.clone()))
+        .collect();
     Ok(State {
         rules,
         partners: unique("partner", o.partners.into_iter().map(|p| (p.id, p)))?,
@@ -413,6 +480,10 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
             o.upstream.into_iter().map(|b| (b.session_id.clone(), b)),
         )?,
         position: o.position,
+        ended_sessions,
+        finished_deliveries,
+        idempotency_by_time,
+        forgotten: None,
     })
 }
 
@@ -444,6 +515,10 @@ impl PartialEq for State {
             devices,
             upstream,
             position,
+            ended_sessions,
+            finished_deliveries,
+            idempotency_by_time,
+            forgotten: _,
         } = self;
         let sha = |p: &Option<Arc<Policy>>| p.as_ref().map(|p| p.sha256.clone());
         *rules == o.rules
@@ -470,5 +545,8 @@ impl PartialEq for State {
             && *devices == o.devices
             && *upstream == o.upstream
             && *position == o.position
+            && *ended_sessions == o.ended_sessions
+            && *finished_deliveries == o.finished_deliveries
+            && *idempotency_by_time == o.idempotency_by_time
     }
 }

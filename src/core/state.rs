@@ -9,7 +9,7 @@ use super::event::{Event, Recorded, SealedTemplate};
 use super::ids::*;
 use super::policy::{Direction, DoorId, Policy};
 use super::session::{Session, SessionState};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -24,6 +24,11 @@ pub struct Rules {
     pub min_quality: f32,
     /// Retries asked for before a session fails `low_quality`.
     pub max_retries: u32,
+    /// How long an ended session stays in the state (config `sessions.retention`); after it,
+    /// the session is forgotten (`GET /v1/sessions/{id}` answers 404; the log keeps it).
+    pub session_retention: Duration,
+    /// How long a delivered or failed webhook delivery stays (config `webhooks.retention`).
+    pub delivery_retention: Duration,
 }
 
 impl Default for Rules {
@@ -32,6 +37,8 @@ impl Default for Rules {
             threshold: 0.80,
             min_quality: 0.5,
             max_retries: 3,
+            session_retention: Duration::hours(24),
+            delivery_retention: Duration::days(7),
         }
     }
 }
@@ -200,7 +207,7 @@ pub struct State {
     pub(crate) idempotency: HashMap<(PartnerId, String), IdemEntry>,
     pub(crate) readers: HashMap<ReaderId, Reader>,
     /// `(reader, capture_id)` and `(reader, trigger_id)` already handled (QoS 1 redelivery).
-    pub(crate) seen: HashSet<(ReaderId, String)>,
+    pub(crate) seen: SeenCaptures,
     /// Last revision of every stream seen, for expected-revision appends.
     pub(super) revisions: HashMap<String, u64>,
     /// Pending sessions by expiry.
@@ -223,6 +230,61 @@ pub struct State {
     /// (an ended one leaves only its stream's revision behind).
     pub(crate) upstream: HashMap<UpstreamSessionId, super::upstream::UpstreamBinding>,
     pub(super) position: u64,
+    /// Ended sessions by end time, until `rules.session_retention` has passed.
+    pub(super) ended_sessions: BTreeSet<(DateTime<Utc>, SessionId)>,
+    /// Delivered or failed deliveries by their last attempt, until `rules.delivery_retention`.
+    pub(super) finished_deliveries: BTreeSet<(DateTime<Utc>, String)>,
+    /// Idempotency keys by first use, until `IDEMPOTENCY_TTL` has passed.
+    pub(super) idempotency_by_time: BTreeSet<(DateTime<Utc>, PartnerId, String)>,
+    /// When `Some`, the streams whose revision the state let go of (for the store's heads).
+    pub(super) forgotten: Option<Vec<String>>,
+}
+
+/// How long a handled capture or trigger id is remembered: it is in the state for at least this
+/// long and at most twice this long after it was handled.
+pub const CAPTURE_MEMORY: Duration = Duration::hours(1);
+
+/// Capture and trigger ids already handled, in two generations of [`CAPTURE_MEMORY`] each, so
+/// a QoS 1 redelivery is recognised without remembering every scan forever. The generations
+/// turn over by the time of the events folded, so a replay gives the same sets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SeenCaptures {
+    pub(super) current: HashSet<(ReaderId, String)>,
+    pub(super) previous: HashSet<(ReaderId, String)>,
+    /// When `current` was started.
+    pub(super) since: Option<DateTime<Utc>>,
+}
+
+impl SeenCaptures {
+    pub fn contains(&self, key: &(ReaderId, String)) -> bool {
+        self.current.contains(key) || self.previous.contains(key)
+    }
+    pub fn insert(&mut self, key: (ReaderId, String)) {
+        if !self.previous.contains(&key) {
+            self.current.insert(key);
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn advance(&mut self, now: DateTime<Utc>) {
+        match self.since {
+            None => self.since = Some(now),
+            Some(since) if now >= since + CAPTURE_MEMORY * 2 => {
+                self.current.clear();
+                self.previous.clear();
+                self.since = Some(now);
+            }
+            Some(since) if now >= since + CAPTURE_MEMORY => {
+                self.previous = std::mem::take(&mut self.current);
+                self.since = Some(now);
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 impl State {
@@ -358,6 +420,73 @@ impl State {
         }
     }
 
+    /// Collects, from now on, the streams whose revision the state lets go of (see
+    /// [`State::take_forgotten`]).
+    pub fn collect_forgotten(&mut self) {
+        self.forgotten.get_or_insert_with(Vec::new);
+    }
+
+    /// The streams let go of since the last call that the state still does not know (the
+    /// store may drop their heads: nothing will append to them expecting a revision).
+    pub fn take_forgotten(&mut self) -> Vec<String> {
+        match &mut self.forgotten {
+            Some(v) if !v.is_empty() => {
+                let mut v = std::mem::take(v);
+                v.retain(|s| !self.revisions.contains_key(s));
+                v
+            }
+            _ => vec![],
+        }
+    }
+
+    /// Every stream the state knows a revision of.
+    pub fn streams(&self) -> impl Iterator<Item = &str> {
+        self.revisions.keys().map(String::as_str)
+    }
+
+    /// Forgets what has ended longer ago than its retention, as of `now` (the time of the event
+    /// being folded, so a replay forgets exactly what the live state forgot).
+    fn forget_ended(&mut self, now: DateTime<Utc>) {
+        use super::event::stream;
+        self.seen.advance(now);
+        let keep = self.rules.session_retention;
+        while let Some(&(t, id)) = self.ended_sessions.first()
+            && t + keep <= now
+        {
+            self.ended_sessions.pop_first();
+            if let Some(s) = self.sessions.remove(&id) {
+                if self.session_by_token.get(&s.token_hash) == Some(&id) {
+                    self.session_by_token.remove(&s.token_hash);
+                }
+                self.forget_stream(stream::session(id));
+            }
+        }
+        let keep = self.rules.delivery_retention;
+        while let Some((t, _)) = self.finished_deliveries.first()
+            && *t + keep <= now
+        {
+            let (_, id) = self.finished_deliveries.pop_first().expect("first exists");
+            if self.deliveries.remove(&id).is_some() {
+                self.forget_stream(stream::delivery(&id));
+            }
+        }
+        while let Some((t, _, _)) = self.idempotency_by_time.first()
+            && *t + super::decider::IDEMPOTENCY_TTL <= now
+        {
+            let (_, partner, key) = self.idempotency_by_time.pop_first().expect("first exists");
+            let stream = stream::idempotency(partner, &key);
+            self.idempotency.remove(&(partner, key));
+            self.forget_stream(stream);
+        }
+    }
+
+    fn forget_stream(&mut self, stream: String) {
+        self.revisions.remove(&stream);
+        if let Some(v) = &mut self.forgotten {
+            v.push(stream);
+        }
+    }
+
     /// The stream's last revision seen; `stream` is only copied the first time it is seen.
     fn note_revision(&mut self, stream: &str, revision: u64) {
         match self.revisions.get_mut(stream) {
@@ -385,6 +514,7 @@ impl State {
         ) {
             return self.evolve(rec);
         }
+        self.forget_ended(rec.recorded_at);
         self.position = self.position.max(rec.position);
         let revision = rec.revision;
         match self.revisions.get_mut(&rec.stream) {
@@ -533,6 +663,7 @@ impl State {
 
     /// Folds one stored event into the state.
     pub fn evolve(&mut self, rec: &Recorded) {
+        self.forget_ended(rec.recorded_at);
         self.position = self.position.max(rec.position);
         self.note_revision(&rec.stream, rec.revision);
         let revision = rec.revision;
@@ -612,7 +743,7 @@ impl State {
                 session_id,
                 at,
             } => {
-                self.idempotency.insert(
+                let old = self.idempotency.insert(
                     (*partner_id, key.clone()),
                     IdemEntry {
                         session_id: *session_id,
@@ -620,6 +751,12 @@ impl State {
                         at: *at,
                     },
                 );
+                if let Some(old) = old {
+                    self.idempotency_by_time
+                        .remove(&(old.at, *partner_id, key.clone()));
+                }
+                self.idempotency_by_time
+                    .insert((*at, *partner_id, key.clone()));
             }
             Event::SessionCompleted {
                 session_id,
@@ -830,6 +967,15 @@ impl State {
             } => {
                 self.set_due(delivery_id, *next_attempt_at);
                 if let Some(d) = self.deliveries.get_mut(delivery_id) {
+                    if matches!(d.status, DeliveryStatus::Delivered | DeliveryStatus::Failed)
+                        && let Some(last) = d.attempts.last()
+                    {
+                        self.finished_deliveries
+                            .remove(&(last.at, delivery_id.clone()));
+                    }
+                    if *delivered || next_attempt_at.is_none() {
+                        self.finished_deliveries.insert((*at, delivery_id.clone()));
+                    }
                     d.revision = revision;
                     d.attempt = *attempt;
                     d.status = if *delivered {
@@ -855,6 +1001,12 @@ impl State {
             }
             Event::DeliveryRescheduled { delivery_id, at } => {
                 if let Some(d) = self.deliveries.get_mut(delivery_id) {
+                    if matches!(d.status, DeliveryStatus::Delivered | DeliveryStatus::Failed)
+                        && let Some(last) = d.attempts.last()
+                    {
+                        self.finished_deliveries
+                            .remove(&(last.at, delivery_id.clone()));
+                    }
                     d.revision = revision;
                     d.attempt = 0;
                     d.status = DeliveryStatus::Pending;
@@ -1012,6 +1164,7 @@ impl State {
                 return;
             }
             self.deadlines.remove(&(s.expires_at, id));
+            self.ended_sessions.insert((at, id));
             s.ended_at = Some(at);
             f(s);
         }
@@ -1228,5 +1381,312 @@ mod evolve_take_tests {
         assert_eq!(owned.position(), 16);
         assert_eq!(owned.zone_last.len(), 1);
         assert!(owned.doors.values().all(|d| d.last_decision.is_some()));
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+    use crate::core::event::stream;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000 + s, 0).unwrap()
+    }
+
+    /// Folds events, each recorded at the given second, with consecutive positions.
+    struct Log {
+        state: State,
+        position: u64,
+        revisions: HashMap<String, u64>,
+    }
+
+    impl Log {
+        fn new(rules: Rules) -> Log {
+            let mut state = State::new(rules);
+            state.collect_forgotten();
+            Log {
+                state,
+                position: 0,
+                revisions: HashMap::new(),
+            }
+        }
+        fn fold(&mut self, second: i64, stream: String, event: Event) -> Recorded {
+            self.position += 1;
+            let r = self.revisions.entry(stream.clone()).or_insert(0);
+            let rec = Recorded {
+                position: self.position,
+                stream,
+                revision: *r,
+                recorded_at: at(second),
+                event,
+                prev_hash: [0; 32],
+                hash: [0; 32],
+            };
+            *r += 1;
+            self.state.evolve(&rec);
+            rec
+        }
+    }
+
+    fn partner() -> PartnerId {
+        PartnerId::from_random([7; 16])
+    }
+    fn sid(n: u8) -> SessionId {
+        SessionId::from_random([n; 16])
+    }
+    fn created(n: u8, second: i64) -> Event {
+        Event::SessionCreated {
+            session_id: sid(n),
+            partner_id: Some(partner()),
+            reader_id: None,
+            kind: SessionKind::Identify,
+            language: Language::En,
+            token_hash: SecretHash(format!("{n:064x}")),
+            external_id: None,
+            username: None,
+            metadata: None,
+            created_at: at(second),
+            expires_at: at(second + 900),
+        }
+    }
+    fn cancelled(n: u8, second: i64) -> Event {
+        Event::SessionFailed {
+            session_id: sid(n),
+            reason: FailReason::Cancelled,
+            capture: None,
+            at: at(second),
+        }
+    }
+    fn rules(sessions: i64, deliveries: i64) -> Rules {
+        Rules {
+            session_retention: Duration::seconds(sessions),
+            delivery_retention: Duration::seconds(deliveries),
+            ..Rules::default()
+        }
+    }
+    fn tick(log: &mut Log, second: i64) {
+        log.fold(
+            second,
+            stream::SITE.into(),
+            Event::SiteModeChanged {
+                lockdown: false,
+                emergency: false,
+                at: at(second),
+            },
+        );
+    }
+
+    #[test]
+    fn an_ended_session_is_forgotten_once_its_retention_has_passed() {
+        let mut log = Log::new(rules(60, 60));
+        log.fold(0, stream::session(sid(1)), created(1, 0));
+        log.fold(1, stream::session(sid(2)), created(2, 1));
+        log.fold(10, stream::session(sid(1)), cancelled(1, 10));
+        let token = SecretHash(format!("{:064x}", 1));
+        assert!(log.state.session_by_token_hash(&token).is_some());
+        // 69 s after the end: still there.
+        tick(&mut log, 69);
+        assert!(log.state.session(sid(1)).is_some());
+        assert!(log.state.take_forgotten().is_empty());
+        // 70 s: gone, with its token and its stream's revision; the pending one stays.
+        tick(&mut log, 70);
+        assert!(log.state.session(sid(1)).is_none());
+        assert!(log.state.session_by_token_hash(&token).is_none());
+        assert_eq!(log.state.revision(&stream::session(sid(1))), None);
+        assert_eq!(log.state.take_forgotten(), vec![stream::session(sid(1))]);
+        assert!(log.state.take_forgotten().is_empty(), "taken once");
+        assert!(log.state.session(sid(2)).is_some(), "pending sessions stay");
+        // It expires later and is forgotten a retention after that.
+        log.fold(
+            901,
+            stream::session(sid(2)),
+            Event::SessionExpired {
+                session_id: sid(2),
+                at: at(901),
+            },
+        );
+        tick(&mut log, 960);
+        assert!(log.state.session(sid(2)).is_some());
+        tick(&mut log, 961);
+        assert!(log.state.session(sid(2)).is_none());
+        assert!(log.state.sessions.is_empty() && log.state.session_by_token.is_empty());
+    }
+
+    #[test]
+    fn finished_deliveries_go_after_their_retention_pending_and_rescheduled_ones_stay() {
+        let mut log = Log::new(rules(3600, 100));
+        let queued = |id: &str| Event::DeliveryQueued {
+            delivery_id: id.into(),
+            partner_id: partner(),
+            event: "session.failed".into(),
+            session_id: None,
+            body: "{}".into(),
+            held: false,
+            at: at(0),
+        };
+        let attempted =
+            |id: &str, delivered: bool, next: Option<i64>, second: i64| Event::DeliveryAttempted {
+                delivery_id: id.into(),
+                attempt: 1,
+                status_code: Some(if delivered { 204 } else { 500 }),
+                error: None,
+                latency_ms: 3,
+                response: String::new(),
+                delivered,
+                next_attempt_at: next.map(at),
+                at: at(second),
+            };
+        for id in ["ok", "failed", "pending", "again"] {
+            log.fold(0, stream::delivery(id), queued(id));
+        }
+        log.fold(1, stream::delivery("ok"), attempted("ok", true, None, 1));
+        log.fold(
+            2,
+            stream::delivery("failed"),
+            attempted("failed", false, None, 2),
+        );
+        log.fold(
+            3,
+            stream::delivery("pending"),
+            attempted("pending", false, Some(500), 3),
+        );
+        log.fold(
+            4,
+            stream::delivery("again"),
+            attempted("again", false, None, 4),
+        );
+        log.fold(
+            50,
+            stream::delivery("again"),
+            Event::DeliveryRescheduled {
+                delivery_id: "again".into(),
+                at: at(50),
+            },
+        );
+        tick(&mut log, 102);
+        let left: BTreeSet<&str> = log.state.deliveries.keys().map(String::as_str).collect();
+        assert_eq!(left, BTreeSet::from(["again", "pending"]));
+        let mut forgotten = log.state.take_forgotten();
+        forgotten.sort();
+        assert_eq!(
+            forgotten,
+            vec![stream::delivery("failed"), stream::delivery("ok")]
+        );
+        // The redelivered one ends again and is forgotten a retention after its new end.
+        log.fold(
+            60,
+            stream::delivery("again"),
+            attempted("again", true, None, 60),
+        );
+        tick(&mut log, 159);
+        assert!(log.state.delivery("again").is_some());
+        tick(&mut log, 160);
+        assert!(log.state.delivery("again").is_none());
+        assert!(log.state.delivery("pending").is_some());
+    }
+
+    #[test]
+    fn idempotency_keys_go_after_24_hours_and_their_stream_with_them() {
+        let mut log = Log::new(rules(48 * 3600, 60));
+        let used = |second: i64| Event::IdempotencyKeyUsed {
+            partner_id: partner(),
+            key: "k-1".into(),
+            fingerprint: "f".into(),
+            session_id: sid(1),
+            at: at(second),
+        };
+        let key_stream = stream::idempotency(partner(), "k-1");
+        log.fold(0, stream::session(sid(1)), created(1, 0));
+        log.fold(0, key_stream.clone(), used(0));
+        tick(&mut log, 86_399);
+        assert!(
+            log.state
+                .idempotency
+                .contains_key(&(partner(), "k-1".into()))
+        );
+        assert_eq!(log.state.revision(&key_stream), Some(0));
+        tick(&mut log, 86_400);
+        assert!(log.state.idempotency.is_empty() && log.state.idempotency_by_time.is_empty());
+        assert_eq!(log.state.take_forgotten(), vec![key_stream.clone()]);
+        // A reuse starts the stream again, and its revision is kept (not reported forgotten).
+        log.revisions.remove(&key_stream);
+        log.fold(90_000, key_stream.clone(), used(90_000));
+        assert_eq!(log.state.revision(&key_stream), Some(0));
+        assert!(log.state.take_forgotten().is_empty());
+    }
+
+    #[test]
+    fn a_stream_forgotten_and_seen_again_in_the_same_fold_is_not_reported() {
+        let mut log = Log::new(rules(10, 10));
+        log.fold(0, stream::session(sid(1)), created(1, 0));
+        log.fold(1, stream::session(sid(1)), cancelled(1, 1));
+        // The event that makes the state forget session 1 is itself on session 1's stream (a
+        // forged or late event): the stream is known again, so the store must keep its head.
+        log.fold(
+            20,
+            stream::session(sid(1)),
+            Event::SessionExpired {
+                session_id: sid(1),
+                at: at(20),
+            },
+        );
+        assert!(log.state.session(sid(1)).is_none());
+        assert_eq!(log.state.revision(&stream::session(sid(1))), Some(2));
+        assert!(log.state.take_forgotten().is_empty());
+    }
+
+    #[test]
+    fn seen_captures_are_remembered_for_one_to_two_windows() {
+        let mut log = Log::new(Rules::default());
+        let key = |id: &str| (ReaderId("r-1".into()), id.to_string());
+        let rejected = |id: &str, second: i64| Event::CaptureRejected {
+            reader_id: ReaderId("r-1".into()),
+            capture_id: id.into(),
+            reason: crate::core::event::CaptureRejection::NoDoor,
+            at: at(second),
+        };
+        let w = CAPTURE_MEMORY.num_seconds();
+        log.fold(0, "reader-r-1".into(), rejected("a", 0));
+        log.fold(w - 1, "reader-r-1".into(), rejected("b", w - 1));
+        assert!(log.state.seen.contains(&key("a")) && log.state.seen.contains(&key("b")));
+        // One window on: both still remembered (the previous generation).
+        log.fold(w, "reader-r-1".into(), rejected("c", w));
+        assert!(log.state.seen.contains(&key("a")) && log.state.seen.contains(&key("c")));
+        // Two windows on: the first generation is gone.
+        log.fold(2 * w, "reader-r-1".into(), rejected("d", 2 * w));
+        assert!(!log.state.seen.contains(&key("a")) && !log.state.seen.contains(&key("b")));
+        assert!(log.state.seen.contains(&key("c")) && log.state.seen.contains(&key("d")));
+        // A long silence forgets everything.
+        tick(&mut log, 10 * w);
+        assert!(log.state.seen.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_taken_between_ends_and_forgetting_folds_on_to_the_same_state() {
+        use crate::core::snapshot::{decode, encode};
+        let r = rules(30, 30);
+        let mut full = Log::new(r);
+        let mut recs = vec![];
+        for n in 1..=6u8 {
+            let s = i64::from(n) * 10;
+            recs.push(full.fold(s, stream::session(sid(n)), created(n, s)));
+            recs.push(full.fold(s + 5, stream::session(sid(n)), cancelled(n, s + 5)));
+        }
+        for cut in 0..recs.len() {
+            let mut part = State::new(r);
+            for rec in &recs[..cut] {
+                part.evolve(rec);
+            }
+            let mut restored = decode(&encode(&part), r).unwrap();
+            assert!(restored == part, "decode(encode) at {cut}");
+            for rec in &recs[cut..] {
+                restored.evolve(rec);
+            }
+            let mut expected = full.state.clone();
+            expected.forgotten = None;
+            assert!(restored == expected, "snapshot at {cut} then the tail");
+        }
+        // Another retention: the snapshot is refused (a full fold keeps other sessions).
+        assert!(decode(&encode(&full.state), rules(31, 30)).is_err());
     }
 }

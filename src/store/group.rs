@@ -9,7 +9,9 @@ use super::StoreError;
 use super::chain::{Encoded, RawEvent, format_time};
 use crate::core::{Expected, Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::oneshot;
 
 /// One stream's part of a request, encoded by the caller (off the writer thread).
@@ -52,6 +54,61 @@ impl WriteReq {
             reply,
         };
         (req, rx)
+    }
+}
+
+/// Stream heads the app has let go of ([`super::EventStore::forget_streams`],
+/// [`super::EventStore::retain_streams`]), waiting for the writer to drop them before it checks
+/// its next group.
+#[derive(Default)]
+pub(super) struct Forgetting {
+    pending: AtomicBool,
+    edits: Mutex<Edits>,
+}
+
+#[derive(Default)]
+struct Edits {
+    forget: Vec<String>,
+    /// Streams to keep, as of a log position.
+    keep: Option<(HashSet<String>, u64)>,
+}
+
+impl Forgetting {
+    pub fn forget(&self, streams: Vec<String>) {
+        let mut e = self.edits.lock().unwrap_or_else(|p| p.into_inner());
+        e.forget.extend(streams);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    pub fn retain(&self, keep: HashSet<String>, as_of: u64) {
+        let mut e = self.edits.lock().unwrap_or_else(|p| p.into_inner());
+        e.keep = Some((keep, as_of));
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Drops the forgotten heads from `heads`, which are as of log position `position` (the
+    /// writer, before checking a group). A `retain` made as of another position is skipped:
+    /// streams that appeared since (another gateway's) may be ones the app knows by now.
+    pub fn apply(&self, heads: &mut HashMap<String, u64>, position: u64) {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let edits = std::mem::take(&mut *self.edits.lock().unwrap_or_else(|p| p.into_inner()));
+        for s in &edits.forget {
+            heads.remove(s);
+        }
+        match edits.keep {
+            Some((keep, as_of)) if as_of == position => heads.retain(|s, _| keep.contains(s)),
+            Some((_, as_of)) => tracing::info!(
+                as_of,
+                position,
+                "stream heads not pruned: the log moved since the state was rebuilt"
+            ),
+            None => {}
+        }
+        if heads.capacity() > 2 * heads.len() + 1024 {
+            heads.shrink_to_fit();
+        }
     }
 }
 

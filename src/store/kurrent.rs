@@ -45,7 +45,7 @@
 //! runtime.
 
 use super::chain::RawEvent;
-use super::group::{WriteReq, answer, stage};
+use super::group::{Forgetting, WriteReq, answer, stage};
 use super::{BoxFuture, EventStore, StoreError};
 use crate::core::{Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
@@ -252,6 +252,7 @@ pub struct KurrentStore {
     handle: tokio::runtime::Handle,
     /// Disconnects when the actor has answered every queued request and stopped.
     stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    forgetting: Arc<Forgetting>,
 }
 
 impl KurrentStore {
@@ -300,7 +301,9 @@ impl KurrentStore {
         );
         let healthy = Arc::new(AtomicBool::new(true));
         let (tx, rx) = mpsc::unbounded_channel();
+        let forgetting = Arc::new(Forgetting::default());
         let actor = Actor {
+            forgetting: forgetting.clone(),
             client: client.clone(),
             stream: stream.to_string(),
             heads,
@@ -323,6 +326,7 @@ impl KurrentStore {
             runtime: Mutex::new(Some(runtime)),
             handle,
             stopped: Mutex::new(Some(stopped)),
+            forgetting,
         })
     }
 
@@ -397,6 +401,14 @@ impl EventStore for KurrentStore {
         self.healthy.load(Ordering::Acquire)
     }
 
+    fn forget_streams(&self, streams: Vec<String>) {
+        self.forgetting.forget(streams);
+    }
+
+    fn retain_streams(&self, keep: std::collections::HashSet<String>, as_of: u64) {
+        self.forgetting.retain(keep, as_of);
+    }
+
     fn follow_others(&self, after: u64) -> Option<mpsc::UnboundedReceiver<Vec<Recorded>>> {
         let (feed, rx) = mpsc::unbounded_channel();
         if let Some(tx) = self.tx.lock().expect("store lock").as_ref() {
@@ -464,6 +476,7 @@ struct Actor {
     follow_after: u64,
     /// Positions this store appended before a follower registered (never to be fed to it).
     own: Vec<(u64, u64)>,
+    forgetting: Arc<Forgetting>,
 }
 
 impl Actor {
@@ -689,6 +702,8 @@ impl Actor {
         let mut attempt = 0;
         while attempt < MAX_ATTEMPTS {
             attempt += 1;
+            self.forgetting
+                .apply(&mut self.heads.streams, self.heads.position);
             // Stage every request against the heads.
             let mut position = self.heads.position;
             let mut hash = self.heads.hash;

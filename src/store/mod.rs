@@ -73,6 +73,20 @@ pub trait EventStore: Send + Sync + 'static {
         None
     }
 
+    /// The app no longer needs the store to check appends to `streams` (their records ended
+    /// and were forgotten): their heads may be dropped. An append to one of them afterwards
+    /// must expect no stream. Applied before the next group of appends is checked.
+    fn forget_streams(&self, streams: Vec<String>) {
+        let _ = streams;
+    }
+
+    /// Start-up: the heads of streams not in `keep` (the ones the state rebuilt up to log
+    /// position `as_of` knows) may be dropped, as with [`EventStore::forget_streams`] — only
+    /// if the store's heads are still as of `as_of`.
+    fn retain_streams(&self, keep: std::collections::HashSet<String>, as_of: u64) {
+        let _ = (keep, as_of);
+    }
+
     /// A log shared by several writers (KurrentDB: several gateways): every event OTHER
     /// writers append after position `after`, in order, batch by batch, as this store learns
     /// of them — the app folds them in so its projections follow. Call it once, with the

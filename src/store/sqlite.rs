@@ -21,7 +21,7 @@
 //! those events, and only a restart folds them in.
 
 use super::chain::RawEvent;
-use super::group::{WriteReq, answer, stage};
+use super::group::{Forgetting, WriteReq, answer, stage};
 use super::{BoxFuture, EventStore, SnapshotDir, StoreError};
 use crate::core::{Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
@@ -49,6 +49,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     snapshots: SnapshotDir,
+    forgetting: Arc<Forgetting>,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -106,6 +107,8 @@ impl SqliteStore {
         let healthy = Arc::new(AtomicBool::new(true));
         let (tx, rx) = mpsc::channel();
         let h = healthy.clone();
+        let forgetting = Arc::new(Forgetting::default());
+        let f = forgetting.clone();
         let writer = std::thread::Builder::new()
             .name("palmgate-store-writer".into())
             .spawn(move || {
@@ -113,6 +116,7 @@ impl SqliteStore {
                     conn,
                     heads,
                     diverged: false,
+                    forgetting: f,
                 }
                 .run(rx, h)
             })
@@ -124,6 +128,7 @@ impl SqliteStore {
             snapshots: SnapshotDir::beside(&path),
             path,
             writer: Mutex::new(Some(writer)),
+            forgetting,
         })
     }
 
@@ -298,6 +303,7 @@ struct Writer {
     heads: Heads,
     /// The file's last row is not the head we know: only a restart can fold it in.
     diverged: bool,
+    forgetting: Arc<Forgetting>,
 }
 
 impl Writer {
@@ -364,6 +370,8 @@ impl Writer {
         if self.heads.position == self.heads.checkpoint || self.diverged {
             return;
         }
+        self.forgetting
+            .apply(&mut self.heads.streams, self.heads.position);
         match HeadsCheckpoint::save(&self.conn, &self.heads) {
             Ok(()) => self.heads.checkpoint = self.heads.position,
             Err(e) => tracing::warn!(error = %e, "could not save the stream heads"),
@@ -457,6 +465,8 @@ impl Writer {
         group: Vec<WriteReq>,
         healthy: &AtomicBool,
     ) -> Result<(), StoreError> {
+        self.forgetting
+            .apply(&mut self.heads.streams, self.heads.position);
         let mut position = self.heads.position;
         let mut hash = self.heads.hash;
         let mut staged: HashMap<String, u64> = HashMap::new();
@@ -597,6 +607,14 @@ impl EventStore for SqliteStore {
 
     fn snapshots(&self) -> Option<&SnapshotDir> {
         Some(&self.snapshots)
+    }
+
+    fn forget_streams(&self, streams: Vec<String>) {
+        self.forgetting.forget(streams);
+    }
+
+    fn retain_streams(&self, keep: std::collections::HashSet<String>, as_of: u64) {
+        self.forgetting.retain(keep, as_of);
     }
 }
 

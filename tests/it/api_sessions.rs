@@ -353,3 +353,66 @@ async fn deleted_user_is_gone_and_may_enroll_again() {
     user("EMP-1").await.assert_error(404, "not found");
     assert_eq!(user("EMP-2").await.status, 200);
 }
+
+/// `sessions.retention`: an ended session answers until its retention has passed, then it is
+/// forgotten (404 from the API and the page) — also after a restart, which rebuilds the state
+/// from the log and drops the store's stream heads the state no longer knows. An
+/// Idempotency-Key whose session was forgotten starts a new session (no 500).
+#[tokio::test]
+async fn an_ended_session_is_forgotten_after_its_retention() {
+    let mut s = TestServer::start_with(Options::default().session_retention("2s")).await;
+    let (_, key) = s.create_partner("Forgetful").await;
+    let idem = |rb: reqwest::RequestBuilder| rb.header("Idempotency-Key", "order-1");
+    let first = send(idem(s.post("/v1/identify").header("x-api-key", &key)))
+        .await
+        .created();
+    let ended = s.identify(&key, "").await.created();
+    let pending = s.identify(&key, "").await.created();
+    for c in [&first, &ended] {
+        assert_eq!(s.cancel(&key, &c.session_id).await.status, 200);
+    }
+    // Within the retention: the ended session answers, its page is 410, the key replays.
+    assert_eq!(
+        s.session(&key, &ended.session_id).await.json()["state"],
+        "failed"
+    );
+    assert_eq!(send(s.get(&ended.path())).await.status, 410);
+    let again = send(idem(s.post("/v1/identify").header("x-api-key", &key))).await;
+    assert_eq!(again.created().session_id, first.session_id);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+
+    // The state forgets by the time of the events it folds: wait, then record something.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let later = s.identify(&key, "").await.created();
+    for c in [&first, &ended] {
+        s.session(&key, &c.session_id)
+            .await
+            .assert_error(404, "not found");
+        assert_eq!(send(s.get(&c.path())).await.status, 404);
+    }
+    // Pending sessions are never forgotten.
+    assert_eq!(
+        s.session(&key, &pending.session_id).await.json()["state"],
+        "pending"
+    );
+    // The key's session is gone: the key starts a new session, which it then replays.
+    let renewed = send(idem(s.post("/v1/identify").header("x-api-key", &key)))
+        .await
+        .created();
+    assert_ne!(renewed.session_id, first.session_id);
+    let replay = send(idem(s.post("/v1/identify").header("x-api-key", &key))).await;
+    assert_eq!(replay.created().session_id, renewed.session_id);
+
+    // After a SIGKILL and a restart: the same answers, and every stream still takes appends.
+    s.restart().await;
+    s.session(&key, &ended.session_id)
+        .await
+        .assert_error(404, "not found");
+    for c in [&pending, &later, &renewed] {
+        let v = s.cancel(&key, &c.session_id).await;
+        assert_eq!(v.status, 200, "{}", v.text);
+    }
+    let replay = send(idem(s.post("/v1/identify").header("x-api-key", &key))).await;
+    assert_eq!(replay.created().session_id, renewed.session_id);
+    assert!(!s.stderr_log().contains("panicked"));
+}

@@ -28,6 +28,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Clone, Debug)]
 pub struct Options {
     pub ttl: String,
+    /// `sessions.retention`.
+    pub session_retention: String,
     pub per_minute: u32,
     pub unauthenticated_per_minute: u32,
     /// `http.public_url`; empty: `http://<bound address>`.
@@ -43,6 +45,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             ttl: "15m".into(),
+            session_retention: "24h".into(),
             per_minute: 100,
             unauthenticated_per_minute: 100,
             public_url: String::new(),
@@ -54,6 +57,10 @@ impl Default for Options {
 impl Options {
     pub fn ttl(mut self, ttl: &str) -> Self {
         self.ttl = ttl.into();
+        self
+    }
+    pub fn session_retention(mut self, retention: &str) -> Self {
+        self.session_retention = retention.into();
         self
     }
     pub fn per_minute(mut self, n: u32) -> Self {
@@ -139,6 +146,7 @@ token = "{ADMIN_TOKEN}"
 
 [sessions]
 ttl = "{ttl}"
+retention = "{retention}"
 
 [rate_limit]
 per_minute = {pm}
@@ -152,6 +160,7 @@ listen = "127.0.0.1:0"
             key = toml_str(&key_path),
             key_store = toml_str(&key_store_path),
             ttl = opts.ttl,
+            retention = opts.session_retention,
             public_url = opts.public_url,
             pm = opts.per_minute,
             upm = opts.unauthenticated_per_minute,

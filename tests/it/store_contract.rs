@@ -617,6 +617,49 @@ pub mod contract {
         let store = open();
         assert_eq!(verify(&read_all_raw(store.as_ref())), Ok(6));
     }
+
+    /// `forget_streams` / `retain_streams`: the heads of streams the app let go of are dropped
+    /// (an append expecting no stream succeeds and continues the chain), the others are still
+    /// checked, and a `retain` made as of an older position is ignored.
+    pub async fn forgotten_streams(store: &dyn EventStore) {
+        for s in ["gone", "kept", "other"] {
+            store
+                .append(one(s, Expected::NoStream, 0), at(0))
+                .await
+                .expect("append");
+        }
+        store.forget_streams(vec!["gone".into()]);
+        let again = store
+            .append(one("gone", Expected::NoStream, 1), at(1))
+            .await
+            .expect("a forgotten stream starts again");
+        assert_eq!((again[0].position, again[0].revision), (4, 0));
+        let r = store
+            .append(one("kept", Expected::NoStream, 2), at(2))
+            .await;
+        assert_conflict(r, "kept", Expected::NoStream, Some(0));
+
+        // A retain as of a position the log has moved past: nothing dropped.
+        store.retain_streams(["kept".to_string()].into(), 3);
+        let r = store
+            .append(one("other", Expected::NoStream, 3), at(3))
+            .await;
+        assert_conflict(r, "other", Expected::NoStream, Some(0));
+        // As of the current position: only `kept` stays checked.
+        store.retain_streams(["kept".to_string()].into(), 4);
+        let r = store
+            .append(one("kept", Expected::NoStream, 4), at(4))
+            .await;
+        assert_conflict(r, "kept", Expected::NoStream, Some(0));
+        for s in ["gone", "other"] {
+            let recs = store
+                .append(one(s, Expected::NoStream, 5), at(5))
+                .await
+                .expect("dropped by the retain");
+            assert_eq!(recs[0].revision, 0);
+        }
+        assert_eq!(verify(&read_all_raw(store)), Ok(6));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -694,6 +737,12 @@ mod sqlite {
     async fn durable_across_reopen() {
         let (_d, p) = temp();
         contract::durable_across_reopen(|| open(&p)).await;
+    }
+
+    #[tokio::test]
+    async fn forgotten_streams() {
+        let (_d, p) = temp();
+        contract::forgotten_streams(open(&p).as_ref()).await;
     }
 
     // --- tampering behind the store's back --------------------------------------------------
@@ -1086,6 +1135,14 @@ mod kurrentdb {
             return;
         };
         contract::durable_across_reopen(|| open(&u, &s)).await;
+    }
+
+    #[tokio::test]
+    async fn forgotten_streams() {
+        let Some((u, s)) = server("forgotten_streams") else {
+            return;
+        };
+        contract::forgotten_streams(open(&u, &s).as_ref()).await;
     }
 
     /// No server at the URL: `open` fails with an error (no panic, in or outside a runtime) —
