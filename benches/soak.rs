@@ -49,8 +49,9 @@
 //! `DoorDecided` per answered scan (more are allowed only up to the errors of that class: a
 //! request that timed out may still have been recorded); then SIGTERM, and the server must exit
 //! 0 within 15 s. Exit status 1 if any error, a failed check, or RSS growth after the warm-up
-//! (`SOAK_WARMUP`, default TTL + retention + one window, see above: RSS at the end of the
-//! window that ends at or after it, against the last window) above 10 %. p99s are reported against the earlier targets (identify ≤ 10 ms,
+//! (`SOAK_WARMUP`, default TTL + retention + one window, see above, or one window after the
+//! server's first state snapshot if that is later and before the last quarter of the run: RSS
+//! at the end of the window that ends at or after it, against the last window) above 10 %. p99s are reported against the earlier targets (identify ≤ 10 ms,
 //! issue 2; door scan ≤ 25 ms, issue 5) but do not fail the run: they depend on the shared disk.
 
 use serde_json::{Value, json};
@@ -87,6 +88,8 @@ struct Settings {
     secs: u64,
     window: u64,
     warmup: u64,
+    /// `SOAK_WARMUP` was given (else the warm-up also waits for the first state snapshot).
+    warmup_given: bool,
     rate: f64,
     scan_rate: f64,
     ttl_secs: u64,
@@ -112,6 +115,7 @@ fn settings() -> Settings {
         secs,
         window,
         warmup: env_num("SOAK_WARMUP", warmup_default),
+        warmup_given: std::env::var_os("SOAK_WARMUP").is_some(),
         rate: env_num("SOAK_RATE", 200.0),
         scan_rate: env_num("SOAK_SCAN_RATE", 20.0),
         ttl_secs,
@@ -1158,7 +1162,7 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    let s = settings();
+    let mut s = settings();
     let out_dir = target_dir().join("soak");
     std::fs::create_dir_all(&out_dir).expect("create <target>/soak");
     let tmp = tempfile::Builder::new()
@@ -1427,6 +1431,24 @@ async fn run() -> ExitCode {
         late.iter().map(|l| l.1).fold(0.0, f32::max)
     );
     let snapshots = snapshots_in_log(&log, start_wall);
+    // The default warm-up also covers the first state snapshot (when one comes before the last
+    // quarter of the run): building one allocates about the state's size again, and what the
+    // allocator keeps of it is part of the process's steady size, not growth.
+    if !s.warmup_given
+        && let Some(first) = snapshots.first()
+        && first.t < s.secs as f64 * 0.75
+    {
+        let after = (first.t / s.window as f64).ceil() as u64 * s.window + s.window;
+        if after > s.warmup {
+            let _ = writeln!(
+                report,
+                "
+Warm-up extended from {} s to {after} s: it ends one window after the first                  state snapshot.",
+                s.warmup
+            );
+            s.warmup = after;
+        }
+    }
     for snap in &snapshots {
         let _ = writeln!(
             report,

@@ -33,6 +33,18 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Returns the memory this thread has freed to the operating system. mimalloc keeps freed
+/// pages in the freeing thread's heap for reuse; a thread that frees a lot and then sleeps (the
+/// snapshot thread, after dropping the state it built) would hold them until it runs again,
+/// which showed as a lasting +10 MB step in the soak's RSS at the first snapshot.
+pub fn release_thread_memory() {
+    #[cfg(not(fuzzing))]
+    // SAFETY: `mi_collect` takes a plain bool and only walks mimalloc's own heap structures.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
+}
+
 pub mod app;
 pub mod config;
 pub mod core;

@@ -263,6 +263,8 @@ impl Worker {
                 }
             };
             self.due.store(next, Ordering::Relaxed);
+            // The state built for the snapshot is dropped by now: give its pages back.
+            crate::release_thread_memory();
         }
     }
 

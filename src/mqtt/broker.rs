@@ -7,6 +7,10 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 
+/// The largest MQTT payload the embedded broker takes (a capture is ~1 KiB), and the size of one
+/// segment of its per-topic message log.
+const MAX_PAYLOAD: usize = 256 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 #[error("embedded broker on {addr}: {reason}")]
 pub struct BrokerError {
@@ -31,7 +35,7 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
             connection_timeout_ms: 60_000,
-            max_payload_size: 256 * 1024,
+            max_payload_size: MAX_PAYLOAD,
             max_inflight_count: 200,
             auth: None,
             external_auth: None,
@@ -43,8 +47,12 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         router: RouterConfig {
             max_connections: 10_010,
             max_outgoing_packet_count: 200,
-            max_segment_size: 16 * 1024 * 1024,
-            max_segment_count: 10,
+            // rumqttd keeps every topic's recent messages in memory, in segments, until the
+            // count is reached: this is the most one topic holds (1 MiB, ~1 000 captures), not a
+            // buffer that empties once delivered. At 16 MiB x 10 every busy topic grew for
+            // ever as far as a soak could see (BENCHMARKS.md section 7).
+            max_segment_size: MAX_PAYLOAD,
+            max_segment_count: 4,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),

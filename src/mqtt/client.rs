@@ -103,6 +103,9 @@ pub fn spawn(
         opts.set_transport(tls_transport(app.config.mqtt.ca_file.as_deref())?);
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    // Small packets go out at once: with Nagle's algorithm on, a publish written while an
+    // earlier one is unacknowledged waits for the peer's delayed ACK (40 ms on Linux).
+    eventloop.network_options.set_tcp_nodelay(true);
     let prefix = app.config.mqtt.topic_prefix.clone();
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Publish>(1024);
 

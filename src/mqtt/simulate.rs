@@ -82,6 +82,8 @@ impl SimReader {
             mo.set_transport(tls_transport(ca_file)?);
         }
         let (client, mut eventloop) = AsyncClient::new(mo, 64);
+        // As the server's client does (`mqtt::client`): no 40 ms Nagle/delayed-ACK stalls.
+        eventloop.network_options.set_tcp_nodelay(true);
         let (tx, commands) = mpsc::unbounded_channel();
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
         let cmd_topic = protocol::cmd_topic(&opts.topic_prefix, &opts.reader);
