@@ -1442,8 +1442,8 @@ async fn run() -> ExitCode {
         if after > s.warmup {
             let _ = writeln!(
                 report,
-                "
-Warm-up extended from {} s to {after} s: it ends one window after the first                  state snapshot.",
+                "\nWarm-up extended from {} s to {after} s: it ends one window after the first \
+                 state snapshot.",
                 s.warmup
             );
             s.warmup = after;
