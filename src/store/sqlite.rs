@@ -490,7 +490,10 @@ impl Writer {
         if accepted.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.write(&accepted) {
+        let started = Instant::now();
+        let written = self.write(&accepted);
+        observe_commit(started, &accepted, written.as_ref().ok());
+        if let Err(e) = written {
             // Unhealthy before anyone hears of the failure.
             healthy.store(false, Ordering::Release);
             for (req, _) in accepted {
@@ -507,7 +510,9 @@ impl Writer {
         Ok(())
     }
 
-    fn write(&mut self, accepted: &[(WriteReq, Vec<RawEvent>)]) -> Result<(), StoreError> {
+    /// Writes the rows in one transaction; on success, how long the COMMIT (its fsyncs, and a
+    /// WAL checkpoint when SQLite runs one) took.
+    fn write(&mut self, accepted: &[(WriteReq, Vec<RawEvent>)]) -> Result<Duration, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -534,7 +539,34 @@ impl Writer {
                 .map_err(io)?;
             }
         }
-        tx.commit().map_err(io)
+        let committing = Instant::now();
+        tx.commit().map_err(io)?;
+        Ok(committing.elapsed())
+    }
+}
+
+/// A group commit this slow is logged (with its parts): requests wait for it.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
+
+/// Records a group commit's duration (`palmgate_store_commit_seconds`) and logs a slow one with
+/// its size and how much of it was the COMMIT itself, so a latency tail can be matched to the
+/// store (or ruled out).
+fn observe_commit(
+    started: Instant,
+    accepted: &[(WriteReq, Vec<RawEvent>)],
+    commit: Option<&Duration>,
+) {
+    let took = started.elapsed();
+    metrics::histogram!("palmgate_store_commit_seconds").record(took.as_secs_f64());
+    if took >= SLOW_COMMIT {
+        let events: usize = accepted.iter().map(|(_, rows)| rows.len()).sum();
+        tracing::warn!(
+            ms = took.as_millis() as u64,
+            commit_ms = commit.map(|c| c.as_millis() as u64),
+            requests = accepted.len(),
+            events,
+            "slow event-log commit (the disk's fsync, or a WAL checkpoint)"
+        );
     }
 }
 
