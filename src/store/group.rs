@@ -1,9 +1,9 @@
 //! What every backend's writer shares: an append request as the writer receives it, the
 //! expected-revision check and sealing of a request within a group commit, and the answer.
 //!
-//! A backend's writer takes a group of requests, [`stage`]s each against its stream heads (and
-//! what the group staged before it), writes the accepted rows in one durable operation, and
-//! then [`answer`]s each accepted request with its recorded events.
+//! A backend's writer takes a group of requests and stages it ([`stage_group`]: each request
+//! against its stream heads and what the group staged before it), writes the accepted rows in
+//! one durable operation, and then [`answer`]s each accepted request with its recorded events.
 
 use super::StoreError;
 use super::chain::{Encoded, RawEvent, format_time};
@@ -112,10 +112,44 @@ impl Forgetting {
     }
 }
 
+/// A group of requests staged against the committed heads, in order: the chain head and the
+/// stream heads after the accepted ones, and the refused ones with their errors.
+pub(super) struct StagedGroup {
+    pub position: u64,
+    pub hash: [u8; 32],
+    pub staged: HashMap<String, u64>,
+    pub accepted: Vec<(WriteReq, Vec<RawEvent>)>,
+    pub refused: Vec<(WriteReq, StoreError)>,
+}
+
+/// [`stage`]s every request of `group` after the chain head `position`/`hash`, each against
+/// `heads` and what the requests before it staged.
+pub(super) fn stage_group(
+    heads: &HashMap<String, u64>,
+    position: u64,
+    hash: [u8; 32],
+    group: Vec<WriteReq>,
+) -> StagedGroup {
+    let mut g = StagedGroup {
+        position,
+        hash,
+        staged: HashMap::new(),
+        accepted: Vec::with_capacity(group.len()),
+        refused: Vec::new(),
+    };
+    for req in group {
+        match stage(heads, &req, &mut g.position, &mut g.hash, &mut g.staged) {
+            Ok(rows) => g.accepted.push((req, rows)),
+            Err(e) => g.refused.push((req, e)),
+        }
+    }
+    g
+}
+
 /// Checks a request's expectations against the committed `heads` and what the group staged
 /// before it (`staged`), and seals its events into rows after `position`/`hash`. On refusal
 /// nothing of it is staged.
-pub(super) fn stage(
+fn stage(
     heads: &HashMap<String, u64>,
     req: &WriteReq,
     position: &mut u64,

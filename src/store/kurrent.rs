@@ -45,7 +45,7 @@
 //! runtime.
 
 use super::chain::RawEvent;
-use super::group::{Forgetting, WriteReq, answer, stage};
+use super::group::{Forgetting, StagedGroup, WriteReq, answer, stage_group};
 use super::{BoxFuture, EventStore, StoreError};
 use crate::core::{Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
@@ -705,23 +705,18 @@ impl Actor {
             self.forgetting
                 .apply(&mut self.heads.streams, self.heads.position);
             // Stage every request against the heads.
-            let mut position = self.heads.position;
-            let mut hash = self.heads.hash;
-            let mut staged: HashMap<String, u64> = HashMap::new();
-            let mut accepted: Vec<(WriteReq, Vec<RawEvent>)> = Vec::with_capacity(group.len());
-            let mut refused = Vec::new();
-            for req in group {
-                match stage(
-                    &self.heads.streams,
-                    &req,
-                    &mut position,
-                    &mut hash,
-                    &mut staged,
-                ) {
-                    Ok(rows) => accepted.push((req, rows)),
-                    Err(e) => refused.push((req, e)),
-                }
-            }
+            let StagedGroup {
+                position,
+                hash,
+                staged,
+                accepted,
+                refused,
+            } = stage_group(
+                &self.heads.streams,
+                self.heads.position,
+                self.heads.hash,
+                group,
+            );
             // The heads may lag the log (the subscription is behind what the app has read
             // already): before refusing anything, read the tail once and stage again.
             if !refused.is_empty() && !caught_up {

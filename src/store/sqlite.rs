@@ -21,7 +21,7 @@
 //! those events, and only a restart folds them in.
 
 use super::chain::RawEvent;
-use super::group::{Forgetting, WriteReq, answer, stage};
+use super::group::{Forgetting, StagedGroup, WriteReq, answer, stage_group};
 use super::{BoxFuture, EventStore, SnapshotDir, StoreError};
 use crate::core::{Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
@@ -467,23 +467,18 @@ impl Writer {
     ) -> Result<(), StoreError> {
         self.forgetting
             .apply(&mut self.heads.streams, self.heads.position);
-        let mut position = self.heads.position;
-        let mut hash = self.heads.hash;
-        let mut staged: HashMap<String, u64> = HashMap::new();
-        let mut accepted: Vec<(WriteReq, Vec<RawEvent>)> = Vec::with_capacity(group.len());
-        let mut refused = Vec::new();
-        for req in group {
-            match stage(
-                &self.heads.streams,
-                &req,
-                &mut position,
-                &mut hash,
-                &mut staged,
-            ) {
-                Ok(rows) => accepted.push((req, rows)),
-                Err(e) => refused.push((req, e)),
-            }
-        }
+        let StagedGroup {
+            position,
+            hash,
+            staged,
+            accepted,
+            refused,
+        } = stage_group(
+            &self.heads.streams,
+            self.heads.position,
+            self.heads.hash,
+            group,
+        );
         for (req, e) in refused {
             let _ = req.reply.send(Err(e));
         }
