@@ -11,6 +11,76 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The UTC time written as `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (1–9 fraction digits) — the form
+/// chrono writes for a `DateTime<Utc>` and the store writes for `recorded_at` — read without
+/// chrono's general RFC 3339 parser, which was a few per cent of folding the log. `None` for
+/// anything else (another offset, a leap second, an invalid date): leave it to that parser.
+pub fn parse_utc(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[b.len() - 1] != b'Z' {
+        return None;
+    }
+    for (i, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+        if b[i] != sep {
+            return None;
+        }
+    }
+    let num = |digits: &[u8]| -> Option<u32> {
+        digits.iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let nanos = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', fraction @ ..] if (1..=9).contains(&fraction.len()) => {
+            num(fraction)? * 10u32.pow(9 - fraction.len() as u32)
+        }
+        _ => return None,
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(num(&b[0..4])?).ok()?,
+        num(&b[5..7])?,
+        num(&b[8..10])?,
+    )?;
+    let (h, m, sec) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    if sec > 59 {
+        return None;
+    }
+    Some(date.and_hms_nano_opt(h, m, sec, nanos)?.and_utc())
+}
+
+/// `deserialize_with` for the events' times: [`parse_utc`] first, then exactly what chrono's
+/// own `Deserialize` does (so every text chrono accepted before still reads the same).
+mod utc {
+    use chrono::{DateTime, FixedOffset, Utc};
+    use serde::Deserializer;
+    use serde::de::{Error, Visitor};
+
+    struct Utc3339;
+
+    impl Visitor<'_> for Utc3339 {
+        type Value = DateTime<Utc>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an RFC 3339 formatted date and time string")
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<DateTime<Utc>, E> {
+            match super::parse_utc(v) {
+                Some(t) => Ok(t),
+                None => v
+                    .parse::<DateTime<FixedOffset>>()
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(E::custom),
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        d.deserialize_str(Utc3339)
+    }
+}
+
 /// Who asked for an idempotent request, and what they asked (SPEC 2, Idempotency).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Idempotency {
@@ -53,14 +123,17 @@ pub enum Event {
         partner_id: PartnerId,
         name: String,
         api_key_hash: SecretHash,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     PartnerActivated {
         partner_id: PartnerId,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     PartnerDeactivated {
         partner_id: PartnerId,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     SessionCreated {
@@ -80,7 +153,9 @@ pub enum Event {
         username: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         metadata: Option<Value>,
+        #[serde(deserialize_with = "utc::deserialize")]
         created_at: DateTime<Utc>,
+        #[serde(deserialize_with = "utc::deserialize")]
         expires_at: DateTime<Utc>,
     },
     /// The `Idempotency-Key` claim, in its own stream so two concurrent requests with one key
@@ -90,6 +165,7 @@ pub enum Event {
         key: String,
         fingerprint: String,
         session_id: SessionId,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     SessionCompleted {
@@ -98,6 +174,7 @@ pub enum Event {
         external_id: Option<ExternalId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         capture: Option<CaptureRef>,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     SessionFailed {
@@ -105,12 +182,14 @@ pub enum Event {
         reason: FailReason,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         capture: Option<CaptureRef>,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// A hosted page armed a reader for this session.
     SessionReaderArmed {
         session_id: SessionId,
         reader_id: ReaderId,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// A capture was below `min_quality`; the reader was asked to try again.
@@ -118,12 +197,14 @@ pub enum Event {
         session_id: SessionId,
         capture: CaptureRef,
         attempt: u32,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     CaptureRejected {
         reader_id: ReaderId,
         capture_id: String,
         reason: CaptureRejection,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     ReaderStatusChanged {
@@ -133,10 +214,12 @@ pub enum Event {
         model: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         firmware: Option<String>,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     SessionExpired {
         session_id: SessionId,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     UserEnrolled {
@@ -149,11 +232,13 @@ pub enum Event {
         session_id: SessionId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         template: Option<SealedTemplate>,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     UserErased {
         partner_id: PartnerId,
         external_id: ExternalId,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// `PUT /v1/webhook`: the URL and a new secret (encrypted under the master key).
@@ -162,23 +247,28 @@ pub enum Event {
         url: String,
         secret: String,
         events: Vec<String>,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// A new secret; the previous one keeps signing until `previous_until`.
     WebhookSecretRotated {
         partner_id: PartnerId,
         secret: String,
+        #[serde(deserialize_with = "utc::deserialize")]
         previous_until: DateTime<Utc>,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     WebhookEnabled {
         partner_id: PartnerId,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// The 5th failed attempt of `delivery_id` disabled the webhook.
     WebhookDisabled {
         partner_id: PartnerId,
         delivery_id: String,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// The outbox: a webhook to send, with its exact body. `held` when the partner's webhook
@@ -191,6 +281,7 @@ pub enum Event {
         session_id: Option<SessionId>,
         body: String,
         held: bool,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     DeliveryAttempted {
@@ -206,11 +297,13 @@ pub enum Event {
         delivered: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next_attempt_at: Option<DateTime<Utc>>,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// Redeliver / recover: a fresh sequence of attempts, starting now.
     DeliveryRescheduled {
         delivery_id: String,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// A site policy became the one in force (start-up, admin API, SIGHUP): the whole document,
@@ -219,12 +312,14 @@ pub enum Event {
         sha256: String,
         document: String,
         source: String,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// Lockdown and emergency unlock, both explicit to set and to revert.
     SiteModeChanged {
         lockdown: bool,
         emergency: bool,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// A door decision with every input it was derived from.
@@ -249,6 +344,7 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         movement: Option<(String, Direction)>,
         verdict: Verdict,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// A door's resting relay state changed (unlock window, emergency, lockdown).
@@ -256,6 +352,7 @@ pub enum Event {
         door: DoorId,
         unlocked: bool,
         cause: String,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// A relay coil was written and (for OFF) read back.
@@ -266,6 +363,7 @@ pub enum Event {
         on: bool,
         /// The capture whose grant this pulse serves; empty for a resting-state drive.
         tag: String,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     RelayFailed {
@@ -274,6 +372,7 @@ pub enum Event {
         coil: u16,
         on: bool,
         error: String,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     DeviceStatusChanged {
@@ -281,22 +380,34 @@ pub enum Event {
         up: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// A door contact opened or closed.
     DoorContactChanged {
         door: DoorId,
         open: bool,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// The request-to-exit button released the door.
-    DoorExitRequested { door: DoorId, at: DateTime<Utc> },
+    DoorExitRequested {
+        door: DoorId,
+        #[serde(deserialize_with = "utc::deserialize")]
+        at: DateTime<Utc>,
+    },
     /// Opened with no grant, exit request, unlock window or emergency.
-    DoorForcedOpen { door: DoorId, at: DateTime<Utc> },
+    DoorForcedOpen {
+        door: DoorId,
+        #[serde(deserialize_with = "utc::deserialize")]
+        at: DateTime<Utc>,
+    },
     /// Open longer than `held_open_after_s`.
     DoorHeldOpen {
         door: DoorId,
+        #[serde(deserialize_with = "utc::deserialize")]
         since: DateTime<Utc>,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// Upstream mode: a reader's trigger opened an identify session at the remote Pass API,
@@ -312,6 +423,7 @@ pub enum Event {
         /// answer), so its webhook `timestamp` can be read on our clock.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         clock_skew_s: Option<i64>,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// Upstream mode: the remote `POST /v1/identify` for a reader's trigger failed (no answer
@@ -322,6 +434,7 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         status_code: Option<u16>,
         error: String,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
     /// Upstream mode: the remote's signed webhook ended a bound session. The `DoorDecided` it
@@ -344,10 +457,12 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fail_reason: Option<String>,
         /// The payload's `timestamp`: when the remote ended the session.
+        #[serde(deserialize_with = "utc::deserialize")]
         ended_at: DateTime<Utc>,
         /// Arrived too long after the remote ended the session to open a door.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         late: bool,
+        #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
 }

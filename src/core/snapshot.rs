@@ -35,11 +35,12 @@ use super::state::{
     Delivery, DeliveryStatus, DeviceState, DoorState, IdemEntry, Partner, Reader, Rules,
     SeenCaptures, State, User, Webhook,
 };
+use super::state::{Map, Set};
 use super::upstream::UpstreamBinding;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -72,7 +73,7 @@ struct StateRef<'a> {
     seen: SeenRef<'a>,
     retention_ms: (i64, i64),
     #[serde(serialize_with = "sorted_map")]
-    revisions: &'a HashMap<String, u64>,
+    revisions: &'a Map<String, u64>,
     webhooks: Vec<&'a Webhook>,
     deliveries: Vec<&'a Delivery>,
     policy_document: Option<(&'a str, DateTime<Utc>)>,
@@ -98,7 +99,7 @@ struct StateOwned {
     readers: Vec<Reader>,
     seen: SeenOwned,
     retention_ms: (i64, i64),
-    revisions: HashMap<String, u64>,
+    revisions: Map<String, u64>,
     webhooks: Vec<Webhook>,
     deliveries: Vec<Delivery>,
     policy_document: Option<(String, DateTime<Utc>)>,
@@ -268,7 +269,7 @@ fn sorted_by_key<T, K: Ord>(mut v: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
     v
 }
 
-fn sorted_map<S: Serializer>(m: &&HashMap<String, u64>, s: S) -> Result<S::Ok, S::Error> {
+fn sorted_map<S: Serializer>(m: &&Map<String, u64>, s: S) -> Result<S::Ok, S::Error> {
     let mut entries: Vec<(&str, u64)> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     entries.sort_unstable();
     s.collect_map(entries)
@@ -360,8 +361,8 @@ pub fn encode(state: &State) -> Vec<u8> {
 fn unique<K: Eq + Hash, V>(
     what: &str,
     items: impl ExactSizeIterator<Item = (K, V)>,
-) -> Result<HashMap<K, V>, SnapshotError> {
-    let mut map = HashMap::with_capacity(items.len());
+) -> Result<Map<K, V>, SnapshotError> {
+    let mut map = Map::with_capacity_and_hasher(items.len(), Default::default());
     for (k, v) in items {
         if map.insert(k, v).is_some() {
             return Err(SnapshotError::Inconsistent(format!(
@@ -386,7 +387,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
             SnapshotError::Inconsistent("the stored site policy no longer compiles".into())
         })?)),
     };
-    let mut session_by_token = HashMap::with_capacity(sessions.len());
+    let mut session_by_token = Map::with_capacity_and_hasher(sessions.len(), Default::default());
     let mut deadlines = BTreeSet::new();
     for s in &sessions {
         session_by_token.insert(s.token_hash.clone(), s.id);
@@ -407,7 +408,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
     }
     let generation = |v: Vec<(ReaderId, String)>| {
         let len = v.len();
-        let set: HashSet<(ReaderId, String)> = v.into_iter().collect();
+        let set: Set<(ReaderId, String)> = v.into_iter().collect();
         if set.len() != len {
             return Err(SnapshotError::Inconsistent(
                 "a seen capture appears twice".into(),

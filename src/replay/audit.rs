@@ -61,23 +61,19 @@ fn read_page(
     out: &mut Vec<Checked>,
 ) -> Result<bool, crate::store::StoreError> {
     out.clear();
-    let page = store.read_raw(k * size, size as usize)?;
-    if page.is_empty() {
-        return Ok(false);
-    }
     let end = (k + 1) * size;
-    out.extend(
-        page.into_iter()
-            .filter(|r| r.position <= end)
-            .map(|r| Checked {
+    let lent = store.read_raw_each(k * size, size as usize, &mut |r| {
+        if r.position <= end {
+            out.push(Checked {
                 position: r.position,
                 prev_hash: r.prev_hash,
                 hash: r.hash,
                 computed: r.computed_hash(),
-                decoded: r.into_recorded(),
-            }),
-    );
-    Ok(true)
+                decoded: r.decode(),
+            })
+        }
+    })?;
+    Ok(lent > 0)
 }
 
 /// Verifies the chain, the schema and every door decision.

@@ -48,43 +48,26 @@ pub struct RawEvent {
     pub hash: [u8; 32],
 }
 
+/// A stored event borrowed from the backend's buffers ([`EventStore::read_raw_each`]): what
+/// [`RawEvent`] holds, without copying the texts.
+///
+/// [`EventStore::read_raw_each`]: super::EventStore::read_raw_each
+#[derive(Clone, Copy, Debug)]
+pub struct RawRef<'a> {
+    pub position: u64,
+    pub stream: &'a str,
+    pub revision: u64,
+    pub kind: &'a str,
+    pub version: u32,
+    pub recorded_at: &'a str,
+    pub data: &'a str,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
 /// The `recorded_at` text form: RFC 3339, microseconds, `Z`.
 pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// The exact form [`format_time`] writes (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), read without the
-/// general RFC 3339 parser; `None` for anything else (a leap second, another offset, other
-/// precision, an invalid date), which is left to that parser.
-fn parse_stored_time(s: &str) -> Option<DateTime<Utc>> {
-    let b = s.as_bytes();
-    if b.len() != 27 || b[26] != b'Z' {
-        return None;
-    }
-    for (i, sep) in [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'.'),
-    ] {
-        if b[i] != sep {
-            return None;
-        }
-    }
-    let num = |from: usize, to: usize| -> Option<u32> {
-        b[from..to].iter().try_fold(0u32, |n, &d| {
-            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
-        })
-    };
-    let date =
-        chrono::NaiveDate::from_ymd_opt(i32::try_from(num(0, 4)?).ok()?, num(5, 7)?, num(8, 10)?)?;
-    let (h, m, sec, micro) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 26)?);
-    if sec > 59 {
-        return None;
-    }
-    Some(date.and_hms_micro_opt(h, m, sec, micro)?.and_utc())
 }
 
 /// `SHA-256(prev_hash ‖ canonical bytes)`.
@@ -174,17 +157,73 @@ impl RawEvent {
         }
     }
 
+    /// This event as a [`RawRef`].
+    pub fn as_raw_ref(&self) -> RawRef<'_> {
+        RawRef {
+            position: self.position,
+            stream: &self.stream,
+            revision: self.revision,
+            kind: &self.kind,
+            version: self.version,
+            recorded_at: &self.recorded_at,
+            data: &self.data,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+
+    /// Recomputes this event's hash from its stored bytes.
+    pub fn computed_hash(&self) -> [u8; 32] {
+        self.as_raw_ref().computed_hash()
+    }
+
+    /// Parses the stored data into a typed event (upcasting old versions).
+    pub fn decode(&self) -> Result<Recorded, StoreError> {
+        self.as_raw_ref().decode()
+    }
+
+    /// [`RawEvent::decode`] consuming the stored form: the stream name moves into the result.
+    pub fn into_recorded(self) -> Result<Recorded, StoreError> {
+        let (event, recorded_at) = self.as_raw_ref().decode_parts()?;
+        Ok(Recorded {
+            position: self.position,
+            stream: self.stream,
+            revision: self.revision,
+            recorded_at,
+            event,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        })
+    }
+}
+
+impl RawRef<'_> {
+    /// An owned copy.
+    pub fn to_owned_event(&self) -> RawEvent {
+        RawEvent {
+            position: self.position,
+            stream: self.stream.to_string(),
+            revision: self.revision,
+            kind: self.kind.to_string(),
+            version: self.version,
+            recorded_at: self.recorded_at.to_string(),
+            data: self.data.to_string(),
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+
     /// Recomputes this event's hash from its stored bytes.
     pub fn computed_hash(&self) -> [u8; 32] {
         event_hash(
             &self.prev_hash,
             self.position,
-            &self.stream,
+            self.stream,
             self.revision,
-            &self.kind,
+            self.kind,
             self.version,
-            &self.recorded_at,
-            &self.data,
+            self.recorded_at,
+            self.data,
         )
     }
 
@@ -193,21 +232,7 @@ impl RawEvent {
         let (event, recorded_at) = self.decode_parts()?;
         Ok(Recorded {
             position: self.position,
-            stream: self.stream.clone(),
-            revision: self.revision,
-            recorded_at,
-            event,
-            prev_hash: self.prev_hash,
-            hash: self.hash,
-        })
-    }
-
-    /// [`RawEvent::decode`] consuming the stored form: the stream name moves into the result.
-    pub fn into_recorded(self) -> Result<Recorded, StoreError> {
-        let (event, recorded_at) = self.decode_parts()?;
-        Ok(Recorded {
-            position: self.position,
-            stream: self.stream,
+            stream: self.stream.to_string(),
             revision: self.revision,
             recorded_at,
             event,
@@ -221,11 +246,11 @@ impl RawEvent {
             position: self.position,
             reason,
         };
-        let event = Event::decode_text(&self.kind, self.version, &self.data)
+        let event = Event::decode_text(self.kind, self.version, self.data)
             .map_err(|e| corrupt(e.to_string()))?;
-        let recorded_at = match parse_stored_time(&self.recorded_at) {
+        let recorded_at = match crate::core::event::parse_utc(self.recorded_at) {
             Some(t) => t,
-            None => DateTime::parse_from_rfc3339(&self.recorded_at)
+            None => DateTime::parse_from_rfc3339(self.recorded_at)
                 .map_err(|e| corrupt(format!("recorded_at: {e}")))?
                 .with_timezone(&Utc),
         };
@@ -301,33 +326,73 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Timelike;
 
     #[test]
     fn stored_times_read_as_the_rfc3339_parser_reads_them() {
-        let t = DateTime::parse_from_rfc3339("2026-11-26T05:59:58.123456Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        use crate::core::event::parse_utc;
+        let general = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let t = general("2026-11-26T05:59:58.123456789Z");
         for t in [
             t,
             t + chrono::Duration::microseconds(1),
             DateTime::from_timestamp(0, 0).unwrap(),
-            DateTime::from_timestamp(253_402_300_799, 999_999_000).unwrap(),
+            DateTime::from_timestamp(253_402_300_799, 999_999_999).unwrap(),
         ] {
-            let s = format_time(t);
-            assert_eq!(parse_stored_time(&s), Some(t), "{s}");
+            // The store's form, and chrono's (serde) form at every precision it writes.
+            let stored = format_time(t);
+            assert_eq!(parse_utc(&stored), Some(general(&stored)), "{stored}");
+            for t in [
+                t,
+                t.with_nanosecond(0).unwrap(),
+                t.with_nanosecond(5_000_000).unwrap(),
+            ] {
+                let serde = serde_json::to_value(t).unwrap();
+                let serde = serde.as_str().unwrap();
+                assert_eq!(parse_utc(serde), Some(t), "{serde}");
+            }
         }
-        // Anything but the written form goes to the general parser.
+        for s in ["2026-11-26T05:59:58Z", "2026-11-26T05:59:58.1Z"] {
+            assert_eq!(parse_utc(s), Some(general(s)), "{s}");
+        }
+        // Anything else goes to the general parser.
         for s in [
-            "2026-11-26T05:59:58Z",
             "2026-11-26T05:59:58.123456+00:00",
             "2026-11-26T05:59:60.000000Z",
             "2026-02-30T05:59:58.123456Z",
             "2026-11-26T24:00:00.000000Z",
             "2026-11-26 05:59:58.123456Z",
             "2026-11-26T05:59:58.12345aZ",
+            "2026-11-26T05:59:58.Z",
+            "2026-11-26T05:59:58.1234567891Z",
             "+026-11-26T05:59:58.123456Z",
+            "2026-11-26T05:59:58z",
         ] {
-            assert_eq!(parse_stored_time(s), None, "{s}");
+            assert_eq!(parse_utc(s), None, "{s}");
         }
+    }
+
+    #[test]
+    fn event_times_read_the_same_through_either_parser() {
+        // A leap second and an offset are not the fast form: the fallback reads them as
+        // chrono always did.
+        for (text, want) in [
+            ("2026-11-26T05:59:58.5+05:00", "2026-11-26T00:59:58.5Z"),
+            ("2026-11-26T05:59:58.123Z", "2026-11-26T05:59:58.123Z"),
+        ] {
+            let data = format!(r#"{{"door":"d1","at":"{text}"}}"#);
+            let e = Event::decode_text("DoorExitRequested", 1, &data).unwrap();
+            let Event::DoorExitRequested { at, .. } = e else {
+                panic!("{e:?}")
+            };
+            assert_eq!(at, DateTime::parse_from_rfc3339(want).unwrap());
+        }
+        let bad = r#"{"door":"d1","at":"yesterday"}"#;
+        let err = Event::decode_text("DoorExitRequested", 1, bad).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("input contains invalid characters"),
+            "{err}"
+        );
     }
 }

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::pin::Pin;
 
-pub use chain::RawEvent;
+pub use chain::{RawEvent, RawRef};
 #[cfg(feature = "kurrentdb")]
 pub use kurrent::KurrentStore;
 pub use snapshots::{SnapshotDir, SnapshotInfo};
@@ -55,12 +55,35 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `limit` stored events with position > `after`, in order, exactly as stored.
     fn read_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEvent>, StoreError>;
 
+    /// [`EventStore::read_raw`] lending each event to `each`, in order, instead of collecting
+    /// copies (a backend that can borrows from its own buffers); returns how many it lent.
+    fn read_raw_each(
+        &self,
+        after: u64,
+        limit: usize,
+        each: &mut dyn FnMut(RawRef<'_>),
+    ) -> Result<usize, StoreError> {
+        let page = self.read_raw(after, limit)?;
+        page.iter().for_each(|r| each(r.as_raw_ref()));
+        Ok(page.len())
+    }
+
     /// Up to `limit` decoded events with position > `after`.
     fn read(&self, after: u64, limit: usize) -> Result<Vec<Recorded>, StoreError> {
-        self.read_raw(after, limit)?
-            .into_iter()
-            .map(|r| r.decode())
-            .collect()
+        let mut out = Vec::with_capacity(limit.min(100_000));
+        let mut failed = None;
+        self.read_raw_each(after, limit, &mut |r| {
+            if failed.is_none() {
+                match r.decode() {
+                    Ok(rec) => out.push(rec),
+                    Err(e) => failed = Some(e),
+                }
+            }
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// False after a write failed, until the backend finds it can write again (the SQLite
