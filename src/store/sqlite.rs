@@ -1,12 +1,19 @@
-//! The embedded backend: one SQLite file, WAL, `synchronous=FULL`, one writer thread with
-//! group commit.
+//! The embedded backend: one SQLite file, WAL, one writer thread with group commit, and every
+//! commit fsync'd before it is acknowledged.
 //!
 //! Every `append` is a request to the writer thread. The writer takes the first waiting
 //! request, drains every other one already queued, checks each against the stream heads, writes
-//! all that pass in ONE transaction (one fsync), and only then answers each caller. A request
-//! whose expected revision fails is refused alone; the others still commit. If the commit
-//! fails, every caller in the group gets the error, nothing is acknowledged, and the store
-//! marks itself unhealthy.
+//! all that pass in ONE transaction, and hands the committed group to the syncer thread, which
+//! fsyncs the WAL (`fdatasync`; the directory once, when it first opens the WAL) and only then
+//! answers each caller. The fsync of one group overlaps the writing of the next (pipelined
+//! group commit): the writer connection runs `synchronous=NORMAL`, which leaves the per-commit
+//! WAL sync to the syncer, and the syncer gives the guarantee `synchronous=FULL` gives — a
+//! commit is on disk before anyone hears of it. (SQLite still syncs the WAL before each
+//! checkpoint and the database file after it.) A request whose expected revision fails is
+//! refused alone; the others still commit. If the commit fails, every caller in the group gets
+//! the error, nothing is acknowledged, and the store marks itself unhealthy. If an fsync fails,
+//! nothing written since the last good one is acknowledged, and the store stays unhealthy until
+//! a restart: after a failed fsync the kernel may have dropped pages SQLite believes written.
 //!
 //! While unhealthy (a full disk, an I/O error, the file locked by another process past the
 //! busy timeout) every request is refused at once, and every [`PROBE_EVERY`] (whether requests
@@ -102,9 +109,26 @@ impl SqliteStore {
         }
         let conn = open_conn(&path)?;
         conn.execute_batch(SCHEMA).map_err(io)?;
+        // The syncer makes each commit durable before it is answered (module docs).
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(io)?;
         let heads = load_heads(&conn)?;
         let reader = open_conn(&path)?;
         let healthy = Arc::new(AtomicBool::new(true));
+        let sync_failed = Arc::new(AtomicBool::new(false));
+        let (durable, committed) = mpsc::channel();
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let syncer = Syncer {
+            wal: PathBuf::from(wal),
+            file: None,
+            healthy: healthy.clone(),
+            failed: sync_failed.clone(),
+        };
+        let syncer = std::thread::Builder::new()
+            .name("palmgate-wal-sync".into())
+            .spawn(move || syncer.run(committed))
+            .map_err(io)?;
         let (tx, rx) = mpsc::channel();
         let h = healthy.clone();
         let forgetting = Arc::new(Forgetting::default());
@@ -117,6 +141,9 @@ impl SqliteStore {
                     heads,
                     diverged: false,
                     forgetting: f,
+                    durable: Some(durable),
+                    syncer: Some(syncer),
+                    sync_failed,
                 }
                 .run(rx, h)
             })
@@ -301,13 +328,110 @@ fn to_hash(position: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
 struct Writer {
     conn: Connection,
     heads: Heads,
-    /// The file's last row is not the head we know: only a restart can fold it in.
+    /// The file's last row is not the head we know, or an fsync failed: only a restart can
+    /// fold the file in.
     diverged: bool,
     forgetting: Arc<Forgetting>,
+    /// Committed groups, to the syncer.
+    durable: Option<mpsc::Sender<Committed>>,
+    syncer: Option<std::thread::JoinHandle<()>>,
+    /// Set by the syncer when an fsync failed.
+    sync_failed: Arc<AtomicBool>,
+}
+
+/// A group SQLite has committed (its WAL frames written), not yet known to be on disk.
+struct Committed {
+    accepted: Vec<(WriteReq, Vec<RawEvent>)>,
+    started: Instant,
+    commit: Duration,
+}
+
+/// Makes committed groups durable, in commit order, and only then answers their callers: one
+/// `fdatasync` of the WAL covers every group committed before it started.
+struct Syncer {
+    wal: PathBuf,
+    file: Option<std::fs::File>,
+    healthy: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Syncer {
+    fn run(mut self, committed: mpsc::Receiver<Committed>) {
+        while let Ok(first) = committed.recv() {
+            let mut groups = vec![first];
+            groups.extend(committed.try_iter());
+            let started = Instant::now();
+            let synced = if self.failed.load(Ordering::Acquire) {
+                Err(StoreError::Io(
+                    "an fsync of the event log failed; restart the server".into(),
+                ))
+            } else {
+                self.sync()
+            };
+            let sync = started.elapsed();
+            match synced {
+                Ok(()) => {
+                    for g in groups {
+                        observe_commit(g.started, &g.accepted, Some(g.commit), Some(sync));
+                        for (req, rows) in g.accepted {
+                            answer(req, rows);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Unhealthy before anyone hears of the failure.
+                    self.healthy.store(false, Ordering::Release);
+                    if !self.failed.swap(true, Ordering::AcqRel) {
+                        tracing::error!(
+                            error = %e,
+                            "fsync of the event log failed: nothing written since the last good \
+                             fsync is acknowledged; refusing new work until a restart"
+                        );
+                    }
+                    for g in groups {
+                        for (req, _) in g.accepted {
+                            let _ = req.reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => {
+                let cannot = |e: std::io::Error| io(format!("{}: {e}", self.wal.display()));
+                let f = std::fs::File::open(&self.wal).map_err(cannot)?;
+                // The WAL's directory entry, once: SQLite would sync it with the first commit
+                // under `synchronous=FULL`.
+                let dir = self
+                    .wal
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(cannot)?;
+                self.file.insert(f)
+            }
+        };
+        file.sync_data().map_err(io)
+    }
 }
 
 impl Writer {
+    /// Serves requests until the store closes, then lets the syncer answer what it holds.
     fn run(mut self, rx: mpsc::Receiver<WriteReq>, healthy: Arc<AtomicBool>) {
+        self.serve(rx, healthy);
+        drop(self.durable.take());
+        if let Some(s) = self.syncer.take() {
+            let _ = s.join();
+        }
+    }
+
+    fn serve(&mut self, rx: mpsc::Receiver<WriteReq>, healthy: Arc<AtomicBool>) {
         // While unhealthy: when the next probe is due (requests keep coming or not).
         let mut next_probe = Instant::now();
         loop {
@@ -380,6 +504,8 @@ impl Writer {
 
     /// After a failed write: healthy again once the log is unchanged and a probe commits.
     fn probe(&mut self, healthy: &AtomicBool) {
+        // After a failed fsync, what the file holds is unknown.
+        self.diverged |= self.sync_failed.load(Ordering::Acquire);
         if self.diverged {
             return;
         }
@@ -486,27 +612,41 @@ impl Writer {
             return Ok(());
         }
         let started = Instant::now();
-        let written = self.write(&accepted);
-        observe_commit(started, &accepted, written.as_ref().ok());
-        if let Err(e) = written {
-            // Unhealthy before anyone hears of the failure.
+        let commit = match self.write(&accepted) {
+            Ok(took) => took,
+            Err(e) => {
+                observe_commit(started, &accepted, None, None);
+                // Unhealthy before anyone hears of the failure.
+                healthy.store(false, Ordering::Release);
+                for (req, _) in accepted {
+                    let _ = req.reply.send(Err(e.clone()));
+                }
+                return Err(e);
+            }
+        };
+        self.heads.position = position;
+        self.heads.hash = hash;
+        self.heads.streams.extend(staged);
+        let committed = Committed {
+            accepted,
+            started,
+            commit,
+        };
+        if let Some(Err(mpsc::SendError(c))) = self.durable.as_ref().map(|d| d.send(committed)) {
+            // The syncer is gone (it panicked): nothing can be made durable any more.
             healthy.store(false, Ordering::Release);
-            for (req, _) in accepted {
+            self.sync_failed.store(true, Ordering::Release);
+            let e = StoreError::Io("the event log's syncer stopped; restart the server".into());
+            for (req, _) in c.accepted {
                 let _ = req.reply.send(Err(e.clone()));
             }
             return Err(e);
         }
-        self.heads.position = position;
-        self.heads.hash = hash;
-        self.heads.streams.extend(staged);
-        for (req, rows) in accepted {
-            answer(req, rows);
-        }
         Ok(())
     }
 
-    /// Writes the rows in one transaction; on success, how long the COMMIT (its fsyncs, and a
-    /// WAL checkpoint when SQLite runs one) took.
+    /// Writes the rows in one transaction; on success, how long the COMMIT (writing the WAL
+    /// frames, and a WAL checkpoint with its syncs when SQLite runs one) took.
     fn write(&mut self, accepted: &[(WriteReq, Vec<RawEvent>)]) -> Result<Duration, StoreError> {
         let tx = self
             .conn
@@ -543,24 +683,31 @@ impl Writer {
 /// A group commit this slow is logged (with its parts): requests wait for it.
 const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
-/// Records a group commit's duration (`palmgate_store_commit_seconds`) and logs a slow one with
-/// its size and how much of it was the COMMIT itself, so a latency tail can be matched to the
-/// store (or ruled out).
+/// Records a group commit's duration, from its staging to its answer
+/// (`palmgate_store_commit_seconds`), and its fsync's (`palmgate_store_fsync_seconds`), and
+/// logs a slow one with its size and its parts: the COMMIT (writing the WAL, and a checkpoint
+/// with its syncs when SQLite runs one) and the fsync that made it durable. So a latency tail
+/// can be matched to the store, and to checkpoints or the WAL's fsync (or ruled out).
 fn observe_commit(
     started: Instant,
     accepted: &[(WriteReq, Vec<RawEvent>)],
-    commit: Option<&Duration>,
+    commit: Option<Duration>,
+    sync: Option<Duration>,
 ) {
     let took = started.elapsed();
     metrics::histogram!("palmgate_store_commit_seconds").record(took.as_secs_f64());
+    if let Some(sync) = sync {
+        metrics::histogram!("palmgate_store_fsync_seconds").record(sync.as_secs_f64());
+    }
     if took >= SLOW_COMMIT {
         let events: usize = accepted.iter().map(|(_, rows)| rows.len()).sum();
         tracing::warn!(
             ms = took.as_millis() as u64,
             commit_ms = commit.map(|c| c.as_millis() as u64),
+            fsync_ms = sync.map(|c| c.as_millis() as u64),
             requests = accepted.len(),
             events,
-            "slow event-log commit (the disk's fsync, or a WAL checkpoint)"
+            "slow event-log commit (a WAL checkpoint in commit_ms, the disk's fsync in fsync_ms)"
         );
     }
 }
@@ -675,6 +822,73 @@ mod tests {
 
     fn expected_event(stream: &str) -> Event {
         expired(stream.len() as u8)
+    }
+
+    /// A failed fsync (here: a WAL that cannot be opened) answers the group with the error,
+    /// marks the store unhealthy first, and refuses every later group too: what the file holds
+    /// is unknown until a restart.
+    #[tokio::test]
+    async fn a_failed_fsync_acknowledges_nothing_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let failed = Arc::new(AtomicBool::new(false));
+        let syncer = Syncer {
+            wal: dir.path().join("missing").join("events.db-wal"),
+            file: None,
+            healthy: healthy.clone(),
+            failed: failed.clone(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || syncer.run(rx));
+        let mut replies = Vec::new();
+        for i in 0..2u8 {
+            let batch = vec![StreamAppend {
+                stream: format!("s{i}"),
+                expected: Expected::Any,
+                events: vec![expired(i)],
+            }];
+            let (req, reply) = WriteReq::new(batch, Utc::now());
+            let row = RawEvent::seal([0; 32], 1, "s", 0, Utc::now(), &expired(i));
+            tx.send(Committed {
+                accepted: vec![(req, vec![row])],
+                started: Instant::now(),
+                commit: Duration::ZERO,
+            })
+            .unwrap();
+            replies.push(reply);
+        }
+        drop(tx);
+        thread.join().unwrap();
+        for reply in replies {
+            let err = reply.await.unwrap().unwrap_err();
+            assert!(matches!(err, StoreError::Io(_)), "{err:?}");
+        }
+        assert!(!healthy.load(Ordering::Acquire));
+        assert!(failed.load(Ordering::Acquire));
+    }
+
+    /// The syncer's fsync is what acknowledges: appends made through the store come back
+    /// only once the WAL is synced, and closing the store answers everything in flight.
+    #[tokio::test]
+    async fn appends_are_answered_through_the_syncer_and_close_drains_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let tasks: Vec<_> = (0..32u8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(
+                    async move { put(&store, &format!("stream-{i}"), Expected::Any).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        store.close();
+        assert!(std::fs::metadata(dir.path().join("events.db-wal")).is_ok());
+        let reopened = SqliteStore::open(&path).unwrap();
+        assert_eq!(reopened.read_raw(0, 100).unwrap().len(), 32);
     }
 
     fn saved_heads(path: &Path) -> (i64, Vec<u8>) {
