@@ -604,7 +604,8 @@ impl Probe {
             || b.irregular > 0
             || query.len() != dim
             || !query.iter().all(|q| q.is_finite() && q.abs() < 1e15)
-            || !(b.norm_max < 1e15)
+            || !b.norm_max.is_finite()
+            || b.norm_max >= 1e15
         {
             return None;
         }
@@ -690,7 +691,7 @@ impl Probe {
     /// True when some of the first `live` rows of `group` might still score above `bar`.
     #[cfg(test)]
     fn open(&self, group: &[f32], live: usize, bar: f32) -> bool {
-        !(self.survey(group, live, 0, &mut Seen::new()) <= bar)
+        self.survey(group, live, 0, &mut Seen::new()) > bar
     }
 }
 
@@ -827,8 +828,7 @@ fn scan_exact_in<const G: usize>(
             }
         }
     }
-    let open =
-        |g: usize, bar: Option<f32>| reach.is_empty() || bar.is_none_or(|b| !(reach[g] <= b));
+    let open = |g: usize, bar: Option<f32>| reach.is_empty() || bar.is_none_or(|b| reach[g] > b);
     let mut found = None;
     let mut g = 0;
     while g < groups {
