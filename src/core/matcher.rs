@@ -739,13 +739,13 @@ fn survey(k: Kernels, p: &Probe, rows: &[f32], n: usize, reach: &mut [f32], seen
         // state) every feature `x86::survey_avx512` enables.
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx512 => unsafe {
-            x86::survey_avx512(p, &rows[..full * step], &mut reach[..full], seen);
+            x86::survey_avx512(p, &rows[..full * step], step, &mut reach[..full], seen);
             full
         },
         // SAFETY: as above, for the AVX2 and FMA features of `x86::survey_avx2`.
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx2 => unsafe {
-            x86::survey_avx2(p, &rows[..full * step], &mut reach[..full], seen);
+            x86::survey_avx2(p, &rows[..full * step], step, &mut reach[..full], seen);
             full
         },
         _ => 0,
@@ -828,6 +828,8 @@ fn scan_exact_in<const G: usize>(
             }
         }
     }
+    // A bound is never NaN; a NaN bar (a NaN row taken by an earlier block) passes nothing,
+    // as in the scan itself.
     let open = |g: usize, bar: Option<f32>| reach.is_empty() || bar.is_none_or(|b| reach[g] > b);
     let mut found = None;
     let mut g = 0;
@@ -836,18 +838,18 @@ fn scan_exact_in<const G: usize>(
             g += 1;
             continue;
         }
-        let mut k = 1;
-        while k < G && g + k < groups && open(g + k, bar) {
-            k += 1;
+        let mut m = 1;
+        while m < G && g + m < groups && open(g + m, bar) {
+            m += 1;
         }
-        let rows = &b.rows[g * step..(g + k) * step];
+        let rows = &b.rows[g * step..(g + m) * step];
         let mut acc = [[0f32; GROUP]; G];
-        accumulate(rows, dim, query, &mut acc[..k]);
-        for (j, acc) in acc.iter().enumerate().take(k) {
+        accumulate(rows, dim, query, &mut acc[..m]);
+        for (j, acc) in acc.iter().enumerate().take(m) {
             let first = (g + j) * GROUP;
             take_best(&acc[..(n - first).min(GROUP)], first, &mut found, &mut bar);
         }
-        g += k;
+        g += m;
     }
     found
 }
@@ -1120,12 +1122,18 @@ mod x86 {
         _mm512_set1_ps, _mm512_setzero_ps, _mm512_sqrt_ps, _mm512_storeu_ps, _mm512_sub_ps,
     };
 
-    /// [`Probe::survey`] over whole groups (`rows` holds `reach.len()` of them) with AVX2
+    /// [`Probe::survey`] over whole groups (`rows` holds `reach.len()` of them, `step` floats
+    /// each) with AVX2
     /// and fused multiply-adds (the survey only bounds: its rounding, covered by `eps` like
     /// the scan's, need not match any other level's).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn survey_avx2(p: &Probe, rows: &[f32], reach: &mut [f32], seen: &mut Seen) {
-        let step = rows.len() / reach.len().max(1);
+    pub(super) fn survey_avx2(
+        p: &Probe,
+        rows: &[f32],
+        step: usize,
+        reach: &mut [f32],
+        seen: &mut Seen,
+    ) {
         let load = |x: &[f32]| -> __m256 {
             let x: &[f32; 8] = x.try_into().expect("8 floats");
             // SAFETY: `x` is a reference to 32 readable bytes, exactly what the load reads.
@@ -1186,13 +1194,18 @@ mod x86 {
         }
     }
 
-    /// [`Probe::survey`] over whole groups (`rows` holds `reach.len()` of them) with
-    /// AVX-512 F: 16-lane vectors, so half the instructions per group, and fused
+    /// [`Probe::survey`] over whole groups (`rows` holds `reach.len()` of them, `step` floats
+    /// each) with AVX-512 F: 16-lane vectors, so half the instructions per group, and fused
     /// multiply-adds (the survey only bounds: its rounding, covered by `eps` like the
     /// scan's, need not match any other level's).
     #[target_feature(enable = "avx2,fma,avx512f")]
-    pub(super) fn survey_avx512(p: &Probe, rows: &[f32], reach: &mut [f32], seen: &mut Seen) {
-        let step = rows.len() / reach.len().max(1);
+    pub(super) fn survey_avx512(
+        p: &Probe,
+        rows: &[f32],
+        step: usize,
+        reach: &mut [f32],
+        seen: &mut Seen,
+    ) {
         let load = |x: &[f32]| -> __m512 {
             let x: &[f32; 16] = x.try_into().expect("16 floats");
             // SAFETY: `x` is a reference to 64 readable bytes, exactly what the load reads.
@@ -2125,7 +2138,14 @@ mod tests {
     #[test]
     fn the_f32_scan_skips_groups_only_when_they_cannot_matter() {
         let mut g = Gen(41);
-        for (dim, n) in [(128, 3000), (64, 700), (100, 500), (257, 300)] {
+        for (dim, n) in [
+            (128, 3000),
+            (64, 700),
+            (100, 500),
+            (257, 300),
+            (128, 20),
+            (64, 40),
+        ] {
             let rows: Vec<Vec<f32>> = (0..n).map(|_| g.unit(dim)).collect();
             for k in levels() {
                 let mut ix = Index::with_kernels(dim, k).unwrap();
@@ -2228,6 +2248,11 @@ mod tests {
             (128, 1000),
             (130, 333),
             (257, 70),
+            // Blocks without a whole group, or with one whole group and a few rows.
+            (128, 3),
+            (64, 31),
+            (128, 34),
+            (65, 2),
         ] {
             let rows: Vec<Vec<f32>> = (0..n).map(|_| g.unit(dim)).collect();
             let queries: Vec<Vec<f32>> = (0..40)
