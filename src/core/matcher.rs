@@ -12,20 +12,32 @@
 //! search paths return that same candidate, bit for bit; [`Index::best`] takes the faster one.
 //!
 //! # The f32 path, [`Index::best_exact`]
-//! Scans every f32 row. Rows are stored *interleaved by groups of 32*: value `i` of the 32
-//! rows of a group sits in 32 consecutive floats, so the kernel is a vertical multiply-add into
-//! 32 accumulators with one broadcast query value per step: no horizontal sums, no shuffles,
-//! and each row's sum is one sequential chain — the arithmetic of [`dot`]. A group whose 32
-//! scores hold nothing better is dismissed with one vectorised count. The AVX2 and AVX-512
-//! kernels (see *Kernels*) scan two groups side by side, so that 64 independent chains hide
-//! the adder's latency. Beyond the L3 (about 50 000 rows) the scan is bound by memory
-//! bandwidth, like FAISS's `IndexFlatIP`; so, once a bar is set, each group is first summed
-//! over its first half of values (the code head's) and its second half is read only if some
-//! row could still pass the bar: `‖row tail‖·‖query tail‖` (Cauchy–Schwarz) bounds what that
-//! half can add, `‖row tail‖` itself bounded by the stored code scale and tail code norm
-//! (`s_r·(⌈‖tail codes‖⌉ + ½·√n)`), so this costs no memory. After a genuine match (similarity
-//! ≈ 0.9, against ≈ 0 + 0.5 for a stranger's head plus bound) the rest of the block is read
-//! at half the bytes; the result stays exactly that of the full scan.
+//! Scores every row that could beat the best so far. Rows are stored *interleaved by groups of
+//! 32*: value `i` of the 32 rows of a group sits in 32 consecutive floats, so the kernel is a
+//! vertical multiply-add into 32 accumulators with one broadcast query value per step: no
+//! horizontal sums, no shuffles, and each row's sum is one sequential chain — the arithmetic
+//! of [`dot`]. A group whose 32 scores hold nothing better is dismissed with one vectorised
+//! count. The AVX2 and AVX-512 kernels (see *Kernels*) scan two groups side by side, so that
+//! 64 independent chains hide the adder's latency.
+//!
+//! Beyond the L3 (about 50 000 rows) a full scan is bound by memory bandwidth, like FAISS's
+//! `IndexFlatIP`, so the scan first finds a bar and then reads only what could pass it:
+//! 1. *Survey*: for every group, only the query's 16 largest values' positions `S` are read
+//!    (an eighth of the bytes at dim 128). Per row, `Σ_{i∈S} rᵢqᵢ + ‖r_{∉S}‖·‖q_{∉S}‖`
+//!    bounds the similarity (Cauchy–Schwarz), with `‖r_{∉S}‖² ≤ N² − ‖r_S‖²` (`N` the
+//!    block's largest row norm, `‖r_S‖²` summed from the values just read): no extra memory.
+//!    Each group keeps the largest bound of its rows; the rows with the largest sums over `S`
+//!    are scored exactly, and the best of them sets the bar just below itself.
+//! 2. *Scan*: only groups whose bound passes the bar are read, in full and in order, exactly
+//!    as above. After a genuine match (similarity ≈ 0.9; a stranger's bound is ≈ 0.8) that is
+//!    the match's group and hardly any other; a stranger's query (bar ≈ 0.3) reads every
+//!    group, an eighth more than one pass.
+//!
+//! The result is exactly the full scan's: the first row with the highest similarity (same
+//! row, same bits; the tests check it against a naive row-by-row scan). The survey is bound
+//! by how many cache misses are in flight, so it runs branch-free, with 16-lane AVX-512 or
+//! 8-lane AVX2 intrinsics and fused multiply-adds (it only bounds: its rounding is covered by
+//! a margin, so it need not match between levels; the scores do).
 //!
 //! # The int8 path, [`Index::best`] (the default)
 //! 1. Scans int8 codes (a quarter of the bytes), keeping the [`SHORTLIST`] best approximate
@@ -75,9 +87,11 @@
 //!   `pmaddwd` of 32 words and the add in one instruction), one 512-bit load per 64 codes,
 //!   and the 16 partial sums of 16 rows added across in one shuffle tree; the f32 scan of
 //!   the AVX2 level (measured ~5 % faster on Zen 4 than 16-lane registers, which it splits
-//!   in two 256-bit halves anyway);
+//!   in two 256-bit halves anyway), but the f32 survey with 16-lane registers (half the
+//!   instructions per group, which is what limits it: 4× faster than the portable survey
+//!   at 1M rows);
 //! - [`Kernels::Avx2`] (AVX2 and FMA): the portable bodies compiled with 8-lane registers,
-//!   the f32 scan two groups at a time;
+//!   the f32 scan two groups at a time, the survey with 8-lane intrinsics;
 //! - [`Kernels::Portable`]: the same Rust for the baseline (SSE2), or for any other target.
 //!
 //! Every level performs the same f32 multiplies and adds in the same order per row (no fused
@@ -85,8 +99,8 @@
 //! in any order: the results are identical, bit for bit, whichever level runs (the tests check
 //! every level this machine has against the portable one). The only `unsafe` is the call into
 //! a `#[target_feature]` function, behind a level checked by [`Kernels::available`], and the
-//! unaligned loads and stores of the AVX-512 code kernel, from and to references of exactly
-//! the size they read and write.
+//! unaligned loads and stores of the AVX-512 code kernel and of the f32 survey, from and to
+//! references of exactly the size they read and write.
 //!
 //! # Memory (dim 128)
 //! Per row: 512 bytes f32 + 128 bytes codes + 4 bytes scale + 2 bytes tail norm + the user id
@@ -539,7 +553,7 @@ impl Block {
         query: &[f32],
         bar: Option<f32>,
     ) -> Option<(usize, f32)> {
-        let prune = Prune::new(self, shape, query);
+        let probe = Probe::new(self, shape.dim, query);
         let dim = shape.dim;
         match k {
             // SAFETY: `k` is an `Index`'s kernels (or, in tests, a level from `levels()`), which
@@ -549,147 +563,304 @@ impl Block {
             // 512-bit ones, which Zen 4 splits in two halves anyway.)
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx2 | Kernels::Avx512 => unsafe {
-                x86::scan_exact_avx2(self, dim, query, bar, prune)
+                x86::scan_exact_avx2(k, self, dim, query, bar, probe.as_ref())
             },
-            _ => scan_exact_in::<1>(self, dim, query, bar, prune),
+            _ => scan_exact_in::<1>(Kernels::Portable, self, dim, query, bar, probe.as_ref()),
         }
     }
 }
 
-/// What lets the f32 scan skip the second half of a group's values: per row, a bound on what
-/// that half can add, `‖row tail‖·‖query tail‖` (Cauchy–Schwarz), with `‖row tail‖` bounded
-/// from the stored code scale and tail code norm, `s_r·(⌈‖tail codes‖⌉ + ½·√n)` (each value
-/// is within half a code step of `s_r·cᵢ`), so no extra memory is needed.
+/// Values per row the f32 scan's probe reads (the query's largest in magnitude).
+const PROBE: usize = 16;
+/// Rows the survey proposes as the likely winner (scored exactly to set the first bar).
+const SEEDS: usize = 4;
+
+/// What lets the f32 scan dismiss a group of 32 rows after reading a few of its values: the
+/// query's [`PROBE`] largest values `S` (at dim 128 about half of its squared norm). Per
+/// row, `Σ_{i∈S} rᵢqᵢ + ‖r_{∉S}‖·‖q_{∉S}‖` bounds the similarity (Cauchy–Schwarz), and
+/// `‖r_{∉S}‖² ≤ N² − ‖r_S‖²` with `N` the block's largest row norm, so the bound comes
+/// from the values read and costs no memory. The probe only decides what is read; every
+/// row that is scored is scored by the same sequential sum.
 #[derive(Clone, Copy)]
-struct Prune<'a> {
-    /// Values per row read before the check (the code head's, `2 · shape.head`).
-    split: usize,
-    scales: &'a [f32],
-    tail_norms: &'a [u16],
-    /// `½·√n` (n values in the tail), widened for the rounding of the codes.
-    half_steps: f32,
-    /// `‖query tail‖`, widened for the rounding of the bound itself.
-    query_tail: f32,
-    /// Twice the largest f32 rounding error of a similarity (see [`Index::bounds`]).
+struct Probe {
+    /// Positions `S`, ascending (the reading order; any order bounds the same).
+    dims: [usize; PROBE],
+    /// The query's values at `dims`.
+    q: [f32; PROBE],
+    /// `‖q_{∉S}‖`, widened for rounding.
+    rest: f32,
+    /// `N²`, widened for the rounding of the row norms.
+    norm2: f32,
+    /// Twice the largest f32 rounding error of a similarity (see [`Index::bounds`]), which
+    /// also covers the rounding of the probe's own sums.
     eps: f32,
 }
 
-impl<'a> Prune<'a> {
-    /// None when the block cannot be pruned: no code tail, a row or the query not finite,
-    /// a query of another length.
-    fn new(b: &'a Block, shape: Shape, query: &[f32]) -> Option<Prune<'a>> {
-        let split = 2 * shape.head;
-        if shape.tail == 0
-            || split >= shape.dim
+impl Probe {
+    /// None when the block cannot be probed: a row or the query not finite or huge, a query
+    /// of another length, or too few values for a probe to save anything.
+    fn new(b: &Block, dim: usize, query: &[f32]) -> Option<Probe> {
+        if dim < 4 * PROBE
             || b.irregular > 0
-            || query.len() != shape.dim
-            || !query.iter().all(|q| q.is_finite())
+            || query.len() != dim
+            || !query.iter().all(|q| q.is_finite() && q.abs() < 1e15)
+            || !b.norm_max.is_finite()
+            || b.norm_max >= 1e15
         {
             return None;
         }
-        let tail_sq = query[split..].iter().map(|q| q * q).sum::<f32>();
-        let q2 = query.iter().map(|q| q * q).sum::<f32>();
-        let n = (shape.dim + 4) as f32;
-        Some(Prune {
-            split,
-            scales: &b.scales,
-            tail_norms: &b.tail_norms,
-            half_steps: (0.5 + 1e-3) * ((shape.dim - split) as f32).sqrt(),
-            query_tail: tail_sq.sqrt() * (1.0 + 1e-4),
-            eps: 4.0 * n * f32::EPSILON * q2.sqrt() * b.norm_max + 1e-30,
+        let mut order: Vec<usize> = (0..dim).collect();
+        order.select_nth_unstable_by(PROBE - 1, |&x, &y| {
+            query[y].abs().total_cmp(&query[x].abs())
+        });
+        let mut dims = [0usize; PROBE];
+        dims.copy_from_slice(&order[..PROBE]);
+        dims.sort_unstable();
+        let mut in_probe = vec![false; dim];
+        for &d in &dims {
+            in_probe[d] = true;
+        }
+        // Squares of f32 values are exact in f64, and their sums nearly so.
+        let sq = |x: f32| f64::from(x) * f64::from(x);
+        let all: f64 = query.iter().map(|&x| sq(x)).sum();
+        let rest: f64 = query
+            .iter()
+            .zip(&in_probe)
+            .filter(|(_, p)| !**p)
+            .map(|(&x, _)| sq(x))
+            .sum();
+        let n = (dim + 4) as f64;
+        let eps32 = f64::from(f32::EPSILON);
+        let norm = f64::from(b.norm_max) * (1.0 + 4.0 * n * eps32);
+        Some(Probe {
+            dims,
+            q: dims.map(|d| query[d]),
+            rest: (rest.sqrt() * (1.0 + 1e-6)) as f32 * (1.0 + 1e-6),
+            norm2: (norm * norm) as f32,
+            eps: (4.0 * n * eps32 * all.sqrt() * norm) as f32 + 1e-30,
         })
     }
 
-    /// True when some of the `m` rows from `first`, with head sums `acc`, might still score
-    /// above `bar` (a NaN counts as "might").
+    /// Over the first `live` rows of `group` (group number `g`): returns the most any of them
+    /// can score, and keeps in `seen` each lane's largest sum over the probe values.
+    ///
+    /// Every value, row and query, is finite and below 10¹⁵ in magnitude (see [`Probe::new`]),
+    /// so no sum overflows and none is NaN. Branch-free on purpose: the survey is bound by
+    /// how many groups' cache misses are in flight at once, and a mispredicted branch or a
+    /// long per-group dependency chain cuts that short.
     #[inline(always)]
-    fn open(&self, acc: &[f32; GROUP], first: usize, m: usize, bar: f32) -> bool {
-        let scales = &self.scales[first..first + m];
-        let norms = &self.tail_norms[first..first + m];
-        let above = acc
-            .iter()
-            .zip(scales)
-            .zip(norms)
-            .fold(0u32, |c, ((&h, &s), &t)| {
-                let reach = h + s * (f32::from(t) + self.half_steps) * self.query_tail + self.eps;
-                c + u32::from(reach > bar || reach.is_nan() || bar.is_nan())
-            });
-        above > 0
+    fn survey(&self, group: &[f32], live: usize, g: u32, seen: &mut Seen) -> f32 {
+        let (mut head, mut sq) = ([0f32; GROUP], [0f32; GROUP]);
+        for (&d, &q) in self.dims.iter().zip(&self.q) {
+            let x: &[f32; GROUP] = group[d * GROUP..(d + 1) * GROUP]
+                .try_into()
+                .expect("a group step is GROUP floats");
+            for l in 0..GROUP {
+                head[l] += x[l] * q;
+                sq[l] += x[l] * x[l];
+            }
+        }
+        // ‖r_S‖² as summed is within a relative 2⁻²⁰ of the real one (PROBE terms, all ≥ 0).
+        let mut reach = [0f32; GROUP];
+        for l in 0..GROUP {
+            let rest = (self.norm2 - sq[l] * (1.0 - 1e-4)).max(0.0).sqrt();
+            let on = l < live;
+            reach[l] = if on {
+                head[l] + rest * self.rest + self.eps
+            } else {
+                f32::NEG_INFINITY
+            };
+            let h = if on { head[l] } else { f32::NEG_INFINITY };
+            let better = h > seen.top[l];
+            seen.top[l] = if better { h } else { seen.top[l] };
+            seen.group[l] = if better { g } else { seen.group[l] };
+        }
+        let m: [f32; 8] = std::array::from_fn(|i| {
+            let a = greater(reach[i], reach[i + 8]);
+            greater(a, greater(reach[i + 16], reach[i + 24]))
+        });
+        let m = [
+            greater(m[0], m[4]),
+            greater(m[1], m[5]),
+            greater(m[2], m[6]),
+            greater(m[3], m[7]),
+        ];
+        greater(greater(m[0], m[2]), greater(m[1], m[3]))
+    }
+
+    /// True when some of the first `live` rows of `group` might still score above `bar`.
+    #[cfg(test)]
+    fn open(&self, group: &[f32], live: usize, bar: f32) -> bool {
+        self.survey(group, live, 0, &mut Seen::new()) > bar
+    }
+}
+
+/// The survey's running guess of a winner: per lane (row position within a group), the
+/// largest sum over the probe values so far and the group it was found in.
+struct Seen {
+    top: [f32; GROUP],
+    group: [u32; GROUP],
+}
+
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            top: [f32::NEG_INFINITY; GROUP],
+            group: [0; GROUP],
+        }
+    }
+
+    /// The rows of the [`SEEDS`] largest probe sums (at most one per lane).
+    fn seeds(&self) -> impl Iterator<Item = usize> + '_ {
+        let mut lanes: [usize; GROUP] = std::array::from_fn(|l| l);
+        lanes.sort_unstable_by(|&x, &y| self.top[y].total_cmp(&self.top[x]));
+        lanes
+            .into_iter()
+            .take(SEEDS)
+            .filter(|&l| self.top[l] > f32::NEG_INFINITY)
+            .map(|l| self.group[l] as usize * GROUP + l)
+    }
+}
+
+/// `max(a, b)` for values that are not NaN, as one compare and select (no branch).
+#[inline(always)]
+fn greater(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
+/// Surveys every group of `rows` (which hold `n` rows, `reach.len()` groups) with the
+/// kernels `k`: `reach[g]` is the most a row of group `g` can score, `seen` proposes seeds.
+fn survey(k: Kernels, p: &Probe, rows: &[f32], n: usize, reach: &mut [f32], seen: &mut Seen) {
+    let step = rows.len() / reach.len().max(1);
+    let full = n / GROUP;
+    let done = match k {
+        // SAFETY: `k` is an `Index`'s kernels (or, in tests, a level from `levels()`), which
+        // is `Avx512` only after `Kernels::available` confirmed (std's detection, CPU and OS
+        // state) every feature `x86::survey_avx512` enables.
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx512 => unsafe {
+            x86::survey_avx512(p, &rows[..full * step], step, &mut reach[..full], seen);
+            full
+        },
+        // SAFETY: as above, for the AVX2 and FMA features of `x86::survey_avx2`.
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 => unsafe {
+            x86::survey_avx2(p, &rows[..full * step], step, &mut reach[..full], seen);
+            full
+        },
+        _ => 0,
+    };
+    for (g, r) in reach.iter_mut().enumerate().skip(done) {
+        *r = p.survey(
+            &rows[g * step..(g + 1) * step],
+            n - g * GROUP,
+            g as u32,
+            seen,
+        );
+    }
+}
+
+/// Takes, in order, the rows of `scores` (rows `first..`) scoring above the bar.
+#[inline(always)]
+fn take_best(
+    scores: &[f32],
+    first: usize,
+    found: &mut Option<(usize, f32)>,
+    bar: &mut Option<f32>,
+) {
+    // Most groups hold nothing better: test them with one vectorised count.
+    if let Some(b) = *bar
+        && scores.iter().fold(0u32, |c, &s| c + u32::from(s > b)) == 0
+    {
+        return;
+    }
+    for (l, &s) in scores.iter().enumerate() {
+        if bar.is_none_or(|b| s > b) {
+            *found = Some((first + l, s));
+            *bar = Some(s);
+        }
     }
 }
 
 /// [`Block::scan_exact`]'s body, compiled once per kernel level (the wrappers only change
 /// which instructions LLVM may use; the arithmetic per row is the same sequential chain).
 ///
-/// `G` groups are scanned side by side: each row's sum is one chain of dependent adds (3–4
-/// cycles each), so the more rows in flight, the closer the scan gets to the adder's
-/// throughput. One group is 32 chains (eight SSE2 registers); wider vectors need two.
-/// Once there is a bar, each group's rows are first summed over the first `split` values;
-/// when no row can then reach the bar, the rest of the group is never read.
+/// With a [`Probe`], two passes:
+/// 1. *Survey*: every group's probe values only (`PROBE` of `dim` values per row, two cache
+///    lines per value and group, prefetched [`AHEAD`] groups early), giving each group the
+///    most its rows can score and proposing the [`SEEDS`] rows with the largest probe sums.
+///    Those are scored exactly; the best, `s*`, sets the bar just below itself (the rows
+///    scoring `≥ s*`, the winner among them, are still found in order).
+/// 2. *Scan*: only the groups that might hold a row above the bar are read, in full and in
+///    order. After a genuine match (s* ≈ 0.9; a stranger's bound is ≈ 0.8 at most) that is
+///    the match's group and hardly any other: about an eighth of the bytes in all, at dim
+///    128. For a stranger (s* ≈ 0.3) every group is read, an eighth more than one pass.
+///
+/// Groups are read `G` side by side when they are: each row's sum is one chain of dependent
+/// adds (3–4 cycles each), so the more rows in flight, the closer the scan gets to the
+/// adder's throughput. One group is 32 chains (eight SSE2 registers); wider vectors need two.
 #[inline(always)]
 fn scan_exact_in<const G: usize>(
+    k: Kernels,
     b: &Block,
     dim: usize,
     query: &[f32],
     bar: Option<f32>,
-    prune: Option<Prune>,
+    probe: Option<&Probe>,
 ) -> Option<(usize, f32)> {
     let n = b.len();
-    let (mut found, mut bar) = (None, bar);
     let step = GROUP * dim;
     let groups = b.rows.len() / step.max(1);
-    let split = prune.map_or(dim, |p| p.split);
-    let mut g = 0;
-    while g < groups {
-        let k = (groups - g).min(G);
-        let rows = &b.rows[g * step..(g + k) * step];
-        let mut acc = [[0f32; GROUP]; G];
-        accumulate(rows, dim, query, 0, split, &mut acc[..k]);
-        if let (Some(p), Some(bar)) = (prune, bar)
-            && !acc[..k].iter().enumerate().any(|(j, acc)| {
-                let first = (g + j) * GROUP;
-                p.open(acc, first, (n - first).min(GROUP), bar)
-            })
-        {
-            g += k;
-            continue;
-        }
-        accumulate(rows, dim, query, split, dim, &mut acc[..k]);
-        for (j, acc) in acc.iter().enumerate().take(k) {
-            let first = (g + j) * GROUP;
-            let live = &acc[..(n - first).min(GROUP)];
-            // Most groups hold nothing better: test them with one vectorised count.
-            if let Some(b) = bar
-                && live.iter().fold(0u32, |c, &s| c + u32::from(s > b)) == 0
-            {
-                continue;
-            }
-            for (l, &s) in live.iter().enumerate() {
+    let mut bar = bar;
+    // Without a probe every group is read (as if each might hold a better row).
+    let mut reach = Vec::new();
+    if let Some(p) = probe {
+        reach.resize(groups, f32::INFINITY);
+        let mut seen = Seen::new();
+        survey(k, p, &b.rows, n, &mut reach, &mut seen);
+        for row in seen.seeds() {
+            if row < n {
+                let s = b.exact(dim, row, query);
+                // Rows scoring ≥ s are still above the bar, so the first best row is found.
                 if bar.is_none_or(|b| s > b) {
-                    found = Some((first + l, s));
-                    bar = Some(s);
+                    bar = Some(s.next_down());
                 }
             }
         }
-        g += k;
+    }
+    // A bound is never NaN; a NaN bar (a NaN row taken by an earlier block) passes nothing,
+    // as in the scan itself.
+    let open = |g: usize, bar: Option<f32>| reach.is_empty() || bar.is_none_or(|b| reach[g] > b);
+    let mut found = None;
+    let mut g = 0;
+    while g < groups {
+        if !open(g, bar) {
+            g += 1;
+            continue;
+        }
+        let mut m = 1;
+        while m < G && g + m < groups && open(g + m, bar) {
+            m += 1;
+        }
+        let rows = &b.rows[g * step..(g + m) * step];
+        let mut acc = [[0f32; GROUP]; G];
+        accumulate(rows, dim, query, &mut acc[..m]);
+        for (j, acc) in acc.iter().enumerate().take(m) {
+            let first = (g + j) * GROUP;
+            take_best(&acc[..(n - first).min(GROUP)], first, &mut found, &mut bar);
+        }
+        g += m;
     }
     found
 }
 
-/// Adds `xᵢ·qᵢ` for `i` in `lo..hi` (in index order, as [`dot`]) to the scores of the
+/// Adds `xᵢ·qᵢ` for every `i` (in index order, as [`dot`]) to the scores of the
 /// `acc.len()` (1 or 2) consecutive interleaved groups of 32 rows that `rows` holds.
 #[inline(always)]
-fn accumulate(
-    rows: &[f32],
-    dim: usize,
-    query: &[f32],
-    lo: usize,
-    hi: usize,
-    acc: &mut [[f32; GROUP]],
-) {
+fn accumulate(rows: &[f32], dim: usize, query: &[f32], acc: &mut [[f32; GROUP]]) {
     let step = GROUP * dim;
-    let q = &query[lo.min(query.len())..hi.min(query.len())];
-    let part = |j: usize| &rows[j * step + lo * GROUP..j * step + hi * GROUP];
+    let q = &query[..dim.min(query.len())];
+    let part = |j: usize| &rows[j * step..(j + 1) * step];
     match acc {
         [a, b] => {
             let mut flat = [0f32; 2 * GROUP];
@@ -939,7 +1110,157 @@ fn code_dots_in<const W: usize, const OPAQUE: bool>(
 #[cfg(target_arch = "x86_64")]
 #[clippy::msrv = "1.89"]
 mod x86 {
-    use super::{Block, Prune, code_dots_in, scan_exact_in};
+    use super::{Block, GROUP, Kernels, Probe, Seen, code_dots_in, scan_exact_in};
+    use std::arch::x86_64::{
+        __m256, __m512, _CMP_GT_OQ, _mm_cvtss_f32, _mm_max_ps, _mm_max_ss, _mm_movehl_ps,
+        _mm_shuffle_ps, _mm256_add_ps, _mm256_blendv_ps, _mm256_castps256_ps128,
+        _mm256_castsi256_ps, _mm256_cmp_ps, _mm256_extractf128_ps, _mm256_fmadd_ps,
+        _mm256_loadu_ps, _mm256_max_ps, _mm256_mul_ps, _mm256_set1_epi32, _mm256_set1_ps,
+        _mm256_setzero_ps, _mm256_sqrt_ps, _mm256_storeu_ps, _mm256_sub_ps, _mm512_add_ps,
+        _mm512_cmp_ps_mask, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_mov_epi32,
+        _mm512_mask_mov_ps, _mm512_max_ps, _mm512_mul_ps, _mm512_reduce_max_ps, _mm512_set1_epi32,
+        _mm512_set1_ps, _mm512_setzero_ps, _mm512_sqrt_ps, _mm512_storeu_ps, _mm512_sub_ps,
+    };
+
+    /// [`Probe::survey`] over whole groups (`rows` holds `reach.len()` of them, `step` floats
+    /// each) with AVX2
+    /// and fused multiply-adds (the survey only bounds: its rounding, covered by `eps` like
+    /// the scan's, need not match any other level's).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn survey_avx2(
+        p: &Probe,
+        rows: &[f32],
+        step: usize,
+        reach: &mut [f32],
+        seen: &mut Seen,
+    ) {
+        let load = |x: &[f32]| -> __m256 {
+            let x: &[f32; 8] = x.try_into().expect("8 floats");
+            // SAFETY: `x` is a reference to 32 readable bytes, exactly what the load reads.
+            unsafe { _mm256_loadu_ps(x.as_ptr()) }
+        };
+        let mut top: [__m256; 4] = std::array::from_fn(|i| load(&seen.top[8 * i..8 * i + 8]));
+        let mut grp: [__m256; 4] = std::array::from_fn(|i| {
+            let g: [f32; 8] = std::array::from_fn(|l| f32::from_bits(seen.group[8 * i + l]));
+            load(&g)
+        });
+        let norm2 = _mm256_set1_ps(p.norm2);
+        let shrink = _mm256_set1_ps(1.0 - 1e-4);
+        let qrest = _mm256_set1_ps(p.rest);
+        let eps = _mm256_set1_ps(p.eps);
+        let zero = _mm256_setzero_ps();
+        for (g, (group, r)) in rows.chunks_exact(step).zip(reach.iter_mut()).enumerate() {
+            let (mut h, mut s) = ([zero; 4], [zero; 4]);
+            for (&d, &q) in p.dims.iter().zip(&p.q) {
+                let x = &group[d * GROUP..(d + 1) * GROUP];
+                let q = _mm256_set1_ps(q);
+                for i in 0..4 {
+                    let x = load(&x[8 * i..8 * i + 8]);
+                    h[i] = _mm256_fmadd_ps(x, q, h[i]);
+                    s[i] = _mm256_fmadd_ps(x, x, s[i]);
+                }
+            }
+            let bound = |h: __m256, s: __m256| {
+                let left = _mm256_sub_ps(norm2, _mm256_mul_ps(s, shrink));
+                let rest = _mm256_sqrt_ps(_mm256_max_ps(left, zero));
+                _mm256_add_ps(_mm256_fmadd_ps(rest, qrest, h), eps)
+            };
+            let m = _mm256_max_ps(
+                _mm256_max_ps(bound(h[0], s[0]), bound(h[1], s[1])),
+                _mm256_max_ps(bound(h[2], s[2]), bound(h[3], s[3])),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            *r = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m)));
+            let gv = _mm256_castsi256_ps(_mm256_set1_epi32(g as i32));
+            for i in 0..4 {
+                let better = _mm256_cmp_ps::<_CMP_GT_OQ>(h[i], top[i]);
+                top[i] = _mm256_blendv_ps(top[i], h[i], better);
+                grp[i] = _mm256_blendv_ps(grp[i], gv, better);
+            }
+        }
+        for i in 0..4 {
+            let (mut t, mut g) = ([0f32; 8], [0f32; 8]);
+            // SAFETY: each destination is an exclusive reference to 32 writable bytes,
+            // exactly what the unaligned store writes.
+            unsafe {
+                _mm256_storeu_ps(t.as_mut_ptr(), top[i]);
+                _mm256_storeu_ps(g.as_mut_ptr(), grp[i]);
+            }
+            seen.top[8 * i..8 * i + 8].copy_from_slice(&t);
+            for (o, g) in seen.group[8 * i..8 * i + 8].iter_mut().zip(g) {
+                *o = g.to_bits();
+            }
+        }
+    }
+
+    /// [`Probe::survey`] over whole groups (`rows` holds `reach.len()` of them, `step` floats
+    /// each) with AVX-512 F: 16-lane vectors, so half the instructions per group, and fused
+    /// multiply-adds (the survey only bounds: its rounding, covered by `eps` like the
+    /// scan's, need not match any other level's).
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub(super) fn survey_avx512(
+        p: &Probe,
+        rows: &[f32],
+        step: usize,
+        reach: &mut [f32],
+        seen: &mut Seen,
+    ) {
+        let load = |x: &[f32]| -> __m512 {
+            let x: &[f32; 16] = x.try_into().expect("16 floats");
+            // SAFETY: `x` is a reference to 64 readable bytes, exactly what the load reads.
+            unsafe { _mm512_loadu_ps(x.as_ptr()) }
+        };
+        let (mut top0, mut top1) = (load(&seen.top[..16]), load(&seen.top[16..]));
+        let gl = |x: &[u32]| {
+            let x: &[u32; 16] = x.try_into().expect("16 lanes");
+            // SAFETY: as above, 64 readable bytes.
+            unsafe { _mm512_loadu_si512(x.as_ptr().cast()) }
+        };
+        let (mut grp0, mut grp1) = (gl(&seen.group[..16]), gl(&seen.group[16..]));
+        let norm2 = _mm512_set1_ps(p.norm2);
+        let shrink = _mm512_set1_ps(1.0 - 1e-4);
+        let qrest = _mm512_set1_ps(p.rest);
+        let eps = _mm512_set1_ps(p.eps);
+        let zero = _mm512_setzero_ps();
+        for (g, (group, r)) in rows.chunks_exact(step).zip(reach.iter_mut()).enumerate() {
+            let (mut h0, mut h1, mut s0, mut s1) = (zero, zero, zero, zero);
+            for (&d, &q) in p.dims.iter().zip(&p.q) {
+                let x = &group[d * GROUP..(d + 1) * GROUP];
+                let (x0, x1) = (load(&x[..16]), load(&x[16..]));
+                let q = _mm512_set1_ps(q);
+                h0 = _mm512_fmadd_ps(x0, q, h0);
+                h1 = _mm512_fmadd_ps(x1, q, h1);
+                s0 = _mm512_fmadd_ps(x0, x0, s0);
+                s1 = _mm512_fmadd_ps(x1, x1, s1);
+            }
+            let bound = |h: __m512, s: __m512| {
+                let rest = _mm512_sqrt_ps(_mm512_max_ps(
+                    _mm512_sub_ps(norm2, _mm512_mul_ps(s, shrink)),
+                    zero,
+                ));
+                _mm512_add_ps(_mm512_fmadd_ps(rest, qrest, h), eps)
+            };
+            *r = _mm512_reduce_max_ps(_mm512_max_ps(bound(h0, s0), bound(h1, s1)));
+            let gv = _mm512_set1_epi32(g as i32);
+            let m0 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(h0, top0);
+            let m1 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(h1, top1);
+            top0 = _mm512_mask_mov_ps(top0, m0, h0);
+            top1 = _mm512_mask_mov_ps(top1, m1, h1);
+            grp0 = _mm512_mask_mov_epi32(grp0, m0, gv);
+            grp1 = _mm512_mask_mov_epi32(grp1, m1, gv);
+        }
+        let (t0, t1) = seen.top.split_at_mut(16);
+        let (g0, g1) = seen.group.split_at_mut(16);
+        // SAFETY: each destination is an exclusive reference to 64 writable bytes, exactly
+        // what the unaligned store writes.
+        unsafe {
+            _mm512_storeu_ps(t0.as_mut_ptr(), top0);
+            _mm512_storeu_ps(t1.as_mut_ptr(), top1);
+            _mm512_storeu_si512(g0.as_mut_ptr().cast(), grp0);
+            _mm512_storeu_si512(g1.as_mut_ptr().cast(), grp1);
+        }
+    }
     use std::arch::x86_64::{
         __m512i, _mm512_add_epi32, _mm512_dpwssd_epi32, _mm512_loadu_si512, _mm512_setzero_si512,
         _mm512_shuffle_i32x4, _mm512_srai_epi16, _mm512_storeu_si512, _mm512_unpackhi_epi32,
@@ -948,13 +1269,14 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn scan_exact_avx2(
+        k: Kernels,
         b: &Block,
         dim: usize,
         query: &[f32],
         bar: Option<f32>,
-        prune: Option<Prune>,
+        probe: Option<&Probe>,
     ) -> Option<(usize, f32)> {
-        scan_exact_in::<2>(b, dim, query, bar, prune)
+        scan_exact_in::<2>(k, b, dim, query, bar, probe)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -1459,8 +1781,9 @@ impl Index {
     }
 
     /// The most similar user, from the f32 rows (the reference the quantised search must
-    /// match): every row is scored, except that the second half of a group of rows that
-    /// provably cannot beat the best so far is not read (see the module doc).
+    /// match): every row that could beat the best is scored; groups of rows that provably
+    /// cannot (from a survey of a few of their values) are not read further (see the module
+    /// doc).
     pub fn best_exact<'a>(
         &self,
         query: &[f32],
@@ -1800,47 +2123,113 @@ mod tests {
         found
     }
 
+    /// `v` with every value but its `PROBE` largest in magnitude negated: a query whose
+    /// probe values agree with row `v` and whose other values decide against it.
+    fn probe_decoy(v: &[f32]) -> Vec<f32> {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&x, &y| v[y].abs().total_cmp(&v[x].abs()));
+        let mut out: Vec<f32> = v.iter().map(|x| -x).collect();
+        for &d in &order[..PROBE] {
+            out[d] = v[d];
+        }
+        out
+    }
+
     #[test]
-    fn the_f32_scan_skips_tails_only_when_they_cannot_matter() {
+    fn the_f32_scan_skips_groups_only_when_they_cannot_matter() {
         let mut g = Gen(41);
-        let dim = 128;
-        let rows: Vec<Vec<f32>> = (0..3000).map(|_| g.unit(dim)).collect();
-        for k in levels() {
-            let mut ix = Index::with_kernels(dim, k).unwrap();
+        for (dim, n) in [
+            (128, 3000),
+            (64, 700),
+            (100, 500),
+            (257, 300),
+            (128, 20),
+            (64, 40),
+        ] {
+            let rows: Vec<Vec<f32>> = (0..n).map(|_| g.unit(dim)).collect();
+            for k in levels() {
+                let mut ix = Index::with_kernels(dim, k).unwrap();
+                for (i, r) in rows.iter().enumerate() {
+                    ix.insert(p(1), u(&format!("u{i}")), r);
+                }
+                let b = &ix.blocks[&p(1)];
+                for (qi, q) in (0..60)
+                    .map(|i| match i % 4 {
+                        0 => g.unit(dim),
+                        1 => g.near(&rows[i * 37 % n], 0.3),
+                        2 => rows[i * 5 % n].clone(),
+                        // Rows whose probe values agree with the query and whose rest decides.
+                        _ => probe_decoy(&rows[i * 11 % n]),
+                    })
+                    .enumerate()
+                {
+                    for bar in [
+                        None,
+                        Some(0.1),
+                        Some(0.5),
+                        Some(0.7),
+                        Some(0.8),
+                        Some(0.9),
+                        Some(0.95),
+                        Some(0.999),
+                    ] {
+                        assert_eq!(
+                            b.scan_exact(k, ix.shape, &q, bar),
+                            naive_scan(b, dim, &q, bar),
+                            "{k:?} dim {dim} query {qi} bar {bar:?}"
+                        );
+                    }
+                }
+            }
+            // The probe's bound is never below a row's similarity, at any level: a group stays
+            // open for a bar just under its best row (for any query), and random groups close
+            // for a genuine query's bar.
+            let mut ix = Index::new(dim);
             for (i, r) in rows.iter().enumerate() {
                 ix.insert(p(1), u(&format!("u{i}")), r);
             }
             let b = &ix.blocks[&p(1)];
-            for (qi, q) in (0..60)
-                .map(|i| match i % 3 {
+            let step = GROUP * dim;
+            let groups = n.div_ceil(GROUP);
+            for qi in 0..20 {
+                let q = match qi % 3 {
                     0 => g.unit(dim),
-                    1 => g.near(&rows[i * 37 % rows.len()], 0.3),
-                    // Rows whose head agrees with the query and whose tail decides.
-                    _ => {
-                        let mut v = rows[i * 11 % rows.len()].clone();
-                        for x in &mut v[64..] {
-                            *x = -*x;
-                        }
-                        v
+                    1 => probe_decoy(&rows[qi * 13 % n]),
+                    _ => rows[qi * 7 % n].clone(),
+                };
+                let probe = Probe::new(b, dim, &q).unwrap();
+                for k in levels() {
+                    let (mut reach, mut seen) = (vec![0f32; groups], Seen::new());
+                    survey(k, &probe, &b.rows, n, &mut reach, &mut seen);
+                    let mut closed = 0;
+                    for (gi, group) in b.rows.chunks_exact(step).enumerate() {
+                        let first = gi * GROUP;
+                        let live = (n - first).min(GROUP);
+                        let best = (first..first + live)
+                            .map(|r| b.exact(dim, r, &q))
+                            .fold(f32::NEG_INFINITY, f32::max);
+                        let under = best - best.abs().max(1e-3) * 1e-6;
+                        assert!(reach[gi] > under, "{k:?} dim {dim} q {qi} group {gi}");
+                        assert!(
+                            probe.open(group, live, under),
+                            "dim {dim} q {qi} group {gi}"
+                        );
+                        closed += usize::from(reach[gi] <= 0.9);
                     }
-                })
-                .enumerate()
-            {
-                for bar in [None, Some(0.1), Some(0.5), Some(0.8), Some(0.95)] {
-                    assert_eq!(
-                        b.scan_exact(k, ix.shape, &q, bar),
-                        naive_scan(b, dim, &q, bar),
-                        "{k:?} query {qi} bar {bar:?}"
-                    );
+                    if dim == 128 && qi % 3 == 0 {
+                        assert!(
+                            closed * 10 > groups * 9,
+                            "{k:?}: {closed} of {groups} closed"
+                        );
+                    }
+                    // A copy of a row: its probe sum is the largest, so it is a seed.
+                    if qi % 3 == 2 {
+                        assert!(
+                            seen.seeds().any(|r| r == qi * 7 % n),
+                            "{k:?} dim {dim} q {qi}"
+                        );
+                    }
                 }
-            }
-            // The bound is never below a row's real tail share.
-            let prune = Prune::new(b, ix.shape, &rows[0]).unwrap();
-            for (row, r) in rows.iter().enumerate().take(500) {
-                let tail: f32 = r[64..].iter().map(|x| x * x).sum::<f32>().sqrt();
-                let bound =
-                    prune.scales[row] * (f32::from(prune.tail_norms[row]) + prune.half_steps);
-                assert!(bound >= tail, "row {row}: {bound} < {tail}");
             }
         }
     }
@@ -1859,6 +2248,11 @@ mod tests {
             (128, 1000),
             (130, 333),
             (257, 70),
+            // Blocks without a whole group, or with one whole group and a few rows.
+            (128, 3),
+            (64, 31),
+            (128, 34),
+            (65, 2),
         ] {
             let rows: Vec<Vec<f32>> = (0..n).map(|_| g.unit(dim)).collect();
             let queries: Vec<Vec<f32>> = (0..40)
