@@ -183,15 +183,36 @@ async fn method_not_allowed() -> Response {
     error::message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
+/// How often the recorder's histogram samples are folded into their summaries.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The Prometheus recorder, installed once per process (the `metrics` facade is global).
+///
+/// A histogram keeps every recorded sample until upkeep folds them into its summary, and
+/// `install_recorder` (unlike the exporter's own listener) schedules no upkeep: without the
+/// thread started here, a server nobody scrapes grew by every request's samples (the soak's
+/// RSS, BENCHMARKS §7).
 fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
     static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
                 .install_recorder()
-                .ok()
+                .ok()?;
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("palmgate-metrics".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(METRICS_UPKEEP);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "metrics upkeep thread not started");
+            }
+            Some(handle)
         })
         .as_ref()
 }

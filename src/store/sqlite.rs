@@ -371,11 +371,17 @@ impl Syncer {
             let sync = started.elapsed();
             match synced {
                 Ok(()) => {
+                    metrics::histogram!("palmgate_store_fsync_seconds").record(sync.as_secs_f64());
+                    let slow = Slow::of(&groups, sync);
                     for g in groups {
-                        observe_commit(g.started, &g.accepted, Some(g.commit), Some(sync));
+                        metrics::histogram!("palmgate_store_commit_seconds")
+                            .record(g.started.elapsed().as_secs_f64());
                         for (req, rows) in g.accepted {
                             answer(req, rows);
                         }
+                    }
+                    if let Some(s) = slow {
+                        s.warn();
                     }
                 }
                 Err(e) => {
@@ -615,7 +621,8 @@ impl Writer {
         let commit = match self.write(&accepted) {
             Ok(took) => took,
             Err(e) => {
-                observe_commit(started, &accepted, None, None);
+                metrics::histogram!("palmgate_store_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 // Unhealthy before anyone hears of the failure.
                 healthy.store(false, Ordering::Release);
                 for (req, _) in accepted {
@@ -683,30 +690,46 @@ impl Writer {
 /// A group commit this slow is logged (with its parts): requests wait for it.
 const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
-/// Records a group commit's duration, from its staging to its answer
-/// (`palmgate_store_commit_seconds`), and its fsync's (`palmgate_store_fsync_seconds`), and
-/// logs a slow one with its size and its parts: the COMMIT (writing the WAL, and a checkpoint
-/// with its syncs when SQLite runs one) and the fsync that made it durable. So a latency tail
-/// can be matched to the store, and to checkpoints or the WAL's fsync (or ruled out).
-fn observe_commit(
-    started: Instant,
-    accepted: &[(WriteReq, Vec<RawEvent>)],
-    commit: Option<Duration>,
-    sync: Option<Duration>,
-) {
-    let took = started.elapsed();
-    metrics::histogram!("palmgate_store_commit_seconds").record(took.as_secs_f64());
-    if let Some(sync) = sync {
-        metrics::histogram!("palmgate_store_fsync_seconds").record(sync.as_secs_f64());
+/// The groups one fsync made durable, when the oldest waited at least [`SLOW_COMMIT`] from its
+/// staging to its answer: logged once per fsync, with its parts — the longest COMMIT (writing
+/// the WAL, and a WAL checkpoint with its syncs when SQLite runs one) and the fsync — so a
+/// latency tail can be matched to checkpoints or to the disk's fsync, or ruled out. (Every
+/// group's duration is in `palmgate_store_commit_seconds`, every fsync's in
+/// `palmgate_store_fsync_seconds`.)
+struct Slow {
+    waited: Duration,
+    commit: Duration,
+    sync: Duration,
+    groups: usize,
+    requests: usize,
+    events: usize,
+}
+
+impl Slow {
+    fn of(groups: &[Committed], sync: Duration) -> Option<Slow> {
+        let waited = groups.first()?.started.elapsed();
+        (waited >= SLOW_COMMIT).then(|| Slow {
+            waited,
+            commit: groups.iter().map(|g| g.commit).max().unwrap_or_default(),
+            sync,
+            groups: groups.len(),
+            requests: groups.iter().map(|g| g.accepted.len()).sum(),
+            events: groups
+                .iter()
+                .flat_map(|g| &g.accepted)
+                .map(|(_, rows)| rows.len())
+                .sum(),
+        })
     }
-    if took >= SLOW_COMMIT {
-        let events: usize = accepted.iter().map(|(_, rows)| rows.len()).sum();
+
+    fn warn(&self) {
         tracing::warn!(
-            ms = took.as_millis() as u64,
-            commit_ms = commit.map(|c| c.as_millis() as u64),
-            fsync_ms = sync.map(|c| c.as_millis() as u64),
-            requests = accepted.len(),
-            events,
+            ms = self.waited.as_millis() as u64,
+            commit_ms = self.commit.as_millis() as u64,
+            fsync_ms = self.sync.as_millis() as u64,
+            groups = self.groups,
+            requests = self.requests,
+            events = self.events,
             "slow event-log commit (a WAL checkpoint in commit_ms, the disk's fsync in fsync_ms)"
         );
     }
