@@ -1,7 +1,7 @@
 //! Audit benchmarks (issue 6): `audit verify` throughput over a 1M-event log, and server
 //! start-up time on that log, without and with a state snapshot. `cargo bench --bench audit`
 //! (`BENCH_EVENTS`, `BENCH_RUNS`, `BENCH_VERIFY=0` to skip verify, `BENCH_BREAKDOWN=0` to skip
-//! verify's breakdown, `BENCH_STARTUP=0` to skip start-up, `BENCH_LOG=DIR` to keep the log in
+//! verify's breakdown, `BENCH_ONE_THREAD=0` to skip the one-thread baseline, `BENCH_STARTUP=0` to skip start-up, `BENCH_LOG=DIR` to keep the log in
 //! DIR and reuse it).
 //!
 //! The log is written directly with `SqliteStore::append`, 1000 events per append: a partner, an
@@ -346,19 +346,23 @@ fn main() {
         println!("breakdown: re-hashing {hashing:.2} s; State::evolve_take {folding:.2} s");
         store.close();
     }
+    // `BENCH_ONE_THREAD=0` skips the one-thread baseline (for profiling the real path).
+    let one_thread = !matches!(std::env::var("BENCH_ONE_THREAD").as_deref(), Ok("0"));
     for run in 0..verify_runs {
         // Same-run baseline: the whole verification on one thread (what `verify` did before
         // pages were decoded on their own threads).
-        let store = SqliteStore::open(&path).unwrap();
-        let t = Instant::now();
-        let report = palmgate::replay::audit::verify_paged(&store, 10_000, 0).unwrap();
-        let el = t.elapsed().as_secs_f64();
-        println!(
-            "verify (one thread) run {run}: {} events in {el:.2} s = {:.0} events/s",
-            report.events,
-            report.events as f64 / el
-        );
-        store.close();
+        if one_thread {
+            let store = SqliteStore::open(&path).unwrap();
+            let t = Instant::now();
+            let report = palmgate::replay::audit::verify_paged(&store, 10_000, 0).unwrap();
+            let el = t.elapsed().as_secs_f64();
+            println!(
+                "verify (one thread) run {run}: {} events in {el:.2} s = {:.0} events/s",
+                report.events,
+                report.events as f64 / el
+            );
+            store.close();
+        }
         let store = SqliteStore::open(&path).unwrap();
         let t = Instant::now();
         let report = palmgate::replay::audit::verify(&store).unwrap();

@@ -51,7 +51,8 @@ pub const PROBE_BYTES: i64 = 64 * 1024;
 
 pub struct SqliteStore {
     tx: Mutex<Option<mpsc::Sender<WriteReq>>>,
-    reader: Mutex<Connection>,
+    /// Idle read connections (see [`Readers`]).
+    readers: Readers,
     healthy: Arc<AtomicBool>,
     path: PathBuf,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -113,7 +114,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(io)?;
         let heads = load_heads(&conn)?;
-        let reader = open_conn(&path)?;
+        let readers = Readers::new(path.clone(), open_conn(&path)?);
         let healthy = Arc::new(AtomicBool::new(true));
         let sync_failed = Arc::new(AtomicBool::new(false));
         let (durable, committed) = mpsc::channel();
@@ -150,7 +151,7 @@ impl SqliteStore {
             .map_err(io)?;
         Ok(SqliteStore {
             tx: Mutex::new(Some(tx)),
-            reader: Mutex::new(reader),
+            readers,
             healthy,
             snapshots: SnapshotDir::beside(&path),
             path,
@@ -175,6 +176,61 @@ impl SqliteStore {
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Read connections, checked out one per read: WAL lets readers run side by side, so
+/// `audit verify`'s and start-up's decoding threads (and API reads) do not queue behind one
+/// connection. A read with none idle opens one; at most [`Readers::IDLE`] are kept.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    const IDLE: usize = 4;
+
+    fn new(path: PathBuf, first: Connection) -> Readers {
+        Readers {
+            path,
+            idle: Mutex::new(vec![first]),
+        }
+    }
+
+    fn take(&self) -> Result<Reader<'_>, StoreError> {
+        let idle = self.idle.lock().expect("store lock").pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open_conn(&self.path)?,
+        };
+        Ok(Reader {
+            pool: self,
+            conn: Some(conn),
+        })
+    }
+}
+
+/// A checked-out read connection; back to the pool when dropped.
+struct Reader<'a> {
+    pool: &'a Readers,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("connection until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut idle = self.pool.idle.lock().expect("store lock");
+            if idle.len() < Readers::IDLE {
+                idle.push(c);
+            }
+        }
     }
 }
 
@@ -768,7 +824,7 @@ impl EventStore for SqliteStore {
         limit: usize,
         each: &mut dyn FnMut(RawRef<'_>),
     ) -> Result<usize, StoreError> {
-        let conn = self.reader.lock().expect("store lock");
+        let conn = self.readers.take()?;
         let mut stmt = conn
             .prepare_cached(
                 "SELECT position, stream, revision, type, version, recorded_at, data, \
@@ -912,6 +968,49 @@ mod tests {
         assert!(std::fs::metadata(dir.path().join("events.db-wal")).is_ok());
         let reopened = SqliteStore::open(&path).unwrap();
         assert_eq!(reopened.read_raw(0, 100).unwrap().len(), 32);
+    }
+
+    /// Two reads run side by side: one that stays inside its row callback does not hold up
+    /// another (`audit verify` decodes pages on two threads), and connections are reused.
+    #[tokio::test]
+    async fn reads_do_not_wait_for_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path().join("events.db")).unwrap());
+        for i in 0..3 {
+            put(&store, &format!("s-{i}"), Expected::NoStream)
+                .await
+                .unwrap();
+        }
+        let (inside, wait_inside) = std::sync::mpsc::channel();
+        let (release, wait_release) = std::sync::mpsc::channel::<()>();
+        let slow = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .read_raw_each(0, 1, &mut |_| {
+                        inside.send(()).unwrap();
+                        wait_release.recv().unwrap();
+                    })
+                    .unwrap()
+            })
+        };
+        wait_inside.recv().unwrap();
+        let (done, wait_done) = std::sync::mpsc::channel();
+        let fast = {
+            let store = store.clone();
+            std::thread::spawn(move || done.send(store.read_raw(0, 10).unwrap().len()).unwrap())
+        };
+        let read = wait_done.recv_timeout(Duration::from_secs(10));
+        release.send(()).unwrap();
+        assert_eq!(
+            read,
+            Ok(3),
+            "a second read waited for the first one's callback"
+        );
+        assert_eq!(slow.join().unwrap(), 1);
+        fast.join().unwrap();
+        let idle = store.readers.idle.lock().unwrap().len();
+        assert!((1..=Readers::IDLE).contains(&idle), "{idle} idle readers");
     }
 
     fn saved_heads(path: &Path) -> (i64, Vec<u8>) {
