@@ -38,7 +38,7 @@ use super::state::{
 use super::state::{Map, Set};
 use super::upstream::UpstreamBinding;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::hash::Hash;
@@ -72,8 +72,8 @@ struct StateRef<'a> {
     readers: Vec<&'a Reader>,
     seen: SeenRef<'a>,
     retention_ms: (i64, i64),
-    #[serde(serialize_with = "sorted_map")]
-    revisions: &'a Map<String, u64>,
+    /// Sorted: a `BTreeMap`.
+    revisions: &'a std::collections::BTreeMap<String, u64>,
     webhooks: Vec<&'a Webhook>,
     deliveries: Vec<&'a Delivery>,
     policy_document: Option<(&'a str, DateTime<Utc>)>,
@@ -99,7 +99,7 @@ struct StateOwned {
     readers: Vec<Reader>,
     seen: SeenOwned,
     retention_ms: (i64, i64),
-    revisions: Map<String, u64>,
+    revisions: std::collections::BTreeMap<String, u64>,
     webhooks: Vec<Webhook>,
     deliveries: Vec<Delivery>,
     policy_document: Option<(String, DateTime<Utc>)>,
@@ -269,12 +269,6 @@ fn sorted_by_key<T, K: Ord>(mut v: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
     v
 }
 
-fn sorted_map<S: Serializer>(m: &&Map<String, u64>, s: S) -> Result<S::Ok, S::Error> {
-    let mut entries: Vec<(&str, u64)> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    entries.sort_unstable();
-    s.collect_map(entries)
-}
-
 /// The state as snapshot bytes (canonical: equal states give equal bytes).
 pub fn encode(state: &State) -> Vec<u8> {
     // Destructured in full: a field added to `State` does not compile here until it is either
@@ -373,6 +367,22 @@ fn unique<K: Eq + Hash, V>(
     Ok(map)
 }
 
+/// [`unique`] into a `BTreeMap`.
+fn unique_sorted<K: Ord, V>(
+    what: &str,
+    items: impl Iterator<Item = (K, V)>,
+) -> Result<std::collections::BTreeMap<K, V>, SnapshotError> {
+    let mut map = std::collections::BTreeMap::new();
+    for (k, v) in items {
+        if map.insert(k, v).is_some() {
+            return Err(SnapshotError::Inconsistent(format!(
+                "a {what} appears twice"
+            )));
+        }
+    }
+    Ok(map)
+}
+
 /// The state stored in `bytes`, with `rules` from the configuration, the site policy compiled
 /// again and the derived indexes rebuilt.
 pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
@@ -387,7 +397,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
             SnapshotError::Inconsistent("the stored site policy no longer compiles".into())
         })?)),
     };
-    let mut session_by_token = Map::with_capacity_and_hasher(sessions.len(), Default::default());
+    let mut session_by_token = std::collections::BTreeMap::new();
     let mut deadlines = BTreeSet::new();
     for s in &sessions {
         session_by_token.insert(s.token_hash.clone(), s.id);
@@ -440,7 +450,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         rules,
         partners: unique("partner", o.partners.into_iter().map(|p| (p.id, p)))?,
         partner_by_key: unique("API key hash", o.partner_by_key.into_iter())?,
-        sessions: unique("session", sessions.into_iter().map(|s| (s.id, s)))?,
+        sessions: unique_sorted("session", sessions.into_iter().map(|s| (s.id, s)))?,
         session_by_token,
         users: unique(
             "user",

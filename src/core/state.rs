@@ -206,8 +206,8 @@ pub struct State {
     pub rules: Rules,
     pub(crate) partners: Map<PartnerId, Partner>,
     pub(super) partner_by_key: Map<SecretHash, PartnerId>,
-    pub(crate) sessions: Map<SessionId, Session>,
-    pub(super) session_by_token: Map<SecretHash, SessionId>,
+    pub(crate) sessions: std::collections::BTreeMap<SessionId, Session>,
+    pub(super) session_by_token: std::collections::BTreeMap<SecretHash, SessionId>,
     pub(crate) users: Map<(PartnerId, ExternalId), User>,
     /// Revision of erased users' streams (a re-enrollment continues the stream).
     pub(super) erased: Map<(PartnerId, ExternalId), u64>,
@@ -216,7 +216,7 @@ pub struct State {
     /// `(reader, capture_id)` and `(reader, trigger_id)` already handled (QoS 1 redelivery).
     pub(crate) seen: SeenCaptures,
     /// Last revision of every stream seen, for expected-revision appends.
-    pub(super) revisions: Map<String, u64>,
+    pub(super) revisions: std::collections::BTreeMap<String, u64>,
     /// Pending sessions by expiry.
     pub(crate) deadlines: BTreeSet<(DateTime<Utc>, SessionId)>,
     pub(crate) webhooks: Map<PartnerId, Webhook>,

@@ -184,7 +184,7 @@ async fn read_page(
 struct Heads {
     position: u64,
     hash: [u8; 32],
-    streams: HashMap<String, u64>,
+    streams: super::group::Heads,
 }
 
 impl Heads {

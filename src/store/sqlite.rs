@@ -33,7 +33,6 @@ use super::{BoxFuture, EventStore, SnapshotDir, StoreError};
 use crate::core::{Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -235,7 +234,7 @@ impl Drop for Reader<'_> {
 }
 
 /// Each stream's last revision.
-type StreamHeads = HashMap<String, u64>;
+type StreamHeads = super::group::Heads;
 
 struct Heads {
     position: u64,
@@ -259,7 +258,7 @@ struct Heads {
 struct HeadsCheckpoint;
 
 impl HeadsCheckpoint {
-    fn encode(streams: &HashMap<String, u64>) -> Vec<u8> {
+    fn encode(streams: &StreamHeads) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + streams.len() * 48);
         out.extend_from_slice(&(streams.len() as u64).to_le_bytes());
         for (s, r) in streams {
@@ -270,10 +269,10 @@ impl HeadsCheckpoint {
         out
     }
 
-    fn decode(b: &[u8]) -> Option<HashMap<String, u64>> {
+    fn decode(b: &[u8]) -> Option<StreamHeads> {
         let count = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
         let mut b = &b[8..];
-        let mut streams = HashMap::new();
+        let mut streams = StreamHeads::default();
         for _ in 0..count {
             let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
             let name = std::str::from_utf8(b.get(4..4 + n)?).ok()?;
@@ -1084,7 +1083,7 @@ mod tests {
         let c = Connection::open(&path).unwrap();
         c.execute(
             "UPDATE store_heads SET position = 1, hash = zeroblob(32), heads = ?1",
-            params![HeadsCheckpoint::encode(&HashMap::new())],
+            params![HeadsCheckpoint::encode(&StreamHeads::new())],
         )
         .unwrap();
         drop(c);
@@ -1106,7 +1105,7 @@ mod tests {
 
     #[test]
     fn checkpoint_encoding_round_trips_and_rejects_truncation() {
-        let mut streams = HashMap::new();
+        let mut streams = StreamHeads::new();
         streams.insert("session-1".to_string(), 3);
         streams.insert("ключ".to_string(), u64::MAX);
         streams.insert(String::new(), 0);
