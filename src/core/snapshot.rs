@@ -38,7 +38,7 @@ use super::state::{
 use super::state::{Map, Set};
 use super::upstream::UpstreamBinding;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::hash::Hash;
@@ -72,8 +72,8 @@ struct StateRef<'a> {
     readers: Vec<&'a Reader>,
     seen: SeenRef<'a>,
     retention_ms: (i64, i64),
-    /// Sorted: a `BTreeMap`.
-    revisions: &'a std::collections::BTreeMap<String, u64>,
+    #[serde(serialize_with = "sorted_map")]
+    revisions: &'a Map<String, u64>,
     webhooks: Vec<&'a Webhook>,
     deliveries: Vec<&'a Delivery>,
     policy_document: Option<(&'a str, DateTime<Utc>)>,
@@ -99,7 +99,7 @@ struct StateOwned {
     readers: Vec<Reader>,
     seen: SeenOwned,
     retention_ms: (i64, i64),
-    revisions: std::collections::BTreeMap<String, u64>,
+    revisions: Map<String, u64>,
     webhooks: Vec<Webhook>,
     deliveries: Vec<Delivery>,
     policy_document: Option<(String, DateTime<Utc>)>,
@@ -262,6 +262,12 @@ impl From<SessionRow> for Session {
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort_unstable();
     v
+}
+
+fn sorted_map<S: Serializer>(m: &&Map<String, u64>, s: S) -> Result<S::Ok, S::Error> {
+    let mut entries: Vec<(&str, u64)> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    entries.sort_unstable();
+    s.collect_map(entries)
 }
 
 fn sorted_by_key<T, K: Ord>(mut v: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {

@@ -216,7 +216,7 @@ pub struct State {
     /// `(reader, capture_id)` and `(reader, trigger_id)` already handled (QoS 1 redelivery).
     pub(crate) seen: SeenCaptures,
     /// Last revision of every stream seen, for expected-revision appends.
-    pub(super) revisions: std::collections::BTreeMap<String, u64>,
+    pub(super) revisions: Map<String, u64>,
     /// Pending sessions by expiry.
     pub(crate) deadlines: BTreeSet<(DateTime<Utc>, SessionId)>,
     pub(crate) webhooks: Map<PartnerId, Webhook>,

@@ -1083,7 +1083,7 @@ mod tests {
         let c = Connection::open(&path).unwrap();
         c.execute(
             "UPDATE store_heads SET position = 1, hash = zeroblob(32), heads = ?1",
-            params![HeadsCheckpoint::encode(&StreamHeads::new())],
+            params![HeadsCheckpoint::encode(&StreamHeads::default())],
         )
         .unwrap();
         drop(c);
@@ -1105,7 +1105,7 @@ mod tests {
 
     #[test]
     fn checkpoint_encoding_round_trips_and_rejects_truncation() {
-        let mut streams = StreamHeads::new();
+        let mut streams = StreamHeads::default();
         streams.insert("session-1".to_string(), 3);
         streams.insert("ключ".to_string(), u64::MAX);
         streams.insert(String::new(), 0);
