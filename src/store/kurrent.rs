@@ -54,7 +54,6 @@ use kurrentdb::{
     StreamPosition, StreamState, SubscribeToStreamOptions,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -192,7 +191,7 @@ impl Heads {
         Heads {
             position: 0,
             hash: [0; 32],
-            streams: HashMap::new(),
+            streams: Default::default(),
         }
     }
 
