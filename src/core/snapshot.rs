@@ -264,15 +264,15 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v
 }
 
+fn sorted_by_key<T, K: Ord>(mut v: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    v.sort_unstable_by_key(key);
+    v
+}
+
 fn sorted_map<S: Serializer>(m: &&Map<String, u64>, s: S) -> Result<S::Ok, S::Error> {
     let mut entries: Vec<(&str, u64)> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     entries.sort_unstable();
     s.collect_map(entries)
-}
-
-fn sorted_by_key<T, K: Ord>(mut v: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
-    v.sort_unstable_by_key(key);
-    v
 }
 
 /// The state as snapshot bytes (canonical: equal states give equal bytes).
