@@ -15,7 +15,7 @@ use std::collections::HashSet;
 /// Each stream's last revision, as a writer holds them (foldhash: the writer looks one up per
 /// event). A hash map, unlike the state's session maps: a B-tree with `String` keys chases a
 /// pointer per comparison, which cost the identify benchmark a quarter of its throughput,
-/// while a resize here moves 32-byte entries (about 10 ms at 100k streams).
+/// while a resize here moves 32-byte entries (12 ms at 115k streams, 29 ms at 229k, measured alone).
 pub type Heads = Map<String, u64>;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
