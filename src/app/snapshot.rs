@@ -226,16 +226,22 @@ impl Drop for Snapshotter {
     }
 }
 
-/// Nice +10 (at most 19) for the calling thread (on Linux, nice is per thread): a snapshot re-folds the log
-/// on a core that requests and door decisions need more. Under load the snapshot simply takes
-/// longer; on an idle box it runs at full speed.
+/// Lowers the calling thread (on Linux, scheduling policy and nice are per thread) to
+/// `SCHED_IDLE`: it runs only on a core nothing else wants. A snapshot re-decodes the previous
+/// snapshot, re-folds the log after it and encodes the whole state, on cores that requests and
+/// door decisions need more; under load it simply waits, on an idle box it runs at full speed.
+/// If `SCHED_IDLE` is refused, the thread falls back to nice +10 (at most 19), as before.
 fn background_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: setpriority(2) only reads its integer arguments; `who = 0` with PRIO_PROCESS is
-    // the calling thread on Linux. A failure (not permitted) leaves the priority as it was.
+    // SAFETY: sched_setscheduler(2) reads the `sched_param` we pass and nothing else; `pid = 0`
+    // is the calling thread. setpriority(2) only reads its integer arguments; `who = 0` with
+    // PRIO_PROCESS is the calling thread on Linux. A failure leaves the thread as it was.
     unsafe {
-        let now = libc::getpriority(libc::PRIO_PROCESS, 0);
-        libc::setpriority(libc::PRIO_PROCESS, 0, (now + 10).min(19));
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+            libc::setpriority(libc::PRIO_PROCESS, 0, (now + 10).min(19));
+        }
     }
 }
 
@@ -298,19 +304,21 @@ impl Worker {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    /// The snapshot thread's nice value is 10 above its parent's; the thread that spawned it keeps its own.
+    /// The snapshot thread runs under `SCHED_IDLE`; the thread that spawned it keeps its own
+    /// policy.
     #[test]
     fn background_priority_lowers_only_the_calling_thread() {
-        // SAFETY: getpriority(2) only reads its integer arguments (0 = the calling thread).
-        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-        let before = nice();
+        // SAFETY: sched_getscheduler(2) only reads its integer argument (0 = the calling thread).
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let before = policy();
         let inside = std::thread::spawn(move || {
             super::background_priority();
-            nice()
+            policy()
         })
         .join()
         .unwrap();
-        assert_eq!(inside, (before + 10).min(19));
-        assert_eq!(nice(), before);
+        assert_eq!(inside, libc::SCHED_IDLE);
+        assert_eq!(policy(), before);
+        assert_ne!(before, libc::SCHED_IDLE);
     }
 }
