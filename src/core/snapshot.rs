@@ -49,7 +49,9 @@ use std::sync::Arc;
 /// 3: upstream mode's open remote sessions (`upstream`).
 /// 4: what has ended is forgotten after its retention (sessions, deliveries, idempotency keys,
 ///    seen captures in two generations); the retentions folded with are stored.
-pub const SCHEMA: u32 = 4;
+/// 5: upstream sessions are forgotten a session retention after they ended (`upstream_ended`
+///    keeps when) or, never ended, after they expired.
+pub const SCHEMA: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -83,6 +85,7 @@ struct StateRef<'a> {
     doors: Vec<(&'a DoorId, &'a DoorState)>,
     devices: Vec<(&'a str, &'a DeviceState)>,
     upstream: Vec<&'a UpstreamBinding>,
+    upstream_ended: Vec<&'a (DateTime<Utc>, UpstreamSessionId)>,
 }
 
 /// The stored form, owned (read). Same fields, same order as [`StateRef`].
@@ -109,6 +112,7 @@ struct StateOwned {
     doors: Vec<(DoorId, DoorState)>,
     devices: Vec<(String, DeviceState)>,
     upstream: Vec<UpstreamBinding>,
+    upstream_ended: Vec<(DateTime<Utc>, UpstreamSessionId)>,
 }
 
 /// The two generations of seen captures, each sorted.
@@ -303,6 +307,7 @@ pub fn encode(state: &State) -> Vec<u8> {
         doors,
         devices,
         upstream,
+        upstream_by_time,
         position,
         // Rebuilt from the records they index.
         ended_sessions: _,
@@ -353,6 +358,11 @@ pub fn encode(state: &State) -> Vec<u8> {
             |(d, _)| *d,
         ),
         upstream: sorted_by_key(upstream.values().collect(), |b| &b.session_id),
+        // The open ones' entries follow from their bindings; the set is already sorted.
+        upstream_ended: upstream_by_time
+            .iter()
+            .filter(|(_, id)| !upstream.contains_key(id))
+            .collect(),
     };
     serde_json::to_vec(&stored).expect("a state has only string map keys and finite numbers")
 }
@@ -452,6 +462,23 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         .iter()
         .map(|(p, k, e)| (e.at, *p, k.clone()))
         .collect();
+    let upstream = unique(
+        "upstream session",
+        o.upstream.into_iter().map(|b| (b.session_id.clone(), b)),
+    )?;
+    let mut upstream_by_time: BTreeSet<_> = upstream
+        .values()
+        .map(|b| (super::upstream::open_until(b), b.session_id.clone()))
+        .collect();
+    let mut ended = Set::default();
+    for (t, id) in o.upstream_ended {
+        if upstream.contains_key(&id) || !ended.insert(id.clone()) {
+            return Err(SnapshotError::Inconsistent(
+                "an upstream session is both open and ended, or ended twice".into(),
+            ));
+        }
+        upstream_by_time.insert((t, id));
+    }
     Ok(State {
         rules,
         partners: unique("partner", o.partners.into_iter().map(|p| (p.id, p)))?,
@@ -492,10 +519,8 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         )?,
         doors: unique("door", o.doors.into_iter())?,
         devices: unique("device", o.devices.into_iter())?,
-        upstream: unique(
-            "upstream session",
-            o.upstream.into_iter().map(|b| (b.session_id.clone(), b)),
-        )?,
+        upstream,
+        upstream_by_time,
         position: o.position,
         ended_sessions,
         finished_deliveries,
@@ -531,6 +556,7 @@ impl PartialEq for State {
             doors,
             devices,
             upstream,
+            upstream_by_time,
             position,
             ended_sessions,
             finished_deliveries,
@@ -561,6 +587,7 @@ impl PartialEq for State {
             && *doors == o.doors
             && *devices == o.devices
             && *upstream == o.upstream
+            && *upstream_by_time == o.upstream_by_time
             && *position == o.position
             && *ended_sessions == o.ended_sessions
             && *finished_deliveries == o.finished_deliveries

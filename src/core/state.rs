@@ -234,7 +234,8 @@ pub struct State {
     pub(crate) doors: Map<DoorId, DoorState>,
     pub(crate) devices: Map<String, DeviceState>,
     /// Upstream mode: remote identify sessions bound to readers, until their webhook ends them
-    /// (an ended one leaves only its stream's revision behind).
+    /// (an ended one leaves only its stream's revision behind, until `upstream_by_time` lets
+    /// it go).
     pub(crate) upstream: Map<UpstreamSessionId, super::upstream::UpstreamBinding>,
     pub(super) position: u64,
     /// Ended sessions by end time, until `rules.session_retention` has passed.
@@ -243,6 +244,11 @@ pub struct State {
     pub(super) finished_deliveries: BTreeSet<(DateTime<Utc>, String)>,
     /// Idempotency keys by first use, until `IDEMPOTENCY_TTL` has passed.
     pub(super) idempotency_by_time: BTreeSet<(DateTime<Utc>, PartnerId, String)>,
+    /// Upstream sessions by the instant their `sessions.retention` starts: when they ended, or,
+    /// while open, when they expire on our clock ([`super::upstream::open_until`]). Once the
+    /// retention has passed, the binding (if still open) and the stream's revision are let go
+    /// of: a webhook for it is then a session palmgate does not know (404).
+    pub(crate) upstream_by_time: BTreeSet<(DateTime<Utc>, UpstreamSessionId)>,
     /// When `Some`, the streams whose revision the state let go of (for the store's heads).
     pub(super) forgotten: Option<Vec<String>>,
 }
@@ -484,6 +490,14 @@ impl State {
             let stream = stream::idempotency(partner, &key);
             self.idempotency.remove(&(partner, key));
             self.forget_stream(stream);
+        }
+        let keep = self.rules.session_retention;
+        while let Some((t, _)) = self.upstream_by_time.first()
+            && t.checked_add_signed(keep).is_some_and(|t| t <= now)
+        {
+            let (_, id) = self.upstream_by_time.pop_first().expect("first exists");
+            self.upstream.remove(&id);
+            self.forget_stream(stream::upstream(&id));
         }
     }
 
@@ -1590,6 +1604,89 @@ mod retention_tests {
         tick(&mut log, 160);
         assert!(log.state.delivery("again").is_none());
         assert!(log.state.delivery("pending").is_some());
+    }
+
+    #[test]
+    fn upstream_sessions_go_a_retention_after_they_end_or_expire() {
+        use crate::core::event::UpstreamOutcome;
+        use crate::core::upstream::{RemoteEnd, ended};
+        let mut log = Log::new(rules(3600, 60));
+        let id = |n: u8| UpstreamSessionId(format!("remote-{n}"));
+        let started =
+            |n: u8, expires: Option<i64>, skew: Option<i64>| Event::UpstreamIdentifyStarted {
+                session_id: id(n),
+                reader_id: ReaderId("lobby-1".into()),
+                trigger_id: format!("trg-{n}"),
+                expires_at: expires.map(at),
+                clock_skew_s: skew,
+                at: at(0),
+            };
+        let webhook = |n: u8| RemoteEnd {
+            session_id: id(n),
+            webhook_id: format!("msg_{n}"),
+            outcome: UpstreamOutcome::Completed,
+            external_id: None,
+            username: None,
+            metadata: None,
+            fail_reason: None,
+            ended_at: at(100),
+            partner_id: PartnerId::from_random([9; 16]),
+            partner_name: "upstream".into(),
+        };
+        // 1 ends at 100 s; 2 never ends and expires at 900 s on a remote clock 60 s ahead of
+        // ours (840 s here); 3 never ends and its remote gave no expiry (one hour assumed).
+        log.fold(0, stream::upstream(&id(1)), started(1, Some(900), None));
+        log.fold(0, stream::upstream(&id(2)), started(2, Some(900), Some(60)));
+        log.fold(0, stream::upstream(&id(3)), started(3, None, None));
+        log.fold(
+            100,
+            stream::upstream(&id(1)),
+            Event::UpstreamSessionEnded {
+                session_id: id(1),
+                reader_id: ReaderId("lobby-1".into()),
+                outcome: UpstreamOutcome::Completed,
+                webhook_id: "msg_1".into(),
+                external_id: None,
+                username: None,
+                metadata: None,
+                fail_reason: None,
+                ended_at: at(100),
+                late: false,
+                at: at(100),
+            },
+        );
+        assert!(log.state.upstream_binding(&id(1)).is_none());
+        // A snapshot in between keeps when each one goes.
+        let bytes = crate::core::snapshot::encode(&log.state);
+        let mut decoded = crate::core::snapshot::decode(&bytes, log.state.rules).unwrap();
+        assert!(decoded == log.state);
+        decoded.collect_forgotten();
+        log.state = decoded;
+
+        // Within the retention, a repeated webhook is still a duplicate (a 2xx to the remote).
+        tick(&mut log, 3699);
+        assert_eq!(log.state.revision(&stream::upstream(&id(1))), Some(1));
+        let again = ended(&log.state, &webhook(1), at(3699)).unwrap();
+        assert_eq!(again.outcome, crate::core::decider::Outcome::Duplicate);
+        tick(&mut log, 3700);
+        assert_eq!(log.state.revision(&stream::upstream(&id(1))), None);
+        assert_eq!(log.state.take_forgotten(), vec![stream::upstream(&id(1))]);
+        assert_eq!(
+            ended(&log.state, &webhook(1), at(3700)).unwrap_err(),
+            crate::core::decider::Rejection::NotFound
+        );
+
+        tick(&mut log, 840 + 3599);
+        assert!(log.state.upstream_binding(&id(2)).is_some());
+        tick(&mut log, 840 + 3600);
+        assert!(log.state.upstream_binding(&id(2)).is_none());
+        assert_eq!(log.state.take_forgotten(), vec![stream::upstream(&id(2))]);
+
+        tick(&mut log, 3600 + 3599);
+        assert!(log.state.upstream_binding(&id(3)).is_some());
+        tick(&mut log, 3600 + 3600);
+        assert!(log.state.upstream.is_empty() && log.state.upstream_by_time.is_empty());
+        assert_eq!(log.state.take_forgotten(), vec![stream::upstream(&id(3))]);
     }
 
     #[test]

@@ -33,6 +33,27 @@ use serde_json::Value;
 pub const LATE_AFTER: Duration = Duration::seconds(60);
 
 /// A remote identify session opened for a reader's trigger and not ended yet (state).
+/// How long a remote session whose 201 gave no `expires_at` is assumed to stay open.
+pub const ASSUMED_REMOTE_TTL: Duration = Duration::hours(1);
+
+/// When an open binding's remote session expires on our clock (its `expires_at` less the
+/// remote clock's skew; [`ASSUMED_REMOTE_TTL`] after it started when the remote gave none).
+/// `sessions.retention` after that, a binding whose end never arrived is let go of
+/// ([`State`]'s `upstream_by_time`): the remote's webhook retries (the last ~2 h 36 min after
+/// the first attempt) have long run out by then.
+pub fn open_until(b: &UpstreamBinding) -> DateTime<Utc> {
+    // Checked: the remote's `expires_at` could sit at the edge of the representable range.
+    match b.expires_at {
+        Some(e) => Duration::try_seconds(b.clock_skew_s.unwrap_or(0))
+            .and_then(|skew| e.checked_sub_signed(skew))
+            .unwrap_or(e),
+        None => b
+            .started_at
+            .checked_add_signed(ASSUMED_REMOTE_TTL)
+            .unwrap_or(b.started_at),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpstreamBinding {
     pub session_id: UpstreamSessionId,
@@ -59,18 +80,24 @@ pub(crate) fn evolve(state: &mut State, rec: &Recorded) {
             at,
         } => {
             state.seen.insert((reader_id.clone(), trigger_id.clone()));
-            state.upstream.insert(
-                session_id.clone(),
-                UpstreamBinding {
-                    session_id: session_id.clone(),
-                    reader_id: reader_id.clone(),
-                    trigger_id: trigger_id.clone(),
-                    started_at: *at,
-                    expires_at: *expires_at,
-                    clock_skew_s: *clock_skew_s,
-                    revision: rec.revision,
-                },
-            );
+            let b = UpstreamBinding {
+                session_id: session_id.clone(),
+                reader_id: reader_id.clone(),
+                trigger_id: trigger_id.clone(),
+                started_at: *at,
+                expires_at: *expires_at,
+                clock_skew_s: *clock_skew_s,
+                revision: rec.revision,
+            };
+            state
+                .upstream_by_time
+                .insert((open_until(&b), session_id.clone()));
+            if let Some(old) = state.upstream.insert(session_id.clone(), b) {
+                // Not from `decide` (a stream starts once); keep the index exact all the same.
+                state
+                    .upstream_by_time
+                    .remove(&(open_until(&old), session_id.clone()));
+            }
         }
         Event::UpstreamIdentifyFailed {
             reader_id,
@@ -79,8 +106,13 @@ pub(crate) fn evolve(state: &mut State, rec: &Recorded) {
         } => {
             state.seen.insert((reader_id.clone(), trigger_id.clone()));
         }
-        Event::UpstreamSessionEnded { session_id, .. } => {
-            state.upstream.remove(session_id);
+        Event::UpstreamSessionEnded { session_id, at, .. } => {
+            if let Some(b) = state.upstream.remove(session_id) {
+                state
+                    .upstream_by_time
+                    .remove(&(open_until(&b), session_id.clone()));
+                state.upstream_by_time.insert((*at, session_id.clone()));
+            }
         }
         _ => {}
     }
