@@ -35,7 +35,7 @@ impl App {
             }
             // Upstream mode: the remote opens the identify session (`app::upstream`).
             Inbound::Trigger { trigger_id } if self.upstream.is_some() => {
-                self.upstream_trigger(reader_id, trigger_id)
+                Ok(self.upstream_trigger(reader_id, trigger_id, None))
             }
             Inbound::Trigger { trigger_id } => {
                 let session_id = crate::core::SessionId::from_random(self.rng.bytes16());

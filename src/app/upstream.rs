@@ -9,17 +9,22 @@
 //!
 //! Invariants: the MQTT loop never waits for the remote (a slow upstream holds only its own
 //! worker slots, at most [`IN_FLIGHT`] calls at a time); a trigger is sent to the remote once
-//! per process while its call is in flight, and never again once its outcome is recorded; the
+//! per process while its call is in flight, and never again once its outcome is recorded; a
+//! trigger's MQTT message is acknowledged only once its outcome is recorded (at most
+//! [`HELD_ACKS`] held at a time), so a gateway killed mid-call gets it again from an external
+//! broker and calls again with the same `Idempotency-Key` (the embedded broker keeps no
+//! sessions across a restart of the process it runs in); the
 //! people of the upstream are, for the site policy, users of one local partner identity
 //! ([`partner_id`], named [`PARTNER_NAME`]) that exists in no partner list and holds no API key.
 
-use super::{App, AppError};
+use super::App;
 use crate::config::UpstreamConfig;
 use crate::core::policy::DoorId;
 use crate::core::upstream::{IdentifyAnswer, Unidentified};
 use crate::core::{Command, Outcome, PartnerId, ReaderId, UpstreamSessionId};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
@@ -31,6 +36,11 @@ pub const PARTNER_NAME: &str = "upstream";
 pub const IN_FLIGHT: usize = 16;
 /// Triggers waiting for a slot; more are dropped (and logged).
 const QUEUE: usize = 256;
+/// Triggers whose MQTT acknowledgement waits for their outcome at most at once; beyond that
+/// they are acknowledged on arrival. Each holds a slot of the broker's in-flight window for
+/// this client (Mosquitto's default is 20) for up to `upstream.timeout`, and door scans need
+/// the rest.
+pub const HELD_ACKS: usize = 4;
 /// How much of the remote's answer is read.
 const ANSWER_KEPT: usize = 16 * 1024;
 
@@ -49,6 +59,25 @@ pub fn partner_id(base_url: &str) -> PartnerId {
 
 type Trigger = (ReaderId, String);
 
+/// Dropped when a trigger's outcome is recorded or given up: the MQTT client acknowledges the
+/// trigger's message then (a crash before leaves it to the broker to redeliver).
+pub type Done = tokio::sync::oneshot::Sender<()>;
+
+/// A trigger in the queue, with its held acknowledgement (if any).
+type Queued = (Trigger, Option<Held>);
+
+/// A held acknowledgement, counted in [`Upstream`]'s `held` while it lives.
+struct Held {
+    _done: Done,
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The upstream connection: configuration, HTTP client and the trigger queue.
 pub struct Upstream {
     http: reqwest::Client,
@@ -58,9 +87,11 @@ pub struct Upstream {
     pub webhook_secret: String,
     pub partner_id: PartnerId,
     timeout: Duration,
-    queue: mpsc::Sender<Trigger>,
-    receiver: Mutex<Option<mpsc::Receiver<Trigger>>>,
+    queue: mpsc::Sender<Queued>,
+    receiver: Mutex<Option<mpsc::Receiver<Queued>>>,
     in_flight: Mutex<HashSet<Trigger>>,
+    /// Acknowledgements held now (at most [`HELD_ACKS`]).
+    held: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -98,6 +129,7 @@ impl Upstream {
             queue,
             receiver: Mutex::new(Some(receiver)),
             in_flight: Mutex::new(HashSet::new()),
+            held: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -255,24 +287,36 @@ pub fn valid_session_id(s: &str) -> bool {
 
 impl App {
     /// A reader's trigger in upstream mode: queued for the identify call, so the reader
-    /// protocol's loop does not wait for the remote.
-    pub(super) fn upstream_trigger(
+    /// protocol's loop does not wait for the remote. `done` is dropped once the outcome is
+    /// recorded or given up — at once for a duplicate, a full queue, or when [`HELD_ACKS`]
+    /// acknowledgements are held already.
+    pub fn upstream_trigger(
         &self,
         reader_id: ReaderId,
         trigger_id: String,
-    ) -> Result<Outcome, AppError> {
+        done: Option<Done>,
+    ) -> Outcome {
         let Some(up) = &self.upstream else {
-            return Ok(Outcome::Done);
+            return Outcome::Done;
         };
         if self.read(|s| s.seen.contains(&(reader_id.clone(), trigger_id.clone()))) {
-            return Ok(Outcome::Duplicate);
+            return Outcome::Duplicate;
         }
-        if let Err(e) = up.queue.try_send((reader_id, trigger_id)) {
+        let held = done.and_then(|d| {
+            let n = up.held.fetch_add(1, Ordering::Relaxed);
+            let h = Held {
+                _done: d,
+                held: up.held.clone(),
+            };
+            // Over the limit, `h` drops here: acknowledged on arrival.
+            (n < HELD_ACKS).then_some(h)
+        });
+        if let Err(e) = up.queue.try_send(((reader_id, trigger_id), held)) {
             tracing::warn!(error = %e, "upstream trigger queue is full; trigger dropped");
             metrics::counter!("palmgate_upstream_identify_total", "outcome" => "dropped")
                 .increment(1);
         }
-        Ok(Outcome::Done)
+        Outcome::Done
     }
 
     /// Calls the remote for one trigger and records the answer.
@@ -306,13 +350,15 @@ pub fn spawn(app: Arc<App>) -> Option<JoinHandle<()>> {
     let mut rx = up.receiver.lock().expect("upstream lock").take()?;
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     Some(tokio::spawn(async move {
-        while let Some((reader, trigger)) = rx.recv().await {
+        while let Some(((reader, trigger), held)) = rx.recv().await {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
             let app = app.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                // Dropped on every way out of this task: the trigger is acknowledged then.
+                let _held = held;
                 let Some(up) = app.upstream.as_ref() else {
                     return;
                 };

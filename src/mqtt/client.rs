@@ -148,9 +148,23 @@ pub fn spawn(
     let in_prefix = prefix.clone();
     let inbound = tokio::spawn(async move {
         while let Some(p) = inbound_rx.recv().await {
-            let durable = handle(&in_app, &in_prefix, &p).await;
-            if durable && let Err(e) = ack_client.ack(&p).await {
-                tracing::warn!(error = %e, "cannot acknowledge an MQTT message");
+            match handle(&in_app, &in_prefix, &p).await {
+                Handled::Ack => {
+                    if let Err(e) = ack_client.ack(&p).await {
+                        tracing::warn!(error = %e, "cannot acknowledge an MQTT message");
+                    }
+                }
+                // An upstream trigger: acknowledged once its remote call's outcome is recorded
+                // (or given up), so a crash before that leaves it to the broker to redeliver.
+                Handled::AckWhenDone(done) => {
+                    let client = ack_client.clone();
+                    tokio::spawn(async move {
+                        let _ = done.await;
+                        if let Err(e) = client.ack(&p).await {
+                            tracing::warn!(error = %e, "cannot acknowledge an MQTT message");
+                        }
+                    });
+                }
             }
         }
     });
@@ -186,44 +200,60 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Handles one message; true when it may be acknowledged — always, once handled. A message
+/// What to do about a message's acknowledgement.
+enum Handled {
+    /// Acknowledge it now.
+    Ack,
+    /// Acknowledge it when this resolves (its sender sent or dropped).
+    AckWhenDone(tokio::sync::oneshot::Receiver<()>),
+}
+
+/// Handles one message, then it may be acknowledged — always, once handled. A message
 /// whose events could not be written (the log is failing, or too much contention) is dropped,
 /// logged and counted, not left unacknowledged: MQTT would not bring it back before the next
 /// reconnection — and then as a stale scan that could open a door long after the person left —
 /// while every unacknowledged message holds a slot of the broker's in-flight window, and a
 /// full window stops every reader. A crash mid-handling still leaves it unacknowledged, so an
-/// external broker redelivers it to the restarted server.
-async fn handle(app: &App, prefix: &str, p: &Publish) -> bool {
+/// external broker redelivers it to the restarted server. An upstream trigger is handled
+/// when the remote's answer to it is recorded, which the MQTT loop does not wait for
+/// (`app::upstream`).
+async fn handle(app: &App, prefix: &str, p: &Publish) -> Handled {
     let (reader, kind) = match protocol::parse_topic(prefix, &p.topic) {
         Ok(t) => t,
         Err(e) => {
             reject(&e, None);
-            return true;
+            return Handled::Ack;
         }
     };
     if kind == TopicKind::Status && p.payload.is_empty() {
-        return true; // a cleared retained status
+        return Handled::Ack; // a cleared retained status
     }
     let msg = match protocol::parse(kind, &p.payload, app.config.matching.dim) {
         Ok(m) => m,
         Err(e) => {
             reject(&e, Some(&reader.0));
-            return true;
+            return Handled::Ack;
         }
     };
+    if let protocol::Inbound::Trigger { trigger_id } = &msg
+        && app.upstream.is_some()
+    {
+        let (done, when) = tokio::sync::oneshot::channel();
+        app.upstream_trigger(reader, trigger_id.clone(), Some(done));
+        return Handled::AckWhenDone(when);
+    }
     match app.reader_message(reader.clone(), msg).await {
-        Ok(_) => true,
+        Ok(_) => {}
         Err(crate::app::AppError::Rejected(r)) => {
             tracing::info!(reader = %reader, reason = %r, "reader message refused");
-            true
         }
         Err(e) => {
             tracing::error!(reader = %reader, error = %e, "reader message not recorded; dropped (the reader must scan again)");
             metrics::counter!("palmgate_mqtt_dropped_total", "reason" => "not_recorded")
                 .increment(1);
-            true
         }
     }
+    Handled::Ack
 }
 
 fn reject(e: &protocol::ProtocolError, reader: Option<&str>) {

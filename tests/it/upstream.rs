@@ -73,6 +73,11 @@ relay = { device = "board-1", coil = 1, pulse_ms = 400 }
 /// Starts R, creates Gate with its webhook at G's future address, starts G on `upstream_url`
 /// (`None`: R's own URL) with `upstream.timeout = timeout`.
 async fn pair_with(upstream_url: Option<&str>, timeout: &str) -> Pair {
+    pair_full(upstream_url, timeout, "").await
+}
+
+/// As [`pair_with`], with `g_toml` appended to G's configuration.
+async fn pair_full(upstream_url: Option<&str>, timeout: &str, g_toml: &str) -> Pair {
     let g_listen = format!("127.0.0.1:{}", free_port());
     let r = TestServer::start_with(
         Options::default().extra_toml("[webhooks]\nallow_networks = [\"127.0.0.0/8\"]"),
@@ -100,7 +105,7 @@ async fn pair_with(upstream_url: Option<&str>, timeout: &str) -> Pair {
     std::fs::write(&site_path, site(&board)).unwrap();
     let base = upstream_url.map_or_else(|| r.base_url.clone(), str::to_string);
     let mut g = TestServer::prepare(Options::default().extra_toml(&format!(
-        "site = {site:?}\n[upstream]\nbase_url = {base:?}\napi_key = {key:?}\nwebhook_secret = {secret:?}\ntimeout = {timeout:?}\n",
+        "site = {site:?}\n[upstream]\nbase_url = {base:?}\napi_key = {key:?}\nwebhook_secret = {secret:?}\ntimeout = {timeout:?}\n{g_toml}",
         site = site_path.display().to_string(),
     )));
     g.launch_env(&[("PALMGATE_HTTP_LISTEN", &g_listen)]).await;
@@ -648,6 +653,77 @@ async fn the_binding_survives_a_gateway_restart() {
         writes_since(&p.board, 0, since).iter().any(|(_, on)| *on)
     })
     .await;
+}
+
+/// A trigger whose remote call is in flight when the gateway is killed is not lost: its MQTT
+/// message is acknowledged only once the call's outcome is recorded, so the site's broker
+/// (Mosquitto here, an independent peer) delivers it again to the restarted gateway, which
+/// calls the remote again and shows the reader the page. Peer: Mosquitto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_in_flight_when_the_gateway_is_killed_is_answered_after_the_restart() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+    let Some(bin) = crate::readers::find_mosquitto() else {
+        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
+            panic!("mosquitto not found, and PALMGATE_PEERS=required");
+        }
+        println!("mosquitto not found: skipping");
+        return;
+    };
+    let port = crate::readers::free_port();
+    let _broker = crate::readers::Mosquitto::start(&bin, port);
+    let mqtt = format!("mqtt://127.0.0.1:{port}");
+    // The upstream's address: connections are held unanswered until `target` names where to
+    // forward them (R, once G has been killed).
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_url = format!("http://{}", front.local_addr().unwrap());
+    let target: Arc<Mutex<Option<String>>> = Arc::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let proxy = tokio::spawn({
+        let (target, calls) = (target.clone(), calls.clone());
+        async move {
+            let mut held = vec![];
+            while let Ok((mut s, _)) = front.accept().await {
+                calls.fetch_add(1, SeqCst);
+                let to = target.lock().unwrap().clone();
+                match to {
+                    None => held.push(s),
+                    Some(addr) => {
+                        tokio::spawn(async move {
+                            if let Ok(mut up) = tokio::net::TcpStream::connect(addr).await {
+                                let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    });
+    let mut p = pair_full(
+        Some(&front_url),
+        "30s",
+        &format!("[mqtt]\nurl = \"{mqtt}\"\n"),
+    )
+    .await;
+    assert_eq!(p.g.mqtt_url, mqtt, "G uses Mosquitto");
+    let mut lobby = reader(&mqtt, "lobby-1", "nobody", 8).await;
+    lobby.trigger().await.unwrap();
+    until("G called the upstream", || calls.load(SeqCst) >= 1).await;
+    p.g.kill9();
+    *target.lock().unwrap() = Some(p.r.base_url.trim_start_matches("http://").to_string());
+    let listen = p.g_listen.clone();
+    p.g.launch_env(&[("PALMGATE_HTTP_LISTEN", &listen)]).await;
+
+    let show = command(&mut lobby, "show").await;
+    let url = show["url"].as_str().expect("show url");
+    assert!(url.contains("/identify/"), "{show}");
+    let started = p.g_event("UpstreamIdentifyStarted", |_| true).await;
+    assert_eq!(started["data"]["reader_id"], "lobby-1", "{started}");
+    // The page shown is the remote session G bound, open at R.
+    let session = started["data"]["session_id"].as_str().unwrap();
+    p.wait_remote_session(session, "pending").await;
+    assert!(calls.load(SeqCst) >= 2, "called again after the restart");
+    proxy.abort();
 }
 
 /// `[upstream]` is validated: all empty is off; a base URL needs the key and the secret and
