@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod schedule;
 pub mod session;
 pub mod snapshot;
+pub mod split_map;
 pub mod state;
 pub mod upstream;
 pub mod webhook;

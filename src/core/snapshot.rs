@@ -31,6 +31,7 @@
 use super::ids::*;
 use super::policy::{Direction, DoorId, Policy};
 use super::session::{Session, SessionState};
+use super::split_map::SplitMap;
 use super::state::{
     Delivery, DeliveryStatus, DeviceState, DoorState, IdemEntry, Partner, Reader, Rules,
     SeenCaptures, State, User, Webhook,
@@ -75,7 +76,7 @@ struct StateRef<'a> {
     seen: SeenRef<'a>,
     retention_ms: (i64, i64),
     #[serde(serialize_with = "sorted_map")]
-    revisions: &'a Map<String, u64>,
+    revisions: &'a SplitMap<String, u64>,
     webhooks: Vec<&'a Webhook>,
     deliveries: Vec<&'a Delivery>,
     policy_document: Option<(&'a str, DateTime<Utc>)>,
@@ -102,7 +103,7 @@ struct StateOwned {
     readers: Vec<Reader>,
     seen: SeenOwned,
     retention_ms: (i64, i64),
-    revisions: Map<String, u64>,
+    revisions: SplitMap<String, u64>,
     webhooks: Vec<Webhook>,
     deliveries: Vec<Delivery>,
     policy_document: Option<(String, DateTime<Utc>)>,
@@ -273,7 +274,7 @@ fn sorted_by_key<T, K: Ord>(mut v: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
     v
 }
 
-fn sorted_map<S: Serializer>(m: &&Map<String, u64>, s: S) -> Result<S::Ok, S::Error> {
+fn sorted_map<S: Serializer>(m: &&SplitMap<String, u64>, s: S) -> Result<S::Ok, S::Error> {
     let mut entries: Vec<(&str, u64)> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     entries.sort_unstable();
     s.collect_map(entries)

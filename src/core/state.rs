@@ -215,8 +215,9 @@ pub struct State {
     pub(crate) readers: Map<ReaderId, Reader>,
     /// `(reader, capture_id)` and `(reader, trigger_id)` already handled (QoS 1 redelivery).
     pub(crate) seen: SeenCaptures,
-    /// Last revision of every stream seen, for expected-revision appends.
-    pub(super) revisions: Map<String, u64>,
+    /// Last revision of every stream seen, for expected-revision appends. Split hash maps:
+    /// one hash map's resize, under the state lock, was the identify p99 (`split_map`).
+    pub(super) revisions: super::split_map::SplitMap<String, u64>,
     /// Pending sessions by expiry.
     pub(crate) deadlines: BTreeSet<(DateTime<Utc>, SessionId)>,
     pub(crate) webhooks: Map<PartnerId, Webhook>,

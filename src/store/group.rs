@@ -7,16 +7,20 @@
 
 use super::StoreError;
 use super::chain::{Encoded, RawEvent, format_time};
+use crate::core::split_map::SplitMap;
 use crate::core::state::Map;
 use crate::core::{Expected, Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 
-/// Each stream's last revision, as a writer holds them (foldhash: the writer looks one up per
-/// event). A hash map, unlike the state's session maps: a B-tree with `String` keys chases a
-/// pointer per comparison, which cost the identify benchmark a quarter of its throughput,
-/// while a resize here moves 32-byte entries (12 ms at 115k streams, 29 ms at 229k, measured alone).
-pub type Heads = Map<String, u64>;
+/// Each stream's last revision, as a writer holds them (the writer looks one up per event).
+/// Split hash maps ([`SplitMap`]): a B-tree with `String` keys chases a pointer per
+/// comparison, which cost the identify benchmark a quarter of its throughput, and one hash
+/// map's resize stalled the writer, and so every append, for 12 ms at 115k streams and 29 ms
+/// at 229k.
+pub type Heads = SplitMap<String, u64>;
+/// What a group staged on top of [`Heads`] (a few streams: one plain map).
+pub type Staged = Map<String, u64>;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::oneshot;
@@ -124,7 +128,7 @@ impl Forgetting {
 pub(super) struct StagedGroup {
     pub position: u64,
     pub hash: [u8; 32],
-    pub staged: Heads,
+    pub staged: Staged,
     pub accepted: Vec<(WriteReq, Vec<RawEvent>)>,
     pub refused: Vec<(WriteReq, StoreError)>,
 }
@@ -140,7 +144,7 @@ pub(super) fn stage_group(
     let mut g = StagedGroup {
         position,
         hash,
-        staged: Heads::default(),
+        staged: Staged::default(),
         accepted: Vec::with_capacity(group.len()),
         refused: Vec::new(),
     };
@@ -161,7 +165,7 @@ fn stage(
     req: &WriteReq,
     position: &mut u64,
     hash: &mut [u8; 32],
-    staged: &mut Heads,
+    staged: &mut Staged,
 ) -> Result<Vec<RawEvent>, StoreError> {
     let head = |s: &str| staged.get(s).or(heads.get(s)).copied();
     let mut local: Map<&str, Option<u64>> = Map::default();

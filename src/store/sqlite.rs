@@ -261,7 +261,7 @@ impl HeadsCheckpoint {
     fn encode(streams: &StreamHeads) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + streams.len() * 48);
         out.extend_from_slice(&(streams.len() as u64).to_le_bytes());
-        for (s, r) in streams {
+        for (s, r) in streams.iter() {
             out.extend_from_slice(&(s.len() as u32).to_le_bytes());
             out.extend_from_slice(s.as_bytes());
             out.extend_from_slice(&r.to_le_bytes());

@@ -1,0 +1,242 @@
+//! A hash map split into [`SHARDS`] hash maps by a hash of the key.
+//!
+//! A hash map grows by doubling: the insert that crosses its load factor allocates a table
+//! twice the size and moves every entry into it, while whoever holds the map waits. For the
+//! maps that grow with every session — the state's stream revisions (under the state lock)
+//! and the store writer's stream heads (in the writer, which every append waits for) — that
+//! one insert took 12 ms at 115k entries and 29 ms at 229k on the gateway box, and showed as
+//! the identify p99 (BENCHMARKS.md §2). Split in [`SHARDS`], each insert moves at most one
+//! shard's entries, 1/64 of them, and the shards cross their thresholds at different inserts.
+//! Lookups hash the key twice (the shard, then the entry): a few nanoseconds for a stream
+//! name, where a `BTreeMap` with `String` keys cost 15–25 % of the identify throughput.
+//!
+//! The shard of a key is fixed (a seeded hash, not the per-map random state), so two maps with
+//! the same entries hold them in the same shards; equality and iteration do not depend on it.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+
+/// Number of shards (a power of two).
+pub const SHARDS: usize = 64;
+
+type Shard<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+#[derive(Clone, Debug)]
+pub struct SplitMap<K, V> {
+    shards: Box<[Shard<K, V>]>,
+    len: usize,
+}
+
+/// Picks the shard: the top bits of a fixed-seed foldhash (the shard maps use their low bits
+/// under their own random seeds, so the two are independent).
+fn shard_of<Q: Hash + ?Sized>(key: &Q) -> usize {
+    let h = foldhash::fast::FixedState::with_seed(0x7061_6c6d_6761_7465).hash_one(key);
+    (h >> (64 - SHARDS.trailing_zeros())) as usize
+}
+
+impl<K, V> Default for SplitMap<K, V> {
+    fn default() -> Self {
+        SplitMap {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            len: 0,
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> SplitMap<K, V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[shard_of(key)].get(key)
+    }
+
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[shard_of(key)].get_mut(key)
+    }
+
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let old = self.shards[shard_of(&key)].insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let old = self.shards[shard_of(key)].remove(key);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    /// Keeps the entries `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        for s in self.shards.iter_mut() {
+            s.retain(&mut keep);
+        }
+        self.len = self.shards.iter().map(HashMap::len).sum();
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flat_map(HashMap::iter)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// Entries the shards have room for without growing.
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(HashMap::capacity).sum()
+    }
+
+    /// Gives back the room of shards that hold less than half of what they could, one shard
+    /// at a time (each moves only its own entries).
+    pub fn shrink_to_fit(&mut self) {
+        for s in self.shards.iter_mut() {
+            if s.capacity() > 2 * s.len() + 16 {
+                s.shrink_to_fit();
+            }
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> Extend<(K, V)> for SplitMap<K, V> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, items: I) {
+        for (k, v) in items {
+            self.insert(k, v);
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> FromIterator<(K, V)> for SplitMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(items: I) -> Self {
+        let mut m = SplitMap::default();
+        m.extend(items);
+        m
+    }
+}
+
+/// Same entries (whatever the shards' capacities).
+impl<K: Hash + Eq, V: PartialEq> PartialEq for SplitMap<K, V> {
+    fn eq(&self, o: &Self) -> bool {
+        self.len == o.len && self.iter().all(|(k, v)| o.get(k) == Some(v))
+    }
+}
+
+/// Reads a map (as `HashMap`'s `Deserialize` does) straight into the shards.
+impl<'de, K, V> serde::Deserialize<'de> for SplitMap<K, V>
+where
+    K: serde::Deserialize<'de> + Hash + Eq,
+    V: serde::Deserialize<'de>,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K, V> serde::de::Visitor<'de> for Entries<K, V>
+        where
+            K: serde::Deserialize<'de> + Hash + Eq,
+            V: serde::Deserialize<'de>,
+        {
+            type Value = SplitMap<K, V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut items: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut m = SplitMap::default();
+                while let Some((k, v)) = items.next_entry()? {
+                    m.insert(k, v);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(Entries(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A long mixed run of inserts, updates and removals gives the same answers as one
+    /// `HashMap`, and the entries spread over every shard.
+    #[test]
+    fn behaves_like_one_hash_map() {
+        let mut split: SplitMap<String, u64> = SplitMap::new();
+        let mut one: HashMap<String, u64> = HashMap::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = format!("session-{}", x % 5000);
+            match x % 4 {
+                0 | 1 => assert_eq!(split.insert(key.clone(), i), one.insert(key, i)),
+                2 => assert_eq!(split.remove(&key), one.remove(&key)),
+                _ => {
+                    if let Some(v) = split.get_mut(&key) {
+                        *v += 1;
+                    }
+                    if let Some(v) = one.get_mut(&key) {
+                        *v += 1;
+                    }
+                }
+            }
+            assert_eq!(split.len(), one.len());
+        }
+        for (k, v) in &one {
+            assert_eq!(split.get(k.as_str()), Some(v));
+            assert!(split.contains_key(k.as_str()));
+        }
+        assert_eq!(split.iter().count(), one.len());
+        assert!(
+            split.shards.iter().all(|s| !s.is_empty()),
+            "every shard used"
+        );
+
+        split.retain(|k, _| k.ends_with('7'));
+        one.retain(|k, _| k.ends_with('7'));
+        assert_eq!(split.len(), one.len());
+        let rebuilt: SplitMap<String, u64> = one.clone().into_iter().collect();
+        assert!(rebuilt == split);
+        split.insert("another".into(), 1);
+        assert!(rebuilt != split);
+        split.shrink_to_fit();
+        assert!(split.capacity() >= split.len());
+    }
+}
