@@ -898,7 +898,7 @@ impl Slow {
             groups = self.groups,
             requests = self.requests,
             events = self.events,
-            "slow event-log commit (a WAL checkpoint in commit_ms, the disk's fsync in fsync_ms)"
+            "slow event-log commit (the writer in commit_ms, the disk's fsync in fsync_ms)"
         );
     }
 }
