@@ -42,11 +42,8 @@ pub const ASSUMED_REMOTE_TTL: Duration = Duration::hours(1);
 /// ([`State`]'s `upstream_by_time`): the remote's webhook retries (the last ~2 h 36 min after
 /// the first attempt) have long run out by then.
 pub fn open_until(b: &UpstreamBinding) -> DateTime<Utc> {
-    // Checked: the remote's `expires_at` could sit at the edge of the representable range.
     match b.expires_at {
-        Some(e) => Duration::try_seconds(b.clock_skew_s.unwrap_or(0))
-            .and_then(|skew| e.checked_sub_signed(skew))
-            .unwrap_or(e),
+        Some(e) => b.on_our_clock(e),
         None => b
             .started_at
             .checked_add_signed(ASSUMED_REMOTE_TTL)
@@ -69,6 +66,16 @@ pub struct UpstreamBinding {
 
 /// Folds an upstream event into the state (called by [`State::evolve`]): a trigger is seen
 /// once recorded, a binding lives from its start to its end.
+impl UpstreamBinding {
+    /// An instant of the remote's clock on ours (less the skew measured when the binding was
+    /// made). Checked: the remote's timestamps could sit at the edge of the representable range.
+    pub fn on_our_clock(&self, remote: DateTime<Utc>) -> DateTime<Utc> {
+        Duration::try_seconds(self.clock_skew_s.unwrap_or(0))
+            .and_then(|skew| remote.checked_sub_signed(skew))
+            .unwrap_or(remote)
+    }
+}
+
 pub(crate) fn evolve(state: &mut State, rec: &Recorded) {
     match &rec.event {
         Event::UpstreamIdentifyStarted {
@@ -273,8 +280,10 @@ pub fn ended(state: &State, e: &RemoteEnd, now: DateTime<Utc>) -> Result<Decisio
         };
     };
     // The remote's `timestamp`, on our clock.
-    let ended_here = e.ended_at - Duration::seconds(b.clock_skew_s.unwrap_or(0));
-    let late = now > ended_here + LATE_AFTER;
+    let ended_here = b.on_our_clock(e.ended_at);
+    let late = ended_here
+        .checked_add_signed(LATE_AFTER)
+        .is_some_and(|t| now > t);
     let metadata = doors::decision_metadata(e.metadata.as_ref());
     let mut d = Decision::new(vec![one(
         s,

@@ -11,8 +11,8 @@
 //! commit is on disk before anyone hears of it. (SQLite still syncs the WAL before each
 //! checkpoint and the database file after it.) WAL checkpoints run on a thread of their own,
 //! every 4000 committed requests, and the writer copies only the frames committed during
-//! each pass (`Checkpointer`), not the whole WAL inside a commit. A request whose expected revision fails is
-//! refused alone; the others still commit. If the commit fails, every caller in the group gets
+//! each pass (`Checkpointer`), not the whole WAL inside a commit. A request whose expected
+//! revision fails is refused alone; the others still commit. If the commit fails, every caller in the group gets
 //! the error, nothing is acknowledged, and the store marks itself unhealthy. If an fsync fails,
 //! nothing written since the last good one is acknowledged, and the store stays unhealthy until
 //! a restart: after a failed fsync the kernel may have dropped pages SQLite believes written.
@@ -436,18 +436,7 @@ impl Checkpointer {
             .name("palmgate-wal-checkpoint".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
-                    let started = Instant::now();
-                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                    });
-                    match done {
-                        Ok((frames, copied)) => {
-                            metrics::histogram!("palmgate_store_checkpoint_seconds")
-                                .record(started.elapsed().as_secs_f64());
-                            tracing::debug!(frames, copied, "WAL checkpoint");
-                        }
-                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
-                    }
+                    passive_checkpoint(&conn, "pass");
                     pass_done.store(true, Ordering::Release);
                 }
             })
@@ -468,17 +457,7 @@ impl Checkpointer {
     /// bench), which slowed every fsync.
     fn finish(&self, conn: &Connection) {
         if self.passed.swap(false, Ordering::Acquire) {
-            let started = Instant::now();
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            }) {
-                Ok((frames, copied)) => {
-                    metrics::histogram!("palmgate_store_checkpoint_tail_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    tracing::debug!(frames, copied, "WAL checkpoint, tail");
-                }
-                Err(e) => tracing::warn!(error = %e, "WAL checkpoint (tail) failed"),
-            }
+            passive_checkpoint(conn, "tail");
         }
     }
 
@@ -494,6 +473,22 @@ impl Checkpointer {
     fn stop(self) {
         drop(self.wake);
         let _ = self.thread.join();
+    }
+}
+
+/// `PRAGMA wal_checkpoint(PASSIVE)` on `conn`, timed in `palmgate_store_checkpoint_seconds`
+/// by `step` (`pass`: the checkpoint thread; `tail`: the writer's copy of what came during it).
+fn passive_checkpoint(conn: &Connection, step: &'static str) {
+    let started = Instant::now();
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    }) {
+        Ok((frames, copied)) => {
+            metrics::histogram!("palmgate_store_checkpoint_seconds", "step" => step)
+                .record(started.elapsed().as_secs_f64());
+            tracing::debug!(frames, copied, step, "WAL checkpoint");
+        }
+        Err(e) => tracing::warn!(error = %e, step, "WAL checkpoint failed"),
     }
 }
 
