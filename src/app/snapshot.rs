@@ -136,8 +136,9 @@ fn fold(store: &dyn EventStore, state: &mut State, stop: &AtomicBool) -> Result<
         let Some(last) = page.last() else { break };
         after = last.position;
         folded += page.len() as u64;
-        for r in &page {
-            state.evolve(r);
+        // The page is not needed afterwards: the state takes its strings instead of copying.
+        for mut r in page {
+            state.evolve_take(&mut r);
         }
     }
     Ok(folded)
@@ -156,9 +157,8 @@ pub fn write(store: &dyn EventStore, state: &State) -> Result<Option<SnapshotInf
         Some(e) if e.position == position => e.hash,
         _ => return Err(format!("the log has no event at position {position}")),
     };
-    let bytes = snap::encode(state);
     let info = dir
-        .write(position, hash, SCHEMA, &bytes)
+        .write_with(position, hash, SCHEMA, |out| snap::encode_to(state, out))
         .map_err(|e| e.to_string())?;
     dir.prune(KEEP, position).map_err(|e| e.to_string())?;
     Ok(Some(info))

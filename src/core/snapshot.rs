@@ -23,10 +23,12 @@
 //!   field changes or when `evolve` folds any event differently: a snapshot of another schema is
 //!   never loaded (start-up folds the whole log instead).
 //!
-//! The encoding is JSON (`serde_json`, already the log's encoding): records whose map key is
-//! one of their own fields (sessions, users, deliveries, …) are written as sorted lists of
-//! records, maps keyed by tuples as lists of tuples (JSON object keys are strings), and
-//! sessions — most of a long log's state — as arrays rather than objects.
+//! The encoding: first the sessions and the stream revisions — the parts that grow with every
+//! session — in the binary form of [`binary`], then the rest as JSON (`serde_json`, already
+//! the log's encoding), where records whose map key is one of their own fields (users,
+//! deliveries, …) are written as sorted lists of records and maps keyed by tuples as lists of
+//! tuples (JSON object keys are strings). [`encode_to`] streams: the encoding is never held in
+//! memory whole.
 
 use super::ids::*;
 use super::policy::{Direction, DoorId, Policy};
@@ -39,8 +41,7 @@ use super::state::{
 use super::state::{Map, Set};
 use super::upstream::UpstreamBinding;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize, Serializer};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -52,7 +53,8 @@ use std::sync::Arc;
 ///    seen captures in two generations); the retentions folded with are stored.
 /// 5: upstream sessions are forgotten a session retention after they ended (`upstream_ended`
 ///    keeps when) or, never ended, after they expired.
-pub const SCHEMA: u32 = 5;
+/// 6: a session's instants are `[seconds, nanoseconds]`, not RFC 3339 text.
+pub const SCHEMA: u32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -68,15 +70,12 @@ struct StateRef<'a> {
     position: u64,
     partners: Vec<&'a Partner>,
     partner_by_key: Vec<(&'a SecretHash, &'a PartnerId)>,
-    sessions: Vec<SessionRef<'a>>,
     users: Vec<&'a User>,
     erased: Vec<(&'a PartnerId, &'a ExternalId, u64)>,
     idempotency: Vec<(&'a PartnerId, &'a str, &'a IdemEntry)>,
     readers: Vec<&'a Reader>,
     seen: SeenRef<'a>,
     retention_ms: (i64, i64),
-    #[serde(serialize_with = "sorted_map")]
-    revisions: &'a SplitMap<String, u64>,
     webhooks: Vec<&'a Webhook>,
     deliveries: Vec<&'a Delivery>,
     policy_document: Option<(&'a str, DateTime<Utc>)>,
@@ -96,14 +95,12 @@ struct StateOwned {
     position: u64,
     partners: Vec<Partner>,
     partner_by_key: Vec<(SecretHash, PartnerId)>,
-    sessions: Vec<SessionRow>,
     users: Vec<User>,
     erased: Vec<(PartnerId, ExternalId, u64)>,
     idempotency: Vec<(PartnerId, String, IdemEntry)>,
     readers: Vec<Reader>,
     seen: SeenOwned,
     retention_ms: (i64, i64),
-    revisions: SplitMap<String, u64>,
     webhooks: Vec<Webhook>,
     deliveries: Vec<Delivery>,
     policy_document: Option<(String, DateTime<Utc>)>,
@@ -139,131 +136,6 @@ fn retention_ms(rules: &Rules) -> (i64, i64) {
     )
 }
 
-/// A session as a JSON array, not an object: sessions are most of a long log's state, and
-/// field names would be a third of their bytes.
-#[derive(Serialize)]
-struct SessionRef<'a>(
-    SessionId,
-    Option<PartnerId>,
-    SessionKind,
-    Language,
-    &'a SecretHash,
-    &'a Option<ExternalId>,
-    &'a Option<String>,
-    &'a Option<Value>,
-    SessionState,
-    Option<FailReason>,
-    &'a Option<ReaderId>,
-    u32,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    u64,
-);
-
-impl<'a> From<&'a Session> for SessionRef<'a> {
-    fn from(s: &'a Session) -> Self {
-        let Session {
-            id,
-            partner_id,
-            kind,
-            language,
-            token_hash,
-            external_id,
-            username,
-            metadata,
-            state,
-            fail_reason,
-            reader_id,
-            retries,
-            created_at,
-            expires_at,
-            ended_at,
-            revision,
-        } = s;
-        SessionRef(
-            *id,
-            *partner_id,
-            *kind,
-            *language,
-            token_hash,
-            external_id,
-            username,
-            metadata,
-            *state,
-            *fail_reason,
-            reader_id,
-            *retries,
-            *created_at,
-            *expires_at,
-            *ended_at,
-            *revision,
-        )
-    }
-}
-
-/// [`SessionRef`], read back.
-#[derive(Deserialize)]
-struct SessionRow(
-    SessionId,
-    Option<PartnerId>,
-    SessionKind,
-    Language,
-    SecretHash,
-    Option<ExternalId>,
-    Option<String>,
-    Option<Value>,
-    SessionState,
-    Option<FailReason>,
-    Option<ReaderId>,
-    u32,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    u64,
-);
-
-impl From<SessionRow> for Session {
-    fn from(r: SessionRow) -> Session {
-        let SessionRow(
-            id,
-            partner_id,
-            kind,
-            language,
-            token_hash,
-            external_id,
-            username,
-            metadata,
-            state,
-            fail_reason,
-            reader_id,
-            retries,
-            created_at,
-            expires_at,
-            ended_at,
-            revision,
-        ) = r;
-        Session {
-            id,
-            partner_id,
-            kind,
-            language,
-            token_hash,
-            external_id,
-            username,
-            metadata,
-            state,
-            fail_reason,
-            reader_id,
-            retries,
-            created_at,
-            expires_at,
-            ended_at,
-            revision,
-        }
-    }
-}
-
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort_unstable();
     v
@@ -274,14 +146,16 @@ fn sorted_by_key<T, K: Ord>(mut v: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
     v
 }
 
-fn sorted_map<S: Serializer>(m: &&SplitMap<String, u64>, s: S) -> Result<S::Ok, S::Error> {
-    let mut entries: Vec<(&str, u64)> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    entries.sort_unstable();
-    s.collect_map(entries)
-}
-
 /// The state as snapshot bytes (canonical: equal states give equal bytes).
 pub fn encode(state: &State) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    encode_to(state, &mut bytes).expect("a state has only string map keys and finite numbers");
+    bytes
+}
+
+/// [`encode`], written to `out` as it is produced (a snapshot file: no copy of the whole
+/// encoding is held in memory). Fails only if `out` does.
+pub fn encode_to(state: &State, out: impl std::io::Write) -> std::io::Result<()> {
     // Destructured in full: a field added to `State` does not compile here until it is either
     // stored or rebuilt (and `SCHEMA` bumped).
     let State {
@@ -320,10 +194,6 @@ pub fn encode(state: &State) -> Vec<u8> {
         position: *position,
         partners: sorted_by_key(partners.values().collect(), |p| p.id),
         partner_by_key: sorted(partner_by_key.iter().collect()),
-        sessions: sorted_by_key(sessions.values().collect(), |s| s.id)
-            .into_iter()
-            .map(SessionRef::from)
-            .collect(),
         users: sorted_by_key(users.values().collect(), |u| (u.partner_id, &u.external_id)),
         erased: sorted(erased.iter().map(|((p, e), r)| (p, e, *r)).collect()),
         idempotency: sorted_by_key(
@@ -340,7 +210,6 @@ pub fn encode(state: &State) -> Vec<u8> {
             since: seen.since,
         },
         retention_ms: retention_ms(rules),
-        revisions,
         webhooks: sorted_by_key(webhooks.values().collect(), |w| w.partner_id),
         deliveries: sorted_by_key(deliveries.values().collect(), |d| &d.id),
         policy_document: policy_document.as_ref().map(|(d, at)| (&**d, *at)),
@@ -365,7 +234,10 @@ pub fn encode(state: &State) -> Vec<u8> {
             .filter(|(_, id)| !upstream.contains_key(id))
             .collect(),
     };
-    serde_json::to_vec(&stored).expect("a state has only string map keys and finite numbers")
+    let mut out = out;
+    binary::write_sessions(&mut out, sessions)?;
+    binary::write_revisions(&mut out, revisions)?;
+    serde_json::to_writer(out, &stored).map_err(std::io::Error::from)
 }
 
 /// Inserts every `(key, value)`; a key twice means the bytes were not written by [`encode`].
@@ -384,28 +256,27 @@ fn unique<K: Eq + Hash, V>(
     Ok(map)
 }
 
-/// [`unique`] into a `BTreeMap`.
-fn unique_sorted<K: Ord, V>(
-    what: &str,
-    items: impl Iterator<Item = (K, V)>,
-) -> Result<std::collections::BTreeMap<K, V>, SnapshotError> {
-    let mut map = std::collections::BTreeMap::new();
-    for (k, v) in items {
-        if map.insert(k, v).is_some() {
-            return Err(SnapshotError::Inconsistent(format!(
-                "a {what} appears twice"
-            )));
-        }
+/// Sessions in strictly increasing id order (as [`encode`] writes them) into their map, built
+/// in one pass; a session twice or out of order means the bytes were not written by [`encode`].
+fn sessions_in_order(
+    sessions: Vec<Session>,
+) -> Result<std::collections::BTreeMap<SessionId, Session>, SnapshotError> {
+    if sessions.windows(2).any(|w| w[0].id >= w[1].id) {
+        return Err(SnapshotError::Inconsistent(
+            "a session appears twice, or out of order".into(),
+        ));
     }
-    Ok(map)
+    Ok(sessions.into_iter().map(|s| (s.id, s)).collect())
 }
 
 /// The state stored in `bytes`, with `rules` from the configuration, the site policy compiled
 /// again and the derived indexes rebuilt.
 pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
+    let mut cursor = binary::Cursor::new(bytes);
+    let sessions = binary::read_sessions(&mut cursor)?;
+    let revisions = binary::read_revisions(&mut cursor)?;
     let o: StateOwned =
-        serde_json::from_slice(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))?;
-    let sessions: Vec<Session> = o.sessions.into_iter().map(Session::from).collect();
+        serde_json::from_slice(cursor.rest()).map_err(|e| SnapshotError::Decode(e.to_string()))?;
     let policy = match &o.policy_document {
         None => None,
         // Only a document that compiled was ever stored; one that no longer does cannot be
@@ -414,7 +285,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
             SnapshotError::Inconsistent("the stored site policy no longer compiles".into())
         })?)),
     };
-    let mut session_by_token = std::collections::BTreeMap::new();
+    let mut session_by_token = SplitMap::new();
     let mut deadlines = BTreeSet::new();
     for s in &sessions {
         session_by_token.insert(s.token_hash.clone(), s.id);
@@ -484,7 +355,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         rules,
         partners: unique("partner", o.partners.into_iter().map(|p| (p.id, p)))?,
         partner_by_key: unique("API key hash", o.partner_by_key.into_iter())?,
-        sessions: unique_sorted("session", sessions.into_iter().map(|s| (s.id, s)))?,
+        sessions: sessions_in_order(sessions)?,
         session_by_token,
         users: unique(
             "user",
@@ -502,7 +373,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         )?,
         readers: unique("reader", o.readers.into_iter().map(|r| (r.id.clone(), r)))?,
         seen,
-        revisions: o.revisions,
+        revisions,
         deadlines,
         webhooks: unique("webhook", o.webhooks.into_iter().map(|w| (w.partner_id, w)))?,
         deliveries: unique(
@@ -593,5 +464,339 @@ impl PartialEq for State {
             && *ended_sessions == o.ended_sessions
             && *finished_deliveries == o.finished_deliveries
             && *idempotency_by_time == o.idempotency_by_time
+    }
+}
+
+/// The two sections that grow with every session, in a compact binary form ahead of the JSON
+/// document: every session, then every stream revision, each in its canonical order. As JSON
+/// they were most of a snapshot's bytes, and formatting and parsing their ids, hashes and
+/// RFC 3339 instants most of its encode and decode time (BENCHMARKS §2, session 8).
+///
+/// Integers are little-endian; a string is its `u32` byte length and UTF-8 bytes; an option is
+/// a `0`/`1` byte before its value; an instant is `i64` seconds and `u32` nanoseconds since
+/// the Unix epoch (exact for every `DateTime<Utc>`). A session's free-form metadata is its
+/// JSON text. Reading checks every length, tag and order, so bytes not written by
+/// [`write_sessions`] and [`write_revisions`] are an error, never a panic.
+mod binary {
+    use super::{Session, SessionState, SnapshotError, SplitMap};
+    use crate::core::ids::*;
+    use chrono::{DateTime, Utc};
+    use std::collections::BTreeMap;
+    use std::io::{self, Write};
+
+    pub fn write_sessions(
+        out: &mut impl Write,
+        sessions: &BTreeMap<SessionId, Session>,
+    ) -> io::Result<()> {
+        out.write_all(&(sessions.len() as u64).to_le_bytes())?;
+        let mut buf = Vec::with_capacity(512);
+        for s in sessions.values() {
+            buf.clear();
+            session(&mut buf, s);
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    }
+
+    pub fn write_revisions(
+        out: &mut impl Write,
+        revisions: &SplitMap<String, u64>,
+    ) -> io::Result<()> {
+        let mut entries: Vec<(&str, u64)> =
+            revisions.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        entries.sort_unstable();
+        out.write_all(&(entries.len() as u64).to_le_bytes())?;
+        let mut buf = Vec::with_capacity(128);
+        for (stream, revision) in entries {
+            buf.clear();
+            text(&mut buf, stream);
+            buf.extend_from_slice(&revision.to_le_bytes());
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    }
+
+    fn session(b: &mut Vec<u8>, s: &Session) {
+        let Session {
+            id,
+            partner_id,
+            kind,
+            language,
+            token_hash,
+            external_id,
+            username,
+            metadata,
+            state,
+            fail_reason,
+            reader_id,
+            retries,
+            created_at,
+            expires_at,
+            ended_at,
+            revision,
+        } = s;
+        b.extend_from_slice(id.0.as_bytes());
+        match partner_id {
+            None => b.push(0),
+            Some(p) => {
+                b.push(1);
+                b.extend_from_slice(p.0.as_bytes());
+            }
+        }
+        b.push(match kind {
+            SessionKind::Enroll => 0,
+            SessionKind::Identify => 1,
+        });
+        b.push(match language {
+            Language::En => 0,
+            Language::Kk => 1,
+            Language::Ru => 2,
+        });
+        text(b, &token_hash.0);
+        optional_text(b, external_id.as_ref().map(|e| e.0.as_str()));
+        optional_text(b, username.as_deref());
+        optional_text(b, metadata.as_ref().map(|m| m.to_string()).as_deref());
+        b.push(match state {
+            SessionState::Pending => 0,
+            SessionState::Completed => 1,
+            SessionState::Failed => 2,
+            SessionState::Expired => 3,
+        });
+        b.push(match fail_reason {
+            None => 0,
+            Some(FailReason::NoMatch) => 1,
+            Some(FailReason::AlreadyEnrolled) => 2,
+            Some(FailReason::LowQuality) => 3,
+            Some(FailReason::LivenessFailed) => 4,
+            Some(FailReason::Cancelled) => 5,
+            Some(FailReason::ReaderOffline) => 6,
+        });
+        optional_text(b, reader_id.as_ref().map(|r| r.0.as_str()));
+        b.extend_from_slice(&retries.to_le_bytes());
+        instant(b, created_at);
+        instant(b, expires_at);
+        match ended_at {
+            None => b.push(0),
+            Some(t) => {
+                b.push(1);
+                instant(b, t);
+            }
+        }
+        b.extend_from_slice(&revision.to_le_bytes());
+    }
+
+    fn text(b: &mut Vec<u8>, s: &str) {
+        b.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    }
+
+    fn optional_text(b: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            None => b.push(0),
+            Some(s) => {
+                b.push(1);
+                text(b, s);
+            }
+        }
+    }
+
+    fn instant(b: &mut Vec<u8>, t: &DateTime<Utc>) {
+        b.extend_from_slice(&t.timestamp().to_le_bytes());
+        b.extend_from_slice(&t.timestamp_subsec_nanos().to_le_bytes());
+    }
+
+    /// Reads the binary sections, front to back.
+    pub struct Cursor<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    fn bad(what: &str) -> SnapshotError {
+        SnapshotError::Decode(format!("binary section: {what}"))
+    }
+
+    impl<'a> Cursor<'a> {
+        pub fn new(bytes: &'a [u8]) -> Self {
+            Cursor { bytes, at: 0 }
+        }
+
+        /// What follows the binary sections (the JSON document).
+        pub fn rest(&self) -> &'a [u8] {
+            &self.bytes[self.at..]
+        }
+
+        fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+            let end = self
+                .at
+                .checked_add(n)
+                .filter(|&e| e <= self.bytes.len())
+                .ok_or_else(|| bad("truncated"))?;
+            let out = &self.bytes[self.at..end];
+            self.at = end;
+            Ok(out)
+        }
+
+        fn array<const N: usize>(&mut self) -> Result<[u8; N], SnapshotError> {
+            Ok(self.take(N)?.try_into().expect("take returns N bytes"))
+        }
+
+        fn byte(&mut self) -> Result<u8, SnapshotError> {
+            Ok(self.array::<1>()?[0])
+        }
+
+        fn u32(&mut self) -> Result<u32, SnapshotError> {
+            Ok(u32::from_le_bytes(self.array()?))
+        }
+
+        fn u64(&mut self) -> Result<u64, SnapshotError> {
+            Ok(u64::from_le_bytes(self.array()?))
+        }
+
+        fn flag(&mut self) -> Result<bool, SnapshotError> {
+            match self.byte()? {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(bad("an option tag is neither 0 nor 1")),
+            }
+        }
+
+        fn text(&mut self) -> Result<String, SnapshotError> {
+            self.text_ref().map(str::to_string)
+        }
+
+        fn text_ref(&mut self) -> Result<&'a str, SnapshotError> {
+            let len = self.u32()? as usize;
+            std::str::from_utf8(self.take(len)?).map_err(|_| bad("a string is not UTF-8"))
+        }
+
+        fn optional_text(&mut self) -> Result<Option<String>, SnapshotError> {
+            if self.flag()? {
+                self.text().map(Some)
+            } else {
+                Ok(None)
+            }
+        }
+
+        fn uuid(&mut self) -> Result<uuid::Uuid, SnapshotError> {
+            Ok(uuid::Uuid::from_bytes(self.array()?))
+        }
+
+        fn instant(&mut self) -> Result<DateTime<Utc>, SnapshotError> {
+            let secs = i64::from_le_bytes(self.array()?);
+            let nanos = self.u32()?;
+            DateTime::from_timestamp(secs, nanos).ok_or_else(|| bad("an instant out of range"))
+        }
+
+        /// A count of records, each at least `min` bytes: a count the remaining bytes cannot
+        /// hold is refused before anything is reserved for it.
+        fn count(&mut self, min: usize) -> Result<usize, SnapshotError> {
+            let n = usize::try_from(self.u64()?).map_err(|_| bad("count too large"))?;
+            if n.saturating_mul(min) > self.bytes.len() - self.at {
+                return Err(bad("truncated"));
+            }
+            Ok(n)
+        }
+    }
+
+    /// Smallest encoded session: id, three tags, an empty hash, four absent options, the
+    /// state, retries, two instants, no end, the revision.
+    const MIN_SESSION: usize = 16 + 1 + 1 + 1 + 4 + 3 + 1 + 1 + 1 + 4 + 24 + 1 + 8;
+
+    pub fn read_sessions(c: &mut Cursor<'_>) -> Result<Vec<Session>, SnapshotError> {
+        let n = c.count(MIN_SESSION)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(read_session(c)?);
+        }
+        Ok(out)
+    }
+
+    fn read_session(c: &mut Cursor<'_>) -> Result<Session, SnapshotError> {
+        let id = SessionId(c.uuid()?);
+        let partner_id = if c.flag()? {
+            Some(PartnerId(c.uuid()?))
+        } else {
+            None
+        };
+        let kind = match c.byte()? {
+            0 => SessionKind::Enroll,
+            1 => SessionKind::Identify,
+            _ => return Err(bad("unknown session kind")),
+        };
+        let language = match c.byte()? {
+            0 => Language::En,
+            1 => Language::Kk,
+            2 => Language::Ru,
+            _ => return Err(bad("unknown language")),
+        };
+        let token_hash = SecretHash(c.text()?);
+        let external_id = c.optional_text()?.map(ExternalId);
+        let username = c.optional_text()?;
+        let metadata = match c.optional_text()? {
+            None => None,
+            Some(json) => {
+                Some(serde_json::from_str(&json).map_err(|_| bad("session metadata is not JSON"))?)
+            }
+        };
+        let state = match c.byte()? {
+            0 => SessionState::Pending,
+            1 => SessionState::Completed,
+            2 => SessionState::Failed,
+            3 => SessionState::Expired,
+            _ => return Err(bad("unknown session state")),
+        };
+        let fail_reason = match c.byte()? {
+            0 => None,
+            1 => Some(FailReason::NoMatch),
+            2 => Some(FailReason::AlreadyEnrolled),
+            3 => Some(FailReason::LowQuality),
+            4 => Some(FailReason::LivenessFailed),
+            5 => Some(FailReason::Cancelled),
+            6 => Some(FailReason::ReaderOffline),
+            _ => return Err(bad("unknown fail reason")),
+        };
+        let reader_id = c.optional_text()?.map(ReaderId);
+        let retries = c.u32()?;
+        let created_at = c.instant()?;
+        let expires_at = c.instant()?;
+        let ended_at = if c.flag()? { Some(c.instant()?) } else { None };
+        let revision = c.u64()?;
+        Ok(Session {
+            id,
+            partner_id,
+            kind,
+            language,
+            token_hash,
+            external_id,
+            username,
+            metadata,
+            state,
+            fail_reason,
+            reader_id,
+            retries,
+            created_at,
+            expires_at,
+            ended_at,
+            revision,
+        })
+    }
+
+    /// The stream revisions, which must be in strictly increasing stream order.
+    pub fn read_revisions(c: &mut Cursor<'_>) -> Result<SplitMap<String, u64>, SnapshotError> {
+        let n = c.count(4 + 8)?;
+        let mut out = SplitMap::new();
+        let mut last: Option<&str> = None;
+        for _ in 0..n {
+            let stream = c.text_ref()?;
+            let revision = c.u64()?;
+            if last.is_some_and(|l| l >= stream) {
+                return Err(SnapshotError::Inconsistent(
+                    "a stream revision appears twice, or out of order".into(),
+                ));
+            }
+            last = Some(stream);
+            out.insert(stream.to_string(), revision);
+        }
+        Ok(out)
     }
 }

@@ -207,7 +207,9 @@ pub struct State {
     pub(crate) partners: Map<PartnerId, Partner>,
     pub(super) partner_by_key: Map<SecretHash, PartnerId>,
     pub(crate) sessions: std::collections::BTreeMap<SessionId, Session>,
-    pub(super) session_by_token: std::collections::BTreeMap<SecretHash, SessionId>,
+    /// Split hash maps, as `revisions`: in a B-tree, each insert compared 64-character hashes
+    /// about twenty times (a tenth of the request path's CPU, BENCHMARKS §2 session 8).
+    pub(super) session_by_token: super::split_map::SplitMap<SecretHash, SessionId>,
     pub(crate) users: Map<(PartnerId, ExternalId), User>,
     /// Revision of erased users' streams (a re-enrollment continues the stream).
     pub(super) erased: Map<(PartnerId, ExternalId), u64>,
@@ -559,33 +561,33 @@ impl State {
                 created_at,
                 expires_at,
             } => {
-                if self.sessions.contains_key(session_id) {
+                // One descent of the B-tree for the check and the insert.
+                let std::collections::btree_map::Entry::Vacant(slot) =
+                    self.sessions.entry(*session_id)
+                else {
                     return; // a session is created once; a repeat can only be a forged log
-                }
+                };
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);
                 self.deadlines.insert((*expires_at, *session_id));
-                self.sessions.insert(
-                    *session_id,
-                    Session {
-                        id: *session_id,
-                        partner_id: *partner_id,
-                        kind: *kind,
-                        language: *language,
-                        token_hash: SecretHash(take(&mut token_hash.0)),
-                        external_id: external_id.take(),
-                        username: username.take(),
-                        metadata: metadata.take(),
-                        state: SessionState::Pending,
-                        fail_reason: None,
-                        reader_id: reader_id.take(),
-                        retries: 0,
-                        created_at: *created_at,
-                        expires_at: *expires_at,
-                        ended_at: None,
-                        revision,
-                    },
-                );
+                slot.insert(Session {
+                    id: *session_id,
+                    partner_id: *partner_id,
+                    kind: *kind,
+                    language: *language,
+                    token_hash: SecretHash(take(&mut token_hash.0)),
+                    external_id: external_id.take(),
+                    username: username.take(),
+                    metadata: metadata.take(),
+                    state: SessionState::Pending,
+                    fail_reason: None,
+                    reader_id: reader_id.take(),
+                    retries: 0,
+                    created_at: *created_at,
+                    expires_at: *expires_at,
+                    ended_at: None,
+                    revision,
+                });
             }
             Event::SessionCompleted {
                 session_id,
@@ -730,33 +732,33 @@ impl State {
                 created_at,
                 expires_at,
             } => {
-                if self.sessions.contains_key(session_id) {
+                // One descent of the B-tree for the check and the insert.
+                let std::collections::btree_map::Entry::Vacant(slot) =
+                    self.sessions.entry(*session_id)
+                else {
                     return; // a session is created once; a repeat can only be a forged log
-                }
+                };
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);
                 self.deadlines.insert((*expires_at, *session_id));
-                self.sessions.insert(
-                    *session_id,
-                    Session {
-                        id: *session_id,
-                        partner_id: *partner_id,
-                        kind: *kind,
-                        language: *language,
-                        token_hash: token_hash.clone(),
-                        external_id: external_id.clone(),
-                        username: username.clone(),
-                        metadata: metadata.clone(),
-                        state: SessionState::Pending,
-                        fail_reason: None,
-                        reader_id: reader_id.clone(),
-                        retries: 0,
-                        created_at: *created_at,
-                        expires_at: *expires_at,
-                        ended_at: None,
-                        revision,
-                    },
-                );
+                slot.insert(Session {
+                    id: *session_id,
+                    partner_id: *partner_id,
+                    kind: *kind,
+                    language: *language,
+                    token_hash: token_hash.clone(),
+                    external_id: external_id.clone(),
+                    username: username.clone(),
+                    metadata: metadata.clone(),
+                    state: SessionState::Pending,
+                    fail_reason: None,
+                    reader_id: reader_id.clone(),
+                    retries: 0,
+                    created_at: *created_at,
+                    expires_at: *expires_at,
+                    ended_at: None,
+                    revision,
+                });
             }
             Event::IdempotencyKeyUsed {
                 partner_id,
@@ -1688,6 +1690,66 @@ mod retention_tests {
         tick(&mut log, 3600 + 3600);
         assert!(log.state.upstream.is_empty() && log.state.upstream_by_time.is_empty());
         assert_eq!(log.state.take_forgotten(), vec![stream::upstream(&id(3))]);
+    }
+
+    /// Sessions and stream revisions travel in the snapshot's binary sections: every field
+    /// comes back (optionals set and unset, a nanosecond instant, an ended session), and damaged
+    /// bytes are an error, never a panic.
+    #[test]
+    fn snapshot_binary_sections_round_trip_and_refuse_damage() {
+        let mut log = Log::new(rules(3600, 3600));
+        log.fold(
+            1,
+            stream::session(sid(1)),
+            Event::SessionCreated {
+                session_id: sid(1),
+                partner_id: Some(partner()),
+                reader_id: Some(ReaderId("lobby-1".into())),
+                kind: SessionKind::Enroll,
+                language: Language::Kk,
+                token_hash: SecretHash(format!("{:064x}", 1)),
+                external_id: Some(ExternalId("емп-42".into())),
+                username: Some("Aigerim".into()),
+                metadata: Some(serde_json::json!({"floor": 3, "tags": ["a", 1.5, null]})),
+                created_at: at(1) + Duration::nanoseconds(123_456_789),
+                expires_at: at(901),
+            },
+        );
+        log.fold(2, stream::session(sid(2)), created(2, 2));
+        log.fold(3, stream::session(sid(2)), cancelled(2, 3));
+        let bytes = crate::core::snapshot::encode(&log.state);
+        let decoded = crate::core::snapshot::decode(&bytes, log.state.rules).unwrap();
+        assert!(decoded == log.state);
+        let one = decoded.session(sid(1)).unwrap();
+        assert_eq!(one.created_at.timestamp_subsec_nanos(), 123_456_789);
+        assert_eq!(
+            one.metadata,
+            Some(serde_json::json!({"floor": 3, "tags": ["a", 1.5, null]}))
+        );
+        assert_eq!(
+            decoded.session(sid(2)).unwrap().fail_reason,
+            Some(FailReason::Cancelled)
+        );
+
+        for cut in 0..bytes.len() {
+            assert!(
+                crate::core::snapshot::decode(&bytes[..cut], log.state.rules).is_err(),
+                "a snapshot cut at byte {cut} of {} decoded",
+                bytes.len()
+            );
+        }
+        // The first session's kind: after the count (8), its id (16) and its partner (1 + 16).
+        let mut damaged = bytes.clone();
+        damaged[41] = 9;
+        let err = crate::core::snapshot::decode(&damaged, log.state.rules)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("unknown session kind"), "{err}");
+        // A count larger than the bytes could hold is refused before anything is reserved.
+        let mut damaged = bytes.clone();
+        damaged[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(crate::core::snapshot::decode(&damaged, log.state.rules).is_err());
     }
 
     #[test]

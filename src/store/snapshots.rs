@@ -13,7 +13,7 @@
 
 use super::StoreError;
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"PGSNAP01";
@@ -126,23 +126,60 @@ impl SnapshotDir {
         schema: u32,
         payload: &[u8],
     ) -> Result<SnapshotInfo, StoreError> {
+        self.write_with(position, hash, schema, |out| out.write_all(payload))
+    }
+
+    /// As [`SnapshotDir::write`], the payload written by `payload` as it is produced: the
+    /// digest and length are taken on the way to the file and the header filled in last, so
+    /// the payload is never held in memory whole (a large state's encoding is 100+ MB).
+    pub fn write_with(
+        &self,
+        position: u64,
+        hash: [u8; 32],
+        schema: u32,
+        payload: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<SnapshotInfo, StoreError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io("directory", &self.dir, e))?;
         let path = self.dir.join(format!("{position:020}.{SUFFIX}"));
         let tmp = self.dir.join(format!("{position:020}.tmp"));
-        let info = SnapshotInfo {
-            position,
-            hash,
-            schema,
-            len: payload.len() as u64,
-            digest: Sha256::digest(payload).into(),
-            path: path.clone(),
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            // The header's place; it is written once the digest and length are known.
+            file.write_all(&[0; HEADER])?;
+            let mut out = BufWriter::with_capacity(
+                1 << 20,
+                Digesting {
+                    file,
+                    digest: Sha256::new(),
+                    len: 0,
+                },
+            );
+            payload(&mut out)?;
+            let Digesting {
+                mut file,
+                digest,
+                len,
+            } = out.into_inner().map_err(|e| e.into_error())?;
+            let info = SnapshotInfo {
+                position,
+                hash,
+                schema,
+                len,
+                digest: digest.finalize().into(),
+                path: path.clone(),
+            };
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(&header_bytes(&info))?;
+            file.sync_all()?;
+            Ok::<_, std::io::Error>(info)
+        })();
+        let info = match written {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io("write", &tmp, e));
+            }
         };
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-        f.write_all(&header_bytes(&info))
-            .and_then(|_| f.write_all(payload))
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io("write", &tmp, e))?;
-        drop(f);
         std::fs::rename(&tmp, &path).map_err(|e| io("rename", &tmp, e))?;
         if let Ok(d) = std::fs::File::open(&self.dir) {
             let _ = d.sync_all();
@@ -167,6 +204,26 @@ impl SnapshotDir {
             }
         }
         Ok(())
+    }
+}
+
+/// The payload's way to its file (behind a buffer): digested and counted as it passes.
+struct Digesting {
+    file: std::fs::File,
+    digest: Sha256,
+    len: u64,
+}
+
+impl Write for Digesting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.digest.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -233,6 +290,44 @@ mod tests {
             positions,
             [20],
             "a snapshot past the head is of another log"
+        );
+    }
+
+    #[test]
+    fn a_streamed_payload_is_the_same_file_and_a_failed_one_leaves_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = SnapshotDir::beside(&dir.path().join("events.db"));
+        let whole = snaps.write(7, [2; 32], 3, b"one two three").unwrap();
+        let whole_bytes = std::fs::read(whole.path()).unwrap();
+        std::fs::remove_file(whole.path()).unwrap();
+        let streamed = snaps
+            .write_with(7, [2; 32], 3, |out| {
+                for part in ["one", " two", " three"] {
+                    out.write_all(part.as_bytes())?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(streamed, whole);
+        assert_eq!(std::fs::read(streamed.path()).unwrap(), whole_bytes);
+        assert_eq!(snaps.read(&streamed).unwrap(), b"one two three");
+
+        let err = snaps
+            .write_with(8, [3; 32], 3, |out| {
+                out.write_all(b"half a state")?;
+                Err(std::io::Error::other("encoder gave up"))
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("encoder gave up"), "{err}");
+        let names: Vec<_> = std::fs::read_dir(snaps.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [format!("{:020}.snap", 7)],
+            "no file of the failed write"
         );
     }
 
