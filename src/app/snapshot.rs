@@ -1,5 +1,6 @@
 //! State snapshots in the shell: start-up from the newest snapshot plus the log's tail, and a
-//! background thread that writes a new snapshot every `store.snapshot_every` events.
+//! background thread that writes a new snapshot every `store.snapshot_every` events, or more
+//! as the state grows (up to three times that: [`interval`]).
 //!
 //! Start-up ([`load`]) trusts a snapshot only if its schema is this build's
 //! (`core::snapshot::SCHEMA`), its payload digest matches, and the log's event at the
@@ -261,7 +262,7 @@ impl Worker {
         while wake.recv().is_ok() && !self.stop.load(Ordering::Relaxed) {
             let due = self.due.load(Ordering::Relaxed);
             let next = match self.step() {
-                Ok(()) => self.written.saturating_add(self.every),
+                Ok(records) => self.written.saturating_add(interval(self.every, records)),
                 Err(e) => {
                     tracing::error!(error = %e, "state snapshot not written");
                     // Try again `every` events later, not at every fold.
@@ -274,17 +275,19 @@ impl Worker {
         }
     }
 
-    /// Builds the state of the log as start-up does (newest snapshot + tail) and writes it.
-    /// Nothing is kept between snapshots: holding a second copy of the state would double the
-    /// server's memory, while rebuilding costs one decode more per snapshot, in the background.
-    fn step(&mut self) -> Result<(), String> {
+    /// Builds the state of the log as start-up does (newest snapshot + tail) and writes it;
+    /// returns how many records the state holds. Nothing is kept between snapshots: holding a
+    /// second copy of the state would double the server's memory, while rebuilding costs one
+    /// decode more per snapshot, in the background.
+    fn step(&mut self) -> Result<u64, String> {
         let started = std::time::Instant::now();
         let loaded =
             load_until(&*self.store, self.rules, &self.stop, false).map_err(|e| e.to_string())?;
-        if self.stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
         let state = loaded.state;
+        let records = records(&state);
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(records);
+        }
         if state.position() >= self.written.saturating_add(self.every)
             && let Some(info) = write(&*self.store, &state)?
         {
@@ -295,10 +298,48 @@ impl Worker {
                 folded = loaded.folded,
                 bytes = info.len,
                 ms = started.elapsed().as_millis() as u64,
+                records,
                 "state snapshot written"
             );
         }
-        Ok(())
+        Ok(records)
+    }
+}
+
+/// How far a snapshot may stretch its interval past `store.snapshot_every` as the state grows.
+const STRETCH: u64 = 3;
+
+/// Events from a snapshot of a state holding `records` records to the next: as many as the
+/// state holds, at least `every` and at most [`STRETCH`] × `every`. A snapshot costs time in
+/// proportion to the state; with a fixed interval its cost per event grew with the state (at
+/// 1M sessions and every 100 000 events, ten sessions re-encoded per new event), where this
+/// keeps it about constant until the cap. The cap bounds start-up: at most
+/// `STRETCH × every` events are folded after the snapshot (~0.8 s for 300 000 identify events
+/// on the gateway box, BENCHMARKS.md §2 session 8).
+fn interval(every: u64, records: u64) -> u64 {
+    records.clamp(every, every.saturating_mul(STRETCH))
+}
+
+/// What a snapshot's cost grows with: the sessions, users, deliveries and idempotency keys the
+/// state holds.
+fn records(state: &State) -> u64 {
+    (state.sessions.len() + state.users.len() + state.deliveries.len() + state.idempotency.len())
+        as u64
+}
+
+#[cfg(test)]
+mod interval_tests {
+    use super::interval;
+
+    #[test]
+    fn the_interval_follows_the_state_between_every_and_three_times_every() {
+        assert_eq!(interval(100_000, 0), 100_000);
+        assert_eq!(interval(100_000, 99_999), 100_000);
+        assert_eq!(interval(100_000, 250_000), 250_000);
+        assert_eq!(interval(100_000, 300_000), 300_000);
+        assert_eq!(interval(100_000, 5_000_000), 300_000);
+        assert_eq!(interval(u64::MAX / 2, 0), u64::MAX / 2);
+        assert_eq!(interval(u64::MAX / 2, u64::MAX), u64::MAX);
     }
 }
 
