@@ -189,6 +189,13 @@ impl App {
         self.recorded.subscribe()
     }
 
+    /// A fresh session id: time-ordered (UUID version 7, README) from the clock, its random
+    /// bits from the rng.
+    pub fn new_session_id(&self) -> SessionId {
+        let unix_ms = u64::try_from(self.clock.now().timestamp_millis()).unwrap_or(0);
+        SessionId::time_ordered(unix_ms, self.rng.bytes16())
+    }
+
     /// The configured session lifetime.
     pub fn ttl(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.config.sessions.ttl)

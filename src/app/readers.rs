@@ -38,7 +38,7 @@ impl App {
                 Ok(self.upstream_trigger(reader_id, trigger_id, None))
             }
             Inbound::Trigger { trigger_id } => {
-                let session_id = crate::core::SessionId::from_random(self.rng.bytes16());
+                let session_id = self.new_session_id();
                 let token_hash = super::secrets::hash_secret(&self.keys.session_token(session_id));
                 self.execute(Command::Trigger {
                     reader_id,

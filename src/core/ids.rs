@@ -33,6 +33,14 @@ macro_rules! uuid_id {
             pub fn from_random(bytes: [u8; 16]) -> Self {
                 Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
             }
+            /// A time-ordered id (UUID version 7): `unix_ms`, the creation time in milliseconds,
+            /// then 74 of the random bits. Ids made later sort later, so the state's B-trees
+            /// take each new one at their right edge instead of at a random leaf.
+            pub fn time_ordered(unix_ms: u64, random: [u8; 16]) -> Self {
+                let mut tail = [0u8; 10];
+                tail.copy_from_slice(&random[..10]);
+                Self(uuid::Builder::from_unix_timestamp_millis(unix_ms, &tail).into_uuid())
+            }
             /// Parses the canonical hyphenated form; anything else is `None`.
             pub fn parse(s: &str) -> Option<Self> {
                 Uuid::try_parse(s).ok().map(Self)
@@ -168,5 +176,29 @@ impl FailReason {
             Self::Cancelled => "cancelled",
             Self::ReaderOffline => "reader_offline",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_ordered_ids_are_version_7_and_sort_by_their_millisecond() {
+        let early = SessionId::time_ordered(1_764_000_000_000, [0xff; 16]);
+        let later = SessionId::time_ordered(1_764_000_000_001, [0x00; 16]);
+        assert!(
+            early < later,
+            "a later millisecond sorts later whatever the random bits"
+        );
+        assert_eq!(early.0.get_version_num(), 7);
+        assert_eq!(early.0.get_variant(), uuid::Variant::RFC4122);
+        let (secs, nanos) = early.0.get_timestamp().unwrap().to_unix();
+        assert_eq!((secs, nanos / 1_000_000), (1_764_000_000, 0));
+        // Within one millisecond the random bits decide, and are kept.
+        let a = SessionId::time_ordered(5, [1; 16]);
+        let b = SessionId::time_ordered(5, [2; 16]);
+        assert_ne!(a, b);
+        assert_eq!(SessionId::parse(&a.to_string()), Some(a));
     }
 }

@@ -191,7 +191,7 @@ async fn create_session(
     enroll: Option<EnrollRequest>,
     idempotency: Option<Idempotency>,
 ) -> Result<Response, ApiError> {
-    let session_id = SessionId::from_random(app.rng.bytes16());
+    let session_id = app.new_session_id();
     let token = app.keys.session_token(session_id);
     let token_hash = crate::app::secrets::hash_secret(&token);
     let ttl =
