@@ -475,8 +475,10 @@ impl PartialEq for State {
 /// Integers are little-endian; a string is its `u32` byte length and UTF-8 bytes; an option is
 /// a `0`/`1` byte before its value; an instant is `i64` seconds and `u32` nanoseconds since
 /// the Unix epoch (exact for every `DateTime<Utc>`). A session's free-form metadata is its
-/// JSON text. Reading checks every length, tag and order, so bytes not written by
-/// [`write_sessions`] and [`write_revisions`] are an error, never a panic.
+/// JSON text. The revisions use the store's heads-checkpoint layout
+/// ([`crate::core::split_map::revisions`]), sorted by stream. Reading checks every length, tag
+/// and order, so bytes not written by [`write_sessions`] and [`write_revisions`] are an error,
+/// never a panic.
 mod binary {
     use super::{Session, SessionState, SnapshotError, SplitMap};
     use crate::core::ids::*;
@@ -505,15 +507,9 @@ mod binary {
         let mut entries: Vec<(&str, u64)> =
             revisions.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         entries.sort_unstable();
-        out.write_all(&(entries.len() as u64).to_le_bytes())?;
-        let mut buf = Vec::with_capacity(128);
-        for (stream, revision) in entries {
-            buf.clear();
-            text(&mut buf, stream);
-            buf.extend_from_slice(&revision.to_le_bytes());
-            out.write_all(&buf)?;
-        }
-        Ok(())
+        let mut buf = Vec::with_capacity(8 + entries.len() * 56);
+        crate::core::split_map::revisions::write(&mut buf, entries);
+        out.write_all(&buf)
     }
 
     fn session(b: &mut Vec<u8>, s: &Session) {
@@ -661,12 +657,10 @@ mod binary {
         }
 
         fn text(&mut self) -> Result<String, SnapshotError> {
-            self.text_ref().map(str::to_string)
-        }
-
-        fn text_ref(&mut self) -> Result<&'a str, SnapshotError> {
             let len = self.u32()? as usize;
-            std::str::from_utf8(self.take(len)?).map_err(|_| bad("a string is not UTF-8"))
+            std::str::from_utf8(self.take(len)?)
+                .map(str::to_string)
+                .map_err(|_| bad("a string is not UTF-8"))
         }
 
         fn optional_text(&mut self) -> Result<Option<String>, SnapshotError> {
@@ -783,20 +777,9 @@ mod binary {
 
     /// The stream revisions, which must be in strictly increasing stream order.
     pub fn read_revisions(c: &mut Cursor<'_>) -> Result<SplitMap<String, u64>, SnapshotError> {
-        let n = c.count(4 + 8)?;
-        let mut out = SplitMap::new();
-        let mut last: Option<&str> = None;
-        for _ in 0..n {
-            let stream = c.text_ref()?;
-            let revision = c.u64()?;
-            if last.is_some_and(|l| l >= stream) {
-                return Err(SnapshotError::Inconsistent(
-                    "a stream revision appears twice, or out of order".into(),
-                ));
-            }
-            last = Some(stream);
-            out.insert(stream.to_string(), revision);
-        }
-        Ok(out)
+        let (map, rest) = crate::core::split_map::revisions::read(c.rest(), true)
+            .map_err(SnapshotError::Decode)?;
+        c.at = c.bytes.len() - rest.len();
+        Ok(map)
     }
 }

@@ -189,8 +189,95 @@ where
     }
 }
 
+/// Stream revisions (`SplitMap<String, u64>`) as bytes, one layout for the state snapshot's
+/// revisions section and the store's heads checkpoint: the number of streams (`u64`, LE), then
+/// for each its name's length (`u32`, LE), the name's bytes and its revision (`u64`, LE).
+pub mod revisions {
+    use super::SplitMap;
+
+    /// Appends `entries` in the order given (a snapshot sorts them first, to be canonical).
+    pub fn write<'a>(out: &mut Vec<u8>, entries: impl IntoIterator<Item = (&'a str, u64)>) {
+        let at = out.len();
+        out.extend_from_slice(&[0; 8]);
+        let mut count = 0u64;
+        for (stream, revision) in entries {
+            out.extend_from_slice(&(stream.len() as u32).to_le_bytes());
+            out.extend_from_slice(stream.as_bytes());
+            out.extend_from_slice(&revision.to_le_bytes());
+            count += 1;
+        }
+        out[at..at + 8].copy_from_slice(&count.to_le_bytes());
+    }
+
+    fn take<'b>(b: &mut &'b [u8], n: usize) -> Result<&'b [u8], String> {
+        let (head, rest) = b
+            .split_at_checked(n)
+            .ok_or_else(|| "stream revisions: truncated".to_string())?;
+        *b = rest;
+        Ok(head)
+    }
+
+    /// Reads what [`write`] wrote at the start of `bytes`; returns the map and the bytes after
+    /// it. `in_order`: the streams must also be in strictly increasing order. A short or
+    /// malformed input, a stream twice or (with `in_order`) out of order is an error saying
+    /// which.
+    pub fn read(bytes: &[u8], in_order: bool) -> Result<(SplitMap<String, u64>, &[u8]), String> {
+        let mut b = bytes;
+        let count = u64::from_le_bytes(take(&mut b, 8)?.try_into().expect("8 bytes"));
+        // Each entry is at least 12 bytes: a count the input cannot hold reserves nothing.
+        if count > (b.len() / 12) as u64 {
+            return Err("stream revisions: truncated".into());
+        }
+        let mut map = SplitMap::new();
+        let mut last: Option<&str> = None;
+        for _ in 0..count {
+            let len = u32::from_le_bytes(take(&mut b, 4)?.try_into().expect("4 bytes")) as usize;
+            let stream = std::str::from_utf8(take(&mut b, len)?)
+                .map_err(|_| "stream revisions: a stream name is not UTF-8".to_string())?;
+            let revision = u64::from_le_bytes(take(&mut b, 8)?.try_into().expect("8 bytes"));
+            if in_order && last.is_some_and(|l| l >= stream) {
+                return Err("stream revisions: a stream out of order".into());
+            }
+            last = Some(stream);
+            if map.insert(stream.to_string(), revision).is_some() {
+                return Err("stream revisions: a stream appears twice".into());
+            }
+        }
+        Ok((map, b))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn revisions_bytes_round_trip_and_refuse_what_write_cannot_produce() {
+        use super::revisions::{read, write};
+        let mut out = b"ahead".to_vec();
+        write(&mut out, [("partner-1", 3), ("session-2", 0), ("site", 17)]);
+        out.extend_from_slice(b"after");
+        let (map, rest) = read(&out[5..], true).unwrap();
+        assert_eq!(rest, b"after");
+        assert_eq!(
+            (map.len(), map.get("partner-1"), map.get("site")),
+            (3, Some(&3), Some(&17))
+        );
+        let body = &out[5..out.len() - 5];
+        for cut in 0..body.len() {
+            assert!(read(&body[..cut], false).is_err(), "cut at {cut}");
+        }
+        let mut unsorted = Vec::new();
+        write(&mut unsorted, [("site", 1), ("partner-1", 2)]);
+        assert!(read(&unsorted, false).is_ok());
+        assert!(read(&unsorted, true).unwrap_err().contains("out of order"));
+        let mut twice = Vec::new();
+        write(&mut twice, [("site", 1), ("site", 2)]);
+        assert!(read(&twice, false).unwrap_err().contains("twice"));
+        assert!(read(&twice, true).is_err());
+        let mut absurd = u64::MAX.to_le_bytes().to_vec();
+        absurd.extend_from_slice(&[0; 24]);
+        assert!(read(&absurd, false).unwrap_err().contains("truncated"));
+    }
+
     use super::*;
 
     /// A long mixed run of inserts, updates and removals gives the same answers as one

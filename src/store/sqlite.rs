@@ -32,6 +32,7 @@
 use super::chain::{RawEvent, RawRef};
 use super::group::{Forgetting, StagedGroup, WriteReq, answer, stage_group};
 use super::{BoxFuture, EventStore, SnapshotDir, StoreError};
+use crate::core::split_map::revisions;
 use crate::core::{Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -260,34 +261,22 @@ struct Heads {
 /// cache: one that does not match the log (its position past the end, or a different hash at
 /// its position) is ignored and the heads are rebuilt from every event.
 ///
-/// Encoding: the number of streams (`u64`, LE), then for each stream its name's length
-/// (`u32`, LE), the name's bytes and its revision (`u64`, LE). Anything else is refused.
+/// Encoding: [`crate::core::split_map::revisions`] (as the state snapshot's revisions), in
+/// the map's own order; anything else is refused.
 struct HeadsCheckpoint;
 
 impl HeadsCheckpoint {
     fn encode(streams: &StreamHeads) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + streams.len() * 48);
-        out.extend_from_slice(&(streams.len() as u64).to_le_bytes());
-        for (s, r) in streams.iter() {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-            out.extend_from_slice(&r.to_le_bytes());
-        }
+        revisions::write(&mut out, streams.iter().map(|(s, r)| (s.as_str(), *r)));
         out
     }
 
     fn decode(b: &[u8]) -> Option<StreamHeads> {
-        let count = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
-        let mut b = &b[8..];
-        let mut streams = StreamHeads::default();
-        for _ in 0..count {
-            let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-            let name = std::str::from_utf8(b.get(4..4 + n)?).ok()?;
-            let rev = u64::from_le_bytes(b.get(4 + n..12 + n)?.try_into().ok()?);
-            streams.insert(name.to_string(), rev);
-            b = &b[12 + n..];
+        match revisions::read(b, false) {
+            Ok((streams, [])) => Some(streams),
+            _ => None,
         }
-        (b.is_empty() && streams.len() as u64 == count).then_some(streams)
     }
 
     /// The saved heads if they belong to this log: `(position, streams)`.
