@@ -507,9 +507,7 @@ mod binary {
         let mut entries: Vec<(&str, u64)> =
             revisions.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         entries.sort_unstable();
-        let mut buf = Vec::with_capacity(8 + entries.len() * 56);
-        crate::core::split_map::revisions::write(&mut buf, entries);
-        out.write_all(&buf)
+        crate::core::split_map::revisions::write(out, entries.len(), entries)
     }
 
     fn session(b: &mut Vec<u8>, s: &Session) {

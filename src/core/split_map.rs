@@ -195,18 +195,28 @@ where
 pub mod revisions {
     use super::SplitMap;
 
-    /// Appends `entries` in the order given (a snapshot sorts them first, to be canonical).
-    pub fn write<'a>(out: &mut Vec<u8>, entries: impl IntoIterator<Item = (&'a str, u64)>) {
-        let at = out.len();
-        out.extend_from_slice(&[0; 8]);
-        let mut count = 0u64;
+    /// Writes `count` and then `entries`, in the order given (a snapshot sorts them first, to
+    /// be canonical), as they come: nothing is gathered in memory. Fails if `out` does, or if
+    /// `entries` are not `count` many (nothing that reads the bytes could tell).
+    pub fn write<'a>(
+        out: &mut impl std::io::Write,
+        count: usize,
+        entries: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> std::io::Result<()> {
+        out.write_all(&(count as u64).to_le_bytes())?;
+        let mut written = 0;
         for (stream, revision) in entries {
-            out.extend_from_slice(&(stream.len() as u32).to_le_bytes());
-            out.extend_from_slice(stream.as_bytes());
-            out.extend_from_slice(&revision.to_le_bytes());
-            count += 1;
+            out.write_all(&(stream.len() as u32).to_le_bytes())?;
+            out.write_all(stream.as_bytes())?;
+            out.write_all(&revision.to_le_bytes())?;
+            written += 1;
         }
-        out[at..at + 8].copy_from_slice(&count.to_le_bytes());
+        if written != count {
+            return Err(std::io::Error::other(format!(
+                "stream revisions: {written} written, {count} announced"
+            )));
+        }
+        Ok(())
     }
 
     fn take<'b>(b: &mut &'b [u8], n: usize) -> Result<&'b [u8], String> {
@@ -253,7 +263,16 @@ mod tests {
     fn revisions_bytes_round_trip_and_refuse_what_write_cannot_produce() {
         use super::revisions::{read, write};
         let mut out = b"ahead".to_vec();
-        write(&mut out, [("partner-1", 3), ("session-2", 0), ("site", 17)]);
+        write(
+            &mut out,
+            3,
+            [("partner-1", 3), ("session-2", 0), ("site", 17)],
+        )
+        .unwrap();
+        assert!(
+            write(&mut Vec::new(), 2, [("site", 1)]).is_err(),
+            "a wrong count"
+        );
         out.extend_from_slice(b"after");
         let (map, rest) = read(&out[5..], true).unwrap();
         assert_eq!(rest, b"after");
@@ -266,11 +285,11 @@ mod tests {
             assert!(read(&body[..cut], false).is_err(), "cut at {cut}");
         }
         let mut unsorted = Vec::new();
-        write(&mut unsorted, [("site", 1), ("partner-1", 2)]);
+        write(&mut unsorted, 2, [("site", 1), ("partner-1", 2)]).unwrap();
         assert!(read(&unsorted, false).is_ok());
         assert!(read(&unsorted, true).unwrap_err().contains("out of order"));
         let mut twice = Vec::new();
-        write(&mut twice, [("site", 1), ("site", 2)]);
+        write(&mut twice, 2, [("site", 1), ("site", 2)]).unwrap();
         assert!(read(&twice, false).unwrap_err().contains("twice"));
         assert!(read(&twice, true).is_err());
         let mut absurd = u64::MAX.to_le_bytes().to_vec();

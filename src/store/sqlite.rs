@@ -268,7 +268,12 @@ struct HeadsCheckpoint;
 impl HeadsCheckpoint {
     fn encode(streams: &StreamHeads) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + streams.len() * 48);
-        revisions::write(&mut out, streams.iter().map(|(s, r)| (s.as_str(), *r)));
+        revisions::write(
+            &mut out,
+            streams.len(),
+            streams.iter().map(|(s, r)| (s.as_str(), *r)),
+        )
+        .expect("a Vec takes every write, and a map's len is its entries");
         out
     }
 
