@@ -159,7 +159,7 @@ pub fn write(store: &dyn EventStore, state: &State) -> Result<Option<SnapshotInf
         _ => return Err(format!("the log has no event at position {position}")),
     };
     let info = dir
-        .write_with(position, hash, SCHEMA, |out| snap::encode_to(state, out))
+        .write(position, hash, SCHEMA, |out| snap::encode_to(state, out))
         .map_err(|e| e.to_string())?;
     dir.prune(KEEP, position).map_err(|e| e.to_string())?;
     Ok(Some(info))

@@ -33,14 +33,6 @@ macro_rules! uuid_id {
             pub fn from_random(bytes: [u8; 16]) -> Self {
                 Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
             }
-            /// A time-ordered id (UUID version 7): `unix_ms`, the creation time in milliseconds,
-            /// then 74 of the random bits. Ids made later sort later, so the state's B-trees
-            /// take each new one at their right edge instead of at a random leaf.
-            pub fn time_ordered(unix_ms: u64, random: [u8; 16]) -> Self {
-                let mut tail = [0u8; 10];
-                tail.copy_from_slice(&random[..10]);
-                Self(uuid::Builder::from_unix_timestamp_millis(unix_ms, &tail).into_uuid())
-            }
             /// Parses the canonical hyphenated form; anything else is `None`.
             pub fn parse(s: &str) -> Option<Self> {
                 Uuid::try_parse(s).ok().map(Self)
@@ -63,6 +55,17 @@ uuid_id!(
     /// One enroll or identify attempt (the id partners see; never the URL token).
     SessionId
 );
+
+impl SessionId {
+    /// A time-ordered id (UUID version 7): `unix_ms`, the creation time in milliseconds, then
+    /// 74 of the random bits. Ids made later sort later, so the state's B-trees take each new
+    /// one at their right edge instead of at a random leaf.
+    pub fn time_ordered(unix_ms: u64, random: [u8; 16]) -> Self {
+        let mut tail = [0u8; 10];
+        tail.copy_from_slice(&random[..10]);
+        Self(uuid::Builder::from_unix_timestamp_millis(unix_ms, &tail).into_uuid())
+    }
+}
 uuid_id!(
     /// A per-user data key in the key store (outside the log); destroying it erases a template.
     KeyId

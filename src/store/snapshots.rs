@@ -118,21 +118,11 @@ impl SnapshotDir {
         Ok(payload)
     }
 
-    /// Writes a snapshot atomically (temporary file, fsync, rename, directory fsync).
+    /// Writes a snapshot atomically (temporary file, fsync, rename, directory fsync), its
+    /// payload written by `payload` as it is produced: the digest and length are taken on the
+    /// way to the file and the header filled in last, so the payload is never held in memory
+    /// whole (a large state's encoding is 100+ MB).
     pub fn write(
-        &self,
-        position: u64,
-        hash: [u8; 32],
-        schema: u32,
-        payload: &[u8],
-    ) -> Result<SnapshotInfo, StoreError> {
-        self.write_with(position, hash, schema, |out| out.write_all(payload))
-    }
-
-    /// As [`SnapshotDir::write`], the payload written by `payload` as it is produced: the
-    /// digest and length are taken on the way to the file and the header filled in last, so
-    /// the payload is never held in memory whole (a large state's encoding is 100+ MB).
-    pub fn write_with(
         &self,
         position: u64,
         hash: [u8; 32],
@@ -273,7 +263,9 @@ mod tests {
         assert_eq!(snaps.list().unwrap(), vec![]);
         for p in [10u64, 30, 20] {
             snaps
-                .write(p, [p as u8; 32], 7, format!("state at {p}").as_bytes())
+                .write(p, [p as u8; 32], 7, |out| {
+                    out.write_all(format!("state at {p}").as_bytes())
+                })
                 .unwrap();
         }
         let list = snaps.list().unwrap();
@@ -294,14 +286,16 @@ mod tests {
     }
 
     #[test]
-    fn a_streamed_payload_is_the_same_file_and_a_failed_one_leaves_none() {
+    fn a_payload_in_parts_is_the_same_file_and_a_failed_one_leaves_none() {
         let dir = tempfile::tempdir().unwrap();
         let snaps = SnapshotDir::beside(&dir.path().join("events.db"));
-        let whole = snaps.write(7, [2; 32], 3, b"one two three").unwrap();
+        let whole = snaps
+            .write(7, [2; 32], 3, |out| out.write_all(b"one two three"))
+            .unwrap();
         let whole_bytes = std::fs::read(whole.path()).unwrap();
         std::fs::remove_file(whole.path()).unwrap();
         let streamed = snaps
-            .write_with(7, [2; 32], 3, |out| {
+            .write(7, [2; 32], 3, |out| {
                 for part in ["one", " two", " three"] {
                     out.write_all(part.as_bytes())?;
                 }
@@ -313,7 +307,7 @@ mod tests {
         assert_eq!(snaps.read(&streamed).unwrap(), b"one two three");
 
         let err = snaps
-            .write_with(8, [3; 32], 3, |out| {
+            .write(8, [3; 32], 3, |out| {
                 out.write_all(b"half a state")?;
                 Err(std::io::Error::other("encoder gave up"))
             })
@@ -335,7 +329,9 @@ mod tests {
     fn a_changed_payload_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let snaps = SnapshotDir::beside(&dir.path().join("events.db"));
-        let info = snaps.write(5, [1; 32], 1, b"hello snapshot").unwrap();
+        let info = snaps
+            .write(5, [1; 32], 1, |out| out.write_all(b"hello snapshot"))
+            .unwrap();
         let mut bytes = std::fs::read(info.path()).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;

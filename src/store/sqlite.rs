@@ -12,10 +12,11 @@
 //! checkpoint and the database file after it.) WAL checkpoints run on a thread of their own,
 //! every 4000 committed requests, and the writer copies only the frames committed during
 //! each pass (`Checkpointer`), not the whole WAL inside a commit. A request whose expected
-//! revision fails is refused alone; the others still commit. If the commit fails, every caller in the group gets
-//! the error, nothing is acknowledged, and the store marks itself unhealthy. If an fsync fails,
-//! nothing written since the last good one is acknowledged, and the store stays unhealthy until
-//! a restart: after a failed fsync the kernel may have dropped pages SQLite believes written.
+//! revision fails is refused alone; the others still commit. If the commit fails, every
+//! caller in the group gets the error, nothing is acknowledged, and the store marks itself
+//! unhealthy. If an fsync fails, nothing written since the last good one is acknowledged, and
+//! the store stays unhealthy until a restart: after a failed fsync the kernel may have dropped
+//! pages SQLite believes written.
 //!
 //! While unhealthy (a full disk, an I/O error, the file locked by another process past the
 //! busy timeout) every request is refused at once, and every [`PROBE_EVERY`] (whether requests
