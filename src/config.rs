@@ -121,7 +121,7 @@ pub struct EmbeddedMqtt {
 pub struct MatchingConfig {
     pub dim: usize,
     pub threshold: f32,
-    pub min_quality: f32,
+    pub min_quality: f64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -352,7 +352,8 @@ impl Config {
                 check_pem(path, what).map_err(|reason| ConfigError::Key {
                     key: key.into(),
                     source_name: sources
-                        .get("http.tls")
+                        .get(key)
+                        .or_else(|| sources.get("http.tls"))
                         .cloned()
                         .unwrap_or_else(|| "the embedded defaults".into()),
                     reason,
@@ -516,6 +517,8 @@ pub fn env_name(key: &str) -> String {
 
 /// Keys that may be set from the environment although the defaults do not list them.
 const OPTIONAL_KEYS: &[&str] = &[
+    "http.tls.cert",
+    "http.tls.key",
     "store.url",
     "mqtt.url",
     "mqtt.ca_file",
@@ -647,6 +650,47 @@ mod tests {
         assert_eq!(c.sessions.ttl, Duration::from_secs(2));
         assert_eq!(c.rate_limit.per_minute, 7);
         assert_eq!(c.admin.token, "t0k");
+    }
+
+    /// `http.tls` can come from the environment alone (SPEC 10: every key has an override),
+    /// and the environment overrides what the file says; half a pair is an error naming the key.
+    #[test]
+    fn tls_paths_come_from_the_environment() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("PALMGATE_HTTP_TLS_CERT", "/etc/pg/cert.pem"),
+                ("PALMGATE_HTTP_TLS_KEY", "/etc/pg/key.pem"),
+            ]),
+        );
+        let e = c.map(|_| ()).unwrap_err().to_string();
+        // The paths do not exist: the error names the env-provided key, so they were read.
+        assert!(
+            e.contains("http.tls.cert") && e.contains("PALMGATE_HTTP_TLS_CERT"),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(
+            &f,
+            "[http]\ntls = { cert = \"/nope/c.pem\", key = \"/nope/k.pem\" }\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), &env(&[("PALMGATE_HTTP_TLS_CERT", "/env/c.pem")]))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PALMGATE_HTTP_TLS_CERT"), "{e}");
+
+        let e = Config::load(
+            None,
+            &env(&[("PALMGATE_HTTP_TLS_CERT", "/etc/pg/cert.pem")]),
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("key"), "{e}");
     }
 
     #[test]

@@ -356,8 +356,16 @@ impl App {
             document,
             source: source.to_string(),
         })
-        .await
-        .map(|_| ())
+        .await?;
+        for w in self.read(|s| {
+            s.policy
+                .as_ref()
+                .map(|p| p.warnings.clone())
+                .unwrap_or_default()
+        }) {
+            tracing::warn!(source, warning = %w, "site policy activated with a warning");
+        }
+        Ok(())
     }
 
     /// True when the server can accept new work.

@@ -716,7 +716,7 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
     if !c.liveness {
         return failed(FailReason::LivenessFailed, cref);
     }
-    if c.quality < f64::from(rules.min_quality) {
+    if c.quality < rules.min_quality {
         if s.retries >= rules.max_retries {
             return failed(FailReason::LowQuality, cref);
         }

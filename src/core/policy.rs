@@ -1363,6 +1363,9 @@ fn schedules<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> BTreeMap<Strin
                 Ok(s) => parsed.push(s),
                 Err(m) => cx.error(&path!["schedules", name, j], m),
             }
+            if let Some(w) = schedule::numeric_weekdays(e) {
+                cx.warn(&path!["schedules", name, j], w);
+            }
         }
         out.insert(name.to_owned(), Window::from_schedules(parsed));
     }

@@ -94,6 +94,20 @@ pub fn parse_expr(expr: &str) -> Result<Schedule, String> {
     Schedule::from_str(expr).map_err(|e| format!("`{expr}`: {e}"))
 }
 
+/// A warning for a window whose day-of-week field uses numbers: cron 0.17 counts Sunday = 1 …
+/// Saturday = 7, where crontab counts Monday = 1, so a crontab habit (`1-5` for the working
+/// week) silently opens the window Sunday to Thursday. Not an error: a policy already in the log
+/// must keep parsing as it did.
+pub fn numeric_weekdays(expr: &str) -> Option<String> {
+    let dow = expr.split_whitespace().nth(5)?;
+    dow.contains(|c: char| c.is_ascii_digit()).then(|| {
+        format!(
+            "`{expr}`: the day of week `{dow}` counts Sunday = 1 … Saturday = 7, not crontab's \
+             Monday = 1 (`1-5` is Sunday to Thursday); day names (`Mon-Fri`) say what they mean"
+        )
+    })
+}
+
 /// A strict `YYYY-MM-DD` calendar date (holidays, validity dates); anything else is `None`.
 pub fn parse_date(s: &str) -> Option<NaiveDate> {
     let b = s.as_bytes();
@@ -175,6 +189,26 @@ mod tests {
         assert!(parse_expr("* * 8-17 * * Mon-Fri").is_ok());
         assert!(parse_expr("* * 8-17 * * Mon-Fri 2026").is_ok());
         assert!(parse_expr("* 0-29 8 ? * *").is_ok());
+    }
+
+    #[test]
+    fn numeric_weekdays_are_warned_about_names_are_not() {
+        let w = numeric_weekdays("* * 8-17 * * 1-5").expect("warned");
+        assert!(w.contains("Sunday = 1") && w.contains("Mon-Fri"), "{w}");
+        assert!(numeric_weekdays("* * 8-17 * * */2").is_some());
+        for quiet in [
+            "* * 8-17 * * Mon-Fri",
+            "* * 8-17 * * *",
+            "* * 8-17 1-5 * ?",
+            "* *",
+        ] {
+            assert_eq!(numeric_weekdays(quiet), None, "{quiet}");
+        }
+        // What the warning is about: `1-5` really is Sunday to Thursday here.
+        let w = Window::parse(&["* * * * * 1-5".to_owned()]).unwrap();
+        let sunday = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+        let friday = Utc.with_ymd_and_hms(2026, 3, 6, 12, 0, 0).unwrap();
+        assert!(w.includes(&sunday) && !w.includes(&friday));
     }
 
     #[test]

@@ -54,7 +54,9 @@ use std::sync::Arc;
 /// 5: upstream sessions are forgotten a session retention after they ended (`upstream_ended`
 ///    keeps when) or, never ended, after they expired.
 /// 6: a session's instants are `[seconds, nanoseconds]`, not RFC 3339 text.
-pub const SCHEMA: u32 = 6;
+/// 7: a failed webhook delivery is kept until it is redelivered, not for a retention (so the
+///    first start folds the log again and brings back the failed ones an older build forgot).
+pub const SCHEMA: u32 = 7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -326,7 +328,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
     let finished_deliveries = o
         .deliveries
         .iter()
-        .filter(|d| matches!(d.status, DeliveryStatus::Delivered | DeliveryStatus::Failed))
+        .filter(|d| d.status == DeliveryStatus::Delivered)
         .filter_map(|d| Some((d.attempts.last()?.at, d.id.clone())))
         .collect();
     let idempotency_by_time = o

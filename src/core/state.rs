@@ -21,7 +21,7 @@ pub struct Rules {
     /// Cosine similarity a match needs.
     pub threshold: f32,
     /// Captures below this quality are retried.
-    pub min_quality: f32,
+    pub min_quality: f64,
     /// Retries asked for before a session fails `low_quality`.
     pub max_retries: u32,
     /// How long an ended session stays in the state (config `sessions.retention`); after it,
@@ -998,7 +998,9 @@ impl State {
                         self.finished_deliveries
                             .remove(&(last.at, delivery_id.clone()));
                     }
-                    if *delivered || next_attempt_at.is_none() {
+                    // Only a delivered one is forgotten after its retention: a failed one stays
+                    // until it is redelivered (SPEC 4: nothing is ever dropped).
+                    if *delivered {
                         self.finished_deliveries.insert((*at, delivery_id.clone()));
                     }
                     d.revision = revision;
@@ -1538,7 +1540,7 @@ mod retention_tests {
     }
 
     #[test]
-    fn finished_deliveries_go_after_their_retention_pending_and_rescheduled_ones_stay() {
+    fn delivered_deliveries_go_after_their_retention_failed_and_pending_ones_stay() {
         let mut log = Log::new(rules(3600, 100));
         let queued = |id: &str| Event::DeliveryQueued {
             delivery_id: id.into(),
@@ -1590,13 +1592,11 @@ mod retention_tests {
         );
         tick(&mut log, 102);
         let left: BTreeSet<&str> = log.state.deliveries.keys().map(String::as_str).collect();
-        assert_eq!(left, BTreeSet::from(["again", "pending"]));
-        let mut forgotten = log.state.take_forgotten();
-        forgotten.sort();
-        assert_eq!(
-            forgotten,
-            vec![stream::delivery("failed"), stream::delivery("ok")]
-        );
+        // The failed one stays, however old, until it is redelivered.
+        assert_eq!(left, BTreeSet::from(["again", "failed", "pending"]));
+        assert_eq!(log.state.take_forgotten(), vec![stream::delivery("ok")]);
+        tick(&mut log, 100_000);
+        assert!(log.state.delivery("failed").is_some());
         // The redelivered one ends again and is forgotten a retention after its new end.
         log.fold(
             60,

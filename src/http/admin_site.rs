@@ -45,8 +45,15 @@ pub async fn put_policy(
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::BadRequest("the policy must be UTF-8 TOML".into()))?;
     app.activate_policy(text, "admin").await?;
-    let sha = app.read(|s| s.policy.as_ref().map(|p| p.sha256.clone()));
-    Ok(Json(json!({ "sha256": sha })))
+    Ok(Json(app.read(|s| {
+        let p = s.policy.as_ref();
+        json!({
+            "sha256": p.map(|p| p.sha256.clone()),
+            "warnings": p.map_or_else(Vec::new, |p| {
+                p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>()
+            }),
+        })
+    })))
 }
 
 fn on_flag(body: &Value) -> Result<bool, ApiError> {

@@ -129,11 +129,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/webhook/recover", post(webhook_api::recover))
         .route("/openapi.json", get(openapi::serve))
         .fallback(pass_api::not_found)
-        .method_not_allowed_fallback(pass_api::not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            auth::v1_gate,
-        ));
+        .method_not_allowed_fallback(pass_api::not_found);
+    let v1 = guard_v1(v1, app.clone());
     let admin = Router::new()
         .route(
             "/partners",
@@ -249,6 +246,14 @@ async fn readyz(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Re
     }
 }
 
+/// The `/v1` gate (API key, partner state, rate limits, and the rate-limit headers on every
+/// answer) around the `/v1` routes, with a panic caught inside it: a panicking handler's 500
+/// carries the `X-RateLimit-*` headers too (SPEC 2: every response under `/v1`).
+fn guard_v1(v1: Router<Arc<App>>, app: Arc<App>) -> Router<Arc<App>> {
+    v1.layer(CatchPanicLayer::custom(on_panic))
+        .layer(axum::middleware::from_fn_with_state(app, auth::v1_gate))
+}
+
 fn on_panic(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let what = err
         .downcast_ref::<String>()
@@ -307,6 +312,66 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, serde_json::json!({"message": "internal error"}));
+    }
+
+    /// Under `/v1` the panic is caught inside the gate, so its 500 carries the rate-limit
+    /// headers like every other `/v1` answer. (The public route needs no key.)
+    #[tokio::test]
+    async fn a_panic_under_v1_answers_500_with_the_rate_limit_headers() {
+        use crate::app::Parts;
+        use crate::app::clock::{ManualClock, SeededRng};
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(crate::store::SqliteStore::open(dir.path().join("events.db")).unwrap());
+        let keystore = crate::app::keystore::KeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let config = crate::config::Config::load(None, &[]).unwrap();
+        let (app, _effects) = App::new(
+            config,
+            Parts {
+                store,
+                keystore,
+                clock: Arc::new(ManualClock::new(Utc::now())),
+                rng: Arc::new(SeededRng::new(1)),
+                keys: crate::app::secrets::Keys::from_master(&[7; 32]),
+                public_url: "http://gate.test".into(),
+            },
+        )
+        .unwrap();
+        let app = Arc::new(app);
+        let v1: Router<Arc<App>> = Router::new().route(
+            "/openapi.json",
+            get(|| async {
+                panic!("secret detail");
+                #[allow(unreachable_code)]
+                ""
+            }),
+        );
+        let router = Router::new()
+            .nest("/v1", guard_v1(v1, app.clone()))
+            .with_state(app);
+        let resp = router
+            .oneshot(
+                axum::http::Request::get("/v1/openapi.json")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        for h in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
+            assert!(
+                resp.headers().contains_key(h),
+                "{h} missing: {:?}",
+                resp.headers()
+            );
+        }
         let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v, serde_json::json!({"message": "internal error"}));

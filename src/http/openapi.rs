@@ -281,7 +281,7 @@ fn get_policy() {}
 
 #[utoipa::path(put, path = "/admin/v1/policy", tag = "admin",
     request_body(content((String = "application/toml"), (String = "text/plain")), description = "the site policy document (TOML, UTF-8; any content type is read as TOML)"),
-    responses((status = 200, description = "activated: `{\"sha256\": ...}`"),
+    responses((status = 200, description = "activated: `{\"sha256\": ..., \"warnings\": [...]}` (warnings: e.g. numeric days of week)"),
               (status = 400, body = ErrorBody, description = "every error, with its line and key")),
     security(("admin_token" = [])))]
 fn put_policy() {}

@@ -2,8 +2,9 @@
 //!
 //! Verification folds the whole log into a fresh state, event by event, exactly as start-up
 //! does, and at each `DoorDecided` checks that (1) the recorded inputs are the ones the state
-//! held at that point — policy version, site mode, zone state — and (2) the policy, run again on
-//! those inputs, gives the recorded verdict. Any changed byte breaks the hash chain at its
+//! held at that point — policy version, site mode, the zone's last movement (and the movement
+//! the decision makes), and, for a palm matched here, the user's record (partner, external id,
+//! metadata) — and (2) the policy, run again on those inputs, gives the recorded verdict. Any changed byte breaks the hash chain at its
 //! position; any rewritten decision is a mismatch at its position.
 
 use crate::core::doors::rederive;
@@ -221,8 +222,13 @@ fn check_event(
         },
         Event::DoorDecided {
             door,
+            reader_id,
+            subject,
+            similarity,
             policy,
             mode,
+            last_in_zone,
+            movement,
             verdict,
             ..
         } => {
@@ -245,6 +251,44 @@ fn check_event(
                     "recorded site mode {mode:?}, but the log says {:?}",
                     state.site_mode()
                 ));
+            }
+            // The zone state the decision read, and the movement it made, as the log has them.
+            let zone = p.zone_of_reader(reader_id);
+            let last = match (&zone, subject) {
+                (Some((z, _)), Some(s)) => state
+                    .zone_last
+                    .get(&(z.to_string(), s.partner_id, s.external_id.clone()))
+                    .copied(),
+                _ => None,
+            };
+            if last != *last_in_zone {
+                problem(format!(
+                    "recorded last zone movement {last_in_zone:?}, but the log says {last:?}"
+                ));
+            }
+            let moved = zone
+                .filter(|_| verdict.granted() && subject.is_some())
+                .map(|(z, d)| (z.to_string(), d));
+            if moved != *movement {
+                problem(format!(
+                    "recorded zone movement {movement:?}, but the decision makes {moved:?}"
+                ));
+            }
+            // A palm matched here (a similarity is recorded): the subject is the enrolled user's
+            // record as the log has it. (A subject without a similarity comes from an upstream
+            // Pass API's webhook, recorded in the event before it; nothing local to compare.)
+            if let (Some(s), Some(_)) = (subject, similarity) {
+                match state.user(s.partner_id, &s.external_id) {
+                    Some(u) if crate::core::doors::subject(state, u) == *s => {}
+                    Some(_) => problem(format!(
+                        "the recorded subject {} differs from the user's record in the log",
+                        s.external_id.0
+                    )),
+                    None => problem(format!(
+                        "the recorded subject {} is no enrolled user of partner {}",
+                        s.external_id.0, s.partner_id
+                    )),
+                }
             }
             let Some(again) = rederive(p, &rec.event) else {
                 return;

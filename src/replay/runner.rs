@@ -952,6 +952,16 @@ pub async fn run(s: &Scenario, base: &Path) -> Result<Vec<String>, String> {
             .await
             .map_err(|e| format!("step {i}: {e}"))?;
     }
+    // Every scenario's log must pass `audit verify`: the chain, and every door decision's
+    // inputs and verdict against the log.
+    let audit = crate::replay::audit::verify(r.app.store.as_ref())
+        .map_err(|e| format!("audit verify: {e}"))?;
+    for f in audit.findings {
+        r.failures.push(format!(
+            "audit verify: position {}: {}",
+            f.position, f.problem
+        ));
+    }
     Ok(std::mem::take(&mut r.failures))
 }
 

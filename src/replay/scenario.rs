@@ -42,7 +42,7 @@ pub struct Settings {
     pub ttl: Option<String>,
     pub rate_limit: Option<u32>,
     pub threshold: Option<f32>,
-    pub min_quality: Option<f32>,
+    pub min_quality: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -266,6 +266,48 @@ async fn a_rewritten_decision_with_a_resealed_chain_is_still_caught() {
     );
 }
 
+/// A forger who rewrites a decision's inputs together with its verdict, so that the policy run
+/// again on the recorded inputs agrees, and re-seals the chain, is caught by the inputs: the
+/// subject is checked against the user's record in the log, the zone state against the zone
+/// movements before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_inputs_that_agree_with_a_rewritten_verdict_are_still_caught() {
+    // Alice's first grant hidden as a denial: another access level in the recorded metadata.
+    let log = make_log().await;
+    let (pos, data) = decided_rows(&log.db())[0].clone();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(v["subject"]["external_id"], "alice", "{v}");
+    v["subject"]["metadata"] = json!({"access_level": "visitor"});
+    v["verdict"] =
+        json!({"verdict": "denied", "reason": "unknown_access_level", "level": "visitor"});
+    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].position, pos as u64);
+    assert!(
+        r.findings[0]
+            .problem
+            .contains("differs from the user's record"),
+        "{:?}",
+        r.findings
+    );
+
+    // A zone movement the log never had.
+    let log = make_log().await;
+    let (pos, data) = decided_rows(&log.db())[1].clone();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    v["last_in_zone"] = json!("entry");
+    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].position, pos as u64);
+    assert!(
+        r.findings[0].problem.contains("last zone movement"),
+        "{:?}",
+        r.findings
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_and_reordered_events_are_caught() {
     let log = make_log().await;
