@@ -134,7 +134,8 @@ impl SimReader {
             .map_err(|e| SimError::Mqtt(e.to_string()))
     }
 
-    /// A deterministic id for the current scan: distinct for every (reader, palm, seed, scan).
+    /// A deterministic id for the current scan: distinct for every (reader, palm, seed, scan), a
+    /// UUID as SPEC 5 writes it (version 8: derived from a hash, not random).
     fn scan_id(&self, kind: &str) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
@@ -144,7 +145,9 @@ impl SimReader {
         }
         h.update(self.opts.seed.to_le_bytes());
         h.update(self.scans.to_le_bytes());
-        hex::encode(&h.finalize()[..16])
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.finalize()[..16]);
+        uuid::Builder::from_custom_bytes(id).into_uuid().to_string()
     }
 
     /// Publishes a raw payload on one of this reader's topics (for malformed-input tests).

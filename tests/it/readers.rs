@@ -493,6 +493,10 @@ async fn a_repeated_capture_id_is_ignored() {
     let mut desk = g.reader("desk-1", "alice", 1).await;
     let (id, token) = g.enroll("EMP-D").await;
     let sent = desk.capture(Some(&token)).await.expect("capture");
+    // The simulator's ids are UUIDs, as SPEC 5 writes them.
+    let capture_id = sent["capture_id"].as_str().expect("capture_id");
+    assert!(uuid::Uuid::parse_str(capture_id).is_ok(), "{capture_id}");
+    assert_eq!(capture_id.len(), 36, "{capture_id}");
     let done = g.ended(&id).await;
     assert_eq!(done["state"], "completed", "{done}");
     let before = g.events_count();
