@@ -34,9 +34,12 @@ pub const RECORD_RETRY: Duration = Duration::from_secs(1);
 /// While the log cannot be written, how often the dispatcher looks again.
 const NOT_READY_POLL: Duration = Duration::from_millis(250);
 
-/// The HTTP client for webhooks: no redirects, the SSRF guard as resolver, 10 s timeout.
+/// The HTTP client for webhooks: no redirects, the SSRF guard as resolver, 10 s timeout, and
+/// no proxy from `HTTP(S)_PROXY`: through a proxy the guard would check the proxy's address,
+/// not the partner's.
 pub fn client(guard: &Guard) -> reqwest::Client {
     reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(Arc::new(guard.clone()))
         .timeout(TIMEOUT)
