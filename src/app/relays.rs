@@ -3,21 +3,31 @@
 //!
 //! At start-up (and for a device that appears in a new policy) every door coil is told its
 //! resting state as the state says now; device tasks re-drive those states after every
-//! reconnection, so a door never stays unlocked because a board restarted.
+//! reconnection, so a door never stays unlocked because a board restarted. A coil the gateway
+//! has driven that a new policy no longer gives to a door (the door removed or moved, or its
+//! board dropped from the policy) is told to rest locked, and stays so across reconnects.
 
 use super::App;
 use crate::core::Command;
 use crate::core::doors::RelayCommand;
 use crate::modbus::{self, DeviceSpec, Report, Timing};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub struct Relays {
     app: Arc<App>,
-    devices: Mutex<HashMap<String, mpsc::UnboundedSender<modbus::Command>>>,
+    devices: Mutex<HashMap<String, Device>>,
     reports: mpsc::UnboundedSender<Report>,
+}
+
+/// A device task, kept for as long as the gateway runs (also once a policy drops its board).
+struct Device {
+    tx: mpsc::UnboundedSender<modbus::Command>,
+    /// Coils the gateway has driven: the door coils of the policy last applied and any coil a
+    /// relay effect named since. One a new policy gives to no door is driven OFF.
+    coils: BTreeSet<u16>,
 }
 
 impl Relays {
@@ -30,7 +40,7 @@ impl Relays {
             reports,
         });
         relays.ensure_devices();
-        // A new policy may name new boards: connect them as it activates.
+        // A new policy may name new boards, and drop doors: connect and lock as it activates.
         let watcher = relays.clone();
         let mut recorded = app.recorded_events();
         tokio::spawn(async move {
@@ -39,7 +49,11 @@ impl Relays {
                     Ok(r) if matches!(r.event, crate::core::Event::PolicyActivated { .. }) => {
                         watcher.ensure_devices()
                     }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    // The missed events may include an activation.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        watcher.ensure_devices()
+                    }
+                    Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
@@ -55,13 +69,15 @@ impl Relays {
     }
 
     /// Starts a task for every relay device of the policy that has none yet, and tells every
-    /// device the policy's inputs and the resting state of its coils.
+    /// device the policy's inputs and the resting state of its coils. A coil driven before that
+    /// the policy gives to no door is driven OFF, on boards the policy dropped too.
     pub fn ensure_devices(&self) {
+        // The policy is read under the devices lock: no older policy is applied after a newer.
+        let mut devices = self.devices.lock().expect("relays lock");
         let Some(policy) = self.app.read(|s| s.policy.clone()) else {
             return;
         };
         let now = self.app.clock.now();
-        let mut devices = self.devices.lock().expect("relays lock");
         for dev in &policy.relay_devices {
             let mut inputs: Vec<u16> = policy
                 .doors
@@ -80,22 +96,26 @@ impl Relays {
             inputs.dedup();
             // A board already running learns the policy's coils and inputs (a new policy may
             // add doors, contacts or exit buttons to it).
-            let tx = match devices.get(&dev.id) {
-                Some(tx) => {
-                    let _ = tx.send(modbus::Command::Inputs(inputs));
-                    tx.clone()
+            let (tx, driven) = match devices.remove(&dev.id) {
+                Some(d) => {
+                    let _ = d.tx.send(modbus::Command::Inputs(inputs));
+                    (d.tx, d.coils)
                 }
-                None => modbus::spawn_device(
-                    DeviceSpec {
-                        id: dev.id.clone(),
-                        address: dev.modbus.clone(),
-                        unit: dev.unit,
-                        inputs,
-                    },
-                    Timing::default(),
-                    self.reports.clone(),
+                None => (
+                    modbus::spawn_device(
+                        DeviceSpec {
+                            id: dev.id.clone(),
+                            address: dev.modbus.clone(),
+                            unit: dev.unit,
+                            inputs,
+                        },
+                        Timing::default(),
+                        self.reports.clone(),
+                    ),
+                    BTreeSet::new(),
                 ),
             };
+            let mut coils = BTreeSet::new();
             for door in policy.doors.iter().filter(|d| d.relay.device == dev.id) {
                 let on = self.app.read(|s| s.rests_unlocked(&door.id, now));
                 let _ = tx.send(modbus::Command::Want {
@@ -103,9 +123,31 @@ impl Relays {
                     on,
                     cut_pulse: false,
                 });
+                coils.insert(door.relay.coil);
             }
-            devices.insert(dev.id.clone(), tx);
+            // A door removed, or moved to another coil: its old coil rests locked.
+            lock(&tx, driven.difference(&coils));
+            devices.insert(dev.id.clone(), Device { tx, coils });
         }
+        // A board the policy no longer lists: its coils locked (its task goes on re-driving
+        // them OFF after reconnects), its inputs no longer polled.
+        for (id, d) in devices.iter_mut() {
+            if !policy.relay_devices.iter().any(|dev| dev.id == *id) {
+                lock(&d.tx, std::mem::take(&mut d.coils).iter());
+                let _ = d.tx.send(modbus::Command::Inputs(vec![]));
+            }
+        }
+    }
+
+    /// Whether the policy in force gives `device`/`coil` to a door.
+    fn door_coil(&self, device: &str, coil: u16) -> bool {
+        self.app.read(|s| {
+            s.policy.as_ref().is_some_and(|p| {
+                p.doors
+                    .iter()
+                    .any(|d| d.relay.device == device && d.relay.coil == coil)
+            })
+        })
     }
 
     /// (register, count) when the door on `device`/`coil` asks for board-timed pulses and its
@@ -132,14 +174,16 @@ impl Relays {
             // An effect can race the policy watcher by a few microseconds.
             self.ensure_devices();
         }
-        let devices = self.devices.lock().expect("relays lock");
-        let Some(tx) = devices.get(device) else {
+        let mut devices = self.devices.lock().expect("relays lock");
+        let Some(d) = devices.get_mut(device) else {
             tracing::error!(
                 device,
                 "relay effect for a device the policy does not define"
             );
             return;
         };
+        let (RelayCommand::Pulse { coil, .. } | RelayCommand::Rest { coil, .. }) = command;
+        d.coils.insert(coil);
         let cmd = match command {
             RelayCommand::Pulse { coil, hold_ms, tag } => modbus::Command::Pulse {
                 coil,
@@ -153,10 +197,22 @@ impl Relays {
                 cut_pulse,
             } => modbus::Command::Want {
                 coil,
-                on,
+                // Decided under a policy since replaced: a coil no door owns now rests locked.
+                on: on && self.door_coil(device, coil),
                 cut_pulse,
             },
         };
-        let _ = tx.send(cmd);
+        let _ = d.tx.send(cmd);
+    }
+}
+
+/// Tells a device task that `coils` rest locked.
+fn lock<'a>(tx: &mpsc::UnboundedSender<modbus::Command>, coils: impl Iterator<Item = &'a u16>) {
+    for &coil in coils {
+        let _ = tx.send(modbus::Command::Want {
+            coil,
+            on: false,
+            cut_pulse: false,
+        });
     }
 }

@@ -166,7 +166,7 @@ pub fn scan(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, 
     let Some(door) = policy.door_of_reader(&c.reader_id) else {
         return Ok(rejected(CaptureRejection::NoDoor));
     };
-    if c.liveness && c.quality < f64::from(state.rules.min_quality) {
+    if c.liveness && c.quality < state.rules.min_quality {
         return Ok(
             rejected(CaptureRejection::LowQuality).with_effect(Effect::Reader {
                 reader_id: c.reader_id.clone(),
@@ -583,6 +583,27 @@ pub fn activate(
     );
     d.appends.extend(rest.appends);
     d.effects.extend(rest.effects);
+    // A door the new policy removes rests locked from now on (the relay adapter drives every
+    // coil the new policy gives to no door OFF).
+    let mut removed: Vec<&DoorId> = state
+        .doors
+        .iter()
+        .filter(|(id, ds)| ds.resting_unlocked && policy.door(id).is_none())
+        .map(|(id, _)| id)
+        .collect();
+    removed.sort();
+    for door in removed {
+        d.appends.push(on_door(
+            state,
+            door,
+            Event::DoorRestingChanged {
+                door: door.clone(),
+                unlocked: false,
+                cause: "policy".into(),
+                at: now,
+            },
+        ));
+    }
     Ok(d)
 }
 

@@ -1127,6 +1127,7 @@ async fn a_policy_put_changes_decisions_and_an_invalid_one_changes_nothing() {
     assert_eq!(status, 200, "{body}");
     let sha1 = hex::encode(Sha256::digest(doc1.as_bytes()));
     assert_eq!(body["sha256"], sha1.as_str());
+    assert_eq!(body["warnings"], json!([]), "{body}");
     let now = site.admin_get("/admin/v1/policy").await;
     assert_eq!(now["sha256"], sha1.as_str());
     assert_eq!(now["document"], doc1.as_str());
@@ -1179,6 +1180,26 @@ async fn a_policy_put_changes_decisions_and_an_invalid_one_changes_nothing() {
     let (_, r) = scan(&mut lobby, "alice").await;
     assert_eq!(r["reason"], "outside_schedule", "decisions unchanged: {r}");
 
+    // A number in a window's day of week is accepted, with a warning (cron counts Sunday = 1).
+    let numeric = doc1.replace(
+        &format!("\"* * {closed_hour} * * *\""),
+        &format!("\"* * {closed_hour} * * 1-7\""),
+    );
+    assert_ne!(numeric, doc1);
+    let (status, body) = site.put_policy(&numeric).await;
+    assert_eq!(status, 200, "{body}");
+    let warnings = body["warnings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{body}");
+    let w = warnings[0].as_str().unwrap_or_default();
+    assert!(
+        w.contains("schedules.closed") && w.contains("Sunday = 1"),
+        "{w}"
+    );
+    assert_eq!(
+        site.admin_get("/admin/v1/policy").await["warnings"],
+        body["warnings"]
+    );
+
     // 3. A new door, and `standard` open again for both doors.
     let open = Layout {
         standard_doors: r#""main", "side""#.into(),
@@ -1214,7 +1235,12 @@ async fn a_policy_put_changes_decisions_and_an_invalid_one_changes_nothing() {
         .collect();
     assert_eq!(
         got,
-        vec![(sha0, doc0), (sha1, doc1), (sha2, doc2)],
+        vec![
+            (sha0, doc0),
+            (sha1, doc1),
+            (hex::encode(Sha256::digest(numeric.as_bytes())), numeric),
+            (sha2, doc2)
+        ],
         "one PolicyActivated per accepted document, carrying it and its sha256"
     );
 }
@@ -1308,6 +1334,107 @@ async fn a_contact_added_by_a_policy_put_on_a_board_in_use_is_watched() {
         .await;
     let d = site.door("side").await;
     assert_eq!(d["state"], "alarm", "{d}");
+}
+
+/// An unlock window `always` on door `side`.
+const SIDE_ALWAYS_OPEN: &str = "\n[[unlock_windows]]\ndoor = \"side\"\nschedule = \"always\"\n";
+
+/// A door that a hot-reloaded policy removes while its relay rests unlocked (an unlock window)
+/// is locked: its coil is driven OFF, stays OFF after its board restarts with the relay
+/// latched ON, and the door's log says it no longer rests unlocked (SPEC 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_door_a_policy_put_removes_while_it_rests_unlocked_is_locked() {
+    let site = start_site(&format!("{}{SIDE_ALWAYS_OPEN}", side_door("board-1", 1))).await;
+    site.wait_door("side", "resting unlocked", |d| {
+        d["device_up"] == true && d["resting_unlocked"] == true
+    })
+    .await;
+    until("coil 1 (door side, unlock window) ON", || {
+        site.board.coil(1)
+    })
+    .await;
+
+    let (status, body) = site.put_policy(&site_toml(&site.board, "")).await;
+    assert_eq!(status, 200, "{body}");
+    until("coil 1 of the removed door driven OFF", || {
+        !site.board.coil(1)
+    })
+    .await;
+    site.wait_event("DoorRestingChanged", |d| {
+        d["door"] == "side" && d["unlocked"] == false && d["cause"] == "policy"
+    })
+    .await;
+
+    // The board power-cycles with the old relay latched ON: the reconnect locks it again.
+    site.board.stop();
+    site.wait_event("DeviceStatusChanged", |d| {
+        d["device"] == "board-1" && d["up"] == false
+    })
+    .await;
+    site.board.force_coil(1, true);
+    power_cycle(&site.board, false).await;
+    site.wait_door("main", "board up again", |d| d["device_up"] == true)
+        .await;
+    until("coil 1 driven OFF after the reconnect", || {
+        !site.board.coil(1)
+    })
+    .await;
+    assert!(!site.board.coil(0));
+}
+
+/// A door whose relay a hot-reloaded policy moves to another coil during an emergency unlock:
+/// the new coil is held ON, the old one is driven OFF (SPEC 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_door_a_policy_put_moves_to_another_coil_leaves_its_old_coil_locked() {
+    let site = start_site(&side_door("board-1", 1)).await;
+    site.wait_door("side", "device up", |d| d["device_up"] == true)
+        .await;
+    let mode = site.set_mode("emergency-unlock", true).await;
+    assert_eq!(mode, json!({"lockdown": false, "emergency": true}));
+    until("coils 0 and 1 ON", || {
+        site.board.coil(0) && site.board.coil(1)
+    })
+    .await;
+
+    let (status, body) = site
+        .put_policy(&site_toml(&site.board, &side_door("board-1", 2)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    until(
+        "the moved door's new coil 2 ON and its old coil 1 OFF",
+        || site.board.coil(2) && !site.board.coil(1),
+    )
+    .await;
+    assert!(site.board.coil(0), "door main stays unlocked");
+}
+
+/// A relay board that a hot-reloaded policy drops, with a door coil resting unlocked on it:
+/// the coil is driven OFF (SPEC 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_a_policy_put_drops_has_its_unlocked_coil_locked() {
+    let board = new_board().await;
+    let board2 = new_board().await;
+    let layout = Layout {
+        standard_doors: r#""main", "side""#.into(),
+        extra: format!(
+            "\n[[relay_devices]]\nid = \"board-2\"\nmodbus = \"{}\"\nunit = 1\n{}{SIDE_ALWAYS_OPEN}",
+            board2.url(),
+            side_door("board-2", 0)
+        ),
+        ..Layout::default()
+    };
+    let doc = site_doc(&board.url(), &layout);
+    let site = start_with(board, vec![board2], &doc).await;
+    let board2 = &site.boards[0];
+    until("board-2 coil 0 (door side, unlock window) ON", || {
+        board2.coil(0)
+    })
+    .await;
+
+    let (status, body) = site.put_policy(&site_toml(&site.board, "")).await;
+    assert_eq!(status, 200, "{body}");
+    until("coil 0 of the dropped board driven OFF", || !board2.coil(0)).await;
+    assert!(!site.board.coil(0));
 }
 
 // ---------------------------------------------------------------------------------------------
