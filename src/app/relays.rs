@@ -25,6 +25,9 @@ pub struct Relays {
 /// A device task, kept for as long as the gateway runs (also once a policy drops its board).
 struct Device {
     tx: mpsc::UnboundedSender<modbus::Command>,
+    /// Where the task connects: a new policy may move the board.
+    address: modbus::Address,
+    unit: u8,
     /// Coils the gateway has driven: the door coils of the policy last applied and any coil a
     /// relay effect named since. One a new policy gives to no door is driven OFF.
     coils: BTreeSet<u16>,
@@ -98,6 +101,14 @@ impl Relays {
             // add doors, contacts or exit buttons to it).
             let (tx, driven) = match devices.remove(&dev.id) {
                 Some(d) => {
+                    if (&d.address, d.unit) != (&dev.modbus, dev.unit) {
+                        // Its coils go OFF at the old address, then the task connects to the
+                        // new one and drives the resting states told below.
+                        let _ = d.tx.send(modbus::Command::Retarget {
+                            address: dev.modbus.clone(),
+                            unit: dev.unit,
+                        });
+                    }
                     let _ = d.tx.send(modbus::Command::Inputs(inputs));
                     (d.tx, d.coils)
                 }
@@ -127,7 +138,15 @@ impl Relays {
             }
             // A door removed, or moved to another coil: its old coil rests locked.
             lock(&tx, driven.difference(&coils));
-            devices.insert(dev.id.clone(), Device { tx, coils });
+            devices.insert(
+                dev.id.clone(),
+                Device {
+                    tx,
+                    address: dev.modbus.clone(),
+                    unit: dev.unit,
+                    coils,
+                },
+            );
         }
         // A board the policy no longer lists: its coils locked (its task goes on re-driving
         // them OFF after reconnects), its inputs no longer polled.

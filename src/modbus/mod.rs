@@ -56,6 +56,10 @@ pub enum Command {
     },
     /// The inputs to poll (a new site policy may add contacts or exit buttons).
     Inputs(Vec<u16>),
+    /// The board moved (a new site policy gives this id another address or unit): every coil
+    /// ON at the old one is driven OFF there (best effort), then the task connects to the new
+    /// one, where the wanted states are driven as after any reconnect.
+    Retarget { address: Address, unit: u8 },
 }
 
 /// How long after a board-timed pulse should have ended the gateway checks that it did.
@@ -199,6 +203,11 @@ impl Device {
                 self.inputs.retain(|i, _| self.spec.inputs.contains(i));
                 None
             }
+            Command::Retarget { address, unit } => {
+                self.spec.address = address;
+                self.spec.unit = unit;
+                None
+            }
             Command::Pulse {
                 coil,
                 hold,
@@ -283,7 +292,11 @@ impl Device {
                             });
                             continue;
                         }
+                        let moved = matches!(c, Command::Retarget { .. });
                         self.accept(c);
+                        if moved {
+                            return true; // connect to the new address now
+                        }
                     }
                     None => return false,
                 }
@@ -452,10 +465,35 @@ impl Device {
                 }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { return Ok(()) };
+                    if let Command::Retarget { .. } = cmd {
+                        self.leave(ctx).await;
+                        self.accept(cmd);
+                        return Err("the board moved to a new address".into());
+                    }
                     if let Some((coil, on, tag)) = self.accept(cmd) {
                         self.drive(ctx, coil, on, tag).await?;
                     }
                 }
+            }
+        }
+    }
+
+    /// Before the task moves to a board's new address: every coil it holds ON (resting or
+    /// pulsing) is driven OFF at the old one, best effort; an error only ends the attempt.
+    async fn leave(&mut self, ctx: &mut Context) {
+        let mut on: Vec<u16> = self
+            .wanted
+            .iter()
+            .filter(|(_, on)| **on)
+            .map(|(c, _)| *c)
+            .chain(self.pulsing.keys().copied())
+            .collect();
+        on.sort_unstable();
+        on.dedup();
+        for coil in on {
+            if let Err(e) = self.write(ctx, coil, false, String::new()).await {
+                tracing::warn!(device = %self.spec.id, coil, error = %e, "coil at the old address not driven OFF");
+                return;
             }
         }
     }

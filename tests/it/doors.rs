@@ -1408,6 +1408,32 @@ async fn a_door_a_policy_put_moves_to_another_coil_leaves_its_old_coil_locked() 
     assert!(site.board.coil(0), "door main stays unlocked");
 }
 
+/// A hot-reloaded policy gives a board another address: the coil it held ON at the old address
+/// is driven OFF there, and the door's resting state is driven at the new one (SPEC 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_a_policy_put_moves_to_another_address_is_followed_and_its_old_coils_locked() {
+    let old = new_board().await;
+    let new = new_board().await;
+    let extra = format!("{}{SIDE_ALWAYS_OPEN}", side_door("board-1", 1));
+    let doc = site_toml(&old, &extra);
+    let site = start_with(old, vec![new], &doc).await;
+    let new = &site.boards[0];
+    until(
+        "coil 1 (door side, unlock window) ON at the old address",
+        || site.board.coil(1),
+    )
+    .await;
+    assert!(!new.coil(1));
+
+    let (status, body) = site.put_policy(&site_toml(new, &extra)).await;
+    assert_eq!(status, 200, "{body}");
+    until(
+        "coil 1 ON at the new address and OFF at the old one",
+        || new.coil(1) && !site.board.coil(1),
+    )
+    .await;
+}
+
 /// A relay board that a hot-reloaded policy drops, with a door coil resting unlocked on it:
 /// the coil is driven OFF (SPEC 7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
