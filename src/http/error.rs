@@ -11,6 +11,10 @@ use axum::response::{IntoResponse, Response};
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// A 400 decided from the head alone, before a body that came with the request was read:
+    /// the connection is closed after it.
+    #[error("{0}")]
+    BadRequestUnread(String),
     #[error("invalid or missing API key")]
     Unauthorized,
     #[error("invalid or missing admin token")]
@@ -40,7 +44,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::InvalidPolicy(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_)
+            | ApiError::BadRequestUnread(_)
+            | ApiError::InvalidPolicy(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -75,7 +81,9 @@ impl IntoResponse for ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
             }
             // The rest of the body is never read: tell the client not to reuse the connection.
-            ApiError::PayloadTooLarge | ApiError::RequestTimeout => {
+            ApiError::PayloadTooLarge
+            | ApiError::RequestTimeout
+            | ApiError::BadRequestUnread(_) => {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

@@ -86,14 +86,30 @@ pub fn session_body(s: &crate::core::session::Session) -> SessionBody {
     }
 }
 
-fn language(query: Option<&str>) -> Result<Language, ApiError> {
+fn language(query: Option<&str>) -> Result<Language, String> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
     match pairs.iter().find(|(k, _)| k == "language") {
         None => Ok(Language::En),
-        Some((_, v)) => Language::parse(v).ok_or_else(|| {
-            ApiError::BadRequest(format!("unsupported language {v:?}: use en, kk or ru"))
-        }),
+        Some((_, v)) => Language::parse(v)
+            .ok_or_else(|| format!("unsupported language {v:?}: use en, kk or ru")),
+    }
+}
+
+/// `?language=en|kk|ru` (default `en`), checked from the request's head, before any body is
+/// read: SPEC 2 checks 400 before 413.
+pub struct Lang(pub Language);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Lang {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        language(parts.uri.query())
+            .map(Lang)
+            .map_err(|m| super::body::refuse_head(&parts.headers, &m))
     }
 }
 
@@ -239,12 +255,11 @@ async fn create_session(
 pub async fn enroll(
     State(app): State<Arc<App>>,
     Partner(partner): Partner,
-    RawQuery(query): RawQuery,
+    Lang(lang): Lang,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let req = parse_enroll(&body)?;
-    let lang = language(query.as_deref())?;
     let idem = idempotency(&headers, SessionKind::Enroll, lang, Some(&body))?;
     create_session(&app, partner, SessionKind::Enroll, lang, Some(req), idem).await
 }
@@ -253,12 +268,11 @@ pub async fn enroll(
 pub async fn identify(
     State(app): State<Arc<App>>,
     Partner(partner): Partner,
-    RawQuery(query): RawQuery,
+    Lang(lang): Lang,
     headers: HeaderMap,
     // No body is expected; one is read (and ignored) so that an oversized one is a 413.
     _body: super::body::LimitedBody,
 ) -> Result<Response, ApiError> {
-    let lang = language(query.as_deref())?;
     let idem = idempotency(&headers, SessionKind::Identify, lang, None)?;
     create_session(&app, partner, SessionKind::Identify, lang, None, idem).await
 }

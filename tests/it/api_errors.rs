@@ -709,6 +709,68 @@ async fn identify_with_a_body_over_64_kib_is_413() {
     a.assert_rate_headers(t);
 }
 
+/// SPEC 2 checks 400 before 413: what the head says is wrong (the content type, the language)
+/// is a 400 even with a body over 64 KiB, which is then left unread and the connection closed.
+#[tokio::test]
+async fn what_the_head_gets_wrong_is_a_400_even_with_an_oversized_body() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Ordered").await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let big = || vec![b' '; 64 * 1024 + 1];
+    let cases = [
+        (
+            "/v1/enroll",
+            "text/plain",
+            "Content-Type must be application/json",
+        ),
+        (
+            "/v1/enroll?language=xx",
+            "application/json",
+            "unsupported language",
+        ),
+        (
+            "/v1/identify?language=de",
+            "application/json",
+            "unsupported language",
+        ),
+    ];
+    for (path, ct, want) in cases {
+        let t = unix_now_ms();
+        let r = client
+            .post(s.url(path))
+            .header("x-api-key", &key)
+            .header("content-type", ct)
+            .body(big())
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status().as_u16(), 400, "{path}");
+        assert_eq!(
+            r.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "{path}: the unread body closes the connection"
+        );
+        let a = Answer::read(r).await;
+        a.assert_rate_headers(t);
+        let msg = a.json()["message"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains(want), "{path}: {msg}");
+    }
+    // The same with a small body: a 400, the connection kept.
+    let r = client
+        .post(s.url("/v1/enroll"))
+        .header("x-api-key", &key)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 400);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 404
 
