@@ -1297,20 +1297,7 @@ async fn a_door_added_by_a_policy_put_is_locked_after_its_board_reconnects() {
         .len();
     assert_eq!(down_before, 0);
     // The board power-cycles with the new door's relay latched ON.
-    site.board.stop();
-    site.wait_event("DeviceStatusChanged", |d| {
-        d["device"] == "board-1" && d["up"] == false
-    })
-    .await;
-    site.board.force_coil(1, true);
-    power_cycle(&site.board, false).await;
-    site.wait_door("side", "board up again", |d| d["device_up"] == true)
-        .await;
-    until("coil 1 (door side) driven OFF after the reconnect", || {
-        !site.board.coil(1)
-    })
-    .await;
-    assert!(!site.board.coil(0));
+    relatched_coil_is_locked_after_a_power_cycle(&site, 1, "side").await;
 }
 
 /// A door contact that a hot-reloaded policy adds on a board already in use is watched.
@@ -1366,17 +1353,23 @@ async fn a_door_a_policy_put_removes_while_it_rests_unlocked_is_locked() {
     .await;
 
     // The board power-cycles with the old relay latched ON: the reconnect locks it again.
+    relatched_coil_is_locked_after_a_power_cycle(&site, 1, "main").await;
+}
+
+/// board-1 goes down, comes back with `coil` latched ON; once `door` sees its board up again,
+/// the reconnect must drive `coil` OFF (and coil 0 stays OFF).
+async fn relatched_coil_is_locked_after_a_power_cycle(site: &Site, coil: u16, door: &str) {
     site.board.stop();
     site.wait_event("DeviceStatusChanged", |d| {
         d["device"] == "board-1" && d["up"] == false
     })
     .await;
-    site.board.force_coil(1, true);
+    site.board.force_coil(coil, true);
     power_cycle(&site.board, false).await;
-    site.wait_door("main", "board up again", |d| d["device_up"] == true)
+    site.wait_door(door, "board up again", |d| d["device_up"] == true)
         .await;
-    until("coil 1 driven OFF after the reconnect", || {
-        !site.board.coil(1)
+    until("the latched coil driven OFF after the reconnect", || {
+        !site.board.coil(coil)
     })
     .await;
     assert!(!site.board.coil(0));
