@@ -5,8 +5,9 @@
 //! DIR and reuse it).
 //!
 //! The log is written directly with `SqliteStore::append`, 1000 events per append: a partner, an
-//! activated site policy, then identify sessions (created + completed) and door decisions
-//! (verdicts from `Policy::decide`, zone movements tracked like the core does), half and half.
+//! activated site policy, 5000 enrolled users, then identify sessions (created + completed) and
+//! door decisions about those users (verdicts from `Policy::decide`, zone movements tracked like
+//! the core does), half and half.
 
 use chrono::{DateTime, Utc};
 use palmgate::core::event::DoorSubject;
@@ -74,6 +75,9 @@ fn id16(n: u64, tag: u8) -> [u8; 16] {
     b
 }
 
+/// Enrolled users the log's sessions and decisions are about.
+const USERS: u64 = 5000;
+
 async fn generate(path: &Path, total: usize) -> usize {
     let store = SqliteStore::open(path).unwrap();
     let policy = Policy::parse(SITE).expect("site parses");
@@ -110,6 +114,31 @@ async fn generate(path: &Path, total: usize) -> usize {
         json!({"access_level": "office"}),
         json!({"access_level": "ghost"}),
     ];
+    // The users the decisions are about, enrolled first: `audit verify` checks a matched
+    // decision's subject against the user's record.
+    for chunk in (0..USERS).collect::<Vec<u64>>().chunks(1000) {
+        let batch = chunk
+            .iter()
+            .map(|&u| {
+                let external_id = ExternalId(format!("user-{u}"));
+                StreamAppend {
+                    stream: palmgate::core::event::stream::user(partner, &external_id),
+                    expected: Expected::NoStream,
+                    events: vec![Event::UserEnrolled {
+                        partner_id: partner,
+                        external_id,
+                        username: None,
+                        metadata: Some(metas[(u % 3) as usize].clone()),
+                        session_id: SessionId::from_random(id16(u, 3)),
+                        template: None,
+                        at: t0,
+                    }],
+                }
+            })
+            .collect();
+        store.append(batch, t0).await.unwrap();
+        written += chunk.len();
+    }
     let doors = [
         (DoorId("main".into()), ReaderId("lobby-1".into())),
         (DoorId("exit".into()), ReaderId("lobby-exit-1".into())),
@@ -146,7 +175,7 @@ async fn generate(path: &Path, total: usize) -> usize {
                         },
                         Event::SessionCompleted {
                             session_id: sid,
-                            external_id: Some(ExternalId(format!("user-{}", seq % 5000))),
+                            external_id: Some(ExternalId(format!("user-{}", seq % USERS))),
                             capture: None,
                             at: at + chrono::Duration::seconds(3),
                         },
@@ -154,7 +183,7 @@ async fn generate(path: &Path, total: usize) -> usize {
                 });
                 n += 2;
             } else {
-                let u = (seq * 7919) % 5000;
+                let u = (seq * 7919) % USERS;
                 let (door, reader) = &doors[(seq % 3) as usize];
                 let meta = &metas[(u % 3) as usize];
                 let ext = ExternalId(format!("user-{u}"));

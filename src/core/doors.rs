@@ -39,15 +39,35 @@ pub enum RelayCommand {
     },
 }
 
+/// The metadata keys a decision depends on.
+const DECISION_KEYS: [&str; 3] = ["access_level", "valid_from", "valid_until"];
+
 /// The metadata a decision depends on (kept in the event for audit).
 pub(crate) fn decision_metadata(m: Option<&serde_json::Value>) -> Option<serde_json::Value> {
     let m = m?.as_object()?;
-    let kept: serde_json::Map<String, serde_json::Value> =
-        ["access_level", "valid_from", "valid_until"]
-            .iter()
-            .filter_map(|k| m.get(*k).map(|v| (k.to_string(), v.clone())))
-            .collect();
+    let kept: serde_json::Map<String, serde_json::Value> = DECISION_KEYS
+        .iter()
+        .filter_map(|k| m.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
     (!kept.is_empty()).then_some(serde_json::Value::Object(kept))
+}
+
+/// Whether `recorded` is what [`decision_metadata`] makes of `m`, without building it.
+fn is_decision_metadata(
+    m: Option<&serde_json::Value>,
+    recorded: Option<&serde_json::Value>,
+) -> bool {
+    let m = m.and_then(serde_json::Value::as_object);
+    let kept = |k: &str| m.and_then(|m| m.get(k));
+    match recorded {
+        None => DECISION_KEYS.iter().all(|k| kept(k).is_none()),
+        Some(serde_json::Value::Object(r)) => {
+            !r.is_empty()
+                && r.len() == DECISION_KEYS.iter().filter(|k| kept(k).is_some()).count()
+                && r.iter().all(|(k, v)| kept(k) == Some(v))
+        }
+        Some(_) => false,
+    }
 }
 
 impl State {
@@ -143,6 +163,15 @@ pub fn subject(state: &State, u: &super::state::User) -> DoorSubject {
         external_id: u.external_id.clone(),
         metadata: decision_metadata(u.metadata.as_ref()),
     }
+}
+
+/// Whether `s` is [`subject`]`(state, u)`, without building it (`audit verify` asks this of
+/// every matched door decision).
+pub fn is_subject(state: &State, u: &super::state::User, s: &DoorSubject) -> bool {
+    s.partner_id == u.partner_id
+        && s.external_id == u.external_id
+        && state.partner(u.partner_id).map_or("", |p| p.name.as_str()) == s.partner_name
+        && is_decision_metadata(u.metadata.as_ref(), s.metadata.as_ref())
 }
 
 /// A capture with no session: a scan at a door.
@@ -655,4 +684,46 @@ pub fn set_mode(
         }
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `is_decision_metadata(m, r)` answers exactly `decision_metadata(m) == r`.
+    #[test]
+    fn comparing_decision_metadata_agrees_with_building_it() {
+        let ms = [
+            None,
+            Some(json!({})),
+            Some(json!("text")),
+            Some(json!({"department": "x"})),
+            Some(json!({"access_level": "a"})),
+            Some(json!({"access_level": "a", "department": "x"})),
+            Some(json!({"access_level": ["a", "b"], "valid_until": "2026-01-01"})),
+        ];
+        let mut rs: Vec<Option<serde_json::Value>> = vec![
+            None,
+            Some(json!({})),
+            Some(json!("text")),
+            Some(json!({"access_level": "b"})),
+            Some(json!({"access_level": "a", "department": "x"})),
+            Some(json!({"access_level": ["a", "b"]})),
+        ];
+        rs.extend(ms.iter().map(|m| decision_metadata(m.as_ref())));
+        let mut agreed = 0;
+        for m in &ms {
+            for r in &rs {
+                let built = decision_metadata(m.as_ref());
+                assert_eq!(
+                    is_decision_metadata(m.as_ref(), r.as_ref()),
+                    built.as_ref() == r.as_ref(),
+                    "m = {m:?}, recorded = {r:?}"
+                );
+                agreed += usize::from(built.as_ref() == r.as_ref());
+            }
+        }
+        assert!(agreed >= ms.len(), "every m meets its own metadata");
+    }
 }
