@@ -929,21 +929,27 @@ async fn emergency_unlock_holds_every_door_open_through_grants_until_lifted() {
 // 4-6. Relay boards that die, restart, or come up with a coil ON
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_board_is_reported_decisions_go_on_and_other_boards_keep_working() {
+/// A site with doors `main` on board-1 and `side` on board-2 (coil 0), both in level
+/// `standard`, plus `extra` policy text.
+async fn two_board_site(extra: &str) -> Site {
     let board = new_board().await;
     let board2 = new_board().await;
     let layout = Layout {
         standard_doors: r#""main", "side""#.into(),
         extra: format!(
-            "\n[[relay_devices]]\nid = \"board-2\"\nmodbus = \"{}\"\nunit = 1\n{}",
+            "\n[[relay_devices]]\nid = \"board-2\"\nmodbus = \"{}\"\nunit = 1\n{}{extra}",
             board2.url(),
             side_door("board-2", 0)
         ),
         ..Layout::default()
     };
     let doc = site_doc(&board.url(), &layout);
-    let site = start_with(board, vec![board2], &doc).await;
+    start_with(board, vec![board2], &doc).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_board_is_reported_decisions_go_on_and_other_boards_keep_working() {
+    let site = two_board_site("").await;
     let board2 = &site.boards[0];
     site.enroll("alice", "alice", json!({"access_level": "standard"}))
         .await;
@@ -1431,19 +1437,7 @@ async fn a_board_a_policy_put_moves_to_another_address_is_followed_and_its_old_c
 /// the coil is driven OFF (SPEC 7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_board_a_policy_put_drops_has_its_unlocked_coil_locked() {
-    let board = new_board().await;
-    let board2 = new_board().await;
-    let layout = Layout {
-        standard_doors: r#""main", "side""#.into(),
-        extra: format!(
-            "\n[[relay_devices]]\nid = \"board-2\"\nmodbus = \"{}\"\nunit = 1\n{}{SIDE_ALWAYS_OPEN}",
-            board2.url(),
-            side_door("board-2", 0)
-        ),
-        ..Layout::default()
-    };
-    let doc = site_doc(&board.url(), &layout);
-    let site = start_with(board, vec![board2], &doc).await;
+    let site = two_board_site(SIDE_ALWAYS_OPEN).await;
     let board2 = &site.boards[0];
     until("board-2 coil 0 (door side, unlock window) ON", || {
         board2.coil(0)
