@@ -10,7 +10,7 @@
 //! the core does), half and half.
 
 use chrono::{DateTime, Utc};
-use palmgate::core::event::DoorSubject;
+use palmgate::core::event::{DoorSubject, Judged};
 use palmgate::core::policy::{Direction, DoorId, Identified, Policy, Request, SiteMode, Subject};
 use palmgate::core::{
     Event, Expected, ExternalId, Language, PartnerId, ReaderId, SecretHash, SessionId, SessionKind,
@@ -228,6 +228,13 @@ async fn generate(path: &Path, total: usize) -> usize {
                     subject,
                     erased: false,
                     similarity: Some(if matched { 0.93 } else { 0.31 }),
+                    quality: Some(0.9),
+                    judged: Some(Judged {
+                        liveness: true,
+                        threshold: 0.8,
+                        min_quality: 0.5,
+                        max_retries: 3,
+                    }),
                     policy: policy.sha256.clone(),
                     mode: SiteMode::Normal,
                     last_in_zone,

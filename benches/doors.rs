@@ -304,6 +304,8 @@ async fn components(users: usize) {
             subject: None,
             erased: false,
             similarity: Some(0.42),
+            quality: None,
+            judged: None,
             policy: policy.sha256.clone(),
             mode: SiteMode::Normal,
             last_in_zone: None,

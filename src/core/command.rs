@@ -77,9 +77,10 @@ pub enum RelayReport {
 }
 
 impl Capture {
-    /// How the log names this capture: reader, id, quality and the best similarity (rounded
-    /// to 6 decimals so the log holds the number, not f32 widening noise).
-    pub fn reference(&self) -> super::event::CaptureRef {
+    /// How the log names this capture: reader, id, quality, the best similarity (rounded
+    /// to 6 decimals so the log holds the number, not f32 widening noise), and how `rules`
+    /// judge it.
+    pub fn reference(&self, rules: &super::state::Rules) -> super::event::CaptureRef {
         super::event::CaptureRef {
             reader_id: self.reader_id.clone(),
             capture_id: self.capture_id.clone(),
@@ -88,6 +89,12 @@ impl Capture {
                 .best
                 .as_ref()
                 .map(|b| (f64::from(b.similarity) * 1e6).round() / 1e6),
+            judged: Some(super::event::Judged {
+                liveness: self.liveness,
+                threshold: rules.threshold,
+                min_quality: rules.min_quality,
+                max_retries: rules.max_retries,
+            }),
         }
     }
 }

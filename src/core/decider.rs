@@ -703,7 +703,7 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
     }
     let rules = state.rules;
     let matched = c.best.as_ref().filter(|b| b.similarity >= rules.threshold);
-    let cref = c.reference();
+    let cref = c.reference(&rules);
     let failed = |reason, cref| {
         Ok(Decision::new(end(
             state,

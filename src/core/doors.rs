@@ -213,7 +213,7 @@ pub fn scan(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, 
     let user = candidate.and_then(|b| state.user(b.partner_id, &b.external_id));
     let subject = user.map(|u| subject(state, u));
     let erased = candidate.is_some() && user.is_none();
-    let cref = c.reference();
+    let cref = c.reference(&state.rules);
     Ok(decide_door(
         state, &policy, door, &cref, subject, erased, now,
     ))
@@ -258,6 +258,8 @@ pub fn decide_door(
             subject: subject.clone(),
             erased,
             similarity: cref.similarity,
+            quality: cref.judged.map(|_| cref.quality),
+            judged: cref.judged,
             policy: policy.sha256.clone(),
             mode,
             last_in_zone,

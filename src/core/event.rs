@@ -335,6 +335,12 @@ pub enum Event {
         erased: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         similarity: Option<f64>,
+        /// The capture's quality, when the palm was read here.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quality: Option<f64>,
+        /// How the capture was judged (see [`CaptureRef::judged`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        judged: Option<Judged>,
         /// SHA-256 of the policy in force.
         policy: String,
         mode: SiteMode,
@@ -496,7 +502,43 @@ pub struct CaptureRef {
     /// Rounded to 6 decimals, so the log holds the number, not f32 widening noise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub similarity: Option<f64>,
+    /// How the capture was judged (absent in logs written before it was recorded, and for
+    /// outcomes reported by an upstream Pass API): `audit verify` re-derives the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged: Option<Judged>,
 }
+
+/// What judging a capture read besides its quality and similarity: the reader's liveness
+/// result and the matching rules in force (config `matching.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Judged {
+    pub liveness: bool,
+    /// A match needs `similarity >= threshold`.
+    pub threshold: f32,
+    /// A capture below it is retried (a door scan: rejected).
+    pub min_quality: f64,
+    /// Retries a session asks for before it fails `low_quality`.
+    pub max_retries: u32,
+}
+
+impl Judged {
+    /// Whether a capture of `similarity` identifies someone under these rules: `None` when the
+    /// recorded similarity (rounded to 6 decimals) is too close to the threshold to tell.
+    pub fn matches(&self, similarity: Option<f64>) -> Option<bool> {
+        let Some(s) = similarity else {
+            return Some(false);
+        };
+        let t = f64::from(self.threshold);
+        if (s - t).abs() <= SIMILARITY_ROUNDING {
+            return None;
+        }
+        Some(s >= t)
+    }
+}
+
+/// The most a recorded similarity can differ from the f32 the matcher compared: half of the
+/// 6-decimal rounding, plus the f32's own precision near 1.
+pub const SIMILARITY_ROUNDING: f64 = 1e-6;
 
 /// Error reading an event back from its stored parts.
 #[derive(Debug, thiserror::Error)]

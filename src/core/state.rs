@@ -1232,6 +1232,7 @@ mod evolve_take_tests {
             capture_id: id.into(),
             quality: 0.9,
             similarity: Some(0.95),
+            judged: None,
         };
         let subject = |e: &str| DoorSubject {
             partner_id: partner,
@@ -1246,6 +1247,8 @@ mod evolve_take_tests {
             subject: subj,
             erased: false,
             similarity: Some(0.9),
+            quality: None,
+            judged: None,
             policy: "p".into(),
             mode: SiteMode::Normal,
             last_in_zone: None,

@@ -324,6 +324,7 @@ pub fn ended(state: &State, e: &RemoteEnd, now: DateTime<Utc>) -> Result<Decisio
                 capture_id: b.trigger_id.clone(),
                 quality: 0.0,
                 similarity: None,
+                judged: None,
             };
             let dd = doors::decide_door(state, policy, door, &cref, subject, false, now);
             d.appends.extend(dd.appends);

@@ -4,13 +4,24 @@
 //! does, and at each `DoorDecided` checks that (1) the recorded inputs are the ones the state
 //! held at that point — policy version, site mode, the zone's last movement (and the movement
 //! the decision makes), and, for a palm matched here, the user's record (partner, external id,
-//! metadata) — and (2) the policy, run again on those inputs, gives the recorded verdict. Any changed byte breaks the hash chain at its
-//! position; any rewritten decision is a mismatch at its position.
+//! metadata) — and (2) the policy, run again on those inputs, gives the recorded verdict.
+//!
+//! Where the log records how a palm capture was judged (`judged`: liveness and the matching
+//! rules in force, written since session 10), the capture's outcome is re-derived too: a door
+//! decision identifies someone exactly when the capture is live and as similar as the
+//! threshold asks; a session's ending (completed, `no_match`, `low_quality`,
+//! `liveness_failed`, `already_enrolled`) and every retry follow from quality, liveness,
+//! similarity and the retries spent. A similarity within 10⁻⁶ of the threshold (the log rounds
+//! it to 6 decimals) is not judged.
+//!
+//! Any changed byte breaks the hash chain at its position; any rewritten decision is a mismatch
+//! at its position.
 
 use crate::core::doors::rederive;
-use crate::core::event::{Event, Recorded};
+use crate::core::event::{CaptureRef, Event, Judged, Recorded};
 use crate::core::policy::{Policy, Verdict};
 use crate::core::state::State;
+use crate::core::{FailReason, SessionId, SessionKind};
 use crate::store::EventStore;
 use crate::store::chain::Verifier;
 use chrono::{DateTime, Utc};
@@ -224,7 +235,10 @@ fn check_event(
             door,
             reader_id,
             subject,
+            erased,
             similarity,
+            quality,
+            judged,
             policy,
             mode,
             last_in_zone,
@@ -290,6 +304,26 @@ fn check_event(
                     )),
                 }
             }
+            // The palm's judgement, where it was recorded: someone is identified exactly when
+            // the capture is live and as similar as the threshold asks.
+            if let (Some(j), Some(q)) = (judged, quality) {
+                let identified = subject.is_some() || *erased;
+                if j.liveness && *q < j.min_quality {
+                    problem(format!(
+                        "door {door}: decided on a capture of quality {q}, below min_quality {} (a retry was due)",
+                        j.min_quality
+                    ));
+                } else if let Some(m) = j.matches(*similarity).map(|m| m && j.liveness)
+                    && m != identified
+                {
+                    problem(format!(
+                        "door {door}: recorded {}, but {} gives {}",
+                        if identified { "a match" } else { "no match" },
+                        judgement(j, *similarity),
+                        if m { "a match" } else { "no match" },
+                    ));
+                }
+            }
             let Some(again) = rederive(p, &rec.event) else {
                 return;
             };
@@ -301,7 +335,104 @@ fn check_event(
                 ));
             }
         }
+        Event::SessionCompleted {
+            session_id,
+            capture: Some(c),
+            ..
+        } => check_capture(state, *session_id, c, None, &mut problem),
+        Event::SessionFailed {
+            session_id,
+            reason,
+            capture: Some(c),
+            ..
+        } => check_capture(state, *session_id, c, Some(*reason), &mut problem),
+        Event::CaptureRetryRequested {
+            session_id,
+            capture,
+            attempt,
+            ..
+        } => {
+            if let Some(j) = &capture.judged
+                && !(j.liveness && capture.quality < j.min_quality && *attempt <= j.max_retries)
+            {
+                problem(format!(
+                    "session {}: retry {attempt} asked for a capture of quality {}, liveness {}, but min_quality is {} and max_retries {}",
+                    session_id, capture.quality, j.liveness, j.min_quality, j.max_retries
+                ));
+            }
+        }
         _ => {}
+    }
+}
+
+/// `similarity S against threshold T`, for findings.
+fn judgement(j: &Judged, similarity: Option<f64>) -> String {
+    match similarity {
+        Some(s) => format!(
+            "similarity {s} against threshold {} (liveness {})",
+            j.threshold, j.liveness
+        ),
+        None => format!("no similarity (liveness {})", j.liveness),
+    }
+}
+
+/// Re-derives a session's ending (`failed: None` = completed) from the capture that ended it,
+/// when its judgement was recorded: liveness, then quality (a failure once the retries are
+/// spent), then the match (identify: a match completes; enroll: a known palm fails
+/// `already_enrolled`).
+fn check_capture(
+    state: &State,
+    session_id: SessionId,
+    c: &CaptureRef,
+    failed: Option<FailReason>,
+    problem: &mut impl FnMut(String),
+) {
+    let (Some(j), Some(s)) = (&c.judged, state.session(session_id)) else {
+        return;
+    };
+    let low = c.quality < j.min_quality;
+    let expected = if !j.liveness {
+        Some(Some(FailReason::LivenessFailed))
+    } else if low && s.retries >= j.max_retries {
+        Some(Some(FailReason::LowQuality))
+    } else if low {
+        // Not an ending at all: a retry was due.
+        None
+    } else {
+        match (s.kind, j.matches(c.similarity)) {
+            // Too close to the threshold to tell from the rounded similarity.
+            (_, None) => return,
+            (SessionKind::Identify, Some(true)) => Some(None),
+            (SessionKind::Identify, Some(false)) => Some(Some(FailReason::NoMatch)),
+            (SessionKind::Enroll, Some(true)) => Some(Some(FailReason::AlreadyEnrolled)),
+            // An enroll capture of a new palm: completes, unless the external_id was taken
+            // meanwhile (`already_enrolled` too; the users are in the state).
+            (SessionKind::Enroll, Some(false)) => match failed {
+                Some(FailReason::AlreadyEnrolled) => return,
+                _ => Some(None),
+            },
+        }
+    };
+    let name = |f: Option<FailReason>| f.map_or("completed", |r| r.as_str());
+    match expected {
+        Some(e) if e == failed => {}
+        Some(e) => problem(format!(
+            "session {}: recorded {}, but a capture of quality {} with {} ends it {}",
+            session_id,
+            name(failed),
+            c.quality,
+            judgement(j, c.similarity),
+            name(e)
+        )),
+        None => problem(format!(
+            "session {}: recorded {}, but a capture of quality {} below min_quality {} asks for a retry ({} of {} spent)",
+            session_id,
+            name(failed),
+            c.quality,
+            j.min_quality,
+            s.retries,
+            j.max_retries
+        )),
     }
 }
 

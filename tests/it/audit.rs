@@ -308,6 +308,65 @@ async fn rewritten_inputs_that_agree_with_a_rewritten_verdict_are_still_caught()
     );
 }
 
+/// `(position, data)` of the first row of type `kind`.
+fn first_row(db: &Path, kind: &str) -> (i64, String) {
+    let c = Connection::open(db).unwrap();
+    c.query_row(
+        "SELECT position, data FROM events WHERE type = ?1 ORDER BY position LIMIT 1",
+        [kind],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+/// A forger who turns a stranger's denial into a grant for an enrolled user, with the user's
+/// exact record as the subject and the verdict the policy gives, is caught by the palm's
+/// recorded judgement: the similarity does not reach the threshold in force. So is a session
+/// completed on a capture that was too poor to be judged at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_palm_judgements_are_caught() {
+    let log = make_log().await;
+    let rows = decided_rows(&log.db());
+    let alice: Value = serde_json::from_str(&rows[0].1).unwrap();
+    let (pos, data) = rows[2].clone();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(v["verdict"]["reason"], "no_match", "{v}");
+    let threshold = v["judged"]["threshold"].as_f64().unwrap();
+    assert!(v["similarity"].as_f64().unwrap() < threshold, "{v}");
+    assert_eq!(v["judged"]["liveness"], true, "{v}");
+    v["subject"] = alice["subject"].clone();
+    v["verdict"] = alice["verdict"].clone();
+    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].position, pos as u64);
+    assert!(
+        r.findings[0].problem.contains("recorded a match")
+            && r.findings[0].problem.contains("gives no match"),
+        "{:?}",
+        r.findings
+    );
+
+    // The enrolment completed on a capture below min_quality: a retry was due.
+    let log = make_log().await;
+    let (pos, data) = first_row(&log.db(), "SessionCompleted");
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    assert!(
+        v["capture"]["judged"]["min_quality"].as_f64().unwrap() > 0.1,
+        "{v}"
+    );
+    v["capture"]["quality"] = json!(0.1);
+    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].position, pos as u64);
+    assert!(
+        r.findings[0].problem.contains("asks for a retry"),
+        "{:?}",
+        r.findings
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_and_reordered_events_are_caught() {
     let log = make_log().await;

@@ -75,6 +75,7 @@ pub fn mixed_log(rounds: u64) -> Vec<Vec<StreamAppend>> {
             capture_id: format!("cap-{n}"),
             quality: 0.9,
             similarity: Some(0.91),
+            judged: None,
         };
         let mut batch = vec![StreamAppend {
             stream: stream::session(sid),
@@ -295,6 +296,8 @@ pub fn mixed_log(rounds: u64) -> Vec<Vec<StreamAppend>> {
             }),
             erased: false,
             similarity: Some(0.9),
+            quality: None,
+            judged: None,
             policy: policy.sha256.clone(),
             mode: SiteMode::Normal,
             last_in_zone: None,
