@@ -9,11 +9,14 @@
 //! the whole log is folded, as before snapshots existed.
 //!
 //! The writer never touches the request path: [`Snapshotter::observe`] (called after every fold)
-//! only compares two integers and at most posts a wake-up. The writer thread then builds the
-//! state on its own, exactly as start-up does (newest snapshot + the log after it), encodes and
-//! writes it: it takes no lock the request path needs and keeps no copy of the state between
-//! snapshots; it folds only durable events, so a snapshot at position `p` is exactly the fold
-//! of events `1..=p`. `audit verify` never reads snapshots.
+//! only compares two integers and at most posts a wake-up. The writer thread builds the state
+//! on its own the first time, exactly as start-up does (newest snapshot + the log after it),
+//! encodes and writes it, and keeps it: each later snapshot folds only the events after the
+//! previous one into that copy (the first way, it decoded the previous snapshot again each
+//! time: ~8 % of the identify throughput, BENCHMARKS.md §2 session 10). The price is a second
+//! copy of the state in memory from the first snapshot on. It takes no lock the request path
+//! needs; it folds only durable events, so a snapshot at position `p` is exactly the fold of
+//! events `1..=p`. `audit verify` never reads snapshots.
 
 use crate::core::snapshot::{self as snap, SCHEMA};
 use crate::core::{Rules, State};
@@ -193,6 +196,7 @@ impl Snapshotter {
                 rules,
                 every,
                 written: base,
+                kept: None,
                 due: due.clone(),
                 stop: stop.clone(),
             };
@@ -228,9 +232,9 @@ impl Drop for Snapshotter {
 }
 
 /// Lowers the calling thread (on Linux, scheduling policy and nice are per thread) to
-/// `SCHED_IDLE`: it runs only on a core nothing else wants. A snapshot re-decodes the previous
-/// snapshot, re-folds the log after it and encodes the whole state, on cores that requests and
-/// door decisions need more; under load it simply waits, on an idle box it runs at full speed.
+/// `SCHED_IDLE`: it runs only on a core nothing else wants. A snapshot folds the log since the
+/// previous one and encodes the whole state, on cores that requests and door decisions need
+/// more; under load it simply waits, on an idle box it runs at full speed.
 /// If `SCHED_IDLE` is refused, the thread falls back to nice +10 (at most 19), as before.
 fn background_priority() {
     #[cfg(target_os = "linux")]
@@ -252,6 +256,8 @@ struct Worker {
     every: u64,
     /// Position of the newest snapshot on disk (0: none).
     written: u64,
+    /// The state the last snapshot was taken of, folded on from there at the next one.
+    kept: Option<State>,
     due: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
@@ -270,20 +276,32 @@ impl Worker {
                 }
             };
             self.due.store(next, Ordering::Relaxed);
-            // The state built for the snapshot is dropped by now: give its pages back.
-            crate::release_thread_memory();
+            if self.kept.is_none() {
+                // The state built for the snapshot is dropped by now: give its pages back.
+                crate::release_thread_memory();
+            }
         }
     }
 
-    /// Builds the state of the log as start-up does (newest snapshot + tail) and writes it;
-    /// returns how many records the state holds. Nothing is kept between snapshots: holding a
-    /// second copy of the state would double the server's memory, while rebuilding costs one
-    /// decode more per snapshot, in the background.
+    /// Brings the kept state up to the log's head (the first time, or after a failure: builds
+    /// it as start-up does, newest snapshot + tail) and writes it; returns how many records the
+    /// state holds. The state is kept for the next snapshot, which then folds only the events
+    /// after it instead of decoding the previous snapshot again.
     fn step(&mut self) -> Result<u64, String> {
         let started = std::time::Instant::now();
-        let loaded =
-            load_until(&*self.store, self.rules, &self.stop, false).map_err(|e| e.to_string())?;
-        let state = loaded.state;
+        let (state, from, folded) = match self.kept.take() {
+            Some(mut state) => {
+                let from = state.position();
+                let folded =
+                    fold(&*self.store, &mut state, &self.stop).map_err(|e| e.to_string())?;
+                (state, (from > 0).then_some(from), folded)
+            }
+            None => {
+                let loaded = load_until(&*self.store, self.rules, &self.stop, false)
+                    .map_err(|e| e.to_string())?;
+                (loaded.state, loaded.snapshot, loaded.folded)
+            }
+        };
         let records = records(&state);
         if self.stop.load(Ordering::Relaxed) {
             return Ok(records);
@@ -294,14 +312,15 @@ impl Worker {
             self.written = info.position;
             tracing::info!(
                 position = info.position,
-                from = loaded.snapshot,
-                folded = loaded.folded,
+                from,
+                folded,
                 bytes = info.len,
                 ms = started.elapsed().as_millis() as u64,
                 records,
                 "state snapshot written"
             );
         }
+        self.kept = Some(state);
         Ok(records)
     }
 }
