@@ -85,18 +85,20 @@ impl Capture {
             reader_id: self.reader_id.clone(),
             capture_id: self.capture_id.clone(),
             quality: self.quality,
-            similarity: self
-                .best
-                .as_ref()
-                .map(|b| (f64::from(b.similarity) * 1e6).round() / 1e6),
+            similarity: self.best.as_ref().map(|b| rounded(b.similarity)),
             judged: Some(super::event::Judged {
                 liveness: self.liveness,
-                threshold: rules.threshold,
+                threshold: rounded(rules.threshold),
                 min_quality: rules.min_quality,
                 max_retries: rules.max_retries,
             }),
         }
     }
+}
+
+/// An f32 score as the log holds it: rounded to 6 decimals, without f32 widening noise.
+fn rounded(x: f32) -> f64 {
+    (f64::from(x) * 1e6).round() / 1e6
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -513,8 +513,9 @@ pub struct CaptureRef {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Judged {
     pub liveness: bool,
-    /// A match needs `similarity >= threshold`.
-    pub threshold: f32,
+    /// A match needs `similarity >= threshold` (the configured f32, rounded to 6 decimals as
+    /// similarities are, so the log holds `0.8`, not `0.800000011920929`).
+    pub threshold: f64,
     /// A capture below it is retried (a door scan: rejected).
     pub min_quality: f64,
     /// Retries a session asks for before it fails `low_quality`.
@@ -528,7 +529,7 @@ impl Judged {
         let Some(s) = similarity else {
             return Some(false);
         };
-        let t = f64::from(self.threshold);
+        let t = self.threshold;
         if (s - t).abs() <= SIMILARITY_ROUNDING {
             return None;
         }
@@ -536,9 +537,9 @@ impl Judged {
     }
 }
 
-/// The most a recorded similarity can differ from the f32 the matcher compared: half of the
-/// 6-decimal rounding, plus the f32's own precision near 1.
-pub const SIMILARITY_ROUNDING: f64 = 1e-6;
+/// The most the recorded similarity and threshold can be off the f32s the matcher compared:
+/// each is rounded to 6 decimals (±5·10⁻⁷), plus the f32s' own precision near 1 (~6·10⁻⁸).
+pub const SIMILARITY_ROUNDING: f64 = 2e-6;
 
 /// Error reading an event back from its stored parts.
 #[derive(Debug, thiserror::Error)]
@@ -870,5 +871,53 @@ mod decode_text_tests {
         let text = serde_json::to_string(&data).unwrap();
         let err = Event::decode_text(kind, version, &text).unwrap_err();
         assert!(err.to_string().contains("recursion limit"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod judged_tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_similarity_matches_by_the_threshold_except_within_the_rounding() {
+        let j = Judged {
+            liveness: true,
+            threshold: 0.8,
+            min_quality: 0.5,
+            max_retries: 3,
+        };
+        assert_eq!(j.matches(Some(0.93)), Some(true));
+        assert_eq!(j.matches(Some(0.8021)), Some(true));
+        assert_eq!(j.matches(Some(0.31)), Some(false));
+        assert_eq!(j.matches(Some(0.7979)), Some(false));
+        assert_eq!(j.matches(None), Some(false));
+        // 0.79999995 (an f32 just under 0.8) is recorded as 0.8: too close to tell.
+        assert_eq!(j.matches(Some(0.8)), None);
+        assert_eq!(j.matches(Some(0.799999)), None);
+        assert_eq!(j.matches(Some(0.800001)), None);
+    }
+
+    #[test]
+    fn a_capture_reference_records_the_rules_rounded() {
+        let c = crate::core::Capture {
+            reader_id: ReaderId("r".into()),
+            capture_id: "c".into(),
+            session: None,
+            quality: 0.7,
+            liveness: false,
+            best: None,
+            sealed: None,
+        };
+        let rules = crate::core::Rules {
+            threshold: 0.85,
+            ..Default::default()
+        };
+        let j = c.reference(&rules).judged.unwrap();
+        assert_eq!(j.threshold, 0.85);
+        assert!(!j.liveness);
+        assert_eq!(j.min_quality, rules.min_quality);
+        assert_eq!(j.max_retries, rules.max_retries);
+        let text = serde_json::to_string(&j).unwrap();
+        assert!(text.contains("\"threshold\":0.85"), "{text}");
     }
 }

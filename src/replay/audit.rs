@@ -11,8 +11,8 @@
 //! decision identifies someone exactly when the capture is live and as similar as the
 //! threshold asks; a session's ending (completed, `no_match`, `low_quality`,
 //! `liveness_failed`, `already_enrolled`) and every retry follow from quality, liveness,
-//! similarity and the retries spent. A similarity within 10⁻⁶ of the threshold (the log rounds
-//! it to 6 decimals) is not judged.
+//! similarity and the retries spent. A similarity within 2·10⁻⁶ of the threshold (the log
+//! rounds both to 6 decimals) is not judged.
 //!
 //! Any changed byte breaks the hash chain at its position; any rewritten decision is a mismatch
 //! at its position.
