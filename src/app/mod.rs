@@ -140,6 +140,7 @@ impl App {
             parts.store.clone(),
             rules,
             config.store.snapshot_every,
+            config.store.snapshot_keep_state,
             loaded.snapshot.unwrap_or(0),
         );
         snapshots.observe(state.position());

@@ -170,7 +170,7 @@ pub fn write(store: &dyn EventStore, state: &State) -> Result<Option<SnapshotInf
 
 /// The background snapshot writer. Dropping it stops the thread (a snapshot in progress is
 /// abandoned; its temporary file is removed by the next prune).
-pub(super) struct Snapshotter {
+pub struct Snapshotter {
     wake: Option<mpsc::SyncSender<()>>,
     /// Position from which the next snapshot is due; `u64::MAX` when disabled.
     due: Arc<AtomicU64>,
@@ -179,11 +179,13 @@ pub(super) struct Snapshotter {
 
 impl Snapshotter {
     /// Starts the writer for a log whose newest snapshot is at `base` (0: none); `every == 0`
-    /// or a store without snapshots disables it.
-    pub(super) fn start(
+    /// or a store without snapshots disables it. With `keep`, the writer keeps its state
+    /// between snapshots.
+    pub fn start(
         store: Arc<dyn EventStore>,
         rules: Rules,
         every: u64,
+        keep: bool,
         base: u64,
     ) -> Snapshotter {
         let due = Arc::new(AtomicU64::new(u64::MAX));
@@ -196,6 +198,7 @@ impl Snapshotter {
                 rules,
                 every,
                 written: base,
+                keep,
                 kept: None,
                 due: due.clone(),
                 stop: stop.clone(),
@@ -216,7 +219,7 @@ impl Snapshotter {
 
     /// Called with the state's position after each fold: wakes the writer if a snapshot is
     /// due. Never blocks.
-    pub(super) fn observe(&self, position: u64) {
+    pub fn observe(&self, position: u64) {
         if position >= self.due.load(Ordering::Relaxed)
             && let Some(tx) = &self.wake
         {
@@ -256,6 +259,8 @@ struct Worker {
     every: u64,
     /// Position of the newest snapshot on disk (0: none).
     written: u64,
+    /// Whether to keep the state between snapshots (config `store.snapshot_keep_state`).
+    keep: bool,
     /// The state the last snapshot was taken of, folded on from there at the next one.
     kept: Option<State>,
     due: Arc<AtomicU64>,
@@ -320,7 +325,9 @@ impl Worker {
                 "state snapshot written"
             );
         }
-        self.kept = Some(state);
+        if self.keep {
+            self.kept = Some(state);
+        }
         Ok(records)
     }
 }

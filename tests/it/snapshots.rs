@@ -123,6 +123,58 @@ async fn snapshot_plus_tail_equals_the_full_fold() {
     );
 }
 
+/// The background writer, keeping its state between snapshots or rebuilding it each time,
+/// writes at each due position exactly the fold of the log up to there: the first snapshot
+/// from the whole log, the next ones from the previous state (kept, or decoded from the
+/// previous snapshot) plus the events since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_writer_snapshots_the_fold_whether_it_keeps_its_state_or_not() {
+    let log = mixed_log(300);
+    let cut = log.len() / 3;
+    for keep in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<SqliteStore> = std::sync::Arc::new(
+            write_log(&tmp.path().join("events.db"), log[..cut].to_vec()).await,
+        );
+        let writer = snapshot::Snapshotter::start(store.clone(), Rules::default(), 100, keep, 0);
+        let mut at = 0;
+        for (round, part) in [&log[cut..2 * cut], &log[2 * cut..]]
+            .into_iter()
+            .enumerate()
+        {
+            let head_now = head(&*store);
+            writer.observe(head_now);
+            let end = std::time::Instant::now() + StdDuration::from_secs(20);
+            while dir(&*store).list().unwrap().first().map(|i| i.position) != Some(head_now) {
+                assert!(
+                    std::time::Instant::now() < end,
+                    "keep {keep}: no snapshot at {head_now}"
+                );
+                tokio::time::sleep(StdDuration::from_millis(20)).await;
+            }
+            assert!(head_now > at + 100, "keep {keep}: round {round} is due");
+            at = head_now;
+            let newest = dir(&*store).list().unwrap().remove(0);
+            let bytes = dir(&*store).read(&newest).unwrap();
+            assert_same(
+                &decode(&bytes, Rules::default()).unwrap(),
+                &fold(&*store, Some(head_now)),
+                &format!("keep {keep}, snapshot {round} at {head_now}"),
+            );
+            for (i, batch) in part.iter().enumerate() {
+                store
+                    .append(
+                        batch.clone(),
+                        t0() + Duration::hours(round as i64 + 1) + Duration::seconds(i as i64),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        drop(writer);
+    }
+}
+
 /// Replaces `len` bytes at `at` in a snapshot file.
 fn patch(path: &Path, at: usize, bytes: &[u8]) {
     let mut data = std::fs::read(path).unwrap();
