@@ -13,7 +13,7 @@
 //! on its own the first time, exactly as start-up does (newest snapshot + the log after it),
 //! encodes and writes it, and keeps it: each later snapshot folds only the events after the
 //! previous one into that copy (the first way, it decoded the previous snapshot again each
-//! time: ~8 % of the identify throughput, BENCHMARKS.md §2 session 10). The price is a second
+//! time: ~6 % of the identify throughput, BENCHMARKS.md §2 session 10). The price is a second
 //! copy of the state in memory from the first snapshot on. It takes no lock the request path
 //! needs; it folds only durable events, so a snapshot at position `p` is exactly the fold of
 //! events `1..=p`. `audit verify` never reads snapshots.
