@@ -449,6 +449,8 @@ pub fn decision_row(rec: &Recorded) -> Option<Value> {
         door,
         reader_id,
         subject,
+        similarity,
+        judged,
         policy,
         verdict,
         at,
@@ -468,6 +470,9 @@ pub fn decision_row(rec: &Recorded) -> Option<Value> {
         "reason": verdict.reason().map(|r| r.as_str()),
         "level": verdict.level(),
         "policy": policy,
+        "similarity": similarity,
+        "threshold": judged.map(|j| j.threshold),
+        "liveness": judged.map(|j| j.liveness),
     }))
 }
 
@@ -495,8 +500,7 @@ pub fn decisions(
     }
 }
 
-pub const CSV_HEADER: &str =
-    "position,at,door,reader,partner_id,external_id,granted,reason,level,policy";
+pub const CSV_HEADER: &str = "position,at,door,reader,partner_id,external_id,granted,reason,level,policy,similarity,threshold,liveness";
 
 /// A CSV line (RFC 4180 quoting) of an export row.
 pub fn csv_line(row: &Value) -> String {
@@ -511,6 +515,9 @@ pub fn csv_line(row: &Value) -> String {
         "reason",
         "level",
         "policy",
+        "similarity",
+        "threshold",
+        "liveness",
     ];
     cols.iter()
         .map(|c| {

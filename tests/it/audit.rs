@@ -229,6 +229,19 @@ async fn an_untouched_log_verifies_and_every_decision_is_reproduced() {
     assert_eq!(rows[2]["reason"], "no_match");
     assert_eq!(rows[0]["external_id"], "alice");
     assert_eq!(rows[0]["level"], "standard");
+    // Why the palm was (not) identified: its similarity against the threshold in force.
+    let threshold = rows[0]["threshold"].as_f64().unwrap();
+    assert_eq!(threshold, 0.8, "the default matching.threshold");
+    assert!(rows[0]["similarity"].as_f64().unwrap() >= threshold);
+    assert!(rows[2]["similarity"].as_f64().unwrap() < threshold);
+    assert_eq!(rows[2]["liveness"], true);
+    let csv = audit::csv_line(&rows[0]);
+    assert!(csv.ends_with(&format!(",{threshold},true")), "{csv}");
+    assert_eq!(
+        audit::CSV_HEADER.split(',').count(),
+        csv.split(',').count(),
+        "{csv}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
