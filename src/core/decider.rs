@@ -688,6 +688,8 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
                 reader_id: c.reader_id.clone(),
                 capture_id: c.capture_id.clone(),
                 reason,
+                quality: None,
+                judged: None,
                 at: now,
             },
         )]))

@@ -8,7 +8,7 @@
 use super::command::{Capture, RelayReport};
 use super::decider::{Decision, Effect, ReaderCommand, Rejection, one};
 use super::event::{
-    CaptureRef, CaptureRejection, DoorSubject, Event, Expected, StreamAppend, stream,
+    CaptureRef, CaptureRejection, DoorSubject, Event, Expected, Judged, StreamAppend, stream,
 };
 use super::ids::*;
 use super::policy::{Door, DoorId, Identified, Policy, Request, SiteMode, Subject};
@@ -176,7 +176,7 @@ pub fn is_subject(state: &State, u: &super::state::User, s: &DoorSubject) -> boo
 
 /// A capture with no session: a scan at a door.
 pub fn scan(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, Rejection> {
-    let rejected = |reason| {
+    let rejected = |reason, judged: Option<Judged>| {
         let s = stream::reader(&c.reader_id);
         Decision::new(vec![one(
             s.clone(),
@@ -185,25 +185,29 @@ pub fn scan(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, 
                 reader_id: c.reader_id.clone(),
                 capture_id: c.capture_id.clone(),
                 reason,
+                quality: judged.map(|_| c.quality),
+                judged,
                 at: now,
             },
         )])
     };
     let Some(policy) = state.policy.clone() else {
-        return Ok(rejected(CaptureRejection::NoDoor));
+        return Ok(rejected(CaptureRejection::NoDoor, None));
     };
     let Some(door) = policy.door_of_reader(&c.reader_id) else {
-        return Ok(rejected(CaptureRejection::NoDoor));
+        return Ok(rejected(CaptureRejection::NoDoor, None));
     };
     if c.liveness && c.quality < state.rules.min_quality {
-        return Ok(
-            rejected(CaptureRejection::LowQuality).with_effect(Effect::Reader {
-                reader_id: c.reader_id.clone(),
-                command: ReaderCommand::Retry {
-                    reason: FailReason::LowQuality,
-                },
-            }),
-        );
+        return Ok(rejected(
+            CaptureRejection::LowQuality,
+            c.reference(&state.rules).judged,
+        )
+        .with_effect(Effect::Reader {
+            reader_id: c.reader_id.clone(),
+            command: ReaderCommand::Retry {
+                reason: FailReason::LowQuality,
+            },
+        }));
     }
     // A failed liveness check identifies no one.
     let candidate = c

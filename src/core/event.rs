@@ -204,6 +204,11 @@ pub enum Event {
         reader_id: ReaderId,
         capture_id: String,
         reason: CaptureRejection,
+        /// `low_quality` at a door: the capture's quality and how it was judged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quality: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        judged: Option<Judged>,
         #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },

@@ -1814,6 +1814,8 @@ mod retention_tests {
             reader_id: ReaderId("r-1".into()),
             capture_id: id.into(),
             reason: crate::core::event::CaptureRejection::NoDoor,
+            quality: None,
+            judged: None,
             at: at(second),
         };
         let w = CAPTURE_MEMORY.num_seconds();

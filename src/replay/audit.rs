@@ -18,7 +18,7 @@
 //! at its position.
 
 use crate::core::doors::rederive;
-use crate::core::event::{CaptureRef, Event, Judged, Recorded};
+use crate::core::event::{CaptureRef, CaptureRejection, Event, Judged, Recorded};
 use crate::core::policy::{Policy, Verdict};
 use crate::core::state::State;
 use crate::core::{FailReason, SessionId, SessionKind};
@@ -346,6 +346,16 @@ fn check_event(
             capture: Some(c),
             ..
         } => check_capture(state, *session_id, c, Some(*reason), &mut problem),
+        Event::CaptureRejected {
+            reader_id,
+            reason: CaptureRejection::LowQuality,
+            quality: Some(q),
+            judged: Some(j),
+            ..
+        } if !(j.liveness && *q < j.min_quality) => problem(format!(
+            "reader {reader_id}: a scan of quality {q}, liveness {}, rejected as low_quality, but min_quality is {}",
+            j.liveness, j.min_quality
+        )),
         Event::CaptureRetryRequested {
             session_id,
             capture,

@@ -140,6 +140,14 @@ listen = "127.0.0.1:0"
         .await
         .unwrap();
     }
+    // A scan too poor to judge: rejected, the reader asked to try again.
+    let mut poor = capture("alice", 200, "scan-poor");
+    if let Inbound::Capture(c) = &mut poor {
+        c.quality = 0.2;
+    }
+    app.reader_message(ReaderId("lobby-1".into()), poor)
+        .await
+        .unwrap();
     drop(server);
     drop(app);
     Log { dir, config }
@@ -375,6 +383,23 @@ async fn rewritten_palm_judgements_are_caught() {
     assert_eq!(r.findings[0].position, pos as u64);
     assert!(
         r.findings[0].problem.contains("asks for a retry"),
+        "{:?}",
+        r.findings
+    );
+
+    // A good scan hidden as a poor one at a door.
+    let log = make_log().await;
+    let (pos, data) = first_row(&log.db(), "CaptureRejected");
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(v["reason"], "low_quality", "{v}");
+    assert_eq!(v["quality"], 0.2, "{v}");
+    v["quality"] = json!(0.95);
+    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].position, pos as u64);
+    assert!(
+        r.findings[0].problem.contains("rejected as low_quality"),
         "{:?}",
         r.findings
     );

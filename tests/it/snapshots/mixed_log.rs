@@ -187,6 +187,8 @@ pub fn mixed_log(rounds: u64) -> Vec<Vec<StreamAppend>> {
                     reader_id: reader.clone(),
                     capture_id: format!("rej-{n}"),
                     reason: CaptureRejection::UnknownSession,
+                    quality: None,
+                    judged: None,
                     at: at(n),
                 },
             ));
