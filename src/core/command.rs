@@ -86,12 +86,17 @@ impl Capture {
             capture_id: self.capture_id.clone(),
             quality: self.quality,
             similarity: self.best.as_ref().map(|b| rounded(b.similarity)),
-            judged: Some(super::event::Judged {
-                liveness: self.liveness,
-                threshold: rounded(rules.threshold),
-                min_quality: rules.min_quality,
-                max_retries: rules.max_retries,
-            }),
+            judged: Some(self.judged(rules)),
+        }
+    }
+
+    /// How `rules` judge this capture, as the log records it.
+    pub fn judged(&self, rules: &super::state::Rules) -> super::event::Judged {
+        super::event::Judged {
+            liveness: self.liveness,
+            threshold: rounded(rules.threshold),
+            min_quality: rules.min_quality,
+            max_retries: rules.max_retries,
         }
     }
 }

@@ -198,16 +198,16 @@ pub fn scan(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, 
         return Ok(rejected(CaptureRejection::NoDoor, None));
     };
     if c.liveness && c.quality < state.rules.min_quality {
-        return Ok(rejected(
-            CaptureRejection::LowQuality,
-            c.reference(&state.rules).judged,
-        )
-        .with_effect(Effect::Reader {
-            reader_id: c.reader_id.clone(),
-            command: ReaderCommand::Retry {
-                reason: FailReason::LowQuality,
-            },
-        }));
+        return Ok(
+            rejected(CaptureRejection::LowQuality, Some(c.judged(&state.rules))).with_effect(
+                Effect::Reader {
+                    reader_id: c.reader_id.clone(),
+                    command: ReaderCommand::Retry {
+                        reason: FailReason::LowQuality,
+                    },
+                },
+            ),
+        );
     }
     // A failed liveness check identifies no one.
     let candidate = c

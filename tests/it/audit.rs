@@ -218,6 +218,18 @@ fn forge(db: &Path, position: i64, data: &str) {
     }
 }
 
+/// Rewrites the event at `pos` with `data` and re-seals the chain (see [`forge`]); `audit
+/// verify` must then report exactly one finding, at `pos`, saying each of `what`.
+fn forged_is_caught(db: &Path, pos: i64, data: &Value, what: &[&str]) {
+    forge(db, pos, &serde_json::to_string(data).unwrap());
+    let r = audit::verify(&store(db)).unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].position, pos as u64);
+    for w in what {
+        assert!(r.findings[0].problem.contains(w), "{w}: {:?}", r.findings);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untouched_log_verifies_and_every_decision_is_reproduced() {
     let log = make_log().await;
@@ -276,15 +288,7 @@ async fn a_rewritten_decision_with_a_resealed_chain_is_still_caught() {
     let mut v: Value = serde_json::from_str(&data).unwrap();
     assert_eq!(v["verdict"]["reason"], "no_match");
     v["verdict"] = json!({"verdict": "granted", "level": "standard", "passback_violation": false});
-    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
-    let r = audit::verify(&store(&log.db())).unwrap();
-    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
-    assert_eq!(r.findings[0].position, pos as u64);
-    assert!(
-        r.findings[0].problem.contains("no_match"),
-        "{:?}",
-        r.findings
-    );
+    forged_is_caught(&log.db(), pos, &v, &["no_match"]);
 }
 
 /// A forger who rewrites a decision's inputs together with its verdict, so that the policy run
@@ -301,32 +305,14 @@ async fn rewritten_inputs_that_agree_with_a_rewritten_verdict_are_still_caught()
     v["subject"]["metadata"] = json!({"access_level": "visitor"});
     v["verdict"] =
         json!({"verdict": "denied", "reason": "unknown_access_level", "level": "visitor"});
-    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
-    let r = audit::verify(&store(&log.db())).unwrap();
-    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
-    assert_eq!(r.findings[0].position, pos as u64);
-    assert!(
-        r.findings[0]
-            .problem
-            .contains("differs from the user's record"),
-        "{:?}",
-        r.findings
-    );
+    forged_is_caught(&log.db(), pos, &v, &["differs from the user's record"]);
 
     // A zone movement the log never had.
     let log = make_log().await;
     let (pos, data) = decided_rows(&log.db())[1].clone();
     let mut v: Value = serde_json::from_str(&data).unwrap();
     v["last_in_zone"] = json!("entry");
-    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
-    let r = audit::verify(&store(&log.db())).unwrap();
-    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
-    assert_eq!(r.findings[0].position, pos as u64);
-    assert!(
-        r.findings[0].problem.contains("last zone movement"),
-        "{:?}",
-        r.findings
-    );
+    forged_is_caught(&log.db(), pos, &v, &["last zone movement"]);
 }
 
 /// `(position, data)` of the first row of type `kind`.
@@ -357,16 +343,7 @@ async fn rewritten_palm_judgements_are_caught() {
     assert_eq!(v["judged"]["liveness"], true, "{v}");
     v["subject"] = alice["subject"].clone();
     v["verdict"] = alice["verdict"].clone();
-    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
-    let r = audit::verify(&store(&log.db())).unwrap();
-    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
-    assert_eq!(r.findings[0].position, pos as u64);
-    assert!(
-        r.findings[0].problem.contains("recorded a match")
-            && r.findings[0].problem.contains("gives no match"),
-        "{:?}",
-        r.findings
-    );
+    forged_is_caught(&log.db(), pos, &v, &["recorded a match", "gives no match"]);
 
     // The enrolment completed on a capture below min_quality: a retry was due.
     let log = make_log().await;
@@ -377,15 +354,7 @@ async fn rewritten_palm_judgements_are_caught() {
         "{v}"
     );
     v["capture"]["quality"] = json!(0.1);
-    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
-    let r = audit::verify(&store(&log.db())).unwrap();
-    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
-    assert_eq!(r.findings[0].position, pos as u64);
-    assert!(
-        r.findings[0].problem.contains("asks for a retry"),
-        "{:?}",
-        r.findings
-    );
+    forged_is_caught(&log.db(), pos, &v, &["asks for a retry"]);
 
     // A good scan hidden as a poor one at a door.
     let log = make_log().await;
@@ -394,15 +363,7 @@ async fn rewritten_palm_judgements_are_caught() {
     assert_eq!(v["reason"], "low_quality", "{v}");
     assert_eq!(v["quality"], 0.2, "{v}");
     v["quality"] = json!(0.95);
-    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
-    let r = audit::verify(&store(&log.db())).unwrap();
-    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
-    assert_eq!(r.findings[0].position, pos as u64);
-    assert!(
-        r.findings[0].problem.contains("rejected as low_quality"),
-        "{:?}",
-        r.findings
-    );
+    forged_is_caught(&log.db(), pos, &v, &["rejected as low_quality"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
