@@ -233,7 +233,7 @@ async fn generate(path: &Path, total: usize) -> usize {
                         liveness: true,
                         threshold: 0.8,
                         min_quality: 0.5,
-                        max_retries: 3,
+                        max_retries: None,
                     }),
                     policy: policy.sha256.clone(),
                     mode: SiteMode::Normal,

@@ -96,7 +96,7 @@ impl Capture {
             liveness: self.liveness,
             threshold: rounded(rules.threshold),
             min_quality: rules.min_quality,
-            max_retries: rules.max_retries,
+            max_retries: Some(rules.max_retries),
         }
     }
 }

@@ -198,16 +198,16 @@ pub fn scan(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, 
         return Ok(rejected(CaptureRejection::NoDoor, None));
     };
     if c.liveness && c.quality < state.rules.min_quality {
-        return Ok(
-            rejected(CaptureRejection::LowQuality, Some(c.judged(&state.rules))).with_effect(
-                Effect::Reader {
-                    reader_id: c.reader_id.clone(),
-                    command: ReaderCommand::Retry {
-                        reason: FailReason::LowQuality,
-                    },
-                },
-            ),
-        );
+        return Ok(rejected(
+            CaptureRejection::LowQuality,
+            Some(c.judged(&state.rules).at_door()),
+        )
+        .with_effect(Effect::Reader {
+            reader_id: c.reader_id.clone(),
+            command: ReaderCommand::Retry {
+                reason: FailReason::LowQuality,
+            },
+        }));
     }
     // A failed liveness check identifies no one.
     let candidate = c
@@ -263,7 +263,7 @@ pub fn decide_door(
             erased,
             similarity: cref.similarity,
             quality: cref.judged.map(|_| cref.quality),
-            judged: cref.judged,
+            judged: cref.judged.map(Judged::at_door),
             policy: policy.sha256.clone(),
             mode,
             last_in_zone,

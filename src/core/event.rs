@@ -517,17 +517,38 @@ pub struct CaptureRef {
 /// result and the matching rules in force (config `matching.*`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Judged {
+    /// Written only when the check failed (`false`): most captures are live, and every byte
+    /// of a door decision is read again by each `audit verify`.
+    #[serde(default = "live", skip_serializing_if = "is_live")]
     pub liveness: bool,
     /// A match needs `similarity >= threshold` (the configured f32, rounded to 6 decimals as
     /// similarities are, so the log holds `0.8`, not `0.800000011920929`).
     pub threshold: f64,
     /// A capture below it is retried (a door scan: rejected).
     pub min_quality: f64,
-    /// Retries a session asks for before it fails `low_quality`.
-    pub max_retries: u32,
+    /// Retries a session asks for before it fails `low_quality`; absent at doors, where a
+    /// scan is never a session's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+fn live() -> bool {
+    true
+}
+
+fn is_live(liveness: &bool) -> bool {
+    *liveness
 }
 
 impl Judged {
+    /// As a door's events record it: without the session rule.
+    pub fn at_door(self) -> Judged {
+        Judged {
+            max_retries: None,
+            ..self
+        }
+    }
+
     /// Whether a capture of `similarity` identifies someone under these rules: `None` when the
     /// recorded similarity (rounded to 6 decimals) is too close to the threshold to tell.
     pub fn matches(&self, similarity: Option<f64>) -> Option<bool> {
@@ -889,7 +910,7 @@ mod judged_tests {
             liveness: true,
             threshold: 0.8,
             min_quality: 0.5,
-            max_retries: 3,
+            max_retries: Some(3),
         };
         assert_eq!(j.matches(Some(0.93)), Some(true));
         assert_eq!(j.matches(Some(0.8021)), Some(true));
@@ -921,8 +942,19 @@ mod judged_tests {
         assert_eq!(j.threshold, 0.85);
         assert!(!j.liveness);
         assert_eq!(j.min_quality, rules.min_quality);
-        assert_eq!(j.max_retries, rules.max_retries);
+        assert_eq!(j.max_retries, Some(rules.max_retries));
         let text = serde_json::to_string(&j).unwrap();
         assert!(text.contains("\"threshold\":0.85"), "{text}");
+        assert!(text.contains("\"liveness\":false"), "{text}");
+        // A live capture at a door: neither the liveness nor the session rule is written, and
+        // both read back.
+        let door = Judged {
+            liveness: true,
+            ..j
+        }
+        .at_door();
+        let text = serde_json::to_string(&door).unwrap();
+        assert_eq!(text, r#"{"threshold":0.85,"min_quality":0.5}"#);
+        assert_eq!(serde_json::from_str::<Judged>(&text).unwrap(), door);
     }
 }

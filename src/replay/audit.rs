@@ -363,10 +363,12 @@ fn check_event(
             ..
         } => {
             if let Some(j) = &capture.judged
-                && !(j.liveness && capture.quality < j.min_quality && *attempt <= j.max_retries)
+                && !(j.liveness
+                    && capture.quality < j.min_quality
+                    && j.max_retries.is_some_and(|m| *attempt <= m))
             {
                 problem(format!(
-                    "session {}: retry {attempt} asked for a capture of quality {}, liveness {}, but min_quality is {} and max_retries {}",
+                    "session {}: retry {attempt} asked for a capture of quality {}, liveness {}, but min_quality is {} and max_retries {:?}",
                     session_id, capture.quality, j.liveness, j.min_quality, j.max_retries
                 ));
             }
@@ -400,10 +402,17 @@ fn check_capture(
     let (Some(j), Some(s)) = (&c.judged, state.session(session_id)) else {
         return;
     };
+    let Some(max_retries) = j.max_retries else {
+        // A session's capture always records it; without it the retries cannot be judged.
+        problem(format!(
+            "session {session_id}: its capture records no max_retries"
+        ));
+        return;
+    };
     let low = c.quality < j.min_quality;
     let expected = if !j.liveness {
         Some(Some(FailReason::LivenessFailed))
-    } else if low && s.retries >= j.max_retries {
+    } else if low && s.retries >= max_retries {
         Some(Some(FailReason::LowQuality))
     } else if low {
         // Not an ending at all: a retry was due.
@@ -441,7 +450,7 @@ fn check_capture(
             c.quality,
             j.min_quality,
             s.retries,
-            j.max_retries
+            max_retries
         )),
     }
 }
