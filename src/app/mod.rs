@@ -28,7 +28,7 @@ use keystore::KeyStore;
 use limiter::Limiter;
 use secrets::{AdminToken, Keys};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use templates::KeyWrap;
 use tokio::sync::{Notify, broadcast, mpsc};
@@ -90,6 +90,62 @@ pub struct App {
     snapshots: snapshot::Snapshotter,
     /// Upstream mode (`[upstream]`): the remote Pass API this gateway is a partner of.
     pub upstream: Option<upstream::Upstream>,
+    /// This app, for the task that lands an append whose caller was cancelled ([`Landing`]).
+    me: Weak<App>,
+}
+
+/// An append handed to the store, with the effects of its decision. Awaited by the command
+/// that made it ([`Landing::land`]); if that command is cancelled first (its HTTP client hung
+/// up, and hyper dropped the handler), the append is still in the store's hands and will
+/// likely be made durable, so dropping the landing passes it to a task that folds it in and
+/// performs its effects when it lands. Otherwise the state would stay behind the log until a
+/// restart: the session `pending` that the log says ended, and every later command on its
+/// stream waiting for a revision that never comes.
+struct Landing<'a> {
+    app: &'a App,
+    append: Option<crate::store::BoxFuture<'static, Result<Vec<Recorded>, StoreError>>>,
+    effects: Vec<Effect>,
+}
+
+impl Landing<'_> {
+    /// Waits for the append; once it is durable, folds it in and performs the effects, with no
+    /// await in between (nothing can cancel that part).
+    async fn land(mut self) -> Result<(), StoreError> {
+        let Some(append) = self.append.as_mut() else {
+            return Ok(());
+        };
+        let result = append.await;
+        self.append = None;
+        let recorded = result?;
+        self.app
+            .landed(&recorded, std::mem::take(&mut self.effects));
+        Ok(())
+    }
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        let Some(append) = self.append.take() else {
+            return;
+        };
+        // Outside a runtime (shutting down) nothing can wait for it: the log has it, and the
+        // next start-up folds it in.
+        let (Some(app), Ok(runtime)) =
+            (self.app.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let effects = std::mem::take(&mut self.effects);
+        runtime.spawn(async move {
+            if let Ok(recorded) = append.await {
+                tracing::info!(
+                    events = recorded.len(),
+                    "a command's caller went away before its events were durable; folded them in"
+                );
+                app.landed(&recorded, effects);
+            }
+        });
+    }
 }
 
 /// What [`App::new`] needs besides the configuration.
@@ -109,7 +165,7 @@ impl App {
     pub fn new(
         config: Config,
         parts: Parts,
-    ) -> Result<(App, mpsc::UnboundedReceiver<Effect>), StoreError> {
+    ) -> Result<(Arc<App>, mpsc::UnboundedReceiver<Effect>), StoreError> {
         let rules = Rules {
             threshold: config.matching.threshold,
             min_quality: config.matching.min_quality,
@@ -146,7 +202,8 @@ impl App {
         snapshots.observe(state.position());
         let (effects, effects_rx) = mpsc::unbounded_channel();
         let upstream = upstream::Upstream::new(&config.upstream, &config.mqtt.reader_language);
-        let app = App {
+        let app = Arc::new_cyclic(|me| App {
+            me: me.clone(),
             state: RwLock::new(state),
             admin: AdminToken::new(&config.admin.token, &config.admin.token_sha256),
             limiter: Limiter::new(
@@ -170,7 +227,7 @@ impl App {
             outbox: Notify::new(),
             snapshots,
             upstream,
-        };
+        });
         app.destroy_erased_keys();
         Ok((app, effects_rx))
     }
@@ -225,12 +282,13 @@ impl App {
             }
             before_append(&decision)?;
             let appends = std::mem::take(&mut decision.appends);
-            match self.store.append(appends, now).await {
-                Ok(recorded) => {
-                    self.apply(&recorded);
-                    self.perform(decision.effects);
-                    return Ok(decision.outcome);
-                }
+            let landing = Landing {
+                app: self,
+                append: Some(self.store.append(appends, now)),
+                effects: std::mem::take(&mut decision.effects),
+            };
+            match landing.land().await {
+                Ok(()) => return Ok(decision.outcome),
                 Err(StoreError::Conflict { stream, actual, .. }) => {
                     self.wait_for(&stream, actual).await;
                 }
@@ -238,6 +296,12 @@ impl App {
             }
         }
         Err(AppError::Contended)
+    }
+
+    /// Folds in events just made durable and performs the effects of their decision.
+    fn landed(&self, recorded: &[Recorded], effects: Vec<Effect>) {
+        self.apply(recorded);
+        self.perform(effects);
     }
 
     fn apply(&self, recorded: &[Recorded]) {
@@ -459,7 +523,6 @@ pub async fn start_with(
             public_url: public_url.clone(),
         },
     )?;
-    let app = Arc::new(app);
     follow_shared_log(&app);
     // An invalid site file is reported; the policy in force (from the log) stays.
     let _ = app.activate_site_file("startup").await;

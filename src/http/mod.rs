@@ -340,7 +340,6 @@ mod tests {
             },
         )
         .unwrap();
-        let app = Arc::new(app);
         let v1: Router<Arc<App>> = Router::new().route(
             "/openapi.json",
             get(|| async {

@@ -140,7 +140,6 @@ impl Runner {
             },
         )
         .map_err(|e| e.to_string())?;
-        let app = Arc::new(app);
         let mut r = Runner {
             router: crate::http::router(app.clone()),
             app,

@@ -372,7 +372,7 @@ impl EventStore for KurrentStore {
         &self,
         batch: Vec<StreamAppend>,
         recorded_at: DateTime<Utc>,
-    ) -> BoxFuture<'_, Result<Vec<Recorded>, StoreError>> {
+    ) -> BoxFuture<'static, Result<Vec<Recorded>, StoreError>> {
         let (req, rx) = WriteReq::new(batch, recorded_at);
         let sent = self
             .tx

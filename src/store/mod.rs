@@ -45,12 +45,15 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A durable, hash-chained event log.
 pub trait EventStore: Send + Sync + 'static {
-    /// Appends all of `batch` atomically, durably, with `recorded_at` on every event.
+    /// Appends all of `batch` atomically, durably, with `recorded_at` on every event. The
+    /// request is handed to the backend before this returns, and the future owns everything it
+    /// needs (`'static`): a caller that is cancelled while waiting can pass it on to a task, so
+    /// that what was appended is still folded in (`App::execute_with`).
     fn append(
         &self,
         batch: Vec<StreamAppend>,
         recorded_at: DateTime<Utc>,
-    ) -> BoxFuture<'_, Result<Vec<Recorded>, StoreError>>;
+    ) -> BoxFuture<'static, Result<Vec<Recorded>, StoreError>>;
 
     /// Up to `limit` stored events with position > `after`, in order, exactly as stored.
     fn read_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEvent>, StoreError>;

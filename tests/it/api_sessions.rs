@@ -416,3 +416,72 @@ async fn an_ended_session_is_forgotten_after_its_retention() {
     assert_eq!(replay.created().session_id, renewed.session_id);
     assert!(!s.stderr_log().contains("panicked"));
 }
+
+/// A client that sends a request and hangs up before the answer (a phone losing its signal, a
+/// partner's timeout) must not leave the server's state behind its log: whatever was appended
+/// for the request is folded in as if the client had waited. Before this was so, the handler
+/// was dropped with the connection, after its append had been sent to the writer and before
+/// its events were folded: the session read `pending` while the log said `cancelled`, and the
+/// next command on that stream waited for a revision that never came (8 × 2 s, then 503).
+#[tokio::test]
+async fn a_request_whose_client_hangs_up_still_reaches_the_state() {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TestServer::start().await;
+    let (_, key) = s.create_partner("Impatient").await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(s.identify(&key, "").await.created().session_id);
+    }
+    let addr = s.base_url.trim_start_matches("http://").to_string();
+    for id in &ids {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "POST /v1/sessions/{id}/cancel HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        // Hang up at once: no answer is read.
+        drop(tcp);
+    }
+    // Every abandoned cancel has either reached the log and the state, or neither; a second
+    // cancel is then answered at once, 200 or 409, never after a wait for a lost revision.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut states = Vec::new();
+    for id in &ids {
+        let started = std::time::Instant::now();
+        let a = s.cancel(&key, id).await;
+        assert!(
+            a.status == 200 || a.status == 409,
+            "cancel of {id} answered {}: {}",
+            a.status,
+            a.text
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "cancel of {id} took {:?}",
+            started.elapsed()
+        );
+        states.push(s.session(&key, id).await.json()["state"].clone());
+    }
+    assert!(states.iter().all(|v| v == "failed"), "{states:?}");
+    let landed = s
+        .stderr_log()
+        .matches("caller went away before its events were durable")
+        .count();
+    println!(
+        "{landed} of {} abandoned cancels landed after their caller left",
+        ids.len()
+    );
+    // The state before the restart is the fold of the log.
+    let before: Vec<Value> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            v.push(s.session(&key, id).await.json());
+        }
+        v
+    };
+    s.restart().await;
+    for (id, was) in ids.iter().zip(&before) {
+        assert_eq!(&s.session(&key, id).await.json(), was, "session {id}");
+    }
+}
