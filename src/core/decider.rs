@@ -147,11 +147,76 @@ impl State {
     }
 }
 
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    fn ping(n: u8) -> Event {
+        Event::PartnerActivated {
+            partner_id: PartnerId(uuid::Uuid::from_u128(n.into())),
+            at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn appends_to_one_stream_expecting_the_same_revision_become_one() {
+        let mut appends = vec![
+            one("door-a".into(), Expected::Revision(4), ping(1)),
+            one("session-x".into(), Expected::NoStream, ping(2)),
+            one("door-a".into(), Expected::Revision(4), ping(3)),
+            one("door-a".into(), Expected::Revision(9), ping(4)),
+        ];
+        merge_streams(&mut appends);
+        let shape: Vec<(&str, Expected, usize)> = appends
+            .iter()
+            .map(|a| (a.stream.as_str(), a.expected, a.events.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("door-a", Expected::Revision(4), 2),
+                ("session-x", Expected::NoStream, 1),
+                ("door-a", Expected::Revision(9), 1),
+            ]
+        );
+        assert_eq!(appends[0].events, vec![ping(1), ping(3)]);
+    }
+}
+
 /// Most sessions one `Tick` expires (the earliest due first).
 pub const MAX_EXPIRIES_PER_TICK: usize = 256;
 
 /// Decides what `cmd` means given `state` at `now`. Pure: no IO, no clock, no randomness.
 pub fn decide(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decision, Rejection> {
+    let mut d = decide_parts(state, cmd, now)?;
+    merge_streams(&mut d.appends);
+    Ok(d)
+}
+
+/// Joins appends to one stream into the first of them. Each part of a decision expects its
+/// stream's revision in `state`, so a second part on the same stream (a `Tick` that both ends
+/// a door's unlock window and raises its held-open alarm) would expect a revision the first
+/// part has just passed: the store refuses it as a conflict every time, and the command is
+/// retried until it gives up. Parts that expect different things are left for the store to
+/// judge.
+pub(crate) fn merge_streams(appends: &mut Vec<StreamAppend>) {
+    if appends.len() < 2 {
+        return;
+    }
+    let mut merged: Vec<StreamAppend> = Vec::with_capacity(appends.len());
+    for a in appends.drain(..) {
+        match merged
+            .iter_mut()
+            .find(|m| m.stream == a.stream && m.expected == a.expected)
+        {
+            Some(m) => m.events.extend(a.events),
+            None => merged.push(a),
+        }
+    }
+    *appends = merged;
+}
+
+fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Decision, Rejection> {
     match cmd {
         Command::CreatePartner {
             partner_id,
