@@ -305,9 +305,22 @@ impl App {
     }
 
     fn apply(&self, recorded: &[Recorded]) {
+        // The data keys of users these events erase, read before the state forgets them.
+        let mut erased_keys = Vec::new();
         let position = {
             let mut s = self.state.write().expect("state lock");
             for r in recorded {
+                if let crate::core::Event::UserErased {
+                    partner_id,
+                    external_id,
+                    ..
+                } = &r.event
+                    && let Some(t) = s
+                        .user(*partner_id, external_id)
+                        .and_then(|u| u.template.as_ref())
+                {
+                    erased_keys.push(t.key_id);
+                }
                 s.evolve(r);
             }
             // Under the state lock: a command decided after this sees the state without these
@@ -319,6 +332,7 @@ impl App {
             s.position()
         };
         self.snapshots.observe(position);
+        self.destroy_keys(&erased_keys);
         // Live listeners (the admin event stream) get a copy; with none, nothing is cloned.
         let listening = self.recorded.receiver_count() > 0;
         for r in recorded {

@@ -9,7 +9,7 @@ use super::templates::{self, KeyWrap};
 use super::{App, AppError};
 use crate::core::event::{Event, Recorded};
 use crate::core::matcher::Index;
-use crate::core::{Capture, Command, Outcome, PartnerId, ReaderId, SessionKind};
+use crate::core::{Capture, Command, KeyId, Outcome, PartnerId, ReaderId, SessionKind};
 use crate::mqtt::protocol::{CaptureMsg, Inbound};
 
 impl App {
@@ -165,11 +165,11 @@ impl App {
                 external_id,
                 ..
             } => {
+                // Its data key is destroyed by `apply` (`destroy_keys`), which knows it.
                 self.index
                     .write()
                     .expect("index lock")
                     .remove(*partner_id, external_id);
-                self.destroy_erased_keys();
             }
             _ => {}
         }
@@ -179,7 +179,20 @@ impl App {
         self.index.read().expect("index lock").dim()
     }
 
-    /// Deletes every data key no enrolled user references (erased users, failed appends).
+    /// Destroys the data keys of erased users (crypto-shredding, SPEC 8.3). Only those: a
+    /// sweep of every key no user in memory references, as erasures once ran, also destroyed the
+    /// key of an enrollment whose events were not folded in yet, and that user never matched
+    /// again. A key that cannot be deleted now goes at the next start-up's sweep.
+    pub(super) fn destroy_keys(&self, ids: &[KeyId]) {
+        for id in ids {
+            if let Err(e) = self.keystore.delete(*id) {
+                tracing::error!(error = %e, "cannot destroy an erased user's data key; the next start-up will");
+            }
+        }
+    }
+
+    /// Deletes every data key no enrolled user references (erased users, failed appends). At
+    /// start-up only, before any enrollment can be in flight.
     pub(super) fn destroy_erased_keys(&self) {
         let live: std::collections::HashSet<_> = self.read(|s| {
             s.users()

@@ -1058,3 +1058,55 @@ async fn external_mosquitto_and_its_restart() {
     );
     drop(broker);
 }
+
+/// An erasure that lands while another user's enrollment is being written destroys only the
+/// erased user's data key. It once destroyed every key no user in memory referenced, which
+/// included the key the enrollment in flight had just stored: the partner got `completed`, and
+/// the new user never matched again, even after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_during_an_enrollment_keeps_the_new_users_key() {
+    let g = Gate::start().await;
+    let keys = || {
+        let c = rusqlite::Connection::open(g.path("keys.db")).expect("open keys.db");
+        c.query_row("SELECT count(*) FROM data_keys", [], |r| r.get::<_, i64>(0))
+            .expect("count keys")
+    };
+    let mut alice_desk = g.reader("desk-1", "alice", 1).await;
+    g.enroll_with(&mut alice_desk, "ALICE").await;
+    let mut bob_desk = g.reader("desk-2", "bob", 2).await;
+    let (bob, token) = g.enroll("BOB").await;
+
+    // Another process holds the log's write lock (well under the 5 s busy timeout): the
+    // erasure and then bob's enrollment queue behind it, and land one after the other.
+    let lock = rusqlite::Connection::open(g.path("events.db")).expect("open events.db");
+    lock.execute_batch("BEGIN IMMEDIATE").expect("lock the log");
+    let erase = {
+        let http = g.http.clone();
+        let url = format!("{}/v1/users/ALICE", g.base);
+        let key = g.key.clone();
+        tokio::spawn(async move {
+            http.delete(url)
+                .header("X-API-Key", key)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bob_desk.capture(Some(&token)).await.expect("capture");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lock.execute_batch("ROLLBACK").expect("unlock the log");
+    assert_eq!(erase.await.expect("task").expect("DELETE"), 204);
+    let s = g.ended(&bob).await;
+    assert_eq!(s["state"], "completed", "{s}");
+    assert_eq!(keys(), 1, "bob's data key, and only his");
+
+    // Bob's palm still identifies him.
+    let mut door = g.reader("door-1", "bob", 1_000).await;
+    let (id, token) = g.identify("").await;
+    door.capture(Some(&token)).await.expect("capture");
+    let s = g.ended(&id).await;
+    assert_eq!(s["state"], "completed", "{s}");
+    assert_eq!(s["external_id"], "BOB", "{s}");
+    drop((alice_desk, lock));
+}
