@@ -4,7 +4,9 @@
 //! HMAC-SHA256 of the raw body under `upstream.webhook_secret`, compared in constant time
 //! (else 401; a caller with bad signatures spends its address budget and meets 429, like a key
 //! guesser) → when the sender adds the Standard Webhooks headers, `webhook-timestamp` is within
-//! [`TOLERANCE`] of now and `webhook-signature` verifies over id, timestamp and body (else 401:
+//! [`TOLERANCE`] of now — read on the gateway's clock with the skew measured when the session
+//! was opened, like the payload's `timestamp` — and `webhook-signature` verifies over id,
+//! timestamp and body (else 401:
 //! a stale or replayed delivery) → the body is a SPEC 4 payload (else 400). Then the core
 //! decides ([`crate::core::upstream::ended`]); the answer is 200 with what became of it:
 //! `accepted`, `duplicate` (that session already ended: a retry or a replay) or `ignored`
@@ -71,12 +73,15 @@ pub async fn hook(State(app): State<Arc<App>>, req: Request) -> Response {
         .take(200)
         .collect::<String>();
     if let Some(ts) = header(&headers, "webhook-timestamp") {
+        // The remote stamps it with its own clock: read it on ours with the skew measured when
+        // the session was opened (a gateway box without NTP), as the payload's `timestamp` is.
+        let ours = |t| remote_on_our_clock(&app, &body, t);
         let fresh = ts
             .trim()
             .parse::<i64>()
             .ok()
             .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-            .is_some_and(|t| (now - t).abs() <= TOLERANCE);
+            .is_some_and(|t| (now - ours(t)).abs() <= TOLERANCE);
         if !fresh {
             return refuse("stale or invalid webhook timestamp");
         }
@@ -114,6 +119,25 @@ pub async fn hook(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(_) | Err(AppError::Rejected(Rejection::NotFound)) => status(what),
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// `remote`, an instant on the remote's clock, on ours: less the skew of the binding that the
+/// (signed) body's `data.session_id` names, as measured when that session was opened; as is
+/// for a session palmgate did not open or a body that is not a payload.
+fn remote_on_our_clock(
+    app: &App,
+    body: &[u8],
+    remote: chrono::DateTime<chrono::Utc>,
+) -> chrono::DateTime<chrono::Utc> {
+    let Some(id) = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        v.pointer("/data/session_id")
+            .and_then(Value::as_str)
+            .map(|s| UpstreamSessionId(s.to_string()))
+    }) else {
+        return remote;
+    };
+    app.read(|s| s.upstream.get(&id).map(|b| b.on_our_clock(remote)))
+        .unwrap_or(remote)
 }
 
 /// The SPEC 4 payload as the core's [`RemoteEnd`]; `Ok(None)` for what upstream mode does not

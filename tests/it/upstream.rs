@@ -802,3 +802,103 @@ async fn the_hook_is_not_found_when_upstream_mode_is_off() {
 
 /// The core's rules (pure: given events, when a command, then events and effects).
 mod rules;
+
+/// An HTTP proxy in front of R whose answers carry a `Date` `ahead_s` seconds ahead of the real
+/// one: R as a remote whose clock runs ahead of the gateway's. Its target is set once R exists.
+async fn skewed_proxy(ahead_s: i64) -> (String, std::sync::Arc<std::sync::OnceLock<String>>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    let target = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+    let to = target.clone();
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (to, client) = (to.clone(), client.clone());
+            async move {
+                let url = format!("{}{}", to.get().expect("proxy target"), uri);
+                let mut req = client.request(method, url).body(body);
+                for (k, v) in &headers {
+                    if k != "host" && k != "content-length" {
+                        req = req.header(k, v);
+                    }
+                }
+                let resp = req.send().await.expect("R answers the proxy");
+                let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+                let mut out = HeaderMap::new();
+                for (k, v) in resp.headers() {
+                    if k != "date" && k != "content-length" && k != "transfer-encoding" {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+                let date = (chrono::Utc::now() + chrono::Duration::seconds(ahead_s))
+                    .format("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string();
+                out.insert("date", date.parse().unwrap());
+                (status, out, resp.bytes().await.expect("R's body"))
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, target)
+}
+
+/// A remote whose clock runs 10 minutes ahead of the gateway's (a gateway box without NTP):
+/// its webhooks carry `webhook-timestamp`s 10 minutes in the gateway's future, and are read
+/// on the gateway's clock with the skew measured when the session was opened, as the payload's
+/// `timestamp` already was. They were refused as stale (401) every time, so the remote
+/// disabled the gateway's webhook and no door opened in upstream mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_with_its_clock_ahead_is_heard_on_the_gateways_clock() {
+    const AHEAD: i64 = 600;
+    let (proxy, target) = skewed_proxy(AHEAD).await;
+    let p = pair_with(Some(&proxy), "10s").await;
+    target.set(p.r.base_url.clone()).unwrap();
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 3).await;
+    let (_, session) = p.trigger(&mut lobby).await;
+    let started = p.g_event("UpstreamIdentifyStarted", |_| true).await;
+    let skew = started["data"]["clock_skew_s"]
+        .as_i64()
+        .expect("clock_skew_s");
+    assert!((skew - AHEAD).abs() <= 2, "{started}");
+
+    // The remote's webhook, stamped on its clock: timestamp and `webhook-timestamp`.
+    let post = |at: chrono::DateTime<chrono::Utc>| {
+        let body = json!({
+            "event": "completed",
+            "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "data": {"session_id": session, "type": "identify", "external_id": "alice",
+                     "metadata": {"access_level": "standard"}, "language": "en"},
+        })
+        .to_string();
+        p.g.client
+            .post(format!("http://{}/hooks/upstream", p.g_listen))
+            .header("content-type", "application/json")
+            .header(
+                "x-webhook-signature",
+                seed_signature(&p.secret, body.as_bytes()),
+            )
+            .header("webhook-id", "msg_skewed")
+            .header("webhook-timestamp", at.timestamp().to_string())
+            .body(body)
+            .send()
+    };
+    // Stamped with the gateway's own time, the webhook is 10 minutes old on the remote's
+    // clock: stale.
+    let stale = post(chrono::Utc::now()).await.unwrap();
+    assert_eq!(stale.status(), 401);
+    let now_at_remote = chrono::Utc::now() + chrono::Duration::seconds(AHEAD);
+    let fresh = post(now_at_remote).await.unwrap();
+    assert_eq!(fresh.status(), 200);
+    assert_eq!(
+        fresh.json::<Value>().await.unwrap(),
+        json!({"status": "accepted"})
+    );
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], true, "{r}");
+    let ended = p
+        .g_event("UpstreamSessionEnded", |d| d["session_id"] == session)
+        .await;
+    assert_ne!(ended["data"]["late"], true, "{ended}");
+}
