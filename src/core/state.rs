@@ -287,14 +287,14 @@ impl SeenCaptures {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Turns the generations over once `CAPTURE_MEMORY` has passed, and only once however long
+    /// the log was silent: what was handled just before a pause (a gateway down for hours) is
+    /// still remembered for a window after it, which is when a broker redelivers the captures
+    /// whose acknowledgement the pause cut off. (Clearing both generations after a long pause
+    /// made such a redelivered capture a new scan: a second grant, hours late.)
     fn advance(&mut self, now: DateTime<Utc>) {
         match self.since {
             None => self.since = Some(now),
-            Some(since) if now >= since + CAPTURE_MEMORY * 2 => {
-                self.current.clear();
-                self.previous.clear();
-                self.since = Some(now);
-            }
             Some(since) if now >= since + CAPTURE_MEMORY => {
                 self.previous = std::mem::take(&mut self.current);
                 self.since = Some(now);
@@ -1807,7 +1807,7 @@ mod retention_tests {
     }
 
     #[test]
-    fn seen_captures_are_remembered_for_one_to_two_windows() {
+    fn seen_captures_are_remembered_for_one_to_two_windows_and_across_a_pause() {
         let mut log = Log::new(Rules::default());
         let key = |id: &str| (ReaderId("r-1".into()), id.to_string());
         let rejected = |id: &str, second: i64| Event::CaptureRejected {
@@ -1829,8 +1829,16 @@ mod retention_tests {
         log.fold(2 * w, "reader-r-1".into(), rejected("d", 2 * w));
         assert!(!log.state.seen.contains(&key("a")) && !log.state.seen.contains(&key("b")));
         assert!(log.state.seen.contains(&key("c")) && log.state.seen.contains(&key("d")));
-        // A long silence forgets everything.
+        // A long silence (the gateway down for hours) turns the generations over once: what
+        // was handled last before it is still known for a window after it, when the broker
+        // redelivers what the outage left unacknowledged.
         tick(&mut log, 10 * w);
+        assert!(!log.state.seen.contains(&key("c")));
+        assert!(
+            log.state.seen.contains(&key("d")),
+            "the last ids before the pause"
+        );
+        tick(&mut log, 11 * w);
         assert!(log.state.seen.is_empty());
     }
 
