@@ -290,6 +290,7 @@ async fn ensure_partner(app: &App) -> Option<String> {
         partner_id,
         name: PARTNER_NAME.into(),
         api_key_hash: hash_secret(&api_key),
+        webhook: None,
     })
     .await
     .ok()?;

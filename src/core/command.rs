@@ -106,12 +106,23 @@ fn rounded(x: f32) -> f64 {
     (f64::from(x) * 1e6).round() / 1e6
 }
 
+/// A webhook to configure: as [`Command::SetWebhook`] (the secret arrives encrypted).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewWebhook {
+    pub url: String,
+    pub secret: String,
+    pub events: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     CreatePartner {
         partner_id: PartnerId,
         name: String,
         api_key_hash: SecretHash,
+        /// A webhook configured with the partner, in the same atomic append (the admin API's
+        /// `webhook_url`): the partner never exists without the webhook asked for with it.
+        webhook: Option<NewWebhook>,
     },
     SetPartnerActive {
         partner_id: PartnerId,

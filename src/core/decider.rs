@@ -147,42 +147,6 @@ impl State {
     }
 }
 
-#[cfg(test)]
-mod merge_tests {
-    use super::*;
-
-    fn ping(n: u8) -> Event {
-        Event::PartnerActivated {
-            partner_id: PartnerId(uuid::Uuid::from_u128(n.into())),
-            at: DateTime::UNIX_EPOCH,
-        }
-    }
-
-    #[test]
-    fn appends_to_one_stream_expecting_the_same_revision_become_one() {
-        let mut appends = vec![
-            one("door-a".into(), Expected::Revision(4), ping(1)),
-            one("session-x".into(), Expected::NoStream, ping(2)),
-            one("door-a".into(), Expected::Revision(4), ping(3)),
-            one("door-a".into(), Expected::Revision(9), ping(4)),
-        ];
-        merge_streams(&mut appends);
-        let shape: Vec<(&str, Expected, usize)> = appends
-            .iter()
-            .map(|a| (a.stream.as_str(), a.expected, a.events.len()))
-            .collect();
-        assert_eq!(
-            shape,
-            vec![
-                ("door-a", Expected::Revision(4), 2),
-                ("session-x", Expected::NoStream, 1),
-                ("door-a", Expected::Revision(9), 1),
-            ]
-        );
-        assert_eq!(appends[0].events, vec![ping(1), ping(3)]);
-    }
-}
-
 /// Most sessions one `Tick` expires (the earliest due first).
 pub const MAX_EXPIRIES_PER_TICK: usize = 256;
 
@@ -222,11 +186,12 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             partner_id,
             name,
             api_key_hash,
+            webhook,
         } => {
             if state.partners.contains_key(partner_id) {
                 return Err(Rejection::PartnerExists);
             }
-            Ok(Decision::new(vec![one(
+            let mut appends = vec![one(
                 stream::partner(*partner_id),
                 Expected::NoStream,
                 Event::PartnerCreated {
@@ -235,7 +200,22 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
                     api_key_hash: api_key_hash.clone(),
                     at: now,
                 },
-            )]))
+            )];
+            if let Some(w) = webhook {
+                let st = stream::webhook(*partner_id);
+                appends.push(one(
+                    st.clone(),
+                    state.expected(&st),
+                    Event::WebhookConfigured {
+                        partner_id: *partner_id,
+                        url: w.url.clone(),
+                        secret: w.secret.clone(),
+                        events: w.events.clone(),
+                        at: now,
+                    },
+                ));
+            }
+            Ok(Decision::new(appends))
         }
         Command::SetPartnerActive { partner_id, active } => {
             let p = state.partners.get(partner_id).ok_or(Rejection::NotFound)?;
@@ -982,4 +962,40 @@ fn create_session(
             replayed: false,
         },
     })
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    fn ping(n: u8) -> Event {
+        Event::PartnerActivated {
+            partner_id: PartnerId(uuid::Uuid::from_u128(n.into())),
+            at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn appends_to_one_stream_expecting_the_same_revision_become_one() {
+        let mut appends = vec![
+            one("door-a".into(), Expected::Revision(4), ping(1)),
+            one("session-x".into(), Expected::NoStream, ping(2)),
+            one("door-a".into(), Expected::Revision(4), ping(3)),
+            one("door-a".into(), Expected::Revision(9), ping(4)),
+        ];
+        merge_streams(&mut appends);
+        let shape: Vec<(&str, Expected, usize)> = appends
+            .iter()
+            .map(|a| (a.stream.as_str(), a.expected, a.events.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("door-a", Expected::Revision(4), 2),
+                ("session-x", Expected::NoStream, 1),
+                ("door-a", Expected::Revision(9), 1),
+            ]
+        );
+        assert_eq!(appends[0].events, vec![ping(1), ping(3)]);
+    }
 }

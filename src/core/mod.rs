@@ -20,7 +20,7 @@ pub mod state;
 pub mod upstream;
 pub mod webhook;
 
-pub use command::{AttemptResult, Capture, Command, EnrollRequest, RelayReport};
+pub use command::{AttemptResult, Capture, Command, EnrollRequest, NewWebhook, RelayReport};
 pub use decider::{Decision, Effect, Outcome, ReaderCommand, Rejection, decide};
 pub use event::{Event, Expected, Recorded, StreamAppend};
 pub use ids::*;

@@ -75,16 +75,28 @@ pub async fn create_partner(
     };
     let partner_id = PartnerId::from_random(app.rng.bytes16());
     let api_key = new_api_key(app.rng.bytes32());
+    // The partner and its webhook are one append: never a partner without the webhook asked
+    // for with it (a client that hung up between two commands, or a failed second one, once
+    // left exactly that, with an API key nobody had seen).
+    let (webhook_secret, webhook) = match webhook {
+        Some((url, events)) => {
+            let (secret, sealed) = super::webhook_api::sealed_new_secret(&app);
+            let w = crate::core::NewWebhook {
+                url,
+                secret: sealed,
+                events,
+            };
+            (Some(secret), Some(w))
+        }
+        None => (None, None),
+    };
     app.execute(Command::CreatePartner {
         partner_id,
         name,
         api_key_hash: hash_secret(&api_key),
+        webhook,
     })
     .await?;
-    let webhook_secret = match webhook {
-        Some((url, events)) => Some(super::webhook_api::set(&app, partner_id, url, events).await?),
-        None => None,
-    };
     let p = app
         .read(|s| s.partner(partner_id).map(partner_body))
         .ok_or(ApiError::Internal)?;

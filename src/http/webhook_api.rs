@@ -113,7 +113,7 @@ fn current(app: &App, partner: PartnerId) -> Result<WebhookBody, ApiError> {
         .ok_or(ApiError::NotFound)
 }
 
-fn sealed_new_secret(app: &App) -> (String, String) {
+pub(super) fn sealed_new_secret(app: &App) -> (String, String) {
     let secret = new_secret(app.rng.bytes32());
     let mut nonce = [0u8; 24];
     app.rng.fill(&mut nonce);

@@ -89,6 +89,7 @@ listen = "127.0.0.1:0"
         partner_id: partner,
         name: "Acme".into(),
         api_key_hash: palmgate::app::secrets::hash_secret("k"),
+        webhook: None,
     })
     .await
     .unwrap();

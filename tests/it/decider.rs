@@ -390,6 +390,7 @@ fn create_partner() {
             partner_id: P1,
             name: "Acme".into(),
             api_key_hash: SecretHash("abc".into()),
+            webhook: None,
         },
         t(5),
     );
@@ -418,6 +419,52 @@ fn create_partner() {
     );
 }
 
+/// With the admin API's `webhook_url`: the partner and its webhook in one decision, so in one
+/// atomic append.
+#[test]
+fn create_partner_with_a_webhook_is_one_decision() {
+    let then = given([]).when(
+        Command::CreatePartner {
+            partner_id: P1,
+            name: "Acme".into(),
+            api_key_hash: SecretHash("abc".into()),
+            webhook: Some(palmgate::core::NewWebhook {
+                url: "https://acme.example/hook".into(),
+                secret: "sealed".into(),
+                events: vec!["session".into()],
+            }),
+        },
+        t(5),
+    );
+    then.then(vec![
+        one(
+            stream::partner(P1),
+            Expected::NoStream,
+            Event::PartnerCreated {
+                partner_id: P1,
+                name: "Acme".into(),
+                api_key_hash: SecretHash("abc".into()),
+                at: t(5),
+            },
+        ),
+        one(
+            stream::webhook(P1),
+            Expected::NoStream,
+            Event::WebhookConfigured {
+                partner_id: P1,
+                url: "https://acme.example/hook".into(),
+                secret: "sealed".into(),
+                events: vec!["session".into()],
+                at: t(5),
+            },
+        ),
+    ])
+    .outcome(Outcome::Done);
+    let g = then.and();
+    let w = g.state.webhook(P1).expect("webhook");
+    assert!(w.active);
+}
+
 #[test]
 fn create_partner_twice_is_refused() {
     given([partner_created(P1)])
@@ -426,6 +473,7 @@ fn create_partner_twice_is_refused() {
                 partner_id: P1,
                 name: "Again".into(),
                 api_key_hash: SecretHash("other".into()),
+                webhook: None,
             },
             t(0),
         )

@@ -127,6 +127,7 @@ impl World {
                 partner_id: partner(p),
                 name: format!("partner {p}"),
                 api_key_hash: SecretHash(format!("key-{p}")),
+                webhook: None,
             });
         }
         w
