@@ -38,7 +38,7 @@ use crate::core::{Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,10 @@ pub struct SqliteStore {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     snapshots: SnapshotDir,
     forgetting: Arc<Forgetting>,
+    /// Position of the last event known to be on disk (fsync'd). Reads stop there: the writer
+    /// commits a group before the syncer makes it durable, and what a read returns is visible
+    /// outside (the admin event API, a snapshot), which SPEC 8.1 allows only of durable events.
+    on_disk: Arc<AtomicU64>,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -127,11 +131,14 @@ impl SqliteStore {
         let (durable, committed) = mpsc::channel();
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
+        // Whatever the file holds at start-up survived (or was never at risk): durable.
+        let on_disk = Arc::new(AtomicU64::new(heads.position));
         let syncer = Syncer {
             wal: PathBuf::from(wal),
             file: None,
             healthy: healthy.clone(),
             failed: sync_failed.clone(),
+            on_disk: on_disk.clone(),
         };
         let syncer = std::thread::Builder::new()
             .name("palmgate-wal-sync".into())
@@ -165,6 +172,7 @@ impl SqliteStore {
             path,
             writer: Mutex::new(Some(writer)),
             forgetting,
+            on_disk,
         })
     }
 
@@ -501,6 +509,8 @@ struct Syncer {
     file: Option<std::fs::File>,
     healthy: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
+    /// Raised to the last position of what each good fsync covered, before its callers hear.
+    on_disk: Arc<AtomicU64>,
 }
 
 impl Syncer {
@@ -520,6 +530,14 @@ impl Syncer {
             match synced {
                 Ok(()) => {
                     metrics::histogram!("palmgate_store_fsync_seconds").record(sync.as_secs_f64());
+                    let last = groups
+                        .iter()
+                        .flat_map(|g| g.accepted.iter().flat_map(|(_, rows)| rows.last()))
+                        .map(|r| r.position)
+                        .max();
+                    if let Some(p) = last {
+                        self.on_disk.fetch_max(p, Ordering::AcqRel);
+                    }
                     let slow = Slow::of(&groups, sync);
                     for g in groups {
                         metrics::histogram!("palmgate_store_commit_seconds")
@@ -930,13 +948,15 @@ impl EventStore for SqliteStore {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT position, stream, revision, type, version, recorded_at, data, \
-                 prev_hash, hash FROM events WHERE position > ?1 ORDER BY position LIMIT ?2",
+                 prev_hash, hash FROM events WHERE position > ?1 AND position <= ?3 \
+                 ORDER BY position LIMIT ?2",
             )
             .map_err(io)?;
+        let durable = self.on_disk.load(Ordering::Acquire);
         // Rows are lent in place, texts and hashes straight from SQLite's buffers: `audit
         // verify` and start-up read a million of them.
         let mut rows = stmt
-            .query(params![after as i64, limit as i64])
+            .query(params![after as i64, limit as i64, durable as i64])
             .map_err(io)?;
         let mut lent = 0;
         while let Some(r) = rows.next().map_err(io)? {
@@ -1013,11 +1033,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let healthy = Arc::new(AtomicBool::new(true));
         let failed = Arc::new(AtomicBool::new(false));
+        let on_disk = Arc::new(AtomicU64::new(0));
         let syncer = Syncer {
             wal: dir.path().join("missing").join("events.db-wal"),
             file: None,
             healthy: healthy.clone(),
             failed: failed.clone(),
+            on_disk: on_disk.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || syncer.run(rx));
@@ -1046,6 +1068,38 @@ mod tests {
         }
         assert!(!healthy.load(Ordering::Acquire));
         assert!(failed.load(Ordering::Acquire));
+        assert_eq!(on_disk.load(Ordering::Acquire), 0, "nothing became durable");
+    }
+
+    /// Reads return only what is on disk: rows the writer has committed but no fsync has
+    /// covered yet stay invisible (SPEC 8.1), and each good fsync makes its rows readable.
+    #[tokio::test]
+    async fn reads_stop_at_the_last_fsyncd_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("events.db")).unwrap();
+        for i in 0..3 {
+            put(&store, &format!("s{i}"), Expected::NoStream)
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.on_disk.load(Ordering::Acquire), 3);
+        assert_eq!(store.read_raw(0, 10).unwrap().len(), 3);
+        // As if the last event were committed and its fsync not done yet.
+        store.on_disk.store(2, Ordering::Release);
+        let seen: Vec<u64> = store
+            .read_raw(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(seen, vec![1, 2]);
+        // The next append's fsync covers everything before it.
+        put(&store, "s3", Expected::NoStream).await.unwrap();
+        assert_eq!(store.read_raw(0, 10).unwrap().len(), 4);
+        drop(store);
+        // Reopened, whatever the file holds is durable.
+        let store = SqliteStore::open(dir.path().join("events.db")).unwrap();
+        assert_eq!(store.read_raw(0, 10).unwrap().len(), 4);
     }
 
     /// The syncer's fsync is what acknowledges: appends made through the store come back
