@@ -96,6 +96,14 @@ impl Dispatcher {
                 let me = self.clone();
                 tokio::spawn(async move {
                     let _permit = pool.acquire().await;
+                    // The log may have become unwritable while this waited for a slot: an
+                    // attempt sent now could not be recorded, and would be sent again, with
+                    // the same attempt number, once the log is back. It stays due instead.
+                    if !me.app.ready() {
+                        me.in_flight.lock().expect("lock").remove(&id);
+                        me.app.poke_outbox();
+                        return;
+                    }
                     if !me.attempt(&id, attempt).await {
                         tokio::time::sleep(RECORD_RETRY).await;
                     }
