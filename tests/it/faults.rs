@@ -882,3 +882,52 @@ async fn a_slow_webhook_receiver_is_delivered_and_delays_nothing_else() {
     rx.stays(2, "nothing sent twice").await;
     gate.stop().await;
 }
+
+/// More deliveries due than a partner's request slots when the log becomes unwritable: the
+/// ones still waiting for a slot are not sent once they get one, since what came of them could
+/// not be recorded and they would go out again, as the same attempt, after recovery. Only the
+/// attempts already in flight reach the receiver; everything is delivered once the log is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_queued_for_a_slot_are_not_sent_while_the_log_is_unwritable() {
+    let slots = palmgate::webhooks::PER_PARTNER;
+    let rx = Receiver::start(Reply::status(200)).await;
+    // The first attempts hold every slot past the moment the log is refused (busy timeout 5 s).
+    rx.then((0..slots).map(|_| Reply::status(200).delay(Duration::from_secs(9))));
+    let dir = webhooks::tempdir();
+    let clock = Arc::new(ManualClock::new(webhooks::now_secs()));
+    let gate = Gate::start(dir.path(), true, clock).await;
+    let (key, _) = gate.partner("Acme", Some(&rx.url)).await;
+    for _ in 0..slots + 8 {
+        gate.end_one(&key).await;
+    }
+    let sent_at = Instant::now();
+    rx.wait_for(slots, webhooks::SOON, "a slot's worth in flight")
+        .await;
+
+    let lock = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+    lock.busy_timeout(Duration::from_secs(30)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // A write waits out the busy timeout and fails: the log is unwritable from then on.
+    let (status, _) = gate.v1(Method::POST, "/v1/identify", &key, None).await;
+    assert_eq!(status, 503);
+    // The slow answers come back, the queued deliveries get their slots: nothing more is sent.
+    while sent_at.elapsed() < Duration::from_secs(11) {
+        assert_eq!(
+            rx.count(),
+            slots,
+            "a delivery was sent while its outcome could not be recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gate.deliveries(&key, Some("delivered")).await.len() < slots + 8 {
+        assert!(
+            Instant::now() < deadline,
+            "not everything was delivered after recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gate.stop().await;
+}
