@@ -6,11 +6,18 @@
 //! reconnection, so a door never stays unlocked because a board restarted. A coil the gateway
 //! has driven that a new policy no longer gives to a door (the door removed or moved, or its
 //! board dropped from the policy) is told to rest locked, and stays so across reconnects.
+//!
+//! Reports are recorded in the order they come, and none is dropped because the log cannot be
+//! written for a while: a board reports an input, a coil or its own state only when it
+//! changes, so a report lost would leave the door's state wrong for good (a contact read
+//! closed while the door stands open, a relay shown ON). A report the store refuses is kept,
+//! and the ones after it wait, until the store is healthy again and takes it.
 
-use super::App;
+use super::{App, AppError};
 use crate::core::Command;
 use crate::core::doors::RelayCommand;
 use crate::modbus::{self, DeviceSpec, Report, Timing};
+use crate::store::StoreError;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,8 +70,8 @@ impl Relays {
         });
         tokio::spawn(async move {
             while let Some(report) = rx.recv().await {
-                if let Err(e) = app.execute(Command::Relay(report)).await {
-                    tracing::error!(error = %e, "relay report not recorded");
+                if !record(&app, report).await {
+                    return; // the store is closed: the gateway is stopping
                 }
             }
         });
@@ -222,6 +229,53 @@ impl Relays {
             },
         };
         let _ = d.tx.send(cmd);
+    }
+}
+
+/// The first pause before a refused report is offered again, and the longest.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Records a device report, retrying while the store refuses it: each try waits until the store
+/// says it is healthy, with a pause that doubles per failure. Decided again on every try, so it
+/// is judged against the state as it is then. False when the store is closed.
+async fn record(app: &App, report: Report) -> bool {
+    let mut pause = RECORD_RETRY_FIRST;
+    let mut refused = 0u32;
+    loop {
+        let e = match app.execute(Command::Relay(report.clone())).await {
+            Ok(_) => {
+                if refused > 0 {
+                    tracing::info!(
+                        ?report,
+                        tries = refused + 1,
+                        "relay report recorded after the store came back"
+                    );
+                }
+                return true;
+            }
+            Err(AppError::Store(StoreError::Closed)) => {
+                tracing::warn!(?report, "relay report not recorded: the store is closed");
+                return false;
+            }
+            // The store could not write it (full disk, lock held, I/O error), or the stream
+            // stayed contended: the same report can be taken later.
+            Err(e @ (AppError::Store(StoreError::Io(_)) | AppError::Contended)) => e,
+            // The log itself is damaged, or the core refuses it: no retry can record it.
+            Err(e) => {
+                tracing::error!(?report, error = %e, "relay report not recorded");
+                return true;
+            }
+        };
+        if refused == 0 {
+            tracing::warn!(?report, error = %e, "relay report not recorded yet; retrying until the store takes it");
+        }
+        refused += 1;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RECORD_RETRY_MAX);
+        while !app.store.healthy() {
+            tokio::time::sleep(RECORD_RETRY_FIRST).await;
+        }
     }
 }
 

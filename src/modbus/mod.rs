@@ -6,8 +6,17 @@
 //! the middle of a pulse ends with its door locked. A pulse is ON, hold, OFF — and the OFF is
 //! read back and retried until it sticks. A board with its own pulse timer (`timed_pulse` in the
 //! policy) gets one register write instead, and the gateway only checks afterwards that the
-//! coil is OFF (switching it off itself if not): a gateway crash mid-pulse cannot hold a door. Inputs (door contacts, request-to-exit) are polled.
-//! A device that is down is reported, never fatal; other devices keep working.
+//! coil is OFF (switching it off itself if not): a gateway crash mid-pulse cannot hold a door.
+//! Inputs (door contacts, request-to-exit) are polled.
+//!
+//! Faults stay as small as they are. A device that is down is reported, never fatal; other
+//! devices keep working, and the task reconnects with a backoff that doubles up to
+//! `backoff_max` (reset once a connection has held that long), never in a hot loop. A board
+//! that answers but refuses one coil or input (an exception such as `IllegalDataAddress` for an
+//! address it does not have, or a coil that reads back wrong) is not down: that coil is
+//! reported failed and retried with backoff until it obeys, that input is logged and read again
+//! later, and every other coil, input and command of the board goes on. A failure is reported
+//! once, not once per retry, so a board that keeps refusing does not flood the log.
 
 pub mod sim;
 
@@ -71,6 +80,8 @@ pub struct Timing {
     pub connect: Duration,
     pub response: Duration,
     pub poll: Duration,
+    /// The longest wait before a reconnection, or before a coil or input the board refused
+    /// is tried again.
     pub backoff_max: Duration,
 }
 
@@ -111,6 +122,72 @@ struct Device {
     timed: HashMap<u16, (u16, u16)>,
     inputs: HashMap<u16, bool>,
     up: Option<bool>,
+    /// Coils whose last write the board refused: the failure last reported, so that retries
+    /// that fail the same way report nothing new. A good write clears it.
+    coil_faults: HashMap<u16, CoilFault>,
+    /// The delay before a refused coil is driven again (doubles per failure, up to
+    /// `backoff_max`; a good write resets it).
+    coil_retry: HashMap<u16, Duration>,
+    /// Inputs the board refuses to read: logged once, read again later.
+    input_faults: HashMap<u16, InputFault>,
+}
+
+/// The failure last reported for a coil.
+#[derive(PartialEq)]
+struct CoilFault {
+    on: bool,
+    tag: String,
+    error: String,
+}
+
+/// An input the board refuses: the error logged, and when to try it again.
+struct InputFault {
+    error: String,
+    next: Instant,
+    retry: Duration,
+}
+
+/// The first delay before a reconnection, a refused coil's next write, or a refused input's
+/// next read; each doubles per failure up to [`Timing::backoff_max`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// Why an exchange with a board failed.
+#[derive(Debug)]
+enum Fault {
+    /// The link: no answer in time, or the transport failed. Nothing more can be asked on this
+    /// connection; it is dropped and made again, with backoff.
+    Link(String),
+    /// The board answered, but not as asked: an exception for a coil or input (e.g. one it
+    /// does not have), or a coil that reads back wrong. Only that coil or input is affected.
+    Point(String),
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Link(e) | Fault::Point(e) => f.write_str(e),
+        }
+    }
+}
+
+/// How a connection ended.
+enum Ended {
+    /// The app is gone: the task ends.
+    AppGone,
+    /// The policy moved the board: connect to its new address now.
+    Moved,
+    /// The link failed.
+    Lost(String),
+}
+
+/// How a wait while disconnected ended.
+enum Offline {
+    /// The wait is over: try to connect.
+    Retry,
+    /// The board moved: connect to its new address now, with no backoff.
+    Moved,
+    /// The app is gone.
+    Gone,
 }
 
 async fn connect(spec: &DeviceSpec) -> std::io::Result<Context> {
@@ -131,16 +208,18 @@ async fn connect(spec: &DeviceSpec) -> std::io::Result<Context> {
     }
 }
 
-type Io<T> = Result<T, String>;
+type Io<T> = Result<T, Fault>;
 
+/// One request with the response timeout. A device exception is a [`Fault::Point`]: the board
+/// answered, the link is fine.
 async fn timed<T>(
     d: Duration,
     f: impl std::future::Future<Output = tokio_modbus::Result<T>>,
 ) -> Io<T> {
     match tokio::time::timeout(d, f).await {
-        Err(_) => Err("no answer (timeout)".into()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(Err(code))) => Err(format!("device exception {code:?}")),
+        Err(_) => Err(Fault::Link("no answer (timeout)".into())),
+        Ok(Err(e)) => Err(Fault::Link(e.to_string())),
+        Ok(Ok(Err(code))) => Err(Fault::Point(format!("device exception {code:?}"))),
         Ok(Ok(Ok(v))) => Ok(v),
     }
 }
@@ -157,6 +236,9 @@ impl Device {
             timed: HashMap::new(),
             inputs: HashMap::new(),
             up: None,
+            coil_faults: HashMap::new(),
+            coil_retry: HashMap::new(),
+            input_faults: HashMap::new(),
         }
     }
 
@@ -194,13 +276,16 @@ impl Device {
                     }
                     self.pulsing.remove(&coil);
                     self.timed.remove(&coil);
-                    self.offs.retain(|(_, c), _| *c != coil);
                 }
+                // A retry of a refused coil is superseded by this write.
+                self.offs.retain(|(_, c), _| *c != coil);
                 Some((coil, on, String::new()))
             }
             Command::Inputs(inputs) => {
                 self.spec.inputs = inputs;
                 self.inputs.retain(|i, _| self.spec.inputs.contains(i));
+                self.input_faults
+                    .retain(|i, _| self.spec.inputs.contains(i));
                 None
             }
             Command::Retarget { address, unit } => {
@@ -235,51 +320,52 @@ impl Device {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = RETRY_FIRST;
         loop {
             let conn = tokio::time::timeout(self.timing.connect, connect(&self.spec)).await;
-            let mut ctx = match conn {
-                Ok(Ok(ctx)) => ctx,
-                Ok(Err(e)) => {
-                    self.mark(false, Some(e.to_string()));
-                    if !self.wait_offline(&mut rx, backoff).await {
-                        return;
+            let error = match conn {
+                Ok(Ok(mut ctx)) => {
+                    let since = Instant::now();
+                    match self.connected(&mut ctx, &mut rx).await {
+                        Ended::AppGone => return,
+                        Ended::Moved => {
+                            self.mark(false, Some("the board moved to a new address".into()));
+                            backoff = RETRY_FIRST;
+                            continue;
+                        }
+                        Ended::Lost(e) => {
+                            tracing::warn!(device = %self.spec.id, error = %e, "relay device lost");
+                            // A connection that held is a good one: the next attempt is quick
+                            // again. One that fails at once backs off like a refused connect.
+                            if self.up == Some(true) && since.elapsed() >= self.timing.backoff_max {
+                                backoff = RETRY_FIRST;
+                            }
+                            e
+                        }
                     }
-                    backoff = (backoff * 2).min(self.timing.backoff_max);
-                    continue;
                 }
-                Err(_) => {
-                    self.mark(false, Some("connect timeout".into()));
-                    if !self.wait_offline(&mut rx, backoff).await {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(self.timing.backoff_max);
-                    continue;
-                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "connect timeout".into(),
             };
-            backoff = Duration::from_millis(200);
-            match self.connected(&mut ctx, &mut rx).await {
-                Ok(()) => return, // the app is gone
-                Err(e) => {
-                    tracing::warn!(device = %self.spec.id, error = %e, "relay device lost");
-                    self.up = Some(true);
-                    self.mark(false, Some(e));
-                }
+            self.mark(false, Some(error));
+            match self.wait_offline(&mut rx, backoff).await {
+                Offline::Retry => backoff = (backoff * 2).min(self.timing.backoff_max),
+                Offline::Moved => backoff = RETRY_FIRST,
+                Offline::Gone => return,
             }
         }
     }
 
     /// While disconnected: keep accepting commands (their effect is applied on reconnect).
-    /// False when the app has gone away.
     async fn wait_offline(
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Command>,
         d: Duration,
-    ) -> bool {
+    ) -> Offline {
         let until = Instant::now() + d;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(until) => return true,
+                _ = tokio::time::sleep_until(until) => return Offline::Retry,
                 cmd = rx.recv() => match cmd {
                     Some(c) => {
                         // A pulse that cannot start is not held for later: the door stays locked.
@@ -295,13 +381,58 @@ impl Device {
                         let moved = matches!(c, Command::Retarget { .. });
                         self.accept(c);
                         if moved {
-                            return true; // connect to the new address now
+                            return Offline::Moved; // connect to the new address now
                         }
                     }
-                    None => return false,
+                    None => return Offline::Gone,
                 }
             }
         }
+    }
+
+    /// A coil did as asked: reported, and any earlier failure of it forgotten.
+    fn coil_ok(&mut self, coil: u16, on: bool, tag: String) {
+        self.coil_faults.remove(&coil);
+        self.coil_retry.remove(&coil);
+        self.report(Report::Coil {
+            device: self.spec.id.clone(),
+            coil,
+            on,
+            tag,
+        });
+    }
+
+    /// A coil did not do as asked: reported unless it is the failure last reported for it (a
+    /// retry failing the same way adds nothing to the log).
+    fn coil_failed(&mut self, coil: u16, on: bool, tag: &str, error: String) {
+        let fault = CoilFault {
+            on,
+            tag: tag.to_string(),
+            error,
+        };
+        if self.coil_faults.get(&coil) == Some(&fault) {
+            return;
+        }
+        tracing::warn!(device = %self.spec.id, coil, on, error = %fault.error, "relay coil failed; retrying");
+        self.report(Report::CoilFailed {
+            device: self.spec.id.clone(),
+            coil,
+            on,
+            error: fault.error.clone(),
+        });
+        self.coil_faults.insert(coil, fault);
+    }
+
+    /// Drives a refused coil to its resting state again later, with a delay that doubles per
+    /// failure: a door is never left unlocked by a failure, and a coil that keeps refusing is
+    /// not asked ten times a second.
+    fn retry_later(&mut self, coil: u16, tag: String) {
+        let max = self.timing.backoff_max.max(RETRY_FIRST);
+        let delay = self.coil_retry.entry(coil).or_insert(RETRY_FIRST);
+        let at = Instant::now() + *delay;
+        *delay = (*delay * 2).min(max);
+        self.offs.retain(|(_, c), _| *c != coil);
+        self.offs.insert((at, coil), tag);
     }
 
     async fn write(&mut self, ctx: &mut Context, coil: u16, on: bool, tag: String) -> Io<()> {
@@ -309,28 +440,17 @@ impl Device {
         let r = match r {
             Ok(()) if !on => {
                 // Read back: a door is only locked when the board says so.
-                let got = timed(self.timing.response, ctx.read_coils(coil, 1)).await?;
-                if got.first() == Some(&false) {
-                    Ok(())
-                } else {
-                    Err("coil still reads ON after OFF".into())
+                match timed(self.timing.response, ctx.read_coils(coil, 1)).await {
+                    Ok(got) if got.first() == Some(&false) => Ok(()),
+                    Ok(_) => Err(Fault::Point("coil still reads ON after OFF".into())),
+                    Err(e) => Err(e),
                 }
             }
             other => other,
         };
         match &r {
-            Ok(()) => self.report(Report::Coil {
-                device: self.spec.id.clone(),
-                coil,
-                on,
-                tag,
-            }),
-            Err(e) => self.report(Report::CoilFailed {
-                device: self.spec.id.clone(),
-                coil,
-                on,
-                error: e.clone(),
-            }),
+            Ok(()) => self.coil_ok(coil, on, tag),
+            Err(e) => self.coil_failed(coil, on, &tag, e.to_string()),
         }
         r
     }
@@ -357,29 +477,28 @@ impl Device {
         count: u16,
         tag: String,
     ) -> Io<()> {
-        timed(
+        let started = match timed(
             self.timing.response,
             ctx.write_single_register(register, count),
         )
-        .await?;
-        let got = timed(self.timing.response, ctx.read_coils(coil, 1)).await?;
-        let device = self.spec.id.clone();
-        if got.first() == Some(&true) {
-            self.report(Report::Coil {
-                device,
+        .await
+        {
+            Ok(()) => timed(self.timing.response, ctx.read_coils(coil, 1)).await,
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(got) if got.first() == Some(&true) => self.coil_ok(coil, true, tag),
+            Ok(_) => self.coil_failed(
                 coil,
-                on: true,
-                tag,
-            });
-        } else {
-            self.report(Report::CoilFailed {
-                device,
-                coil,
-                on: true,
-                error: format!(
-                    "coil still reads OFF after the timed-pulse write to register {register}"
-                ),
-            });
+                true,
+                &tag,
+                format!("coil still reads OFF after the timed-pulse write to register {register}"),
+            ),
+            Err(Fault::Point(e)) => {
+                self.coil_failed(coil, true, &tag, e.clone());
+                return Err(Fault::Point(e));
+            }
+            Err(link) => return Err(link),
         }
         Ok(())
     }
@@ -388,33 +507,90 @@ impl Device {
     async fn timed_pulse_ended(&mut self, ctx: &mut Context, coil: u16, tag: &str) -> Io<bool> {
         let got = timed(self.timing.response, ctx.read_coils(coil, 1)).await?;
         if got.first() == Some(&false) {
-            self.report(Report::Coil {
-                device: self.spec.id.clone(),
-                coil,
-                on: false,
-                tag: tag.to_string(),
-            });
+            self.coil_ok(coil, false, tag.to_string());
             return Ok(true);
         }
         tracing::warn!(device = %self.spec.id, coil, "the board did not end its timed pulse; switching OFF");
         Ok(false)
     }
 
+    /// Drives `coil` to `on` as a resting state; a refused write is retried later. Err only
+    /// when the link failed.
+    async fn settle(
+        &mut self,
+        ctx: &mut Context,
+        coil: u16,
+        on: bool,
+        tag: String,
+    ) -> Result<(), String> {
+        match self.write(ctx, coil, on, tag.clone()).await {
+            Ok(()) => Ok(()),
+            Err(Fault::Point(_)) => {
+                self.retry_later(coil, tag);
+                Ok(())
+            }
+            Err(Fault::Link(e)) => Err(e),
+        }
+    }
+
+    /// A pulse's end (or a refused coil's retry) that is due: the coil goes to its resting
+    /// state, read back. Err only when the link failed.
+    async fn end_pulse(
+        &mut self,
+        ctx: &mut Context,
+        key: (Instant, u16),
+        tag: String,
+    ) -> Result<(), String> {
+        let coil = key.1;
+        self.offs.remove(&key);
+        let rest = self.wanted.get(&coil).copied().unwrap_or(false);
+        if self.timed.remove(&coil).is_some() && !rest {
+            match self.timed_pulse_ended(ctx, coil, &tag).await {
+                Ok(true) => {
+                    self.pulsing.remove(&coil);
+                    return Ok(());
+                }
+                // The gateway ends it: OFF with read-back (which reports what the board
+                // refuses).
+                Ok(false) | Err(Fault::Point(_)) => {}
+                Err(Fault::Link(e)) => return Err(e),
+            }
+        }
+        match self.write(ctx, coil, rest, tag.clone()).await {
+            Ok(()) => {
+                self.pulsing.remove(&coil);
+                Ok(())
+            }
+            // Keep trying until the door is locked.
+            Err(Fault::Point(_)) => {
+                self.retry_later(coil, tag);
+                Ok(())
+            }
+            // The reconnection drives every coil to its resting state.
+            Err(Fault::Link(e)) => Err(e),
+        }
+    }
+
     async fn connected(
         &mut self,
         ctx: &mut Context,
         rx: &mut mpsc::UnboundedReceiver<Command>,
-    ) -> Io<()> {
+    ) -> Ended {
         // Drive every coil to its resting state (ends any pulse cut short by the outage).
         self.pulsing.clear();
         self.timed.clear();
         self.offs.clear();
-        let wanted: Vec<(u16, bool)> = self.wanted.iter().map(|(c, o)| (*c, *o)).collect();
+        let mut wanted: Vec<(u16, bool)> = self.wanted.iter().map(|(c, o)| (*c, *o)).collect();
+        wanted.sort_unstable();
         for (coil, on) in wanted {
-            self.write(ctx, coil, on, String::new()).await?;
+            if let Err(e) = self.settle(ctx, coil, on, String::new()).await {
+                return Ended::Lost(e);
+            }
         }
         self.inputs.clear();
-        self.poll(ctx).await?;
+        if let Err(e) = self.poll(ctx).await {
+            return Ended::Lost(e);
+        }
         self.mark(true, None);
         let mut next_poll = Instant::now() + self.timing.poll;
         loop {
@@ -428,50 +604,33 @@ impl Device {
                         .range(..=(now, u16::MAX))
                         .map(|(k, v)| (*k, v.clone()))
                         .collect();
-                    for ((t, coil), tag) in due {
-                        let rest = self.wanted.get(&coil).copied().unwrap_or(false);
-                        if self.timed.remove(&coil).is_some() && !rest {
-                            match self.timed_pulse_ended(ctx, coil, &tag).await {
-                                Ok(true) => {
-                                    self.offs.remove(&(t, coil));
-                                    self.pulsing.remove(&coil);
-                                    continue;
-                                }
-                                Ok(false) => {} // the gateway ends it: OFF with read-back
-                                Err(e) => {
-                                    self.offs.remove(&(t, coil));
-                                    self.offs.insert((now + Duration::from_millis(200), coil), tag);
-                                    return Err(e);
-                                }
-                            }
-                        }
-                        match self.write(ctx, coil, rest, tag.clone()).await {
-                            Ok(()) => {
-                                self.offs.remove(&(t, coil));
-                                self.pulsing.remove(&coil);
-                            }
-                            Err(e) => {
-                                // Keep trying until the door is locked.
-                                self.offs.remove(&(t, coil));
-                                self.offs.insert((now + Duration::from_millis(200), coil), tag);
-                                return Err(e);
-                            }
+                    for (key, tag) in due {
+                        if let Err(e) = self.end_pulse(ctx, key, tag).await {
+                            return Ended::Lost(e);
                         }
                     }
                     if now >= next_poll {
-                        self.poll(ctx).await?;
+                        if let Err(e) = self.poll(ctx).await {
+                            return Ended::Lost(e);
+                        }
                         next_poll = now + self.timing.poll;
                     }
                 }
                 cmd = rx.recv() => {
-                    let Some(cmd) = cmd else { return Ok(()) };
+                    let Some(cmd) = cmd else { return Ended::AppGone };
                     if let Command::Retarget { .. } = cmd {
                         self.leave(ctx).await;
                         self.accept(cmd);
-                        return Err("the board moved to a new address".into());
+                        return Ended::Moved;
                     }
                     if let Some((coil, on, tag)) = self.accept(cmd) {
-                        self.drive(ctx, coil, on, tag).await?;
+                        match self.drive(ctx, coil, on, tag.clone()).await {
+                            Ok(()) => {}
+                            // A refused pulse: its end drives the resting state, as always.
+                            Err(Fault::Point(_)) if self.pulsing.contains_key(&coil) => {}
+                            Err(Fault::Point(_)) => self.retry_later(coil, tag),
+                            Err(Fault::Link(e)) => return Ended::Lost(e),
+                        }
                     }
                 }
             }
@@ -498,19 +657,67 @@ impl Device {
         }
     }
 
-    async fn poll(&mut self, ctx: &mut Context) -> Io<()> {
+    /// Reads every input due: a change is reported. An input the board refuses is logged once
+    /// and read again with backoff; the others are read as usual. Err only when the link
+    /// failed.
+    async fn poll(&mut self, ctx: &mut Context) -> Result<(), String> {
         let inputs = self.spec.inputs.clone();
         for input in inputs {
-            let v = timed(self.timing.response, ctx.read_discrete_inputs(input, 1)).await?;
-            let on = v.first().copied().unwrap_or(false);
-            if self.inputs.insert(input, on) != Some(on) {
-                self.report(Report::Input {
-                    device: self.spec.id.clone(),
-                    input,
-                    on,
-                });
+            if self
+                .input_faults
+                .get(&input)
+                .is_some_and(|f| Instant::now() < f.next)
+            {
+                continue;
+            }
+            match timed(self.timing.response, ctx.read_discrete_inputs(input, 1)).await {
+                Ok(v) => {
+                    if let Some(f) = self.input_faults.remove(&input) {
+                        tracing::info!(device = %self.spec.id, input, was = %f.error, "input can be read again");
+                    }
+                    let on = v.first().copied().unwrap_or(false);
+                    if self.inputs.insert(input, on) != Some(on) {
+                        self.report(Report::Input {
+                            device: self.spec.id.clone(),
+                            input,
+                            on,
+                        });
+                    }
+                }
+                Err(Fault::Point(error)) => self.input_refused(input, error),
+                Err(Fault::Link(e)) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    /// The board refused to read `input`: logged when the failure is new, tried again later.
+    fn input_refused(&mut self, input: u16, error: String) {
+        let max = self.timing.backoff_max.max(RETRY_FIRST);
+        let retry = match self.input_faults.get(&input) {
+            Some(f) => (f.retry * 2).min(max),
+            None => RETRY_FIRST,
+        };
+        if self
+            .input_faults
+            .get(&input)
+            .is_none_or(|f| f.error != error)
+        {
+            tracing::error!(
+                device = %self.spec.id,
+                input,
+                error = %error,
+                "input cannot be read (is it on this board?); its door contact or exit button \
+                 is not watched, the board's other inputs and coils are"
+            );
+        }
+        self.input_faults.insert(
+            input,
+            InputFault {
+                error,
+                next: Instant::now() + retry,
+                retry,
+            },
+        );
     }
 }

@@ -22,6 +22,7 @@ mod mqtt_auth;
 mod pages;
 mod props;
 mod readers;
+mod relay_faults;
 mod scenarios;
 mod snapshots;
 mod store_contract;
