@@ -623,6 +623,7 @@ impl Server {
         let deadlines = tokio::spawn(self.app.clone().deadline_loop());
         let (reader_tx, reader_rx) = mpsc::unbounded_channel();
         let relays = relays::Relays::start(self.app.clone());
+        let stopping = relays.clone();
         let mut effects = self.effects;
         let router_task = tokio::spawn(async move {
             while let Some(e) = effects.recv().await {
@@ -652,6 +653,8 @@ impl Server {
         if let Some(u) = upstream {
             u.abort();
         }
+        // Last: pulses in progress end before the process does.
+        stopping.stop(Duration::from_secs(3)).await;
         result
     }
 }

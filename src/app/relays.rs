@@ -27,6 +27,10 @@ pub struct Relays {
     app: Arc<App>,
     devices: Mutex<HashMap<String, Device>>,
     reports: mpsc::UnboundedSender<Report>,
+    /// The device tasks, for [`Relays::stop`].
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set by [`Relays::stop`]: no device is started after it.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// A device task, kept for as long as the gateway runs (also once a policy drops its board).
@@ -48,6 +52,8 @@ impl Relays {
             app: app.clone(),
             devices: Mutex::new(HashMap::new()),
             reports,
+            tasks: Mutex::new(Vec::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         relays.ensure_devices();
         // A new policy may name new boards, and drop doors: connect and lock as it activates.
@@ -84,6 +90,9 @@ impl Relays {
     pub fn ensure_devices(&self) {
         // The policy is read under the devices lock: no older policy is applied after a newer.
         let mut devices = self.devices.lock().expect("relays lock");
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let Some(policy) = self.app.read(|s| s.policy.clone()) else {
             return;
         };
@@ -119,8 +128,8 @@ impl Relays {
                     let _ = d.tx.send(modbus::Command::Inputs(inputs));
                     (d.tx, d.coils)
                 }
-                None => (
-                    modbus::spawn_device(
+                None => {
+                    let (tx, task) = modbus::start_device(
                         DeviceSpec {
                             id: dev.id.clone(),
                             address: dev.modbus.clone(),
@@ -129,9 +138,10 @@ impl Relays {
                         },
                         Timing::default(),
                         self.reports.clone(),
-                    ),
-                    BTreeSet::new(),
-                ),
+                    );
+                    self.tasks.lock().expect("relays lock").push(task);
+                    (tx, BTreeSet::new())
+                }
             };
             let mut coils = BTreeSet::new();
             for door in policy.doors.iter().filter(|d| d.relay.device == dev.id) {
@@ -161,6 +171,26 @@ impl Relays {
             if !policy.relay_devices.iter().any(|dev| dev.id == *id) {
                 lock(&d.tx, std::mem::take(&mut d.coils).iter());
                 let _ = d.tx.send(modbus::Command::Inputs(vec![]));
+            }
+        }
+    }
+
+    /// The gateway is stopping: every device task ends the pulses in progress (a door granted
+    /// a moment before a SIGTERM is not left unlocked until the next start) and stops. Waits
+    /// for that at most `within`.
+    pub async fn stop(&self, within: Duration) {
+        let tasks = {
+            let mut devices = self.devices.lock().expect("relays lock");
+            self.stopped
+                .store(true, std::sync::atomic::Ordering::Release);
+            devices.clear(); // the device tasks' senders: each task ends its pulses and stops
+            std::mem::take(&mut *self.tasks.lock().expect("relays lock"))
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        for task in tasks {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("a relay device did not stop in time");
+                return;
             }
         }
     }

@@ -103,9 +103,19 @@ pub fn spawn_device(
     timing: Timing,
     reports: mpsc::UnboundedSender<Report>,
 ) -> mpsc::UnboundedSender<Command> {
+    start_device(spec, timing, reports).0
+}
+
+/// As [`spawn_device`], with the task: dropping every sender stops it, after it has ended the
+/// pulses in progress (the gateway stopping waits for that).
+pub fn start_device(
+    spec: DeviceSpec,
+    timing: Timing,
+    reports: mpsc::UnboundedSender<Report>,
+) -> (mpsc::UnboundedSender<Command>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(Device::new(spec, timing, reports).run(rx));
-    tx
+    let task = tokio::spawn(Device::new(spec, timing, reports).run(rx));
+    (tx, task)
 }
 
 struct Device {
@@ -617,7 +627,10 @@ impl Device {
                     }
                 }
                 cmd = rx.recv() => {
-                    let Some(cmd) = cmd else { return Ended::AppGone };
+                    let Some(cmd) = cmd else {
+                        self.end_pulses(ctx).await;
+                        return Ended::AppGone;
+                    };
                     if let Command::Retarget { .. } = cmd {
                         self.leave(ctx).await;
                         self.accept(cmd);
@@ -639,6 +652,26 @@ impl Device {
 
     /// Before the task moves to a board's new address: every coil it holds ON (resting or
     /// pulsing) is driven OFF at the old one, best effort; an error only ends the attempt.
+    /// The gateway is stopping: every pulse in progress ends now (its coil driven to its
+    /// resting state, read back), so a door granted a moment ago is not left unlocked until the
+    /// gateway runs again. Best effort: a failure is logged, and the next start-up drives every
+    /// coil to its resting state anyway.
+    async fn end_pulses(&mut self, ctx: &mut Context) {
+        let mut coils: Vec<u16> = self.pulsing.keys().copied().collect();
+        coils.sort_unstable();
+        for coil in coils {
+            let rest = self.wanted.get(&coil).copied().unwrap_or(false);
+            match self.write(ctx, coil, rest, String::new()).await {
+                Ok(()) => {
+                    self.pulsing.remove(&coil);
+                }
+                Err(e) => {
+                    tracing::warn!(device = %self.spec.id, coil, error = %e, "pulse not ended at shutdown")
+                }
+            }
+        }
+    }
+
     async fn leave(&mut self, ctx: &mut Context) {
         let mut on: Vec<u16> = self
             .wanted

@@ -281,6 +281,26 @@ listen = "127.0.0.1:0"
         }
     }
 
+    /// SIGTERM, as systemd stops the service: waits up to 15 s for the process to exit and
+    /// returns its exit status (SIGKILL after that).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) only reads its integer arguments; the pid is our own child's.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     /// SIGKILL (std's `Child::kill` on unix): no shutdown code runs.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -241,3 +241,45 @@ async fn a_contact_change_during_a_log_outage_is_recorded_once_the_log_is_back()
     assert_eq!(main["open"], true, "{main}");
     assert_eq!(main["alarm"], "forced", "{main}");
 }
+
+/// The gateway stopped (SIGTERM, as systemd does) in the middle of a grant's pulse: the pulse
+/// ends before the process does. Before, the OFF was a timer in the device task, which the
+/// runtime dropped at exit: a latching relay kept the door unlocked until the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopped_mid_pulse_ends_the_pulse_first() {
+    let board = new_board().await;
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = site_dir.path().join("site.toml");
+    let layout = Layout {
+        pulse_ms: 20_000,
+        ..Layout::default()
+    };
+    std::fs::write(&site, site_doc(&board.url(), &layout)).unwrap();
+    let mut s = TestServer::start_with(
+        Options::default().extra_toml(&format!("site = {:?}", site.display().to_string())),
+    )
+    .await;
+    let (_, key) = s.create_partner("Acme").await;
+    crate::crash_suite::enroll_user(&s, &key, "alice", json!({"access_level": "standard"})).await;
+    let mut lobby = crate::crash_suite::reader(&s.mqtt_url, "lobby-1", "alice", 1)
+        .await
+        .unwrap();
+    until("the gateway holds the board", || {
+        board.writes().iter().any(|(_, c, on)| *c == 0 && !*on)
+    })
+    .await;
+    lobby.capture(None).await.expect("capture");
+    until("coil 0 ON for the grant", || board.coil(0)).await;
+    let stopping = Instant::now();
+    let status = s.terminate().expect("the gateway exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !board.coil(0),
+        "the door was left unlocked by a gateway stopped mid-pulse"
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "stopping took {:?}",
+        stopping.elapsed()
+    );
+}
