@@ -182,13 +182,36 @@ impl App {
     /// Destroys the data keys of erased users (crypto-shredding, SPEC 8.3). Only those: a
     /// sweep of every key no user in memory references, as erasures once ran, also destroyed the
     /// key of an enrollment whose events were not folded in yet, and that user never matched
-    /// again. A key that cannot be deleted now goes at the next start-up's sweep.
+    /// again. A key that cannot be deleted now (the key store locked, its disk full) is deleted
+    /// by a retry as soon as it can be.
     pub(super) fn destroy_keys(&self, ids: &[KeyId]) {
+        let mut left: Vec<KeyId> = Vec::new();
         for id in ids {
             if let Err(e) = self.keystore.delete(*id) {
-                tracing::error!(error = %e, "cannot destroy an erased user's data key; the next start-up will");
+                tracing::error!(error = %e, "cannot destroy an erased user's data key yet; retrying");
+                left.push(*id);
             }
         }
+        if left.is_empty() {
+            return;
+        }
+        // The erasure is in the log and answered: the key must go as soon as the key store
+        // can be written again (it was locked, or its disk full), not at the next start-up.
+        let (Some(app), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            return; // shutting down: the start-up sweep destroys it
+        };
+        // On the blocking pool: each try may wait out the key store's busy timeout (5 s),
+        // which on a runtime worker would stall the tasks queued behind it.
+        runtime.spawn_blocking(move || {
+            let mut pause = KEY_RETRY_FIRST;
+            while !left.is_empty() {
+                std::thread::sleep(pause);
+                left.retain(|id| app.keystore.delete(*id).is_err());
+                pause = (pause * 2).min(KEY_RETRY_MAX);
+            }
+            tracing::info!("erased users' data keys destroyed after a retry");
+        });
     }
 
     /// Deletes every data key no enrolled user references (erased users, failed appends). At
@@ -211,6 +234,11 @@ impl App {
         }
     }
 }
+
+/// The first pause before an erased user's data key that could not be deleted is tried again,
+/// and the longest.
+const KEY_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const KEY_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn rand12(rng: &dyn super::clock::Rng) -> [u8; 12] {
     let mut b = [0u8; 12];

@@ -1110,3 +1110,44 @@ async fn an_erasure_during_an_enrollment_keeps_the_new_users_key() {
     assert_eq!(s["external_id"], "BOB", "{s}");
     drop((alice_desk, lock));
 }
+
+/// An erasure while the key store cannot be written (another process holds it, or its disk is
+/// full): the erasure is recorded and answered, and the data key is destroyed as soon as the
+/// key store can be written again, not left until the next start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_users_key_is_destroyed_once_the_key_store_is_writable() {
+    let g = Gate::start().await;
+    let mut desk = g.reader("desk-1", "alice", 1).await;
+    g.enroll_with(&mut desk, "ALICE").await;
+    let lock = rusqlite::Connection::open(g.path("keys.db")).expect("open keys.db");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("lock the key store");
+    let count = |c: &rusqlite::Connection| {
+        c.query_row("SELECT count(*) FROM data_keys", [], |r| r.get::<_, i64>(0))
+            .expect("count keys")
+    };
+    let r = g
+        .http
+        .delete(format!("{}/v1/users/ALICE", g.base))
+        .header("X-API-Key", &g.key)
+        .send()
+        .await
+        .expect("DELETE user");
+    assert_eq!(r.status(), 204);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&lock),
+        1,
+        "the key store was locked: the key is still there"
+    );
+    lock.execute_batch("ROLLBACK")
+        .expect("unlock the key store");
+    drop(lock);
+    let end = Instant::now() + Duration::from_secs(10);
+    let c = rusqlite::Connection::open(g.path("keys.db")).expect("open keys.db");
+    while count(&c) > 0 {
+        assert!(Instant::now() < end, "the data key outlived its erasure");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(desk);
+}
