@@ -70,6 +70,19 @@ impl Session {
         self.state == SessionState::Pending && now < self.expires_at
     }
 
+    /// The state as the API shows it at `now`: a pending session past its deadline is
+    /// `expired` (with `expires_at` as its end) before the tick has recorded it, as its page
+    /// and a cancel already treat it. The tick's `SessionExpired` normally follows within a
+    /// second; while the log cannot be written it may not for a while.
+    pub fn as_of(&self, now: DateTime<Utc>) -> (SessionState, Option<DateTime<Utc>>) {
+        match self.state {
+            SessionState::Pending if now >= self.expires_at => {
+                (SessionState::Expired, Some(self.expires_at))
+            }
+            state => (state, self.ended_at),
+        }
+    }
+
     pub fn page_view(&self, now: DateTime<Utc>) -> PageView {
         match self.state {
             SessionState::Pending if now < self.expires_at => PageView::Open,

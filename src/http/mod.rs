@@ -131,6 +131,15 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(pass_api::not_found)
         .method_not_allowed_fallback(pass_api::not_found);
     let v1 = guard_v1(v1, app.clone());
+    // `/v1/` (a trailing slash) is not one of the nested router's paths: without its own route
+    // it fell to the outer 404, past the gate (no 401, no rate-limit headers: SPEC 2 wants
+    // them on every response under `/v1`).
+    let v1_slash = guard_v1(
+        Router::new()
+            .route("/v1/", axum::routing::any(pass_api::not_found))
+            .method_not_allowed_fallback(pass_api::not_found),
+        app.clone(),
+    );
     let admin = Router::new()
         .route(
             "/partners",
@@ -153,6 +162,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/events/stream", get(admin_site::event_stream));
     Router::new()
         .nest("/v1", v1)
+        .merge(v1_slash)
         .nest("/admin/v1", admin)
         .route("/enroll/{token}", get(pages::enroll_page))
         .route("/identify/{token}", get(pages::identify_page))

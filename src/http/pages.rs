@@ -144,7 +144,9 @@ fn page(
             let body = format!("{}{}", notice(outcome), notice(c.gone_body));
             html(StatusCode::GONE, s.language, c.gone_title, &body)
         }
-        PageView::Open if json => axum::Json(super::pass_api::session_body(&s)).into_response(),
+        PageView::Open if json => {
+            axum::Json(super::pass_api::session_body(&s, app.clock.now())).into_response()
+        }
         PageView::Open => {
             let readers = online_readers(app);
             let mut body = open_body(c, &s, token, &readers);
@@ -323,12 +325,14 @@ pub async fn events(
         "identify" => SessionKind::Identify,
         _ => return message(StatusCode::NOT_FOUND, "not found"),
     };
+    // Listen before reading: a change between the two would otherwise be lost, and the page
+    // would wait on `pending` for good.
+    let changes = BroadcastStream::new(app.session_changes());
     let Some(s) = find(&app, kind, &token) else {
         return message(StatusCode::NOT_FOUND, "not found");
     };
     let id = s.id;
     let first = progress(&s);
-    let changes = BroadcastStream::new(app.session_changes());
     let app2 = app.clone();
     let updates = changes.filter_map(move |r| match r {
         Ok(changed) if changed == id => app2.read(|st| st.session(id).map(progress)),

@@ -72,17 +72,22 @@ pub struct UserBody {
     pub enrolled_at: String,
 }
 
-pub fn session_body(s: &crate::core::session::Session) -> SessionBody {
+/// `s` as its partner sees it at `now` ([`crate::core::session::Session::as_of`]).
+pub fn session_body(
+    s: &crate::core::session::Session,
+    now: chrono::DateTime<chrono::Utc>,
+) -> SessionBody {
+    let (state, ended_at) = s.as_of(now);
     SessionBody {
         session_id: s.id.to_string(),
         kind: s.kind.as_str().into(),
-        state: s.state.as_str().into(),
+        state: state.as_str().into(),
         language: s.language.code().into(),
         external_id: s.external_id.as_ref().map(|e| e.0.clone()),
         fail_reason: s.fail_reason.map(|r| r.as_str().into()),
         created_at: time_text(s.created_at),
         expires_at: time_text(s.expires_at),
-        ended_at: s.ended_at.map(time_text),
+        ended_at: ended_at.map(time_text),
     }
 }
 
@@ -298,7 +303,7 @@ pub async fn get_session(
     Path(id): Path<String>,
 ) -> Result<Json<SessionBody>, ApiError> {
     let s = own_session(&app, partner, &id)?;
-    Ok(Json(session_body(&s)))
+    Ok(Json(session_body(&s, app.clock.now())))
 }
 
 /// `POST /v1/sessions/{session_id}/cancel`
@@ -314,7 +319,7 @@ pub async fn cancel_session(
     })
     .await?;
     let s = own_session(&app, partner, &id)?;
-    Ok(Json(session_body(&s)))
+    Ok(Json(session_body(&s, app.clock.now())))
 }
 
 /// `GET /v1/users/{external_id}`
@@ -384,7 +389,13 @@ pub async fn list_sessions(
             .collect()
     });
     list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.0.cmp(&a.id.0)));
-    Ok(Json(list.iter().take(limit).map(session_body).collect()))
+    let now = app.clock.now();
+    Ok(Json(
+        list.iter()
+            .take(limit)
+            .map(|s| session_body(s, now))
+            .collect(),
+    ))
 }
 
 /// `GET /v1/users?limit=N`: the partner's users, newest enrollment first.

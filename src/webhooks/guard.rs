@@ -77,21 +77,33 @@ impl Guard {
             .trim_matches(|c| c == '[' || c == ']')
             .to_string();
         let port = url.port_or_known_default().unwrap_or(443);
-        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| format!("url host {host:?} does not resolve: {e}"))?
-                .collect(),
+        // The answers go to a partner: they never say what a name resolves to on the
+        // gateway's network, nor the resolver's own error (that would map the LAN's DNS).
+        let literal = host.parse::<IpAddr>().ok();
+        let addrs: Vec<SocketAddr> = match literal {
+            Some(ip) => vec![SocketAddr::new(ip, port)],
+            None => match tokio::net::lookup_host((host.as_str(), port)).await {
+                Ok(a) => a.collect(),
+                Err(e) => {
+                    tracing::debug!(host, error = %e, "webhook host does not resolve");
+                    vec![]
+                }
+            },
         };
         if addrs.is_empty() {
             return Err(format!("url host {host:?} does not resolve"));
         }
         if let Some(bad) = addrs.iter().find(|a| !self.allows(a.ip())) {
+            let what = match literal {
+                Some(ip) => format!("url host {ip} is"),
+                None => {
+                    tracing::debug!(host, ip = %bad.ip(), "webhook host refused");
+                    format!("url host {host:?} resolves to")
+                }
+            };
             return Err(format!(
-                "url resolves to {}, a loopback, private, link-local or reserved address; \
-                 list its network in webhooks.allow_networks to allow it",
-                bad.ip()
+                "{what} a loopback, private, link-local or reserved address; list its network \
+                 in webhooks.allow_networks to allow it"
             ));
         }
         Ok(url)

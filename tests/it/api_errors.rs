@@ -785,6 +785,10 @@ async fn unknown_v1_route_is_404_after_authentication() {
         (reqwest::Method::GET, "/v1/enroll"),
         (reqwest::Method::DELETE, "/v1/identify"),
         (reqwest::Method::GET, "/v1/sessions/a/b/c"),
+        // The bare prefix with a trailing slash once fell outside the gate: a 404 without
+        // authentication or rate-limit headers.
+        (reqwest::Method::GET, "/v1/"),
+        (reqwest::Method::POST, "/v1/"),
     ] {
         let t = unix_now_ms();
         let a = send(

@@ -485,3 +485,32 @@ async fn a_request_whose_client_hangs_up_still_reaches_the_state() {
         assert_eq!(&s.session(&key, id).await.json(), was, "session {id}");
     }
 }
+
+/// A session past its `expires_at` reads `expired` in the API at once, as its page and a
+/// cancel already treat it, even while the tick cannot record `SessionExpired` (here: the log
+/// is locked by another process). It read `pending` until the tick's write landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_past_its_deadline_reads_expired_before_the_tick_records_it() {
+    let s = TestServer::start_with(Options::default().ttl("2s")).await;
+    let (_, key) = s.create_partner("Poller").await;
+    let c = s.identify(&key, "").await.created();
+    let lock = rusqlite::Connection::open(s.store_path()).unwrap();
+    lock.busy_timeout(Duration::from_secs(10)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let v = s.session(&key, &c.session_id).await.json();
+    assert_eq!(v["state"], "expired", "{v}");
+    assert_eq!(v["ended_at"], v["expires_at"], "{v}");
+    let list = send(s.get("/v1/sessions").header("x-api-key", &key))
+        .await
+        .json();
+    assert_eq!(list[0]["state"], "expired", "{list}");
+    lock.execute_batch("ROLLBACK").unwrap();
+    // Once recorded, the same.
+    let v = poll("the recorded expiry", Duration::from_secs(10), || async {
+        let v = s.session(&key, &c.session_id).await.json();
+        (v["state"] == "expired").then_some(v)
+    })
+    .await;
+    assert_eq!(v["ended_at"], v["expires_at"], "{v}");
+}
