@@ -275,7 +275,11 @@ impl App {
         for _ in 0..MAX_ATTEMPTS {
             let now = self.clock.now();
             let mut decision = self.read(|s| decide(s, &cmd, now))?;
-            decision.appends.retain(|a| !a.events.is_empty());
+            // An append without events is a condition on what the decision read (its stream
+            // unchanged since): sent along with events, dropped when there are none.
+            if decision.appends.iter().all(|a| a.events.is_empty()) {
+                decision.appends.clear();
+            }
             if decision.appends.is_empty() {
                 self.perform(decision.effects);
                 return Ok(decision.outcome);

@@ -274,6 +274,23 @@ pub fn decide_door(
             at: now,
         },
     )];
+    // What the verdict read besides the door: the site mode, the policy and the person. Each
+    // goes to the store as a condition (no event), so a lockdown, a new policy or an erasure
+    // appended after this was decided refuses it, and it is decided again on what is then in
+    // force; otherwise a scan decided a moment before a lockdown could open the door after it
+    // (and `audit verify` would rightly fail the log).
+    let mut read = vec![stream::SITE.to_string(), stream::POLICY.to_string()];
+    if let Some(s) = &subject {
+        read.push(stream::user(s.partner_id, &s.external_id));
+    }
+    for st in read {
+        let expected = state.expected(&st);
+        appends.push(StreamAppend {
+            stream: st,
+            expected,
+            events: vec![],
+        });
+    }
     if let Some(s) = &subject
         && let Some(hook) = state.webhook(s.partner_id).filter(|w| w.wants("access"))
     {

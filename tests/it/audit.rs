@@ -57,8 +57,16 @@ fn capture(palm: &str, seed: u64, id: &str) -> Inbound {
     })
 }
 
-/// A log with a policy, an enrolled user and six door decisions (granted and denied).
-async fn make_log() -> Log {
+/// A running gateway (in-process) with the site policy and alice enrolled with partner Acme.
+struct Enrolled {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    server: palmgate::app::Server,
+    app: std::sync::Arc<palmgate::app::App>,
+    partner: palmgate::core::PartnerId,
+}
+
+async fn enrolled() -> Enrolled {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     std::fs::write(dir.path().join("site.toml"), SITE).unwrap();
@@ -123,6 +131,24 @@ listen = "127.0.0.1:0"
     )
     .await
     .unwrap();
+    Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        partner,
+    }
+}
+
+/// A log with a policy, an enrolled user and six door decisions (granted and denied).
+async fn make_log() -> Log {
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        ..
+    } = enrolled().await;
     for (i, (reader, palm)) in [
         ("lobby-1", "alice"),
         ("lab-1", "alice"),
@@ -486,4 +512,62 @@ async fn the_cli_exits_1_on_tampering_and_exports_csv() {
     assert_eq!(bad.status.code(), Some(1));
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(out.contains(&format!("position {pos}")), "{out}");
+}
+
+/// A door scan decided a moment before a lockdown, whose append reaches the log after it: the
+/// store refuses it (the decision read the site mode the lockdown changed), and decided again
+/// it is denied. It once landed as a grant under the mode the log had already left: the door
+/// opened during the lockdown, and `audit verify` failed the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_decided_before_a_lockdown_cannot_land_after_it() {
+    use palmgate::core::matcher::Candidate;
+    use palmgate::core::{Capture, Command, ExternalId, decide};
+    use palmgate::store::StoreError;
+    let g = enrolled().await;
+    let cap = Capture {
+        reader_id: ReaderId("lobby-1".into()),
+        capture_id: "race-1".into(),
+        session: None,
+        quality: 0.9,
+        liveness: true,
+        best: Some(Candidate {
+            partner_id: g.partner,
+            external_id: ExternalId("alice".into()),
+            similarity: 0.97,
+        }),
+        sealed: None,
+    };
+    let now = g.app.clock.now();
+    let scan = g
+        .app
+        .read(|s| decide(s, &Command::Capture(cap.clone()), now))
+        .unwrap();
+    let granted = scan.events().any(
+        |e| matches!(e, palmgate::core::Event::DoorDecided { verdict, .. } if verdict.granted()),
+    );
+    assert!(granted, "before the lockdown alice is granted");
+    g.app
+        .execute(Command::SetSiteMode {
+            lockdown: Some(true),
+            emergency: None,
+        })
+        .await
+        .unwrap();
+    match g.app.store.append(scan.appends, now).await {
+        Err(StoreError::Conflict { stream, .. }) => assert_eq!(stream, "site"),
+        other => panic!("the stale grant was not refused: {other:?}"),
+    }
+    // Through the app, the same scan is decided again, under the lockdown.
+    g.app.execute(Command::Capture(cap)).await.unwrap();
+    let store = g.app.store.clone();
+    drop(g.server);
+    drop(g.app);
+    let decided = decided_rows(&g.dir.path().join("events.db"));
+    let (_, last) = decided.last().expect("a door decision");
+    let v: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["mode"], "lockdown", "{v}");
+    assert_eq!(v["verdict"]["verdict"], "denied", "{v}");
+    let report = audit::verify(&*store).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    drop(g.config);
 }
