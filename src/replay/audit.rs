@@ -167,7 +167,6 @@ struct Fold {
     chain: Verifier,
     state: State,
     policies: HashMap<String, Arc<Policy>>,
-    broken: bool,
 }
 
 impl Fold {
@@ -176,17 +175,17 @@ impl Fold {
     /// refills the page.
     fn next(&mut self, c: &mut Checked) {
         self.report.events += 1;
-        if !self.broken
-            && let Err(b) = self
-                .chain
-                .check_link(c.position, &c.prev_hash, &c.hash, &c.computed)
+        if let Err(b) = self
+            .chain
+            .check_link(c.position, &c.prev_hash, &c.hash, &c.computed)
         {
             self.report.findings.push(Finding {
                 position: b.position,
                 problem: format!("hash chain: {}", b.reason),
             });
-            // Later links are judged against this break; report it once.
-            self.broken = true;
+            // Go on from this event as stored: every break is reported at its own position
+            // (SPEC 9: any tampered byte), not only the first.
+            self.chain.resume_after(c.position, &c.hash);
         }
         let rec = match &mut c.decoded {
             Ok(r) => r,

@@ -321,6 +321,13 @@ impl Verifier {
     pub fn verified(&self) -> u64 {
         self.last_position
     }
+
+    /// After a break at `position`: the next event is checked against this one as stored, so
+    /// a second tampered event further on is found too, not hidden behind the first break.
+    pub fn resume_after(&mut self, position: u64, hash: &[u8; 32]) {
+        self.last_position = position;
+        self.last_hash = *hash;
+    }
 }
 
 #[cfg(test)]

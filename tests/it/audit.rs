@@ -307,6 +307,48 @@ async fn a_flipped_byte_is_reported_at_its_position() {
     assert!(r.findings[0].problem.contains("hash"), "{:?}", r.findings);
 }
 
+/// Two events changed far apart: both are reported, each at its position. Verification used to
+/// stop checking the chain after the first break, so a second change (to an event no decision
+/// re-derives, such as a user's metadata) went unnoticed behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tampered_event_is_reported_not_only_the_first() {
+    let log = make_log().await;
+    let decided = decided_rows(&log.db());
+    let (first, data) = decided[0].clone();
+    let c = Connection::open(log.db()).unwrap();
+    c.execute(
+        "UPDATE events SET data = ?1 WHERE position = ?2",
+        params![data.replacen("lobby", "lobbx", 1), first],
+    )
+    .unwrap();
+    let (enrolled, data): (i64, String) = c
+        .query_row(
+            "SELECT position, data FROM events WHERE type = 'UserEnrolled'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(enrolled < first);
+    c.execute(
+        "UPDATE events SET data = ?1 WHERE position = ?2",
+        params![data.replacen("standard", "vip-gold", 1), enrolled],
+    )
+    .unwrap();
+    let r = audit::verify(&store(&log.db())).unwrap();
+    let broken: Vec<u64> = r
+        .findings
+        .iter()
+        .filter(|f| f.problem.starts_with("hash chain"))
+        .map(|f| f.position)
+        .collect();
+    assert_eq!(
+        broken,
+        vec![enrolled as u64, first as u64],
+        "{:?}",
+        r.findings
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewritten_decision_with_a_resealed_chain_is_still_caught() {
     let log = make_log().await;
