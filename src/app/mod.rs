@@ -179,7 +179,10 @@ impl App {
         // the state has forgotten (ended sessions past their retention, ...) are dropped there
         // too, now and whenever the state forgets more (`apply`).
         parts.store.retain_streams(
-            state.streams().map(str::to_string).collect(),
+            state
+                .streams()
+                .filter_map(|s| Some((s.to_string(), state.revision(s)?)))
+                .collect(),
             state.position(),
         );
         state.collect_forgotten();

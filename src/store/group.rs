@@ -11,7 +11,7 @@ use crate::core::split_map::SplitMap;
 use crate::core::state::Map;
 use crate::core::{Expected, Recorded, StreamAppend};
 use chrono::{DateTime, Utc};
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// Each stream's last revision, as a writer holds them (the writer looks one up per event).
 /// Split hash maps ([`SplitMap`]): a B-tree with `String` keys chases a pointer per
@@ -80,8 +80,8 @@ pub(super) struct Forgetting {
 #[derive(Default)]
 struct Edits {
     forget: Vec<String>,
-    /// Streams to keep, as of a log position.
-    keep: Option<(HashSet<String>, u64)>,
+    /// Streams to keep, with their revisions, as of a log position.
+    keep: Option<(HashMap<String, u64>, u64)>,
 }
 
 impl Forgetting {
@@ -91,7 +91,7 @@ impl Forgetting {
         self.pending.store(true, Ordering::Release);
     }
 
-    pub fn retain(&self, keep: HashSet<String>, as_of: u64) {
+    pub fn retain(&self, keep: HashMap<String, u64>, as_of: u64) {
         let mut e = self.edits.lock().unwrap_or_else(|p| p.into_inner());
         e.keep = Some((keep, as_of));
         self.pending.store(true, Ordering::Release);
@@ -109,7 +109,14 @@ impl Forgetting {
             heads.remove(s);
         }
         match edits.keep {
-            Some((keep, as_of)) if as_of == position => heads.retain(|s, _| keep.contains(s)),
+            Some((keep, as_of)) if as_of == position => {
+                heads.retain(|s, _| keep.contains_key(s));
+                for (s, revision) in keep {
+                    if !heads.contains_key(&s) {
+                        heads.insert(s, revision);
+                    }
+                }
+            }
             Some((_, as_of)) => tracing::info!(
                 as_of,
                 position,

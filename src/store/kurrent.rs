@@ -404,7 +404,7 @@ impl EventStore for KurrentStore {
         self.forgetting.forget(streams);
     }
 
-    fn retain_streams(&self, keep: std::collections::HashSet<String>, as_of: u64) {
+    fn retain_streams(&self, keep: std::collections::HashMap<String, u64>, as_of: u64) {
         self.forgetting.retain(keep, as_of);
     }
 

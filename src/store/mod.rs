@@ -106,10 +106,13 @@ pub trait EventStore: Send + Sync + 'static {
         let _ = streams;
     }
 
-    /// Start-up: the heads of streams not in `keep` (the ones the state rebuilt up to log
-    /// position `as_of` knows) may be dropped, as with [`EventStore::forget_streams`] — only
-    /// if the store's heads are still as of `as_of`.
-    fn retain_streams(&self, keep: std::collections::HashSet<String>, as_of: u64) {
+    /// Start-up: the stream heads become the ones the state rebuilt up to log position `as_of`
+    /// knows (`keep`, with their revisions) — only if the store's heads are still as of
+    /// `as_of`. Heads not in `keep` are dropped, as with [`EventStore::forget_streams`]; a
+    /// stream in `keep` the store has no head for (forgotten by an earlier run with a shorter
+    /// retention, which a longer one brings back) gets the state's revision, so it can be
+    /// appended to again.
+    fn retain_streams(&self, keep: std::collections::HashMap<String, u64>, as_of: u64) {
         let _ = (keep, as_of);
     }
 

@@ -640,13 +640,13 @@ pub mod contract {
         assert_conflict(r, "kept", Expected::NoStream, Some(0));
 
         // A retain as of a position the log has moved past: nothing dropped.
-        store.retain_streams(["kept".to_string()].into(), 3);
+        store.retain_streams([("kept".to_string(), 0)].into(), 3);
         let r = store
             .append(one("other", Expected::NoStream, 3), at(3))
             .await;
         assert_conflict(r, "other", Expected::NoStream, Some(0));
         // As of the current position: only `kept` stays checked.
-        store.retain_streams(["kept".to_string()].into(), 4);
+        store.retain_streams([("kept".to_string(), 0)].into(), 4);
         let r = store
             .append(one("kept", Expected::NoStream, 4), at(4))
             .await;
@@ -659,6 +659,26 @@ pub mod contract {
             assert_eq!(recs[0].revision, 0);
         }
         assert_eq!(verify(&read_all_raw(store)), Ok(6));
+
+        // A head the store no longer has (forgotten by an earlier run with a shorter
+        // retention) but the state knows again (a longer one brought it back): the retain
+        // restores it, so the stream takes appends at its revision and no other.
+        store.forget_streams(vec!["kept".into()]);
+        let state: std::collections::HashMap<String, u64> =
+            [("kept", 0), ("gone", 0), ("other", 0)]
+                .map(|(s, r)| (s.to_string(), r))
+                .into();
+        store.retain_streams(state, 6);
+        let r = store
+            .append(one("kept", Expected::NoStream, 6), at(6))
+            .await;
+        assert_conflict(r, "kept", Expected::NoStream, Some(0));
+        let recs = store
+            .append(one("kept", Expected::Revision(0), 7), at(7))
+            .await
+            .expect("the restored head takes the next revision");
+        assert_eq!((recs[0].position, recs[0].revision), (7, 1));
+        assert_eq!(verify(&read_all_raw(store)), Ok(7));
     }
 }
 
