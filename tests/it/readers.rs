@@ -247,6 +247,13 @@ impl Gate {
             .expect("count events")
     }
 
+    /// Data keys in the key store (one per enrolled template).
+    fn data_keys(&self) -> i64 {
+        let c = rusqlite::Connection::open(self.path("keys.db")).expect("open keys.db");
+        c.query_row("SELECT count(*) FROM data_keys", [], |r| r.get::<_, i64>(0))
+            .expect("count keys")
+    }
+
     /// Every stored event, in order, exactly as the SQLite file holds it.
     fn raw_events(&self) -> Vec<RawEvent> {
         let c = rusqlite::Connection::open(self.path("events.db")).expect("open events.db");
@@ -814,11 +821,7 @@ async fn erasure_shreds_the_template_for_good() {
     let s = g.ended(&id).await;
     assert_eq!(s["state"], "completed", "{s}");
 
-    let keys = || {
-        let c = rusqlite::Connection::open(g.path("keys.db")).expect("open keys.db");
-        c.query_row("SELECT count(*) FROM data_keys", [], |r| r.get::<_, i64>(0))
-            .expect("count keys")
-    };
+    let keys = || g.data_keys();
     assert_eq!(keys(), 1, "one data key while alice is enrolled");
 
     let r = g
@@ -1066,11 +1069,7 @@ async fn external_mosquitto_and_its_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erasure_during_an_enrollment_keeps_the_new_users_key() {
     let g = Gate::start().await;
-    let keys = || {
-        let c = rusqlite::Connection::open(g.path("keys.db")).expect("open keys.db");
-        c.query_row("SELECT count(*) FROM data_keys", [], |r| r.get::<_, i64>(0))
-            .expect("count keys")
-    };
+    let keys = || g.data_keys();
     let mut alice_desk = g.reader("desk-1", "alice", 1).await;
     g.enroll_with(&mut alice_desk, "ALICE").await;
     let mut bob_desk = g.reader("desk-2", "bob", 2).await;
