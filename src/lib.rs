@@ -45,22 +45,6 @@ pub fn release_thread_memory() {
     }
 }
 
-/// Turns transparent huge pages off for this process (as `MIMALLOC_ALLOW_THP=0` would; called
-/// by `app::start_with`). mimalloc asks for huge pages on its arenas, gives freed memory back
-/// to the kernel, and each reuse of it then faults in and zeroes a whole 2 MB page on the
-/// thread that allocates: ~3 % of the CPU under the identify benchmark, in the request path,
-/// the store's writer and the snapshot thread. Off, identify's p99 under 50 connections fell
-/// from 7.7–8.8 ms to 5.0–5.2 ms in 4 of 4 alternating runs, throughput the same
-/// (BENCHMARKS.md §2, session 11). Idempotent; children inherit it.
-pub fn no_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl(2) with PR_SET_THP_DISABLE reads only its integer arguments. A failure
-    // (an old kernel) leaves huge pages as they were.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
-}
-
 pub mod app;
 pub mod config;
 pub mod core;

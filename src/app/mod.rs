@@ -497,7 +497,6 @@ pub async fn start_with(
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
 ) -> Result<Server, StartError> {
-    crate::no_transparent_huge_pages();
     let store = open_store(&config.store)?;
     let keys = Keys::load_or_create(
         &config.secrets.key_file,
