@@ -172,6 +172,7 @@ async fn generate(path: &Path, total: usize) -> usize {
                             metadata: None,
                             created_at: at,
                             expires_at: at + chrono::Duration::minutes(15),
+                            trigger_id: None,
                         },
                         Event::SessionCompleted {
                             session_id: sid,

@@ -356,6 +356,7 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
                 metadata: None,
                 created_at: now,
                 expires_at: now + *ttl,
+                trigger_id: Some(trigger_id.clone()),
             };
             let mut d = Decision::new(vec![one(
                 stream::session(*session_id),
@@ -760,8 +761,33 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
             now,
         )))
     };
+    // A site session (a reader's trigger) at a door's reader: the door decision follows its
+    // end, as for a session-less capture at that door (SPEC 5, SPEC 7: a `result` follows).
+    let at_door =
+        |d: &mut Decision, cref: &CaptureRef, matched: Option<&super::matcher::Candidate>| {
+            if s.partner_id.is_none()
+                && let Some(policy) = &state.policy
+                && let Some(door) = policy.door_of_reader(&c.reader_id)
+            {
+                let user = matched.and_then(|m| state.user(m.partner_id, &m.external_id));
+                let subject = user.map(|u| doors::subject(state, u));
+                let erased = matched.is_some() && user.is_none();
+                let door_d = doors::decide_door(state, policy, door, cref, subject, erased, now);
+                d.appends.extend(door_d.appends);
+                d.effects.extend(door_d.effects);
+            }
+        };
     if !c.liveness {
-        return failed(FailReason::LivenessFailed, cref);
+        // A failed liveness check identifies no one: denied at a door, as a door scan is.
+        let mut d = Decision::new(end(
+            state,
+            s,
+            End::Failed(FailReason::LivenessFailed),
+            Some(cref.clone()),
+            now,
+        ));
+        at_door(&mut d, &cref, None);
+        return Ok(d);
     }
     if c.quality < rules.min_quality {
         if s.retries >= rules.max_retries {
@@ -802,18 +828,7 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
                     now,
                 )),
             };
-            // A site session (a reader's trigger) at a door's reader: the door decision follows.
-            if s.partner_id.is_none()
-                && let Some(policy) = &state.policy
-                && let Some(door) = policy.door_of_reader(&c.reader_id)
-            {
-                let user = matched.and_then(|m| state.user(m.partner_id, &m.external_id));
-                let subject = user.map(|u| doors::subject(state, u));
-                let erased = matched.is_some() && user.is_none();
-                let door_d = doors::decide_door(state, policy, door, &cref, subject, erased, now);
-                d.appends.extend(door_d.appends);
-                d.effects.extend(door_d.effects);
-            }
+            at_door(&mut d, &cref, matched);
             Ok(d)
         }
         SessionKind::Enroll => enroll_capture(state, s, c, cref, matched.is_some(), now),
@@ -938,6 +953,7 @@ fn create_session(
             metadata: n.enroll.and_then(|e| e.metadata.clone()),
             created_at: now,
             expires_at: now + n.ttl,
+            trigger_id: None,
         },
     ));
     if let Some(idem) = n.idempotency {

@@ -157,6 +157,10 @@ pub enum Event {
         created_at: DateTime<Utc>,
         #[serde(deserialize_with = "utc::deserialize")]
         expires_at: DateTime<Utc>,
+        /// The reader's `trigger_id` of a site session, so that a redelivered trigger (QoS 1)
+        /// is recognised and opens no second session. Absent in logs before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trigger_id: Option<String>,
     },
     /// The `Idempotency-Key` claim, in its own stream so two concurrent requests with one key
     /// collide at the store's expected-revision check.

@@ -561,6 +561,7 @@ impl State {
                 metadata,
                 created_at,
                 expires_at,
+                trigger_id,
             } => {
                 // One descent of the B-tree for the check and the insert.
                 let std::collections::btree_map::Entry::Vacant(slot) =
@@ -568,6 +569,10 @@ impl State {
                 else {
                     return; // a session is created once; a repeat can only be a forged log
                 };
+                if let (Some(reader), Some(trigger)) = (&*reader_id, trigger_id.take()) {
+                    // A redelivered trigger (QoS 1) is recognised and ignored.
+                    self.seen.insert((reader.clone(), trigger));
+                }
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);
                 self.deadlines.insert((*expires_at, *session_id));
@@ -732,6 +737,7 @@ impl State {
                 metadata,
                 created_at,
                 expires_at,
+                trigger_id,
             } => {
                 // One descent of the B-tree for the check and the insert.
                 let std::collections::btree_map::Entry::Vacant(slot) =
@@ -739,6 +745,10 @@ impl State {
                 else {
                     return; // a session is created once; a repeat can only be a forged log
                 };
+                if let (Some(reader), Some(trigger)) = (&*reader_id, trigger_id.clone()) {
+                    // A redelivered trigger (QoS 1) is recognised and ignored.
+                    self.seen.insert((reader.clone(), trigger));
+                }
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);
                 self.deadlines.insert((*expires_at, *session_id));
@@ -1226,6 +1236,7 @@ mod evolve_take_tests {
             metadata: (n == 2).then(|| serde_json::json!({"a": 1})),
             created_at: at(i64::from(n)),
             expires_at: at(900 + i64::from(n)),
+            trigger_id: None,
         };
         let capture = |id: &str| CaptureRef {
             reader_id: ReaderId("r-1".into()),
@@ -1477,6 +1488,7 @@ mod retention_tests {
             metadata: None,
             created_at: at(second),
             expires_at: at(second + 900),
+            trigger_id: None,
         }
     }
     fn cancelled(n: u8, second: i64) -> Event {
@@ -1717,6 +1729,7 @@ mod retention_tests {
                 metadata: Some(serde_json::json!({"floor": 3, "tags": ["a", 1.5, null]})),
                 created_at: at(1) + Duration::nanoseconds(123_456_789),
                 expires_at: at(901),
+                trigger_id: None,
             },
         );
         log.fold(2, stream::session(sid(2)), created(2, 2));

@@ -631,7 +631,10 @@ impl Runner {
                 .reader_message(
                     ReaderId(t.reader.clone()),
                     Inbound::Trigger {
-                        trigger_id: format!("trg-{}", self.seq),
+                        trigger_id: t
+                            .trigger_id
+                            .clone()
+                            .unwrap_or_else(|| format!("trg-{}", self.seq)),
                     },
                 )
                 .await

@@ -180,6 +180,10 @@ pub struct TriggerDef {
     /// Save the opened session under this name.
     #[serde(default)]
     pub save: Option<String>,
+    /// The reader's `trigger_id` (default: a fresh one); repeat one to test a QoS 1
+    /// redelivery.
+    #[serde(default)]
+    pub trigger_id: Option<String>,
 }
 
 /// What the partner's receiver answers to the next attempts (then 200).

@@ -238,6 +238,7 @@ fn enroll_created(s: SessionId, p: PartnerId, external_id: &str, at: DateTime<Ut
         metadata: None,
         created_at: at,
         expires_at: at + TTL,
+        trigger_id: None,
     }
 }
 
@@ -254,6 +255,7 @@ fn identify_created(s: SessionId, p: PartnerId, at: DateTime<Utc>) -> Event {
         metadata: None,
         created_at: at,
         expires_at: at + TTL,
+        trigger_id: None,
     }
 }
 
@@ -597,6 +599,7 @@ fn create_enroll_session() {
             metadata: Some(json!({"access_level": "standard"})),
             created_at: t(100),
             expires_at: t(100) + TTL,
+            trigger_id: None,
         },
     )])
     .outcome(Outcome::Session {
@@ -641,6 +644,7 @@ fn create_identify_session() {
                 metadata: None,
                 created_at: t(7),
                 expires_at: t(97),
+                trigger_id: None,
             },
         )])
         .outcome(Outcome::Session {

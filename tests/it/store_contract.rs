@@ -525,6 +525,7 @@ pub mod contract {
             })),
             created_at: at(5),
             expires_at: at(905),
+            trigger_id: None,
         });
         let streams = [
             "plain".to_string(),

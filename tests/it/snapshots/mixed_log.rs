@@ -96,6 +96,7 @@ pub fn mixed_log(rounds: u64) -> Vec<Vec<StreamAppend>> {
                 metadata: (n % 4 == 0).then(|| json!({"access_level": "standard", "n": n})),
                 created_at: at(n),
                 expires_at: at(n) + Duration::minutes(15),
+                trigger_id: None,
             }],
         }];
         let end = match n % 6 {
