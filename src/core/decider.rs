@@ -36,6 +36,9 @@ pub enum Rejection {
     PartnerExists,
     #[error("reader is offline")]
     ReaderOffline,
+    /// Another open session holds the reader (armed for it, or a trigger session bound to it).
+    #[error("reader is busy with another session")]
+    ReaderBusy,
     #[error("{0}")]
     Invalid(&'static str),
     #[error("invalid site policy: {}", .0.join("; "))]
@@ -311,6 +314,15 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             }
             if !state.readers.get(reader_id).is_some_and(|r| r.online) {
                 return Err(Rejection::ReaderOffline);
+            }
+            // A reader serves one session at a time: a link (any partner's) must not take over
+            // a reader armed for another person's session and have that person's palm land in
+            // its own session.
+            if state
+                .session_holding_reader(reader_id, now)
+                .is_some_and(|other| other.id != s.id)
+            {
+                return Err(Rejection::ReaderBusy);
             }
             Ok(Decision::new(vec![one(
                 stream::session(s.id),

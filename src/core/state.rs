@@ -398,6 +398,21 @@ impl State {
             .map(|(t, _)| *t)
     }
 
+    /// An open session that holds `reader` at `now`: armed for it from a hosted page, or a
+    /// trigger session bound to it. Walks the pending sessions (a few at a site at any time).
+    pub fn session_holding_reader(
+        &self,
+        reader: &ReaderId,
+        now: DateTime<Utc>,
+    ) -> Option<&Session> {
+        self.deadlines
+            .iter()
+            .rev()
+            .take_while(|(t, _)| *t > now)
+            .filter_map(|(_, id)| self.sessions.get(id))
+            .find(|s| s.reader_id.as_ref() == Some(reader) && s.is_open(now))
+    }
+
     /// Ids of the sessions still pending.
     pub fn open_session_ids(&self) -> std::collections::HashSet<SessionId> {
         self.deadlines.iter().map(|(_, id)| *id).collect()

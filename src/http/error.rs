@@ -101,7 +101,8 @@ impl From<Rejection> for ApiError {
             | Rejection::SessionNotPending
             | Rejection::IdempotencyMismatch
             | Rejection::PartnerExists
-            | Rejection::ReaderOffline => ApiError::Conflict(r.to_string()),
+            | Rejection::ReaderOffline
+            | Rejection::ReaderBusy => ApiError::Conflict(r.to_string()),
             Rejection::Invalid(m) => ApiError::BadRequest(m.to_string()),
             Rejection::InvalidPolicy(errors) => ApiError::InvalidPolicy(errors),
         }

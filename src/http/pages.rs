@@ -26,6 +26,8 @@ fn wants_json(headers: &HeaderMap) -> bool {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // Media types are case-insensitive (RFC 9110 §8.3.1).
+    let accept = accept.to_ascii_lowercase();
     accept.contains("application/json") && !accept.contains("text/html")
 }
 
@@ -43,10 +45,20 @@ pub async fn enroll_page(
     token: Result<axum::extract::Path<String>, PathRejection>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    ext: axum::http::Extensions,
 ) -> Response {
     // A token that does not even decode is simply unknown: the page's own 404.
     let token = token.map(|t| t.0).unwrap_or_default();
-    arm_then_page(&app, SessionKind::Enroll, &token, q.get("reader"), &headers).await
+    let ip = super::auth::client_ip(&ext);
+    arm_then_page(
+        &app,
+        SessionKind::Enroll,
+        &token,
+        q.get("reader"),
+        &headers,
+        ip,
+    )
+    .await
 }
 
 pub async fn identify_page(
@@ -54,14 +66,17 @@ pub async fn identify_page(
     token: Result<axum::extract::Path<String>, PathRejection>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    ext: axum::http::Extensions,
 ) -> Response {
     let token = token.map(|t| t.0).unwrap_or_default();
+    let ip = super::auth::client_ip(&ext);
     arm_then_page(
         &app,
         SessionKind::Identify,
         &token,
         q.get("reader"),
         &headers,
+        ip,
     )
     .await
 }
@@ -73,12 +88,22 @@ async fn arm_then_page(
     token: &str,
     reader: Option<&String>,
     headers: &HeaderMap,
+    ip: std::net::IpAddr,
 ) -> Response {
     let mut notice_key = None;
     if let (Some(reader), Some(s)) = (reader, find(app, kind, token))
         && s.is_open(app.clock.now())
         && s.reader_id.as_ref().map(|r| &r.0) != Some(reader)
     {
+        // Each arming is an event and a command to a reader: it spends the address's budget
+        // for calls without an API key, so a link cannot flood the log or the readers.
+        let v = app.limiter.address(ip, app.clock.now().timestamp_micros());
+        if !v.allowed {
+            return super::error::ApiError::RateLimited {
+                retry_after_s: v.retry_after_s,
+            }
+            .into_response();
+        }
         let cmd = Command::ArmReader {
             session_id: s.id,
             reader_id: crate::core::ReaderId(reader.clone()),
@@ -87,6 +112,9 @@ async fn arm_then_page(
             Ok(_) => {}
             Err(crate::app::AppError::Rejected(crate::core::Rejection::ReaderOffline)) => {
                 notice_key = Some(Notice::ReaderOffline)
+            }
+            Err(crate::app::AppError::Rejected(crate::core::Rejection::ReaderBusy)) => {
+                notice_key = Some(Notice::ReaderBusy)
             }
             Err(crate::app::AppError::Rejected(_)) => {}
             Err(e) => return super::error::ApiError::from(e).into_response(),
@@ -98,6 +126,7 @@ async fn arm_then_page(
 #[derive(Clone, Copy)]
 enum Notice {
     ReaderOffline,
+    ReaderBusy,
 }
 
 fn page(
@@ -150,8 +179,10 @@ fn page(
         PageView::Open => {
             let readers = online_readers(app);
             let mut body = open_body(c, &s, token, &readers);
-            if let Some(Notice::ReaderOffline) = notice_key {
-                body = format!("{}{body}", notice(c.reader_offline));
+            match notice_key {
+                Some(Notice::ReaderOffline) => body = format!("{}{body}", notice(c.reader_offline)),
+                Some(Notice::ReaderBusy) => body = format!("{}{body}", notice(c.reader_busy)),
+                None => {}
             }
             html(StatusCode::OK, s.language, title(c, kind), &body)
         }

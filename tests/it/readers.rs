@@ -708,6 +708,65 @@ async fn reader_status_arming_and_reader_offline() {
     assert_eq!(g.session(&id2).await["state"], "pending");
 }
 
+/// A reader armed for one session is not taken by another link, here another partner's: that
+/// page says the reader is busy and the reader gets no second `capture`, so the person at the
+/// reader cannot be enrolled into the other partner's session. Once the first session ends, the
+/// reader is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_armed_for_one_session_is_not_taken_by_another_link() {
+    let g = Gate::start().await;
+    let mut desk = g.reader("desk-1", "alice", 1).await;
+    g.reader_online("desk-1", true).await;
+    let (id_b, token_b) = g.enroll("victim-B").await;
+    let (status, _) = g.page(&format!("/enroll/{token_b}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(command(&mut desk).await["session"], token_b.as_str());
+
+    let r = g
+        .http
+        .post(format!("{}/admin/v1/partners", g.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "other-partner"}))
+        .send()
+        .await
+        .expect("create partner");
+    assert_eq!(r.status(), 201);
+    let other: Value = r.json().await.expect("partner json");
+    let other_key = other["api_key"].as_str().expect("api_key");
+    let r = g
+        .http
+        .post(format!("{}/v1/enroll", g.base))
+        .header("X-API-Key", other_key)
+        .json(&json!({"external_id": "attacker-A"}))
+        .send()
+        .await
+        .expect("POST enroll");
+    assert_eq!(r.status(), 201);
+    let (_, token_a) = created(&r.json().await.expect("json"), "enroll");
+
+    let (status, html) = g.page(&format!("/enroll/{token_a}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("in use by someone else"), "{html}");
+    if let Some(c) = desk.next_command(Duration::from_millis(500)).await {
+        panic!("a busy reader must not be armed for another session, got {c}");
+    }
+    assert_eq!(g.session(&id_b).await["state"], "pending");
+
+    // The first session ends: the reader is free for the other link.
+    let r = g
+        .http
+        .post(format!("{}/v1/sessions/{id_b}/cancel", g.base))
+        .header("X-API-Key", &g.key)
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), 200);
+    let (status, html) = g.page(&format!("/enroll/{token_a}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert!(!html.contains("in use by someone else"), "{html}");
+    assert_eq!(command(&mut desk).await["session"], token_a.as_str());
+}
+
 /// 9. A trigger opens an identify session bound to the reader and answers `show`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_answers_show_with_a_working_page() {
