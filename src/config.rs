@@ -215,6 +215,11 @@ pub enum LogFormat {
     Json,
 }
 
+/// The longest duration any key accepts: 100 years (humantime's year, 365.25 days). Every
+/// duration is added to instants (`now + ttl`, a deadline); this bound keeps those sums far
+/// inside what `chrono` can represent.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     let dur = humantime::parse_duration(&s).map_err(|e| {
@@ -226,6 +231,11 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
         return Err(serde::de::Error::custom(
             "duration must be greater than zero",
         ));
+    }
+    if dur > MAX_DURATION || chrono::Duration::from_std(dur).is_err() {
+        return Err(serde::de::Error::custom(format!(
+            "duration {s:?} is too long (at most 100 years)"
+        )));
     }
     Ok(dur)
 }
@@ -270,13 +280,15 @@ impl Config {
         let config: Config =
             serde_path_to_error::deserialize(Value::Table(merged)).map_err(|e| {
                 let key = e.path().to_string();
+                // `webhooks.allow_networks[0]`: the source is the array's (arrays are leaves).
+                let base = key.split('[').next().unwrap_or(&key);
                 let source_name = sources
                     .iter()
                     .rev()
                     .find(|(k, _)| {
-                        key == **k
-                            || key.starts_with(&format!("{k}."))
-                            || k.starts_with(&format!("{key}."))
+                        base == k.as_str()
+                            || base.starts_with(&format!("{k}."))
+                            || k.starts_with(&format!("{base}."))
                     })
                     .map(|(_, v)| v.clone())
                     .or_else(|| file.map(|p| p.display().to_string()))
@@ -337,6 +349,35 @@ impl Config {
                     redact_url(url)
                 ),
             ));
+        }
+        // An empty path would fail later, far from its key (or open a file named "").
+        let tls_paths = self.http.tls.iter().flat_map(|t| {
+            [
+                ("http.tls.cert", Some(&t.cert)),
+                ("http.tls.key", Some(&t.key)),
+            ]
+        });
+        for (key, path) in [
+            (
+                "store.path",
+                self.store.url.is_none().then_some(&self.store.path),
+            ),
+            (
+                "secrets.key_file",
+                self.secrets
+                    .master_key
+                    .is_none()
+                    .then_some(&self.secrets.key_file),
+            ),
+            ("secrets.key_store", Some(&self.secrets.key_store)),
+            ("mqtt.ca_file", self.mqtt.ca_file.as_ref()),
+        ]
+        .into_iter()
+        .chain(tls_paths)
+        {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(fail(key, "must not be empty (give a file path)".into()));
+            }
         }
         if let Some(url) = &self.mqtt.url
             && !url.starts_with("mqtt://")
@@ -555,8 +596,16 @@ fn apply_env(
                 t.get("v").cloned().unwrap_or(Value::String(raw.clone()))
             }
         };
-        set(merged, &key, value);
-        sources.insert(key, format!("environment variable {name}"));
+        let env_source = format!("environment variable {name}");
+        set(merged, &key, value).map_err(|parent| ConfigError::Key {
+            source_name: sources
+                .get(&parent)
+                .cloned()
+                .unwrap_or_else(|| "the embedded defaults".into()),
+            reason: format!("must be a table ({env_source} sets `{key}` inside it)"),
+            key: parent,
+        })?;
+        sources.insert(key, env_source);
     }
     Ok(())
 }
@@ -574,17 +623,20 @@ fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
     None
 }
 
-fn set(table: &mut Table, key: &str, value: Value) {
+/// Sets the dotted `key`, creating missing sections; `Err(parent)`: the dotted key of a
+/// section on the way that holds a value other than a table (`http = 5`).
+fn set(table: &mut Table, key: &str, value: Value) -> Result<(), String> {
     let parts: Vec<&str> = key.split('.').collect();
     let mut t = table;
-    for p in &parts[..parts.len() - 1] {
+    for (n, p) in parts[..parts.len() - 1].iter().enumerate() {
         t = t
             .entry(p.to_string())
             .or_insert_with(|| Value::Table(Table::new()))
             .as_table_mut()
-            .expect("config sections are tables");
+            .ok_or_else(|| parts[..=n].join("."))?;
     }
     t.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -722,5 +774,150 @@ mod tests {
             e.contains("bad.toml") && e.contains("not valid TOML"),
             "{e}"
         );
+    }
+
+    /// A section the file gives as a plain value, with an environment variable setting a key
+    /// inside it: an error naming the section and the file, not a panic.
+    #[test]
+    fn a_section_that_is_not_a_table_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sect.toml");
+        for (text, var, parent) in [
+            (
+                "[http]\ntls = \"/etc/palmgate/cert.pem\"\n",
+                "PALMGATE_HTTP_TLS_KEY",
+                "http.tls",
+            ),
+            ("http = 5\n", "PALMGATE_HTTP_TLS_CERT", "http"),
+            ("mqtt = \"x\"\n", "PALMGATE_MQTT_URL", "mqtt"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let e = Config::load(Some(&f), &env(&[(var, "/k")]))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("`{parent}`"))
+                    && e.contains("sect.toml")
+                    && e.contains("must be a table")
+                    && e.contains(var),
+                "{text:?} + {var}: {e}"
+            );
+        }
+    }
+
+    /// Durations beyond 100 years are refused at load (they overflowed `now + ttl` in the
+    /// core); the error names the key and where the value came from.
+    #[test]
+    fn durations_are_capped_at_100_years() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("dur.toml");
+        for v in ["300000y", "1000000000y", "101y", "500000000000000000s"] {
+            std::fs::write(&f, format!("[sessions]\nttl = \"{v}\"\n")).unwrap();
+            let e = Config::load(Some(&f), &[])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("sessions.ttl") && e.contains("dur.toml") && e.contains("100 years"),
+                "{v}: {e}"
+            );
+        }
+        let e = Config::load(None, &env(&[("PALMGATE_WEBHOOKS_RETENTION", "300000y")]))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("webhooks.retention") && e.contains("PALMGATE_WEBHOOKS_RETENTION"),
+            "{e}"
+        );
+        std::fs::write(&f, "[sessions]\nttl = \"100y\"\n").unwrap();
+        let c = Config::load(Some(&f), &[]).unwrap();
+        assert_eq!(c.sessions.ttl, MAX_DURATION);
+        assert!(
+            chrono::Utc::now() + chrono::Duration::from_std(c.sessions.ttl).unwrap()
+                > chrono::Utc::now()
+        );
+    }
+
+    /// An error inside an array (`allow_networks[0]`) names where the array came from.
+    #[test]
+    fn errors_in_arrays_name_their_source() {
+        let e = Config::load(
+            None,
+            &env(&[("PALMGATE_WEBHOOKS_ALLOW_NETWORKS", "[\"10.0.0.0/88\"]")]),
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("webhooks.allow_networks[0]")
+                && e.contains("environment variable PALMGATE_WEBHOOKS_ALLOW_NETWORKS")
+                && !e.contains("embedded defaults"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("nets.toml");
+        std::fs::write(
+            &f,
+            "[webhooks]\nallow_networks = [\"10.0.0.0/8\", \"nope\"]\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), &[])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("webhooks.allow_networks[1]") && e.contains("nets.toml"),
+            "{e}"
+        );
+    }
+
+    /// Empty paths are refused at load, naming the key and its source.
+    #[test]
+    fn empty_paths_are_rejected() {
+        for (var, key) in [
+            ("PALMGATE_STORE_PATH", "store.path"),
+            ("PALMGATE_SECRETS_KEY_FILE", "secrets.key_file"),
+            ("PALMGATE_SECRETS_KEY_STORE", "secrets.key_store"),
+            ("PALMGATE_MQTT_CA_FILE", "mqtt.ca_file"),
+        ] {
+            let e = Config::load(None, &env(&[(var, "")]))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("`{key}`"))
+                    && e.contains(&format!("environment variable {var}"))
+                    && e.contains("must not be empty"),
+                "{var}: {e}"
+            );
+        }
+        let e = Config::load(
+            None,
+            &env(&[
+                ("PALMGATE_HTTP_TLS_CERT", ""),
+                ("PALMGATE_HTTP_TLS_KEY", "/k.pem"),
+            ]),
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`http.tls.cert`") && e.contains("must not be empty"),
+            "{e}"
+        );
+        // Unused paths may stay empty: the key file with a master key given, the SQLite path
+        // with a KurrentDB URL.
+        Config::load(
+            None,
+            &env(&[
+                ("PALMGATE_SECRETS_KEY_FILE", ""),
+                ("PALMGATE_SECRETS_MASTER_KEY", &"ab".repeat(32)),
+                ("PALMGATE_STORE_PATH", ""),
+                ("PALMGATE_STORE_URL", "esdb://localhost:2113"),
+            ]),
+        )
+        .unwrap();
     }
 }
