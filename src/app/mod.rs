@@ -92,6 +92,8 @@ pub struct App {
     pub upstream: Option<upstream::Upstream>,
     /// This app, for the task that lands an append whose caller was cancelled ([`Landing`]).
     me: Weak<App>,
+    /// Hosted pages' live event streams open now, per session (bounded by the page handler).
+    pub page_streams: std::sync::Mutex<std::collections::HashMap<SessionId, usize>>,
 }
 
 /// An append handed to the store, with the effects of its decision. Awaited by the command
@@ -207,6 +209,7 @@ impl App {
         let upstream = upstream::Upstream::new(&config.upstream, &config.mqtt.reader_language);
         let app = Arc::new_cyclic(|me| App {
             me: me.clone(),
+            page_streams: Default::default(),
             state: RwLock::new(state),
             admin: AdminToken::new(&config.admin.token, &config.admin.token_sha256),
             limiter: Limiter::new(

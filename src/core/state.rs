@@ -760,7 +760,7 @@ impl State {
                 else {
                     return; // a session is created once; a repeat can only be a forged log
                 };
-                if let (Some(reader), Some(trigger)) = (&*reader_id, trigger_id.clone()) {
+                if let (Some(reader), Some(trigger)) = (reader_id, trigger_id.clone()) {
                     // A redelivered trigger (QoS 1) is recognised and ignored.
                     self.seen.insert((reader.clone(), trigger));
                 }

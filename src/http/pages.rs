@@ -364,19 +364,115 @@ pub async fn events(
     };
     let id = s.id;
     let first = progress(&s);
+    let once = || {
+        let event = SseEvent::default().data(first.to_string());
+        Sse::new(tokio_stream::once(Ok::<_, std::convert::Infallible>(event))).into_response()
+    };
+    // A session that has ended has nothing more to say: its state, and the stream ends.
+    if s.state != SessionState::Pending {
+        return once();
+    }
+    // Bounded: a few streams per session (a page open in a couple of tabs), and in all. A
+    // link's holder cannot hold the gateway's connections open.
+    let Some(guard) = StreamGuard::take(&app, id) else {
+        return message(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many live streams for this session",
+        );
+    };
     let app2 = app.clone();
-    let updates = changes.filter_map(move |r| match r {
-        Ok(changed) if changed == id => app2.read(|st| st.session(id).map(progress)),
-        Ok(_) => None,
-        // Lagged: send the current state anyway.
-        Err(_) => app2.read(|st| st.session(id).map(progress)),
+    let updates = changes
+        .filter_map(move |r| match r {
+            Ok(changed) if changed == id => Some(app2.read(|st| st.session(id).map(progress))),
+            Ok(_) => None,
+            // Lagged: send the current state anyway.
+            Err(_) => Some(app2.read(|st| st.session(id).map(progress))),
+        })
+        // Forgotten: nothing more to say.
+        .take_while(Option::is_some)
+        .map(Option::unwrap_or_default);
+    let stream = UntilEnded {
+        inner: Box::pin(tokio_stream::once(first).chain(updates)),
+        done: false,
+    }
+    .map(move |v| {
+        let _held = &guard;
+        Ok::<_, std::convert::Infallible>(SseEvent::default().data(v.to_string()))
     });
-    let stream = tokio_stream::once(first)
-        .chain(updates)
-        .map(|v| Ok::<_, std::convert::Infallible>(SseEvent::default().data(v.to_string())));
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// Ends right after the event that says the session ended, without waiting for another.
+struct UntilEnded {
+    inner: std::pin::Pin<Box<dyn tokio_stream::Stream<Item = serde_json::Value> + Send>>,
+    done: bool,
+}
+
+impl tokio_stream::Stream for UntilEnded {
+    type Item = serde_json::Value;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<serde_json::Value>> {
+        if self.done {
+            return std::task::Poll::Ready(None);
+        }
+        let p = self.inner.as_mut().poll_next(cx);
+        match &p {
+            std::task::Poll::Ready(Some(v)) if v["state"] != "pending" => self.done = true,
+            std::task::Poll::Ready(None) => self.done = true,
+            _ => {}
+        }
+        p
+    }
+}
+
+/// Live streams a session may have open at once, and the gateway in all.
+const STREAMS_PER_SESSION: usize = 4;
+const STREAMS_IN_ALL: usize = 1024;
+
+/// One open page stream, counted in [`App::page_streams`] until dropped.
+struct StreamGuard {
+    app: Arc<App>,
+    id: crate::core::SessionId,
+}
+
+impl StreamGuard {
+    fn take(app: &Arc<App>, id: crate::core::SessionId) -> Option<StreamGuard> {
+        let mut open = app.page_streams.lock().unwrap_or_else(|e| e.into_inner());
+        let all: usize = open.values().sum();
+        let n = open.entry(id).or_default();
+        if *n >= STREAMS_PER_SESSION || all >= STREAMS_IN_ALL {
+            if *n == 0 {
+                open.remove(&id);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(StreamGuard {
+            app: app.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut open = self
+            .app
+            .page_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.id);
+            }
+        }
+    }
 }
 
 fn progress(s: &Session) -> serde_json::Value {

@@ -528,7 +528,73 @@ async fn page_follows_the_session_live() {
     assert_eq!(ended["state"], "failed", "{ended}");
     assert_eq!(ended["fail_reason"], "cancelled", "{ended}");
 
+    // The session has ended: its stream ends after saying so.
+    let end = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+        .await
+        .expect("the stream of an ended session must end")
+        .expect("event stream broke");
+    assert!(end.is_none(), "more after the end: {end:?}");
+
     // Another kind's path or an unknown token has no stream.
     let wrong = events.replacen("/enroll/", "/identify/", 1);
     assert_eq!(send(s.get(&wrong)).await.status, 404);
+}
+
+/// A link's holder cannot hold the gateway's connections: the stream of an ended session says
+/// how it ended and closes, and a pending session has at most 4 streams open at once.
+#[tokio::test]
+async fn page_streams_are_bounded_and_end_with_the_session() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Streams").await;
+    let c = create(&s, &key, "identify", "en").await;
+    let events = format!("{}/events", c.path());
+    let open = || async {
+        s.get(&events)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .expect("event stream")
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut r = open().await;
+        assert_eq!(r.status().as_u16(), 200);
+        let mut buf = String::new();
+        let first: serde_json::Value =
+            serde_json::from_str(&next_sse_data(&mut r, &mut buf).await).expect("JSON event");
+        assert_eq!(first["state"], "pending", "{first}");
+        held.push(r);
+    }
+    let fifth = open().await;
+    assert_eq!(
+        fifth.status().as_u16(),
+        429,
+        "a fifth stream of one session"
+    );
+    drop(fifth);
+    // One closed by its page: room for another.
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let r = open().await;
+        if r.status().as_u16() == 200 {
+            again = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a closed stream frees its place");
+
+    // Ended: one event, then the stream closes, however many ask.
+    assert_eq!(s.cancel(&key, &c.session_id).await.status, 200);
+    for _ in 0..6 {
+        let r = open().await;
+        assert_eq!(r.status().as_u16(), 200);
+        let body = tokio::time::timeout(Duration::from_secs(10), r.text())
+            .await
+            .expect("the stream of an ended session must end")
+            .expect("body");
+        assert!(body.contains("\"state\":\"failed\""), "{body}");
+        assert_eq!(body.matches("data:").count(), 1, "{body}");
+    }
 }
