@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 
 /// The largest MQTT payload the embedded broker takes (a capture is ~1 KiB), and the size of one
 /// segment of its per-topic message log.
-const MAX_PAYLOAD: usize = 256 * 1024;
+const MAX_PAYLOAD: usize = super::protocol::MAX_PAYLOAD;
 
 #[derive(Debug, thiserror::Error)]
 #[error("embedded broker on {addr}: {reason}")]

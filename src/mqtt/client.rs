@@ -84,6 +84,12 @@ pub fn credentials(url: &str) -> Option<(String, String)> {
     ))
 }
 
+/// The largest packet taken from the broker (see `set_max_packet_size` below).
+const INCOMING_MAX: usize = 16 * 1024 * 1024;
+
+/// A connection that ends sooner than this after it was accepted does not reset the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
+
 /// Connects to `url` and runs the reader protocol until the returned task is aborted.
 pub fn spawn(
     app: Arc<App>,
@@ -98,7 +104,12 @@ pub fn spawn(
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
-    opts.set_max_packet_size(512 * 1024, 512 * 1024);
+    // Incoming: far above what any broker palmgate ships lets through (256 KiB), so that an
+    // oversized message reaches the parser, is rejected and counted, and is acknowledged. A
+    // packet over the client's own limit drops the connection before it can be acknowledged,
+    // and a persistent session then redelivers it after every reconnect: one bad reader would
+    // cut the gateway off from every reader.
+    opts.set_max_packet_size(INCOMING_MAX, 512 * 1024);
     if tls {
         opts.set_transport(tls_transport(app.config.mqtt.ca_file.as_deref())?);
     }
@@ -114,10 +125,11 @@ pub fn spawn(
     let sub_prefix = prefix.clone();
     let poller = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
+        let mut connected_at: Option<tokio::time::Instant> = None;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(200);
+                    connected_at = Some(tokio::time::Instant::now());
                     tracing::info!("connected to the MQTT broker");
                     for kind in ["status", "capture", "trigger"] {
                         let filter = format!("{sub_prefix}/readers/+/{kind}");
@@ -133,6 +145,14 @@ pub fn spawn(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // A connection that lived a while starts the backoff again; one that the
+                    // broker or a bad message ends right after it was accepted keeps growing it.
+                    if connected_at
+                        .take()
+                        .is_some_and(|t| t.elapsed() >= STABLE_AFTER)
+                    {
+                        backoff = Duration::from_millis(200);
+                    }
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost");
                     metrics::counter!("palmgate_mqtt_disconnects_total").increment(1);
                     tokio::time::sleep(backoff).await;

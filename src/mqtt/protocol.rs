@@ -69,13 +69,20 @@ pub enum ProtocolError {
     Base64,
     #[error("`template`: {0}")]
     Template(#[from] TemplateError),
+    #[error("payload of {0} bytes is over the {MAX_PAYLOAD} bytes a reader message may have")]
+    TooLarge(usize),
 }
+
+/// The largest reader message taken (a capture of a 128-float template is ~1 KiB; the embedded
+/// broker and the shipped Mosquitto configuration refuse larger packets already).
+pub const MAX_PAYLOAD: usize = 256 * 1024;
 
 impl ProtocolError {
     /// A short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
             ProtocolError::Topic(_) => "topic",
+            ProtocolError::TooLarge(_) => "too_large",
             ProtocolError::NotJson(_) => "not_json",
             ProtocolError::NotObject => "not_object",
             ProtocolError::Missing(_) => "missing_field",
@@ -153,6 +160,9 @@ fn id_field(m: &Map<String, Value>, field: &'static str) -> Result<String, Proto
 
 /// Parses a payload published on a reader topic of `kind`; templates must have `dim` values.
 pub fn parse(kind: TopicKind, payload: &[u8], dim: usize) -> Result<Inbound, ProtocolError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(ProtocolError::TooLarge(payload.len()));
+    }
     let m = object(payload)?;
     match kind {
         TopicKind::Status => {

@@ -1121,6 +1121,73 @@ async fn external_mosquitto_and_its_restart() {
     drop(broker);
 }
 
+/// One oversized reader message (600 KB, through a broker that sets no packet limit) is
+/// rejected, counted and acknowledged: it once dropped the gateway's connection before it could
+/// be acknowledged, the persistent session redelivered it after every reconnect, and no reader
+/// got through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_reader_message_is_rejected_not_redelivered_for_ever() {
+    let Some(bin) = find_mosquitto() else {
+        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
+            panic!("mosquitto not found, and PALMGATE_PEERS=required");
+        }
+        println!("mosquitto not found: skipping");
+        return;
+    };
+    let port = free_port();
+    let broker = Mosquitto::start(&bin, port);
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let g = Gate::start_with(Some(&url)).await;
+
+    let mut opts = rumqttc::MqttOptions::new("big-publisher", "127.0.0.1", port);
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+    let big = format!(
+        "{{\"capture_id\":\"c-big\",\"session\":null,\"template\":\"{}\",\"quality\":0.9,\"liveness\":true}}",
+        "A".repeat(600_000)
+    );
+    client
+        .publish(
+            "palmgate/readers/lobby-1/capture",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            big,
+        )
+        .await
+        .expect("publish");
+    let publisher = tokio::spawn(async move {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = eventloop.poll().await
+            {
+                return;
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), publisher)
+        .await
+        .expect("the broker took the big message")
+        .expect("publisher");
+
+    let end = Instant::now() + Duration::from_secs(10);
+    while rejected(&g.metrics().await, "too_large") < 1.0 {
+        assert!(
+            Instant::now() < end,
+            "the oversized message was not rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Other readers get through.
+    let _desk = g.reader("desk-1", "alice", 1).await;
+    g.reader_online("desk-1", true).await;
+    let m = g.metrics().await;
+    assert_eq!(
+        rejected(&m, "too_large"),
+        1.0,
+        "rejected once, not redelivered:\n{m}"
+    );
+    drop(broker);
+}
+
 /// An erasure that lands while another user's enrollment is being written destroys only the
 /// erased user's data key. It once destroyed every key no user in memory referenced, which
 /// included the key the enrollment in flight had just stored: the partner got `completed`, and
