@@ -100,6 +100,21 @@ string_id!(
     /// A palm reader's id, the `{reader_id}` of its MQTT topics.
     ReaderId
 );
+
+impl ReaderId {
+    /// Longest reader id (and capture or trigger id) a reader may use.
+    pub const MAX_LEN: usize = 128;
+
+    /// Whether `s` can be a reader id: 1–128 letters, digits or `-_.:`, so it is one MQTT topic
+    /// level and never a wildcard (also the rule for capture and trigger ids).
+    pub fn is_valid(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    }
+}
+
 string_id!(
     /// Hex SHA-256 of a secret (API key, session token). Secrets themselves never reach the log.
     SecretHash

@@ -908,6 +908,25 @@ impl<'t> Cx<'t> {
         out
     }
 
+    /// A reader id a reader can use in its MQTT topics (SPEC 5); any other could never scan.
+    fn reader_id(&mut self, path: &[Seg], s: &str) -> bool {
+        if !self.non_empty(path, s, "a reader id") {
+            return false;
+        }
+        let ok = super::ids::ReaderId::is_valid(s);
+        if !ok {
+            self.error(
+                path,
+                format!(
+                    "reader id `{s}` must be 1–{} letters, digits or `-_.:` (it is a level of the \
+                     reader's MQTT topics)",
+                    super::ids::ReaderId::MAX_LEN
+                ),
+            );
+        }
+        ok
+    }
+
     fn non_empty(&mut self, path: &[Seg], s: &str, what: &str) -> bool {
         let ok = !s.trim().is_empty();
         if !ok {
@@ -1246,7 +1265,7 @@ fn doors<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Vec
         for (j, r) in raw.readers.iter().enumerate() {
             let mut p = at(&["readers"]);
             p.push(Seg::Idx(j));
-            if !cx.non_empty(&p, r, "a reader id") {
+            if !cx.reader_id(&p, r) {
                 continue;
             }
             let earlier = first.get(r).filter(|(d, _)| *d < i).map(|(_, id)| id);
@@ -1447,7 +1466,7 @@ fn zones<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Vec
         ] {
             for (j, r) in readers.iter().enumerate() {
                 let p = path!["zones", i, list, j];
-                if !cx.non_empty(&p, r, "a reader id") {
+                if !cx.reader_id(&p, r) {
                     continue;
                 }
                 if let Some(first) = placed.insert(r.clone(), key_of(&p)) {

@@ -1653,6 +1653,22 @@ fn door_rules() {
             "reader `main-in` is already on door `main`",
         ),
         (
+            "reader id no reader can use",
+            "readers = [\"main-in\"]",
+            "readers = [\"main in\"]",
+            "doors[0].readers[0]",
+            "main in",
+            "reader id `main in` must be 1–128 letters, digits or `-_.:`",
+        ),
+        (
+            "zone reader id no reader can use",
+            "[schedules]",
+            "[[zones]]\nname = \"z\"\nentry_readers = [\"gate/in\"]\nanti_passback = \"hard\"\n\n[schedules]",
+            "zones[0].entry_readers[0]",
+            "gate/in",
+            "reader id `gate/in` must be",
+        ),
+        (
             "reader twice on a door",
             "readers = [\"main-in\"]",
             "readers = [\"main-in\", \"main-in\"]",

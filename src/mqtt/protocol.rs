@@ -94,14 +94,9 @@ impl ProtocolError {
     }
 }
 
-/// Longest reader id, capture id and trigger id accepted.
-const MAX_ID: usize = 128;
-
+/// Reader ids, capture ids and trigger ids: 1–128 letters, digits or `-_.:`.
 fn valid_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_ID
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    crate::core::ReaderId::is_valid(s)
 }
 
 /// `{prefix}/readers/{reader_id}/{status|capture|trigger}`.
