@@ -412,6 +412,12 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             Ok(d)
         }
         Command::ActivatePolicy { document, source } => {
+            // The rules added since the first policies were logged refuse a new activation.
+            if let Err(errors) = super::policy::Policy::parse_new(document) {
+                return Err(Rejection::InvalidPolicy(
+                    errors.iter().map(|e| e.to_string()).collect(),
+                ));
+            }
             doors::activate(state, document, source, now)
         }
         Command::SetSiteMode {

@@ -86,6 +86,10 @@ pub struct Policy {
     pub zones: Vec<Zone>,
     /// Accepted oddities worth showing an operator (e.g. a zone reader on no door).
     pub warnings: Vec<PolicyError>,
+    /// Problems found by rules added after policies were first logged (a reader id no reader
+    /// can use): a new activation is refused for them ([`Policy::parse_new`]), a document
+    /// already in the log still reads as it did when it was activated.
+    pub refused: Vec<PolicyError>,
     door_index: HashMap<DoorId, usize>,
     reader_door: HashMap<ReaderId, usize>,
     level_index: HashMap<String, usize>,
@@ -659,6 +663,17 @@ impl std::error::Error for PolicyError {}
 
 impl Policy {
     /// Parses and validates a site document; all the errors found, sorted by line.
+    /// [`Policy::parse`] for a document about to be activated: [`Policy::refused`] problems
+    /// are errors too.
+    pub fn parse_new(text: &str) -> Result<Policy, Vec<PolicyError>> {
+        let mut p = Policy::parse(text)?;
+        if p.refused.is_empty() {
+            return Ok(p);
+        }
+        p.refused.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        Err(p.refused)
+    }
+
     pub fn parse(text: &str) -> Result<Policy, Vec<PolicyError>> {
         let root = DeTable::parse(text).map_err(|e| {
             vec![PolicyError {
@@ -672,11 +687,13 @@ impl Policy {
             root: &root,
             errors: Vec::new(),
             warnings: Vec::new(),
+            refused: Vec::new(),
         };
         let policy = build(&mut cx);
         if cx.errors.is_empty() {
             Ok(Policy {
                 warnings: cx.warnings,
+                refused: cx.refused,
                 ..policy
             })
         } else {
@@ -823,6 +840,7 @@ struct Cx<'t> {
     root: &'t Spanned<DeTable<'t>>,
     errors: Vec<PolicyError>,
     warnings: Vec<PolicyError>,
+    refused: Vec<PolicyError>,
 }
 
 impl<'t> Cx<'t> {
@@ -915,7 +933,7 @@ impl<'t> Cx<'t> {
         }
         let ok = super::ids::ReaderId::is_valid(s);
         if !ok {
-            self.error(
+            let e = self.problem(
                 path,
                 format!(
                     "reader id `{s}` must be 1–{} letters, digits or `-_.:` (it is a level of the \
@@ -923,6 +941,7 @@ impl<'t> Cx<'t> {
                     super::ids::ReaderId::MAX_LEN
                 ),
             );
+            self.refused.push(e);
         }
         ok
     }
@@ -1133,6 +1152,7 @@ fn build<'t>(cx: &mut Cx<'t>) -> Policy {
         unlock_windows,
         zones,
         warnings: Vec::new(),
+        refused: Vec::new(),
         door_index,
         reader_door,
         level_index,
