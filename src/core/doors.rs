@@ -311,7 +311,7 @@ pub fn decide_door(
             reason: verdict.reason().map(|r| r.as_str()),
             level: verdict.level(),
         };
-        let id = format!("msg_access_{}_{}", cref.reader_id, cref.capture_id);
+        let id = access_delivery_id(state, &cref.reader_id, &cref.capture_id);
         appends.push(one(
             stream::delivery(&id),
             Expected::NoStream,
@@ -345,6 +345,27 @@ pub fn decide_door(
         });
     }
     d
+}
+
+/// The id of a door decision's `access` delivery: `msg_access_<reader>_<capture>`, or, when the
+/// state already holds a delivery (or its stream) of that id, the first free of `…_2`, `…_3`, ….
+/// Reader `x_y` with capture `z` and reader `x` with capture `y_z` give the same base, and a
+/// reader may reuse a capture id once the duplicate window is over while the old delivery is
+/// still kept: the decision must not fail on its webhook's id. Looked up in the state the
+/// decision reads, so a replay picks the same id (and a decision that raced another for an id
+/// is refused by the store and decided again on the newer state).
+fn access_delivery_id(state: &State, reader: &ReaderId, capture: &str) -> String {
+    let base = format!("msg_access_{reader}_{capture}");
+    let taken = |id: &str| {
+        state.delivery(id).is_some() || state.expected(&stream::delivery(id)) != Expected::NoStream
+    };
+    if !taken(&base) {
+        return base;
+    }
+    (2u64..)
+        .map(|n| format!("{base}_{n}"))
+        .find(|id| !taken(id))
+        .expect("a free id among unboundedly many")
 }
 
 /// Resting-state changes due at `now` (unlock windows opening or closing, mode changes), for
