@@ -1607,6 +1607,142 @@ async fn a_hanging_endpoint_never_delays_another_partners_deliveries() {
     drop(gate);
 }
 
+/// A receiver written on a bare socket, to answer in ways an HTTP framework will not: each
+/// connection reads one request, writes `heads[i]` (status line, headers and the start of a
+/// body) at once, then keeps the connection open without finishing the body (`hold`) or
+/// closes it mid-body. Returns the URL and the number of requests read so far.
+async fn raw_receiver(
+    heads: Vec<(&'static str, bool)>,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>, JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    let task = tokio::spawn(async move {
+        for (head, hold) in heads {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                // The whole request: headers, then Content-Length bytes.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let request = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = request
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                sock.write_all(head.as_bytes()).await.unwrap();
+                sock.flush().await.unwrap();
+                if hold {
+                    // The rest of the body never comes while palmgate waits.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    (url, seen, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_answered_at_once_counts_even_when_its_body_is_slow_or_cut() {
+    // SPEC 4: "Success is any 2xx answered within 10 s." The status line comes at once; the
+    // body promises 100 bytes and sends 2, then nothing (held) or closes (cut).
+    let (url, seen, server) = raw_receiver(vec![
+        (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nok",
+            true,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nok",
+            false,
+        ),
+        (
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100\r\n\r\ndown",
+            true,
+        ),
+    ])
+    .await;
+    let dir = tempdir();
+    let t0 = now_secs();
+    let clock = Arc::new(ManualClock::new(t0));
+    let gate = Gate::start(dir.path(), true, clock.clone()).await;
+    let (key, _) = gate.partner("Acme", Some(&url)).await;
+
+    // A 200 whose body never finishes: delivered, with the status and the excerpt that came.
+    let started = Instant::now();
+    let id = session_delivery_id(&gate.end_one(&key).await);
+    let d = gate
+        .wait_delivery(&key, &id, "a 200 with a slow body", |d| {
+            d["attempts"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    let a = &d["attempts"][0];
+    assert_eq!(d["status"], "delivered", "{d}");
+    assert_eq!(a["status_code"], 200, "{d}");
+    assert_eq!(a["delivered"], true, "{d}");
+    assert!(a["error"].is_null(), "{d}");
+    let response = a["response"].as_str().unwrap();
+    assert!(response.starts_with("ok"), "the excerpt that came: {d}");
+    assert!(
+        response.contains("not received in full"),
+        "the cut body is noted: {d}"
+    );
+    assert!(d["next_attempt_at"].is_null(), "no retry: {d}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "recorded without waiting for the body: {:?}",
+        started.elapsed()
+    );
+
+    // A 200 whose connection closes mid-body: delivered too.
+    let id = session_delivery_id(&gate.end_one(&key).await);
+    let d = gate
+        .wait_delivery(&key, &id, "a 200 with a body broken off", |d| {
+            d["attempts"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    let a = &d["attempts"][0];
+    assert_eq!(d["status"], "delivered", "{d}");
+    assert_eq!(a["status_code"], 200, "{d}");
+    assert!(a["error"].is_null(), "{d}");
+    let response = a["response"].as_str().unwrap();
+    assert!(response.starts_with("ok"), "{d}");
+    assert!(
+        response.contains("broken off"),
+        "the cut body is noted: {d}"
+    );
+
+    // A 500 with a slow body keeps its status code; it is a failure, retried on schedule.
+    let id = session_delivery_id(&gate.end_one(&key).await);
+    let d = gate
+        .wait_delivery(&key, &id, "a 500 with a slow body", |d| {
+            d["attempts"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    let a = &d["attempts"][0];
+    assert_eq!(a["status_code"], 500, "{d}");
+    assert_eq!(a["delivered"], false, "{d}");
+    assert_eq!(d["status"], "pending", "{d}");
+    assert_eq!(d["next_attempt_at"], text(t0 + Span::minutes(1)), "{d}");
+    assert!(a["response"].as_str().unwrap().starts_with("down"), "{d}");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    server.abort();
+    drop(gate);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. SSRF guard and redirects
 // ---------------------------------------------------------------------------------------------
