@@ -22,6 +22,10 @@ use serde_json::Value;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
+/// The longest webhook URL, in characters (Unicode scalar values, as SPEC 2 counts
+/// `external_id`).
+pub const MAX_URL_CHARS: usize = 2048;
+
 /// Event families a partner may subscribe to.
 pub const EVENT_FAMILIES: &[&str] = &["session", "access"];
 
@@ -129,9 +133,17 @@ pub async fn validate(
 ) -> Result<(String, Vec<String>), ApiError> {
     let bad = |m: String| ApiError::BadRequest(m);
     let url = match url {
-        Value::String(s) if !s.is_empty() && s.len() <= 2048 => s.clone(),
+        Value::String(s) if s.trim().is_empty() => {
+            return Err(bad("url must not be empty".into()));
+        }
+        Value::String(s) if s.chars().count() > MAX_URL_CHARS => {
+            return Err(bad(format!(
+                "url must be at most {MAX_URL_CHARS} characters"
+            )));
+        }
+        Value::String(s) => s.clone(),
         Value::Null => return Err(bad("url is required".into())),
-        _ => return Err(bad("url must be a string of at most 2048 characters".into())),
+        _ => return Err(bad("url must be a string".into())),
     };
     Guard::new(app.config.webhooks.allow_networks.clone())
         .check_url(&url)

@@ -1840,6 +1840,44 @@ async fn webhook_urls_into_private_networks_are_refused_and_redirects_not_follow
     gate.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_url_validation_names_each_fault() {
+    let dir = tempdir();
+    let clock = Arc::new(ManualClock::new(now_secs()));
+    let gate = Gate::start(dir.path(), false, clock).await;
+    let (key, _) = gate.partner("Acme", None).await;
+    let put = |body: Value| {
+        let gate = &gate;
+        let key = &key;
+        async move { gate.v1(Method::PUT, "/v1/webhook", key, Some(body)).await }
+    };
+    // 2048 characters of which most take two bytes (4 000+ bytes): within the limit.
+    let base = "https://93.184.216.34/";
+    let longest = format!("{base}{}", "é".repeat(2048 - base.len()));
+    assert_eq!(longest.chars().count(), 2048);
+    assert!(longest.len() > 2048);
+    for (body, message) in [
+        (json!({ "url": "" }), "url must not be empty"),
+        (json!({ "url": "   " }), "url must not be empty"),
+        (json!({}), "url is required"),
+        (json!({ "url": 7 }), "url must be a string"),
+        (
+            json!({ "url": format!("{longest}é") }),
+            "url must be at most 2048 characters",
+        ),
+    ] {
+        let (code, v) = put(body.clone()).await;
+        assert_eq!(code, 400, "PUT {body}: {v}");
+        assert_eq!(v["message"], message, "PUT {body}: {v}");
+    }
+    let (code, v) = gate.v1(Method::GET, "/v1/webhook", &key, None).await;
+    assert_eq!(code, 404, "no webhook was set: {v}");
+    let (code, v) = put(json!({ "url": longest })).await;
+    assert_eq!(code, 200, "a URL of 2048 characters is accepted: {v}");
+    assert_eq!(v["url"], longest.as_str());
+    gate.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Durability across a restart
 // ---------------------------------------------------------------------------------------------
