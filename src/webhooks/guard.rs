@@ -9,6 +9,11 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+/// The one answer for a webhook host name that is refused, whether it does not resolve or
+/// resolves to an address the guard refuses.
+pub const NAME_REFUSED: &str = "url must resolve to a public address; list its network in \
+     webhooks.allow_networks to allow a private one";
+
 #[derive(Clone, Debug, Default)]
 pub struct Guard {
     allow: Arc<Vec<IpNet>>,
@@ -77,34 +82,34 @@ impl Guard {
             .trim_matches(|c| c == '[' || c == ']')
             .to_string();
         let port = url.port_or_known_default().unwrap_or(443);
-        // The answers go to a partner: they never say what a name resolves to on the
-        // gateway's network, nor the resolver's own error (that would map the LAN's DNS).
-        let literal = host.parse::<IpAddr>().ok();
-        let addrs: Vec<SocketAddr> = match literal {
-            Some(ip) => vec![SocketAddr::new(ip, port)],
-            None => match tokio::net::lookup_host((host.as_str(), port)).await {
-                Ok(a) => a.collect(),
-                Err(e) => {
-                    tracing::debug!(host, error = %e, "webhook host does not resolve");
-                    vec![]
-                }
-            },
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            if !self.allows(ip) {
+                return Err(format!(
+                    "url host {ip} is a loopback, private, link-local or reserved address; list \
+                     its network in webhooks.allow_networks to allow it"
+                ));
+            }
+            return Ok(url);
+        }
+        // The answer goes to a partner: a name that does not resolve and one that resolves
+        // inward get the very same message, so it never tells whether a name exists on the
+        // gateway's network, what it resolves to, nor the resolver's own error (that would map
+        // the LAN's DNS).
+        let refused = || NAME_REFUSED.to_string();
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                tracing::debug!(host, error = %e, "webhook host does not resolve");
+                return Err(refused());
+            }
         };
         if addrs.is_empty() {
-            return Err(format!("url host {host:?} does not resolve"));
+            tracing::debug!(host, "webhook host resolves to no address");
+            return Err(refused());
         }
         if let Some(bad) = addrs.iter().find(|a| !self.allows(a.ip())) {
-            let what = match literal {
-                Some(ip) => format!("url host {ip} is"),
-                None => {
-                    tracing::debug!(host, ip = %bad.ip(), "webhook host refused");
-                    format!("url host {host:?} resolves to")
-                }
-            };
-            return Err(format!(
-                "{what} a loopback, private, link-local or reserved address; list its network \
-                 in webhooks.allow_networks to allow it"
-            ));
+            tracing::debug!(host, ip = %bad.ip(), "webhook host refused");
+            return Err(refused());
         }
         Ok(url)
     }
@@ -128,15 +133,22 @@ impl Resolve for Guard {
         let guard = self.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            // As when the URL is set: the recorded error (shown to the partner) is the same
+            // whether the name stopped resolving or now resolves inward.
+            let found: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(a) => a.collect(),
+                Err(e) => {
+                    tracing::debug!(host, error = %e, "webhook host does not resolve");
+                    vec![]
+                }
+            };
             let ok: Vec<SocketAddr> = found
                 .iter()
                 .copied()
                 .filter(|a| guard.allows(a.ip()))
                 .collect();
             if ok.is_empty() {
-                let msg = format!("{host} resolves only to addresses the SSRF guard refuses");
+                let msg = format!("{host} does not resolve to an address the SSRF guard allows");
                 return Err(msg.into());
             }
             let addrs: Addrs = Box::new(ok.into_iter());
@@ -181,6 +193,17 @@ mod tests {
         let g = Guard::default();
         assert!(g.check_url("http://127.0.0.1:9/hook").await.is_err());
         assert!(g.check_url("http://localhost/hook").await.is_err());
+        // A name that resolves inward and one that does not resolve: one answer.
+        assert_eq!(
+            g.check_url("http://localhost/hook").await.unwrap_err(),
+            NAME_REFUSED
+        );
+        assert_eq!(
+            g.check_url("http://no-such-host.invalid/hook")
+                .await
+                .unwrap_err(),
+            NAME_REFUSED
+        );
         assert!(g.check_url("ftp://93.184.216.34/").await.is_err());
         assert!(g.check_url("http://[::1]/").await.is_err());
         assert!(g.check_url("https://93.184.216.34/hook").await.is_ok());
