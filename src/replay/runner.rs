@@ -50,7 +50,7 @@ struct Runner {
     partners: HashMap<String, (PartnerId, String)>,
     partner_names: HashMap<PartnerId, String>,
     saved: HashMap<String, (String, String)>,
-    answers: HashMap<PartnerId, VecDeque<(u16, Option<i64>)>>,
+    answers: HashMap<PartnerId, VecDeque<(u16, Option<Duration>)>>,
     down: HashSet<String>,
     offs: BTreeMap<(DateTime<Utc>, u64), (String, u16, String)>,
     seq: u64,
@@ -73,7 +73,10 @@ impl Drop for Runner {
 fn instant(start: DateTime<Utc>, s: &str) -> Result<DateTime<Utc>, String> {
     if let Some(rel) = s.strip_prefix('+') {
         let d = humantime::parse_duration(rel).map_err(|e| format!("{s:?}: {e}"))?;
-        return Ok(start + Duration::from_std(d).map_err(|e| e.to_string())?);
+        return Duration::from_std(d)
+            .ok()
+            .and_then(|d| start.checked_add_signed(d))
+            .ok_or_else(|| format!("{s:?} is out of range (after {start})"));
     }
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -99,7 +102,7 @@ static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Runner {
     async fn new(s: &Scenario, base: &Path) -> Result<Runner, String> {
-        let start = instant(Utc::now(), &s.start)?;
+        let start = instant(Utc::now(), &s.start).map_err(|e| format!("start: {e}"))?;
         let dir = std::env::temp_dir().join(format!(
             "palmgate-replay-{}-{}",
             std::process::id(),
@@ -122,7 +125,7 @@ impl Runner {
         if let Some(q) = s.settings.min_quality {
             env.push(("PALMGATE_MATCHING_MIN_QUALITY".into(), q.to_string()));
         }
-        let config = Config::load(None, &env).map_err(|e| e.to_string())?;
+        let config = Config::load(None, &env).map_err(|e| format!("settings: {e}"))?;
         let clock = Arc::new(ManualClock::new(start));
         let rng = Arc::new(SeededRng::new(7));
         let store = Arc::new(SqliteStore::open(dir.join("events.db")).map_err(|e| e.to_string())?);
@@ -291,7 +294,9 @@ impl Runner {
     }
 
     async fn enroll_user(&mut self, i: usize, u: &scenario::UserDef) -> Result<(), String> {
-        let key = self.key_of(&u.partner)?;
+        let key = self
+            .key_of(&u.partner)
+            .map_err(|e| format!("users[{i}]: {e}"))?;
         let mut body = serde_json::json!({ "external_id": u.external_id });
         if let Some(n) = &u.username {
             body["username"] = Value::from(n.clone());
@@ -318,8 +323,29 @@ impl Runner {
             .next()
             .unwrap_or("")
             .to_string();
+        let id = v["session_id"]
+            .as_str()
+            .and_then(crate::core::SessionId::parse)
+            .ok_or_else(|| format!("users[{i}]: enroll answered no session_id: {v}"))?;
         self.capture("setup-desk", &u.palm, Some(token), 0.95, true, None)
-            .await?;
+            .await
+            .map_err(|e| format!("users[{i}]: {e}"))?;
+        // A refused enrollment (the palm already enrolled, a failed capture) must not go
+        // unnoticed: the steps would run against users that do not exist.
+        let (state, reason) = self.app.read(|s| {
+            s.session(id).map_or(("unknown".to_string(), None), |x| {
+                (
+                    x.state.as_str().to_string(),
+                    x.fail_reason.map(|r| r.as_str().to_string()),
+                )
+            })
+        });
+        if state != "completed" {
+            return Err(format!(
+                "users[{i}]: enrollment ended {state} {}",
+                reason.as_deref().unwrap_or("(no fail_reason)")
+            ));
+        }
         Ok(())
     }
 
@@ -435,7 +461,7 @@ impl Runner {
                 error: None,
                 latency_ms: 1,
                 response: String::new(),
-                retry_after: retry_after.map(Duration::seconds),
+                retry_after,
             }))
             .await?;
         }
@@ -528,7 +554,7 @@ impl Runner {
 
     async fn step(&mut self, i: usize, step: &Step) -> Result<(), String> {
         if let Some(at) = &step.at {
-            let t = instant(self.start, at)?;
+            let t = instant(self.start, at).map_err(|e| format!("at: {e}"))?;
             if t < self.clock.now() {
                 return Err(format!("at {at:?} is before the previous step"));
             }
@@ -658,10 +684,18 @@ impl Runner {
                 .get(&w.partner)
                 .cloned()
                 .ok_or("webhook_answers: unknown partner")?;
+            let retry_after = w
+                .retry_after
+                .map(|n| {
+                    Duration::try_seconds(n).filter(|_| n >= 0).ok_or_else(|| {
+                        format!("webhook_answers.retry_after: {n} seconds is out of range")
+                    })
+                })
+                .transpose()?;
             self.answers
                 .entry(id)
                 .or_default()
-                .extend(w.statuses.iter().map(|s| (*s, w.retry_after)));
+                .extend(w.statuses.iter().map(|s| (*s, retry_after)));
         }
         if let Some(f) = &step.relay_fault {
             if f.down {
@@ -985,4 +1019,194 @@ pub fn collect(paths: &[PathBuf]) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "name = \"x\"\nstart = \"2026-03-02T09:00:00+05:00\"\n\
+                        [[partners]]\nname = \"acme\"\nwebhook = [\"session\"]\n";
+
+    fn parse(body: &str) -> Scenario {
+        scenario::parse(&format!("{HEAD}{body}")).unwrap()
+    }
+
+    async fn run_text(body: &str) -> Result<Vec<String>, String> {
+        run(&parse(body), Path::new(".")).await
+    }
+
+    #[test]
+    fn instants_out_of_range_are_errors() {
+        let start = DateTime::parse_from_rfc3339("2026-03-02T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for s in ["+300000y", "+1000000000y"] {
+            let e = instant(start, s).unwrap_err();
+            assert!(e.contains("out of range") && e.contains(s), "{e}");
+        }
+        assert_eq!(
+            instant(start, "+90s").unwrap(),
+            start + Duration::seconds(90)
+        );
+    }
+
+    /// A step `at` (or an expected `at`) past what the clock can hold is an error naming the
+    /// step, not a panic; so is the start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn huge_instants_fail_the_scenario_naming_the_step() {
+        for at in ["+300000y", "+1000000000y"] {
+            let e = run_text(&format!(
+                "[[steps]]\nat = \"+1s\"\n[[steps]]\nat = \"{at}\"\n"
+            ))
+            .await
+            .unwrap_err();
+            assert!(
+                e.starts_with("step 1: at: ") && e.contains("out of range"),
+                "{e}"
+            );
+        }
+        let e = run_text(
+            "[[steps]]\nexpect_relay = [{ door = \"d\", on = true, at = \"+300000y\" }]\n",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.starts_with("step 0: ") && e.contains("out of range"),
+            "{e}"
+        );
+        let s = scenario::parse("name = \"x\"\nstart = \"+300000y\"\n[[steps]]\n").unwrap();
+        let e = run(&s, Path::new(".")).await.unwrap_err();
+        assert!(
+            e.starts_with("start: ") && e.contains("out of range"),
+            "{e}"
+        );
+    }
+
+    /// A `retry_after` no `chrono::Duration` holds (or a negative one) is an error naming the
+    /// step, not a panic when the attempt is recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn huge_retry_after_is_an_error() {
+        for n in ["9223372036854775807", "-5"] {
+            let e = run_text(&format!(
+                "[[steps]]\nwebhook_answers = {{ partner = \"acme\", statuses = [429], retry_after = {n} }}\n\
+                 api = {{ method = \"POST\", path = \"/v1/webhook/test\", partner = \"acme\" }}\n"
+            ))
+            .await
+            .unwrap_err();
+            assert!(
+                e.starts_with("step 0: webhook_answers.retry_after: ") && e.contains(n),
+                "{e}"
+            );
+        }
+        // A large but valid one is capped by the core (24 h): the retry comes, nothing breaks.
+        let failures = run_text(
+            "[[steps]]\nwebhook_answers = { partner = \"acme\", statuses = [429], retry_after = 1000000000000 }\n\
+             api = { method = \"POST\", path = \"/v1/webhook/test\", partner = \"acme\" }\n\
+             [[steps]]\nat = \"+25h\"\n\
+             expect_webhooks = [{ partner = \"acme\", event = \"ping\", attempt = 1 }, { partner = \"acme\", event = \"ping\", attempt = 2, at = \"+24h\" }]\n",
+        )
+        .await
+        .unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+
+    /// A session lifetime past the cap is refused by the config (an error naming the setting),
+    /// and the longest accepted one works end to end (it overflowed `now + ttl` before).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn settings_ttl_bounds() {
+        let mut s = parse("[[steps]]\n");
+        s.settings.ttl = Some("300000y".into());
+        let e = run(&s, Path::new(".")).await.unwrap_err();
+        assert!(
+            e.starts_with("settings: ") && e.contains("sessions.ttl"),
+            "{e}"
+        );
+        let failures = run_text(
+            "[settings]\nttl = \"100y\"\n[[steps]]\n\
+             api = { method = \"POST\", path = \"/v1/identify\", partner = \"acme\" }\n\
+             expect = { status = 201 }\n",
+        )
+        .await
+        .unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+
+    /// Two users with one palm: the second enrollment fails `already_enrolled`, and the setup
+    /// says so instead of running the steps without that user.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_user_enrollment_fails_the_setup() {
+        let e = run_text(
+            "[[users]]\npartner = \"acme\"\nexternal_id = \"EMP-1\"\npalm = \"alice\"\n\
+             [[users]]\npartner = \"acme\"\nexternal_id = \"EMP-2\"\npalm = \"alice\"\n\
+             [[steps]]\n",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e, "users[1]: enrollment ended failed already_enrolled");
+        let e = run_text(
+            "[[users]]\npartner = \"nobody\"\nexternal_id = \"EMP-1\"\npalm = \"alice\"\n[[steps]]\n",
+        )
+        .await
+        .unwrap_err();
+        assert!(e.starts_with("users[0]: unknown partner"), "{e}");
+        let failures = run_text(
+            "[[users]]\npartner = \"acme\"\nexternal_id = \"EMP-1\"\npalm = \"alice\"\n\
+             [[users]]\npartner = \"acme\"\nexternal_id = \"EMP-2\"\npalm = \"bob\"\n[[steps]]\n",
+        )
+        .await
+        .unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+
+    /// `palmgate replay <dir>` runs every file: one that does not parse or fails to run is an
+    /// outcome naming the file, and the next still runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_file_runs_after_a_failing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            (
+                "a.toml",
+                "[[steps]]\nexpect_no_events = [\"SessionCreatd\"]\n",
+            ),
+            ("b.toml", "[[steps]]\nat = \"+300000y\"\n"),
+            (
+                "c.toml",
+                "[[steps]]\nwebhook_answers = { partner = \"acme\", statuses = [429], retry_after = 9223372036854775807 }\n",
+            ),
+            (
+                "d.toml",
+                "[[steps]]\napi = { method = \"GET\", path = \"/healthz\" }\nexpect = { status = 200 }\n",
+            ),
+        ];
+        for (name, body) in files {
+            std::fs::write(dir.path().join(name), format!("{HEAD}{body}")).unwrap();
+        }
+        let paths = collect(&[dir.path().to_path_buf()]);
+        assert_eq!(paths.len(), 4);
+        let mut outcomes = vec![];
+        for p in &paths {
+            outcomes.push(run_file(p).await);
+        }
+        let lines: Vec<String> = outcomes
+            .iter()
+            .map(|o| format!("{} {:?}", o.name, o.failures))
+            .collect();
+        assert!(
+            outcomes[0].name.ends_with("a.toml")
+                && outcomes[0].failures[0].contains("a.toml: steps[0].expect_no_events[0]"),
+            "{lines:?}"
+        );
+        assert!(
+            outcomes[1].name.contains("b.toml")
+                && outcomes[1].failures[0].starts_with("step 0: at: "),
+            "{lines:?}"
+        );
+        assert!(
+            outcomes[2].name.contains("c.toml")
+                && outcomes[2].failures[0].starts_with("step 0: webhook_answers.retry_after"),
+            "{lines:?}"
+        );
+        assert!(outcomes[3].failures.is_empty(), "{lines:?}");
+    }
 }

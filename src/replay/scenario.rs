@@ -315,12 +315,137 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
     if s.site.is_some() && s.site_file.is_some() {
         return Err("site and site_file: give one, not both".into());
     }
+    if let Some(ttl) = &s.settings.ttl {
+        check_duration(ttl).map_err(|e| format!("settings.ttl: {e}"))?;
+    }
+    let known = |kind: &str| crate::core::event::KNOWN_TYPES.contains(&kind);
     for (i, step) in s.steps.iter().enumerate() {
-        if step.expect.is_some() && step.api.is_none() {
-            return Err(format!(
-                "steps[{i}].expect: needs an `api` call in the same step"
-            ));
+        if let Some(e) = &step.expect {
+            if step.api.is_none() {
+                return Err(format!(
+                    "steps[{i}].expect: needs an `api` call in the same step"
+                ));
+            }
+            if e.status.is_none() && e.body.is_none() {
+                return Err(format!(
+                    "steps[{i}].expect: give `status` or `body` (an empty expectation can \
+                     never fail)"
+                ));
+            }
+        }
+        for (j, e) in step.expect_events.iter().enumerate() {
+            if !known(&e.kind) {
+                return Err(format!(
+                    "steps[{i}].expect_events[{j}].type: unknown event type {:?}",
+                    e.kind
+                ));
+            }
+        }
+        for (j, kind) in step.expect_no_events.iter().enumerate() {
+            if !known(kind) {
+                return Err(format!(
+                    "steps[{i}].expect_no_events[{j}]: unknown event type {kind:?} (it could \
+                     never be recorded)"
+                ));
+            }
         }
     }
     Ok(s)
+}
+
+/// A duration the config accepts: humantime, above zero, at most
+/// [`crate::config::MAX_DURATION`].
+fn check_duration(s: &str) -> Result<(), String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err("duration must be greater than zero".into());
+    }
+    if d > crate::config::MAX_DURATION {
+        return Err(format!("duration {s:?} is too long (at most 100 years)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "name = \"x\"\nstart = \"2026-03-02T09:00:00+05:00\"\n";
+
+    fn err(body: &str) -> String {
+        parse(&format!("{HEAD}{body}")).map(|_| ()).unwrap_err()
+    }
+
+    /// `expect = {}` checks nothing: a parse error naming the step.
+    #[test]
+    fn an_empty_expect_is_an_error() {
+        let e = err(
+            "[[steps]]\nat = \"+1s\"\n[[steps]]\napi = { method = \"GET\", path = \"/healthz\" }\nexpect = {}\n",
+        );
+        assert!(
+            e.contains("steps[1].expect") && e.contains("status") && e.contains("body"),
+            "{e}"
+        );
+        parse(&format!(
+            "{HEAD}[[steps]]\napi = {{ method = \"GET\", path = \"/healthz\" }}\nexpect = {{ body = {{ a = 1 }} }}\n"
+        ))
+        .unwrap();
+    }
+
+    /// A misspelled type in `expect_no_events` could never be recorded (the check always
+    /// passed): a parse error naming the step and the entry; likewise `expect_events[].type`.
+    #[test]
+    fn unknown_event_types_are_errors() {
+        let e = err("[[steps]]\nexpect_no_events = [\"SessionFailed\", \"SessionCreatd\"]\n");
+        assert!(
+            e.contains("steps[0].expect_no_events[1]") && e.contains("SessionCreatd"),
+            "{e}"
+        );
+        let e = err(
+            "[[steps]]\n[[steps]]\nexpect_events = [{ type = \"SessionCreated\" }, { type = \"DoorDecidd\" }]\n",
+        );
+        assert!(
+            e.contains("steps[1].expect_events[1].type") && e.contains("DoorDecidd"),
+            "{e}"
+        );
+        parse(&format!(
+            "{HEAD}[[steps]]\nexpect_events = [{{ type = \"DoorDecided\" }}]\nexpect_no_events = [\"SessionCreated\"]\n"
+        ))
+        .unwrap();
+    }
+
+    /// `settings.ttl` is checked as the config checks it (a huge one overflowed in the core).
+    #[test]
+    fn settings_ttl_is_checked() {
+        for (ttl, what) in [
+            ("300000y", "100 years"),
+            ("1000000000y", "100 years"),
+            ("soon", "invalid duration"),
+            ("0s", "greater than zero"),
+        ] {
+            let e = err(&format!("settings = {{ ttl = \"{ttl}\" }}\n[[steps]]\n"));
+            assert!(e.contains("settings.ttl") && e.contains(what), "{ttl}: {e}");
+        }
+        parse(&format!(
+            "{HEAD}settings = {{ ttl = \"100y\" }}\n[[steps]]\n"
+        ))
+        .unwrap();
+    }
+
+    /// `load` puts the file's name before the step.
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("typo.toml");
+        std::fs::write(
+            &f,
+            format!("{HEAD}[[steps]]\nexpect_no_events = [\"SessionCreatd\"]\n"),
+        )
+        .unwrap();
+        let e = load(&f).map(|_| ()).unwrap_err();
+        assert!(
+            e.contains("typo.toml") && e.contains("steps[0].expect_no_events[0]"),
+            "{e}"
+        );
+    }
 }
