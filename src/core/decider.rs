@@ -367,7 +367,7 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
                 username: None,
                 metadata: None,
                 created_at: now,
-                expires_at: now + *ttl,
+                expires_at: whole_seconds(now + *ttl),
                 trigger_id: Some(trigger_id.clone()),
             };
             let mut d = Decision::new(vec![one(
@@ -970,7 +970,7 @@ fn create_session(
             username: n.enroll.and_then(|e| e.username.clone()),
             metadata: n.enroll.and_then(|e| e.metadata.clone()),
             created_at: now,
-            expires_at: now + n.ttl,
+            expires_at: whole_seconds(now + n.ttl),
             trigger_id: None,
         },
     ));
@@ -996,6 +996,13 @@ fn create_session(
             replayed: false,
         },
     })
+}
+
+/// A session's deadline in whole seconds: the API and the page show `expires_at` to the second,
+/// and a session must not stay open past the instant it was said to end.
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    t.trunc_subsecs(0)
 }
 
 #[cfg(test)]

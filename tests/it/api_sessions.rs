@@ -288,6 +288,30 @@ async fn pending_session_expires_after_its_ttl() {
     assert_eq!(v["fail_reason"], "cancelled");
 }
 
+/// The `expires_at` a partner reads is the deadline to the second: the instant it names, the
+/// session reads `expired` and its page says so. The deadline once kept the creation's
+/// fraction of a second, so a session stayed open up to a second past what it said.
+#[tokio::test]
+async fn a_session_is_expired_from_the_second_its_expires_at_names() {
+    let s = TestServer::start_with(Options::default().ttl("2s")).await;
+    let (_, key) = s.create_partner("Exact").await;
+    for _ in 0..3 {
+        let c = s.identify(&key, "").await.created();
+        let v = s.session(&key, &c.session_id).await.json();
+        let deadline = api_time(&v, "expires_at");
+        let wait = (deadline - Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait + Duration::from_millis(20)).await;
+        let v = s.session(&key, &c.session_id).await.json();
+        assert_eq!(
+            v["state"],
+            "expired",
+            "at {} for {deadline}: {v}",
+            Utc::now()
+        );
+        assert_eq!(send(s.get(&c.path())).await.status, 400);
+    }
+}
+
 #[tokio::test]
 async fn completed_enrollment_reads_completed_and_cannot_be_cancelled() {
     let mut s = TestServer::prepare(Options::default());
