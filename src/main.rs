@@ -494,10 +494,18 @@ fn open_log(
     config: Option<&std::path::Path>,
 ) -> anyhow::Result<std::sync::Arc<dyn palmgate::store::EventStore>> {
     let config = Config::load_with_process_env(config)?;
-    if config.store.url.is_none() && !config.store.path.exists() {
-        bail!("no event log at {}", config.store.path.display());
+    if config.store.url.is_some() {
+        return Ok(palmgate::app::open_store(&config.store)?);
     }
-    Ok(palmgate::app::open_store(&config.store)?)
+    let path = &config.store.path;
+    if !path.exists() {
+        bail!("no event log at {}", path.display());
+    }
+    // Read-only: an audit writes nothing, not even the schema, to the file it is given.
+    match palmgate::store::SqliteStore::open_read_only(path)? {
+        Some(store) => Ok(std::sync::Arc::new(store)),
+        None => bail!("{} is not a palmgate event log", path.display()),
+    }
 }
 
 fn audit(action: AuditCmd) -> anyhow::Result<()> {

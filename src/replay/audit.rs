@@ -14,14 +14,26 @@
 //! similarity and the retries spent. A similarity within 2·10⁻⁶ of the threshold (the log
 //! rounds both to 6 decimals) is not judged.
 //!
+//! Once the log has recorded one judgement, every later palm read here records its own: a local
+//! door decision or a session ending on a capture without one is a finding (logs written
+//! before judgements were recorded have none at all, and verify as before). A decision's
+//! subject without a similarity is only an upstream Pass API's: the decision then directly
+//! follows the `UpstreamSessionEnded` at its reader that names the same person and metadata.
+//! A decision is at the door its reader is bound to under the policy it names, in that door's
+//! stream, and every event continues its stream's revisions (see `Fold::check_revision` for
+//! the streams a gateway lets go of and starts again).
+//!
 //! Any changed byte breaks the hash chain at its position; any rewritten decision is a mismatch
-//! at its position.
+//! at its position. A row the store cannot read at all (a value of the wrong type) is a finding
+//! at its position, and verification reads on past it.
 
 use crate::core::doors::rederive;
-use crate::core::event::{CaptureRef, CaptureRejection, Event, Judged, Recorded};
+use crate::core::event::{
+    CaptureRef, CaptureRejection, Event, Judged, Recorded, UpstreamOutcome, stream,
+};
 use crate::core::policy::{Policy, Verdict};
 use crate::core::state::State;
-use crate::core::{FailReason, SessionId, SessionKind};
+use crate::core::{ExternalId, FailReason, ReaderId, SessionId, SessionKind};
 use crate::store::EventStore;
 use crate::store::chain::Verifier;
 use chrono::{DateTime, Utc};
@@ -61,31 +73,96 @@ struct Checked {
     prev_hash: [u8; 32],
     hash: [u8; 32],
     computed: [u8; 32],
+    /// The stream's name as [`stream_key`] gives it, and the revision, as stored.
+    stream_key: u64,
+    revision: u64,
     decoded: Result<Recorded, crate::store::StoreError>,
+    /// Why the row could not be read at all (a stored value of the wrong type: text that is
+    /// not UTF-8, a revision that is not a number, a hash that is not 32 bytes); nothing else
+    /// of it is known.
+    unreadable: Option<String>,
+}
+
+impl Checked {
+    fn unreadable(position: u64, reason: String) -> Checked {
+        Checked {
+            position,
+            prev_hash: [0; 32],
+            hash: [0; 32],
+            computed: [0; 32],
+            stream_key: 0,
+            revision: 0,
+            decoded: Err(crate::store::StoreError::Corrupt {
+                position,
+                reason: reason.clone(),
+            }),
+            unreadable: Some(reason),
+        }
+    }
+}
+
+/// A stream's name as the revision check keys it: 64 bits of SipHash (fixed keys), so that
+/// remembering every stream of a long log costs 16 bytes each, not a copy of its name. Two
+/// names colliding (about 1 in 30 million at a million streams) could only make a revision
+/// look out of order.
+fn stream_key(stream: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    stream.hash(&mut h);
+    h.finish()
 }
 
 /// Page `k` covers positions `(k·size, (k+1)·size]`, read into `out` (emptied first, its
 /// capacity reused); false once nothing lies at or beyond it.
+///
+/// A row the store cannot read (it names the position: `StoreError::Corrupt`) becomes an
+/// unreadable entry at its position and the page is read on from the row after it, so one
+/// bad value neither stops verification nor hides what follows. Any other error (the file
+/// itself failing) ends verification.
 fn read_page(
     store: &dyn EventStore,
     k: u64,
     size: u64,
     out: &mut Vec<Checked>,
 ) -> Result<bool, crate::store::StoreError> {
+    use crate::store::StoreError;
     out.clear();
     let end = (k + 1) * size;
-    let lent = store.read_raw_each(k * size, size as usize, &mut |r| {
-        if r.position <= end {
-            out.push(Checked {
-                position: r.position,
-                prev_hash: r.prev_hash,
-                hash: r.hash,
-                computed: r.computed_hash(),
-                decoded: r.decode(),
-            })
+    let mut after = k * size;
+    let mut any = false;
+    while after < end {
+        let mut last = after;
+        let read = store.read_raw_each(after, (end - after) as usize, &mut |r| {
+            last = r.position;
+            if r.position <= end {
+                out.push(Checked {
+                    position: r.position,
+                    prev_hash: r.prev_hash,
+                    hash: r.hash,
+                    computed: r.computed_hash(),
+                    stream_key: stream_key(r.stream),
+                    revision: r.revision,
+                    decoded: r.decode(),
+                    unreadable: None,
+                })
+            }
+        });
+        match read {
+            Ok(lent) => {
+                any |= lent > 0;
+                break;
+            }
+            // Past this page (positions missing before it): the next page reads it.
+            Err(StoreError::Corrupt { position, .. }) if position > end => return Ok(true),
+            Err(StoreError::Corrupt { position, reason }) if position > last => {
+                any = true;
+                out.push(Checked::unreadable(position, reason));
+                after = position;
+            }
+            Err(e) => return Err(e),
         }
-    })?;
-    Ok(lent > 0)
+    }
+    Ok(any)
 }
 
 /// Verifies the chain, the schema and every door decision.
@@ -167,6 +244,33 @@ struct Fold {
     chain: Verifier,
     state: State,
     policies: HashMap<String, Arc<Policy>>,
+    seen: Seen,
+    /// Every stream's last revision, by [`stream_key`], never forgotten (the state lets go of
+    /// ended sessions' streams and others; see [`Fold::check_revision`]).
+    revisions: HashMap<u64, u64>,
+    /// After an unreadable row: the next row's link is taken as stored.
+    resume_after: Option<u64>,
+    /// Unreadable rows whose revision no later row has yet been found to skip.
+    unreadable: u64,
+}
+
+/// What the log has shown so far that later events are checked against.
+#[derive(Default)]
+struct Seen {
+    /// The position of the first event recording how a palm capture was judged (`judged`,
+    /// written since session 10); from then on every local door decision and every session
+    /// ending on a capture records it.
+    judged: Option<u64>,
+    /// The last `UpstreamSessionEnded`: the door decision it makes follows it directly.
+    upstream_end: Option<UpstreamEnd>,
+}
+
+struct UpstreamEnd {
+    position: u64,
+    reader_id: ReaderId,
+    outcome: UpstreamOutcome,
+    external_id: Option<ExternalId>,
+    metadata: Option<Value>,
 }
 
 impl Fold {
@@ -175,6 +279,29 @@ impl Fold {
     /// refills the page.
     fn next(&mut self, c: &mut Checked) {
         self.report.events += 1;
+        if let Some(why) = &c.unreadable {
+            let expected = self.resume_after.unwrap_or(self.chain.verified()) + 1;
+            if c.position != expected {
+                self.report.findings.push(Finding {
+                    position: c.position,
+                    problem: format!(
+                        "hash chain: expected position {expected}, found {} (an event is missing or out of order)",
+                        c.position
+                    ),
+                });
+            }
+            self.report.findings.push(Finding {
+                position: c.position,
+                problem: format!("unreadable row: {why}"),
+            });
+            // Its hash is unknown: the next row links to whatever it names.
+            self.resume_after = Some(c.position);
+            self.unreadable += 1;
+            return;
+        }
+        if let Some(p) = self.resume_after.take() {
+            self.chain.resume_after(p, &c.prev_hash);
+        }
         if let Err(b) = self
             .chain
             .check_link(c.position, &c.prev_hash, &c.hash, &c.computed)
@@ -187,6 +314,7 @@ impl Fold {
             // (SPEC 9: any tampered byte), not only the first.
             self.chain.resume_after(c.position, &c.hash);
         }
+        self.check_revision(c);
         let rec = match &mut c.decoded {
             Ok(r) => r,
             Err(e) => {
@@ -197,8 +325,58 @@ impl Fold {
                 return;
             }
         };
-        check_event(rec, &self.state, &mut self.policies, &mut self.report);
+        check_event(
+            rec,
+            &self.state,
+            &mut self.policies,
+            &mut self.seen,
+            &mut self.report,
+        );
         self.state.evolve_take(rec);
+    }
+
+    /// The event continues its stream: its revision is the stream's last one + 1, or 0 for a
+    /// stream never seen. A stream starts again at 0 only once the gateway let go of it (the
+    /// store drops a stream's head when the state forgets it): when the state folded here has
+    /// forgotten it too, or when it is a stream the state forgets after a configured retention
+    /// (`session-`, `delivery-`, `upstream-`: the audit folds with the default retentions, the
+    /// gateway with its own).
+    fn check_revision(&mut self, c: &Checked) {
+        let last = self.revisions.insert(c.stream_key, c.revision);
+        let Ok(rec) = &c.decoded else {
+            return;
+        };
+        let next = last.map_or(0, |l| l + 1);
+        if c.revision == next {
+            return;
+        }
+        let restarted = c.revision == 0
+            && (self.state.revision(&rec.stream).is_none()
+                || ["session-", "delivery-", "upstream-"]
+                    .iter()
+                    .any(|p| rec.stream.starts_with(p)));
+        if restarted {
+            return;
+        }
+        // Revisions an unreadable row may hold.
+        let skipped = c.revision.saturating_sub(next);
+        if c.revision > next && skipped <= self.unreadable {
+            self.unreadable -= skipped;
+            return;
+        }
+        self.report.findings.push(Finding {
+            position: c.position,
+            problem: match last {
+                Some(l) => format!(
+                    "stream {}: revision {}, but its last revision was {l}",
+                    rec.stream, c.revision
+                ),
+                None => format!(
+                    "stream {}: revision {}, but the stream starts here (revision 0)",
+                    rec.stream, c.revision
+                ),
+            },
+        });
     }
 }
 
@@ -206,6 +384,7 @@ fn check_event(
     rec: &Recorded,
     state: &State,
     policies: &mut HashMap<String, Arc<Policy>>,
+    seen: &mut Seen,
     report: &mut Report,
 ) {
     let mut problem = |p: String| {
@@ -230,6 +409,21 @@ fn check_event(
                 e.first().map(|e| e.to_string()).unwrap_or_default()
             )),
         },
+        Event::UpstreamSessionEnded {
+            reader_id,
+            outcome,
+            external_id,
+            metadata,
+            ..
+        } => {
+            seen.upstream_end = Some(UpstreamEnd {
+                position: rec.position,
+                reader_id: reader_id.clone(),
+                outcome: *outcome,
+                external_id: external_id.clone(),
+                metadata: metadata.clone(),
+            })
+        }
         Event::DoorDecided {
             door,
             reader_id,
@@ -246,10 +440,50 @@ fn check_event(
             ..
         } => {
             report.decisions += 1;
+            // Upstream mode: the decision an upstream session's ending at this reader makes
+            // directly follows it, in the same append (src/core/upstream.rs `ended`).
+            let upstream = seen
+                .upstream_end
+                .as_ref()
+                .filter(|u| u.position + 1 == rec.position && u.reader_id == *reader_id);
+            let door_stream = stream::door(door);
+            if rec.stream != door_stream {
+                problem(format!(
+                    "door {door}: decided in stream {}, not the door's stream {door_stream}",
+                    rec.stream
+                ));
+            }
+            // The capture's judgement: recorded on every palm read here since the log first
+            // recorded one (an upstream decision has none: the remote read the palm).
+            match (judged, quality) {
+                (Some(_), Some(_)) => {
+                    seen.judged.get_or_insert(rec.position);
+                }
+                (Some(_), None) => problem(format!(
+                    "door {door}: the capture's judgement is recorded without its quality"
+                )),
+                (None, _) => {
+                    if let (Some(first), None) = (seen.judged, upstream) {
+                        problem(format!(
+                            "door {door}: capture judgement missing (recorded on every capture since position {first}), and the decision follows no upstream session ending at reader {reader_id}"
+                        ));
+                    }
+                }
+            }
             let Some(p) = policies.get(policy) else {
                 problem(format!("decided under policy {policy}, never activated"));
                 return;
             };
+            match p.door_of_reader(reader_id) {
+                Some(d) if d.id == *door => {}
+                Some(d) => problem(format!(
+                    "door {door}: reader {reader_id} is bound to door {} under policy {policy}",
+                    d.id
+                )),
+                None => problem(format!(
+                    "door {door}: reader {reader_id} is bound to no door under policy {policy}"
+                )),
+            }
             if state.policy.as_ref().map(|x| x.sha256.as_str()) != Some(policy.as_str()) {
                 problem(format!(
                     "decided under policy {policy}, but {} was in force",
@@ -288,10 +522,10 @@ fn check_event(
                 ));
             }
             // A palm matched here (a similarity is recorded): the subject is the enrolled user's
-            // record as the log has it. (A subject without a similarity comes from an upstream
-            // Pass API's webhook, recorded in the event before it; nothing local to compare.)
-            if let (Some(s), Some(_)) = (subject, similarity) {
-                match state.user(s.partner_id, &s.external_id) {
+            // record as the log has it. A subject without a similarity is only an upstream Pass
+            // API's: the person its webhook named, recorded in the event just before.
+            match (subject, similarity, upstream) {
+                (Some(s), Some(_), _) => match state.user(s.partner_id, &s.external_id) {
                     Some(u) if crate::core::doors::is_subject(state, u, s) => {}
                     Some(_) => problem(format!(
                         "the recorded subject {} differs from the user's record in the log",
@@ -301,7 +535,32 @@ fn check_event(
                         "the recorded subject {} is no enrolled user of partner {}",
                         s.external_id.0, s.partner_id
                     )),
+                },
+                (Some(s), None, Some(u)) => {
+                    if !(u.outcome == UpstreamOutcome::Completed
+                        && u.external_id.as_ref() == Some(&s.external_id)
+                        && u.metadata == s.metadata)
+                    {
+                        problem(format!(
+                            "the recorded subject {} is not the person the upstream session ending at position {} names",
+                            s.external_id.0, u.position
+                        ));
+                    }
                 }
+                (Some(s), None, None) => problem(format!(
+                    "the recorded subject {} was matched by no palm here (no similarity) and the decision follows no upstream session ending at reader {reader_id}",
+                    s.external_id.0
+                )),
+                (None, _, Some(u))
+                    if u.outcome == UpstreamOutcome::Completed && u.external_id.is_some() =>
+                {
+                    problem(format!(
+                        "the upstream session ending at position {} names {}, but the decision records no subject",
+                        u.position,
+                        u.external_id.as_ref().map_or("", |x| x.0.as_str())
+                    ))
+                }
+                (None, ..) => {}
             }
             // The palm's judgement, where it was recorded: someone is identified exactly when
             // the capture is live and as similar as the threshold asks.
@@ -336,15 +595,31 @@ fn check_event(
         }
         Event::SessionCompleted {
             session_id,
-            capture: Some(c),
+            capture,
             ..
-        } => check_capture(state, *session_id, c, None, &mut problem),
+        } => ending(
+            state,
+            seen,
+            rec.position,
+            *session_id,
+            capture.as_ref(),
+            None,
+            &mut problem,
+        ),
         Event::SessionFailed {
             session_id,
             reason,
-            capture: Some(c),
+            capture,
             ..
-        } => check_capture(state, *session_id, c, Some(*reason), &mut problem),
+        } => ending(
+            state,
+            seen,
+            rec.position,
+            *session_id,
+            capture.as_ref(),
+            Some(*reason),
+            &mut problem,
+        ),
         Event::CaptureRejected {
             reader_id,
             reason: CaptureRejection::LowQuality,
@@ -361,6 +636,9 @@ fn check_event(
             attempt,
             ..
         } => {
+            if capture.judged.is_some() {
+                seen.judged.get_or_insert(rec.position);
+            }
             if let Some(j) = &capture.judged
                 && !(j.liveness
                     && capture.quality < j.min_quality
@@ -373,6 +651,47 @@ fn check_event(
             }
         }
         _ => {}
+    }
+}
+
+/// A session's ending: on a capture (every completion, and every failure but `cancelled` and
+/// `reader_offline`) that records its judgement once the log records judgements at all, and
+/// then re-derived from it ([`check_capture`]).
+fn ending(
+    state: &State,
+    seen: &mut Seen,
+    position: u64,
+    session_id: SessionId,
+    capture: Option<&CaptureRef>,
+    failed: Option<FailReason>,
+    problem: &mut impl FnMut(String),
+) {
+    let on_capture = !matches!(
+        failed,
+        Some(FailReason::Cancelled | FailReason::ReaderOffline)
+    );
+    match capture {
+        Some(c) if c.judged.is_some() => {
+            seen.judged.get_or_insert(position);
+            check_capture(state, session_id, c, failed, problem)
+        }
+        Some(_) => {
+            if let Some(first) = seen.judged {
+                problem(format!(
+                    "session {session_id}: capture judgement missing (recorded on every capture since position {first})"
+                ))
+            }
+        }
+        None => {
+            if let Some(first) = seen.judged
+                && on_capture
+            {
+                problem(format!(
+                    "session {session_id}: {} without the capture that ended it (recorded on every capture since position {first})",
+                    failed.map_or("completed", |r| r.as_str())
+                ))
+            }
+        }
     }
 }
 
@@ -521,6 +840,10 @@ pub fn decisions(
 pub const CSV_HEADER: &str = "position,at,door,reader,partner_id,external_id,granted,reason,level,policy,similarity,threshold,liveness";
 
 /// A CSV line (RFC 4180 quoting) of an export row.
+///
+/// A text cell a spreadsheet would take for a formula (starting with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return: an `external_id` is chosen by a partner) is prefixed with `'`,
+/// as OWASP advises against CSV injection; quoting follows.
 pub fn csv_line(row: &Value) -> String {
     let cols = [
         "position",
@@ -541,6 +864,9 @@ pub fn csv_line(row: &Value) -> String {
         .map(|c| {
             let v = match &row[*c] {
                 Value::Null => String::new(),
+                Value::String(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => {
+                    format!("'{s}")
+                }
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };

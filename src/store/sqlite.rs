@@ -176,6 +176,56 @@ impl SqliteStore {
         })
     }
 
+    /// Opens the log at `path` for reading only (`palmgate audit`): nothing is created or
+    /// written (no schema, no writer; an append answers [`StoreError::Closed`]), and reads stop
+    /// at the last event the file held when opened. `Ok(None)` when the file is no palmgate
+    /// event log (not SQLite, or no `events` table).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Option<SqliteStore>, StoreError> {
+        use rusqlite::{ErrorCode, OpenFlags};
+        let path = path.as_ref().to_path_buf();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(io)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(io)?;
+        let tables = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+            [],
+            |r| r.get::<_, i64>(0),
+        );
+        match tables {
+            Ok(1) => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        }
+        let last: i64 = conn
+            .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
+                r.get(0)
+            })
+            .map_err(io)?;
+        // Every read connection the pool opens is read-only too: a URI with `mode=ro`.
+        let mut uri = String::from("file:");
+        for &b in path.as_os_str().as_encoded_bytes() {
+            if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+                uri.push(b as char);
+            } else {
+                uri.push_str(&format!("%{b:02X}"));
+            }
+        }
+        uri.push_str("?mode=ro");
+        let uri = PathBuf::from(uri);
+        let readers = Readers::new(uri.clone(), open_conn(&uri)?);
+        Ok(Some(SqliteStore {
+            tx: Mutex::new(None),
+            readers,
+            healthy: Arc::new(AtomicBool::new(true)),
+            snapshots: SnapshotDir::beside(&path),
+            path,
+            writer: Mutex::new(None),
+            forgetting: Arc::default(),
+            on_disk: Arc::new(AtomicU64::new(last as u64)),
+        }))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -961,18 +1011,28 @@ impl EventStore for SqliteStore {
         let mut lent = 0;
         while let Some(r) = rows.next().map_err(io)? {
             let position = r.get::<_, i64>(0).map_err(io)? as u64;
+            // A value of the wrong type names its row (`audit verify` reports it there and
+            // reads on).
+            let bad = |e: &dyn std::fmt::Display| StoreError::Corrupt {
+                position,
+                reason: e.to_string(),
+            };
             let text = |i: usize| -> Result<&str, StoreError> {
-                r.get_ref(i).map_err(io)?.as_str().map_err(io)
+                r.get_ref(i)
+                    .map_err(|e| bad(&e))?
+                    .as_str()
+                    .map_err(|e| bad(&e))
             };
             let hash = |i: usize| -> Result<[u8; 32], StoreError> {
-                to_hash(position, r.get_ref(i).map_err(io)?.as_blob().map_err(io)?)
+                let b = r.get_ref(i).map_err(|e| bad(&e))?;
+                to_hash(position, b.as_blob().map_err(|e| bad(&e))?)
             };
             each(RawRef {
                 position,
                 stream: text(1)?,
-                revision: r.get::<_, i64>(2).map_err(io)? as u64,
+                revision: r.get::<_, i64>(2).map_err(|e| bad(&e))? as u64,
                 kind: text(3)?,
-                version: r.get(4).map_err(io)?,
+                version: r.get(4).map_err(|e| bad(&e))?,
                 recorded_at: text(5)?,
                 data: text(6)?,
                 prev_hash: hash(7)?,

