@@ -35,7 +35,9 @@ pub enum ApiError {
     RequestTimeout,
     #[error("rate limit exceeded")]
     RateLimited { retry_after_s: i64 },
-    #[error("service unavailable: the event log cannot accept writes")]
+    /// The event log (or the key store) cannot accept writes: SPEC 2's "failed disk", a 500
+    /// `internal error` like a bug (the log says which).
+    #[error("internal error")]
     Unavailable,
     #[error("internal error")]
     Internal,
@@ -54,8 +56,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable | ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -100,6 +100,7 @@ fn enroll() {}
         (status = 201, body = SessionCreatedBody, description = "session created"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody, description = "a body (none is needed) over 64 KiB"),
         (status = 429, body = ErrorBody)),
     security(("api_key" = [])))]
 fn identify() {}
@@ -323,30 +324,35 @@ fn events() {}
 fn event_stream() {}
 
 #[utoipa::path(get, path = "/enroll/{token}", tag = "pages",
-    params(("token" = String, Path)),
-    responses((status = 200, content_type = "text/html", description = "the page"),
+    params(("token" = String, Path), ("reader" = Option<String>, Query, description = "arm this reader")),
+    responses((status = 200, content_type = "text/html", description = "the page (a notice when the chosen reader is offline or busy)"),
               (status = 400, description = "link expired"), (status = 410, description = "already used"),
-              (status = 404, description = "unknown")))]
+              (status = 404, description = "unknown"),
+              (status = 429, body = ErrorBody, description = "`?reader=`: too many armings from this address (with Retry-After)"),
+              (status = 500, body = ErrorBody, description = "`?reader=`: internal error (e.g. the event log cannot accept writes)")))]
 fn enroll_page() {}
 
 #[utoipa::path(get, path = "/identify/{token}", tag = "pages",
     params(("token" = String, Path), ("reader" = Option<String>, Query, description = "arm this reader")),
-    responses((status = 200, content_type = "text/html", description = "the page"),
+    responses((status = 200, content_type = "text/html", description = "the page (a notice when the chosen reader is offline or busy)"),
               (status = 400, description = "link expired"), (status = 410, description = "already used"),
-              (status = 404, description = "unknown")))]
+              (status = 404, description = "unknown"),
+              (status = 429, body = ErrorBody, description = "`?reader=`: too many armings from this address (with Retry-After)"),
+              (status = 500, body = ErrorBody, description = "`?reader=`: internal error (e.g. the event log cannot accept writes)")))]
 fn identify_page() {}
 
 #[utoipa::path(post, path = "/{kind}/{token}/cancel", tag = "pages",
     params(("kind" = PageKind, Path), ("token" = String, Path)),
     responses((status = 303, description = "back to the page"),
               (status = 404, description = "unknown link (HTML, or JSON when asked for)"),
-              (status = 503, body = ErrorBody)))]
+              (status = 500, body = ErrorBody, description = "internal error: a bug, or the event log cannot accept writes")))]
 fn page_cancel() {}
 
 #[utoipa::path(get, path = "/{kind}/{token}/events", tag = "pages",
     params(("kind" = PageKind, Path), ("token" = String, Path)),
-    responses((status = 200, content_type = "text/event-stream", description = "the session's progress"),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 200, content_type = "text/event-stream", description = "the session's progress; the stream ends once the session has ended"),
+              (status = 404, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "4 streams of this session are open already")))]
 fn page_events() {}
 
 /// The remote Pass API's webhook (SPEC 4 payload), in upstream mode.
@@ -373,7 +379,7 @@ pub struct UpstreamHookBody {
               (status = 401, body = ErrorBody, description = "missing, wrong or stale signature"),
               (status = 404, body = ErrorBody, description = "upstream mode is off"),
               (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
-              (status = 503, body = ErrorBody, description = "the event log cannot accept writes: retry")))]
+              (status = 500, body = ErrorBody, description = "internal error (e.g. the event log cannot accept writes): retry")))]
 fn upstream_hook() {}
 
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200)))]
@@ -389,7 +395,8 @@ fn metrics() {}
 
 /// Adds the error answers every operation of a family can give, where its description does not
 /// name them already: 401 and 429 behind a credential, 403 for an inactive partner, 400 and 413
-/// with a body, 404 with a path parameter, 503 for a write the log cannot take. Kept here, in
+/// with a body, 404 with a path parameter, 500 for a write the log cannot take (SPEC 2: a failed
+/// disk). Kept here, in
 /// one place, so the document cannot drift from the gate and extractors that produce them
 /// (schemathesis checks every answer against it).
 struct CommonErrors;
@@ -418,7 +425,10 @@ impl Modify for CommonErrors {
                     add("401", "missing or unknown credential");
                     add("429", "rate limit exceeded (with Retry-After)");
                     if method != "get" {
-                        add("503", "the event log cannot accept writes");
+                        add(
+                            "500",
+                            "internal error: a bug, or the event log cannot accept writes",
+                        );
                     }
                     if path.contains('{') {
                         add("404", "not found");

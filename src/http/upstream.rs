@@ -11,7 +11,7 @@
 //! decides ([`crate::core::upstream::ended`]); the answer is 200 with what became of it:
 //! `accepted`, `duplicate` (that session already ended: a retry or a replay) or `ignored`
 //! (a ping, an enroll session, a session palmgate did not open). A log that cannot be written
-//! answers 503, so the remote retries.
+//! answers 500 (SPEC 2: a failed disk), so the remote retries.
 
 use super::body::LimitedBody;
 use super::error::{self, ApiError};
