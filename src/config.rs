@@ -117,6 +117,10 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedMqtt {
     pub listen: SocketAddr,
+    /// Let the built-in broker (no authentication, no TLS) listen beyond loopback: for a closed
+    /// lab network only. Readers on a real LAN go through Mosquitto (deploy/README.md).
+    #[serde(default)]
+    pub allow_network: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -378,6 +382,22 @@ impl Config {
             if path.is_some_and(|p| p.as_os_str().is_empty()) {
                 return Err(fail(key, "must not be empty (give a file path)".into()));
             }
+        }
+        if self.mqtt.url.is_none()
+            && !self.mqtt.embedded.listen.ip().is_loopback()
+            && !self.mqtt.embedded.allow_network
+        {
+            return Err(fail(
+                "mqtt.embedded.listen",
+                format!(
+                    "{} is not a loopback address: the built-in broker has no authentication and \
+                     no TLS, so anyone on that network could act as any reader and read every \
+                     reader's commands; keep it on 127.0.0.1 and give readers on a network a \
+                     Mosquitto with per-reader credentials (mqtt.url, deploy/README.md), or set \
+                     mqtt.embedded.allow_network = true for a closed lab network",
+                    self.mqtt.embedded.listen
+                ),
+            ));
         }
         if let Some(url) = &self.mqtt.url
             && !url.starts_with("mqtt://")
@@ -841,6 +861,44 @@ mod tests {
     }
 
     /// An error inside an array (`allow_networks[0]`) names where the array came from.
+    #[test]
+    fn the_built_in_broker_stays_on_loopback_unless_allowed() {
+        let e = Config::load(
+            None,
+            &env(&[("PALMGATE_MQTT_EMBEDDED_LISTEN", "0.0.0.0:1883")]),
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("mqtt.embedded.listen")
+                && e.contains("PALMGATE_MQTT_EMBEDDED_LISTEN")
+                && e.contains("no authentication"),
+            "{e}"
+        );
+        let lan = [
+            ("PALMGATE_MQTT_EMBEDDED_LISTEN", "0.0.0.0:1883"),
+            ("PALMGATE_MQTT_EMBEDDED_ALLOW_NETWORK", "true"),
+        ];
+        assert!(
+            Config::load(None, &env(&lan))
+                .unwrap()
+                .mqtt
+                .embedded
+                .allow_network
+        );
+        // Not used with an external broker: nothing to refuse.
+        let external = [
+            ("PALMGATE_MQTT_EMBEDDED_LISTEN", "0.0.0.0:1883"),
+            ("PALMGATE_MQTT_URL", "mqtt://127.0.0.1:1883"),
+        ];
+        assert!(Config::load(None, &env(&external)).is_ok());
+        for ok in ["127.0.0.1:0", "[::1]:1883"] {
+            let c = Config::load(None, &env(&[("PALMGATE_MQTT_EMBEDDED_LISTEN", ok)]));
+            assert!(c.is_ok(), "{ok}: {:?}", c.err().map(|e| e.to_string()));
+        }
+    }
+
     #[test]
     fn errors_in_arrays_name_their_source() {
         let e = Config::load(
