@@ -251,7 +251,7 @@ pub struct State {
     /// Upstream sessions by the instant their `sessions.retention` starts: when they ended, or,
     /// while open, when they expire on our clock ([`super::upstream::open_until`]). Once the
     /// retention has passed, the binding (if still open) and the stream's revision are let go
-    /// of: a webhook for it is then a session palmgate does not know (404).
+    /// of: a webhook for it is then a session palmgate does not know (200 `ignored`).
     pub(crate) upstream_by_time: BTreeSet<(DateTime<Utc>, UpstreamSessionId)>,
     /// When `Some`, the streams whose revision the state let go of (for the store's heads).
     pub(super) forgotten: Option<Vec<String>>,

@@ -178,7 +178,8 @@ fn page(
         }
         PageView::Open => {
             let readers = online_readers(app);
-            let mut body = open_body(c, &s, token, &readers);
+            let zone = app.read(|st| st.policy.as_ref().map(|p| p.timezone));
+            let mut body = open_body(c, &s, token, &readers, zone);
             match notice_key {
                 Some(Notice::ReaderOffline) => body = format!("{}{body}", notice(c.reader_offline)),
                 Some(Notice::ReaderBusy) => body = format!("{}{body}", notice(c.reader_busy)),
@@ -207,8 +208,23 @@ fn online_readers(app: &App) -> Vec<String> {
     ids
 }
 
-fn open_body(c: &Catalog, s: &Session, token: &str, readers: &[String]) -> String {
-    let time = s.expires_at.format("%H:%M UTC").to_string();
+fn open_body(
+    c: &Catalog,
+    s: &Session,
+    token: &str,
+    readers: &[String],
+    zone: Option<chrono_tz::Tz>,
+) -> String {
+    // The site's local time once a site policy names its time zone (with the zone's
+    // abbreviation, e.g. "12:54 +05"); UTC until then.
+    let time = match zone {
+        Some(tz) => s
+            .expires_at
+            .with_timezone(&tz)
+            .format("%H:%M %Z")
+            .to_string(),
+        None => s.expires_at.format("%H:%M UTC").to_string(),
+    };
     let kind = s.kind.as_str();
     let status = match &s.reader_id {
         Some(r) => c.armed.replace("{reader}", &r.0),

@@ -2,7 +2,7 @@
 //! 200 in the session's language, 400 expired, 410 ended, 404 unknown; tokens are long,
 //! URL-safe and never the session id; nothing is loaded from outside the gateway.
 
-use crate::fixtures::{Answer, Created, Options, TestServer, poll, send};
+use crate::fixtures::{ADMIN_TOKEN, Answer, Created, Options, TestServer, poll, send};
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -454,6 +454,36 @@ async fn page_assets_come_from_the_gateway() {
         assert_eq!(a.status, 200, "asset {path}: {}", a.text);
         assert!(!a.text.is_empty(), "asset {path} is empty");
     }
+}
+
+/// The page tells the link's deadline in UTC until a site policy names the site's time zone,
+/// then in the site's local time (README, "Hosted pages").
+#[tokio::test]
+async fn page_times_are_in_the_site_zone_once_a_policy_names_it() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Zone").await;
+    let c = create(&s, &key, "identify", "ru").await;
+    let expires = chrono::DateTime::parse_from_rfc3339(&c.expires_at).expect("expires_at");
+    let page = send(s.get(&c.path())).await;
+    let utc = expires
+        .with_timezone(&chrono::Utc)
+        .format("%H:%M UTC")
+        .to_string();
+    assert!(page.text.contains(&utc), "{utc} in {}", page.text);
+
+    let r = send(
+        s.client
+            .put(s.url("/admin/v1/policy"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body("timezone = \"Asia/Almaty\"\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let page = send(s.get(&c.path())).await;
+    let tz: chrono_tz::Tz = "Asia/Almaty".parse().unwrap();
+    let local = expires.with_timezone(&tz).format("%H:%M %Z").to_string();
+    assert!(page.text.contains(&local), "{local} in {}", page.text);
+    assert!(!page.text.contains(&utc), "still UTC: {}", page.text);
 }
 
 /// Reads server-sent events from `r` until one with data arrives; returns its data.
