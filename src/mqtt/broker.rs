@@ -69,13 +69,38 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
             }
         })
         .map_err(|e| err(e.to_string()))?;
-    // Wait until it accepts connections.
+    // Wait until it accepts MQTT sessions.
     for _ in 0..100 {
-        if std::net::TcpStream::connect(addr).is_ok() {
+        if mqtt_handshake(addr).is_ok() {
             tracing::info!(%addr, "embedded MQTT broker listening");
             return Ok(addr);
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Err(err("did not start listening within 2 s".into()))
+}
+
+/// A whole MQTT 3.1.1 session: CONNECT, CONNACK (accepted), DISCONNECT. A bare TCP connect
+/// that hangs up made the broker log an ERROR at every start.
+fn mqtt_handshake(addr: SocketAddr) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_millis(500);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    const ID: &[u8] = b"palmgate-start-probe";
+    let mut connect = vec![0x10, (10 + 2 + ID.len()) as u8];
+    // Protocol "MQTT", level 4, clean session, keep-alive 60 s, then the client id.
+    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60]);
+    connect.extend_from_slice(&[0, ID.len() as u8]);
+    connect.extend_from_slice(ID);
+    s.write_all(&connect)?;
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack)?;
+    if connack != [0x20, 0x02, 0x00, 0x00] {
+        return Err(std::io::Error::other(
+            "the broker did not accept the session",
+        ));
+    }
+    s.write_all(&[0xE0, 0x00])
 }
