@@ -10,7 +10,7 @@
 //! the core does), half and half.
 
 use chrono::{DateTime, Utc};
-use palmgate::core::event::{DoorSubject, Judged};
+use palmgate::core::event::{CaptureRef, DoorSubject, Judged};
 use palmgate::core::policy::{Direction, DoorId, Identified, Policy, Request, SiteMode, Subject};
 use palmgate::core::{
     Event, Expected, ExternalId, Language, PartnerId, ReaderId, SecretHash, SessionId, SessionKind,
@@ -174,10 +174,22 @@ async fn generate(path: &Path, total: usize) -> usize {
                             expires_at: at + chrono::Duration::minutes(15),
                             trigger_id: None,
                         },
+                        // As the gateway records one: the capture that ended it, judged.
                         Event::SessionCompleted {
                             session_id: sid,
                             external_id: Some(ExternalId(format!("user-{}", seq % USERS))),
-                            capture: None,
+                            capture: Some(CaptureRef {
+                                reader_id: ReaderId("desk-1".into()),
+                                capture_id: format!("cap-{seq}"),
+                                quality: 0.9,
+                                similarity: Some(0.93),
+                                judged: Some(Judged {
+                                    liveness: true,
+                                    threshold: 0.8,
+                                    min_quality: 0.5,
+                                    max_retries: Some(3),
+                                }),
+                            }),
                             at: at + chrono::Duration::seconds(3),
                         },
                     ],
