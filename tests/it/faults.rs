@@ -22,7 +22,7 @@
 use crate::crash_suite::{audit_verify, next_command_where, reader};
 use crate::doors::{Layout, WAIT, power_cycle, site_doc, until, writes_since};
 use crate::fixtures::{Options, TestServer, send};
-use crate::readers::{Mosquitto, find_mosquitto, free_port};
+use crate::readers::{Mosquitto, free_port};
 use crate::webhooks::{self, Gate, Receiver, Reply};
 use chrono::Duration as Span;
 use palmgate::app::clock::ManualClock;
@@ -468,11 +468,7 @@ async fn scan_until_answered(
 /// readers and the server reconnect and a scan opens the door.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_and_back_then_a_door_scan_works() {
-    let Some(bin) = find_mosquitto() else {
-        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
-            panic!("mosquitto not found, and PALMGATE_PEERS=required");
-        }
-        println!("mosquitto not found: skipping");
+    let Some(bin) = crate::readers::mosquitto_or_skip() else {
         return;
     };
     let port = free_port();

@@ -3,7 +3,7 @@
 //! URL. Peer: Mosquitto (print and return without it; fail under PALMGATE_PEERS=required).
 
 use crate::fixtures::{ADMIN_TOKEN, Options, TestServer, send};
-use crate::readers::{find_mosquitto, free_port};
+use crate::readers::free_port;
 use palmgate::core::ReaderId;
 use palmgate::mqtt::simulate::{SimOptions, SimReader};
 use std::path::Path;
@@ -24,11 +24,7 @@ fn reader(url: &str) -> SimOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_and_readers_log_in_to_a_broker_without_anonymous_access() {
-    let Some(bin) = find_mosquitto() else {
-        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
-            panic!("mosquitto is missing and PALMGATE_PEERS=required");
-        }
-        println!("skipping: mosquitto not installed");
+    let Some(bin) = crate::readers::mosquitto_or_skip() else {
         return;
     };
     let passwd = bin.with_file_name("mosquitto_passwd");

@@ -1037,6 +1037,20 @@ impl Drop for Mosquitto {
     }
 }
 
+/// Mosquitto for a peer test: its path, or `None` after saying on stdout that the test is
+/// skipped; under `PALMGATE_PEERS=required` a missing Mosquitto fails the test instead.
+pub(crate) fn mosquitto_or_skip() -> Option<PathBuf> {
+    let bin = find_mosquitto();
+    if bin.is_none() {
+        assert!(
+            std::env::var("PALMGATE_PEERS").as_deref() != Ok("required"),
+            "mosquitto not found, and PALMGATE_PEERS=required"
+        );
+        println!("mosquitto not found: skipping");
+    }
+    bin
+}
+
 /// `mosquitto` on PATH, or where Debian installs it (`/usr/sbin` is not on every PATH).
 pub(crate) fn find_mosquitto() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
@@ -1061,11 +1075,7 @@ pub(crate) fn free_port() -> u16 {
 /// the gateway survives (reconnects with backoff and re-subscribes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_mosquitto_and_its_restart() {
-    let Some(bin) = find_mosquitto() else {
-        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
-            panic!("mosquitto not found, and PALMGATE_PEERS=required");
-        }
-        println!("mosquitto not found: skipping");
+    let Some(bin) = mosquitto_or_skip() else {
         return;
     };
     let port = free_port();
@@ -1127,11 +1137,7 @@ async fn external_mosquitto_and_its_restart() {
 /// got through again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_reader_message_is_rejected_not_redelivered_for_ever() {
-    let Some(bin) = find_mosquitto() else {
-        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
-            panic!("mosquitto not found, and PALMGATE_PEERS=required");
-        }
-        println!("mosquitto not found: skipping");
+    let Some(bin) = mosquitto_or_skip() else {
         return;
     };
     let port = free_port();

@@ -246,17 +246,6 @@ async fn bad_tls_files_are_refused_with_the_key_named() {
 // ---------------------------------------------------------------------------------------------
 // mqtts
 
-/// `mosquitto` on PATH, or where Debian installs it.
-fn find_mosquitto() -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join("mosquitto"))
-        .find(|p| p.is_file())
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -333,12 +322,7 @@ fn sim(url: &str, reader: &str, palm: &str, seed: u64) -> SimOptions {
 /// without the CA a reader cannot connect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtts_to_mosquitto_with_a_private_ca() {
-    let Some(bin) = find_mosquitto() else {
-        assert!(
-            std::env::var("PALMGATE_PEERS").as_deref() != Ok("required"),
-            "mosquitto not found, and PALMGATE_PEERS=required"
-        );
-        println!("mosquitto not found: skipping");
+    let Some(bin) = crate::readers::mosquitto_or_skip() else {
         return;
     };
     let t0 = Instant::now();
