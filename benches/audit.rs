@@ -150,9 +150,12 @@ async fn generate(path: &Path, total: usize) -> usize {
         let mut batch = Vec::new();
         let mut n = 0;
         let mut door_events: Vec<Vec<Event>> = vec![vec![], vec![], vec![]];
+        // One append, one instant: a decision's `at` is the `recorded_at` of its append (the
+        // gateway reads its clock once for both, and `audit verify` checks it). Appends are
+        // 25 minutes apart, so the decisions still cover every hour of 17 days.
+        let at = t0 + chrono::Duration::milliseconds((seq as i64 + 1) * 1500);
         while n < 1000 && written + n < total {
             seq += 1;
-            let at = t0 + chrono::Duration::milliseconds(seq as i64 * 1500);
             if seq.is_multiple_of(2) && n + 2 <= 1000 && written + n + 2 <= total {
                 // An identify session, created and completed.
                 let sid = SessionId::from_random(id16(seq, 2));
@@ -267,8 +270,7 @@ async fn generate(path: &Path, total: usize) -> usize {
                 });
             }
         }
-        let now = t0 + chrono::Duration::milliseconds(seq as i64 * 1500);
-        store.append(batch, now).await.unwrap();
+        store.append(batch, at).await.unwrap();
         written += n;
     }
     store.close();

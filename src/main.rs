@@ -517,6 +517,13 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             for f in &report.findings {
                 println!("position {}: {}", f.position, f.problem);
             }
+            if let Some((position, hash)) = &report.head {
+                // What the chain cannot show by itself: events cut off the end.
+                println!(
+                    "head: position {position}, hash {hash} (kept elsewhere, it shows a later log \
+                     that no longer reaches it)"
+                );
+            }
             println!(
                 "{} events, {} door decisions re-derived: {}",
                 report.events,

@@ -54,6 +54,10 @@ pub struct Report {
     pub events: u64,
     pub decisions: u64,
     pub findings: Vec<Finding>,
+    /// The last event read: its position and hash (hex). The chain proves everything up to
+    /// it; events cut off the end leave no trace in the log, so an operator who keeps this
+    /// elsewhere can tell a later log that no longer reaches it.
+    pub head: Option<(u64, String)>,
 }
 
 impl Report {
@@ -193,7 +197,7 @@ pub fn verify_paged(
             }
             buf.iter_mut().for_each(|c| fold.next(c));
         }
-        return Ok(fold.report);
+        return Ok(fold.finish());
     }
     type Page = Result<Option<Vec<Checked>>, crate::store::StoreError>;
     std::thread::scope(|scope| {
@@ -233,7 +237,7 @@ pub fn verify_paged(
         }
         // Dropping the receivers ends the decoders.
         drop(pages);
-        Ok(fold.report)
+        Ok(fold.finish())
     })
 }
 
@@ -252,7 +256,18 @@ struct Fold {
     resume_after: Option<u64>,
     /// Unreadable rows whose revision no later row has yet been found to skip.
     unreadable: u64,
+    /// The previous event's `recorded_at`.
+    last_recorded: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+/// How far `recorded_at` may go back from one event to the next: concurrent appends carry the
+/// instants their commands were decided at, and a clock may be stepped back a little. A rewritten
+/// time further off than this shows as a step back, at the event after it or at itself.
+const RECORDED_AT_SLACK: chrono::Duration = chrono::Duration::minutes(5);
+
+/// A door decision's `at` is the instant it was decided, which is also its `recorded_at` (one
+/// clock reading for both); this much apart allows for their different text precisions.
+const DECIDED_AT_SLACK: chrono::Duration = chrono::Duration::seconds(1);
 
 /// What the log has shown so far that later events are checked against.
 #[derive(Default)]
@@ -277,6 +292,14 @@ impl Fold {
     /// Checks and folds `c`, taking out of it what the state keeps (see [`State::evolve_take`]);
     /// the rest is freed by whoever drops it: the decoding thread that allocated it, when it
     /// refills the page.
+    fn finish(mut self) -> Report {
+        let position = self.chain.verified();
+        if position > 0 {
+            self.report.head = Some((position, hex::encode(self.chain.last_hash())));
+        }
+        self.report
+    }
+
     fn next(&mut self, c: &mut Checked) {
         self.report.events += 1;
         if let Some(why) = &c.unreadable {
@@ -325,6 +348,21 @@ impl Fold {
                 return;
             }
         };
+        if let Some(last) = self.last_recorded
+            && rec.recorded_at < last - RECORDED_AT_SLACK
+        {
+            self.report.findings.push(Finding {
+                position: c.position,
+                problem: format!(
+                    "recorded at {}, {} s before the event before it ({}): the log's clock went \
+                     back, or one of the two times was rewritten",
+                    crate::http::time_text(rec.recorded_at),
+                    (last - rec.recorded_at).num_seconds(),
+                    crate::http::time_text(last)
+                ),
+            });
+        }
+        self.last_recorded = Some(rec.recorded_at);
         check_event(
             rec,
             &self.state,
@@ -437,9 +475,19 @@ fn check_event(
             last_in_zone,
             movement,
             verdict,
+            at,
             ..
         } => {
             report.decisions += 1;
+            // The schedules and validity dates were judged at `at`: it is the instant the
+            // decision was recorded, not a time a forger may move.
+            if (*at - rec.recorded_at).abs() > DECIDED_AT_SLACK {
+                problem(format!(
+                    "door {door}: decided at {}, but recorded at {}",
+                    crate::http::time_text(*at),
+                    crate::http::time_text(rec.recorded_at)
+                ));
+            }
             // Upstream mode: the decision an upstream session's ending at this reader makes
             // directly follows it, in the same append (src/core/upstream.rs `ended`).
             let upstream = seen

@@ -322,6 +322,11 @@ impl Verifier {
         self.last_position
     }
 
+    /// The hash of the last event checked (all zeros before the first).
+    pub fn last_hash(&self) -> [u8; 32] {
+        self.last_hash
+    }
+
     /// After a break at `position`: the next event is checked against this one as stored, so
     /// a second tampered event further on is found too, not hidden behind the first break.
     pub fn resume_after(&mut self, position: u64, hash: &[u8; 32]) {

@@ -804,6 +804,67 @@ async fn a_session_ending_without_its_judgement_is_caught_but_old_logs_verify() 
 
 /// A decision moved to another door (one its reader is not bound to), into another door's
 /// stream, or given a revision its stream never had: each caught, the chain re-sealed.
+
+/// The time a decision was judged at is the instant it was recorded: moving a grant to a
+/// closed hour (a denial "outside_schedule" that agrees with it), or the row's `recorded_at`
+/// far into the future and back, is caught even with the chain re-sealed. `verify` names the
+/// head it checked, so a log cut at its end can be told from one kept elsewhere.
+#[tokio::test]
+async fn a_decision_moved_in_time_is_caught() {
+    let log = make_log().await;
+    let (pos, data) = decided_rows(&log.db())[0].clone();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).unwrap();
+    v["at"] = json!((at + chrono::Duration::hours(30)).to_rfc3339());
+    forge(&log.db(), pos, &serde_json::to_string(&v).unwrap());
+    reseal(&Connection::open(log.db()).unwrap(), pos);
+    let found = findings(&log.db());
+    assert!(
+        found
+            .iter()
+            .any(|(p, f)| *p == pos as u64 && f.contains("but recorded at")),
+        "{found:?}"
+    );
+
+    let log = make_log().await;
+    let (pos, _) = decided_rows(&log.db())[0].clone();
+    let c = Connection::open(log.db()).unwrap();
+    c.execute(
+        "UPDATE events SET recorded_at = '2031-01-01T00:00:00.000000Z' WHERE position = ?1",
+        [pos],
+    )
+    .unwrap();
+    reseal(&c, pos);
+    let found = findings(&log.db());
+    assert!(
+        found
+            .iter()
+            .any(|(p, f)| *p == pos as u64 && f.contains("but recorded at 2031-01-01")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(p, f)| *p == pos as u64 + 1 && f.contains("before the event before it")),
+        "the step back after it: {found:?}"
+    );
+
+    let log = make_log().await;
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    let (position, hash) = r.head.expect("a head");
+    assert_eq!(position, r.events);
+    let c = Connection::open(log.db()).unwrap();
+    let stored: Vec<u8> = c
+        .query_row(
+            "SELECT hash FROM events WHERE position = ?1",
+            [position as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(hash, hex::encode(stored));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_at_the_wrong_door_stream_or_revision_is_caught() {
     // lab-1 is bound to `lab`; alice's level has both doors, so the verdict stands.
