@@ -802,9 +802,6 @@ async fn a_session_ending_without_its_judgement_is_caught_but_old_logs_verify() 
     assert!(found.is_empty(), "{found:?}");
 }
 
-/// A decision moved to another door (one its reader is not bound to), into another door's
-/// stream, or given a revision its stream never had: each caught, the chain re-sealed.
-
 /// The time a decision was judged at is the instant it was recorded: moving a grant to a
 /// closed hour (a denial "outside_schedule" that agrees with it), or the row's `recorded_at`
 /// far into the future and back, is caught even with the chain re-sealed. `verify` names the
@@ -865,6 +862,8 @@ async fn a_decision_moved_in_time_is_caught() {
     assert_eq!(hash, hex::encode(stored));
 }
 
+/// A decision moved to another door (one its reader is not bound to), into another door's
+/// stream, or given a revision its stream never had: each caught, the chain re-sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_at_the_wrong_door_stream_or_revision_is_caught() {
     // lab-1 is bound to `lab`; alice's level has both doors, so the verdict stands.
