@@ -517,6 +517,9 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             for f in &report.findings {
                 println!("position {}: {}", f.position, f.problem);
             }
+            for w in &report.warnings {
+                println!("warning: position {}: {}", w.position, w.problem);
+            }
             if let Some((position, hash)) = &report.head {
                 // What the chain cannot show by itself: events cut off the end.
                 println!(

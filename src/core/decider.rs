@@ -352,7 +352,7 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
         } => {
             if state
                 .seen
-                .contains(&(reader_id.clone(), trigger_id.clone()))
+                .contains(&(reader_id.clone(), super::state::trigger_key(trigger_id)))
             {
                 return Ok(Decision::duplicate());
             }

@@ -261,6 +261,12 @@ pub struct State {
 /// long and at most twice this long after it was handled.
 pub const CAPTURE_MEMORY: Duration = Duration::hours(1);
 
+/// The duplicate memory's entry for a site session's trigger id: apart from capture ids, which
+/// a reader may number the same way (a capture `42` is not a redelivered trigger `42`).
+pub(crate) fn trigger_key(trigger_id: &str) -> String {
+    format!("trigger:{trigger_id}")
+}
+
 /// Capture and trigger ids already handled, in two generations of [`CAPTURE_MEMORY`] each, so
 /// a QoS 1 redelivery is recognised without remembering every scan forever. The generations
 /// turn over by the time of the events folded, so a replay gives the same sets.
@@ -586,7 +592,7 @@ impl State {
                 };
                 if let (Some(reader), Some(trigger)) = (&*reader_id, trigger_id.take()) {
                     // A redelivered trigger (QoS 1) is recognised and ignored.
-                    self.seen.insert((reader.clone(), trigger));
+                    self.seen.insert((reader.clone(), trigger_key(&trigger)));
                 }
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);
@@ -762,7 +768,7 @@ impl State {
                 };
                 if let (Some(reader), Some(trigger)) = (reader_id, trigger_id.clone()) {
                     // A redelivered trigger (QoS 1) is recognised and ignored.
-                    self.seen.insert((reader.clone(), trigger));
+                    self.seen.insert((reader.clone(), trigger_key(&trigger)));
                 }
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);

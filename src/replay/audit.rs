@@ -54,6 +54,10 @@ pub struct Report {
     pub events: u64,
     pub decisions: u64,
     pub findings: Vec<Finding>,
+    /// Oddities an honest log can have, shown but not failing verification: `recorded_at`
+    /// stepping back more than a few minutes (a gateway clock corrected backwards, or a second
+    /// gateway's clock, as much as a rewritten time).
+    pub warnings: Vec<Finding>,
     /// The last event read: its position and hash (hex). The chain proves everything up to
     /// it; events cut off the end leave no trace in the log, so an operator who keeps this
     /// elsewhere can tell a later log that no longer reaches it.
@@ -260,9 +264,12 @@ struct Fold {
     last_recorded: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// How far `recorded_at` may go back from one event to the next: concurrent appends carry the
-/// instants their commands were decided at, and a clock may be stepped back a little. A rewritten
-/// time further off than this shows as a step back, at the event after it or at itself.
+/// How far `recorded_at` may go back from one event to the next before verify warns about it:
+/// concurrent appends carry the instants their commands were decided at, and a clock may be
+/// stepped back a little. A rewritten time further off shows as a step back, at the event after
+/// it or at itself; a warning, not a finding, since a clock corrected backwards (a box without
+/// NTP, a second gateway) leaves the same trace in an honest log. A door decision's own time is
+/// checked strictly (its `at` is its `recorded_at`).
 const RECORDED_AT_SLACK: chrono::Duration = chrono::Duration::minutes(5);
 
 /// A door decision's `at` is the instant it was decided, which is also its `recorded_at` (one
@@ -351,7 +358,7 @@ impl Fold {
         if let Some(last) = self.last_recorded
             && rec.recorded_at < last - RECORDED_AT_SLACK
         {
-            self.report.findings.push(Finding {
+            self.report.warnings.push(Finding {
                 position: c.position,
                 problem: format!(
                     "recorded at {}, {} s before the event before it ({}): the log's clock went \
