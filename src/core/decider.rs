@@ -315,12 +315,18 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             if !state.readers.get(reader_id).is_some_and(|r| r.online) {
                 return Err(Rejection::ReaderOffline);
             }
-            // A reader serves one session at a time: a link (any partner's) must not take over
-            // a reader armed for another person's session and have that person's palm land in
-            // its own session.
-            if state
-                .session_holding_reader(reader_id, now)
-                .is_some_and(|other| other.id != s.id)
+            // An enrollment must not take over a reader that another partner's session (or a
+            // kiosk's site session) holds: the palm of the person standing there would be
+            // enrolled into the other partner's records. The same partner's new link takes the
+            // reader over (an app that started again), and so does an identification, which
+            // only searches its own partner's users.
+            if s.kind == SessionKind::Enroll
+                && state
+                    .session_holding_reader(reader_id, now)
+                    .is_some_and(|other| {
+                        other.id != s.id
+                            && !(other.partner_id.is_some() && other.partner_id == s.partner_id)
+                    })
             {
                 return Err(Rejection::ReaderBusy);
             }

@@ -708,10 +708,10 @@ async fn reader_status_arming_and_reader_offline() {
     assert_eq!(g.session(&id2).await["state"], "pending");
 }
 
-/// A reader armed for one session is not taken by another link, here another partner's: that
-/// page says the reader is busy and the reader gets no second `capture`, so the person at the
-/// reader cannot be enrolled into the other partner's session. Once the first session ends, the
-/// reader is free again.
+/// A reader armed for one session is not taken by another partner's enrollment: that page says
+/// the reader is busy and the reader gets no second `capture`, so the person at the reader
+/// cannot be enrolled into the other partner's records. The same partner's new link takes the
+/// reader over (an app that started again), and once the first session ends the reader is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_armed_for_one_session_is_not_taken_by_another_link() {
     let g = Gate::start().await;
@@ -752,15 +752,27 @@ async fn a_reader_armed_for_one_session_is_not_taken_by_another_link() {
     }
     assert_eq!(g.session(&id_b).await["state"], "pending");
 
-    // The first session ends: the reader is free for the other link.
-    let r = g
-        .http
-        .post(format!("{}/v1/sessions/{id_b}/cancel", g.base))
-        .header("X-API-Key", &g.key)
-        .send()
-        .await
-        .expect("cancel");
-    assert_eq!(r.status(), 200);
+    // The same partner's new link takes the reader over.
+    let (id_b2, token_b2) = g.enroll("victim-B").await;
+    let (status, html) = g.page(&format!("/enroll/{token_b2}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert!(!html.contains("in use by someone else"), "{html}");
+    assert_eq!(command(&mut desk).await["session"], token_b2.as_str());
+    let (status, html) = g.page(&format!("/enroll/{token_a}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("in use by someone else"), "{html}");
+
+    // Both of B's sessions end: the reader is free for the other link.
+    for id in [&id_b, &id_b2] {
+        let r = g
+            .http
+            .post(format!("{}/v1/sessions/{id}/cancel", g.base))
+            .header("X-API-Key", &g.key)
+            .send()
+            .await
+            .expect("cancel");
+        assert_eq!(r.status(), 200);
+    }
     let (status, html) = g.page(&format!("/enroll/{token_a}?reader=desk-1")).await;
     assert_eq!(status, 200);
     assert!(!html.contains("in use by someone else"), "{html}");
