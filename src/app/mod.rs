@@ -92,8 +92,12 @@ pub struct App {
     pub upstream: Option<upstream::Upstream>,
     /// This app, for the task that lands an append whose caller was cancelled ([`Landing`]).
     me: Weak<App>,
-    /// Hosted pages' live event streams open now, per session (bounded by the page handler).
-    pub page_streams: std::sync::Mutex<std::collections::HashMap<SessionId, usize>>,
+    /// Hosted pages' live event streams open now, per session, with the session's partner
+    /// (bounded by the page handler).
+    #[allow(clippy::type_complexity)]
+    pub page_streams: std::sync::Mutex<
+        std::collections::HashMap<SessionId, (Option<crate::core::PartnerId>, usize)>,
+    >,
 }
 
 /// An append handed to the store, with the effects of its decision. Awaited by the command

@@ -352,7 +352,7 @@ fn page_cancel() {}
     params(("kind" = PageKind, Path), ("token" = String, Path)),
     responses((status = 200, content_type = "text/event-stream", description = "the session's progress; the stream ends once the session has ended"),
               (status = 404, body = ErrorBody),
-              (status = 429, body = ErrorBody, description = "4 streams of this session are open already")))]
+              (status = 429, body = ErrorBody, description = "4 streams of this session, or 512 of its partner's sessions, are open already (the page then polls)")))]
 fn page_events() {}
 
 /// The remote Pass API's webhook (SPEC 4 payload), in upstream mode.

@@ -390,7 +390,7 @@ pub async fn events(
     }
     // Bounded: a few streams per session (a page open in a couple of tabs), and in all. A
     // link's holder cannot hold the gateway's connections open.
-    let Some(guard) = StreamGuard::take(&app, id) else {
+    let Some(guard) = StreamGuard::take(&app, id, s.partner_id) else {
         return message(
             StatusCode::TOO_MANY_REQUESTS,
             "too many live streams for this session",
@@ -446,9 +446,11 @@ impl tokio_stream::Stream for UntilEnded {
     }
 }
 
-/// Live streams a session may have open at once, and the gateway in all.
+/// Live streams a session may have open at once, and one partner's sessions (or the site's
+/// trigger sessions) in all: one partner cannot take every other partner's streams. A page
+/// refused one falls back to polling (`SCRIPT`).
 const STREAMS_PER_SESSION: usize = 4;
-const STREAMS_IN_ALL: usize = 1024;
+const STREAMS_PER_PARTNER: usize = 512;
 
 /// One open page stream, counted in [`App::page_streams`] until dropped.
 struct StreamGuard {
@@ -457,11 +459,19 @@ struct StreamGuard {
 }
 
 impl StreamGuard {
-    fn take(app: &Arc<App>, id: crate::core::SessionId) -> Option<StreamGuard> {
+    fn take(
+        app: &Arc<App>,
+        id: crate::core::SessionId,
+        partner: Option<crate::core::PartnerId>,
+    ) -> Option<StreamGuard> {
         let mut open = app.page_streams.lock().unwrap_or_else(|e| e.into_inner());
-        let all: usize = open.values().sum();
-        let n = open.entry(id).or_default();
-        if *n >= STREAMS_PER_SESSION || all >= STREAMS_IN_ALL {
+        let partners: usize = open
+            .values()
+            .filter(|(p, _)| *p == partner)
+            .map(|(_, n)| n)
+            .sum();
+        let (_, n) = open.entry(id).or_insert((partner, 0));
+        if *n >= STREAMS_PER_SESSION || partners >= STREAMS_PER_PARTNER {
             if *n == 0 {
                 open.remove(&id);
             }
@@ -482,7 +492,7 @@ impl Drop for StreamGuard {
             .page_streams
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.id) {
+        if let Some((_, n)) = open.get_mut(&self.id) {
             *n -= 1;
             if *n == 0 {
                 open.remove(&self.id);
@@ -505,8 +515,31 @@ fn progress(s: &Session) -> serde_json::Value {
 const SCRIPT: &str = r#"(function () {
   var el = document.getElementById('status');
   if (!el || !window.EventSource) { return; }
-  var source = new EventSource(el.getAttribute('data-events'));
+  var events = el.getAttribute('data-events');
+  var source = new EventSource(events);
   var lastRetries = null;
+  var polling = false;
+  // A stream refused (e.g. 429: too many open for this session) or lost for good: ask the page
+  // itself, as JSON, every 3 s until the session has ended, then show the result.
+  function poll() {
+    var page = events.replace(/\/events$/, '');
+    fetch(page, { headers: { 'Accept': 'application/json' }, cache: 'no-store' })
+      .then(function (r) {
+        if (r.status !== 200) { window.location.reload(); return null; }
+        return r.json();
+      })
+      .then(function (s) {
+        if (s && s.state && s.state !== 'pending') { window.location.reload(); return; }
+        setTimeout(poll, 3000);
+      })
+      .catch(function () { setTimeout(poll, 3000); });
+  }
+  source.onerror = function () {
+    if (source.readyState === EventSource.CLOSED && !polling) {
+      polling = true;
+      setTimeout(poll, 3000);
+    }
+  };
   source.onmessage = function (m) {
     var p = JSON.parse(m.data);
     if (p.state !== 'pending') { source.close(); window.location.reload(); return; }

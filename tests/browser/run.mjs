@@ -21,7 +21,7 @@ if (!baseUrl || !adminToken || !apiKey) {
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
-const specs = process.argv.slice(2).length ? process.argv.slice(2) : ["admin.spec.mjs", "partner.spec.mjs"];
+const specs = process.argv.slice(2).length ? process.argv.slice(2) : ["admin.spec.mjs", "partner.spec.mjs", "pages.spec.mjs"];
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",

@@ -1,4 +1,4 @@
-//! The dashboards in a real browser: headless Debian Chromium driven by playwright-core
+//! The dashboards and the hosted page in a real browser: headless Debian Chromium driven by playwright-core
 //! (tests/browser/*.spec.mjs) against a running `palmgate demo`. Screenshots of every page are
 //! kept under `target/tmp/browser-shots/`.
 //!
