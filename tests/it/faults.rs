@@ -4,7 +4,8 @@
 //! - **Disk write failure**: the event log on a small tmpfs that the test fills up (a real
 //!   `ENOSPC` under SQLite), and — on any machine — the log's write lock held by another
 //!   process past the busy timeout. The server must answer `/readyz` 503 and refuse new work
-//!   with 503 `{"message"}` instead of acknowledging what it cannot persist, keep serving reads,
+//!   with SPEC 2's failed-disk answer, 500 `{"message": "internal error"}`, instead of
+//!   acknowledging what it cannot persist, keep serving reads,
 //!   not hammer a webhook receiver whose answer it cannot record, and recover by itself (no
 //!   restart) once the disk can be written again, with nothing acknowledged lost. Door scans
 //!   during such an outage open nothing, are not decided late, and do not jam the broker.
