@@ -79,6 +79,9 @@ struct AdminTarget {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// Seconds to wait for the server's answer before giving up.
+    #[arg(long, global = true, default_value_t = 30)]
+    timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -342,7 +345,9 @@ async fn partner(target: AdminTarget, action: PartnerCmd) -> anyhow::Result<()> 
         .context("no admin token: pass --token, set PALMGATE_ADMIN_TOKEN or admin.token")?;
     // The certificates of the server's own chain file are trusted too (a self-signed one on
     // the gateway box, or a private CA's chain).
-    let mut client = reqwest::Client::builder();
+    // A server that takes the connection and never answers must not hang the command.
+    let mut client =
+        reqwest::Client::builder().timeout(std::time::Duration::from_secs(target.timeout.max(1)));
     if let Some(tls) = &config.http.tls {
         let pem = std::fs::read(&tls.cert)
             .with_context(|| format!("cannot read http.tls.cert {}", tls.cert.display()))?;

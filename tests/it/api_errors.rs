@@ -1080,3 +1080,50 @@ async fn idempotency_key_survives_a_restart() {
     let page = send(s.get(&e1.path())).await;
     assert_eq!(page.status, 200, "{}", page.text);
 }
+
+/// `palmgate partner` against a server that takes the connection and never answers gives up
+/// after `--timeout` seconds with a message saying so, instead of hanging.
+#[tokio::test]
+async fn the_partner_cli_gives_up_on_a_server_that_never_answers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
+            .args(["partner", "list", "--server", &format!("http://{addr}")])
+            .args(["--token", "t", "--timeout", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A hang is a failure here, not a hung test run.
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("cannot reach") && stderr.contains("timed out"),
+        "{stderr}"
+    );
+    silent.abort();
+}
