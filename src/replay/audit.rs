@@ -23,6 +23,11 @@
 //! stream, and every event continues its stream's revisions (see `Fold::check_revision` for
 //! the streams a gateway lets go of and starts again).
 //!
+//! A relay switched ON (`RelaySwitched`) was asked for: by a granting decision or an exit request
+//! at its door (the pulse's tag names the capture, or `exit-request`), reported before the pulse
+//! ended or soon after, or by the door's resting unlock (window, emergency). A forged ON that
+//! unlocked a door for no one is a finding; an OFF never is.
+//!
 //! Any changed byte breaks the hash chain at its position; any rewritten decision is a mismatch
 //! at its position. A row the store cannot read at all (a value of the wrong type) is a finding
 //! at its position, and verification reads on past it.
@@ -31,7 +36,7 @@ use crate::core::doors::rederive;
 use crate::core::event::{
     CaptureRef, CaptureRejection, Event, Judged, Recorded, UpstreamOutcome, stream,
 };
-use crate::core::policy::{Policy, Verdict};
+use crate::core::policy::{DoorId, Policy, Verdict};
 use crate::core::state::State;
 use crate::core::{ExternalId, FailReason, ReaderId, SessionId, SessionKind};
 use crate::store::EventStore;
@@ -285,6 +290,67 @@ struct Seen {
     judged: Option<u64>,
     /// The last `UpstreamSessionEnded`: the door decision it makes follows it directly.
     upstream_end: Option<UpstreamEnd>,
+    /// The pulses the log has asked of each relay (device, coil): a granting decision's (its
+    /// capture id) and an exit request's (`exit-request`), each with the last instant its ON
+    /// may be reported ([`RELAY_REPORT_SLACK`]).
+    pulses: HashMap<Coil, Vec<(String, DateTime<Utc>)>>,
+    /// Each relay's resting state as the log drives it: until when an untagged ON may be
+    /// reported ([`DateTime::MAX_UTC`] while the door rests unlocked; a door locked again
+    /// allows [`RELAY_REPORT_SLACK`] for a report already on its way).
+    rests: HashMap<Coil, DateTime<Utc>>,
+}
+
+/// A relay: its board's id and the coil.
+type Coil = (String, u16);
+
+/// How long after a relay was asked to switch ON (a grant's or exit request's pulse, until its
+/// end; a resting unlock, until the door rests locked again) its ON may still be recorded: the
+/// board's write and read-back, a retry of a refused write, and the report's way into the log.
+/// An ON the log asked for nothing near (a forged `RelaySwitched`, re-sealed) is a finding.
+const RELAY_REPORT_SLACK: chrono::Duration = chrono::Duration::seconds(60);
+
+impl Seen {
+    /// `door`'s relay under `policy` is asked for a pulse tagged `tag` at `at`.
+    fn pulse(&mut self, policy: Option<&Policy>, door: &DoorId, tag: &str, at: DateTime<Utc>) {
+        let Some(d) = policy.and_then(|p| p.door(door)) else {
+            return;
+        };
+        let until =
+            at + chrono::Duration::milliseconds(i64::from(d.relay.pulse_ms)) + RELAY_REPORT_SLACK;
+        let asked = self
+            .pulses
+            .entry((d.relay.device.clone(), d.relay.coil))
+            .or_default();
+        asked.retain(|(_, u)| *u >= at);
+        asked.push((tag.to_string(), until));
+    }
+
+    /// `door`'s relay under `policy` rests unlocked (or locked) from `at`.
+    fn rest(&mut self, policy: Option<&Policy>, door: &DoorId, unlocked: bool, at: DateTime<Utc>) {
+        let Some(d) = policy.and_then(|p| p.door(door)) else {
+            return;
+        };
+        let key = (d.relay.device.clone(), d.relay.coil);
+        if unlocked {
+            self.rests.insert(key, DateTime::<Utc>::MAX_UTC);
+        } else if let Some(u) = self.rests.get_mut(&key) {
+            *u = (*u).min(at + RELAY_REPORT_SLACK);
+        }
+    }
+
+    /// Whether the log asked `device`'s `coil` to switch ON as reported with `tag` at `at`: a
+    /// pulse of that tag not long over, or a resting unlock (any tag: a pulse ending while the
+    /// door rests unlocked reports its ON with the pulse's tag).
+    fn relay_on_asked(&self, device: &str, coil: u16, tag: &str, at: DateTime<Utc>) -> bool {
+        let key = (device.to_string(), coil);
+        let resting = self.rests.get(&key).is_some_and(|u| at <= *u);
+        let pulsed = !tag.is_empty()
+            && self
+                .pulses
+                .get(&key)
+                .is_some_and(|v| v.iter().any(|(t, u)| t == tag && at <= *u));
+        resting || pulsed
+    }
 }
 
 struct UpstreamEnd {
@@ -472,6 +538,7 @@ fn check_event(
         Event::DoorDecided {
             door,
             reader_id,
+            capture_id,
             subject,
             erased,
             similarity,
@@ -637,6 +704,9 @@ fn check_event(
                     ));
                 }
             }
+            if verdict.granted() {
+                seen.pulse(Some(p), door, capture_id, rec.recorded_at);
+            }
             let Some(again) = rederive(p, &rec.event) else {
                 return;
             };
@@ -645,6 +715,45 @@ fn check_event(
                     "door {door}: recorded {}, the policy gives {}",
                     describe(verdict),
                     describe(&again)
+                ));
+            }
+        }
+        Event::DoorExitRequested { door, .. } => seen.pulse(
+            state.policy.as_deref(),
+            door,
+            "exit-request",
+            rec.recorded_at,
+        ),
+        Event::DoorRestingChanged { door, unlocked, .. } => {
+            seen.rest(state.policy.as_deref(), door, *unlocked, rec.recorded_at)
+        }
+        // A relay switched ON that the log asked for: a granting decision's or exit request's
+        // pulse, or the door's resting unlock (window, emergency). OFF locks: never a finding.
+        Event::RelaySwitched {
+            door,
+            device,
+            coil,
+            on: true,
+            tag,
+            ..
+        } => {
+            let relay = state
+                .policy
+                .as_deref()
+                .and_then(|p| p.door(door))
+                .map(|d| (d.relay.device.as_str(), d.relay.coil));
+            if relay != Some((device.as_str(), *coil)) {
+                problem(format!(
+                    "door {door}: relay {device} coil {coil} switched ON, but it is not the door's relay under the policy in force"
+                ));
+            } else if !seen.relay_on_asked(device, *coil, tag, rec.recorded_at) {
+                problem(format!(
+                    "door {door}: relay {device} coil {coil} switched ON{}, but no grant, exit request or unlock asked for it",
+                    if tag.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" for {tag}")
+                    }
                 ));
             }
         }

@@ -1132,3 +1132,116 @@ async fn the_csv_export_neutralises_formula_cells() {
         lines[3]
     );
 }
+
+/// The stored data of the event at `position`.
+fn row_data(db: &Path, position: i64) -> Value {
+    let c = Connection::open(db).unwrap();
+    let d: String = c
+        .query_row(
+            "SELECT data FROM events WHERE position = ?1",
+            [position],
+            |r| r.get(0),
+        )
+        .unwrap();
+    serde_json::from_str(&d).unwrap()
+}
+
+/// A log where the relays did what the log asked: alice's grant at `main` pulsed its coil
+/// (ON, then OFF), mallory was denied, and an emergency rested every door unlocked (coil 1 ON,
+/// untagged) and then locked again. Positions of the relay reports: `[grant ON, grant OFF,
+/// emergency ON]`.
+async fn relay_log() -> (Log, [i64; 3]) {
+    use palmgate::core::{Command, RelayReport};
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        ..
+    } = enrolled().await;
+    for (reader, palm, id) in [
+        ("lobby-1", "alice", "scan-0"),
+        ("lobby-1", "mallory", "scan-1"),
+    ] {
+        app.reader_message(ReaderId(reader.into()), capture(palm, 7, id))
+            .await
+            .unwrap();
+    }
+    let coil = |coil: u16, on: bool, tag: &str| {
+        Command::Relay(RelayReport::Coil {
+            device: "board-1".into(),
+            coil,
+            on,
+            tag: tag.into(),
+        })
+    };
+    let mode = |emergency: bool| Command::SetSiteMode {
+        lockdown: None,
+        emergency: Some(emergency),
+    };
+    app.execute(coil(0, true, "scan-0")).await.unwrap();
+    app.execute(coil(0, false, "scan-0")).await.unwrap();
+    app.execute(mode(true)).await.unwrap();
+    app.execute(coil(1, true, "")).await.unwrap();
+    app.execute(mode(false)).await.unwrap();
+    drop(server);
+    drop(app);
+    let log = Log { dir, config };
+    let c = Connection::open(log.db()).unwrap();
+    let rows: Vec<(i64, String)> = c
+        .prepare("SELECT position, data FROM events WHERE type = 'RelaySwitched' ORDER BY position")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let v: Vec<Value> = rows
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(
+        (&v[0]["on"], &v[0]["tag"]),
+        (&json!(true), &json!("scan-0"))
+    );
+    assert_eq!(
+        (&v[1]["on"], &v[1]["door"]),
+        (&json!(false), &json!("main"))
+    );
+    assert_eq!((&v[2]["on"], &v[2]["door"]), (&json!(true), &json!("lab")));
+    (log, [rows[0].0, rows[1].0, rows[2].0])
+}
+
+/// A relay switched ON is re-derived from what the log asked: a forged `RelaySwitched` ON, with
+/// the chain re-sealed, is caught whether it names a denied capture, no grant at all (and no
+/// unlock window or emergency), or a relay that is not the door's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_switched_on_that_no_grant_or_unlock_asked_for_is_caught() {
+    let (log, _) = relay_log().await;
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert!(
+        r.ok(),
+        "the relays did what the log asked: {:?}",
+        r.findings
+    );
+
+    // The grant's pulse re-tagged with mallory's denied capture.
+    let (log, [on, _, _]) = relay_log().await;
+    let mut v = row_data(&log.db(), on);
+    v["tag"] = json!("scan-1");
+    forged_is_caught(&log.db(), on, &v, &["switched ON for scan-1", "no grant"]);
+
+    // The OFF that locked the door after the pulse, turned into an untagged ON: no unlock
+    // window or emergency rests the door unlocked then.
+    let (log, [_, off, _]) = relay_log().await;
+    let mut v = row_data(&log.db(), off);
+    v["on"] = json!(true);
+    v["tag"] = json!("");
+    forged_is_caught(&log.db(), off, &v, &["switched ON, but no grant"]);
+
+    // The emergency's ON moved to another door's relay.
+    let (log, [_, _, rest]) = relay_log().await;
+    let mut v = row_data(&log.db(), rest);
+    v["coil"] = json!(0);
+    forged_is_caught(&log.db(), rest, &v, &["not the door's relay"]);
+}
