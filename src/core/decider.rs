@@ -319,7 +319,9 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             // kiosk's site session) holds: the palm of the person standing there would be
             // enrolled into the other partner's records. The same partner's new link takes the
             // reader over (an app that started again), and so does an identification, which
-            // only searches its own partner's users.
+            // only searches its own partner's users. A hold lapses `READER_HOLD` after the
+            // reader was armed or last active for that session, so an abandoned page does not
+            // block a desk's reader for the whole TTL (that session stays pending).
             if s.kind == SessionKind::Enroll
                 && state
                     .session_holding_reader(reader_id, now)
@@ -1044,5 +1046,149 @@ mod merge_tests {
             ]
         );
         assert_eq!(appends[0].events, vec![ping(1), ping(3)]);
+    }
+}
+
+#[cfg(test)]
+mod reader_hold_tests {
+    use super::*;
+    use crate::core::event::{CaptureRef, Recorded, stream};
+    use crate::core::session::READER_HOLD;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000, 0).unwrap()
+    }
+    fn partner(n: u8) -> PartnerId {
+        PartnerId::from_random([n; 16])
+    }
+    fn sid(n: u8) -> SessionId {
+        SessionId::from_random([n; 16])
+    }
+    fn desk() -> ReaderId {
+        ReaderId("desk-1".into())
+    }
+
+    /// A state folded from a log as the store would record it.
+    struct Log {
+        state: State,
+        position: u64,
+    }
+
+    impl Log {
+        fn fold(&mut self, stream: String, event: Event, at: DateTime<Utc>) {
+            self.position += 1;
+            let revision = self.state.revision(&stream).map_or(0, |r| r + 1);
+            self.state.evolve(&Recorded {
+                position: self.position,
+                stream,
+                revision,
+                recorded_at: at,
+                event,
+                prev_hash: [0; 32],
+                hash: [0; 32],
+            });
+        }
+        fn apply(&mut self, d: Decision, at: DateTime<Utc>) {
+            for a in d.appends {
+                for e in a.events {
+                    self.fold(a.stream.clone(), e, at);
+                }
+            }
+        }
+        /// Partner `p`'s pending enroll session `n`.
+        fn enroll(&mut self, n: u8, p: u8) {
+            let event = Event::SessionCreated {
+                session_id: sid(n),
+                partner_id: Some(partner(p)),
+                reader_id: None,
+                kind: SessionKind::Enroll,
+                language: Language::En,
+                token_hash: SecretHash(format!("{n:064x}")),
+                external_id: Some(ExternalId(format!("EMP-{n}"))),
+                username: None,
+                metadata: None,
+                created_at: t0(),
+                expires_at: t0() + Duration::minutes(15),
+                trigger_id: None,
+            };
+            self.fold(stream::session(sid(n)), event, t0());
+        }
+        fn arm(&self, n: u8, now: DateTime<Utc>) -> Result<Decision, Rejection> {
+            let cmd = Command::ArmReader {
+                session_id: sid(n),
+                reader_id: desk(),
+            };
+            decide(&self.state, &cmd, now)
+        }
+    }
+
+    /// Partner 1's session 1 armed desk-1 at t0; partner 2's session 2 is pending.
+    fn armed() -> Log {
+        let mut log = Log {
+            state: State::new(Rules::default()),
+            position: 0,
+        };
+        let online = Event::ReaderStatusChanged {
+            reader_id: desk(),
+            online: true,
+            model: None,
+            firmware: None,
+            at: t0(),
+        };
+        log.fold(stream::reader(&desk()), online, t0());
+        log.enroll(1, 1);
+        log.enroll(2, 2);
+        let d = log.arm(1, t0()).expect("a free reader is armed");
+        log.apply(d, t0());
+        log
+    }
+
+    #[test]
+    fn another_partners_enrollment_takes_the_reader_exactly_when_the_hold_lapses() {
+        let log = armed();
+        let just_before = t0() + READER_HOLD - Duration::nanoseconds(1);
+        assert_eq!(log.arm(2, just_before).err(), Some(Rejection::ReaderBusy));
+        let d = log.arm(2, t0() + READER_HOLD).expect("the hold has lapsed");
+        assert!(matches!(
+            &d.appends[0].events[..],
+            [Event::SessionReaderArmed { session_id, .. }] if *session_id == sid(2)
+        ));
+        // The first session stays pending and holds nothing any more.
+        let first = log.state.session(sid(1)).unwrap();
+        assert!(first.is_open(t0() + READER_HOLD));
+        assert!(!first.holds_reader(&desk(), t0() + READER_HOLD));
+    }
+
+    #[test]
+    fn a_capture_at_the_reader_starts_the_hold_again_and_one_elsewhere_does_not() {
+        let mut log = armed();
+        let retry = |reader: &str, attempt: u32, at: DateTime<Utc>| Event::CaptureRetryRequested {
+            session_id: sid(1),
+            capture: CaptureRef {
+                reader_id: ReaderId(reader.into()),
+                capture_id: format!("cap-{attempt}"),
+                quality: 0.2,
+                similarity: None,
+                judged: None,
+            },
+            attempt,
+            at,
+        };
+        // A low-quality scan at another reader is no activity at desk-1.
+        let at = t0() + Duration::seconds(30);
+        log.fold(stream::session(sid(1)), retry("desk-2", 1, at), at);
+        let at = t0() + Duration::seconds(90);
+        log.fold(stream::session(sid(1)), retry("desk-1", 2, at), at);
+        assert_eq!(
+            log.arm(2, t0() + READER_HOLD).err(),
+            Some(Rejection::ReaderBusy),
+            "the retry at desk-1 renewed the hold"
+        );
+        let lapses = at + READER_HOLD;
+        assert_eq!(
+            log.arm(2, lapses - Duration::nanoseconds(1)).err(),
+            Some(Rejection::ReaderBusy)
+        );
+        assert!(log.arm(2, lapses).is_ok());
     }
 }

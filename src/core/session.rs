@@ -4,7 +4,7 @@
 //! core reports through [`super::decider::State::next_deadline`], never a sleep.
 
 use super::ids::*;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -44,6 +44,11 @@ pub struct Session {
     pub fail_reason: Option<FailReason>,
     /// The reader armed for (or, for a trigger session, bound to) this session.
     pub reader_id: Option<ReaderId>,
+    /// When `reader_id` was armed (a trigger session: created) or last showed activity for
+    /// this session (a capture that asked for a retry); the reader's hold runs
+    /// [`READER_HOLD`] from here. `None` when no reader was ever armed.
+    #[serde(default)]
+    pub reader_armed_at: Option<DateTime<Utc>>,
     /// Low-quality retries asked for so far.
     pub retries: u32,
     pub created_at: DateTime<Utc>,
@@ -52,6 +57,12 @@ pub struct Session {
     /// Revision of the session's stream, for the next expected-revision append.
     pub revision: u64,
 }
+
+/// How long a session holds its reader against other partners' enrollments after the reader
+/// was armed for it or last showed activity for it. An abandoned page (someone armed a desk's
+/// reader and walked away) no longer blocks that reader for the whole session TTL; the session
+/// itself stays pending and can still complete on another reader, or expire.
+pub const READER_HOLD: Duration = Duration::minutes(2);
 
 /// What a hosted page should show for a session at `now` (SPEC 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +79,15 @@ impl Session {
     /// True while the session can still be used at `now`.
     pub fn is_open(&self, now: DateTime<Utc>) -> bool {
         self.state == SessionState::Pending && now < self.expires_at
+    }
+
+    /// True while this session holds `reader` at `now`: open, armed for (or bound to) that
+    /// reader, and armed or active there less than [`READER_HOLD`] ago (at exactly
+    /// `READER_HOLD` the hold has lapsed).
+    pub fn holds_reader(&self, reader: &ReaderId, now: DateTime<Utc>) -> bool {
+        self.reader_id.as_ref() == Some(reader)
+            && self.is_open(now)
+            && self.reader_armed_at.is_some_and(|t| now < t + READER_HOLD)
     }
 
     /// The state as the API shows it at `now`: a pending session past its deadline is

@@ -56,7 +56,10 @@ use std::sync::Arc;
 /// 6: a session's instants are `[seconds, nanoseconds]`, not RFC 3339 text.
 /// 7: a failed webhook delivery is kept until it is redelivered, not for a retention (so the
 ///    first start folds the log again and brings back the failed ones an older build forgot).
-pub const SCHEMA: u32 = 7;
+/// 8: a session keeps when its reader was armed or last active (`reader_armed_at`), for the
+///    reader's hold (`session::READER_HOLD`); set by `SessionReaderArmed`, a trigger session's
+///    `SessionCreated` and a `CaptureRetryRequested` at that reader.
+pub const SCHEMA: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -525,6 +528,7 @@ mod binary {
             state,
             fail_reason,
             reader_id,
+            reader_armed_at,
             retries,
             created_at,
             expires_at,
@@ -568,17 +572,22 @@ mod binary {
             Some(FailReason::ReaderOffline) => 6,
         });
         optional_text(b, reader_id.as_ref().map(|r| r.0.as_str()));
+        optional_instant(b, reader_armed_at.as_ref());
         b.extend_from_slice(&retries.to_le_bytes());
         instant(b, created_at);
         instant(b, expires_at);
-        match ended_at {
+        optional_instant(b, ended_at.as_ref());
+        b.extend_from_slice(&revision.to_le_bytes());
+    }
+
+    fn optional_instant(b: &mut Vec<u8>, t: Option<&DateTime<Utc>>) {
+        match t {
             None => b.push(0),
             Some(t) => {
                 b.push(1);
                 instant(b, t);
             }
         }
-        b.extend_from_slice(&revision.to_le_bytes());
     }
 
     fn text(b: &mut Vec<u8>, s: &str) {
@@ -693,8 +702,8 @@ mod binary {
     }
 
     /// Smallest encoded session: id, three tags, an empty hash, four absent options, the
-    /// state, retries, two instants, no end, the revision.
-    const MIN_SESSION: usize = 16 + 1 + 1 + 1 + 4 + 3 + 1 + 1 + 1 + 4 + 24 + 1 + 8;
+    /// state, no arming instant, retries, two instants, no end, the revision.
+    const MIN_SESSION: usize = 16 + 1 + 1 + 1 + 4 + 3 + 1 + 1 + 1 + 1 + 4 + 24 + 1 + 8;
 
     pub fn read_sessions(c: &mut Cursor<'_>) -> Result<Vec<Session>, SnapshotError> {
         let n = c.count(MIN_SESSION)?;
@@ -750,6 +759,7 @@ mod binary {
             _ => return Err(bad("unknown fail reason")),
         };
         let reader_id = c.optional_text()?.map(ReaderId);
+        let reader_armed_at = if c.flag()? { Some(c.instant()?) } else { None };
         let retries = c.u32()?;
         let created_at = c.instant()?;
         let expires_at = c.instant()?;
@@ -767,6 +777,7 @@ mod binary {
             state,
             fail_reason,
             reader_id,
+            reader_armed_at,
             retries,
             created_at,
             expires_at,

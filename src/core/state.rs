@@ -404,8 +404,11 @@ impl State {
             .map(|(t, _)| *t)
     }
 
-    /// An open session that holds `reader` at `now`: armed for it from a hosted page, or a
-    /// trigger session bound to it. Walks the pending sessions (a few at a site at any time).
+    /// The open session that holds `reader` at `now` ([`Session::holds_reader`]): armed for
+    /// it from a hosted page, or a trigger session bound to it, less than
+    /// [`super::session::READER_HOLD`] ago or since its last activity there. Of several, the
+    /// one armed or active there last (the one the reader now serves). Walks the pending
+    /// sessions (a few at a site at any time).
     pub fn session_holding_reader(
         &self,
         reader: &ReaderId,
@@ -416,7 +419,8 @@ impl State {
             .rev()
             .take_while(|(t, _)| *t > now)
             .filter_map(|(_, id)| self.sessions.get(id))
-            .find(|s| s.reader_id.as_ref() == Some(reader) && s.is_open(now))
+            .filter(|s| s.holds_reader(reader, now))
+            .max_by_key(|s| (s.reader_armed_at, s.id))
     }
 
     /// Ids of the sessions still pending.
@@ -608,6 +612,7 @@ impl State {
                     metadata: metadata.take(),
                     state: SessionState::Pending,
                     fail_reason: None,
+                    reader_armed_at: reader_id.is_some().then_some(*created_at),
                     reader_id: reader_id.take(),
                     retries: 0,
                     created_at: *created_at,
@@ -785,6 +790,7 @@ impl State {
                     state: SessionState::Pending,
                     fail_reason: None,
                     reader_id: reader_id.clone(),
+                    reader_armed_at: reader_id.is_some().then_some(*created_at),
                     retries: 0,
                     created_at: *created_at,
                     expires_at: *expires_at,
@@ -848,10 +854,11 @@ impl State {
             Event::SessionReaderArmed {
                 session_id,
                 reader_id,
-                ..
+                at,
             } => {
                 if let Some(s) = self.sessions.get_mut(session_id) {
                     s.reader_id = Some(reader_id.clone());
+                    s.reader_armed_at = Some(*at);
                     s.revision = revision;
                 }
             }
@@ -859,11 +866,15 @@ impl State {
                 session_id,
                 capture,
                 attempt,
-                ..
+                at,
             } => {
                 self.see_capture(Some(capture));
                 if let Some(s) = self.sessions.get_mut(session_id) {
                     s.retries = *attempt;
+                    // A capture at the session's reader is activity there: its hold runs anew.
+                    if s.reader_id.as_ref() == Some(&capture.reader_id) {
+                        s.reader_armed_at = Some(*at);
+                    }
                     s.revision = revision;
                 }
             }
@@ -1760,6 +1771,12 @@ mod retention_tests {
         assert!(decoded == log.state);
         let one = decoded.session(sid(1)).unwrap();
         assert_eq!(one.created_at.timestamp_subsec_nanos(), 123_456_789);
+        assert_eq!(
+            one.reader_armed_at,
+            Some(one.created_at),
+            "a bound reader's hold"
+        );
+        assert_eq!(decoded.session(sid(2)).unwrap().reader_armed_at, None);
         assert_eq!(
             one.metadata,
             Some(serde_json::json!({"floor": 3, "tags": ["a", 1.5, null]}))

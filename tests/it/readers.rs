@@ -8,6 +8,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use palmgate::app::App;
+use palmgate::app::clock::{Clock, ManualClock, OsRng, SystemClock};
 use palmgate::core::ReaderId;
 use palmgate::mqtt::protocol::{TopicKind, encode_template};
 use palmgate::mqtt::simulate::{SimOptions, SimReader};
@@ -46,6 +47,15 @@ impl Gate {
 
     /// Starts with `mqtt_url` as an external broker, or the embedded one when `None`.
     async fn start_with(mqtt_url: Option<&str>) -> Gate {
+        Gate::start_full(mqtt_url, Arc::new(SystemClock)).await
+    }
+
+    /// Starts with the embedded broker on `clock` (a [`ManualClock`] moves time on demand).
+    async fn start_on(clock: Arc<dyn Clock>) -> Gate {
+        Gate::start_full(None, clock).await
+    }
+
+    async fn start_full(mqtt_url: Option<&str>, clock: Arc<dyn Clock>) -> Gate {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |name: &str| toml_path(&dir.path().join(name));
         let mqtt = match mqtt_url {
@@ -65,7 +75,9 @@ impl Gate {
         let path = dir.path().join("palmgate.toml");
         std::fs::write(&path, toml).expect("write config");
         let config = palmgate::config::Config::load(Some(&path), &[]).expect("config loads");
-        let server = palmgate::app::start(config).await.expect("server starts");
+        let server = palmgate::app::start_with(config, clock, Arc::new(OsRng))
+            .await
+            .expect("server starts");
         let addr: SocketAddr = server.addr;
         let mqtt = server.mqtt.clone();
         let app = server.app.clone();
@@ -777,6 +789,84 @@ async fn a_reader_armed_for_one_session_is_not_taken_by_another_link() {
     assert_eq!(status, 200);
     assert!(!html.contains("in use by someone else"), "{html}");
     assert_eq!(command(&mut desk).await["session"], token_a.as_str());
+}
+
+/// A hold lapses: a reader armed for one partner's session and left idle refuses another
+/// partner's enrollment only for `READER_HOLD` (2 min) after it was armed; from then on the
+/// other partner's page takes the reader over and its capture completes that enrollment, while
+/// the first session stays pending (it may still finish at another reader, or expire).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_reader_hold_lapses_and_another_partners_enrollment_takes_the_reader() {
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let g = Gate::start_on(clock.clone()).await;
+    let mut desk = g.reader("desk-1", "bob", 7).await;
+    let (id_b, token_b) = g.enroll("walked-away-B").await;
+    let (status, _) = g.page(&format!("/enroll/{token_b}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(command(&mut desk).await["session"], token_b.as_str());
+
+    let r = g
+        .http
+        .post(format!("{}/admin/v1/partners", g.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "next-partner"}))
+        .send()
+        .await
+        .expect("create partner");
+    assert_eq!(r.status(), 201);
+    let other: Value = r.json().await.expect("partner json");
+    let other_key = other["api_key"].as_str().expect("api_key").to_string();
+    let r = g
+        .http
+        .post(format!("{}/v1/enroll", g.base))
+        .header("X-API-Key", &other_key)
+        .json(&json!({"external_id": "next-A"}))
+        .send()
+        .await
+        .expect("POST enroll");
+    assert_eq!(r.status(), 201);
+    let (id_a, token_a) = created(&r.json().await.expect("json"), "enroll");
+
+    // One second before the hold lapses the reader is still busy.
+    clock.advance(palmgate::core::session::READER_HOLD - chrono::Duration::seconds(1));
+    let (status, html) = g.page(&format!("/enroll/{token_a}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("in use by someone else"), "{html}");
+    if let Some(c) = desk.next_command(Duration::from_millis(500)).await {
+        panic!("a held reader must not be armed for another partner's session, got {c}");
+    }
+
+    // At the hold's end the other partner's page takes the reader over.
+    clock.advance(chrono::Duration::seconds(1));
+    let (status, html) = g.page(&format!("/enroll/{token_a}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert!(!html.contains("in use by someone else"), "{html}");
+    assert_eq!(command(&mut desk).await["session"], token_a.as_str());
+    desk.capture(Some(&token_a)).await.expect("capture");
+    let end = Instant::now() + DEADLINE;
+    let state = loop {
+        let r = g
+            .http
+            .get(format!("{}/v1/sessions/{id_a}", g.base))
+            .header("X-API-Key", &other_key)
+            .send()
+            .await
+            .expect("GET session");
+        let state = r.json::<Value>().await.expect("session json")["state"].clone();
+        if state != "pending" || Instant::now() >= end {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(
+        state, "completed",
+        "the other partner's enrollment completes"
+    );
+    assert_eq!(
+        g.session(&id_b).await["state"],
+        "pending",
+        "the idle session stays"
+    );
 }
 
 /// 9. A trigger opens an identify session bound to the reader and answers `show`.

@@ -130,6 +130,15 @@ pub fn mixed_log(rounds: u64) -> Vec<Vec<StreamAppend>> {
             _ => None, // still pending
         };
         batch[0].events.extend(end);
+        if n % 12 == 3 {
+            // A low-quality scan at the armed reader: the reader's hold starts again.
+            batch[0].events.push(Event::CaptureRetryRequested {
+                session_id: sid,
+                capture: capture.clone(),
+                attempt: 1,
+                at: at(n) + Duration::seconds(3),
+            });
+        }
         if n % 5 == 0 {
             let key = format!("idem-{n}");
             batch.push(one(
