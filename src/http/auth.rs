@@ -2,8 +2,10 @@
 //! answer) and the extractors that make a handler's signature say who may call it.
 //!
 //! Order of checks (SPEC 2): 401 unknown key → 403 inactive partner → 429 over the limit, then
-//! the handler's own 400/404/409. A request without a valid key spends its client address's
-//! budget; once that is spent it gets 429 whatever key it tries, so keys cannot be guessed.
+//! the handler's own 400/404/409. A head over the size limits (414/431, `serve::head_too_large`)
+//! takes the place of the 401 or 403 (only a 429 comes before it). A request without a valid
+//! key spends its client address's budget; once that is spent it gets 429 whatever key it
+//! tries, so keys cannot be guessed.
 
 use super::error::ApiError;
 use crate::app::App;
@@ -139,6 +141,13 @@ pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) 
             };
             (v, refusal)
         }
+    };
+    // A head over palmgate's limits (414/431) is refused before authentication and the rest, as
+    // hyper refused it before; the budget is spent and checked as for any request, so its 429
+    // still comes first and the answer carries the same rate-limit headers as a 401.
+    let refusal = match (super::serve::head_too_large(&req), refusal) {
+        (_, r @ Some(ApiError::RateLimited { .. })) | (None, r) => r,
+        (Some(too_large), _) => Some(too_large),
     };
     let has_body = req
         .headers()

@@ -33,6 +33,12 @@ pub enum ApiError {
     /// The body did not arrive within `http.body_timeout`.
     #[error("request body timed out")]
     RequestTimeout,
+    /// The request target is longer than palmgate takes ([`super::serve::head_too_large`]).
+    #[error("request URI too long (limit {limit} bytes)")]
+    UriTooLong { limit: usize },
+    /// Too many header fields, or too many bytes of them (the message says which).
+    #[error("{0}")]
+    HeadersTooLarge(String),
     #[error("rate limit exceeded")]
     RateLimited { retry_after_s: i64 },
     /// The event log (or the key store) cannot accept writes: SPEC 2's "failed disk", a 500
@@ -55,6 +61,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable | ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -82,9 +90,12 @@ impl IntoResponse for ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
             }
             // The rest of the body is never read: tell the client not to reuse the connection.
+            // An oversized head is refused before its body, as hyper itself did.
             ApiError::PayloadTooLarge
             | ApiError::RequestTimeout
-            | ApiError::BadRequestUnread(_) => {
+            | ApiError::BadRequestUnread(_)
+            | ApiError::UriTooLong { .. }
+            | ApiError::HeadersTooLarge(_) => {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

@@ -2,7 +2,8 @@
 //!
 //! Invariants: every error leaves through [`error::ApiError`] as `{"message"}` JSON; a panic in
 //! a handler becomes `500 {"message":"internal error"}` and a log line; every `/v1` answer,
-//! including 401, 404 and 429, carries the three rate-limit headers.
+//! including 401, 404 and 429, carries the three rate-limit headers; a head over the size
+//! limits (`serve::head_too_large`) is answered 414/431 as JSON, by the gate under `/v1`.
 
 pub mod admin;
 pub mod admin_site;
@@ -160,9 +161,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/doors", get(admin_site::doors))
         .route("/events", get(admin_site::events))
         .route("/events/stream", get(admin_site::event_stream));
-    Router::new()
-        .nest("/v1", v1)
-        .merge(v1_slash)
+    // Everything outside the `/v1` gate, whose head limits (414/431) the layer below checks;
+    // under `/v1` the gate checks them, so its answer carries the rate-limit headers.
+    let rest = Router::new()
         .nest("/admin/v1", admin)
         .route("/enroll/{token}", get(pages::enroll_page))
         .route("/identify/{token}", get(pages::identify_page))
@@ -177,9 +178,23 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         // Outside /v1 (where a wrong method is an unknown route, 404): 405 with `Allow`, as JSON.
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(head_limits));
+    Router::new()
+        .nest("/v1", v1)
+        .merge(v1_slash)
+        .merge(rest)
         .layer(axum::extract::DefaultBodyLimit::max(body::MAX_BODY))
         .layer(CatchPanicLayer::custom(on_panic))
         .with_state(app)
+}
+
+/// palmgate's limits on the request head (`serve::head_too_large`) outside `/v1`: 414 or 431 as
+/// JSON, before the route sees the request.
+async fn head_limits(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match serve::head_too_large(&req) {
+        Some(too_large) => too_large.into_response(),
+        None => next.run(req).await,
+    }
 }
 
 async fn not_found() -> Response {

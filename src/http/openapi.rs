@@ -396,7 +396,7 @@ fn metrics() {}
 /// Adds the error answers every operation of a family can give, where its description does not
 /// name them already: 401 and 429 behind a credential, 403 for an inactive partner, 400 and 413
 /// with a body, 404 with a path parameter, 500 for a write the log cannot take (SPEC 2: a failed
-/// disk). Kept here, in
+/// disk), 414 and 431 on every route for a head over the size limits. Kept here, in
 /// one place, so the document cannot drift from the gate and extractors that produce them
 /// (schemathesis checks every answer against it).
 struct CommonErrors;
@@ -437,6 +437,12 @@ impl Modify for CommonErrors {
                 if partner {
                     add("403", "partner account is inactive");
                 }
+                // Every route: a head over palmgate's limits (`serve::head_too_large`).
+                add("414", "request target (path and query) over 8 KiB");
+                add(
+                    "431",
+                    "header section over 32 KiB, or more than 100 header fields",
+                );
                 if has_body {
                     add("400", "bad request body");
                     add("413", "request body over 64 KiB");

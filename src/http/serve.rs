@@ -11,15 +11,22 @@
 //! - the body must arrive whole within `body_timeout` of the head ([`DeadlineBody`]); a late
 //!   body is answered `408 {"message": "request body timed out"}` and the connection closed.
 //!
+//! The request head has palmgate's own size limits ([`head_too_large`]: target 8 KiB, header
+//! section 32 KiB, 100 fields), answered `414`/`431` as JSON by the routes (with the rate-limit
+//! headers under `/v1`). hyper's own limits are raised well above them (`HYPER_MAX_HEADERS`,
+//! `HYPER_MAX_HEAD_BYTES`; its request-target cap is a fixed 65534 bytes), so only a head
+//! beyond those still gets hyper's bare `414`/`431` with no body.
+//!
 //! Invariants: a connection that makes no progress is closed within its limit, whatever the
 //! other connections do; handlers see the client's address as `ConnectInfo<SocketAddr>`, as
 //! with `axum::serve`; graceful shutdown stops accepting, lets requests in flight finish, and
 //! returns once every connection has closed or after 10 s (an open event stream never ends
 //! by itself; the tasks still serving are dropped with the runtime).
 
+use super::error::ApiError;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, OriginalUri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
@@ -37,6 +44,61 @@ use tower::ServiceExt;
 
 /// How long shutdown waits for connections to finish (a live event stream never does).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The longest request target (path and query, or the whole absolute-form URI) palmgate takes;
+/// longer is `414 {"message": "request URI too long (limit 8192 bytes)"}`.
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// The largest header section (every field as `name: value\r\n`) palmgate takes; larger is 431.
+pub const MAX_HEADER_SECTION_BYTES: usize = 32 * 1024;
+/// The most header fields (a repeated name counts each time) palmgate takes; more is 431.
+pub const MAX_HEADER_FIELDS: usize = 100;
+/// hyper's cap on header fields (its default is 100, which would answer a bare 431 before
+/// palmgate could answer its JSON one); also its cap on a chunked body's trailer fields. Once
+/// set, hyper allocates its two field arrays per request (2 × 8 KiB here) instead of keeping
+/// them on the stack, which its documentation puts at ~5 % of its pipelined benchmark.
+const HYPER_MAX_HEADERS: usize = 256;
+/// hyper's cap on the whole head, request line included (unset, its ~400 KiB read buffer was
+/// the cap); also its cap on a chunked body's trailers (16 KiB unset).
+const HYPER_MAX_HEAD_BYTES: usize = 128 * 1024;
+
+const _: () = assert!(HYPER_MAX_HEADERS > 2 * MAX_HEADER_FIELDS);
+const _: () = assert!(HYPER_MAX_HEAD_BYTES > 2 * (MAX_TARGET_BYTES + MAX_HEADER_SECTION_BYTES));
+
+/// The 414 or 431 a request's head earns under palmgate's limits, if any.
+///
+/// Inside a nested router the URI has lost its prefix, so the target is measured on the
+/// [`OriginalUri`] when there is one.
+pub fn head_too_large<B>(req: &hyper::Request<B>) -> Option<ApiError> {
+    let uri = req
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or(req.uri(), |o| &o.0);
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_TARGET_BYTES {
+        return Some(ApiError::UriTooLong {
+            limit: MAX_TARGET_BYTES,
+        });
+    }
+    let headers = req.headers();
+    if headers.len() > MAX_HEADER_FIELDS {
+        return Some(ApiError::HeadersTooLarge(format!(
+            "too many request header fields: {} (limit {MAX_HEADER_FIELDS})",
+            headers.len()
+        )));
+    }
+    let section: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if section > MAX_HEADER_SECTION_BYTES {
+        return Some(ApiError::HeadersTooLarge(format!(
+            "request header section too large (limit {MAX_HEADER_SECTION_BYTES} bytes)"
+        )));
+    }
+    None
+}
 
 /// The limits of every connection.
 #[derive(Clone, Copy, Debug)]
@@ -231,7 +293,9 @@ async fn connection<IO>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header);
+        .header_read_timeout(limits.header)
+        .max_headers(HYPER_MAX_HEADERS)
+        .max_header_size(HYPER_MAX_HEAD_BYTES);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {

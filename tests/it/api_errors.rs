@@ -1127,3 +1127,161 @@ async fn the_partner_cli_gives_up_on_a_server_that_never_answers() {
     );
     silent.abort();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 414 / 431: palmgate's own limits on the request head (target 8 KiB, header section 32 KiB,
+// 100 fields), answered as JSON — with the rate-limit headers under `/v1` — instead of hyper's
+// bare answers.
+
+/// `/v1/identify?language=en&pad=aaa…`, exactly `len` bytes of request target.
+fn identify_target(len: usize) -> String {
+    let head = "/v1/identify?language=en&pad=";
+    format!("{head}{}", "a".repeat(len - head.len()))
+}
+
+#[tokio::test]
+async fn a_request_target_over_8_kib_is_414_json_with_the_rate_limit_headers() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Long").await;
+    let target = identify_target(9 * 1024);
+    // Without a key: the address budget's headers, as on a 401.
+    let t = unix_now_ms();
+    let a = send(s.post(&target)).await;
+    a.assert_error(414, "request URI too long (limit 8192 bytes)");
+    a.assert_rate_headers(t);
+    // With a key: the partner's budget.
+    let t = unix_now_ms();
+    let a = send(s.post(&target).header("x-api-key", &key)).await;
+    a.assert_error(414, "request URI too long (limit 8192 bytes)");
+    a.assert_rate_headers(t);
+    // One byte over is over; outside `/v1` too (no rate-limit headers there).
+    let a = send(
+        s.post(&identify_target(8 * 1024 + 1))
+            .header("x-api-key", &key),
+    )
+    .await;
+    a.assert_error(414, "request URI too long (limit 8192 bytes)");
+    let a = send(s.get(&format!("/healthz?pad={}", "a".repeat(9 * 1024)))).await;
+    a.assert_error(414, "request URI too long (limit 8192 bytes)");
+    assert!(a.header("x-ratelimit-limit").is_none(), "{:?}", a.headers);
+    let a = send(s.get(&format!("/no-such-page?pad={}", "a".repeat(9 * 1024)))).await;
+    a.assert_error(414, "request URI too long (limit 8192 bytes)");
+    // And the server goes on serving.
+    s.identify(&key, "").await.created();
+}
+
+#[tokio::test]
+async fn a_header_section_over_32_kib_is_431_json_with_the_rate_limit_headers() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Big").await;
+    let pad = "a".repeat(40 * 1024);
+    let message = "request header section too large (limit 32768 bytes)";
+    let t = unix_now_ms();
+    let a = send(s.post("/v1/identify").header("x-pad", &pad)).await;
+    a.assert_error(431, message);
+    a.assert_rate_headers(t);
+    let t = unix_now_ms();
+    let a = send(
+        s.post("/v1/identify")
+            .header("x-api-key", &key)
+            .header("x-pad", &pad),
+    )
+    .await;
+    a.assert_error(431, message);
+    a.assert_rate_headers(t);
+    // Many medium fields count together.
+    let mut rb = s.post("/v1/identify").header("x-api-key", &key);
+    for i in 0..10 {
+        rb = rb.header(format!("x-pad-{i}"), "b".repeat(4 * 1024));
+    }
+    send(rb).await.assert_error(431, message);
+    let a = send(s.get("/healthz").header("x-pad", &pad)).await;
+    a.assert_error(431, message);
+    s.identify(&key, "").await.created();
+}
+
+#[tokio::test]
+async fn more_than_100_header_fields_is_431_json() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Many").await;
+    let many =
+        |rb: reqwest::RequestBuilder| (0..150).fold(rb, |rb, i| rb.header(format!("x-h-{i}"), "v"));
+    let t = unix_now_ms();
+    let a = send(many(s.post("/v1/identify").header("x-api-key", &key))).await;
+    a.assert_error_prefix(431, "too many request header fields: ");
+    assert!(
+        a.json()["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("(limit 100)")
+    );
+    a.assert_rate_headers(t);
+    let t = unix_now_ms();
+    let a = send(many(s.post("/v1/identify"))).await;
+    a.assert_error_prefix(431, "too many request header fields: ");
+    a.assert_rate_headers(t);
+    // A repeated name counts each time.
+    let mut rb = s.get("/admin/v1/partners");
+    for _ in 0..150 {
+        rb = rb.header("x-same", "v");
+    }
+    send(rb)
+        .await
+        .assert_error_prefix(431, "too many request header fields: ");
+    s.identify(&key, "").await.created();
+}
+
+#[tokio::test]
+async fn heads_just_under_the_limits_are_served_normally() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Under").await;
+    let target = identify_target(8 * 1024);
+    let t = unix_now_ms();
+    let a = send(s.post(&target).header("x-api-key", &key)).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    a.assert_rate_headers(t);
+    send(s.post(&target))
+        .await
+        .assert_error(401, "invalid or missing API key");
+    let a = send(
+        s.post("/v1/identify")
+            .header("x-api-key", &key)
+            .header("x-pad", "a".repeat(30 * 1024)),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    // 90 fields of our own, and the few the client adds (host, accept, x-api-key).
+    let rb = (0..90).fold(s.post("/v1/identify").header("x-api-key", &key), |rb, i| {
+        rb.header(format!("x-h-{i}"), "v")
+    });
+    let a = send(rb).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = send(s.get("/healthz").header("x-pad", "a".repeat(30 * 1024))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+/// An oversized head spends the budget like any request, and an exhausted budget still
+/// answers 429 (the limit is neither bypassed nor spent twice).
+#[tokio::test]
+async fn oversized_heads_spend_the_budget_and_yield_to_its_429() {
+    let s = TestServer::start_with(Options::default().unauthenticated_per_minute(2)).await;
+    let target = identify_target(9 * 1024);
+    let t = unix_now_ms();
+    let first = send(s.post(&target)).await;
+    first.assert_error(414, "request URI too long (limit 8192 bytes)");
+    let h1 = first.assert_rate_headers(t);
+    let t = unix_now_ms();
+    let second = send(
+        s.post("/v1/identify")
+            .header("x-pad", "a".repeat(40 * 1024)),
+    )
+    .await;
+    second.assert_error(431, "request header section too large (limit 32768 bytes)");
+    let h2 = second.assert_rate_headers(t);
+    assert_eq!(h2.remaining, h1.remaining - 1, "{h1:?} then {h2:?}");
+    let t = unix_now_ms();
+    let third = send(s.post(&target)).await;
+    third.assert_error(429, "rate limit exceeded");
+    third.assert_rate_headers(t);
+    assert!(third.header("retry-after").is_some());
+}
