@@ -91,9 +91,15 @@ async fn arm_then_page(
     ip: std::net::IpAddr,
 ) -> Response {
     let mut notice_key = None;
+    let now = app.clock.now();
+    // A page reloaded for the reader its session holds changes nothing; one whose session lost
+    // the reader (its hold lapsed, or another session took it) asks for it again.
     if let (Some(reader), Some(s)) = (reader, find(app, kind, token))
-        && s.is_open(app.clock.now())
-        && s.reader_id.as_ref().map(|r| &r.0) != Some(reader)
+        && s.is_open(now)
+        && !app.read(|st| {
+            st.session_holding_reader(&crate::core::ReaderId(reader.clone()), now)
+                .is_some_and(|h| h.id == s.id)
+        })
     {
         // Each arming is an event and a command to a reader: it spends the address's budget
         // for calls without an API key, so a link cannot flood the log or the readers.

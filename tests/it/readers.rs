@@ -869,6 +869,69 @@ async fn an_idle_reader_hold_lapses_and_another_partners_enrollment_takes_the_re
     );
 }
 
+/// A page reloaded for the reader its session lost asks for it again: refused ("in use") while
+/// another partner's session holds it, armed once that hold lapses. A reload by the session
+/// that holds the reader sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_reloaded_for_a_reader_its_session_lost_asks_for_it_again() {
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let g = Gate::start_on(clock.clone()).await;
+    let mut desk = g.reader("desk-1", "bob", 7).await;
+    let (_, token_b) = g.enroll("first-B").await;
+    let (status, _) = g.page(&format!("/enroll/{token_b}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(command(&mut desk).await["session"], token_b.as_str());
+    // The holder's own reload: no second arming.
+    let (status, html) = g.page(&format!("/enroll/{token_b}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert!(!html.contains("in use by someone else"), "{html}");
+    if let Some(c) = desk.next_command(Duration::from_millis(500)).await {
+        panic!("a reload by the holder must not arm the reader again, got {c}");
+    }
+
+    let r = g
+        .http
+        .post(format!("{}/admin/v1/partners", g.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "next-partner"}))
+        .send()
+        .await
+        .expect("create partner");
+    assert_eq!(r.status(), 201);
+    let other: Value = r.json().await.expect("partner json");
+    let r = g
+        .http
+        .post(format!("{}/v1/enroll", g.base))
+        .header("X-API-Key", other["api_key"].as_str().expect("api_key"))
+        .json(&json!({"external_id": "next-A"}))
+        .send()
+        .await
+        .expect("POST enroll");
+    assert_eq!(r.status(), 201);
+    let (_, token_a) = created(&r.json().await.expect("json"), "enroll");
+
+    // B's hold lapses; A takes the reader.
+    clock.advance(palmgate::core::session::READER_HOLD);
+    let (status, _) = g.page(&format!("/enroll/{token_a}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(command(&mut desk).await["session"], token_a.as_str());
+
+    // B's page reloaded: the reader is A's now, and B is told so.
+    let (status, html) = g.page(&format!("/enroll/{token_b}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("in use by someone else"), "{html}");
+    if let Some(c) = desk.next_command(Duration::from_millis(500)).await {
+        panic!("the reader is held by another partner's session, got {c}");
+    }
+
+    // Once A's hold lapses too, B's reload arms the reader for B again.
+    clock.advance(palmgate::core::session::READER_HOLD);
+    let (status, html) = g.page(&format!("/enroll/{token_b}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert!(!html.contains("in use by someone else"), "{html}");
+    assert_eq!(command(&mut desk).await["session"], token_b.as_str());
+}
+
 /// 9. A trigger opens an identify session bound to the reader and answers `show`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_answers_show_with_a_working_page() {
