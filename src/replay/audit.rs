@@ -450,8 +450,11 @@ impl Fold {
     /// stream never seen. A stream starts again at 0 only once the gateway let go of it (the
     /// store drops a stream's head when the state forgets it): when the state folded here has
     /// forgotten it too, or when it is a stream the state forgets after a configured retention
-    /// (`session-`, `delivery-`, `upstream-`: the audit folds with the default retentions, the
-    /// gateway with its own).
+    /// and may use again (`delivery-`: an access delivery's id names its reader and capture;
+    /// `upstream-`: the remote names its sessions; the audit folds with the default retentions,
+    /// the gateway with its own). A session's stream never starts again: a session id is new
+    /// each time (`SessionCreated` expects no stream), and once forgotten a session takes no
+    /// event, so a second revision 0 is a forgery (a session replayed to end differently).
     fn check_revision(&mut self, c: &Checked) {
         let last = self.revisions.insert(c.stream_key, c.revision);
         let Ok(rec) = &c.decoded else {
@@ -462,8 +465,9 @@ impl Fold {
             return;
         }
         let restarted = c.revision == 0
+            && !rec.stream.starts_with("session-")
             && (self.state.revision(&rec.stream).is_none()
-                || ["session-", "delivery-", "upstream-"]
+                || ["delivery-", "upstream-"]
                     .iter()
                     .any(|p| rec.stream.starts_with(p)));
         if restarted {

@@ -924,6 +924,31 @@ async fn a_decision_at_the_wrong_door_stream_or_revision_is_caught() {
         "{found:?}"
     );
 
+    // A session's ending filed as a new start of its stream (revision 0 again): a session
+    // stream never starts again, whatever the retention.
+    let log = make_log().await;
+    let (pos, _) = first_row(&log.db(), "SessionCompleted");
+    let c = Connection::open(log.db()).unwrap();
+    let (stream, rev): (String, i64) = c
+        .query_row(
+            "SELECT stream, revision FROM events WHERE position = ?1",
+            [pos],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(stream.starts_with("session-") && rev > 0, "{stream} {rev}");
+    c.execute("UPDATE events SET revision = 0 WHERE position = ?1", [pos])
+        .unwrap();
+    reseal(&c, pos);
+    let found = findings(&log.db());
+    assert!(
+        found.iter().any(|(p, f)| *p == pos as u64
+            && f.contains(&format!(
+                "stream {stream}: revision 0, but its last revision was"
+            ))),
+        "{found:?}"
+    );
+
     // A revision skipped.
     let log = make_log().await;
     let (pos, _) = decided_rows(&log.db())[3].clone();
