@@ -404,25 +404,31 @@ impl App {
     }
 
     /// Feeds `Tick` to the core whenever its next deadline passes. Runs until dropped.
+    ///
+    /// A deadline slept until is ticked when the sleep ends, not looked up again: unlock
+    /// windows name "the next second" as their deadline, which a fresh look-up always puts a
+    /// second after the new `now`, so windows would never open or close.
     pub async fn deadline_loop(self: Arc<Self>) {
         loop {
             let now = self.clock.now();
             let next = self.read(|s| s.next_deadline_after(now));
-            match next {
-                Some(t) if t <= now => {
-                    if let Err(e) = self.execute(Command::Tick).await {
-                        tracing::warn!(error = %e, "deadline processing failed; retrying in 1 s");
-                        let later = self.clock.now() + chrono::Duration::seconds(1);
-                        self.clock.sleep_until(later).await;
-                    }
-                }
+            let due = match next {
+                Some(t) if t <= now => true,
                 Some(t) => {
                     tokio::select! {
-                        _ = self.clock.sleep_until(t) => {}
-                        _ = self.wake.notified() => {}
+                        _ = self.clock.sleep_until(t) => true,
+                        _ = self.wake.notified() => false,
                     }
                 }
-                None => self.wake.notified().await,
+                None => {
+                    self.wake.notified().await;
+                    false
+                }
+            };
+            if due && let Err(e) = self.execute(Command::Tick).await {
+                tracing::warn!(error = %e, "deadline processing failed; retrying in 1 s");
+                let later = self.clock.now() + chrono::Duration::seconds(1);
+                self.clock.sleep_until(later).await;
             }
         }
     }

@@ -7,6 +7,7 @@
 //! deadlines; the only fixed waits are short ones that check that something does NOT happen.
 
 use chrono::Timelike;
+use palmgate::app::clock::{Clock, ManualClock, OsRng, SystemClock};
 use palmgate::core::ReaderId;
 use palmgate::modbus::sim::SimBoard;
 use palmgate::mqtt::protocol::encode_template;
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::io::BufRead;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -148,6 +150,16 @@ pub async fn start_site(extra_site: &str) -> Site {
 
 /// Starts a server on `doc`; `board` and `others` are kept alive with the site.
 pub async fn start_with(board: SimBoard, others: Vec<SimBoard>, doc: &str) -> Site {
+    start_on(board, others, doc, Arc::new(SystemClock)).await
+}
+
+/// [`start_with`] on `clock`.
+pub async fn start_on(
+    board: SimBoard,
+    others: Vec<SimBoard>,
+    doc: &str,
+    clock: Arc<dyn Clock>,
+) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let site = dir.path().join("site.toml");
     std::fs::write(&site, doc).unwrap();
@@ -176,7 +188,9 @@ per_minute = 100000
     )
     .unwrap();
     let config = palmgate::config::Config::load(Some(Path::new(&cfg)), &[]).unwrap();
-    let server = palmgate::app::start(config).await.unwrap();
+    let server = palmgate::app::start_with(config, clock, Arc::new(OsRng))
+        .await
+        .unwrap();
     let base = format!("http://{}", server.addr);
     let mqtt = server.mqtt.clone();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
@@ -775,6 +789,51 @@ respect_holidays = true
 // ---------------------------------------------------------------------------------------------
 // 3. Site modes
 // ---------------------------------------------------------------------------------------------
+
+/// An unlock window opens and closes on its schedule while the gateway runs (here: every even
+/// minute, on a manual clock): the relay follows it, and each change is recorded. Before, the
+/// deadline loop looked its "next second" deadline up again after sleeping for it, found it a
+/// second later again, and never ticked: a window kept the state it had at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlock_window_opens_and_closes_on_schedule_while_the_gateway_runs() {
+    use chrono::TimeZone;
+    let board = new_board().await;
+    let doc = site_doc(
+        &board.url(),
+        &Layout {
+            schedules: "even = [\"* */2 * * * *\"]".into(),
+            extra: format!(
+                "{}\n[[unlock_windows]]\ndoor = \"side\"\nschedule = \"even\"\n",
+                side_door("board-1", 1)
+            ),
+            ..Layout::default()
+        },
+    );
+    // 11:00:10 in Almaty: an even minute, the window is open.
+    let start = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 27, 6, 0, 10)
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let site = start_on(board, vec![], &doc, clock.clone()).await;
+    until("the window holds coil 1 ON", || site.board.coil(1)).await;
+    clock.advance(chrono::Duration::seconds(60));
+    until("the window closes at 11:01: coil 1 OFF", || {
+        !site.board.coil(1)
+    })
+    .await;
+    clock.advance(chrono::Duration::seconds(60));
+    until("the window opens again at 11:02: coil 1 ON", || {
+        site.board.coil(1)
+    })
+    .await;
+    let changes: Vec<bool> = site
+        .events_of("DoorRestingChanged", |d| d["door"] == "side")
+        .await
+        .iter()
+        .map(|d| d["data"]["unlocked"] == true)
+        .collect();
+    assert_eq!(changes, [true, false, true], "policy, then schedule twice");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockdown_denies_every_grant_and_holds_every_relay_off_until_lifted() {
