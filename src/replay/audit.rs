@@ -290,18 +290,15 @@ struct Seen {
     judged: Option<u64>,
     /// The last `UpstreamSessionEnded`: the door decision it makes follows it directly.
     upstream_end: Option<UpstreamEnd>,
-    /// The pulses the log has asked of each relay (device, coil): a granting decision's (its
-    /// capture id) and an exit request's (`exit-request`), each with the last instant its ON
-    /// may be reported ([`RELAY_REPORT_SLACK`]).
-    pulses: HashMap<Coil, Vec<(String, DateTime<Utc>)>>,
+    /// The pulses the log has asked of each relay ([`relay_key`]): a granting decision's (its
+    /// capture id) and an exit request's (`exit-request`), by [`stream_key`] of the tag, each
+    /// with the last instant its ON may be reported ([`RELAY_REPORT_SLACK`]).
+    pulses: HashMap<u64, Vec<(u64, DateTime<Utc>)>>,
     /// Each relay's resting state as the log drives it: until when an untagged ON may be
     /// reported ([`DateTime::MAX_UTC`] while the door rests unlocked; a door locked again
     /// allows [`RELAY_REPORT_SLACK`] for a report already on its way).
-    rests: HashMap<Coil, DateTime<Utc>>,
+    rests: HashMap<u64, DateTime<Utc>>,
 }
-
-/// A relay: its board's id and the coil.
-type Coil = (String, u16);
 
 /// How long after a relay was asked to switch ON (a grant's or exit request's pulse, until its
 /// end; a resting unlock, until the door rests locked again) its ON may still be recorded: the
@@ -319,10 +316,10 @@ impl Seen {
             at + chrono::Duration::milliseconds(i64::from(d.relay.pulse_ms)) + RELAY_REPORT_SLACK;
         let asked = self
             .pulses
-            .entry((d.relay.device.clone(), d.relay.coil))
+            .entry(relay_key(&d.relay.device, d.relay.coil))
             .or_default();
         asked.retain(|(_, u)| *u >= at);
-        asked.push((tag.to_string(), until));
+        asked.push((stream_key(tag), until));
     }
 
     /// `door`'s relay under `policy` rests unlocked (or locked) from `at`.
@@ -330,7 +327,7 @@ impl Seen {
         let Some(d) = policy.and_then(|p| p.door(door)) else {
             return;
         };
-        let key = (d.relay.device.clone(), d.relay.coil);
+        let key = relay_key(&d.relay.device, d.relay.coil);
         if unlocked {
             self.rests.insert(key, DateTime::<Utc>::MAX_UTC);
         } else if let Some(u) = self.rests.get_mut(&key) {
@@ -342,15 +339,27 @@ impl Seen {
     /// pulse of that tag not long over, or a resting unlock (any tag: a pulse ending while the
     /// door rests unlocked reports its ON with the pulse's tag).
     fn relay_on_asked(&self, device: &str, coil: u16, tag: &str, at: DateTime<Utc>) -> bool {
-        let key = (device.to_string(), coil);
+        let key = relay_key(device, coil);
         let resting = self.rests.get(&key).is_some_and(|u| at <= *u);
-        let pulsed = !tag.is_empty()
-            && self
-                .pulses
+        let pulsed = !tag.is_empty() && {
+            let tag = stream_key(tag);
+            self.pulses
                 .get(&key)
-                .is_some_and(|v| v.iter().any(|(t, u)| t == tag && at <= *u));
+                .is_some_and(|v| v.iter().any(|(t, u)| *t == tag && at <= *u))
+        };
         resting || pulsed
     }
+}
+
+/// A relay (board id and coil) as [`Seen`] keys it: 64 bits of SipHash, so that a granting
+/// decision (a third of a busy log) costs no allocation; a collision could only make an ON look
+/// asked for.
+fn relay_key(device: &str, coil: u16) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    device.hash(&mut h);
+    coil.hash(&mut h);
+    h.finish()
 }
 
 struct UpstreamEnd {
