@@ -25,8 +25,10 @@
 //!
 //! A relay switched ON (`RelaySwitched`) was asked for: by a granting decision or an exit request
 //! at its door (the pulse's tag names the capture, or `exit-request`), reported before the pulse
-//! ended or soon after, or by the door's resting unlock (window, emergency). A forged ON that
-//! unlocked a door for no one is a finding; an OFF never is.
+//! ended or soon after, or by the door's resting unlock (window, emergency: as recorded, or as
+//! the policy gives it at that instant). A resting unlock (`DoorRestingChanged`) is re-derived
+//! from the policy, the site mode and its instant. A forged ON that unlocked a door for no one is
+//! a finding; an OFF or a lock never is.
 //!
 //! Any changed byte breaks the hash chain at its position; any rewritten decision is a mismatch
 //! at its position. A row the store cannot read at all (a value of the wrong type) is a finding
@@ -294,10 +296,9 @@ struct Seen {
     /// capture id) and an exit request's (`exit-request`), by [`stream_key`] of the tag, each
     /// with the last instant its ON may be reported ([`RELAY_REPORT_SLACK`]).
     pulses: HashMap<u64, Vec<(u64, DateTime<Utc>)>>,
-    /// Each relay's resting state as the log drives it: until when an untagged ON may be
-    /// reported ([`DateTime::MAX_UTC`] while the door rests unlocked; a door locked again
-    /// allows [`RELAY_REPORT_SLACK`] for a report already on its way).
-    rests: HashMap<u64, DateTime<Utc>>,
+    /// When each door ([`stream_key`] of its id) last came to rest locked: a report of the
+    /// unlock already on its way may follow within [`RELAY_REPORT_SLACK`].
+    locked: HashMap<u64, DateTime<Utc>>,
 }
 
 /// How long after a relay was asked to switch ON (a grant's or exit request's pulse, until its
@@ -322,32 +323,15 @@ impl Seen {
         asked.push((stream_key(tag), until));
     }
 
-    /// `door`'s relay under `policy` rests unlocked (or locked) from `at`.
-    fn rest(&mut self, policy: Option<&Policy>, door: &DoorId, unlocked: bool, at: DateTime<Utc>) {
-        let Some(d) = policy.and_then(|p| p.door(door)) else {
-            return;
-        };
-        let key = relay_key(&d.relay.device, d.relay.coil);
-        if unlocked {
-            self.rests.insert(key, DateTime::<Utc>::MAX_UTC);
-        } else if let Some(u) = self.rests.get_mut(&key) {
-            *u = (*u).min(at + RELAY_REPORT_SLACK);
-        }
-    }
-
-    /// Whether the log asked `device`'s `coil` to switch ON as reported with `tag` at `at`: a
-    /// pulse of that tag not long over, or a resting unlock (any tag: a pulse ending while the
-    /// door rests unlocked reports its ON with the pulse's tag).
-    fn relay_on_asked(&self, device: &str, coil: u16, tag: &str, at: DateTime<Utc>) -> bool {
-        let key = relay_key(device, coil);
-        let resting = self.rests.get(&key).is_some_and(|u| at <= *u);
-        let pulsed = !tag.is_empty() && {
+    /// Whether a pulse tagged `tag` of `device`'s `coil` was asked for and not long over at
+    /// `at`.
+    fn pulse_asked(&self, device: &str, coil: u16, tag: &str, at: DateTime<Utc>) -> bool {
+        !tag.is_empty() && {
             let tag = stream_key(tag);
             self.pulses
-                .get(&key)
+                .get(&relay_key(device, coil))
                 .is_some_and(|v| v.iter().any(|(t, u)| *t == tag && at <= *u))
-        };
-        resting || pulsed
+        }
     }
 }
 
@@ -737,8 +721,26 @@ fn check_event(
             "exit-request",
             rec.recorded_at,
         ),
+        // A resting state is re-derived: an unlock must be what the policy in force, the site
+        // mode and the clock give (`resting_changes` decides it from the same state, at the
+        // instant it is recorded). A lock only locks: never a finding.
         Event::DoorRestingChanged { door, unlocked, .. } => {
-            seen.rest(state.policy.as_deref(), door, *unlocked, rec.recorded_at)
+            if !*unlocked {
+                seen.locked.insert(stream_key(&door.0), rec.recorded_at);
+            } else if state.policy.is_some()
+                && !crate::core::doors::rests_unlocked(
+                    state.policy.as_deref(),
+                    state.lockdown,
+                    state.emergency,
+                    door,
+                    rec.recorded_at,
+                )
+            {
+                problem(format!(
+                    "door {door}: recorded resting unlocked at {}, but no unlock window or emergency holds it unlocked then",
+                    crate::http::time_text(rec.recorded_at)
+                ));
+            }
         }
         // A relay switched ON that the log asked for: a granting decision's or exit request's
         // pulse, or the door's resting unlock (window, emergency). OFF locks: never a finding.
@@ -759,7 +761,24 @@ fn check_event(
                 problem(format!(
                     "door {door}: relay {device} coil {coil} switched ON, but it is not the door's relay under the policy in force"
                 ));
-            } else if !seen.relay_on_asked(device, *coil, tag, rec.recorded_at) {
+            } else if !(seen.pulse_asked(device, *coil, tag, rec.recorded_at)
+                // The door rests unlocked (as the log has it, or as the policy gives it now: a
+                // gateway starting inside a window drives the coil before its tick records
+                // the change), or came to rest locked a moment ago. A pulse ending while the
+                // door rests unlocked reports its ON with the pulse's tag.
+                || state.doors.get(door).is_some_and(|d| d.resting_unlocked)
+                || crate::core::doors::rests_unlocked(
+                    state.policy.as_deref(),
+                    state.lockdown,
+                    state.emergency,
+                    door,
+                    rec.recorded_at,
+                )
+                || seen
+                    .locked
+                    .get(&stream_key(&door.0))
+                    .is_some_and(|t| rec.recorded_at <= *t + RELAY_REPORT_SLACK))
+            {
                 problem(format!(
                     "door {door}: relay {device} coil {coil} switched ON{}, but no grant, exit request or unlock asked for it",
                     if tag.is_empty() {

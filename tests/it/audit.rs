@@ -180,8 +180,10 @@ async fn make_log() -> Log {
     Log { dir, config }
 }
 
+/// The log opened for verification, read-only as `palmgate audit` opens it (the gateway that
+/// wrote it may still hold the writer's lock while its tasks wind down).
 fn store(path: &Path) -> SqliteStore {
-    SqliteStore::open(path).unwrap()
+    read_only(path)
 }
 
 /// The log opened as `palmgate audit` opens it (the writer's open reads every revision to
@@ -1208,6 +1210,15 @@ async fn relay_log() -> (Log, [i64; 3]) {
     app.execute(coil(0, false, "scan-0")).await.unwrap();
     app.execute(mode(true)).await.unwrap();
     app.execute(coil(1, true, "")).await.unwrap();
+    // During the emergency a new policy moves `main` to coil 3: the relays drive the new coil
+    // ON for the door resting unlocked, with no new resting change recorded.
+    app.execute(Command::ActivatePolicy {
+        document: SITE.replace("coil = 0", "coil = 3"),
+        source: "admin".into(),
+    })
+    .await
+    .unwrap();
+    app.execute(coil(3, true, "")).await.unwrap();
     app.execute(mode(false)).await.unwrap();
     drop(server);
     drop(app);
@@ -1220,7 +1231,7 @@ async fn relay_log() -> (Log, [i64; 3]) {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     let v: Vec<Value> = rows
         .iter()
         .map(|(_, d)| serde_json::from_str(d).unwrap())
@@ -1234,12 +1245,15 @@ async fn relay_log() -> (Log, [i64; 3]) {
         (&json!(false), &json!("main"))
     );
     assert_eq!((&v[2]["on"], &v[2]["door"]), (&json!(true), &json!("lab")));
+    assert_eq!((&v[3]["coil"], &v[3]["door"]), (&json!(3), &json!("main")));
     (log, [rows[0].0, rows[1].0, rows[2].0])
 }
 
 /// A relay switched ON is re-derived from what the log asked: a forged `RelaySwitched` ON, with
 /// the chain re-sealed, is caught whether it names a denied capture, no grant at all (and no
-/// unlock window or emergency), or a relay that is not the door's.
+/// unlock window or emergency), or a relay that is not the door's; and so is a resting unlock
+/// forged to go with it. An honest log verifies, including a door whose relay a new policy moved
+/// while it rested unlocked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_switched_on_that_no_grant_or_unlock_asked_for_is_caught() {
     let (log, _) = relay_log().await;
@@ -1269,4 +1283,25 @@ async fn a_relay_switched_on_that_no_grant_or_unlock_asked_for_is_caught() {
     let mut v = row_data(&log.db(), rest);
     v["coil"] = json!(0);
     forged_is_caught(&log.db(), rest, &v, &["not the door's relay"]);
+
+    // The end of the emergency turned into a door resting unlocked: no window or emergency
+    // holds it unlocked then.
+    let (log, _) = relay_log().await;
+    let c = Connection::open(log.db()).unwrap();
+    let (pos, data): (i64, String) = c
+        .query_row(
+            "SELECT position, data FROM events WHERE type = 'DoorRestingChanged' \
+             AND data LIKE '%\"unlocked\":false%' ORDER BY position DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    v["unlocked"] = json!(true);
+    forged_is_caught(
+        &log.db(),
+        pos,
+        &v,
+        &["resting unlocked", "no unlock window or emergency"],
+    );
 }
