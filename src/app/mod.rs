@@ -433,16 +433,64 @@ impl App {
         }
     }
 
-    /// Activates the configured site file (start-up, SIGHUP). An unreadable or invalid file is
-    /// reported and the policy in force stays. Returns the errors, if any.
+    /// Activates the configured site file (SIGHUP: the operator asks for it). An unreadable or
+    /// invalid file is reported and the policy in force stays. Returns the errors, if any.
     pub async fn activate_site_file(&self, source: &str) -> Result<(), String> {
+        match self.read_site_file()? {
+            Some(document) => self.activate_site_document(document, source).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Start-up: activates the configured site file only when it changed since the gateway last
+    /// activated it (its sha256 differs from the last `PolicyActivated` from the file, at
+    /// start-up or SIGHUP), or when no policy came from it yet. An unchanged file leaves the
+    /// log's policy in force, so a policy activated later through the admin API survives the
+    /// restart; when that policy differs from the file, a warning names both.
+    pub async fn start_site_file(&self) -> Result<(), String> {
+        let Some(document) = self.read_site_file()? else {
+            return Ok(());
+        };
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(document.as_bytes()));
+        let (last_from_file, in_force) = self.read(|s| {
+            let in_force = s.policy.as_ref().map(|p| p.sha256.clone());
+            let at = s.policy_document.as_ref().map(|(_, at)| *at);
+            (s.policy_file_sha256.clone(), in_force.zip(at))
+        });
+        if last_from_file.as_deref() != Some(sha256.as_str()) {
+            return self.activate_site_document(document, "startup").await;
+        }
+        if let Some((in_force, at)) = in_force
+            && in_force != sha256
+        {
+            tracing::warn!(
+                site = %self.config.site.display(),
+                policy_sha256 = %in_force,
+                file_sha256 = %sha256,
+                "the site policy in force (sha256 {in_force}, activated by the admin API at {}) \
+                 differs from the site file {}, which is unchanged since the gateway last read \
+                 it: the policy in force stays (SIGHUP activates the file)",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                self.config.site.display(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The configured site file's text; `None` when no file is configured.
+    fn read_site_file(&self) -> Result<Option<String>, String> {
         let path = &self.config.site;
         if path.as_os_str().is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let document = std::fs::read_to_string(path)
+        std::fs::read_to_string(path)
+            .map(Some)
             .map_err(|e| format!("cannot read site policy {}: {e}", path.display()))
-            .inspect_err(|e| tracing::error!("{e}"))?;
+            .inspect_err(|e| tracing::error!("{e}"))
+    }
+
+    async fn activate_site_document(&self, document: String, source: &str) -> Result<(), String> {
+        let path = &self.config.site;
         self.activate_policy(document, source)
             .await
             .map_err(|e| format!("{}: {e}", path.display()))
@@ -558,8 +606,10 @@ pub async fn start_with(
         },
     )?;
     follow_shared_log(&app);
-    // An invalid site file is reported; the policy in force (from the log) stays.
-    let _ = app.activate_site_file("startup").await;
+    // The site file is activated if it changed since it was last read (an admin API policy
+    // survives restarts); an invalid file is reported and the policy in force (from the log)
+    // stays.
+    let _ = app.start_site_file().await;
     Ok(Server {
         addr,
         public_url,

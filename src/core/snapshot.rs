@@ -59,7 +59,9 @@ use std::sync::Arc;
 /// 8: a session keeps when its reader was armed or last active (`reader_armed_at`), for the
 ///    reader's hold (`session::READER_HOLD`); set by `SessionReaderArmed`, a trigger session's
 ///    `SessionCreated` and a `CaptureRetryRequested` at that reader.
-pub const SCHEMA: u32 = 8;
+/// 9: the sha256 of the last policy activated from the site file (`policy_file_sha256`), so
+///    start-up knows whether the file changed since.
+pub const SCHEMA: u32 = 9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -84,6 +86,7 @@ struct StateRef<'a> {
     webhooks: Vec<&'a Webhook>,
     deliveries: Vec<&'a Delivery>,
     policy_document: Option<(&'a str, DateTime<Utc>)>,
+    policy_file_sha256: Option<&'a str>,
     lockdown: bool,
     emergency: bool,
     zone_last: Vec<(&'a str, &'a PartnerId, &'a ExternalId, Direction)>,
@@ -109,6 +112,7 @@ struct StateOwned {
     webhooks: Vec<Webhook>,
     deliveries: Vec<Delivery>,
     policy_document: Option<(String, DateTime<Utc>)>,
+    policy_file_sha256: Option<String>,
     lockdown: bool,
     emergency: bool,
     zone_last: Vec<(String, PartnerId, ExternalId, Direction)>,
@@ -181,6 +185,7 @@ pub fn encode_to(state: &State, out: impl std::io::Write) -> std::io::Result<()>
         due: _,
         policy: _,
         policy_document,
+        policy_file_sha256,
         lockdown,
         emergency,
         zone_last,
@@ -218,6 +223,7 @@ pub fn encode_to(state: &State, out: impl std::io::Write) -> std::io::Result<()>
         webhooks: sorted_by_key(webhooks.values().collect(), |w| w.partner_id),
         deliveries: sorted_by_key(deliveries.values().collect(), |d| &d.id),
         policy_document: policy_document.as_ref().map(|(d, at)| (&**d, *at)),
+        policy_file_sha256: policy_file_sha256.as_deref(),
         lockdown: *lockdown,
         emergency: *emergency,
         zone_last: sorted_by_key(
@@ -388,6 +394,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         due,
         policy,
         policy_document: o.policy_document.map(|(d, at)| (Arc::from(d), at)),
+        policy_file_sha256: o.policy_file_sha256,
         lockdown: o.lockdown,
         emergency: o.emergency,
         zone_last: unique(
@@ -427,6 +434,7 @@ impl PartialEq for State {
             due,
             policy,
             policy_document,
+            policy_file_sha256,
             lockdown,
             emergency,
             zone_last,
@@ -458,6 +466,7 @@ impl PartialEq for State {
             && *due == o.due
             && sha(policy) == sha(&o.policy)
             && *policy_document == o.policy_document
+            && *policy_file_sha256 == o.policy_file_sha256
             && *lockdown == o.lockdown
             && *emergency == o.emergency
             && *zone_last == o.zone_last

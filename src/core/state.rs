@@ -231,6 +231,10 @@ pub struct State {
     pub policy: Option<Arc<Policy>>,
     /// Its source text and when it was activated.
     pub policy_document: Option<(Arc<str>, DateTime<Utc>)>,
+    /// The sha256 of the last policy activated from the site file (source `startup` or
+    /// `sighup`): start-up activates the file only when it changed since (`App::start_site_file`),
+    /// so a policy activated later through the admin API survives restarts.
+    pub policy_file_sha256: Option<String>,
     pub lockdown: bool,
     pub emergency: bool,
     /// Last movement of each user in each anti-passback zone.
@@ -260,6 +264,14 @@ pub struct State {
 /// How long a handled capture or trigger id is remembered: it is in the state for at least this
 /// long and at most twice this long after it was handled.
 pub const CAPTURE_MEMORY: Duration = Duration::hours(1);
+
+/// The `PolicyActivated` sources that read the configured site file: start-up and SIGHUP.
+pub const SITE_FILE_SOURCES: [&str; 2] = ["startup", "sighup"];
+
+/// True when a `PolicyActivated` of `source` came from the site file ([`SITE_FILE_SOURCES`]).
+pub fn from_site_file(source: &str) -> bool {
+    SITE_FILE_SOURCES.contains(&source)
+}
 
 /// The duplicate memory's entry for a site session's trigger id: apart from capture ids, which
 /// a reader may number the same way (a capture `42` is not a redelivered trigger `42`).
@@ -1084,8 +1096,16 @@ impl State {
             }
             // Only a valid document is ever activated; a log that says otherwise is reported by
             // `audit verify`, and the last good policy stays.
-            Event::PolicyActivated { document, at, .. } => {
+            Event::PolicyActivated {
+                document,
+                at,
+                source,
+                ..
+            } => {
                 if let Ok(p) = Policy::parse(document) {
+                    if from_site_file(source) {
+                        self.policy_file_sha256 = Some(p.sha256.clone());
+                    }
                     self.policy = Some(Arc::new(p));
                     self.policy_document = Some((Arc::from(document.as_str()), *at));
                 }
@@ -1920,5 +1940,56 @@ mod retention_tests {
         }
         // Another retention: the snapshot is refused (a full fold keeps other sessions).
         assert!(decode(&encode(&full.state), rules(31, 30)).is_err());
+    }
+
+    /// The last policy activated from the site file (start-up, SIGHUP) is remembered through
+    /// later activations from elsewhere, and through a snapshot.
+    #[test]
+    fn the_last_site_file_policy_is_remembered_across_other_activations_and_snapshots() {
+        use crate::core::snapshot::{decode, encode};
+        let doc = |level: &str| {
+            format!(
+                "timezone = \"UTC\"\npartners = [\"*\"]\n[schedules]\nalways = [\"* * * * * *\"]\n\
+                 [[levels]]\nname = \"{level}\"\ndoors = []\nschedule = \"always\"\n"
+            )
+        };
+        let sha = |d: &str| Policy::parse(d).unwrap().sha256;
+        let mut log = Log::new(Rules::default());
+        let mut activate = |second: i64, d: &str, source: &str| {
+            log.fold(
+                second,
+                stream::POLICY.into(),
+                Event::PolicyActivated {
+                    sha256: sha(d),
+                    document: d.to_string(),
+                    source: source.into(),
+                    at: at(second),
+                },
+            );
+        };
+        let (a, b, c) = (doc("a"), doc("b"), doc("c"));
+        activate(1, &a, "startup");
+        activate(2, &b, "admin");
+        activate(3, &c, "scenario");
+        let state = log.state.clone();
+        assert_eq!(state.policy_file_sha256, Some(sha(&a)));
+        assert_eq!(
+            state.policy.as_ref().map(|p| p.sha256.clone()),
+            Some(sha(&c))
+        );
+        let restored = decode(&encode(&state), Rules::default()).unwrap();
+        assert_eq!(restored.policy_file_sha256, Some(sha(&a)));
+        assert!(restored == state);
+        log.fold(
+            4,
+            stream::POLICY.into(),
+            Event::PolicyActivated {
+                sha256: sha(&b),
+                document: b.clone(),
+                source: "sighup".into(),
+                at: at(4),
+            },
+        );
+        assert_eq!(log.state.policy_file_sha256, Some(sha(&b)));
     }
 }

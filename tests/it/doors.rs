@@ -1310,6 +1310,212 @@ async fn a_policy_put_changes_decisions_and_an_invalid_one_changes_nothing() {
     );
 }
 
+/// A policy activated through the admin API stays in force across restarts (SIGTERM and
+/// SIGKILL): start-up activates the site file only when it changed since the gateway last read
+/// it, and warns when the policy in force differs from the unchanged file. SIGHUP still
+/// activates the file, and an edited file is activated at the next start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_put_survives_restarts_and_an_edited_site_file_is_activated_at_start_up() {
+    use crate::fixtures::{ADMIN_TOKEN, Options, TestServer};
+    let board = new_board().await;
+    let board_url = board.url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("site.toml");
+    let file_name = file.display().to_string();
+    let doc0 = site_doc(&board_url, &Layout::default());
+    std::fs::write(&file, &doc0).unwrap();
+    let sha = |doc: &str| hex::encode(Sha256::digest(doc.as_bytes()));
+    let mut s =
+        TestServer::start_with(Options::default().extra_toml(&format!("site = {file_name:?}")))
+            .await;
+    let (_, key) = s.create_partner("Acme").await;
+    let reader = |s: &TestServer, id: &str, seed: u64| {
+        SimReader::connect(SimOptions {
+            mqtt_url: s.mqtt_url.clone(),
+            topic_prefix: "palmgate".into(),
+            reader: ReaderId(id.into()),
+            palm: "alice".into(),
+            dim: 128,
+            quality: 0.93,
+            liveness: true,
+            seed,
+        })
+    };
+    let created = s
+        .enroll(
+            &key,
+            "",
+            &json!({"external_id": "alice", "metadata": {"access_level": "standard"}}),
+        )
+        .await
+        .created();
+    let mut desk = reader(&s, "desk-1", 100).await.unwrap();
+    desk.capture(Some(&created.token())).await.unwrap();
+    let end = Instant::now() + WAIT;
+    loop {
+        let v: Value = s.session(&key, &created.session_id).await.json();
+        if v["state"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < end, "enrollment did not complete: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let admin_get = async |s: &TestServer, path: &str| -> Value {
+        s.get(path)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let policy_sha = async |s: &TestServer| -> String {
+        admin_get(s, "/admin/v1/policy").await["sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // A scan at the lobby after (re)connecting to the gateway now running.
+    let lobby_scan = async |s: &TestServer| -> Value {
+        let mut lobby = reader(s, "lobby-1", 1).await.unwrap();
+        scan(&mut lobby, "alice").await.1
+    };
+    assert_eq!(policy_sha(&s).await, sha(&doc0));
+    let r = lobby_scan(&s).await;
+    assert_eq!(r["granted"], true, "{r}");
+
+    // The admin API revokes `standard`'s access (a window never open during the test).
+    let closed_hour = (almaty_now().hour() + 12) % 24;
+    let doc1 = site_doc(
+        &board_url,
+        &Layout {
+            schedules: format!("closed = [\"* * {closed_hour} * * *\"]"),
+            standard_schedule: "closed".into(),
+            ..Layout::default()
+        },
+    );
+    let put = |s: &TestServer, doc: &str| {
+        s.client
+            .put(s.url("/admin/v1/policy"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/toml")
+            .body(doc.to_string())
+            .send()
+    };
+    let r = put(&s, &doc1).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let r = lobby_scan(&s).await;
+    assert_eq!(r["reason"], "outside_schedule", "{r}");
+
+    // A clean stop and a start: the PUT policy is in force and decides; a warning names it and
+    // the unchanged file.
+    s.terminate();
+    s.launch().await;
+    assert_eq!(
+        policy_sha(&s).await,
+        sha(&doc1),
+        "the admin API's policy survives a restart"
+    );
+    let r = lobby_scan(&s).await;
+    assert_eq!(r["granted"], false, "{r}");
+    assert_eq!(r["reason"], "outside_schedule", "{r}");
+    let log = s.stderr_log();
+    let warned = log.lines().any(|l| {
+        l.contains("WARN")
+            && l.contains("differs from the site file")
+            && l.contains(&file_name)
+            && l.contains(&sha(&doc1))
+    });
+    assert!(
+        warned,
+        "a warning names the policy in force and the file:\n{log}"
+    );
+    // A crash (SIGKILL) and a start: the same.
+    s.restart().await;
+    assert_eq!(policy_sha(&s).await, sha(&doc1), "after SIGKILL");
+
+    // SIGHUP is the operator asking for the file: it is activated.
+    let config = s.config_path().display().to_string();
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .split('\0')
+                    .any(|arg| arg == config)
+            })
+        })
+        .expect("the gateway's process");
+    // SAFETY: kill(2) only reads its integer arguments; the pid is the gateway we started.
+    unsafe {
+        libc::kill(pid, libc::SIGHUP);
+    }
+    let end = Instant::now() + WAIT;
+    while policy_sha(&s).await != sha(&doc0) {
+        assert!(
+            Instant::now() < end,
+            "SIGHUP did not activate the site file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The admin API again, and a restart: SIGHUP's read of the file counts as the last one.
+    let r = put(&s, &doc1).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    s.restart().await;
+    assert_eq!(
+        policy_sha(&s).await,
+        sha(&doc1),
+        "after SIGHUP, a PUT, a restart"
+    );
+
+    // The file itself is edited: the next start-up activates it, and decisions follow it.
+    let doc2 = site_doc(
+        &board_url,
+        &Layout {
+            pulse_ms: 500,
+            ..Layout::default()
+        },
+    );
+    std::fs::write(&file, &doc2).unwrap();
+    s.restart().await;
+    assert_eq!(
+        policy_sha(&s).await,
+        sha(&doc2),
+        "an edited site file is activated at start-up"
+    );
+    let r = lobby_scan(&s).await;
+    assert_eq!(r["granted"], true, "{r}");
+
+    let events = admin_get(&s, "/admin/v1/events?after=0&limit=1000").await;
+    let activations: Vec<(String, String)> = events["events"]
+        .as_array()
+        .expect("events page")
+        .iter()
+        .filter(|e| e["type"] == "PolicyActivated")
+        .map(|e| {
+            (
+                e["data"]["source"].as_str().unwrap_or_default().to_string(),
+                e["data"]["sha256"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let want = |source: &str, doc: &str| (source.to_string(), sha(doc));
+    assert_eq!(
+        activations,
+        vec![
+            want("startup", &doc0),
+            want("admin", &doc1),
+            want("sighup", &doc0),
+            want("admin", &doc1),
+            want("startup", &doc2),
+        ],
+        "no restart activated the unchanged file"
+    );
+    drop(desk);
+}
+
 /// A relay board that a hot-reloaded policy adds is connected right away: its status is
 /// reported, its coil is driven to the resting state, and its contact is watched — without
 /// waiting for a first grant to need it (SPEC 7; `app/relays.rs` promises the same).
