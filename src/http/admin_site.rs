@@ -2,14 +2,14 @@
 //! emergency unlock, doors, and the event log (paged, and live over server-sent events).
 
 use super::auth::Admin;
-use super::body::{JsonBody, LimitedBody};
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::time_text;
 use crate::app::App;
 use crate::core::Command;
 use crate::core::event::Recorded;
 use axum::Json;
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -36,12 +36,40 @@ pub async fn get_policy(State(app): State<Arc<App>>, _: Admin) -> Result<Json<Va
     .ok_or(ApiError::NotFound)
 }
 
-/// `PUT /admin/v1/policy` with the TOML document as the body.
+/// Largest site policy document `PUT /admin/v1/policy` accepts: a campus policy outgrows the
+/// Pass API's 64 KiB body limit ([`super::body::MAX_BODY`]).
+pub const MAX_POLICY_BODY: usize = 1024 * 1024;
+
+/// The policy document's bytes, at most [`MAX_POLICY_BODY`] (413 past it).
+async fn policy_body(req: Request) -> Result<axum::body::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_POLICY_BODY as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    axum::body::to_bytes(req.into_body(), MAX_POLICY_BODY)
+        .await
+        .map_err(|e| {
+            if format!("{e:?}").contains("LengthLimit") {
+                ApiError::PayloadTooLarge
+            } else if super::serve::is_body_timeout(&e) {
+                ApiError::RequestTimeout
+            } else {
+                ApiError::BadRequest("could not read the request body".into())
+            }
+        })
+}
+
+/// `PUT /admin/v1/policy` with the TOML document as the body (at most [`MAX_POLICY_BODY`]).
 pub async fn put_policy(
     State(app): State<Arc<App>>,
     _: Admin,
-    LimitedBody(body): LimitedBody,
+    req: Request,
 ) -> Result<Json<Value>, ApiError> {
+    let body = policy_body(req).await?;
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::BadRequest("the policy must be UTF-8 TOML".into()))?;
     app.activate_policy(text, "admin").await?;
@@ -236,14 +264,30 @@ pub async fn events(
     })))
 }
 
-/// `GET /admin/v1/events/stream`: every event as it is recorded (server-sent events).
-pub async fn event_stream(State(app): State<Arc<App>>, _: Admin) -> Response {
-    let stream = BroadcastStream::new(app.recorded_events()).filter_map(|r| {
-        r.ok().map(|rec| {
-            Ok::<_, std::convert::Infallible>(
-                SseEvent::default().data(event_json(&rec).to_string()),
-            )
+/// The items of a broadcast receiver until it falls behind: a subscriber that lagged has lost
+/// items, so its stream ends rather than skip them silently (an `EventSource` reconnects and
+/// the dashboard reads what it missed from the paged log).
+fn until_lagged<T: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+) -> impl tokio_stream::Stream<Item = T> {
+    BroadcastStream::new(rx)
+        .map_while(|r| {
+            r.inspect_err(|e| {
+                tracing::warn!(error = %e, "live event stream fell behind; ending it so the client reconnects and catches up");
+            })
+            .ok()
         })
+}
+
+/// `GET /admin/v1/events/stream`: every event as it is recorded (server-sent events), each
+/// with its log position as the event `id`. The stream ends when it falls behind the log.
+pub async fn event_stream(State(app): State<Arc<App>>, _: Admin) -> Response {
+    let stream = until_lagged(app.recorded_events()).map(|rec| {
+        Ok::<_, std::convert::Infallible>(
+            SseEvent::default()
+                .id(rec.position.to_string())
+                .data(event_json(&rec).to_string()),
+        )
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
@@ -307,4 +351,28 @@ pub async fn audit_export(
         text,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::until_lagged;
+    use tokio_stream::StreamExt;
+
+    /// A subscriber that fell behind gets what it still can and then the end of the stream,
+    /// not the later items with a silent gap before them.
+    #[tokio::test]
+    async fn the_live_stream_ends_when_it_falls_behind() {
+        let (tx, rx) = tokio::sync::broadcast::channel(2);
+        for i in 0..5u32 {
+            tx.send(i).unwrap();
+        }
+        drop(tx);
+        let got: Vec<u32> = until_lagged(rx).collect().await;
+        assert_eq!(got, Vec::<u32>::new(), "items after the gap were delivered");
+        // Without a lag, items flow and the stream stays open.
+        let (tx, rx) = tokio::sync::broadcast::channel(2);
+        tx.send(7).unwrap();
+        let mut s = Box::pin(until_lagged(rx));
+        assert_eq!(s.next().await, Some(7));
+    }
 }

@@ -281,9 +281,10 @@ fn list_readers() {}
 fn get_policy() {}
 
 #[utoipa::path(put, path = "/admin/v1/policy", tag = "admin",
-    request_body(content((String = "application/toml"), (String = "text/plain")), description = "the site policy document (TOML, UTF-8; any content type is read as TOML)"),
+    request_body(content((String = "application/toml"), (String = "text/plain")), description = "the site policy document (TOML, UTF-8; any content type is read as TOML), at most 1 MiB (1048576 bytes; the 64 KiB body limit of the other endpoints does not apply)"),
     responses((status = 200, description = "activated: `{\"sha256\": ..., \"warnings\": [...]}` (warnings: e.g. numeric days of week)"),
-              (status = 400, body = ErrorBody, description = "every error, with its line and key")),
+              (status = 400, body = ErrorBody, description = "every error, with its line and key"),
+              (status = 413, body = ErrorBody, description = "the document is over 1 MiB")),
     security(("admin_token" = [])))]
 fn put_policy() {}
 

@@ -558,3 +558,180 @@ async fn the_operator_reads_the_mode_the_log_tail_and_every_policy_error() {
             .starts_with("invalid site policy: ")
     );
 }
+
+/// Posts a dashboard's sign-out form with `cookie` (a `Cookie` header value, maybe empty).
+async fn logout(s: &TestServer, board: &str, cookie: &str, csrf: &str) -> reqwest::Response {
+    let mut rb = no_redirects()
+        .post(s.url(&format!("{board}/logout")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("csrf", csrf)]).unwrap());
+    if !cookie.is_empty() {
+        rb = rb.header("cookie", cookie);
+    }
+    rb.send().await.unwrap()
+}
+
+/// Signing out ends that login on the server: the same cookie replayed afterwards (with the
+/// CSRF token read from the page) is refused by the APIs and gets the sign-in form, while
+/// another login still works. Signing out with no (valid) cookie just goes to the sign-in page.
+#[tokio::test]
+async fn a_cookie_replayed_after_sign_out_is_refused() {
+    let s = TestServer::start().await;
+    let (cookie, csrf) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let (other, _) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let r = send(s.get("/admin/v1/partners").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let out = logout(&s, "/admin", &cookie, &csrf).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(out.headers()["location"], "/admin");
+    assert!(
+        out.headers().get_all("set-cookie").iter().any(|v| v
+            .to_str()
+            .unwrap()
+            .starts_with("pg_admin=;")
+            && v.to_str().unwrap().contains("Max-Age=0")),
+        "the sign-out clears the cookie"
+    );
+
+    // The old cookie, replayed: refused for reads and writes, and the page is the sign-in form.
+    let r = send(s.get("/admin/v1/partners").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = send(
+        s.post("/admin/v1/lockdown")
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&json!({"on": true})),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let page = page_with(&s, "/admin", &cookie).await;
+    assert!(
+        !page.contains("data-csrf"),
+        "the signed-out cookie got the dashboard"
+    );
+    assert!(page.contains(r#"action="/admin/login""#));
+
+    // Another login (made before, and a new one) is not affected.
+    let r = send(s.get("/admin/v1/partners").header("cookie", &other)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (again, _) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let r = send(s.get("/admin/v1/partners").header("cookie", &again)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // Signing out again with the dead cookie, or with none: back to the sign-in page.
+    for c in [cookie.as_str(), ""] {
+        let out = logout(&s, "/admin", c, &csrf).await;
+        assert_eq!(out.status(), StatusCode::SEE_OTHER, "cookie {c:?}");
+        assert_eq!(out.headers()["location"], "/admin");
+        assert!(cookie_of(&out, "pg_admin").is_some_and(|v| v == "pg_admin="));
+    }
+    // A live cookie with a wrong CSRF token is still refused (and stays live).
+    let out = logout(&s, "/dashboard", "", "x").await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let out = logout(&s, "/admin", &again, "wrong").await;
+    assert_eq!(out.status(), StatusCode::FORBIDDEN);
+    let r = send(s.get("/admin/v1/partners").header("cookie", &again)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// The same for a partner's login.
+#[tokio::test]
+async fn a_partner_cookie_replayed_after_sign_out_is_refused() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Acme").await;
+    let (cookie, csrf) = session(&s, "/dashboard", "api_key", &key).await;
+    let r = send(s.get("/v1/sessions").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let out = logout(&s, "/dashboard", &cookie, &csrf).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let r = send(s.get("/v1/sessions").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let page = page_with(&s, "/dashboard", &cookie).await;
+    assert!(!page.contains("data-csrf"));
+}
+
+/// Every dashboard page (sign-in form and signed-in shell, both boards) refuses to be framed
+/// by another site (clickjacking of "Start emergency unlock") and runs under a CSP.
+#[tokio::test]
+async fn dashboard_pages_cannot_be_framed() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Acme").await;
+    let (admin, _) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let (partner, _) = session(&s, "/dashboard", "api_key", &key).await;
+    let bad = login(&s, "/admin/login", "token", "nope").await;
+    let mut answers = vec![("failed login", bad)];
+    for (what, path, cookie) in [
+        ("admin form", "/admin", ""),
+        ("admin shell", "/admin", admin.as_str()),
+        ("partner form", "/dashboard", ""),
+        ("partner shell", "/dashboard", partner.as_str()),
+    ] {
+        let mut rb = no_redirects().get(s.url(path));
+        if !cookie.is_empty() {
+            rb = rb.header("cookie", cookie);
+        }
+        answers.push((what, rb.send().await.unwrap()));
+    }
+    for (what, r) in answers {
+        let h = r.headers();
+        let csp = h
+            .get("content-security-policy")
+            .unwrap_or_else(|| panic!("{what}: no CSP"))
+            .to_str()
+            .unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+        assert!(csp.contains("default-src 'self'"), "{what}: {csp}");
+        assert!(csp.contains("form-action 'self'"), "{what}: {csp}");
+        assert_eq!(
+            h.get("x-frame-options").map(|v| v.to_str().unwrap()),
+            Some("DENY"),
+            "{what}"
+        );
+        let html = r.text().await.unwrap();
+        // Nothing inline would run under the CSP: the only inline script is JSON data.
+        assert!(
+            !html.contains("<script>") && !html.contains("style="),
+            "{what}: inline code in {html}"
+        );
+    }
+}
+
+/// A campus policy outgrows the Pass API's 64 KiB body limit: `PUT /admin/v1/policy` takes up
+/// to 1 MiB, and answers 413 past it.
+#[tokio::test]
+async fn a_policy_over_64_kib_can_be_put_up_to_1_mib() {
+    let s = TestServer::start().await;
+    let pad = |n: usize| {
+        let mut doc = String::from("timezone = \"Asia/Almaty\"\n");
+        while doc.len() < n {
+            doc.push_str("# a comment line to make the document larger than it would be\n");
+        }
+        doc
+    };
+    let big = pad(100 * 1024);
+    let r = send(
+        s.client
+            .put(s.url("/admin/v1/policy"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(big.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let now = send(s.get("/admin/v1/policy").bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(
+        now.json()["document"].as_str().map(str::len),
+        Some(big.len())
+    );
+
+    let huge = pad(1024 * 1024 + 1);
+    let r = send(
+        s.client
+            .put(s.url("/admin/v1/policy"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(huge),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert!(!r.text.is_empty());
+}

@@ -19,7 +19,7 @@ use crate::app::secrets::{hash_secret, hashes_equal};
 use crate::core::Language;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use session::Holder;
@@ -269,7 +269,27 @@ fn login_form(
             "login.partner_title"
         },
     );
-    (status, Html(document(board, lang, title, &body))).into_response()
+    html(status, document(board, lang, title, &body))
+}
+
+/// The Content-Security-Policy of every dashboard page: its scripts and styles come from
+/// `/assets/` only (the message catalog is a non-executable `application/json` block), the
+/// favicon is an empty `data:` URL, forms post to the server itself, and no other site may
+/// frame the page (a framed "Start emergency unlock" could be clicked through an overlay).
+pub const CSP: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; \
+                       base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// A dashboard HTML answer: not cached, not frameable, under [`CSP`].
+fn html(status: StatusCode, doc: String) -> Response {
+    let mut resp = (status, Html(doc)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn shell(app: &App, board: Board, lang: Language, cookie: &str) -> Response {
@@ -294,11 +314,7 @@ fn shell(app: &App, board: Board, lang: Language, cookie: &str) -> Response {
         script = board.script(),
     );
     let title = i18n::common(lang, "brand");
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(document(board, lang, title, &body)),
-    )
-        .into_response()
+    html(StatusCode::OK, document(board, lang, title, &body))
 }
 
 /// The fields of a small urlencoded form (login, logout), or `None` when unreadable.
@@ -391,10 +407,34 @@ async fn partner_logout(State(app): State<Arc<App>>, req: Request) -> Response {
     logout(&app, Board::Partner, req).await
 }
 
-/// Ends the login (the CSRF field keeps other sites from signing people out).
+/// Ends the login (the CSRF field keeps other sites from signing people out): the cookie's
+/// login is revoked, so the same cookie replayed later is refused ([`session::revoke`]).
+/// Without a valid login (none, expired, already signed out) there is nothing to end: back to
+/// the sign-in page, clearing whatever cookie the browser still holds.
 async fn logout(app: &App, board: Board, req: Request) -> Response {
     let Some((parts, fields)) = form(req).await else {
-        return StatusCode::BAD_REQUEST.into_response();
+        return super::error::message(
+            StatusCode::BAD_REQUEST,
+            "the sign-out form could not be read (expected a urlencoded form of at most 8 KiB)",
+        );
+    };
+    let name = if board.is_admin() {
+        session::ADMIN_COOKIE
+    } else {
+        session::PARTNER_COOKIE
+    };
+    let mut r = Redirect::to(board.path()).into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        session::clear_cookie(app, board.is_admin()),
+    );
+    let Some(value) = session::cookie(&parts.headers, name).filter(|v| {
+        matches!(
+            (board, session::verify(app, v)),
+            (Board::Admin, Some(Holder::Admin)) | (Board::Partner, Some(Holder::Partner(_)))
+        )
+    }) else {
+        return r;
     };
     if !session::form_csrf_ok(
         app,
@@ -404,10 +444,6 @@ async fn logout(app: &App, board: Board, req: Request) -> Response {
     ) {
         return super::error::message(StatusCode::FORBIDDEN, "invalid CSRF token");
     }
-    let mut r = Redirect::to(board.path()).into_response();
-    r.headers_mut().append(
-        header::SET_COOKIE,
-        session::clear_cookie(app, board.is_admin()),
-    );
+    session::revoke(app, value);
     r
 }

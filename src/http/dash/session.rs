@@ -1,9 +1,17 @@
 //! Dashboard sessions: signed cookies and CSRF tokens, with no server-side session table.
 //!
-//! A cookie is `kind.subject.expiry.mac`, the MAC (HMAC-SHA256 under a key derived from the
-//! master key) covering the kind, subject, expiry and the hash of the credential that opened it
-//! (the admin token's hash, or the partner's API-key hash): changing the admin token or
-//! replacing a partner ends its sessions. A deactivated partner's cookie is refused like its key.
+//! A cookie is `kind.subject.expiry.login.mac`, the MAC (HMAC-SHA256 under a key derived from
+//! the master key) covering the kind, subject, expiry, a random login id and the hash of the
+//! credential that opened it (the admin token's hash, or the partner's API-key hash): changing
+//! the admin token or replacing a partner ends its sessions. A deactivated partner's cookie is
+//! refused like its key.
+//!
+//! Signing out revokes that one login: its id goes into an in-memory set that [`verify`]
+//! consults, so the cookie is refused even if replayed. An id is dropped from the set once the
+//! login could no longer be valid anyway ([`LIFETIME_S`] after it was revoked); the set holds at
+//! most [`MAX_REVOKED`] ids, and past that every login issued so far is refused (everyone signs
+//! in again) rather than any revoked one coming back. The set is not persisted: a restart
+//! forgets it, so a cookie signed out before a restart works again until its expiry.
 //!
 //! Invariants: a cookie authenticates reads (GET/HEAD) on its own; any other method also needs
 //! the `X-CSRF-Token` header (or a `csrf` form field on the logout forms) equal to the token
@@ -13,6 +21,9 @@
 use crate::app::App;
 use crate::core::{PartnerId, SecretHash};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 pub const ADMIN_COOKIE: &str = "pg_admin";
@@ -76,7 +87,14 @@ fn binding(app: &App, holder: Holder) -> Option<SecretHash> {
     }
 }
 
-fn mac(app: &App, kind: &str, subject: &str, expiry: i64, bound: &SecretHash) -> String {
+fn mac(
+    app: &App,
+    kind: &str,
+    subject: &str,
+    expiry: i64,
+    login: &str,
+    bound: &SecretHash,
+) -> String {
     hex::encode(app.keys.dash_mac(&[
         kind.as_bytes(),
         b"\0",
@@ -84,31 +102,70 @@ fn mac(app: &App, kind: &str, subject: &str, expiry: i64, bound: &SecretHash) ->
         b"\0",
         expiry.to_string().as_bytes(),
         b"\0",
+        login.as_bytes(),
+        b"\0",
         bound.0.as_bytes(),
     ]))
 }
 
+/// Most revoked logins remembered at once (see the module documentation).
+pub const MAX_REVOKED: usize = 65_536;
+
+/// Logins signed out, by id, with when they were revoked; and a floor: a login issued at or
+/// before `floor` (Unix seconds) is refused (set when the id set overflows).
+struct Revoked {
+    ids: HashMap<String, Instant>,
+    floor: i64,
+}
+
+/// One set per process: login ids are random (128 bits), so servers sharing a process (tests)
+/// cannot revoke each other's logins.
+static REVOKED: LazyLock<Mutex<Revoked>> = LazyLock::new(|| {
+    Mutex::new(Revoked {
+        ids: HashMap::new(),
+        floor: i64::MIN,
+    })
+});
+
+fn revoked() -> std::sync::MutexGuard<'static, Revoked> {
+    // The set is consistent after any panic (inserts and removes only), so a poisoned lock is
+    // still usable.
+    REVOKED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A fresh cookie value for `holder`, valid for [`LIFETIME_S`].
 pub fn issue(app: &App, holder: Holder) -> Option<String> {
+    use crate::app::clock::Rng;
     let bound = binding(app, holder)?;
     let expiry = app.clock.now().timestamp() + LIFETIME_S;
     let (kind, subject) = (holder.kind(), holder.subject());
+    let login = hex::encode(crate::app::clock::OsRng.bytes16());
     Some(format!(
-        "{kind}.{subject}.{expiry}.{}",
-        mac(app, kind, &subject, expiry, &bound)
+        "{kind}.{subject}.{expiry}.{login}.{}",
+        mac(app, kind, &subject, expiry, &login, &bound)
     ))
 }
 
-/// The holder of a cookie value, if its MAC verifies, it has not expired and its credential
-/// still stands.
-pub fn verify(app: &App, value: &str) -> Option<Holder> {
+/// A cookie value's parts: (kind, subject, expiry, login id, MAC).
+fn parts(value: &str) -> Option<(&str, &str, i64, &str, &str)> {
     let mut parts = value.split('.');
-    let (kind, subject, expiry, presented) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (kind, subject, expiry, login, presented) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
     if parts.next().is_some() {
         return None;
     }
-    let expiry: i64 = expiry.parse().ok()?;
+    Some((kind, subject, expiry.parse().ok()?, login, presented))
+}
+
+/// The holder of a cookie value, if its MAC verifies, it has not expired, it was not signed
+/// out and its credential still stands.
+pub fn verify(app: &App, value: &str) -> Option<Holder> {
+    let (kind, subject, expiry, login, presented) = parts(value)?;
     if expiry <= app.clock.now().timestamp() {
         return None;
     }
@@ -118,8 +175,35 @@ pub fn verify(app: &App, value: &str) -> Option<Holder> {
         _ => return None,
     };
     let bound = binding(app, holder)?;
-    let expected = mac(app, kind, subject, expiry, &bound);
-    bool::from(expected.as_bytes().ct_eq(presented.as_bytes())).then_some(holder)
+    let expected = mac(app, kind, subject, expiry, login, &bound);
+    if !bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) {
+        return None;
+    }
+    let r = revoked();
+    (expiry - LIFETIME_S > r.floor && !r.ids.contains_key(login)).then_some(holder)
+}
+
+/// Signs out the login of a cookie value (which [`verify`] accepted): from now on it is
+/// refused.
+pub fn revoke(app: &App, value: &str) {
+    let Some((_, _, _, login, _)) = parts(value) else {
+        return;
+    };
+    let now = Instant::now();
+    let lifetime = Duration::from_secs(LIFETIME_S as u64);
+    let mut r = revoked();
+    r.ids
+        .retain(|_, at| now.saturating_duration_since(*at) < lifetime);
+    if r.ids.len() >= MAX_REVOKED {
+        r.ids.clear();
+        r.floor = app.clock.now().timestamp();
+        tracing::warn!(
+            "more than {MAX_REVOKED} dashboard logins signed out within {LIFETIME_S} s: every \
+             dashboard login issued so far is now refused"
+        );
+        return;
+    }
+    r.ids.insert(login.to_string(), now);
 }
 
 /// The CSRF token that goes with a cookie value.

@@ -247,19 +247,19 @@
     if (e.type === "SiteModeChanged" && e.data) setMode(e.data);
   }
 
+  // Every (re)connection reads the log after the newest event shown: on the first, what was
+  // recorded between the backfill and the subscription; after a drop (the server ends a stream
+  // that fell behind), what the stream missed. addEvent skips events already shown.
   function follow() {
-    let down = false;
     const es = PG.stream(A + "/events/stream", (e) => {
       addEvent(e, true);
       redrawEvents();
     });
     es.onopen = () => {
       setLive(true);
-      if (down) PG.attempt(catchUp);
-      down = false;
+      PG.attempt(catchUp);
     };
     es.onerror = () => {
-      down = true;
       setLive(false);
     };
   }
