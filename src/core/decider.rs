@@ -1192,3 +1192,67 @@ mod reader_hold_tests {
         assert!(log.arm(2, lapses).is_ok());
     }
 }
+
+#[cfg(test)]
+mod site_file_tests {
+    use super::*;
+    use crate::core::event::Recorded;
+
+    fn doc(coil: u16) -> String {
+        format!(
+            "timezone = \"Asia/Almaty\"\n\n[[relay_devices]]\nid = \"b\"\nmodbus = \"tcp://127.0.0.1:9\"\n\n\
+             [[doors]]\nid = \"main\"\nreaders = [\"r\"]\nrelay = {{ device = \"b\", coil = {coil} }}\n\n\
+             [schedules]\nalways = [\"* * * * * *\"]\n\n[[levels]]\nname = \"l\"\ndoors = [\"main\"]\nschedule = \"always\"\n"
+        )
+    }
+
+    fn activate(state: &mut State, position: &mut u64, document: &str, source: &str) -> usize {
+        let at = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let d = decide(
+            state,
+            &Command::ActivatePolicy {
+                document: document.into(),
+                source: source.into(),
+            },
+            at,
+        )
+        .unwrap();
+        let mut n = 0;
+        for a in d.appends {
+            for event in a.events {
+                *position += 1;
+                n += 1;
+                let revision = state.revision(&a.stream).map_or(0, |r| r + 1);
+                state.evolve(&Recorded {
+                    position: *position,
+                    stream: a.stream.clone(),
+                    revision,
+                    recorded_at: at,
+                    event,
+                    prev_hash: [0; 32],
+                    hash: [0; 32],
+                });
+            }
+        }
+        n
+    }
+
+    /// The site file's document, already in force through the admin API, read from the file
+    /// for the first time: recorded, so start-up knows the file was read and does not activate
+    /// it again over a later upload. Read again, or uploaded again: nothing recorded.
+    #[test]
+    fn the_document_in_force_is_recorded_when_it_first_comes_from_the_site_file() {
+        let (mut state, mut pos) = (State::default(), 0);
+        assert_eq!(activate(&mut state, &mut pos, &doc(0), "startup"), 1);
+        assert_eq!(activate(&mut state, &mut pos, &doc(1), "admin"), 1);
+        let file = state.policy_file_sha256.clone();
+        assert_eq!(activate(&mut state, &mut pos, &doc(1), "sighup"), 1);
+        assert_ne!(state.policy_file_sha256, file);
+        assert_eq!(
+            state.policy_file_sha256.as_deref(),
+            state.policy.as_ref().map(|p| p.sha256.as_str())
+        );
+        assert_eq!(activate(&mut state, &mut pos, &doc(1), "startup"), 0);
+        assert_eq!(activate(&mut state, &mut pos, &doc(1), "admin"), 0);
+    }
+}

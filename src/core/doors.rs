@@ -628,10 +628,16 @@ pub fn activate(
     let policy = Policy::parse(document).map_err(|errors| {
         Rejection::InvalidPolicy(errors.iter().map(|e| e.to_string()).collect())
     })?;
-    if state
-        .policy
-        .as_ref()
-        .is_some_and(|p| p.sha256 == policy.sha256)
+    // The document in force already: nothing to record, unless it now comes from the site file
+    // for the first time (uploaded through the admin API first): start-up must learn that the
+    // file was read, or it would activate the file again after a later upload.
+    let first_from_file = super::state::SITE_FILE_SOURCES.contains(&source)
+        && state.policy_file_sha256.as_deref() != Some(policy.sha256.as_str());
+    if !first_from_file
+        && state
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.sha256 == policy.sha256)
     {
         return Ok(Decision::new(vec![]));
     }
