@@ -261,13 +261,18 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Response {
-    if app.ready() {
-        axum::Json(serde_json::json!({"status": "ready"})).into_response()
-    } else {
+    if !app.ready() {
         error::message(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the event log cannot accept writes",
         )
+    } else if let Some(why) = crate::mqtt::broker::unready(&app.config.mqtt) {
+        error::message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: {why}"),
+        )
+    } else {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
     }
 }
 

@@ -1,11 +1,20 @@
 //! The built-in MQTT broker (rumqttd), for a gateway with no broker of its own.
 //!
 //! rumqttd's `Broker::start` blocks and builds its own runtimes, so it runs on a std thread;
-//! it has no shutdown API and lives as long as the process.
+//! it has no shutdown API and lives as long as the process. A second thread probes it with a
+//! whole MQTT session every [`PROBE_EVERY`]: while it fails, `/readyz` answers 503 ([`unready`]).
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often a running embedded broker is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// How long one liveness probe may take (a loaded host must not look like a dead broker).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The largest MQTT payload the embedded broker takes (a capture is ~1 KiB), and the size of one
 /// segment of its per-topic message log.
@@ -71,8 +80,9 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         .map_err(|e| err(e.to_string()))?;
     // Wait until it accepts MQTT sessions.
     for _ in 0..100 {
-        if mqtt_handshake(addr).is_ok() {
+        if mqtt_handshake(addr, b"palmgate-start-probe", Duration::from_millis(500)).is_ok() {
             tracing::info!(%addr, "embedded MQTT broker listening");
+            watch(addr, PROBE_EVERY).map_err(|e| err(e.to_string()))?;
             return Ok(addr);
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -80,27 +90,157 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
     Err(err("did not start listening within 2 s".into()))
 }
 
-/// A whole MQTT 3.1.1 session: CONNECT, CONNACK (accepted), DISCONNECT. A bare TCP connect
-/// that hangs up made the broker log an ERROR at every start.
-fn mqtt_handshake(addr: SocketAddr) -> std::io::Result<()> {
+/// Embedded brokers of this process that are probed, by address: whether the last probe
+/// completed a session. Keyed by address because a process (the tests) may run several gateways.
+static LIVE: Mutex<Vec<(SocketAddr, Arc<AtomicBool>)>> = Mutex::new(Vec::new());
+
+/// Probes the broker on `addr` every `every` on a thread of its own (for the life of the
+/// process, like the broker): a failed probe logs one ERROR per outage and makes [`unready`]
+/// name the broker until a probe succeeds again.
+pub fn watch(addr: SocketAddr, every: Duration) -> std::io::Result<()> {
+    let live = Arc::new(AtomicBool::new(true));
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((addr, live.clone()));
+    std::thread::Builder::new()
+        .name("palmgate-mqtt-probe".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let probe = mqtt_handshake(addr, b"palmgate-liveness-probe", PROBE_TIMEOUT);
+                let was = live.swap(probe.is_ok(), Ordering::Relaxed);
+                match probe {
+                    Err(e) if was => {
+                        metrics::counter!("palmgate_mqtt_embedded_broker_outages_total")
+                            .increment(1);
+                        tracing::error!(%addr, error = %e,
+                            "the embedded MQTT broker does not complete an MQTT session: readers \
+                             cannot connect; /readyz answers 503 until it does (restart the \
+                             gateway if it stays so)");
+                    }
+                    Ok(()) if !was => {
+                        tracing::info!(%addr, "the embedded MQTT broker accepts sessions again");
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// Why readers cannot use the embedded broker `mqtt` names (its last probe failed), for
+/// `/readyz`; `None` with an external broker (`mqtt.url`) or a broker not probed.
+pub fn unready(mqtt: &crate::config::MqttConfig) -> Option<String> {
+    if mqtt.url.is_some() {
+        return None;
+    }
+    let addr = mqtt.embedded.listen;
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let down = live
+        .iter()
+        .any(|(a, l)| *a == addr && !l.load(Ordering::Relaxed));
+    down.then(|| format!("the embedded MQTT broker on {addr} does not accept MQTT sessions"))
+}
+
+/// A whole MQTT 3.1.1 session as client `id`: CONNECT, CONNACK (accepted), PINGREQ, PINGRESP,
+/// then the TCP connection is closed. rumqttd logs an ERROR for a bare TCP connect that hangs up
+/// and ("router-drop") for a DISCONNECT packet; a close after a session only an INFO.
+fn mqtt_handshake(addr: SocketAddr, id: &[u8], timeout: Duration) -> std::io::Result<()> {
     use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_millis(500);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let fail =
+        |what: &str, e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"));
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail("TCP connect", e))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    const ID: &[u8] = b"palmgate-start-probe";
-    let mut connect = vec![0x10, (10 + 2 + ID.len()) as u8];
+    let mut connect = vec![0x10, (10 + 2 + id.len()) as u8];
     // Protocol "MQTT", level 4, clean session, keep-alive 60 s, then the client id.
     connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60]);
-    connect.extend_from_slice(&[0, ID.len() as u8]);
-    connect.extend_from_slice(ID);
-    s.write_all(&connect)?;
+    connect.extend_from_slice(&[0, id.len() as u8]);
+    connect.extend_from_slice(id);
+    s.write_all(&connect)
+        .map_err(|e| fail("sending CONNECT", e))?;
     let mut connack = [0u8; 4];
-    s.read_exact(&mut connack)?;
+    s.read_exact(&mut connack)
+        .map_err(|e| fail("waiting for CONNACK", e))?;
     if connack != [0x20, 0x02, 0x00, 0x00] {
-        return Err(std::io::Error::other(
-            "the broker did not accept the session",
-        ));
+        return Err(std::io::Error::other(format!(
+            "the broker did not accept the session (CONNACK {connack:02x?})"
+        )));
     }
-    s.write_all(&[0xE0, 0x00])
+    s.write_all(&[0xC0, 0x00])
+        .map_err(|e| fail("sending PINGREQ", e))?;
+    let mut pingresp = [0u8; 2];
+    s.read_exact(&mut pingresp)
+        .map_err(|e| fail("waiting for PINGRESP", e))?;
+    if pingresp != [0xD0, 0x00] {
+        return Err(std::io::Error::other(format!(
+            "the broker answered PINGREQ with {pingresp:02x?}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A stand-in broker on a real port: while `up`, it answers CONNECT with CONNACK and PINGREQ
+    /// with PINGRESP; otherwise it closes every connection unanswered (as rumqttd did once its
+    /// lock was poisoned).
+    fn fake_broker(up: Arc<AtomicBool>) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("local addr");
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                if !up.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]);
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(&[0xD0, 0x00]);
+            }
+        });
+        addr
+    }
+
+    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < end, "{what} within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn readiness_names_the_embedded_broker_while_its_probe_fails() {
+        let up = Arc::new(AtomicBool::new(true));
+        let addr = fake_broker(up.clone());
+        let mut mqtt = crate::config::Config::defaults().mqtt;
+        mqtt.url = None;
+        mqtt.embedded.listen = addr;
+        assert_eq!(unready(&mqtt), None, "a broker not probed yet");
+        watch(addr, Duration::from_millis(50)).expect("probe thread");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(unready(&mqtt), None, "the broker answers");
+
+        up.store(false, Ordering::Relaxed);
+        wait_until("the failed probe is seen", || unready(&mqtt).is_some());
+        let why = unready(&mqtt).unwrap_or_default();
+        assert!(
+            why.contains("embedded MQTT broker") && why.contains(&addr.to_string()),
+            "{why}"
+        );
+        // An external broker is not the embedded one's business.
+        let mut external = mqtt.clone();
+        external.url = Some(format!("mqtt://{addr}"));
+        assert_eq!(unready(&external), None);
+
+        up.store(true, Ordering::Relaxed);
+        wait_until("the broker is ready again", || unready(&mqtt).is_none());
+    }
 }

@@ -1447,3 +1447,59 @@ async fn an_erased_users_key_is_destroyed_once_the_key_store_is_writable() {
     }
     drop(desk);
 }
+
+/// A raw MQTT 3.1.1 CONNECT as client `id` to the broker at `mqtt` (`mqtt://host:port`). With
+/// `reset`, the TCP connection is reset (RST) right after the CONNECT is sent; otherwise the
+/// broker's answer is read until it closes the connection or 2 s pass.
+async fn raw_connect(mqtt: &str, id: &str, reset: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = mqtt.strip_prefix("mqtt://").expect("an mqtt:// URL");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("TCP connect to the broker");
+    let mut connect = vec![0x10, (10 + 2 + id.len()) as u8];
+    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60]);
+    connect.extend_from_slice(&[0, id.len() as u8]);
+    connect.extend_from_slice(id.as_bytes());
+    s.write_all(&connect).await.expect("send CONNECT");
+    if reset {
+        s.set_zero_linger().expect("SO_LINGER 0");
+        drop(s);
+        return;
+    }
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// SPEC 5 ("a malformed message never stops anything"): a reader with a client id MQTT topics
+/// cannot carry (`a/b`) connecting twice, and a flaky reader whose connection is reset right
+/// after CONNECT and which then reconnects, do not break the embedded broker. rumqttd 0.20
+/// panicked on the second connection (a stale will channel, unwrapped while holding a lock) and
+/// every later connection failed; vendor/rumqttd carries the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_ids_and_reset_connections_do_not_break_the_embedded_broker() {
+    let g = Gate::start().await;
+    for _ in 0..2 {
+        raw_connect(&g.mqtt, "a/b", false).await;
+    }
+    for _ in 0..3 {
+        raw_connect(&g.mqtt, "flaky-reader", true).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    raw_connect(&g.mqtt, "flaky-reader", false).await;
+
+    // A reader connecting now is seen online and its capture completes an enrollment.
+    let mut desk = g.reader("desk-1", "alice", 1).await;
+    g.enroll_with(&mut desk, "EMP-AFTER-BAD-CLIENTS").await;
+    let r = g
+        .http
+        .get(format!("{}/readyz", g.base))
+        .send()
+        .await
+        .expect("GET /readyz");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    drop(desk);
+}
