@@ -387,7 +387,7 @@ fn upstream_hook() {}
 fn healthz() {}
 
 #[utoipa::path(get, path = "/readyz", tag = "ops",
-    responses((status = 200), (status = 503, body = ErrorBody, description = "the log cannot be written")))]
+    responses((status = 200), (status = 503, body = ErrorBody, description = "the log cannot be written, or the embedded MQTT broker does not accept sessions")))]
 fn readyz() {}
 
 #[utoipa::path(get, path = "/metrics", tag = "ops",
