@@ -186,6 +186,70 @@ pub fn configure(mut config: Config, data: &Path, site: &Path) -> Config {
     config
 }
 
+/// The demo's data directory: `data` when given (created mode 0700 if missing; an existing
+/// one, the user's own, is used as it is: `--data` keeps the demo's log between runs), else a
+/// new directory under `tmp` with a random name, created mode 0700 and refused if it exists
+/// already. A predictable name in a shared temporary directory would let another local user
+/// create it first, with their master key and a `site.toml` linked to a file of the victim's.
+pub fn prepare_data_dir(data: Option<PathBuf>, tmp: &Path) -> Result<PathBuf, DemoError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let data_err = |path: &Path, e: std::io::Error| DemoError::Data {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(d) = data {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&d)
+            .map_err(|e| data_err(&d, e))?;
+        return Ok(d);
+    }
+    let mut tries = 0;
+    loop {
+        let random = crate::app::clock::Rng::bytes16(&crate::app::clock::OsRng);
+        let dir = tmp.join(format!("palmgate-demo-{}", hex::encode(&random[..8])));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+            Err(e) => return Err(data_err(&dir, e)),
+        }
+    }
+}
+
+/// Writes the demo site's policy to `<data>/site.toml` (mode 0600), replacing the file of an
+/// earlier run, but never through a symbolic link (`O_NOFOLLOW`): one planted there would
+/// have the demo overwrite the file it points to.
+pub fn write_site(data: &Path, board: &str) -> Result<PathBuf, DemoError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let site = data.join("site.toml");
+    let site_err = |reason: String| DemoError::Data {
+        path: data.display().to_string(),
+        reason,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&site)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                site_err(format!(
+                    "{} is a symbolic link: refused (the demo writes its site file there)",
+                    site.display()
+                ))
+            } else {
+                site_err(format!("cannot write {}: {e}", site.display()))
+            }
+        })?;
+    file.write_all(site_policy(board).as_bytes())
+        .map_err(|e| site_err(format!("cannot write {}: {e}", site.display())))?;
+    Ok(site)
+}
+
 /// Runs the demo until `shutdown`; `on_started` gets the addresses and credentials first.
 pub async fn run(
     config: Config,
@@ -193,20 +257,11 @@ pub async fn run(
     on_started: impl FnOnce(&Started),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
-    let data = match data {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("palmgate-demo-{}", std::process::id())),
-    };
-    let data_err = |e: std::io::Error| DemoError::Data {
-        path: data.display().to_string(),
-        reason: e.to_string(),
-    };
-    std::fs::create_dir_all(&data).map_err(data_err)?;
+    let data = prepare_data_dir(data, &std::env::temp_dir())?;
     let board = SimBoard::start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .map_err(DemoError::Board)?;
-    let site = data.join("site.toml");
-    std::fs::write(&site, site_policy(&board.url())).map_err(data_err)?;
+    let site = write_site(&data, &board.url())?;
     let mut config = configure(config, &data, &site);
     let admin_token = if config.admin.token.is_empty() && config.admin.token_sha256.is_empty() {
         let t = new_api_key(crate::app::clock::Rng::bytes32(&crate::app::clock::OsRng))
@@ -482,4 +537,73 @@ fn decision_of(rec: &Recorded, capture_id: &str) -> Option<Value> {
             "position": rec.position,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Without `--data` every run gets a directory of its own: new, random, 0700 — never the
+    /// `palmgate-demo-<pid>` another user could have made first.
+    #[test]
+    fn the_default_data_directory_is_new_private_and_random() {
+        let tmp = tempfile::tempdir().unwrap();
+        let planted = tmp
+            .path()
+            .join(format!("palmgate-demo-{}", std::process::id()));
+        std::fs::create_dir(&planted).unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let a = prepare_data_dir(None, tmp.path()).unwrap();
+        let b = prepare_data_dir(None, tmp.path()).unwrap();
+        for d in [&a, &b] {
+            assert_ne!(d, &planted, "the demo took a directory it did not create");
+            assert_eq!(d.parent(), Some(tmp.path()));
+            let name = d.file_name().unwrap().to_str().unwrap();
+            let random = name.strip_prefix("palmgate-demo-").expect(name);
+            assert_eq!(random.len(), 16, "{name}");
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+            assert_eq!(std::fs::read_dir(d).unwrap().count(), 0, "not new");
+        }
+        assert_ne!(a, b);
+    }
+
+    /// A `site.toml` that is a symbolic link is refused: the file it points to is not
+    /// overwritten. An ordinary one from an earlier run (`--data DIR`) is replaced.
+    #[test]
+    fn a_planted_site_file_link_is_refused_and_data_dirs_are_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("demo");
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        assert_eq!(
+            prepare_data_dir(Some(data.clone()), tmp.path()).unwrap(),
+            data
+        );
+        assert_eq!(mode(&data), 0o700);
+        std::os::unix::fs::symlink(&victim, data.join("site.toml")).unwrap();
+        let err = write_site(&data, "127.0.0.1:1502").unwrap_err().to_string();
+        assert!(
+            err.contains("site.toml") && err.contains("symbolic link"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+
+        // The user's own directory from an earlier run: used as it is, its site rewritten.
+        std::fs::remove_file(data.join("site.toml")).unwrap();
+        std::fs::write(data.join("site.toml"), "old\n").unwrap();
+        assert_eq!(
+            prepare_data_dir(Some(data.clone()), tmp.path()).unwrap(),
+            data
+        );
+        let site = write_site(&data, "127.0.0.1:1502").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&site).unwrap(),
+            site_policy("127.0.0.1:1502")
+        );
+    }
 }

@@ -215,10 +215,24 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Failed>().is_some() => std::process::ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("palmgate: {e:#}");
+            eprintln!("palmgate: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and its causes, each cause only when the text so far does not already hold it (many
+/// errors print their source in their own message: `{e:#}` would say it twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_logging(format: LogFormat) {

@@ -136,8 +136,9 @@ impl Keys {
                 .map_err(|_| err("override must be 32 bytes".into()))?;
             return Ok(Keys::from_master(&key));
         }
-        match std::fs::read_to_string(path) {
+        match read_private(path) {
             Ok(text) => {
+                let text = text.map_err(err)?;
                 let bytes = hex::decode(text.trim()).map_err(|e| err(format!("not hex: {e}")))?;
                 let key: [u8; 32] = bytes
                     .try_into()
@@ -156,6 +157,40 @@ impl Keys {
             Err(e) => Err(err(e.to_string())),
         }
     }
+}
+
+/// The text of the key file at `path`, opened once and checked on that open file: it must be
+/// owned by the user palmgate runs as and neither group- nor world-accessible (it is created
+/// 0600); anyone else who can write it chooses the key, anyone who can read it holds it.
+/// The outer error is the file's own (`NotFound` creates it); the inner one says why its
+/// permissions are refused.
+fn read_private(path: &Path) -> std::io::Result<Result<String, String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        let mode = meta.mode() & 0o777;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Ok(Err(format!(
+                "owned by uid {}, not by the user palmgate runs as (uid {me}): refused, since its \
+                 owner can choose or read the key (chown it, and chmod 600)",
+                meta.uid()
+            )));
+        }
+        if mode & 0o077 != 0 {
+            return Ok(Err(format!(
+                "mode {mode:04o} lets other users read or write it: refused (chmod 600 {})",
+                path.display()
+            )));
+        }
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(Ok(text))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -250,5 +285,34 @@ mod tests {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// A key file others can read (or write) is refused, naming the file and its mode; the
+    /// key is not used. Made private again, it loads.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.key");
+        std::fs::write(&p, format!("{}\n", hex::encode([5u8; 32]))).unwrap();
+        for mode in [0o644, 0o640, 0o602] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Keys::load_or_create(&p, None, [6; 32])
+                .err()
+                .unwrap_or_else(|| panic!("a key file with mode {mode:o} was used"))
+                .to_string();
+            assert!(
+                err.contains(&p.display().to_string()) && err.contains(&format!("mode {mode:04o}")),
+                "{err}"
+            );
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let keys = Keys::load_or_create(&p, None, [6; 32]).unwrap();
+        let id = SessionId::from_random([9; 16]);
+        assert_eq!(
+            keys.session_token(id),
+            Keys::from_master(&[5; 32]).session_token(id)
+        );
     }
 }

@@ -71,6 +71,25 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// Creates the log's file with mode 0600 when it does not exist yet, before SQLite opens it:
+/// the log holds names, metadata and door movements, and SQLite creates its `-wal` and `-shm`
+/// files with the database file's permissions (under the usual umask it would create all
+/// three world-readable). An existing file keeps its mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(format!("cannot create {}: {e}", path.display()))),
+    }
+}
+
 /// How long a write waits for a lock another process holds on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -115,6 +134,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| io(format!("cannot create {}: {e}", dir.display())))?;
         }
+        create_private(&path)?;
         let conn = open_conn(&path)?;
         conn.execute_batch(SCHEMA).map_err(io)?;
         // The syncer makes each commit durable before it is answered (module docs).
@@ -1438,5 +1458,24 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    /// The log is created private (0600), whatever the umask, and SQLite's `-wal` and `-shm`
+    /// files follow it: they hold names, metadata and door movements.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_log_and_its_wal_are_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = SqliteStore::open(&path).unwrap();
+        put(&store, "a", Expected::NoStream).await.unwrap();
+        for name in ["events.db", "events.db-wal", "events.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name} has mode {:o}", mode & 0o777);
+        }
     }
 }

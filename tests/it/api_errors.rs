@@ -1285,3 +1285,53 @@ async fn oversized_heads_spend_the_budget_and_yield_to_its_429() {
     third.assert_rate_headers(t);
     assert!(third.header("retry-after").is_some());
 }
+
+/// A start-up error is printed once: the store's error already holds its cause, and the
+/// CLI's line does not repeat it (`event store: storage failure: unable to open database
+/// file: …` appeared twice).
+#[test]
+fn a_start_up_error_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // A directory where the log's file should be: SQLite cannot open it.
+    std::fs::create_dir(dir.path().join("events.db")).unwrap();
+    let config = dir.path().join("palmgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "site = \"\"\n[http]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{d}/events.db\"\n\
+             [secrets]\nkey_file = \"{d}/master.key\"\nkey_store = \"{d}/keys.db\"\n\
+             [mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"t\"\n"
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("palmgate: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(line.contains(&format!("{d}/events.db")), "{line}");
+    assert_eq!(
+        line.matches("unable to open database file").count(),
+        1,
+        "{line}"
+    );
+}
