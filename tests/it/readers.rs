@@ -163,6 +163,37 @@ impl Gate {
         created(&v, "enroll")
     }
 
+    /// A second partner (named `name`) and a new enroll session of its for `external_id`:
+    /// (its API key, session id, token).
+    async fn other_partner_enroll(
+        &self,
+        name: &str,
+        external_id: &str,
+    ) -> (String, String, String) {
+        let r = self
+            .http
+            .post(format!("{}/admin/v1/partners", self.base))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": name}))
+            .send()
+            .await
+            .expect("create partner");
+        assert_eq!(r.status(), 201);
+        let other: Value = r.json().await.expect("partner json");
+        let key = other["api_key"].as_str().expect("api_key").to_string();
+        let r = self
+            .http
+            .post(format!("{}/v1/enroll", self.base))
+            .header("X-API-Key", &key)
+            .json(&json!({"external_id": external_id}))
+            .send()
+            .await
+            .expect("POST enroll");
+        assert_eq!(r.status(), 201);
+        let (id, token) = created(&r.json().await.expect("json"), "enroll");
+        (key, id, token)
+    }
+
     /// A new identify session: (session id, token).
     async fn identify(&self, query: &str) -> (String, String) {
         let r = self
@@ -734,27 +765,7 @@ async fn a_reader_armed_for_one_session_is_not_taken_by_another_link() {
     assert_eq!(status, 200);
     assert_eq!(command(&mut desk).await["session"], token_b.as_str());
 
-    let r = g
-        .http
-        .post(format!("{}/admin/v1/partners", g.base))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "other-partner"}))
-        .send()
-        .await
-        .expect("create partner");
-    assert_eq!(r.status(), 201);
-    let other: Value = r.json().await.expect("partner json");
-    let other_key = other["api_key"].as_str().expect("api_key");
-    let r = g
-        .http
-        .post(format!("{}/v1/enroll", g.base))
-        .header("X-API-Key", other_key)
-        .json(&json!({"external_id": "attacker-A"}))
-        .send()
-        .await
-        .expect("POST enroll");
-    assert_eq!(r.status(), 201);
-    let (_, token_a) = created(&r.json().await.expect("json"), "enroll");
+    let (_, _, token_a) = g.other_partner_enroll("other-partner", "attacker-A").await;
 
     let (status, html) = g.page(&format!("/enroll/{token_a}?reader=desk-1")).await;
     assert_eq!(status, 200);
@@ -805,27 +816,7 @@ async fn an_idle_reader_hold_lapses_and_another_partners_enrollment_takes_the_re
     assert_eq!(status, 200);
     assert_eq!(command(&mut desk).await["session"], token_b.as_str());
 
-    let r = g
-        .http
-        .post(format!("{}/admin/v1/partners", g.base))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "next-partner"}))
-        .send()
-        .await
-        .expect("create partner");
-    assert_eq!(r.status(), 201);
-    let other: Value = r.json().await.expect("partner json");
-    let other_key = other["api_key"].as_str().expect("api_key").to_string();
-    let r = g
-        .http
-        .post(format!("{}/v1/enroll", g.base))
-        .header("X-API-Key", &other_key)
-        .json(&json!({"external_id": "next-A"}))
-        .send()
-        .await
-        .expect("POST enroll");
-    assert_eq!(r.status(), 201);
-    let (id_a, token_a) = created(&r.json().await.expect("json"), "enroll");
+    let (other_key, id_a, token_a) = g.other_partner_enroll("next-partner", "next-A").await;
 
     // One second before the hold lapses the reader is still busy.
     clock.advance(palmgate::core::session::READER_HOLD - chrono::Duration::seconds(1));
@@ -889,26 +880,7 @@ async fn a_page_reloaded_for_a_reader_its_session_lost_asks_for_it_again() {
         panic!("a reload by the holder must not arm the reader again, got {c}");
     }
 
-    let r = g
-        .http
-        .post(format!("{}/admin/v1/partners", g.base))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "next-partner"}))
-        .send()
-        .await
-        .expect("create partner");
-    assert_eq!(r.status(), 201);
-    let other: Value = r.json().await.expect("partner json");
-    let r = g
-        .http
-        .post(format!("{}/v1/enroll", g.base))
-        .header("X-API-Key", other["api_key"].as_str().expect("api_key"))
-        .json(&json!({"external_id": "next-A"}))
-        .send()
-        .await
-        .expect("POST enroll");
-    assert_eq!(r.status(), 201);
-    let (_, token_a) = created(&r.json().await.expect("json"), "enroll");
+    let (_, _, token_a) = g.other_partner_enroll("next-partner", "next-A").await;
 
     // B's hold lapses; A takes the reader.
     clock.advance(palmgate::core::session::READER_HOLD);
