@@ -121,9 +121,14 @@ impl Checked {
 /// names colliding (about 1 in 30 million at a million streams) could only make a revision
 /// look out of order.
 fn stream_key(stream: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
+    hash64(stream)
+}
+
+/// 64 bits of SipHash (fixed keys) of `v`.
+fn hash64(v: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
     let mut h = std::hash::DefaultHasher::new();
-    stream.hash(&mut h);
+    v.hash(&mut h);
     h.finish()
 }
 
@@ -339,11 +344,7 @@ impl Seen {
 /// decision (a third of a busy log) costs no allocation; a collision could only make an ON look
 /// asked for.
 fn relay_key(device: &str, coil: u16) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    device.hash(&mut h);
-    coil.hash(&mut h);
-    h.finish()
+    hash64((device, coil))
 }
 
 struct UpstreamEnd {

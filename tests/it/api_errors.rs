@@ -1081,6 +1081,23 @@ async fn idempotency_key_survives_a_restart() {
     assert_eq!(page.status, 200, "{}", page.text);
 }
 
+/// `child`'s output once it exits, or once it is killed after `limit` (a hang fails the test's
+/// own assertions instead of hanging the run).
+fn output_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `palmgate partner` against a server that takes the connection and never answers gives up
 /// after `--timeout` seconds with a message saying so, instead of hanging.
 #[tokio::test]
@@ -1095,7 +1112,7 @@ async fn the_partner_cli_gives_up_on_a_server_that_never_answers() {
     });
     let started = std::time::Instant::now();
     let out = tokio::task::spawn_blocking(move || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
             .args(["partner", "list", "--server", &format!("http://{addr}")])
             .args(["--token", "t", "--timeout", "1"])
             .stdout(std::process::Stdio::piped())
@@ -1103,14 +1120,7 @@ async fn the_partner_cli_gives_up_on_a_server_that_never_answers() {
             .spawn()
             .unwrap();
         // A hang is a failure here, not a hung test run.
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > std::time::Duration::from_secs(10) {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        child.wait_with_output().unwrap()
+        output_within(child, std::time::Duration::from_secs(10))
     })
     .await
     .unwrap();
@@ -1305,8 +1315,7 @@ fn a_start_up_error_is_printed_once() {
         ),
     )
     .unwrap();
-    let started = std::time::Instant::now();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "off")
@@ -1314,14 +1323,7 @@ fn a_start_up_error_is_printed_once() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > std::time::Duration::from_secs(10) {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, std::time::Duration::from_secs(10));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     let line = stderr
