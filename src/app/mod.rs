@@ -724,6 +724,10 @@ impl Server {
         }
         // Last: pulses in progress end before the process does.
         stopping.stop(Duration::from_secs(3)).await;
+        // Tasks that outlive the server (a webhook delivery in flight) keep the app, and so
+        // the store, alive: close it here, so the log's lock goes with the server.
+        let store = self.app.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
         result
     }
 }

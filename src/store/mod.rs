@@ -128,4 +128,9 @@ pub trait EventStore: Send + Sync + 'static {
         let _ = after;
         None
     }
+
+    /// The app is done with the store (its server has stopped): finish what is queued and let
+    /// go of the log, so that another open of it (a restart in the same process) may write it.
+    /// Appends afterwards answer [`StoreError::Closed`]. Default: nothing to let go of.
+    fn close(&self) {}
 }

@@ -65,10 +65,49 @@ pub struct SqliteStore {
     /// commits a group before the syncer makes it durable, and what a read returns is visible
     /// outside (the admin event API, a snapshot), which SPEC 8.1 allows only of durable events.
     on_disk: Arc<AtomicU64>,
+    /// The exclusive lock on `<path>.lock` ([`lock_store`]), held until [`SqliteStore::close`]:
+    /// one writing process per log. `None` for a read-only store.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
+}
+
+/// The lock file beside the log at `path`: `<path>.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// Takes the exclusive advisory lock (`flock`) on `<path>.lock`, created mode 0600: a second
+/// process writing the same log would wedge the first (its writer's heads no longer match the
+/// file). The lock belongs to the open file: a second open in the same process is refused too,
+/// and it goes when the returned file is closed (or the process ends, however it ends).
+fn lock_store(path: &Path) -> Result<std::fs::File, StoreError> {
+    let lock = lock_path(path);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let file = opts
+        .open(&lock)
+        .map_err(|e| io(format!("cannot open the lock file {}: {e}", lock.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io(format!(
+            "store.path {} is in use by another palmgate process (it holds the lock on {})",
+            path.display(),
+            lock.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(io(format!("cannot lock {}: {e}", lock.display())))
+        }
+    }
 }
 
 /// Creates the log's file with mode 0600 when it does not exist yet, before SQLite opens it:
@@ -134,6 +173,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| io(format!("cannot create {}: {e}", dir.display())))?;
         }
+        let lock = lock_store(&path)?;
         create_private(&path)?;
         let conn = open_conn(&path)?;
         conn.execute_batch(SCHEMA).map_err(io)?;
@@ -193,6 +233,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             forgetting,
             on_disk,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -243,6 +284,7 @@ impl SqliteStore {
             writer: Mutex::new(None),
             forgetting: Arc::default(),
             on_disk: Arc::new(AtomicU64::new(last as u64)),
+            lock: Mutex::new(None),
         }))
     }
 
@@ -250,12 +292,14 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Stops the writer after it has answered every queued request.
+    /// Stops the writer after it has answered every queued request, then lets go of the
+    /// log's lock (another `open` may write it from then on).
     pub fn close(&self) {
         self.tx.lock().expect("store lock").take();
         if let Some(w) = self.writer.lock().expect("store lock").take() {
             let _ = w.join();
         }
+        self.lock.lock().expect("store lock").take();
     }
 }
 
@@ -1067,6 +1111,10 @@ impl EventStore for SqliteStore {
         self.healthy.load(Ordering::Acquire)
     }
 
+    fn close(&self) {
+        SqliteStore::close(self)
+    }
+
     fn snapshots(&self) -> Option<&SnapshotDir> {
         Some(&self.snapshots)
     }
@@ -1460,6 +1508,41 @@ mod tests {
         assert_eq!(n, 0);
     }
 
+    /// One writing process per log: a second `open` of a log already open is refused with a
+    /// message naming the path and the lock file (a second writer would wedge the first);
+    /// after the first is closed, or dropped, the log opens again. `palmgate audit`'s
+    /// read-only open takes no lock and works beside the writer.
+    #[tokio::test]
+    async fn a_log_already_open_is_not_opened_for_writing_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let first = SqliteStore::open(&path).unwrap();
+        put(&first, "a", Expected::NoStream).await.unwrap();
+        let err = match SqliteStore::open(&path) {
+            Ok(_) => panic!("a second writer opened a log already open"),
+            Err(e) => e.to_string(),
+        };
+        let lock = lock_path(&path);
+        assert!(
+            err.contains(&format!(
+                "store.path {} is in use by another palmgate process",
+                path.display()
+            )) && err.contains(&lock.display().to_string()),
+            "{err}"
+        );
+        let audit = SqliteStore::open_read_only(&path)
+            .unwrap()
+            .expect("an event log");
+        assert_eq!(audit.read_raw(0, 10).unwrap().len(), 1);
+        put(&first, "b", Expected::NoStream).await.unwrap();
+        first.close();
+        let second = SqliteStore::open(&path).unwrap();
+        put(&second, "c", Expected::NoStream).await.unwrap();
+        assert_eq!(second.read_raw(0, 10).unwrap().len(), 3);
+        drop(second);
+        drop(SqliteStore::open(&path).unwrap());
+    }
+
     /// The log is created private (0600), whatever the umask, and SQLite's `-wal` and `-shm`
     /// files follow it: they hold names, metadata and door movements.
     #[cfg(unix)]
@@ -1470,7 +1553,12 @@ mod tests {
         let path = dir.path().join("events.db");
         let store = SqliteStore::open(&path).unwrap();
         put(&store, "a", Expected::NoStream).await.unwrap();
-        for name in ["events.db", "events.db-wal", "events.db-shm"] {
+        for name in [
+            "events.db",
+            "events.db-wal",
+            "events.db-shm",
+            "events.db.lock",
+        ] {
             let mode = std::fs::metadata(dir.path().join(name))
                 .unwrap()
                 .permissions()

@@ -1337,3 +1337,37 @@ fn a_start_up_error_is_printed_once() {
         "{line}"
     );
 }
+
+/// A second `serve` on a log another palmgate process is writing stops at start-up, naming the
+/// log and its lock file, and the first goes on working. Before, the second opened the log too
+/// and wedged the first (its appends failed with 500, `/readyz` 503 until a restart).
+#[tokio::test]
+async fn a_second_server_on_the_same_log_is_refused_and_the_first_keeps_working() {
+    let s = TestServer::start().await;
+    let (before, _) = s.create_partner("Before").await;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
+        .args(["serve", "--config"])
+        .arg(s.config_path())
+        .env("PALMGATE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("PALMGATE_MQTT_EMBEDDED_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, std::time::Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second server ran: {stderr}");
+    let store = s.store_path();
+    assert!(
+        stderr.contains(&format!(
+            "store.path {} is in use by another palmgate process",
+            store.display()
+        )) && stderr.contains(&format!("{}.lock", store.display())),
+        "{stderr}"
+    );
+    let (after, _) = s.create_partner("After").await;
+    assert_ne!(before, after);
+    let r = send(s.get("/readyz")).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+}

@@ -19,6 +19,7 @@ mod doors_timed;
 mod events_golden;
 mod faults;
 mod mqtt_auth;
+mod operator_errors;
 mod pages;
 mod props;
 mod readers;
