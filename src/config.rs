@@ -281,9 +281,10 @@ impl Config {
             merge(&mut merged, table);
         }
         apply_env(&mut merged, env, &mut sources)?;
-        let config: Config =
-            serde_path_to_error::deserialize(Value::Table(merged)).map_err(|e| {
+        let config: Config = serde_path_to_error::deserialize(Value::Table(merged.clone()))
+            .map_err(|e| {
                 let key = e.path().to_string();
+                let item = array_item(&merged, &key);
                 // `webhooks.allow_networks[0]`: the source is the array's (arrays are leaves).
                 let base = key.split('[').next().unwrap_or(&key);
                 let source_name = sources
@@ -297,10 +298,14 @@ impl Config {
                     .map(|(_, v)| v.clone())
                     .or_else(|| file.map(|p| p.display().to_string()))
                     .unwrap_or_else(|| "the embedded defaults".into());
+                let reason = e.into_inner().to_string();
                 ConfigError::Key {
                     key,
                     source_name,
-                    reason: e.into_inner().to_string(),
+                    reason: match item {
+                        Some(item) => format!("{item}: {reason}"),
+                        None => reason,
+                    },
                 }
             })?;
         config.validate(&sources)?;
@@ -605,6 +610,9 @@ fn apply_env(
         let existing = lookup(merged, &key);
         let value = match existing {
             Some(Value::String(_)) | None => Value::String(raw.clone()),
+            Some(Value::Array(defaults)) if !raw.trim_start().starts_with('[') => {
+                env_list(raw, defaults)
+            }
             Some(_) => {
                 // Numbers, booleans, arrays: read the variable as a TOML value.
                 let doc = format!("v = {raw}");
@@ -628,6 +636,40 @@ fn apply_env(
         sources.insert(key, env_source);
     }
     Ok(())
+}
+
+/// An array-valued key's environment variable written as a comma-separated list
+/// (`10.0.0.0/8, 192.168.0.0/16`) rather than TOML array syntax: the items, trimmed, with
+/// empty ones dropped (an empty variable is an empty array). Items are strings, unless the
+/// array the variable replaces holds other values (numbers, booleans): then each item is read
+/// as a TOML value, left a string when it is not one (the key's type then names the problem).
+fn env_list(raw: &str, replaced: &[Value]) -> Value {
+    let typed = replaced.first().is_some_and(|v| !v.is_str());
+    Value::Array(
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                let parsed = typed
+                    .then(|| format!("v = {item}").parse::<Table>().ok())
+                    .flatten()
+                    .and_then(|mut t| t.remove("v"));
+                parsed.unwrap_or_else(|| Value::String(item.to_string()))
+            })
+            .collect(),
+    )
+}
+
+/// `item 1 ("nope")`: the array item a deserialization error at `key` (`a.b[1]`) is about.
+fn array_item(table: &Table, key: &str) -> Option<String> {
+    let (base, rest) = key.split_once('[')?;
+    let n: usize = rest.split(']').next()?.parse().ok()?;
+    let item = lookup(table, base)?.as_array()?.get(n)?;
+    let shown = match item {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    Some(format!("item {n} ({shown})"))
 }
 
 fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
@@ -927,6 +969,65 @@ mod tests {
             .to_string();
         assert!(
             e.contains("webhooks.allow_networks[1]") && e.contains("nets.toml"),
+            "{e}"
+        );
+    }
+
+    /// Every array-valued key (found in the defaults, not named here) takes its environment
+    /// variable as TOML array syntax or as a comma-separated list; an empty variable is an
+    /// empty array, and an error names the key, the variable and the item.
+    #[test]
+    fn array_keys_take_comma_separated_lists_from_the_environment() {
+        let defaults: Table = DEFAULTS.parse().unwrap();
+        let mut arrays = vec![];
+        leaf_keys(&defaults, "", &mut |k| {
+            if lookup(&defaults, &k).is_some_and(Value::is_array) {
+                arrays.push(k);
+            }
+        });
+        assert!(arrays.contains(&"webhooks.allow_networks".to_string()));
+        for key in &arrays {
+            let var = env_name(key);
+            for raw in ["", "  ", "a, b,,c ", "[\"a\"]"] {
+                let mut merged = defaults.clone();
+                apply_env(&mut merged, &env(&[(&var, raw)]), &mut BTreeMap::new()).unwrap();
+                let got = lookup(&merged, key).unwrap().as_array().unwrap();
+                let want: &[&str] = match raw.trim() {
+                    "" => &[],
+                    "[\"a\"]" => &["a"],
+                    _ => &["a", "b", "c"],
+                };
+                let got: Vec<&str> = got.iter().map(|v| v.as_str().unwrap()).collect();
+                assert_eq!(got, want, "{var}={raw:?}");
+            }
+        }
+
+        let nets = |raw: &str| {
+            Config::load(None, &env(&[("PALMGATE_WEBHOOKS_ALLOW_NETWORKS", raw)]))
+                .map(|c| c.webhooks.allow_networks)
+                .map_err(|e| e.to_string())
+        };
+        let want: Vec<ipnet::IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.168.0.0/16".parse().unwrap(),
+        ];
+        assert_eq!(nets("10.0.0.0/8,192.168.0.0/16").unwrap(), want);
+        assert_eq!(nets(" 10.0.0.0/8 , 192.168.0.0/16 ").unwrap(), want);
+        assert_eq!(nets("[\"10.0.0.0/8\", \"192.168.0.0/16\"]").unwrap(), want);
+        assert_eq!(nets("10.0.0.0/8").unwrap(), want[..1]);
+        assert!(nets("").unwrap().is_empty());
+        let e = nets("10.0.0.0/8, 192.168.0.0/99").unwrap_err();
+        assert!(
+            e.contains("webhooks.allow_networks[1]")
+                && e.contains("environment variable PALMGATE_WEBHOOKS_ALLOW_NETWORKS")
+                && e.contains("\"192.168.0.0/99\""),
+            "{e}"
+        );
+        // Broken TOML array syntax is still an error naming the key and the variable.
+        let e = nets("[\"10.0.0.0/8\"").unwrap_err();
+        assert!(
+            e.contains("webhooks.allow_networks")
+                && e.contains("environment variable PALMGATE_WEBHOOKS_ALLOW_NETWORKS"),
             "{e}"
         );
     }

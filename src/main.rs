@@ -235,11 +235,22 @@ fn error_chain(e: &anyhow::Error) -> String {
     text
 }
 
+/// Colour codes in the log only on a terminal (stderr, where the log goes) and without a
+/// non-empty `NO_COLOR` (<https://no-color.org>): a pipe, a file, `docker logs` or the journal
+/// gets plain text.
+fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -401,10 +412,20 @@ async fn partner(target: AdminTarget, action: PartnerCmd) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot reach {base}"))?;
     let status = resp.status();
-    let json: serde_json::Value = resp
-        .json()
+    // Read as text first: a reverse proxy's 502 page or a wrong URL's 404 is not JSON, and the
+    // error must still say which status came back and what the body began with.
+    let text = resp
+        .text()
         .await
-        .context("the server's answer is not JSON")?;
+        .with_context(|| format!("{status}: the server's answer could not be read"))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+        let head: String = text.chars().take(200).collect();
+        let more = if text.chars().count() > 200 { "…" } else { "" };
+        anyhow::anyhow!(
+            "{status}: the server's answer is not JSON (is --server the palmgate address?): {:?}{more}",
+            head
+        )
+    })?;
     if !status.is_success() {
         bail!(
             "{status}: {}",
@@ -641,4 +662,20 @@ async fn replay(paths: Vec<PathBuf>) -> anyhow::Result<()> {
         return Err(Failed(format!("{failed} scenario(s) failed")).into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colours;
+    use std::ffi::OsStr;
+
+    /// Colour only on a terminal, and there only without a non-empty NO_COLOR.
+    #[test]
+    fn log_colours_need_a_terminal_and_no_no_color() {
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some(OsStr::new(""))));
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(!log_colours(false, None));
+        assert!(!log_colours(false, Some(OsStr::new(""))));
+    }
 }

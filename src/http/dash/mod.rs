@@ -353,16 +353,24 @@ async fn login(app: &App, board: Board, req: Request) -> Response {
     };
     let lang =
         Language::parse(field(&fields, "lang")).unwrap_or_else(|| language(&parts.headers, None).0);
+    // A key that really matches a deactivated partner is told so, as the API's 403 "partner
+    // account is inactive" tells it: it still spends the address budget like any failed
+    // sign-in (and is throttled the same), and gets no cookie; the status stays 401.
+    let mut inactive = false;
     let holder = if board.is_admin() {
         let token = field(&fields, "token");
         (!token.is_empty() && app.admin.verify(token)).then_some(Holder::Admin)
     } else {
         let h = hash_secret(field(&fields, "api_key"));
-        app.read(|s| {
+        let found = app.read(|s| {
             s.partner_by_key_hash(&h)
-                .filter(|p| hashes_equal(&p.api_key_hash, &h) && p.active)
-                .map(|p| Holder::Partner(p.id))
-        })
+                .filter(|p| hashes_equal(&p.api_key_hash, &h))
+                .map(|p| (p.id, p.active))
+        });
+        inactive = matches!(found, Some((_, false)));
+        found
+            .filter(|(_, active)| *active)
+            .map(|(id, _)| Holder::Partner(id))
     };
     let cookie = holder.and_then(|h| session::issue(app, h));
     let Some(cookie) = cookie else {
@@ -370,7 +378,15 @@ async fn login(app: &App, board: Board, req: Request) -> Response {
             client_ip(&parts.extensions),
             app.clock.now().timestamp_micros(),
         );
-        return if v.allowed {
+        return if v.allowed && inactive {
+            login_form(
+                app,
+                board,
+                lang,
+                Some("login.inactive"),
+                StatusCode::UNAUTHORIZED,
+            )
+        } else if v.allowed {
             login_form(
                 app,
                 board,

@@ -33,6 +33,14 @@ pub const COMMON: &[Entry] = &[
         ],
     ),
     (
+        "login.inactive",
+        [
+            "This partner account is inactive: the operator has deactivated it. Ask the operator to reactivate it.",
+            "Бұл серіктес тіркелгісі белсенді емес: оператор оны өшірген. Қайта іске қосуды операторнан сұраңыз.",
+            "Этот аккаунт партнёра неактивен: оператор его деактивировал. Попросите оператора активировать его снова.",
+        ],
+    ),
+    (
         "login.throttled",
         [
             "Too many attempts. Wait a minute and try again.",
