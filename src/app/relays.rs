@@ -74,9 +74,20 @@ impl Relays {
                 }
             }
         });
+        // Each report is stamped with the time it came (the record loop below may wait for the
+        // store a long while: a report keeps the time of the board's write, not of recording).
+        let (stamped, mut queue) = mpsc::unbounded_channel();
+        let clock = app.clock.clone();
         tokio::spawn(async move {
             while let Some(report) = rx.recv().await {
-                if !record(&app, report).await {
+                if stamped.send((report, clock.now())).is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some((report, at)) = queue.recv().await {
+                if !record(&app, report, at).await {
                     return; // the store is closed: the gateway is stopping
                 }
             }
@@ -266,14 +277,19 @@ impl Relays {
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// Records a device report, retrying while the store refuses it: each try waits until the store
-/// says it is healthy, with a pause that doubles per failure. Decided again on every try, so it
-/// is judged against the state as it is then. False when the store is closed.
-async fn record(app: &App, report: Report) -> bool {
+/// Records a device report that came at `at`, retrying while the store refuses it: each try
+/// waits until the store says it is healthy, with a pause that doubles per failure. Decided
+/// again on every try, so it is judged against the state as it is then (its coil events keep
+/// `at`). False when the store is closed.
+async fn record(app: &App, report: Report, at: chrono::DateTime<chrono::Utc>) -> bool {
     let mut pause = RECORD_RETRY_FIRST;
     let mut refused = 0u32;
     loop {
-        let e = match app.execute(Command::Relay(report.clone())).await {
+        let command = Command::Relay {
+            report: report.clone(),
+            at: Some(at),
+        };
+        let e = match app.execute(command).await {
             Ok(_) => {
                 if refused > 0 {
                     tracing::info!(

@@ -210,7 +210,14 @@ pub enum Command {
         lockdown: Option<bool>,
         emergency: Option<bool>,
     },
-    Relay(RelayReport),
+    /// A relay board's report. `at`: when the gateway had it from the board (`None`: now). A
+    /// report waits while the log cannot be written (`app::relays`), so the time it is recorded
+    /// may be long after the board's write; the events it gives carry `at` (never later than
+    /// now), which is what `audit` judges a relay's ON against.
+    Relay {
+        report: RelayReport,
+        at: Option<DateTime<Utc>>,
+    },
     /// Time has passed: act on every deadline due at `now`.
     Tick,
     /// Upstream mode: what the remote answered to the `POST /v1/identify` a reader's trigger
@@ -222,4 +229,11 @@ pub enum Command {
     },
     /// Upstream mode: the remote's webhook about an identify session, signature verified.
     UpstreamWebhook(super::upstream::RemoteEnd),
+}
+
+impl Command {
+    /// A relay board's report, as of now.
+    pub fn relay(report: RelayReport) -> Command {
+        Command::Relay { report, at: None }
+    }
 }

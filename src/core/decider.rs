@@ -432,7 +432,12 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             lockdown,
             emergency,
         } => Ok(doors::set_mode(state, *lockdown, *emergency, now)),
-        Command::Relay(r) => Ok(doors::relay_report(state, r, now)),
+        Command::Relay { report, at } => Ok(doors::relay_report(
+            state,
+            report,
+            now,
+            at.map_or(now, |t| t.min(now)),
+        )),
         Command::UpstreamIdentify {
             reader_id,
             trigger_id,

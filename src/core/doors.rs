@@ -471,7 +471,15 @@ fn on_door(state: &State, door: &DoorId, event: Event) -> StreamAppend {
 }
 
 /// A report from a relay device.
-pub fn relay_report(state: &State, r: &RelayReport, now: DateTime<Utc>) -> Decision {
+/// `reported`: when the gateway had the report from the board (at most `now`): the time a coil's
+/// event carries, so that a report recorded late (the log unwritable a while) still says when
+/// the relay moved.
+pub fn relay_report(
+    state: &State,
+    r: &RelayReport,
+    now: DateTime<Utc>,
+    reported: DateTime<Utc>,
+) -> Decision {
     let Some(policy) = state.policy.clone() else {
         return Decision::new(vec![]);
     };
@@ -520,7 +528,7 @@ pub fn relay_report(state: &State, r: &RelayReport, now: DateTime<Utc>) -> Decis
                     coil: *coil,
                     on: *on,
                     tag: tag.clone(),
-                    at: now,
+                    at: reported,
                 },
             )])
         }
@@ -542,7 +550,7 @@ pub fn relay_report(state: &State, r: &RelayReport, now: DateTime<Utc>) -> Decis
                     coil: *coil,
                     on: *on,
                     error: error.clone(),
-                    at: now,
+                    at: reported,
                 },
             )])
         }

@@ -27,6 +27,8 @@ struct Board {
     /// Pulse timers started, and the one running on each coil.
     timers: u64,
     timer_of: std::collections::HashMap<u16, u64>,
+    /// How long the board takes to answer a write (done at once, answered after).
+    write_latency: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -36,15 +38,21 @@ impl tokio_modbus::server::Service for Service {
     type Request = Request<'static>;
     type Response = Response;
     type Exception = ExceptionCode;
-    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, ExceptionCode>> + Send>,
+    >;
 
     fn call(&self, req: Self::Request) -> Self::Future {
         let mut b = self.0.lock().expect("board lock");
+        let latency = match req {
+            Request::WriteSingleCoil(..) | Request::WriteSingleRegister(..) => b.write_latency,
+            _ => std::time::Duration::ZERO,
+        };
         let range = |addr: u16, cnt: u16| {
             let (a, n) = (usize::from(addr), usize::from(cnt));
             (a + n <= SIZE).then_some(a..a + n)
         };
-        std::future::ready(match req {
+        let answer = match req {
             Request::WriteSingleCoil(addr, on) if usize::from(addr) < SIZE => {
                 // A direct write overrides the coil's pulse timer, as on real boards.
                 b.timer_of.remove(&addr);
@@ -93,6 +101,12 @@ impl tokio_modbus::server::Service for Service {
             }
             Request::WriteSingleRegister(..) => Err(ExceptionCode::IllegalDataAddress),
             _ => Err(ExceptionCode::IllegalFunction),
+        };
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            answer
         })
     }
 }
@@ -200,6 +214,12 @@ impl SimBoard {
     /// Sets a discrete input (a door contact opening, a request-to-exit press).
     pub fn set_input(&self, n: u16, on: bool) {
         self.board.lock().expect("lock").inputs[usize::from(n)] = on;
+    }
+
+    /// From now on the board answers each write `latency` after doing it (a slow board, or a
+    /// slow link: the gateway learns of the write that much later).
+    pub fn set_write_latency(&self, latency: std::time::Duration) {
+        self.board.lock().expect("lock").write_latency = latency;
     }
 
     /// While stuck, writes to the coil are acknowledged but change nothing.

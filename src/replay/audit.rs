@@ -24,8 +24,9 @@
 //! the streams a gateway lets go of and starts again).
 //!
 //! A relay switched ON (`RelaySwitched`) was asked for: by a granting decision or an exit request
-//! at its door (the pulse's tag names the capture, or `exit-request`), reported before the pulse
-//! ended or soon after, or by the door's resting unlock (window, emergency: as recorded, or as
+//! at its door (the pulse's tag names the capture, or `exit-request`), written (the event's `at`:
+//! when the board's report came, which a report recorded late keeps) before the pulse ended or
+//! soon after, or by the door's resting unlock (window, emergency: as recorded, or as
 //! the policy gives it at that instant). A resting unlock (`DoorRestingChanged`) is re-derived
 //! from the policy, the site mode and its instant. A forged ON that unlocked a door for no one is
 //! a finding; an OFF or a lock never is.
@@ -751,18 +752,27 @@ fn check_event(
             coil,
             on: true,
             tag,
-            ..
+            at,
         } => {
             let relay = state
                 .policy
                 .as_deref()
                 .and_then(|p| p.door(door))
                 .map(|d| (d.relay.device.as_str(), d.relay.coil));
-            if relay != Some((device.as_str(), *coil)) {
+            if *at - rec.recorded_at >= chrono::Duration::microseconds(1) {
+                // A report is recorded when it came or later (the log unwritable a while), never
+                // before: the board's write time is what the checks below judge. (`recorded_at`
+                // is kept to the microsecond, `at` to the nanosecond.)
+                problem(format!(
+                    "door {door}: relay {device} coil {coil} switched ON at {}, after the event was recorded ({})",
+                    crate::http::time_text(*at),
+                    crate::http::time_text(rec.recorded_at)
+                ));
+            } else if relay != Some((device.as_str(), *coil)) {
                 problem(format!(
                     "door {door}: relay {device} coil {coil} switched ON, but it is not the door's relay under the policy in force"
                 ));
-            } else if !(seen.pulse_asked(device, *coil, tag, rec.recorded_at)
+            } else if !(seen.pulse_asked(device, *coil, tag, *at)
                 // The door rests unlocked (as the log has it, or as the policy gives it now: a
                 // gateway starting inside a window drives the coil before its tick records
                 // the change), or came to rest locked a moment ago. A pulse ending while the
@@ -773,12 +783,12 @@ fn check_event(
                     state.lockdown,
                     state.emergency,
                     door,
-                    rec.recorded_at,
+                    *at,
                 )
                 || seen
                     .locked
                     .get(&stream_key(&door.0))
-                    .is_some_and(|t| rec.recorded_at <= *t + RELAY_REPORT_SLACK))
+                    .is_some_and(|t| *at <= *t + RELAY_REPORT_SLACK))
             {
                 problem(format!(
                     "door {door}: relay {device} coil {coil} switched ON{}, but no grant, exit request or unlock asked for it",

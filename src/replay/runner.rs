@@ -421,7 +421,7 @@ impl Runner {
                             tag,
                         }
                     };
-                    self.exec(Command::Relay(report)).await?;
+                    self.exec(Command::relay(report)).await?;
                 }
             }
         }
@@ -508,7 +508,7 @@ impl Runner {
                         tag,
                     }
                 };
-                self.exec(Command::Relay(report)).await?;
+                self.exec(Command::relay(report)).await?;
                 busy = true;
             }
             busy |= self.deliver_due().await?;
@@ -700,14 +700,14 @@ impl Runner {
         if let Some(f) = &step.relay_fault {
             if f.down {
                 self.down.insert(f.device.clone());
-                self.exec(Command::Relay(RelayReport::Down {
+                self.exec(Command::relay(RelayReport::Down {
                     device: f.device.clone(),
                     error: "scenario fault".into(),
                 }))
                 .await?;
             } else {
                 self.down.remove(&f.device);
-                self.exec(Command::Relay(RelayReport::Up {
+                self.exec(Command::relay(RelayReport::Up {
                     device: f.device.clone(),
                 }))
                 .await?;
@@ -723,7 +723,7 @@ impl Runner {
                     })
                 });
                 for (coil, on) in rests {
-                    self.exec(Command::Relay(RelayReport::Coil {
+                    self.exec(Command::relay(RelayReport::Coil {
                         device: f.device.clone(),
                         coil,
                         on,
@@ -755,7 +755,7 @@ impl Runner {
             });
             let contact =
                 input.ok_or_else(|| format!("contact: door {:?} has no contact", c.door))?;
-            self.exec(Command::Relay(RelayReport::Input {
+            self.exec(Command::relay(RelayReport::Input {
                 device: contact.device,
                 input: contact.input,
                 on: c.open,
@@ -771,7 +771,7 @@ impl Runner {
             });
             let rex = rex.ok_or_else(|| format!("exit_request: door {:?} has no rex", d.door))?;
             for on in [true, false] {
-                self.exec(Command::Relay(RelayReport::Input {
+                self.exec(Command::relay(RelayReport::Input {
                     device: rex.device.clone(),
                     input: rex.input,
                     on,

@@ -1195,7 +1195,7 @@ async fn relay_log() -> (Log, [i64; 3]) {
             .unwrap();
     }
     let coil = |coil: u16, on: bool, tag: &str| {
-        Command::Relay(RelayReport::Coil {
+        Command::relay(RelayReport::Coil {
             device: "board-1".into(),
             coil,
             on,
@@ -1304,4 +1304,73 @@ async fn a_relay_switched_on_that_no_grant_or_unlock_asked_for_is_caught() {
         &v,
         &["resting unlocked", "no unlock window or emergency"],
     );
+}
+
+/// A relay report the log could not take for minutes (another process held its write lock)
+/// keeps the time the board's write came back: recorded two minutes after the grant, its ON is
+/// judged at that time, and the log verifies. Before, the event carried its recording time, and
+/// the audit called an honest pulse "asked for by nothing" once it was recorded more than 60 s
+/// after the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_report_recorded_minutes_late_keeps_its_time_and_verifies() {
+    use crate::doors;
+    use palmgate::app::clock::ManualClock;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let board = doors::new_board().await;
+    let doc = doors::site_toml(&board, "");
+    let start = chrono::Utc::now();
+    let clock = Arc::new(ManualClock::new(start));
+    let site = doors::start_on(board, vec![], &doc, clock.clone()).await;
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = site.reader("lobby-1", "alice", 1).await;
+    // The board answers writes 300 ms after doing them: time to lock the log first.
+    site.board.set_write_latency(Duration::from_millis(300));
+    let (capture, r) = doors::scan(&mut lobby, "alice").await;
+    assert_eq!(r["granted"], true, "{r}");
+    let lock = Connection::open(site.store_path()).unwrap();
+    lock.busy_timeout(Duration::from_secs(10)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // The board's answer comes while the clock still reads `start`; the first try to record it
+    // fails after the store's busy timeout (5 s), and the server says it is not ready.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    clock.advance(chrono::Duration::minutes(2));
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = site
+            .http
+            .get(format!("{}/readyz", site.base))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if ready == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the locked log never made the server unready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let on = site
+        .wait_event("RelaySwitched", |d| d["on"] == true && d["tag"] == capture)
+        .await;
+    let time = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let (at, recorded_at) = (time(&on["data"]["at"]), time(&on["recorded_at"]));
+    assert!(
+        at - start < chrono::Duration::seconds(1)
+            && recorded_at - at > chrono::Duration::seconds(119),
+        "the ON keeps the board's time {at}, recorded at {recorded_at}: {on}"
+    );
+    let r = audit::verify(&read_only(&site.store_path())).unwrap();
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+    assert!(r.events > 0);
 }

@@ -15,7 +15,7 @@ use palmgate::mqtt::simulate::{SimOptions, SimReader};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -213,6 +213,11 @@ per_minute = 100000
 }
 
 impl Site {
+    /// The site's event log.
+    pub fn store_path(&self) -> PathBuf {
+        self._dir.path().join("events.db")
+    }
+
     pub async fn reader(&self, id: &str, palm: &str, seed: u64) -> SimReader {
         SimReader::connect(SimOptions {
             mqtt_url: self.mqtt.clone(),
