@@ -187,13 +187,15 @@ pub struct AdminUserBody {
     pub enrolled_at: String,
 }
 
-/// `GET /admin/v1/users?limit=N`: every partner's users, newest enrollment first.
+/// `GET /admin/v1/users?limit=N&offset=M&q=TEXT`: every partner's users, newest enrollment
+/// first; `q` matches the partner name, external id, username and access level(s) — what the
+/// dashboard's users tab shows.
 pub async fn list_users(
     State(app): State<Arc<App>>,
     _: Admin,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
-) -> Result<Json<Vec<AdminUserBody>>, ApiError> {
-    let limit = super::pass_api::list_limit(query.as_deref())?;
+) -> Result<super::pass_api::Page<AdminUserBody>, ApiError> {
+    let list_query = super::pass_api::ListQuery::parse(query.as_deref())?;
     let mut list: Vec<(chrono::DateTime<chrono::Utc>, AdminUserBody)> = app.read(|s| {
         s.users()
             .map(|u| {
@@ -216,5 +218,14 @@ pub async fn list_users(
             .collect()
     });
     list.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.external_id.cmp(&b.1.external_id)));
-    Ok(Json(list.into_iter().take(limit).map(|(_, u)| u).collect()))
+    let bodies: Vec<AdminUserBody> = list.into_iter().map(|(_, u)| u).collect();
+    Ok(list_query.page(bodies, |u| {
+        let levels = super::pass_api::levels_text(u.metadata.as_ref());
+        list_query.matches([
+            Some(u.partner_name.as_str()),
+            Some(u.external_id.as_str()),
+            u.username.as_deref(),
+            levels.as_deref(),
+        ])
+    }))
 }

@@ -106,24 +106,30 @@ fn enroll() {}
 fn identify() {}
 
 #[utoipa::path(get, path = "/v1/sessions", tag = "pass",
-    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 50")),
-    responses((status = 200, body = Vec<SessionBody>, description = "the partner's newest sessions first"),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
+           ("offset" = Option<u32>, Query, minimum = 0, maximum = 1000000000, description = "matches to skip, 0–1000000000, default 0"),
+           ("q" = Option<String>, Query, max_length = 200, description = "case-insensitive substring; matches the session id, external_id, type or state")),
+    responses((status = 200, body = Vec<SessionBody>, description = "the partner's newest sessions first", headers(("X-Total-Count" = u64, description = "matches before offset and limit"))),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("api_key" = [])))]
 fn list_sessions() {}
 
 #[utoipa::path(get, path = "/v1/users", tag = "pass",
-    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 50")),
-    responses((status = 200, body = Vec<UserBody>, description = "the partner's users, newest enrollment first"),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
+           ("offset" = Option<u32>, Query, minimum = 0, maximum = 1000000000, description = "matches to skip, 0–1000000000, default 0"),
+           ("q" = Option<String>, Query, max_length = 200, description = "case-insensitive substring; matches external_id, username or access level(s)")),
+    responses((status = 200, body = Vec<UserBody>, description = "the partner's users, newest enrollment first", headers(("X-Total-Count" = u64, description = "matches before offset and limit"))),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("api_key" = [])))]
 fn list_users() {}
 
 #[utoipa::path(get, path = "/admin/v1/users", tag = "admin",
-    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 50")),
-    responses((status = 200, body = Vec<AdminUserBody>, description = "every partner's users"),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
+           ("offset" = Option<u32>, Query, minimum = 0, maximum = 1000000000, description = "matches to skip, 0–1000000000, default 0"),
+           ("q" = Option<String>, Query, max_length = 200, description = "case-insensitive substring; matches partner name, external_id, username or access level(s)")),
+    responses((status = 200, body = Vec<AdminUserBody>, description = "every partner's users, newest enrollment first", headers(("X-Total-Count" = u64, description = "matches before offset and limit"))),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 429, body = ErrorBody)),
     security(("admin_token" = [])))]

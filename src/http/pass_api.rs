@@ -358,29 +358,131 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `?limit=N` of the list endpoints: 1–500, default 50.
-pub fn list_limit(query: Option<&str>) -> Result<usize, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
-    match pairs.iter().find(|(k, _)| k == "limit") {
-        None => Ok(50),
-        Some((_, v)) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| {
-                ApiError::BadRequest("limit must be a whole number from 1 to 500".into())
-            }),
+/// The longest `q` the list endpoints accept, in characters.
+pub const MAX_LIST_QUERY: usize = 200;
+/// The largest `offset` the list endpoints accept (far past any list; a bound the OpenAPI
+/// document can state).
+pub const MAX_LIST_OFFSET: usize = 1_000_000_000;
+
+/// `?limit=N&offset=M&q=TEXT` of the list endpoints (`/v1/users`, `/v1/sessions`,
+/// `/admin/v1/users`): `limit` 1–500 (default 50), `offset` 0 to [`MAX_LIST_OFFSET`] (default 0), `q` an
+/// optional case-insensitive substring (at most [`MAX_LIST_QUERY`] characters; empty means
+/// none). Other parameters are ignored. The list applies `q`, then `offset`, then `limit`, and
+/// answers the number of matches in `X-Total-Count` ([`Page`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub limit: usize,
+    pub offset: usize,
+    /// Lower-cased; `None` when absent or empty.
+    pub q: Option<String>,
+}
+
+impl ListQuery {
+    pub fn parse(query: Option<&str>) -> Result<ListQuery, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let limit = match get("limit") {
+            None => 50,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=500).contains(n))
+                .ok_or_else(|| {
+                    ApiError::BadRequest("limit must be a whole number from 1 to 500".into())
+                })?,
+        };
+        let offset = match get("offset") {
+            None => 0,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= MAX_LIST_OFFSET)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "offset must be a whole number from 0 to {MAX_LIST_OFFSET}"
+                    ))
+                })?,
+        };
+        let q = match get("q") {
+            None => None,
+            Some(v) if v.chars().count() > MAX_LIST_QUERY => {
+                return Err(ApiError::BadRequest(format!(
+                    "q must be at most {MAX_LIST_QUERY} characters"
+                )));
+            }
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(v.to_lowercase()),
+        };
+        Ok(ListQuery { limit, offset, q })
+    }
+
+    /// Whether any of `fields` contains `q` (ignoring case); always without `q`.
+    pub fn matches<'a>(&self, fields: impl IntoIterator<Item = Option<&'a str>>) -> bool {
+        match &self.q {
+            None => true,
+            Some(q) => fields
+                .into_iter()
+                .flatten()
+                .any(|f| f.to_lowercase().contains(q.as_str())),
+        }
+    }
+
+    /// `items` (already in order) filtered by `keep`, then the page `offset`/`limit` of them,
+    /// with the number that matched.
+    pub fn page<T>(&self, items: Vec<T>, keep: impl Fn(&T) -> bool) -> Page<T> {
+        let matched: Vec<T> = items.into_iter().filter(|x| keep(x)).collect();
+        let total = matched.len();
+        Page {
+            total,
+            items: matched
+                .into_iter()
+                .skip(self.offset)
+                .take(self.limit)
+                .collect(),
+        }
     }
 }
 
-/// `GET /v1/sessions?limit=N`: the partner's newest sessions first.
+/// The access level(s) of a user's metadata as the operator dashboard shows them
+/// (`access_level`, a list joined with ", "), for `q` to match.
+pub fn levels_text(metadata: Option<&Value>) -> Option<String> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match metadata?.get("access_level")? {
+        Value::Null => None,
+        Value::Array(list) => Some(list.iter().map(text).collect::<Vec<_>>().join(", ")),
+        v => Some(text(v)),
+    }
+}
+
+/// One page of a list: a JSON array body and `X-Total-Count`, the number of matches before
+/// `offset` and `limit`.
+pub struct Page<T> {
+    pub total: usize,
+    pub items: Vec<T>,
+}
+
+impl<T: Serialize> IntoResponse for Page<T> {
+    fn into_response(self) -> Response {
+        (
+            [("x-total-count", self.total.to_string())],
+            Json(self.items),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /v1/sessions?limit=N&offset=M&q=TEXT`: the partner's newest sessions first; `q`
+/// matches the id, external id, type and state.
 pub async fn list_sessions(
     State(app): State<Arc<App>>,
     Partner(partner): Partner,
     RawQuery(query): RawQuery,
-) -> Result<Json<Vec<SessionBody>>, ApiError> {
-    let limit = list_limit(query.as_deref())?;
+) -> Result<Page<SessionBody>, ApiError> {
+    let list_query = ListQuery::parse(query.as_deref())?;
     let mut list: Vec<crate::core::session::Session> = app.read(|s| {
         s.sessions
             .values()
@@ -390,21 +492,25 @@ pub async fn list_sessions(
     });
     list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.0.cmp(&a.id.0)));
     let now = app.clock.now();
-    Ok(Json(
-        list.iter()
-            .take(limit)
-            .map(|s| session_body(s, now))
-            .collect(),
-    ))
+    let bodies: Vec<SessionBody> = list.iter().map(|s| session_body(s, now)).collect();
+    Ok(list_query.page(bodies, |b| {
+        list_query.matches([
+            Some(b.session_id.as_str()),
+            b.external_id.as_deref(),
+            Some(b.kind.as_str()),
+            Some(b.state.as_str()),
+        ])
+    }))
 }
 
-/// `GET /v1/users?limit=N`: the partner's users, newest enrollment first.
+/// `GET /v1/users?limit=N&offset=M&q=TEXT`: the partner's users, newest enrollment first; `q`
+/// matches the external id, username and access level(s).
 pub async fn list_users(
     State(app): State<Arc<App>>,
     Partner(partner): Partner,
     RawQuery(query): RawQuery,
-) -> Result<Json<Vec<UserBody>>, ApiError> {
-    let limit = list_limit(query.as_deref())?;
+) -> Result<Page<UserBody>, ApiError> {
+    let list_query = ListQuery::parse(query.as_deref())?;
     let mut list: Vec<crate::core::state::User> = app.read(|s| {
         s.users()
             .filter(|u| u.partner_id == partner)
@@ -416,15 +522,21 @@ pub async fn list_users(
             .cmp(&a.enrolled_at)
             .then(a.external_id.0.cmp(&b.external_id.0))
     });
-    Ok(Json(
-        list.into_iter()
-            .take(limit)
-            .map(|u| UserBody {
-                external_id: u.external_id.0,
-                username: u.username,
-                metadata: u.metadata,
-                enrolled_at: time_text(u.enrolled_at),
-            })
-            .collect(),
-    ))
+    let bodies: Vec<UserBody> = list
+        .into_iter()
+        .map(|u| UserBody {
+            external_id: u.external_id.0,
+            username: u.username,
+            metadata: u.metadata,
+            enrolled_at: time_text(u.enrolled_at),
+        })
+        .collect();
+    Ok(list_query.page(bodies, |u| {
+        let levels = levels_text(u.metadata.as_ref());
+        list_query.matches([
+            Some(u.external_id.as_str()),
+            u.username.as_deref(),
+            levels.as_deref(),
+        ])
+    }))
 }

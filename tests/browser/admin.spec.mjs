@@ -199,10 +199,70 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
       await page.locator("#users-table").waitFor();
       const body = await page.locator("#users-table").textContent();
       for (const s of ["EMP-002", "Daniyar Ospanov", "security", "Demo Partner"]) assert(body.includes(s), `users table lacks ${s}`);
+      // The search is the server's (debounced): wait for its answer.
       await page.fill("#user-filter", "olga");
-      eq(await page.locator("#users-table tbody tr").count(), 1, "filtered rows");
+      await page.waitForFunction(() => document.querySelectorAll("#users-table tbody tr").length === 1);
+      assert((await page.locator("#users-table").textContent()).includes("Olga Ivanova"), "olga found");
       await page.fill("#user-filter", "");
+      await page.waitForFunction(() => document.querySelectorAll("#users-table tbody tr").length === 3);
       await shot("users");
+    });
+
+    await step("users tab pages and searches on the server", async () => {
+      // The demo has three users; pages of one (the page asks for 100) make three pages. The
+      // server's own order and totals are used: only the page size is changed on the way.
+      const asked = [];
+      const onePerPage = (route) => {
+        const u = new URL(route.request().url());
+        asked.push(u.search);
+        if (u.searchParams.get("limit") === "100" && u.searchParams.has("offset")) u.searchParams.set("limit", "1");
+        return route.continue({ url: u.toString() });
+      };
+      await page.route("**/admin/v1/users?*", onePerPage);
+      try {
+        const all = await (await page.request.get(url("/admin/v1/users?limit=500"),
+          { headers: { Authorization: `Bearer ${adminToken}` } })).json();
+        eq(all.length, 3, "demo users");
+        const countText = (from, to, total) => en["admin.users.count"]
+          .replace("{from}", from).replace("{to}", to).replace("{total}", total);
+        const firstCell = () => page.locator("#users-table tbody tr td:nth-child(2)").first().textContent();
+        const waitCount = (text) => page.waitForFunction((t) => document.getElementById("users-count").textContent === t, text);
+        await page.click("#users-refresh");
+        await waitCount(countText(1, 1, 3));
+        eq(await page.locator("#users-table tbody tr").count(), 1, "rows on a page");
+        eq(await firstCell(), all[0].external_id, "first page");
+        eq(await page.locator("#users-prev").isDisabled(), true, "Previous on the first page");
+        // A user who is not on the first page is found by the search.
+        const last = all[2];
+        await page.fill("#user-filter", last.username.toUpperCase());
+        await waitCount(countText(1, 1, 1));
+        eq(await firstCell(), last.external_id, "found off the first page");
+        assert(asked.some((q) => new URLSearchParams(q).get("q") === last.username.toUpperCase()), `q not sent: ${asked}`);
+        eq(await page.locator("#users-next").isDisabled(), true, "Next with one match");
+        await page.fill("#user-filter", "");
+        await waitCount(countText(1, 1, 3));
+        // Next and Previous.
+        await page.click("#users-next");
+        await waitCount(countText(2, 2, 3));
+        eq(await firstCell(), all[1].external_id, "second page");
+        await page.click("#users-next");
+        await waitCount(countText(3, 3, 3));
+        eq(await firstCell(), all[2].external_id, "third page");
+        eq(await page.locator("#users-next").isDisabled(), true, "Next on the last page");
+        await page.click("#users-prev");
+        await waitCount(countText(2, 2, 3));
+        eq(await firstCell(), all[1].external_id, "back to the second page");
+        await shot("users-paged");
+      } finally {
+        await page.unroute("**/admin/v1/users?*", onePerPage);
+        // Back to the first page, with pages of 100 again.
+        // (Quietly: a failure above is the one to report.)
+        const prev = page.locator("#users-prev");
+        if ((await prev.count()) && !(await prev.isDisabled())) await prev.click();
+        else await page.click("#users-refresh");
+        await page.waitForFunction(() => document.querySelectorAll("#users-table tbody tr").length === 3,
+          null, { timeout: 5000 }).catch(() => {});
+      }
     });
 
     await step("keyboard: arrow keys move between tabs", async () => {

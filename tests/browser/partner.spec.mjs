@@ -202,6 +202,51 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
       await shot("users-en");
     });
 
+    await step("partner: the users tab pages with Previous/Next and a total", async () => {
+      // Pages of one (the page asks for 100) over the demo's three users, in the server's order.
+      const asked = [];
+      const onePerPage = (route) => {
+        const u = new URL(route.request().url());
+        asked.push(u.search);
+        if (u.searchParams.get("limit") === "100") u.searchParams.set("limit", "1");
+        return route.continue({ url: u.toString() });
+      };
+      await page.route("**/v1/users?*", onePerPage);
+      try {
+        const all = await (await page.request.get(`${baseUrl}/v1/users?limit=500`,
+          { headers: { "X-API-Key": apiKey } })).json();
+        check(all.length === 3, `demo users: ${all.length}`);
+        const catalog = JSON.parse(await page.locator("#messages").textContent());
+        const countText = (from, to, total) => catalog["partner.page.count"]
+          .replace("{from}", from).replace("{to}", to).replace("{total}", total);
+        const shows = async (n) => {
+          await page.waitForFunction((t) => document.getElementById("users-count").textContent === t,
+            countText(n, n, 3)).catch(async (e) => {
+            throw new Error(`page ${n}: the count reads ${JSON.stringify(await page.locator("#users-count").textContent({ timeout: 1000 }).catch(() => null))}, ` +
+              `not ${JSON.stringify(countText(n, n, 3))} (asked ${asked.join(" ")}): ${e.message}`);
+          });
+          const ids = await page.locator("#users tbody tr").evaluateAll((rs) => rs.map((r) => r.dataset.externalId));
+          check(ids.length === 1 && ids[0] === all[n - 1].external_id, `page ${n}: ${ids}`);
+        };
+        await page.click("#users-refresh");
+        await shows(1);
+        check(await page.locator("#users-prev").isDisabled(), "Previous on the first page");
+        await page.click("#users-next");
+        await shows(2);
+        await page.click("#users-next");
+        await shows(3);
+        check(await page.locator("#users-next").isDisabled(), "Next on the last page");
+        await page.click("#users-prev");
+        await shows(2);
+      } finally {
+        await page.unroute("**/v1/users?*", onePerPage);
+      }
+      // Back on the first page, with pages of 100 again: all three.
+      if (!(await page.locator("#users-prev").isDisabled())) await page.click("#users-prev");
+      await page.click("#users-refresh");
+      await page.waitForFunction(() => document.querySelectorAll("#users tbody tr").length === 3);
+    });
+
     await step("partner: erase a user after confirming; it disappears", async () => {
       await page.locator('#users tr[data-external-id="EMP-003"] button.erase').click();
       const dialog = page.locator("dialog[open]");

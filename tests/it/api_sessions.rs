@@ -538,3 +538,156 @@ async fn a_session_past_its_deadline_reads_expired_before_the_tick_records_it() 
     .await;
     assert_eq!(v["ended_at"], v["expires_at"], "{v}");
 }
+
+/// `GET <path>` with the partner's key: (status, `X-Total-Count`, the external ids or session
+/// ids of the body, the body).
+async fn page_of(
+    s: &TestServer,
+    key: &str,
+    path: &str,
+    id: &str,
+) -> (u16, Option<usize>, Vec<String>) {
+    let a = send(s.get(path).header("x-api-key", key)).await;
+    assert!(
+        a.header("x-ratelimit-limit").is_some(),
+        "{path}: rate-limit headers lost"
+    );
+    let total = a.header("x-total-count").map(|t| {
+        t.parse()
+            .unwrap_or_else(|e| panic!("{path}: X-Total-Count {t:?}: {e}"))
+    });
+    if a.status != 200 {
+        return (a.status, total, vec![a.text.clone()]);
+    }
+    let ids = a
+        .json()
+        .as_array()
+        .unwrap_or_else(|| panic!("{path}: not an array: {}", a.text))
+        .iter()
+        .map(|v| v[id].as_str().unwrap_or_default().to_string())
+        .collect();
+    (a.status, total, ids)
+}
+
+#[tokio::test]
+async fn user_and_session_lists_page_and_search_with_a_total() {
+    let mut s = TestServer::prepare(Options::default());
+    let exts = [
+        "EMP-01", "EMP-02", "EMP-03", "EMP-04", "EMP-05", "EMP-06", "EMP-07",
+    ];
+    let p = s.seed_partner("Paged", &exts).await;
+    s.launch().await;
+    let key = &p.api_key;
+    let ids = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    // Users: same enrollment instant, so external id order; q, then offset, then limit.
+    let users = |q: &str| format!("/v1/users?{q}");
+    for (query, total, want) in [
+        ("limit=3", 7, ids(&exts[0..3])),
+        ("limit=3&offset=3", 7, ids(&exts[3..6])),
+        ("limit=3&offset=6", 7, ids(&exts[6..])),
+        ("limit=3&offset=10", 7, vec![]),
+        ("", 7, ids(&exts)),
+        ("q=emp-0&limit=3&offset=6", 7, ids(&exts[6..])),
+        ("q=user%20EMP-05", 1, ids(&["EMP-05"])),
+        ("q=STANDARD&limit=2", 7, ids(&exts[0..2])),
+        ("q=nobody", 0, vec![]),
+        ("q=&limit=1&colour=red", 7, ids(&exts[0..1])),
+        ("offset=1000000000", 7, vec![]),
+    ] {
+        let (status, got_total, got) = page_of(&s, key, &users(query), "external_id").await;
+        assert_eq!(status, 200, "{query}: {got:?}");
+        assert_eq!(got_total, Some(total), "{query}: X-Total-Count");
+        assert_eq!(got, want, "{query}");
+    }
+    let long = "x".repeat(200);
+    let (status, total, _) = page_of(&s, key, &users(&format!("q={long}")), "external_id").await;
+    assert_eq!(
+        (status, total),
+        (200, Some(0)),
+        "a 200-character q is allowed"
+    );
+
+    for (query, message) in [
+        (
+            "offset=-1",
+            "offset must be a whole number from 0 to 1000000000",
+        ),
+        (
+            "offset=abc",
+            "offset must be a whole number from 0 to 1000000000",
+        ),
+        (
+            "offset=1000000001",
+            "offset must be a whole number from 0 to 1000000000",
+        ),
+        ("limit=0", "limit must be a whole number from 1 to 500"),
+        (
+            "limit=501&offset=2",
+            "limit must be a whole number from 1 to 500",
+        ),
+    ] {
+        for list in ["/v1/users", "/v1/sessions"] {
+            send(s.get(&format!("{list}?{query}")).header("x-api-key", key))
+                .await
+                .assert_error(400, message);
+        }
+    }
+    let too_long = format!("q={}", "я".repeat(201));
+    for list in ["/v1/users", "/v1/sessions"] {
+        send(
+            s.get(&format!("{list}?{too_long}"))
+                .header("x-api-key", key),
+        )
+        .await
+        .assert_error(400, "q must be at most 200 characters");
+    }
+
+    // Sessions: a new pending one is newest; the seven seeded ones completed.
+    let c = s
+        .enroll(key, "", &json!({"external_id": "NEW-1"}))
+        .await
+        .created();
+    let (_, total, all) = page_of(&s, key, "/v1/sessions?limit=500", "session_id").await;
+    assert_eq!(total, Some(8));
+    assert_eq!(all.len(), 8);
+    assert_eq!(all[0], c.session_id, "newest first");
+    let mut paged = Vec::new();
+    for offset in [0, 3, 6] {
+        let (status, total, got) = page_of(
+            &s,
+            key,
+            &format!("/v1/sessions?limit=3&offset={offset}"),
+            "session_id",
+        )
+        .await;
+        assert_eq!((status, total), (200, Some(8)), "offset {offset}");
+        assert_eq!(
+            got.len(),
+            if offset == 6 { 2 } else { 3 },
+            "offset {offset}"
+        );
+        paged.extend(got);
+    }
+    assert_eq!(paged, all, "pages in order make the whole list");
+    let seeded = &p.users[3];
+    for (q, want) in [
+        ("pending", vec![c.session_id.clone()]),
+        ("COMPLETED", all[1..].to_vec()),
+        ("identify", vec![]),
+        ("enroll", all.clone()),
+        ("emp-04", vec![seeded.session_id.clone()]),
+        (&seeded.session_id[..], vec![seeded.session_id.clone()]),
+    ] {
+        let (status, total, got) = page_of(
+            &s,
+            key,
+            &format!("/v1/sessions?limit=500&q={q}"),
+            "session_id",
+        )
+        .await;
+        assert_eq!(status, 200, "{q}");
+        assert_eq!(total, Some(want.len()), "q={q}: X-Total-Count");
+        assert_eq!(got, want, "q={q}");
+    }
+}

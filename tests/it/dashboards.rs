@@ -735,3 +735,66 @@ async fn a_policy_over_64_kib_can_be_put_up_to_1_mib() {
     assert_eq!(r.status, 413, "{}", r.text);
     assert!(!r.text.is_empty());
 }
+
+#[tokio::test]
+async fn admin_user_list_pages_and_searches_every_partner_with_a_total() {
+    let mut s = TestServer::prepare(Options::default());
+    s.seed_partner("Alpha Works", &["A-1", "A-2", "A-3", "A-4"])
+        .await;
+    // Seeded later, so enrolled later: Beta's users come first (newest enrollment first).
+    s.seed_partner("Beta Labs", &["B-1", "B-2", "B-3"]).await;
+    s.launch().await;
+    let page = |query: String| {
+        let s = &s;
+        async move {
+            let r = send(
+                s.get(&format!("/admin/v1/users?{query}"))
+                    .bearer_auth(ADMIN_TOKEN),
+            )
+            .await;
+            let total = r.header("x-total-count").map(str::to_string);
+            (r, total)
+        }
+    };
+    let exts = |r: &crate::fixtures::Answer| -> Vec<String> {
+        r.json()
+            .as_array()
+            .unwrap_or_else(|| panic!("not an array: {}", r.text))
+            .iter()
+            .map(|u| u["external_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all = ["B-1", "B-2", "B-3", "A-1", "A-2", "A-3", "A-4"];
+    for (query, total, want) in [
+        ("limit=3", "7", &all[0..3]),
+        ("limit=3&offset=3", "7", &all[3..6]),
+        ("limit=3&offset=6", "7", &all[6..]),
+        ("limit=3&offset=7", "7", &all[7..]),
+        ("q=beta%20LABS", "3", &all[0..3]),
+        ("q=alpha&offset=2&limit=1", "4", &all[5..6]),
+        ("q=user%20a-3", "1", &all[5..6]),
+        ("q=Standard&limit=2", "7", &all[0..2]),
+        ("q=gamma", "0", &all[7..]),
+    ] {
+        let (r, got_total) = page(query.into()).await;
+        assert_eq!(r.status, 200, "{query}: {}", r.text);
+        assert_eq!(got_total.as_deref(), Some(total), "{query}: X-Total-Count");
+        assert_eq!(exts(&r), want, "{query}");
+    }
+    for (query, message) in [
+        (
+            "offset=x".to_string(),
+            "offset must be a whole number from 0 to 1000000000",
+        ),
+        (
+            "limit=0".to_string(),
+            "limit must be a whole number from 1 to 500",
+        ),
+        (
+            format!("q={}", "q".repeat(201)),
+            "q must be at most 200 characters",
+        ),
+    ] {
+        page(query).await.0.assert_error(400, message);
+    }
+}

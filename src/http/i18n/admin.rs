@@ -816,9 +816,33 @@ pub const ADMIN: &[Entry] = &[
     (
         "admin.users.count",
         [
-            "{shown} of {total}",
-            "{total} ішінен {shown}",
-            "{shown} из {total}",
+            "{from}–{to} of {total}",
+            "{total} ішінен {from}–{to}",
+            "{from}–{to} из {total}",
+        ],
+    ),
+    (
+        "admin.users.count_none",
+        [
+            "none of {total}",
+            "{total} ішінен ешқайсысы",
+            "ни одного из {total}",
+        ],
+    ),
+    (
+        "admin.users.previous",
+        ["Previous page", "Алдыңғы бет", "Предыдущая страница"],
+    ),
+    (
+        "admin.users.next",
+        ["Next page", "Келесі бет", "Следующая страница"],
+    ),
+    (
+        "admin.users.none_found",
+        [
+            "No users match “{q}”.",
+            "«{q}» бойынша пайдаланушы табылмады.",
+            "Нет пользователей по запросу «{q}».",
         ],
     ),
     ("admin.users.partner", ["Partner", "Серіктес", "Партнёр"]),

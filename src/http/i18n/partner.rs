@@ -537,6 +537,23 @@ pub const PARTNER: &[Entry] = &[
             "Сессия {id} отменена.",
         ],
     ),
+    // Paging of the sessions and users lists.
+    (
+        "partner.page.count",
+        [
+            "{from}–{to} of {total}",
+            "{total} ішінен {from}–{to}",
+            "{from}–{to} из {total}",
+        ],
+    ),
+    (
+        "partner.page.previous",
+        ["Previous page", "Алдыңғы бет", "Предыдущая страница"],
+    ),
+    (
+        "partner.page.next",
+        ["Next page", "Келесі бет", "Следующая страница"],
+    ),
     // Users tab.
     (
         "partner.users.title",

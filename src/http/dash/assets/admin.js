@@ -8,6 +8,7 @@
   const A = "/admin/v1";
   const FEED_MAX = 200;
   const PAGE = 1000;
+  const USERS_PAGE = 100;
 
   const tr = (key, vars) => PG.t("admin." + key, vars);
   // A translated word for a code (reason, event type, state), or the code itself when the
@@ -25,7 +26,9 @@
     people: [],
     doors: [],
     readers: [],
-    users: [],
+    users: [], // the users tab's current page
+    usersPage: { offset: 0, back: [], total: 0, q: "", seq: 0 },
+    names: new Map(), // "partner_id\u0000external_id" (or "\u0000external_id") -> username or ""
     partners: [],
     policy: null,
     mode: null, // {lockdown, emergency} once known
@@ -68,9 +71,50 @@
     return p ? p.name : id;
   }
 
+  // A GET of a list endpoint: its rows and X-Total-Count (PG.api gives the body only).
+  async function apiPage(path) {
+    const r = await fetch(path, { headers: { "X-CSRF-Token": PG.root.dataset.csrf, Accept: "application/json" },
+      credentials: "same-origin" });
+    const text = await r.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+    if (!r.ok) {
+      if (r.status === 401) PG.showError(PG.t("error.session"));
+      throw new PG.ApiError(r.status, data && data.message ? data.message : r.status + " " + r.statusText);
+    }
+    const rows = Array.isArray(data) ? data : [];
+    const total = Number(r.headers.get("X-Total-Count"));
+    return { rows, total: Number.isFinite(total) ? total : rows.length };
+  }
+
+  // The username of a door decision's subject when the event does not carry it: from the
+  // users page on screen, else asked of the server once (by external id) and remembered.
+  const nameKey = (partnerId, externalId) => (partnerId || "") + "\u0000" + externalId;
+  const asking = new Set();
+  function rememberNames(rows) {
+    for (const u of rows) {
+      S.names.set(nameKey(u.partner_id, u.external_id), u.username || "");
+      if (!S.names.has(nameKey("", u.external_id))) S.names.set(nameKey("", u.external_id), u.username || "");
+    }
+  }
   function userName(partnerId, externalId) {
     const u = S.users.find((x) => x.external_id === externalId && (!partnerId || x.partner_id === partnerId));
-    return u && u.username ? u.username : null;
+    if (u) return u.username || null;
+    const key = nameKey(partnerId, externalId);
+    if (S.names.has(key)) return S.names.get(key) || null;
+    if (!asking.has(key)) {
+      asking.add(key);
+      apiPage(A + "/users?limit=500&q=" + encodeURIComponent(externalId)).then(({ rows }) => {
+        const found = rows.find((x) => x.external_id === externalId && (!partnerId || x.partner_id === partnerId));
+        if (found) rememberNames([found]);
+        S.names.set(key, found && found.username ? found.username : "");
+        if (found && found.username) {
+          redrawEvents();
+          renderDoors();
+        }
+      }).catch(() => {}).finally(() => asking.delete(key));
+    }
+    return null;
   }
 
   // "Name (EXT-1)" for a door decision's subject, or "unknown palm".
@@ -123,10 +167,43 @@
     renderReaders();
   }
 
+  // One page of the users tab: the search (q) and paging are the server's.
   async function loadUsers() {
-    S.users = await api("GET", A + "/users?limit=500");
+    const P = S.usersPage;
+    const filter = document.getElementById("user-filter");
+    const q = filter ? filter.value.trim().slice(0, 200) : "";
+    if (q !== P.q) {
+      P.q = q;
+      P.offset = 0;
+      P.back = [];
+    }
+    const seq = ++P.seq;
+    const params = new URLSearchParams({ limit: String(USERS_PAGE), offset: String(P.offset) });
+    if (q) params.set("q", q);
+    const { rows, total } = await apiPage(A + "/users?" + params.toString());
+    if (seq !== P.seq) return; // a newer search or page is on its way
+    if (!rows.length && P.offset > 0 && total > 0) {
+      // The list shrank under this page: back to the first.
+      P.offset = 0;
+      P.back = [];
+      return loadUsers();
+    }
+    S.users = rows;
+    P.total = total;
+    rememberNames(rows);
     renderUsers();
     renderDoors();
+  }
+
+  function usersPageTo(forward) {
+    const P = S.usersPage;
+    if (forward) {
+      P.back.push(P.offset);
+      P.offset += S.users.length;
+    } else {
+      P.offset = P.back.length ? P.back.pop() : 0;
+    }
+    return PG.attempt(loadUsers);
   }
 
   async function loadPartners() {
@@ -241,7 +318,10 @@
   function react(e) {
     if (DOOR_EVENTS.has(e.type)) refreshDoors();
     if (e.type === "ReaderStatusChanged") refreshReaders();
-    if (e.type === "UserEnrolled" || e.type === "UserErased") refreshUsers();
+    if (e.type === "UserEnrolled" || e.type === "UserErased") {
+      S.names.clear();
+      refreshUsers();
+    }
     if (e.type.startsWith("Partner")) refreshPartners();
     if (e.type === "PolicyActivated") refreshPolicy();
     if (e.type === "SiteModeChanged" && e.data) setMode(e.data);
@@ -708,25 +788,35 @@
       h("div", { class: "panel-head" }, h("h2", {}, tr("users.title")),
         h("button", { type: "button", id: "users-refresh", onclick: () => PG.attempt(loadUsers) }, PG.t("refresh"))),
       h("label", { for: "user-filter" }, tr("users.filter")),
-      h("input", { id: "user-filter", type: "search", autocomplete: "off", oninput: renderUsers }),
-      h("p", { id: "users-count", class: "muted" }),
-      h("div", { id: "users-list" }, h("p", { class: "muted" }, PG.t("loading")))));
+      h("input", { id: "user-filter", type: "search", autocomplete: "off", maxlength: 200, oninput: searchUsers }),
+      h("p", { id: "users-count", class: "muted", "aria-live": "polite" }),
+      h("div", { id: "users-list" }, h("p", { class: "muted" }, PG.t("loading"))),
+      h("div", { class: "row actions", id: "users-pager" },
+        h("button", { type: "button", id: "users-prev", disabled: true, onclick: () => usersPageTo(false) }, tr("users.previous")),
+        h("button", { type: "button", id: "users-next", disabled: true, onclick: () => usersPageTo(true) }, tr("users.next")))));
   }
+
+  const searchUsers = debounce(() => PG.attempt(loadUsers), 250);
+
+  const number = (n) => Number(n).toLocaleString(document.documentElement.lang);
 
   function renderUsers() {
     const el = document.getElementById("users-list");
     if (!el) return;
-    const q = (document.getElementById("user-filter").value || "").trim().toLowerCase();
-    const rows = S.users.filter((u) => !q || [u.partner_name, u.external_id, u.username, levelsOf(u.metadata)]
-      .some((x) => x && String(x).toLowerCase().includes(q)));
-    replace(document.getElementById("users-count"), tr("users.count", { shown: rows.length, total: S.users.length }));
+    const P = S.usersPage;
+    const rows = S.users;
+    replace(document.getElementById("users-count"), rows.length
+      ? tr("users.count", { from: number(P.offset + 1), to: number(P.offset + rows.length), total: number(P.total) })
+      : tr("users.count_none", { total: number(P.total) }));
+    document.getElementById("users-prev").disabled = P.offset === 0;
+    document.getElementById("users-next").disabled = !rows.length || P.offset + rows.length >= P.total;
     replace(el, table("users-table", [
       { label: tr("users.partner"), cell: (u) => u.partner_name || u.partner_id },
       { label: tr("users.external_id"), cell: (u) => h("span", { class: "mono" }, u.external_id) },
       { label: tr("users.name"), cell: (u) => u.username || "—" },
       { label: tr("users.level"), cell: (u) => levelsOf(u.metadata) || h("span", { class: "muted" }, tr("users.no_level")) },
       { label: tr("users.enrolled_at"), cell: (u) => h("time", { datetime: u.enrolled_at }, PG.time(u.enrolled_at)) },
-    ], rows.map((u) => ({ row: u })), tr("users.none")));
+    ], rows.map((u) => ({ row: u })), P.q ? tr("users.none_found", { q: P.q }) : tr("users.none")));
   }
 
   // ---------- partners ----------
@@ -1033,8 +1123,9 @@
     await PG.attempt(async () => {
       const [doors] = await Promise.all([
         api("GET", A + "/doors"),
-        api("GET", A + "/users?limit=500").then((u) => { S.users = u; }),
         api("GET", A + "/partners").then((p) => { S.partners = p; }),
+        // The newest users' names for the feed; older ones are asked for as they show up.
+        apiPage(A + "/users?limit=" + USERS_PAGE).then(({ rows }) => rememberNames(rows)),
       ]);
       S.doors = doors;
     });

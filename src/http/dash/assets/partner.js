@@ -89,6 +89,61 @@
     }
   }
 
+  // A GET of a list endpoint: its rows and X-Total-Count (PG.api gives the body only).
+  async function getPage(path) {
+    const r = await fetch(path, { headers: { "X-CSRF-Token": root.dataset.csrf, Accept: "application/json" },
+      credentials: "same-origin" });
+    const text = await r.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+    if (!r.ok) {
+      if (r.status === 401) PG.showError(t("error.session"));
+      throw new PG.ApiError(r.status, data && data.message ? data.message : r.status + " " + r.statusText);
+    }
+    const rows = Array.isArray(data) ? data : [];
+    const total = Number(r.headers.get("X-Total-Count"));
+    return { rows, total: Number.isFinite(total) ? total : rows.length };
+  }
+
+  // Previous/Next for a list of `size` rows a page, with "1–50 of 321" (X-Total-Count).
+  // `reload` fetches the page at `pager.path(base)`; ids are `<id>-prev`, `-next`, `-count`.
+  function pager(id, size, reload) {
+    let offset = 0;
+    let shown = 0;
+    const back = [];
+    const count = h("p", { id: id + "-count", class: "muted", "aria-live": "polite" });
+    const prev = h("button", { type: "button", id: id + "-prev", disabled: true }, t("partner.page.previous"));
+    const next = h("button", { type: "button", id: id + "-next", disabled: true }, t("partner.page.next"));
+    prev.addEventListener("click", () => {
+      offset = back.length ? back.pop() : 0;
+      attempt(reload);
+    });
+    next.addEventListener("click", () => {
+      back.push(offset);
+      offset += shown;
+      attempt(reload);
+    });
+    const number = (n) => Number(n).toLocaleString(lang);
+    return {
+      el: h("div", { class: "row pager", id: id + "-pager" }, count, prev, next),
+      path: (base) => base + "?limit=" + size + "&offset=" + offset,
+      // Shows a fetched page; false when the page emptied under it (go back and fetch again).
+      show(rows, total) {
+        if (!rows.length && offset > 0) {
+          offset = back.length ? back.pop() : 0;
+          return false;
+        }
+        shown = rows.length;
+        count.textContent = total ? t("partner.page.count",
+          { from: number(offset + 1), to: number(offset + rows.length), total: number(total) }) : "";
+        count.hidden = !total;
+        prev.disabled = offset === 0;
+        next.disabled = !rows.length || offset + rows.length >= total;
+        return true;
+      },
+    };
+  }
+
   // Keeps keyboard focus on "the same" control after a list is re-rendered.
   function keepFocus(container, render) {
     const a = document.activeElement;
@@ -522,11 +577,12 @@
     const refresh = h("button", { type: "button", id: "sessions-refresh" }, t("refresh"));
     refresh.addEventListener("click", () => busy(refresh, load));
     const holder = h("div", { id: "sessions-list" });
+    const pages = pager("sessions", 50, load);
     panel.append(msg,
       h("div", { class: "card" }, h("h2", null, t("partner.sessions.start_title")), form),
       h("div", { class: "card" },
         h("div", { class: "row head" }, h("h2", null, t("partner.sessions.list_title")), refresh),
-        holder));
+        holder, pages.el));
 
     function row(s) {
       let action = "";
@@ -561,14 +617,17 @@
     }, 5000);
     async function quiet() {
       try {
-        draw(await api("GET", "/v1/sessions?limit=50"));
+        const { rows, total } = await getPage(pages.path("/v1/sessions"));
+        if (pages.show(rows, total)) draw(rows);
       } catch (_) { /* the next explicit load shows the error */ }
     }
 
     async function load() {
-      const data = await attempt(() => api("GET", "/v1/sessions?limit=50"));
-      if (data === undefined) return;
-      draw(data);
+      for (let tries = 0; tries < 3; tries++) {
+        const page = await attempt(() => getPage(pages.path("/v1/sessions")));
+        if (page === undefined) return;
+        if (pages.show(page.rows, page.total)) return draw(page.rows);
+      }
     }
 
     let lastText = null;
@@ -594,9 +653,10 @@
     const refresh = h("button", { type: "button", id: "users-refresh" }, t("refresh"));
     refresh.addEventListener("click", () => busy(refresh, load));
     const holder = h("div", { id: "users-list" });
+    const pages = pager("users", 100, load);
     panel.append(msg, h("div", { class: "card" },
       h("div", { class: "row head" }, h("h2", null, t("partner.users.title")), refresh),
-      holder));
+      holder, pages.el));
 
     function row(u) {
       const erase = h("button", { type: "button", class: "danger small erase",
@@ -626,7 +686,12 @@
     }
 
     async function load() {
-      const data = await attempt(() => api("GET", "/v1/users?limit=500"));
+      let data;
+      for (let tries = 0; tries < 3 && data === undefined; tries++) {
+        const page = await attempt(() => getPage(pages.path("/v1/users")));
+        if (page === undefined) return;
+        if (pages.show(page.rows, page.total)) data = page.rows;
+      }
       if (data === undefined) return;
       keepFocus(holder, () => holder.replaceChildren(table("users", [t("partner.sessions.external_id"),
         t("partner.col.username"), t("partner.col.enrolled_at"), t("partner.col.metadata"),
