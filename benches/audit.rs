@@ -481,16 +481,16 @@ fn main() {
             ),
             None => println!("  background snapshot NOT written within 120 s"),
         }
-        // The log is locked while open: let it go before the next start (tasks the server
+        // The log and key store are locked while open: let go before the next start (tasks the server
         // started may hold the app a while after it is dropped).
-        server.app.store.close();
+        server.app.close();
         drop(server);
         std::thread::sleep(std::time::Duration::from_millis(300));
         // With it: the snapshot is loaded and no tail remains.
         let (server, _) = start("with snapshot", run);
-        // The log is locked while open: let it go before the next start (tasks the server
+        // The log and key store are locked while open: let go before the next start (tasks the server
         // started may hold the app a while after it is dropped).
-        server.app.store.close();
+        server.app.close();
         drop(server);
         std::thread::sleep(std::time::Duration::from_millis(300));
     }

@@ -19,6 +19,11 @@ fn err(e: impl std::fmt::Display) -> KeyStoreError {
 
 pub struct KeyStore {
     conn: Mutex<Connection>,
+    /// The exclusive lock on `<path>.lock`, held until [`KeyStore::close`]: one palmgate
+    /// process per key store. A second one (another log configured with the same
+    /// `secrets.key_store`) would destroy, at its start-up, every key its own log does not
+    /// reference: the first one's users' keys.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl KeyStore {
@@ -26,6 +31,7 @@ impl KeyStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
+        let lock = crate::store::sqlite::lock_beside(path, "secrets.key_store").map_err(err)?;
         let conn = Connection::open(path).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "DELETE")
             .map_err(err)?;
@@ -44,7 +50,13 @@ impl KeyStore {
         }
         Ok(KeyStore {
             conn: Mutex::new(conn),
+            lock: Mutex::new(Some(lock)),
         })
+    }
+
+    /// Lets go of the key store's lock (the server has stopped: another open may use it).
+    pub fn close(&self) {
+        self.lock.lock().expect("key store lock").take();
     }
 
     pub fn put(&self, id: KeyId, wrapped: &[u8]) -> Result<(), KeyStoreError> {
@@ -91,5 +103,36 @@ impl KeyStore {
             .filter_map(|s| KeyId::parse(&s))
             .collect();
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One process per key store: a second open (another log configured with the same
+    /// `secrets.key_store`, whose start-up sweep would destroy the first one's keys) is refused
+    /// with a message naming the key and the files; after `close` it opens again.
+    #[test]
+    fn a_key_store_already_open_is_not_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let first = KeyStore::open(&path).unwrap();
+        let id = KeyId::from_random([7; 16]);
+        first.put(id, b"wrapped").unwrap();
+        let err = match KeyStore::open(&path) {
+            Ok(_) => panic!("a second process opened a key store already open"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&format!(
+                "secrets.key_store {} is in use by another palmgate process",
+                path.display()
+            )) && err.contains("keys.db.lock"),
+            "{err}"
+        );
+        first.close();
+        let second = KeyStore::open(&path).unwrap();
+        assert_eq!(second.get(id).unwrap().as_deref(), Some(&b"wrapped"[..]));
     }
 }

@@ -519,6 +519,14 @@ impl App {
     pub fn ready(&self) -> bool {
         self.store.healthy()
     }
+
+    /// Closes the log (after what is queued) and lets go of the log's and the key store's
+    /// locks: another start on the same files may then write them. Called when the server
+    /// stops; appends afterwards answer [`StoreError::Closed`].
+    pub fn close(&self) {
+        self.store.close();
+        self.keystore.close();
+    }
 }
 
 fn session_of(e: &crate::core::Event) -> Option<SessionId> {
@@ -725,9 +733,10 @@ impl Server {
         // Last: pulses in progress end before the process does.
         stopping.stop(Duration::from_secs(3)).await;
         // Tasks that outlive the server (a webhook delivery in flight) keep the app, and so
-        // the store, alive: close it here, so the log's lock goes with the server.
-        let store = self.app.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        // the store, alive: close it here, so the locks go with the server.
+        let app = self.app.clone();
+        let _ = tokio::task::spawn_blocking(move || app.close()).await;
+        self.app.keystore.close();
         result
     }
 }

@@ -86,6 +86,12 @@ pub fn lock_path(path: &Path) -> PathBuf {
 /// file). The lock belongs to the open file: a second open in the same process is refused too,
 /// and it goes when the returned file is closed (or the process ends, however it ends).
 fn lock_store(path: &Path) -> Result<std::fs::File, StoreError> {
+    lock_beside(path, "store.path").map_err(io)
+}
+
+/// The exclusive lock on `<path>.lock` for the file the config key `key` names (see
+/// [`lock_store`]); the error names the key, the file and the lock file.
+pub fn lock_beside(path: &Path, key: &str) -> Result<std::fs::File, String> {
     let lock = lock_path(path);
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);
@@ -96,17 +102,15 @@ fn lock_store(path: &Path) -> Result<std::fs::File, StoreError> {
     }
     let file = opts
         .open(&lock)
-        .map_err(|e| io(format!("cannot open the lock file {}: {e}", lock.display())))?;
+        .map_err(|e| format!("cannot open the lock file {}: {e}", lock.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(io(format!(
-            "store.path {} is in use by another palmgate process (it holds the lock on {})",
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{key} {} is in use by another palmgate process (it holds the lock on {})",
             path.display(),
             lock.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(io(format!("cannot lock {}: {e}", lock.display())))
-        }
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", lock.display())),
     }
 }
 

@@ -1371,3 +1371,33 @@ async fn a_second_server_on_the_same_log_is_refused_and_the_first_keeps_working(
     let r = send(s.get("/readyz")).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
 }
+
+/// A second `serve` with its own log but the key store another palmgate process uses stops at
+/// start-up naming `secrets.key_store`: its start-up sweep destroys every data key its own log
+/// does not reference, which would have been every key of the first one's users.
+#[tokio::test]
+async fn a_second_server_on_the_same_key_store_is_refused() {
+    let s = TestServer::start().await;
+    let other = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
+        .args(["serve", "--config"])
+        .arg(s.config_path())
+        .env("PALMGATE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("PALMGATE_MQTT_EMBEDDED_LISTEN", "127.0.0.1:0")
+        .env("PALMGATE_STORE_PATH", other.path().join("events.db"))
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, std::time::Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second server ran: {stderr}");
+    assert!(
+        stderr.contains("secrets.key_store")
+            && stderr.contains("is in use by another palmgate process"),
+        "{stderr}"
+    );
+    let r = send(s.get("/readyz")).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+}
