@@ -1261,3 +1261,93 @@ mod site_file_tests {
         assert_eq!(activate(&mut state, &mut pos, &doc(1), "admin"), 0);
     }
 }
+
+#[cfg(test)]
+mod relay_time_tests {
+    use super::*;
+    use crate::core::command::RelayReport;
+    use crate::core::event::Recorded;
+
+    const DOC: &str = "timezone = \"Asia/Almaty\"\n\n[[relay_devices]]\nid = \"b\"\nmodbus = \"tcp://127.0.0.1:9\"\n\n\
+        [[doors]]\nid = \"main\"\nreaders = [\"r\"]\nrelay = { device = \"b\", coil = 0, pulse_ms = 3000 }\n\
+        contact = { device = \"b\", input = 0 }\nrex = { device = \"b\", input = 1 }\n\n\
+        [schedules]\nalways = [\"* * * * * *\"]\n\n[[levels]]\nname = \"l\"\ndoors = [\"main\"]\nschedule = \"always\"\n";
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000 + s, 0).unwrap()
+    }
+
+    /// Decides `cmd` at `now` and folds what it records; returns the decision.
+    fn run(state: &mut State, position: &mut u64, cmd: Command, now: DateTime<Utc>) -> Decision {
+        let d = decide(state, &cmd, now).unwrap();
+        for a in &d.appends {
+            for event in &a.events {
+                *position += 1;
+                let revision = state.revision(&a.stream).map_or(0, |r| r + 1);
+                state.evolve(&Recorded {
+                    position: *position,
+                    stream: a.stream.clone(),
+                    revision,
+                    recorded_at: now,
+                    event: event.clone(),
+                    prev_hash: [0; 32],
+                    hash: [0; 32],
+                });
+            }
+        }
+        d
+    }
+
+    fn input(n: u16, on: bool, at: DateTime<Utc>) -> Command {
+        Command::Relay {
+            report: RelayReport::Input {
+                device: "b".into(),
+                input: n,
+                on,
+            },
+            at: Some(at),
+        }
+    }
+
+    fn events(d: &Decision) -> Vec<&Event> {
+        d.appends.iter().flat_map(|a| &a.events).collect()
+    }
+
+    /// Contacts and exit buttons are judged at the time the board reported them, not when a
+    /// log outage let them be recorded: the door opened within its exit request's release is
+    /// no forced opening a minute later, and its contact keeps the time it opened. A press
+    /// that waited longer than `EXIT_REQUEST_STALE` is recorded but pulses nothing.
+    #[test]
+    fn contacts_and_exit_buttons_keep_the_time_the_board_reported_them() {
+        let (mut state, mut pos) = (State::default(), 0);
+        run(
+            &mut state,
+            &mut pos,
+            Command::ActivatePolicy {
+                document: DOC.into(),
+                source: "startup".into(),
+            },
+            t(0),
+        );
+        // The exit button, pressed and recorded at once: the door is released and pulsed.
+        let d = run(&mut state, &mut pos, input(1, true, t(10)), t(10));
+        assert_eq!(d.effects.len(), 1, "{:?}", d.effects);
+        // The door opens a second later; the log takes the report a minute later.
+        let d = run(&mut state, &mut pos, input(0, true, t(11)), t(71));
+        let evs = events(&d);
+        assert!(
+            matches!(evs.as_slice(), [Event::DoorContactChanged { open: true, at, .. }] if *at == t(11)),
+            "{evs:?}"
+        );
+        run(&mut state, &mut pos, input(0, false, t(15)), t(72));
+        run(&mut state, &mut pos, input(1, false, t(15)), t(72));
+        // A press recorded 20 s after it happened: recorded, with its time, and no pulse.
+        let d = run(&mut state, &mut pos, input(1, true, t(100)), t(120));
+        assert!(d.effects.is_empty(), "{:?}", d.effects);
+        let evs = events(&d);
+        assert!(
+            matches!(evs.as_slice(), [Event::DoorExitRequested { at, .. }] if *at == t(100)),
+            "{evs:?}"
+        );
+    }
+}

@@ -555,10 +555,13 @@ pub fn relay_report(
             )])
         }
         RelayReport::Input { device, input, on } => {
-            input_changed(state, &policy, device, *input, *on, now)
+            input_changed(state, &policy, device, *input, *on, now, reported)
         }
     }
 }
+
+/// How old an exit button's press may be when it is recorded and still pulse the door.
+pub const EXIT_REQUEST_STALE: chrono::Duration = chrono::Duration::seconds(10);
 
 fn input_changed(
     state: &State,
@@ -567,8 +570,11 @@ fn input_changed(
     input: u16,
     on: bool,
     now: DateTime<Utc>,
+    reported: DateTime<Utc>,
 ) -> Decision {
     let mut d = Decision::new(vec![]);
+    // A contact or button is judged at the time it changed: a report that waited for the log
+    // (unwritable a while) is not a forced opening because the door's release ended meanwhile.
     for door in &policy.doors {
         let s = stream::door(&door.id);
         let ds = state.doors.get(&door.id);
@@ -584,14 +590,14 @@ fn input_changed(
             let mut events = vec![Event::DoorContactChanged {
                 door: door.id.clone(),
                 open: on,
-                at: now,
+                at: reported,
             }];
-            let released = ds.is_some_and(|x| x.released_until.is_some_and(|t| now <= t))
-                || state.rests_unlocked(&door.id, now);
+            let released = ds.is_some_and(|x| x.released_until.is_some_and(|t| reported <= t))
+                || state.rests_unlocked(&door.id, reported);
             if on && !released {
                 events.push(Event::DoorForcedOpen {
                     door: door.id.clone(),
-                    at: now,
+                    at: reported,
                 });
             }
             d.appends.push(StreamAppend {
@@ -610,9 +616,14 @@ fn input_changed(
                 state.expected(&s),
                 Event::DoorExitRequested {
                     door: door.id.clone(),
-                    at: now,
+                    at: reported,
                 },
             ));
+            // A press that waited for the log longer than [`EXIT_REQUEST_STALE`] is recorded
+            // but opens nothing: whoever pressed has gone, or pressed again.
+            if now - reported > EXIT_REQUEST_STALE {
+                continue;
+            }
             d = d.with_effect(Effect::Relay {
                 device: door.relay.device.clone(),
                 command: RelayCommand::Pulse {

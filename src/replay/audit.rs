@@ -25,8 +25,9 @@
 //!
 //! A relay switched ON (`RelaySwitched`) was asked for: by a granting decision or an exit request
 //! at its door (the pulse's tag names the capture, or `exit-request`), written (the event's `at`:
-//! when the board's report came, which a report recorded late keeps) before the pulse ended or
-//! soon after, or by the door's resting unlock (window, emergency: as recorded, or as
+//! when the board's report came, which a report recorded late keeps) no earlier than the grant
+//! or request (less a minute's clock slack) and before the pulse ended or soon after, or by the
+//! door's resting unlock (window, emergency: as recorded, or as
 //! the policy gives it at that instant). A resting unlock (`DoorRestingChanged`) is re-derived
 //! from the policy, the site mode and its instant. A forged ON that unlocked a door for no one is
 //! a finding; an OFF or a lock never is.
@@ -298,10 +299,13 @@ struct Seen {
     judged: Option<u64>,
     /// The last `UpstreamSessionEnded`: the door decision it makes follows it directly.
     upstream_end: Option<UpstreamEnd>,
-    /// The pulses the log has asked of each relay ([`relay_key`]): a granting decision's (its
-    /// capture id) and an exit request's (`exit-request`), by [`stream_key`] of the tag, each
-    /// with the last instant its ON may be reported ([`RELAY_REPORT_SLACK`]).
-    pulses: HashMap<u64, Vec<(u64, DateTime<Utc>)>>,
+    /// The pulses the log has asked of each relay, by [`pulse_key`] (the relay and the pulse's
+    /// tag: a granting decision's capture id, or `exit-request`): when each was asked, and the
+    /// last instant its board write may be (its end and [`RELAY_REPORT_SLACK`]).
+    pulses: HashMap<u64, Windows>,
+    /// The same pulses in the order asked, with their last instants: those older than
+    /// [`PULSE_HORIZON`] are let go.
+    pulse_order: std::collections::VecDeque<(u64, DateTime<Utc>)>,
     /// When each door ([`stream_key`] of its id) last came to rest locked: a report of the
     /// unlock already on its way may follow within [`RELAY_REPORT_SLACK`].
     locked: HashMap<u64, DateTime<Utc>>,
@@ -313,6 +317,18 @@ struct Seen {
 /// An ON the log asked for nothing near (a forged `RelaySwitched`, re-sealed) is a finding.
 const RELAY_REPORT_SLACK: chrono::Duration = chrono::Duration::seconds(60);
 
+/// How long after a pulse its ON may still be recorded: a report waits while the log cannot be
+/// written, and keeps the board's time (`at`). A log unwritable longer than this makes the late
+/// report a finding.
+const PULSE_HORIZON: chrono::Duration = chrono::Duration::days(1);
+
+/// The windows (asked, last instant) in which one relay was asked for pulses with one tag: a
+/// capture id's one, or every exit request's (`older`, within [`PULSE_HORIZON`]).
+struct Windows {
+    last: (DateTime<Utc>, DateTime<Utc>),
+    older: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
 impl Seen {
     /// `door`'s relay under `policy` is asked for a pulse tagged `tag` at `at`.
     fn pulse(&mut self, policy: Option<&Policy>, door: &DoorId, tag: &str, at: DateTime<Utc>) {
@@ -321,31 +337,58 @@ impl Seen {
         };
         let until =
             at + chrono::Duration::milliseconds(i64::from(d.relay.pulse_ms)) + RELAY_REPORT_SLACK;
-        let asked = self
-            .pulses
-            .entry(relay_key(&d.relay.device, d.relay.coil))
-            .or_default();
-        asked.retain(|(_, u)| *u >= at);
-        asked.push((stream_key(tag), until));
+        let key = pulse_key(&d.relay.device, d.relay.coil, tag);
+        match self.pulses.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let w = e.get_mut();
+                let last = std::mem::replace(&mut w.last, (at, until));
+                w.older.push(last);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Windows {
+                    last: (at, until),
+                    older: Vec::new(),
+                });
+            }
+        }
+        self.pulse_order.push_back((key, until));
+        let cutoff = at - PULSE_HORIZON;
+        while let Some(&(k, u)) = self.pulse_order.front()
+            && u < cutoff
+        {
+            self.pulse_order.pop_front();
+            if let Some(w) = self.pulses.get_mut(&k) {
+                if w.last.1 < cutoff {
+                    self.pulses.remove(&k);
+                } else {
+                    w.older.retain(|(_, u)| *u >= cutoff);
+                }
+            }
+        }
     }
 
-    /// Whether a pulse tagged `tag` of `device`'s `coil` was asked for and not long over at
-    /// `at`.
+    /// Whether a pulse tagged `tag` of `device`'s `coil` was asked for near `at` (the board's
+    /// time of the ON): no earlier than [`RELAY_REPORT_SLACK`] before it was asked (clocks step),
+    /// no later than its last instant. So a forged ON, whatever `at` it names, must sit in the
+    /// window of a pulse the log really asked for.
     fn pulse_asked(&self, device: &str, coil: u16, tag: &str, at: DateTime<Utc>) -> bool {
-        !tag.is_empty() && {
-            let tag = stream_key(tag);
-            self.pulses
-                .get(&relay_key(device, coil))
-                .is_some_and(|v| v.iter().any(|(t, u)| *t == tag && at <= *u))
-        }
+        !tag.is_empty()
+            && self
+                .pulses
+                .get(&pulse_key(device, coil, tag))
+                .is_some_and(|w| {
+                    std::iter::once(&w.last)
+                        .chain(&w.older)
+                        .any(|(from, until)| *from - RELAY_REPORT_SLACK <= at && at <= *until)
+                })
     }
 }
 
-/// A relay (board id and coil) as [`Seen`] keys it: 64 bits of SipHash, so that a granting
+/// A pulse (board id, coil and tag) as [`Seen`] keys it: 64 bits of SipHash, so that a granting
 /// decision (a third of a busy log) costs no allocation; a collision could only make an ON look
 /// asked for.
-fn relay_key(device: &str, coil: u16) -> u64 {
-    hash64((device, coil))
+fn pulse_key(device: &str, coil: u16, tag: &str) -> u64 {
+    hash64((device, coil, tag))
 }
 
 struct UpstreamEnd {
@@ -776,19 +819,22 @@ fn check_event(
                 // The door rests unlocked (as the log has it, or as the policy gives it now: a
                 // gateway starting inside a window drives the coil before its tick records
                 // the change), or came to rest locked a moment ago. A pulse ending while the
-                // door rests unlocked reports its ON with the pulse's tag.
+                // door rests unlocked reports its ON with the pulse's tag. These are judged
+                // when the event is recorded, not at its `at`, which nothing bounds from below:
+                // a resting change waits for the log as the report does, so the state at the
+                // recording is the state the board's write saw.
                 || state.doors.get(door).is_some_and(|d| d.resting_unlocked)
                 || crate::core::doors::rests_unlocked(
                     state.policy.as_deref(),
                     state.lockdown,
                     state.emergency,
                     door,
-                    *at,
+                    rec.recorded_at,
                 )
                 || seen
                     .locked
                     .get(&stream_key(&door.0))
-                    .is_some_and(|t| *at <= *t + RELAY_REPORT_SLACK))
+                    .is_some_and(|t| rec.recorded_at <= *t + RELAY_REPORT_SLACK))
             {
                 problem(format!(
                     "door {door}: relay {device} coil {coil} switched ON{}, but no grant, exit request or unlock asked for it",

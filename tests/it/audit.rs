@@ -67,6 +67,11 @@ struct Enrolled {
 }
 
 async fn enrolled() -> Enrolled {
+    enrolled_on(std::sync::Arc::new(palmgate::app::clock::SystemClock)).await
+}
+
+/// [`enrolled`] on `clock`.
+async fn enrolled_on(clock: std::sync::Arc<dyn palmgate::app::clock::Clock>) -> Enrolled {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     std::fs::write(dir.path().join("site.toml"), SITE).unwrap();
@@ -89,7 +94,10 @@ listen = "127.0.0.1:0"
     )
     .unwrap();
     let cfg = palmgate::config::Config::load(Some(&config), &[]).unwrap();
-    let server = palmgate::app::start(cfg).await.unwrap();
+    let server =
+        palmgate::app::start_with(cfg, clock, std::sync::Arc::new(palmgate::app::clock::OsRng))
+            .await
+            .unwrap();
     let app = server.app.clone();
     // Enroll alice through the core pipeline (a session, then a capture at a desk reader).
     let partner = palmgate::core::PartnerId::from_random([7; 16]);
@@ -1284,6 +1292,28 @@ async fn a_relay_switched_on_that_no_grant_or_unlock_asked_for_is_caught() {
     v["coil"] = json!(0);
     forged_is_caught(&log.db(), rest, &v, &["not the door's relay"]);
 
+    // The OFF that ended the grant's pulse turned into a second ON for the same grant, dated
+    // (its `at`, the board's time) six hours before the grant: a pulse is asked for no earlier
+    // than its grant.
+    let (log, [_, off, _]) = relay_log().await;
+    let mut v = row_data(&log.db(), off);
+    let at = chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).unwrap()
+        - chrono::Duration::hours(6);
+    v["on"] = json!(true);
+    v["at"] = json!(at.to_rfc3339());
+    forged_is_caught(&log.db(), off, &v, &["switched ON for scan-0", "no grant"]);
+
+    // The same OFF turned into an untagged ON dated an hour earlier: the door's resting state
+    // is judged when the event is recorded, whatever `at` it names.
+    let (log, [_, off, _]) = relay_log().await;
+    let mut v = row_data(&log.db(), off);
+    let at = chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).unwrap()
+        - chrono::Duration::hours(1);
+    v["on"] = json!(true);
+    v["tag"] = json!("");
+    v["at"] = json!(at.to_rfc3339());
+    forged_is_caught(&log.db(), off, &v, &["switched ON, but no grant"]);
+
     // The end of the emergency turned into a door resting unlocked: no window or emergency
     // holds it unlocked then.
     let (log, _) = relay_log().await;
@@ -1373,4 +1403,56 @@ async fn a_relay_report_recorded_minutes_late_keeps_its_time_and_verifies() {
     let r = audit::verify(&read_only(&site.store_path())).unwrap();
     assert!(r.findings.is_empty(), "{:?}", r.findings);
     assert!(r.events > 0);
+}
+
+/// A grant's ON recorded late (the log unwritable), after a newer grant at the same door was
+/// recorded, still verifies: each pulse's window is kept by its own tag, not dropped when a
+/// newer pulse of the same relay is asked for. (The relays here are reports the test records
+/// itself, with the board's time, as `app::relays` does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_relay_report_after_a_newer_grant_at_the_same_door_verifies() {
+    use palmgate::core::{Command, RelayReport};
+    let t0 = chrono::Utc::now();
+    let clock = std::sync::Arc::new(palmgate::app::clock::ManualClock::new(t0));
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        ..
+    } = enrolled_on(clock.clone()).await;
+    app.reader_message(ReaderId("lobby-1".into()), capture("alice", 7, "scan-0"))
+        .await
+        .unwrap();
+    clock.advance(chrono::Duration::minutes(5));
+    app.reader_message(ReaderId("lobby-1".into()), capture("alice", 8, "scan-2"))
+        .await
+        .unwrap();
+    let coil = |on: bool, tag: &str, at| Command::Relay {
+        report: RelayReport::Coil {
+            device: "board-1".into(),
+            coil: 0,
+            on,
+            tag: tag.into(),
+        },
+        at: Some(at),
+    };
+    // scan-0's pulse, written at t0 + 100 ms and ended at t0 + 3.1 s, recorded only now.
+    let ms = chrono::Duration::milliseconds;
+    app.execute(coil(true, "scan-0", t0 + ms(100)))
+        .await
+        .unwrap();
+    app.execute(coil(false, "scan-0", t0 + ms(3100)))
+        .await
+        .unwrap();
+    let now = t0 + chrono::Duration::minutes(5);
+    app.execute(coil(true, "scan-2", now)).await.unwrap();
+    drop(server);
+    app.close();
+    drop(app);
+    let log = Log { dir, config };
+    let decided = decided_rows(&log.db());
+    assert_eq!(decided.len(), 2, "{decided:?}");
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
 }
