@@ -98,8 +98,25 @@ impl SnapshotDir {
         if parse_header(&header, &info.path)? != *info {
             return Err(io("read", &info.path, "changed since it was listed"));
         }
-        let mut payload = Vec::with_capacity(info.len as usize);
-        f.read_to_end(&mut payload)
+        // The length is checked against the file before anything is allocated: a flipped bit
+        // in the header's length must not ask for an impossible amount of memory.
+        let file_len = f.metadata().map_err(|e| io("read", &info.path, e))?.len();
+        let held = file_len.saturating_sub(HEADER as u64);
+        if held != info.len {
+            return Err(io(
+                "read",
+                &info.path,
+                format!(
+                    "the header's payload length ({} bytes) does not match the file \
+                     ({held} bytes after the {HEADER}-byte header)",
+                    info.len
+                ),
+            ));
+        }
+        let mut payload = Vec::with_capacity(usize::try_from(held).unwrap_or(0));
+        // Never more than the header says, plus one byte to notice a file that grew since.
+        f.take(info.len.saturating_add(1))
+            .read_to_end(&mut payload)
             .map_err(|e| io("read", &info.path, e))?;
         if payload.len() as u64 != info.len {
             return Err(io(
@@ -129,11 +146,11 @@ impl SnapshotDir {
         schema: u32,
         payload: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<SnapshotInfo, StoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| io("directory", &self.dir, e))?;
+        create_private_dir(&self.dir).map_err(|e| io("directory", &self.dir, e))?;
         let path = self.dir.join(format!("{position:020}.{SUFFIX}"));
         let tmp = self.dir.join(format!("{position:020}.tmp"));
         let written = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
+            let mut file = create_private_file(&tmp)?;
             // The header's place; it is written once the digest and length are known.
             file.write_all(&[0; HEADER])?;
             let mut out = BufWriter::with_capacity(
@@ -195,6 +212,43 @@ impl SnapshotDir {
         }
         Ok(())
     }
+}
+
+/// Creates the snapshot directory with mode 0700 (whatever the umask) when it does not exist:
+/// snapshots hold external ids, metadata, sealed templates and delivery bodies, like the log
+/// (created 0600). A directory that already exists keeps its mode.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)
+}
+
+/// Creates (or truncates) a snapshot's temporary file with mode 0600, whatever the umask or
+/// the mode of a leftover file of that name.
+fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600);
+        let file = opts.open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    opts.open(path)
 }
 
 /// The payload's way to its file (behind a buffer): digested and counted as it passes.
@@ -339,5 +393,130 @@ mod tests {
         let listed = snaps.list().unwrap();
         let err = snaps.read(&listed[0]).unwrap_err().to_string();
         assert!(err.contains("digest"), "{err}");
+    }
+
+    /// Flips the bit a reviewer flipped: byte 90 of the header (the payload length's 7th byte),
+    /// which makes the length 2^48 bytes more than the file holds.
+    fn flip_length_bit(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[90] ^= 0x01;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// A header whose payload length does not match the file is refused with an error saying
+    /// so, before any allocation of that length (before the fix: "memory allocation of
+    /// 281474976710... bytes failed" and the process aborted).
+    #[test]
+    fn a_snapshot_whose_length_does_not_match_its_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = SnapshotDir::beside(&dir.path().join("events.db"));
+        let info = snaps
+            .write(5, [1; 32], 1, |out| out.write_all(b"hello snapshot"))
+            .unwrap();
+        flip_length_bit(info.path());
+        let listed = snaps.list().unwrap();
+        assert_eq!(listed[0].len, 14 + (1 << 48));
+        let err = snaps.read(&listed[0]).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "header's payload length (281474976710670 bytes) does not match the file (14 bytes"
+            ),
+            "{err}"
+        );
+        assert!(err.contains(&info.path().display().to_string()), "{err}");
+
+        // Shorter than the header says, by one byte: refused the same way.
+        let info = snaps
+            .write(6, [1; 32], 1, |out| out.write_all(b"hello again"))
+            .unwrap();
+        let bytes = std::fs::read(info.path()).unwrap();
+        std::fs::write(info.path(), &bytes[..bytes.len() - 1]).unwrap();
+        let err = snaps.read(&info).unwrap_err().to_string();
+        assert!(err.contains("does not match the file (10 bytes"), "{err}");
+    }
+
+    /// Start-up (`app::snapshot::load`) with the newest snapshot's length corrupted ignores it
+    /// and starts from the older one, plus the log after it.
+    #[tokio::test]
+    async fn start_up_falls_back_to_the_older_snapshot_when_the_newest_length_is_corrupt() {
+        use crate::app::snapshot;
+        use crate::core::{Event, Expected, Rules, SessionId, StreamAppend};
+        use crate::store::{EventStore, SqliteStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("events.db")).unwrap();
+        let mut positions = vec![];
+        for i in 1..=6u8 {
+            let batch = vec![StreamAppend {
+                stream: format!("session-{i}"),
+                expected: Expected::NoStream,
+                events: vec![Event::SessionExpired {
+                    session_id: SessionId::from_random([i; 16]),
+                    at: chrono::Utc::now(),
+                }],
+            }];
+            store.append(batch, chrono::Utc::now()).await.unwrap();
+            if i % 3 == 0 {
+                let loaded = snapshot::load(&store, Rules::default()).unwrap();
+                let info = snapshot::write(&store, &loaded.state).unwrap().unwrap();
+                positions.push(info.position);
+            }
+        }
+        let snaps = store.snapshots().unwrap();
+        let list = snaps.list().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].position, positions[1]);
+        assert_eq!(
+            snapshot::load(&store, Rules::default()).unwrap().snapshot,
+            Some(positions[1])
+        );
+
+        flip_length_bit(list[0].path());
+        let loaded = snapshot::load(&store, Rules::default()).unwrap();
+        assert_eq!(
+            loaded.snapshot,
+            Some(positions[0]),
+            "the older snapshot is used"
+        );
+        assert_eq!(loaded.folded, positions[1] - positions[0]);
+        assert_eq!(loaded.state.position(), positions[1]);
+    }
+
+    /// The snapshot directory palmgate creates is 0700 and every snapshot file 0600 (they hold
+    /// external ids, metadata, sealed templates and delivery bodies), also when a leftover
+    /// temporary file of the same name was world-readable; a directory that already existed
+    /// keeps its mode.
+    #[cfg(unix)]
+    #[test]
+    fn snapshots_and_their_directory_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = SnapshotDir::beside(&dir.path().join("events.db"));
+        let info = snaps
+            .write(3, [1; 32], 1, |out| out.write_all(b"state"))
+            .unwrap();
+        assert_eq!(mode(snaps.path()), 0o700, "the directory");
+        assert_eq!(mode(info.path()), 0o600, "the snapshot");
+
+        let tmp = snaps.path().join(format!("{:020}.tmp", 4));
+        std::fs::write(&tmp, b"left over").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let info = snaps
+            .write(4, [1; 32], 1, |out| out.write_all(b"state"))
+            .unwrap();
+        assert_eq!(mode(info.path()), 0o600, "over a leftover temporary file");
+
+        let other = SnapshotDir::beside(&dir.path().join("other.db"));
+        std::fs::create_dir(other.path()).unwrap();
+        std::fs::set_permissions(other.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let info = other
+            .write(1, [1; 32], 1, |out| out.write_all(b"state"))
+            .unwrap();
+        assert_eq!(
+            mode(other.path()),
+            0o750,
+            "an existing directory keeps its mode"
+        );
+        assert_eq!(mode(info.path()), 0o600);
     }
 }
