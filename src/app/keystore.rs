@@ -3,11 +3,22 @@
 //! Invariants: a key is written (and synced) before the event that references it is appended;
 //! deletion overwrites the row's bytes (`secure_delete`) and uses a rollback journal, not WAL,
 //! so a destroyed key does not linger in a write-ahead log.
+//!
+//! The file is bound to its log and its master key (`meta` table): `log_id`, the hash of the
+//! log's first event, and `key_check`, a MAC of a fixed label under the master key. Start-up
+//! refuses a log or a master key other than the ones the keys were written with: the start-up
+//! sweep would otherwise destroy every key the (wrong) log does not reference, and a wrong
+//! master key opens none of the templates.
 
 use crate::core::KeyId;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use subtle::ConstantTimeEq;
+
+/// `meta` names.
+const LOG_ID: &str = "log_id";
+const KEY_CHECK: &str = "key_check";
 
 #[derive(Debug, thiserror::Error)]
 #[error("key store: {0}")]
@@ -19,6 +30,7 @@ fn err(e: impl std::fmt::Display) -> KeyStoreError {
 
 pub struct KeyStore {
     conn: Mutex<Connection>,
+    path: PathBuf,
     /// The exclusive lock on `<path>.lock`, held until [`KeyStore::close`]: one palmgate
     /// process per key store. A second one (another log configured with the same
     /// `secrets.key_store`) would destroy, at its start-up, every key its own log does not
@@ -28,21 +40,27 @@ pub struct KeyStore {
 
 impl KeyStore {
     pub fn open(path: &Path) -> Result<KeyStore, KeyStoreError> {
+        // Every error names the file and its key: "file is not a database" alone does not say
+        // which file, nor where it is configured.
+        let at = |e: &dyn std::fmt::Display| {
+            KeyStoreError(format!("secrets.key_store {}: {e}", path.display()))
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(err)?;
+            std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
         }
         let lock = crate::store::sqlite::lock_beside(path, "secrets.key_store").map_err(err)?;
-        let conn = Connection::open(path).map_err(err)?;
+        let conn = Connection::open(path).map_err(|e| at(&e))?;
         conn.pragma_update(None, "journal_mode", "DELETE")
-            .map_err(err)?;
+            .map_err(|e| at(&e))?;
         conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
+            .map_err(|e| at(&e))?;
         conn.pragma_update(None, "secure_delete", "ON")
-            .map_err(err)?;
+            .map_err(|e| at(&e))?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS data_keys (id TEXT PRIMARY KEY, wrapped BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS data_keys (id TEXT PRIMARY KEY, wrapped BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
         )
-        .map_err(err)?;
+        .map_err(|e| at(&e))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -50,6 +68,7 @@ impl KeyStore {
         }
         Ok(KeyStore {
             conn: Mutex::new(conn),
+            path: path.to_path_buf(),
             lock: Mutex::new(Some(lock)),
         })
     }
@@ -104,6 +123,124 @@ impl KeyStore {
             .collect();
         Ok(ids)
     }
+
+    /// Whether the file holds at least one data key.
+    pub fn has_keys(&self) -> Result<bool, KeyStoreError> {
+        self.conn
+            .lock()
+            .expect("key store lock")
+            .query_row("SELECT EXISTS (SELECT 1 FROM data_keys)", [], |r| r.get(0))
+            .map_err(|e| self.at(e))
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        self.conn
+            .lock()
+            .expect("key store lock")
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.at(e))
+    }
+
+    fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), KeyStoreError> {
+        self.conn
+            .lock()
+            .expect("key store lock")
+            .execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)",
+                params![name, value],
+            )
+            .map(|_| ())
+            .map_err(|e| self.at(e))
+    }
+
+    fn at(&self, e: impl std::fmt::Display) -> KeyStoreError {
+        KeyStoreError(format!("secrets.key_store {}: {e}", self.path.display()))
+    }
+
+    /// Binds the file to its log, or refuses a log it does not belong to. `first` is the hash
+    /// of the log's first event (`None`: the log is empty); `log` names it (`store.path <path>`
+    /// or `store.url <url>`, see [`log_name`]). The first non-empty log met is recorded;
+    /// afterwards another first event, or an empty log, is refused, as is an empty log beside
+    /// data keys (a typo in `store.path` creates a new, empty log): the start-up sweep would
+    /// destroy every key that log does not reference, i.e. every enrolled user's.
+    pub fn bind_to_log(&self, first: Option<[u8; 32]>, log: &str) -> Result<(), KeyStoreError> {
+        let bound = self.meta(LOG_ID)?;
+        let ks = self.path.display();
+        let fix = format!(
+            "point {log} and secrets.key_store at the same site's files (a key store restored \
+             from a backup goes with the log of that backup); palmgate refuses to start rather \
+             than destroy the key store's data keys, which the log does not reference"
+        );
+        match (bound, first) {
+            (Some(bound), Some(first)) if bound[..] != first[..] => Err(KeyStoreError(format!(
+                "secrets.key_store {ks} belongs to another log than {log} (the log's first \
+                 event is not the one the key store was written beside): {fix}"
+            ))),
+            (Some(_), None) => Err(KeyStoreError(format!(
+                "{log} is an empty log, but secrets.key_store {ks} belongs to a log with \
+                 events: {fix}"
+            ))),
+            (None, None) if self.has_keys()? => Err(KeyStoreError(format!(
+                "{log} is an empty log, but secrets.key_store {ks} holds data keys: {fix}"
+            ))),
+            (None, Some(first)) => self.set_meta(LOG_ID, &first),
+            _ => Ok(()),
+        }
+    }
+
+    /// Why the master key must already exist (`Some`: this log or this key store was written
+    /// with one), or `None` for a new site, the only case where a new one may be generated.
+    pub fn master_key_needed(
+        &self,
+        log_has_events: bool,
+        log: &str,
+    ) -> Result<Option<String>, KeyStoreError> {
+        let ks = self.path.display();
+        Ok(if log_has_events {
+            Some(format!(
+                "the log {log} has events (its templates and webhook secrets were sealed with it)"
+            ))
+        } else if self.has_keys()? || self.meta(KEY_CHECK)?.is_some() {
+            Some(format!("secrets.key_store {ks} was written with it"))
+        } else {
+            None
+        })
+    }
+
+    /// Checks that `check` (see [`crate::app::secrets::Keys::key_check`]) is the one of the
+    /// master key this file was written with, recording it the first time. `source` says where
+    /// the master key came from (`secrets.key_file <path>` or the environment variable).
+    pub fn check_master_key(&self, check: [u8; 32], source: &str) -> Result<(), KeyStoreError> {
+        match self.meta(KEY_CHECK)? {
+            None => self.set_meta(KEY_CHECK, &check),
+            Some(stored) if bool::from(stored.ct_eq(&check[..])) => Ok(()),
+            Some(_) => Err(KeyStoreError(format!(
+                "the master key from {source} is not the one secrets.key_store {} was written \
+                 with: none of its templates or the log's webhook secrets would open. Restore \
+                 the site's master key (from backup) there; palmgate refuses to start with \
+                 another",
+                self.path.display()
+            ))),
+        }
+    }
+}
+
+/// How start-up errors name the log: `store.url <url>` (without any user or password) or
+/// `store.path <path>`.
+pub fn log_name(store: &crate::config::StoreConfig) -> String {
+    match &store.url {
+        Some(url) => {
+            let shown = match (url.find("://"), url.rfind('@')) {
+                (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+                _ => url.clone(),
+            };
+            format!("store.url {shown}")
+        }
+        None => format!("store.path {}", store.path.display()),
+    }
 }
 
 #[cfg(test)]
@@ -134,5 +271,94 @@ mod tests {
         first.close();
         let second = KeyStore::open(&path).unwrap();
         assert_eq!(second.get(id).unwrap().as_deref(), Some(&b"wrapped"[..]));
+    }
+    /// The key store is bound to the first log it meets with events: another log, or an empty
+    /// one, is refused naming both files and their keys; an older key store (keys, no log_id)
+    /// gets the log_id of the log beside it.
+    #[test]
+    fn a_key_store_refuses_a_log_it_does_not_belong_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let ks = KeyStore::open(&path).unwrap();
+        let log = "store.path /site/events.db";
+        // A new site: empty log, no keys.
+        ks.bind_to_log(None, log).unwrap();
+        ks.put(KeyId::from_random([1; 16]), b"wrapped").unwrap();
+        // Keys but no log_id (an older key store) beside an empty log: refused.
+        let e = ks.bind_to_log(None, log).unwrap_err().to_string();
+        assert!(
+            e.contains(log)
+                && e.contains(&format!("secrets.key_store {}", path.display()))
+                && e.contains("empty log")
+                && e.contains("same site's files"),
+            "{e}"
+        );
+        // ... beside a log with events: bound to it.
+        ks.bind_to_log(Some([1; 32]), log).unwrap();
+        ks.bind_to_log(Some([1; 32]), log).unwrap();
+        let e = ks
+            .bind_to_log(Some([2; 32]), "store.path /typo.db")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("store.path /typo.db") && e.contains("belongs to another log"),
+            "{e}"
+        );
+        // Once bound, an empty log is refused even without keys.
+        ks.delete(KeyId::from_random([1; 16])).unwrap();
+        assert!(ks.bind_to_log(None, log).is_err());
+        // The binding is in the file.
+        ks.close();
+        drop(ks);
+        let again = KeyStore::open(&path).unwrap();
+        assert!(again.bind_to_log(Some([2; 32]), log).is_err());
+        again.bind_to_log(Some([1; 32]), log).unwrap();
+    }
+
+    /// The master key's check is recorded the first time and compared afterwards; a master
+    /// key may be generated only for a new site.
+    #[test]
+    fn a_key_store_recognises_its_master_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let ks = KeyStore::open(&path).unwrap();
+        let log = "store.path /site/events.db";
+        assert_eq!(ks.master_key_needed(false, log).unwrap(), None);
+        assert!(
+            ks.master_key_needed(true, log)
+                .unwrap()
+                .unwrap()
+                .contains(log)
+        );
+        ks.check_master_key([1; 32], "secrets.key_file /k").unwrap();
+        ks.check_master_key([1; 32], "secrets.key_file /k").unwrap();
+        // A check recorded: the key must exist even with an empty log and no data keys.
+        assert!(ks.master_key_needed(false, log).unwrap().is_some());
+        let e = ks
+            .check_master_key([2; 32], "secrets.key_file /other")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("secrets.key_file /other")
+                && e.contains(&path.display().to_string())
+                && e.contains("is not the one"),
+            "{e}"
+        );
+    }
+
+    /// A file that is not a database is named, with its key.
+    #[test]
+    fn a_corrupt_key_store_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        std::fs::write(&path, vec![0x5a; 4096]).unwrap();
+        let e = match KeyStore::open(&path) {
+            Ok(_) => panic!("a corrupt key store opened"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains(&format!("secrets.key_store {}", path.display())),
+            "{e}"
+        );
     }
 }

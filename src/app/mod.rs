@@ -567,12 +567,31 @@ pub async fn start_with(
     rng: Arc<dyn Rng>,
 ) -> Result<Server, StartError> {
     let store = open_store(&config.store)?;
-    let keys = Keys::load_or_create(
+    let keystore = KeyStore::open(&config.secrets.key_store)?;
+    // The key store is bound to its log (the hash of the log's first event) and to its master
+    // key: with another log the start-up sweep would destroy every enrolled user's data key,
+    // and a new master key would open none of them. A missing master key is generated only
+    // for a new site (empty log, empty key store).
+    let log = keystore::log_name(&config.store);
+    let first = store.read_raw(0, 1)?.first().map(|e| e.hash);
+    keystore.bind_to_log(first, &log)?;
+    let fresh = rng.bytes32();
+    let missing = match keystore.master_key_needed(first.is_some(), &log)? {
+        None => secrets::IfMissing::Create(fresh),
+        Some(why) => secrets::IfMissing::Refuse(why),
+    };
+    let keys = Keys::load(
         &config.secrets.key_file,
         config.secrets.master_key.as_deref(),
-        rng.bytes32(),
+        missing,
     )?;
-    let keystore = KeyStore::open(&config.secrets.key_store)?;
+    keystore.check_master_key(
+        keys.key_check(),
+        &secrets::master_key_source(
+            &config.secrets.key_file,
+            config.secrets.master_key.as_deref(),
+        ),
+    )?;
     let tls = match &config.http.tls {
         Some(t) => Some(crate::http::serve::load_tls(&t.cert, &t.key).map_err(StartError::Tls)?),
         None => None,
@@ -613,6 +632,35 @@ pub async fn start_with(
             public_url: public_url.clone(),
         },
     )?;
+    if first.is_none() {
+        // An empty log: the key store records the log's identity as soon as it has a first
+        // event (subscribed before anything below can append one).
+        let mut recorded = app.recorded_events();
+        let app = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            if let Err(broadcast::error::RecvError::Closed) = recorded.recv().await {
+                return;
+            }
+            drop(recorded);
+            let Some(app) = app.upgrade() else { return };
+            let _ = tokio::task::spawn_blocking(move || {
+                let bound = app
+                    .store
+                    .read_raw(0, 1)
+                    .map_err(|e| e.to_string())
+                    .and_then(|first| {
+                        let first = first.first().map(|e| e.hash);
+                        app.keystore
+                            .bind_to_log(first, &log)
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = bound {
+                    tracing::error!(error = %e, "cannot record the log's identity in the key store");
+                }
+            })
+            .await;
+        });
+    }
     follow_shared_log(&app);
     // The site file is activated if it changed since it was last read (an admin API policy
     // survives restarts); an invalid file is reported and the policy in force (from the log)

@@ -224,11 +224,17 @@ impl App {
         });
         match self.keystore.ids() {
             Ok(ids) => {
+                let mut destroyed = 0usize;
                 for id in ids.into_iter().filter(|id| !live.contains(id)) {
-                    if let Err(e) = self.keystore.delete(id) {
-                        tracing::error!(error = %e, "cannot destroy a data key");
+                    match self.keystore.delete(id) {
+                        Ok(()) => destroyed += 1,
+                        Err(e) => tracing::error!(error = %e, "cannot destroy a data key"),
                     }
                 }
+                tracing::info!(
+                    destroyed,
+                    "start-up sweep: data keys no enrolled user references destroyed"
+                );
             }
             Err(e) => tracing::error!(error = %e, "cannot list data keys"),
         }

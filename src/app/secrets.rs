@@ -20,6 +20,31 @@ type HmacSha256 = Hmac<Sha256>;
 pub enum SecretsError {
     #[error("master key file {path}: {reason}")]
     KeyFile { path: String, reason: String },
+    #[error(
+        "secrets.key_file {path}: the master key is missing, but {why}. Restore the master key \
+         file from backup (mode 0600); palmgate generates a new master key only for a new site \
+         (empty log and key store), since a new key would open none of the existing templates \
+         or webhook secrets"
+    )]
+    Missing { path: String, why: String },
+}
+
+/// What [`Keys::load`] does when the key file does not exist.
+pub enum IfMissing {
+    /// Creates it with this key (a new site).
+    Create([u8; 32]),
+    /// Refuses, saying why the key must exist.
+    Refuse(String),
+}
+
+/// Where the master key comes from, as errors name it.
+pub fn master_key_source(key_file: &Path, hex_override: Option<&str>) -> String {
+    match hex_override {
+        Some(_) => "secrets.master_key (the environment variable PALMGATE_SECRETS_MASTER_KEY \
+                    or the config file)"
+            .to_string(),
+        None => format!("secrets.key_file {}", key_file.display()),
+    }
 }
 
 /// Hex SHA-256 of a secret string.
@@ -52,6 +77,7 @@ pub struct Keys {
     wrap_key: [u8; 32],
     secret_key: [u8; 32],
     dash_key: [u8; 32],
+    check: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -67,7 +93,14 @@ impl Keys {
             wrap_key: hmac(master, &[b"palmgate template key wrap v1"]),
             secret_key: hmac(master, &[b"palmgate webhook secret v1"]),
             dash_key: hmac(master, &[b"palmgate dashboard cookie v1"]),
+            check: hmac(master, &[b"palmgate key store check v1"]),
         }
+    }
+
+    /// A MAC of a fixed label under the master key, kept in the key store to recognise the key
+    /// it was written with (it reveals nothing of the key).
+    pub fn key_check(&self) -> [u8; 32] {
+        self.check
     }
 
     /// Encrypts a webhook secret for the log: base64 of `nonce (24) ‖ ciphertext`.
@@ -119,11 +152,22 @@ impl Keys {
     }
 
     /// Loads the master key from `hex_override`, or from `path`, creating the file (mode 0600)
-    /// with `fresh` if it does not exist.
+    /// with `fresh` if it does not exist. For tools and tests; the server uses [`Keys::load`],
+    /// which creates the file only for a new site.
     pub fn load_or_create(
         path: &Path,
         hex_override: Option<&str>,
         fresh: [u8; 32],
+    ) -> Result<Keys, SecretsError> {
+        Keys::load(path, hex_override, IfMissing::Create(fresh))
+    }
+
+    /// Loads the master key from `hex_override`, or from `path`; a missing file is created
+    /// (mode 0600) or refused as `missing` says.
+    pub fn load(
+        path: &Path,
+        hex_override: Option<&str>,
+        missing: IfMissing,
     ) -> Result<Keys, SecretsError> {
         let err = |reason: String| SecretsError::KeyFile {
             path: path.display().to_string(),
@@ -146,6 +190,15 @@ impl Keys {
                 Ok(Keys::from_master(&key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let fresh = match missing {
+                    IfMissing::Create(fresh) => fresh,
+                    IfMissing::Refuse(why) => {
+                        return Err(SecretsError::Missing {
+                            path: path.display().to_string(),
+                            why,
+                        });
+                    }
+                };
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
                 }
@@ -314,5 +367,27 @@ mod tests {
             keys.session_token(id),
             Keys::from_master(&[5; 32]).session_token(id)
         );
+    }
+    /// With `IfMissing::Refuse`, a missing key file is an error naming `secrets.key_file` and
+    /// the reason, and no file is created; an existing one loads.
+    #[test]
+    fn a_missing_key_file_is_refused_when_the_site_has_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.key");
+        let e = match Keys::load(&p, None, IfMissing::Refuse("the log has events".into())) {
+            Ok(_) => panic!("a missing master key was generated"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains(&format!("secrets.key_file {}", p.display()))
+                && e.contains("master key is missing")
+                && e.contains("the log has events"),
+            "{e}"
+        );
+        assert!(!p.exists());
+        let a = Keys::load(&p, None, IfMissing::Create([3; 32])).unwrap();
+        let b = Keys::load(&p, None, IfMissing::Refuse("x".into())).unwrap();
+        assert_eq!(a.key_check(), b.key_check());
+        assert_ne!(a.key_check(), Keys::from_master(&[4; 32]).key_check());
     }
 }

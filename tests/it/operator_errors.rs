@@ -1,7 +1,10 @@
 //! Operator-facing errors: the dashboard login of a deactivated partner, environment
-//! arrays, the `partner` command on a non-JSON answer, logs without colour codes.
+//! arrays, the `partner` command on a non-JSON answer, logs without colour codes, a key store
+//! beside the wrong log or master key.
 
-use crate::fixtures::{Options, TestServer};
+use crate::fixtures::{ADMIN_TOKEN, Options, TestServer};
+use palmgate::core::ReaderId;
+use palmgate::mqtt::simulate::{SimOptions, SimReader};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -138,4 +141,204 @@ async fn logs_to_a_non_terminal_carry_no_colour_codes() {
     )
     .await;
     assert!(!log.contains("\x1b["), "{log:?}");
+}
+
+// --- The key store is bound to its log and its master key ---------------------------------
+
+/// Connects a simulated reader with `palm` and waits until the server lists it online (its
+/// subscriptions are in place before the first capture).
+async fn sim_reader(s: &TestServer, id: &str, palm: &str, seed: u64) -> SimReader {
+    let r = SimReader::connect(SimOptions {
+        mqtt_url: s.mqtt_url.clone(),
+        topic_prefix: "palmgate".into(),
+        reader: ReaderId(id.into()),
+        palm: palm.into(),
+        dim: 128,
+        quality: 0.95,
+        liveness: true,
+        seed,
+    })
+    .await
+    .expect("simulated reader connects");
+    crate::fixtures::poll(
+        "the reader online",
+        Duration::from_secs(15),
+        || async move {
+            let list: serde_json::Value = s
+                .get("/admin/v1/readers")
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            list.as_array()?
+                .iter()
+                .any(|r| r["id"] == id && r["online"] == true)
+                .then_some(())
+        },
+    )
+    .await;
+    r
+}
+
+/// Captures with `reader` for the session `created` and waits for it to end: its final body.
+async fn captured(
+    s: &TestServer,
+    key: &str,
+    reader: &mut SimReader,
+    created: &crate::fixtures::Created,
+) -> serde_json::Value {
+    reader
+        .capture(Some(&created.token()))
+        .await
+        .expect("capture");
+    crate::fixtures::poll(
+        "the session to end",
+        Duration::from_secs(15),
+        || async move {
+            let v = s.session(key, &created.session_id).await.json();
+            (v["state"] != "pending").then_some(v)
+        },
+    )
+    .await
+}
+
+/// A server with a partner and one user enrolled through a reader (so keys.db holds one data
+/// key), stopped: (server, partner API key).
+async fn enrolled_and_stopped() -> (TestServer, String) {
+    let mut s = TestServer::start().await;
+    let (_, key) = s.create_partner("Acme").await;
+    let mut desk = sim_reader(&s, "desk-1", "alice", 1).await;
+    let created = s
+        .enroll(&key, "", &serde_json::json!({"external_id": "EMP-1"}))
+        .await
+        .created();
+    let v = captured(&s, &key, &mut desk, &created).await;
+    assert_eq!(v["state"], "completed", "{v}");
+    drop(desk);
+    s.terminate();
+    assert_eq!(data_keys(&s), 1);
+    (s, key)
+}
+
+/// Data keys in the server's key store.
+fn data_keys(s: &TestServer) -> i64 {
+    let c = rusqlite::Connection::open(s.dir().join("keys.db")).expect("open keys.db");
+    c.query_row("SELECT count(*) FROM data_keys", [], |r| r.get(0))
+        .expect("count keys")
+}
+
+/// `palmgate serve` on the server's config with `env`, expected to refuse to start: its stderr.
+fn refused_start(s: &TestServer, env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palmgate"));
+    cmd.args(["serve", "--config"])
+        .arg(s.config_path())
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PALMGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "the server started: {stderr}");
+    stderr
+}
+
+/// A typo in `store.path` (a new, empty log) beside the site's keys.db, or another site's log,
+/// is refused at start-up, naming both files and their keys, instead of the start-up sweep
+/// destroying every enrolled user's data key. With the right path the user still matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_store_beside_another_log_is_refused_and_keeps_its_keys() {
+    let (mut s, key) = enrolled_and_stopped().await;
+    let keys_db = s.dir().join("keys.db");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let typo = elsewhere.path().join("evnets.db");
+    let stderr = refused_start(&s, &[("PALMGATE_STORE_PATH", typo.as_os_str())]);
+    assert!(
+        stderr.contains(&format!("store.path {}", typo.display()))
+            && stderr.contains(&format!("secrets.key_store {}", keys_db.display()))
+            && stderr.contains("empty log")
+            && stderr.contains("same site's files"),
+        "{stderr}"
+    );
+    assert_eq!(data_keys(&s), 1, "the refused start destroyed a data key");
+
+    // Another site's log (with events): refused too, the key store knowing its own log.
+    let other = TestServer::prepare(Default::default());
+    other.seed_partner("Other", &["X-1"]).await;
+    let stderr = refused_start(
+        &s,
+        &[("PALMGATE_STORE_PATH", other.store_path().as_os_str())],
+    );
+    assert!(
+        stderr.contains(&format!("store.path {}", other.store_path().display()))
+            && stderr.contains(&format!("secrets.key_store {}", keys_db.display()))
+            && stderr.contains("belongs to another log"),
+        "{stderr}"
+    );
+    assert_eq!(data_keys(&s), 1);
+
+    // The right files: the user is there and their template is usable.
+    s.launch().await;
+    let r = crate::fixtures::send(s.get("/v1/users/EMP-1").header("x-api-key", &key)).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let mut door = sim_reader(&s, "door-1", "alice", 1_000).await;
+    let created = s.identify(&key, "").await.created();
+    let v = captured(&s, &key, &mut door, &created).await;
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["external_id"], "EMP-1", "{v}");
+    assert_eq!(data_keys(&s), 1);
+}
+
+/// A deleted master.key beside a log with enrolled users is not replaced by a new one: start-up
+/// stops naming `secrets.key_file`, and no key file is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_master_key_is_not_regenerated_on_an_existing_site() {
+    let (s, _key) = enrolled_and_stopped().await;
+    let key_file = s.dir().join("master.key");
+    std::fs::remove_file(&key_file).unwrap();
+    let stderr = refused_start(&s, &[]);
+    assert!(
+        stderr.contains(&format!("secrets.key_file {}", key_file.display()))
+            && stderr.contains("master key is missing")
+            && stderr.contains("backup"),
+        "{stderr}"
+    );
+    assert!(!key_file.exists(), "a new master key was generated");
+    assert_eq!(data_keys(&s), 1);
+}
+
+/// A master key from PALMGATE_SECRETS_MASTER_KEY other than the one the key store was written
+/// with is refused, naming where it came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_master_key_from_the_environment_is_refused() {
+    let (s, _key) = enrolled_and_stopped().await;
+    let other = "cd".repeat(32);
+    let stderr = refused_start(
+        &s,
+        &[("PALMGATE_SECRETS_MASTER_KEY", std::ffi::OsStr::new(&other))],
+    );
+    assert!(
+        stderr.contains("PALMGATE_SECRETS_MASTER_KEY")
+            && stderr.contains("is not the one")
+            && stderr.contains("secrets.key_store"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&other), "the key was printed: {stderr}");
+    assert_eq!(data_keys(&s), 1);
 }
