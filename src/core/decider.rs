@@ -39,6 +39,9 @@ pub enum Rejection {
     /// Another open session holds the reader (armed for it, or a trigger session bound to it).
     #[error("reader is busy with another session")]
     ReaderBusy,
+    /// A partner's session asked for a door's reader: door readers decide doors only.
+    #[error("reader belongs to a door")]
+    ReaderAtDoor,
     #[error("{0}")]
     Invalid(&'static str),
     #[error("invalid site policy: {}", .0.join("; "))]
@@ -314,6 +317,18 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             }
             if !state.readers.get(reader_id).is_some_and(|r| r.online) {
                 return Err(Rejection::ReaderOffline);
+            }
+            // A door's reader serves the door (SPEC 5: a session-less scan there decides the
+            // door): armed for a partner's enrollment, the next person scanning to get in would
+            // be enrolled into that partner's records, and no door decision would follow. Only
+            // a site session (a trigger at that reader) runs there.
+            if s.partner_id.is_some()
+                && state
+                    .policy
+                    .as_ref()
+                    .is_some_and(|p| p.door_of_reader(reader_id).is_some())
+            {
+                return Err(Rejection::ReaderAtDoor);
             }
             // An enrollment must not take over a reader that another partner's session (or a
             // kiosk's site session) holds: the palm of the person standing there would be
@@ -780,6 +795,11 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
     if !s.is_open(now) {
         return rejected(CaptureRejection::SessionNotPending);
     }
+    // Only the reader the session is armed at speaks for it: one armed before the session
+    // moved on still holds its token.
+    if s.reader_id.as_ref().is_some_and(|r| *r != c.reader_id) {
+        return rejected(CaptureRejection::WrongReader);
+    }
     let rules = state.rules;
     let matched = c.best.as_ref().filter(|b| b.similarity >= rules.threshold);
     let cref = c.reference(&rules);
@@ -1195,6 +1215,86 @@ mod reader_hold_tests {
             Some(Rejection::ReaderBusy)
         );
         assert!(log.arm(2, lapses).is_ok());
+    }
+
+    /// A door's reader is never armed for a partner's session: the next person scanning to get
+    /// in would be enrolled into that partner's records, with no door decision. A desk reader
+    /// (in no door) is.
+    #[test]
+    fn a_partners_session_cannot_arm_a_doors_reader() {
+        let mut log = armed();
+        let doc = "timezone = \"Asia/Almaty\"\n\n[[relay_devices]]\nid = \"b\"\nmodbus = \"tcp://127.0.0.1:9\"\n\n\
+             [[doors]]\nid = \"main\"\nreaders = [\"lobby-1\"]\nrelay = { device = \"b\", coil = 0 }\n\n\
+             [schedules]\nalways = [\"* * * * * *\"]\n\n[[levels]]\nname = \"l\"\ndoors = [\"main\"]\nschedule = \"always\"\n";
+        let cmd = Command::ActivatePolicy {
+            document: doc.into(),
+            source: "startup".into(),
+        };
+        let d = decide(&log.state, &cmd, t0()).unwrap();
+        log.apply(d, t0());
+        let lobby = ReaderId("lobby-1".into());
+        let online = Event::ReaderStatusChanged {
+            reader_id: lobby.clone(),
+            online: true,
+            model: None,
+            firmware: None,
+            at: t0(),
+        };
+        log.fold(stream::reader(&lobby), online, t0());
+        let arm = |reader: &ReaderId| Command::ArmReader {
+            session_id: sid(2),
+            reader_id: reader.clone(),
+        };
+        assert_eq!(
+            decide(&log.state, &arm(&lobby), t0()).err(),
+            Some(Rejection::ReaderAtDoor)
+        );
+        let at = t0() + READER_HOLD;
+        assert!(decide(&log.state, &arm(&desk()), at).is_ok());
+    }
+
+    /// A capture for a session counts only from the reader it is armed at: one armed for it
+    /// before it moved to another reader still holds its token.
+    #[test]
+    fn a_capture_from_a_reader_the_session_is_not_armed_at_is_rejected() {
+        let log = armed();
+        let capture = |reader: &str| {
+            Command::Capture(Capture {
+                reader_id: ReaderId(reader.into()),
+                capture_id: format!("c-{reader}"),
+                session: Some(SecretHash(format!("{:064x}", 1))),
+                quality: 0.9,
+                liveness: true,
+                best: None,
+                sealed: None,
+            })
+        };
+        let wrong = |d: &Decision| {
+            d.appends.iter().flat_map(|a| &a.events).any(|e| {
+                matches!(
+                    e,
+                    Event::CaptureRejected {
+                        reason: CaptureRejection::WrongReader,
+                        ..
+                    }
+                )
+            })
+        };
+        let at = t0() + Duration::seconds(5);
+        let d = decide(&log.state, &capture("desk-2"), at).unwrap();
+        assert!(wrong(&d), "{:?}", d.appends);
+        assert!(
+            d.appends
+                .iter()
+                .all(|a| a.stream != stream::session(sid(1))),
+            "the session is untouched: {:?}",
+            d.appends
+        );
+        // At desk-1 the capture reaches the enrollment (which wants a sealed template).
+        assert_eq!(
+            decide(&log.state, &capture("desk-1"), at).err(),
+            Some(Rejection::Invalid("enroll capture without a sealed template"))
+        );
     }
 }
 

@@ -113,6 +113,10 @@ pub enum CaptureRejection {
     NoDoor,
     /// A door scan below `min_quality`: the reader was asked to try again.
     LowQuality,
+    /// A capture for a session from a reader the session is not armed at (a reader armed for
+    /// it before it moved to another one): the palm of whoever stands there is not the
+    /// session's.
+    WrongReader,
 }
 
 /// Every fact in the log. The serde tag is the event type written in the envelope.

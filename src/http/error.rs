@@ -114,7 +114,8 @@ impl From<Rejection> for ApiError {
             | Rejection::IdempotencyMismatch
             | Rejection::PartnerExists
             | Rejection::ReaderOffline
-            | Rejection::ReaderBusy => ApiError::Conflict(r.to_string()),
+            | Rejection::ReaderBusy
+            | Rejection::ReaderAtDoor => ApiError::Conflict(r.to_string()),
             Rejection::Invalid(m) => ApiError::BadRequest(m.to_string()),
             Rejection::InvalidPolicy(errors) => ApiError::InvalidPolicy(errors),
         }
