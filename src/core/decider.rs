@@ -1293,7 +1293,9 @@ mod reader_hold_tests {
         // At desk-1 the capture reaches the enrollment (which wants a sealed template).
         assert_eq!(
             decide(&log.state, &capture("desk-1"), at).err(),
-            Some(Rejection::Invalid("enroll capture without a sealed template"))
+            Some(Rejection::Invalid(
+                "enroll capture without a sealed template"
+            ))
         );
     }
 }
