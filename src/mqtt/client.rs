@@ -1,4 +1,4 @@
-//! The gateway's MQTT client (rumqttc): persistent session, QoS 1, manual acknowledgement,
+//! The gateway's MQTT client (rumqttc): clean session, QoS 1, manual acknowledgement,
 //! reconnection with backoff, and re-subscription on every connection.
 
 use super::protocol::{self, TopicKind};
@@ -102,13 +102,21 @@ pub fn spawn(
         opts.set_credentials(user, password);
     }
     opts.set_keep_alive(Duration::from_secs(10));
-    opts.set_clean_session(false);
+    // A clean session: the broker keeps nothing for a gateway that is away (stopped,
+    // restarting, cut off). A persistent session (the choice until then, so that an external
+    // broker would redeliver what a crash left unacknowledged) queued every reader message of
+    // the absence and delivered it on the return, with nothing telling that backlog from fresh
+    // scans (a capture carries no time): a door scan made while the gateway was down was
+    // decided when it came back, and the door opened for whoever had walked away. A scan,
+    // trigger or enrollment capture made while the gateway is away is therefore lost; the
+    // person scans again. The subscriptions are made again on every ConnAck (below).
+    opts.set_clean_session(true);
     opts.set_manual_acks(true);
     // Incoming: far above what any broker palmgate ships lets through (256 KiB), so that an
     // oversized message reaches the parser, is rejected and counted, and is acknowledged. A
     // packet over the client's own limit drops the connection before it can be acknowledged,
-    // and a persistent session then redelivers it after every reconnect: one bad reader would
-    // cut the gateway off from every reader.
+    // and a broker that redelivers it after every reconnect would cut the gateway off from
+    // every reader.
     opts.set_max_packet_size(INCOMING_MAX, 512 * 1024);
     if tls {
         opts.set_transport(tls_transport(app.config.mqtt.ca_file.as_deref())?);
@@ -175,7 +183,8 @@ pub fn spawn(
                     }
                 }
                 // An upstream trigger: acknowledged once its remote call's outcome is recorded
-                // (or given up), so a crash before that leaves it to the broker to redeliver.
+                // (or given up). With the clean session a crash before that loses it (the broker
+                // keeps nothing for an absent gateway): the reader triggers again.
                 Handled::AckWhenDone(done) => {
                     let client = ack_client.clone();
                     tokio::spawn(async move {
@@ -233,8 +242,9 @@ enum Handled {
 /// logged and counted, not left unacknowledged: MQTT would not bring it back before the next
 /// reconnection — and then as a stale scan that could open a door long after the person left —
 /// while every unacknowledged message holds a slot of the broker's in-flight window, and a
-/// full window stops every reader. A crash mid-handling still leaves it unacknowledged, so an
-/// external broker redelivers it to the restarted server. An upstream trigger is handled
+/// full window stops every reader. A crash mid-handling loses it: the session is clean, so the
+/// broker keeps nothing for the restarted server (a late scan must not decide). An upstream
+/// trigger is handled
 /// when the remote's answer to it is recorded, which the MQTT loop does not wait for
 /// (`app::upstream`).
 async fn handle(app: &App, prefix: &str, p: &Publish) -> Handled {

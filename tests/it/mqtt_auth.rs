@@ -110,3 +110,116 @@ async fn the_server_and_readers_log_in_to_a_broker_without_anonymous_access() {
     let _ = broker.kill();
     let _ = broker.wait();
 }
+
+/// A door scan published while the gateway is stopped (SIGTERM; Mosquitto keeps running) is
+/// not decided when the gateway comes back: the broker kept nothing for the absent gateway, so
+/// no `DoorDecided` and no pulse for it — the person has walked away. A fresh scan after the
+/// restart is decided and opens the door. (With a persistent session the broker queued the
+/// scan and the restarted gateway granted it, pulsing the relay for nobody.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_door_scan_made_while_the_gateway_was_down_opens_nothing_when_it_returns() {
+    use crate::crash_suite::{events_after, next_command_where, reader as sim_reader};
+    use crate::doors::{Layout, WAIT, site_doc, until, writes_since};
+    use crate::readers::Mosquitto;
+    use serde_json::json;
+    use tokio::time::Instant;
+
+    let Some(bin) = crate::readers::mosquitto_or_skip() else {
+        return;
+    };
+    let port = free_port();
+    let broker = Mosquitto::start(&bin, port);
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let board = crate::doors::new_board().await;
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = site_dir.path().join("site.toml");
+    std::fs::write(&site, site_doc(&board.url(), &Layout::default())).unwrap();
+    let mut s = TestServer::start_with(Options::default().extra_toml(&format!(
+        "site = {:?}\n[mqtt]\nurl = \"{url}\"",
+        site.display().to_string()
+    )))
+    .await;
+    assert_eq!(s.mqtt_url, url, "readers use Mosquitto");
+    let (_, key) = s.create_partner("Acme").await;
+    crate::crash_suite::enroll_user(&s, &key, "gina", json!({"access_level": "standard"})).await;
+    let mut lobby = sim_reader(&url, "lobby-1", "gina", 1).await.unwrap();
+    until("the gateway holds the board", || {
+        board.writes().iter().any(|(_, c, on)| *c == 0 && !*on)
+    })
+    .await;
+
+    // Scans until one is answered (one published before the gateway subscribed is lost):
+    // every capture id sent, and the result.
+    async fn scan_until_answered(
+        r: &mut palmgate::mqtt::simulate::SimReader,
+        within: Duration,
+    ) -> (Vec<String>, serde_json::Value) {
+        let end = Instant::now() + within;
+        let mut sent = Vec::new();
+        loop {
+            let c = r.capture(None).await.expect("capture");
+            sent.push(c["capture_id"].as_str().unwrap().to_string());
+            if let Some(res) =
+                next_command_where(r, Duration::from_secs(2), |c| c["action"] == "result").await
+            {
+                return (sent, res);
+            }
+            assert!(
+                Instant::now() < end,
+                "no door scan answered within {within:?}"
+            );
+        }
+    }
+    let (_, r) = scan_until_answered(&mut lobby, WAIT).await;
+    assert_eq!(r["granted"], true, "gina passes before the outage: {r}");
+
+    // The gateway stops; a scan at lobby-1 reaches the broker, which has no gateway to give it.
+    let status = s.terminate();
+    assert!(status.is_some_and(|st| st.success()), "SIGTERM: {status:?}");
+    let down_at = Instant::now();
+    let queued = lobby
+        .capture(None)
+        .await
+        .expect("the broker takes the scan");
+    let queued_id = queued["capture_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Back: a fresh scan is decided and opens the door.
+    s.launch().await;
+    let (fresh, r) = scan_until_answered(&mut lobby, Duration::from_secs(20)).await;
+    assert_eq!(r["granted"], true, "a fresh scan after the restart: {r}");
+    // Watch a while longer: nothing from the outage comes back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = events_after(&s, 0).await;
+    let decided: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["type"] == "DoorDecided")
+        .collect();
+    assert!(
+        !decided
+            .iter()
+            .any(|e| e["data"]["capture_id"] == queued_id.as_str()),
+        "the scan made while the gateway was down was decided at its return: {decided:?}"
+    );
+    let fresh_granted = decided
+        .iter()
+        .filter(|e| {
+            e["data"]["verdict"]["verdict"] == "granted"
+                && fresh.iter().any(|f| e["data"]["capture_id"] == f.as_str())
+        })
+        .count();
+    assert!(
+        fresh_granted >= 1,
+        "the fresh scan is in the log: {decided:?}"
+    );
+    let pulses = writes_since(&board, 0, down_at)
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .count();
+    assert_eq!(
+        pulses, fresh_granted,
+        "only fresh scans pulse the relay after the restart"
+    );
+    s.terminate();
+    drop(broker);
+}
