@@ -184,8 +184,14 @@ fn page(
         }
         PageView::Open => {
             let readers = online_readers(app);
-            let zone = app.read(|st| st.policy.as_ref().map(|p| p.timezone));
-            let mut body = open_body(c, &s, token, &readers, zone);
+            let now = app.clock.now();
+            let (zone, held) = app.read(|st| {
+                (
+                    st.policy.as_ref().map(|p| p.timezone),
+                    reader_status(st, &s, now),
+                )
+            });
+            let mut body = open_body(c, &s, token, &readers, zone, held);
             match notice_key {
                 Some(Notice::ReaderOffline) => body = format!("{}{body}", notice(c.reader_offline)),
                 Some(Notice::ReaderBusy) => body = format!("{}{body}", notice(c.reader_busy)),
@@ -200,6 +206,45 @@ fn title(c: &Catalog, kind: SessionKind) -> &'static str {
     match kind {
         SessionKind::Enroll => c.enroll_title,
         SessionKind::Identify => c.identify_title,
+    }
+}
+
+/// Where a session stands with the reader it was armed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReaderStatus {
+    /// It holds the reader: the page says the scanner is ready.
+    Held,
+    /// Another session holds it now (took it over, or armed it after this one's hold lapsed):
+    /// a palm scanned there goes to that session, so the page says the scanner is busy.
+    Busy,
+    /// No reader, or its hold lapsed and nobody holds the reader: waiting for one to be chosen.
+    Waiting,
+}
+
+impl ReaderStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReaderStatus::Held => "ready",
+            ReaderStatus::Busy => "busy",
+            ReaderStatus::Waiting => "waiting",
+        }
+    }
+}
+
+/// Whether `s` still holds its reader at `now` ([`crate::core::State::session_holding_reader`]):
+/// a session's `reader_id` stays set after another session took the reader.
+fn reader_status(
+    st: &crate::core::State,
+    s: &Session,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ReaderStatus {
+    let Some(r) = &s.reader_id else {
+        return ReaderStatus::Waiting;
+    };
+    match st.session_holding_reader(r, now) {
+        Some(h) if h.id == s.id => ReaderStatus::Held,
+        Some(_) => ReaderStatus::Busy,
+        None => ReaderStatus::Waiting,
     }
 }
 
@@ -220,6 +265,7 @@ fn open_body(
     token: &str,
     readers: &[String],
     zone: Option<chrono_tz::Tz>,
+    held: ReaderStatus,
 ) -> String {
     // The site's local time once a site policy names its time zone (with the zone's
     // abbreviation, e.g. "12:54 +05"); UTC until then.
@@ -232,9 +278,12 @@ fn open_body(
         None => s.expires_at.format("%H:%M UTC").to_string(),
     };
     let kind = s.kind.as_str();
-    let status = match &s.reader_id {
-        Some(r) => c.armed.replace("{reader}", &r.0),
-        None => c.waiting.to_string(),
+    // "Ready" only while the session still holds its reader: once another session has taken
+    // it, a palm scanned there would go to that other session.
+    let status = match (&s.reader_id, held) {
+        (Some(r), ReaderStatus::Held) => c.armed.replace("{reader}", &r.0),
+        (Some(_), ReaderStatus::Busy) => c.reader_busy.to_string(),
+        _ => c.waiting.to_string(),
     };
     let picker = if readers.is_empty() {
         notice(c.no_readers)
@@ -242,7 +291,8 @@ fn open_body(
         let items: String = readers
             .iter()
             .map(|r| {
-                let current = s.reader_id.as_ref().is_some_and(|x| &x.0 == r);
+                let current = held == ReaderStatus::Held
+                    && s.reader_id.as_ref().is_some_and(|x| &x.0 == r);
                 format!(
                     r#"<li><a class="reader{cls}" href="/{kind}/{token}?reader={id}"{aria}>{id}</a></li>"#,
                     cls = if current { " current" } else { "" },
@@ -262,7 +312,7 @@ fn open_body(
 <h2>{place}</h2>
 <p>{hint}</p>
 {picker}
-<p id="status" class="status" role="status" aria-live="polite" data-events="/{kind}/{token}/events" data-retry="{retry}" data-armed="{armed}">{status}</p>
+<p id="status" class="status" role="status" aria-live="polite" data-events="/{kind}/{token}/events" data-retry="{retry}" data-armed="{armed}" data-reader-status="{reader_status}">{status}</p>
 <p class="muted">{expires}</p>
 <form method="post" action="/{kind}/{token}/cancel">
 <button type="submit">{cancel}</button>
@@ -272,6 +322,7 @@ fn open_body(
         hint = esc(c.hold_hint),
         retry = esc(c.retry),
         armed = esc(c.armed),
+        reader_status = held.as_str(),
         status = esc(&status),
         expires = esc(&c.expires_at.replace("{time}", &time)),
         token = esc(token),
@@ -385,7 +436,7 @@ pub async fn events(
         return message(StatusCode::NOT_FOUND, "not found");
     };
     let id = s.id;
-    let first = progress(&s);
+    let first = app.read(|st| progress(st, &s, app.clock.now()));
     let once = || {
         let event = SseEvent::default().data(first.to_string());
         Sse::new(tokio_stream::once(Ok::<_, std::convert::Infallible>(event))).into_response()
@@ -403,12 +454,25 @@ pub async fn events(
         );
     };
     let app2 = app.clone();
+    // This session's own changes, and those of another session at the reader this one was
+    // armed for: when another session takes the reader (or gives it up), this page learns
+    // that its scanner is busy (or free) without waiting for a change of its own.
     let updates = changes
-        .filter_map(move |r| match r {
-            Ok(changed) if changed == id => Some(app2.read(|st| st.session(id).map(progress))),
-            Ok(_) => None,
-            // Lagged: send the current state anyway.
-            Err(_) => Some(app2.read(|st| st.session(id).map(progress))),
+        .filter_map(move |r| {
+            let now = app2.clock.now();
+            app2.read(|st| {
+                let current = || st.session(id).map(|s| progress(st, s, now));
+                match r {
+                    Ok(changed) if changed == id => Some(current()),
+                    Ok(changed) => {
+                        let mine = st.session(id).and_then(|s| s.reader_id.as_ref());
+                        let theirs = st.session(changed).and_then(|o| o.reader_id.as_ref());
+                        (mine.is_some() && mine == theirs).then(current)
+                    }
+                    // Lagged: send the current state anyway.
+                    Err(_) => Some(current()),
+                }
+            })
         })
         // Forgotten: nothing more to say.
         .take_while(Option::is_some)
@@ -507,11 +571,18 @@ impl Drop for StreamGuard {
     }
 }
 
-fn progress(s: &Session) -> serde_json::Value {
+/// A stream event: the session's state, the reader it was armed for and whether it still
+/// holds it (`reader_status`: `ready`, `busy` when another session holds it now, `waiting`).
+fn progress(
+    st: &crate::core::State,
+    s: &Session,
+    now: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
     serde_json::json!({
         "state": s.state.as_str(),
         "fail_reason": s.fail_reason.map(|r| r.as_str()),
         "reader": s.reader_id.as_ref().map(|r| r.0.clone()),
+        "reader_status": reader_status(st, s, now).as_str(),
         "retries": s.retries,
     })
 }
@@ -551,6 +622,12 @@ const SCRIPT: &str = r#"(function () {
     if (p.state !== 'pending') { source.close(); window.location.reload(); return; }
     if (lastRetries !== null && p.retries > lastRetries) {
       el.textContent = el.getAttribute('data-retry');
+    } else if (p.reader_status && p.reader_status !== el.getAttribute('data-reader-status')) {
+      // Another session took this one's reader (or let it go): show the page again, without
+      // `?reader=` so that it does not take the reader back, and it says where things stand.
+      source.close();
+      window.location.href = events.replace(/\/events$/, '');
+      return;
     } else if (p.reader) {
       el.textContent = el.getAttribute('data-armed').replace('{reader}', p.reader);
     }

@@ -1475,3 +1475,72 @@ async fn bad_client_ids_and_reset_connections_do_not_break_the_embedded_broker()
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     drop(desk);
 }
+
+/// A page whose session lost its reader stops saying it is ready: partner A's enrollment arms
+/// desk-1, then partner B's identification takes the reader over (an identification may). A's
+/// page then says the scanner is in use (not "ready", not marked current), and A's live event
+/// stream, open before, is told so (`reader_status: busy`) without a change of A's own — else
+/// A's person would scan into B's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_reader_another_session_took_says_busy_and_its_stream_is_told() {
+    let g = Gate::start().await;
+    let mut desk = g.reader("desk-1", "alice", 1).await;
+    g.reader_online("desk-1", true).await;
+    let (_, token_a) = g.enroll("EMP-A").await;
+    let (status, _) = g.page(&format!("/enroll/{token_a}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(command(&mut desk).await["session"], token_a.as_str());
+    let ready = "Scanner desk-1 is ready";
+    let (_, html) = g.page(&format!("/enroll/{token_a}")).await;
+    assert!(html.contains(ready), "{html}");
+    assert!(html.contains("aria-current"), "{html}");
+
+    let mut resp = g
+        .http
+        .get(format!("{}/enroll/{token_a}/events", g.base))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("GET events");
+    assert_eq!(resp.status(), 200);
+    let mut buf = String::new();
+    let first = sse_until(&mut resp, &mut buf, "the first event", |_| true).await;
+    assert_eq!(first["reader_status"], "ready", "{first}");
+
+    // Partner B's identification takes desk-1.
+    let r = g
+        .http
+        .post(format!("{}/admin/v1/partners", g.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "partner-B"}))
+        .send()
+        .await
+        .expect("create partner");
+    assert_eq!(r.status(), 201);
+    let other: Value = r.json().await.expect("partner json");
+    let r = g
+        .http
+        .post(format!("{}/v1/identify", g.base))
+        .header("X-API-Key", other["api_key"].as_str().expect("api_key"))
+        .send()
+        .await
+        .expect("POST identify");
+    assert_eq!(r.status(), 201);
+    let (_, token_b) = created(&r.json().await.expect("json"), "identify");
+    let (status, _) = g.page(&format!("/identify/{token_b}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(command(&mut desk).await["session"], token_b.as_str());
+
+    // A's stream learns of it, and A's page no longer says ready.
+    let busy = sse_until(&mut resp, &mut buf, "reader_status busy", |v| {
+        v["reader_status"] != "ready"
+    })
+    .await;
+    assert_eq!(busy["reader_status"], "busy", "{busy}");
+    assert_eq!(busy["state"], "pending", "{busy}");
+    let (status, html) = g.page(&format!("/enroll/{token_a}")).await;
+    assert_eq!(status, 200);
+    assert!(!html.contains(ready), "A's page still says ready: {html}");
+    assert!(html.contains("in use by someone else"), "{html}");
+    assert!(!html.contains("aria-current"), "{html}");
+}
