@@ -46,6 +46,9 @@ impl App {
                     session_id,
                     token_hash,
                     ttl: self.ttl(),
+                    // Validated at start-up (en, kk or ru).
+                    language: crate::core::Language::parse(&self.config.mqtt.reader_language)
+                        .unwrap_or(crate::core::Language::En),
                 })
                 .await
             }

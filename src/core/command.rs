@@ -170,6 +170,8 @@ pub enum Command {
         session_id: SessionId,
         token_hash: SecretHash,
         ttl: Duration,
+        /// The site's readers' language (`mqtt.reader_language`): the kiosk page's.
+        language: Language,
     },
     /// `PUT /v1/webhook` (the secret arrives encrypted; the shell made it).
     SetWebhook {

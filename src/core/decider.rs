@@ -372,6 +372,7 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             session_id,
             token_hash,
             ttl,
+            language,
         } => {
             if state
                 .seen
@@ -384,7 +385,7 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
                 partner_id: None,
                 reader_id: Some(reader_id.clone()),
                 kind: SessionKind::Identify,
-                language: Language::En,
+                language: *language,
                 token_hash: token_hash.clone(),
                 external_id: None,
                 username: None,

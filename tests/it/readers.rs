@@ -1544,3 +1544,39 @@ async fn a_page_whose_reader_another_session_took_says_busy_and_its_stream_is_to
     assert!(html.contains("in use by someone else"), "{html}");
     assert!(!html.contains("aria-current"), "{html}");
 }
+
+/// A kiosk's trigger session speaks the readers' language (`mqtt.reader_language`), as upstream
+/// mode and the readers' `result` messages do: with `ru`, the page the reader is told to show
+/// is in Russian (it was always English).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_session_is_in_the_readers_language() {
+    use crate::fixtures::{Options, TestServer};
+    let s =
+        TestServer::start_with(Options::default().extra_toml("[mqtt]\nreader_language = \"ru\""))
+            .await;
+    let mut kiosk = crate::crash_suite::reader(&s.mqtt_url, "kiosk-1", "alice", 300)
+        .await
+        .expect("reader");
+    let end = Instant::now() + DEADLINE;
+    // A trigger published before the gateway subscribed is lost: trigger again until shown.
+    let cmd = loop {
+        kiosk.trigger().await.expect("trigger");
+        if let Some(c) = kiosk.next_command(Duration::from_secs(2)).await {
+            break c;
+        }
+        assert!(Instant::now() < end, "no answer to a trigger");
+    };
+    assert_eq!(cmd["action"], "show", "{cmd}");
+    let url = cmd["url"].as_str().expect("url");
+    let path = &url[url.find("/identify/").expect("an identify page")..];
+    let r = s
+        .client
+        .get(s.url(path))
+        .header("Accept", "text/html")
+        .send()
+        .await
+        .expect("GET the shown page");
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.expect("page");
+    assert!(html.contains(r#"<html lang="ru">"#), "{html}");
+}
