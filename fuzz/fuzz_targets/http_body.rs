@@ -6,7 +6,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use palmgate::http::body::{is_json_content_type, parse_json};
-use palmgate::http::pass_api::{MAX_EXTERNAL_ID, MAX_USERNAME, list_limit, parse_enroll};
+use palmgate::http::pass_api::{
+    ListQuery, MAX_EXTERNAL_ID, MAX_LIST_OFFSET, MAX_USERNAME, parse_enroll,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(value) = parse_json(data) {
@@ -32,8 +34,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = parse_enroll(&value);
     }
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(n) = list_limit(Some(text)) {
-            assert!((1..=500).contains(&n));
+        if let Ok(q) = ListQuery::parse(Some(text)) {
+            assert!((1..=500).contains(&q.limit));
+            assert!(q.offset <= MAX_LIST_OFFSET);
+            assert!(q.q.as_ref().is_none_or(|q| !q.is_empty()));
         }
         let _ = is_json_content_type(Some(text));
         let (secret, rest) = text.split_once('\n').unwrap_or((text, ""));
