@@ -20,6 +20,7 @@
 use super::App;
 use crate::config::UpstreamConfig;
 use crate::core::policy::DoorId;
+use crate::core::state::trigger_key;
 use crate::core::upstream::{IdentifyAnswer, Unidentified};
 use crate::core::{Command, Outcome, PartnerId, ReaderId, UpstreamSessionId};
 use sha2::{Digest, Sha256};
@@ -299,7 +300,10 @@ impl App {
         let Some(up) = &self.upstream else {
             return Outcome::Done;
         };
-        if self.read(|s| s.seen.contains(&(reader_id.clone(), trigger_id.clone()))) {
+        if self.read(|s| {
+            s.seen
+                .contains(&(reader_id.clone(), trigger_key(&trigger_id)))
+        }) {
             return Outcome::Duplicate;
         }
         let held = done.and_then(|d| {
@@ -321,7 +325,10 @@ impl App {
 
     /// Calls the remote for one trigger and records the answer.
     async fn upstream_identify(&self, up: &Upstream, reader_id: ReaderId, trigger_id: String) {
-        if self.read(|s| s.seen.contains(&(reader_id.clone(), trigger_id.clone()))) {
+        if self.read(|s| {
+            s.seen
+                .contains(&(reader_id.clone(), trigger_key(&trigger_id)))
+        }) {
             return;
         }
         let answer = up.call(&reader_id, &trigger_id, &*self.clock).await;

@@ -13,18 +13,20 @@
 //! so the grant is durable before the relay pulses and `audit` re-derives it from the
 //! `DoorDecided` alone.
 //!
-//! Invariants: a trigger is handled once; a remote session ends once (a repeated webhook is a
-//! duplicate, whatever its id); a webhook about a session palmgate did not open is refused
-//! (`NotFound`) and recorded nowhere; no door opens for a webhook that arrives more than
-//! [`LATE_AFTER`] after the remote ended the session (the person has walked away) — read on
-//! our clock, corrected by the skew measured when the session was opened.
+//! Invariants: a trigger is handled once (remembered apart from capture ids, by its
+//! `trigger_key`, also the `capture_id` of the decision it leads to); a remote session ends
+//! once (a repeated webhook is a duplicate, whatever its id); a webhook about a session
+//! palmgate did not open is refused (`NotFound`) and recorded nowhere; no door opens for a
+//! webhook that arrives more than [`LATE_AFTER`] after the remote ended the session (the person
+//! has walked away) — read on our clock, corrected by the skew measured when the session was
+//! opened.
 
 use super::decider::{Decision, Effect, ReaderCommand, Rejection, one};
 use super::doors;
 use super::event::{CaptureRef, DoorSubject, Event, Expected, Recorded, UpstreamOutcome, stream};
 use super::ids::*;
 use super::policy::DoorId;
-use super::state::State;
+use super::state::{State, trigger_key};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -86,7 +88,10 @@ pub(crate) fn evolve(state: &mut State, rec: &Recorded) {
             clock_skew_s,
             at,
         } => {
-            state.seen.insert((reader_id.clone(), trigger_id.clone()));
+            // Remembered apart from capture ids, as a site session's trigger is.
+            state
+                .seen
+                .insert((reader_id.clone(), trigger_key(trigger_id)));
             let b = UpstreamBinding {
                 session_id: session_id.clone(),
                 reader_id: reader_id.clone(),
@@ -111,7 +116,9 @@ pub(crate) fn evolve(state: &mut State, rec: &Recorded) {
             trigger_id,
             ..
         } => {
-            state.seen.insert((reader_id.clone(), trigger_id.clone()));
+            state
+                .seen
+                .insert((reader_id.clone(), trigger_key(trigger_id)));
         }
         Event::UpstreamSessionEnded { session_id, at, .. } => {
             if let Some(b) = state.upstream.remove(session_id) {
@@ -217,7 +224,7 @@ pub fn identify(
 ) -> Result<Decision, Rejection> {
     if state
         .seen
-        .contains(&(reader_id.clone(), trigger_id.to_string()))
+        .contains(&(reader_id.clone(), trigger_key(trigger_id)))
     {
         return Ok(Decision::duplicate());
     }
@@ -319,9 +326,11 @@ pub fn ended(state: &State, e: &RemoteEnd, now: DateTime<Utc>) -> Result<Decisio
     let door = policy.as_ref().and_then(|p| p.door_of_reader(&b.reader_id));
     let why = match (who, door, &policy) {
         (Some(subject), Some(door), Some(policy)) if !late => {
+            // No reader capture: the trigger's key stands for it (the relay pulse's tag, which
+            // `audit` matches to this decision), so no capture of the reader is taken for it.
             let cref = CaptureRef {
                 reader_id: b.reader_id.clone(),
-                capture_id: b.trigger_id.clone(),
+                capture_id: trigger_key(&b.trigger_id),
                 quality: 0.0,
                 similarity: None,
                 judged: None,

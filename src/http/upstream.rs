@@ -3,21 +3,25 @@
 //! Checks, in order: upstream mode on (else 404) → `X-Webhook-Signature` is the remote's
 //! HMAC-SHA256 of the raw body under `upstream.webhook_secret`, compared in constant time
 //! (else 401; a caller with bad signatures spends its address budget and meets 429, like a key
-//! guesser) → when the sender adds the Standard Webhooks headers, `webhook-timestamp` is within
-//! [`TOLERANCE`] of now — read on the gateway's clock with the skew measured when the session
-//! was opened, like the payload's `timestamp` — and `webhook-signature` verifies over id,
-//! timestamp and body (else 401:
-//! a stale or replayed delivery) → the body is a SPEC 4 payload (else 400). Then the core
-//! decides ([`crate::core::upstream::ended`]); the answer is 200 with what became of it:
-//! `accepted`, `duplicate` (that session already ended: a retry or a replay) or `ignored`
-//! (a ping, an enroll session, a session palmgate did not open). A log that cannot be written
-//! answers 500 (SPEC 2: a failed disk), so the remote retries.
+//! guesser) → when the sender adds the Standard Webhooks headers, `webhook-timestamp` is a Unix
+//! time, `webhook-signature` verifies over id, timestamp and body, and, for a webhook about an
+//! open binding (the only one acted on), the timestamp is within [`TOLERANCE`] of now — read on
+//! the gateway's clock with the skew measured when the session was opened, like the payload's
+//! `timestamp` (else 401: a stale or replayed delivery) → the body is a SPEC 4 payload (else
+//! 400). Then the core decides ([`crate::core::upstream::ended`]); the answer is 200 with what
+//! became of it: `accepted`, `duplicate` (that session already ended: a retry or a replay) or
+//! `ignored` (a ping, an enroll session, a session palmgate did not open). A webhook about no
+//! open binding is answered from the log without the core and without the timestamp window:
+//! no skew is known for it (a remote clock 10 minutes ahead made every retry and ping a 401,
+//! and the remote then disabled the webhook), and it acts on nothing, however old. A log that
+//! cannot be written answers 500 (SPEC 2: a failed disk), so the remote retries.
 
 use super::body::LimitedBody;
 use super::error::{self, ApiError};
 use crate::app::{App, AppError};
 use crate::core::event::UpstreamOutcome;
-use crate::core::upstream::RemoteEnd;
+use crate::core::event::stream;
+use crate::core::upstream::{RemoteEnd, UpstreamBinding};
 use crate::core::webhook::{verify_seed_signature, verify_standard_signature};
 use crate::core::{Command, ExternalId, Outcome, Rejection, UpstreamSessionId};
 use axum::extract::{FromRequest, Request, State};
@@ -72,28 +76,34 @@ pub async fn hook(State(app): State<Arc<App>>, req: Request) -> Response {
         .chars()
         .take(200)
         .collect::<String>();
+    // The open binding the (signed) body names: only a webhook about one is acted on, so only
+    // there does the timestamp window stand between a replay and a door.
+    let binding = open_binding(&app, &body);
     if let Some(ts) = header(&headers, "webhook-timestamp") {
-        // The remote stamps it with its own clock: read it on ours with the skew measured when
-        // the session was opened (a gateway box without NTP), as the payload's `timestamp` is.
-        let ours = |t| remote_on_our_clock(&app, &body, t);
-        let fresh = ts
+        let Some(t) = ts
             .trim()
             .parse::<i64>()
             .ok()
             .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-            .is_some_and(|t| (now - ours(t)).abs() <= TOLERANCE);
-        if !fresh {
-            return refuse("stale or invalid webhook timestamp");
+        else {
+            return refuse("invalid webhook timestamp: not a Unix time in seconds");
+        };
+        // The remote stamps it with its own clock: read it on ours with the skew measured when
+        // the session was opened (a gateway box without NTP), as the payload's `timestamp` is.
+        // Without an open binding nothing is acted on (`duplicate` or `ignored`), and no skew
+        // is known: a retry after the session ended, or a ping, is answered, not refused.
+        if let Some(b) = &binding
+            && (now - b.on_our_clock(t)).abs() > TOLERANCE
+        {
+            return refuse("stale webhook timestamp: more than 5 minutes from now");
         }
         if let (Some(sig), Some(id)) = (
             header(&headers, "webhook-signature"),
             header(&headers, "webhook-id"),
         ) && up.webhook_secret.starts_with("whsec_")
+            && !verify_standard_signature(&up.webhook_secret, id, t.timestamp(), &body, sig)
         {
-            let t = ts.trim().parse::<i64>().unwrap_or_default();
-            if !verify_standard_signature(&up.webhook_secret, id, t, &body, sig) {
-                return refuse("invalid webhook-signature");
-            }
+            return refuse("invalid webhook-signature");
         }
     }
     let payload = match super::body::parse_json(&body) {
@@ -106,6 +116,15 @@ pub async fn hook(State(app): State<Arc<App>>, req: Request) -> Response {
         Err(m) => return ApiError::BadRequest(m).into_response(),
     };
     let session = end.session_id.clone();
+    if binding.as_ref().is_none_or(|b| b.session_id != session) {
+        // No open binding: nothing to act on (a replay of any age lands here too). A session
+        // that was bound and has ended is a retry: `duplicate`; any other, `ignored`.
+        let ended = app.read(|s| s.revision(&stream::upstream(&session)).is_some());
+        let what = if ended { "duplicate" } else { "ignored" };
+        metrics::counter!("palmgate_upstream_webhooks_total", "outcome" => what).increment(1);
+        tracing::info!(session = %session, outcome = what, "upstream webhook");
+        return status(what);
+    }
     let result = app.execute(Command::UpstreamWebhook(end)).await;
     let what = match &result {
         Ok(Outcome::Duplicate) => "duplicate",
@@ -121,23 +140,15 @@ pub async fn hook(State(app): State<Arc<App>>, req: Request) -> Response {
     }
 }
 
-/// `remote`, an instant on the remote's clock, on ours: less the skew of the binding that the
-/// (signed) body's `data.session_id` names, as measured when that session was opened; as is
-/// for a session palmgate did not open or a body that is not a payload.
-fn remote_on_our_clock(
-    app: &App,
-    body: &[u8],
-    remote: chrono::DateTime<chrono::Utc>,
-) -> chrono::DateTime<chrono::Utc> {
-    let Some(id) = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+/// The open binding that the (signed) body's `data.session_id` names; `None` for a session
+/// palmgate did not open or has ended, or a body that is not a payload.
+fn open_binding(app: &App, body: &[u8]) -> Option<UpstreamBinding> {
+    let id = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
         v.pointer("/data/session_id")
             .and_then(Value::as_str)
             .map(|s| UpstreamSessionId(s.to_string()))
-    }) else {
-        return remote;
-    };
-    app.read(|s| s.upstream.get(&id).map(|b| b.on_our_clock(remote)))
-        .unwrap_or(remote)
+    })?;
+    app.read(|s| s.upstream_binding(&id).cloned())
 }
 
 /// The SPEC 4 payload as the core's [`RemoteEnd`]; `Ok(None)` for what upstream mode does not

@@ -898,3 +898,212 @@ async fn a_remote_with_its_clock_ahead_is_heard_on_the_gateways_clock() {
         .await;
     assert_ne!(ended["data"]["late"], true, "{ended}");
 }
+
+/// A webhook to G as a palmgate-like remote sends it: seed signature plus the Standard
+/// Webhooks headers, `webhook-timestamp` = `at` (the remote's clock).
+async fn post_stamped(p: &Pair, body: &str, at: chrono::DateTime<chrono::Utc>) -> (u16, Value) {
+    let id = "msg_stamped";
+    let mut req =
+        p.g.client
+            .post(format!("http://{}/hooks/upstream", p.g_listen))
+            .header("content-type", "application/json")
+            .header(
+                "x-webhook-signature",
+                seed_signature(&p.secret, body.as_bytes()),
+            )
+            .header("webhook-id", id)
+            .header("webhook-timestamp", at.timestamp().to_string());
+    if let Some(sig) =
+        palmgate::core::webhook::standard_signature(&p.secret, id, at.timestamp(), body.as_bytes())
+    {
+        req = req.header("webhook-signature", sig);
+    }
+    let resp = req.body(body.to_string()).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The remote's clock 10 minutes ahead (a gateway box without NTP): once the session has ended
+/// its binding (and the skew measured with it) is gone, yet the remote's retry of the accepted
+/// webhook (its 200 lost), its ping and a webhook about another app's session are answered
+/// `duplicate` / `ignored`, not refused 401 as stale on the gateway's raw clock (a remote
+/// retries a 401 and then disables the gateway's webhook: every upstream door scan stopped).
+/// None of them acts: one session end, one decision, one pulse; a replay an hour old neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_remote_clock_ahead_a_retry_after_the_end_and_a_ping_are_answered() {
+    const AHEAD: i64 = 600;
+    let (proxy, target) = skewed_proxy(AHEAD).await;
+    let p = pair_with(Some(&proxy), "10s").await;
+    target.set(p.r.base_url.clone()).unwrap();
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 21).await;
+    let since = Instant::now();
+    let (_, session) = p.trigger(&mut lobby).await;
+    let remote_now = || chrono::Utc::now() + chrono::Duration::seconds(AHEAD);
+    let at_remote = |at: chrono::DateTime<chrono::Utc>, event: &str, session: &str| {
+        json!({
+            "event": event,
+            "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "data": {"session_id": session, "type": "identify", "external_id": "alice",
+                     "metadata": {"access_level": "standard"}, "language": "en"},
+        })
+        .to_string()
+    };
+    let ended_at = remote_now();
+    let body = at_remote(ended_at, "completed", &session);
+    assert_eq!(
+        post_stamped(&p, &body, remote_now()).await,
+        (200, json!({"status": "accepted"}))
+    );
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], true, "{r}");
+    until("coil 0 ON", || {
+        writes_since(&p.board, 0, since).iter().any(|(_, on)| *on)
+    })
+    .await;
+
+    // The same delivery retried (the 200 was lost), stamped anew on the remote's clock.
+    assert_eq!(
+        post_stamped(&p, &body, remote_now()).await,
+        (200, json!({"status": "duplicate"})),
+        "a retry after the session ended"
+    );
+    // The remote's test ping and another app's session: signed, about nothing G opened.
+    let ping = json!({
+        "event": "ping",
+        "timestamp": remote_now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "data": {"message": "palmgate webhook test"},
+    })
+    .to_string();
+    assert_eq!(
+        post_stamped(&p, &ping, remote_now()).await,
+        (200, json!({"status": "ignored"})),
+        "a ping"
+    );
+    let other = at_remote(remote_now(), "completed", "another-apps-session");
+    assert_eq!(
+        post_stamped(&p, &other, remote_now()).await,
+        (200, json!({"status": "ignored"})),
+        "another app's session"
+    );
+    // A replay of the accepted webhook an hour later (its old stamp): harmless, acts on nothing.
+    assert_eq!(
+        post_stamped(&p, &body, ended_at - chrono::Duration::hours(1)).await,
+        (200, json!({"status": "duplicate"})),
+        "an old replay"
+    );
+    // An unreadable `webhook-timestamp` is still refused, bound or not.
+    let status =
+        p.g.client
+            .post(format!("http://{}/hooks/upstream", p.g_listen))
+            .header(
+                "x-webhook-signature",
+                seed_signature(&p.secret, ping.as_bytes()),
+            )
+            .header("webhook-id", "msg_x")
+            .header("webhook-timestamp", "not-a-time")
+            .body(ping.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+    assert_eq!(status, 401, "an unreadable webhook-timestamp");
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(events_of(&p.g, "UpstreamSessionEnded").await.len(), 1);
+    assert_eq!(events_of(&p.g, "DoorDecided").await.len(), 1);
+    let ons = writes_since(&p.board, 0, since)
+        .iter()
+        .filter(|(_, on)| *on)
+        .count();
+    assert_eq!(ons, 1, "one pulse, for the one accepted webhook");
+}
+
+/// Trigger ids and capture ids are remembered apart in upstream mode too (as in local mode):
+/// a door scan numbered like an earlier trigger is decided, and a trigger numbered like an
+/// earlier door scan is sent to the remote. Both were dropped as silent duplicates: the person
+/// at the door was told nothing. The upstream decision's `capture_id` is the trigger's key,
+/// which no capture of the reader is taken for, and its pulse carries the same tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_ids_and_capture_ids_do_not_collide_in_upstream_mode() {
+    use palmgate::mqtt::protocol::TopicKind;
+    let mut p = pair().await;
+    p.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 31).await;
+    let trigger = |id: &str| serde_json::to_vec(&json!({"trigger_id": id})).unwrap();
+
+    // Trigger `id-1`, then a door scan numbered `id-1`: the scan is decided (nobody G knows).
+    lobby
+        .publish_raw(TopicKind::Trigger, trigger("id-1"))
+        .await
+        .unwrap();
+    let show = command(&mut lobby, "show").await;
+    let url = show["url"].as_str().expect("show url").to_string();
+    p.g_event("UpstreamIdentifyStarted", |d| d["trigger_id"] == "id-1")
+        .await;
+    let mut scan = lobby.next_capture(None);
+    scan["capture_id"] = json!("id-1");
+    lobby.send_capture(scan).await.unwrap();
+    let decided = p
+        .g_event("DoorDecided", |d| d["capture_id"] == "id-1")
+        .await;
+    assert_eq!(decided["data"]["verdict"]["reason"], "no_match");
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], false, "{r}");
+
+    // A door scan `id-2`, then trigger `id-2`: the trigger goes to the remote, the reader shows
+    // its page.
+    let mut scan = lobby.next_capture(None);
+    scan["capture_id"] = json!("id-2");
+    lobby.send_capture(scan).await.unwrap();
+    p.g_event("DoorDecided", |d| d["capture_id"] == "id-2")
+        .await;
+    result_cmd(&mut lobby).await;
+    lobby
+        .publish_raw(TopicKind::Trigger, trigger("id-2"))
+        .await
+        .unwrap();
+    let show2 = command(&mut lobby, "show").await;
+    assert!(show2["url"].as_str().is_some(), "{show2}");
+    p.g_event("UpstreamIdentifyStarted", |d| d["trigger_id"] == "id-2")
+        .await;
+
+    // The first remote session completes: its decision names the trigger's key, and the
+    // pulse is tagged with it (what `audit` matches); a redelivered trigger is still one call.
+    let since = Instant::now();
+    let mut palm_at_r = reader(&p.r.mqtt_url, "kiosk-r", "alice", 33).await;
+    palm_at_r.capture(Some(&token(&url))).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], true, "{r}");
+    let dd = p
+        .g_event("DoorDecided", |d| d["verdict"]["verdict"] == "granted")
+        .await;
+    assert_eq!(dd["data"]["capture_id"], "trigger:id-1");
+    let on = p
+        .g_event("RelaySwitched", |d| d["on"] == true && d["door"] == "main")
+        .await;
+    assert_eq!(on["data"]["tag"], "trigger:id-1");
+    until("coil 0 ON", || {
+        writes_since(&p.board, 0, since).iter().any(|(_, on)| *on)
+    })
+    .await;
+    lobby
+        .publish_raw(TopicKind::Trigger, trigger("id-1"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        events_of(&p.g, "UpstreamIdentifyStarted").await.len(),
+        2,
+        "{}",
+        summary(&p.g).await
+    );
+    assert_eq!(events_of(&p.g, "DoorDecided").await.len(), 3);
+
+    // The audit verifies G's log: the decisions, and the pulse by its tag.
+    p.g.kill9();
+    let store = palmgate::store::SqliteStore::open(p.g.store_path()).unwrap();
+    let report = palmgate::replay::audit::verify(&store).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.decisions, 3);
+}

@@ -218,7 +218,10 @@ fn a_completed_session_is_decided_like_a_door_scan_and_once() {
         unreachable!()
     };
     assert!(verdict.granted(), "{verdict:?}");
-    assert_eq!(capture_id, "trg-1");
+    assert_eq!(
+        capture_id, "trigger:trg-1",
+        "the trigger's key, apart from capture ids"
+    );
     let s = subject.as_ref().unwrap();
     assert_eq!(
         (s.partner_id, s.partner_name.as_str()),
@@ -231,7 +234,7 @@ fn a_completed_session_is_decided_like_a_door_scan_and_once() {
     );
     assert!(
         d.effects.iter().any(|e| matches!(e,
-        Effect::Relay { command: RelayCommand::Pulse { coil: 0, tag, .. }, .. } if tag == "trg-1"))
+        Effect::Relay { command: RelayCommand::Pulse { coil: 0, tag, .. }, .. } if tag == "trigger:trg-1"))
     );
     assert!(d.effects.iter().any(|e| matches!(
         e,
