@@ -1,5 +1,6 @@
-//! The gateway's MQTT client (rumqttc): clean session, QoS 1, manual acknowledgement,
-//! reconnection with backoff, and re-subscription on every connection.
+//! The gateway's MQTT client (rumqttc): persistent session, QoS 1, manual acknowledgement,
+//! reconnection with backoff, re-subscription on every connection, and door scans of the
+//! backlog a reconnection delivers dropped.
 
 use super::protocol::{self, TopicKind};
 use crate::app::App;
@@ -97,20 +98,18 @@ pub fn spawn(
     mut commands: mpsc::UnboundedReceiver<(ReaderId, ReaderCommand)>,
 ) -> Result<JoinHandle<()>, MqttError> {
     let (host, port, tls) = parse_url(url)?;
-    let mut opts = MqttOptions::new(app.keys.instance_name("palmgate"), host, port);
+    let client_id = app.keys.instance_name("palmgate");
+    let mark_topic = format!("{}/gateway/{client_id}/mark", app.config.mqtt.topic_prefix);
+    let mut opts = MqttOptions::new(client_id, host, port);
     if let Some((user, password)) = credentials(url) {
         opts.set_credentials(user, password);
     }
     opts.set_keep_alive(Duration::from_secs(10));
-    // A clean session: the broker keeps nothing for a gateway that is away (stopped,
-    // restarting, cut off). A persistent session (the choice until then, so that an external
-    // broker would redeliver what a crash left unacknowledged) queued every reader message of
-    // the absence and delivered it on the return, with nothing telling that backlog from fresh
-    // scans (a capture carries no time): a door scan made while the gateway was down was
-    // decided when it came back, and the door opened for whoever had walked away. A scan,
-    // trigger or enrollment capture made while the gateway is away is therefore lost; the
-    // person scans again. The subscriptions are made again on every ConnAck (below).
-    opts.set_clean_session(true);
+    // A persistent session: an external broker redelivers what a crash left unacknowledged
+    // (an upstream trigger, an enrollment capture) and queues what readers send while the
+    // gateway is away. That backlog also holds door scans made while it was away, which must
+    // not open a door now (the person has walked away): see `Backlog`.
+    opts.set_clean_session(false);
     opts.set_manual_acks(true);
     // Incoming: far above what any broker palmgate ships lets through (256 KiB), so that an
     // oversized message reaches the parser, is rejected and counted, and is acknowledged. A
@@ -126,7 +125,8 @@ pub fn spawn(
     // earlier one is unacknowledged waits for the peer's delayed ACK (40 ms on Linux).
     eventloop.network_options.set_tcp_nodelay(true);
     let prefix = app.config.mqtt.topic_prefix.clone();
-    let (inbound_tx, mut inbound_rx) = mpsc::channel::<Publish>(1024);
+    // Each message with whether it came in the backlog of a resumed session (see `Backlog`).
+    let (inbound_tx, mut inbound_rx) = mpsc::channel::<(Publish, bool)>(1024);
 
     // Event loop: connection, reconnection with backoff, re-subscription.
     let sub_client = client.clone();
@@ -134,20 +134,47 @@ pub fn spawn(
     let poller = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         let mut connected_at: Option<tokio::time::Instant> = None;
+        let mut backlog = Backlog::default();
         loop {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     connected_at = Some(tokio::time::Instant::now());
-                    tracing::info!("connected to the MQTT broker");
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "connected to the MQTT broker"
+                    );
                     for kind in ["status", "capture", "trigger"] {
                         let filter = format!("{sub_prefix}/readers/+/{kind}");
                         if let Err(e) = sub_client.try_subscribe(filter, QoS::AtLeastOnce) {
                             tracing::error!(error = %e, "cannot subscribe");
                         }
                     }
+                    if let Err(e) = sub_client.try_subscribe(&mark_topic, QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot subscribe");
+                    }
+                    if ack.session_present {
+                        let nonce = backlog.start();
+                        if let Err(e) =
+                            sub_client.try_publish(&mark_topic, QoS::AtLeastOnce, false, nonce)
+                        {
+                            tracing::error!(error = %e, "cannot mark the end of the backlog");
+                            backlog.end();
+                        }
+                    } else {
+                        backlog.end();
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == mark_topic => {
+                    if backlog.is_mark(&p.payload) {
+                        tracing::info!("the resumed session's backlog is delivered");
+                        backlog.end();
+                    }
+                    if let Err(e) = sub_client.try_ack(&p) {
+                        tracing::warn!(error = %e, "cannot acknowledge an MQTT message");
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if inbound_tx.send(p).await.is_err() {
+                    if inbound_tx.send((p, backlog.active())).await.is_err() {
                         return;
                     }
                 }
@@ -175,16 +202,15 @@ pub fn spawn(
     let ack_client = client.clone();
     let in_prefix = prefix.clone();
     let inbound = tokio::spawn(async move {
-        while let Some(p) = inbound_rx.recv().await {
-            match handle(&in_app, &in_prefix, &p).await {
+        while let Some((p, stale)) = inbound_rx.recv().await {
+            match handle(&in_app, &in_prefix, &p, stale).await {
                 Handled::Ack => {
                     if let Err(e) = ack_client.ack(&p).await {
                         tracing::warn!(error = %e, "cannot acknowledge an MQTT message");
                     }
                 }
                 // An upstream trigger: acknowledged once its remote call's outcome is recorded
-                // (or given up). With the clean session a crash before that loses it (the broker
-                // keeps nothing for an absent gateway): the reader triggers again.
+                // (or given up), so a crash before that leaves it to the broker to redeliver.
                 Handled::AckWhenDone(done) => {
                     let client = ack_client.clone();
                     tokio::spawn(async move {
@@ -219,6 +245,60 @@ pub fn spawn(
     }))
 }
 
+/// The backlog a resumed persistent session delivers: what readers sent while the gateway was
+/// away (stopped, restarting, cut off), queued by the broker and delivered on reconnection
+/// ahead of anything sent after it. A capture carries no time, so the backlog is told from
+/// fresh messages by a mark: on a ConnAck with `session_present`, the gateway publishes a nonce
+/// to its own `<prefix>/gateway/<client id>/mark` topic; the broker queues it behind the
+/// backlog, so everything delivered before it came back is the backlog. A door scan in it
+/// (a session-less capture, or a capture for a kiosk's site session, which decides a door
+/// too) is dropped (`handle`): the person has walked away, and the door must not open for
+/// whoever stands there now. A fresh scan sent in the few milliseconds before the mark is
+/// dropped too (the person scans again): never the other way round. If the mark does not
+/// come back within `BACKLOG_MAX`, scans are decided again rather than refused for good.
+#[derive(Default)]
+struct Backlog {
+    /// The nonce of the mark awaited, and since when.
+    mark: Option<(String, tokio::time::Instant)>,
+    marks: u64,
+}
+
+/// How long the gateway waits for its mark before it decides door scans again.
+const BACKLOG_MAX: Duration = Duration::from_secs(30);
+
+impl Backlog {
+    fn start(&mut self) -> String {
+        self.marks += 1;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let nonce = format!("{}-{nanos}-{}", std::process::id(), self.marks);
+        self.mark = Some((nonce.clone(), tokio::time::Instant::now()));
+        nonce
+    }
+    fn end(&mut self) {
+        self.mark = None;
+    }
+    /// True for the mark awaited (a mark of an earlier connection may come back in a backlog).
+    fn is_mark(&self, payload: &[u8]) -> bool {
+        self.mark
+            .as_ref()
+            .is_some_and(|(n, _)| n.as_bytes() == payload)
+    }
+    fn active(&mut self) -> bool {
+        match &self.mark {
+            Some((_, since)) if since.elapsed() < BACKLOG_MAX => true,
+            Some(_) => {
+                tracing::warn!("the backlog mark did not come back: deciding door scans again");
+                self.mark = None;
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 struct AbortOnDrop(Vec<JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
@@ -242,12 +322,12 @@ enum Handled {
 /// logged and counted, not left unacknowledged: MQTT would not bring it back before the next
 /// reconnection — and then as a stale scan that could open a door long after the person left —
 /// while every unacknowledged message holds a slot of the broker's in-flight window, and a
-/// full window stops every reader. A crash mid-handling loses it: the session is clean, so the
-/// broker keeps nothing for the restarted server (a late scan must not decide). An upstream
-/// trigger is handled
+/// full window stops every reader. A crash mid-handling still leaves it unacknowledged, so an
+/// external broker redelivers it to the restarted server — unless it is a door scan, which
+/// the backlog drops (`stale`). An upstream trigger is handled
 /// when the remote's answer to it is recorded, which the MQTT loop does not wait for
 /// (`app::upstream`).
-async fn handle(app: &App, prefix: &str, p: &Publish) -> Handled {
+async fn handle(app: &App, prefix: &str, p: &Publish, stale: bool) -> Handled {
     let (reader, kind) = match protocol::parse_topic(prefix, &p.topic) {
         Ok(t) => t,
         Err(e) => {
@@ -265,6 +345,16 @@ async fn handle(app: &App, prefix: &str, p: &Publish) -> Handled {
             return Handled::Ack;
         }
     };
+    // A door scan from the backlog of a resumed session: dropped, logged and counted; the
+    // reader is told nothing, as for a rejected capture.
+    if stale
+        && let protocol::Inbound::Capture(c) = &msg
+        && decides_a_door(app, c)
+    {
+        tracing::warn!(reader = %reader, capture = %c.capture_id, "door scan made while the gateway was away dropped (the person must scan again)");
+        metrics::counter!("palmgate_mqtt_dropped_total", "reason" => "stale").increment(1);
+        return Handled::Ack;
+    }
     if let protocol::Inbound::Trigger { trigger_id } = &msg
         && app.upstream.is_some()
     {
@@ -284,6 +374,21 @@ async fn handle(app: &App, prefix: &str, p: &Publish) -> Handled {
         }
     }
     Handled::Ack
+}
+
+/// A session-less capture (a scan at a door), or one for a kiosk's site session (its door
+/// decision follows when it completes at a door's reader).
+fn decides_a_door(app: &App, c: &protocol::CaptureMsg) -> bool {
+    match c.session.as_deref() {
+        None => true,
+        Some(token) => {
+            let h = crate::app::secrets::hash_secret(token);
+            app.read(|s| {
+                s.session_by_token_hash(&h)
+                    .is_some_and(|s| s.partner_id.is_none())
+            })
+        }
+    }
 }
 
 fn reject(e: &protocol::ProtocolError, reader: Option<&str>) {
