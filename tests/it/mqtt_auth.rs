@@ -112,10 +112,11 @@ async fn the_server_and_readers_log_in_to_a_broker_without_anonymous_access() {
 }
 
 /// A door scan published while the gateway is stopped (SIGTERM; Mosquitto keeps running) is
-/// not decided when the gateway comes back: the broker kept nothing for the absent gateway, so
-/// no `DoorDecided` and no pulse for it — the person has walked away. A fresh scan after the
-/// restart is decided and opens the door. (With a persistent session the broker queued the
-/// scan and the restarted gateway granted it, pulsing the relay for nobody.)
+/// not decided when the gateway comes back: the persistent session's broker queues it and
+/// delivers it in the backlog, which the gateway tells apart by its mark and drops, so no
+/// `DoorDecided` and no pulse for it — the person has walked away. A fresh scan after the
+/// restart is decided and opens the door. (Before, the restarted gateway granted the queued
+/// scan, pulsing the relay for nobody.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_door_scan_made_while_the_gateway_was_down_opens_nothing_when_it_returns() {
     use crate::crash_suite::{events_after, next_command_where, reader as sim_reader};
