@@ -248,10 +248,17 @@ fn reader_status(
     }
 }
 
+/// The readers a page may offer: online, and in no door (a door's reader is never armed for a
+/// partner's session; a kiosk's page names its own reader).
 fn online_readers(app: &App) -> Vec<String> {
     let mut ids: Vec<String> = app.read(|s| {
         s.readers()
             .filter(|r| r.online)
+            .filter(|r| {
+                s.policy
+                    .as_ref()
+                    .is_none_or(|p| p.door_of_reader(&r.id).is_none())
+            })
             .map(|r| r.id.0.clone())
             .collect()
     });

@@ -2207,3 +2207,71 @@ async fn a_grant_pulses_coil_0_of_a_pymodbus_board_over_modbus_rtu() {
     let site = start_with(unused, vec![], &doc).await;
     pulse_through_pymodbus(&site, &mut py).await;
 }
+
+/// A partner's enrollment page never offers a door's reader and never arms it, even when the
+/// link asks for it by name: armed for an enrollment, the door's reader would enroll whoever
+/// scans to get in. The door keeps deciding scans there; a desk reader is offered and armed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_page_neither_offers_nor_arms_a_doors_reader() {
+    let site = start_site("").await;
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = site.reader("lobby-1", "alice", 1).await;
+    let mut desk = site.reader("desk-1", "mallory", 2).await;
+    let end = Instant::now() + WAIT;
+    loop {
+        let readers = site.admin_get("/admin/v1/readers").await;
+        let online = |id: &str| {
+            readers
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == id && r["online"] == true)
+        };
+        if online("lobby-1") && online("desk-1") {
+            break;
+        }
+        assert!(Instant::now() < end, "readers never online: {readers}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r: Value = site
+        .http
+        .post(format!("{}/v1/enroll", site.base))
+        .header("x-api-key", &site.key)
+        .json(&json!({"external_id": "mallory"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = r["url"].as_str().unwrap().to_string();
+    let path = format!("/enroll/{}", url.rsplit('/').next().unwrap());
+    let page = |q: &'static str| {
+        let (http, url) = (site.http.clone(), format!("{}{path}{q}", site.base));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, html) = page("").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("desk-1") && !html.contains("lobby-1"),
+        "{html}"
+    );
+    let (status, _) = page("?reader=lobby-1").await;
+    assert_eq!(status, 200);
+    if let Some(c) = lobby.next_command(Duration::from_millis(500)).await {
+        panic!("a door's reader was armed for an enrollment: {c}");
+    }
+    let (_, r) = scan(&mut lobby, "alice").await;
+    assert_eq!(r["granted"], true, "the door still decides scans: {r}");
+    let (status, _) = page("?reader=desk-1").await;
+    assert_eq!(status, 200);
+    let c = desk
+        .next_command(WAIT)
+        .await
+        .expect("the desk reader is armed");
+    assert_eq!(c["action"], "capture", "{c}");
+}
