@@ -318,6 +318,14 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             if !state.readers.get(reader_id).is_some_and(|r| r.online) {
                 return Err(Rejection::ReaderOffline);
             }
+            // A kiosk's site session stays at the reader whose trigger started it: moved to a
+            // desk, its door would never get the decision, and the door's reader could no
+            // longer speak for it.
+            if s.partner_id.is_none() && s.reader_id.as_ref() != Some(reader_id) {
+                return Err(Rejection::Invalid(
+                    "a kiosk session stays at the reader that started it",
+                ));
+            }
             // A door's reader serves the door (SPEC 5: a session-less scan there decides the
             // door): armed for a partner's enrollment, the next person scanning to get in would
             // be enrolled into that partner's records, and no door decision would follow. Only
@@ -1254,6 +1262,50 @@ mod reader_hold_tests {
         assert!(decide(&log.state, &arm(&desk()), at).is_ok());
     }
 
+    /// A kiosk's site session (a trigger at lobby-1) stays at its reader: a page cannot move it
+    /// to a desk, where its door would never get the decision.
+    #[test]
+    fn a_kiosk_session_is_not_armed_at_another_reader() {
+        let mut log = armed();
+        let lobby = ReaderId("lobby-1".into());
+        for r in [&lobby, &ReaderId("desk-2".into())] {
+            let online = Event::ReaderStatusChanged {
+                reader_id: r.clone(),
+                online: true,
+                model: None,
+                firmware: None,
+                at: t0(),
+            };
+            log.fold(stream::reader(r), online, t0());
+        }
+        let kiosk = Event::SessionCreated {
+            session_id: sid(9),
+            partner_id: None,
+            reader_id: Some(lobby.clone()),
+            kind: SessionKind::Identify,
+            language: Language::En,
+            token_hash: SecretHash(format!("{:064x}", 9)),
+            external_id: None,
+            username: None,
+            metadata: None,
+            created_at: t0(),
+            expires_at: t0() + Duration::minutes(15),
+            trigger_id: Some("trg-9".into()),
+        };
+        log.fold(stream::session(sid(9)), kiosk, t0());
+        let arm = |reader: &ReaderId| Command::ArmReader {
+            session_id: sid(9),
+            reader_id: reader.clone(),
+        };
+        assert_eq!(
+            decide(&log.state, &arm(&ReaderId("desk-2".into())), t0()).err(),
+            Some(Rejection::Invalid(
+                "a kiosk session stays at the reader that started it"
+            ))
+        );
+        assert!(decide(&log.state, &arm(&lobby), t0()).is_ok());
+    }
+
     /// A capture for a session counts only from the reader it is armed at: one armed for it
     /// before it moved to another reader still holds its token.
     #[test]
@@ -1451,6 +1503,16 @@ mod relay_time_tests {
         assert!(
             matches!(evs.as_slice(), [Event::DoorExitRequested { at, .. }] if *at == t(100)),
             "{evs:?}"
+        );
+        // It released nothing either: the door opening now is forced.
+        run(&mut state, &mut pos, input(1, false, t(121)), t(121));
+        let d = run(&mut state, &mut pos, input(0, true, t(122)), t(122));
+        assert!(
+            events(&d)
+                .iter()
+                .any(|e| matches!(e, Event::DoorForcedOpen { .. })),
+            "{:?}",
+            events(&d)
         );
     }
 }

@@ -563,6 +563,14 @@ pub fn relay_report(
 /// How old an exit button's press may be when it is recorded and still pulse the door.
 pub const EXIT_REQUEST_STALE: chrono::Duration = chrono::Duration::seconds(10);
 
+/// Whether an exit press at `at`, recorded (decided) at `recorded`, waited too long to pulse.
+/// (Both are taken to the microsecond, as the log keeps `recorded_at`, so that the decision and
+/// every later fold of its event agree.)
+pub fn exit_request_stale(at: DateTime<Utc>, recorded: DateTime<Utc>) -> bool {
+    use chrono::SubsecRound;
+    recorded.trunc_subsecs(6) - at.trunc_subsecs(6) > EXIT_REQUEST_STALE
+}
+
 fn input_changed(
     state: &State,
     policy: &Arc<Policy>,
@@ -621,7 +629,7 @@ fn input_changed(
             ));
             // A press that waited for the log longer than [`EXIT_REQUEST_STALE`] is recorded
             // but opens nothing: whoever pressed has gone, or pressed again.
-            if now - reported > EXIT_REQUEST_STALE {
+            if exit_request_stale(reported, now) {
                 continue;
             }
             d = d.with_effect(Effect::Relay {

@@ -1156,7 +1156,11 @@ impl State {
                     );
                 }
             }
-            Event::DoorExitRequested { door, at } => {
+            // A press that waited for the log past `EXIT_REQUEST_STALE` pulsed nothing: it
+            // releases nothing either.
+            Event::DoorExitRequested { door, at }
+                if !super::doors::exit_request_stale(*at, rec.recorded_at) =>
+            {
                 let pulse = self
                     .policy
                     .as_ref()
@@ -1167,6 +1171,7 @@ impl State {
                         + super::doors::RELEASE_GRACE,
                 );
             }
+            Event::DoorExitRequested { .. } => {}
             Event::DoorRestingChanged { door, unlocked, .. } => {
                 self.doors.entry(door.clone()).or_default().resting_unlocked = *unlocked;
             }

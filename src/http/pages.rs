@@ -292,7 +292,10 @@ fn open_body(
         (Some(_), ReaderStatus::Busy) => c.reader_busy.to_string(),
         _ => c.waiting.to_string(),
     };
-    let picker = if readers.is_empty() {
+    // A kiosk's site session stays at the reader that started it: no picker to move it.
+    let picker = if s.partner_id.is_none() {
+        String::new()
+    } else if readers.is_empty() {
         notice(c.no_readers)
     } else {
         let items: String = readers

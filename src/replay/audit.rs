@@ -309,6 +309,9 @@ struct Seen {
     /// When each door ([`stream_key`] of its id) last came to rest locked: a report of the
     /// unlock already on its way may follow within [`RELAY_REPORT_SLACK`].
     locked: HashMap<u64, DateTime<Utc>>,
+    /// When each door ([`stream_key`] of its id) last came to rest unlocked: an ON of its
+    /// resting drive is no earlier (its `at`, less [`RELAY_REPORT_SLACK`]).
+    unlocked: HashMap<u64, DateTime<Utc>>,
 }
 
 /// How long after a relay was asked to switch ON (a grant's or exit request's pulse, until its
@@ -760,19 +763,28 @@ fn check_event(
                 ));
             }
         }
-        Event::DoorExitRequested { door, .. } => seen.pulse(
-            state.policy.as_deref(),
-            door,
-            "exit-request",
-            rec.recorded_at,
-        ),
+        // A press that waited too long for the log pulsed nothing (`EXIT_REQUEST_STALE`).
+        Event::DoorExitRequested { door, at }
+            if !crate::core::doors::exit_request_stale(*at, rec.recorded_at) =>
+        {
+            seen.pulse(
+                state.policy.as_deref(),
+                door,
+                "exit-request",
+                rec.recorded_at,
+            )
+        }
         // A resting state is re-derived: an unlock must be what the policy in force, the site
         // mode and the clock give (`resting_changes` decides it from the same state, at the
         // instant it is recorded). A lock only locks: never a finding.
         Event::DoorRestingChanged { door, unlocked, .. } => {
             if !*unlocked {
                 seen.locked.insert(stream_key(&door.0), rec.recorded_at);
-            } else if state.policy.is_some()
+            } else {
+                seen.unlocked.insert(stream_key(&door.0), rec.recorded_at);
+            }
+            if *unlocked
+                && state.policy.is_some()
                 && !crate::core::doors::rests_unlocked(
                     state.policy.as_deref(),
                     state.lockdown,
@@ -815,27 +827,31 @@ fn check_event(
                 problem(format!(
                     "door {door}: relay {device} coil {coil} switched ON, but it is not the door's relay under the policy in force"
                 ));
-            } else if !(seen.pulse_asked(device, *coil, tag, *at)
+            } else if !(seen.pulse_asked(device, *coil, tag, *at) || {
                 // The door rests unlocked (as the log has it, or as the policy gives it now: a
                 // gateway starting inside a window drives the coil before its tick records
                 // the change), or came to rest locked a moment ago. A pulse ending while the
                 // door rests unlocked reports its ON with the pulse's tag. These are judged
-                // when the event is recorded, not at its `at`, which nothing bounds from below:
-                // a resting change waits for the log as the report does, so the state at the
-                // recording is the state the board's write saw.
-                || state.doors.get(door).is_some_and(|d| d.resting_unlocked)
-                || crate::core::doors::rests_unlocked(
-                    state.policy.as_deref(),
-                    state.lockdown,
-                    state.emergency,
-                    door,
-                    rec.recorded_at,
-                )
-                || seen
-                    .locked
-                    .get(&stream_key(&door.0))
-                    .is_some_and(|t| rec.recorded_at <= *t + RELAY_REPORT_SLACK))
-            {
+                // when the event is recorded, and its `at` (the board's time) must not be
+                // earlier than the unlock it served: a resting change waits for the log as the
+                // report does, so the state at the recording is the state the board's write saw.
+                let key = stream_key(&door.0);
+                let since = |t: DateTime<Utc>| *at >= t - RELAY_REPORT_SLACK;
+                let unlocked_at = seen.unlocked.get(&key).copied();
+                (state.doors.get(door).is_some_and(|d| d.resting_unlocked)
+                    && since(unlocked_at.unwrap_or(rec.recorded_at)))
+                    || (crate::core::doors::rests_unlocked(
+                        state.policy.as_deref(),
+                        state.lockdown,
+                        state.emergency,
+                        door,
+                        rec.recorded_at,
+                    ) && since(rec.recorded_at))
+                    || seen.locked.get(&key).is_some_and(|t| {
+                        rec.recorded_at <= *t + RELAY_REPORT_SLACK
+                            && since(unlocked_at.unwrap_or(*t))
+                    })
+            }) {
                 problem(format!(
                     "door {door}: relay {device} coil {coil} switched ON{}, but no grant, exit request or unlock asked for it",
                     if tag.is_empty() {

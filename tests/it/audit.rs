@@ -1314,6 +1314,20 @@ async fn a_relay_switched_on_that_no_grant_or_unlock_asked_for_is_caught() {
     v["at"] = json!(at.to_rfc3339());
     forged_is_caught(&log.db(), off, &v, &["switched ON, but no grant"]);
 
+    // The emergency's honest ON at `lab`, dated six hours before the emergency: the door
+    // rested unlocked when it was recorded, but not when its `at` says the relay moved.
+    let (log, [_, _, rest]) = relay_log().await;
+    let mut v = row_data(&log.db(), rest);
+    let at = chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).unwrap()
+        - chrono::Duration::hours(6);
+    v["at"] = json!(at.to_rfc3339());
+    forged_is_caught(
+        &log.db(),
+        rest,
+        &v,
+        &["door lab", "switched ON, but no grant"],
+    );
+
     // The end of the emergency turned into a door resting unlocked: no window or emergency
     // holds it unlocked then.
     let (log, _) = relay_log().await;

@@ -924,6 +924,17 @@ async fn a_trigger_answers_show_with_a_working_page() {
 
     let r = g.http.get(&url).send().await.expect("GET show url");
     assert_eq!(r.status(), 200, "the shown page works");
+    // It offers no other reader: the kiosk's session stays at the kiosk (desk-1 is online).
+    let html = r.text().await.unwrap();
+    assert!(
+        !html.contains("class=\"readers\"") && !html.contains("desk-1"),
+        "{html}"
+    );
+    let (status, _) = g.page(&format!("/identify/{token}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    if let Some(c) = desk.next_command(Duration::from_millis(300)).await {
+        panic!("a kiosk session was moved to desk-1: {c}");
+    }
 
     // The kiosk's scan completes that session: the link is used up.
     kiosk.capture(Some(token)).await.expect("capture");
