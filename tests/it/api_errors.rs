@@ -1338,6 +1338,26 @@ fn a_start_up_error_is_printed_once() {
     );
 }
 
+/// Runs a second `serve` with `s`'s config (its own listen ports) and `env`; asserts it stops
+/// at start-up and returns what it printed.
+fn second_serve(s: &TestServer, env: &[(&str, std::path::PathBuf)]) -> String {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
+        .args(["serve", "--config"])
+        .arg(s.config_path())
+        .env("PALMGATE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("PALMGATE_MQTT_EMBEDDED_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, std::time::Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the second server ran: {stderr}");
+    stderr
+}
+
 /// A second `serve` on a log another palmgate process is writing stops at start-up, naming the
 /// log and its lock file, and the first goes on working. Before, the second opened the log too
 /// and wedged the first (its appends failed with 500, `/readyz` 503 until a restart).
@@ -1345,19 +1365,7 @@ fn a_start_up_error_is_printed_once() {
 async fn a_second_server_on_the_same_log_is_refused_and_the_first_keeps_working() {
     let s = TestServer::start().await;
     let (before, _) = s.create_partner("Before").await;
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
-        .args(["serve", "--config"])
-        .arg(s.config_path())
-        .env("PALMGATE_HTTP_LISTEN", "127.0.0.1:0")
-        .env("PALMGATE_MQTT_EMBEDDED_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "off")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = output_within(child, std::time::Duration::from_secs(10));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the second server ran: {stderr}");
+    let stderr = second_serve(&s, &[]);
     let store = s.store_path();
     assert!(
         stderr.contains(&format!(
@@ -1379,20 +1387,10 @@ async fn a_second_server_on_the_same_log_is_refused_and_the_first_keeps_working(
 async fn a_second_server_on_the_same_key_store_is_refused() {
     let s = TestServer::start().await;
     let other = tempfile::tempdir().unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
-        .args(["serve", "--config"])
-        .arg(s.config_path())
-        .env("PALMGATE_HTTP_LISTEN", "127.0.0.1:0")
-        .env("PALMGATE_MQTT_EMBEDDED_LISTEN", "127.0.0.1:0")
-        .env("PALMGATE_STORE_PATH", other.path().join("events.db"))
-        .env("RUST_LOG", "off")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = output_within(child, std::time::Duration::from_secs(10));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the second server ran: {stderr}");
+    let stderr = second_serve(
+        &s,
+        &[("PALMGATE_STORE_PATH", other.path().join("events.db"))],
+    );
     assert!(
         stderr.contains("secrets.key_store")
             && stderr.contains("is in use by another palmgate process"),
