@@ -847,6 +847,18 @@ fn check_event(
                         door,
                         rec.recorded_at,
                     ) && since(rec.recorded_at))
+                    // A gateway starting inside a window drives the coil at once, from the
+                    // policy, while the log may be unwritable: the unlock is recorded after
+                    // the ON's `at`. Honest when the policy's windows rest the door unlocked at
+                    // that `at` and no lock was recorded since. (Windows only: an
+                    // emergency's unlock is recorded when the emergency starts.)
+                    || (crate::core::doors::rests_unlocked(
+                        state.policy.as_deref(),
+                        state.lockdown,
+                        false,
+                        door,
+                        *at,
+                    ) && seen.locked.get(&key).is_none_or(|t| *t <= *at))
                     || seen.locked.get(&key).is_some_and(|t| {
                         rec.recorded_at <= *t + RELAY_REPORT_SLACK
                             && since(unlocked_at.unwrap_or(*t))

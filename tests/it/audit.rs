@@ -1470,3 +1470,73 @@ async fn a_late_relay_report_after_a_newer_grant_at_the_same_door_verifies() {
     let r = audit::verify(&store(&log.db())).unwrap();
     assert!(r.findings.is_empty(), "{:?}", r.findings);
 }
+
+/// A gateway that starts inside an unlock window drives the door's coil at once, from the
+/// policy; with the log unwritable for minutes, the ON (dated when the board answered) is
+/// recorded before the window's unlock is. The log verifies: the policy rests the door unlocked
+/// at the ON's `at`, and no lock was recorded since. (Here the window is every even minute; the
+/// door was recorded locked at the odd minute before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_up_drive_inside_a_window_recorded_late_verifies() {
+    use chrono::TimeZone;
+    use palmgate::core::{Command, RelayReport};
+    // 11:00:10 in Almaty (+05): an even minute.
+    let t0 = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 27, 6, 0, 10)
+        .unwrap();
+    let clock = std::sync::Arc::new(palmgate::app::clock::ManualClock::new(t0));
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        ..
+    } = enrolled_on(clock.clone()).await;
+    let window = format!(
+        "{}\n[[unlock_windows]]\ndoor = \"lab\"\nschedule = \"even\"\n",
+        SITE.replace(
+            "always = [\"* * * * * *\"]",
+            "always = [\"* * * * * *\"]\neven = [\"* */2 * * * *\"]"
+        )
+    );
+    app.execute(Command::ActivatePolicy {
+        document: window,
+        source: "admin".into(),
+    })
+    .await
+    .unwrap();
+    let s = chrono::Duration::seconds;
+    clock.advance(s(60));
+    app.execute(Command::Tick).await.unwrap(); // 11:01:10: lab locks
+    // 11:02:10 the gateway starts again and drives lab's coil ON; the log cannot be written
+    // until 11:06:10, when the ON is recorded before the tick records the unlock.
+    let started = t0 + s(120);
+    clock.advance(s(300));
+    app.execute(Command::Relay {
+        report: RelayReport::Coil {
+            device: "board-1".into(),
+            coil: 1,
+            on: true,
+            tag: String::new(),
+        },
+        at: Some(started),
+    })
+    .await
+    .unwrap();
+    app.execute(Command::Tick).await.unwrap();
+    drop(server);
+    app.close();
+    drop(app);
+    let log = Log { dir, config };
+    let c = Connection::open(log.db()).unwrap();
+    let resting: Vec<String> = c
+        .prepare("SELECT data FROM events WHERE type = 'DoorRestingChanged' ORDER BY position")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(resting.len(), 3, "unlock, lock, unlock: {resting:?}");
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+}
