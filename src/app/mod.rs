@@ -784,7 +784,6 @@ impl Server {
         // the store, alive: close it here, so the locks go with the server.
         let app = self.app.clone();
         let _ = tokio::task::spawn_blocking(move || app.close()).await;
-        self.app.keystore.close();
         result
     }
 }
