@@ -1315,17 +1315,7 @@ fn a_start_up_error_is_printed_once() {
         ),
     )
     .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "off")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = output_within(child, std::time::Duration::from_secs(10));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = serve_fails(&config, &[]);
     let line = stderr
         .lines()
         .find(|l| l.starts_with("palmgate: "))
@@ -1338,14 +1328,12 @@ fn a_start_up_error_is_printed_once() {
     );
 }
 
-/// Runs a second `serve` with `s`'s config (its own listen ports) and `env`; asserts it stops
-/// at start-up and returns what it printed.
-fn second_serve(s: &TestServer, env: &[(&str, std::path::PathBuf)]) -> String {
+/// Runs `palmgate serve --config <config>` with `env`; asserts it stops at start-up (within
+/// 10 s) and returns what it printed.
+fn serve_fails(config: &std::path::Path, env: &[(&str, std::path::PathBuf)]) -> String {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
         .args(["serve", "--config"])
-        .arg(s.config_path())
-        .env("PALMGATE_HTTP_LISTEN", "127.0.0.1:0")
-        .env("PALMGATE_MQTT_EMBEDDED_LISTEN", "127.0.0.1:0")
+        .arg(config)
         .envs(env.iter().map(|(k, v)| (*k, v)))
         .env("RUST_LOG", "off")
         .stdout(std::process::Stdio::null())
@@ -1354,8 +1342,18 @@ fn second_serve(s: &TestServer, env: &[(&str, std::path::PathBuf)]) -> String {
         .unwrap();
     let out = output_within(child, std::time::Duration::from_secs(10));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "the second server ran: {stderr}");
+    assert!(!out.status.success(), "the server ran: {stderr}");
     stderr
+}
+
+/// [`serve_fails`] for a second `serve` with `s`'s config on its own listen ports.
+fn second_serve(s: &TestServer, env: &[(&str, std::path::PathBuf)]) -> String {
+    let mut all = vec![
+        ("PALMGATE_HTTP_LISTEN", "127.0.0.1:0".into()),
+        ("PALMGATE_MQTT_EMBEDDED_LISTEN", "127.0.0.1:0".into()),
+    ];
+    all.extend(env.iter().cloned());
+    serve_fails(s.config_path(), &all)
 }
 
 /// A second `serve` on a log another palmgate process is writing stops at start-up, naming the
