@@ -296,6 +296,7 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
                     partner_id: *partner_id,
                     external_id: external_id.clone(),
                     at: now,
+                    clears_zones: true,
                 },
             )]))
         }

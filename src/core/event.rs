@@ -253,6 +253,12 @@ pub enum Event {
         external_id: ExternalId,
         #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
+        /// The erasure also ends the person's anti-passback presence (their last movement in
+        /// every zone), so a later enrollment of the same `external_id` starts with none.
+        /// Absent (false) in erasures logged before this was decided: those logs fold, and
+        /// their door decisions verify, as they were made.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        clears_zones: bool,
     },
     /// `PUT /v1/webhook`: the URL and a new secret (encrypted under the master key).
     WebhookConfigured {

@@ -948,10 +948,15 @@ impl State {
             Event::UserErased {
                 partner_id,
                 external_id,
+                clears_zones,
                 ..
             } => {
                 let key = (*partner_id, external_id.clone());
                 self.users.remove(&key);
+                if *clears_zones {
+                    self.zone_last
+                        .retain(|(_, p, e), _| !(p == partner_id && e == external_id));
+                }
                 self.erased.insert(key, revision);
             }
             Event::WebhookConfigured {
@@ -1479,6 +1484,36 @@ mod evolve_take_tests {
         assert_eq!(owned.position(), 16);
         assert_eq!(owned.zone_last.len(), 1);
         assert!(owned.doors.values().all(|d| d.last_decision.is_some()));
+    }
+
+    /// An erasure ends the person's zone presence only when it says so (`clears_zones`, set by
+    /// every erasure decided now); one logged before that folds as it did, so the door
+    /// decisions recorded after it still verify.
+    #[test]
+    fn an_erasure_clears_the_persons_zone_presence_only_when_it_says_so() {
+        let erase = |clears_zones| Recorded {
+            position: 17,
+            stream: "user-e-1".into(),
+            revision: 7,
+            recorded_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            event: Event::UserErased {
+                partner_id: PartnerId::from_random([1; 16]),
+                external_id: ExternalId("e-1".into()),
+                at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+                clears_zones,
+            },
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        };
+        for (clears, left) in [(false, 1), (true, 0)] {
+            let mut s = State::default();
+            for rec in log() {
+                s.evolve(&rec);
+            }
+            assert_eq!(s.zone_last.len(), 1);
+            s.evolve(&erase(clears));
+            assert_eq!(s.zone_last.len(), left, "clears_zones = {clears}");
+        }
     }
 }
 

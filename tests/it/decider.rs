@@ -298,6 +298,7 @@ fn erased(p: PartnerId, external_id: &str, at: DateTime<Utc>) -> Event {
         partner_id: p,
         external_id: ext(external_id),
         at,
+        clears_zones: true,
     }
 }
 

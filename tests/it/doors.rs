@@ -1809,6 +1809,58 @@ async fn soft_anti_passback_grants_a_second_entry_but_records_the_violation() {
     }
 }
 
+/// Erasing a user ends their presence in every zone: the same `external_id` enrolled again
+/// (another person, another palm) enters without an exit first (SPEC 2: a later enroll of the
+/// same `external_id` is allowed; README "Hard anti-passback": a person with no movement yet
+/// passes). Before, the new enrollment inherited the erased person's `entry` and was denied
+/// `anti_passback`. The log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_users_zone_presence_is_not_inherited_by_a_new_enrollment() {
+    let board = new_board().await;
+    let doc = site_doc(&board.url(), &zone_site("hard"));
+    let site = start_with(board, vec![], &doc).await;
+    site.enroll("emp-1", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut alice = site.reader("lobby-1", "alice", 1).await;
+    let (_, r) = scan(&mut alice, "alice").await;
+    assert_eq!(r["granted"], true, "first entry: {r}");
+    let (_, r) = scan(&mut alice, "alice").await;
+    assert_eq!(r["reason"], "anti_passback", "{r}");
+    drop(alice);
+
+    let status = site
+        .http
+        .delete(format!("{}/v1/users/emp-1", site.base))
+        .header("x-api-key", &site.key)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    let erased = site.wait_event("UserErased", |_| true).await;
+    assert_eq!(data(&erased)["clears_zones"], true, "{erased}");
+    site.enroll("emp-1", "bob", json!({"access_level": "standard"}))
+        .await;
+    let mut bob = site.reader("lobby-1", "bob", 3).await;
+    let (id, r) = scan(&mut bob, "bob").await;
+    assert_eq!(r["granted"], true, "the new enrollment's first entry: {r}");
+    let e = site
+        .wait_event("DoorDecided", |d| d["capture_id"] == id)
+        .await;
+    assert_eq!(data(&e)["last_in_zone"], Value::Null, "{e}");
+    let (_, r) = scan(&mut bob, "bob").await;
+    assert_eq!(
+        r["reason"], "anti_passback",
+        "and then the zone rule holds: {r}"
+    );
+
+    let store = palmgate::store::SqliteStore::open_read_only(site.store_path())
+        .unwrap()
+        .unwrap();
+    let report = palmgate::replay::audit::verify(&store).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9. Door contact and request-to-exit
 // ---------------------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ fn sample(n: u32) -> Event {
             partner_id: p,
             external_id: ExternalId(format!("EMP-{n:05}")),
             at: at(i64::from(n)),
+            clears_zones: true,
         },
     }
 }

@@ -177,6 +177,7 @@ pub fn mixed_log(rounds: u64) -> Vec<Vec<StreamAppend>> {
                     partner_id: p,
                     external_id: user.clone(),
                     at: at(n),
+                    clears_zones: true,
                 },
             ));
         }
