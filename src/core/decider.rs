@@ -446,7 +446,7 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
         }
         Command::ActivatePolicy { document, source } => {
             // The rules added since the first policies were logged refuse a new activation.
-            if let Err(errors) = super::policy::Policy::parse_new(document) {
+            if let Err(errors) = super::policy::Policy::parse_new_at(document, now) {
                 return Err(Rejection::InvalidPolicy(
                     errors.iter().map(|e| e.to_string()).collect(),
                 ));

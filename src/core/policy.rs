@@ -674,6 +674,12 @@ impl Policy {
         Err(p.refused)
     }
 
+    /// [`Policy::parse_new`] for a document activated at `now`.
+    pub fn parse_new_at(text: &str, now: DateTime<Utc>) -> Result<Policy, Vec<PolicyError>> {
+        let _ = now;
+        Policy::parse_new(text)
+    }
+
     pub fn parse(text: &str) -> Result<Policy, Vec<PolicyError>> {
         let root = DeTable::parse(text).map_err(|e| {
             vec![PolicyError {
