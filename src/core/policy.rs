@@ -674,10 +674,51 @@ impl Policy {
         Err(p.refused)
     }
 
-    /// [`Policy::parse_new`] for a document activated at `now`.
+    /// [`Policy::parse_new`] for a document activated at `now`: a schedule that a level or an
+    /// unlock window uses must open again after `now` (one whose every window lies in the past
+    /// or matches no date would deny that level, or keep that door locked, for good).
     pub fn parse_new_at(text: &str, now: DateTime<Utc>) -> Result<Policy, Vec<PolicyError>> {
-        let _ = now;
-        Policy::parse_new(text)
+        let policy = Policy::parse_new(text)?;
+        let local = now.with_timezone(&policy.timezone);
+        let used = policy
+            .levels
+            .iter()
+            .map(|l| (&l.schedule, format!("level `{}`", l.name)))
+            .chain(policy.unlock_windows.iter().map(|u| {
+                (
+                    &u.schedule,
+                    format!("the unlock window of door `{}`", u.door),
+                )
+            }));
+        let mut errors: Vec<PolicyError> = Vec::new();
+        for (name, user) in used {
+            let Some(window) = policy.schedules.get(name) else {
+                continue;
+            };
+            if window.opens_after(&local) {
+                continue;
+            }
+            match errors
+                .iter_mut()
+                .find(|e| e.key == format!("schedules.{name}"))
+            {
+                Some(e) => e.message.push_str(&format!(", {user}")),
+                None => errors.push(PolicyError {
+                    key: format!("schedules.{name}"),
+                    line: None,
+                    message: format!(
+                        "none of its windows ({window}) opens after {} (site time): it is used \
+                         by {user}",
+                        local.format("%Y-%m-%d %H:%M:%S")
+                    ),
+                }),
+            }
+        }
+        if errors.is_empty() {
+            Ok(policy)
+        } else {
+            Err(errors)
+        }
     }
 
     pub fn parse(text: &str) -> Result<Policy, Vec<PolicyError>> {
@@ -1211,17 +1252,37 @@ fn partners<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> Partners {
 }
 
 fn holidays<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> BTreeSet<NaiveDate> {
-    let list: Vec<String> = cx.de(&path!["holidays"], v).unwrap_or_default();
     let mut out = BTreeSet::new();
-    for (i, h) in list.iter().enumerate() {
-        match schedule::parse_date(h) {
-            Some(d) => {
+    let Some(list) = v.get_ref().as_array() else {
+        cx.error(
+            &path!["holidays"],
+            "must be an array of dates, e.g. [\"2026-12-16\"]",
+        );
+        return out;
+    };
+    for (i, item) in list.iter().enumerate() {
+        let date = match item.get_ref() {
+            DeValue::String(h) => {
+                schedule::parse_date(h).ok_or_else(|| format!("`{h}` is not a YYYY-MM-DD date"))
+            }
+            // A bare TOML date (`2026-12-16`, unquoted) is a date too.
+            DeValue::Datetime(dt) => match (&dt.date, &dt.time, &dt.offset) {
+                (Some(d), None, None) => {
+                    NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
+                        .ok_or_else(|| format!("`{dt}` is not a calendar date"))
+                }
+                _ => Err(format!(
+                    "`{dt}` has a time of day; a holiday is a whole day in site time: write the \
+                     date alone, e.g. \"2026-12-16\""
+                )),
+            },
+            _ => Err("must be a date, e.g. \"2026-12-16\"".to_owned()),
+        };
+        match date {
+            Ok(d) => {
                 out.insert(d);
             }
-            None => cx.error(
-                &path!["holidays", i],
-                format!("`{h}` is not a YYYY-MM-DD date"),
-            ),
+            Err(m) => cx.error(&path!["holidays", i], m),
         }
     }
     out
@@ -1405,10 +1466,18 @@ fn schedules<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> BTreeMap<Strin
         let mut parsed = Vec::new();
         for (j, e) in list.iter().enumerate() {
             match schedule::parse_expr(e) {
-                Ok(s) => parsed.push(s),
+                Ok(s) => {
+                    if let Some(w) = schedule::never_matches(e, &s) {
+                        cx.warn(&path!["schedules", name, j], w);
+                    }
+                    parsed.push(s)
+                }
                 Err(m) => cx.error(&path!["schedules", name, j], m),
             }
-            if let Some(w) = schedule::numeric_weekdays(e) {
+            for w in [schedule::numeric_weekdays(e), schedule::both_day_fields(e)]
+                .into_iter()
+                .flatten()
+            {
                 cx.warn(&path!["schedules", name, j], w);
             }
         }

@@ -1488,10 +1488,10 @@ fn top_level_rules() {
         (
             "holiday type",
             "timezone = \"Asia/Almaty\"",
-            "timezone = \"Asia/Almaty\"\nholidays = [2026-12-16]",
+            "timezone = \"Asia/Almaty\"\nholidays = [20261216]",
             "holidays[0]",
             "holidays",
-            "invalid type",
+            "must be a date",
         ),
         (
             "partners star",
@@ -2263,4 +2263,117 @@ fn error_display() {
         message: "invalid array".into(),
     };
     assert_eq!(e.to_string(), "line 3: invalid array");
+}
+
+/// A day-of-week field read as cron reads it: whitespace after a list's commas does not make
+/// more fields, so a numeric day of week there is still warned about, and a minutes list
+/// written with spaces is accepted (cron takes it) instead of "has 9 field(s)".
+#[test]
+fn lists_written_with_spaces_are_read_as_cron_reads_them() {
+    let text = edit(
+        "always = [\"* * * * * *\"]",
+        "always = [\"* * 8-11, 13-17 * * 1-5\", \"* 0, 15, 30, 45 8-17 * * Mon-Fri\"]",
+    );
+    let p = Policy::parse(&text).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+    assert_eq!(p.warnings[0].key, "schedules.always[0]");
+    assert!(p.warnings[0].message.contains("`1-5`"), "{}", p.warnings[0]);
+    let hours = p.schedules.get("always").unwrap();
+    let at = |s: &str| {
+        DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&Utc)
+            .with_timezone(&p.timezone)
+    };
+    // 2026-12-07 is a Monday: 12:30 Almaty is outside 8-11 and 13-17 but on the quarter hour
+    // list's 12:30 minute of the second window.
+    assert!(hours.includes(&at("2026-12-07T07:30:00Z")));
+    assert!(!hours.includes(&at("2026-12-07T07:31:00Z")));
+    assert!(
+        hours.includes(&at("2026-12-07T04:10:00Z")),
+        "09:10, first window"
+    );
+}
+
+/// A window no date matches, or one restricting both the day of month and the day of week, is
+/// activated with a warning naming it; a schedule that a level or an unlock window uses and
+/// that never opens again after the activation is refused (it would deny the level, or keep
+/// the door locked, for good). A document already in the log still reads.
+#[test]
+fn schedules_that_never_open_are_warned_about_or_refused() {
+    let text = edit(
+        "always = [\"* * * * * *\"]",
+        "always = [\"* * * * * *\", \"* * 8-17 30 Feb *\", \"* * 8-17 1 * Mon\"]",
+    );
+    let p = Policy::parse(&text).unwrap();
+    let w: Vec<String> = p.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].contains("schedules.always[1]") && w[0].contains("never opens"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].contains("schedules.always[2]") && w[1].contains("both"),
+        "{w:?}"
+    );
+
+    let now = DateTime::parse_from_rfc3339("2026-11-27T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let past = edit(
+        "always = [\"* * * * * *\"]",
+        "always = [\"* * 8-17 * * Mon-Fri 2025\", \"* * 8-17 30 Feb *\"]",
+    );
+    let errors = Policy::parse_new_at(&past, now).expect_err("refused");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].key, "schedules.always");
+    assert!(
+        errors[0]
+            .message
+            .contains("opens after 2026-11-27 15:00:00")
+            && errors[0].message.contains("level `admin`"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        Policy::parse(&past).is_ok(),
+        "a logged document still reads"
+    );
+    let before = DateTime::parse_from_rfc3339("2025-06-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    assert!(Policy::parse_new_at(&past, before).is_ok());
+    assert!(Policy::parse_new_at(MINI, now).is_ok());
+}
+
+/// Holidays as TOML dates (`2026-12-16`, unquoted) are dates; a date-time is refused with a
+/// message that says so, not "invalid type: map".
+#[test]
+fn holidays_take_toml_dates() {
+    let p = Policy::parse(&edit("", "").replacen(
+        "timezone = \"Asia/Almaty\"",
+        "timezone = \"Asia/Almaty\"\nholidays = [2026-12-16, \"2026-12-17\"]",
+        1,
+    ))
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    let want: Vec<NaiveDate> = ["2026-12-16", "2026-12-17"]
+        .iter()
+        .map(|d| schedule::parse_date(d).unwrap())
+        .collect();
+    assert_eq!(p.holidays.iter().copied().collect::<Vec<_>>(), want);
+    let text = MINI.replacen(
+        "timezone = \"Asia/Almaty\"",
+        "timezone = \"Asia/Almaty\"\nholidays = [2026-12-16T08:00:00, 5]",
+        1,
+    );
+    let errors = Policy::parse(&text).expect_err("refused");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(errors[0].key, "holidays[0]");
+    assert!(errors[0].message.contains("time of day"), "{}", errors[0]);
+    assert_eq!(errors[1].key, "holidays[1]");
+    assert!(
+        errors[1].message.contains("must be a date"),
+        "{}",
+        errors[1]
+    );
 }

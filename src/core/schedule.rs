@@ -57,6 +57,11 @@ impl Window {
         self.schedules.iter().any(|s| s.includes(t.clone()))
     }
 
+    /// Whether any of the windows opens after `t` (in `t`'s own zone, as [`Window::includes`]).
+    pub fn opens_after<Tz: TimeZone>(&self, t: &DateTime<Tz>) -> bool {
+        self.schedules.iter().any(|s| s.after(t).next().is_some())
+    }
+
     /// The source expressions, in document order.
     pub fn exprs(&self) -> impl Iterator<Item = &str> {
         self.schedules.iter().map(Schedule::source)
@@ -75,9 +80,30 @@ impl fmt::Display for Window {
     }
 }
 
+/// The fields of a window expression as cron 0.17 reads them. Its grammar allows whitespace
+/// around the numbers and names of a list, a range or a step (`8-11, 13-17` is one hours
+/// field), so a plain split on whitespace would count such a list as several fields (and take
+/// the wrong one for the day of week); whitespace next to `,`, `-` or `/` is joined first.
+fn cron_fields(expr: &str) -> Vec<String> {
+    let joins = |c: Option<char>| matches!(c, Some(',' | '-' | '/'));
+    let chars: Vec<char> = expr.trim().chars().collect();
+    let mut joined = String::with_capacity(expr.len());
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_whitespace() {
+            let before = joined.chars().next_back();
+            let after = chars[i + 1..].iter().copied().find(|c| !c.is_whitespace());
+            if joins(before) || joins(after) {
+                continue;
+            }
+        }
+        joined.push(c);
+    }
+    joined.split_whitespace().map(str::to_owned).collect()
+}
+
 /// Parses one window expression: 6 or 7 fields, `*` seconds, then cron's own grammar.
 pub fn parse_expr(expr: &str) -> Result<Schedule, String> {
-    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let fields = cron_fields(expr);
     if !(6..=7).contains(&fields.len()) {
         return Err(format!(
             "`{expr}` has {} field(s); a window needs 6 or 7: sec min hour dom month dow [year]",
@@ -99,13 +125,40 @@ pub fn parse_expr(expr: &str) -> Result<Schedule, String> {
 /// week) silently opens the window Sunday to Thursday. Not an error: a policy already in the log
 /// must keep parsing as it did.
 pub fn numeric_weekdays(expr: &str) -> Option<String> {
-    let dow = expr.split_whitespace().nth(5)?;
+    let dow = cron_fields(expr).into_iter().nth(5)?;
     dow.contains(|c: char| c.is_ascii_digit()).then(|| {
         format!(
             "`{expr}`: the day of week `{dow}` counts Sunday = 1 … Saturday = 7, not crontab's \
              Monday = 1 (`1-5` is Sunday to Thursday); day names (`Mon-Fri`) say what they mean"
         )
     })
+}
+
+/// A warning for a window that restricts both the day of month and the day of week: cron 0.17
+/// opens it only on days that match both (`* * 8-17 1 * Mon` is "the 1st, when it is a
+/// Monday"), where crontab opens it on days that match either.
+pub fn both_day_fields(expr: &str) -> Option<String> {
+    let fields = cron_fields(expr);
+    let restricted = |f: &str| !matches!(f, "*" | "?");
+    (fields.len() >= 6 && restricted(&fields[3]) && restricted(&fields[5])).then(|| {
+        format!(
+            "`{expr}`: the window opens only on days that match both the day of month `{}` and \
+             the day of week `{}` (crontab opens it on days that match either); write two \
+             windows for either",
+            fields[3], fields[5]
+        )
+    })
+}
+
+/// A warning for a window that no instant matches (`* * 8-17 30 Feb *`, a year long past):
+/// it never opens. Looked for from the Unix epoch, so the answer does not depend on when the
+/// document is read; [`Window::opens_after`] asks about a given instant.
+pub fn never_matches(expr: &str, schedule: &Schedule) -> Option<String> {
+    schedule
+        .after(&DateTime::<Utc>::UNIX_EPOCH)
+        .next()
+        .is_none()
+        .then(|| format!("`{expr}` matches no date: the window never opens"))
 }
 
 /// A strict `YYYY-MM-DD` calendar date (holidays, validity dates); anything else is `None`.

@@ -1226,7 +1226,20 @@ async fn a_policy_put_changes_decisions_and_an_invalid_one_changes_nothing() {
     );
     let syntax = format!("{doc1}\n[[doors]\nid = ");
     let syntax_line = syntax.lines().count() - 1;
+    // A level on a schedule that never opens again (its year is past): refused.
+    let past = doc1.replace(
+        &format!("closed = [\"* * {closed_hour} * * *\"]"),
+        "closed = [\"* * 8-17 * * Mon-Fri 2025\"]",
+    );
     let cases = [
+        (
+            past.as_str(),
+            vec![
+                "schedules.closed".to_string(),
+                "opens after".into(),
+                "level `standard`".into(),
+            ],
+        ),
         (
             unknown_schedule.as_str(),
             vec![
