@@ -583,9 +583,24 @@ fn record_attempt(
     now: DateTime<Utc>,
 ) -> Result<Decision, Rejection> {
     let d = state.delivery(&r.delivery_id).ok_or(Rejection::NotFound)?;
-    // A stale result (the sequence moved on, or this attempt was already recorded).
-    if d.status != DeliveryStatus::Pending || r.attempt != d.attempt + 1 {
-        return Ok(Decision::duplicate());
+    // A result that no longer matches is refused and nothing is recorded: the sequence moved
+    // on (a redeliver, or this attempt was already recorded), or the webhook was disabled
+    // while the request was out (re-enabling then sends the same attempt again; recorded, a
+    // 5th failure would have failed a delivery the disabled webhook should only hold).
+    if d.status != DeliveryStatus::Pending {
+        return Err(Rejection::Invalid(
+            "webhook attempt result refused: the delivery is no longer pending",
+        ));
+    }
+    if r.attempt != d.attempt + 1 {
+        return Err(Rejection::Invalid(
+            "webhook attempt result refused: its attempt number is not the delivery's next",
+        ));
+    }
+    if !state.webhook(d.partner_id).is_some_and(|w| w.active) {
+        return Err(Rejection::Invalid(
+            "webhook attempt result refused: the webhook is disabled",
+        ));
     }
     let delivered = r.status_code.is_some_and(webhook::is_success) && r.error.is_none();
     let next = if delivered {

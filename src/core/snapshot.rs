@@ -61,7 +61,9 @@ use std::sync::Arc;
 ///    `SessionCreated` and a `CaptureRetryRequested` at that reader.
 /// 9: the sha256 of the last policy activated from the site file (`policy_file_sha256`), so
 ///    start-up knows whether the file changed since.
-pub const SCHEMA: u32 = 9;
+/// 10: a webhook keeps every rotated-out secret still within its own 24 h (`older`, besides
+///    `previous`), not only the last one.
+pub const SCHEMA: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

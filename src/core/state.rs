@@ -83,8 +83,13 @@ pub struct Webhook {
     pub url: String,
     /// The signing secret, encrypted under the master key (the shell decrypts it to sign).
     pub secret: String,
-    /// The previous secret and until when it still signs.
+    /// The secret rotated out last and until when it still signs.
     pub previous: Option<(String, DateTime<Utc>)>,
+    /// Secrets rotated out before `previous`, newest first, each with until when it still
+    /// signs: a second rotation within 24 h does not cut the first old secret's 24 h short
+    /// (SPEC 2). Those already expired are dropped at each rotation, so this holds at most the
+    /// rotations of the last 24 h.
+    pub older: Vec<(String, DateTime<Utc>)>,
     pub events: Vec<String>,
     pub active: bool,
     pub last_failure: Option<DateTime<Utc>>,
@@ -94,6 +99,20 @@ pub struct Webhook {
 impl Webhook {
     pub fn wants(&self, kind: &str) -> bool {
         self.events.iter().any(|e| e == kind)
+    }
+
+    /// The secrets that sign a delivery sent at `now` (all encrypted): the current one first,
+    /// then every rotated-out one whose own 24 h have not ended, newest first.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
+        std::iter::once(self.secret.as_str())
+            .chain(
+                self.previous
+                    .iter()
+                    .chain(&self.older)
+                    .filter(|(_, until)| now < *until)
+                    .map(|(s, _)| s.as_str()),
+            )
+            .collect()
     }
 }
 
@@ -973,6 +992,7 @@ impl State {
                         url: url.clone(),
                         secret: secret.clone(),
                         previous: None,
+                        older: Vec::new(),
                         events: events.clone(),
                         active: true,
                         last_failure: None,
@@ -984,11 +1004,14 @@ impl State {
                 partner_id,
                 secret,
                 previous_until,
-                ..
+                at,
             } => {
                 if let Some(w) = self.webhooks.get_mut(partner_id) {
                     let old = std::mem::replace(&mut w.secret, secret.clone());
-                    w.previous = Some((old, *previous_until));
+                    if let Some(before) = w.previous.replace((old, *previous_until)) {
+                        w.older.insert(0, before);
+                    }
+                    w.older.retain(|(_, until)| at < until);
                     w.revision = revision;
                 }
             }
@@ -1608,6 +1631,61 @@ mod retention_tests {
                 at: at(second),
             },
         );
+    }
+
+    #[test]
+    fn every_rotated_out_secret_signs_until_its_own_end() {
+        let mut log = Log::new(rules(3600, 3600));
+        let st = stream::webhook(partner());
+        log.fold(
+            0,
+            st.clone(),
+            Event::WebhookConfigured {
+                partner_id: partner(),
+                url: "https://example.com/hook".into(),
+                secret: "s0".into(),
+                events: vec!["failed".into()],
+                at: at(0),
+            },
+        );
+        let day = 24 * 3600;
+        let rotate = |log: &mut Log, second: i64, secret: &str| {
+            log.fold(
+                second,
+                st.clone(),
+                Event::WebhookSecretRotated {
+                    partner_id: partner(),
+                    secret: secret.into(),
+                    previous_until: at(second + day),
+                    at: at(second),
+                },
+            );
+        };
+        rotate(&mut log, 10, "s1");
+        rotate(&mut log, 12, "s2");
+        let w = log.state.webhook(partner()).unwrap().clone();
+        assert_eq!(w.signing_secrets(at(13)), ["s2", "s1", "s0"]);
+        // s0's 24 h end first (it was rotated out at 10 s), then s1's.
+        assert_eq!(w.signing_secrets(at(10 + day - 1)), ["s2", "s1", "s0"]);
+        assert_eq!(w.signing_secrets(at(10 + day)), ["s2", "s1"]);
+        assert_eq!(w.signing_secrets(at(12 + day)), ["s2"]);
+        // A snapshot keeps them all.
+        let back = crate::core::snapshot::decode(
+            &crate::core::snapshot::encode(&log.state),
+            rules(3600, 3600),
+        )
+        .unwrap();
+        assert_eq!(back, log.state);
+        assert_eq!(
+            back.webhook(partner()).unwrap().signing_secrets(at(13)),
+            ["s2", "s1", "s0"]
+        );
+        // A rotation drops what has expired: the state holds at most a day of rotations.
+        rotate(&mut log, 11 + day, "s3");
+        let w = log.state.webhook(partner()).unwrap();
+        assert_eq!(w.previous.as_ref().map(|p| p.0.as_str()), Some("s2"));
+        assert_eq!(w.older, [("s1".to_string(), at(12 + day))]);
+        assert_eq!(w.signing_secrets(at(11 + day)), ["s3", "s2", "s1"]);
     }
 
     #[test]

@@ -35,8 +35,32 @@ fn public_v4(ip: Ipv4Addr) -> bool {
         || o[0] >= 240)
 }
 
-fn public_v6(ip: Ipv6Addr) -> bool {
+/// The IPv4 address an IPv6 address carries and that decides where it leads: IPv4-mapped
+/// (`::ffff:0:0/96`), IPv4-compatible (`::/96`, other than `::` and `::1`), SIIT
+/// (`::ffff:0:0:0/96`), 6to4 (`2002::/16`, the IPv4 in bits 16–48) and well-known NAT64
+/// (`64:ff9b::/96`). A host that routes these reaches the IPv4 address, so the IPv4 rule
+/// judges it.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let low = |a: u16, b: u16| Ipv4Addr::new((a >> 8) as u8, a as u8, (b >> 8) as u8, b as u8);
     if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let prefix96 = |p: [u16; 6]| s[..6] == p;
+    if prefix96([0; 6]) && !ip.is_unspecified() && !ip.is_loopback() {
+        return Some(low(s[6], s[7]));
+    }
+    if prefix96([0, 0, 0, 0, 0xffff, 0]) || prefix96([0x64, 0xff9b, 0, 0, 0, 0]) {
+        return Some(low(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(low(s[1], s[2]));
+    }
+    None
+}
+
+fn public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = embedded_v4(ip) {
         return public_v4(v4);
     }
     let s = ip.segments();
@@ -45,8 +69,9 @@ fn public_v6(ip: Ipv6Addr) -> bool {
         || ip.is_multicast()
         || (s[0] & 0xfe00) == 0xfc00 // unique local (incl. fd00:ec2::254 metadata)
         || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed inside some sites)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64 (can reach IPv4 private space)
+        || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64: local-use 64:ff9b:1::/48 and the rest
 }
 
 impl Guard {
@@ -186,6 +211,41 @@ mod tests {
         let lan = Guard::new(vec!["192.168.0.0/16".parse().unwrap()]);
         assert!(lan.allows("192.168.1.1".parse().unwrap()));
         assert!(!lan.allows("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_addresses_carrying_an_ipv4_are_judged_by_that_ipv4() {
+        let g = Guard::default();
+        for bad in [
+            "::127.0.0.1",          // IPv4-compatible
+            "::10.0.0.1",           // IPv4-compatible, private
+            "::169.254.169.254",    // IPv4-compatible, metadata
+            "::ffff:0:7f00:1",      // SIIT 127.0.0.1
+            "::ffff:0:a9fe:a9fe",   // SIIT 169.254.169.254
+            "2002:7f00:1::",        // 6to4 of 127.0.0.1
+            "2002:a9fe:a9fe::1",    // 6to4 of 169.254.169.254
+            "2002:c0a8:101::",      // 6to4 of 192.168.1.1
+            "64:ff9b::7f00:1",      // well-known NAT64 of 127.0.0.1
+            "64:ff9b::a00:1",       // well-known NAT64 of 10.0.0.1
+            "64:ff9b:1::5db8:d822", // local-use NAT64, whatever it carries
+            "fec0::1",              // site-local
+            "feff::1",              // site-local, last block
+        ] {
+            assert!(!g.allows(bad.parse().unwrap()), "{bad} allowed");
+        }
+        for good in [
+            "::93.184.216.34",
+            "::ffff:0:5db8:d822",
+            "2002:5db8:d822::1",
+            "64:ff9b::5db8:d822",
+        ] {
+            assert!(g.allows(good.parse().unwrap()), "{good} refused");
+        }
+        // 0.0.0.2 is in 0.0.0.0/8: refused inside ::/96 as well.
+        assert!(!g.allows("::2".parse().unwrap()));
+        // The allow list still wins for the IPv6 form itself.
+        let lo = Guard::new(vec!["2002:7f00::/24".parse().unwrap()]);
+        assert!(lo.allows("2002:7f00:1::".parse().unwrap()));
     }
 
     #[tokio::test]

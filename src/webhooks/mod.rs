@@ -139,17 +139,30 @@ impl Dispatcher {
     /// outcome could not be recorded (the attempt is then due again).
     async fn attempt(&self, id: &str, attempt: u32) -> bool {
         let now = self.app.clock.now();
+        // Read right before sending: while this task waited for one of the partner's slots,
+        // the webhook may have been disabled (another delivery's 5th failure), or the delivery
+        // redelivered or finished. Such an attempt is not sent and nothing is recorded; what is
+        // still due is picked up again by the dispatcher.
         let Some((url, body, secrets)) = self.app.read(|s| {
             let d = s.delivery(id)?;
             let w = s.webhook(d.partner_id)?;
-            let mut secrets = vec![w.secret.clone()];
-            if let Some((old, until)) = &w.previous
-                && now < *until
-            {
-                secrets.push(old.clone());
-            }
-            Some((w.url.clone(), d.body.clone(), secrets))
+            let current = w.active
+                && d.status == crate::core::state::DeliveryStatus::Pending
+                && d.attempt + 1 == attempt;
+            current.then(|| {
+                let secrets: Vec<String> = w
+                    .signing_secrets(now)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                (w.url.clone(), d.body.clone(), secrets)
+            })
         }) else {
+            tracing::debug!(
+                delivery = id,
+                attempt,
+                "attempt no longer due (webhook disabled, or delivery moved on); not sent"
+            );
             return true;
         };
         let secrets: Vec<String> = secrets
@@ -191,11 +204,19 @@ impl Dispatcher {
             response,
             retry_after,
         });
-        if let Err(e) = self.app.execute(cmd).await {
-            tracing::error!(delivery = id, error = %e, "cannot record a webhook attempt; it will be sent again");
-            return false;
+        match self.app.execute(cmd).await {
+            Ok(_) => true,
+            // The core refused a result that no longer matches (the webhook was disabled or the
+            // delivery moved on while the request was out): nothing to record, nothing to retry.
+            Err(crate::app::AppError::Rejected(e)) => {
+                tracing::info!(delivery = id, attempt, reason = %e, "webhook attempt result not recorded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(delivery = id, error = %e, "cannot record a webhook attempt; it will be sent again");
+                false
+            }
         }
-        true
     }
 
     #[allow(clippy::too_many_arguments)]

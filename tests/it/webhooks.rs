@@ -1397,6 +1397,115 @@ async fn retry_after_delays_an_attempt_but_never_hastens_it() {
     gate.stop().await;
 }
 
+/// A partner's 32 slots full when another delivery's 5th failure disables the webhook: the
+/// attempt still waiting for a slot is not sent, the results of those already out are not
+/// recorded, and re-enabling sends each of them as the attempt it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_waiting_for_a_slot_are_not_sent_once_the_webhook_is_disabled() {
+    // Real time: X's 5th attempt is answered after X_WAIT, the others after Y_WAIT.
+    const X_WAIT: Duration = Duration::from_secs(5);
+    const Y_WAIT: Duration = Duration::from_secs(8);
+    let slots = palmgate::webhooks::PER_PARTNER;
+    let rx = Receiver::start(Reply::status(500).delay(Y_WAIT)).await;
+    rx.then([
+        Reply::status(500),
+        Reply::status(500),
+        Reply::status(500),
+        Reply::status(500),
+        Reply::status(500).delay(X_WAIT),
+    ]);
+    let dir = tempdir();
+    let t0 = now_secs();
+    let clock = Arc::new(ManualClock::new(t0));
+    let gate = Gate::start(dir.path(), true, clock.clone()).await;
+    let (key, _) = gate.partner("Acme", Some(&rx.url)).await;
+
+    // X fails four times on the schedule; its 5th attempt goes out and hangs for X_WAIT.
+    let x = session_delivery_id(&gate.end_one(&key).await);
+    rx.wait_for(1, SOON, "X's attempt 1").await;
+    let mut due = t0;
+    for (n, delay) in [(2usize, 1i64), (3, 5), (4, 30), (5, 120)] {
+        gate.wait_attempts(&key, &x, n - 1).await;
+        due += Span::minutes(delay);
+        step_to(&clock, &rx, due, n).await;
+    }
+    let x_sent = Instant::now();
+
+    // 32 more deliveries: 31 take the slots left, one waits for a slot.
+    let mut ys = Vec::new();
+    for _ in 0..slots {
+        ys.push(session_delivery_id(&gate.end_one(&key).await));
+    }
+    let sent = 5 + slots - 1;
+    rx.wait_for(sent, SOON, "the deliveries that got a slot")
+        .await;
+    assert!(
+        x_sent.elapsed() < X_WAIT - Duration::from_millis(500),
+        "the test's set-up took longer than X's answer: it proves nothing on this machine"
+    );
+    assert_eq!(gate.webhook(&key).await["status"], "active");
+    rx.stays(sent, "one delivery waits for a slot").await;
+    let waiting: Vec<&String> = {
+        let got: Vec<String> = rx.hits().iter().map(Hit::id).collect();
+        ys.iter().filter(|y| !got.contains(y)).collect()
+    };
+    assert_eq!(waiting.len(), 1, "exactly one waits: {waiting:?}");
+    let waiting = waiting[0].clone();
+
+    // X's 5th failure disables the webhook and frees its slot: the waiting attempt is not sent.
+    gate.wait_delivery(&key, &x, "X failed", |d| d["status"] == "failed")
+        .await;
+    assert_eq!(gate.webhook(&key).await["status"], "disabled");
+    // The 31 requests out end (500 after Y_WAIT) while the webhook is disabled.
+    let last_out = rx.hits().last().unwrap().at;
+    while last_out.elapsed() < Y_WAIT + Duration::from_secs(1) {
+        assert_eq!(
+            rx.count(),
+            sent,
+            "an attempt was sent to the disabled webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rx.stays(sent, "nothing is sent while the webhook is disabled")
+        .await;
+    for y in &ys {
+        let d = gate.delivery(&key, y).await.expect("the delivery");
+        assert_eq!(d["status"], "pending", "{d}");
+        assert!(
+            d["attempts"].as_array().unwrap().is_empty(),
+            "an attempt answered after the webhook was disabled is not recorded: {d}"
+        );
+    }
+
+    // Re-enabled: each of them is sent again as attempt 1, the waiting one included.
+    rx.set_default(Reply::status(200));
+    let (code, v) = gate
+        .v1(Method::POST, "/v1/webhook/enable", &key, None)
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let hits = rx
+        .wait_for(sent + slots, SOON, "the deliveries after enable")
+        .await;
+    let again: Vec<(String, u32)> = hits[sent..].iter().map(|h| (h.id(), h.attempt())).collect();
+    for y in &ys {
+        assert!(
+            again.contains(&(y.clone(), 1)),
+            "{y} not sent as attempt 1: {again:?}"
+        );
+        gate.wait_delivery(&key, y, "delivered after enable", |d| {
+            d["status"] == "delivered" && d["attempts"].as_array().unwrap().len() == 1
+        })
+        .await;
+    }
+    assert!(again.iter().any(|(id, _)| *id == waiting));
+    assert_eq!(
+        gate.delivery(&key, &x).await.unwrap()["status"],
+        "failed",
+        "X waits for a redeliver"
+    );
+    drop(gate);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Test ping and secret rotation
 // ---------------------------------------------------------------------------------------------
@@ -1497,6 +1606,77 @@ async fn test_pings_are_signed_and_a_rotated_secret_signs_alongside_for_24_hours
         "only the new secret signs after 24 h"
     );
     assert_signed(&hit, &[&new]);
+    assert!(gate.webhook(&key).await["previous_secret_valid_until"].is_null());
+    gate.stop().await;
+}
+
+/// Rotates the webhook secret; returns the new one.
+async fn rotate(gate: &Gate, key: &str) -> String {
+    let (code, v) = gate
+        .v1(Method::POST, "/v1/webhook/rotate-secret", key, None)
+        .await;
+    assert_eq!(code, 200, "rotate-secret: {v}");
+    v["secret"].as_str().expect("new secret shown").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rotation_within_24_hours_keeps_the_first_old_secret_signing_for_its_24_hours() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    let dir = tempdir();
+    let t0 = now_secs();
+    let clock = Arc::new(ManualClock::new(t0));
+    let gate = Gate::start(dir.path(), true, clock.clone()).await;
+    let (key, _) = gate.partner("Acme", None).await;
+    let (code, v) = gate
+        .v1(
+            Method::PUT,
+            "/v1/webhook",
+            &key,
+            Some(json!({"url": rx.url})),
+        )
+        .await;
+    assert_eq!(code, 200, "PUT /v1/webhook: {v}");
+    let s0 = v["secret"].as_str().expect("secret shown once").to_string();
+
+    // s0 → s1, and 2 s later s1 → s2: s0 and s1 each sign for 24 h from their own rotation.
+    let s1 = rotate(&gate, &key).await;
+    clock.advance(Span::seconds(2));
+    let s2 = rotate(&gate, &key).await;
+    assert_eq!(
+        gate.webhook(&key).await["previous_secret_valid_until"],
+        text(t0 + Span::seconds(2) + Span::hours(24))
+    );
+    gate.ping(&key).await;
+    let hit = rx
+        .wait_for(1, SOON, "ping after two rotations")
+        .await
+        .remove(0);
+    // The seed header with the current secret only; one v1 signature per live secret.
+    assert_signed(&hit, &[&s2, &s1, &s0]);
+
+    // Just before s0's 24 h end: all three. At its end: s0 no longer signs; then s1 neither.
+    clock.advance(Span::hours(24) - Span::seconds(3));
+    gate.ping(&key).await;
+    let hit = rx
+        .wait_for(2, SOON, "ping at s0's 23:59:59")
+        .await
+        .remove(1);
+    assert_signed(&hit, &[&s2, &s1, &s0]);
+    clock.advance(Span::seconds(1));
+    gate.ping(&key).await;
+    let hit = rx.wait_for(3, SOON, "ping at s0's 24 h").await.remove(2);
+    assert_signed(&hit, &[&s2, &s1]);
+
+    // A restart (snapshot or full fold) keeps the same secrets.
+    gate.stop().await;
+    let gate = Gate::start(dir.path(), true, clock.clone()).await;
+    gate.ping(&key).await;
+    let hit = rx.wait_for(4, SOON, "ping after a restart").await.remove(3);
+    assert_signed(&hit, &[&s2, &s1]);
+    clock.advance(Span::seconds(2));
+    gate.ping(&key).await;
+    let hit = rx.wait_for(5, SOON, "ping at s1's 24 h").await.remove(4);
+    assert_signed(&hit, &[&s2]);
     assert!(gate.webhook(&key).await["previous_secret_valid_until"].is_null());
     gate.stop().await;
 }
@@ -1774,6 +1954,30 @@ async fn webhook_urls_into_private_networks_are_refused_and_redirects_not_follow
         assert!(
             names.iter().any(|n| msg.contains(n)),
             "the message for {url} names the address: {msg:?}"
+        );
+    }
+    // IPv6 literals that carry an IPv4 are judged by that IPv4, and site-local is refused.
+    for url in [
+        "http://[::127.0.0.1]/",
+        "http://[::ffff:0:7f00:1]/",
+        "http://[2002:7f00:1::]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[64:ff9b:1::1]/",
+        "http://[fec0::1]/",
+    ] {
+        let (code, v) = gate
+            .v1(
+                Method::PUT,
+                "/v1/webhook",
+                &key,
+                Some(json!({ "url": url })),
+            )
+            .await;
+        assert_eq!(code, 400, "PUT {url}: {v}");
+        let msg = v["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("webhooks.allow_networks"),
+            "the message for {url} says how to allow it: {msg:?}"
         );
     }
     // Whether a name resolves on the gateway's network, and to what, is not told to a
