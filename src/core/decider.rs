@@ -585,8 +585,10 @@ fn record_attempt(
     let d = state.delivery(&r.delivery_id).ok_or(Rejection::NotFound)?;
     // A result that no longer matches is refused and nothing is recorded: the sequence moved
     // on (a redeliver, or this attempt was already recorded), or the webhook was disabled
-    // while the request was out (re-enabling then sends the same attempt again; recorded, a
-    // 5th failure would have failed a delivery the disabled webhook should only hold).
+    // while the request was out and the attempt failed (re-enabling then sends the same
+    // attempt again; recorded, a 5th failure would have failed a delivery the disabled webhook
+    // should only hold). A success is a fact whatever the webhook's state: recorded.
+    let delivered = r.status_code.is_some_and(webhook::is_success) && r.error.is_none();
     if d.status != DeliveryStatus::Pending {
         return Err(Rejection::Invalid(
             "webhook attempt result refused: the delivery is no longer pending",
@@ -597,12 +599,11 @@ fn record_attempt(
             "webhook attempt result refused: its attempt number is not the delivery's next",
         ));
     }
-    if !state.webhook(d.partner_id).is_some_and(|w| w.active) {
+    if !delivered && !state.webhook(d.partner_id).is_some_and(|w| w.active) {
         return Err(Rejection::Invalid(
             "webhook attempt result refused: the webhook is disabled",
         ));
     }
-    let delivered = r.status_code.is_some_and(webhook::is_success) && r.error.is_none();
     let next = if delivered {
         None
     } else {

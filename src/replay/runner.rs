@@ -433,6 +433,18 @@ impl Runner {
         let due = self.app.read(|s| s.due_deliveries(now, |_| false));
         let any = !due.is_empty();
         for (partner, id, attempt) in due {
+            // As the dispatcher does right before sending: an earlier delivery of this batch
+            // may have disabled the webhook (its 5th failure).
+            let current = self.app.read(|s| {
+                s.delivery(&id).is_some_and(|d| {
+                    d.status == crate::core::state::DeliveryStatus::Pending
+                        && d.attempt + 1 == attempt
+                        && s.webhook(d.partner_id).is_some_and(|w| w.active)
+                })
+            });
+            if !current {
+                continue;
+            }
             let body = self
                 .app
                 .read(|s| s.delivery(&id).map(|d| d.body.clone()))

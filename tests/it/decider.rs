@@ -1291,3 +1291,66 @@ fn a_repeated_session_created_does_not_reopen_an_ended_session() {
     g.when(cancel(Some(P1), sid(1)), t(50))
         .then_rejected(Rejection::SessionNotPending);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Webhook attempt results
+// ---------------------------------------------------------------------------------------------
+
+/// A partner whose webhook was disabled (another delivery's 5th failure) while one attempt of
+/// delivery `d-2` was out.
+fn attempt_out_when_disabled() -> Given {
+    given([
+        partner_created(P1),
+        Event::WebhookConfigured {
+            partner_id: P1,
+            url: "https://acme.example/hook".into(),
+            secret: "sealed".into(),
+            events: vec!["session".into()],
+            at: t(1),
+        },
+        Event::DeliveryQueued {
+            delivery_id: "d-2".into(),
+            partner_id: P1,
+            event: "completed".into(),
+            session_id: None,
+            body: "{}".into(),
+            held: false,
+            at: t(2),
+        },
+        Event::WebhookDisabled {
+            partner_id: P1,
+            delivery_id: "d-1".into(),
+            at: t(3),
+        },
+    ])
+}
+
+fn result(status: u16) -> Command {
+    Command::RecordAttempt(palmgate::core::command::AttemptResult {
+        delivery_id: "d-2".into(),
+        attempt: 1,
+        status_code: Some(status),
+        error: None,
+        latency_ms: 5,
+        response: String::new(),
+        retry_after: None,
+    })
+}
+
+/// The attempt's failure is not recorded (re-enabling sends it again, and it must not count
+/// towards the delivery's five), but a 2xx is: the receiver has the event.
+#[test]
+fn an_attempt_out_when_the_webhook_was_disabled_records_a_success_not_a_failure() {
+    let g = attempt_out_when_disabled();
+    assert!(!g.state.webhook(P1).unwrap().active);
+    g.when(result(500), t(4)).then_rejected(Rejection::Invalid(
+        "webhook attempt result refused: the webhook is disabled",
+    ));
+    let then = g.when(result(200), t(4));
+    let appends = &then.decision().appends;
+    assert_eq!(appends.len(), 1, "{appends:?}");
+    match &appends[0].events[..] {
+        [Event::DeliveryAttempted { delivered, .. }] => assert!(*delivered),
+        other => panic!("{other:?}"),
+    }
+}
