@@ -105,10 +105,12 @@ async fn arm_then_page(
         // for calls without an API key, so a link cannot flood the log or the readers.
         let v = app.limiter.address(ip, app.clock.now().timestamp_micros());
         if !v.allowed {
-            return super::error::ApiError::RateLimited {
-                retry_after_s: v.retry_after_s,
-            }
-            .into_response();
+            return page_headers(
+                super::error::ApiError::RateLimited {
+                    retry_after_s: v.retry_after_s,
+                }
+                .into_response(),
+            );
         }
         let cmd = Command::ArmReader {
             session_id: s.id,
@@ -123,10 +125,20 @@ async fn arm_then_page(
                 notice_key = Some(Notice::ReaderBusy)
             }
             Err(crate::app::AppError::Rejected(_)) => {}
-            Err(e) => return super::error::ApiError::from(e).into_response(),
+            Err(e) => return page_headers(super::error::ApiError::from(e).into_response()),
         }
     }
     page(app, kind, token, headers, notice_key)
+}
+
+/// Every answer of a page URL, HTML or JSON (the URL answers both, by `Accept`): not stored
+/// (it carries the session's state and the link is a credential), and `Vary: Accept` so no
+/// cache hands one variant to a client that asked for the other.
+fn page_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.append(header::VARY, HeaderValue::from_static("accept"));
+    resp
 }
 
 #[derive(Clone, Copy)]
@@ -136,6 +148,16 @@ enum Notice {
 }
 
 fn page(
+    app: &App,
+    kind: SessionKind,
+    token: &str,
+    headers: &HeaderMap,
+    notice_key: Option<Notice>,
+) -> Response {
+    page_headers(page_body(app, kind, token, headers, notice_key))
+}
+
+fn page_body(
     app: &App,
     kind: SessionKind,
     token: &str,

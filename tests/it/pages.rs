@@ -628,3 +628,37 @@ async fn page_streams_are_bounded_and_end_with_the_session() {
         assert_eq!(body.matches("data:").count(), 1, "{body}");
     }
 }
+
+/// A page URL answers HTML or JSON by `Accept`: neither variant is stored by a cache (the page
+/// carries the session's state and its URL is a credential), and every answer says it varies
+/// by `Accept`, so no cache hands the JSON to a browser or the HTML to a script.
+#[tokio::test]
+async fn both_page_variants_are_not_stored_and_vary_by_accept() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Caches").await;
+    let c = create(&s, &key, "enroll", "en").await;
+    let fake = format!("/identify/{}", "A".repeat(43));
+    for (path, status) in [(c.path(), 200), (fake, 404)] {
+        for accept in ["text/html", "application/json"] {
+            let a = send(s.get(&path).header("accept", accept)).await;
+            assert_eq!(a.status, status, "{path} as {accept}: {}", a.text);
+            assert_eq!(
+                a.header("cache-control"),
+                Some("no-store"),
+                "{path} as {accept}: Cache-Control"
+            );
+            let vary: Vec<String> = a
+                .headers
+                .get_all("vary")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|v| v.trim().to_ascii_lowercase())
+                .collect();
+            assert!(
+                vary.iter().any(|v| v == "accept" || v == "*"),
+                "{path} as {accept}: Vary {vary:?} does not name Accept"
+            );
+        }
+    }
+}
