@@ -36,13 +36,13 @@
 //! at its position. A row the store cannot read at all (a value of the wrong type) is a finding
 //! at its position, and verification reads on past it.
 
-use crate::core::doors::rederive;
+use crate::core::doors::{identified, rederive};
 use crate::core::event::{
-    CaptureRef, CaptureRejection, Event, Judged, Recorded, UpstreamOutcome, stream,
+    CaptureRef, CaptureRejection, DoorSubject, Event, Judged, Recorded, UpstreamOutcome, stream,
 };
-use crate::core::policy::{DoorId, Policy, Verdict};
+use crate::core::policy::{DenyReason, Direction, DoorId, Policy, Request, Verdict};
 use crate::core::state::State;
-use crate::core::{ExternalId, FailReason, ReaderId, SessionId, SessionKind};
+use crate::core::{ExternalId, FailReason, PartnerId, ReaderId, SessionId, SessionKind};
 use crate::store::EventStore;
 use crate::store::chain::Verifier;
 use chrono::{DateTime, Utc};
@@ -1184,30 +1184,145 @@ pub fn export(
 /// A past decision the new policy would decide differently.
 #[derive(Debug)]
 pub struct Changed {
+    /// The decision as the log records it ([`export`]'s row).
     pub row: Value,
+    /// The candidate's verdict. When the candidate binds the scan's reader to no door
+    /// (`rejected` is `Some`), no decision would be made; this is then a denial without a level
+    /// (`no_match`) standing for "nobody let through", and [`Changed::now_text`] says what would
+    /// happen.
     pub now: Verdict,
+    /// `Some(no_door)` when the candidate binds the reader to no door: the gateway would reject
+    /// the capture (`CaptureRejected`, reason `no_door`) instead of deciding.
+    pub rejected: Option<CaptureRejection>,
 }
 
-/// Re-decides every door decision in range with `policy` (same inputs).
+impl Changed {
+    /// What the candidate would do, as `audit what-if` prints it: `granted (level)`,
+    /// `denied (reason)` or `rejected (no_door)`.
+    pub fn now_text(&self) -> String {
+        match (&self.rejected, &self.now) {
+            (Some(r), _) => format!("rejected ({})", rejection_str(*r)),
+            (None, Verdict::Granted { level, .. }) => format!("granted ({level})"),
+            (None, Verdict::Denied { reason, .. }) => format!("denied ({reason})"),
+        }
+    }
+}
+
+fn rejection_str(r: CaptureRejection) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{r:?}"))
+}
+
+/// Each person's last movement in each zone of the candidate policy (zone name, partner,
+/// external id), as the gateway's state keeps it (`State::zone_last`).
+type ZoneLast = HashMap<(String, PartnerId, ExternalId), Direction>;
+
+/// A door scan decided again under `policy` as the gateway would have decided it: at the door
+/// `policy` binds the reader to, with the anti-passback state `zone_last` (kept under
+/// `policy`'s zones, and updated here with the movement a re-derived grant makes); the person,
+/// their record, the site mode and the instant as the log recorded them. `Some(None)`: the
+/// reader is at no door under `policy` (the capture would be rejected); `None` for any other
+/// event.
+fn redecide(policy: &Policy, e: &Event, zone_last: &mut ZoneLast) -> Option<Option<Verdict>> {
+    let Event::DoorDecided {
+        reader_id,
+        subject,
+        erased,
+        mode,
+        at,
+        ..
+    } = e
+    else {
+        return None;
+    };
+    let Some(door) = policy.door_of_reader(reader_id) else {
+        return Some(None);
+    };
+    let zone = policy.zone_of_reader(reader_id);
+    let key = |z: &str, s: &DoorSubject| (z.to_owned(), s.partner_id, s.external_id.clone());
+    let last_in_zone = match (zone, subject) {
+        (Some((z, _)), Some(s)) => zone_last.get(&key(z, s)).copied(),
+        _ => None,
+    };
+    let verdict = policy.decide(&Request {
+        door: &door.id,
+        reader: reader_id,
+        who: identified(subject.as_ref(), *erased),
+        at: *at,
+        mode: *mode,
+        last_in_zone,
+    });
+    if verdict.granted()
+        && let (Some((z, dir)), Some(s)) = (zone, subject)
+    {
+        zone_last.insert(key(z, s), dir);
+    }
+    Some(Some(verdict))
+}
+
+/// Re-decides every door decision in range with `policy`, in log order, as the gateway would
+/// have decided it under `policy`: at the door `policy` binds the scan's reader to (a reader
+/// at no door: the scan would be rejected), with the anti-passback state the re-derived grants
+/// make under `policy`'s zones (an erasure that `clears_zones` ends the person's presence, as
+/// in the state); the person, their record, the site mode and the instant as recorded.
+///
+/// Decisions outside `from`..`to` are not reported, but every decision before `from` is still
+/// re-decided (unreported) so the zone state at `from` is the one `policy` would have made.
+/// Returns the number of decisions in range and those that would change (granted or not, or
+/// the reason).
 pub fn what_if(
     store: &dyn EventStore,
     policy: &Policy,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
 ) -> Result<(usize, Vec<Changed>), crate::store::StoreError> {
-    let all = decisions(store, from, to)?;
+    let mut zone_last = ZoneLast::new();
+    let mut n = 0;
     let mut changed = vec![];
-    for rec in &all {
-        let Event::DoorDecided { verdict, .. } = &rec.event else {
-            continue;
+    let mut after = 0;
+    loop {
+        let page = store.read(after, 10_000)?;
+        let Some(last) = page.last() else {
+            return Ok((n, changed));
         };
-        let Some(again) = rederive(policy, &rec.event) else {
-            continue;
-        };
-        let differs = again.granted() != verdict.granted() || again.reason() != verdict.reason();
-        if differs && let Some(row) = decision_row(rec) {
-            changed.push(Changed { row, now: again });
+        after = last.position;
+        for rec in &page {
+            match &rec.event {
+                Event::UserErased {
+                    partner_id,
+                    external_id,
+                    clears_zones: true,
+                    ..
+                } => zone_last.retain(|(_, p, x), _| !(p == partner_id && x == external_id)),
+                Event::DoorDecided { verdict, at, .. } => {
+                    let Some(again) = redecide(policy, &rec.event, &mut zone_last) else {
+                        continue;
+                    };
+                    if !in_range(*at, from, to) {
+                        continue;
+                    }
+                    n += 1;
+                    let (now, rejected) = match again {
+                        Some(v) => (v, None),
+                        None => (
+                            Verdict::Denied {
+                                reason: DenyReason::NoMatch,
+                                level: None,
+                            },
+                            Some(CaptureRejection::NoDoor),
+                        ),
+                    };
+                    let differs = rejected.is_some()
+                        || now.granted() != verdict.granted()
+                        || now.reason() != verdict.reason();
+                    if differs && let Some(row) = decision_row(rec) {
+                        changed.push(Changed { row, now, rejected });
+                    }
+                }
+                _ => {}
+            }
         }
     }
-    Ok((all.len(), changed))
 }

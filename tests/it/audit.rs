@@ -72,9 +72,17 @@ async fn enrolled() -> Enrolled {
 
 /// [`enrolled`] on `clock`.
 async fn enrolled_on(clock: std::sync::Arc<dyn palmgate::app::clock::Clock>) -> Enrolled {
+    enrolled_with(SITE, clock).await
+}
+
+/// [`enrolled`] with the site policy `site`, on `clock`.
+async fn enrolled_with(
+    site: &str,
+    clock: std::sync::Arc<dyn palmgate::app::clock::Clock>,
+) -> Enrolled {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    std::fs::write(dir.path().join("site.toml"), SITE).unwrap();
+    std::fs::write(dir.path().join("site.toml"), site).unwrap();
     let config = dir.path().join("p.toml");
     std::fs::write(
         &config,
@@ -109,7 +117,26 @@ listen = "127.0.0.1:0"
     })
     .await
     .unwrap();
-    let sid = palmgate::core::SessionId::from_random([8; 16]);
+    enroll(&app, partner, 8, "alice", "alice").await;
+    Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        partner,
+    }
+}
+
+/// Enrolls `palm` as `external_id` of `partner` through the core pipeline (a session, then a
+/// capture at a desk reader); `n` numbers the session.
+async fn enroll(
+    app: &palmgate::app::App,
+    partner: palmgate::core::PartnerId,
+    n: u8,
+    external_id: &str,
+    palm: &str,
+) {
+    let sid = palmgate::core::SessionId::from_random([n; 16]);
     let token = app.keys.session_token(sid);
     app.execute(palmgate::core::Command::CreateSession {
         partner_id: partner,
@@ -118,7 +145,7 @@ listen = "127.0.0.1:0"
         kind: palmgate::core::SessionKind::Enroll,
         language: palmgate::core::Language::En,
         enroll: Some(palmgate::core::EnrollRequest {
-            external_id: palmgate::core::ExternalId("alice".into()),
+            external_id: palmgate::core::ExternalId(external_id.into()),
             username: None,
             metadata: Some(json!({"access_level": "standard"})),
         }),
@@ -130,22 +157,15 @@ listen = "127.0.0.1:0"
     app.reader_message(
         ReaderId("desk-1".into()),
         Inbound::Capture(CaptureMsg {
-            capture_id: "enroll-1".into(),
+            capture_id: format!("enroll-{n}"),
             session: Some(token),
-            template: palmgate::synthetic::scan("alice", 128, 1),
+            template: palmgate::synthetic::scan(palm, 128, 1),
             quality: 0.9,
             liveness: true,
         }),
     )
     .await
     .unwrap();
-    Enrolled {
-        dir,
-        config,
-        server,
-        app,
-        partner,
-    }
 }
 
 /// A log with a policy, an enrolled user and six door decisions (granted and denied).
@@ -540,6 +560,267 @@ async fn what_if_lists_the_decisions_a_new_policy_changes() {
             .1
             .is_empty()
     );
+}
+
+/// A site with a lobby door (an entry and an exit reader) and a side door no level opens.
+const LOBBY: &str = r#"timezone = "UTC"
+
+[[relay_devices]]
+id = "board-1"
+modbus = "tcp://127.0.0.1:9"
+
+[[doors]]
+id = "lobby"
+readers = ["lobby-in", "lobby-out"]
+relay = { device = "board-1", coil = 0 }
+
+[[doors]]
+id = "side"
+readers = ["side-1"]
+relay = { device = "board-1", coil = 1 }
+
+[schedules]
+always = ["* * * * * *"]
+
+[[levels]]
+name = "standard"
+doors = ["lobby"]
+schedule = "always"
+"#;
+
+/// [`LOBBY`] with a hard anti-passback zone entered at `entry` and left at `exit`.
+fn lobby_zoned(entry: &str, exit: &str) -> String {
+    format!(
+        "{LOBBY}\n[[zones]]\nname = \"building\"\nentry_readers = [\"{entry}\"]\n\
+         exit_readers = [\"{exit}\"]\nanti_passback = \"hard\"\n"
+    )
+}
+
+/// A log made under `site` by alice scanning at `readers` in turn (a few ms apart, so each
+/// decision has its own instant), and the log positions of its door decisions, in order.
+async fn lobby_log(site: &str, readers: &[&str]) -> (Log, Vec<u64>) {
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        ..
+    } = enrolled_with(site, std::sync::Arc::new(palmgate::app::clock::SystemClock)).await;
+    for (i, reader) in readers.iter().enumerate() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        app.reader_message(
+            ReaderId(reader.to_string()),
+            capture("alice", 300 + i as u64, &format!("walk-{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    drop(server);
+    drop(app);
+    let log = Log { dir, config };
+    let positions: Vec<u64> = decided_rows(&log.db())
+        .iter()
+        .map(|(p, _)| *p as u64)
+        .collect();
+    assert_eq!(positions.len(), readers.len(), "every scan decided");
+    (log, positions)
+}
+
+/// What-if under `candidate` from `from`: the number of decisions replayed and the changes as
+/// (index of the decision in `positions`, what the candidate would do).
+fn changes(
+    log: &Log,
+    positions: &[u64],
+    candidate: &str,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+) -> (usize, Vec<(usize, String)>) {
+    let policy = palmgate::core::policy::Policy::parse(candidate).unwrap();
+    let (n, changed) = audit::what_if(&store(&log.db()), &policy, from, None).unwrap();
+    let at = changed
+        .iter()
+        .map(|c| {
+            let p = c.row["position"].as_u64().unwrap();
+            let i = positions.iter().position(|&q| q == p).unwrap();
+            (i, c.now_text())
+        })
+        .collect();
+    (n, at)
+}
+
+/// The instant of the door decision at `position`.
+fn decided_at(log: &Log, position: u64) -> chrono::DateTime<chrono::Utc> {
+    row_data(&log.db(), position as i64)["at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A zone the log never had: the candidate's anti-passback judges each movement after the
+/// movements the candidate itself would have let through, not the (absent) recorded state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_a_zone_is_added_denies_the_repeated_movements() {
+    let walk = [
+        "lobby-in",
+        "lobby-in",
+        "lobby-out",
+        "lobby-out",
+        "lobby-in",
+        "lobby-out",
+    ];
+    let (log, positions) = lobby_log(LOBBY, &walk).await;
+    let zoned = lobby_zoned("lobby-in", "lobby-out");
+    let denied = "denied (anti_passback)".to_string();
+    assert_eq!(
+        changes(&log, &positions, &zoned, None),
+        (6, vec![(1, denied.clone()), (3, denied.clone())])
+    );
+    // From the second entry on: the first entry, before the window, still counts.
+    let from = decided_at(&log, positions[1]);
+    assert_eq!(
+        changes(&log, &positions, &zoned, Some(from)),
+        (5, vec![(1, denied.clone()), (3, denied)])
+    );
+}
+
+/// Entry and exit readers swapped: every scan is judged by the role its reader has in the
+/// candidate, after the candidate's own movements; alternating in and out stays alternating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_the_zone_readers_are_swapped_judges_the_movements_by_their_new_roles() {
+    let walk = [
+        "lobby-in",
+        "lobby-out",
+        "lobby-in",
+        "lobby-out",
+        "lobby-out",
+    ];
+    let site = lobby_zoned("lobby-in", "lobby-out");
+    let (log, positions) = lobby_log(&site, &walk).await;
+    // Recorded: granted, granted, granted, granted, denied anti_passback. Swapped: exit, entry,
+    // exit, entry, entry: the same.
+    assert_eq!(
+        changes(
+            &log,
+            &positions,
+            &lobby_zoned("lobby-out", "lobby-in"),
+            None
+        ),
+        (5, vec![])
+    );
+}
+
+/// A reader moved to a door the user's level does not open: every scan at it is denied
+/// `door_not_in_level`; a reader the candidate binds to no door would have its scans rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_a_reader_moves_to_another_door_every_scan_at_it_is_judged_there() {
+    let walk = ["lobby-in", "lobby-in", "lobby-out", "lobby-out", "lobby-in"];
+    let site = lobby_zoned("lobby-in", "lobby-out");
+    let (log, positions) = lobby_log(&site, &walk).await;
+    let moved = site
+        .replace(
+            r#"readers = ["lobby-in", "lobby-out"]"#,
+            r#"readers = ["lobby-out"]"#,
+        )
+        .replace(
+            r#"readers = ["side-1"]"#,
+            r#"readers = ["side-1", "lobby-in"]"#,
+        );
+    let not_in_level = "denied (door_not_in_level)".to_string();
+    // Recorded: granted, denied anti_passback, granted, denied anti_passback, granted. The
+    // exits are unchanged: no entry was let through, then the first exit was.
+    assert_eq!(
+        changes(&log, &positions, &moved, None),
+        (
+            5,
+            vec![
+                (0, not_in_level.clone()),
+                (1, not_in_level.clone()),
+                (4, not_in_level)
+            ]
+        )
+    );
+    // lobby-in at no door (and out of the zone): its scans would be rejected; the exits are
+    // judged as before (the first exit follows no entry, the second repeats it).
+    let nowhere = site
+        .replace(
+            r#"readers = ["lobby-in", "lobby-out"]"#,
+            r#"readers = ["lobby-out"]"#,
+        )
+        .replace(r#"entry_readers = ["lobby-in"]"#, "entry_readers = []");
+    let rejected = "rejected (no_door)".to_string();
+    assert_eq!(
+        changes(&log, &positions, &nowhere, None),
+        (
+            5,
+            vec![(0, rejected.clone()), (1, rejected.clone()), (4, rejected)]
+        )
+    );
+}
+
+/// The policy in force as candidate changes nothing on a log with zones, also from the middle
+/// of the log (the zone state at the window's start comes from the decisions before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_the_policy_in_force_changes_nothing_on_a_log_with_zones() {
+    let walk = ["lobby-in", "lobby-in", "lobby-out", "lobby-out", "lobby-in"];
+    let site = lobby_zoned("lobby-in", "lobby-out");
+    let (log, positions) = lobby_log(&site, &walk).await;
+    assert_eq!(changes(&log, &positions, &site, None), (5, vec![]));
+    for (i, &p) in positions.iter().enumerate() {
+        let from = decided_at(&log, p);
+        assert_eq!(
+            changes(&log, &positions, &site, Some(from)),
+            (5 - i, vec![]),
+            "from decision {i}"
+        );
+    }
+}
+
+/// An erasure ends the person's zone presence in the candidate's zones too (as the state fold
+/// does): the same `external_id` enrolled again enters without an exit first, and the policy in
+/// force changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_an_erasure_ends_the_persons_zone_presence() {
+    let site = lobby_zoned("lobby-in", "lobby-out");
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        partner,
+    } = enrolled_with(
+        &site,
+        std::sync::Arc::new(palmgate::app::clock::SystemClock),
+    )
+    .await;
+    let scan = |palm: &'static str, id: &'static str, seed| {
+        app.reader_message(ReaderId("lobby-in".into()), capture(palm, seed, id))
+    };
+    scan("alice", "walk-0", 300).await.unwrap();
+    scan("alice", "walk-1", 301).await.unwrap();
+    app.execute(palmgate::core::Command::EraseUser {
+        partner_id: partner,
+        external_id: palmgate::core::ExternalId("alice".into()),
+    })
+    .await
+    .unwrap();
+    enroll(&app, partner, 9, "alice", "bob").await;
+    scan("bob", "walk-2", 302).await.unwrap();
+    drop(server);
+    drop(app);
+    let log = Log { dir, config };
+    let positions: Vec<u64> = decided_rows(&log.db())
+        .iter()
+        .map(|(p, _)| *p as u64)
+        .collect();
+    let verdicts: Vec<Value> = positions
+        .iter()
+        .map(|&p| row_data(&log.db(), p as i64)["verdict"]["verdict"].clone())
+        .collect();
+    assert_eq!(
+        verdicts,
+        [json!("granted"), json!("denied"), json!("granted")]
+    );
+    assert_eq!(changes(&log, &positions, &site, None), (3, vec![]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
