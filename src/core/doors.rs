@@ -14,7 +14,7 @@ use super::ids::*;
 use super::policy::{Door, DoorId, Identified, Policy, Request, SiteMode, Subject};
 use super::state::State;
 use super::webhook;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -458,7 +458,10 @@ pub fn next_deadline(state: &State, now_hint: Option<DateTime<Utc>>) -> Option<D
     if !policy.unlock_windows.is_empty()
         && let Some(now) = now_hint
     {
-        let t = now + Duration::seconds(1);
+        // The next whole second: windows open and close on whole seconds, and a tick a
+        // fraction after one (a pulse ending at .5) would otherwise keep every later edge late
+        // by that fraction.
+        let t = now.trunc_subsecs(0) + Duration::seconds(1);
         next = Some(next.map_or(t, |n| n.min(t)));
     }
     next

@@ -315,6 +315,13 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
     if s.site.is_some() && s.site_file.is_some() {
         return Err("site and site_file: give one, not both".into());
     }
+    // The clock is virtual: a start relative to the wall clock would make runs differ.
+    chrono::DateTime::parse_from_rfc3339(&s.start).map_err(|e| {
+        format!(
+            "start: {:?} must be an RFC 3339 instant (e.g. \"2026-03-02T09:00:00+05:00\"): {e}",
+            s.start
+        )
+    })?;
     if let Some(ttl) = &s.settings.ttl {
         check_duration(ttl).map_err(|e| format!("settings.ttl: {e}"))?;
     }
