@@ -265,7 +265,10 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::warn!("admin.token is not set: the admin API refuses every call");
     }
     let server = palmgate::app::start(config).await?;
-    println!("palmgate readers connect to {}", server.mqtt);
+    println!(
+        "palmgate readers connect to {}",
+        palmgate::config::redact_url(&server.mqtt)
+    );
     // The one line scripts and tests read to find the server.
     println!(
         "palmgate listening on {} (public URL {})",
@@ -325,7 +328,7 @@ async fn demo(
                 token = s.admin_token,
                 readers = palmgate::demo::DOOR_READERS.join(", "),
                 desk = palmgate::demo::DESK_READER,
-                mqtt = s.mqtt,
+                mqtt = palmgate::config::redact_url(&s.mqtt),
                 data = s.data.display(),
             );
             std::io::stdout().flush().ok();
@@ -508,7 +511,7 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
             palmgate::config::redact_url(&mqtt_url)
         )
     })?;
-    let token = session.map(|s| s.rsplit('/').next().unwrap_or(&s).to_string());
+    let token = session.map(|s| session_token(&s));
     if let Some(t) = &token {
         sim.capture(Some(t)).await?;
     } else if door {
@@ -519,6 +522,20 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
     sim.follow(std::time::Duration::from_secs(wait), true)
         .await?;
     Ok(())
+}
+
+/// The session token in a hosted-page link (`http://host/enroll/<token>?reader=desk-1`: the
+/// last non-empty path segment, without query or fragment), or the argument itself when it is
+/// a bare token.
+fn session_token(s: &str) -> String {
+    match reqwest::Url::parse(s) {
+        Ok(u) => u
+            .path_segments()
+            .and_then(|mut p| p.rfind(|seg| !seg.is_empty()))
+            .unwrap_or_default()
+            .to_string(),
+        Err(_) => s.to_string(),
+    }
 }
 
 fn instant(s: Option<String>, what: &str) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
@@ -622,14 +639,7 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
                 instant(to, "to")?,
             )?;
             for c in &changed {
-                let now = match &c.now {
-                    palmgate::core::policy::Verdict::Granted { level, .. } => {
-                        format!("granted ({level})")
-                    }
-                    palmgate::core::policy::Verdict::Denied { reason, .. } => {
-                        format!("denied ({reason})")
-                    }
-                };
+                let now = c.now_text();
                 println!("{}  now: {now}", c.row);
             }
             println!("{n} decisions replayed, {} would change", changed.len());
@@ -677,5 +687,18 @@ mod tests {
         assert!(!log_colours(true, Some(OsStr::new("1"))));
         assert!(!log_colours(false, None));
         assert!(!log_colours(false, Some(OsStr::new(""))));
+    }
+
+    #[test]
+    fn a_session_link_gives_its_token_whatever_follows_it() {
+        for link in [
+            "http://127.0.0.1:8080/enroll/tok-1",
+            "http://127.0.0.1:8080/enroll/tok-1?reader=desk-1",
+            "http://127.0.0.1:8080/enroll/tok-1/",
+            "https://gate.example/identify/tok-1#top",
+            "tok-1",
+        ] {
+            assert_eq!(super::session_token(link), "tok-1", "{link}");
+        }
     }
 }
