@@ -39,6 +39,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
+step "Dockerfile build context"
+# No image is built here (no Docker on CI): the build stage's COPY sources are copied to a
+# scratch directory and cargo must load the manifest and lock file from them alone.
+# A path dependency the Dockerfile does not copy (vendor/rumqttd) fails here.
+ctx=$(mktemp -d)
+sed -n '/^FROM .* AS build/,/^FROM /p' deploy/Dockerfile | awk '$1 == "COPY" && $2 !~ /^--/ {for (i = 2; i < NF; i++) print $i}' |
+  while read -r src; do mkdir -p "$ctx/$(dirname "$src")"; cp -r "$src" "$ctx/$src"; done
+if (cd "$ctx" && cargo metadata --locked --format-version 1 >/dev/null); then
+  ok "the Dockerfile's build stage copies everything the manifest needs"
+else
+  bad "cargo cannot load the manifest from the Dockerfile's build context"
+fi
+rm -rf "$ctx"
+
 step "cargo-deb"
 if ! cargo deb --version >/dev/null 2>&1; then
   cargo install cargo-deb --locked
