@@ -129,6 +129,30 @@ pub trait EventStore: Send + Sync + 'static {
         None
     }
 
+    /// The head position and hash the log itself saved, if the backend keeps one and this
+    /// store can vouch for it (`None`, the default: nothing to check).
+    ///
+    /// `Some((p, h))` proves that the log held, at some point, an event at position `p` whose
+    /// hash was `h`, in the same view of the log as the events this store reads. So for a log
+    /// nobody tampered with, the store's reads reach position `p` and the event there has hash
+    /// `h`; a verifier may report:
+    /// - reads that end before `p` (at `last < p`): the events after `last` were removed
+    ///   (the tail was cut off), at least `last + 1 ..= p`;
+    /// - an event at `p` whose hash is not `h`: the event at `p` was rewritten (and the chain
+    ///   resealed, if the chain alone is intact).
+    ///
+    /// It proves nothing about events after `p`: the head is saved from time to time, not
+    /// at every append (SQLite: every [`sqlite::CHECKPOINT_EVERY`] events and at a clean
+    /// close), so after a crash or kill it is behind the last event, which is normal, and a
+    /// tail cut at or after `p` is not seen. Nor does `None` prove anything (an old log, a log
+    /// never closed cleanly before its first save). It catches a cut tail, not a forger: one
+    /// who also rewrites or deletes the saved head, or a server started on the cut log (its
+    /// next save overwrites the head), leaves nothing for it to show. An `Err` is a saved head
+    /// the backend cannot have written (malformed): worth reporting, not a reason to stop.
+    fn saved_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        Ok(None)
+    }
+
     /// The app is done with the store (its server has stopped): finish what is queued and let
     /// go of the log, so that another open of it (a restart in the same process) may write it.
     /// Appends afterwards answer [`StoreError::Closed`]. Default: nothing to let go of.

@@ -70,6 +70,9 @@ pub struct SqliteStore {
     /// The exclusive lock on `<path>.lock` ([`lock_store`]), held until [`SqliteStore::close`]:
     /// one writing process per log. `None` for a read-only store.
     lock: Mutex<Option<std::fs::File>>,
+    /// [`EventStore::saved_head`]: read by [`SqliteStore::open_read_only`] in the snapshot its
+    /// reads stop at; `Ok(None)` for a writing store.
+    saved: SavedHead,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -207,6 +210,139 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// A read connection of a read-only store ([`SqliteStore::open_read_only`]): `uri` opened
+/// read-only, with the busy timeout and nothing else (the pragmas of [`open_conn`] write).
+fn open_reader(uri: &Path) -> Result<Connection, rusqlite::Error> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(uri, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// `file:<path>?<query>`, the path percent-encoded.
+fn read_only_uri(path: &Path, query: &str) -> PathBuf {
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push('?');
+    uri.push_str(query);
+    PathBuf::from(uri)
+}
+
+/// The file's SQLite header says WAL mode (its read and write versions are 2).
+fn in_wal_mode(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| header.starts_with(b"SQLite format 3\0") && header[18..20] == [2, 2])
+}
+
+/// A read-only read failed for want of write access (the `-shm` of a WAL log cannot be
+/// created or written).
+fn needs_write_access(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen)
+    )
+}
+
+/// What the head the log saved says ([`EventStore::saved_head`]).
+type SavedHead = Result<Option<(u64, [u8; 32])>, StoreError>;
+
+/// The first connection of a read-only store and what it found, in one read transaction.
+struct ReadOnlyLog {
+    conn: Connection,
+    /// `None`: no palmgate event log. Else the last position and the saved head, of the same
+    /// snapshot of the file.
+    found: Option<(u64, SavedHead)>,
+}
+
+impl ReadOnlyLog {
+    fn open(uri: &Path) -> Result<ReadOnlyLog, rusqlite::Error> {
+        use rusqlite::ErrorCode;
+        let conn = open_reader(uri)?;
+        let found = {
+            // One snapshot: a writer saves its head after the events it covers, so in any
+            // snapshot of an untouched log the saved head is at or before the last event.
+            let tx = rusqlite::Transaction::new_unchecked(
+                &conn,
+                rusqlite::TransactionBehavior::Deferred,
+            )?;
+            let tables = |name: &str| {
+                tx.query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [name],
+                    |r| r.get::<_, i64>(0),
+                )
+            };
+            match tables("events") {
+                Ok(1) => {
+                    let last: i64 =
+                        tx.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
+                            r.get(0)
+                        })?;
+                    let saved = if tables("store_heads")? == 1 {
+                        saved_head_row(&tx)?
+                    } else {
+                        Ok(None)
+                    };
+                    Some((last.max(0) as u64, saved))
+                }
+                Ok(_) => None,
+                Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => None,
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(ReadOnlyLog { conn, found })
+    }
+}
+
+/// The row of `store_heads` as a saved head: `Ok(None)` when there is none (or its position
+/// is 0, which says nothing); a row palmgate cannot have written (a position that is not a
+/// non-negative integer, a hash that is not 32 bytes) is [`StoreError::Corrupt`].
+fn saved_head_row(conn: &Connection) -> Result<SavedHead, rusqlite::Error> {
+    use rusqlite::types::Value;
+    let row: Option<(Value, Value)> = conn
+        .query_row(
+            "SELECT position, hash FROM store_heads WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((position, hash)) = row else {
+        return Ok(Ok(None));
+    };
+    let bad = |position: u64, what: String| StoreError::Corrupt {
+        position,
+        reason: format!("the head the log saved (table store_heads) {what}"),
+    };
+    let position = match position {
+        Value::Integer(0) => return Ok(Ok(None)),
+        Value::Integer(p) if p > 0 => p as u64,
+        other => return Ok(Err(bad(0, format!("has the position {other:?}")))),
+    };
+    Ok(match hash {
+        Value::Blob(b) => match <[u8; 32]>::try_from(&b[..]) {
+            Ok(h) => Ok(Some((position, h))),
+            Err(_) => Err(bad(
+                position,
+                format!("has a hash of {} bytes, not 32", b.len()),
+            )),
+        },
+        other => Err(bad(position, format!("has the hash {other:?}"))),
+    })
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     position    INTEGER PRIMARY KEY,
@@ -308,47 +444,71 @@ impl SqliteStore {
             forgetting,
             on_disk,
             lock: Mutex::new(Some(lock)),
+            saved: Ok(None),
         })
     }
 
     /// Opens the log at `path` for reading only (`palmgate audit`): nothing is created or
-    /// written (no schema, no writer; an append answers [`StoreError::Closed`]), and reads stop
-    /// at the last event the file held when opened. `Ok(None)` when the file is no palmgate
-    /// event log (not SQLite, or no `events` table).
+    /// written (no schema, no writer, no `-wal` or `-shm` the log did not have; an append
+    /// answers [`StoreError::Closed`]), and reads stop at the last event the file held when
+    /// opened. `Ok(None)` when the file is no palmgate event log (not SQLite, or no `events`
+    /// table).
+    ///
+    /// How it reads (connections from [`open_reader`], never [`open_conn`]: no journal-mode
+    /// or synchronous pragma, which write, or fail on a log in rollback-journal mode such as a
+    /// `VACUUM INTO` copy):
+    /// - a log in WAL mode with no `-wal` beside it is read as an immutable file (URI
+    ///   `mode=ro&immutable=1`: no locks, no side files). No process has it open (SQLite
+    ///   removes the `-wal` when the last connection closes, and a writer keeps it while
+    ///   open), so nothing is missed; a shared read would create `-wal` and `-shm` and, unable
+    ///   to checkpoint, leave them behind;
+    /// - otherwise it is read as SQLite shares a file (`mode=ro`): beside a running server too,
+    ///   whose `-wal` it reads (WAL lets it read while the writer appends);
+    /// - a shared read that fails with `SQLITE_READONLY` or `SQLITE_CANTOPEN` (no write
+    ///   access to the directory for a `-shm` a WAL log needs) is retried as an immutable file
+    ///   if the `-wal` holds nothing (absent or empty); a `-wal` holding frames an immutable read
+    ///   would ignore makes it an error instead, as does a failure of both.
+    ///
+    /// An immutable read is a static snapshot: it is only right while nothing writes the
+    /// log. A server started on the log during such an audit may make it fail (SQLite then
+    /// reads pages the server's checkpoint rewrites); audit a log no server has open, or one
+    /// whose server runs as a user who can write the directory (then the `-wal` exists and the
+    /// read is shared).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Option<SqliteStore>, StoreError> {
-        use rusqlite::{ErrorCode, OpenFlags};
         let path = path.as_ref().to_path_buf();
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(io)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(io)?;
-        let tables = conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
-            [],
-            |r| r.get::<_, i64>(0),
-        );
-        match tables {
-            Ok(1) => {}
-            Ok(_) => return Ok(None),
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => return Ok(None),
-            Err(e) => return Err(io(e)),
-        }
-        let last: i64 = conn
-            .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
-                r.get(0)
-            })
-            .map_err(io)?;
-        // Every read connection the pool opens is read-only too: a URI with `mode=ro`.
-        let mut uri = String::from("file:");
-        for &b in path.as_os_str().as_encoded_bytes() {
-            if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
-                uri.push(b as char);
-            } else {
-                uri.push_str(&format!("%{b:02X}"));
-            }
-        }
-        uri.push_str("?mode=ro");
-        let uri = PathBuf::from(uri);
-        let readers = Readers::new(uri.clone(), open_conn(&uri)?);
+        let shared = read_only_uri(&path, "mode=ro");
+        let immutable = read_only_uri(&path, "mode=ro&immutable=1");
+        let wal = wal_path(&path);
+        // The `-wal`'s length, `None` when there is none (or it cannot be seen).
+        let wal_len = std::fs::metadata(&wal).ok().map(|m| m.len());
+        let cannot = |e: &dyn std::fmt::Display| {
+            io(format!("cannot read {} read-only: {e}", path.display()))
+        };
+        let first = if wal_len.is_none() && in_wal_mode(&path) {
+            &immutable
+        } else {
+            &shared
+        };
+        let opened = match ReadOnlyLog::open(first) {
+            Err(e) if std::ptr::eq(first, &shared) && needs_write_access(&e) => match wal_len {
+                Some(n) if n > 0 => Err(cannot(&format!(
+                    "{e} (and {} holds {n} bytes of events that reading the file alone would \
+                     miss)",
+                    wal.display()
+                ))),
+                _ => ReadOnlyLog::open(&immutable)
+                    .map(|log| (log, &immutable))
+                    .map_err(|e| cannot(&e)),
+            },
+            r => r.map(|log| (log, first)).map_err(|e| cannot(&e)),
+        };
+        let (log, uri) = opened?;
+        let Some((last, saved)) = log.found else {
+            return Ok(None);
+        };
+        let readers = Readers::with_opener(uri.clone(), log.conn, |p| {
+            open_reader(p).map_err(|e| io(format!("cannot read {} read-only: {e}", p.display())))
+        });
         Ok(Some(SqliteStore {
             tx: Mutex::new(None),
             readers,
@@ -357,8 +517,9 @@ impl SqliteStore {
             path,
             writer: Mutex::new(None),
             forgetting: Arc::default(),
-            on_disk: Arc::new(AtomicU64::new(last as u64)),
+            on_disk: Arc::new(AtomicU64::new(last)),
             lock: Mutex::new(None),
+            saved,
         }))
     }
 
@@ -389,15 +550,26 @@ impl Drop for SqliteStore {
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Opens another connection to `path`.
+    open: fn(&Path) -> Result<Connection, StoreError>,
 }
 
 impl Readers {
     const IDLE: usize = 4;
 
     fn new(path: PathBuf, first: Connection) -> Readers {
+        Readers::with_opener(path, first, open_conn)
+    }
+
+    fn with_opener(
+        path: PathBuf,
+        first: Connection,
+        open: fn(&Path) -> Result<Connection, StoreError>,
+    ) -> Readers {
         Readers {
             path,
             idle: Mutex::new(vec![first]),
+            open,
         }
     }
 
@@ -405,7 +577,7 @@ impl Readers {
         let idle = self.idle.lock().expect("store lock").pop();
         let conn = match idle {
             Some(c) => c,
-            None => open_conn(&self.path)?,
+            None => (self.open)(&self.path)?,
         };
         Ok(Reader {
             pool: self,
@@ -1200,6 +1372,18 @@ impl EventStore for SqliteStore {
     fn retain_streams(&self, keep: std::collections::HashMap<String, u64>, as_of: u64) {
         self.forgetting.retain(keep, as_of);
     }
+
+    /// The row of `store_heads` (see [`EventStore::saved_head`] for what it proves), for a
+    /// store opened by [`SqliteStore::open_read_only`]: read in the same transaction as the
+    /// last position its reads stop at, so a saved position past that last position is never
+    /// a writer that went on meanwhile. The writer saves it (as its [`HeadsCheckpoint`]) in a
+    /// transaction of its own after the events it covers: every [`CHECKPOINT_EVERY`] events
+    /// and when it closes cleanly (not after a failed write it has not recovered from, and
+    /// not when the process is killed). A writing store answers `Ok(None)`: what it saved
+    /// may not be durable yet, and its reads stop at what is.
+    fn saved_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.saved.clone()
+    }
 }
 
 #[cfg(test)]
@@ -1689,5 +1873,206 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    /// `<path>-wal` and `<path>-shm`, whichever exist.
+    fn side_files(path: &Path) -> Vec<PathBuf> {
+        ["-wal", "-shm"]
+            .iter()
+            .map(|end| {
+                let mut p = path.as_os_str().to_owned();
+                p.push(end);
+                PathBuf::from(p)
+            })
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// A log of three events, closed cleanly (no `-wal` or `-shm` left).
+    async fn closed_log(path: &Path) {
+        let store = SqliteStore::open(path).unwrap();
+        for s in ["a", "bb", "ccc"] {
+            put(&store, s, Expected::NoStream).await.unwrap();
+        }
+        store.close();
+        drop(store);
+        assert_eq!(
+            side_files(path),
+            Vec::<PathBuf>::new(),
+            "a clean close leaves none"
+        );
+    }
+
+    /// A read-only open reads without writing: a log with no side files gets none (it was
+    /// read as an immutable file: a shared read leaves an empty `-wal` and a `-shm`), and a
+    /// copy in rollback-journal mode (`VACUUM INTO`) reads too (the WAL pragma of a writing
+    /// connection failed on it with "attempt to write a readonly database").
+    #[tokio::test]
+    async fn read_only_opens_create_no_side_files_and_read_rollback_journal_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        closed_log(&path).await;
+        let copy = dir.path().join("copy.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+            .unwrap();
+        assert!(
+            !in_wal_mode(&copy),
+            "VACUUM INTO writes a rollback-journal file"
+        );
+        // Opening `path` with a writing connection made side files: closed, they are gone.
+        assert_eq!(side_files(&path), Vec::<PathBuf>::new());
+        for log in [&copy, &path] {
+            let store = SqliteStore::open_read_only(log)
+                .unwrap()
+                .expect("an event log");
+            let events = store.read_raw(0, 10).unwrap();
+            assert_eq!(events.len(), 3, "{}", log.display());
+            for (i, e) in events.iter().enumerate() {
+                assert_eq!(e.position, i as u64 + 1);
+                assert_eq!(e.computed_hash(), e.hash, "{}", log.display());
+            }
+            // More reads than one connection: the pool opens others the same way.
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| assert_eq!(store.read_raw(1, 10).unwrap().len(), 2));
+                }
+            });
+            drop(store);
+            assert_eq!(side_files(log), Vec::<PathBuf>::new(), "{}", log.display());
+        }
+    }
+
+    /// A WAL log in a directory the reader cannot write (its `-shm` cannot be created) is
+    /// read as an immutable file. As root permissions do not bite: the test says so and stops.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_log_in_a_directory_the_reader_cannot_write_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        closed_log(&path).await;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        let restore =
+            || std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755));
+        if std::fs::write(dir.path().join("probe"), b"").is_ok() {
+            restore().unwrap();
+            println!(
+                "SKIPPED: this process can write a directory of mode 0555 (root?): a read-only \
+                 directory cannot be tested here"
+            );
+            return;
+        }
+        let read = SqliteStore::open_read_only(&path).map(|s| {
+            let s = s.expect("an event log");
+            (s.read_raw(0, 10).map(|e| e.len()), s.saved_head())
+        });
+        let left = side_files(&path);
+        restore().unwrap();
+        let (events, saved) = read.unwrap();
+        assert_eq!(events.unwrap(), 3);
+        assert_eq!(saved.unwrap().map(|(p, _)| p), Some(3));
+        assert_eq!(left, Vec::<PathBuf>::new());
+    }
+
+    /// A `-wal` with frames that cannot be read shared (no `-shm`, here because the `-wal` is
+    /// not SQLite's) is not ignored by an immutable read: the open fails and says why.
+    #[cfg(unix)]
+    #[test]
+    fn a_wal_with_frames_is_not_skipped_by_an_immutable_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+        }
+        // A symbolic link in the way of the `-shm`: SQLite, which opens it with O_NOFOLLOW,
+        // cannot open it (as it cannot create it in a directory it may not write).
+        let mut shm = path.as_os_str().to_owned();
+        shm.push("-shm");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), PathBuf::from(shm)).unwrap();
+        std::fs::write(wal_path(&path), vec![7u8; 4096]).unwrap();
+        let err = SqliteStore::open_read_only(&path)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "storage failure: cannot read {} read-only: ",
+                path.display()
+            )) && err.contains("holds 4096 bytes of events"),
+            "{err}"
+        );
+    }
+
+    /// The head the writer saved (`store_heads`) as `saved_head` gives it: none before the
+    /// writer saved one (and for a writing store), the last event's after a clean close, still
+    /// there when the tail is cut off behind the store's back (past the last position the
+    /// reads reach, in the same snapshot), and malformed rows as errors.
+    #[tokio::test]
+    async fn the_saved_head_outlives_a_cut_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = SqliteStore::open(&path).unwrap();
+        for s in ["a", "bb", "ccc"] {
+            put(&store, s, Expected::NoStream).await.unwrap();
+        }
+        assert_eq!(
+            store.saved_head().unwrap(),
+            None,
+            "a writing store vouches for none"
+        );
+        let beside = SqliteStore::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(beside.saved_head().unwrap(), None, "nothing saved yet");
+        assert_eq!(beside.read_raw(0, 10).unwrap().len(), 3);
+        store.close();
+        drop(store);
+        drop(beside);
+
+        let store = SqliteStore::open_read_only(&path).unwrap().unwrap();
+        let last = store.read_raw(0, 10).unwrap().pop().unwrap();
+        assert_eq!(store.saved_head().unwrap(), Some((3, last.hash)));
+        drop(store);
+
+        let c = Connection::open(&path).unwrap();
+        c.execute("DELETE FROM events WHERE position >= 2", [])
+            .unwrap();
+        let store = SqliteStore::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(store.read_raw(0, 10).unwrap().len(), 1);
+        assert_eq!(store.saved_head().unwrap(), Some((3, last.hash)));
+        drop(store);
+
+        for (set, what) in [
+            ("hash = x'0102'", "has a hash of 2 bytes, not 32"),
+            ("position = -4", "has the position Integer(-4)"),
+            ("position = 'x'", "has the position Text(\"x\")"),
+        ] {
+            c.execute(&format!("UPDATE store_heads SET {set}"), [])
+                .unwrap();
+            let store = SqliteStore::open_read_only(&path).unwrap().unwrap();
+            let err = store.saved_head().unwrap_err().to_string();
+            assert!(
+                err.ends_with(&format!(
+                    "the head the log saved (table store_heads) {what}"
+                )),
+                "{err}"
+            );
+            c.execute(
+                "UPDATE store_heads SET position = 3, hash = ?1",
+                [&last.hash[..]],
+            )
+            .unwrap();
+        }
+        c.execute("UPDATE store_heads SET position = 0", [])
+            .unwrap();
+        let store = SqliteStore::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(store.saved_head().unwrap(), None, "position 0 says nothing");
+        c.execute("DROP TABLE store_heads", []).unwrap();
+        let store = SqliteStore::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(store.saved_head().unwrap(), None, "a log without the table");
+        assert_eq!(store.read_raw(0, 10).unwrap().len(), 1);
     }
 }

@@ -342,3 +342,94 @@ async fn another_master_key_from_the_environment_is_refused() {
     assert!(!stderr.contains(&other), "the key was printed: {stderr}");
     assert_eq!(data_keys(&s), 1);
 }
+
+/// `<db>-wal` and `<db>-shm`, whichever exist.
+fn side_files(db: &std::path::Path) -> Vec<std::path::PathBuf> {
+    ["-wal", "-shm"]
+        .iter()
+        .map(|end| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(end);
+            std::path::PathBuf::from(p)
+        })
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// `palmgate audit <action...>` on the server's config with the log at `db`: (success, stdout,
+/// stderr).
+fn audit(s: &TestServer, action: &[&str], db: &std::path::Path) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palmgate"));
+    cmd.arg("audit")
+        .args(action)
+        .arg("--config")
+        .arg(s.config_path())
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PALMGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.env("PALMGATE_STORE_PATH", db).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `palmgate audit` reads without writing: beside a stopped server's log it leaves no `-wal`
+/// or `-shm` (a shared read-only open created both and could not remove them), a copy of the
+/// log in rollback-journal mode (`VACUUM INTO`, as a backup is made) verifies and exports
+/// (the WAL pragma failed on it: "attempt to write a readonly database"), and so does a log in
+/// a directory the auditor cannot write (as root permissions do not bite: the test says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_reads_stopped_logs_and_backup_copies_without_writing_beside_them() {
+    let (s, _) = enrolled_and_stopped().await;
+    let log = s.store_path();
+    let copy = s.dir().join("copy.db");
+    // The copy is made by a connection that can write: when it closes, SQLite folds in and
+    // removes whatever `-wal` and `-shm` the stopped server left.
+    rusqlite::Connection::open(&log)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(side_files(&log), Vec::<std::path::PathBuf>::new());
+    let verify: &[&str] = &["verify"];
+    let export: &[&str] = &["export", "--format", "csv"];
+    for (db, action) in [(&copy, verify), (&copy, export), (&log, verify)] {
+        let (ok, out, err) = audit(&s, action, db);
+        assert!(ok, "{action:?} {}: {out}{err}", db.display());
+        if action == verify {
+            assert!(out.contains("hash chain intact"), "{out}");
+        } else {
+            assert!(out.starts_with("position,at,door,"), "{out}");
+        }
+        assert_eq!(
+            side_files(db),
+            Vec::<std::path::PathBuf>::new(),
+            "{action:?} {}",
+            db.display()
+        );
+    }
+
+    use std::os::unix::fs::PermissionsExt;
+    let locked = tempfile::tempdir().unwrap();
+    let db = locked.path().join("events.db");
+    std::fs::copy(&log, &db).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(locked.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let writable = std::fs::write(locked.path().join("probe"), b"").is_ok();
+    let (ok, out, err) = audit(&s, verify, &db);
+    std::fs::set_permissions(locked.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    if writable {
+        println!(
+            "SKIPPED: this process can write a directory of mode 0555 (root?): the read-only \
+             directory case is not tested here"
+        );
+        return;
+    }
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("hash chain intact"), "{out}");
+}
