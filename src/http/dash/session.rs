@@ -7,11 +7,14 @@
 //! refused like its key.
 //!
 //! Signing out revokes that one login: its id goes into an in-memory set that [`verify`]
-//! consults, so the cookie is refused even if replayed. An id is dropped from the set once the
-//! login could no longer be valid anyway ([`LIFETIME_S`] after it was revoked); the set holds at
-//! most [`MAX_REVOKED`] ids, and past that every login issued so far is refused (everyone signs
-//! in again) rather than any revoked one coming back. The set is not persisted: a restart
-//! forgets it, so a cookie signed out before a restart works again until its expiry.
+//! consults, so the cookie is refused even if replayed. There is one set per holder (the
+//! operator, and each partner). An id is dropped from its set once the login could no longer be
+//! valid anyway ([`LIFETIME_S`] after it was revoked); a holder's set holds at most
+//! [`MAX_REVOKED`] ids, and past that every login of that holder issued so far is refused (that
+//! holder signs in again) rather than any revoked one coming back. Nobody else's logins are
+//! touched: a partner signing out in a loop only ever signs itself out. The sets are not
+//! persisted: a restart forgets them, so a cookie signed out before a restart works again until
+//! its expiry.
 //!
 //! Invariants: a cookie authenticates reads (GET/HEAD) on its own; any other method also needs
 //! the `X-CSRF-Token` header (or a `csrf` form field on the logout forms) equal to the token
@@ -108,29 +111,48 @@ fn mac(
     ]))
 }
 
-/// Most revoked logins remembered at once (see the module documentation).
-pub const MAX_REVOKED: usize = 65_536;
+/// Most revoked logins remembered at once per holder (see the module documentation).
+pub const MAX_REVOKED: usize = 4_096;
 
-/// Logins signed out, by id, with when they were revoked; and a floor: a login issued at or
-/// before `floor` (Unix seconds) is refused (set when the id set overflows).
-struct Revoked {
+/// Holder sets kept before the empty, expired ones are swept.
+const SWEEP_HOLDERS_AT: usize = 256;
+
+/// One holder's signed-out logins, by id, with when they were revoked; and a floor: a login of
+/// this holder issued at or before `floor` (Unix seconds) is refused (set when its id set
+/// overflows).
+struct HolderRevoked {
     ids: HashMap<String, Instant>,
     floor: i64,
 }
 
-/// One set per process: login ids are random (128 bits), so servers sharing a process (tests)
-/// cannot revoke each other's logins.
-static REVOKED: LazyLock<Mutex<Revoked>> = LazyLock::new(|| {
-    Mutex::new(Revoked {
-        ids: HashMap::new(),
-        floor: i64::MIN,
-    })
-});
+impl Default for HolderRevoked {
+    fn default() -> Self {
+        HolderRevoked {
+            ids: HashMap::new(),
+            floor: i64::MIN,
+        }
+    }
+}
+
+/// The holders' sets, by [`scope`].
+type Revoked = HashMap<String, HolderRevoked>;
+
+/// One map per process: a holder's scope is a MAC under the server's key, so servers sharing a
+/// process (tests) cannot revoke each other's logins.
+static REVOKED: LazyLock<Mutex<Revoked>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn revoked() -> std::sync::MutexGuard<'static, Revoked> {
-    // The set is consistent after any panic (inserts and removes only), so a poisoned lock is
+    // The map is consistent after any panic (inserts and removes only), so a poisoned lock is
     // still usable.
     REVOKED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The key of a holder's revocation set: this server's, this holder's.
+fn scope(app: &App, kind: &str, subject: &str) -> String {
+    hex::encode(
+        &app.keys
+            .dash_mac(&[b"revoked\0", kind.as_bytes(), b"\0", subject.as_bytes()])[..16],
+    )
 }
 
 /// A fresh cookie value for `holder`, valid for [`LIFETIME_S`].
@@ -180,30 +202,47 @@ pub fn verify(app: &App, value: &str) -> Option<Holder> {
         return None;
     }
     let r = revoked();
-    (expiry - LIFETIME_S > r.floor && !r.ids.contains_key(login)).then_some(holder)
+    let refused = r
+        .get(&scope(app, kind, subject))
+        .is_some_and(|h| expiry - LIFETIME_S <= h.floor || h.ids.contains_key(login));
+    (!refused).then_some(holder)
 }
 
 /// Signs out the login of a cookie value (which [`verify`] accepted): from now on it is
 /// refused.
 pub fn revoke(app: &App, value: &str) {
-    let Some((_, _, _, login, _)) = parts(value) else {
+    revoke_capped(app, value, MAX_REVOKED);
+}
+
+/// [`revoke`] with at most `cap` ids remembered for the cookie's holder.
+fn revoke_capped(app: &App, value: &str, cap: usize) {
+    let Some((kind, subject, _, login, _)) = parts(value) else {
         return;
     };
     let now = Instant::now();
     let lifetime = Duration::from_secs(LIFETIME_S as u64);
+    let now_s = app.clock.now().timestamp();
+    let live = |at: &Instant| now.saturating_duration_since(*at) < lifetime;
     let mut r = revoked();
-    r.ids
-        .retain(|_, at| now.saturating_duration_since(*at) < lifetime);
-    if r.ids.len() >= MAX_REVOKED {
-        r.ids.clear();
-        r.floor = app.clock.now().timestamp();
+    if r.len() >= SWEEP_HOLDERS_AT {
+        r.retain(|_, h| {
+            h.ids.retain(|_, at| live(at));
+            !h.ids.is_empty() || h.floor > now_s - LIFETIME_S
+        });
+    }
+    let h = r.entry(scope(app, kind, subject)).or_default();
+    h.ids.retain(|_, at| live(at));
+    if h.ids.len() >= cap {
+        h.ids.clear();
+        h.floor = now_s;
         tracing::warn!(
-            "more than {MAX_REVOKED} dashboard logins signed out within {LIFETIME_S} s: every \
-             dashboard login issued so far is now refused"
+            holder = if kind == "a" { "admin" } else { subject },
+            "more than {cap} dashboard logins of one holder signed out within {LIFETIME_S} s: \
+             every dashboard login of that holder issued so far is now refused"
         );
         return;
     }
-    r.ids.insert(login.to_string(), now);
+    h.ids.insert(login.to_string(), now);
 }
 
 /// The CSRF token that goes with a cookie value.
@@ -275,4 +314,106 @@ pub fn lang_cookie(code: &str) -> HeaderValue {
         "{LANG_COOKIE}={code}; Path=/; Max-Age=31536000; SameSite=Lax"
     ))
     .expect("language codes are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Parts;
+    use crate::app::clock::{ManualClock, Rng, SeededRng};
+    use crate::app::secrets::{hash_secret, new_api_key};
+    use crate::core::Command;
+    use std::sync::Arc;
+
+    async fn app_with_partners(
+        n: usize,
+    ) -> (
+        tempfile::TempDir,
+        Arc<App>,
+        Arc<ManualClock>,
+        Vec<PartnerId>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(crate::store::SqliteStore::open(dir.path().join("events.db")).unwrap());
+        let keystore = crate::app::keystore::KeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let env = [(
+            "PALMGATE_ADMIN_TOKEN".to_string(),
+            "an-admin-token-long-enough-for-the-checks-0123456789".to_string(),
+        )];
+        let config = crate::config::Config::load(None, &env).unwrap();
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let rng = Arc::new(SeededRng::new(1));
+        let (app, _effects) = App::new(
+            config,
+            Parts {
+                store,
+                keystore,
+                clock: clock.clone(),
+                rng: rng.clone(),
+                keys: crate::app::secrets::Keys::from_master(&crate::app::clock::OsRng.bytes32()),
+                public_url: "http://gate.test".into(),
+            },
+        )
+        .unwrap();
+        let mut partners = Vec::new();
+        for i in 0..n {
+            let partner_id = PartnerId::from_random(rng.bytes16());
+            app.execute(Command::CreatePartner {
+                partner_id,
+                name: format!("P{i}"),
+                api_key_hash: hash_secret(&new_api_key(rng.bytes32())),
+                webhook: None,
+            })
+            .await
+            .unwrap();
+            partners.push(partner_id);
+        }
+        (dir, app, clock, partners)
+    }
+
+    /// A partner signing out more logins than its set holds signs out its own older logins, and
+    /// nobody else's: the operator's and another partner's cookies stay valid.
+    #[tokio::test]
+    async fn overflowing_one_holders_revocations_signs_out_that_holder_only() {
+        let (_dir, app, clock, partners) = app_with_partners(2).await;
+        let (noisy, quiet) = (Holder::Partner(partners[0]), Holder::Partner(partners[1]));
+        let admin = issue(&app, Holder::Admin).unwrap();
+        let other = issue(&app, quiet).unwrap();
+        let own_older = issue(&app, noisy).unwrap();
+        let cap = 8;
+        for _ in 0..=cap {
+            let c = issue(&app, noisy).unwrap();
+            assert_eq!(verify(&app, &c), Some(noisy));
+            revoke_capped(&app, &c, cap);
+            assert_eq!(verify(&app, &c), None, "a signed-out login is refused");
+        }
+        assert_eq!(
+            verify(&app, &own_older),
+            None,
+            "the holder's older login is refused"
+        );
+        assert_eq!(
+            verify(&app, &admin),
+            Some(Holder::Admin),
+            "the operator stays signed in"
+        );
+        assert_eq!(
+            verify(&app, &other),
+            Some(quiet),
+            "another partner stays signed in"
+        );
+        // The overflowing holder signs in again.
+        clock.advance(chrono::Duration::seconds(1));
+        let fresh = issue(&app, noisy).unwrap();
+        assert_eq!(verify(&app, &fresh), Some(noisy));
+        // The operator's own overflow is the operator's only.
+        for _ in 0..=cap {
+            let c = issue(&app, Holder::Admin).unwrap();
+            revoke_capped(&app, &c, cap);
+        }
+        assert_eq!(verify(&app, &admin), None);
+        assert_eq!(verify(&app, &other), Some(quiet));
+        assert_eq!(verify(&app, &fresh), Some(noisy));
+    }
 }
