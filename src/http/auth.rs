@@ -5,7 +5,8 @@
 //! the handler's own 400/404/409. A head over the size limits (414/431, `serve::head_too_large`)
 //! takes the place of the 401 or 403 (only a 429 comes before it). A request without a valid
 //! key spends its client address's budget; once that is spent it gets 429 whatever key it
-//! tries, so keys cannot be guessed.
+//! tries, so keys cannot be guessed. The admin token is held to the same budget before it is
+//! checked: an address over its budget gets 429 for the right token too ([`admin_token`]).
 
 use super::error::ApiError;
 use crate::app::App;
@@ -17,8 +18,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// The authenticated, active partner of a `/v1` request (set by [`v1_gate`]).
 #[derive(Clone, Copy, Debug)]
@@ -50,19 +52,21 @@ impl FromRequestParts<Arc<App>> for Admin {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        if presented.is_some_and(|t| app.admin.verify(t)) {
-            return Ok(Admin);
-        }
         if presented.is_none()
             && super::dash::session::from_request(app, &parts.method, &parts.headers, true)
                 == Some(super::dash::session::Holder::Admin)
         {
             return Ok(Admin);
         }
-        let v = app.limiter.address(
-            client_ip(&parts.extensions),
-            app.clock.now().timestamp_micros(),
-        );
+        let ip = client_ip(&parts.extensions);
+        let now_us = app.clock.now().timestamp_micros();
+        let v = match presented {
+            Some(token) => match admin_token(app, ip, now_us, token) {
+                Ok(()) => return Ok(Admin),
+                Err(v) => v,
+            },
+            None => spend_address(app, ip, now_us),
+        };
         if !v.allowed {
             return Err(ApiError::RateLimited {
                 retry_after_s: v.retry_after_s,
@@ -70,6 +74,65 @@ impl FromRequestParts<Arc<App>> for Admin {
         }
         Err(ApiError::AdminUnauthorized)
     }
+}
+
+/// When each client address last spent its budget for calls without a valid credential, per
+/// server (`App` address): its bucket is whole again one minute after that at the latest.
+static SPENT: LazyLock<Mutex<HashMap<(usize, IpAddr), i64>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Entries kept before those older than a minute are swept.
+const SPENT_SWEEP_AT: usize = 10_000;
+const MINUTE_US: i64 = 60_000_000;
+
+fn spent() -> std::sync::MutexGuard<'static, HashMap<(usize, IpAddr), i64>> {
+    // Inserts and removes only: consistent after any panic.
+    SPENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn spent_key(app: &App, ip: IpAddr) -> (usize, IpAddr) {
+    (std::ptr::from_ref(app) as usize, ip)
+}
+
+/// Spends one request of `ip`'s budget for calls without a valid credential (and remembers
+/// that it did, for [`admin_token`]).
+pub fn spend_address(app: &App, ip: IpAddr, now_us: i64) -> Verdict {
+    let v = app.limiter.address(ip, now_us);
+    let mut m = spent();
+    if m.len() >= SPENT_SWEEP_AT {
+        m.retain(|_, at| now_us - *at < MINUTE_US);
+    }
+    m.insert(spent_key(app, ip), now_us);
+    v
+}
+
+/// Checks an admin token presented from `ip` (the admin API's bearer, the admin dashboard's
+/// sign-in): `Ok` when it is the token and the address is within its budget; otherwise the
+/// verdict of the budget spent on the attempt (refused: 429; allowed: a wrong token, 401).
+///
+/// An address over its budget for calls without a valid credential gets 429 before the token is
+/// looked at, the right one included, so a throttled client learns nothing of its guesses
+/// (SPEC 2). An address that spent nothing in the last minute has its whole budget, so the
+/// right token costs nothing there: the operator's own calls are not counted. From an address
+/// that did (a mistyped token, someone else guessing behind the same address), the right token
+/// spends one request too, until it has passed once.
+pub fn admin_token(app: &App, ip: IpAddr, now_us: i64, token: &str) -> Result<(), Verdict> {
+    let key = spent_key(app, ip);
+    let recent = spent().get(&key).is_some_and(|at| now_us - *at < MINUTE_US);
+    let checked = if recent {
+        let v = spend_address(app, ip, now_us);
+        if !v.allowed {
+            return Err(v);
+        }
+        Some(v)
+    } else {
+        None
+    };
+    if !token.is_empty() && app.admin.verify(token) {
+        spent().remove(&key);
+        return Ok(());
+    }
+    Err(checked.unwrap_or_else(|| spend_address(app, ip, now_us)))
 }
 
 pub fn client_ip(ext: &axum::http::Extensions) -> IpAddr {
@@ -129,7 +192,7 @@ pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) 
             (v, refusal)
         }
         None => {
-            let v = app.limiter.address(ip, now_us);
+            let v = spend_address(&app, ip, now_us);
             let refusal = if !v.allowed {
                 Some(ApiError::RateLimited {
                     retry_after_s: v.retry_after_s,

@@ -103,7 +103,7 @@ async fn arm_then_page(
     {
         // Each arming is an event and a command to a reader: it spends the address's budget
         // for calls without an API key, so a link cannot flood the log or the readers.
-        let v = app.limiter.address(ip, app.clock.now().timestamp_micros());
+        let v = super::auth::spend_address(app, ip, app.clock.now().timestamp_micros());
         if !v.allowed {
             return page_headers(
                 super::error::ApiError::RateLimited {

@@ -155,3 +155,84 @@ async fn read_response<R: AsyncReadExt + Unpin>(
     }
     Some((head, buf[head_end..head_end + len].to_vec()))
 }
+
+/// The admin token is held to the address budget before it is checked (SPEC 2: keys cannot be
+/// brute-forced): once an address has spent its budget on wrong tokens, the right token gets
+/// 429 too, on the admin API and the admin sign-in alike, so a throttled guesser cannot tell a
+/// right guess from a wrong one. Once the budget refills, the token works again, and then the
+/// operator's calls are not counted; another address was never affected.
+#[tokio::test]
+async fn the_right_admin_token_from_an_address_over_its_budget_answers_429_until_it_refills() {
+    use crate::fixtures::{ADMIN_TOKEN, Options, send};
+    // 60 a minute: one request refills every second.
+    const BUDGET: usize = 60;
+    let s =
+        TestServer::start_with(Options::default().unauthenticated_per_minute(BUDGET as u32)).await;
+    let client = no_redirects();
+    let admin_login = |token: &str| {
+        client
+            .post(s.url("/admin/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string([("token", token)]).unwrap())
+    };
+    let mut wrong = 0;
+    loop {
+        let a = send(
+            s.get("/admin/v1/mode")
+                .bearer_auth(format!("guess-{wrong}")),
+        )
+        .await;
+        if a.status == 429 {
+            break;
+        }
+        assert_eq!(a.status, 401, "{}", a.text);
+        wrong += 1;
+        assert!(wrong <= BUDGET + 10, "{wrong} wrong tokens and no 429");
+    }
+    // Over budget: the right token learns nothing either.
+    let a = send(s.get("/admin/v1/mode").bearer_auth(ADMIN_TOKEN)).await;
+    a.assert_error(429, "rate limit exceeded");
+    assert!(a.retry_after() >= 1);
+    let r = admin_login(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 429, "the admin sign-in with the right token");
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "no cookie for a throttled sign-in"
+    );
+    // The operator at another address is not affected.
+    let elsewhere = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let a = send(
+        elsewhere
+            .get(s.url("/admin/v1/mode"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(a.status, 200, "from 127.0.0.2: {}", a.text);
+    // Once the budget refills, the right token gets in, and from then on is not counted.
+    tokio::time::sleep(Duration::from_millis(a_retry_ms(&s).await)).await;
+    for i in 0..5 {
+        let a = send(s.get("/admin/v1/mode").bearer_auth(ADMIN_TOKEN)).await;
+        assert_eq!(
+            a.status, 200,
+            "right token, call {i} after the refill: {}",
+            a.text
+        );
+    }
+    let r = admin_login(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 303, "the admin sign-in after the refill");
+    // A wrong guess is still over budget.
+    let a = send(s.get("/admin/v1/mode").bearer_auth("guess-again")).await;
+    assert_eq!(a.status, 429, "{}", a.text);
+}
+
+/// How long until the address budget of this client lets one more call through: the
+/// `Retry-After` of a throttled call, in milliseconds, plus a margin.
+async fn a_retry_ms(s: &TestServer) -> u64 {
+    let a = crate::fixtures::send(s.get("/v1/sessions")).await;
+    assert_eq!(a.status, 429, "{}", a.text);
+    a.retry_after() as u64 * 1000 + 300
+}

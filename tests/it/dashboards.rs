@@ -256,9 +256,78 @@ async fn login_brute_force_meets_429() {
     let r = login(&s, "/dashboard/login", "api_key", "pgk_guess").await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
-    // The right token still gets in (throttling guesses must not lock the operator out).
+    // The right token is throttled too: a guesser over budget learns nothing of its guesses
+    // (its refill is in abuse.rs).
     let r = login(&s, "/admin/login", "token", ADMIN_TOKEN).await;
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(cookie_of(&r, "pg_admin").is_none());
+}
+
+/// Login CSRF: a sign-in form posted from another site (a hostile page signing the visitor's
+/// browser into the attacker's partner account, where their enrollments would land) is refused
+/// with 403 and no cookie, on both dashboards; a sign-in from the server's own page (by its
+/// public URL or the address it was reached at), or from a client that is not a browser, works.
+#[tokio::test]
+async fn a_sign_in_posted_from_another_site_is_refused() {
+    let public = "https://gate.example.test";
+    let s = TestServer::start_with(Options::default().public_url(public)).await;
+    let (_, key) = s.create_partner("Victim").await;
+    let post = |path: &str, field: &str, secret: &str, headers: &[(&str, &str)]| {
+        let mut rb = no_redirects()
+            .post(s.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string([(field, secret)]).unwrap());
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        rb.send()
+    };
+    let base = s.base_url.trim_end_matches('/').to_string();
+    for (path, field, secret, cookie) in [
+        ("/dashboard/login", "api_key", key.as_str(), "pg_partner"),
+        ("/admin/login", "token", ADMIN_TOKEN, "pg_admin"),
+    ] {
+        for headers in [
+            &[
+                ("origin", "https://evil.example"),
+                ("sec-fetch-site", "cross-site"),
+            ][..],
+            &[("origin", "https://evil.example")],
+            &[("origin", "null")],
+            &[("sec-fetch-site", "cross-site")],
+            &[
+                ("origin", "https://sub.gate.example.test"),
+                ("sec-fetch-site", "same-site"),
+            ],
+        ] {
+            let r = post(path, field, secret, headers).await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path} {headers:?}");
+            assert!(
+                cookie_of(&r, cookie).is_none(),
+                "{path} {headers:?}: a cookie"
+            );
+            let v: Value = r.json().await.unwrap();
+            let msg = v["message"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains("posted from another site"),
+                "{path} {headers:?}: {v}"
+            );
+        }
+        for headers in [
+            &[][..],
+            &[("origin", public)],
+            &[("origin", base.as_str())],
+            &[("origin", base.as_str()), ("sec-fetch-site", "same-origin")],
+            &[("sec-fetch-site", "none")],
+        ] {
+            let r = post(path, field, secret, headers).await.unwrap();
+            assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path} {headers:?}");
+            assert!(
+                cookie_of(&r, cookie).is_some(),
+                "{path} {headers:?}: no cookie"
+            );
+        }
+    }
 }
 
 #[tokio::test]

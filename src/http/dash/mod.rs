@@ -7,8 +7,10 @@
 //! Nothing is loaded from outside the server; pages work on a phone and by keyboard.
 //!
 //! Invariants: a credential typed into a login form is checked in constant time and spends the
-//! caller's address budget when wrong (brute force meets 429 like the APIs); the page never
-//! contains the credential, only the cookie-bound CSRF token.
+//! caller's address budget when wrong (brute force meets 429 like the APIs; the admin token gets
+//! 429 before it is checked once the address is over budget); a sign-in posted from another
+//! site is refused ([`cross_site`]); the page never contains the credential, only the
+//! cookie-bound CSRF token.
 
 pub mod session;
 
@@ -353,13 +355,26 @@ async fn login(app: &App, board: Board, req: Request) -> Response {
     };
     let lang =
         Language::parse(field(&fields, "lang")).unwrap_or_else(|| language(&parts.headers, None).0);
+    if let Some(why) = cross_site(app, &parts) {
+        return super::error::message(StatusCode::FORBIDDEN, &why);
+    }
+    let ip = client_ip(&parts.extensions);
+    let now_us = app.clock.now().timestamp_micros();
     // A key that really matches a deactivated partner is told so, as the API's 403 "partner
     // account is inactive" tells it: it still spends the address budget like any failed
     // sign-in (and is throttled the same), and gets no cookie; the status stays 401.
     let mut inactive = false;
+    // The budget spent on a failed attempt (the admin token's is spent before it is checked
+    // when the address spent any lately, so an address over its budget learns nothing).
+    let mut spent = None;
     let holder = if board.is_admin() {
-        let token = field(&fields, "token");
-        (!token.is_empty() && app.admin.verify(token)).then_some(Holder::Admin)
+        match super::auth::admin_token(app, ip, now_us, field(&fields, "token")) {
+            Ok(()) => Some(Holder::Admin),
+            Err(v) => {
+                spent = Some(v);
+                None
+            }
+        }
     } else {
         let h = hash_secret(field(&fields, "api_key"));
         let found = app.read(|s| {
@@ -374,10 +389,7 @@ async fn login(app: &App, board: Board, req: Request) -> Response {
     };
     let cookie = holder.and_then(|h| session::issue(app, h));
     let Some(cookie) = cookie else {
-        let v = app.limiter.address(
-            client_ip(&parts.extensions),
-            app.clock.now().timestamp_micros(),
-        );
+        let v = spent.unwrap_or_else(|| super::auth::spend_address(app, ip, now_us));
         return if v.allowed && inactive {
             login_form(
                 app,
@@ -413,6 +425,55 @@ async fn login(app: &App, board: Board, req: Request) -> Response {
         session::set_cookie(app, board.is_admin(), &cookie),
     );
     r
+}
+
+/// Why a sign-in form post must be refused as coming from another site (login CSRF: a hostile
+/// page signing the visitor into the attacker's account), or `None` when it may go on.
+///
+/// A browser says where a request comes from: `Sec-Fetch-Site` when it sends it (every current
+/// browser does), which must be `same-origin` (our own sign-in page) or `none` (typed, a
+/// bookmark); otherwise `Origin`, which must be this server's: the origin of `http.public_url`,
+/// or the `Host` the request was sent to (a server reached by another name, `127.0.0.1`). A
+/// client that sends neither (curl, a script) is not a browser a page can drive, and goes on.
+/// The same rule as Go's `net/http.CrossOriginProtection`.
+fn cross_site(app: &App, parts: &axum::http::request::Parts) -> Option<String> {
+    let headers = &parts.headers;
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase())
+    };
+    const REFUSED: &str = "sign-in refused: the form was posted from another site";
+    if let Some(site) = text("sec-fetch-site") {
+        return (site != "same-origin" && site != "none").then(|| {
+            format!(
+                "{REFUSED} (Sec-Fetch-Site: {site}); open this server's sign-in page and sign in \
+                 there"
+            )
+        });
+    }
+    let origin = text(header::ORIGIN.as_str())?;
+    let own = reqwest::Url::parse(&app.public_url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization().to_ascii_lowercase());
+    // HTTP/2 carries the host in the request target (`:authority`), not in a header.
+    let host = text(header::HOST.as_str()).or_else(|| {
+        parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+    });
+    let same_host = host.is_some_and(|h| {
+        origin.split_once("://").is_some_and(|(scheme, authority)| {
+            matches!(scheme, "http" | "https") && !h.is_empty() && authority == h
+        })
+    });
+    (own.as_deref() != Some(origin.as_str()) && !same_host).then(|| {
+        format!(
+            "{REFUSED} (Origin: {origin}, not this server's); open this server's sign-in page \
+             and sign in there"
+        )
+    })
 }
 
 async fn admin_logout(State(app): State<Arc<App>>, req: Request) -> Response {
