@@ -54,7 +54,7 @@ pub async fn hook(State(app): State<Arc<App>>, req: Request) -> Response {
     };
     let now = app.clock.now();
     let refuse = |why: &str| {
-        let v = app.limiter.address(ip, now.timestamp_micros());
+        let v = super::auth::spend_address(&app, ip, now.timestamp_micros());
         if !v.allowed {
             return ApiError::RateLimited {
                 retry_after_s: v.retry_after_s,

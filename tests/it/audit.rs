@@ -204,6 +204,10 @@ async fn make_log() -> Log {
         .await
         .unwrap();
     drop(server);
+    // The writer stops now, saving the log's head, not whenever the last task holding the app
+    // lets go of it (after a test has rewritten rows, it would save the original head over a
+    // forger's).
+    app.close();
     drop(app);
     Log { dir, config }
 }
@@ -282,6 +286,13 @@ fn reseal(c: &Connection, position: i64) {
         c.execute(
             "UPDATE events SET prev_hash = ?1, hash = ?2 WHERE position = ?3",
             params![&prev[..], &h[..], pos],
+        )
+        .unwrap();
+        // A thorough forger rewrites the head the log saved of itself too (checked apart in
+        // `a_tail_cut_off_the_log_is_caught_by_the_head_it_saved`).
+        c.execute(
+            "UPDATE store_heads SET hash = ?1 WHERE position = ?2",
+            params![&h[..], pos],
         )
         .unwrap();
         prev = h;
@@ -1820,4 +1831,57 @@ async fn a_start_up_drive_inside_a_window_recorded_late_verifies() {
     assert_eq!(resting.len(), 3, "unlock, lock, unlock: {resting:?}");
     let r = audit::verify(&store(&log.db())).unwrap();
     assert!(r.findings.is_empty(), "{:?}", r.findings);
+}
+
+/// Events cut off the end of a log (rows deleted, nothing re-sealed: the chain that is left is
+/// intact) are caught by the head the log saved of itself at its last clean stop, reported at
+/// the first missing position; the untouched log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_cut_off_the_log_is_caught_by_the_head_it_saved() {
+    use palmgate::core::event::stream;
+    use palmgate::core::{Event, Expected, PartnerId, SecretHash, StreamAppend};
+    use palmgate::store::EventStore;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let at = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+    {
+        let store = SqliteStore::open(&db).unwrap();
+        for n in 1..=6u8 {
+            let p = PartnerId::from_random([n; 16]);
+            store
+                .append(
+                    vec![StreamAppend {
+                        stream: stream::partner(p),
+                        expected: Expected::NoStream,
+                        events: vec![Event::PartnerCreated {
+                            partner_id: p,
+                            name: format!("p{n}"),
+                            api_key_hash: SecretHash(format!("{n:064}")),
+                            at,
+                        }],
+                    }],
+                    at,
+                )
+                .await
+                .unwrap();
+        }
+        store.close();
+    }
+    let r = audit::verify(&store(&db)).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    assert_eq!(r.head.as_ref().map(|(p, _)| *p), Some(6));
+
+    Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM events WHERE position >= 5", [])
+        .unwrap();
+    let r = audit::verify(&store(&db)).unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].position, 5);
+    assert!(
+        r.findings[0].problem.contains("ends at position 4")
+            && r.findings[0].problem.contains("5..=6"),
+        "{:?}",
+        r.findings
+    );
 }

@@ -594,10 +594,11 @@ async fn guessing_from_one_address_is_throttled_on_every_surface_together() {
     println!(
         "guessing: {GUESSES} guesses over 6 surfaces in {elapsed:?}: {answered} answered 401, {throttled} refused 429"
     );
-    // Calls with a real credential never touch the address budget (README, Decisions).
+    // Calls with a real API key never touch the address budget (README, Decisions); the admin
+    // token is held to it before it is checked, so from this throttled address it gets 429 too.
     s.identify(&key, "").await.created();
     let a = send(s.get("/admin/v1/mode").bearer_auth(ADMIN_TOKEN)).await;
-    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.status, 429, "{}", a.text);
 }
 
 fn uuid_like(i: usize) -> String {
