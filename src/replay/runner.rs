@@ -699,11 +699,12 @@ impl Runner {
             }
         }
         if let Some(w) = &step.webhook_answers {
-            let (id, _) = self
-                .partners
-                .get(&w.partner)
-                .cloned()
-                .ok_or("webhook_answers: unknown partner")?;
+            let (id, _) = self.partners.get(&w.partner).cloned().ok_or_else(|| {
+                format!(
+                    "webhook_answers: unknown partner {:?} (declare it in [[partners]])",
+                    w.partner
+                )
+            })?;
             let retry_after = w
                 .retry_after
                 .map(|n| {
@@ -1054,6 +1055,18 @@ mod tests {
 
     async fn run_text(body: &str) -> Result<Vec<String>, String> {
         run(&parse(body), Path::new(".")).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn webhook_answers_for_an_unknown_partner_name_it() {
+        let e =
+            run_text("[[steps]]\nwebhook_answers = { partner = \"ghost\", statuses = [500] }\n")
+                .await
+                .unwrap_err();
+        assert!(
+            e.starts_with("step 0: webhook_answers: unknown partner \"ghost\""),
+            "{e}"
+        );
     }
 
     #[test]
