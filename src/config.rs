@@ -44,6 +44,14 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub upstream: UpstreamConfig,
+    /// Where each key's value came from (`the embedded defaults`, the file's path,
+    /// `environment variable PALMGATE_…`); not a key.
+    #[serde(skip)]
+    pub sources: BTreeMap<String, String>,
+    /// `PALMGATE_*` environment variables that set no key (start-up warns about each); not a
+    /// key.
+    #[serde(skip)]
+    pub unknown_env: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -281,7 +289,7 @@ impl Config {
             merge(&mut merged, table);
         }
         apply_env(&mut merged, env, &mut sources)?;
-        let config: Config = serde_path_to_error::deserialize(Value::Table(merged.clone()))
+        let mut config: Config = serde_path_to_error::deserialize(Value::Table(merged.clone()))
             .map_err(|e| {
                 let key = e.path().to_string();
                 let item = array_item(&merged, &key);
@@ -309,7 +317,17 @@ impl Config {
                 }
             })?;
         config.validate(&sources)?;
+        config.sources = sources;
+        config.unknown_env = unknown_env_vars(env);
         Ok(config)
+    }
+
+    /// Where `key`'s value came from, as errors name it.
+    pub fn source_of(&self, key: &str) -> String {
+        self.sources
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| "the embedded defaults".into())
     }
 
     /// Loads with the process environment.
@@ -404,14 +422,25 @@ impl Config {
                 ),
             ));
         }
-        if let Some(url) = &self.mqtt.url
-            && !url.starts_with("mqtt://")
-            && !url.starts_with("mqtts://")
-        {
-            return Err(fail(
-                "mqtt.url",
-                format!("{:?} must start with mqtt:// or mqtts://", redact_url(url)),
-            ));
+        if let Some(url) = &self.mqtt.url {
+            if !url.starts_with("mqtt://") && !url.starts_with("mqtts://") {
+                return Err(fail(
+                    "mqtt.url",
+                    format!("{:?} must start with mqtt:// or mqtts://", redact_url(url)),
+                ));
+            }
+            // The parse the MQTT client makes, here: its error would otherwise come after
+            // "listening", naming neither the key nor where it came from.
+            match crate::mqtt::client::parse_url(url) {
+                Err(e) => return Err(fail("mqtt.url", e.to_string())),
+                Ok((host, _, _)) if host.is_empty() => {
+                    return Err(fail(
+                        "mqtt.url",
+                        format!("{:?} names no broker host", redact_url(url)),
+                    ));
+                }
+                Ok(_) => {}
+            }
         }
         if let Some(tls) = &self.http.tls {
             for (key, path, what) in [
@@ -471,6 +500,27 @@ impl Config {
                 "admin.token_sha256",
                 "must be 64 hex characters".into(),
             ));
+        }
+        // Both given: they must be the same token, or the hash silently wins and the token
+        // (often from the environment, for the `partner` CLI) is refused with 401.
+        if !self.admin.token.is_empty() && !self.admin.token_sha256.is_empty() {
+            let hashed = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                self.admin.token.as_bytes(),
+            ));
+            if hashed != self.admin.token_sha256.to_lowercase() {
+                return Err(fail(
+                    "admin.token",
+                    format!(
+                        "its SHA-256 differs from `admin.token_sha256` (from {}): the admin API \
+                         would accept only the token admin.token_sha256 is the hash of. Give \
+                         one of them, or both for the same token",
+                        sources
+                            .get("admin.token_sha256")
+                            .map(String::as_str)
+                            .unwrap_or("the embedded defaults")
+                    ),
+                ));
+            }
         }
         self.upstream
             .check()
@@ -593,6 +643,47 @@ const OPTIONAL_KEYS: &[&str] = &[
     "mqtt.ca_file",
     "secrets.master_key",
 ];
+
+/// `PALMGATE_*` variables read by something other than the config (tests, benches, CI,
+/// `deploy/compose.yaml`, the dashboard's assets): not reported as unknown.
+const NON_CONFIG_VARS: &[&str] = &[
+    "PALMGATE_PEERS",
+    "PALMGATE_KURRENTDB_URL",
+    "PALMGATE_DASH_ASSETS",
+    "PALMGATE_MQTT_PASSWORD",
+    "PALMGATE_PUBLIC_URL",
+    "PALMGATE_URL",
+    "PALMGATE_API_KEY",
+    "PALMGATE_API_KEYS",
+    "PALMGATE_CRASH_SEED",
+    "PALMGATE_CRASH_KILLS",
+    "PALMGATE_SCHEMATHESIS_VERBOSE",
+    "PALMGATE_DEB_PROFILE",
+];
+
+/// The `PALMGATE_*` variables of `env` that set no config key (a typo such as
+/// `PALMGATE_HTTP_PUBLICURL`), sorted, without the [`NON_CONFIG_VARS`].
+pub fn unknown_env_vars(env: &[(String, String)]) -> Vec<String> {
+    let mut known: std::collections::BTreeSet<String> = NON_CONFIG_VARS
+        .iter()
+        .map(|v| v.to_string())
+        .chain(OPTIONAL_KEYS.iter().map(|k| env_name(k)))
+        .collect();
+    if let Ok(defaults) = DEFAULTS.parse::<Table>() {
+        leaf_keys(&defaults, "", &mut |k| {
+            known.insert(env_name(&k));
+        });
+    }
+    let mut unknown: Vec<String> = env
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("PALMGATE_") && !known.contains(*k))
+        .cloned()
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    unknown
+}
 
 fn apply_env(
     merged: &mut Table,
@@ -731,6 +822,82 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("mqtt.url") && !e.contains("s3cret"), "{e}");
+    }
+
+    /// A token and a token_sha256 that disagree are refused, naming both keys and where each
+    /// came from; before, the hash won silently and the token got 401.
+    #[test]
+    fn an_admin_token_and_a_different_token_sha256_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("adm.toml");
+        let old = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"old"));
+        std::fs::write(&f, format!("[admin]\ntoken_sha256 = \"{old}\"\n")).unwrap();
+        let e = Config::load(Some(&f), &env(&[("PALMGATE_ADMIN_TOKEN", "new")]))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`admin.token`")
+                && e.contains("environment variable PALMGATE_ADMIN_TOKEN")
+                && e.contains("`admin.token_sha256` (from ")
+                && e.contains("adm.toml"),
+            "{e}"
+        );
+        // The same token (the hash in upper case too): fine.
+        for hash in [old.clone(), old.to_uppercase()] {
+            std::fs::write(&f, format!("[admin]\ntoken_sha256 = \"{hash}\"\n")).unwrap();
+            let c = Config::load(Some(&f), &env(&[("PALMGATE_ADMIN_TOKEN", "old")])).unwrap();
+            assert_eq!(c.admin.token, "old");
+        }
+    }
+
+    /// `mqtt.url` is parsed at load as the MQTT client parses it: an error names the key and
+    /// its source, never the password.
+    #[test]
+    fn a_bad_mqtt_url_is_a_config_error() {
+        for bad in [
+            "mqtt://",
+            "mqtt://host:99999",
+            "mqtt://a b",
+            "mqtts://palmgate:s3cret@host:99999",
+        ] {
+            let e = Config::load(None, &env(&[("PALMGATE_MQTT_URL", bad)]))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("`mqtt.url`")
+                    && e.contains("environment variable PALMGATE_MQTT_URL")
+                    && !e.contains("s3cret"),
+                "{bad}: {e}"
+            );
+        }
+        for good in ["mqtt://127.0.0.1:1883", "mqtts://u:p@broker.example"] {
+            assert!(Config::load(None, &env(&[("PALMGATE_MQTT_URL", good)])).is_ok());
+        }
+    }
+
+    /// `PALMGATE_*` variables that set no key are listed (start-up warns about each), except
+    /// those other tools read.
+    #[test]
+    fn unknown_palmgate_variables_are_listed() {
+        let vars = env(&[
+            ("PALMGATE_HTTP_PUBLICURL", "https://x"),
+            ("PALMGATE_HTTP_PUBLIC_URL", "https://x"),
+            ("PALMGATE_HTTP_TLS_CERT", "/c.pem"),
+            ("PALMGATE_PEERS", "required"),
+            ("PALMGATE_KURRENTDB_URL", "esdb://x"),
+            ("PALMGATE_DASH_ASSETS", "src"),
+            ("PALMGATE_SESSION_TTL", "1m"),
+            ("HOME", "/root"),
+        ]);
+        assert_eq!(
+            unknown_env_vars(&vars),
+            ["PALMGATE_HTTP_PUBLICURL", "PALMGATE_SESSION_TTL"]
+        );
+        let c = Config::load(None, &env(&[("PALMGATE_HTTP_PUBLICURL", "https://x")])).unwrap();
+        assert_eq!(c.unknown_env, ["PALMGATE_HTTP_PUBLICURL"]);
+        assert_eq!(c.source_of("http.public_url"), "the embedded defaults");
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -156,7 +156,9 @@ pub enum DemoError {
 pub struct Started {
     pub url: String,
     pub admin_token: String,
-    /// Shown on the first run of a data directory only.
+    /// The demo partner's API key, kept in `<data>/demo-api-key` (mode 0600) so every run of
+    /// a data directory shows it; `None` when that file is missing or stale for a partner an
+    /// earlier run created (a warning says how to get a key).
     pub api_key: Option<String>,
     pub data: PathBuf,
     pub mqtt: String,
@@ -286,10 +288,33 @@ pub async fn run(
     for id in DOOR_READERS.iter().chain(&[DESK_READER]) {
         readers.insert(id.to_string(), connect_reader(&app, &mqtt, id).await?);
     }
-    let api_key = ensure_partner(&app).await;
-    if let Some(key) = &api_key {
-        let desk = readers.get_mut(DESK_READER).expect("desk reader connected");
-        enroll_people(&app, &url, key, desk).await?;
+    let (partner_id, api_key) = ensure_partner(&app, &data).await?;
+    // Every run enrolls the demo people still missing: a first run interrupted half-way (or an
+    // erased person) is repaired by the next one.
+    let missing: Vec<&Person> = PEOPLE
+        .iter()
+        .filter(|p| {
+            p.enrolled
+                && app.read(|s| {
+                    s.user(partner_id, &crate::core::ExternalId(p.external_id.into()))
+                        .is_none()
+                })
+        })
+        .collect();
+    match &api_key {
+        Some(key) if !missing.is_empty() => {
+            let desk = readers.get_mut(DESK_READER).expect("desk reader connected");
+            enroll_people(&app, &url, key, desk, &missing).await?;
+        }
+        None if !missing.is_empty() => tracing::warn!(
+            "demo people not enrolled: {} (enrolling them needs the demo partner's API key)",
+            missing
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => {}
     }
     *demo.readers.lock().await = readers;
     on_started(&Started {
@@ -324,7 +349,11 @@ async fn connect_reader(app: &App, mqtt: &str, id: &str) -> Result<SimReader, De
         dim: app.config.matching.dim,
         quality: 0.95,
         liveness: true,
-        seed: 1,
+        // A new seed each run: capture ids derive from it, and a reused data directory's log
+        // holds those of earlier runs (a repeated id is a redelivery, ignored). 48 bits: the
+        // simulator adds its scan count to it.
+        seed: u64::from_le_bytes(app.rng.bytes16()[..8].try_into().expect("8 bytes"))
+            & 0xffff_ffff_ffff,
     })
     .await
     .map_err(|e| DemoError::Reader {
@@ -333,14 +362,58 @@ async fn connect_reader(app: &App, mqtt: &str, id: &str) -> Result<SimReader, De
     })
 }
 
-/// Creates the demo partner on a fresh log and returns its API key (shown once); `None` when
-/// the partner already exists (a reused data directory).
-async fn ensure_partner(app: &App) -> Option<String> {
-    if app.read(|s| s.partners().any(|p| p.name == PARTNER_NAME)) {
-        return None;
+/// The file, in the data directory, holding the demo partner's API key.
+pub const API_KEY_FILE: &str = "demo-api-key";
+
+/// The demo partner, created on a fresh log, and its API key. The key is written to
+/// `<data>/demo-api-key` (mode 0600) before the partner is created, so a run interrupted
+/// after the creation still leaves it for the next run; later runs read it back. `None` (with
+/// a warning saying how to get a key) when the partner exists but the file is missing or holds
+/// another key.
+async fn ensure_partner(app: &App, data: &Path) -> Result<(PartnerId, Option<String>), DemoError> {
+    let file = data.join(API_KEY_FILE);
+    let data_err = |reason: String| DemoError::Data {
+        path: data.display().to_string(),
+        reason,
+    };
+    if let Some((id, hash)) = app.read(|s| {
+        s.partners()
+            .find(|p| p.name == PARTNER_NAME)
+            .map(|p| (p.id, p.api_key_hash.clone()))
+    }) {
+        let how = "to get an API key, create a partner: palmgate partner create --name NAME \
+                   --server URL --token ADMIN_TOKEN (the demo's URL and admin token, printed \
+                   below), or start the demo on a fresh --data directory";
+        let key = match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let key = text.trim().to_string();
+                if crate::app::secrets::hashes_equal(&hash_secret(&key), &hash) {
+                    Some(key)
+                } else {
+                    tracing::warn!(
+                        "{} does not hold the API key of the demo partner \"{PARTNER_NAME}\" \
+                         of this data directory: the key cannot be shown; {how}",
+                        file.display()
+                    );
+                    None
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "the API key of the demo partner \"{PARTNER_NAME}\" of this data directory \
+                     cannot be shown: {} is missing ({e}), and the log keeps only its hash \
+                     (a data directory of an older palmgate demo); {how}",
+                    file.display()
+                );
+                None
+            }
+        };
+        return Ok((id, key));
     }
     let partner_id = PartnerId::from_random(app.rng.bytes16());
     let api_key = new_api_key(app.rng.bytes32());
+    write_private_file(&file, &api_key)
+        .map_err(|e| data_err(format!("cannot write {}: {e}", file.display())))?;
     app.execute(Command::CreatePartner {
         partner_id,
         name: PARTNER_NAME.into(),
@@ -348,8 +421,26 @@ async fn ensure_partner(app: &App) -> Option<String> {
         webhook: None,
     })
     .await
-    .ok()?;
-    Some(api_key)
+    .map_err(|e| data_err(format!("cannot create the demo partner: {e}")))?;
+    Ok((partner_id, Some(api_key)))
+}
+
+/// Writes `text` to `path`, mode 0600, replacing the file, never through a symbolic link.
+fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // An existing file keeps its mode on open: make it private too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 /// Enrolls the demo people the way a partner would: `POST /v1/enroll`, then a palm on the
@@ -359,9 +450,10 @@ async fn enroll_people(
     url: &str,
     api_key: &str,
     desk: &mut SimReader,
+    people: &[&Person],
 ) -> Result<(), DemoError> {
     let http = reqwest::Client::new();
-    for p in PEOPLE.iter().filter(|p| p.enrolled) {
+    for p in people {
         let fail = |reason: String| DemoError::Enroll {
             person: p.name.into(),
             reason,

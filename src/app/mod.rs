@@ -56,8 +56,15 @@ pub enum StartError {
     Secrets(#[from] secrets::SecretsError),
     #[error("{0}")]
     KeyStore(#[from] keystore::KeyStoreError),
-    #[error("cannot listen on {addr}: {reason}")]
-    Bind { addr: SocketAddr, reason: String },
+    #[error("config key `http.listen` (from {source_name}): cannot listen on {addr}: {reason}")]
+    Bind {
+        addr: SocketAddr,
+        source_name: String,
+        reason: String,
+    },
+    /// A configuration the log's content refuses (`matching.dim` against enrolled templates).
+    #[error("{0}")]
+    Config(String),
     #[error("MQTT: {0}")]
     Mqtt(String),
     #[error("TLS: {0}")]
@@ -171,7 +178,7 @@ impl App {
     pub fn new(
         config: Config,
         parts: Parts,
-    ) -> Result<(Arc<App>, mpsc::UnboundedReceiver<Effect>), StoreError> {
+    ) -> Result<(Arc<App>, mpsc::UnboundedReceiver<Effect>), StartError> {
         let rules = Rules {
             threshold: config.matching.threshold,
             min_quality: config.matching.min_quality,
@@ -193,7 +200,8 @@ impl App {
         );
         state.collect_forgotten();
         let wrap = KeyWrap::new(parts.keys.wrap_key());
-        let index = readers::build_index(&state, &parts.keystore, &wrap, config.matching.dim);
+        let index = readers::build_index(&state, &parts.keystore, &wrap, config.matching.dim)
+            .map_err(|w| wrong_dimension(&config, &w))?;
         tracing::info!(
             events = state.position(),
             snapshot = loaded.snapshot,
@@ -566,6 +574,29 @@ pub async fn start_with(
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
 ) -> Result<Server, StartError> {
+    for name in &config.unknown_env {
+        tracing::warn!(
+            variable = %name,
+            "environment variable {name} sets no config key: ignored (a typo? every key's \
+             variable is PALMGATE_ plus the key in upper case, dots as underscores, e.g. \
+             PALMGATE_HTTP_PUBLIC_URL)"
+        );
+    }
+    let tls = match &config.http.tls {
+        Some(t) => Some(crate::http::serve::load_tls(&t.cert, &t.key).map_err(StartError::Tls)?),
+        None => None,
+    };
+    // The listener first: a start that cannot listen creates nothing (no log, no key store,
+    // no master key of a new site).
+    let bind_err = |e: std::io::Error| StartError::Bind {
+        addr: config.http.listen,
+        source_name: config.source_of("http.listen"),
+        reason: e.to_string(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
     let store = open_store(&config.store)?;
     let keystore = KeyStore::open(&config.secrets.key_store)?;
     // The key store is bound to its log (the hash of the log's first event) and to its master
@@ -592,20 +623,6 @@ pub async fn start_with(
             config.secrets.master_key.as_deref(),
         ),
     )?;
-    let tls = match &config.http.tls {
-        Some(t) => Some(crate::http::serve::load_tls(&t.cert, &t.key).map_err(StartError::Tls)?),
-        None => None,
-    };
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|e| StartError::Bind {
-            addr: config.http.listen,
-            reason: e.to_string(),
-        })?;
-    let addr = listener.local_addr().map_err(|e| StartError::Bind {
-        addr: config.http.listen,
-        reason: e.to_string(),
-    })?;
     let mqtt = match &config.mqtt.url {
         Some(url) => url.clone(),
         None => {
@@ -675,6 +692,27 @@ pub async fn start_with(
         tls,
         effects,
     })
+}
+
+/// The start-up error for enrolled templates of another dimension than `matching.dim`.
+fn wrong_dimension(config: &Config, w: &readers::WrongDimension) -> StartError {
+    let total: usize = w.found.values().sum();
+    let found = w
+        .found
+        .iter()
+        .map(|(dim, n)| format!("{n} of dimension {dim}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let back = w.found.keys().next_back().copied().unwrap_or(w.configured);
+    StartError::Config(format!(
+        "config key `matching.dim` (from {}): {}, but {total} enrolled template(s) of the log \
+         have another dimension ({found}): none of those users would be identified, and none \
+         could enroll again (already enrolled). Set matching.dim back to {back}; to change the \
+         dimension, erase those users first (DELETE /v1/users/{{external_id}}), then enroll \
+         them again with readers of the new dimension",
+        config.source_of("matching.dim"),
+        w.configured,
+    ))
 }
 
 /// Opens the event log `store` names: KurrentDB with `store.url` (a build with the `kurrentdb`

@@ -272,20 +272,68 @@ pub fn open_template(
     templates::open(t, &key, partner, user, dim).map_err(|e| e.to_string())
 }
 
-/// Builds the matcher index from the enrolled users of `state`.
+/// Enrolled templates of another dimension than `matching.dim`: none of their users would
+/// match, and none could enroll again (already enrolled), so start-up refuses.
+#[derive(Debug)]
+pub struct WrongDimension {
+    /// `matching.dim`.
+    pub configured: usize,
+    /// Dimension of the enrolled templates → how many have it.
+    pub found: std::collections::BTreeMap<usize, usize>,
+}
+
+/// The dimension a sealed template was enrolled with, read from its ciphertext's length
+/// (little-endian f32 values plus the 16-byte tag); `None` when that length fits no dimension.
+fn sealed_dim(t: &crate::core::event::SealedTemplate) -> Option<usize> {
+    use base64::Engine;
+    let len = base64::engine::general_purpose::STANDARD
+        .decode(&t.ciphertext)
+        .ok()?
+        .len();
+    let clear = len.checked_sub(16)?;
+    (clear > 0 && clear % 4 == 0).then_some(clear / 4)
+}
+
+/// Builds the matcher index from the enrolled users of `state`. A template that cannot be
+/// opened (its data key destroyed or lost, a corrupted key store entry) is logged and left
+/// out: one user's broken template must not stop the gateway for everyone else. Templates of
+/// another dimension are a configuration error instead (`matching.dim` changed): every one of
+/// them is affected, and setting the dimension back repairs them all.
 pub fn build_index(
     state: &crate::core::State,
     keystore: &super::keystore::KeyStore,
     wrap: &KeyWrap,
     dim: usize,
-) -> Index {
+) -> Result<Index, WrongDimension> {
     let mut index = Index::new(dim);
+    let mut wrong = std::collections::BTreeMap::new();
     for u in state.users() {
         let Some(t) = &u.template else { continue };
         match open_template(keystore, wrap, t, u.partner_id, &u.external_id, dim) {
             Ok(v) => index.insert(u.partner_id, u.external_id.clone(), &v),
-            Err(e) => tracing::error!(user = %u.external_id, error = %e, "template not indexed"),
+            Err(e) => {
+                // Counted only when it opens at its own dimension (authenticated): a corrupt
+                // ciphertext is not evidence of another dimension.
+                let other = sealed_dim(t).filter(|d| {
+                    *d != dim
+                        && open_template(keystore, wrap, t, u.partner_id, &u.external_id, *d)
+                            .is_ok()
+                });
+                match other {
+                    Some(d) => *wrong.entry(d).or_insert(0usize) += 1,
+                    None => {
+                        tracing::error!(user = %u.external_id, error = %e, "template not indexed")
+                    }
+                }
+            }
         }
     }
-    index
+    if wrong.is_empty() {
+        Ok(index)
+    } else {
+        Err(WrongDimension {
+            configured: dim,
+            found: wrong,
+        })
+    }
 }

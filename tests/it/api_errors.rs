@@ -1397,3 +1397,202 @@ async fn a_second_server_on_the_same_key_store_is_refused() {
     let r = send(s.get("/readyz")).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
 }
+
+/// A config file for `palmgate serve` on the files of `dir` (`events.db`, `master.key`,
+/// `keys.db`), listening on `listen`.
+fn config_on(dir: &std::path::Path, listen: &str) -> std::path::PathBuf {
+    let d = dir.display();
+    let config = dir.join("palmgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "site = \"\"\n[http]\nlisten = \"{listen}\"\n[store]\npath = \"{d}/events.db\"\n\
+             [secrets]\nkey_file = \"{d}/master.key\"\nkey_store = \"{d}/keys.db\"\n\
+             [mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"t\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// An `http.listen` address another process holds stops start-up with an error naming the
+/// key, its value and where it came from; nothing is created first (before, a new site's
+/// master key, log and key store were left behind, and the error named no key).
+#[test]
+fn a_taken_listen_address_names_http_listen_and_leaves_no_files() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_on(dir.path(), &addr);
+    let stderr = serve_fails(&config, &[]);
+    assert!(
+        stderr.contains(&format!("`http.listen` (from {})", config.display()))
+            && stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    for f in ["master.key", "events.db", "keys.db"] {
+        assert!(
+            !dir.path().join(f).exists(),
+            "{f} was created by a start that could not listen"
+        );
+    }
+}
+
+/// A `palmgate demo` run in this process, on `data`.
+struct DemoRun {
+    url: String,
+    admin_token: String,
+    api_key: Option<String>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), palmgate::demo::DemoError>>,
+}
+
+impl DemoRun {
+    async fn start(data: &std::path::Path) -> DemoRun {
+        let env = [
+            (
+                "PALMGATE_HTTP_LISTEN".to_string(),
+                "127.0.0.1:0".to_string(),
+            ),
+            (
+                "PALMGATE_MQTT_EMBEDDED_LISTEN".to_string(),
+                "127.0.0.1:0".to_string(),
+            ),
+        ];
+        let config = palmgate::config::Config::load(None, &env).unwrap();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(palmgate::demo::run(
+            config,
+            Some(data.to_path_buf()),
+            move |s| {
+                let _ = started_tx.send((s.url.clone(), s.admin_token.clone(), s.api_key.clone()));
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let started = tokio::time::timeout(std::time::Duration::from_secs(60), started_rx).await;
+        match started {
+            Ok(Ok((url, admin_token, api_key))) => DemoRun {
+                url,
+                admin_token,
+                api_key,
+                stop,
+                task,
+            },
+            _ => panic!("the demo did not start: {:?}", task.await),
+        }
+    }
+
+    /// Names of the demo people the demo lists as enrolled.
+    async fn enrolled(&self) -> Vec<String> {
+        let people: Value = reqwest::Client::new()
+            .get(format!("{}/admin/v1/demo/people", self.url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        people
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["enrolled"] == true)
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A demo data directory recovers: every run enrolls the demo people still missing (a first
+/// run interrupted before it enrolled them, here one erased), and shows the demo partner's API
+/// key, kept in `<data>/demo-api-key` (0600). Without that file the demo still runs and says
+/// so. Before, a reused directory never enrolled anyone and never showed the key again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reused_demo_directory_enrolls_missing_people_and_shows_its_api_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let all = ["aigerim", "daniyar", "olga"];
+
+    let first = DemoRun::start(&data).await;
+    let key = first.api_key.clone().expect("the first run shows the key");
+    let mut enrolled = first.enrolled().await;
+    enrolled.sort();
+    assert_eq!(enrolled, all);
+    let file = data.join("demo-api-key");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), key);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // One person missing, as after a first run interrupted before it enrolled them.
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/users/EMP-002", first.url))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert!(!first.enrolled().await.contains(&"daniyar".to_string()));
+    first.stop().await;
+
+    let second = DemoRun::start(&data).await;
+    assert_eq!(second.api_key.as_deref(), Some(key.as_str()));
+    let mut enrolled = second.enrolled().await;
+    enrolled.sort();
+    assert_eq!(enrolled, all, "the missing person is enrolled again");
+    second.stop().await;
+
+    std::fs::remove_file(&file).unwrap();
+    let third = DemoRun::start(&data).await;
+    assert_eq!(third.api_key, None);
+    assert_eq!(third.enrolled().await.len(), 3);
+    third.stop().await;
+}
+
+/// Enrolled templates of another dimension than `matching.dim` stop start-up with an error
+/// naming the key, its value and source, the templates' dimension and how many; before, the
+/// server started, identified no one and refused their re-enrollment (409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_matching_dim_other_than_the_enrolled_templates_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let demo = DemoRun::start(&data).await;
+    assert_eq!(demo.enrolled().await.len(), 3);
+    demo.stop().await;
+    let config = config_on(&data, "127.0.0.1:0");
+    let stderr = serve_fails(&config, &[("PALMGATE_MATCHING_DIM", "64".into())]);
+    assert!(
+        stderr.contains("`matching.dim` (from environment variable PALMGATE_MATCHING_DIM): 64")
+            && stderr.contains("3 enrolled template(s)")
+            && stderr.contains("3 of dimension 128")
+            && stderr.contains("Set matching.dim back to 128"),
+        "{stderr}"
+    );
+    // The default dimension still starts (the templates are intact).
+    let mut s = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(s.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = s.kill();
+    let _ = s.wait();
+    assert!(line.starts_with("palmgate readers connect to"), "{line}");
+}
