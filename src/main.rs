@@ -313,7 +313,10 @@ async fn demo(
         |s| {
             let key = match &s.api_key {
                 Some(k) => format!("API key (demo partner \"{}\"): {k}", palmgate::demo::PARTNER_NAME),
-                None => "API key: shown at the first run of this data directory".into(),
+                None => format!(
+                    "API key: not shown ({} is missing or holds another key; see the warning above)",
+                    s.data.join("demo-api-key").display()
+                ),
             };
             println!(
                 "palmgate demo is running at {url}\n\
