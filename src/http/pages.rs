@@ -92,6 +92,7 @@ async fn arm_then_page(
 ) -> Response {
     let mut notice_key = None;
     let now = app.clock.now();
+    let json = wants_json(headers);
     // A page reloaded for the reader its session holds changes nothing; one whose session lost
     // the reader (its hold lapsed, or another session took it) asks for it again.
     if let (Some(reader), Some(s)) = (reader, find(app, kind, token))
@@ -105,12 +106,17 @@ async fn arm_then_page(
         // for calls without an API key, so a link cannot flood the log or the readers.
         let v = super::auth::spend_address(app, ip, app.clock.now().timestamp_micros());
         if !v.allowed {
-            return page_headers(
-                super::error::ApiError::RateLimited {
-                    retry_after_s: v.retry_after_s,
-                }
-                .into_response(),
-            );
+            let refused = super::error::ApiError::RateLimited {
+                retry_after_s: v.retry_after_s,
+            }
+            .into_response();
+            if json {
+                return page_headers(refused);
+            }
+            // A person's browser gets the page, in the session's language, saying how long to
+            // wait; the status and `Retry-After` stay those of the refusal.
+            let notice = Notice::RateLimited(v.retry_after_s.max(1));
+            return with_status_of(page(app, kind, token, headers, Some(notice)), &refused);
         }
         let cmd = Command::ArmReader {
             session_id: s.id,
@@ -125,7 +131,14 @@ async fn arm_then_page(
                 notice_key = Some(Notice::ReaderBusy)
             }
             Err(crate::app::AppError::Rejected(_)) => {}
-            Err(e) => return page_headers(super::error::ApiError::from(e).into_response()),
+            Err(e) => {
+                let failed = super::error::ApiError::from(e).into_response();
+                if json {
+                    return page_headers(failed);
+                }
+                let notice = Some(Notice::ServerError);
+                return with_status_of(page(app, kind, token, headers, notice), &failed);
+            }
         }
     }
     page(app, kind, token, headers, notice_key)
@@ -141,10 +154,26 @@ fn page_headers(mut resp: Response) -> Response {
     resp
 }
 
+/// The HTML page standing in for an error answer (`failed`): its status and `Retry-After`,
+/// when the page itself would have been a 200 (an ended session's page keeps its own 400/410).
+fn with_status_of(mut page: Response, failed: &Response) -> Response {
+    if page.status() == StatusCode::OK {
+        *page.status_mut() = failed.status();
+        if let Some(v) = failed.headers().get(header::RETRY_AFTER) {
+            page.headers_mut().insert(header::RETRY_AFTER, v.clone());
+        }
+    }
+    page
+}
+
 #[derive(Clone, Copy)]
 enum Notice {
     ReaderOffline,
     ReaderBusy,
+    /// Over the address's budget: wait this many seconds.
+    RateLimited(i64),
+    /// The server could not do what the page asked (e.g. the log could not be written).
+    ServerError,
 }
 
 fn page(
@@ -193,12 +222,24 @@ fn page_body(
         ),
         PageView::Gone if json => message(StatusCode::GONE, "link already used"),
         PageView::Gone => {
-            let outcome = match (s.state, s.fail_reason) {
-                (SessionState::Completed, _) => c.completed,
-                (_, Some(crate::core::FailReason::Cancelled)) => c.cancelled,
-                _ => c.failed,
+            use crate::core::FailReason as R;
+            // Why it failed and what the person can do, in a sentence of its own.
+            let (outcome, why) = match (s.state, s.fail_reason) {
+                (SessionState::Completed, _) => (c.completed, None),
+                (_, Some(R::Cancelled)) => (c.cancelled, None),
+                (_, Some(R::NoMatch)) => (c.failed, Some(c.fail_no_match)),
+                (_, Some(R::AlreadyEnrolled)) => (c.failed, Some(c.fail_already_enrolled)),
+                (_, Some(R::LowQuality)) => (c.failed, Some(c.fail_low_quality)),
+                (_, Some(R::LivenessFailed)) => (c.failed, Some(c.fail_liveness_failed)),
+                (_, Some(R::ReaderOffline)) => (c.failed, Some(c.fail_reader_offline)),
+                (_, None) => (c.failed, None),
             };
-            let body = format!("{}{}", notice(outcome), notice(c.gone_body));
+            let body = format!(
+                "{}{}{}",
+                notice(outcome),
+                why.map(notice).unwrap_or_default(),
+                notice(c.gone_body)
+            );
             html(StatusCode::GONE, s.language, c.gone_title, &body)
         }
         PageView::Open if json => {
@@ -217,9 +258,21 @@ fn page_body(
             match notice_key {
                 Some(Notice::ReaderOffline) => body = format!("{}{body}", notice(c.reader_offline)),
                 Some(Notice::ReaderBusy) => body = format!("{}{body}", notice(c.reader_busy)),
+                Some(Notice::RateLimited(secs)) => {
+                    let text = c.rate_limited.replace("{seconds}", &secs.to_string());
+                    body = format!("{}{body}", alert(&text))
+                }
+                Some(Notice::ServerError) => body = format!("{}{body}", alert(c.server_error)),
                 None => {}
             }
-            html(StatusCode::OK, s.language, title(c, kind), &body)
+            // Without JavaScript the page reloads itself every 5 s to show progress and the
+            // result; at its own URL without `?reader=`, so a reload does not arm again.
+            let head = format!(
+                r#"<noscript><meta http-equiv="refresh" content="5;url=/{}/{}"></noscript>"#,
+                kind.as_str(),
+                esc(token)
+            );
+            html_with_head(StatusCode::OK, s.language, title(c, kind), &head, &body)
         }
     }
 }
@@ -366,17 +419,35 @@ fn notice(text: &str) -> String {
     format!("<p>{}</p>", esc(text))
 }
 
+/// A notice about the request just made (refused, or failed): announced at once.
+fn alert(text: &str) -> String {
+    format!("<p class=\"alert\" role=\"alert\">{}</p>", esc(text))
+}
+
 const STYLE: &str = "body{margin:0;font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;\
 background:#f4f6f8;color:#1d2733}main{max-width:30rem;margin:0 auto;padding:2rem 1.25rem}\
 h1{font-size:1.5rem;margin:0 0 1rem}h2{font-size:1.2rem}.card{background:#fff;border-radius:12px;\
 padding:1.5rem;box-shadow:0 1px 4px rgba(0,0,0,.08)}.palm{font-size:4rem;text-align:center}\
-.muted{color:#5b6875;font-size:.9rem}.status{font-weight:600}.readers{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.5rem}\
-.reader{display:inline-block;padding:.6rem 1rem;border:1px solid #c4ccd4;border-radius:8px;\
+.muted{color:#5b6875;font-size:.9rem}.status{font-weight:600}.alert{color:#9b1c1c;font-weight:600}\
+.card{overflow-wrap:anywhere}.readers{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.5rem}\
+.readers li{max-width:100%;min-width:0}.reader{display:inline-block;max-width:100%;\
+overflow-wrap:anywhere;box-sizing:border-box;padding:.6rem 1rem;border:1px solid #c4ccd4;border-radius:8px;\
 text-decoration:none;color:#1d2733;min-height:24px}.reader.current{background:#2b6cb0;color:#fff}button{width:100%;min-height:48px;\
 font-size:1rem;border-radius:8px;border:1px solid #c4ccd4;background:#fff;cursor:pointer}\
 button:focus{outline:3px solid #2b6cb0}";
 
 fn html(status: StatusCode, lang: Language, title: &str, body: &str) -> Response {
+    html_with_head(status, lang, title, "", body)
+}
+
+/// [`html`] with `head` (trusted markup) added to the document's head.
+fn html_with_head(
+    status: StatusCode,
+    lang: Language,
+    title: &str,
+    head: &str,
+    body: &str,
+) -> Response {
     let doc = format!(
         r#"<!doctype html>
 <html lang="{lang}">
@@ -384,7 +455,7 @@ fn html(status: StatusCode, lang: Language, title: &str, body: &str) -> Response
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
-<style>{STYLE}</style>
+<style>{STYLE}</style>{head}
 </head>
 <body><main><h1>{title}</h1><div class="card">
 {body}
@@ -447,7 +518,15 @@ pub async fn cancel(
         Ok(_) | Err(crate::app::AppError::Rejected(_)) => {
             Redirect::to(&format!("/{}/{}", kind.as_str(), token)).into_response()
         }
-        Err(e) => super::error::ApiError::from(e).into_response(),
+        Err(e) => {
+            let failed = super::error::ApiError::from(e).into_response();
+            if wants_json(&headers) {
+                return failed;
+            }
+            // The page again, in its language, saying the Cancel did not go through.
+            let notice = Some(Notice::ServerError);
+            with_status_of(page(&app, kind, &token, &headers, notice), &failed)
+        }
     }
 }
 
@@ -468,13 +547,15 @@ pub async fn events(
         return message(StatusCode::NOT_FOUND, "not found");
     };
     let id = s.id;
-    let first = app.read(|st| progress(st, &s, app.clock.now()));
+    let now = app.clock.now();
+    let first = app.read(|st| progress(st, &s, now));
     let once = || {
         let event = SseEvent::default().data(first.to_string());
         Sse::new(tokio_stream::once(Ok::<_, std::convert::Infallible>(event))).into_response()
     };
-    // A session that has ended has nothing more to say: its state, and the stream ends.
-    if s.state != SessionState::Pending {
+    // A session that has ended (or is past its deadline, the expiry not written yet) has
+    // nothing more to say: its state, and the stream ends.
+    if !s.is_open(now) {
         return once();
     }
     // Bounded: a few streams per session (a page open in a couple of tabs), and in all. A
@@ -509,8 +590,18 @@ pub async fn events(
         // Forgotten: nothing more to say.
         .take_while(Option::is_some)
         .map(Option::unwrap_or_default);
+    // At the deadline the session is expired as of now, whether or not the expiry event has
+    // been written yet: say so, and the stream ends.
+    let app3 = app.clone();
+    let deadline = app.clock.sleep_until(s.expires_at);
+    let at_deadline = FromFuture(Some(Box::pin(async move {
+        deadline.await;
+        let now = app3.clock.now();
+        app3.read(|st| st.session(id).map(|s| progress(st, s, now)))
+            .unwrap_or_else(|| serde_json::json!({ "state": "expired" }))
+    })));
     let stream = UntilEnded {
-        inner: Box::pin(tokio_stream::once(first).chain(updates)),
+        inner: Box::pin(tokio_stream::once(first).chain(updates.merge(at_deadline))),
         done: false,
     }
     .map(move |v| {
@@ -520,6 +611,31 @@ pub async fn events(
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// One item, when its future resolves.
+struct FromFuture(
+    Option<std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>>>,
+);
+
+impl tokio_stream::Stream for FromFuture {
+    type Item = serde_json::Value;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<serde_json::Value>> {
+        let Some(f) = self.0.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => {
+                self.0 = None;
+                std::task::Poll::Ready(Some(v))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
 }
 
 /// Ends right after the event that says the session ended, without waiting for another.
@@ -603,7 +719,8 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A stream event: the session's state, the reader it was armed for and whether it still
+/// A stream event: the session's state as of `now` (a pending session past its deadline is
+/// `expired`, as its page and `GET /v1/sessions/{id}` say), the reader it was armed for and whether it still
 /// holds it (`reader_status`: `ready`, `busy` when another session holds it now, `waiting`).
 fn progress(
     st: &crate::core::State,
@@ -611,7 +728,7 @@ fn progress(
     now: chrono::DateTime<chrono::Utc>,
 ) -> serde_json::Value {
     serde_json::json!({
-        "state": s.state.as_str(),
+        "state": s.as_of(now).0.as_str(),
         "fail_reason": s.fail_reason.map(|r| r.as_str()),
         "reader": s.reader_id.as_ref().map(|r| r.0.clone()),
         "reader_status": reader_status(st, s, now).as_str(),
@@ -620,12 +737,11 @@ fn progress(
 }
 
 /// The hosted page's only script: follows `/events` and updates the status line; reloads
-/// when the session ends so the result page shows.
+/// when the session ends so the result page shows. A browser without `EventSource` polls.
 const SCRIPT: &str = r#"(function () {
   var el = document.getElementById('status');
-  if (!el || !window.EventSource) { return; }
+  if (!el) { return; }
   var events = el.getAttribute('data-events');
-  var source = new EventSource(events);
   var lastRetries = null;
   var polling = false;
   // A stream refused (e.g. 429: too many open for this session) or lost for good: ask the page
@@ -643,6 +759,16 @@ const SCRIPT: &str = r#"(function () {
       })
       .catch(function () { setTimeout(poll, 3000); });
   }
+  // No live stream in this browser: ask as JSON every 3 s, or without fetch reload the page
+  // (its URL without `?reader=`) every 5 s.
+  if (!window.EventSource) {
+    polling = true;
+    if (window.fetch) { setTimeout(poll, 3000); } else {
+      setTimeout(function () { window.location.href = events.replace(/\/events$/, ''); }, 5000);
+    }
+    return;
+  }
+  var source = new EventSource(events);
   source.onerror = function () {
     if (source.readyState === EventSource.CLOSED && !polling) {
       polling = true;

@@ -662,3 +662,351 @@ async fn both_page_variants_are_not_stored_and_vary_by_accept() {
         }
     }
 }
+
+/// A reader pick over the address's budget (SPEC 2): a person's browser gets the page of its
+/// session, in the session's language, saying how long to wait, with the 429 and its
+/// `Retry-After`; a JSON caller keeps the JSON answer.
+#[tokio::test]
+async fn a_rate_limited_reader_pick_shows_the_page_in_its_language() {
+    let s = TestServer::start_with(Options::default().unauthenticated_per_minute(2)).await;
+    let (_, key) = s.create_partner("Budget").await;
+    let c = create(&s, &key, "enroll", "kk").await;
+    let pick = format!("{}?reader=no-such-reader", c.path());
+    let mut refused = None;
+    for _ in 0..10 {
+        let a = send(s.get(&pick)).await;
+        if a.status == 429 {
+            refused = Some(a);
+            break;
+        }
+        assert_eq!(a.status, 200, "{}", a.text);
+    }
+    let a = refused.expect("the address's budget never ran out");
+    assert_html(&s, &a, 429, "kk");
+    let wait = a.retry_after();
+    assert!(wait >= 1, "Retry-After {wait}");
+    let kk = &LANGS[1];
+    for phrase in [
+        kk.enroll_title,
+        kk.place_palm,
+        "Бұл желіден әрекет тым көп болды.",
+        &format!("{wait} секунд күтіп"),
+    ] {
+        assert!(a.text.contains(phrase), "no {phrase:?}: {}", a.text);
+    }
+    assert!(!a.text.contains("rate limit exceeded"), "{}", a.text);
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+
+    let a = send(s.get(&pick).header("accept", "application/json")).await;
+    a.assert_error(429, "rate limit exceeded");
+    assert!(
+        a.header("retry-after").is_some(),
+        "JSON 429 without Retry-After"
+    );
+}
+
+/// Writes a partner and, per `(language, reason)`, an enroll session that failed for that
+/// reason into the log before the server starts; returns the pages' paths.
+async fn seed_failed(s: &TestServer, cases: &[(&str, &str)]) -> Vec<String> {
+    use palmgate::app::clock::{OsRng, Rng};
+    use palmgate::app::secrets::{Keys, hash_secret, new_api_key};
+    use palmgate::core::event::stream;
+    use palmgate::core::{Event, Expected, PartnerId, SessionId, StreamAppend};
+    use palmgate::store::{EventStore, SqliteStore};
+    let rng = OsRng;
+    let keys =
+        Keys::load_or_create(&s.dir().join("master.key"), None, rng.bytes32()).expect("master key");
+    let partner_id = PartnerId::from_random(rng.bytes16());
+    let now = chrono::Utc::now();
+    let created = now - chrono::Duration::minutes(1);
+    let event = |kind: &str, data: serde_json::Value| {
+        Event::decode(kind, 1, data).unwrap_or_else(|e| panic!("seed event {kind}: {e}"))
+    };
+    let mut batch = vec![StreamAppend {
+        stream: stream::partner(partner_id),
+        expected: Expected::NoStream,
+        events: vec![event(
+            "PartnerCreated",
+            json!({
+                "partner_id": partner_id,
+                "name": "Failures",
+                "api_key_hash": hash_secret(&new_api_key(rng.bytes32())),
+                "at": created,
+            }),
+        )],
+    }];
+    let mut paths = Vec::new();
+    for (i, (language, reason)) in cases.iter().enumerate() {
+        let session_id = SessionId::from_random(rng.bytes16());
+        let token = keys.session_token(session_id);
+        batch.push(StreamAppend {
+            stream: stream::session(session_id),
+            expected: Expected::NoStream,
+            events: vec![
+                event(
+                    "SessionCreated",
+                    json!({
+                        "session_id": session_id,
+                        "partner_id": partner_id,
+                        "kind": "enroll",
+                        "language": language,
+                        "token_hash": hash_secret(&token),
+                        "external_id": format!("EMP-{i}"),
+                        "username": format!("User {i}"),
+                        "metadata": { "access_level": "standard" },
+                        "created_at": created,
+                        "expires_at": created + chrono::Duration::minutes(15),
+                    }),
+                ),
+                event(
+                    "SessionFailed",
+                    json!({ "session_id": session_id, "reason": reason, "at": now }),
+                ),
+            ],
+        });
+        paths.push(format!("/enroll/{token}"));
+    }
+    let store = SqliteStore::open(s.store_path()).expect("open store");
+    store.append(batch, now).await.expect("seed append");
+    drop(store);
+    paths
+}
+
+/// SPEC 4's fail reasons reach the person: the result page says why the session failed and
+/// what to do, in the session's language.
+#[tokio::test]
+async fn a_failed_sessions_page_says_why_in_its_language() {
+    let mut s = TestServer::prepare(Options::default());
+    let cases = [
+        ("en", "already_enrolled", "This palm is already enrolled."),
+        ("kk", "already_enrolled", "Бұл алақан бұрын тіркелген."),
+        ("ru", "already_enrolled", "Эта ладонь уже зарегистрирована."),
+        ("en", "reader_offline", "The scanner went offline."),
+        ("kk", "reader_offline", "Сканер желіден ажырап қалды."),
+        (
+            "ru",
+            "low_quality",
+            "Сканы получились недостаточно чёткими.",
+        ),
+        ("kk", "liveness_failed", "Сканер тірі қолды растай алмады."),
+        ("en", "no_match", "Your palm was not recognised."),
+    ];
+    let seeded: Vec<(&str, &str)> = cases.iter().map(|(l, r, _)| (*l, *r)).collect();
+    let paths = seed_failed(&s, &seeded).await;
+    s.launch().await;
+    for ((lang, reason, why), path) in cases.iter().zip(&paths) {
+        let a = send(s.get(path)).await;
+        assert_html(&s, &a, 410, lang);
+        assert!(
+            a.text.contains(why),
+            "{lang}/{reason}: no {why:?}: {}",
+            a.text
+        );
+        // Only its own reason.
+        for (_, other, text) in cases.iter().filter(|c| c.1 != *reason) {
+            assert!(
+                !a.text.contains(text),
+                "{lang}/{reason} says {other}: {}",
+                a.text
+            );
+        }
+    }
+}
+
+/// The `<noscript>` refresh of a page: its URL, or `None`.
+fn noscript_refresh(html: &str) -> Option<String> {
+    let start = html.find("<noscript>")?;
+    let end = start + html[start..].find("</noscript>")?;
+    let inner = &html[start..end];
+    if !inner.contains("http-equiv=\"refresh\"") {
+        return None;
+    }
+    let content = attribute_values(inner, "content").first()?.to_string();
+    Some(content)
+}
+
+/// Without JavaScript an open page still shows progress and the result: it refreshes itself
+/// every 5 s at its URL without `?reader=` (a refresh must not arm the reader again). The
+/// ended pages do not.
+#[tokio::test]
+async fn an_open_page_refreshes_itself_without_javascript() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("NoScript").await;
+    for kind in ["enroll", "identify"] {
+        let c = create(&s, &key, kind, "ru").await;
+        let want = format!("5;url={}", c.path());
+        for path in [c.path(), format!("{}?reader=desk-1", c.path())] {
+            let a = send(s.get(&path)).await;
+            assert_html(&s, &a, 200, "ru");
+            assert_eq!(
+                noscript_refresh(&a.text).as_deref(),
+                Some(want.as_str()),
+                "{path}: {}",
+                a.text
+            );
+        }
+        assert_eq!(s.cancel(&key, &c.session_id).await.status, 200);
+        let a = send(s.get(&c.path())).await;
+        assert_html(&s, &a, 410, "ru");
+        assert!(!a.text.contains("http-equiv"), "{}", a.text);
+    }
+    let a = send(s.get(&format!("/enroll/{}", "A".repeat(43)))).await;
+    assert_eq!(a.status, 404);
+    assert!(!a.text.contains("http-equiv"), "{}", a.text);
+}
+
+/// A reader id of up to 128 characters without a space (`_ . :`) must not scroll a 360 px
+/// phone sideways: the reader buttons (and the card that names the reader) wrap anywhere and
+/// never grow past their box. (Asserted on the style: the browser check runs only with
+/// Chromium, and its scripts are not part of this suite.)
+#[tokio::test]
+async fn long_reader_ids_wrap_on_a_phone() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Phone").await;
+    let c = create(&s, &key, "identify", "en").await;
+    let a = send(s.get(&c.path())).await;
+    assert_html(&s, &a, 200, "en");
+    let style = a
+        .text
+        .split("<style>")
+        .nth(1)
+        .and_then(|x| x.split("</style>").next())
+        .expect("an inline style");
+    let rule = |selector: &str| -> String {
+        let at = style
+            .find(&format!("{selector}{{"))
+            .unwrap_or_else(|| panic!("no {selector} rule in {style}"));
+        style[at..].split('}').next().unwrap_or("").to_string()
+    };
+    let reader = rule(".reader");
+    for decl in [
+        "max-width:100%",
+        "overflow-wrap:anywhere",
+        "box-sizing:border-box",
+    ] {
+        assert!(reader.contains(decl), ".reader lacks {decl}: {reader}");
+    }
+    let card = rule(".card");
+    let wraps =
+        card.contains("overflow-wrap:anywhere") || style.contains(".card{overflow-wrap:anywhere");
+    assert!(
+        wraps,
+        "the card (status line naming the reader) does not wrap: {style}"
+    );
+}
+
+/// A pending session past its deadline is expired as of now, even before the expiry event is
+/// written (README, "Hosted pages"): its page's stream says `expired` at the deadline and
+/// ends, and a stream opened later says so at once. palmgate runs in-process on a manual clock
+/// with no deadline task, so the expiry event is never written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_stream_ends_at_the_deadline_before_the_expiry_is_written() {
+    use palmgate::app::clock::{ManualClock, OsRng};
+    use palmgate::core::session::SessionState;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |name: &str| {
+        let s = dir.path().join(name).display().to_string();
+        format!("'{s}'")
+    };
+    let toml = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\
+         [store]\npath = {}\n\
+         [secrets]\nkey_file = {}\nkey_store = {}\n\
+         [mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n\
+         [admin]\ntoken = \"{ADMIN_TOKEN}\"\n",
+        p("events.db"),
+        p("master.key"),
+        p("keys.db"),
+    );
+    let path = dir.path().join("palmgate.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let config = palmgate::config::Config::load(Some(&path), &[]).expect("config loads");
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let server = palmgate::app::start_with(config, clock.clone(), Arc::new(OsRng))
+        .await
+        .expect("server starts");
+    let app = server.app.clone();
+    // The HTTP routes alone: no deadline task, so no `SessionExpired` is ever written.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let limits = palmgate::http::serve::Limits {
+        header: Duration::from_secs(10),
+        body: Duration::from_secs(10),
+    };
+    tokio::spawn(palmgate::http::serve::serve(
+        listener,
+        None,
+        limits,
+        palmgate::http::router(app.clone()),
+        std::future::pending(),
+    ));
+    let http = no_redirect_client();
+    let r = http
+        .post(format!("{base}/admin/v1/partners"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "Deadline"}))
+        .send()
+        .await
+        .expect("create partner");
+    let partner = Answer::read(r).await;
+    assert_eq!(partner.status, 201, "{}", partner.text);
+    let key = partner.json()["api_key"]
+        .as_str()
+        .expect("api_key")
+        .to_string();
+    let r = http
+        .post(format!("{base}/v1/enroll?language=kk"))
+        .header("x-api-key", &key)
+        .json(&json!({"external_id": "EMP-late"}))
+        .send()
+        .await
+        .expect("enroll");
+    let c = Answer::read(r).await.created();
+    let expires = chrono::DateTime::parse_from_rfc3339(&c.expires_at)
+        .expect("expires_at")
+        .with_timezone(&chrono::Utc);
+    let events = format!("{base}{}/events", c.path());
+
+    let mut r = http.get(&events).send().await.expect("event stream");
+    assert_eq!(r.status().as_u16(), 200);
+    let mut buf = String::new();
+    let first: serde_json::Value =
+        serde_json::from_str(&next_sse_data(&mut r, &mut buf).await).expect("JSON event");
+    assert_eq!(first["state"], "pending", "{first}");
+
+    clock.set(expires);
+    let ended: serde_json::Value =
+        serde_json::from_str(&next_sse_data(&mut r, &mut buf).await).expect("JSON event");
+    assert_eq!(ended["state"], "expired", "{ended}");
+    let end = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+        .await
+        .expect("the stream of an expired session must end")
+        .expect("event stream broke");
+    assert!(end.is_none(), "more after the deadline: {end:?}");
+
+    // Not written: the stored session is still pending.
+    let hash = palmgate::app::secrets::hash_secret(&c.token());
+    let stored = app.read(|st| st.session_by_token_hash(&hash).map(|s| s.state));
+    assert_eq!(stored, Some(SessionState::Pending));
+
+    // A stream opened now says `expired` at once and ends; the page is its 400.
+    let body = tokio::time::timeout(
+        Duration::from_secs(10),
+        http.get(&events).send().await.expect("stream").text(),
+    )
+    .await
+    .expect("the stream of an expired session must end")
+    .expect("body");
+    assert!(body.contains("\"state\":\"expired\""), "{body}");
+    assert_eq!(body.matches("data:").count(), 1, "{body}");
+    let page = http
+        .get(format!("{base}{}", c.path()))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status().as_u16(), 400);
+    drop(server);
+}

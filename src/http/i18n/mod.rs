@@ -77,6 +77,17 @@ pub struct Catalog {
     pub not_found_body: &'static str,
     pub completed: &'static str,
     pub failed: &'static str,
+    /// Why a session failed, and what the person can do (SPEC 4 fail reasons; `cancelled` is
+    /// [`Catalog::cancelled`]).
+    pub fail_no_match: &'static str,
+    pub fail_already_enrolled: &'static str,
+    pub fail_low_quality: &'static str,
+    pub fail_liveness_failed: &'static str,
+    pub fail_reader_offline: &'static str,
+    /// A page asked for a reader too often from one address: `{seconds}` is the wait.
+    pub rate_limited: &'static str,
+    /// A page's request failed on the server (the log could not be written).
+    pub server_error: &'static str,
     pub choose_reader: &'static str,
     pub no_readers: &'static str,
     /// `{reader}` is replaced by the reader's id.
@@ -108,6 +119,13 @@ pub const EN: Catalog = Catalog {
     not_found_body: "This link does not exist. Check that you copied it completely.",
     completed: "Verification completed.",
     failed: "Verification failed.",
+    fail_no_match: "Your palm was not recognised. If you have not enrolled yet, enroll first; otherwise start again from the app that sent you here.",
+    fail_already_enrolled: "This palm is already enrolled. There is nothing more to do.",
+    fail_low_quality: "The scans were not clear enough. Start again from the app that sent you here, and hold your hand flat and still.",
+    fail_liveness_failed: "The scanner could not confirm a live hand. Start again from the app that sent you here, with a bare hand.",
+    fail_reader_offline: "The scanner went offline. Start again from the app that sent you here.",
+    rate_limited: "Too many attempts from this network. Wait {seconds} s and try again.",
+    server_error: "Something went wrong on our side. Please try again.",
     choose_reader: "Choose a scanner:",
     no_readers: "No scanner is online. Ask a member of staff for help.",
     armed: "Scanner {reader} is ready — place your palm on it.",
@@ -124,7 +142,7 @@ pub const KK: Catalog = Catalog {
     identify_title: "Алақан арқылы сәйкестендіру",
     place_palm: "Алақаныңызды сканерге қойыңыз",
     hold_hint: "Қолыңызды түзу ұстап, құрылғыдан шамамен 5 см биіктікте сканерлеу расталғанша ұстап тұрыңыз.",
-    expires_at: "Бұл сілтеме {time} дейін жарамды.",
+    expires_at: "Сілтеменің жарамдылық мерзімі аяқталатын уақыт: {time}.",
     waiting: "Алақанды сканерлеу күтілуде…",
     cancel: "Бас тарту",
     cancelled: "Тексеру тоқтатылды.",
@@ -136,6 +154,13 @@ pub const KK: Catalog = Catalog {
     not_found_body: "Мұндай сілтеме жоқ. Оны толық көшіргеніңізді тексеріңіз.",
     completed: "Тексеру сәтті аяқталды.",
     failed: "Тексеру сәтсіз аяқталды.",
+    fail_no_match: "Алақаныңыз танылмады. Әлі тіркелмеген болсаңыз, алдымен тіркеліңіз; әйтпесе сізді осында жіберген қолданбаға оралып, қайтадан бастаңыз.",
+    fail_already_enrolled: "Бұл алақан бұрын тіркелген. Басқа ештеңе істеудің қажеті жоқ.",
+    fail_low_quality: "Сканерлеу жеткілікті анық болмады. Сізді осында жіберген қолданбаға оралып, қайтадан бастаңыз және қолыңызды түзу әрі қозғалтпай ұстаңыз.",
+    fail_liveness_failed: "Сканер тірі қолды растай алмады. Сізді осында жіберген қолданбаға оралып, қолғапсыз қолмен қайтадан бастаңыз.",
+    fail_reader_offline: "Сканер желіден ажырап қалды. Сізді осында жіберген қолданбаға оралып, қайтадан бастаңыз.",
+    rate_limited: "Бұл желіден әрекет тым көп болды. {seconds} секунд күтіп, қайталап көріңіз.",
+    server_error: "Сервер жағында қате орын алды. Қайталап көріңіз.",
     choose_reader: "Сканерді таңдаңыз:",
     no_readers: "Қосулы сканер жоқ. Қызметкерден көмек сұраңыз.",
     armed: "{reader} сканері дайын — алақаныңызды соған қойыңыз.",
@@ -164,6 +189,13 @@ pub const RU: Catalog = Catalog {
     not_found_body: "Такой ссылки не существует. Проверьте, что скопировали её полностью.",
     completed: "Проверка успешно завершена.",
     failed: "Проверка не пройдена.",
+    fail_no_match: "Ладонь не опознана. Если вы ещё не зарегистрированы, сначала пройдите регистрацию; иначе вернитесь в приложение, которое направило вас сюда, и начните заново.",
+    fail_already_enrolled: "Эта ладонь уже зарегистрирована. Больше ничего делать не нужно.",
+    fail_low_quality: "Сканы получились недостаточно чёткими. Вернитесь в приложение, которое направило вас сюда, и начните заново, держа руку ровно и неподвижно.",
+    fail_liveness_failed: "Сканер не смог подтвердить, что это живая рука. Вернитесь в приложение, которое направило вас сюда, и начните заново без перчатки.",
+    fail_reader_offline: "Сканер отключился. Вернитесь в приложение, которое направило вас сюда, и начните заново.",
+    rate_limited: "Слишком много попыток из этой сети. Подождите {seconds} с и попробуйте ещё раз.",
+    server_error: "На нашей стороне что-то пошло не так. Попробуйте ещё раз.",
     choose_reader: "Выберите сканер:",
     no_readers: "Нет включённых сканеров. Обратитесь к сотруднику.",
     armed: "Сканер {reader} готов — поднесите к нему ладонь.",
@@ -216,6 +248,13 @@ mod tests {
             c.not_found_body,
             c.completed,
             c.failed,
+            c.fail_no_match,
+            c.fail_already_enrolled,
+            c.fail_low_quality,
+            c.fail_liveness_failed,
+            c.fail_reader_offline,
+            c.rate_limited,
+            c.server_error,
             c.upstream_unavailable,
         ]
     }
@@ -234,6 +273,7 @@ mod tests {
             }
             assert!(c.expires_at.contains("{time}"));
             assert!(c.armed.contains("{reader}"));
+            assert!(c.rate_limited.contains("{seconds}"));
         }
         // Kazakh uses letters Russian does not.
         let kk: String = entries(&KK).concat();
