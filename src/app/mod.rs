@@ -99,6 +99,8 @@ pub struct App {
     pub upstream: Option<upstream::Upstream>,
     /// This app, for the task that lands an append whose caller was cancelled ([`Landing`]).
     me: Weak<App>,
+    /// Held while a partner is created (names are unique, [`App::execute_made`]).
+    partner_creation: tokio::sync::Mutex<()>,
     /// Hosted pages' live event streams open now, per session, with the session's partner
     /// (bounded by the page handler).
     #[allow(clippy::type_complexity)]
@@ -221,6 +223,7 @@ impl App {
         let upstream = upstream::Upstream::new(&config.upstream, &config.mqtt.reader_language);
         let app = Arc::new_cyclic(|me| App {
             me: me.clone(),
+            partner_creation: tokio::sync::Mutex::new(()),
             page_streams: Default::default(),
             state: RwLock::new(state),
             admin: AdminToken::new(&config.admin.token, &config.admin.token_sha256),
@@ -290,9 +293,27 @@ impl App {
         cmd: Command,
         before_append: impl Fn(&Decision) -> Result<(), AppError>,
     ) -> Result<Outcome, AppError> {
+        self.execute_made(|| &cmd, before_append).await
+    }
+
+    /// As [`App::execute_with`], making the command afresh for every attempt: a capture
+    /// searches the index again when its first decision met a conflict (the best match it
+    /// carried may have been erased since).
+    pub async fn execute_made<C: std::borrow::Borrow<Command>>(
+        &self,
+        make: impl Fn() -> C,
+        before_append: impl Fn(&Decision) -> Result<(), AppError>,
+    ) -> Result<Outcome, AppError> {
+        // Partner names are unique: creations are decided one at a time, each against the state
+        // holding the ones before it (two at once would both find their name free).
+        let mut one_creation = None;
         for _ in 0..MAX_ATTEMPTS {
+            let cmd = make();
+            if one_creation.is_none() && matches!(cmd.borrow(), Command::CreatePartner { .. }) {
+                one_creation = Some(self.partner_creation.lock().await);
+            }
             let now = self.clock.now();
-            let mut decision = self.read(|s| decide(s, &cmd, now))?;
+            let mut decision = self.read(|s| decide(s, cmd.borrow(), now))?;
             // An append without events is a condition on what the decision read (its stream
             // unchanged since): sent along with events, dropped when there are none.
             if decision.appends.iter().all(|a| a.events.is_empty()) {
@@ -329,9 +350,11 @@ impl App {
     fn apply(&self, recorded: &[Recorded]) {
         // The data keys of users these events erase, read before the state forgets them.
         let mut erased_keys = Vec::new();
+        // Enrolled templates are opened (a key store read) before the lock is taken.
+        let opened = self.open_enrolled(recorded);
         let position = {
             let mut s = self.state.write().expect("state lock");
-            for r in recorded {
+            for (r, values) in recorded.iter().zip(&opened) {
                 if let crate::core::Event::UserErased {
                     partner_id,
                     external_id,
@@ -344,6 +367,10 @@ impl App {
                     erased_keys.push(t.key_id);
                 }
                 s.evolve(r);
+                // The index follows under the state lock, before the data keys are destroyed:
+                // a capture that sees the state without an erased user cannot find them in
+                // the index either.
+                self.follow(r, values.as_deref());
             }
             // Under the state lock: a command decided after this sees the state without these
             // streams, and its append reaches the store after the store has dropped them.
@@ -358,7 +385,6 @@ impl App {
         // Live listeners (the admin event stream) get a copy; with none, nothing is cloned.
         let listening = self.recorded.receiver_count() > 0;
         for r in recorded {
-            self.follow(r);
             if let Some(id) = session_of(&r.event) {
                 let _ = self.sessions_changed.send(id);
             }

@@ -2,7 +2,9 @@
 //! triggers become core commands; the matcher index follows the log.
 //!
 //! The search runs before `decide` and its result travels in the command, so the decision is
-//! a pure function of recorded inputs. An enroll capture's data key is written to the key
+//! a pure function of recorded inputs; a decision retried after a conflict searches again. The
+//! index follows the log under the state's lock (`App::apply`), so no search finds a user the
+//! state has erased. An enroll capture's data key is written to the key
 //! store before the event that references it is appended, and only if it is.
 
 use super::templates::{self, KeyWrap};
@@ -67,11 +69,6 @@ impl App {
             Some(p) => vec![p],
             None => self.site_partners(),
         };
-        let best = self
-            .index
-            .read()
-            .expect("index lock")
-            .best(&c.template, &scope);
         let mut key = None;
         let sealed = match &session {
             Some(s) if s.kind == SessionKind::Enroll => {
@@ -98,16 +95,25 @@ impl App {
             }
             _ => None,
         };
-        let cmd = Command::Capture(Capture {
-            reader_id,
-            capture_id: c.capture_id,
-            session: token_hash,
-            quality: c.quality,
-            liveness: c.liveness,
-            best,
-            sealed,
-        });
-        self.execute_with(cmd, |decision| {
+        // The search runs for every attempt: when a decision meets a conflict (an erasure of
+        // the user it matched, appended meanwhile), it is decided again on a fresh search.
+        let make = || {
+            let best = self
+                .index
+                .read()
+                .expect("index lock")
+                .best(&c.template, &scope);
+            Command::Capture(Capture {
+                reader_id: reader_id.clone(),
+                capture_id: c.capture_id.clone(),
+                session: token_hash.clone(),
+                quality: c.quality,
+                liveness: c.liveness,
+                best,
+                sealed: sealed.clone(),
+            })
+        };
+        self.execute_made(make, |decision| {
             let Some((key_id, wrapped)) = &key else {
                 return Ok(());
             };
@@ -125,8 +131,11 @@ impl App {
     }
 
     /// Partners whose users may open doors here (all, without a site policy).
+    /// Sorted by id: the matcher gives equal similarities to the first partner in scope
+    /// order, which must not change from restart to restart (the state's map has a random
+    /// order per process).
     fn site_partners(&self) -> Vec<PartnerId> {
-        self.read(|s| {
+        let mut ids: Vec<PartnerId> = self.read(|s| {
             s.partners()
                 .filter(|p| {
                     s.policy
@@ -135,34 +144,64 @@ impl App {
                 })
                 .map(|p| p.id)
                 .collect()
-        })
+        });
+        ids.sort_unstable();
+        ids
     }
 
-    /// Keeps the matcher index and the key store in step with a durable event.
-    pub(super) fn follow(&self, rec: &Recorded) {
+    /// Opens the templates that durable events enroll, before the state lock is taken (the key
+    /// store is read): `None` for an event that enrolls no template, or one that cannot be
+    /// opened (logged).
+    pub(super) fn open_enrolled(&self, recorded: &[Recorded]) -> Vec<Option<Vec<f32>>> {
+        let dim = self.index_dim();
+        recorded
+            .iter()
+            .map(|rec| match &rec.event {
+                Event::UserEnrolled {
+                    partner_id,
+                    external_id,
+                    template: Some(t),
+                    ..
+                } => match open_template(
+                    &self.keystore,
+                    &self.wrap,
+                    t,
+                    *partner_id,
+                    external_id,
+                    dim,
+                ) {
+                    Ok(values) => Some(values),
+                    Err(e) => {
+                        tracing::error!(position = rec.position, error = %e, "enrolled template cannot be opened");
+                        None
+                    }
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Keeps the matcher index in step with durable events (`opened` from
+    /// [`App::open_enrolled`]). Called by `apply` under the state's write lock, as each event
+    /// is folded in: a search never finds a user the state has erased (an erased user's match
+    /// once completed identify sessions after `DELETE` had answered), and an enrollment and
+    /// an erasure of one user landing together reach the index in the log's order.
+    pub(super) fn follow(&self, rec: &Recorded, opened: Option<&[f32]>) {
         match &rec.event {
             Event::UserEnrolled {
                 partner_id,
                 external_id,
-                template: Some(t),
+                template: Some(_),
                 ..
-            } => match open_template(
-                &self.keystore,
-                &self.wrap,
-                t,
-                *partner_id,
-                external_id,
-                self.index_dim(),
-            ) {
-                Ok(values) => self.index.write().expect("index lock").insert(
-                    *partner_id,
-                    external_id.clone(),
-                    &values,
-                ),
-                Err(e) => {
-                    tracing::error!(position = rec.position, error = %e, "enrolled template cannot be opened")
+            } => {
+                if let Some(values) = opened {
+                    self.index.write().expect("index lock").insert(
+                        *partner_id,
+                        external_id.clone(),
+                        values,
+                    );
                 }
-            },
+            }
             Event::UserErased {
                 partner_id,
                 external_id,
@@ -307,7 +346,18 @@ pub fn build_index(
 ) -> Result<Index, WrongDimension> {
     let mut index = Index::new(dim);
     let mut wrong = std::collections::BTreeMap::new();
-    for u in state.users() {
+    // In enrollment order (the order a live index inserted them), ties by external_id: a
+    // partner's rows are scanned in insertion order, so the state map's random order would
+    // change which of two equal rows wins from restart to restart.
+    let mut users: Vec<_> = state.users().collect();
+    users.sort_by(|a, b| {
+        (a.partner_id, a.enrolled_at, &a.external_id).cmp(&(
+            b.partner_id,
+            b.enrolled_at,
+            &b.external_id,
+        ))
+    });
+    for u in users {
         let Some(t) = &u.template else { continue };
         match open_template(keystore, wrap, t, u.partner_id, &u.external_id, dim) {
             Ok(v) => index.insert(u.partner_id, u.external_id.clone(), &v),

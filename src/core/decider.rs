@@ -197,6 +197,12 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             if state.partners.contains_key(partner_id) {
                 return Err(Rejection::PartnerExists);
             }
+            // Names are unique (trimmed, case-insensitive): a site policy's `partners` admits
+            // partners by name, so a second "A" would be admitted wherever the first is. Logs
+            // written before this rule keep their duplicates (the fold does not check).
+            if partner_named(state, name).is_some() {
+                return Err(Rejection::PartnerExists);
+            }
             let mut appends = vec![one(
                 stream::partner(*partner_id),
                 Expected::NoStream,
@@ -887,16 +893,28 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
             },
         }));
     }
+    // The matched user as the state has it now. The search ran before this decision: a user
+    // erased since is no longer a match (the shell searches again when it retries).
+    let known = matched.filter(|m| state.user(m.partner_id, &m.external_id).is_some());
     match s.kind {
         SessionKind::Identify => {
-            let mut d = match matched {
-                Some(m) => Decision::new(end(
-                    state,
-                    s,
-                    End::Completed(m.external_id.clone()),
-                    Some(cref.clone()),
-                    now,
-                )),
+            let mut d = match known {
+                Some(m) => {
+                    let mut appends = end(
+                        state,
+                        s,
+                        End::Completed(m.external_id.clone()),
+                        Some(cref.clone()),
+                        now,
+                    );
+                    // A condition on the user's stream (no event): an erasure appended after
+                    // this was decided refuses it, and it is decided again without that user.
+                    appends.push(read_condition(
+                        state,
+                        stream::user(m.partner_id, &m.external_id),
+                    ));
+                    Decision::new(appends)
+                }
                 None => Decision::new(end(
                     state,
                     s,
@@ -908,8 +926,27 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
             at_door(&mut d, &cref, matched);
             Ok(d)
         }
-        SessionKind::Enroll => enroll_capture(state, s, c, cref, matched.is_some(), now),
+        SessionKind::Enroll => enroll_capture(state, s, c, cref, known, now),
     }
+}
+
+/// An append without events: a condition that `stream` is still at the revision `state` has
+/// (the store refuses the whole write otherwise).
+fn read_condition(state: &State, stream: String) -> StreamAppend {
+    StreamAppend {
+        expected: state.expected(&stream),
+        stream,
+        events: vec![],
+    }
+}
+
+/// The partner named `name`, trimmed and compared case-insensitively (partner names are
+/// unique that way).
+pub fn partner_named<'a>(state: &'a State, name: &str) -> Option<&'a Partner> {
+    let wanted = name.trim().to_lowercase();
+    state
+        .partners()
+        .find(|p| p.name.trim().to_lowercase() == wanted)
 }
 
 fn enroll_capture(
@@ -917,7 +954,7 @@ fn enroll_capture(
     s: &Session,
     c: &Capture,
     cref: CaptureRef,
-    palm_known: bool,
+    palm_known: Option<&super::matcher::Candidate>,
     now: DateTime<Utc>,
 ) -> Result<Decision, Rejection> {
     let (Some(partner_id), Some(external_id)) = (s.partner_id, s.external_id.clone()) else {
@@ -926,14 +963,22 @@ fn enroll_capture(
         ));
     };
     let taken = state.user(partner_id, &external_id).is_some();
-    if palm_known || taken {
-        return Ok(Decision::new(end(
+    if palm_known.is_some() || taken {
+        let mut appends = end(
             state,
             s,
             End::Failed(FailReason::AlreadyEnrolled),
             Some(cref),
             now,
-        )));
+        );
+        // The palm's owner was read: their erasure appended after this refuses it.
+        if let Some(m) = palm_known {
+            appends.push(read_condition(
+                state,
+                stream::user(m.partner_id, &m.external_id),
+            ));
+        }
+        return Ok(Decision::new(appends));
     }
     let Some(sealed) = c.sealed.clone() else {
         return Err(Rejection::Invalid(

@@ -11,6 +11,14 @@
 //! order given, rows in insertion order, a removed row's slot taken by the last row). Both
 //! search paths return that same candidate, bit for bit; [`Index::best`] takes the faster one.
 //!
+//! Scan order is the caller's, and the shell keeps it the same from restart to restart: a
+//! door's scope lists the site's partners sorted by [`PartnerId`] (so an exact tie between
+//! partners, the same palm enrolled at two of them, goes to the smallest id), and a rebuilt
+//! index inserts each partner's users by enrollment time, then external_id, the order a live
+//! index inserted them. Within one partner an exact tie is all but impossible (enrolling a
+//! palm the partner already holds fails `already_enrolled`); after removals the live order
+//! can differ from a rebuilt one only there.
+//!
 //! # The f32 path, [`Index::best_exact`]
 //! Scores every row that could beat the best so far. Rows are stored *interleaved by groups of
 //! 32*: value `i` of the 32 rows of a group sits in 32 consecutive floats, so the kernel is a

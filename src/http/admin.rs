@@ -90,13 +90,29 @@ pub async fn create_partner(
         }
         None => (None, None),
     };
-    app.execute(Command::CreatePartner {
-        partner_id,
-        name,
-        api_key_hash: hash_secret(&api_key),
-        webhook,
-    })
-    .await?;
+    let created = app
+        .execute(Command::CreatePartner {
+            partner_id,
+            name: name.clone(),
+            api_key_hash: hash_secret(&api_key),
+            webhook,
+        })
+        .await;
+    match created {
+        Ok(_) => {}
+        // Names are unique, trimmed and case-insensitive (a site policy admits partners by name).
+        Err(e @ crate::app::AppError::Rejected(crate::core::Rejection::PartnerExists)) => {
+            let taken =
+                app.read(|s| crate::core::decider::partner_named(s, &name).map(|p| p.name.clone()));
+            return Err(match taken {
+                Some(taken) => ApiError::Conflict(format!(
+                    "a partner named {taken:?} exists (partner names are unique, ignoring case)"
+                )),
+                None => e.into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
     let p = app
         .read(|s| s.partner(partner_id).map(partner_body))
         .ok_or(ApiError::Internal)?;

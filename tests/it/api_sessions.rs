@@ -691,3 +691,55 @@ async fn user_and_session_lists_page_and_search_with_a_total() {
         assert_eq!(got, want, "q={q}");
     }
 }
+
+/// Partner names are unique, trimmed and ignoring case (a site policy's `partners` admits by
+/// name): a second "Acme" answers 409 naming it and creates nothing, also when several
+/// arrive at once.
+#[tokio::test]
+async fn a_second_partner_with_a_taken_name_is_refused() {
+    use crate::fixtures::ADMIN_TOKEN;
+    let s = TestServer::start().await;
+    let create = |name: &str| {
+        s.post("/admin/v1/partners")
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "name": name }))
+    };
+    let first = send(create("Acme")).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    for name in ["Acme", " acme ", "ACME"] {
+        send(create(name)).await.assert_error(
+            409,
+            "a partner named \"Acme\" exists (partner names are unique, ignoring case)",
+        );
+    }
+    // Eight creations of one new name at once: exactly one is created.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(send(create("Globex"))))
+        .collect();
+    let mut statuses: Vec<u16> = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("creation task").status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        7,
+        "{statuses:?}"
+    );
+    let list = send(s.get("/admin/v1/partners").bearer_auth(ADMIN_TOKEN)).await;
+    let mut names: Vec<String> = list
+        .json()
+        .as_array()
+        .expect("partner list")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["Acme", "Globex"], "nothing else was created");
+    // Another name is still welcome.
+    assert_eq!(send(create("Acme 2")).await.status, 201);
+}

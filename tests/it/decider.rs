@@ -1354,3 +1354,168 @@ fn an_attempt_out_when_the_webhook_was_disabled_records_a_success_not_a_failure(
         other => panic!("{other:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Captures against an erased user, unique partner names
+// ---------------------------------------------------------------------------------------------
+
+/// A capture for session `s`, with the matcher's best candidate `best` at similarity 0.95.
+fn capture_for(s: SessionId, best: Option<(PartnerId, &str)>) -> Command {
+    Command::Capture(palmgate::core::Capture {
+        reader_id: palmgate::core::ReaderId("r1".into()),
+        capture_id: format!("cap-{s}"),
+        session: Some(token(s)),
+        quality: 0.9,
+        liveness: true,
+        best: best.map(|(p, e)| palmgate::core::matcher::Candidate {
+            partner_id: p,
+            external_id: ext(e),
+            similarity: 0.95,
+        }),
+        sealed: None,
+    })
+}
+
+fn ends_of(d: &Decision) -> Vec<&Event> {
+    d.appends
+        .iter()
+        .flat_map(|a| &a.events)
+        .filter(|e| {
+            matches!(
+                e,
+                Event::SessionCompleted { .. } | Event::SessionFailed { .. }
+            )
+        })
+        .collect()
+}
+
+/// The read condition (an append without events) a decision puts on `stream`, if any.
+fn condition_on(d: &Decision, stream: &str) -> Option<Expected> {
+    d.appends
+        .iter()
+        .find(|a| a.stream == stream && a.events.is_empty())
+        .map(|a| a.expected)
+}
+
+#[test]
+fn an_identify_capture_is_refused_by_an_erasure_appended_after_it_was_decided() {
+    let g = given([
+        partner_created(P1),
+        enroll_created(sid(1), P1, "a1", t(0)),
+        enrolled(P1, "a1", sid(1)),
+        identify_created(sid(2), P1, t(100)),
+    ]);
+    let then = g.when(capture_for(sid(2), Some((P1, "a1"))), t(110));
+    let d = then.decision();
+    assert!(
+        matches!(ends_of(d)[..], [Event::SessionCompleted { external_id: Some(e), .. }] if *e == ext("a1"))
+    );
+    // It read a1's stream at its revision: the erasure appended meanwhile moves that stream
+    // on, so the store refuses the whole write (no completion as a1 after the erasure).
+    let user_stream = stream::user(P1, &ext("a1"));
+    let read = condition_on(d, &user_stream).expect("a condition on the matched user's stream");
+    assert_eq!(read, Expected::Revision(0));
+    let after = g.clone().and([erased(P1, "a1", t(105))]);
+    assert_eq!(
+        after.heads.get(&user_stream),
+        Some(&1),
+        "the erasure moved the stream on"
+    );
+    // Decided again (as the shell does after the conflict) with the same stale match: the
+    // matched user is gone, so the session fails no_match and carries no identity.
+    let again = after.when(capture_for(sid(2), Some((P1, "a1"))), t(111));
+    let d = again.decision();
+    assert!(
+        matches!(
+            ends_of(d)[..],
+            [Event::SessionFailed {
+                reason: FailReason::NoMatch,
+                ..
+            }]
+        ),
+        "{:?}",
+        ends_of(d)
+    );
+    assert!(
+        d.appends
+            .iter()
+            .flat_map(|a| &a.events)
+            .all(|e| !matches!(e, Event::SessionCompleted { .. }))
+    );
+}
+
+#[test]
+fn an_enroll_capture_whose_palm_belongs_to_an_erased_user_enrolls() {
+    let g = given([
+        partner_created(P1),
+        enroll_created(sid(1), P1, "a1", t(0)),
+        enrolled(P1, "a1", sid(1)),
+        enroll_created(sid(2), P1, "b2", t(100)),
+    ]);
+    let sealed = palmgate::core::event::SealedTemplate {
+        key_id: palmgate::core::KeyId(Uuid::from_u128(7)),
+        nonce: "bm9uY2U=".into(),
+        ciphertext: "Y2lwaGVy".into(),
+    };
+    let with_sealed = |cmd: Command| match cmd {
+        Command::Capture(mut c) => {
+            c.sealed = Some(sealed.clone());
+            Command::Capture(c)
+        }
+        other => other,
+    };
+    // The palm is a1's: already_enrolled, reading a1's stream.
+    let then = g.when(with_sealed(capture_for(sid(2), Some((P1, "a1")))), t(110));
+    let d = then.decision();
+    assert!(matches!(
+        ends_of(d)[..],
+        [Event::SessionFailed {
+            reason: FailReason::AlreadyEnrolled,
+            ..
+        }]
+    ));
+    assert_eq!(
+        condition_on(d, &stream::user(P1, &ext("a1"))),
+        Some(Expected::Revision(0))
+    );
+    // a1 erased: the palm is no one's any more, and b2 enrolls with it.
+    let after = g.and([erased(P1, "a1", t(105))]);
+    let then = after.when(with_sealed(capture_for(sid(2), Some((P1, "a1")))), t(111));
+    let d = then.decision();
+    assert!(matches!(ends_of(d)[..], [Event::SessionCompleted { .. }]));
+    assert!(d.appends.iter().flat_map(|a| &a.events).any(
+        |e| matches!(e, Event::UserEnrolled { external_id, .. } if *external_id == ext("b2"))
+    ));
+}
+
+#[test]
+fn a_partner_name_taken_ignoring_case_and_spaces_is_refused() {
+    let g = given([Event::PartnerCreated {
+        partner_id: P1,
+        name: "Acme".into(),
+        api_key_hash: SecretHash("k1".into()),
+        at: t(0),
+    }]);
+    for name in ["Acme", " acme ", "ACME"] {
+        g.when(
+            Command::CreatePartner {
+                partner_id: P2,
+                name: name.into(),
+                api_key_hash: SecretHash("k2".into()),
+                webhook: None,
+            },
+            t(5),
+        )
+        .then_rejected(Rejection::PartnerExists);
+    }
+    g.when(
+        Command::CreatePartner {
+            partner_id: P2,
+            name: "Acme 2".into(),
+            api_key_hash: SecretHash("k2".into()),
+            webhook: None,
+        },
+        t(5),
+    )
+    .outcome(Outcome::Done);
+}
