@@ -173,7 +173,9 @@ fn get_user() {}
 #[utoipa::path(post, path = "/admin/v1/partners", tag = "admin",
     request_body(content = CreatePartnerBody, content_type = "application/json"),
     responses((status = 201, body = PartnerCreatedBody), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody)),
+              (status = 401, body = ErrorBody),
+              (status = 409, body = ErrorBody,
+               description = "a partner with that name (ignoring case) exists")),
     security(("admin_token" = [])))]
 fn create_partner() {}
 
