@@ -334,8 +334,11 @@ async fn start_palmgate(parent: Option<&Path>) -> Running {
 
 /// Creates `n` partners through the admin API and returns their API keys.
 async fn partners(client: &reqwest::Client, addr: SocketAddr, n: usize) -> Vec<String> {
+    // Partner names are unique per server; a server gets several sets (warm-up, measurement).
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let mut keys = Vec::new();
-    for i in 0..n {
+    for _ in 0..n {
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resp = client
             .post(format!("http://{addr}/admin/v1/partners"))
             .bearer_auth(ADMIN_TOKEN)
