@@ -223,32 +223,21 @@ pub fn prepare_data_dir(data: Option<PathBuf>, tmp: &Path) -> Result<PathBuf, De
 /// earlier run, but never through a symbolic link (`O_NOFOLLOW`): one planted there would
 /// have the demo overwrite the file it points to.
 pub fn write_site(data: &Path, board: &str) -> Result<PathBuf, DemoError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let site = data.join("site.toml");
-    let site_err = |reason: String| DemoError::Data {
-        path: data.display().to_string(),
-        reason,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&site)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                site_err(format!(
-                    "{} is a symbolic link: refused (the demo writes its site file there)",
-                    site.display()
-                ))
-            } else {
-                site_err(format!("cannot write {}: {e}", site.display()))
-            }
-        })?;
-    file.write_all(site_policy(board).as_bytes())
-        .map_err(|e| site_err(format!("cannot write {}: {e}", site.display())))?;
+    write_private_file(&site, site_policy(board).as_bytes()).map_err(|e| {
+        let reason = if e.raw_os_error() == Some(libc::ELOOP) {
+            format!(
+                "{} is a symbolic link: refused (the demo writes its site file there)",
+                site.display()
+            )
+        } else {
+            format!("cannot write {}: {e}", site.display())
+        };
+        DemoError::Data {
+            path: data.display().to_string(),
+            reason,
+        }
+    })?;
     Ok(site)
 }
 
@@ -412,7 +401,7 @@ async fn ensure_partner(app: &App, data: &Path) -> Result<(PartnerId, Option<Str
     }
     let partner_id = PartnerId::from_random(app.rng.bytes16());
     let api_key = new_api_key(app.rng.bytes32());
-    write_private_file(&file, &api_key)
+    write_private_file(&file, format!("{api_key}\n").as_bytes())
         .map_err(|e| data_err(format!("cannot write {}: {e}", file.display())))?;
     app.execute(Command::CreatePartner {
         partner_id,
@@ -425,8 +414,9 @@ async fn ensure_partner(app: &App, data: &Path) -> Result<(PartnerId, Option<Str
     Ok((partner_id, Some(api_key)))
 }
 
-/// Writes `text` to `path`, mode 0600, replacing the file, never through a symbolic link.
-fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `bytes` to `path`, mode 0600, replacing the file, never through a symbolic link
+/// (`O_NOFOLLOW`: one planted there would have the demo overwrite the file it points to).
+fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
@@ -438,8 +428,7 @@ fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
         .open(path)?;
     // An existing file keeps its mode on open: make it private too.
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(text.as_bytes())?;
-    file.write_all(b"\n")?;
+    file.write_all(bytes)?;
     file.sync_all()
 }
 
