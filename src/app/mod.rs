@@ -354,7 +354,8 @@ impl App {
         let opened = self.open_enrolled(recorded);
         let position = {
             let mut s = self.state.write().expect("state lock");
-            for (r, values) in recorded.iter().zip(&opened) {
+            for (i, r) in recorded.iter().enumerate() {
+                let values = opened.get(i).and_then(Option::as_deref);
                 if let crate::core::Event::UserErased {
                     partner_id,
                     external_id,
@@ -370,7 +371,7 @@ impl App {
                 // The index follows under the state lock, before the data keys are destroyed:
                 // a capture that sees the state without an erased user cannot find them in
                 // the index either.
-                self.follow(r, values.as_deref());
+                self.follow(r, values);
             }
             // Under the state lock: a command decided after this sees the state without these
             // streams, and its append reaches the store after the store has dropped them.

@@ -151,8 +151,21 @@ impl App {
 
     /// Opens the templates that durable events enroll, before the state lock is taken (the key
     /// store is read): `None` for an event that enrolls no template, or one that cannot be
-    /// opened (logged).
+    /// opened (logged). Empty (no allocation) when none of the events enrolls a template, the
+    /// common case on the identify and door-scan paths.
     pub(super) fn open_enrolled(&self, recorded: &[Recorded]) -> Vec<Option<Vec<f32>>> {
+        let enrolls = |rec: &Recorded| {
+            matches!(
+                rec.event,
+                Event::UserEnrolled {
+                    template: Some(_),
+                    ..
+                }
+            )
+        };
+        if !recorded.iter().any(enrolls) {
+            return Vec::new();
+        }
         let dim = self.index_dim();
         recorded
             .iter()
