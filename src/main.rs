@@ -635,17 +635,35 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
                 )
             })?;
             let store = open_log(config.as_deref())?;
-            let (n, changed) = audit::what_if(
+            let found = audit::what_if(
                 &*store,
                 &candidate,
                 instant(from, "from")?,
                 instant(to, "to")?,
             )?;
-            for c in &changed {
+            for c in &found.changed {
                 let now = c.now_text();
                 println!("{}  now: {now}", c.row);
             }
-            println!("{n} decisions replayed, {} would change", changed.len());
+            // Scans rejected `no_door` name no person: reported, not counted as changes (the
+            // candidate's outcome for them is unknown), so the exit status stays 0 as for any
+            // report.
+            for r in &found.not_redecidable {
+                println!(
+                    "reader {}: {} scan(s) rejected as no_door in range; the candidate puts {} at \
+                     door {}; they cannot be re-decided (no person was matched when they were \
+                     rejected)",
+                    r.reader.as_str().escape_debug(),
+                    r.scans,
+                    r.reader.as_str().escape_debug(),
+                    r.door.as_str().escape_debug(),
+                );
+            }
+            println!(
+                "{} decisions replayed, {} would change",
+                found.replayed,
+                found.changed.len()
+            );
         }
     }
     Ok(())

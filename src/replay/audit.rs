@@ -47,7 +47,7 @@ use crate::store::EventStore;
 use crate::store::chain::Verifier;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// One problem found, at a log position.
@@ -1234,6 +1234,29 @@ pub fn export(
     Ok(out)
 }
 
+/// What [`what_if`] found in range.
+#[derive(Debug, Default)]
+pub struct WhatIf {
+    /// The door decisions in range, each decided again.
+    pub replayed: usize,
+    /// Those the candidate would decide differently, in log order.
+    pub changed: Vec<Changed>,
+    /// Scans the log recorded as rejected `no_door` at readers the candidate binds to a door,
+    /// per reader (by reader id). No person was matched when they were rejected, so they
+    /// cannot be decided again: the candidate's outcome for them is unknown.
+    pub not_redecidable: Vec<NoDoorScans>,
+}
+
+/// The scans in range at one reader the log recorded as rejected `no_door` (its reader at no
+/// door then) and that the candidate puts at a door.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoDoorScans {
+    pub reader: ReaderId,
+    /// The candidate's door for `reader`.
+    pub door: DoorId,
+    pub scans: usize,
+}
+
 /// A past decision the new policy would decide differently.
 #[derive(Debug)]
 pub struct Changed {
@@ -1323,26 +1346,54 @@ fn redecide(policy: &Policy, e: &Event, zone_last: &mut ZoneLast) -> Option<Opti
 ///
 /// Decisions outside `from`..`to` are not reported, but every decision before `from` is still
 /// re-decided (unreported) so the zone state at `from` is the one `policy` would have made.
-/// Returns the number of decisions in range and those that would change (granted or not, or
-/// the reason).
+///
+/// A scan the log recorded as rejected `no_door` (its reader at no door then) names no person:
+/// it cannot be re-decided. Those in range at a reader `policy` does bind to a door are counted
+/// per reader ([`WhatIf::not_redecidable`]), so a candidate that adds the door does not read as
+/// "nothing changes"; those at a reader `policy` also leaves without a door are not reported.
 pub fn what_if(
     store: &dyn EventStore,
     policy: &Policy,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
-) -> Result<(usize, Vec<Changed>), crate::store::StoreError> {
+) -> Result<WhatIf, crate::store::StoreError> {
     let mut zone_last = ZoneLast::new();
     let mut n = 0;
     let mut changed = vec![];
+    let mut no_door: BTreeMap<ReaderId, (DoorId, usize)> = BTreeMap::new();
     let mut after = 0;
     loop {
         let page = store.read(after, 10_000)?;
         let Some(last) = page.last() else {
-            return Ok((n, changed));
+            return Ok(WhatIf {
+                replayed: n,
+                changed,
+                not_redecidable: no_door
+                    .into_iter()
+                    .map(|(reader, (door, scans))| NoDoorScans {
+                        reader,
+                        door,
+                        scans,
+                    })
+                    .collect(),
+            });
         };
         after = last.position;
         for rec in &page {
             match &rec.event {
+                Event::CaptureRejected {
+                    reader_id,
+                    reason: CaptureRejection::NoDoor,
+                    at,
+                    ..
+                } if in_range(*at, from, to) => {
+                    if let Some(door) = policy.door_of_reader(reader_id) {
+                        no_door
+                            .entry(reader_id.clone())
+                            .or_insert_with(|| (door.id.clone(), 0))
+                            .1 += 1;
+                    }
+                }
                 Event::UserErased {
                     partner_id,
                     external_id,

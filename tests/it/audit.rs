@@ -553,7 +553,11 @@ async fn what_if_lists_the_decisions_a_new_policy_changes() {
         &SITE.replace(r#"doors = ["main", "lab"]"#, r#"doors = ["main"]"#),
     )
     .unwrap();
-    let (n, changed) = audit::what_if(&store(&log.db()), &stricter, None, None).unwrap();
+    let audit::WhatIf {
+        replayed: n,
+        changed,
+        ..
+    } = audit::what_if(&store(&log.db()), &stricter, None, None).unwrap();
     assert_eq!(n, 6);
     // alice's two lab grants become door_not_in_level; mallory stays no_match.
     assert_eq!(changed.len(), 2, "{changed:?}");
@@ -568,7 +572,7 @@ async fn what_if_lists_the_decisions_a_new_policy_changes() {
     assert!(
         audit::what_if(&store(&log.db()), &same, None, None)
             .unwrap()
-            .1
+            .changed
             .is_empty()
     );
 }
@@ -646,7 +650,11 @@ fn changes(
     from: Option<chrono::DateTime<chrono::Utc>>,
 ) -> (usize, Vec<(usize, String)>) {
     let policy = palmgate::core::policy::Policy::parse(candidate).unwrap();
-    let (n, changed) = audit::what_if(&store(&log.db()), &policy, from, None).unwrap();
+    let audit::WhatIf {
+        replayed: n,
+        changed,
+        ..
+    } = audit::what_if(&store(&log.db()), &policy, from, None).unwrap();
     let at = changed
         .iter()
         .map(|c| {
@@ -832,6 +840,140 @@ async fn what_if_an_erasure_ends_the_persons_zone_presence() {
         [json!("granted"), json!("denied"), json!("granted")]
     );
     assert_eq!(changes(&log, &positions, &site, None), (3, vec![]));
+}
+
+/// A log under [`SITE`] with one decision (alice at `lobby-1`), then three scans at `hall-1`
+/// and one at `attic-1`, readers at no door: rejected `no_door`. Returns the log and the
+/// instants of the `hall-1` rejections.
+async fn no_door_log() -> (Log, Vec<chrono::DateTime<chrono::Utc>>) {
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        ..
+    } = enrolled().await;
+    for (i, reader) in ["lobby-1", "hall-1", "hall-1", "attic-1", "hall-1"]
+        .iter()
+        .enumerate()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        app.reader_message(
+            ReaderId(reader.to_string()),
+            capture("alice", 400 + i as u64, &format!("walk-{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    drop(server);
+    app.close();
+    drop(app);
+    let log = Log { dir, config };
+    let c = Connection::open(log.db()).unwrap();
+    let mut st = c
+        .prepare("SELECT data FROM events WHERE type = 'CaptureRejected' ORDER BY position")
+        .unwrap();
+    let rejected: Vec<Value> = st
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|d| serde_json::from_str(&d.unwrap()).unwrap())
+        .collect();
+    assert_eq!(rejected.len(), 4, "{rejected:?}");
+    assert!(
+        rejected.iter().all(|r| r["reason"] == "no_door"),
+        "{rejected:?}"
+    );
+    let hall = rejected
+        .iter()
+        .filter(|r| r["reader_id"] == "hall-1")
+        .map(|r| r["at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(decided_rows(&log.db()).len(), 1);
+    (log, hall)
+}
+
+/// `palmgate audit what-if` on `log` with the candidate `site`: exit status and stdout.
+fn what_if_cli(log: &Log, site: &str) -> (Option<i32>, String) {
+    let candidate = log.dir.path().join("candidate.toml");
+    std::fs::write(&candidate, site).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
+        .args(["audit", "what-if", "--config"])
+        .arg(&log.config)
+        .arg("--policy")
+        .arg(&candidate)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stdout).unwrap())
+}
+
+/// Scans the log rejected `no_door` name no person and cannot be decided again; a candidate
+/// that puts their reader at a door is told how many there are (they would otherwise read as
+/// "nothing changes"), per reader. A reader the candidate leaves at no door is not mentioned.
+/// They are no change: the exit status stays 0 and the summary line is as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_counts_the_no_door_scans_at_a_reader_the_candidate_puts_at_a_door() {
+    let (log, hall) = no_door_log().await;
+    let candidate = SITE.replace(
+        r#"readers = ["lobby-1"]"#,
+        r#"readers = ["lobby-1", "hall-1"]"#,
+    );
+    let (code, out) = what_if_cli(&log, &candidate);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out,
+        "reader hall-1: 3 scan(s) rejected as no_door in range; the candidate puts hall-1 at \
+         door main; they cannot be re-decided (no person was matched when they were \
+         rejected)\n1 decisions replayed, 0 would change\n"
+    );
+    // Through the library, and counted by their instant: from the second one on, two.
+    let policy = palmgate::core::policy::Policy::parse(&candidate).unwrap();
+    let found = audit::what_if(&store(&log.db()), &policy, Some(hall[1]), None).unwrap();
+    assert_eq!(found.replayed, 0);
+    assert!(found.changed.is_empty());
+    assert_eq!(
+        found.not_redecidable,
+        [audit::NoDoorScans {
+            reader: ReaderId("hall-1".into()),
+            door: palmgate::core::policy::DoorId("main".into()),
+            scans: 2,
+        }]
+    );
+    // Up to the second one (`to` is exclusive): one.
+    let to_second = audit::what_if(&store(&log.db()), &policy, None, Some(hall[1])).unwrap();
+    assert_eq!(
+        to_second
+            .not_redecidable
+            .iter()
+            .map(|r| (r.reader.as_str(), r.scans))
+            .collect::<Vec<_>>(),
+        [("hall-1", 1)]
+    );
+}
+
+/// The scans at a reader the candidate leaves at no door are not mentioned (for them nothing
+/// changes): a candidate that puts only `attic-1` at a door reports its one scan and says
+/// nothing of `hall-1`; the policy in force reports none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_says_nothing_of_no_door_scans_at_a_reader_the_candidate_leaves_at_no_door() {
+    let (log, _) = no_door_log().await;
+    let attic = SITE.replace(
+        r#"readers = ["lab-1"]"#,
+        r#"readers = ["lab-1", "attic-1"]"#,
+    );
+    let (code, out) = what_if_cli(&log, &attic);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out,
+        "reader attic-1: 1 scan(s) rejected as no_door in range; the candidate puts attic-1 at \
+         door lab; they cannot be re-decided (no person was matched when they were \
+         rejected)\n1 decisions replayed, 0 would change\n"
+    );
+    let (code, out) = what_if_cli(&log, SITE);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out, "1 decisions replayed, 0 would change\n");
+    let policy = palmgate::core::policy::Policy::parse(SITE).unwrap();
+    let found = audit::what_if(&store(&log.db()), &policy, None, None).unwrap();
+    assert!(found.not_redecidable.is_empty(), "{found:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
