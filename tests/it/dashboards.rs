@@ -867,3 +867,119 @@ async fn admin_user_list_pages_and_searches_every_partner_with_a_total() {
         page(query).await.0.assert_error(400, message);
     }
 }
+
+/// `DELETE /dashboard/users?external_id=ID` as the partner dashboard sends it.
+fn dashboard_erase(s: &TestServer, external_id: &str) -> reqwest::RequestBuilder {
+    let mut url = reqwest::Url::parse(&s.url("/dashboard/users")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("external_id", external_id);
+    s.client.delete(url)
+}
+
+/// The external ids of the holder of `key`'s users, sorted.
+async fn user_ids(s: &TestServer, key: &str) -> Vec<String> {
+    let r = send(s.get("/v1/users?limit=500").header("x-api-key", key)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut ids: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["external_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn the_partner_dashboard_erases_users_named_dot_and_dot_dot() {
+    // Completed enrollments, as a reader finishes them; B has a "." of its own.
+    let mut s = TestServer::prepare(Options::default());
+    let a = s.seed_partner("A", &[".", "..", "keep"]).await;
+    let b = s.seed_partner("B", &[".", "b-only"]).await;
+    s.launch().await;
+    let (a_key, b_key) = (a.api_key, b.api_key);
+    let (cookie, csrf) = session(&s, "/dashboard", "api_key", &a_key).await;
+
+    // Why the path cannot name them: a WHATWG URL client (reqwest, every browser) rewrites the
+    // `.`/`..` segment, so the API's own route never sees the id.
+    for (ext, reached) in [(".", "/v1/users/"), ("..", "/v1/"), ("%2E%2E", "/v1/")] {
+        let url = reqwest::Url::parse(&s.url(&format!("/v1/users/{ext}"))).unwrap();
+        assert_eq!(url.path(), reached, "{ext}");
+    }
+
+    // The dashboard's script erases through the route that survives that.
+    let script = send(s.get("/assets/partner.js")).await.text;
+    assert!(
+        script.contains(
+            r#"api("DELETE", "/dashboard/users?external_id=" + encodeURIComponent(u.external_id))"#
+        ),
+        "partner.js erases through /dashboard/users"
+    );
+    assert!(
+        !script.contains(r#""/v1/users/" + encodeURIComponent"#),
+        "partner.js names no user in a path"
+    );
+
+    // Only the partner's dashboard login with its CSRF token opens it; no key, no cookie alone.
+    let r = send(dashboard_erase(&s, ".").header("cookie", &cookie)).await;
+    r.assert_error_prefix(401, "not signed in to the partner dashboard");
+    let r = send(dashboard_erase(&s, ".").header("x-api-key", &a_key)).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert_eq!(user_ids(&s, &a_key).await, [".", "..", "keep"]);
+
+    let erase = |ext: &str| {
+        send(
+            dashboard_erase(&s, ext)
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf),
+        )
+    };
+    // Another partner's user is not found, and stays.
+    erase("b-only").await.assert_error(404, "not found");
+    let r = send(
+        s.client
+            .delete(s.url("/dashboard/users"))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf),
+    )
+    .await;
+    r.assert_error_prefix(400, "external_id is required");
+
+    let t = crate::fixtures::unix_now_ms();
+    for ext in [".", ".."] {
+        let r = erase(ext).await;
+        assert_eq!(r.status, 204, "erase {ext:?}: {}", r.text);
+        r.assert_rate_headers(t);
+        erase(ext).await.assert_error(404, "not found");
+    }
+    assert_eq!(user_ids(&s, &a_key).await, ["keep"]);
+    // B's own "." is another user: untouched.
+    assert_eq!(user_ids(&s, &b_key).await, [".", "b-only"]);
+}
+
+#[tokio::test]
+async fn a_dashboard_erasure_spends_the_apis_erase_budget() {
+    let mut s = TestServer::prepare(Options::default().per_minute(2));
+    let p = s.seed_partner("Budget", &[".", "EMP-1"]).await;
+    s.launch().await;
+    let (cookie, csrf) = session(&s, "/dashboard", "api_key", &p.api_key).await;
+    for _ in 0..2 {
+        let r = send(
+            s.client
+                .delete(s.url("/v1/users/nobody"))
+                .header("x-api-key", &p.api_key),
+        )
+        .await;
+        assert_eq!(r.status, 404, "{}", r.text);
+    }
+    let r = send(
+        dashboard_erase(&s, ".")
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf),
+    )
+    .await;
+    r.assert_error(429, "rate limit exceeded");
+    assert!(r.retry_after() > 0);
+    assert_eq!(user_ids(&s, &p.api_key).await, [".", "EMP-1"]);
+}

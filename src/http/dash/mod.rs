@@ -4,7 +4,11 @@
 //! Each is one server-rendered page shell (language, CSRF token, message catalog) and a script
 //! from `/assets/` that works through the same JSON APIs everyone else uses: `/admin/v1` for
 //! the operator, `/v1` for the partner, authenticated by the login cookie (see [`session`]).
-//! Nothing is loaded from outside the server; pages work on a phone and by keyboard.
+//! One partner action has a route of its own: erasing a user, `DELETE
+//! /dashboard/users?external_id=ID` ([`partner_erase_user`]), because a browser rewrites the
+//! API's `/v1/users/{external_id}` when the id is `.` or `..` (WHATWG URL drops or climbs such
+//! path segments, `%2e` included), and SPEC 2 allows both ids. A query value is never
+//! rewritten. Nothing is loaded from outside the server; pages work on a phone and by keyboard.
 //!
 //! Invariants: a credential typed into a login form is checked in constant time and spends the
 //! caller's address budget when wrong (brute force meets 429 like the APIs; the admin token gets
@@ -14,16 +18,18 @@
 
 pub mod session;
 
-use super::auth::client_ip;
+use super::auth::{client_ip, spend_address};
+use super::error::ApiError;
 use super::i18n::{self, Entry, dashboard_messages, from_accept_language};
 use crate::app::App;
 use crate::app::secrets::{hash_secret, hashes_equal};
-use crate::core::Language;
+use crate::core::ratelimit::Verdict;
+use crate::core::{Command, ExternalId, Language, PartnerId};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use session::Holder;
 use std::sync::Arc;
 
@@ -38,6 +44,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/dashboard/", get(|| async { Redirect::to("/dashboard") }))
         .route("/dashboard/login", post(partner_login))
         .route("/dashboard/logout", post(partner_logout))
+        .route("/dashboard/users", delete(partner_erase_user))
         .route(
             "/assets/dash.css",
             get(|| asset("dash.css", CSS, "text/css")),
@@ -523,4 +530,96 @@ async fn logout(app: &App, board: Board, req: Request) -> Response {
     }
     session::revoke(app, value);
     r
+}
+
+/// The rate budget a dashboard erasure spends: the API's own `DELETE /v1/users/{external_id}`
+/// (the limiter's key for that route), so this route is no way around the API's limit.
+const ERASE_ENDPOINT: &str = "DELETE /v1/users/{external_id}";
+
+/// `DELETE /dashboard/users?external_id=ID`: the partner dashboard's "Erase", the same erasure
+/// as the API's `DELETE /v1/users/{external_id}` (SPEC 2) with the user named in the query,
+/// which a browser sends as it is, so any valid external id (`.` and `..` too) reaches it.
+///
+/// Only the partner dashboard's login cookie opens it (with its `X-CSRF-Token`, as for any
+/// write; no API key: API clients have the SPEC's path), and it erases only that partner's
+/// users: another partner's id is "not found", as on the API. As on the API: one request of
+/// the partner's `DELETE /v1/users/{external_id}` budget (429 past it), an unauthenticated
+/// request spends the address budget, a log that cannot take writes answers 500, every answer
+/// carries the rate-limit headers, 204 on success and the API's JSON error bodies otherwise.
+async fn partner_erase_user(State(app): State<Arc<App>>, req: Request) -> Response {
+    let now_us = app.clock.now().timestamp_micros();
+    let holder = session::from_request(&app, req.method(), req.headers(), false);
+    let (verdict, answer) = match holder {
+        Some(Holder::Partner(partner)) => {
+            let v = app.limiter.partner(partner, ERASE_ENDPOINT, now_us);
+            let answer = if !v.allowed {
+                ApiError::RateLimited {
+                    retry_after_s: v.retry_after_s,
+                }
+                .into_response()
+            } else if !app.ready() {
+                ApiError::Unavailable.into_response()
+            } else {
+                match erase(&app, partner, req.uri().query()).await {
+                    Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                    Err(e) => e.into_response(),
+                }
+            };
+            (v, answer)
+        }
+        _ => {
+            let v = spend_address(&app, client_ip(req.extensions()), now_us);
+            let answer = if v.allowed {
+                super::error::message(
+                    StatusCode::UNAUTHORIZED,
+                    "not signed in to the partner dashboard, or the X-CSRF-Token header is \
+                     missing or wrong: sign in at /dashboard and erase from there",
+                )
+            } else {
+                ApiError::RateLimited {
+                    retry_after_s: v.retry_after_s,
+                }
+                .into_response()
+            };
+            (v, answer)
+        }
+    };
+    with_rate_headers(answer, &verdict)
+}
+
+/// Erases `partner`'s user named by the `external_id` query parameter (exactly once).
+async fn erase(app: &App, partner: PartnerId, query: Option<&str>) -> Result<(), ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("the query string could not be read: {e}")))?;
+    let mut ids = pairs.into_iter().filter(|(k, _)| k == "external_id");
+    let external_id = match (ids.next(), ids.next()) {
+        (Some((_, id)), None) => id,
+        (None, _) => {
+            return Err(ApiError::BadRequest(
+                "external_id is required: DELETE /dashboard/users?external_id=ID names the user \
+                 to erase (percent-encoded)"
+                    .into(),
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "external_id is given more than once: name one user to erase".into(),
+            ));
+        }
+    };
+    app.execute(Command::EraseUser {
+        partner_id: partner,
+        external_id: ExternalId(external_id),
+    })
+    .await?;
+    Ok(())
+}
+
+/// The `X-RateLimit-*` headers every `/v1` answer carries (SPEC 2), on a dashboard answer.
+fn with_rate_headers(mut resp: Response, v: &Verdict) -> Response {
+    let h = resp.headers_mut();
+    h.insert("x-ratelimit-limit", HeaderValue::from(v.limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(v.remaining));
+    h.insert("x-ratelimit-reset", HeaderValue::from(v.reset_s));
+    resp
 }

@@ -1,6 +1,7 @@
 // palmgate partner dashboard (/dashboard): webhook, deliveries, sessions, users.
 // Everything goes through the partner's own /v1 API with the login cookie (PG.api adds the
-// CSRF header). Texts come from the page's catalog through PG.t; nothing is inserted as HTML.
+// CSRF header), but erasing a user: DELETE /dashboard/users?external_id=ID, same cookie.
+// Texts come from the page's catalog through PG.t; nothing is inserted as HTML.
 "use strict";
 (function () {
   const { t, api, h, attempt, confirmDialog, time, tabs, root } = PG;
@@ -665,7 +666,9 @@
       erase.addEventListener("click", async () => {
         if (!(await confirmDialog(t("partner.users.erase_confirm", { id: u.external_id })))) return;
         busy(erase, async () => {
-          await api("DELETE", "/v1/users/" + encodeURIComponent(u.external_id));
+          // The id goes in the query, not the path: a browser rewrites a "." or ".." path
+          // segment (%2e too), so /v1/users/.. would reach /v1/ (SPEC 2 allows both ids).
+          await api("DELETE", "/dashboard/users?external_id=" + encodeURIComponent(u.external_id));
           say(msg, t("partner.users.erased", { id: u.external_id }));
           await load();
           if (!holder.contains(document.activeElement)) refresh.focus();
