@@ -534,6 +534,10 @@ impl SqliteStore {
         if let Some(w) = self.writer.lock().expect("store lock").take() {
             let _ = w.join();
         }
+        // The read connections close too (a read in progress closes its own when it ends), so
+        // the last connection to go checkpoints the WAL and removes `-wal` and `-shm`, even
+        // while a task that outlives the server keeps this store alive.
+        self.readers.close();
         self.lock.lock().expect("store lock").take();
     }
 }
@@ -550,6 +554,8 @@ impl Drop for SqliteStore {
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Set by [`Readers::close`]: a connection handed back is closed, not kept.
+    closed: AtomicBool,
     /// Opens another connection to `path`.
     open: fn(&Path) -> Result<Connection, StoreError>,
 }
@@ -569,8 +575,16 @@ impl Readers {
         Readers {
             path,
             idle: Mutex::new(vec![first]),
+            closed: AtomicBool::new(false),
             open,
         }
+    }
+
+    /// Closes the idle connections; those checked out close when handed back.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let idle = std::mem::take(&mut *self.idle.lock().expect("store lock"));
+        drop(idle);
     }
 
     fn take(&self) -> Result<Reader<'_>, StoreError> {
@@ -603,7 +617,7 @@ impl Drop for Reader<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
             let mut idle = self.pool.idle.lock().expect("store lock");
-            if idle.len() < Readers::IDLE {
+            if idle.len() < Readers::IDLE && !self.pool.closed.load(Ordering::Acquire) {
                 idle.push(c);
             }
         }
@@ -1507,7 +1521,8 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         store.close();
-        assert!(std::fs::metadata(dir.path().join("events.db-wal")).is_ok());
+        // Checkpointed into the database at the close (`close_alone_removes_the_wal_and_shm`).
+        assert_eq!(side_files(&path), Vec::<PathBuf>::new());
         let reopened = SqliteStore::open(&path).unwrap();
         assert_eq!(reopened.read_raw(0, 100).unwrap().len(), 32);
     }
@@ -1900,6 +1915,38 @@ mod tests {
             side_files(path),
             Vec::<PathBuf>::new(),
             "a clean close leaves none"
+        );
+    }
+
+    /// `close` alone (the store still referenced, as by a task that outlives the server: the
+    /// SIGTERM path) leaves no `-wal` or `-shm`: the read connections close with it, and a read
+    /// after the close opens and closes its own. Before, the idle readers stayed open until the
+    /// last reference went, so a stopped server left both files beside the log.
+    #[tokio::test]
+    async fn close_alone_removes_the_wal_and_shm() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        for s in ["a", "bb", "ccc"] {
+            put(&store, s, Expected::NoStream).await.unwrap();
+        }
+        // Two readers at once, so the pool holds more than the first connection.
+        let (a, b) = (store.readers.take().unwrap(), store.readers.take().unwrap());
+        drop((a, b));
+        assert_eq!(store.read_raw(0, 10).unwrap().len(), 3);
+        assert!(!side_files(&path).is_empty(), "a live log has its WAL");
+        let kept = store.clone();
+        store.close();
+        assert_eq!(
+            side_files(&path),
+            Vec::<PathBuf>::new(),
+            "close leaves none"
+        );
+        assert_eq!(kept.read_raw(0, 10).unwrap().len(), 3, "reads still work");
+        assert_eq!(
+            side_files(&path),
+            Vec::<PathBuf>::new(),
+            "nor does a later read"
         );
     }
 
