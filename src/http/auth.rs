@@ -153,6 +153,8 @@ pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) 
         .map(|m| m.as_str().to_string());
     let public = matched.as_deref().is_some_and(|m| PUBLIC.contains(&m));
     let endpoint = match &matched {
+        // HEAD is answered by the GET handler: it spends GET's budget, not one of its own.
+        Some(m) if req.method() == axum::http::Method::HEAD => format!("GET {m}"),
         Some(m) => format!("{} {m}", req.method()),
         None => "unmatched".to_string(),
     };

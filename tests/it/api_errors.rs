@@ -290,6 +290,37 @@ async fn every_v1_answer_carries_rate_limit_headers() {
     }
 }
 
+/// HEAD is answered by the GET handler, so it spends the GET endpoint's budget (SPEC 2: "per
+/// partner per endpoint"); before, it had a bucket of its own and doubled every GET's budget.
+#[tokio::test]
+async fn head_spends_the_get_budget() {
+    let s = TestServer::start_with(Options::default().per_minute(2)).await;
+    let (_, key) = s.create_partner("Header").await;
+    let get = || s.get("/v1/users/nobody").header("x-api-key", &key);
+    send(get()).await.assert_error(404, "not found");
+    let t = unix_now_ms();
+    let head = send(
+        s.client
+            .head(s.url("/v1/users/nobody"))
+            .header("x-api-key", &key),
+    )
+    .await;
+    assert_eq!(head.status, 404);
+    assert_eq!(
+        head.assert_rate_headers(t).remaining,
+        0,
+        "HEAD took GET's second request"
+    );
+    send(get()).await.assert_error(429, "rate limit exceeded");
+    let head = send(
+        s.client
+            .head(s.url("/v1/users/nobody"))
+            .header("x-api-key", &key),
+    )
+    .await;
+    assert_eq!(head.status, 429);
+}
+
 #[tokio::test]
 async fn inactive_is_checked_before_the_rate_limit() {
     let s = TestServer::start_with(Options::default().per_minute(2)).await;
