@@ -65,7 +65,19 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             ));
         }
         let LimitedBody(bytes) = LimitedBody::from_request(req, s).await?;
-        parse_json(&bytes).map(JsonBody)
+        let value = parse_json(&bytes)?;
+        if let Some(n) = wide_integer(&bytes) {
+            let n = if n.len() > 40 {
+                format!("{}… ({} digits)", &n[..32], n.len())
+            } else {
+                n.to_string()
+            };
+            return Err(ApiError::BadRequest(format!(
+                "number {n} is out of range: integers must fit in 64 bits (send larger ones as \
+                 strings)"
+            )));
+        }
+        Ok(JsonBody(value))
     }
 }
 
@@ -108,4 +120,75 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
             e.column(),
         ))
     })
+}
+
+/// The first integer literal of a valid JSON text that fits neither `i64` nor `u64`. serde_json
+/// would keep it as the nearest binary64 (`123456789012345678901234567890` comes back as
+/// `1.2345678901234568e29`), so a partner's `metadata` would not come back as sent; such a
+/// body is refused instead. Numbers with a fraction or an exponent are binary64 by nature
+/// (RFC 8259 section 6) and pass.
+fn wide_integer(json: &[u8]) -> Option<&str> {
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < json.len()
+                    && matches!(json[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = std::str::from_utf8(&json[start..i]).ok()?;
+                let integer = !token.contains(['.', 'e', 'E']);
+                if integer && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
+                    return Some(token);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod wide_integer_tests {
+    use super::wide_integer;
+
+    #[test]
+    fn integers_beyond_64_bits_are_found_outside_strings_only() {
+        let found = |s: &str| wide_integer(s.as_bytes()).map(str::to_string);
+        assert_eq!(
+            found(r#"{"a":1,"b":-9223372036854775808,"c":18446744073709551615}"#),
+            None
+        );
+        assert_eq!(
+            found(r#"{"a":1.5e300,"b":0.1,"c":-1E-5,"d":123456789012345678901234567890.0}"#),
+            None
+        );
+        assert_eq!(
+            found(r#"{"m":{"badge":123456789012345678901234567890}}"#).as_deref(),
+            Some("123456789012345678901234567890")
+        );
+        assert_eq!(
+            found(r#"[-9223372036854775809]"#).as_deref(),
+            Some("-9223372036854775809")
+        );
+        assert_eq!(
+            found(r#"[18446744073709551616]"#).as_deref(),
+            Some("18446744073709551616")
+        );
+        // Inside strings, escaped quotes included, digits are text.
+        assert_eq!(
+            found(r#"{"k":"99999999999999999999999","e":"\"99999999999999999999999"}"#),
+            None
+        );
+        assert_eq!(found(r#"{"k\"":1}"#), None);
+    }
 }

@@ -14,7 +14,7 @@ use crate::core::event::Idempotency;
 use crate::core::*;
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -173,23 +173,40 @@ fn depth(v: &Value) -> usize {
     }
 }
 
+/// The `Idempotency-Key` header, checked from the request's head: a bad one is a 400 before
+/// the body is read (SPEC 2 checks 400 before 413).
+pub struct IdemKey(Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdemKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        let Some(raw) = parts.headers.get("idempotency-key") else {
+            return Ok(IdemKey(None));
+        };
+        let refuse = |m: &str| super::body::refuse_head(&parts.headers, m);
+        let key = raw
+            .to_str()
+            .map_err(|_| refuse("Idempotency-Key must be visible ASCII"))?;
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(refuse("Idempotency-Key must be 1 to 255 characters"));
+        }
+        Ok(IdemKey(Some(key.to_string())))
+    }
+}
+
 fn idempotency(
-    headers: &HeaderMap,
+    IdemKey(key): IdemKey,
     kind: SessionKind,
     lang: Language,
     body: Option<&Value>,
 ) -> Result<Option<Idempotency>, ApiError> {
-    let Some(raw) = headers.get("idempotency-key") else {
+    let Some(key) = key else {
         return Ok(None);
     };
-    let key = raw
-        .to_str()
-        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-        return Err(ApiError::BadRequest(
-            "Idempotency-Key must be 1 to 255 characters".into(),
-        ));
-    }
     let mut h = Sha256::new();
     h.update(kind.as_str());
     h.update([0]);
@@ -199,7 +216,7 @@ fn idempotency(
         h.update(serde_json::to_string(b).unwrap_or_default());
     }
     Ok(Some(Idempotency {
-        key: key.to_string(),
+        key,
         fingerprint: hex::encode(h.finalize()),
     }))
 }
@@ -261,11 +278,11 @@ pub async fn enroll(
     State(app): State<Arc<App>>,
     Partner(partner): Partner,
     Lang(lang): Lang,
-    headers: HeaderMap,
+    key: IdemKey,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let req = parse_enroll(&body)?;
-    let idem = idempotency(&headers, SessionKind::Enroll, lang, Some(&body))?;
+    let idem = idempotency(key, SessionKind::Enroll, lang, Some(&body))?;
     create_session(&app, partner, SessionKind::Enroll, lang, Some(req), idem).await
 }
 
@@ -274,11 +291,11 @@ pub async fn identify(
     State(app): State<Arc<App>>,
     Partner(partner): Partner,
     Lang(lang): Lang,
-    headers: HeaderMap,
+    key: IdemKey,
     // No body is expected; one is read (and ignored) so that an oversized one is a 413.
     _body: super::body::LimitedBody,
 ) -> Result<Response, ApiError> {
-    let idem = idempotency(&headers, SessionKind::Identify, lang, None)?;
+    let idem = idempotency(key, SessionKind::Identify, lang, None)?;
     create_session(&app, partner, SessionKind::Identify, lang, None, idem).await
 }
 

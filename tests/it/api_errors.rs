@@ -1029,6 +1029,58 @@ async fn idempotency_key_over_255_characters_is_400() {
         .assert_error(400, "Idempotency-Key must be 1 to 255 characters");
 }
 
+/// A bad `Idempotency-Key` is a 400 decided from the request's head, so it comes before a
+/// 413 for the body (SPEC 2: 400 before 413); before, the key was checked after the body was
+/// read and the answer was 413.
+#[tokio::test]
+async fn a_bad_idempotency_key_is_400_before_an_oversized_body() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Heavy").await;
+    let big = vec![b' '; 70_000];
+    for path in ["/v1/enroll", "/v1/identify"] {
+        for (idem, msg) in [
+            (
+                "k".repeat(300),
+                "Idempotency-Key must be 1 to 255 characters",
+            ),
+            ("ключ".to_string(), "Idempotency-Key must be visible ASCII"),
+        ] {
+            let idem = reqwest::header::HeaderValue::from_bytes(idem.as_bytes()).unwrap();
+            let t = unix_now_ms();
+            let a = send(
+                s.post(path)
+                    .header("x-api-key", &key)
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", idem)
+                    .body(big.clone()),
+            )
+            .await;
+            a.assert_error(400, msg);
+            a.assert_rate_headers(t);
+        }
+    }
+}
+
+/// An integer literal beyond 64 bits would come back rounded (serde_json keeps it as the
+/// nearest binary64), so an enrollment's `metadata` would not be what the partner sent: the
+/// body is refused with a 400 that names the number. Fractions and exponents pass.
+#[tokio::test]
+async fn integers_beyond_64_bits_are_refused_not_rounded() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Wide").await;
+    let body = br#"{"external_id":"BIG","metadata":{"badge":123456789012345678901234567890}}"#;
+    let a = enroll_raw(&s, &key, Some("application/json"), body.to_vec()).await;
+    a.assert_error(
+        400,
+        "number 123456789012345678901234567890 is out of range: integers must fit in 64 bits \
+         (send larger ones as strings)",
+    );
+    let body = br#"{"external_id":"OK","metadata":{"a":-9223372036854775808,"b":18446744073709551615,"c":1.5e300,"d":"123456789012345678901234567890"}}"#;
+    enroll_raw(&s, &key, Some("application/json"), body.to_vec())
+        .await
+        .created();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_with_one_idempotency_key_share_one_session() {
     let mut s = TestServer::start().await;
