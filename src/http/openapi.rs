@@ -12,8 +12,9 @@ use super::pass_api::{SessionBody, SessionCreatedBody, UserBody};
 use super::webhook_api::{AttemptBody, DeliveryBody, WebhookBody, WebhookSecretBody};
 use axum::Json;
 use serde::Serialize;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// `?language=` of enroll and identify.
@@ -71,6 +72,21 @@ pub struct EnrollBody {
     pub metadata: Option<serde_json::Value>,
 }
 
+/// `202` of `POST /v1/webhook/test` and `POST /v1/webhook/deliveries/{id}/redeliver`
+/// (`webhook_api::test` and `webhook_api::redeliver`).
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryQueuedBody {
+    /// The delivery queued: a new `msg_…` ping (test), or the one redelivered.
+    pub delivery_id: String,
+}
+
+/// `200` of `POST /v1/webhook/recover` (`webhook_api::recover`).
+#[derive(Serialize, ToSchema)]
+pub struct RecoverQueuedBody {
+    /// How many failed deliveries since `since` are queued again.
+    pub redelivering: u64,
+}
+
 /// Body of `POST /admin/v1/partners`.
 #[derive(Serialize, ToSchema)]
 pub struct CreatePartnerBody {
@@ -86,7 +102,8 @@ pub struct CreatePartnerBody {
            ("Idempotency-Key" = Option<String>, Header, description = "≤ 255 characters")),
     request_body(content = EnrollBody, content_type = "application/json"),
     responses(
-        (status = 201, body = SessionCreatedBody, description = "session created"),
+        (status = 201, body = SessionCreatedBody, description = "session created",
+         headers(("Idempotent-Replayed" = String, description = "`true` when the answer replays the session an earlier request with the same Idempotency-Key created; absent otherwise"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)),
@@ -97,7 +114,8 @@ fn enroll() {}
     params(("language" = Option<Language>, Query, description = "en (default), kk or ru"),
            ("Idempotency-Key" = Option<String>, Header, description = "≤ 255 characters")),
     responses(
-        (status = 201, body = SessionCreatedBody, description = "session created"),
+        (status = 201, body = SessionCreatedBody, description = "session created",
+         headers(("Idempotent-Replayed" = String, description = "`true` when the answer replays the session an earlier request with the same Idempotency-Key created; absent otherwise"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody, description = "a body (none is needed) over 64 KiB"),
@@ -253,7 +271,8 @@ fn enable_webhook() {}
 fn rotate_webhook_secret() {}
 
 #[utoipa::path(post, path = "/v1/webhook/test", tag = "webhooks",
-    responses((status = 202, description = "a signed ping is queued"), (status = 404, body = ErrorBody)),
+    responses((status = 202, body = DeliveryQueuedBody, description = "a signed ping is queued"),
+              (status = 404, body = ErrorBody)),
     security(("api_key" = [])))]
 fn test_webhook() {}
 
@@ -265,14 +284,15 @@ fn list_deliveries() {}
 
 #[utoipa::path(post, path = "/v1/webhook/deliveries/{id}/redeliver", tag = "webhooks",
     params(("id" = String, Path)),
-    responses((status = 202, description = "a new sequence of attempts starts now"),
+    responses((status = 202, body = DeliveryQueuedBody, description = "a new sequence of attempts starts now"),
               (status = 404, body = ErrorBody)),
     security(("api_key" = [])))]
 fn redeliver() {}
 
 #[utoipa::path(post, path = "/v1/webhook/recover", tag = "webhooks",
     request_body(content = RecoverBody, content_type = "application/json"),
-    responses((status = 200, description = "`{\"redelivering\": n}`"), (status = 400, body = ErrorBody),
+    responses((status = 200, body = RecoverQueuedBody, description = "the failed deliveries since `since` are queued again"),
+              (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody)),
     security(("api_key" = [])))]
 fn recover() {}
@@ -337,7 +357,8 @@ fn event_stream() {}
     responses((status = 200, content_type = "text/html", description = "the page (a notice when the chosen reader is offline or busy)"),
               (status = 400, description = "link expired"), (status = 410, description = "already used"),
               (status = 404, description = "unknown"),
-              (status = 429, body = ErrorBody, description = "`?reader=`: too many armings from this address (with Retry-After)"),
+              (status = 429, body = ErrorBody, description = "`?reader=`: too many armings from this address",
+               headers(("Retry-After" = u64, description = "seconds to wait, at least 1"))),
               (status = 500, body = ErrorBody, description = "`?reader=`: internal error (e.g. the event log cannot accept writes)")))]
 fn enroll_page() {}
 
@@ -346,7 +367,8 @@ fn enroll_page() {}
     responses((status = 200, content_type = "text/html", description = "the page (a notice when the chosen reader is offline or busy)"),
               (status = 400, description = "link expired"), (status = 410, description = "already used"),
               (status = 404, description = "unknown"),
-              (status = 429, body = ErrorBody, description = "`?reader=`: too many armings from this address (with Retry-After)"),
+              (status = 429, body = ErrorBody, description = "`?reader=`: too many armings from this address",
+               headers(("Retry-After" = u64, description = "seconds to wait, at least 1"))),
               (status = 500, body = ErrorBody, description = "`?reader=`: internal error (e.g. the event log cannot accept writes)")))]
 fn identify_page() {}
 
@@ -387,7 +409,9 @@ pub struct UpstreamHookBody {
               (status = 400, body = ErrorBody, description = "not a webhook payload"),
               (status = 401, body = ErrorBody, description = "missing, wrong or stale signature"),
               (status = 404, body = ErrorBody, description = "upstream mode is off"),
-              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 413, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "too many unsigned calls from this address",
+               headers(("Retry-After" = u64, description = "seconds to wait, at least 1"))),
               (status = 500, body = ErrorBody, description = "internal error (e.g. the event log cannot accept writes): retry")))]
 fn upstream_hook() {}
 
@@ -404,8 +428,10 @@ fn metrics() {}
 
 /// Adds the error answers every operation of a family can give, where its description does not
 /// name them already: 401 and 429 behind a credential, 403 for an inactive partner, 400 and 413
-/// with a body, 404 with a path parameter, 500 for a write the log cannot take (SPEC 2: a failed
-/// disk), 414 and 431 on every route for a head over the size limits. Kept here, in
+/// with a body, 408 wherever a body is read (a request body or a 413: a body not whole within
+/// `[http] body_timeout`, 30 s by default), 404 with a path parameter, 500 for a write the log
+/// cannot take (SPEC 2: a failed disk), 414 and 431 on every route for a head over the size
+/// limits. Kept here, in
 /// one place, so the document cannot drift from the gate and extractors that produce them
 /// (schemathesis checks every answer against it).
 struct CommonErrors;
@@ -425,6 +451,9 @@ impl Modify for CommonErrors {
                 let Some(op) = op else { continue };
                 let has_body = op.request_body.is_some();
                 let responses = &mut op.responses.responses;
+                // A documented 413 means the handler reads the body (identify reads and ignores
+                // one; the policy and upstream hook read theirs raw): it can time out as well.
+                let reads_body = has_body || responses.contains_key("413");
                 let mut add = |code: &str, what: &str| {
                     responses
                         .entry(code.to_string())
@@ -455,6 +484,90 @@ impl Modify for CommonErrors {
                 if has_body {
                     add("400", "bad request body");
                     add("413", "request body over 64 KiB");
+                }
+                if reads_body {
+                    add(
+                        "408",
+                        "the request body did not arrive whole within `[http] body_timeout` (30 s by default); the connection is closed",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The headers the gates put on answers, added to the responses they appear on (after
+/// [`CommonErrors`], so that its answers get them too): `X-RateLimit-Limit`,
+/// `X-RateLimit-Remaining` and `X-RateLimit-Reset` on every answer under `/v1` (the `/v1` gate,
+/// `auth::v1_gate`, sets them on all of them, SPEC 2), and `Retry-After` on every 429 of the
+/// `/v1` and `/admin/v1` gates (`ApiError::RateLimited`). Other 429s name their own headers.
+struct RateLimitHeaders;
+
+/// The three `X-RateLimit-*` headers: (name, minimum, description).
+const RATE_LIMIT_HEADERS: [(&str, i64, &str); 3] = [
+    (
+        "X-RateLimit-Limit",
+        1,
+        "requests allowed per minute for this endpoint (per partner; per address without a key)",
+    ),
+    (
+        "X-RateLimit-Remaining",
+        0,
+        "requests left in the current window",
+    ),
+    (
+        "X-RateLimit-Reset",
+        0,
+        "Unix time (seconds) when the budget is whole again",
+    ),
+];
+
+fn integer_header(minimum: i64, description: &str) -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(minimum))
+                .build(),
+        )
+        .description(Some(description))
+        .build()
+}
+
+impl Modify for RateLimitHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let partner = path.starts_with("/v1/");
+            let admin = path.starts_with("/admin/v1/");
+            if !partner && !admin {
+                continue;
+            }
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                for (code, response) in op.responses.responses.iter_mut() {
+                    // Every response here is written out (`error_response` or the path
+                    // macros), none is a `$ref`.
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    if partner {
+                        for (name, minimum, what) in RATE_LIMIT_HEADERS {
+                            response
+                                .headers
+                                .insert(name.to_string(), integer_header(minimum, what));
+                        }
+                    }
+                    if code == "429" {
+                        response.headers.insert(
+                            "Retry-After".to_string(),
+                            integer_header(1, "seconds to wait before the next request can pass"),
+                        );
+                    }
                 }
             }
         }
@@ -503,8 +616,9 @@ impl Modify for Security {
     components(schemas(ErrorBody, Language, DeliveryStatusFilter, AuditFormat, PageKind, EnrollBody, SessionCreatedBody, SessionBody, UserBody,
                        PartnerBody, PartnerCreatedBody, CreatePartnerBody, ReaderBody,
                        WebhookPutBody, WebhookBody, WebhookSecretBody, DeliveryBody, AttemptBody,
-                       RecoverBody, OnBody, DoorBody, AdminUserBody, UpstreamHookBody)),
-    modifiers(&Security, &CommonErrors)
+                       RecoverBody, OnBody, DoorBody, AdminUserBody, UpstreamHookBody,
+                       DeliveryQueuedBody, RecoverQueuedBody)),
+    modifiers(&Security, &CommonErrors, &RateLimitHeaders)
 )]
 pub struct ApiDoc;
 
