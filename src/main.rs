@@ -258,9 +258,47 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Makes the process non-dumpable (`PR_SET_DUMPABLE` 0): no core dump, and no other process
+/// of the same user may `ptrace` it or read its `/proc/<pid>/mem`. The memory holds clear
+/// palm templates (the matcher index, captures being handled), which a dump or a memory read
+/// would leak, erased ones included until overwritten (SPEC 8.3). Called by `serve` and `demo`
+/// before any template is opened; systemd's `LimitCORE=0` (deploy/palmgate.service) adds the
+/// same for core dumps. Returns whether it took effect.
+fn forbid_core_dumps() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integers only and touches no memory of ours.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_SET_DUMPABLE,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if rc == 0 {
+            tracing::debug!("process is not dumpable: no core dumps, no same-user ptrace");
+            true
+        } else {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "prctl(PR_SET_DUMPABLE, 0) failed: a core dump of this process could hold palm templates"
+            );
+            false
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        tracing::debug!("no PR_SET_DUMPABLE on this system: core dumps are left to its limits");
+        false
+    }
+}
+
 async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load_with_process_env(config.as_deref())?;
     init_logging(config.log.format);
+    forbid_core_dumps();
     if config.admin.token.is_empty() && config.admin.token_sha256.is_empty() {
         tracing::warn!("admin.token is not set: the admin API refuses every call");
     }
@@ -307,6 +345,7 @@ async fn demo(
         config.http.listen = l;
     }
     init_logging(config.log.format);
+    forbid_core_dumps();
     palmgate::demo::run(
         config,
         data,
@@ -708,6 +747,18 @@ mod tests {
         assert!(!log_colours(true, Some(OsStr::new("1"))));
         assert!(!log_colours(false, None));
         assert!(!log_colours(false, Some(OsStr::new(""))));
+    }
+
+    /// SPEC 8.3: after the start-up call the process is not dumpable (no core dump holding
+    /// templates, no same-user read of its memory).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn start_up_makes_the_process_not_dumpable() {
+        // SAFETY: PR_GET_DUMPABLE takes and returns integers only.
+        let dumpable = || unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+        assert_eq!(dumpable(), 1, "a test process starts dumpable");
+        assert!(super::forbid_core_dumps());
+        assert_eq!(dumpable(), 0);
     }
 
     #[test]

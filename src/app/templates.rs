@@ -4,6 +4,9 @@
 //! Invariants: a template's clear bytes exist only in memory (the matcher index and the
 //! capture being handled); the log holds `SealedTemplate` (ChaCha20-Poly1305, associated data
 //! binding it to its partner and user); destroying the data key makes the ciphertext noise.
+//! The clear bytes this module makes on the way (the encoding sealed, the decrypted buffer)
+//! are zeroed before they are freed (`Zeroizing`): an erased template must not be
+//! recoverable from the process's memory (SPEC 8.3).
 
 use crate::core::event::SealedTemplate;
 use crate::core::matcher;
@@ -12,6 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
+use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -42,11 +46,13 @@ pub fn seal(
     nonce: [u8; 12],
 ) -> Sealed {
     let cipher = ChaCha20Poly1305::new((&data_key).into());
+    // Encrypted in a copy of its own (the AEAD's buffer ends as ciphertext); this one is wiped.
+    let clear = Zeroizing::new(matcher::to_le_bytes(values));
     let ct = cipher
         .encrypt(
             (&nonce).into(),
             Payload {
-                msg: &matcher::to_le_bytes(values),
+                msg: &clear,
                 aad: &aad(partner, user),
             },
         )
@@ -85,7 +91,9 @@ pub fn open(
                 aad: &aad(partner, user),
             },
         )
+        .map(Zeroizing::new)
         .map_err(|_| TemplateError::Open("authentication failed"))?;
+    // The values returned are the caller's to wipe; the decrypted bytes are wiped here.
     matcher::from_le_bytes(&clear, dim).map_err(|_| TemplateError::Open("wrong dimension"))
 }
 

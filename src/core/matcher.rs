@@ -119,10 +119,20 @@
 //! Invariants: every stored vector has length `dim` (and should have norm 1); one entry per
 //! (partner, user); a block's f32 rows, codes, tail norms, scales and ids always describe the
 //! same rows; padding lanes of the last f32 group are zero; a block with no rows is removed.
+//!
+//! # Erasure (SPEC 8.3: an erased template can never be recovered)
+//! Decoded int8 codes are ~0.9999 cosine to the template, so every copy of a row (f32 values,
+//! codes, their temporaries) is zeroed before its memory is given back or left as spare
+//! capacity: a removed row's slots are zeroed before the buffers are truncated, a block is
+//! zeroed when dropped ([`Block::wipe`]), the buffers grow and shrink by copying into a new
+//! allocation and zeroing the old one ([`reserve_wiping`], [`shrink_wiping`]) rather than by
+//! `realloc`, and a row's code temporaries are zeroed after use. Only removal, insertion and
+//! growth pay for it, never a search. Left: user ids (not template bytes) are not wiped.
 
 use super::ids::{ExternalId, PartnerId};
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use zeroize::{DefaultIsZeroes, Zeroize};
 
 /// Why a template was refused.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -462,6 +472,37 @@ struct Block {
     norm_max: f32,
 }
 
+impl Drop for Block {
+    /// An emptied block (its partner's last user erased) or a dropped index leaves no
+    /// template bytes in freed memory (SPEC 8.3).
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+/// Makes room for `extra` more elements. Where `Vec` would `realloc` (which may move the
+/// elements and free the old buffer as it is), the elements are copied into a new buffer of
+/// twice the capacity and the old one is zeroed before it is freed.
+fn reserve_wiping<T: DefaultIsZeroes>(v: &mut Vec<T>, extra: usize) {
+    if v.capacity() - v.len() >= extra {
+        return;
+    }
+    let cap = (v.len() + extra).max(2 * v.capacity()).max(4);
+    let mut grown = Vec::with_capacity(cap);
+    grown.extend_from_slice(v);
+    std::mem::replace(v, grown).zeroize();
+}
+
+/// Releases `v`'s spare capacity, zeroing the old buffer (see [`reserve_wiping`]).
+fn shrink_wiping<T: DefaultIsZeroes>(v: &mut Vec<T>) {
+    if v.capacity() == v.len() {
+        return;
+    }
+    let mut exact = Vec::with_capacity(v.len());
+    exact.extend_from_slice(v);
+    std::mem::replace(v, exact).zeroize();
+}
+
 impl Block {
     fn len(&self) -> usize {
         self.scales.len()
@@ -485,16 +526,19 @@ impl Block {
         let now = t.iter().any(|v| !v.is_finite());
         self.irregular = self.irregular + usize::from(now) - usize::from(was);
 
-        let (codes, scale) = quantise(t);
+        let (mut codes, scale) = quantise(t);
         let mut words = vec![0i16; shape.words];
         pack(&codes, &mut words);
         let (h, tl) = (shape.head, shape.tail);
         self.head[row * h..(row + 1) * h].copy_from_slice(&words[..h]);
         self.tail[row * tl..(row + 1) * tl].copy_from_slice(&words[h..]);
+        // The row's codes, in full: zeroed before they are freed (SPEC 8.3).
+        words.zeroize();
         let tail_sq: u64 = codes.iter().skip(2 * h).map(|&c| (c * c) as u64).sum();
         self.tail_norms[row] = ceil_sqrt(tail_sq);
         self.scales[row] = scale;
         let l1 = scale * codes.iter().map(|c| c.unsigned_abs() as f32).sum::<f32>();
+        codes.zeroize();
         let norm = t.iter().map(|v| v * v).sum::<f32>().sqrt();
         if now {
             return;
@@ -506,12 +550,18 @@ impl Block {
 
     fn push(&mut self, shape: Shape, user: &str, t: &[f32]) {
         let row = self.len();
+        // Grown by `reserve_wiping`, so a reallocation leaves no copy of the rows behind.
         if row.is_multiple_of(GROUP) {
+            reserve_wiping(&mut self.rows, GROUP * shape.dim);
             self.rows.resize(self.rows.len() + GROUP * shape.dim, 0.0);
         }
+        reserve_wiping(&mut self.head, shape.head);
         self.head.resize(self.head.len() + shape.head, 0);
+        reserve_wiping(&mut self.tail, shape.tail);
         self.tail.resize(self.tail.len() + shape.tail, 0);
+        reserve_wiping(&mut self.tail_norms, 1);
         self.tail_norms.push(0);
+        reserve_wiping(&mut self.scales, 1);
         self.scales.push(0.0);
         self.ids.push(user);
         self.write(shape, row, t);
@@ -532,15 +582,33 @@ impl Block {
             self.tail_norms[row] = self.tail_norms[last];
             self.scales[row] = self.scales[last];
         }
+        // The last slot (the removed row, or the row just moved out of it) is zeroed before
+        // it becomes spare capacity (SPEC 8.3).
         for i in 0..dim {
-            self.rows[Self::at(dim, last, i)] = 0.0;
+            self.rows[Self::at(dim, last, i)].zeroize();
         }
         self.ids.swap_remove(row);
+        self.head[last * h..].zeroize();
         self.head.truncate(last * h);
+        self.tail[last * tl..].zeroize();
         self.tail.truncate(last * tl);
-        self.tail_norms.pop();
-        self.scales.pop();
+        self.tail_norms[last..].zeroize();
+        self.tail_norms.truncate(last);
+        self.scales[last..].zeroize();
+        self.scales.truncate(last);
+        // The truncated f32 lanes are all zero: the last row's were zeroed just above, and a
+        // group is dropped only when none of its rows is live.
         self.rows.truncate(last.div_ceil(GROUP) * GROUP * dim);
+    }
+
+    /// Zeroes every buffer holding template values (f32 rows, codes, tail norms, scales), over
+    /// their full capacity, and empties them. Called when a block is dropped.
+    fn wipe(&mut self) {
+        self.rows.zeroize();
+        self.head.zeroize();
+        self.tail.zeroize();
+        self.tail_norms.zeroize();
+        self.scales.zeroize();
     }
 
     /// The exact similarity of `row` (sequential sum, as [`dot`]).
@@ -1829,11 +1897,11 @@ impl Index {
     /// Releases growth headroom (after a bulk load).
     pub fn shrink_to_fit(&mut self) {
         for b in self.blocks.values_mut() {
-            b.rows.shrink_to_fit();
-            b.head.shrink_to_fit();
-            b.tail.shrink_to_fit();
-            b.tail_norms.shrink_to_fit();
-            b.scales.shrink_to_fit();
+            shrink_wiping(&mut b.rows);
+            shrink_wiping(&mut b.head);
+            shrink_wiping(&mut b.tail);
+            shrink_wiping(&mut b.tail_norms);
+            shrink_wiping(&mut b.scales);
             b.ids.arena.shrink_to_fit();
             b.ids.spans.shrink_to_fit();
         }
@@ -2532,6 +2600,144 @@ mod tests {
         assert!(!stats.exact_only);
         assert_eq!(c.unwrap().external_id, u("bad"));
         assert_eq!(ix.best(&unit(8, 1), &[]), None);
+    }
+
+    /// The first `n` elements of `v`'s spare capacity. `n` must not exceed the length `v` had
+    /// before it was truncated: those elements were written, and truncating a vector of
+    /// `Copy` values leaves their bytes as they were (nothing here reads freed memory).
+    fn left_behind<T: Copy>(v: &mut Vec<T>, n: usize) -> Vec<T> {
+        v.spare_capacity_mut()[..n]
+            .iter()
+            // SAFETY: initialised, see above.
+            .map(|x| unsafe { x.assume_init() })
+            .collect()
+    }
+
+    /// A row's int8 codes (head then tail words) as stored.
+    fn codes_of(b: &Block, shape: Shape, row: usize) -> Vec<i16> {
+        let (h, tl) = (shape.head, shape.tail);
+        let mut c = b.head[row * h..(row + 1) * h].to_vec();
+        c.extend_from_slice(&b.tail[row * tl..(row + 1) * tl]);
+        c
+    }
+
+    /// SPEC 8.3: the removed row's codes are not left in the spare capacity `truncate` makes
+    /// (they decode to ~0.9999 cosine of the template). Both cases: the removed row is the
+    /// last one, and another row is moved into the removed row's slot.
+    #[test]
+    fn a_removed_row_leaves_no_codes_in_spare_capacity() {
+        let dim = 128;
+        let shape = Shape::new(dim);
+        let (h, tl) = (shape.head, shape.tail);
+        assert!(h > 0 && tl > 0);
+        let mut g = Gen(21);
+        let mut ix = Index::new(dim);
+        for name in ["alice", "carol", "bob"] {
+            ix.insert(p(1), u(name), &g.unit(dim));
+        }
+        let b = &ix.blocks[&p(1)];
+        let bob = codes_of(b, shape, 2);
+        let alice = codes_of(b, shape, 0);
+        assert!(
+            bob.iter().all(|&w| w != 0),
+            "stored codes have no zero word"
+        );
+
+        // bob is the last row.
+        assert!(ix.remove(p(1), &u("bob")));
+        let b = ix.blocks.get_mut(&p(1)).unwrap();
+        assert_eq!(b.len(), 2);
+        assert!(left_behind(&mut b.head, h).iter().all(|&w| w == 0));
+        assert!(left_behind(&mut b.tail, tl).iter().all(|&w| w == 0));
+        assert!(left_behind(&mut b.scales, 1).iter().all(|&s| s == 0.0));
+        assert!(left_behind(&mut b.tail_norms, 1).iter().all(|&n| n == 0));
+        for r in 0..2 {
+            assert_ne!(codes_of(b, shape, r), bob);
+        }
+
+        // alice's slot is taken by carol, whose old slot becomes spare capacity.
+        let carol = codes_of(b, shape, 1);
+        assert!(ix.remove(p(1), &u("alice")));
+        let b = ix.blocks.get_mut(&p(1)).unwrap();
+        assert_eq!(codes_of(b, shape, 0), carol);
+        assert!(left_behind(&mut b.head, 2 * h).iter().all(|&w| w == 0));
+        assert!(left_behind(&mut b.tail, 2 * tl).iter().all(|&w| w == 0));
+        assert!(left_behind(&mut b.scales, 2).iter().all(|&s| s == 0.0));
+        assert_ne!(codes_of(b, shape, 0), alice);
+        // The f32 lanes of the removed slots are zero too (padding of the last group).
+        for r in 1..GROUP {
+            assert!((0..dim).all(|i| b.rows[Block::at(dim, r, i)] == 0.0));
+        }
+        assert_eq!(
+            ix.best(&g.unit(dim), &[p(1)]).unwrap().external_id,
+            u("carol")
+        );
+    }
+
+    /// SPEC 8.3: a block is zeroed, over its whole capacity, before it is dropped (when its
+    /// partner's last user is erased, or the index is dropped): `Block::wipe`, which the
+    /// block's `Drop` calls.
+    #[test]
+    fn a_dropped_block_is_wiped_first() {
+        let dim = 128;
+        let shape = Shape::new(dim);
+        let mut g = Gen(22);
+        let mut b = Block::default();
+        for i in 0..40 {
+            b.push(shape, &format!("u{i}"), &g.unit(dim));
+        }
+        let lens = (
+            b.rows.len(),
+            b.head.len(),
+            b.tail.len(),
+            b.tail_norms.len(),
+            b.scales.len(),
+        );
+        assert!(b.head.iter().all(|&w| w != 0));
+        b.wipe();
+        assert_eq!(b.len(), 0);
+        assert!(left_behind(&mut b.rows, lens.0).iter().all(|&v| v == 0.0));
+        assert!(left_behind(&mut b.head, lens.1).iter().all(|&w| w == 0));
+        assert!(left_behind(&mut b.tail, lens.2).iter().all(|&w| w == 0));
+        assert!(
+            left_behind(&mut b.tail_norms, lens.3)
+                .iter()
+                .all(|&n| n == 0)
+        );
+        assert!(left_behind(&mut b.scales, lens.4).iter().all(|&s| s == 0.0));
+
+        // Emptying a block through the index drops it (and so wipes it).
+        let mut ix = Index::new(dim);
+        ix.insert(p(2), u("bob"), &g.unit(dim));
+        assert!(ix.remove(p(2), &u("bob")));
+        assert!(!ix.blocks.contains_key(&p(2)));
+    }
+
+    /// Growth and shrinking copy into a new buffer (the old one is zeroed before it is freed)
+    /// and keep every row, code and id in place.
+    #[test]
+    fn growth_and_shrinking_keep_the_rows() {
+        let dim = 128;
+        let mut g = Gen(23);
+        let mut ix = Index::new(dim);
+        let rows: Vec<Vec<f32>> = (0..300).map(|_| g.unit(dim)).collect();
+        for (i, r) in rows.iter().enumerate() {
+            ix.insert(p(1), u(&format!("u{i}")), r);
+        }
+        let mut v = vec![1u16, 2, 3];
+        reserve_wiping(&mut v, 100);
+        assert_eq!(v, [1, 2, 3]);
+        assert!(v.capacity() >= 103);
+        shrink_wiping(&mut v);
+        assert_eq!((v.as_slice(), v.capacity()), (&[1u16, 2, 3][..], 3));
+        ix.shrink_to_fit();
+        let b = &ix.blocks[&p(1)];
+        assert_eq!(b.head.capacity(), b.head.len());
+        for (i, r) in rows.iter().enumerate() {
+            let c = ix.best(r, &[p(1)]).unwrap();
+            assert_eq!(c.external_id, u(&format!("u{i}")));
+            assert_eq!(c.similarity, dot(r, r));
+        }
     }
 
     #[test]
