@@ -20,7 +20,7 @@
 use super::App;
 use crate::config::UpstreamConfig;
 use crate::core::policy::DoorId;
-use crate::core::state::trigger_key;
+use crate::core::state::Seen;
 use crate::core::upstream::{IdentifyAnswer, Unidentified};
 use crate::core::{Command, Outcome, PartnerId, ReaderId, UpstreamSessionId};
 use sha2::{Digest, Sha256};
@@ -302,7 +302,7 @@ impl App {
         };
         if self.read(|s| {
             s.seen
-                .contains(&(reader_id.clone(), trigger_key(&trigger_id)))
+                .contains(&(reader_id.clone(), Seen::Trigger(trigger_id.clone())))
         }) {
             return Outcome::Duplicate;
         }
@@ -327,7 +327,7 @@ impl App {
     async fn upstream_identify(&self, up: &Upstream, reader_id: ReaderId, trigger_id: String) {
         if self.read(|s| {
             s.seen
-                .contains(&(reader_id.clone(), trigger_key(&trigger_id)))
+                .contains(&(reader_id.clone(), Seen::Trigger(trigger_id.clone())))
         }) {
             return;
         }

@@ -389,10 +389,10 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             ttl,
             language,
         } => {
-            if state
-                .seen
-                .contains(&(reader_id.clone(), super::state::trigger_key(trigger_id)))
-            {
+            if state.seen.contains(&(
+                reader_id.clone(),
+                super::state::Seen::Trigger(trigger_id.clone()),
+            )) {
                 return Ok(Decision::duplicate());
             }
             let created = Event::SessionCreated {
@@ -797,10 +797,10 @@ fn reader_status(
 }
 
 fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, Rejection> {
-    if state
-        .seen
-        .contains(&(c.reader_id.clone(), c.capture_id.clone()))
-    {
+    if state.seen.contains(&(
+        c.reader_id.clone(),
+        super::state::Seen::Capture(c.capture_id.clone()),
+    )) {
         return Ok(Decision::duplicate());
     }
     let rejected = |reason| {

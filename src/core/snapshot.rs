@@ -35,7 +35,7 @@ use super::policy::{Direction, DoorId, Policy};
 use super::session::{Session, SessionState};
 use super::split_map::SplitMap;
 use super::state::{
-    Delivery, DeliveryStatus, DeviceState, DoorState, IdemEntry, Partner, Reader, Rules,
+    Delivery, DeliveryStatus, DeviceState, DoorState, IdemEntry, Partner, Reader, Rules, Seen,
     SeenCaptures, State, User, Webhook,
 };
 use super::state::{Map, Set};
@@ -63,7 +63,10 @@ use std::sync::Arc;
 ///    start-up knows whether the file changed since.
 /// 10: a webhook keeps every rotated-out secret still within its own 24 h (`older`, besides
 ///    `previous`), not only the last one.
-pub const SCHEMA: u32 = 10;
+/// 11: the duplicate memory keeps trigger ids apart from capture ids by type (`Seen`), not by
+///    a `trigger:` prefix a capture id may also carry; a door decision tagged `trigger:X`
+///    without a judged palm marks trigger `X`.
+pub const SCHEMA: u32 = 11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -127,16 +130,16 @@ struct StateOwned {
 /// The two generations of seen captures, each sorted.
 #[derive(Serialize)]
 struct SeenRef<'a> {
-    current: Vec<&'a (ReaderId, String)>,
-    previous: Vec<&'a (ReaderId, String)>,
+    current: Vec<&'a (ReaderId, Seen)>,
+    previous: Vec<&'a (ReaderId, Seen)>,
     since: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SeenOwned {
-    current: Vec<(ReaderId, String)>,
-    previous: Vec<(ReaderId, String)>,
+    current: Vec<(ReaderId, Seen)>,
+    previous: Vec<(ReaderId, Seen)>,
     since: Option<DateTime<Utc>>,
 }
 
@@ -317,9 +320,9 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
             "the snapshot was folded with other retention settings".into(),
         ));
     }
-    let generation = |v: Vec<(ReaderId, String)>| {
+    let generation = |v: Vec<(ReaderId, Seen)>| {
         let len = v.len();
-        let set: Set<(ReaderId, String)> = v.into_iter().collect();
+        let set: Set<(ReaderId, Seen)> = v.into_iter().collect();
         if set.len() != len {
             return Err(SnapshotError::Inconsistent(
                 "a seen capture appears twice".into(),

@@ -292,10 +292,35 @@ pub fn from_site_file(source: &str) -> bool {
     SITE_FILE_SOURCES.contains(&source)
 }
 
-/// The duplicate memory's entry for a site session's trigger id: apart from capture ids, which
-/// a reader may number the same way (a capture `42` is not a redelivered trigger `42`).
+/// The `capture_id` a trigger's door decision (upstream mode) and its relay pulse are tagged
+/// with. Only a tag: the duplicate memory keeps triggers apart from captures by [`Seen`], since
+/// a capture id may itself read `trigger:X`.
 pub(crate) fn trigger_key(trigger_id: &str) -> String {
     format!("trigger:{trigger_id}")
+}
+
+/// An entry of the duplicate memory, for one reader: a capture id and a trigger id are
+/// remembered apart, whatever their text (a capture `42` is not a redelivered trigger `42`,
+/// nor is a capture `trigger:42`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Seen {
+    #[serde(rename = "c")]
+    Capture(String),
+    #[serde(rename = "t")]
+    Trigger(String),
+}
+
+impl Seen {
+    /// What a `DoorDecided` marks as handled: the trigger it stands for when it is tagged
+    /// [`trigger_key`] and read no palm here (no `judged`: upstream mode's decisions), else
+    /// the capture that asked. (A capture named `trigger:X` decided before captures recorded
+    /// how they were judged reads as trigger `X`, as every such log folded before.)
+    pub(crate) fn of_decision(capture_id: String, judged: bool) -> Seen {
+        match capture_id.strip_prefix("trigger:") {
+            Some(trigger) if !judged => Seen::Trigger(trigger.to_string()),
+            _ => Seen::Capture(capture_id),
+        }
+    }
 }
 
 /// Capture and trigger ids already handled, in two generations of [`CAPTURE_MEMORY`] each, so
@@ -303,17 +328,17 @@ pub(crate) fn trigger_key(trigger_id: &str) -> String {
 /// turn over by the time of the events folded, so a replay gives the same sets.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SeenCaptures {
-    pub(super) current: Set<(ReaderId, String)>,
-    pub(super) previous: Set<(ReaderId, String)>,
+    pub(super) current: Set<(ReaderId, Seen)>,
+    pub(super) previous: Set<(ReaderId, Seen)>,
     /// When `current` was started.
     pub(super) since: Option<DateTime<Utc>>,
 }
 
 impl SeenCaptures {
-    pub fn contains(&self, key: &(ReaderId, String)) -> bool {
+    pub fn contains(&self, key: &(ReaderId, Seen)) -> bool {
         self.current.contains(key) || self.previous.contains(key)
     }
-    pub fn insert(&mut self, key: (ReaderId, String)) {
+    pub fn insert(&mut self, key: (ReaderId, Seen)) {
         if !self.previous.contains(&key) {
             self.current.insert(key);
         }
@@ -627,7 +652,7 @@ impl State {
                 };
                 if let (Some(reader), Some(trigger)) = (&*reader_id, trigger_id.take()) {
                     // A redelivered trigger (QoS 1) is recognised and ignored.
-                    self.seen.insert((reader.clone(), trigger_key(&trigger)));
+                    self.seen.insert((reader.clone(), Seen::Trigger(trigger)));
                 }
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);
@@ -685,11 +710,15 @@ impl State {
                 subject,
                 movement,
                 verdict,
+                judged,
                 at,
                 ..
             } => {
                 // A redelivered capture (QoS 1) is recognised and ignored.
-                self.seen.insert((reader_id.clone(), take(capture_id)));
+                self.seen.insert((
+                    reader_id.clone(),
+                    Seen::of_decision(take(capture_id), judged.is_some()),
+                ));
                 let granted = verdict.granted();
                 if let (Some(s), Some((zone, dir))) = (&*subject, movement) {
                     self.zone_last
@@ -804,7 +833,7 @@ impl State {
                 };
                 if let (Some(reader), Some(trigger)) = (reader_id, trigger_id.clone()) {
                     // A redelivered trigger (QoS 1) is recognised and ignored.
-                    self.seen.insert((reader.clone(), trigger_key(&trigger)));
+                    self.seen.insert((reader.clone(), Seen::Trigger(trigger)));
                 }
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);
@@ -914,7 +943,8 @@ impl State {
                 capture_id,
                 ..
             } => {
-                self.seen.insert((reader_id.clone(), capture_id.clone()));
+                self.seen
+                    .insert((reader_id.clone(), Seen::Capture(capture_id.clone())));
             }
             Event::ReaderStatusChanged {
                 reader_id,
@@ -1153,11 +1183,15 @@ impl State {
                 subject,
                 movement,
                 verdict,
+                judged,
                 at,
                 ..
             } => {
                 // A redelivered capture (QoS 1) is recognised and ignored.
-                self.seen.insert((reader_id.clone(), capture_id.clone()));
+                self.seen.insert((
+                    reader_id.clone(),
+                    Seen::of_decision(capture_id.clone(), judged.is_some()),
+                ));
                 let granted = verdict.granted();
                 if let (Some(s), Some((zone, dir))) = (subject, movement) {
                     self.zone_last
@@ -1262,14 +1296,14 @@ impl State {
 
     fn see_capture_taken(&mut self, capture: &mut Option<super::event::CaptureRef>) {
         if let Some(c) = capture.take() {
-            self.seen.insert((c.reader_id, c.capture_id));
+            self.seen.insert((c.reader_id, Seen::Capture(c.capture_id)));
         }
     }
 
     fn see_capture(&mut self, capture: Option<&super::event::CaptureRef>) {
         if let Some(c) = capture {
             self.seen
-                .insert((c.reader_id.clone(), c.capture_id.clone()));
+                .insert((c.reader_id.clone(), Seen::Capture(c.capture_id.clone())));
         }
     }
 
@@ -1998,7 +2032,7 @@ mod retention_tests {
     #[test]
     fn seen_captures_are_remembered_for_one_to_two_windows_and_across_a_pause() {
         let mut log = Log::new(Rules::default());
-        let key = |id: &str| (ReaderId("r-1".into()), id.to_string());
+        let key = |id: &str| (ReaderId("r-1".into()), Seen::Capture(id.to_string()));
         let rejected = |id: &str, second: i64| Event::CaptureRejected {
             reader_id: ReaderId("r-1".into()),
             capture_id: id.into(),
@@ -2109,5 +2143,182 @@ mod retention_tests {
             },
         );
         assert_eq!(log.state.policy_file_sha256, Some(sha(&b)));
+    }
+}
+
+/// The duplicate memory keeps trigger ids apart from capture ids, whatever their text: a
+/// capture may be named `trigger:X`, the tag of trigger `X`'s door decision.
+#[cfg(test)]
+mod seen_tests {
+    use super::*;
+    use crate::core::command::{Capture, Command};
+    use crate::core::decider::{Decision, Outcome, decide};
+    use crate::core::event::{Judged, stream};
+    use crate::core::policy::{DenyReason, SiteMode, Verdict};
+    use crate::core::upstream::{IdentifyAnswer, identify};
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000 + s, 0).unwrap()
+    }
+    fn reader() -> ReaderId {
+        ReaderId("r2".into())
+    }
+
+    /// Folds with `evolve` and with `evolve_take`, and checks that both, and a snapshot of
+    /// them, remember the same.
+    #[derive(Default)]
+    struct Log {
+        by_ref: State,
+        owned: State,
+        position: u64,
+    }
+
+    impl Log {
+        fn fold(&mut self, stream: String, event: Event, second: i64) {
+            self.position += 1;
+            let revision = self.by_ref.revision(&stream).map_or(0, |r| r + 1);
+            let mut rec = Recorded {
+                position: self.position,
+                stream,
+                revision,
+                recorded_at: at(second),
+                event,
+                prev_hash: [0; 32],
+                hash: [0; 32],
+            };
+            self.by_ref.evolve(&rec);
+            self.owned.evolve_take(&mut rec);
+            assert_eq!(self.by_ref.seen, self.owned.seen);
+            let bytes = crate::core::snapshot::encode(&self.by_ref);
+            let restored = crate::core::snapshot::decode(&bytes, self.by_ref.rules).unwrap();
+            assert_eq!(restored.seen, self.by_ref.seen);
+        }
+        /// Folds what `d` appends; true when `d` found its input already handled.
+        fn apply(&mut self, d: Decision, second: i64) -> bool {
+            if d.outcome == Outcome::Duplicate {
+                return true;
+            }
+            for a in d.appends {
+                for e in a.events {
+                    self.fold(a.stream.clone(), e, second);
+                }
+            }
+            false
+        }
+        /// A door scan (no session) `capture_id` at r2: true when it is a duplicate.
+        fn capture(&mut self, capture_id: &str, second: i64) -> bool {
+            let cmd = Command::Capture(Capture {
+                reader_id: reader(),
+                capture_id: capture_id.into(),
+                session: None,
+                quality: 0.9,
+                liveness: true,
+                best: None,
+                sealed: None,
+            });
+            let d = decide(&self.by_ref, &cmd, at(second)).unwrap();
+            self.apply(d, second)
+        }
+        /// A site session's trigger at r2: true when it is a duplicate.
+        fn trigger(&mut self, trigger_id: &str, second: i64) -> bool {
+            let n = self.position + 1;
+            let cmd = Command::Trigger {
+                reader_id: reader(),
+                trigger_id: trigger_id.into(),
+                session_id: SessionId::from_random([n as u8; 16]),
+                token_hash: SecretHash(format!("{n:064x}")),
+                ttl: Duration::minutes(5),
+                language: Language::En,
+            };
+            let d = decide(&self.by_ref, &cmd, at(second)).unwrap();
+            self.apply(d, second)
+        }
+        /// An upstream mode trigger whose remote call failed: true when it is a duplicate.
+        fn upstream_trigger(&mut self, trigger_id: &str, second: i64) -> bool {
+            let answer = IdentifyAnswer::Failed {
+                status_code: Some(503),
+                error: "down".into(),
+            };
+            let d = identify(&self.by_ref, &reader(), trigger_id, &answer, at(second)).unwrap();
+            self.apply(d, second)
+        }
+        fn decided(&mut self, capture_id: &str, judged: Option<Judged>, second: i64) {
+            let door = crate::core::policy::DoorId("main".into());
+            let e = Event::DoorDecided {
+                door: door.clone(),
+                reader_id: reader(),
+                capture_id: capture_id.into(),
+                subject: None,
+                erased: false,
+                similarity: None,
+                quality: judged.map(|_| 0.9),
+                judged,
+                policy: "p".into(),
+                mode: SiteMode::Normal,
+                last_in_zone: None,
+                movement: None,
+                verdict: Verdict::Denied {
+                    reason: DenyReason::NoMatch,
+                    level: None,
+                },
+                at: at(second),
+            };
+            self.fold(stream::door(&door), e, second);
+        }
+    }
+
+    #[test]
+    fn a_capture_named_trigger_x_then_trigger_x_are_both_handled() {
+        let mut log = Log::default();
+        assert!(!log.capture("trigger:coll1", 1), "the scan is new");
+        assert!(log.capture("trigger:coll1", 2), "its redelivery is not");
+        assert!(!log.trigger("coll1", 3), "trigger coll1 is not the scan");
+        assert!(log.trigger("coll1", 4), "its redelivery is a duplicate");
+        assert!(!log.upstream_trigger("coll1b", 5));
+        assert!(!log.capture("trigger:coll1c", 6));
+        assert!(!log.upstream_trigger("coll1c", 7), "upstream: not the scan");
+        assert!(log.upstream_trigger("coll1c", 8));
+    }
+
+    #[test]
+    fn trigger_x_then_a_capture_named_trigger_x_are_both_handled() {
+        let mut log = Log::default();
+        assert!(!log.trigger("coll2", 1));
+        assert!(
+            !log.capture("trigger:coll2", 2),
+            "the scan is not trigger coll2"
+        );
+        assert!(
+            log.capture("trigger:coll2", 3),
+            "its redelivery is a duplicate"
+        );
+        assert!(log.trigger("coll2", 4));
+        assert!(!log.upstream_trigger("coll2b", 5));
+        assert!(
+            !log.capture("trigger:coll2b", 6),
+            "upstream: not the trigger"
+        );
+        assert!(log.upstream_trigger("coll2b", 7));
+    }
+
+    /// A door decision tagged `trigger:X` with no palm judged here is trigger `X`'s (upstream
+    /// mode, old logs included); one that judged a palm is the capture's of that name.
+    #[test]
+    fn a_door_decision_marks_the_trigger_or_the_capture_it_was_for() {
+        let mut log = Log::default();
+        log.decided("trigger:up1", None, 1);
+        assert!(log.trigger("up1", 2) && log.upstream_trigger("up1", 2));
+        assert!(!log.capture("trigger:up1", 3));
+        let judged = Judged {
+            liveness: true,
+            threshold: 0.8,
+            min_quality: 0.5,
+            max_retries: None,
+        };
+        log.decided("trigger:scan1", Some(judged), 4);
+        assert!(log.capture("trigger:scan1", 5));
+        assert!(!log.trigger("scan1", 6));
+        log.decided("cap-7", None, 7);
+        assert!(log.capture("cap-7", 8));
     }
 }

@@ -26,7 +26,7 @@ use super::doors;
 use super::event::{CaptureRef, DoorSubject, Event, Expected, Recorded, UpstreamOutcome, stream};
 use super::ids::*;
 use super::policy::DoorId;
-use super::state::{State, trigger_key};
+use super::state::{Seen, State, trigger_key};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -91,7 +91,7 @@ pub(crate) fn evolve(state: &mut State, rec: &Recorded) {
             // Remembered apart from capture ids, as a site session's trigger is.
             state
                 .seen
-                .insert((reader_id.clone(), trigger_key(trigger_id)));
+                .insert((reader_id.clone(), Seen::Trigger(trigger_id.clone())));
             let b = UpstreamBinding {
                 session_id: session_id.clone(),
                 reader_id: reader_id.clone(),
@@ -118,7 +118,7 @@ pub(crate) fn evolve(state: &mut State, rec: &Recorded) {
         } => {
             state
                 .seen
-                .insert((reader_id.clone(), trigger_key(trigger_id)));
+                .insert((reader_id.clone(), Seen::Trigger(trigger_id.clone())));
         }
         Event::UpstreamSessionEnded { session_id, at, .. } => {
             if let Some(b) = state.upstream.remove(session_id) {
@@ -224,7 +224,7 @@ pub fn identify(
 ) -> Result<Decision, Rejection> {
     if state
         .seen
-        .contains(&(reader_id.clone(), trigger_key(trigger_id)))
+        .contains(&(reader_id.clone(), Seen::Trigger(trigger_id.to_string())))
     {
         return Ok(Decision::duplicate());
     }

@@ -1107,3 +1107,164 @@ async fn trigger_ids_and_capture_ids_do_not_collide_in_upstream_mode() {
     assert!(report.ok(), "{:?}", report.findings);
     assert_eq!(report.decisions, 3);
 }
+
+/// Local site sessions: a door scan whose capture id reads `trigger:X` and a kiosk trigger `X`
+/// at the same reader are different inputs, both handled in either order. (The trigger's
+/// memory key was the text `trigger:X`, among the capture ids: a scan `trigger:coll1` made
+/// trigger `coll1` a silent duplicate, no `show`; trigger `coll2` made a scan `trigger:coll2`
+/// one, no decision, no `result`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_sessions_trigger_and_a_scan_named_like_its_tag_are_both_handled() {
+    use palmgate::mqtt::protocol::TopicKind;
+    let site = crate::doors::start_site("").await;
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = site.reader("lobby-1", "alice", 51).await;
+    let trigger = |id: &str| serde_json::to_vec(&json!({"trigger_id": id})).unwrap();
+    let scan = |lobby: &mut SimReader, id: &str| {
+        let mut c = lobby.next_capture(None);
+        c["capture_id"] = json!(id);
+        c
+    };
+
+    // A door scan `trigger:coll1`, then trigger `coll1`: the kiosk page is shown.
+    let c = scan(&mut lobby, "trigger:coll1");
+    lobby.send_capture(c).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], true, "{r}");
+    lobby
+        .publish_raw(TopicKind::Trigger, trigger("coll1"))
+        .await
+        .unwrap();
+    let show = command(&mut lobby, "show").await;
+    assert!(show["url"].as_str().is_some(), "{show}");
+
+    // Trigger `coll2`, then a door scan `trigger:coll2`: the scan is decided.
+    lobby
+        .publish_raw(TopicKind::Trigger, trigger("coll2"))
+        .await
+        .unwrap();
+    command(&mut lobby, "show").await;
+    let c = scan(&mut lobby, "trigger:coll2");
+    lobby.send_capture(c.clone()).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], true, "{r}");
+
+    // Redeliveries are still duplicates: one session per trigger, one decision per scan.
+    lobby.send_capture(c).await.unwrap();
+    for id in ["coll1", "coll2"] {
+        lobby
+            .publish_raw(TopicKind::Trigger, trigger(id))
+            .await
+            .unwrap();
+    }
+    if let Some(c) = lobby.next_command(Duration::from_millis(600)).await {
+        panic!("a redelivery was handled again: {c}");
+    }
+    let decided = site.events_of("DoorDecided", |_| true).await;
+    let ids: Vec<_> = decided.iter().map(|e| &e["data"]["capture_id"]).collect();
+    assert_eq!(ids, ["trigger:coll1", "trigger:coll2"], "{decided:?}");
+    let triggered = site
+        .events_of("SessionCreated", |d| d["trigger_id"].is_string())
+        .await;
+    let ids: Vec<_> = triggered.iter().map(|e| &e["data"]["trigger_id"]).collect();
+    assert_eq!(ids, ["coll1", "coll2"], "{triggered:?}");
+}
+
+/// A capture id may read `trigger:X`, which is also the tag of trigger `X`'s door decision:
+/// the duplicate memory keeps them apart all the same, in either order, and after trigger
+/// `X`'s decision too. (The trigger's memory key was the text `trigger:X`, among the capture
+/// ids: a scan `trigger:coll1` made trigger `coll1` a silent duplicate, no remote call, no
+/// `show`; trigger `coll2` made a scan `trigger:coll2` one, no decision, no `result`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_named_like_a_triggers_tag_and_that_trigger_are_both_handled() {
+    use palmgate::mqtt::protocol::TopicKind;
+    let mut p = pair().await;
+    p.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 41).await;
+    let trigger = |id: &str| serde_json::to_vec(&json!({"trigger_id": id})).unwrap();
+    let scan = |lobby: &mut SimReader, id: &str| {
+        let mut c = lobby.next_capture(None);
+        c["capture_id"] = json!(id);
+        c
+    };
+
+    // A door scan `trigger:coll1`, then trigger `coll1`: the trigger goes to the remote.
+    let c = scan(&mut lobby, "trigger:coll1");
+    lobby.send_capture(c).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], false, "{r}");
+    lobby
+        .publish_raw(TopicKind::Trigger, trigger("coll1"))
+        .await
+        .unwrap();
+    let show = command(&mut lobby, "show").await;
+    assert!(show["url"].as_str().is_some(), "{show}");
+    p.g_event("UpstreamIdentifyStarted", |d| d["trigger_id"] == "coll1")
+        .await;
+
+    // Trigger `coll2`, then a door scan `trigger:coll2`: the scan is decided.
+    lobby
+        .publish_raw(TopicKind::Trigger, trigger("coll2"))
+        .await
+        .unwrap();
+    command(&mut lobby, "show").await;
+    p.g_event("UpstreamIdentifyStarted", |d| d["trigger_id"] == "coll2")
+        .await;
+    let c = scan(&mut lobby, "trigger:coll2");
+    lobby.send_capture(c).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], false, "{r}");
+    let dd = p
+        .g_event("DoorDecided", |d| d["capture_id"] == "trigger:coll2")
+        .await;
+    assert!(dd["data"]["judged"].is_object(), "{dd}");
+
+    // Trigger `coll3` opens the door (its decision is tagged `trigger:coll3`); a door scan
+    // `trigger:coll3` afterwards is still a scan of its own, decided.
+    lobby
+        .publish_raw(TopicKind::Trigger, trigger("coll3"))
+        .await
+        .unwrap();
+    let show = command(&mut lobby, "show").await;
+    let url = show["url"].as_str().expect("show url").to_string();
+    let mut palm_at_r = reader(&p.r.mqtt_url, "kiosk-r", "alice", 43).await;
+    palm_at_r.capture(Some(&token(&url))).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], true, "{r}");
+    p.g_event("DoorDecided", |d| {
+        d["capture_id"] == "trigger:coll3" && d["verdict"]["verdict"] == "granted"
+    })
+    .await;
+    let c = scan(&mut lobby, "trigger:coll3");
+    lobby.send_capture(c.clone()).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], false, "{r}");
+
+    // Redeliveries are still duplicates: the scan and the trigger `coll3` once each.
+    lobby.send_capture(c).await.unwrap();
+    lobby
+        .publish_raw(TopicKind::Trigger, trigger("coll3"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        events_of(&p.g, "UpstreamIdentifyStarted").await.len(),
+        3,
+        "{}",
+        summary(&p.g).await
+    );
+    assert_eq!(
+        events_of(&p.g, "DoorDecided").await.len(),
+        4,
+        "{}",
+        summary(&p.g).await
+    );
+
+    p.g.kill9();
+    let store = palmgate::store::SqliteStore::open(p.g.store_path()).unwrap();
+    let report = palmgate::replay::audit::verify(&store).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.decisions, 4);
+}
