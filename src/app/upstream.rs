@@ -316,9 +316,27 @@ impl App {
             (n < HELD_ACKS).then_some(h)
         });
         if let Err(e) = up.queue.try_send(((reader_id, trigger_id), held)) {
-            tracing::warn!(error = %e, "upstream trigger queue is full; trigger dropped");
+            let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
+            let ((reader_id, trigger_id), held) = e.into_inner();
+            tracing::warn!(
+                reader = %reader_id,
+                trigger = %trigger_id,
+                "upstream trigger dropped: {}; the reader is told the upstream is unavailable",
+                if closed {
+                    "the identify worker has stopped".to_string()
+                } else {
+                    format!(
+                        "{IN_FLIGHT} identify calls are in flight and {} more are waiting",
+                        up.queue.max_capacity()
+                    )
+                },
+            );
             metrics::counter!("palmgate_upstream_identify_total", "outcome" => "dropped")
                 .increment(1);
+            // The person at the reader gets the answer a failed call gets, not silence.
+            let told = self.read(|s| crate::core::upstream::unavailable(s, &reader_id));
+            self.perform(vec![told]);
+            drop(held);
         }
         Outcome::Done
     }

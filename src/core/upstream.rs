@@ -349,3 +349,9 @@ pub fn ended(state: &State, e: &RemoteEnd, now: DateTime<Utc>) -> Result<Decisio
     };
     Ok(d.with_effect(not_identified(state, &b.reader_id, why)))
 }
+
+/// The reader's answer to a trigger no identify call was made for (the gateway's queue of
+/// calls was full): the one a failed call gets.
+pub fn unavailable(state: &State, reader: &ReaderId) -> Effect {
+    not_identified(state, reader, Unidentified::Unavailable)
+}

@@ -1268,3 +1268,79 @@ async fn a_capture_named_like_a_triggers_tag_and_that_trigger_are_both_handled()
     assert!(report.ok(), "{:?}", report.findings);
     assert_eq!(report.decisions, 4);
 }
+
+// ---------------------------------------------------------------------------------------------
+// What the reader is told, and when it is told nothing (reader feedback)
+// ---------------------------------------------------------------------------------------------
+
+/// G's `/metrics` value of `name` (the whole line's name, labels included); 0 when absent.
+async fn metric(s: &TestServer, name: &str) -> f64 {
+    let text = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A full queue of identify calls (16 in flight to a remote that hangs, 256 waiting; one
+/// reader's hand sensor firing repeatedly is enough): the trigger was dropped with a log line
+/// and a metric, and the person at the reader was told nothing. Now the reader gets the result
+/// a failed call gets, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_dropped_on_a_full_queue_tells_the_reader() {
+    use palmgate::mqtt::protocol::TopicKind;
+    // A listener that accepts and never answers: every call holds its slot for the timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let p = pair_with(Some(&url), "120s").await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 45).await;
+    // 16 in flight, one taken by the worker waiting for a slot, 256 queued: the next is dropped.
+    let n = palmgate::app::upstream::IN_FLIGHT + 1 + 256 + 8;
+    for i in 0..n {
+        lobby
+            .publish_raw(
+                TopicKind::Trigger,
+                serde_json::to_vec(&json!({"trigger_id": format!("hand-{i}")})).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(
+        (&r["reason"], &r["granted"], &r["door"]),
+        (
+            &json!("upstream_unavailable"),
+            &json!(false),
+            &json!("main")
+        ),
+        "{r}"
+    );
+    assert!(
+        r["message"].as_str().unwrap().contains("unavailable"),
+        "{r}"
+    );
+    // Told by the drop, not by a failed call (those wait for the 120 s timeout).
+    assert!(events_of(&p.g, "UpstreamIdentifyFailed").await.is_empty());
+    assert!(
+        metric(
+            &p.g,
+            "palmgate_upstream_identify_total{outcome=\"dropped\"}"
+        )
+        .await
+            >= 1.0
+    );
+    hold.abort();
+}
