@@ -369,12 +369,69 @@ impl App {
     }
 }
 
-/// Runs the trigger worker (when upstream mode is on) until the returned task is aborted.
+/// How often, at most, the open bindings are looked over for the expiry watch when no
+/// binding is due sooner (a new binding may be due before the next one known).
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Watches the open bindings whose remote session expired with no webhook
+/// ([`upstream::unheard`](crate::core::upstream::unheard)): a warning once per binding (per
+/// process), the gauge `palmgate_upstream_open_past_expiry`, and the reader told
+/// `session_expired` when it still shows that page. Runs until dropped.
+async fn watch_expiries(app: Arc<App>) {
+    use crate::core::upstream::{open_until, unheard, unheard_notice};
+    let hooks = match app.config.http.public_url.trim_end_matches('/') {
+        "" => "<public_url>/hooks/upstream".to_string(),
+        u => format!("{u}/hooks/upstream"),
+    };
+    let mut warned: HashSet<UpstreamSessionId> = HashSet::new();
+    loop {
+        let now = app.clock.now();
+        let (fresh, effects, past, next) = app.read(|s| {
+            let (past, next) = unheard(s, now);
+            let fresh: Vec<_> = past
+                .iter()
+                .filter(|b| !warned.contains(&b.session_id))
+                .map(|b| ((*b).clone(), open_until(b)))
+                .collect();
+            let effects: Vec<_> = fresh
+                .iter()
+                .filter_map(|(b, _)| unheard_notice(s, b, now))
+                .collect();
+            let past: HashSet<_> = past.into_iter().map(|b| b.session_id.clone()).collect();
+            (fresh, effects, past, next)
+        });
+        for (b, until) in &fresh {
+            tracing::warn!(
+                session = %b.session_id.0,
+                reader = %b.reader_id,
+                "upstream session {} at reader {} passed its expiry ({}) with no webhook from \
+                 the remote: check the remote's webhook to {hooks}",
+                b.session_id.0,
+                b.reader_id,
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+        }
+        warned.extend(fresh.into_iter().map(|(b, _)| b.session_id));
+        // Ended since (a late webhook) or let go of: no longer counted.
+        warned.retain(|id| past.contains(id));
+        metrics::gauge!("palmgate_upstream_open_past_expiry").set(past.len() as f64);
+        app.perform(effects);
+        let poll = chrono::Duration::from_std(WATCH_EVERY).unwrap_or(chrono::Duration::seconds(2));
+        let wake = now.checked_add_signed(poll).unwrap_or(now);
+        app.clock
+            .sleep_until(next.map_or(wake, |n| n.min(wake)))
+            .await;
+    }
+}
+
+/// Runs the trigger worker and the expiry watch (when upstream mode is on) until the returned
+/// task is aborted.
 pub fn spawn(app: Arc<App>) -> Option<JoinHandle<()>> {
     let up = app.upstream.as_ref()?;
     let mut rx = up.receiver.lock().expect("upstream lock").take()?;
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    Some(tokio::spawn(async move {
+    let watch = watch_expiries(app.clone());
+    let work = async move {
         while let Some(((reader, trigger), held)) = rx.recv().await {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
@@ -399,6 +456,13 @@ pub fn spawn(app: Arc<App>) -> Option<JoinHandle<()>> {
                 app.upstream_identify(up, reader, trigger).await;
                 up.in_flight.lock().expect("upstream lock").remove(&key);
             });
+        }
+    };
+    // One task for both: aborting it stops the watch too (the watch never ends by itself).
+    Some(tokio::spawn(async move {
+        tokio::select! {
+            _ = work => {}
+            _ = watch => {}
         }
     }))
 }

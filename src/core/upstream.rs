@@ -350,6 +350,48 @@ pub fn ended(state: &State, e: &RemoteEnd, now: DateTime<Utc>) -> Result<Decisio
     Ok(d.with_effect(not_identified(state, &b.reader_id, why)))
 }
 
+/// `now` is no later than `times` × [`LATE_AFTER`] after `t` (checked).
+fn within_late_after(t: DateTime<Utc>, times: i32, now: DateTime<Utc>) -> bool {
+    t.checked_add_signed(LATE_AFTER * times)
+        .is_some_and(|end| now <= end)
+}
+
+/// When the remote has had its say about an open binding: [`LATE_AFTER`] after its session
+/// expired on our clock ([`open_until`]). A binding still open then heard no webhook (the
+/// remote's ending of a session comes at its expiry at the latest; a completion later than
+/// that would be too late to open anything).
+pub fn unheard_after(b: &UpstreamBinding) -> DateTime<Utc> {
+    let until = open_until(b);
+    until.checked_add_signed(LATE_AFTER).unwrap_or(until)
+}
+
+/// The open bindings whose remote session expired with no webhook ([`unheard_after`] passed at
+/// `now`), and the next instant another will (if any).
+pub fn unheard(
+    state: &State,
+    now: DateTime<Utc>,
+) -> (Vec<&UpstreamBinding>, Option<DateTime<Utc>>) {
+    let mut past = vec![];
+    let mut next: Option<DateTime<Utc>> = None;
+    for b in state.upstream.values() {
+        let t = unheard_after(b);
+        if t <= now {
+            past.push(b);
+        } else {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+    }
+    (past, next)
+}
+
+/// What the reader of an unheard binding (see [`unheard`]) is told: that the session expired,
+/// when the silence is news (no more than [`LATE_AFTER`] after [`unheard_after`]: a gateway
+/// restarted hours later tells no one).
+pub fn unheard_notice(state: &State, b: &UpstreamBinding, now: DateTime<Utc>) -> Option<Effect> {
+    within_late_after(unheard_after(b), 1, now)
+        .then(|| not_identified(state, &b.reader_id, Unidentified::Expired))
+}
+
 /// The reader's answer to a trigger no identify call was made for (the gateway's queue of
 /// calls was full): the one a failed call gets.
 pub fn unavailable(state: &State, reader: &ReaderId) -> Effect {

@@ -1273,6 +1273,39 @@ async fn a_capture_named_like_a_triggers_tag_and_that_trigger_are_both_handled()
 // What the reader is told, and when it is told nothing (reader feedback)
 // ---------------------------------------------------------------------------------------------
 
+/// A signed SPEC 4 webhook body about `session`: `event` (`expired`, `failed`, `completed`)
+/// stamped `at` (the remote's `timestamp`).
+fn ending_body(event: &str, session: &str, at: chrono::DateTime<chrono::Utc>) -> String {
+    let mut data = json!({"session_id": session, "type": "identify", "language": "en"});
+    match event {
+        "completed" => {
+            data["external_id"] = json!("alice");
+            data["metadata"] = json!({"access_level": "standard"});
+        }
+        "failed" => data["fail_reason"] = json!("cancelled"),
+        _ => {}
+    }
+    json!({
+        "event": event,
+        "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "data": data,
+    })
+    .to_string()
+}
+
+/// Every command the reader receives within `wait`.
+async fn commands_within(r: &mut SimReader, wait: Duration) -> Vec<Value> {
+    let end = Instant::now() + wait;
+    let mut out = vec![];
+    while let Some(c) = r
+        .next_command(end.saturating_duration_since(Instant::now()))
+        .await
+    {
+        out.push(c);
+    }
+    out
+}
+
 /// G's `/metrics` value of `name` (the whole line's name, labels included); 0 when absent.
 async fn metric(s: &TestServer, name: &str) -> f64 {
     let text = s
@@ -1287,6 +1320,104 @@ async fn metric(s: &TestServer, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// A trigger `id` at `r` answered with a `show`: the remote session G bound for it.
+async fn bound_for(p: &Pair, r: &mut SimReader, id: &str) -> String {
+    use palmgate::mqtt::protocol::TopicKind;
+    r.publish_raw(
+        TopicKind::Trigger,
+        serde_json::to_vec(&json!({"trigger_id": id})).unwrap(),
+    )
+    .await
+    .unwrap();
+    command(r, "show").await;
+    let started = p
+        .g_event("UpstreamIdentifyStarted", |d| d["trigger_id"] == id)
+        .await;
+    started["data"]["session_id"].as_str().unwrap().to_string()
+}
+
+/// A stand-in remote whose `POST /v1/identify` answers 201 with a new session that expires at
+/// `expires_in` from now (on its clock, which is ours) and which never sends a webhook (as if
+/// the remote had disabled the gateway's webhook).
+async fn webhookless_remote(expires_in: chrono::Duration) -> String {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/v1/identify",
+        axum::routing::post(move || {
+            let n = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                let expires_at = (chrono::Utc::now() + expires_in)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                (
+                    axum::http::StatusCode::CREATED,
+                    axum::Json(json!({
+                        "session_id": format!("quiet-{n}"),
+                        "url": format!("https://pass.example.com/identify/tok-{n}"),
+                        "expires_at": expires_at,
+                    })),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// The remote never sends the webhook: the binding passed its expiry and was let go of a
+/// retention later with no event, log line or metric, and the reader kept a dead page. Now,
+/// once the remote has had `LATE_AFTER` past the expiry to speak, the gateway warns once,
+/// counts it in `palmgate_upstream_open_past_expiry` and tells the reader `session_expired`;
+/// a webhook that finally comes is recorded and the gauge drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_remote_never_ends_is_reported_and_the_reader_told() {
+    use palmgate::core::upstream::LATE_AFTER;
+    // The remote's session expires 2 s before the gateway stops waiting for its webhook
+    // (`LATE_AFTER` after the expiry), so the test does not wait a minute.
+    let expires_in = chrono::Duration::seconds(2) - LATE_AFTER;
+    let url = webhookless_remote(expires_in).await;
+    let p = pair_with(Some(&url), "10s").await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 43).await;
+    let s = bound_for(&p, &mut lobby, "quiet-trigger").await;
+    let expired_at = chrono::Utc::now() + expires_in;
+
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(
+        (&r["reason"], &r["granted"], &r["door"]),
+        (&json!("session_expired"), &json!(false), &json!("main")),
+        "{r}"
+    );
+    assert_eq!(
+        metric(&p.g, "palmgate_upstream_open_past_expiry").await,
+        1.0
+    );
+    let warning = format!("upstream session {s} at reader lobby-1 passed its expiry");
+    until("the warning in G's log", || {
+        p.g.stderr_log().matches(&warning).count() == 1
+    })
+    .await;
+    let log = p.g.stderr_log();
+    assert!(log.contains("/hooks/upstream"), "{log}");
+    // Once: the watch keeps looking, the warning and the reader's result are not repeated.
+    let told = commands_within(&mut lobby, Duration::from_secs(3)).await;
+    assert!(told.is_empty(), "told again: {told:?}");
+    assert_eq!(p.g.stderr_log().matches(&warning).count(), 1);
+
+    // The remote's `expired` webhook, late after all: recorded, no second result, gauge 0.
+    assert_eq!(
+        p.post_hook(&p.secret, &ending_body("expired", &s, expired_at))
+            .await,
+        (200, json!({"status": "accepted"}))
+    );
+    p.g_event("UpstreamSessionEnded", |d| d["session_id"] == s)
+        .await;
+    assert_eq!(
+        metric(&p.g, "palmgate_upstream_open_past_expiry").await,
+        0.0
+    );
 }
 
 /// A full queue of identify calls (16 in flight to a remote that hangs, 256 waiting; one
