@@ -19,7 +19,10 @@
 //! palmgate did not open is refused (`NotFound`) and recorded nowhere; no door opens for a
 //! webhook that arrives more than [`LATE_AFTER`] after the remote ended the session (the person
 //! has walked away) — read on our clock, corrected by the skew measured when the session was
-//! opened.
+//! opened; an ending that decides nothing (an expiry, a failure other than `no_match`, a
+//! webhook too late) tells the reader only while it is news there — the reader still shows
+//! that session's page (no later trigger there bound another) and the webhook came within
+//! [`LATE_AFTER`] — and is recorded only otherwise, judged from the log's times alone.
 
 use super::decider::{Decision, Effect, ReaderCommand, Rejection, one};
 use super::doors;
@@ -64,6 +67,11 @@ pub struct UpstreamBinding {
     pub clock_skew_s: Option<i64>,
     /// Revision of the binding's stream.
     pub revision: u64,
+    /// A later trigger at the same reader bound another remote session: the reader shows that
+    /// one's page, so this one's ending (an expiry, a failure, a webhook too late) tells the
+    /// reader nothing. Set when that later `UpstreamIdentifyStarted` is folded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
 }
 
 /// Folds an upstream event into the state (called by [`State::evolve`]): a trigger is seen
@@ -100,7 +108,15 @@ pub(crate) fn evolve(state: &mut State, rec: &Recorded) {
                 expires_at: *expires_at,
                 clock_skew_s: *clock_skew_s,
                 revision: rec.revision,
+                superseded: false,
             };
+            // The reader now shows this session's page: the earlier ones still open there no
+            // longer speak to it (scans the open bindings: few, ended by their webhooks).
+            for other in state.upstream.values_mut() {
+                if other.reader_id == *reader_id {
+                    other.superseded = true;
+                }
+            }
             state
                 .upstream_by_time
                 .insert((open_until(&b), session_id.clone()));
@@ -347,7 +363,22 @@ pub fn ended(state: &State, e: &RemoteEnd, now: DateTime<Utc>) -> Result<Decisio
             _ => Unidentified::Failed(e.fail_reason.clone().unwrap_or_else(|| "failed".into())),
         },
     };
-    Ok(d.with_effect(not_identified(state, &b.reader_id, why)))
+    // An ending that decides nothing tells the reader only while it is news there: the reader
+    // still shows this session's page, and the webhook came within [`LATE_AFTER`] of what it
+    // tells (the end; for `too_late`, the instant the end became too late). A stale one (a
+    // reader that moved on to a later trigger's session, a webhook long after, a remote's
+    // recovery after an outage) is recorded only, as a local session's expiry is. Judged from
+    // the binding and the webhook's times alone, so a replay decides the same.
+    // (A reader at no door is the site's configuration, told whenever it happens.)
+    let news = match &why {
+        Unidentified::NoDoor => true,
+        Unidentified::TooLate => !b.superseded && within_late_after(ended_here, 2, now),
+        _ => !b.superseded && within_late_after(ended_here, 1, now),
+    };
+    if news {
+        d = d.with_effect(not_identified(state, &b.reader_id, why));
+    }
+    Ok(d)
 }
 
 /// `now` is no later than `times` × [`LATE_AFTER`] after `t` (checked).
@@ -385,11 +416,11 @@ pub fn unheard(
 }
 
 /// What the reader of an unheard binding (see [`unheard`]) is told: that the session expired,
-/// when the silence is news (no more than [`LATE_AFTER`] after [`unheard_after`]: a gateway
-/// restarted hours later tells no one).
+/// when it still shows that session's page and the silence is news (no more than
+/// [`LATE_AFTER`] after [`unheard_after`]: a gateway restarted hours later tells no one).
 pub fn unheard_notice(state: &State, b: &UpstreamBinding, now: DateTime<Utc>) -> Option<Effect> {
-    within_late_after(unheard_after(b), 1, now)
-        .then(|| not_identified(state, &b.reader_id, Unidentified::Expired))
+    let news = within_late_after(unheard_after(b), 1, now);
+    (news && !b.superseded).then(|| not_identified(state, &b.reader_id, Unidentified::Expired))
 }
 
 /// The reader's answer to a trigger no identify call was made for (the gateway's queue of

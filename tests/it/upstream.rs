@@ -1338,6 +1338,70 @@ async fn bound_for(p: &Pair, r: &mut SimReader, id: &str) -> String {
     started["data"]["session_id"].as_str().unwrap().to_string()
 }
 
+/// The reviewer's sequence: trigger `exp-a` at lobby-1 binds S1, trigger `exp-b` binds S2 and
+/// the reader shows S2's page. S1's `expired` webhook then told the reader "Access denied"
+/// (`session_expired`) while the person worked through S2; a completed webhook 50 minutes late
+/// told it `too_late`. Both are recorded and tell the reader nothing now; the newest session's
+/// timely ending still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_ending_tells_a_reader_that_moved_on_nothing() {
+    let p = pair().await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 41).await;
+    let s1 = bound_for(&p, &mut lobby, "exp-a").await;
+    let s2 = bound_for(&p, &mut lobby, "exp-b").await;
+    assert_ne!(s1, s2);
+
+    // S1 expires at the remote: recorded, the reader (on S2's page) is told nothing.
+    let now = chrono::Utc::now();
+    assert_eq!(
+        p.post_hook(&p.secret, &ending_body("expired", &s1, now))
+            .await,
+        (200, json!({"status": "accepted"}))
+    );
+    p.g_event("UpstreamSessionEnded", |d| d["session_id"] == s1)
+        .await;
+    let told = commands_within(&mut lobby, Duration::from_millis(800)).await;
+    assert!(told.is_empty(), "S1's expiry reached the reader: {told:?}");
+
+    // S2 completes, but its webhook comes 50 minutes late: recorded late, nobody told.
+    let then = now - chrono::Duration::minutes(50);
+    assert_eq!(
+        p.post_hook(&p.secret, &ending_body("completed", &s2, then))
+            .await,
+        (200, json!({"status": "accepted"}))
+    );
+    let ended = p
+        .g_event("UpstreamSessionEnded", |d| d["session_id"] == s2)
+        .await;
+    assert_eq!(ended["data"]["late"], true, "{ended}");
+    let told = commands_within(&mut lobby, Duration::from_millis(800)).await;
+    assert!(
+        told.is_empty(),
+        "a 50-minute-late webhook reached the reader: {told:?}"
+    );
+
+    // The reader's newest session ending on time is still news there.
+    let s3 = bound_for(&p, &mut lobby, "exp-c").await;
+    assert_eq!(
+        p.post_hook(&p.secret, &ending_body("expired", &s3, chrono::Utc::now()))
+            .await,
+        (200, json!({"status": "accepted"}))
+    );
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(
+        (&r["reason"], &r["granted"], &r["door"]),
+        (&json!("session_expired"), &json!(false), &json!("main")),
+        "{r}"
+    );
+    assert!(events_of(&p.g, "DoorDecided").await.is_empty());
+
+    let mut g = p.g;
+    g.kill9();
+    let store = palmgate::store::SqliteStore::open(g.store_path()).unwrap();
+    let report = palmgate::replay::audit::verify(&store).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+}
+
 /// A stand-in remote whose `POST /v1/identify` answers 201 with a new session that expires at
 /// `expires_in` from now (on its clock, which is ours) and which never sends a webhook (as if
 /// the remote had disabled the gateway's webhook).
@@ -1371,7 +1435,8 @@ async fn webhookless_remote(expires_in: chrono::Duration) -> String {
 /// retention later with no event, log line or metric, and the reader kept a dead page. Now,
 /// once the remote has had `LATE_AFTER` past the expiry to speak, the gateway warns once,
 /// counts it in `palmgate_upstream_open_past_expiry` and tells the reader `session_expired`;
-/// a webhook that finally comes is recorded and the gauge drops.
+/// a webhook that finally comes is recorded, tells the reader nothing more, and the gauge
+/// drops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_the_remote_never_ends_is_reported_and_the_reader_told() {
     use palmgate::core::upstream::LATE_AFTER;
@@ -1414,6 +1479,8 @@ async fn a_session_the_remote_never_ends_is_reported_and_the_reader_told() {
     );
     p.g_event("UpstreamSessionEnded", |d| d["session_id"] == s)
         .await;
+    let told = commands_within(&mut lobby, Duration::from_secs(3)).await;
+    assert!(told.is_empty(), "told again: {told:?}");
     assert_eq!(
         metric(&p.g, "palmgate_upstream_open_past_expiry").await,
         0.0

@@ -405,3 +405,126 @@ fn failures_and_expiry_tell_the_reader_and_only_no_match_is_a_door_decision() {
         }]
     ));
 }
+
+fn failed(id: &str, reason: &str, ended_at: DateTime<Utc>) -> Command {
+    let Command::UpstreamWebhook(mut e) = end(id, UpstreamOutcome::Failed, "", ended_at) else {
+        unreachable!()
+    };
+    e.fail_reason = Some(reason.into());
+    Command::UpstreamWebhook(e)
+}
+
+fn told(d: &Decision) -> Vec<Unidentified> {
+    d.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Reader {
+                command: ReaderCommand::NotIdentified { why, .. },
+                ..
+            } => Some(why.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_ending_tells_the_reader_only_while_it_is_news_there() {
+    let mut w = World::new();
+    // Given S1 then S2 bound at lobby-1 (the reader shows S2's page) …
+    w.bound("lobby-1", "exp-a", "s-1");
+    w.bound("lobby-1", "exp-b", "s-2");
+    // … S1's expiry, on time, is recorded and tells the reader nothing.
+    let d = w
+        .run(end("s-1", UpstreamOutcome::Expired, "", t(900)), t(901))
+        .unwrap();
+    assert_eq!(kinds(&d), ["UpstreamSessionEnded"]);
+    assert_eq!(told(&d), []);
+    // S2 (the newest there) fails on time: told.
+    let d = w.run(failed("s-2", "cancelled", t(30)), t(31)).unwrap();
+    assert_eq!(told(&d), [Unidentified::Failed("cancelled".into())]);
+    // A failure a remote reports on recovering from an outage, two hours on: recorded only.
+    w.bound("lobby-1", "exp-c", "s-3");
+    let d = w
+        .run(failed("s-3", "cancelled", t(40)), t(40 + 7200))
+        .unwrap();
+    assert_eq!(kinds(&d), ["UpstreamSessionEnded"]);
+    assert_eq!(told(&d), []);
+    // A completion 50 minutes late: recorded late, nobody told; 90 s late: `too_late` told
+    // (within `LATE_AFTER` of becoming too late).
+    w.bound("lobby-1", "exp-d", "s-4");
+    let d = w
+        .run(
+            end("s-4", UpstreamOutcome::Completed, "standard", t(20)),
+            t(20 + 3000),
+        )
+        .unwrap();
+    assert!(matches!(
+        d.events().next(),
+        Some(Event::UpstreamSessionEnded { late: true, .. })
+    ));
+    assert_eq!(told(&d), []);
+    w.bound("lobby-1", "exp-e", "s-5");
+    let d = w
+        .run(
+            end("s-5", UpstreamOutcome::Completed, "standard", t(20)),
+            t(20 + 90),
+        )
+        .unwrap();
+    assert_eq!(told(&d), [Unidentified::TooLate]);
+    // A no_match is a door decision, whichever session the reader shows.
+    w.bound("lobby-1", "exp-f", "s-6");
+    w.bound("lobby-1", "exp-g", "s-7");
+    let d = w
+        .run(end("s-6", UpstreamOutcome::Failed, "", t(30)), t(31))
+        .unwrap();
+    assert_eq!(kinds(&d), ["UpstreamSessionEnded", "DoorDecided"]);
+    // Another reader's later trigger supersedes nothing here.
+    w.bound("side-1", "exp-h", "s-8");
+    let d = w
+        .run(end("s-7", UpstreamOutcome::Expired, "", t(900)), t(905))
+        .unwrap();
+    assert_eq!(told(&d), [Unidentified::Expired]);
+}
+
+#[test]
+fn a_binding_the_remote_never_ends_is_unheard_after_its_expiry_and_told_once_in_time() {
+    use palmgate::core::upstream::{unheard, unheard_after, unheard_notice};
+    let mut w = World::new();
+    w.bound("lobby-1", "trg-1", "s-1");
+    w.bound("lobby-1", "trg-2", "s-2");
+    let b1 = w
+        .state
+        .upstream_binding(&UpstreamSessionId("s-1".into()))
+        .unwrap();
+    assert!(b1.superseded);
+    // Expired at t(900); the remote has `LATE_AFTER` more to send its webhook.
+    let due = t(900) + LATE_AFTER;
+    assert_eq!(unheard_after(b1), due);
+    let (past, next) = unheard(&w.state, due - Duration::seconds(1));
+    assert!(past.is_empty());
+    assert_eq!(next, Some(due));
+    let (past, next) = unheard(&w.state, due);
+    let mut ids: Vec<_> = past.iter().map(|b| b.session_id.0.as_str()).collect();
+    ids.sort();
+    assert_eq!((ids, next), (vec!["s-1", "s-2"], None));
+    // Only the reader's newest is told, and only within `LATE_AFTER` of that instant.
+    let notice = |id: &str, now| {
+        let b = w
+            .state
+            .upstream_binding(&UpstreamSessionId(id.into()))
+            .unwrap();
+        unheard_notice(&w.state, b, now)
+    };
+    assert_eq!(notice("s-1", due), None);
+    assert!(matches!(
+        notice("s-2", due),
+        Some(Effect::Reader {
+            command: ReaderCommand::NotIdentified {
+                why: Unidentified::Expired,
+                ..
+            },
+            ..
+        })
+    ));
+    assert_eq!(notice("s-2", due + LATE_AFTER + Duration::seconds(1)), None);
+}
