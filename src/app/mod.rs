@@ -36,6 +36,10 @@ use tokio::sync::{Notify, broadcast, mpsc};
 /// How often a command is re-decided after losing an expected-revision race.
 const MAX_ATTEMPTS: usize = 8;
 
+/// How long a command whose events erase users waits for their data keys' deletion before it
+/// answers (`Landing::land`).
+const KEY_WAIT: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -87,6 +91,8 @@ pub struct App {
     pub public_url: String,
     index: RwLock<Index>,
     keystore: KeyStore,
+    /// Erased users' data keys waiting to be deleted (`App::destroy_keys`).
+    doomed: readers::Doomed,
     wrap: KeyWrap,
     effects: mpsc::UnboundedSender<Effect>,
     sessions_changed: broadcast::Sender<SessionId>,
@@ -132,8 +138,16 @@ impl Landing<'_> {
         let result = append.await;
         self.append = None;
         let recorded = result?;
-        self.app
+        let keys = self
+            .app
             .landed(&recorded, std::mem::take(&mut self.effects));
+        // An erasure answers once its users' data keys are destroyed, as long as that takes
+        // a moment (the common case); a key store that makes them wait (locked, 5 s busy
+        // timeout) does not hold the answer up: the keys go on the blocking pool when they can
+        // (`App::destroy_keys`). Folded in and performed already: a cancel here loses nothing.
+        if let Some(keys) = keys {
+            let _ = tokio::time::timeout(KEY_WAIT, keys).await;
+        }
         Ok(())
     }
 }
@@ -157,7 +171,7 @@ impl Drop for Landing<'_> {
                     events = recorded.len(),
                     "a command's caller went away before its events were durable; folded them in"
                 );
-                app.landed(&recorded, effects);
+                let _ = app.landed(&recorded, effects);
             }
         });
     }
@@ -239,6 +253,7 @@ impl App {
             public_url: parts.public_url.trim_end_matches('/').to_string(),
             index: RwLock::new(index),
             keystore: parts.keystore,
+            doomed: Default::default(),
             wrap,
             effects,
             sessions_changed: broadcast::channel(1024).0,
@@ -341,13 +356,17 @@ impl App {
         Err(AppError::Contended)
     }
 
-    /// Folds in events just made durable and performs the effects of their decision.
-    fn landed(&self, recorded: &[Recorded], effects: Vec<Effect>) {
-        self.apply(recorded);
+    /// Folds in events just made durable and performs the effects of their decision. Returns
+    /// what [`App::apply`] does.
+    fn landed(&self, recorded: &[Recorded], effects: Vec<Effect>) -> Option<readers::KeysTried> {
+        let keys = self.apply(recorded);
         self.perform(effects);
+        keys
     }
 
-    fn apply(&self, recorded: &[Recorded]) {
+    /// Folds in durable events. When they erase users, returns what resolves once those
+    /// users' data keys have been tried (see [`App::destroy_keys`]).
+    fn apply(&self, recorded: &[Recorded]) -> Option<readers::KeysTried> {
         // The data keys of users these events erase, read before the state forgets them.
         let mut erased_keys = Vec::new();
         // Enrolled templates are opened (a key store read) before the lock is taken.
@@ -382,7 +401,7 @@ impl App {
             s.position()
         };
         self.snapshots.observe(position);
-        self.destroy_keys(&erased_keys);
+        let keys = self.destroy_keys(&erased_keys);
         // Live listeners (the admin event stream) get a copy; with none, nothing is cloned.
         let listening = self.recorded.receiver_count() > 0;
         for r in recorded {
@@ -403,6 +422,7 @@ impl App {
         {
             self.poke_outbox();
         }
+        keys
     }
 
     /// Resolves at the next change that may make a delivery due (create it before reading the
@@ -784,7 +804,7 @@ fn follow_shared_log(app: &Arc<App>) {
                 events = events.len(),
                 "events from other gateways folded in"
             );
-            app.apply(&events);
+            let _ = app.apply(&events);
         }
     });
 }

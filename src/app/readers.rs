@@ -121,8 +121,9 @@ impl App {
                 matches!(e, Event::UserEnrolled { template: Some(t), .. } if t.key_id == *key_id)
             });
             if keeps {
-                self.keystore
-                    .put(*key_id, wrapped)
+                // Off the runtime's workers: the key store may be locked (5 s busy timeout),
+                // or its mutex held by a deletion waiting that long.
+                off_worker(|| self.keystore.put(*key_id, wrapped))
                     .map_err(|e| AppError::Keys(e.to_string()))?;
             }
             Ok(())
@@ -167,6 +168,11 @@ impl App {
             return Vec::new();
         }
         let dim = self.index_dim();
+        // Off the runtime's workers, as the key store may make each read wait (above).
+        off_worker(|| self.open_each(recorded, dim))
+    }
+
+    fn open_each(&self, recorded: &[Recorded], dim: usize) -> Vec<Option<Vec<f32>>> {
         recorded
             .iter()
             .map(|rec| match &rec.event {
@@ -239,60 +245,220 @@ impl App {
     /// key of an enrollment whose events were not folded in yet, and that user never matched
     /// again. A key that cannot be deleted now (the key store locked, its disk full) is deleted
     /// by a retry as soon as it can be.
-    pub(super) fn destroy_keys(&self, ids: &[KeyId]) {
-        let mut left: Vec<KeyId> = Vec::new();
-        for id in ids {
-            if let Err(e) = self.keystore.delete(*id) {
-                tracing::error!(error = %e, "cannot destroy an erased user's data key yet; retrying");
-                left.push(*id);
+    ///
+    /// The deletions run on the blocking pool (one thread at a time, [`shred`]), never on a
+    /// runtime worker: each may wait out the key store's busy timeout (5 s) while holding its
+    /// mutex, and on a worker that stalled every task queued behind it (HTTP requests, relay
+    /// pulses). The erasure is durable and the index updated before this is called, so its
+    /// caller need not wait; the returned receiver resolves once the keys were tried (deleted,
+    /// or handed to the retries), for a caller that waits a little (`Landing::land`).
+    ///
+    /// A key id is drawn at random for each enrollment (`templates::seal`), and erasures list
+    /// only the erased users' ids: a deletion that lands late never meets the key of a later
+    /// enrollment of the same user, which has an id of its own.
+    pub(super) fn destroy_keys(&self, ids: &[KeyId]) -> Option<KeysTried> {
+        if ids.is_empty() {
+            return None;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime, so no worker to stall: deleted here; a key that cannot be is
+            // destroyed by the next start-up's sweep.
+            for id in ids {
+                if let Err(e) = self.keystore.delete(*id) {
+                    tracing::error!(
+                        error = %e,
+                        "cannot destroy an erased user's data key (no runtime to retry on): \
+                         the next start-up's sweep destroys it"
+                    );
+                }
             }
-        }
-        if left.is_empty() {
-            return;
-        }
-        // The erasure is in the log and answered: the key must go as soon as the key store
-        // can be written again (it was locked, or its disk full), not at the next start-up.
-        let (Some(app), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current())
-        else {
-            return; // shutting down: the start-up sweep destroys it
+            return None;
         };
-        // On the blocking pool: each try may wait out the key store's busy timeout (5 s),
-        // which on a runtime worker would stall the tasks queued behind it.
-        runtime.spawn_blocking(move || {
-            let mut pause = KEY_RETRY_FIRST;
-            while !left.is_empty() {
-                std::thread::sleep(pause);
-                left.retain(|id| app.keystore.delete(*id).is_err());
-                pause = (pause * 2).min(KEY_RETRY_MAX);
-            }
-            tracing::info!("erased users' data keys destroyed after a retry");
-        });
+        let (tried, answer) = tokio::sync::oneshot::channel();
+        self.doom(&runtime, ids, Some(tried));
+        Some(answer)
+    }
+
+    /// Queues `ids` for [`shred`], starting it on `runtime`'s blocking pool unless it runs.
+    fn doom(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        ids: &[KeyId],
+        tried: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        let start = {
+            let mut q = self.doomed.queue.lock().expect("doomed keys lock");
+            q.ids.extend_from_slice(ids);
+            q.tried.extend(tried);
+            !std::mem::replace(&mut q.running, true)
+        };
+        self.doomed.more.notify_one();
+        if start {
+            let app = self.me.clone();
+            runtime.spawn_blocking(move || shred(&app));
+        }
     }
 
     /// Deletes every data key no enrolled user references (erased users, failed appends). At
-    /// start-up only, before any enrollment can be in flight.
+    /// start-up only, before any enrollment can be in flight: the list is taken here (a key an
+    /// enrollment in flight has stored but not yet referenced would be on it). A key that
+    /// cannot be deleted now (the key store locked, its disk full) goes to the retries of
+    /// [`App::destroy_keys`], which start on the runtime this is called in, and is destroyed as
+    /// soon as the key store can be written, not at the next start-up.
     pub(super) fn destroy_erased_keys(&self) {
         let live: std::collections::HashSet<_> = self.read(|s| {
             s.users()
                 .filter_map(|u| u.template.as_ref().map(|t| t.key_id))
                 .collect()
         });
-        match self.keystore.ids() {
-            Ok(ids) => {
-                let mut destroyed = 0usize;
-                for id in ids.into_iter().filter(|id| !live.contains(id)) {
-                    match self.keystore.delete(id) {
-                        Ok(()) => destroyed += 1,
-                        Err(e) => tracing::error!(error = %e, "cannot destroy a data key"),
+        let unreferenced: Vec<KeyId> = match off_worker(|| self.keystore.ids()) {
+            Ok(ids) => ids.into_iter().filter(|id| !live.contains(id)).collect(),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "start-up sweep: cannot list data keys; none destroyed"
+                );
+                return;
+            }
+        };
+        // Tried here first, so the common case is swept before the server answers; after the
+        // first failure (likely the key store locked: each try waits 5 s) the rest go to the
+        // retries untried.
+        let mut destroyed = 0usize;
+        let mut failed = None;
+        off_worker(|| {
+            for id in &unreferenced {
+                match self.keystore.delete(*id) {
+                    Ok(()) => destroyed += 1,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
                     }
                 }
-                tracing::info!(
-                    destroyed,
-                    "start-up sweep: data keys no enrolled user references destroyed"
-                );
             }
-            Err(e) => tracing::error!(error = %e, "cannot list data keys"),
+        });
+        let left = &unreferenced[destroyed..];
+        tracing::info!(
+            destroyed,
+            left = left.len(),
+            "start-up sweep: data keys no enrolled user references destroyed"
+        );
+        let Some(e) = failed else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::error!(
+                    error = %e,
+                    keys = left.len(),
+                    "start-up sweep: cannot destroy data keys yet; retrying"
+                );
+                self.doom(&runtime, left, None);
+            }
+            Err(_) => tracing::error!(
+                error = %e,
+                keys = left.len(),
+                "start-up sweep: cannot destroy data keys (no runtime to retry on); the next \
+                 start-up tries again"
+            ),
         }
+    }
+}
+
+/// Resolves once the data keys an erasure destroys have been tried ([`App::destroy_keys`]).
+pub(super) type KeysTried = tokio::sync::oneshot::Receiver<()>;
+
+/// Data keys waiting for deletion ([`App::destroy_keys`]) and whether [`shred`] runs.
+#[derive(Default)]
+pub(super) struct Doomed {
+    queue: std::sync::Mutex<DoomedQueue>,
+    /// Signalled when ids are queued (a retry waiting out its pause tries them at once).
+    more: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct DoomedQueue {
+    ids: Vec<KeyId>,
+    /// Told once the ids queued with them have been tried.
+    tried: Vec<tokio::sync::oneshot::Sender<()>>,
+    running: bool,
+}
+
+/// On the blocking pool, one thread per app at a time: deletes the queued data keys, and tries
+/// the ones that cannot be deleted again after a pause (doubling up to [`KEY_RETRY_MAX`]) or as
+/// soon as more are queued, until none is left. A round stops at its first failure (the key
+/// store is likely locked, and each try waits out its 5 s busy timeout holding its mutex, which
+/// enrollments need too). Ends with the app: the start-up sweep destroys what is left.
+fn shred(app: &std::sync::Weak<App>) {
+    let mut pending: Vec<KeyId> = Vec::new();
+    let mut pause = KEY_RETRY_FIRST;
+    let mut failing = false;
+    loop {
+        let Some(app) = app.upgrade() else { return };
+        let tried = {
+            let mut q = app.doomed.queue.lock().expect("doomed keys lock");
+            if pending.is_empty() && q.ids.is_empty() {
+                q.running = false;
+                return;
+            }
+            pending.append(&mut q.ids);
+            std::mem::take(&mut q.tried)
+        };
+        let mut stuck = None;
+        pending.retain(|id| {
+            if stuck.is_some() {
+                return true;
+            }
+            match app.keystore.delete(*id) {
+                Ok(()) => false,
+                Err(e) => {
+                    stuck = Some(e);
+                    true
+                }
+            }
+        });
+        for t in tried {
+            let _ = t.send(());
+        }
+        match stuck {
+            None => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("erased users' data keys destroyed after a retry");
+                }
+                pause = KEY_RETRY_FIRST;
+            }
+            Some(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::error!(
+                        error = %e,
+                        keys = pending.len(),
+                        "cannot destroy erased users' data keys yet; retrying"
+                    );
+                } else {
+                    tracing::debug!(
+                        error = %e,
+                        keys = pending.len(),
+                        "erased users' data keys: a retry failed"
+                    );
+                }
+                let q = app.doomed.queue.lock().expect("doomed keys lock");
+                let _ = app
+                    .doomed
+                    .more
+                    .wait_timeout_while(q, pause, |q| q.ids.is_empty());
+                pause = (pause * 2).min(KEY_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// Runs `f`, which may wait on the key store (its mutex, or SQLite's 5 s busy timeout), without
+/// stalling a runtime worker: on the multi-thread runtime the worker hands its other tasks to
+/// another thread first (`block_in_place`). Elsewhere it runs in place: outside a runtime or on
+/// the blocking pool nothing waits behind it, and the current-thread runtime (some tests) has
+/// no other thread to hand tasks to.
+pub(super) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -1431,6 +1431,175 @@ async fn an_erased_users_key_is_destroyed_once_the_key_store_is_writable() {
     drop(desk);
 }
 
+/// Rows in `data_keys`, read through `c` (which may be the connection holding the lock).
+fn key_rows(c: &rusqlite::Connection) -> i64 {
+    c.query_row("SELECT count(*) FROM data_keys", [], |r| r.get::<_, i64>(0))
+        .expect("count keys")
+}
+
+/// Polls keys.db at `path` until it holds no data key (10 s at most).
+async fn keys_gone_within_10s(path: &Path, what: &str) {
+    let c = rusqlite::Connection::open(path).expect("open keys.db");
+    let end = Instant::now() + Duration::from_secs(10);
+    while key_rows(&c) > 0 {
+        assert!(Instant::now() < end, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Another SQLite client holds keys.db's write lock (`BEGIN IMMEDIATE`) for ~6 s while three
+/// users are erased at once: the erasures answer promptly, `/healthz` too, and every data key
+/// is destroyed once the lock is released. The deletions once ran on the runtime's workers,
+/// each waiting out the key store's 5 s busy timeout holding its mutex: on 2 workers the
+/// erasures answered after 5, 10 and 12 s and `/healthz` after ~10 s (a door's relay pulse
+/// stretched the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_key_store_holds_up_neither_erasures_nor_other_requests() {
+    let g = Gate::start().await;
+    let mut readers = Vec::new();
+    for (i, (user, palm)) in [("ALICE", "alice"), ("BOB", "bob"), ("CAROL", "carol")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = g.reader(&format!("desk-{i}"), palm, i as u64 + 1).await;
+        g.enroll_with(&mut r, user).await;
+        readers.push(r);
+    }
+    assert_eq!(g.data_keys(), 3);
+    let lock = rusqlite::Connection::open(g.path("keys.db")).expect("open keys.db");
+    lock.execute_batch("BEGIN IMMEDIATE")
+        .expect("lock the key store");
+    let locked_at = Instant::now();
+    let erasures: Vec<_> = ["ALICE", "BOB", "CAROL"]
+        .into_iter()
+        .map(|user| {
+            let req = g
+                .http
+                .delete(format!("{}/v1/users/{user}", g.base))
+                .header("X-API-Key", &g.key);
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let status = req.send().await.map(|r| r.status().as_u16());
+                (user, status, t.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let health = g
+        .http
+        .get(format!("{}/healthz", g.base))
+        .send()
+        .await
+        .expect("GET /healthz");
+    let health_took = t.elapsed();
+    assert_eq!(health.status(), 200);
+    for e in erasures {
+        let (user, status, took) = e.await.expect("erasure task");
+        assert_eq!(status.expect("DELETE"), 204, "erase {user}");
+        assert!(
+            took < Duration::from_secs(2),
+            "DELETE /v1/users/{user} took {took:?} while the key store was locked"
+        );
+    }
+    assert!(
+        health_took < Duration::from_secs(2),
+        "/healthz took {health_took:?} while erasures waited for the locked key store"
+    );
+    assert_eq!(
+        key_rows(&lock),
+        3,
+        "the key store was locked: the keys are still there"
+    );
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(locked_at.elapsed())).await;
+    lock.execute_batch("ROLLBACK")
+        .expect("unlock the key store");
+    drop(lock);
+    keys_gone_within_10s(
+        &g.path("keys.db"),
+        "erased users' data keys outlived the key store's lock by 10 s",
+    )
+    .await;
+    drop(readers);
+}
+
+/// The state a kill -9 leaves between a durable `UserErased` and its key's deletion (the
+/// erasure made while keys.db is locked, the process killed before a retry could delete the
+/// key), restarted while keys.db is still locked: the start-up sweep cannot delete the key
+/// then, and deletes it once the lock is released, without another restart. The sweep once
+/// only logged its failure, and the erased user's wrapped key stayed until the next start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_sweep_retries_a_key_it_cannot_delete_yet() {
+    use crate::fixtures::TestServer;
+    let mut s = TestServer::start().await;
+    let (_, key) = s.create_partner("sweep").await;
+    let mut desk = SimReader::connect(sim_options(&s.mqtt_url, "desk-1", "alice", 1))
+        .await
+        .expect("desk connects");
+    let created = s
+        .enroll(&key, "", &json!({"external_id": "ALICE"}))
+        .await
+        .created();
+    // The reader may not be subscribed yet: capture until the session ends.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        desk.capture(Some(&created.token())).await.expect("capture");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let v = s.session(&key, &created.session_id).await.json();
+        if v["state"] != "pending" {
+            assert_eq!(v["state"], "completed", "enroll of ALICE: {v}");
+            break;
+        }
+        assert!(Instant::now() < end, "the enrollment never ended: {v}");
+    }
+    let keys = s.dir().join("keys.db");
+    let lock = rusqlite::Connection::open(&keys).expect("open keys.db");
+    assert_eq!(key_rows(&lock), 1, "alice's data key");
+    lock.execute_batch("BEGIN IMMEDIATE")
+        .expect("lock the key store");
+    let r = s
+        .client
+        .delete(s.url("/v1/users/ALICE"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .expect("DELETE user");
+    assert_eq!(r.status(), 204);
+    s.kill9();
+    drop(desk);
+    assert_eq!(
+        key_rows(&lock),
+        1,
+        "killed with keys.db locked: the erased user's key is still there"
+    );
+    let events = rusqlite::Connection::open(s.store_path()).expect("open events.db");
+    let erased: i64 = events
+        .query_row(
+            "SELECT count(*) FROM events WHERE type = 'UserErased'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count erasures");
+    assert_eq!(erased, 1, "the erasure is durable");
+
+    // Restarted with keys.db still locked: the sweep's delete waits out the busy timeout.
+    s.launch().await;
+    assert_eq!(key_rows(&lock), 1, "keys.db is locked: nothing deleted yet");
+    lock.execute_batch("ROLLBACK")
+        .expect("unlock the key store");
+    drop(lock);
+    keys_gone_within_10s(
+        &keys,
+        "the start-up sweep never retried the erased user's data key",
+    )
+    .await;
+    let log = s.stderr_log();
+    assert!(
+        log.contains("start-up sweep: cannot destroy data keys yet; retrying"),
+        "{log}"
+    );
+}
+
 /// A raw MQTT 3.1.1 CONNECT as client `id` to the broker at `mqtt` (`mqtt://host:port`). With
 /// `reset`, the TCP connection is reset (RST) right after the CONNECT is sent; otherwise the
 /// broker's answer is read until it closes the connection or 2 s pass.
