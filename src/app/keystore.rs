@@ -9,11 +9,17 @@
 //! refuses a log or a master key other than the ones the keys were written with: the start-up
 //! sweep would otherwise destroy every key the (wrong) log does not reference, and a wrong
 //! master key opens none of the templates.
+//!
+//! A new key store (no data keys, no `meta`) binds nothing until start-up has vetted it
+//! against the log's state ([`KeyStore::adopt`]): beside a log with enrolled templates it is
+//! refused (it would open none of them, and would record whatever master key came with it),
+//! and beside a log with webhook secrets the master key must open them.
 
 use crate::core::KeyId;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use subtle::ConstantTimeEq;
 
 /// `meta` names.
@@ -36,6 +42,12 @@ pub struct KeyStore {
     /// `secrets.key_store`) would destroy, at its start-up, every key its own log does not
     /// reference: the first one's users' keys.
     lock: Mutex<Option<std::fs::File>>,
+    /// Whether this open created the file (it did not exist).
+    created: bool,
+    /// A new key store not vetted yet (see [`KeyStore::adopt`]): its `meta` writes wait in
+    /// `pending`, so a refused start leaves no binding to a log or a master key behind.
+    unvetted: AtomicBool,
+    pending: Mutex<Vec<(&'static str, Vec<u8>)>>,
 }
 
 impl KeyStore {
@@ -49,6 +61,7 @@ impl KeyStore {
             std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
         }
         let lock = crate::store::sqlite::lock_beside(path, "secrets.key_store").map_err(err)?;
+        let created = !path.exists();
         let conn = Connection::open(path).map_err(|e| at(&e))?;
         conn.pragma_update(None, "journal_mode", "DELETE")
             .map_err(|e| at(&e))?;
@@ -66,10 +79,20 @@ impl KeyStore {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
+        let new: bool = conn
+            .query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM data_keys) AND NOT EXISTS (SELECT 1 FROM meta)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| at(&e))?;
         Ok(KeyStore {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             lock: Mutex::new(Some(lock)),
+            created,
+            unvetted: AtomicBool::new(new),
+            pending: Mutex::new(Vec::new()),
         })
     }
 
@@ -134,6 +157,11 @@ impl KeyStore {
     }
 
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        let pending = self.pending.lock().expect("key store lock");
+        if let Some((_, v)) = pending.iter().rev().find(|(n, _)| *n == name) {
+            return Ok(Some(v.clone()));
+        }
+        drop(pending);
         self.conn
             .lock()
             .expect("key store lock")
@@ -144,7 +172,13 @@ impl KeyStore {
             .map_err(|e| self.at(e))
     }
 
-    fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), KeyStoreError> {
+    fn set_meta(&self, name: &'static str, value: &[u8]) -> Result<(), KeyStoreError> {
+        if self.unvetted.load(Ordering::SeqCst) {
+            let mut pending = self.pending.lock().expect("key store lock");
+            pending.retain(|(n, _)| *n != name);
+            pending.push((name, value.to_vec()));
+            return Ok(());
+        }
         self.conn
             .lock()
             .expect("key store lock")
@@ -228,6 +262,85 @@ impl KeyStore {
     }
 }
 
+impl KeyStore {
+    /// Vets a new key store (no data keys, no `meta` when opened) against the log's state,
+    /// then writes the binding to the log and the master key that start-up left pending; a
+    /// key store that was not new is left as it is. `log` names the log (see [`log_name`]),
+    /// `source` the master key's (see [`crate::app::secrets::master_key_source`]).
+    ///
+    /// Refused: enrolled users with templates (they are sealed with data keys that only the
+    /// log's own key store holds: none would match, and none could enroll again), and webhook
+    /// secrets the master key opens none of (another master key; recorded in the new key
+    /// store, it would then refuse the right one). A log with events but neither (partners,
+    /// doors, users enrolled without a template) starts with the new key store: it loses
+    /// nothing. A refused key store is removed if this open created it (otherwise it is left
+    /// as it was: no `meta`).
+    pub fn adopt(
+        &self,
+        state: &crate::core::State,
+        keys: &crate::app::secrets::Keys,
+        log: &str,
+        source: &str,
+    ) -> Result<(), KeyStoreError> {
+        if !self.unvetted.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let ks = self.path.display();
+        let new = format!(
+            "secrets.key_store {ks} is a new key store (no data keys, bound to no log and no \
+             master key)"
+        );
+        let fix = format!(
+            "restore the keys.db that belongs to this log (from the same backup as the log and \
+             its master key) at secrets.key_store {ks}, or, to start a new site, move the log \
+             ({log}) away; palmgate refuses to start with a new key store beside it"
+        );
+        let templates = state.users().filter(|u| u.template.is_some()).count();
+        let sealed: Vec<&str> = state
+            .partners()
+            .filter_map(|p| state.webhook(p.id))
+            .flat_map(|w| {
+                std::iter::once(w.secret.as_str())
+                    .chain(w.previous.iter().map(|(s, _)| s.as_str()))
+                    .chain(w.older.iter().map(|(s, _)| s.as_str()))
+            })
+            .collect();
+        let refused = if templates > 0 {
+            Some(format!(
+                "{new}, but the log {log} has {templates} enrolled user(s) whose templates are \
+                 sealed with data keys kept only in that log's own key store: with a new one none \
+                 of them would match, and none could enroll again. To fix: {fix}"
+            ))
+        } else if !sealed.is_empty() && sealed.iter().all(|s| keys.open_secret(s).is_none()) {
+            Some(format!(
+                "{new}, and the master key from {source} opens none of the webhook secrets in \
+                 the log {log}: it is not the master key this log was written with. To fix: \
+                 restore the site's master key (from backup) there, and {fix}"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            self.pending.lock().expect("key store lock").clear();
+            if self.created {
+                // Closes the file (the connection is replaced) before removing it.
+                let mut conn = self.conn.lock().expect("key store lock");
+                if let Ok(memory) = Connection::open_in_memory() {
+                    *conn = memory;
+                    let _ = std::fs::remove_file(&self.path);
+                }
+            }
+            return Err(KeyStoreError(why));
+        }
+        self.unvetted.store(false, Ordering::SeqCst);
+        let pending = std::mem::take(&mut *self.pending.lock().expect("key store lock"));
+        for (name, value) in pending {
+            self.set_meta(name, &value)?;
+        }
+        Ok(())
+    }
+}
+
 /// How start-up errors name the log: `store.url <url>` (without any user or password) or
 /// `store.path <path>`.
 pub fn log_name(store: &crate::config::StoreConfig) -> String {
@@ -283,6 +396,7 @@ mod tests {
         let log = "store.path /site/events.db";
         // A new site: empty log, no keys.
         ks.bind_to_log(None, log).unwrap();
+        adopt_empty(&ks, log);
         ks.put(KeyId::from_random([1; 16]), b"wrapped").unwrap();
         // Keys but no log_id (an older key store) beside an empty log: refused.
         let e = ks.bind_to_log(None, log).unwrap_err().to_string();
@@ -315,6 +429,51 @@ mod tests {
         again.bind_to_log(Some([1; 32]), log).unwrap();
     }
 
+    /// Start-up's vetting of a new key store beside an empty log: it passes.
+    fn adopt_empty(ks: &KeyStore, log: &str) {
+        let keys = crate::app::secrets::Keys::from_master(&[1; 32]);
+        ks.adopt(
+            &crate::core::State::default(),
+            &keys,
+            log,
+            "secrets.key_file /k",
+        )
+        .unwrap();
+    }
+
+    /// A new key store writes no binding until start-up has vetted it: refused, it leaves no
+    /// `meta` (and no file, if the open created it); vetted, the pending binding is written.
+    #[test]
+    fn a_new_key_store_binds_only_once_vetted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let log = "store.path /site/events.db";
+        let ks = KeyStore::open(&path).unwrap();
+        ks.bind_to_log(Some([1; 32]), log).unwrap();
+        ks.check_master_key([9; 32], "secrets.key_file /k").unwrap();
+        // Seen by this process, not yet in the file.
+        assert!(ks.bind_to_log(Some([2; 32]), log).is_err());
+        let c = Connection::open(&path).unwrap();
+        let rows: i64 = c
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0);
+        drop(c);
+        adopt_empty(&ks, log);
+        ks.close();
+        drop(ks);
+        let again = KeyStore::open(&path).unwrap();
+        assert!(again.bind_to_log(Some([2; 32]), log).is_err());
+        assert!(
+            again
+                .check_master_key([8; 32], "secrets.key_file /k")
+                .is_err()
+        );
+        again
+            .check_master_key([9; 32], "secrets.key_file /k")
+            .unwrap();
+    }
+
     /// The master key's check is recorded the first time and compared afterwards; a master
     /// key may be generated only for a new site.
     #[test]
@@ -324,6 +483,7 @@ mod tests {
         let ks = KeyStore::open(&path).unwrap();
         let log = "store.path /site/events.db";
         assert_eq!(ks.master_key_needed(false, log).unwrap(), None);
+        adopt_empty(&ks, log);
         assert!(
             ks.master_key_needed(true, log)
                 .unwrap()

@@ -696,6 +696,13 @@ pub async fn start_with(
             public_url: public_url.clone(),
         },
     )?;
+    // A new key store binds to the log and the master key only now, vetted against the
+    // log's state: refused beside enrolled templates, or webhook secrets the key opens none of.
+    let source = secrets::master_key_source(
+        &app.config.secrets.key_file,
+        app.config.secrets.master_key.as_deref(),
+    );
+    app.read(|s| app.keystore.adopt(s, &app.keys, &log, &source))?;
     if first.is_none() {
         // An empty log: the key store records the log's identity as soon as it has a first
         // event (subscribed before anything below can append one).

@@ -343,6 +343,128 @@ async fn another_master_key_from_the_environment_is_refused() {
     assert_eq!(data_keys(&s), 1);
 }
 
+/// Moves the stopped server's keys.db aside (as a restore that forgot it): returns the copy.
+fn keys_db_aside(s: &TestServer) -> (tempfile::TempDir, std::path::PathBuf) {
+    let keys_db = s.dir().join("keys.db");
+    let aside = tempfile::tempdir().unwrap();
+    let copy = aside.path().join("keys.db");
+    std::fs::rename(&keys_db, &copy).unwrap();
+    (aside, copy)
+}
+
+/// The server's user EMP-1 (enrolled by [`enrolled_and_stopped`]) is there and matches.
+async fn emp_1_matches(s: &TestServer, key: &str) {
+    let r = crate::fixtures::send(s.get("/v1/users/EMP-1").header("x-api-key", key)).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let mut door = sim_reader(s, "door-1", "alice", 1_000).await;
+    let created = s.identify(key, "").await.created();
+    let v = captured(s, key, &mut door, &created).await;
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["external_id"], "EMP-1", "{v}");
+}
+
+/// A log with an enrolled user restored without its keys.db: start-up refuses (before, it
+/// created a new key store, every user stopped matching while enrolling them again answered
+/// 409), naming both files and their keys and saying what to do, and leaves no keys.db behind.
+/// With the log's own keys.db restored, the user matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_with_enrolled_users_and_no_key_store_is_refused() {
+    let (mut s, key) = enrolled_and_stopped().await;
+    let keys_db = s.dir().join("keys.db");
+    let (_aside, copy) = keys_db_aside(&s);
+    for _ in 0..2 {
+        let stderr = refused_start(&s, &[]);
+        assert!(
+            stderr.contains(&format!("secrets.key_store {}", keys_db.display()))
+                && stderr.contains(&format!("store.path {}", s.store_path().display()))
+                && stderr.contains("1 enrolled user(s)")
+                && stderr.contains("restore the keys.db that belongs to this log")
+                && stderr.contains("move the log"),
+            "{stderr}"
+        );
+        assert!(!keys_db.exists(), "the refused start left a new keys.db");
+    }
+    std::fs::copy(&copy, &keys_db).unwrap();
+    s.launch().await;
+    emp_1_matches(&s, &key).await;
+    assert_eq!(data_keys(&s), 1);
+}
+
+/// No keys.db and another master key (PALMGATE_SECRETS_MASTER_KEY): refused, and nothing
+/// records that key (before, the new keys.db took its check and then refused the site's own
+/// master key until deleted by hand). A later start with the right files works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_store_and_another_master_key_are_refused_and_the_right_files_start() {
+    let (mut s, key) = enrolled_and_stopped().await;
+    let keys_db = s.dir().join("keys.db");
+    let (_aside, copy) = keys_db_aside(&s);
+    let other = "cd".repeat(32);
+    let stderr = refused_start(
+        &s,
+        &[("PALMGATE_SECRETS_MASTER_KEY", std::ffi::OsStr::new(&other))],
+    );
+    assert!(
+        stderr.contains(&format!("secrets.key_store {}", keys_db.display()))
+            && stderr.contains(&format!("store.path {}", s.store_path().display()))
+            && stderr.contains("restore the keys.db that belongs to this log"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&other), "the key was printed: {stderr}");
+    assert!(!keys_db.exists(), "the refused start left a new keys.db");
+    std::fs::copy(&copy, &keys_db).unwrap();
+    s.launch().await;
+    emp_1_matches(&s, &key).await;
+}
+
+/// A log with events but no enrolled template (a partner and its webhook) needs no data key:
+/// without keys.db it starts with a new one, but only with the master key that opens its
+/// webhook secret. Another key is refused (naming where it came from) and recorded nowhere;
+/// the right one starts and the new key store is bound to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_without_templates_starts_with_a_new_key_store_only_with_its_master_key() {
+    let mut s = TestServer::start_with(
+        Options::default().extra_toml("[webhooks]\nallow_networks = [\"127.0.0.0/8\"]"),
+    )
+    .await;
+    let (_, key) = s.create_partner("Acme").await;
+    let r = crate::fixtures::send(
+        s.client
+            .put(s.url("/v1/webhook"))
+            .header("x-api-key", &key)
+            .json(&serde_json::json!({ "url": "http://127.0.0.1:9/hook" })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "PUT /v1/webhook: {}", r.text);
+    s.terminate();
+    let keys_db = s.dir().join("keys.db");
+    std::fs::remove_file(&keys_db).unwrap();
+
+    let other = "cd".repeat(32);
+    let stderr = refused_start(
+        &s,
+        &[("PALMGATE_SECRETS_MASTER_KEY", std::ffi::OsStr::new(&other))],
+    );
+    assert!(
+        stderr.contains("PALMGATE_SECRETS_MASTER_KEY")
+            && stderr.contains("opens none of the webhook secrets")
+            && stderr.contains(&format!("secrets.key_store {}", keys_db.display()))
+            && stderr.contains(&format!("store.path {}", s.store_path().display())),
+        "{stderr}"
+    );
+    assert!(!keys_db.exists(), "the refused start left a new keys.db");
+
+    s.launch().await;
+    let r = crate::fixtures::send(s.get("/v1/webhook").header("x-api-key", &key)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    s.terminate();
+    // Bound to the right master key now: the other one is refused by the key store itself.
+    let stderr = refused_start(
+        &s,
+        &[("PALMGATE_SECRETS_MASTER_KEY", std::ffi::OsStr::new(&other))],
+    );
+    assert!(stderr.contains("is not the one"), "{stderr}");
+}
+
 /// `<db>-wal` and `<db>-shm`, whichever exist.
 fn side_files(db: &std::path::Path) -> Vec<std::path::PathBuf> {
     ["-wal", "-shm"]
