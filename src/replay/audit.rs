@@ -453,6 +453,10 @@ struct UpstreamEnd {
     outcome: UpstreamOutcome,
     external_id: Option<ExternalId>,
     metadata: Option<Value>,
+    /// Arrived too late to open a door: no decision may follow it.
+    late: bool,
+    /// The trigger the remote session was opened for (its binding, as the log made it).
+    trigger_id: Option<String>,
 }
 
 impl Fold {
@@ -619,18 +623,36 @@ fn check_event(
             )),
         },
         Event::UpstreamSessionEnded {
+            session_id,
             reader_id,
             outcome,
             external_id,
             metadata,
+            late,
             ..
         } => {
+            // The ending is the binding's: opened by an `UpstreamIdentifyStarted` for a trigger
+            // at the same reader (the gateway ignores a webhook for a session it did not bind).
+            let binding = state.upstream.get(session_id);
+            match binding {
+                None => problem(format!(
+                    "upstream session {} ends, but the log bound no such session",
+                    session_id.0
+                )),
+                Some(b) if b.reader_id != *reader_id => problem(format!(
+                    "upstream session {} ends at reader {reader_id}, but it was opened for reader {}",
+                    session_id.0, b.reader_id
+                )),
+                Some(_) => {}
+            }
             seen.upstream_end = Some(UpstreamEnd {
                 position: rec.position,
                 reader_id: reader_id.clone(),
                 outcome: *outcome,
                 external_id: external_id.clone(),
                 metadata: metadata.clone(),
+                late: *late,
+                trigger_id: binding.map(|b| b.trigger_id.clone()),
             })
         }
         Event::DoorDecided {
@@ -764,6 +786,28 @@ fn check_event(
                         problem(format!(
                             "the recorded subject {} is not the person the upstream session ending at position {} names",
                             s.external_id.0, u.position
+                        ));
+                    }
+                    if u.late {
+                        problem(format!(
+                            "the upstream session ending at position {} arrived too late to open a door (late), but a decision follows it",
+                            u.position
+                        ));
+                    }
+                    // The trigger's key stands for the capture (and is the relay pulse's tag).
+                    if let Some(t) = &u.trigger_id
+                        && *capture_id != crate::core::state::trigger_key(t)
+                    {
+                        problem(format!(
+                            "the decision's capture id {capture_id} is not the key of trigger {t}, which opened the upstream session ending at position {}",
+                            u.position
+                        ));
+                    }
+                    // The remote's people are no local partner's users.
+                    if state.partners.contains_key(&s.partner_id) {
+                        problem(format!(
+                            "the upstream subject {} is recorded under local partner {}",
+                            s.external_id.0, s.partner_id
                         ));
                     }
                 }
@@ -1428,5 +1472,182 @@ pub fn what_if(
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use super::*;
+    use crate::core::Rules;
+    use crate::core::UpstreamSessionId;
+    use crate::core::policy::SiteMode;
+
+    fn rec(position: u64, stream: String, event: Event) -> Recorded {
+        Recorded {
+            position,
+            stream,
+            revision: 0,
+            recorded_at: Utc::now(),
+            event,
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        }
+    }
+
+    fn ended(session: &str, reader: &str, late: bool) -> Event {
+        Event::UpstreamSessionEnded {
+            session_id: UpstreamSessionId(session.into()),
+            reader_id: ReaderId(reader.into()),
+            outcome: UpstreamOutcome::Completed,
+            webhook_id: String::new(),
+            external_id: Some(ExternalId("E".into())),
+            username: None,
+            metadata: Some(json!({"access_level": "standard"})),
+            fail_reason: None,
+            ended_at: Utc::now(),
+            late,
+            at: Utc::now(),
+        }
+    }
+
+    fn decided(capture_id: &str, partner_id: PartnerId) -> Event {
+        Event::DoorDecided {
+            door: DoorId("d1".into()),
+            reader_id: ReaderId("r1".into()),
+            capture_id: capture_id.into(),
+            subject: Some(DoorSubject {
+                partner_id,
+                partner_name: "upstream".into(),
+                external_id: ExternalId("E".into()),
+                metadata: Some(json!({"access_level": "standard"})),
+            }),
+            erased: false,
+            similarity: None,
+            quality: None,
+            judged: None,
+            policy: site().sha256,
+            mode: SiteMode::Normal,
+            last_in_zone: None,
+            movement: None,
+            verdict: Verdict::Granted {
+                level: "standard".into(),
+                passback_violation: false,
+            },
+            at: Utc::now(),
+        }
+    }
+
+    const SITE: &str = r#"timezone = "UTC"
+
+[[relay_devices]]
+id = "board-1"
+modbus = "tcp://127.0.0.1:5020"
+
+[[doors]]
+id = "d1"
+readers = ["r1"]
+relay = { device = "board-1", coil = 0 }
+
+[schedules]
+always = ["* * * * * *"]
+
+[[levels]]
+name = "standard"
+doors = ["*"]
+schedule = "always"
+"#;
+
+    fn site() -> Policy {
+        Policy::parse(SITE).expect("the test site parses")
+    }
+
+    /// The findings of checking `events` in order (each folded after its check, as `verify`
+    /// does), after a binding of remote session `s1` to reader `r1` for trigger `t1`.
+    fn findings(events: Vec<Event>) -> Vec<String> {
+        let mut state = State::new(Rules::default());
+        let started = Event::UpstreamIdentifyStarted {
+            session_id: UpstreamSessionId("s1".into()),
+            reader_id: ReaderId("r1".into()),
+            trigger_id: "t1".into(),
+            expires_at: None,
+            clock_skew_s: None,
+            at: Utc::now(),
+        };
+        let id = UpstreamSessionId("s1".into());
+        state.evolve(&rec(1, stream::upstream(&id), started));
+        let (mut policies, mut seen, mut report) =
+            (HashMap::new(), Seen::default(), Report::default());
+        let activated = Event::PolicyActivated {
+            sha256: site().sha256,
+            document: SITE.into(),
+            source: "test".into(),
+            at: Utc::now(),
+        };
+        let events = std::iter::once(activated).chain(events);
+        for (i, e) in events.enumerate() {
+            let stream = match &e {
+                Event::DoorDecided { door, .. } => stream::door(door),
+                _ => "x".into(),
+            };
+            let r = rec(2 + i as u64, stream, e);
+            check_event(&r, &state, &mut policies, &mut seen, &mut report);
+            state.evolve(&r);
+        }
+        report.findings.into_iter().map(|f| f.problem).collect()
+    }
+
+    fn has(found: &[String], part: &str) -> bool {
+        found.iter().any(|f| f.contains(part))
+    }
+
+    #[test]
+    fn an_ending_must_be_of_a_bound_session_at_its_reader() {
+        let found = findings(vec![ended("s1", "r2", false), ended("s9", "r1", false)]);
+        assert!(
+            has(
+                &found,
+                "s1 ends at reader r2, but it was opened for reader r1"
+            ),
+            "{found:?}"
+        );
+        assert!(
+            has(&found, "s9 ends, but the log bound no such session"),
+            "{found:?}"
+        );
+        assert!(!has(
+            &findings(vec![ended("s1", "r1", false)]),
+            "upstream session"
+        ));
+    }
+
+    #[test]
+    fn a_decision_after_a_late_ending_or_for_another_trigger_or_a_local_partner_is_a_finding() {
+        let upstream = PartnerId(uuid::Uuid::from_u128(7));
+        let key = crate::core::state::trigger_key("t1");
+        // The honest sequence: no finding of these kinds.
+        let honest = findings(vec![ended("s1", "r1", false), decided(&key, upstream)]);
+        for part in ["too late", "is not the key of trigger", "local partner"] {
+            assert!(!has(&honest, part), "{part}: {honest:?}");
+        }
+        let late = findings(vec![ended("s1", "r1", true), decided(&key, upstream)]);
+        assert!(has(&late, "arrived too late to open a door"), "{late:?}");
+        let other = findings(vec![
+            ended("s1", "r1", false),
+            decided("trigger:t2", upstream),
+        ]);
+        assert!(
+            has(&other, "capture id trigger:t2 is not the key of trigger t1"),
+            "{other:?}"
+        );
+        // A partner created in the log is no remote identity.
+        let mut state_events = vec![Event::PartnerCreated {
+            partner_id: upstream,
+            name: "Acme".into(),
+            api_key_hash: crate::core::SecretHash("h".into()),
+            at: Utc::now(),
+        }];
+        state_events.extend([ended("s1", "r1", false), decided(&key, upstream)]);
+        let local = findings(state_events);
+        assert!(has(&local, "recorded under local partner"), "{local:?}");
     }
 }
