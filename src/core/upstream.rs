@@ -13,8 +13,9 @@
 //! so the grant is durable before the relay pulses and `audit` re-derives it from the
 //! `DoorDecided` alone.
 //!
-//! Invariants: a trigger is handled once (remembered apart from capture ids, by its
-//! `trigger_key`, also the `capture_id` of the decision it leads to); a remote session ends
+//! Invariants: a trigger is handled once (remembered apart from capture ids, as
+//! `state::Seen::Trigger`; its `trigger_key` is the `capture_id` of the decision it leads to
+//! and the relay pulse's tag); a remote session ends
 //! once (a repeated webhook is a duplicate, whatever its id); a webhook about a session
 //! palmgate did not open is refused (`NotFound`) and recorded nowhere; no door opens for a
 //! webhook that arrives more than [`LATE_AFTER`] after the remote ended the session (the person
