@@ -374,7 +374,7 @@ impl App {
         let position = {
             let mut s = self.state.write().expect("state lock");
             for (i, r) in recorded.iter().enumerate() {
-                let values = opened.get(i).and_then(Option::as_deref);
+                let values = opened.get(i).and_then(|v| v.as_deref()).map(Vec::as_slice);
                 if let crate::core::Event::UserErased {
                     partner_id,
                     external_id,

@@ -13,6 +13,7 @@ use crate::core::event::{Event, Recorded};
 use crate::core::matcher::Index;
 use crate::core::{Capture, Command, KeyId, Outcome, PartnerId, ReaderId, SessionKind};
 use crate::mqtt::protocol::{CaptureMsg, Inbound};
+use zeroize::Zeroizing;
 
 impl App {
     /// Handles one parsed reader message. Returns what the core made of it.
@@ -154,7 +155,7 @@ impl App {
     /// store is read): `None` for an event that enrolls no template, or one that cannot be
     /// opened (logged). Empty (no allocation) when none of the events enrolls a template, the
     /// common case on the identify and door-scan paths.
-    pub(super) fn open_enrolled(&self, recorded: &[Recorded]) -> Vec<Option<Vec<f32>>> {
+    pub(super) fn open_enrolled(&self, recorded: &[Recorded]) -> Vec<Option<Zeroizing<Vec<f32>>>> {
         let enrolls = |rec: &Recorded| {
             matches!(
                 rec.event,
@@ -172,7 +173,7 @@ impl App {
         off_worker(|| self.open_each(recorded, dim))
     }
 
-    fn open_each(&self, recorded: &[Recorded], dim: usize) -> Vec<Option<Vec<f32>>> {
+    fn open_each(&self, recorded: &[Recorded], dim: usize) -> Vec<Option<Zeroizing<Vec<f32>>>> {
         recorded
             .iter()
             .map(|rec| match &rec.event {
@@ -481,13 +482,16 @@ pub fn open_template(
     partner: PartnerId,
     user: &crate::core::ExternalId,
     dim: usize,
-) -> Result<Vec<f32>, String> {
+) -> Result<Zeroizing<Vec<f32>>, String> {
     let wrapped = keystore
         .get(t.key_id)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "its data key is gone".to_string())?;
     let key = wrap.unwrap(t.key_id, &wrapped).map_err(|e| e.to_string())?;
-    templates::open(t, &key, partner, user, dim).map_err(|e| e.to_string())
+    // Clear template values: zeroed when dropped (SPEC 8.3), wherever the caller drops them.
+    templates::open(t, &key, partner, user, dim)
+        .map(Zeroizing::new)
+        .map_err(|e| e.to_string())
 }
 
 /// Enrolled templates of another dimension than `matching.dim`: none of their users would
