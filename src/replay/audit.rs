@@ -352,6 +352,11 @@ struct Seen {
     judged: Option<u64>,
     /// The last `UpstreamSessionEnded`: the door decision it makes follows it directly.
     upstream_end: Option<UpstreamEnd>,
+    /// Remote sessions the log bound (`UpstreamIdentifyStarted`) and has not seen end: their
+    /// reader and trigger. Kept here, not read from the folded state, which lets a binding go
+    /// after the default retention while a gateway configured with a longer one still records
+    /// its ending.
+    upstream_open: HashMap<crate::core::UpstreamSessionId, (ReaderId, String)>,
     /// The pulses the log has asked of each relay, by [`pulse_key`] (the relay and the pulse's
     /// tag: a granting decision's capture id, or `exit-request`): when each was asked, and the
     /// last instant its board write may be (its end and [`RELAY_REPORT_SLACK`]).
@@ -622,6 +627,15 @@ fn check_event(
                 e.first().map(|e| e.to_string()).unwrap_or_default()
             )),
         },
+        Event::UpstreamIdentifyStarted {
+            session_id,
+            reader_id,
+            trigger_id,
+            ..
+        } => {
+            seen.upstream_open
+                .insert(session_id.clone(), (reader_id.clone(), trigger_id.clone()));
+        }
         Event::UpstreamSessionEnded {
             session_id,
             reader_id,
@@ -632,16 +646,17 @@ fn check_event(
             ..
         } => {
             // The ending is the binding's: opened by an `UpstreamIdentifyStarted` for a trigger
-            // at the same reader (the gateway ignores a webhook for a session it did not bind).
-            let binding = state.upstream.get(session_id);
-            match binding {
+            // at the same reader (the gateway ignores a webhook for a session it did not bind),
+            // and a remote session ends once.
+            let binding = seen.upstream_open.remove(session_id);
+            match &binding {
                 None => problem(format!(
-                    "upstream session {} ends, but the log bound no such session",
+                    "upstream session {} ends, but the log bound no such session (or it ended before)",
                     session_id.0
                 )),
-                Some(b) if b.reader_id != *reader_id => problem(format!(
-                    "upstream session {} ends at reader {reader_id}, but it was opened for reader {}",
-                    session_id.0, b.reader_id
+                Some((r, _)) if r != reader_id => problem(format!(
+                    "upstream session {} ends at reader {reader_id}, but it was opened for reader {r}",
+                    session_id.0
                 )),
                 Some(_) => {}
             }
@@ -652,7 +667,7 @@ fn check_event(
                 external_id: external_id.clone(),
                 metadata: metadata.clone(),
                 late: *late,
-                trigger_id: binding.map(|b| b.trigger_id.clone()),
+                trigger_id: binding.map(|(_, t)| t),
             })
         }
         Event::DoorDecided {
@@ -794,9 +809,11 @@ fn check_event(
                             u.position
                         ));
                     }
-                    // The trigger's key stands for the capture (and is the relay pulse's tag).
+                    // The trigger's key stands for the capture (and is the relay pulse's tag);
+                    // decisions logged before the key existed record the bare trigger id.
                     if let Some(t) = &u.trigger_id
                         && *capture_id != crate::core::state::trigger_key(t)
+                        && capture_id != t
                     {
                         problem(format!(
                             "the decision's capture id {capture_id} is not the key of trigger {t}, which opened the upstream session ending at position {}",
@@ -815,8 +832,11 @@ fn check_event(
                     "the recorded subject {} was matched by no palm here (no similarity) and the decision follows no upstream session ending at reader {reader_id}",
                     s.external_id.0
                 )),
+                // A late ending decides nothing: a decision after it is another scan's.
                 (None, _, Some(u))
-                    if u.outcome == UpstreamOutcome::Completed && u.external_id.is_some() =>
+                    if u.outcome == UpstreamOutcome::Completed
+                        && u.external_id.is_some()
+                        && !u.late =>
                 {
                     problem(format!(
                         "the upstream session ending at position {} names {}, but the decision records no subject",
@@ -1573,8 +1593,6 @@ schedule = "always"
             clock_skew_s: None,
             at: Utc::now(),
         };
-        let id = UpstreamSessionId("s1".into());
-        state.evolve(&rec(1, stream::upstream(&id), started));
         let (mut policies, mut seen, mut report) =
             (HashMap::new(), Seen::default(), Report::default());
         let activated = Event::PolicyActivated {
@@ -1583,10 +1601,11 @@ schedule = "always"
             source: "test".into(),
             at: Utc::now(),
         };
-        let events = std::iter::once(activated).chain(events);
+        let events = [activated, started].into_iter().chain(events);
         for (i, e) in events.enumerate() {
             let stream = match &e {
                 Event::DoorDecided { door, .. } => stream::door(door),
+                Event::UpstreamIdentifyStarted { session_id, .. } => stream::upstream(session_id),
                 _ => "x".into(),
             };
             let r = rec(2 + i as u64, stream, e);
@@ -1618,6 +1637,35 @@ schedule = "always"
             &findings(vec![ended("s1", "r1", false)]),
             "upstream session"
         ));
+        // A remote session ends once.
+        let twice = findings(vec![ended("s1", "r1", false), ended("s1", "r1", false)]);
+        assert!(
+            has(&twice, "s1 ends, but the log bound no such session"),
+            "{twice:?}"
+        );
+    }
+
+    /// Honest logs the checks must not fail: a decision logged before the trigger key existed
+    /// (its capture id the bare trigger id), and a local scan that matched nobody right after
+    /// a late ending at the same reader (the late ending decided nothing).
+    #[test]
+    fn old_bare_trigger_ids_and_a_local_scan_after_a_late_ending_verify() {
+        let upstream = PartnerId(uuid::Uuid::from_u128(7));
+        let bare = findings(vec![ended("s1", "r1", false), decided("t1", upstream)]);
+        assert!(!has(&bare, "is not the key of trigger"), "{bare:?}");
+        let mut local = decided("cap-9", upstream);
+        if let Event::DoorDecided {
+            subject, verdict, ..
+        } = &mut local
+        {
+            *subject = None;
+            *verdict = Verdict::Denied {
+                reason: DenyReason::NoMatch,
+                level: None,
+            };
+        }
+        let after_late = findings(vec![ended("s1", "r1", true), local]);
+        assert!(!has(&after_late, "records no subject"), "{after_late:?}");
     }
 
     #[test]
