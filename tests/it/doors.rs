@@ -1038,10 +1038,17 @@ async fn a_dead_board_is_reported_decisions_go_on_and_other_boards_keep_working(
     assert_eq!(side_door_now["state"], "locked", "{side_door_now}");
     assert_eq!(side_door_now["device_up"], true);
 
-    // The scan at the unreachable door is still decided and answered.
+    // The scan at the unreachable door is still decided and answered: granted, but the person
+    // is told the door cannot open now (not welcomed at a door that stays locked).
     let (capture_id, r) = scan(&mut lobby, "alice").await;
     assert_eq!(r["granted"], true, "{r}");
     assert_eq!(r["door"], "main");
+    assert_eq!(r["reason"], "door_unavailable", "{r}");
+    assert_eq!(
+        r["message"],
+        "Access granted, but the door cannot be opened right now. Please contact security.",
+        "{r}"
+    );
     let decided = site
         .wait_event("DoorDecided", |d| d["capture_id"] == capture_id)
         .await;
@@ -1055,6 +1062,8 @@ async fn a_dead_board_is_reported_decisions_go_on_and_other_boards_keep_working(
     let (_, r) = scan(&mut side, "alice").await;
     assert_eq!(r["granted"], true, "{r}");
     assert_eq!(r["door"], "side");
+    assert_eq!(r["message"], "Access granted. Welcome!", "{r}");
+    assert!(r.get("reason").is_none(), "{r}");
     wait_pulse(board2, 0, t0).await;
     assert!(!board2.coil(0));
 

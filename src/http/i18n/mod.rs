@@ -98,6 +98,8 @@ pub struct Catalog {
     /// Reader feedback after a door decision.
     pub door_granted: &'static str,
     pub door_denied: &'static str,
+    /// Granted, but the door's relay board is down: the door will not open.
+    pub door_unavailable: &'static str,
     /// Reader feedback when the upstream Pass API (upstream mode) could not be reached.
     pub upstream_unavailable: &'static str,
 }
@@ -134,6 +136,7 @@ pub const EN: Catalog = Catalog {
     reader_busy: "This scanner is in use by someone else. Choose another one or wait a moment.",
     door_granted: "Access granted. Welcome!",
     door_denied: "Access denied.",
+    door_unavailable: "Access granted, but the door cannot be opened right now. Please contact security.",
     upstream_unavailable: "Identification is unavailable right now. Please try again.",
 };
 
@@ -169,6 +172,7 @@ pub const KK: Catalog = Catalog {
     reader_busy: "Бұл сканерді басқа біреу пайдаланып жатыр. Басқасын таңдаңыз немесе біраз күтіңіз.",
     door_granted: "Кіруге рұқсат етілді. Қош келдіңіз!",
     door_denied: "Кіруге рұқсат жоқ.",
+    door_unavailable: "Кіруге рұқсат етілді, бірақ есікті қазір ашу мүмкін емес. Күзет қызметіне хабарласыңыз.",
     upstream_unavailable: "Сәйкестендіру қазір қолжетімсіз. Қайталап көріңіз.",
 };
 
@@ -204,6 +208,7 @@ pub const RU: Catalog = Catalog {
     reader_busy: "Этот сканер сейчас занят другим человеком. Выберите другой или немного подождите.",
     door_granted: "Доступ разрешён. Добро пожаловать!",
     door_denied: "Доступ запрещён.",
+    door_unavailable: "Доступ разрешён, но дверь сейчас не открыть. Обратитесь в охрану.",
     upstream_unavailable: "Идентификация сейчас недоступна. Попробуйте ещё раз.",
 };
 
