@@ -3,18 +3,23 @@
 
 use super::auth::Admin;
 use super::body::JsonBody;
+use super::dash::session::Login;
 use super::error::ApiError;
 use super::time_text;
 use crate::app::App;
 use crate::core::Command;
 use crate::core::event::Recorded;
+use crate::store::BoxFuture;
 use axum::Json;
 use axum::extract::{RawQuery, Request, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use utoipa::ToSchema;
@@ -279,19 +284,115 @@ fn until_lagged<T: Clone + Send + 'static>(
         })
 }
 
+/// How often a stream opened with a dashboard cookie re-checks its login when no event comes.
+const LOGIN_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `GET /admin/v1/events/stream`: every event as it is recorded (server-sent events), each
 /// with its log position as the event `id`. The stream ends when it falls behind the log.
-pub async fn event_stream(State(app): State<Arc<App>>, _: Admin) -> Response {
-    let stream = until_lagged(app.recorded_events()).map(|rec| {
+///
+/// Opened with a dashboard cookie, it also ends as soon as that login is no longer valid
+/// (signed out, expired, the admin token changed): the login is re-checked before each event
+/// is sent, every [`LOGIN_RECHECK`] and at its expiry, so no event reaches a signed-out login.
+/// Opened with the admin bearer token, it needs no re-check: the token is fixed for the
+/// process's life.
+pub async fn event_stream(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    // `Admin` took the cookie only if no bearer token was presented; if that login ended
+    // between the extractor and here, the request is refused as the extractor would have.
+    let login = match super::auth::bearer(&headers) {
+        Some(_) => None,
+        None => Some(Login::of_request(&app, &headers, true).ok_or(ApiError::AdminUnauthorized)?),
+    };
+    let events = until_lagged(app.recorded_events()).map(|rec| {
         Ok::<_, std::convert::Infallible>(
             SseEvent::default()
                 .id(rec.position.to_string())
                 .data(event_json(&rec).to_string()),
         )
     });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    let sse = match login {
+        None => Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response(),
+        Some(login) => Sse::new(WhileSignedIn::new(app, login, events))
+            .keep_alive(KeepAlive::default())
+            .into_response(),
+    };
+    Ok(sse)
+}
+
+/// The items of `inner` while a dashboard login stays valid: checked before each item is passed
+/// on, every [`LOGIN_RECHECK`], and at the login's expiry. Once the login fails a check the
+/// stream ends (and the item that found it is dropped).
+struct WhileSignedIn<S> {
+    app: Arc<App>,
+    login: Login,
+    inner: Pin<Box<S>>,
+    recheck: tokio::time::Interval,
+    expiry: BoxFuture<'static, ()>,
+    done: bool,
+}
+
+impl<S> WhileSignedIn<S> {
+    fn new(app: Arc<App>, login: Login, inner: S) -> Self {
+        let mut recheck =
+            tokio::time::interval_at(tokio::time::Instant::now() + LOGIN_RECHECK, LOGIN_RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let expiry = app.clock.sleep_until(login.expires_at());
+        WhileSignedIn {
+            app,
+            login,
+            inner: Box::pin(inner),
+            recheck,
+            expiry,
+            done: false,
+        }
+    }
+
+    fn end(&mut self) -> Poll<Option<S::Item>>
+    where
+        S: tokio_stream::Stream,
+    {
+        self.done = true;
+        tracing::debug!("dashboard login of a live event stream ended; ending the stream");
+        Poll::Ready(None)
+    }
+}
+
+impl<S: tokio_stream::Stream> tokio_stream::Stream for WhileSignedIn<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.expiry.as_mut().poll(cx).is_ready() {
+            return this.end();
+        }
+        while this.recheck.poll_tick(cx).is_ready() {
+            if !this.login.still_valid(&this.app) {
+                return this.end();
+            }
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(item)) => {
+                if this.login.still_valid(&this.app) {
+                    Poll::Ready(Some(item))
+                } else {
+                    this.end()
+                }
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// `GET /admin/v1/audit/export?from=&to=&format=csv|jsonl`: door decisions as a download.
@@ -374,5 +475,45 @@ mod tests {
         tx.send(7).unwrap();
         let mut s = Box::pin(until_lagged(rx));
         assert_eq!(s.next().await, Some(7));
+    }
+
+    /// A stream opened with a dashboard cookie ends at the cookie's expiry even when the log is
+    /// quiet, and not before.
+    #[tokio::test]
+    async fn a_cookie_stream_ends_at_the_cookies_expiry() {
+        use crate::http::dash::session::{self, Holder, LIFETIME_S, Login};
+        use std::time::Duration;
+        let (_dir, app, clock, _) = session::tests::app_with_partners(0).await;
+        let value = session::issue(&app, Holder::Admin).unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            axum::http::header::COOKIE,
+            format!("{}={value}", session::ADMIN_COOKIE)
+                .parse()
+                .unwrap(),
+        );
+        let login = Login::of_request(&app, &headers, true).expect("a fresh login");
+        let mut s = super::WhileSignedIn::new(app.clone(), login, tokio_stream::pending::<u32>());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), s.next())
+                .await
+                .is_err(),
+            "the stream ended while its login was valid"
+        );
+        clock.advance(chrono::Duration::seconds(LIFETIME_S - 1));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), s.next())
+                .await
+                .is_err(),
+            "the stream ended a second before its login expires"
+        );
+        clock.advance(chrono::Duration::seconds(1));
+        assert_eq!(
+            // Well before the periodic re-check (LOGIN_RECHECK): the expiry itself ends it.
+            tokio::time::timeout(Duration::from_secs(1), s.next())
+                .await
+                .expect("the stream ends at the expiry"),
+            None
+        );
     }
 }

@@ -38,6 +38,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Partner {
     }
 }
 
+/// The bearer token a request presents, if any. [`Admin`] takes a dashboard cookie only from a
+/// request without one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 /// A caller holding the admin bearer token.
 #[derive(Clone, Copy, Debug)]
 pub struct Admin;
@@ -46,12 +56,7 @@ impl FromRequestParts<Arc<App>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let presented = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        let presented = bearer(&parts.headers);
         if presented.is_none()
             && super::dash::session::from_request(app, &parts.method, &parts.headers, true)
                 == Some(super::dash::session::Holder::Admin)

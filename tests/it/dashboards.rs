@@ -983,3 +983,107 @@ async fn a_dashboard_erasure_spends_the_apis_erase_budget() {
     assert!(r.retry_after() > 0);
     assert_eq!(user_ids(&s, &p.api_key).await, [".", "EMP-1"]);
 }
+
+/// `GET /admin/v1/events/stream`, opened with `cookie` (a `Cookie` header value, or the admin
+/// token when `None`), with no overall timeout: the stream is read chunk by chunk.
+async fn open_event_stream(s: &TestServer, cookie: Option<&str>) -> reqwest::Response {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let rb = client.get(s.url("/admin/v1/events/stream"));
+    let rb = match cookie {
+        Some(c) => rb.header("cookie", c),
+        None => rb.bearer_auth(ADMIN_TOKEN),
+    };
+    let resp = rb.send().await.expect("GET /admin/v1/events/stream");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp
+}
+
+/// What a live event stream does next within `within`: `Some(data)` for the next event's data
+/// (keep-alive comments are skipped), `None` when the server ends the stream. Panics if neither
+/// happens in time.
+async fn next_sse_data(resp: &mut reqwest::Response, within: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = String::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("the stream neither sent an event nor ended in {within:?}"))
+            .expect("the stream reads cleanly");
+        let Some(chunk) = chunk else {
+            assert!(
+                !buf.contains("data:"),
+                "a partial event before the end: {buf}"
+            );
+            return None;
+        };
+        buf.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let data: Vec<&str> = frame
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            if !data.is_empty() {
+                return Some(data.join("\n"));
+            }
+        }
+    }
+}
+
+/// A live event stream opened with a dashboard cookie ends with that login: signing out ends it
+/// before the next event reaches it, or within the re-check period when the log is quiet.
+/// Streams of other logins and of the admin token go on.
+#[tokio::test]
+async fn a_signed_out_login_stops_receiving_live_events() {
+    let s = TestServer::start().await;
+    let (cookie, csrf) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let (quiet, quiet_csrf) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let (other, _) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let mut signed_out = open_event_stream(&s, Some(&cookie)).await;
+    let mut quiet_stream = open_event_stream(&s, Some(&quiet)).await;
+    let mut other_stream = open_event_stream(&s, Some(&other)).await;
+    let mut token_stream = open_event_stream(&s, None).await;
+
+    s.create_partner("Before sign-out").await;
+    let wait = Duration::from_secs(20);
+    for (name, stream) in [
+        ("signed_out", &mut signed_out),
+        ("quiet", &mut quiet_stream),
+        ("other", &mut other_stream),
+        ("token", &mut token_stream),
+    ] {
+        let data = next_sse_data(stream, wait).await;
+        assert!(
+            data.as_deref()
+                .is_some_and(|d| d.contains("Before sign-out")),
+            "{name}: {data:?}"
+        );
+    }
+
+    // Signed out while the log is quiet: the stream ends on its own, within the re-check
+    // period (5 s), well before 20 s.
+    let out = logout(&s, "/admin", &quiet, &quiet_csrf).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let at = tokio::time::Instant::now();
+    assert_eq!(next_sse_data(&mut quiet_stream, wait).await, None);
+    assert!(at.elapsed() < Duration::from_secs(15), "{:?}", at.elapsed());
+
+    // Signed out, then an event: it never reaches the signed-out login, whose stream ends.
+    let out = logout(&s, "/admin", &cookie, &csrf).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let r = send(s.get("/admin/v1/doors").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    s.create_partner("After sign-out").await;
+    assert_eq!(next_sse_data(&mut signed_out, wait).await, None);
+
+    // The other login and the admin token still follow the log.
+    for (name, stream) in [("other", &mut other_stream), ("token", &mut token_stream)] {
+        let data = next_sse_data(stream, wait).await;
+        assert!(
+            data.as_deref()
+                .is_some_and(|d| d.contains("After sign-out")),
+            "{name}: {data:?}"
+        );
+    }
+}

@@ -274,6 +274,46 @@ pub fn from_request(
     (safe || csrf_ok(app, value, presented)).then_some(holder)
 }
 
+/// The dashboard login a long-lived answer (a server-sent event stream) was opened with, kept
+/// so that the answer can re-check it while it runs: [`verify`] is only asked at connect
+/// otherwise, and a stream would outlive its sign-out, its expiry and a change of credential.
+#[derive(Clone, Debug)]
+pub struct Login {
+    value: String,
+    holder: Holder,
+    expiry: chrono::DateTime<chrono::Utc>,
+}
+
+impl Login {
+    /// The login of the request's dashboard cookie (`admin`: the operator's, else a partner's),
+    /// if it is valid now; as [`from_request`] for a read.
+    pub fn of_request(app: &App, headers: &HeaderMap, admin: bool) -> Option<Login> {
+        let name = if admin { ADMIN_COOKIE } else { PARTNER_COOKIE };
+        let value = cookie(headers, name)?;
+        let holder = verify(app, value)?;
+        if holder.cookie_name() != name {
+            return None;
+        }
+        let (_, _, expiry, _, _) = parts(value)?;
+        Some(Login {
+            value: value.to_string(),
+            holder,
+            expiry: chrono::DateTime::from_timestamp(expiry, 0)?,
+        })
+    }
+
+    /// Whether the login still speaks for the same holder: not signed out, not expired, its
+    /// credential unchanged (and a partner still active).
+    pub fn still_valid(&self, app: &App) -> bool {
+        verify(app, &self.value) == Some(self.holder)
+    }
+
+    /// When the login expires (it is refused from that instant on).
+    pub fn expires_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.expiry
+    }
+}
+
 /// Checks a CSRF token sent in a form field against the request's cookie.
 pub fn form_csrf_ok(app: &App, headers: &HeaderMap, admin: bool, presented: &str) -> bool {
     let name = if admin { ADMIN_COOKIE } else { PARTNER_COOKIE };
@@ -317,7 +357,7 @@ pub fn lang_cookie(code: &str) -> HeaderValue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::app::Parts;
     use crate::app::clock::{ManualClock, Rng, SeededRng};
@@ -325,7 +365,9 @@ mod tests {
     use crate::core::Command;
     use std::sync::Arc;
 
-    async fn app_with_partners(
+    /// A server on a manual clock with `n` partners: (its directory, the app, the clock, the
+    /// partners).
+    pub(crate) async fn app_with_partners(
         n: usize,
     ) -> (
         tempfile::TempDir,
