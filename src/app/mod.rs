@@ -113,6 +113,12 @@ pub struct App {
     pub page_streams: std::sync::Mutex<
         std::collections::HashMap<SessionId, (Option<crate::core::PartnerId>, usize)>,
     >,
+    /// The gateway's own link to the MQTT broker (not a reader's report, so not in the log):
+    /// false from the MQTT client's start until its ConnAck, and from a lost connection until
+    /// the next ConnAck (`mqtt::client`). While false no reader's status can be trusted: pages
+    /// offer no reader and arm none, `/admin/v1/readers` says `broker_up: false`, `/readyz`
+    /// answers 503. True in an app no MQTT client runs for.
+    pub mqtt_up: std::sync::atomic::AtomicBool,
 }
 
 /// An append handed to the store, with the effects of its decision. Awaited by the command
@@ -239,6 +245,7 @@ impl App {
             me: me.clone(),
             partner_creation: tokio::sync::Mutex::new(()),
             page_streams: Default::default(),
+            mqtt_up: std::sync::atomic::AtomicBool::new(true),
             state: RwLock::new(state),
             admin: AdminToken::new(&config.admin.token, &config.admin.token_sha256),
             limiter: Limiter::new(

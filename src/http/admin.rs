@@ -167,15 +167,25 @@ pub async fn deactivate(
 #[derive(Serialize, ToSchema)]
 pub struct ReaderBody {
     pub id: String,
+    /// The reader's last reported status (retained status or last will), as before.
     pub online: bool,
     pub model: Option<String>,
     pub firmware: Option<String>,
     /// When the reader last went online or offline.
     pub since: String,
+    /// Whether the gateway is connected to the MQTT broker now. When false, `online` is only
+    /// the last status heard before the link dropped: the reader can be neither heard nor
+    /// armed.
+    pub broker_up: bool,
+    /// `online` or `offline` (the reader's report, `broker_up` true), or `unknown` (the
+    /// gateway is not connected to the broker).
+    #[schema(example = "online")]
+    pub presence: &'static str,
 }
 
 /// `GET /admin/v1/readers`
 pub async fn list_readers(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<ReaderBody>> {
+    let broker_up = app.mqtt_up.load(std::sync::atomic::Ordering::Relaxed);
     let mut list: Vec<ReaderBody> = app.read(|s| {
         s.readers()
             .map(|r| ReaderBody {
@@ -184,6 +194,12 @@ pub async fn list_readers(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<Rea
                 model: r.model.clone(),
                 firmware: r.firmware.clone(),
                 since: time_text(r.since),
+                broker_up,
+                presence: match (broker_up, r.online) {
+                    (false, _) => "unknown",
+                    (true, true) => "online",
+                    (true, false) => "offline",
+                },
             })
             .collect()
     });

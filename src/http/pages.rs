@@ -122,7 +122,16 @@ async fn arm_then_page(
             session_id: s.id,
             reader_id: crate::core::ReaderId(reader.clone()),
         };
-        match app.execute(cmd).await {
+        // Without the broker the reader cannot hear the command: refused as for an offline
+        // reader, with nothing recorded (the session would wait in vain until it expires).
+        let armed = if app.mqtt_up.load(std::sync::atomic::Ordering::Relaxed) {
+            app.execute(cmd).await
+        } else {
+            Err(crate::app::AppError::Rejected(
+                crate::core::Rejection::ReaderOffline,
+            ))
+        };
+        match armed {
             Ok(_) => {}
             Err(crate::app::AppError::Rejected(crate::core::Rejection::ReaderOffline)) => {
                 notice_key = Some(Notice::ReaderOffline)
@@ -324,8 +333,13 @@ fn reader_status(
 }
 
 /// The readers a page may offer: online, and in no door (a door's reader is never armed for a
-/// partner's session; a kiosk's page names its own reader).
+/// partner's session; a kiosk's page names its own reader). None while the gateway is not
+/// connected to the MQTT broker: a reader's last status says nothing then, and it could not
+/// hear the capture command.
 fn online_readers(app: &App) -> Vec<String> {
+    if !app.mqtt_up.load(std::sync::atomic::Ordering::Relaxed) {
+        return Vec::new();
+    }
     let mut ids: Vec<String> = app.read(|s| {
         s.readers()
             .filter(|r| r.online)

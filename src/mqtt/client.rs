@@ -131,7 +131,13 @@ pub fn spawn(
     // Event loop: connection, reconnection with backoff, re-subscription.
     let sub_client = client.clone();
     let sub_prefix = prefix.clone();
+    // Not connected until the first ConnAck: no reader is offered or armed before then.
+    app.mqtt_up
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!("palmgate_mqtt_connected").set(0.0);
+    let link_app = app.clone();
     let poller = tokio::spawn(async move {
+        let app = link_app;
         let mut backoff = Duration::from_millis(200);
         let mut connected_at: Option<tokio::time::Instant> = None;
         let mut backlog = Backlog::default();
@@ -143,6 +149,10 @@ pub fn spawn(
                         session_present = ack.session_present,
                         "connected to the MQTT broker"
                     );
+                    // The link is up. Readers' statuses are refreshed right after: the
+                    // subscriptions below are made on every connection, and a SUBSCRIBE makes
+                    // the broker send the retained statuses again.
+                    set_link(&app, true);
                     for kind in ["status", "capture", "trigger"] {
                         let filter = format!("{sub_prefix}/readers/+/{kind}");
                         if let Err(e) = sub_client.try_subscribe(filter, QoS::AtLeastOnce) {
@@ -178,6 +188,11 @@ pub fn spawn(
                         return;
                     }
                 }
+                // Every keep-alive: the gauge again, in case it was set before the metrics
+                // recorder was installed (the first `/metrics`).
+                Ok(Event::Incoming(Packet::PingResp)) => {
+                    metrics::gauge!("palmgate_mqtt_connected").set(1.0);
+                }
                 Ok(_) => {}
                 Err(e) => {
                     // A connection that lived a while starts the backoff again; one that the
@@ -190,6 +205,7 @@ pub fn spawn(
                     }
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost");
                     metrics::counter!("palmgate_mqtt_disconnects_total").increment(1);
+                    set_link(&app, false);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -243,6 +259,23 @@ pub fn spawn(
         let _guard = AbortOnDrop(vec![poller, inbound, outbound]);
         std::future::pending::<()>().await;
     }))
+}
+
+/// Records whether the gateway's connection to the broker is up (`App::mqtt_up`, the
+/// `palmgate_mqtt_connected` gauge). While it is down, readers' last statuses say nothing: a
+/// reader cannot hear a command nor send a scan. Sessions already armed keep waiting (their
+/// TTL bounds them): the command and a scan the reader made are QoS 1 in persistent sessions,
+/// delivered when the broker is back.
+fn set_link(app: &App, up: bool) {
+    use std::sync::atomic::Ordering;
+    metrics::gauge!("palmgate_mqtt_connected").set(if up { 1.0 } else { 0.0 });
+    let was = app.mqtt_up.swap(up, Ordering::Relaxed);
+    if was && !up {
+        tracing::error!(
+            "the MQTT broker is unreachable: no reader is offered or armed, and /readyz \
+             answers 503, until the gateway reconnects"
+        );
+    }
 }
 
 /// The backlog a resumed persistent session delivers: what readers sent while the gateway was

@@ -1279,6 +1279,143 @@ async fn external_mosquitto_and_its_restart() {
     drop(broker);
 }
 
+/// The gateway's own link to an external broker (Mosquitto). While it is down, the readers'
+/// last statuses say nothing: `/readyz` answers 503 naming the broker, `/admin/v1/readers`
+/// says `broker_up: false` and `presence: unknown` (`online` keeps the last report), a page
+/// offers no reader and `?reader=` is refused as for an offline reader (nothing armed). A
+/// session armed before the drop keeps waiting (QoS 1 in persistent sessions: the reader's
+/// scan arrives when the broker is back) and completes then. Before, the readers stayed online, `/readyz` said ready and the page said "ready —
+/// place your palm" on a reader the command could not reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_broker_link_offers_no_reader_and_is_not_ready() {
+    let Some(bin) = mosquitto_or_skip() else {
+        return;
+    };
+    let port = free_port();
+    let broker = Mosquitto::start(&bin, port);
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let g = Gate::start_with(Some(&url)).await;
+    let readyz = || async {
+        let r = g
+            .http
+            .get(format!("{}/readyz", g.base))
+            .send()
+            .await
+            .expect("GET /readyz");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    };
+    let mut desk = g.reader("desk-1", "alice", 1).await;
+    g.enroll_with(&mut desk, "EMP-LINK").await;
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    let listed = g.reader_online("desk-1", true).await;
+    assert_eq!(listed["broker_up"], true, "{listed}");
+    assert_eq!(listed["presence"], "online", "{listed}");
+    // A session armed on desk-1 before the broker goes.
+    let (armed, armed_token) = g.identify("").await;
+    let (status, _) = g
+        .page(&format!("/identify/{armed_token}?reader=desk-1"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(command(&mut desk).await["action"], "capture");
+
+    broker.stop();
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = readyz().await;
+        if status == 503 {
+            assert!(
+                body.contains("not connected to the MQTT broker")
+                    && body.contains(&format!("127.0.0.1:{port}")),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "/readyz still {status} {body} with the broker down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = g.readers().await;
+    let r = list.iter().find(|r| r["id"] == "desk-1").expect("desk-1");
+    assert_eq!(r["broker_up"], false, "{r}");
+    assert_eq!(r["presence"], "unknown", "{r}");
+    assert_eq!(r["online"], true, "online keeps the last report: {r}");
+    // The API still takes sessions; their page offers no reader and arms none.
+    let (id, token) = g.identify("").await;
+    let (status, html) = g.page(&format!("/identify/{token}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        !html.contains("?reader=desk-1"),
+        "no reader is offered while the broker is down:\n{html}"
+    );
+    let (status, html) = g.page(&format!("/identify/{token}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("This scanner is offline. Choose another one."),
+        "arming is refused as for an offline reader:\n{html}"
+    );
+    assert!(
+        html.contains(r#"data-reader-status="waiting""#) && html.contains("No scanner is online."),
+        "{html}"
+    );
+    let v = g.session(&id).await;
+    assert_eq!(v["state"], "pending", "{v}");
+    // The session armed before keeps waiting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(g.session(&armed).await["state"], "pending");
+
+    // Back on the same port: ready again, the reader offered and armed, the armed session
+    // completes.
+    let broker = Mosquitto::start(&bin, port);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = readyz().await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "/readyz still {status} {body} 20 s after the broker came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = g.reader_online("desk-1", true).await;
+    assert_eq!(listed["broker_up"], true, "{listed}");
+    assert_eq!(listed["presence"], "online", "{listed}");
+    let (status, html) = g.page(&format!("/identify/{token}")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("?reader=desk-1"), "offered again:\n{html}");
+    let end = Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        // A scan published before the gateway has re-subscribed is lost (see above).
+        desk.capture(Some(&armed_token)).await.expect("capture");
+        let attempt_end = Instant::now() + Duration::from_secs(2);
+        let mut v = g.session(&armed).await;
+        while v["state"] == "pending" && Instant::now() < attempt_end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            v = g.session(&armed).await;
+        }
+        if v["state"] != "pending" {
+            break v;
+        }
+        assert!(
+            Instant::now() < end,
+            "the armed session never completed: {v}"
+        );
+    };
+    assert_eq!(s["state"], "completed", "{s}");
+    assert_eq!(s["external_id"], "EMP-LINK", "{s}");
+    let (status, _) = g.page(&format!("/identify/{token}?reader=desk-1")).await;
+    assert_eq!(status, 200);
+    let cmd = command(&mut desk).await;
+    assert_eq!(cmd["action"], "capture", "{cmd}");
+    assert_eq!(cmd["session"], token.as_str(), "{cmd}");
+    drop(broker);
+}
+
 /// One oversized reader message (600 KB, through a broker that sets no packet limit) is
 /// rejected, counted and acknowledged: it once dropped the gateway's connection before it could
 /// be acknowledged, the persistent session redelivered it after every reconnect, and no reader
