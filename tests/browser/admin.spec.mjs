@@ -52,6 +52,9 @@ async function confirmYes(page) {
   await page.locator("dialog[open]").waitFor({ state: "detached" });
 }
 
+// A value as PG.t substitutes it: direction-isolated (U+2068 … U+2069).
+const iso = (v) => "\u2068" + v + "\u2069";
+
 export async function run({ browser, baseUrl, adminToken, apiKey, shots, step }) {
   const context = await browser.newContext({
     viewport: { width: 1280, height: 900 },
@@ -185,6 +188,16 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
       const text = await decided.textContent();
       assert(text.includes(en["admin.type.DoorDecided"]), `type label in ${text}`);
       assert(text.includes("Olga Ivanova"), `who in ${text}`);
+      // The partner's values are direction-isolated, each on its own and in the sentence, and
+      // the summary is isolated from the time and type beside it.
+      assert(text.includes("\u2068Olga Ivanova\u2069 (\u2068"), `who not isolated in ${JSON.stringify(text)}`);
+      const rtl = await page.evaluate(() => PG.t("admin.sum.denied",
+        { door: "Main entrance", who: "\u202eRTL-id", reason: "Outside the schedule" }));
+      assert(rtl.includes("\u2068\u202eRTL-id\u2069") && rtl.includes("\u2068Outside the schedule\u2069"),
+        `t() does not isolate: ${JSON.stringify(rtl)}`);
+      const bidi = await page.evaluate(() => ["#event-feed .ev-summary", "#event-feed .ev-type"]
+        .map((sel) => getComputedStyle(document.querySelector(sel)).unicodeBidi));
+      eq(bidi[0], "isolate", "unicode-bidi of .ev-summary");
       await shot("events");
     });
 
@@ -212,10 +225,12 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
       // The demo has three users; pages of one (the page asks for 100) make three pages. The
       // server's own order and totals are used: only the page size is changed on the way.
       const asked = [];
-      const onePerPage = (route) => {
+      const onePerPage = async (route) => {
         const u = new URL(route.request().url());
         asked.push(u.search);
         if (u.searchParams.get("limit") === "100" && u.searchParams.has("offset")) u.searchParams.set("limit", "1");
+        // Late, so that the second click of a double click lands while a page is on its way.
+        await new Promise((r) => setTimeout(r, 300));
         return route.continue({ url: u.toString() });
       };
       await page.route("**/admin/v1/users?*", onePerPage);
@@ -224,7 +239,7 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
           { headers: { Authorization: `Bearer ${adminToken}` } })).json();
         eq(all.length, 3, "demo users");
         const countText = (from, to, total) => en["admin.users.count"]
-          .replace("{from}", from).replace("{to}", to).replace("{total}", total);
+          .replace("{from}", iso(from)).replace("{to}", iso(to)).replace("{total}", iso(total));
         const firstCell = () => page.locator("#users-table tbody tr td:nth-child(2)").first().textContent();
         const waitCount = (text) => page.waitForFunction((t) => document.getElementById("users-count").textContent === t, text);
         await page.click("#users-refresh");
@@ -241,8 +256,9 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
         eq(await page.locator("#users-next").isDisabled(), true, "Next with one match");
         await page.fill("#user-filter", "");
         await waitCount(countText(1, 1, 3));
-        // Next and Previous.
-        await page.click("#users-next");
+        // Next and Previous; a double click on Next moves one page, from the page on screen.
+        await page.dblclick("#users-next");
+        await page.waitForTimeout(900);
         await waitCount(countText(2, 2, 3));
         eq(await firstCell(), all[1].external_id, "second page");
         await page.click("#users-next");

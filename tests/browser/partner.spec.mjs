@@ -10,6 +10,9 @@ function check(cond, message) {
   if (!cond) throw new Error(message);
 }
 
+// A value as PG.t substitutes it: direction-isolated (U+2068 … U+2069).
+const iso = (v) => "\u2068" + v + "\u2069";
+
 async function text(page, selector) {
   return ((await page.locator(selector).first().textContent()) || "").trim();
 }
@@ -93,7 +96,8 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
       await page.click("#webhook-test");
       await page.waitForFunction(() => {
         const m = document.querySelector("#webhook-message");
-        return m && !m.hidden && /HTTP 2\d\d/.test(m.textContent);
+        // Values are direction-isolated (U+2068 … U+2069): read the text without the marks.
+        return m && !m.hidden && /HTTP 2\d\d/.test(m.textContent.replace(/[\u2068\u2069]/g, ""));
       }, null, { timeout: 15_000 });
     });
 
@@ -133,7 +137,8 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
     await step("partner: recover since a time reports how many were queued again", async () => {
       check(/^\d{4}-\d\d-\d\dT\d\d:\d\d$/.test(await page.inputValue("#recover-since")), "no default time");
       await page.click("#recover-start");
-      await page.waitForFunction(() => /queued again: \d+/.test(document.querySelector("#webhook-message")?.textContent || "")
+      await page.waitForFunction(() => /queued again: \d+/.test((document.querySelector("#webhook-message")?.textContent || "")
+        .replace(/[\u2068\u2069]/g, ""))
         && !document.querySelector("#webhook-message").hidden, null, { timeout: WAIT });
     });
 
@@ -218,7 +223,7 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
         check(all.length === 3, `demo users: ${all.length}`);
         const catalog = JSON.parse(await page.locator("#messages").textContent());
         const countText = (from, to, total) => catalog["partner.page.count"]
-          .replace("{from}", from).replace("{to}", to).replace("{total}", total);
+          .replace("{from}", iso(from)).replace("{to}", iso(to)).replace("{total}", iso(total));
         const shows = async (n) => {
           await page.waitForFunction((t) => document.getElementById("users-count").textContent === t,
             countText(n, n, 3)).catch(async (e) => {
@@ -247,12 +252,82 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
       await page.waitForFunction(() => document.querySelectorAll("#users tbody tr").length === 3);
     });
 
+    await step("partner: a double click on Next moves one page, and the count labels the rows shown", async () => {
+      // 133 sessions, 50 a page; every page answers 400 ms late, so the second click of a
+      // double click lands while the first page is still on its way.
+      const all = Array.from({ length: 133 }, (_, i) => ({
+        session_id: "00000000-0000-4000-8000-" + String(i + 1).padStart(12, "0"),
+        type: "identify", state: "completed", external_id: null, fail_reason: null,
+        created_at: "2026-11-26T09:00:00Z", expires_at: "2026-11-26T09:15:00Z",
+      }));
+      const asked = [];
+      const slow = async (route) => {
+        const u = new URL(route.request().url());
+        asked.push(u.search);
+        const offset = Number(u.searchParams.get("offset") || 0);
+        const limit = Number(u.searchParams.get("limit") || 50);
+        await new Promise((r) => setTimeout(r, 400));
+        return route.fulfill({ json: all.slice(offset, offset + limit), headers: { "X-Total-Count": "133" } });
+      };
+      await page.route("**/v1/sessions?*", slow);
+      try {
+        await openTab(page, "sessions");
+        await page.click("#sessions-refresh");
+        const catalog = JSON.parse(await page.locator("#messages").textContent());
+        const countText = (from, to) => catalog["partner.page.count"]
+          .replace("{from}", iso(from)).replace("{to}", iso(to)).replace("{total}", iso(133));
+        const shows = async (from, to) => {
+          await page.waitForFunction((t) => document.getElementById("sessions-count").textContent === t,
+            countText(from, to)).catch(async (e) => {
+            throw new Error(`the count reads ${JSON.stringify(await text(page, "#sessions-count"))}, not ` +
+              `${JSON.stringify(countText(from, to))} (asked ${asked.join(" ")}): ${e.message}`);
+          });
+          const ids = await page.locator("#sessions tbody tr[data-session]")
+            .evaluateAll((rs) => rs.map((r) => r.dataset.session));
+          check(ids.length === to - from + 1 && ids[0] === all[from - 1].session_id && ids.at(-1) === all[to - 1].session_id,
+            `rows under ${from}–${to}: ${ids[0]} … ${ids.at(-1)} (${ids.length})`);
+        };
+        await shows(1, 50);
+        await page.dblclick("#sessions-next");
+        await page.waitForTimeout(1200); // both clicks' answers, had both been asked
+        await shows(51, 100);
+        // Enter twice on Next: one page on.
+        await page.focus("#sessions-next");
+        await page.keyboard.press("Enter");
+        await page.keyboard.press("Enter");
+        await page.waitForTimeout(1200);
+        await shows(101, 133);
+        check(await page.locator("#sessions-next").isDisabled(), "Next on the last page");
+        await page.click("#sessions-prev");
+        await shows(51, 100);
+        await page.click("#sessions-prev");
+        await shows(1, 50);
+      } finally {
+        await page.unroute("**/v1/sessions?*", slow);
+      }
+      await page.click("#sessions-refresh");
+      await page.waitForFunction(() => !document.querySelector("#sessions-pager[aria-busy]"));
+    });
+
+    await step("partner: values inserted into texts and id cells are direction-isolated", async () => {
+      // An RTL override inside a partner's value ends with the value: PG.t isolates it.
+      const said = await page.evaluate(() => PG.t("partner.users.erase_confirm", { id: "\u202eRTL-id" }));
+      check(said.includes("\u2068\u202eRTL-id\u2069"), `t() does not isolate the value: ${JSON.stringify(said)}`);
+      await openTab(page, "users");
+      await page.locator('#users tr[data-external-id="EMP-003"]').waitFor();
+      const styles = await page.evaluate(() => {
+        const of = (sel) => getComputedStyle(document.querySelector(sel)).unicodeBidi;
+        return { td: of("#users tbody td"), code: of('#users tr[data-external-id="EMP-003"] code') };
+      });
+      check(styles.td === "isolate" && styles.code === "isolate", `unicode-bidi: ${JSON.stringify(styles)}`);
+    });
+
     await step("partner: erase a user after confirming; it disappears", async () => {
       await page.locator('#users tr[data-external-id="EMP-003"] button.erase').click();
       const dialog = page.locator("dialog[open]");
       await dialog.waitFor();
       const warning = await dialog.innerText();
-      check(warning.includes("EMP-003") && /cannot be undone/i.test(warning), `dialog text: ${warning}`);
+      check(warning.includes(iso("EMP-003")) && /cannot be undone/i.test(warning), `dialog text: ${warning}`);
       // Cancelling keeps the user.
       await page.click("#confirm-no");
       await dialog.waitFor({ state: "detached" });
@@ -286,6 +361,15 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
       await openTab(page, "sessions");
       const cancelled = page.locator("#sessions tbody tr", { hasText: "EMP-900" }).first();
       check((await cancelled.innerText()).includes("Отменена"), "fail reason not localized in Russian");
+      // A refusal of the API (409: EMP-001 is enrolled) in Russian, the server's words as a detail.
+      await page.selectOption("#session-type", "enroll");
+      await page.fill("#enroll-external-id", "EMP-001");
+      await page.click("#enroll-start");
+      await page.locator("#error").waitFor({ state: "visible" });
+      const said = await text(page, "#error");
+      check(said.includes("Пользователь с этим внешним ID уже зарегистрирован.") && !said.startsWith("Что-то пошло не так"),
+        `the 409 reads: ${said}`);
+      check(said.includes("user with this external_id already enrolled"), `the server's text is not kept: ${said}`);
     });
 
     await step("partner: phone width 390x844 fits without sideways scrolling", async () => {

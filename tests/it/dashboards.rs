@@ -1087,3 +1087,195 @@ async fn a_signed_out_login_stops_receiving_live_events() {
         );
     }
 }
+
+/// The catalog a dashboard page embeds for its script (`<script id="messages">`).
+fn embedded_messages(html: &str) -> serde_json::Map<String, Value> {
+    let open = r#"<script id="messages" type="application/json">"#;
+    let at = html.find(open).expect("the page embeds its messages") + open.len();
+    let end = at + html[at..].find("</script>").unwrap();
+    match serde_json::from_str(&html[at..end]).unwrap() {
+        Value::Object(m) => m,
+        other => panic!("messages are not an object: {other}"),
+    }
+}
+
+/// The `{name}` placeholders of a message, sorted.
+fn placeholders(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = text
+        .split('{')
+        .skip(1)
+        .filter_map(|x| x.split_once('}'))
+        .map(|x| x.0.to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The catalog keys a script names literally: every string literal of dotted lowercase words
+/// (`"sum.denied"`, `"error.conflict.reader_busy"`) and every literal passed to `t(`/`tr(`
+/// (`t("none")`). A literal ending in `.` is a prefix the script completes with a code.
+fn keys_named_in(script: &str) -> std::collections::BTreeSet<String> {
+    let is_word = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.';
+    let mut keys = std::collections::BTreeSet::new();
+    let bytes: Vec<char> = script.chars().collect();
+    for i in 0..bytes.len() {
+        if bytes[i] != '"' {
+            continue;
+        }
+        let run: String = bytes[i + 1..].iter().take_while(|c| is_word(**c)).collect();
+        let closed = bytes.get(i + 1 + run.chars().count()) == Some(&'"');
+        if !closed || run.is_empty() || run.ends_with('.') || run.starts_with('.') {
+            continue;
+        }
+        let call = |name: &str| {
+            let before: String = bytes[..i].iter().collect();
+            before.ends_with(&format!("{name}("))
+                && !before[..before.len() - name.len() - 1]
+                    .ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if run.contains('.') && run.starts_with(|c: char| c.is_ascii_lowercase())
+            || call("t")
+            || call("tr")
+        {
+            keys.insert(run);
+        }
+    }
+    keys
+}
+
+/// Every reason a `CaptureRejected` event can carry (an exhaustive match: a new variant does
+/// not compile until it is listed here, and so in the catalogs).
+fn capture_rejections() -> Vec<String> {
+    use palmgate::core::event::CaptureRejection as R;
+    let all = [
+        R::UnknownSession,
+        R::SessionNotPending,
+        R::NoDoor,
+        R::LowQuality,
+        R::WrongReader,
+    ];
+    for r in all {
+        match r {
+            R::UnknownSession
+            | R::SessionNotPending
+            | R::NoDoor
+            | R::LowQuality
+            | R::WrongReader => {}
+        }
+    }
+    all.iter()
+        .map(|r| {
+            serde_json::to_value(r)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Every reason a session can fail with (exhaustive, as above).
+fn fail_reasons() -> Vec<String> {
+    use palmgate::core::ids::FailReason as F;
+    let all = [
+        F::NoMatch,
+        F::AlreadyEnrolled,
+        F::LowQuality,
+        F::LivenessFailed,
+        F::Cancelled,
+        F::ReaderOffline,
+    ];
+    for f in all {
+        match f {
+            F::NoMatch
+            | F::AlreadyEnrolled
+            | F::LowQuality
+            | F::LivenessFailed
+            | F::Cancelled
+            | F::ReaderOffline => {}
+        }
+    }
+    all.iter().map(|f| f.as_str().to_string()).collect()
+}
+
+/// Every catalog key the served dashboard scripts name — and every `CaptureRejected` and
+/// session fail reason the operator's feed shows (`admin.reject.*`, `admin.fail.*`), and the
+/// API refusals dash.js translates (`error.*`) — is in the catalog each page embeds in en, kk
+/// and ru, with the same placeholders in all three.
+#[tokio::test]
+async fn every_key_the_dashboard_scripts_use_is_in_every_catalog() {
+    let mut s = TestServer::prepare(Options::default());
+    let p = s.seed_partner("A", &["EMP-1"]).await;
+    s.launch().await;
+    let (admin_cookie, _) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let (partner_cookie, _) = session(&s, "/dashboard", "api_key", &p.api_key).await;
+    let dash = send(s.get("/assets/dash.js")).await.text;
+    let admin = send(s.get("/assets/admin.js")).await.text;
+    let partner = send(s.get("/assets/partner.js")).await.text;
+
+    let mut admin_keys = keys_named_in(&admin);
+    for r in capture_rejections() {
+        admin_keys.insert(format!("reject.{r}"));
+    }
+    for f in fail_reasons() {
+        admin_keys.insert(format!("fail.{f}"));
+    }
+    let dash_keys = keys_named_in(&dash);
+    for key in [
+        "error.detail",
+        "error.forbidden",
+        "error.conflict.already_enrolled",
+        "error.rate_limited_for",
+        "error.too_large",
+        "error.unavailable",
+        "error.webhook_url",
+    ] {
+        assert!(dash_keys.contains(key), "dash.js does not name {key}");
+    }
+
+    let mut catalogs = Vec::new();
+    for (board, cookie, own, prefix) in [
+        ("/admin", &admin_cookie, &admin_keys, "admin."),
+        ("/dashboard", &partner_cookie, &keys_named_in(&partner), ""),
+    ] {
+        let mut by_lang_done = Vec::new();
+        for lang in ["en", "kk", "ru"] {
+            let html = page_with(&s, &format!("{board}?lang={lang}"), cookie).await;
+            by_lang_done.push((lang, embedded_messages(&html)));
+        }
+        let en = &by_lang_done[0].1;
+        for key in own.iter().chain(&dash_keys) {
+            // The operator's script prefixes its own keys with "admin." (tr); common keys are
+            // named in full.
+            let full = if en.contains_key(key) {
+                key.clone()
+            } else {
+                format!("{prefix}{key}")
+            };
+            assert!(en.contains_key(&full), "{board}: {key} is in no catalog");
+            let want = placeholders(en[&full].as_str().unwrap());
+            for (lang, m) in &by_lang_done[1..] {
+                let text = m
+                    .get(&full)
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| panic!("{board}?lang={lang}: {full} missing"));
+                assert_eq!(
+                    placeholders(text),
+                    want,
+                    "{board}?lang={lang}: {full} placeholders"
+                );
+            }
+        }
+        catalogs.push(by_lang_done);
+    }
+    // The feed's reasons, as the Russian operator reads them.
+    let ru = &catalogs[0][2].1;
+    assert_eq!(
+        ru["admin.reject.no_door"],
+        "считыватель не привязан ни к одной двери (или нет политики объекта)"
+    );
+    assert_eq!(
+        ru["error.conflict.already_enrolled"],
+        "Пользователь с этим внешним ID уже зарегистрирован."
+    );
+}

@@ -1,7 +1,8 @@
 //! Messages of the operator dashboard (`/admin`).
 //!
 //! Keys start with `admin.`; `admin.reason.*` are the SPEC 6 denial reasons, `admin.type.*`
-//! the event types of the live feed, `admin.door.*` the door states of `GET /admin/v1/doors`.
+//! the event types of the live feed, `admin.door.*` the door states of `GET /admin/v1/doors`,
+//! `admin.reject.*` the reasons of `CaptureRejected` and `admin.fail.*` those of `SessionFailed`.
 //! `{name}` placeholders are filled in by the script and must survive translation.
 
 use super::Entry;
@@ -150,6 +151,84 @@ pub const ADMIN: &[Entry] = &[
             "The site is in lockdown",
             "Объектіде бұғаттау режимі қосулы",
             "На объекте включена блокировка",
+        ],
+    ),
+    // Why a reader's capture was refused (CaptureRejected, core::event::CaptureRejection).
+    (
+        "admin.reject.unknown_session",
+        ["unknown session", "белгісіз сессия", "неизвестная сессия"],
+    ),
+    (
+        "admin.reject.session_not_pending",
+        [
+            "the session has already ended",
+            "сессия аяқталып қойған",
+            "сессия уже завершена",
+        ],
+    ),
+    (
+        "admin.reject.no_door",
+        [
+            "the reader is at no door (or there is no site policy)",
+            "сканер ешбір есікке бекітілмеген (немесе объект саясаты жоқ)",
+            "считыватель не привязан ни к одной двери (или нет политики объекта)",
+        ],
+    ),
+    (
+        "admin.reject.low_quality",
+        [
+            "scan quality too low, asked to scan again",
+            "сканерлеу сапасы тым төмен, қайта сканерлеу сұралды",
+            "слишком низкое качество скана, запрошен повторный скан",
+        ],
+    ),
+    (
+        "admin.reject.wrong_reader",
+        [
+            "not the reader the session is armed at",
+            "сессия осы сканерде күтілмеген",
+            "сессия ожидает другой считыватель",
+        ],
+    ),
+    // Why a session failed (SessionFailed, core::ids::FailReason).
+    (
+        "admin.fail.no_match",
+        [
+            "no matching palm",
+            "сәйкес алақан табылмады",
+            "ладонь не опознана",
+        ],
+    ),
+    (
+        "admin.fail.already_enrolled",
+        ["already enrolled", "бұрын тіркелген", "уже зарегистрирован"],
+    ),
+    (
+        "admin.fail.low_quality",
+        [
+            "scan quality too low",
+            "сканерлеу сапасы тым төмен",
+            "слишком низкое качество скана",
+        ],
+    ),
+    (
+        "admin.fail.liveness_failed",
+        [
+            "liveness check failed",
+            "тірі адам екені расталмады",
+            "проверка живости не пройдена",
+        ],
+    ),
+    (
+        "admin.fail.cancelled",
+        ["cancelled", "тоқтатылды", "отменена"],
+    ),
+    (
+        "admin.fail.reader_offline",
+        [
+            "reader offline",
+            "сканер желіден тыс",
+            "считыватель не в сети",
         ],
     ),
     // Event types of the live feed.

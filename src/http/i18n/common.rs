@@ -67,6 +67,134 @@ pub const COMMON: &[Entry] = &[
         ],
     ),
     (
+        "error.detail",
+        [
+            "{text} (server: {detail})",
+            "{text} (сервер жауабы: {detail})",
+            "{text} (ответ сервера: {detail})",
+        ],
+    ),
+    (
+        "error.forbidden",
+        [
+            "This partner account is inactive: the operator has deactivated it.",
+            "Бұл серіктес тіркелгісі белсенді емес: оператор оны өшірген.",
+            "Этот аккаунт партнёра неактивен: оператор его деактивировал.",
+        ],
+    ),
+    (
+        "error.conflict",
+        [
+            "That conflicts with the current state. Refresh and try again.",
+            "Бұл әрекет қазіргі күйге қайшы келеді. Бетті жаңартып, қайталап көріңіз.",
+            "Это противоречит текущему состоянию. Обновите страницу и попробуйте снова.",
+        ],
+    ),
+    (
+        "error.conflict.already_enrolled",
+        [
+            "A user with this external ID is already enrolled.",
+            "Бұл сыртқы ID-мен пайдаланушы бұрын тіркелген.",
+            "Пользователь с этим внешним ID уже зарегистрирован.",
+        ],
+    ),
+    (
+        "error.conflict.session_not_pending",
+        [
+            "This session has already ended.",
+            "Бұл сессия аяқталып қойған.",
+            "Эта сессия уже завершена.",
+        ],
+    ),
+    (
+        "error.conflict.idempotency",
+        [
+            "This Idempotency-Key was already used with a different request.",
+            "Бұл Idempotency-Key басқа сұрауда қолданылған.",
+            "Этот Idempotency-Key уже использован с другим запросом.",
+        ],
+    ),
+    (
+        "error.conflict.partner_exists",
+        [
+            "A partner with this ID already exists.",
+            "Мұндай ID-мен серіктес бұрыннан бар.",
+            "Партнёр с таким ID уже существует.",
+        ],
+    ),
+    (
+        "error.conflict.reader_offline",
+        [
+            "The scanner is offline.",
+            "Сканер желіден тыс.",
+            "Сканер не в сети.",
+        ],
+    ),
+    (
+        "error.conflict.reader_busy",
+        [
+            "The scanner is busy with another session. Try again in a moment.",
+            "Сканер басқа сессиямен бос емес. Сәлден соң қайталап көріңіз.",
+            "Сканер занят другой сессией. Попробуйте чуть позже.",
+        ],
+    ),
+    (
+        "error.conflict.reader_at_door",
+        [
+            "This scanner belongs to a door and does not take sessions.",
+            "Бұл сканер есікке бекітілген, сессия қабылдамайды.",
+            "Этот сканер закреплён за дверью и не принимает сессии.",
+        ],
+    ),
+    (
+        "error.too_large",
+        [
+            "The request is too large.",
+            "Сұрау тым үлкен.",
+            "Запрос слишком большой.",
+        ],
+    ),
+    (
+        "error.rate_limited",
+        [
+            "Too many requests. Wait a little and try again.",
+            "Сұрау тым көп. Біраз күтіп, қайталап көріңіз.",
+            "Слишком много запросов. Подождите немного и попробуйте снова.",
+        ],
+    ),
+    (
+        "error.rate_limited_for",
+        [
+            "Too many requests. Try again in {seconds} s.",
+            "Сұрау тым көп. {seconds} секундтан кейін қайталап көріңіз.",
+            "Слишком много запросов. Повторите через {seconds} с.",
+        ],
+    ),
+    (
+        "error.unavailable",
+        [
+            "The server is not ready right now. Try again in a minute.",
+            "Сервер қазір дайын емес. Бір минуттан кейін қайталап көріңіз.",
+            "Сервер сейчас не готов. Повторите через минуту.",
+        ],
+    ),
+    (
+        "error.internal",
+        [
+            "The server could not complete the request (internal error). Try again later.",
+            "Сервер сұрауды орындай алмады (ішкі қате). Кейінірек қайталап көріңіз.",
+            "Сервер не смог выполнить запрос (внутренняя ошибка). Повторите позже.",
+        ],
+    ),
+    (
+        "error.webhook_url",
+        [
+            "This webhook URL is not accepted. Give a full http(s) URL the server is allowed to reach.",
+            "Бұл вебхук URL-і қабылданбады. Сервер жете алатын толық http(s) URL енгізіңіз.",
+            "Этот URL вебхука не принят. Укажите полный http(s) URL, доступный серверу.",
+        ],
+    ),
+    (
         "error.session",
         [
             "Your sign-in has ended. Sign in again.",

@@ -19,6 +19,10 @@
     return s === key ? String(value) : s;
   }
   const reasonText = (r) => code("reason", r);
+  // CaptureRejected reasons (core::event::CaptureRejection) and session fail reasons
+  // (core::ids::FailReason) of the feed.
+  const rejectText = (r) => code("reject", r);
+  const failText = (r) => code("fail", r);
   const typeText = (ty) => code("type", ty);
 
   const S = {
@@ -27,7 +31,7 @@
     doors: [],
     readers: [],
     users: [], // the users tab's current page
-    usersPage: { offset: 0, back: [], total: 0, q: "", seq: 0 },
+    usersPage: { offset: 0, shownAt: 0, back: [], total: 0, q: "", seq: 0, moving: false },
     names: new Map(), // "partner_id\u0000external_id" (or "\u0000external_id") -> username or ""
     partners: [],
     policy: null,
@@ -80,7 +84,7 @@
     try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
     if (!r.ok) {
       if (r.status === 401) PG.showError(PG.t("error.session"));
-      throw new PG.ApiError(r.status, data && data.message ? data.message : r.status + " " + r.statusText);
+      throw PG.refusal(r, data, "GET", path);
     }
     const rows = Array.isArray(data) ? data : [];
     const total = Number(r.headers.get("X-Total-Count"));
@@ -117,11 +121,12 @@
     return null;
   }
 
-  // "Name (EXT-1)" for a door decision's subject, or "unknown palm".
+  // "Name (EXT-1)" for a door decision's subject, or "unknown palm". The name and the id come
+  // from partners: each is direction-isolated (PG.iso), so neither reorders the other.
   function who(subject) {
     if (!subject || !subject.external_id) return tr("unknown_palm");
     const name = subject.username || userName(subject.partner_id, subject.external_id);
-    return name ? name + " (" + subject.external_id + ")" : subject.external_id;
+    return name ? PG.iso(name) + " (" + PG.iso(subject.external_id) + ")" : PG.iso(subject.external_id);
   }
 
   // A table that turns into labelled rows on a phone (td::before shows data-label).
@@ -178,32 +183,52 @@
       P.back = [];
     }
     const seq = ++P.seq;
-    const params = new URLSearchParams({ limit: String(USERS_PAGE), offset: String(P.offset) });
+    const at = P.offset;
+    const params = new URLSearchParams({ limit: String(USERS_PAGE), offset: String(at) });
     if (q) params.set("q", q);
     const { rows, total } = await apiPage(A + "/users?" + params.toString());
     if (seq !== P.seq) return; // a newer search or page is on its way
-    if (!rows.length && P.offset > 0 && total > 0) {
+    if (!rows.length && at > 0 && total > 0) {
       // The list shrank under this page: back to the first.
       P.offset = 0;
       P.back = [];
       return loadUsers();
     }
     S.users = rows;
+    P.shownAt = at;
     P.total = total;
     rememberNames(rows);
     renderUsers();
     renderDoors();
   }
 
-  function usersPageTo(forward) {
+  // Previous/Next from the page on screen (P.shownAt), one move at a time: a second click (or
+  // Enter) before the page arrived is ignored, not a second step from a page never shown.
+  async function usersPageTo(forward) {
     const P = S.usersPage;
+    if (P.moving) return;
+    const back = P.back.slice();
     if (forward) {
-      P.back.push(P.offset);
-      P.offset += S.users.length;
+      P.back.push(P.shownAt);
+      P.offset = P.shownAt + S.users.length;
     } else {
       P.offset = P.back.length ? P.back.pop() : 0;
     }
-    return PG.attempt(loadUsers);
+    const target = P.offset;
+    P.moving = true;
+    const pager = document.getElementById("users-pager");
+    if (pager) pager.setAttribute("aria-busy", "true");
+    try {
+      const ok = await PG.attempt(async () => { await loadUsers(); return true; });
+      if (!ok && P.offset === target) {
+        // The page did not come: stay where the screen is.
+        P.offset = P.shownAt;
+        P.back = back;
+      }
+    } finally {
+      P.moving = false;
+      if (pager) pager.removeAttribute("aria-busy");
+    }
   }
 
   async function loadPartners() {
@@ -554,7 +579,7 @@
     } catch (e) {
       result.className = "scan-result failed";
       result.dataset.granted = "";
-      replace(result, h("p", { class: "error", role: "alert" }, PG.t("error.generic", { message: e.message })));
+      replace(result, h("p", { class: "error", role: "alert" }, PG.errorText(e)));
     } finally {
       button.disabled = false;
       button.textContent = tr("scan.button");
@@ -748,8 +773,8 @@
       case "PartnerCreated": return d.name;
       case "UserEnrolled": return who({ external_id: d.external_id, username: d.username, partner_id: d.partner_id });
       case "UserErased": return d.external_id;
-      case "CaptureRejected": return tr("sum.capture_rejected", { reader: d.reader_id, reason: d.reason });
-      case "SessionFailed": return String(d.session_id || "").slice(0, 8) + " · " + (d.reason || "");
+      case "CaptureRejected": return tr("sum.capture_rejected", { reader: d.reader_id, reason: rejectText(d.reason) });
+      case "SessionFailed": return String(d.session_id || "").slice(0, 8) + " · " + (d.reason ? failText(d.reason) : "");
       case "DeliveryAttempted":
         return tr(d.delivered ? "sum.delivered" : "sum.delivery_failed",
           { status: d.status_code || d.error || "—", attempt: d.attempt });
@@ -806,10 +831,10 @@
     const P = S.usersPage;
     const rows = S.users;
     replace(document.getElementById("users-count"), rows.length
-      ? tr("users.count", { from: number(P.offset + 1), to: number(P.offset + rows.length), total: number(P.total) })
+      ? tr("users.count", { from: number(P.shownAt + 1), to: number(P.shownAt + rows.length), total: number(P.total) })
       : tr("users.count_none", { total: number(P.total) }));
-    document.getElementById("users-prev").disabled = P.offset === 0;
-    document.getElementById("users-next").disabled = !rows.length || P.offset + rows.length >= P.total;
+    document.getElementById("users-prev").disabled = P.shownAt === 0;
+    document.getElementById("users-next").disabled = !rows.length || P.shownAt + rows.length >= P.total;
     replace(el, table("users-table", [
       { label: tr("users.partner"), cell: (u) => u.partner_name || u.partner_id },
       { label: tr("users.external_id"), cell: (u) => h("span", { class: "mono" }, u.external_id) },
@@ -1051,7 +1076,7 @@
       refreshDoors();
     } catch (e) {
       if (e.status === 401) return;
-      showPolicyErrors(e.status === 400 || e.status === 422 ? e.message : PG.t("error.generic", { message: e.message }));
+      showPolicyErrors(e.status === 400 || e.status === 422 ? e.message : PG.errorText(e));
       document.getElementById("policy-errors").scrollIntoView({ block: "nearest" });
     } finally {
       button.disabled = false;

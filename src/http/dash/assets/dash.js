@@ -8,17 +8,74 @@
   const messages = JSON.parse(document.getElementById("messages").textContent);
   const csrf = root.dataset.csrf;
 
+  // A value from outside (an external id, a username, a partner or reader name) set apart from
+  // the text around it: U+2068 FIRST STRONG ISOLATE … U+2069 POP DIRECTIONAL ISOLATE, so an
+  // RTL override or an Arabic or Hebrew name inside it cannot reorder the sentence.
+  const iso = (v) => "\u2068" + String(v) + "\u2069";
+
+  // Every value t() substitutes is isolated (numbers and translated words too: harmless).
   function t(key, vars) {
     let s = Object.prototype.hasOwnProperty.call(messages, key) ? messages[key] : key;
-    if (vars) for (const k of Object.keys(vars)) s = s.split("{" + k + "}").join(String(vars[k]));
+    if (vars) for (const k of Object.keys(vars)) s = s.split("{" + k + "}").join(iso(vars[k]));
     return s;
   }
 
+  // A refused API call: its status, the server's own (English) message, and what the
+  // translated text needs (method and path of the call, Retry-After seconds).
   class ApiError extends Error {
-    constructor(status, message) {
+    constructor(status, message, info) {
       super(message);
       this.status = status;
+      this.method = (info && info.method) || "GET";
+      this.path = (info && info.path) || "";
+      this.retryAfter = info && info.retryAfter ? info.retryAfter : null;
     }
+  }
+
+  // The ApiError of a refused response (data: its parsed body).
+  function refusal(r, data, method, path) {
+    const msg = data && data.message ? data.message : r.status + " " + r.statusText;
+    const retry = Number(r.headers.get("Retry-After"));
+    return new ApiError(r.status, msg, { method, path, retryAfter: Number.isFinite(retry) && retry > 0 ? retry : null });
+  }
+
+  // The 409 refusals of the API (core::Rejection), by the server's message.
+  const CONFLICTS = [
+    [/already enrolled/i, "error.conflict.already_enrolled"],
+    [/session is not pending/i, "error.conflict.session_not_pending"],
+    [/Idempotency-Key/i, "error.conflict.idempotency"],
+    [/partner already exists/i, "error.conflict.partner_exists"],
+    [/reader is offline/i, "error.conflict.reader_offline"],
+    [/reader is busy/i, "error.conflict.reader_busy"],
+    [/reader belongs to a door/i, "error.conflict.reader_at_door"],
+  ];
+
+  // The key of a known refusal, or null.
+  function refusalKey(e) {
+    const path = String(e.path || "").split("?")[0];
+    switch (e.status) {
+      case 401: return "error.session";
+      case 403: return "error.forbidden";
+      case 409: {
+        const hit = CONFLICTS.find(([re]) => re.test(e.message));
+        return hit ? hit[1] : "error.conflict";
+      }
+      case 413: return "error.too_large";
+      case 429: return e.retryAfter ? "error.rate_limited_for" : "error.rate_limited";
+      case 503: return "error.unavailable";
+      case 500: return "error.internal";
+      case 400: return e.method === "PUT" && path === "/v1/webhook" ? "error.webhook_url" : null;
+      default: return null;
+    }
+  }
+
+  // What to tell the person about a failure, in the page's language: a known API refusal by
+  // its own message, with the server's text as a detail; anything else in the generic frame.
+  function errorText(e) {
+    const key = e instanceof ApiError ? refusalKey(e) : null;
+    if (!key) return t("error.generic", { message: e && e.message ? e.message : String(e) });
+    const text = t(key, { seconds: e.retryAfter });
+    return e.message ? t("error.detail", { text, detail: e.message }) : text;
   }
 
   async function api(method, path, body, opts) {
@@ -39,8 +96,7 @@
     try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
     if (!r.ok) {
       if (r.status === 401) showError(t("error.session"));
-      const msg = data && data.message ? data.message : r.status + " " + r.statusText;
-      throw new ApiError(r.status, msg);
+      throw refusal(r, data, method, path);
     }
     return data;
   }
@@ -77,7 +133,7 @@
       showError("");
       return await fn();
     } catch (e) {
-      showError(t("error.generic", { message: e.message }));
+      showError(errorText(e));
       return undefined;
     }
   }
@@ -135,5 +191,5 @@
     return { bar, panels };
   }
 
-  window.PG = { t, api, h, showError, attempt, confirmDialog, stream, time, tabs, root, ApiError };
+  window.PG = { t, iso, api, h, showError, attempt, confirmDialog, stream, time, tabs, root, ApiError, refusal, errorText };
 })();

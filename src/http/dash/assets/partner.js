@@ -99,7 +99,7 @@
     try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
     if (!r.ok) {
       if (r.status === 401) PG.showError(t("error.session"));
-      throw new PG.ApiError(r.status, data && data.message ? data.message : r.status + " " + r.statusText);
+      throw PG.refusal(r, data, "GET", path);
     }
     const rows = Array.isArray(data) ? data : [];
     const total = Number(r.headers.get("X-Total-Count"));
@@ -107,39 +107,71 @@
   }
 
   // Previous/Next for a list of `size` rows a page, with "1–50 of 321" (X-Total-Count).
-  // `reload` fetches the page at `pager.path(base)`; ids are `<id>-prev`, `-next`, `-count`.
+  // `reload` fetches `pager.get(base)` and hands the page to `pager.show`; ids are `<id>-prev`,
+  // `-next`, `-count`. A move starts from the page on screen (`shownAt`, `shown` rows), one at a
+  // time: a second click (or Enter) before the page arrived is ignored, and a page fetched for
+  // an offset that is no longer wanted is dropped, so the count always labels the rows shown.
   function pager(id, size, reload) {
-    let offset = 0;
+    let offset = 0; // the page wanted
+    let shownAt = 0; // the page on screen
     let shown = 0;
-    const back = [];
+    let moving = false;
+    let back = [];
     const count = h("p", { id: id + "-count", class: "muted", "aria-live": "polite" });
     const prev = h("button", { type: "button", id: id + "-prev", disabled: true }, t("partner.page.previous"));
     const next = h("button", { type: "button", id: id + "-next", disabled: true }, t("partner.page.next"));
-    prev.addEventListener("click", () => {
-      offset = back.length ? back.pop() : 0;
-      attempt(reload);
-    });
-    next.addEventListener("click", () => {
-      back.push(offset);
-      offset += shown;
-      attempt(reload);
-    });
+    const el = h("div", { class: "row pager", id: id + "-pager" }, count, prev, next);
+    async function move(forward) {
+      if (moving) return;
+      const before = back.slice();
+      if (forward) {
+        back.push(shownAt);
+        offset = shownAt + shown;
+      } else {
+        offset = back.length ? back.pop() : 0;
+      }
+      const target = offset;
+      moving = true;
+      el.setAttribute("aria-busy", "true");
+      try {
+        await attempt(reload);
+        if (shownAt !== target && offset === target) {
+          // The page did not come: stay where the screen is.
+          offset = shownAt;
+          back = before;
+        }
+      } finally {
+        moving = false;
+        el.removeAttribute("aria-busy");
+      }
+    }
+    prev.addEventListener("click", () => move(false));
+    next.addEventListener("click", () => move(true));
     const number = (n) => Number(n).toLocaleString(lang);
     return {
-      el: h("div", { class: "row pager", id: id + "-pager" }, count, prev, next),
-      path: (base) => base + "?limit=" + size + "&offset=" + offset,
-      // Shows a fetched page; false when the page emptied under it (go back and fetch again).
-      show(rows, total) {
-        if (!rows.length && offset > 0) {
+      el,
+      // One page of `base` at the offset wanted now: { rows, total, at }.
+      async get(base) {
+        const at = offset;
+        const page = await getPage(base + "?limit=" + size + "&offset=" + at);
+        return { ...page, at };
+      },
+      // Shows a fetched page: true when shown, false when the page emptied under it (go back
+      // and fetch again), null when another page is wanted by now (a newer fetch shows it).
+      show(page) {
+        const { rows, total, at } = page;
+        if (at !== offset) return null;
+        if (!rows.length && at > 0) {
           offset = back.length ? back.pop() : 0;
           return false;
         }
+        shownAt = at;
         shown = rows.length;
         count.textContent = total ? t("partner.page.count",
-          { from: number(offset + 1), to: number(offset + rows.length), total: number(total) }) : "";
+          { from: number(at + 1), to: number(at + rows.length), total: number(total) }) : "";
         count.hidden = !total;
-        prev.disabled = offset === 0;
-        next.disabled = !rows.length || offset + rows.length >= total;
+        prev.disabled = at === 0;
+        next.disabled = !rows.length || at + rows.length >= total;
         return true;
       },
     };
@@ -387,7 +419,7 @@
         render(await api("GET", "/v1/webhook"));
       } catch (e) {
         if (e.status === 404) render(null);
-        else PG.showError(t("error.generic", { message: e.message }));
+        else PG.showError(PG.errorText(e));
       }
     }
 
@@ -501,7 +533,7 @@
         data = await api("GET", "/v1/webhook/deliveries" + q);
       } catch (e) {
         if (e.status === 401) auto.checked = false; // signed out: stop polling
-        else if (force) PG.showError(t("error.generic", { message: e.message }));
+        else if (force) PG.showError(PG.errorText(e));
         return;
       }
       updated.textContent = t("partner.updated", { time: new Date().toLocaleTimeString(lang) });
@@ -618,16 +650,18 @@
     }, 5000);
     async function quiet() {
       try {
-        const { rows, total } = await getPage(pages.path("/v1/sessions"));
-        if (pages.show(rows, total)) draw(rows);
+        const page = await pages.get("/v1/sessions");
+        if (pages.show(page) === true) draw(page.rows);
       } catch (_) { /* the next explicit load shows the error */ }
     }
 
     async function load() {
       for (let tries = 0; tries < 3; tries++) {
-        const page = await attempt(() => getPage(pages.path("/v1/sessions")));
+        const page = await attempt(() => pages.get("/v1/sessions"));
         if (page === undefined) return;
-        if (pages.show(page.rows, page.total)) return draw(page.rows);
+        const shown = pages.show(page);
+        if (shown === null) return; // a newer load shows the page wanted
+        if (shown) return draw(page.rows);
       }
     }
 
@@ -691,9 +725,11 @@
     async function load() {
       let data;
       for (let tries = 0; tries < 3 && data === undefined; tries++) {
-        const page = await attempt(() => getPage(pages.path("/v1/users")));
+        const page = await attempt(() => pages.get("/v1/users"));
         if (page === undefined) return;
-        if (pages.show(page.rows, page.total)) data = page.rows;
+        const shown = pages.show(page);
+        if (shown === null) return; // a newer load shows the page wanted
+        if (shown) data = page.rows;
       }
       if (data === undefined) return;
       keepFocus(holder, () => holder.replaceChildren(table("users", [t("partner.sessions.external_id"),
