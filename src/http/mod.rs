@@ -271,16 +271,6 @@ async fn readyz(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Re
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("not ready: {why}"),
         )
-    } else if !app.mqtt_up.load(std::sync::atomic::Ordering::Relaxed) {
-        // The gateway cannot reach its readers: no scan gets in, no command goes out.
-        let broker = match &app.config.mqtt.url {
-            Some(url) => crate::config::redact_url(url),
-            None => format!("the embedded broker on {}", app.config.mqtt.embedded.listen),
-        };
-        error::message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("not ready: the gateway is not connected to the MQTT broker ({broker})"),
-        )
     } else {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     }
