@@ -272,8 +272,8 @@ fn set_link(app: &App, up: bool) {
     let was = app.mqtt_up.swap(up, Ordering::Relaxed);
     if was && !up {
         tracing::error!(
-            "the MQTT broker is unreachable: no reader is offered or armed, and /readyz \
-             answers 503, until the gateway reconnects"
+            "the MQTT broker is unreachable: no reader is offered or armed until the gateway \
+             reconnects"
         );
     }
 }
