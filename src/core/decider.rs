@@ -74,6 +74,9 @@ pub enum ReaderCommand {
         granted: bool,
         door: DoorId,
         reason: Option<DenyReason>,
+        /// Granted at a door whose relay board the state knows to be down: the pulse will be
+        /// dropped, so the person is told the door cannot open now (not welcomed).
+        unopenable: bool,
     },
 }
 

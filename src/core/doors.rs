@@ -332,6 +332,10 @@ pub fn decide_door(
             granted,
             door: door.id.clone(),
             reason: verdict.reason(),
+            unopenable: granted
+                && state
+                    .device_state(&door.relay.device)
+                    .is_some_and(|d| !d.up),
         },
     });
     if granted {

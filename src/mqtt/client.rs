@@ -455,6 +455,7 @@ pub fn command_payload(app: &App, command: &ReaderCommand) -> serde_json::Value 
             granted,
             door,
             reason,
+            unopenable,
         } => {
             let lang = crate::core::Language::parse(&app.config.mqtt.reader_language)
                 .unwrap_or(crate::core::Language::En);
@@ -462,16 +463,8 @@ pub fn command_payload(app: &App, command: &ReaderCommand) -> serde_json::Value 
             // A grant at a door whose relay board is known to be down opens nothing (the
             // relay task drops the pulse and records `RelayFailed`): the person is told so,
             // not welcomed at a door that stays locked. The verdict itself stands (the log and
-            // the audit keep it).
-            let unopenable = *granted
-                && app.read(|s| {
-                    s.policy
-                        .as_ref()
-                        .and_then(|p| p.door(door))
-                        .and_then(|d| s.device_state(&d.relay.device))
-                        .is_some_and(|d| !d.up)
-                });
-            let message = match (*granted, unopenable) {
+            // the audit keep it). Judged by the core from the state it decided on.
+            let message = match (*granted, *unopenable) {
                 (true, false) => c.door_granted,
                 (true, true) => c.door_unavailable,
                 (false, _) => c.door_denied,
@@ -484,7 +477,7 @@ pub fn command_payload(app: &App, command: &ReaderCommand) -> serde_json::Value 
             });
             if let Some(r) = reason {
                 v["reason"] = serde_json::Value::from(r.as_str());
-            } else if unopenable {
+            } else if *unopenable {
                 v["reason"] = serde_json::Value::from("door_unavailable");
             }
             v
