@@ -1017,6 +1017,17 @@ async fn with_the_remote_clock_ahead_a_retry_after_the_end_and_a_ping_are_answer
         .count();
     assert_eq!(ons, 1, "one pulse, for the one accepted webhook");
 }
+/// A trigger message's payload.
+fn trigger_msg(id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"trigger_id": id})).unwrap()
+}
+
+/// The reader's next session-less capture, with the capture id `id`.
+fn capture_named(reader: &mut SimReader, id: &str) -> Value {
+    let mut c = reader.next_capture(None);
+    c["capture_id"] = json!(id);
+    c
+}
 
 /// Trigger ids and capture ids are remembered apart in upstream mode too (as in local mode):
 /// a door scan numbered like an earlier trigger is decided, and a trigger numbered like an
@@ -1030,11 +1041,10 @@ async fn trigger_ids_and_capture_ids_do_not_collide_in_upstream_mode() {
     p.enroll("alice", "alice", json!({"access_level": "standard"}))
         .await;
     let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 31).await;
-    let trigger = |id: &str| serde_json::to_vec(&json!({"trigger_id": id})).unwrap();
 
     // Trigger `id-1`, then a door scan numbered `id-1`: the scan is decided (nobody G knows).
     lobby
-        .publish_raw(TopicKind::Trigger, trigger("id-1"))
+        .publish_raw(TopicKind::Trigger, trigger_msg("id-1"))
         .await
         .unwrap();
     let show = command(&mut lobby, "show").await;
@@ -1060,7 +1070,7 @@ async fn trigger_ids_and_capture_ids_do_not_collide_in_upstream_mode() {
         .await;
     result_cmd(&mut lobby).await;
     lobby
-        .publish_raw(TopicKind::Trigger, trigger("id-2"))
+        .publish_raw(TopicKind::Trigger, trigger_msg("id-2"))
         .await
         .unwrap();
     let show2 = command(&mut lobby, "show").await;
@@ -1088,7 +1098,7 @@ async fn trigger_ids_and_capture_ids_do_not_collide_in_upstream_mode() {
     })
     .await;
     lobby
-        .publish_raw(TopicKind::Trigger, trigger("id-1"))
+        .publish_raw(TopicKind::Trigger, trigger_msg("id-1"))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -1120,20 +1130,14 @@ async fn a_site_sessions_trigger_and_a_scan_named_like_its_tag_are_both_handled(
     site.enroll("alice", "alice", json!({"access_level": "standard"}))
         .await;
     let mut lobby = site.reader("lobby-1", "alice", 51).await;
-    let trigger = |id: &str| serde_json::to_vec(&json!({"trigger_id": id})).unwrap();
-    let scan = |lobby: &mut SimReader, id: &str| {
-        let mut c = lobby.next_capture(None);
-        c["capture_id"] = json!(id);
-        c
-    };
 
     // A door scan `trigger:coll1`, then trigger `coll1`: the kiosk page is shown.
-    let c = scan(&mut lobby, "trigger:coll1");
+    let c = capture_named(&mut lobby, "trigger:coll1");
     lobby.send_capture(c).await.unwrap();
     let r = result_cmd(&mut lobby).await;
     assert_eq!(r["granted"], true, "{r}");
     lobby
-        .publish_raw(TopicKind::Trigger, trigger("coll1"))
+        .publish_raw(TopicKind::Trigger, trigger_msg("coll1"))
         .await
         .unwrap();
     let show = command(&mut lobby, "show").await;
@@ -1141,11 +1145,11 @@ async fn a_site_sessions_trigger_and_a_scan_named_like_its_tag_are_both_handled(
 
     // Trigger `coll2`, then a door scan `trigger:coll2`: the scan is decided.
     lobby
-        .publish_raw(TopicKind::Trigger, trigger("coll2"))
+        .publish_raw(TopicKind::Trigger, trigger_msg("coll2"))
         .await
         .unwrap();
     command(&mut lobby, "show").await;
-    let c = scan(&mut lobby, "trigger:coll2");
+    let c = capture_named(&mut lobby, "trigger:coll2");
     lobby.send_capture(c.clone()).await.unwrap();
     let r = result_cmd(&mut lobby).await;
     assert_eq!(r["granted"], true, "{r}");
@@ -1154,7 +1158,7 @@ async fn a_site_sessions_trigger_and_a_scan_named_like_its_tag_are_both_handled(
     lobby.send_capture(c).await.unwrap();
     for id in ["coll1", "coll2"] {
         lobby
-            .publish_raw(TopicKind::Trigger, trigger(id))
+            .publish_raw(TopicKind::Trigger, trigger_msg(id))
             .await
             .unwrap();
     }
@@ -1183,20 +1187,14 @@ async fn a_capture_named_like_a_triggers_tag_and_that_trigger_are_both_handled()
     p.enroll("alice", "alice", json!({"access_level": "standard"}))
         .await;
     let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 41).await;
-    let trigger = |id: &str| serde_json::to_vec(&json!({"trigger_id": id})).unwrap();
-    let scan = |lobby: &mut SimReader, id: &str| {
-        let mut c = lobby.next_capture(None);
-        c["capture_id"] = json!(id);
-        c
-    };
 
     // A door scan `trigger:coll1`, then trigger `coll1`: the trigger goes to the remote.
-    let c = scan(&mut lobby, "trigger:coll1");
+    let c = capture_named(&mut lobby, "trigger:coll1");
     lobby.send_capture(c).await.unwrap();
     let r = result_cmd(&mut lobby).await;
     assert_eq!(r["granted"], false, "{r}");
     lobby
-        .publish_raw(TopicKind::Trigger, trigger("coll1"))
+        .publish_raw(TopicKind::Trigger, trigger_msg("coll1"))
         .await
         .unwrap();
     let show = command(&mut lobby, "show").await;
@@ -1206,13 +1204,13 @@ async fn a_capture_named_like_a_triggers_tag_and_that_trigger_are_both_handled()
 
     // Trigger `coll2`, then a door scan `trigger:coll2`: the scan is decided.
     lobby
-        .publish_raw(TopicKind::Trigger, trigger("coll2"))
+        .publish_raw(TopicKind::Trigger, trigger_msg("coll2"))
         .await
         .unwrap();
     command(&mut lobby, "show").await;
     p.g_event("UpstreamIdentifyStarted", |d| d["trigger_id"] == "coll2")
         .await;
-    let c = scan(&mut lobby, "trigger:coll2");
+    let c = capture_named(&mut lobby, "trigger:coll2");
     lobby.send_capture(c).await.unwrap();
     let r = result_cmd(&mut lobby).await;
     assert_eq!(r["granted"], false, "{r}");
@@ -1224,7 +1222,7 @@ async fn a_capture_named_like_a_triggers_tag_and_that_trigger_are_both_handled()
     // Trigger `coll3` opens the door (its decision is tagged `trigger:coll3`); a door scan
     // `trigger:coll3` afterwards is still a scan of its own, decided.
     lobby
-        .publish_raw(TopicKind::Trigger, trigger("coll3"))
+        .publish_raw(TopicKind::Trigger, trigger_msg("coll3"))
         .await
         .unwrap();
     let show = command(&mut lobby, "show").await;
@@ -1237,7 +1235,7 @@ async fn a_capture_named_like_a_triggers_tag_and_that_trigger_are_both_handled()
         d["capture_id"] == "trigger:coll3" && d["verdict"]["verdict"] == "granted"
     })
     .await;
-    let c = scan(&mut lobby, "trigger:coll3");
+    let c = capture_named(&mut lobby, "trigger:coll3");
     lobby.send_capture(c.clone()).await.unwrap();
     let r = result_cmd(&mut lobby).await;
     assert_eq!(r["granted"], false, "{r}");
@@ -1245,7 +1243,7 @@ async fn a_capture_named_like_a_triggers_tag_and_that_trigger_are_both_handled()
     // Redeliveries are still duplicates: the scan and the trigger `coll3` once each.
     lobby.send_capture(c).await.unwrap();
     lobby
-        .publish_raw(TopicKind::Trigger, trigger("coll3"))
+        .publish_raw(TopicKind::Trigger, trigger_msg("coll3"))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
