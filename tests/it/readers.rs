@@ -1244,25 +1244,7 @@ async fn external_mosquitto_and_its_restart() {
     broker.stop();
     let broker = Mosquitto::start(&bin, port);
     let (id, token) = g.identify("").await;
-    let end = Instant::now() + Duration::from_secs(20);
-    let s = loop {
-        // A capture published before the gateway has re-subscribed is lost by MQTT
-        // semantics (no subscriber, not retained): scan again until one gets through.
-        desk.capture(Some(&token)).await.expect("capture");
-        let attempt_end = Instant::now() + Duration::from_secs(2);
-        let mut v = g.session(&id).await;
-        while v["state"] == "pending" && Instant::now() < attempt_end {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            v = g.session(&id).await;
-        }
-        if v["state"] != "pending" {
-            break v;
-        }
-        assert!(
-            Instant::now() < end,
-            "no capture got through within 20 s of the broker restart: {v}"
-        );
-    };
+    let s = capture_until_it_ends(&g, &mut desk, &id, &token).await;
     assert_eq!(s["state"], "completed", "{s}");
     assert_eq!(s["external_id"], "EMP-X");
 
@@ -1394,24 +1376,7 @@ async fn a_lost_broker_link_offers_no_reader_and_marks_presence_unknown() {
     let (status, html) = g.page(&format!("/identify/{token}")).await;
     assert_eq!(status, 200);
     assert!(html.contains("?reader=desk-1"), "offered again:\n{html}");
-    let end = Instant::now() + Duration::from_secs(20);
-    let s = loop {
-        // A scan published before the gateway has re-subscribed is lost (see above).
-        desk.capture(Some(&armed_token)).await.expect("capture");
-        let attempt_end = Instant::now() + Duration::from_secs(2);
-        let mut v = g.session(&armed).await;
-        while v["state"] == "pending" && Instant::now() < attempt_end {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            v = g.session(&armed).await;
-        }
-        if v["state"] != "pending" {
-            break v;
-        }
-        assert!(
-            Instant::now() < end,
-            "the armed session never completed: {v}"
-        );
-    };
+    let s = capture_until_it_ends(&g, &mut desk, &armed, &armed_token).await;
     assert_eq!(s["state"], "completed", "{s}");
     assert_eq!(s["external_id"], "EMP-LINK", "{s}");
     let (status, _) = g.page(&format!("/identify/{token}?reader=desk-1")).await;
@@ -2140,4 +2105,28 @@ async fn equal_similarities_go_to_the_same_user_after_every_restart() {
         vec![format!("U{smallest}"); 4],
         "the tie goes to the smallest partner id's user at every start"
     );
+}
+
+/// Scans for session `id` (its `token`) at `desk` until the session is no longer pending, and
+/// returns it. A capture published before the gateway has re-subscribed after a broker restart
+/// is lost by MQTT semantics (no subscriber, not retained): it scans again every 2 s, for at
+/// most 20 s.
+async fn capture_until_it_ends(g: &Gate, desk: &mut SimReader, id: &str, token: &str) -> Value {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        desk.capture(Some(token)).await.expect("capture");
+        let attempt_end = Instant::now() + Duration::from_secs(2);
+        let mut v = g.session(id).await;
+        while v["state"] == "pending" && Instant::now() < attempt_end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            v = g.session(id).await;
+        }
+        if v["state"] != "pending" {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "session {id} still pending 20 s after the broker came back: {v}"
+        );
+    }
 }
