@@ -516,6 +516,9 @@ fn sealed_dim(t: &crate::core::event::SealedTemplate) -> Option<usize> {
     (clear > 0 && clear % 4 == 0).then_some(clear / 4)
 }
 
+/// How many templates that cannot be opened [`build_index`] names one by one.
+const NAMED_NOT_INDEXED: usize = 5;
+
 /// Builds the matcher index from the enrolled users of `state`. A template that cannot be
 /// opened (its data key destroyed or lost, a corrupted key store entry) is logged and left
 /// out: one user's broken template must not stop the gateway for everyone else. Templates of
@@ -529,6 +532,7 @@ pub fn build_index(
 ) -> Result<Index, WrongDimension> {
     let mut index = Index::new(dim);
     let mut wrong = std::collections::BTreeMap::new();
+    let mut not_indexed = 0usize;
     // In enrollment order (the order a live index inserted them), ties by external_id: a
     // partner's rows are scanned in insertion order, so the state map's random order would
     // change which of two equal rows wins from restart to restart.
@@ -555,11 +559,25 @@ pub fn build_index(
                 match other {
                     Some(d) => *wrong.entry(d).or_insert(0usize) += 1,
                     None => {
-                        tracing::error!(user = %u.external_id, error = %e, "template not indexed")
+                        // Named one by one up to a few: a lost key store fails them all, and
+                        // one line per enrolled person would bury the reason in the log.
+                        not_indexed += 1;
+                        if not_indexed <= NAMED_NOT_INDEXED {
+                            tracing::error!(user = %u.external_id, error = %e, "template not indexed")
+                        }
                     }
                 }
             }
         }
+    }
+    if not_indexed > NAMED_NOT_INDEXED {
+        tracing::error!(
+            not_indexed,
+            named = NAMED_NOT_INDEXED,
+            "templates not indexed in all (the first ones are named above): their people will \
+             not match until they enrol again; a key store that does not belong to this log \
+             fails every one"
+        );
     }
     if wrong.is_empty() {
         Ok(index)

@@ -226,7 +226,18 @@ impl Relays {
                 d.device_timed_pulse && d.relay.device == device && d.relay.coil == coil
             })?;
             let dev = policy.relay_devices.iter().find(|d| d.id == device)?;
-            dev.timed_pulse.map(|t| t.write_for(coil, hold_ms))
+            let timer = dev.timed_pulse?;
+            let write = timer.write_for(coil, hold_ms);
+            if write.is_none() {
+                // Only a site logged before the rule that refuses it: the gateway times it.
+                tracing::warn!(
+                    device,
+                    coil,
+                    register_base = timer.register_base,
+                    "timed-pulse register past 65535: the gateway times this pulse itself"
+                );
+            }
+            write
         })
     }
 

@@ -130,15 +130,16 @@ pub struct TimedPulse {
 
 impl TimedPulse {
     /// The register to write for `coil` and the count for a pulse of `pulse_ms` (rounded up, at
-    /// least 1).
-    pub fn write_for(&self, coil: u16, pulse_ms: u32) -> (u16, u16) {
+    /// least 1); none when `register_base + coil` is past the last register (a new site is
+    /// refused for it; a site logged before that rule has the gateway time the pulse).
+    pub fn write_for(&self, coil: u16, pulse_ms: u32) -> Option<(u16, u16)> {
         let units = pulse_ms
             .div_ceil(self.unit_ms.max(1))
             .clamp(1, u32::from(u16::MAX));
-        (
-            self.register_base.wrapping_add(coil),
+        Some((
+            self.register_base.checked_add(coil)?,
             u16::try_from(units).unwrap_or(u16::MAX),
-        )
+        ))
     }
 }
 
@@ -1138,7 +1139,7 @@ fn build<'t>(cx: &mut Cx<'t>) -> Policy {
         .unwrap_or_default();
     let doors = root
         .get("doors")
-        .map(|v| doors(cx, v, &known))
+        .map(|v| doors(cx, v, &known, &relay_devices))
         .unwrap_or_default();
     let schedules = root
         .get("schedules")
@@ -1321,7 +1322,12 @@ fn devices<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> Vec<RelayDevice>
     out
 }
 
-fn doors<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Vec<Door> {
+fn doors<'t>(
+    cx: &mut Cx<'t>,
+    v: &'t Spanned<DeValue<'t>>,
+    known: &Known,
+    devices: &[RelayDevice],
+) -> Vec<Door> {
     let mut seen = BTreeMap::new();
     // reader -> (index, id) of the first door that lists it, shape errors or not.
     let mut first: BTreeMap<String, (usize, String)> = BTreeMap::new();
@@ -1377,6 +1383,27 @@ fn doors<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Vec
             cx.error(&at(&["device_timed_pulse"]), msg);
         }
         let coil = cx.ranged(&at(&["relay", "coil"]), raw.relay.coil, 0, 65535);
+        // A board that times pulses is written at `register_base + coil`: past the last
+        // register, the write would wrap to another coil's register.
+        let base = devices
+            .iter()
+            .find(|d| d.id == raw.relay.device)
+            .and_then(|d| d.timed_pulse)
+            .map(|t| t.register_base);
+        if raw.device_timed_pulse
+            && let Some(base) = base
+            && u32::from(base) + u32::from(coil) > 65535
+        {
+            let msg = format!(
+                "coil {coil} on relay device `{}` would be timed through holding register \
+                 {base} + {coil} = {}, past the last register 65535: lower the device's \
+                 `timed_pulse.register_base` or use a lower coil",
+                raw.relay.device,
+                u32::from(base) + u32::from(coil)
+            );
+            let e = cx.problem(&at(&["relay", "coil"]), msg);
+            cx.refused.push(e);
+        }
         cx.claim(
             &mut coils,
             &at(&["relay", "coil"]),

@@ -1877,7 +1877,7 @@ fn door_rules() {
     // 2500 ms in units of 100 ms on coil 7: 25 written to register 263.
     assert_eq!(
         p.relay_devices[0].timed_pulse.unwrap().write_for(7, 2_450),
-        (263, 25)
+        Some((263, 25))
     );
     let d = &p.doors[0];
     assert_eq!(
@@ -1905,6 +1905,51 @@ fn door_rules() {
     );
     assert!(d.device_timed_pulse);
     assert_eq!(d.name, "Main");
+}
+
+/// A timed-pulse register past 65535 (`register_base + coil`) is refused at the door's coil;
+/// before, the write wrapped around to register `base + coil - 65536`, another coil's timer.
+#[test]
+fn a_timed_pulse_register_past_the_last_is_refused() {
+    let site = |base: u32, coil: u32, timed: bool| {
+        edit(
+            RELAY,
+            &format!(
+                "relay = {{ device = \"board-1\", coil = {coil} }}\ndevice_timed_pulse = {timed}"
+            ),
+        )
+        .replacen(
+            "modbus = \"tcp://127.0.0.1:5020\"",
+            &format!(
+                "modbus = \"tcp://127.0.0.1:5020\"\ntimed_pulse = {{ register_base = {base}, unit_ms = 100 }}"
+            ),
+            1,
+        )
+    };
+    // The last register is fine.
+    let p = Policy::parse_new(&site(65_000, 535, true)).unwrap();
+    let timer = p.relay_devices[0].timed_pulse.unwrap();
+    assert_eq!(timer.write_for(535, 300), Some((65_535, 3)));
+    // One past it: a new activation is refused, naming the door's coil and the sum.
+    let text = site(65_000, 536, true);
+    let errors = Policy::parse_new(&text).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let e = &errors[0];
+    assert_eq!(e.key, "doors[0].relay.coil", "{e}");
+    assert_eq!(e.line, Some(line_with(&text, "coil = 536")), "{e}");
+    assert!(e.message.contains("65000 + 536 = 65536"), "{e}");
+    // A site logged before the rule still reads; the board's timer is not used for that coil
+    // (the gateway times the pulse) rather than wrapping to register 0, another coil's timer.
+    let logged = Policy::parse(&text).unwrap();
+    assert_eq!(
+        logged.relay_devices[0]
+            .timed_pulse
+            .unwrap()
+            .write_for(536, 300),
+        None
+    );
+    // A door that does not use the board's timer is not written there.
+    Policy::parse_new(&site(65_000, 536, false)).unwrap();
 }
 
 #[test]

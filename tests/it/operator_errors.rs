@@ -555,3 +555,42 @@ async fn audit_reads_stopped_logs_and_backup_copies_without_writing_beside_them(
     assert!(ok, "{out}{err}");
     assert!(out.contains("hash chain intact"), "{out}");
 }
+
+/// A log with enrolled templates started beside a new, empty `keys.db` (the site's own one
+/// lost) is refused; the templates it cannot open are named a few at a time and then counted in
+/// one line, not one error line per enrolled person before the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_key_store_names_a_few_unopened_templates_and_counts_the_rest() {
+    let mut s = TestServer::start().await;
+    let (_, key) = s.create_partner("Acme").await;
+    const PEOPLE: usize = 8;
+    for i in 0..PEOPLE {
+        // One palm each (a palm enrolled twice is `already_enrolled`).
+        let mut desk = sim_reader(&s, &format!("desk-{i}"), &format!("palm-{i}"), 1).await;
+        let created = s
+            .enroll(
+                &key,
+                "",
+                &serde_json::json!({"external_id": format!("EMP-{i}")}),
+            )
+            .await
+            .created();
+        let v = captured(&s, &key, &mut desk, &created).await;
+        assert_eq!(v["state"], "completed", "{v}");
+    }
+    s.terminate();
+    let keys_db = s.dir().join("keys.db");
+    std::fs::remove_file(&keys_db).unwrap();
+    let stderr = refused_start(&s, &[("RUST_LOG", std::ffi::OsStr::new("error"))]);
+    let named = stderr.matches("template not indexed").count();
+    assert_eq!(named, 5, "lines naming a template: {stderr}");
+    assert!(
+        stderr.contains("not_indexed=8"),
+        "no count of the templates not indexed: {stderr}"
+    );
+    assert!(stderr.contains("secrets.key_store"), "{stderr}");
+    assert!(
+        !keys_db.exists(),
+        "the refused start left the key store it created"
+    );
+}
