@@ -141,3 +141,186 @@ try {
         "a 128-character reader id makes the page {width} px wide on a 360 px phone"
     );
 }
+
+/// The operator dashboard says when the gateway has lost its MQTT broker, on every tab, and
+/// stops saying it when the link is back, without a reload: the gateway on a real Mosquitto
+/// with one reader online, signed in through the login form in headless Chromium. No banner;
+/// the broker is killed: the banner shows (on the doors tab and the readers tab, where the
+/// reader's presence reads "Unknown"); Mosquitto again on the same port: the banner goes and
+/// the reader is no longer "Unknown". No script error and no Content-Security-Policy refusal.
+///
+/// The page script (node) and this test take turns over the script's stdin/stdout: the script
+/// prints a line when it has seen a state, and waits for a line saying the broker moved.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_dashboard_shows_a_lost_broker_and_its_return() {
+    use crate::readers::{Mosquitto, free_port, mosquitto_or_skip};
+    use std::io::{BufRead, BufReader, Write};
+    if let Some(why) = missing_peer() {
+        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
+            panic!("browser peer missing and PALMGATE_PEERS=required: {why}");
+        }
+        println!("skipping the browser check: {why}");
+        return;
+    }
+    let Some(bin) = mosquitto_or_skip() else {
+        return;
+    };
+    let port = free_port();
+    let broker = Mosquitto::start(&bin, port);
+    let mqtt = format!("mqtt://127.0.0.1:{port}");
+    let s = crate::fixtures::TestServer::start_with(
+        crate::fixtures::Options::default().extra_toml(&format!("[mqtt]\nurl = \"{mqtt}\"\n")),
+    )
+    .await;
+    let reader =
+        palmgate::mqtt::simulate::SimReader::connect(palmgate::mqtt::simulate::SimOptions {
+            mqtt_url: mqtt.clone(),
+            topic_prefix: "palmgate".into(),
+            reader: palmgate::core::ReaderId("desk-1".into()),
+            palm: "alice".into(),
+            dim: 128,
+            quality: 0.95,
+            liveness: true,
+            seed: 1,
+        })
+        .await
+        .expect("the simulated reader connects to Mosquitto");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let v = crate::fixtures::send(
+            s.get("/admin/v1/readers")
+                .bearer_auth(crate::fixtures::ADMIN_TOKEN),
+        )
+        .await
+        .json();
+        if v.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|r| r["id"] == "desk-1" && r["presence"] == "online")
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "desk-1 never listed online: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let script = r##"
+import { chromium } from "playwright-core";
+import { createInterface } from "node:readline";
+const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+const wait = async (what) => {
+  const { value } = await lines.next();
+  if (value !== what) throw new Error(`expected "${what}" from the test, got ${JSON.stringify(value)}`);
+};
+const errors = [];
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu"],
+});
+let page;
+try {
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 }, locale: "en-US" });
+  page.on("pageerror", (e) => errors.push(String(e)));
+  // A 404 is an answer (GET /admin/v1/demo/people outside demo mode), not a script error.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/Failed to load resource.*404/.test(m.text())) errors.push(m.text());
+  });
+  const banner = page.locator("#broker-banner");
+  const presence = () => page.getAttribute("#reader-desk-1", "data-presence");
+  await page.goto(new URL("/admin?lang=en", process.env.PAGE_URL).toString());
+  await page.fill("#credential", process.env.ADMIN_TOKEN);
+  await page.click("main.login button[type=submit]");
+  await page.locator("#tab-doors").waitFor({ state: "visible" });
+  // The dashboard has read the link state (the reader list) and shows no banner.
+  await page.locator("#broker-banner[data-broker-up=true]").waitFor({ state: "attached", timeout: 15000 });
+  if (await banner.isVisible()) throw new Error("a banner with the broker up");
+  await page.click("#tab-readers");
+  await page.locator("#reader-desk-1[data-presence=online]").waitFor({ timeout: 15000 });
+  await page.click("#tab-doors");
+  console.log("NO_BANNER");
+
+  await wait("STOPPED");
+  await banner.waitFor({ state: "visible", timeout: 40000 });
+  const text = await banner.textContent();
+  for (const part of ["cannot reach its MQTT broker", "status is unknown", "will not open doors", "emergency unlock"]) {
+    if (!text.includes(part)) throw new Error(`the banner lacks "${part}": ${text}`);
+  }
+  if ((await banner.getAttribute("role")) !== "alert") throw new Error("the banner is no alert");
+  await page.screenshot({ path: process.env.SHOT, fullPage: true });
+  await page.click("#tab-readers");
+  if (!(await banner.isVisible())) throw new Error("no banner on the readers tab");
+  await page.locator("#reader-desk-1[data-presence=unknown]").waitFor({ timeout: 10000 });
+  const status = await page.locator("#reader-desk-1 td").nth(1).textContent();
+  if (status.trim() !== "Unknown") throw new Error(`desk-1's status reads ${JSON.stringify(status)}`);
+  await page.click("#tab-site");
+  if (!(await banner.isVisible())) throw new Error("no banner on the site tab");
+  console.log("BANNER");
+
+  await wait("RESTARTED");
+  await page.locator("#broker-banner[hidden]").waitFor({ state: "attached", timeout: 40000 });
+  await page.click("#tab-readers");
+  await page.locator("#reader-desk-1:not([data-presence=unknown])").waitFor({ timeout: 10000 });
+  if (errors.length) throw new Error("script errors or CSP refusals: " + errors.join(" | "));
+  console.log("GONE");
+} catch (e) {
+  console.log("FAIL " + (e && e.stack ? e.stack : e));
+  if (page) await page.screenshot({ path: process.env.SHOT + ".fail.png", fullPage: true }).catch(() => {});
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  lines.return && lines.return();
+  process.stdin.destroy();
+}
+"##;
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-shots");
+    std::fs::create_dir_all(&shots).expect("screenshot directory");
+    let shot = shots.join("admin-broker-down.png");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let (url, script) = (s.base_url.clone(), script.to_string());
+    let (seen, status) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("node")
+            .args(["--input-type=module", "-e", &script])
+            .current_dir(root)
+            .env("PAGE_URL", url)
+            .env("ADMIN_TOKEN", crate::fixtures::ADMIN_TOKEN)
+            .env("SHOT", shot)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run node");
+        let mut stdin = child.stdin.take().expect("node stdin");
+        let out = BufReader::new(child.stdout.take().expect("node stdout"));
+        let mut broker = Some(broker);
+        let mut seen = Vec::new();
+        for line in out.lines() {
+            let line = line.expect("node stdout line");
+            println!("{line}");
+            match line.as_str() {
+                "NO_BANNER" => {
+                    broker.take().expect("the broker runs").stop();
+                    writeln!(stdin, "STOPPED").expect("tell node");
+                }
+                "BANNER" => {
+                    broker = Some(Mosquitto::start(&bin, port));
+                    writeln!(stdin, "RESTARTED").expect("tell node");
+                }
+                _ => {}
+            }
+            seen.push(line);
+        }
+        drop(stdin);
+        (seen, child.wait().expect("node exits"))
+    })
+    .await
+    .unwrap();
+    drop(reader);
+    let said = seen.join("\n");
+    assert!(
+        status.success() && said.contains("GONE"),
+        "the dashboard did not show the lost broker and its return ({status}; screenshots in \
+         {}):\n{said}",
+        shots.display()
+    );
+}

@@ -849,6 +849,10 @@ pub const ADMIN: &[Entry] = &[
         ],
     ),
     (
+        "admin.readers.unknown",
+        ["Unknown", "Белгісіз", "Неизвестно"],
+    ),
+    (
         "admin.readers.none",
         [
             "No reader has connected yet.",
@@ -1069,6 +1073,31 @@ pub const ADMIN: &[Entry] = &[
             "No partners yet.",
             "Әзірге серіктестер жоқ.",
             "Партнёров пока нет.",
+        ],
+    ),
+    // The gateway's link to its MQTT broker (`broker_up` false).
+    (
+        "admin.broker.down",
+        [
+            "The gateway cannot reach its MQTT broker.",
+            "Шлюз MQTT брокеріне қосыла алмай тұр.",
+            "Шлюз не может подключиться к MQTT-брокеру.",
+        ],
+    ),
+    (
+        "admin.broker.readers",
+        [
+            "Readers cannot be reached and their status is unknown. Palm scans will not open doors until the connection is back.",
+            "Сканерлермен байланыс жоқ, олардың күйі белгісіз. Байланыс қалпына келгенше алақанды сканерлеу есіктерді ашпайды.",
+            "Связи со считывателями нет, их состояние неизвестно. Пока связь не восстановится, сканирование ладони не откроет двери.",
+        ],
+    ),
+    (
+        "admin.broker.relays",
+        [
+            "Door relays do not need the broker: lockdown and emergency unlock on the Site tab still work.",
+            "Есік релелері брокерге тәуелді емес: «Объект» бөліміндегі бұғаттау мен апаттық ашу жұмыс істей береді.",
+            "Реле дверей не зависят от брокера: блокировка и аварийная разблокировка на вкладке «Объект» продолжают работать.",
         ],
     ),
     // Site mode.

@@ -41,6 +41,9 @@
     lastPos: 0,
     decisions: new Map(), // door id -> data of its last DoorDecided event seen
     live: false,
+    // The gateway's link to its MQTT broker, from `broker_up` of GET /admin/v1/readers: true,
+    // false, or null while unknown (not fetched yet, or no reader known: the list is empty).
+    brokerUp: null,
   };
 
   // ---------- small helpers ----------
@@ -168,7 +171,10 @@
   }
 
   async function loadReaders() {
-    S.readers = await api("GET", A + "/readers");
+    const readers = await api("GET", A + "/readers");
+    S.readers = Array.isArray(readers) ? readers : [];
+    const link = S.readers.find((r) => typeof r.broker_up === "boolean");
+    setBroker(link ? link.broker_up : null);
     renderReaders();
   }
 
@@ -397,12 +403,14 @@
     bar.setAttribute("aria-label", tr("sections"));
     bar.addEventListener("keydown", tabKeys);
     const banner = h("div", { id: "mode-banner", role: "status", hidden: true });
-    replace(PG.root, h("h1", { class: "visually-hidden" }, tr("title")), banner, bar, ps);
+    const broker = h("div", { id: "broker-banner", class: "broker-banner", role: "alert", hidden: true });
+    replace(PG.root, h("h1", { class: "visually-hidden" }, tr("title")), broker, banner, bar, ps);
     list.forEach((tab, i) => {
       panels[tab.id] = ps[i];
       tab.build(ps[i]);
     });
     renderMode();
+    renderBroker();
     const wanted = location.hash.slice(1);
     const start = list.find((x) => x.id === wanted) || list[0];
     select(start.id);
@@ -445,6 +453,29 @@
     S.live = on;
     const el = document.getElementById("events-live");
     if (el) replace(el, on ? badge("ok", tr("events.live")) : badge("warn", tr("events.reconnecting")));
+  }
+
+  // ---------- the MQTT broker link ----------
+
+  // Above every tab while the gateway has lost its broker: readers can neither be heard nor
+  // armed, so a palm scan opens no door; the relays (Modbus) do not need the broker.
+  function setBroker(up) {
+    if (S.brokerUp === up) return;
+    S.brokerUp = up;
+    renderBroker();
+  }
+
+  function renderBroker() {
+    const el = document.getElementById("broker-banner");
+    if (!el) return;
+    const down = S.brokerUp === false;
+    el.dataset.brokerUp = S.brokerUp === null ? "" : String(S.brokerUp);
+    el.hidden = !down;
+    replace(el, down ? [
+      h("p", {}, h("strong", {}, tr("broker.down"))),
+      h("p", {}, tr("broker.readers")),
+      h("p", {}, tr("broker.relays")),
+    ] : []);
   }
 
   // ---------- site mode ----------
@@ -727,12 +758,26 @@
     };
     replace(el, table("readers-table", [
       { label: tr("readers.reader"), cell: (r) => h("span", { class: "mono" }, r.id) },
-      { label: PG.t("status"), cell: (r) => r.online ? badge("ok", tr("readers.online")) : badge("bad", tr("readers.offline")) },
+      { label: PG.t("status"), cell: (r) => presenceBadge(presence(r)) },
       { label: tr("readers.since"), cell: (r) => h("time", { datetime: r.since }, PG.time(r.since)) },
       { label: tr("readers.door"), cell: (r) => doorOf(r.id) },
       { label: tr("readers.model"), cell: (r) => [r.model, r.firmware].filter(Boolean).join(" · ") || "—" },
-    ], S.readers.map((r) => ({ row: r, attrs: { id: "reader-" + r.id, "data-online": r.online ? "true" : "false" } })),
+    ], S.readers.map((r) => ({ row: r, attrs: { id: "reader-" + r.id, "data-online": r.online ? "true" : "false",
+      "data-presence": presence(r) } })),
     tr("readers.none")));
+  }
+
+  // `online`, `offline`, or `unknown` while the gateway has no broker (the reader's last
+  // report says nothing then). An older server without `presence`: its `online`.
+  function presence(r) {
+    if (r.presence === "online" || r.presence === "offline" || r.presence === "unknown") return r.presence;
+    if (r.broker_up === false) return "unknown";
+    return r.online ? "online" : "offline";
+  }
+
+  function presenceBadge(p) {
+    if (p === "unknown") return badge("warn", tr("readers.unknown"), { "data-presence": p });
+    return p === "online" ? badge("ok", tr("readers.online")) : badge("bad", tr("readers.offline"));
   }
 
   // ---------- events ----------
@@ -1158,11 +1203,16 @@
     await PG.attempt(backfill);
     follow();
     await PG.attempt(loadMode);
-    // A fallback for a stream that misses something: the doors every few seconds.
-    setInterval(() => { if (!document.hidden) loadDoors().catch(() => {}); }, 4000);
-    setInterval(() => {
-      if (!document.hidden && panels.readers && !panels.readers.hidden) loadReaders().catch(() => {});
-    }, 15000);
+    // A fallback for a stream that misses something: the doors every few seconds. The readers
+    // too: the broker link (broker_up) is no event of the log, so the stream never tells it.
+    await PG.attempt(loadReaders);
+    const poll = () => {
+      if (document.hidden) return;
+      loadDoors().catch(() => {});
+      loadReaders().catch(() => {});
+    };
+    setInterval(poll, 4000);
+    document.addEventListener("visibilitychange", poll);
   }
 
   start();
