@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod keystore;
 pub mod limiter;
+pub mod metrics;
 pub mod readers;
 pub mod relays;
 pub mod secrets;
@@ -851,6 +852,7 @@ impl Server {
         let mut effects = self.effects;
         let router_task = tokio::spawn(async move {
             while let Some(e) = effects.recv().await {
+                metrics::performed(&e);
                 match e {
                     Effect::Reader { reader_id, command } => {
                         let _ = reader_tx.send((reader_id, command));

@@ -80,6 +80,7 @@ impl Relays {
         let clock = app.clock.clone();
         tokio::spawn(async move {
             while let Some(report) = rx.recv().await {
+                super::metrics::relay_report(&report);
                 if stamped.send((report, clock.now())).is_err() {
                     return;
                 }

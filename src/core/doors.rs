@@ -82,6 +82,12 @@ impl State {
         }
     }
 
+    /// Whether the state knows `device`'s relay board to be down: a grant at its doors cannot
+    /// open them (the reader is told so), and `/metrics` counts it down.
+    pub fn device_down(&self, device: &str) -> bool {
+        self.device_state(device).is_some_and(|d| !d.up)
+    }
+
     /// Whether a door's relay should rest unlocked at `now`.
     pub fn rests_unlocked(&self, door: &DoorId, now: DateTime<Utc>) -> bool {
         rests_unlocked(
@@ -332,10 +338,7 @@ pub fn decide_door(
             granted,
             door: door.id.clone(),
             reason: verdict.reason(),
-            unopenable: granted
-                && state
-                    .device_state(&door.relay.device)
-                    .is_some_and(|d| !d.up),
+            unopenable: granted && state.device_down(&door.relay.device),
         },
     });
     if granted {

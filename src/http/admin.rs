@@ -183,9 +183,28 @@ pub struct ReaderBody {
     pub presence: &'static str,
 }
 
+/// The presences [`presence`] gives, in the order `/metrics` lists them.
+pub const PRESENCES: [&str; 3] = ["online", "offline", "unknown"];
+
+/// A reader's presence as the operator is told it (`/admin/v1/readers` and `/metrics`): its
+/// last report (`online`) while the gateway's link to the broker is up (`broker_up`), and
+/// `unknown` while it is down (the last report heard may no longer hold).
+pub fn presence(broker_up: bool, online: bool) -> &'static str {
+    match (broker_up, online) {
+        (false, _) => "unknown",
+        (true, true) => "online",
+        (true, false) => "offline",
+    }
+}
+
+/// Whether the gateway's link to the MQTT broker is up now ([`App::mqtt_up`]).
+pub fn broker_up(app: &App) -> bool {
+    app.mqtt_up.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `GET /admin/v1/readers`
 pub async fn list_readers(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<ReaderBody>> {
-    let broker_up = app.mqtt_up.load(std::sync::atomic::Ordering::Relaxed);
+    let broker_up = broker_up(&app);
     let mut list: Vec<ReaderBody> = app.read(|s| {
         s.readers()
             .map(|r| ReaderBody {
@@ -195,11 +214,7 @@ pub async fn list_readers(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<Rea
                 firmware: r.firmware.clone(),
                 since: time_text(r.since),
                 broker_up,
-                presence: match (broker_up, r.online) {
-                    (false, _) => "unknown",
-                    (true, true) => "online",
-                    (true, false) => "offline",
-                },
+                presence: presence(broker_up, r.online),
             })
             .collect()
     });

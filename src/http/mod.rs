@@ -239,16 +239,27 @@ fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle
         .as_ref()
 }
 
-async fn metrics() -> Response {
+/// `GET /metrics`: the process-wide recorder's series, then this server's door gauges, read
+/// from its state now ([`crate::app::metrics::render`]).
+async fn metrics(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Response {
     match prometheus() {
-        Some(h) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4",
-            )],
-            h.render(),
-        )
-            .into_response(),
+        Some(h) => {
+            // First: it registers the door counters the recorder then renders.
+            let doors = crate::app::metrics::render(&app);
+            let mut text = h.render();
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&doors);
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                text,
+            )
+                .into_response()
+        }
         None => error::message(
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics recorder unavailable",

@@ -2351,3 +2351,186 @@ async fn an_enrollment_page_neither_offers_nor_arms_a_doors_reader() {
         .expect("the desk reader is armed");
     assert_eq!(c["action"], "capture", "{c}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `/metrics`: what the operator watches
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /metrics` of the site, as text.
+async fn scrape(site: &Site) -> String {
+    let r = site
+        .http
+        .get(format!("{}/metrics", site.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// The value of series `name` with exactly the labels `labels` (in any order) in `text`.
+fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    want.sort();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (head, value) = l.rsplit_once(' ')?;
+        let (n, got) = match head.split_once('{') {
+            Some((n, rest)) => {
+                let mut got: Vec<String> = rest
+                    .strip_suffix('}')?
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                got.sort();
+                (n, got)
+            }
+            None => (head, vec![]),
+        };
+        (n == name && got == want).then(|| value.parse().ok())?
+    })
+}
+
+/// Scrapes until series `name{labels}` satisfies `pred`; its value then.
+async fn wait_series(
+    site: &Site,
+    name: &str,
+    labels: &[(&str, &str)],
+    pred: impl Fn(f64) -> bool,
+) -> f64 {
+    let end = Instant::now() + WAIT;
+    loop {
+        let text = scrape(site).await;
+        match series(&text, name, labels) {
+            Some(v) if pred(v) => return v,
+            got => assert!(
+                Instant::now() < end,
+                "{name}{labels:?} is {got:?}, not as expected; /metrics:\n{text}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A granted and a denied scan move `palmgate_door_decisions_total` by their result and
+/// reason, and the grant's pulse moves `palmgate_relay_writes_total{outcome="ok"}`. The
+/// counters are process-wide and other tests scan at the same time: each must grow by at
+/// least what this test caused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_door_decisions_and_relay_writes_as_they_land() {
+    let site = start_site("").await;
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    site.enroll("bob", "bob", json!({"department": "none"}))
+        .await;
+    let mut lobby = site.reader("lobby-1", "alice", 1).await;
+    site.wait_door("main", "its board up", |d| d["device_up"] == true)
+        .await;
+
+    let granted = [("result", "granted"), ("reason", "none")];
+    let denied = [("result", "denied"), ("reason", "no_access_level")];
+    let ok = [("outcome", "ok")];
+    let before = scrape(&site).await;
+    let count = |labels: &[(&str, &str)], name: &str| {
+        series(&before, name, labels)
+            .unwrap_or_else(|| panic!("{name}{labels:?} not listed before any scan:\n{before}"))
+    };
+    let granted_0 = count(&granted, "palmgate_door_decisions_total");
+    let denied_0 = count(&denied, "palmgate_door_decisions_total");
+    let ok_0 = count(&ok, "palmgate_relay_writes_total");
+    assert!(
+        series(
+            &before,
+            "palmgate_relay_writes_total",
+            &[("outcome", "failed")]
+        )
+        .is_some(),
+        "{before}"
+    );
+
+    let t0 = Instant::now();
+    let (_, r) = scan(&mut lobby, "alice").await;
+    assert_eq!(r["granted"], true, "{r}");
+    wait_pulse(&site.board, 0, t0).await;
+    let (_, r) = scan(&mut lobby, "bob").await;
+    assert_eq!(r["reason"], "no_access_level", "{r}");
+
+    let name = "palmgate_door_decisions_total";
+    wait_series(&site, name, &granted, |v| v >= granted_0 + 1.0).await;
+    wait_series(&site, name, &denied, |v| v >= denied_0 + 1.0).await;
+    // The pulse's ON and OFF writes, both confirmed by the board.
+    wait_series(&site, "palmgate_relay_writes_total", &ok, |v| {
+        v >= ok_0 + 2.0
+    })
+    .await;
+}
+
+/// The door gauges are this server's state at scrape time: readers by presence, relay boards
+/// up or down (as a grant judges them), doors by site mode, sessions pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_this_servers_readers_boards_doors_and_pending_sessions() {
+    let site = two_board_site("").await;
+    let _lobby = site.reader("lobby-1", "alice", 1).await;
+    let online = [("presence", "online")];
+    wait_series(&site, "palmgate_readers", &online, |v| v == 1.0).await;
+    let text = scrape(&site).await;
+    for (presence, n) in [("offline", 0.0), ("unknown", 0.0)] {
+        let got = series(&text, "palmgate_readers", &[("presence", presence)]);
+        assert_eq!(got, Some(n), "{presence}:\n{text}");
+    }
+    for id in ["main", "side"] {
+        site.wait_door(id, "its board up", |d| d["device_up"] == true)
+            .await;
+    }
+    let text = scrape(&site).await;
+    let boards = |state: &str| series(&text, "palmgate_relay_boards", &[("state", state)]);
+    assert_eq!(
+        (boards("up"), boards("down")),
+        (Some(2.0), Some(0.0)),
+        "{text}"
+    );
+    let doors = |text: &str, mode: &str| series(text, "palmgate_doors", &[("mode", mode)]);
+    assert_eq!(doors(&text, "normal"), Some(2.0), "{text}");
+    assert_eq!(doors(&text, "lockdown"), Some(0.0), "{text}");
+    let mode = series(&text, "palmgate_site_mode", &[("mode", "normal")]);
+    assert_eq!(mode, Some(1.0), "{text}");
+    assert_eq!(series(&text, "palmgate_sessions_pending", &[]), Some(0.0));
+
+    // A board that goes away is down, by name; the other stays up.
+    site.board.stop();
+    site.wait_door("main", "device_down", |d| d["state"] == "device_down")
+        .await;
+    let text = scrape(&site).await;
+    let boards = |state: &str| series(&text, "palmgate_relay_boards", &[("state", state)]);
+    assert_eq!(
+        (boards("up"), boards("down")),
+        (Some(1.0), Some(1.0)),
+        "{text}"
+    );
+    let board = |id: &str| series(&text, "palmgate_relay_board_up", &[("board", id)]);
+    assert_eq!(
+        (board("board-1"), board("board-2")),
+        (Some(0.0), Some(1.0)),
+        "{text}"
+    );
+
+    // Lockdown holds both doors; a session asked for is pending.
+    site.set_mode("lockdown", true).await;
+    let r = site
+        .http
+        .post(format!("{}/v1/enroll", site.base))
+        .header("x-api-key", &site.key)
+        .json(&json!({"external_id": "carol"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let text = scrape(&site).await;
+    assert_eq!(doors(&text, "lockdown"), Some(2.0), "{text}");
+    assert_eq!(doors(&text, "normal"), Some(0.0), "{text}");
+    assert_eq!(
+        series(&text, "palmgate_sessions_pending", &[]),
+        Some(1.0),
+        "{text}"
+    );
+}
