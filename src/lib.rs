@@ -45,6 +45,26 @@ pub fn release_thread_memory() {
     }
 }
 
+/// Lowers the calling thread (on Linux, scheduling policy and nice are per thread) to
+/// `SCHED_IDLE`: it runs only on a core nothing else wants. For work no request waits for (a
+/// state snapshot folds the log and encodes the whole state; the store saves its stream heads)
+/// on cores that requests and door decisions need more: under load it simply waits, on an idle
+/// box it runs at full speed.
+/// If `SCHED_IDLE` is refused, the thread falls back to nice +10 (at most 19), as before.
+pub fn background_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: sched_setscheduler(2) reads the `sched_param` we pass and nothing else; `pid = 0`
+    // is the calling thread. setpriority(2) only reads its integer arguments; `who = 0` with
+    // PRIO_PROCESS is the calling thread on Linux. A failure leaves the thread as it was.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+            libc::setpriority(libc::PRIO_PROCESS, 0, (now + 10).min(19));
+        }
+    }
+}
+
 pub mod app;
 pub mod config;
 pub mod core;

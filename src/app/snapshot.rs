@@ -234,25 +234,6 @@ impl Drop for Snapshotter {
     }
 }
 
-/// Lowers the calling thread (on Linux, scheduling policy and nice are per thread) to
-/// `SCHED_IDLE`: it runs only on a core nothing else wants. A snapshot folds the log since the
-/// previous one and encodes the whole state, on cores that requests and door decisions need
-/// more; under load it simply waits, on an idle box it runs at full speed.
-/// If `SCHED_IDLE` is refused, the thread falls back to nice +10 (at most 19), as before.
-fn background_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: sched_setscheduler(2) reads the `sched_param` we pass and nothing else; `pid = 0`
-    // is the calling thread. setpriority(2) only reads its integer arguments; `who = 0` with
-    // PRIO_PROCESS is the calling thread on Linux. A failure leaves the thread as it was.
-    unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            let now = libc::getpriority(libc::PRIO_PROCESS, 0);
-            libc::setpriority(libc::PRIO_PROCESS, 0, (now + 10).min(19));
-        }
-    }
-}
-
 struct Worker {
     store: Arc<dyn EventStore>,
     rules: Rules,
@@ -269,7 +250,7 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, wake: mpsc::Receiver<()>) {
-        background_priority();
+        crate::background_priority();
         while wake.recv().is_ok() && !self.stop.load(Ordering::Relaxed) {
             let due = self.due.load(Ordering::Relaxed);
             let next = match self.step() {
@@ -379,7 +360,7 @@ mod tests {
         let policy = || unsafe { libc::sched_getscheduler(0) };
         let before = policy();
         let inside = std::thread::spawn(move || {
-            super::background_priority();
+            crate::background_priority();
             policy()
         })
         .join()

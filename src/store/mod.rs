@@ -9,6 +9,7 @@
 
 pub mod chain;
 mod group;
+mod heads_file;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrent;
 pub mod snapshots;

@@ -34,6 +34,7 @@
 
 use super::chain::{RawEvent, RawRef};
 use super::group::{Forgetting, StagedGroup, WriteReq, answer, stage_group};
+use super::heads_file;
 use super::{BoxFuture, EventStore, SnapshotDir, StoreError};
 use crate::core::split_map::revisions;
 use crate::core::{Recorded, StreamAppend};
@@ -395,7 +396,9 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(io)
             .map_err(named)?;
-        let heads = load_heads(&conn).map_err(named)?;
+        let heads_at = heads_file::path_beside(&path);
+        let heads = load_heads(&conn, &heads_at).map_err(named)?;
+        let saver = heads_file::Saver::start(heads_at).map_err(io)?;
         let checkpointer = Checkpointer::start(open_conn(&path).map_err(named)?)?;
         let readers = Readers::new(path.clone(), open_conn(&path).map_err(named)?);
         let healthy = Arc::new(AtomicBool::new(true));
@@ -430,6 +433,7 @@ impl SqliteStore {
                     syncer: Some(syncer),
                     sync_failed,
                     checkpointer: Some(checkpointer),
+                    saver: Some(saver),
                 }
                 .run(rx, h)
             })
@@ -635,7 +639,9 @@ struct Heads {
     checkpoint: u64,
 }
 
-/// The stream heads as of one position, saved in `store_heads` (one row).
+/// The stream heads as of one position: saved beside the log ([`heads_file`], written by a
+/// thread of its own); the `store_heads` row (one) keeps their position and hash, and in a log
+/// written before the file, the heads themselves.
 ///
 /// Why it exists: the log has no index on `(stream, revision)`. Such an index puts each event
 /// of a group commit in a different B-tree leaf, which costs a 4 KiB WAL page per event; the
@@ -644,11 +650,12 @@ struct Heads {
 /// cache: one that does not match the log (its position past the end, or a different hash at
 /// its position) is ignored and the heads are rebuilt from every event.
 ///
-/// Encoding: [`crate::core::split_map::revisions`] (as the state snapshot's revisions), in
-/// the map's own order; anything else is refused.
+/// Encoding (of the row's blob, as of the file's streams): [`crate::core::split_map::revisions`]
+/// (as the state snapshot's revisions), in the map's own order; anything else is refused.
 struct HeadsCheckpoint;
 
 impl HeadsCheckpoint {
+    #[cfg(test)]
     fn encode(streams: &StreamHeads) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + streams.len() * 48);
         revisions::write(
@@ -667,8 +674,49 @@ impl HeadsCheckpoint {
         }
     }
 
-    /// The saved heads if they belong to this log: `(position, streams)`.
-    fn load(conn: &Connection, last: u64) -> Result<Option<(u64, StreamHeads)>, StoreError> {
+    /// The saved heads if they belong to this log: `(position, streams)`. From the file beside
+    /// the log ([`heads_file`]), or from the `store_heads` blob a log written before it holds
+    /// (now written empty: the row keeps the position and hash).
+    fn load(
+        conn: &Connection,
+        last: u64,
+        file: &Path,
+    ) -> Result<Option<(u64, StreamHeads)>, StoreError> {
+        // Whether the log has `hash` at `position` (0: the empty log, which every log extends).
+        let logged = |position: u64, hash: &[u8]| -> Result<bool, StoreError> {
+            if position == 0 {
+                return Ok(true);
+            }
+            if position > last {
+                return Ok(false);
+            }
+            let at: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT hash FROM events WHERE position = ?1",
+                    params![position as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(io)?;
+            Ok(at.is_some_and(|h| h == hash))
+        };
+        match heads_file::read(file) {
+            Ok(Some(saved)) if logged(saved.position, &saved.hash)? => {
+                return Ok(Some((saved.position, saved.streams)));
+            }
+            Ok(Some(saved)) => tracing::warn!(
+                position = saved.position,
+                file = %file.display(),
+                "the saved stream heads do not match the event log; rebuilding them from \
+                 every event"
+            ),
+            Ok(None) => {}
+            Err(why) => tracing::warn!(
+                file = %file.display(),
+                why,
+                "the saved stream heads are ignored; rebuilding them from every event"
+            ),
+        }
         let row: Option<(i64, Vec<u8>, Vec<u8>)> = conn
             .query_row(
                 "SELECT position, hash, heads FROM store_heads WHERE id = 1",
@@ -677,22 +725,11 @@ impl HeadsCheckpoint {
             )
             .optional()
             .map_err(io)?;
-        let Some((position, hash, blob)) = row else {
+        let Some((position, hash, blob)) = row.filter(|(_, _, blob)| !blob.is_empty()) else {
             return Ok(None);
         };
         let position = position as u64;
-        let logged: Option<Vec<u8>> = if position == 0 || position > last {
-            None
-        } else {
-            conn.query_row(
-                "SELECT hash FROM events WHERE position = ?1",
-                params![position as i64],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(io)?
-        };
-        let matches = position == 0 || logged.is_some_and(|h| h == hash);
+        let matches = logged(position, &hash)?;
         match HeadsCheckpoint::decode(&blob).filter(|_| matches) {
             Some(streams) => Ok(Some((position, streams))),
             None => {
@@ -706,21 +743,18 @@ impl HeadsCheckpoint {
         }
     }
 
+    /// The row: the position and hash saved (the streams go to the file).
     fn save(conn: &Connection, heads: &Heads) -> Result<(), StoreError> {
         conn.execute(
-            "INSERT OR REPLACE INTO store_heads (id, position, hash, heads) VALUES (1, ?1, ?2, ?3)",
-            params![
-                heads.position as i64,
-                &heads.hash[..],
-                HeadsCheckpoint::encode(&heads.streams)
-            ],
+            "INSERT OR REPLACE INTO store_heads (id, position, hash, heads) VALUES (1, ?1, ?2, x'')",
+            params![heads.position as i64, &heads.hash[..]],
         )
         .map_err(io)?;
         Ok(())
     }
 }
 
-fn load_heads(conn: &Connection) -> Result<Heads, StoreError> {
+fn load_heads(conn: &Connection, file: &Path) -> Result<Heads, StoreError> {
     let last: Option<(i64, Vec<u8>)> = conn
         .query_row(
             "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1",
@@ -733,7 +767,8 @@ fn load_heads(conn: &Connection) -> Result<Heads, StoreError> {
         Some((p, h)) => (p as u64, to_hash(p as u64, &h)?),
         None => (0, [0; 32]),
     };
-    let (checkpoint, mut streams) = HeadsCheckpoint::load(conn, position)?.unwrap_or_default();
+    let (checkpoint, mut streams) =
+        HeadsCheckpoint::load(conn, position, file)?.unwrap_or_default();
     // Revisions grow with positions: the last row of a stream is its head.
     let mut stmt = conn
         .prepare("SELECT stream, revision FROM events WHERE position > ?1 ORDER BY position")
@@ -777,6 +812,8 @@ struct Writer {
     /// Set by the syncer when an fsync failed.
     sync_failed: Arc<AtomicBool>,
     checkpointer: Option<Checkpointer>,
+    /// Writes the stream heads beside the log ([`heads_file`]).
+    saver: Option<heads_file::Saver>,
 }
 
 /// Requests committed between two WAL checkpoints: about SQLite's default of 1000 pages at
@@ -978,6 +1015,10 @@ impl Writer {
         if let Some(c) = self.checkpointer.take() {
             c.stop();
         }
+        // What the saver still has is written before the store reports itself closed.
+        if let Some(s) = self.saver.take() {
+            s.finish(None);
+        }
     }
 
     fn serve(&mut self, rx: mpsc::Receiver<WriteReq>, healthy: Arc<AtomicBool>) {
@@ -989,7 +1030,7 @@ impl Writer {
                     Ok(r) => r,
                     Err(_) => {
                         // Closing: save the heads, so the next start-up reads no events for them.
-                        self.checkpoint();
+                        self.checkpoint(true);
                         return;
                     }
                 }
@@ -1039,22 +1080,38 @@ impl Writer {
                     c.finish(&self.conn);
                 }
                 if self.heads.position - self.heads.checkpoint >= CHECKPOINT_EVERY {
-                    self.checkpoint();
+                    self.checkpoint(false);
                 }
             }
         }
     }
 
-    /// Saves the stream heads (a cache for start-up: a failure is logged, nothing else).
-    fn checkpoint(&mut self) {
+    /// Saves the stream heads (a cache for start-up: a failure is logged, nothing else): the
+    /// position and hash in `store_heads` here, the streams by the saver thread
+    /// ([`heads_file`]), from a clone that shares the map's shards until the writer changes
+    /// them. `closing`: the last save, waited for.
+    fn checkpoint(&mut self, closing: bool) {
         if self.heads.position == self.heads.checkpoint || self.diverged {
             return;
         }
         self.forgetting
             .apply(&mut self.heads.streams, self.heads.position);
-        match HeadsCheckpoint::save(&self.conn, &self.heads) {
-            Ok(()) => self.heads.checkpoint = self.heads.position,
-            Err(e) => tracing::warn!(error = %e, "could not save the stream heads"),
+        if let Err(e) = HeadsCheckpoint::save(&self.conn, &self.heads) {
+            tracing::warn!(error = %e, "could not save the log's head");
+            return;
+        }
+        self.heads.checkpoint = self.heads.position;
+        let saved = heads_file::Saved {
+            position: self.heads.position,
+            hash: self.heads.hash,
+            streams: self.heads.streams.clone(),
+        };
+        if closing {
+            if let Some(s) = self.saver.take() {
+                s.finish(Some(saved));
+            }
+        } else if !self.saver.as_ref().is_some_and(|s| s.offer(saved)) {
+            tracing::debug!("stream heads not saved: the previous save is still running");
         }
     }
 
@@ -1659,95 +1716,148 @@ mod tests {
         assert!((1..=Readers::IDLE).contains(&idle), "{idle} idle readers");
     }
 
-    fn saved_heads(path: &Path) -> (i64, Vec<u8>) {
+    /// The position of the heads saved beside the log, and the file's bytes.
+    fn saved_heads(path: &Path) -> (u64, Vec<u8>) {
+        let file = heads_file::path_beside(path);
+        let saved = heads_file::read(&file).unwrap().expect("a heads file");
+        (saved.position, std::fs::read(&file).unwrap())
+    }
+
+    /// The `store_heads` row: position and the size of its heads blob.
+    fn saved_row(path: &Path) -> (i64, i64) {
         Connection::open(path)
             .unwrap()
-            .query_row("SELECT position, heads FROM store_heads", [], |r| {
+            .query_row("SELECT position, length(heads) FROM store_heads", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap()
     }
 
+    /// After a restart: `a`'s last revision is `a`, `b` absent or at revision 0.
+    async fn heads_are(store: &SqliteStore, a: u64, b: bool) {
+        let err = put(store, "a", Expected::Revision(a + 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict { actual: Some(x), .. } if x == a),
+            "a: {err}"
+        );
+        let err = put(store, "b", Expected::Revision(7)).await.unwrap_err();
+        let want = b.then_some(0);
+        assert!(
+            matches!(err, StoreError::Conflict { actual, .. } if actual == want),
+            "b: {err}"
+        );
+    }
+
     /// Heads come back right after a restart whatever the checkpoint: current, stale (events
-    /// after it) or not matching the log at all.
+    /// after it), not matching the log at all, past its end, damaged, or (a log written before
+    /// the heads file) a blob in `store_heads`. The row keeps only the position and hash.
     #[tokio::test]
     async fn heads_survive_restarts_with_current_stale_or_foreign_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.db");
+        let file = heads_file::path_beside(&path);
 
         let store = SqliteStore::open(&path).unwrap();
         put(&store, "a", Expected::NoStream).await.unwrap();
         store.close();
-        let stale = saved_heads(&path);
-        assert_eq!(stale.0, 1, "closing saves the heads");
+        let (position, stale) = saved_heads(&path);
+        assert_eq!(position, 1, "closing saves the heads");
+        assert_eq!(saved_row(&path), (1, 0), "the row holds no streams");
 
         let store = SqliteStore::open(&path).unwrap();
+        heads_are(&store, 0, false).await;
         put(&store, "a", Expected::Revision(0)).await.unwrap();
         put(&store, "b", Expected::NoStream).await.unwrap();
         store.close();
         assert_eq!(saved_heads(&path).0, 3);
+        let current = std::fs::read(&file).unwrap();
 
         // Stale: as if the server had been killed before saving again.
-        let c = Connection::open(&path).unwrap();
-        c.execute(
-            "UPDATE store_heads SET position = ?1, heads = ?2",
-            params![stale.0, stale.1],
-        )
-        .unwrap();
-        c.execute(
-            "UPDATE store_heads SET hash = (SELECT hash FROM events WHERE position = 1)",
-            [],
-        )
-        .unwrap();
-        drop(c);
+        std::fs::write(&file, &stale).unwrap();
         let store = SqliteStore::open(&path).unwrap();
-        let err = put(&store, "b", Expected::NoStream).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Conflict {
-                    actual: Some(0),
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        let err = put(&store, "a", Expected::Revision(0)).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Conflict {
-                    actual: Some(1),
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        put(&store, "a", Expected::Revision(1)).await.unwrap();
+        heads_are(&store, 1, true).await;
         store.close();
 
-        // Foreign: a checkpoint whose hash is not the log's is ignored.
+        // Foreign: heads whose hash is not the log's are ignored; so are heads past the
+        // log's end (events removed behind the store's back) and a damaged file.
+        let foreign = |position: u64| heads_file::Saved {
+            position,
+            hash: [0; 32],
+            streams: StreamHeads::default(),
+        };
+        heads_file::write(&file, &foreign(3)).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        heads_are(&store, 1, true).await;
+        store.close();
+        let mut ahead = heads_file::read(&file).unwrap().unwrap();
+        ahead.position = 999;
+        heads_file::write(&file, &ahead).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        heads_are(&store, 1, true).await;
+        store.close();
+        std::fs::write(&file, &current[..current.len() / 2]).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        heads_are(&store, 1, true).await;
+        store.close();
+
+        // A log written before the file: its heads in the row's blob, stale at position 1.
+        std::fs::remove_file(&file).unwrap();
+        let mut at_one = StreamHeads::default();
+        at_one.insert("a".into(), 0);
         let c = Connection::open(&path).unwrap();
         c.execute(
-            "UPDATE store_heads SET position = 1, hash = zeroblob(32), heads = ?1",
-            params![HeadsCheckpoint::encode(&StreamHeads::default())],
+            "UPDATE store_heads SET position = 1, heads = ?1, \
+             hash = (SELECT hash FROM events WHERE position = 1)",
+            params![HeadsCheckpoint::encode(&at_one)],
         )
         .unwrap();
         drop(c);
         let store = SqliteStore::open(&path).unwrap();
-        put(&store, "a", Expected::Revision(2)).await.unwrap();
-        let err = put(&store, "b", Expected::NoStream).await.unwrap_err();
-        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        heads_are(&store, 1, true).await;
         store.close();
+        assert_eq!(saved_row(&path).1, 0, "the blob is replaced by the file");
+        assert!(heads_file::read(&file).unwrap().is_some());
+    }
 
-        // Past the end of the log (events removed behind the store's back): ignored too.
-        let c = Connection::open(&path).unwrap();
-        c.execute("UPDATE store_heads SET position = 999", [])
-            .unwrap();
-        drop(c);
-        let store = SqliteStore::open(&path).unwrap();
-        put(&store, "a", Expected::Revision(3)).await.unwrap();
-        put(&store, "b", Expected::Revision(0)).await.unwrap();
+    /// The writer goes on while the saver thread writes: heads saved mid-run (every
+    /// `CHECKPOINT_EVERY` events) are written beside the log by the saver, and the row has
+    /// the same position.
+    #[test]
+    fn checkpoints_mid_run_reach_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let conn = open_conn(&path).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let file = heads_file::path_beside(&path);
+        let mut writer = Writer {
+            conn,
+            heads: Heads {
+                position: 5,
+                hash: [3; 32],
+                streams: [("a".to_string(), 4)].into_iter().collect(),
+                checkpoint: 0,
+            },
+            diverged: false,
+            forgetting: Arc::new(Forgetting::default()),
+            durable: None,
+            syncer: None,
+            sync_failed: Arc::new(AtomicBool::new(false)),
+            checkpointer: None,
+            saver: Some(heads_file::Saver::start(file.clone()).unwrap()),
+        };
+        writer.checkpoint(false);
+        assert_eq!(writer.heads.checkpoint, 5);
+        // The writer's next change does not reach what the saver was handed.
+        writer.heads.streams.insert("a".into(), 5);
+        writer.saver.take().unwrap().finish(None);
+        let saved = heads_file::read(&file).unwrap().unwrap();
+        assert_eq!(
+            (saved.position, saved.hash, saved.streams.get("a")),
+            (5, [3; 32], Some(&4))
+        );
+        assert_eq!(saved_row(&path), (5, 0));
     }
 
     #[test]
