@@ -20,6 +20,22 @@ const DECISIONS: &str = "palmgate_door_decisions_total";
 /// `palmgate_relay_writes_total`: coil writes a relay board confirmed or refused.
 const RELAY_WRITES: &str = "palmgate_relay_writes_total";
 
+/// Whether a line of the recorder's text is about one of the site's counters (its `# HELP`,
+/// `# TYPE` or a sample): a scrape without the admin token gets the recorder's text without
+/// them, and none of the gauges of [`render`]. Lockdown or emergency unlock in force, a relay
+/// board down, denials piling up at the doors: not for whoever can reach the gateway's public
+/// pages, which share its listener.
+pub fn is_site_series(line: &str) -> bool {
+    let name = line
+        .strip_prefix("# HELP ")
+        .or_else(|| line.strip_prefix("# TYPE "))
+        .unwrap_or(line);
+    [DECISIONS, RELAY_WRITES].iter().any(|s| {
+        name.strip_prefix(s)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '{']))
+    })
+}
+
 /// The `reason` of a granted decision whose door opens.
 const GRANTED: &str = "none";
 /// The `reason` of a granted decision at a door whose board is down (the reader is told so).

@@ -240,10 +240,44 @@ fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle
 }
 
 /// `GET /metrics`: the process-wide recorder's series, then this server's door gauges, read
-/// from its state now ([`crate::app::metrics::render`]).
-async fn metrics(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Response {
-    match prometheus() {
-        Some(h) => {
+/// from its state now ([`crate::app::metrics::render`]). The site's series (doors, readers,
+/// relay boards, site mode, door decisions) only for the operator: the admin bearer token (or
+/// the admin dashboard's session); without it, the process's series alone (store, MQTT link,
+/// webhooks, upstream), as a scraper without credentials always had them.
+async fn metrics(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    method: axum::http::Method,
+    headers: axum::http::HeaderMap,
+    ext: axum::http::Extensions,
+) -> Response {
+    // Without a credential, nothing is spent of the address's budget: a scraper that never
+    // had one keeps working as before. A bearer token is checked as the admin API checks it.
+    let admin = match auth::bearer(&headers) {
+        Some(token) => {
+            let now_us = app.clock.now().timestamp_micros();
+            match auth::admin_token(&app, auth::client_ip(&ext), now_us, token) {
+                Ok(()) => Ok(auth::Admin),
+                Err(v) if !v.allowed => Err(error::ApiError::RateLimited {
+                    retry_after_s: v.retry_after_s,
+                }),
+                Err(_) => Err(error::ApiError::AdminUnauthorized),
+            }
+        }
+        None if dash::session::from_request(&app, &method, &headers, true)
+            == Some(dash::session::Holder::Admin) =>
+        {
+            Ok(auth::Admin)
+        }
+        None => Err(error::ApiError::AdminUnauthorized),
+    };
+    let Some(h) = prometheus() else {
+        return error::message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable",
+        );
+    };
+    let text = match admin {
+        Ok(auth::Admin) => {
             // First: it registers the door counters the recorder then renders.
             let doors = crate::app::metrics::render(&app);
             let mut text = h.render();
@@ -251,20 +285,34 @@ async fn metrics(axum::extract::State(app): axum::extract::State<Arc<App>>) -> R
                 text.push('\n');
             }
             text.push_str(&doors);
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4",
-                )],
-                text,
-            )
-                .into_response()
+            text
         }
-        None => error::message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics recorder unavailable",
-        ),
-    }
+        // A wrong token: counted against the address as on the admin API, 429 past its budget
+        // and 401 otherwise (a scraper with a stale token hears so, rather than losing series).
+        Err(e @ (error::ApiError::RateLimited { .. } | error::ApiError::AdminUnauthorized))
+            if auth::bearer(&headers).is_some() =>
+        {
+            return e.into_response();
+        }
+        Err(_) => {
+            let mut text = String::new();
+            for line in h.render().lines() {
+                if !crate::app::metrics::is_site_series(line) {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+            text
+        }
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

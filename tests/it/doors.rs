@@ -2356,16 +2356,19 @@ async fn an_enrollment_page_neither_offers_nor_arms_a_doors_reader() {
 // `/metrics`: what the operator watches
 // ---------------------------------------------------------------------------------------------
 
-/// `GET /metrics` of the site, as text.
+/// `GET /metrics` of the site as the operator (admin token), as text.
 async fn scrape(site: &Site) -> String {
-    let r = site
-        .http
-        .get(format!("{}/metrics", site.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
+    scrape_as(site, Some(ADMIN)).await.1
+}
+
+/// `GET /metrics` with `authorization` (none: as an anonymous scraper): status and text.
+async fn scrape_as(site: &Site, authorization: Option<&str>) -> (u16, String) {
+    let mut req = site.http.get(format!("{}/metrics", site.base));
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 /// The value of series `name` with exactly the labels `labels` (in any order) in `text`.
@@ -2533,4 +2536,46 @@ async fn metrics_show_this_servers_readers_boards_doors_and_pending_sessions() {
         Some(1.0),
         "{text}"
     );
+}
+
+/// The site's series are the operator's: a scrape without the admin token (anyone who can
+/// reach the public pages shares the listener) gets the process's series but none of the
+/// doors, readers, boards, site mode or door decisions, and is charged nothing; a wrong token
+/// is a 401 as on the admin API; the operator's token gets them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sites_metrics_are_for_the_operator_only() {
+    let site = two_board_site("").await;
+    let _lobby = site.reader("lobby-1", "alice", 1).await;
+    wait_series(&site, "palmgate_readers", &[("presence", "online")], |v| {
+        v == 1.0
+    })
+    .await;
+    let site_series = [
+        "palmgate_readers",
+        "palmgate_relay_board",
+        "palmgate_site_mode",
+        "palmgate_doors",
+        "palmgate_sessions_pending",
+        "palmgate_door_decisions_total",
+        "palmgate_relay_writes_total",
+    ];
+    // More than the unauthenticated budget: a plain scraper is never throttled.
+    for _ in 0..120 {
+        let (status, text) = scrape_as(&site, None).await;
+        assert_eq!(status, 200, "{text}");
+        if let Some(l) = text
+            .lines()
+            .find(|l| site_series.iter().any(|s| l.contains(s)))
+        {
+            panic!("an anonymous scrape shows the site: {l}\n{text}");
+        }
+        assert!(text.contains("palmgate_mqtt_connected"), "{text}");
+    }
+    let (status, text) = scrape_as(&site, Some("Bearer wrong")).await;
+    assert_eq!(status, 401, "{text}");
+    let (status, text) = scrape_as(&site, Some(ADMIN)).await;
+    assert_eq!(status, 200, "{text}");
+    for s in site_series {
+        assert!(text.contains(s), "{s} missing for the operator:\n{text}");
+    }
 }
