@@ -89,6 +89,12 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
         self.iter().map(|(k, _)| k)
     }
 
+    /// Whether a clone still shares a shard with this map (a write to that shard would copy
+    /// it).
+    pub fn is_shared(&self) -> bool {
+        self.shards.iter().any(|s| Arc::strong_count(s) > 1)
+    }
+
     /// Entries the shards have room for without growing.
     pub fn capacity(&self) -> usize {
         self.shards.iter().map(|s| s.capacity()).sum()
@@ -286,6 +292,7 @@ mod tests {
                 .count()
         };
         assert_eq!(shared(&m, &frozen), SHARDS);
+        assert!(m.is_shared() && frozen.is_shared());
         m.insert("s-1".into(), 99);
         *m.get_mut("s-2").unwrap() = 98;
         m.remove("s-3");

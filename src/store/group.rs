@@ -97,6 +97,11 @@ impl Forgetting {
         self.pending.store(true, Ordering::Release);
     }
 
+    /// Whether edits wait for [`Forgetting::apply`].
+    pub fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
     /// Drops the forgotten heads from `heads`, which are as of log position `position` (the
     /// writer, before checking a group). A `retain` made as of another position is skipped:
     /// streams that appeared since (another gateway's) may be ones the app knows by now.
@@ -141,9 +146,11 @@ pub(super) struct StagedGroup {
 }
 
 /// [`stage`]s every request of `group` after the chain head `position`/`hash`, each against
-/// `heads` and what the requests before it staged.
+/// `heads` (with `overlay` over them: heads committed while `heads` is shared with a saver)
+/// and what the requests before it staged.
 pub(super) fn stage_group(
     heads: &Heads,
+    overlay: Option<&Staged>,
     position: u64,
     hash: [u8; 32],
     group: Vec<WriteReq>,
@@ -156,7 +163,14 @@ pub(super) fn stage_group(
         refused: Vec::new(),
     };
     for req in group {
-        match stage(heads, &req, &mut g.position, &mut g.hash, &mut g.staged) {
+        match stage(
+            heads,
+            overlay,
+            &req,
+            &mut g.position,
+            &mut g.hash,
+            &mut g.staged,
+        ) {
             Ok(rows) => g.accepted.push((req, rows)),
             Err(e) => g.refused.push((req, e)),
         }
@@ -169,12 +183,19 @@ pub(super) fn stage_group(
 /// nothing of it is staged.
 fn stage(
     heads: &Heads,
+    overlay: Option<&Staged>,
     req: &WriteReq,
     position: &mut u64,
     hash: &mut [u8; 32],
     staged: &mut Staged,
 ) -> Result<Vec<RawEvent>, StoreError> {
-    let head = |s: &str| staged.get(s).or(heads.get(s)).copied();
+    let head = |s: &str| {
+        staged
+            .get(s)
+            .or_else(|| overlay.and_then(|o| o.get(s)))
+            .or_else(|| heads.get(s))
+            .copied()
+    };
     let mut local: Map<&str, Option<u64>> = Map::default();
     for a in &req.batch {
         let actual = *local.entry(&a.stream).or_insert_with(|| head(&a.stream));

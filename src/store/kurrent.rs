@@ -712,6 +712,7 @@ impl Actor {
                 refused,
             } = stage_group(
                 &self.heads.streams,
+                None,
                 self.heads.position,
                 self.heads.hash,
                 group,
