@@ -1850,21 +1850,21 @@ mod tests {
         assert!(heads_file::read(&file).unwrap().is_some());
     }
 
-    /// The writer goes on while the saver thread writes: heads saved mid-run (every
-    /// `CHECKPOINT_EVERY` events) are written beside the log by the saver, and the row has
-    /// the same position.
-    #[test]
-    fn checkpoints_mid_run_reach_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.db");
-        let conn = open_conn(&path).unwrap();
+    /// A writer on a new log at `path` with no syncer or checkpointer, its heads at
+    /// `position`/`hash` holding stream `a` at revision 4 (for the heads tests).
+    fn bare_writer(
+        path: &Path,
+        position: u64,
+        hash: [u8; 32],
+        saver: Option<heads_file::Saver>,
+    ) -> Writer {
+        let conn = open_conn(path).unwrap();
         conn.execute_batch(SCHEMA).unwrap();
-        let file = heads_file::path_beside(&path);
-        let mut writer = Writer {
+        Writer {
             conn,
             heads: Heads {
-                position: 5,
-                hash: [3; 32],
+                position,
+                hash,
                 streams: [("a".to_string(), 4)].into_iter().collect(),
                 checkpoint: 0,
             },
@@ -1874,9 +1874,21 @@ mod tests {
             syncer: None,
             sync_failed: Arc::new(AtomicBool::new(false)),
             checkpointer: None,
-            saver: Some(heads_file::Saver::start(file.clone()).unwrap()),
+            saver,
             overlay: Default::default(),
-        };
+        }
+    }
+
+    /// The writer goes on while the saver thread writes: heads saved mid-run (every
+    /// `CHECKPOINT_EVERY` events) are written beside the log by the saver, and the row has
+    /// the same position.
+    #[test]
+    fn checkpoints_mid_run_reach_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let file = heads_file::path_beside(&path);
+        let saver = heads_file::Saver::start(file.clone()).unwrap();
+        let mut writer = bare_writer(&path, 5, [3; 32], Some(saver));
         writer.checkpoint(false);
         assert_eq!(writer.heads.checkpoint, 5);
         // The writer's next change does not reach what the saver was handed.
@@ -1897,25 +1909,7 @@ mod tests {
     fn heads_committed_during_a_save_are_kept_aside_then_merged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.db");
-        let conn = open_conn(&path).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        let mut writer = Writer {
-            conn,
-            heads: Heads {
-                position: 0,
-                hash: [0; 32],
-                streams: [("a".to_string(), 4)].into_iter().collect(),
-                checkpoint: 0,
-            },
-            diverged: false,
-            forgetting: Arc::new(Forgetting::default()),
-            durable: None,
-            syncer: None,
-            sync_failed: Arc::new(AtomicBool::new(false)),
-            checkpointer: None,
-            saver: None,
-            overlay: Default::default(),
-        };
+        let mut writer = bare_writer(&path, 0, [0; 32], None);
         let healthy = AtomicBool::new(true);
         let commit = |w: &mut Writer, stream: &str, expected: Expected| {
             let batch = vec![StreamAppend {
