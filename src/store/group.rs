@@ -97,24 +97,28 @@ impl Forgetting {
         self.pending.store(true, Ordering::Release);
     }
 
-    /// Whether edits wait for [`Forgetting::apply`].
-    pub fn is_pending(&self) -> bool {
-        self.pending.load(Ordering::Acquire)
-    }
-
     /// Drops the forgotten heads from `heads`, which are as of log position `position` (the
-    /// writer, before checking a group). A `retain` made as of another position is skipped:
-    /// streams that appeared since (another gateway's) may be ones the app knows by now.
-    pub fn apply(&self, heads: &mut Heads, position: u64) {
+    /// writer, before checking a group), and from `overlay` (heads the writer keeps aside while
+    /// a saver shares the map's shards, looked up first: a head dropped from the map alone
+    /// would come back when the overlay is merged). A `retain` made as of another position is
+    /// skipped: streams that appeared since (another gateway's) may be ones the app knows by
+    /// now.
+    pub fn apply(&self, heads: &mut Heads, mut overlay: Option<&mut Staged>, position: u64) {
         if !self.pending.swap(false, Ordering::AcqRel) {
             return;
         }
         let edits = std::mem::take(&mut *self.edits.lock().unwrap_or_else(|p| p.into_inner()));
         for s in &edits.forget {
             heads.remove(s);
+            if let Some(o) = overlay.as_deref_mut() {
+                o.remove(s);
+            }
         }
         match edits.keep {
             Some((keep, as_of)) if as_of == position => {
+                if let Some(o) = overlay {
+                    o.retain(|s, _| keep.contains_key(s));
+                }
                 heads.retain(|s, _| keep.contains_key(s));
                 for (s, revision) in keep {
                     if !heads.contains_key(&s) {

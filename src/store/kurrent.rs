@@ -702,7 +702,7 @@ impl Actor {
         while attempt < MAX_ATTEMPTS {
             attempt += 1;
             self.forgetting
-                .apply(&mut self.heads.streams, self.heads.position);
+                .apply(&mut self.heads.streams, None, self.heads.position);
             // Stage every request against the heads.
             let StagedGroup {
                 position,

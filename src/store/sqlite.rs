@@ -1102,7 +1102,7 @@ impl Writer {
         }
         self.thaw();
         self.forgetting
-            .apply(&mut self.heads.streams, self.heads.position);
+            .apply(&mut self.heads.streams, None, self.heads.position);
         if let Err(e) = HeadsCheckpoint::save(&self.conn, &self.heads) {
             tracing::warn!(error = %e, "could not save the log's head");
             return;
@@ -1220,12 +1220,11 @@ impl Writer {
         group: Vec<WriteReq>,
         healthy: &AtomicBool,
     ) -> Result<(), StoreError> {
-        if self.forgetting.is_pending() {
-            // Rare (retention sweeps): the heads are edited whole, copying shards still shared.
-            self.thaw();
-        }
-        self.forgetting
-            .apply(&mut self.heads.streams, self.heads.position);
+        self.forgetting.apply(
+            &mut self.heads.streams,
+            Some(&mut self.overlay),
+            self.heads.position,
+        );
         let StagedGroup {
             position,
             hash,
@@ -1957,14 +1956,30 @@ mod tests {
             (Some(&6), Some(&0))
         );
         assert_eq!((held.get("a"), held.get("b")), (Some(&4), None));
+        // A stream the app lets go of meanwhile goes from the overlay too: merged later, it
+        // must not come back.
+        commit(&mut writer, "d", Expected::NoStream).unwrap();
+        writer.forgetting.forget(vec!["b".into(), "d".into()]);
+        commit(&mut writer, "e", Expected::NoStream).unwrap();
+        assert_eq!(
+            (writer.overlay.get("b"), writer.overlay.get("d")),
+            (None, None)
+        );
         // The saver lets go: the next commit merges.
         drop(held);
         commit(&mut writer, "c", Expected::NoStream).unwrap();
         assert!(writer.overlay.is_empty());
         let h = &writer.heads.streams;
         assert_eq!(
-            (h.get("a"), h.get("b"), h.get("c"), h.len()),
-            (Some(&6), Some(&0), Some(&0), 3)
+            (
+                h.get("a"),
+                h.get("b"),
+                h.get("c"),
+                h.get("d"),
+                h.get("e"),
+                h.len()
+            ),
+            (Some(&6), None, Some(&0), None, Some(&0), 3)
         );
     }
 
