@@ -324,3 +324,82 @@ try {
         shots.display()
     );
 }
+
+/// An operator dashboard whose login has ended elsewhere (signed out in another tab; the same
+/// for expiry or a new admin token) stops polling at the first refusal: every refused poll
+/// spends the address's budget for calls without a credential, and a few forgotten tabs
+/// would lock the operator's own sign-in out with 429. Before, each tab kept asking for the
+/// doors and the readers every 4 seconds, forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dashboard_whose_login_ended_stops_polling() {
+    if let Some(why) = missing_peer() {
+        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
+            panic!("browser peer missing and PALMGATE_PEERS=required: {why}");
+        }
+        println!("skipping the browser check: {why}");
+        return;
+    }
+    let s = crate::fixtures::TestServer::start().await;
+    let script = r##"
+import { chromium } from "playwright-core";
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu"],
+});
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: "en-US" });
+  const page = await context.newPage();
+  await page.goto(new URL("/admin?lang=en", process.env.PAGE_URL).toString());
+  await page.fill("#credential", process.env.ADMIN_TOKEN);
+  await page.click("main.login button[type=submit]");
+  await page.locator("#tab-doors").waitFor({ state: "visible" });
+  const polls = [];
+  page.on("request", (r) => {
+    const p = new URL(r.url()).pathname;
+    if (p === "/admin/v1/readers" || p === "/admin/v1/doors") polls.push(Date.now());
+  });
+  // Polling runs while signed in.
+  const t0 = Date.now();
+  while (polls.length < 2 && Date.now() - t0 < 15000) await page.waitForTimeout(200);
+  if (polls.length < 2) throw new Error("the dashboard does not poll");
+  // Signed out in a second tab of the same browser (the same cookie).
+  const other = await context.newPage();
+  await other.goto(new URL("/admin?lang=en", process.env.PAGE_URL).toString());
+  await other.click("form.logout button[type=submit]");
+  await other.locator("main.login").waitFor({ state: "visible" });
+  const out = Date.now();
+  await page.waitForTimeout(13000);
+  const after = polls.filter((t) => t > out);
+  // At most the one round of two refused polls; three rounds run in 13 s without the stop.
+  console.log(`POLLS_AFTER ${after.length}`);
+  if (after.length > 2) throw new Error(`${after.length} polls after the login ended`);
+  console.log("STOPPED");
+} catch (e) {
+  console.log("FAIL " + (e && e.stack ? e.stack : e));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
+"##;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let (url, script) = (s.base_url.clone(), script.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(["--input-type=module", "-e", &script])
+            .current_dir(root)
+            .env("PAGE_URL", url)
+            .env("ADMIN_TOKEN", crate::fixtures::ADMIN_TOKEN)
+            .output()
+            .expect("run node")
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    println!("{said}");
+    assert!(
+        out.status.success() && said.contains("STOPPED"),
+        "the dashboard kept polling after its login ended ({}):\n{said}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1206,12 +1206,22 @@
     // A fallback for a stream that misses something: the doors every few seconds. The readers
     // too: the broker link (broker_up) is no event of the log, so the stream never tells it.
     await PG.attempt(loadReaders);
+    // Stops for good once the login has ended (expiry, sign-out elsewhere, a new admin token):
+    // every refused poll would spend the address's budget for calls without a credential, and
+    // a few forgotten tabs would lock the operator's own sign-in out (429).
+    let timer = null;
+    const stopOn401 = (e) => {
+      if (e && e.status === 401) {
+        clearInterval(timer);
+        document.removeEventListener("visibilitychange", poll);
+      }
+    };
     const poll = () => {
       if (document.hidden) return;
-      loadDoors().catch(() => {});
-      loadReaders().catch(() => {});
+      loadDoors().catch(stopOn401);
+      loadReaders().catch(stopOn401);
     };
-    setInterval(poll, 4000);
+    timer = setInterval(poll, 4000);
     document.addEventListener("visibilitychange", poll);
   }
 
