@@ -452,7 +452,7 @@ per_minute = 100000000
                 Inbound::Capture(CaptureMsg {
                     capture_id: format!("enroll-{i}"),
                     session: Some(token),
-                    template: palmgate::synthetic::scan(&palm(i), DIM, 1),
+                    template: palmgate::synthetic::scan(&palm(i), DIM, 1).into(),
                     quality: 0.93,
                     liveness: true,
                 }),

@@ -6,6 +6,7 @@ use crate::core::matcher::{self, TemplateError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
+use zeroize::Zeroizing;
 
 /// What a reader publishes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +45,9 @@ pub struct CaptureMsg {
     pub capture_id: String,
     /// The session token, or `None` for a scan at a door.
     pub session: Option<String>,
-    /// L2-normalised template.
-    pub template: Vec<f32>,
+    /// L2-normalised template, zeroed when dropped (a live reading of someone's palm; its
+    /// base64 text and decoded bytes are zeroed as soon as it is parsed).
+    pub template: Zeroizing<Vec<f32>>,
     pub quality: f64,
     pub liveness: bool,
 }
@@ -158,7 +160,7 @@ pub fn parse(kind: TopicKind, payload: &[u8], dim: usize) -> Result<Inbound, Pro
     if payload.len() > MAX_PAYLOAD {
         return Err(ProtocolError::TooLarge(payload.len()));
     }
-    let m = object(payload)?;
+    let mut m = object(payload)?;
     match kind {
         TopicKind::Status => {
             let online = match m.get("online") {
@@ -192,8 +194,8 @@ pub fn parse(kind: TopicKind, payload: &[u8], dim: usize) -> Result<Inbound, Pro
                     });
                 }
             };
-            let b64 = match m.get("template") {
-                Some(Value::String(s)) => s,
+            let b64 = match m.get_mut("template") {
+                Some(Value::String(s)) => Zeroizing::new(std::mem::take(s)),
                 None | Some(Value::Null) => return Err(ProtocolError::Missing("template")),
                 Some(_) => {
                     return Err(ProtocolError::Type {
@@ -202,9 +204,13 @@ pub fn parse(kind: TopicKind, payload: &[u8], dim: usize) -> Result<Inbound, Pro
                     });
                 }
             };
-            let bytes = STANDARD.decode(b64).map_err(|_| ProtocolError::Base64)?;
+            let bytes = Zeroizing::new(
+                STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|_| ProtocolError::Base64)?,
+            );
             let values = matcher::from_le_bytes(&bytes, dim)?;
-            let template = matcher::normalise(values, dim)?;
+            let template = Zeroizing::new(matcher::normalise(values, dim)?);
             let quality = match m.get("quality").and_then(Value::as_f64) {
                 Some(q) if (0.0..=1.0).contains(&q) => q,
                 Some(_) => {

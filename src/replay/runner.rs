@@ -364,7 +364,7 @@ impl Runner {
         let msg = Inbound::Capture(CaptureMsg {
             capture_id: capture_id.unwrap_or_else(|| format!("cap-{}", self.seq)),
             session,
-            template: crate::synthetic::scan(palm, self.app.config.matching.dim, self.seq),
+            template: crate::synthetic::scan(palm, self.app.config.matching.dim, self.seq).into(),
             quality,
             liveness,
         });

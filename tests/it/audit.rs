@@ -51,7 +51,7 @@ fn capture(palm: &str, seed: u64, id: &str) -> Inbound {
     Inbound::Capture(CaptureMsg {
         capture_id: id.into(),
         session: None,
-        template: palmgate::synthetic::scan(palm, 128, seed),
+        template: palmgate::synthetic::scan(palm, 128, seed).into(),
         quality: 0.9,
         liveness: true,
     })
@@ -159,7 +159,7 @@ async fn enroll(
         Inbound::Capture(CaptureMsg {
             capture_id: format!("enroll-{n}"),
             session: Some(token),
-            template: palmgate::synthetic::scan(palm, 128, 1),
+            template: palmgate::synthetic::scan(palm, 128, 1).into(),
             quality: 0.9,
             liveness: true,
         }),
@@ -1190,7 +1190,7 @@ async fn a_session_ending_without_its_judgement_is_caught_but_old_logs_verify() 
             Inbound::Capture(CaptureMsg {
                 capture_id: "identify-1".into(),
                 session: Some(token),
-                template: palmgate::synthetic::scan("alice", 128, 2),
+                template: palmgate::synthetic::scan("alice", 128, 2).into(),
                 quality: 0.9,
                 liveness: true,
             }),

@@ -1946,7 +1946,7 @@ async fn no_session_completes_as_a_user_after_their_erasure() {
             let msg = CaptureMsg {
                 capture_id: format!("race-{i}"),
                 session: Some(token),
-                template: palmgate::synthetic::scan("alice", DIM, 1_000 + i as u64),
+                template: palmgate::synthetic::scan("alice", DIM, 1_000 + i as u64).into(),
                 quality: 0.95,
                 liveness: true,
             };
