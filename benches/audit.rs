@@ -255,6 +255,7 @@ async fn generate(path: &Path, total: usize) -> usize {
                     mode: SiteMode::Normal,
                     last_in_zone,
                     movement,
+                    unopenable: false,
                     verdict,
                     at,
                 });

@@ -310,6 +310,7 @@ async fn components(users: usize) {
             mode: SiteMode::Normal,
             last_in_zone: None,
             movement: None,
+            unopenable: false,
             verdict,
             at: now,
         };

@@ -257,6 +257,10 @@ pub fn decide_door(
         last_in_zone,
     });
     let granted = verdict.granted();
+    // Granted at a door whose board is down: the reader is told so, and no zone movement is
+    // recorded (the person did not pass; hard anti-passback would otherwise refuse their next
+    // entry). The board's state is read as a condition below, like the site mode.
+    let unopenable = granted && state.device_down(&door.relay.device);
     let door_stream = stream::door(&door.id);
     let mut appends = vec![one(
         door_stream.clone(),
@@ -274,8 +278,9 @@ pub fn decide_door(
             mode,
             last_in_zone,
             movement: zone
-                .filter(|_| granted && subject.is_some())
+                .filter(|_| granted && subject.is_some() && !unopenable)
                 .map(|(z, d)| (z.to_string(), d)),
+            unopenable,
             verdict: verdict.clone(),
             at: now,
         },
@@ -288,6 +293,10 @@ pub fn decide_door(
     let mut read = vec![stream::SITE.to_string(), stream::POLICY.to_string()];
     if let Some(s) = &subject {
         read.push(stream::user(s.partner_id, &s.external_id));
+    }
+    if granted {
+        // Whether the board is down decides `unopenable` and the movement.
+        read.push(stream::device(&door.relay.device));
     }
     for st in read {
         let expected = state.expected(&st);
@@ -338,7 +347,7 @@ pub fn decide_door(
             granted,
             door: door.id.clone(),
             reason: verdict.reason(),
-            unopenable: granted && state.device_down(&door.relay.device),
+            unopenable,
         },
     });
     if granted {

@@ -365,9 +365,15 @@ pub enum Event {
         mode: SiteMode,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_in_zone: Option<Direction>,
-        /// The zone movement this decision makes, when the reader is a zone reader.
+        /// The zone movement this decision makes, when the reader is a zone reader: none for a
+        /// grant at a door that cannot open (`unopenable`): the person did not pass.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         movement: Option<(String, Direction)>,
+        /// Granted at a door whose relay board the log had down: the reader was told the door
+        /// cannot open, and no zone movement is recorded (absent in logs from before this
+        /// field, whose grants there recorded one).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unopenable: bool,
         verdict: Verdict,
         #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,

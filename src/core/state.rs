@@ -1383,6 +1383,7 @@ mod evolve_take_tests {
             mode: SiteMode::Normal,
             last_in_zone: None,
             movement,
+            unopenable: false,
             verdict,
             at: at(n),
         };
@@ -2257,6 +2258,7 @@ mod seen_tests {
                 mode: SiteMode::Normal,
                 last_in_zone: None,
                 movement: None,
+                unopenable: false,
                 verdict: Verdict::Denied {
                     reason: DenyReason::NoMatch,
                     level: None,

@@ -683,6 +683,7 @@ fn check_event(
             mode,
             last_in_zone,
             movement,
+            unopenable,
             verdict,
             at,
             ..
@@ -770,8 +771,20 @@ fn check_event(
                     "recorded last zone movement {last_in_zone:?}, but the log says {last:?}"
                 ));
             }
+            // A grant at a door whose board the log has down records `unopenable` and no
+            // movement (the person did not pass). A log from before that field records the
+            // movement and no flag: still accepted, so those logs verify.
+            let down = verdict.granted()
+                && p.door_of_reader(reader_id)
+                    .is_some_and(|d| state.device_down(&d.relay.device));
+            if *unopenable && !down {
+                problem(format!(
+                    "door {door}: recorded as unable to open, but the log has its relay board up \
+                     (or the decision is no grant)"
+                ));
+            }
             let moved = zone
-                .filter(|_| verdict.granted() && subject.is_some())
+                .filter(|_| verdict.granted() && subject.is_some() && !*unopenable)
                 .map(|(z, d)| (z.to_string(), d));
             if moved != *movement {
                 problem(format!(
@@ -1549,6 +1562,7 @@ mod upstream_tests {
             mode: SiteMode::Normal,
             last_in_zone: None,
             movement: None,
+            unopenable: false,
             verdict: Verdict::Granted {
                 level: "standard".into(),
                 passback_violation: false,

@@ -436,6 +436,16 @@ async fn rewritten_inputs_that_agree_with_a_rewritten_verdict_are_still_caught()
     let mut v: Value = serde_json::from_str(&data).unwrap();
     v["last_in_zone"] = json!("entry");
     forged_is_caught(&log.db(), pos, &v, &["last zone movement"]);
+
+    // A grant said to be at a door that could not open (so no zone movement would be
+    // recorded), while the log has its relay board up.
+    let log = make_log().await;
+    let (pos, data) = decided_rows(&log.db())[0].clone();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(v["verdict"]["verdict"], "granted", "{v}");
+    assert!(v.get("movement").is_none(), "{v}");
+    v["unopenable"] = json!(true);
+    forged_is_caught(&log.db(), pos, &v, &["unable to open", "board up"]);
 }
 
 /// `(position, data)` of the first row of type `kind`.

@@ -324,6 +324,7 @@ pub fn mixed_log(rounds: u64) -> Vec<Vec<StreamAppend>> {
                     },
                 )
             }),
+            unopenable: false,
             verdict: if granted {
                 Verdict::Granted {
                     level: "admin".into(),
