@@ -63,6 +63,24 @@ struct Dispatcher {
     pools: Mutex<HashMap<PartnerId, Arc<Semaphore>>>,
 }
 
+/// An attempt's task holds it: when the task ends, however it ends, the delivery leaves the
+/// in-flight set and the dispatcher looks again.
+struct Landed {
+    me: Arc<Dispatcher>,
+    id: String,
+}
+
+impl Drop for Landed {
+    fn drop(&mut self) {
+        self.me
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        self.me.app.poke_outbox();
+    }
+}
+
 /// Runs the dispatcher until the returned task is aborted.
 pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
     let guard = Guard::new(app.config.webhooks.allow_networks.clone());
@@ -101,20 +119,23 @@ impl Dispatcher {
                     .clone();
                 let me = self.clone();
                 tokio::spawn(async move {
+                    // However this task ends (a panic included), the delivery leaves the
+                    // in-flight set and the dispatcher looks again: a delivery left in it was
+                    // never attempted again until a restart.
+                    let _landed = Landed {
+                        me: me.clone(),
+                        id: id.clone(),
+                    };
                     let _permit = pool.acquire().await;
                     // The log may have become unwritable while this waited for a slot: an
                     // attempt sent now could not be recorded, and would be sent again, with
                     // the same attempt number, once the log is back. It stays due instead.
                     if !me.app.ready() {
-                        me.in_flight.lock().expect("lock").remove(&id);
-                        me.app.poke_outbox();
                         return;
                     }
                     if !me.attempt(&id, attempt).await {
                         tokio::time::sleep(RECORD_RETRY).await;
                     }
-                    me.in_flight.lock().expect("lock").remove(&id);
-                    me.app.poke_outbox();
                 });
             }
             let next = {
@@ -259,7 +280,14 @@ impl Dispatcher {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<i64>().ok())
             .filter(|s| *s >= 0)
-            .map(chrono::Duration::seconds);
+            // Capped before it becomes a duration (the core caps it at 24 h anyway): a huge
+            // value overflowed `Duration::seconds`, whose panic left the delivery in flight,
+            // never attempted again until a restart.
+            .map(|s| {
+                chrono::Duration::seconds(
+                    s.min(crate::core::webhook::MAX_RETRY_AFTER.num_seconds()),
+                )
+            });
         // Only the excerpt that is kept is read, within what is left of a short wait. The status
         // decided the outcome: a body cut off or still coming only leaves a note in the excerpt
         // (a 2xx stays delivered, any other status keeps its code).

@@ -1397,6 +1397,30 @@ async fn retry_after_delays_an_attempt_but_never_hastens_it() {
     gate.stop().await;
 }
 
+/// A `Retry-After` too large for a duration (seconds past `i64::MAX / 1000`) is capped at 24 h
+/// like any other: attempt 1 is recorded as failed and attempt 2 is due 24 h later, and a
+/// redelivery goes out at once. Before, converting it panicked inside the attempt, which left
+/// the delivery pending with no attempt recorded and never tried again until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retry_after_is_capped_and_the_delivery_goes_on() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.then([Reply::status(503).retry_after("9223372036854776")]);
+    let dir = tempdir();
+    let t0 = now_secs();
+    let clock = Arc::new(ManualClock::new(t0));
+    let gate = Gate::start(dir.path(), true, clock.clone()).await;
+    let (key, _) = gate.partner("Acme", Some(&rx.url)).await;
+    let p1 = gate.ping(&key).await;
+    rx.wait_for(1, SOON, "attempt 1").await;
+    let d = gate.wait_attempts(&key, &p1, 1).await;
+    assert_eq!(d["next_attempt_at"], text(t0 + Span::hours(24)), "{d}");
+    let hit = step_to(&clock, &rx, t0 + Span::hours(24), 2).await;
+    assert_eq!((hit.id(), hit.attempt()), (p1.clone(), 2));
+    gate.wait_delivery(&key, &p1, "delivered", |d| d["status"] == "delivered")
+        .await;
+    gate.stop().await;
+}
+
 /// A partner's 32 slots full when another delivery's 5th failure disables the webhook: the
 /// attempt still waiting for a slot is not sent, the results of those already out are not
 /// recorded, and re-enabling sends each of them as the attempt it was.
