@@ -199,9 +199,9 @@ pub const PARTNER: &[Entry] = &[
     (
         "partner.webhook.test_held",
         [
-            "The webhook is disabled: the test ping is held until you re-enable it.",
-            "Вебхук өшірулі: сынақ пингі оны қайта қосқанша ұсталып тұрады.",
-            "Вебхук отключён: тестовый пинг будет отправлен после его включения.",
+            "The webhook is disabled: the test ping is held. Re-enable the webhook, then redeliver the ping.",
+            "Вебхук өшірулі: сынақ пингі ұсталып тұр. Вебхукты қайта қосып, содан кейін пингті қайта жеткізіңіз.",
+            "Вебхук отключён: тестовый пинг задержан. Включите вебхук снова, затем доставьте пинг повторно.",
         ],
     ),
     (
