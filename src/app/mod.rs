@@ -567,12 +567,7 @@ impl App {
             source: source.to_string(),
         })
         .await?;
-        for w in self.read(|s| {
-            s.policy
-                .as_ref()
-                .map(|p| p.warnings.clone())
-                .unwrap_or_default()
-        }) {
+        for w in self.read(|s| s.policy_warnings()) {
             tracing::warn!(source, warning = %w, "site policy activated with a warning");
         }
         Ok(())

@@ -88,6 +88,35 @@ impl State {
         self.device_state(device).is_some_and(|d| !d.up)
     }
 
+    /// The policy in force's warnings, and one for each name in its `partners` that names no
+    /// partner the state knows: names are matched exactly, so `acme` admits nobody beside a
+    /// partner called `Acme` (its users are not even searched: their scans are `no_match`).
+    pub fn policy_warnings(&self) -> Vec<String> {
+        let Some(p) = self.policy.as_deref() else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = p.warnings.iter().map(|w| w.to_string()).collect();
+        if let super::policy::Partners::Only { names, .. } = &p.partners {
+            for n in names {
+                if self.partners().any(|q| q.name == *n) {
+                    continue;
+                }
+                out.push(match super::decider::partner_named(self, n) {
+                    Some(q) => format!(
+                        "partners: `{n}` names no partner: names are matched exactly, and the \
+                         partner is called `{}`",
+                        q.name
+                    ),
+                    None => format!(
+                        "partners: `{n}` names no partner (yet): no one is admitted by it until \
+                         a partner of exactly that name exists"
+                    ),
+                });
+            }
+        }
+        out
+    }
+
     /// Whether a door's relay should rest unlocked at `now`.
     pub fn rests_unlocked(&self, door: &DoorId, now: DateTime<Utc>) -> bool {
         rests_unlocked(

@@ -34,7 +34,7 @@ pub async fn get_policy(State(app): State<Arc<App>>, _: Admin) -> Result<Json<Va
             "timezone": p.timezone.name(),
             "activated_at": time_text(*at),
             "document": doc.as_ref(),
-            "warnings": p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+            "warnings": s.policy_warnings(),
         }))
     })
     .map(Json)
@@ -82,9 +82,7 @@ pub async fn put_policy(
         let p = s.policy.as_ref();
         json!({
             "sha256": p.map(|p| p.sha256.clone()),
-            "warnings": p.map_or_else(Vec::new, |p| {
-                p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>()
-            }),
+            "warnings": s.policy_warnings(),
         })
     })))
 }

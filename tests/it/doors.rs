@@ -2579,3 +2579,65 @@ async fn the_sites_metrics_are_for_the_operator_only() {
         assert!(text.contains(s), "{s} missing for the operator:\n{text}");
     }
 }
+
+/// A policy's `partners` names partners exactly: a name that matches no partner is accepted
+/// (the partner may come later) with a warning, on `PUT` and `GET /admin/v1/policy`, and one that
+/// differs from a partner's only in case or spaces says which partner it probably meant; that
+/// partner's people are then not admitted (their scans are `no_match`: not even searched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partner_names_that_match_no_partner_are_warned_about() {
+    let site = start_site("").await;
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let doc = site.admin_get("/admin/v1/policy").await["document"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The site's own `partners` line replaced.
+    let with = |names: &str| {
+        doc.lines()
+            .map(|l| {
+                if l.trim_start().starts_with("partners") {
+                    format!("partners = [{names}]")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(doc.lines().any(|l| l.starts_with("partners")), "{doc}");
+    let (status, body) = site.put_policy(&with(r#""acme", "Nobody Yet""#)).await;
+    assert_eq!(status, 200, "{body}");
+    let warnings: Vec<String> = body["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("`acme` names no partner") && w.contains("called `Acme`")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("`Nobody Yet` names no partner (yet)")),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        site.admin_get("/admin/v1/policy").await["warnings"],
+        body["warnings"]
+    );
+    let mut lobby = site.reader("lobby-1", "alice", 1).await;
+    let (_, r) = scan(&mut lobby, "alice").await;
+    assert_eq!(r["reason"], "no_match", "{r}");
+    // The exact name: no warning, and alice is let in.
+    let (status, body) = site.put_policy(&with(r#""Acme""#)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["warnings"], json!([]), "{body}");
+    let (_, r) = scan(&mut lobby, "alice").await;
+    assert_eq!(r["granted"], true, "{r}");
+}
