@@ -117,7 +117,22 @@ pub fn parse_expr(expr: &str) -> Result<Schedule, String> {
             fields[0]
         ));
     }
-    Schedule::from_str(expr).map_err(|e| format!("`{expr}`: {e}"))
+    Schedule::from_str(expr).map_err(|e| {
+        let e = e.to_string();
+        // cron refuses a range whose start is past its end; say how to write what was meant.
+        let hint = if e.contains("Invalid range for Hours") {
+            " (a window across midnight is two ranges: e.g. `22-23,0-5` for 22:00 to 06:00)"
+        } else if e.contains("Invalid named range") || e.contains("Invalid range for Days of") {
+            " (a range cannot wrap past the end of the week: write the days as a list, e.g. \
+             `Sat,Sun`, or as two ranges)"
+        } else if e.contains("Invalid range") {
+            " (a range must go from the smaller value to the larger: a range that wraps around is \
+             written as two, e.g. `22-23,0-5`)"
+        } else {
+            ""
+        };
+        format!("`{expr}`: {e}{hint}")
+    })
 }
 
 /// A warning for a window whose day-of-week field uses numbers: cron 0.17 counts Sunday = 1 …
@@ -242,6 +257,9 @@ mod tests {
         assert!(parse_expr("* * 8-17 * * Mon-Fri").is_ok());
         assert!(parse_expr("* * 8-17 * * Mon-Fri 2026").is_ok());
         assert!(parse_expr("* 0-29 8 ? * *").is_ok());
+        // What the messages for wrapping ranges suggest.
+        assert!(parse_expr("* * 22-23,0-5 * * *").is_ok());
+        assert!(parse_expr("* * 8-17 * * Sat,Sun").is_ok());
     }
 
     #[test]
@@ -274,6 +292,10 @@ mod tests {
             ("*/5 * 8-17 * * *", "seconds field must be `*`"),
             ("* * 25 * * *", "`* * 25 * * *`"),
             ("* * 8-17 * * Funday", "Funday"),
+            // Ranges that wrap: cron refuses them; the message says how to write them.
+            ("* * 22-6 * * *", "`22-23,0-5`"),
+            ("* * 8-17 * * Sat-Sun", "`Sat,Sun`"),
+            ("* 50-10 * * * *", "written as two"),
         ];
         for (expr, want) in cases {
             let err = parse_expr(expr).unwrap_err();
