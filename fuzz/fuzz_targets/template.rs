@@ -23,7 +23,7 @@ fn check(bytes: &[u8], dim: usize) {
             format!(r#"{{"capture_id":"c","template":"{b64}","quality":0.5,"liveness":true}}"#);
         match parse(TopicKind::Capture, payload.as_bytes(), dim) {
             Ok(Inbound::Capture(c)) => {
-                let again = normalise(c.template.clone(), dim).expect("renormalise");
+                let again = normalise(c.template.to_vec(), dim).expect("renormalise");
                 assert_eq!(again.len(), dim);
             }
             other => {
