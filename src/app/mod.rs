@@ -870,12 +870,15 @@ impl Server {
         deadlines.abort();
         router_task.abort();
         mqtt.abort();
-        webhooks.abort();
         if let Some(u) = upstream {
             u.abort();
         }
-        // Last: pulses in progress end before the process does.
-        stopping.stop(Duration::from_secs(3)).await;
+        // Pulses in progress end, and webhook attempts already sent are answered and recorded,
+        // before the store closes.
+        tokio::join!(
+            stopping.stop(Duration::from_secs(3)),
+            webhooks.stop(crate::webhooks::STOP_WAIT)
+        );
         // Tasks that outlive the server (a webhook delivery in flight) keep the app, and so
         // the store, alive: close it here, so the locks go with the server.
         let app = self.app.clone();

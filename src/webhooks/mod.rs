@@ -18,6 +18,7 @@ use crate::core::webhook::{seed_signature, standard_signature};
 use crate::core::{AttemptResult, Command, PartnerId};
 use guard::Guard;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -61,6 +62,8 @@ struct Dispatcher {
     guard: Guard,
     in_flight: Mutex<HashSet<String>>,
     pools: Mutex<HashMap<PartnerId, Arc<Semaphore>>>,
+    /// The server is stopping: no attempt starts.
+    stopping: AtomicBool,
 }
 
 /// An attempt's task holds it: when the task ends, however it ends, the delivery leaves the
@@ -81,8 +84,45 @@ impl Drop for Landed {
     }
 }
 
-/// Runs the dispatcher until the returned task is aborted.
-pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
+/// The running dispatcher (see [`spawn`]).
+pub struct Webhooks {
+    task: JoinHandle<()>,
+    d: Arc<Dispatcher>,
+}
+
+/// How long a stopping server waits for attempts already sent: the 10 s a receiver has to
+/// answer, the 2 s its body may take, and a moment to record the outcome.
+pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(13);
+
+impl Webhooks {
+    /// Stops the dispatcher for a server that is stopping: no attempt starts any more (one
+    /// waiting for a slot stays due, for the next start), and those already sent are waited
+    /// for, up to `within`, so their outcome is recorded. An attempt cut off by a stop was
+    /// sent again after the restart, as the same attempt: a receiver got it twice.
+    pub async fn stop(self, within: std::time::Duration) {
+        self.d.stopping.store(true, Ordering::Release);
+        self.task.abort();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = self.d.in_flight.lock().expect("lock").len();
+            if left == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    attempts = left,
+                    "stopping with webhook attempts still waiting for their receivers: they are \
+                     sent again after the restart"
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Runs the dispatcher until [`Webhooks::stop`].
+pub fn spawn(app: Arc<App>) -> Webhooks {
     let guard = Guard::new(app.config.webhooks.allow_networks.clone());
     let d = Arc::new(Dispatcher {
         http: client(&guard),
@@ -90,8 +130,12 @@ pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
         app,
         in_flight: Mutex::new(HashSet::new()),
         pools: Mutex::new(HashMap::new()),
+        stopping: AtomicBool::new(false),
     });
-    tokio::spawn(d.run())
+    Webhooks {
+        task: tokio::spawn(d.clone().run()),
+        d,
+    }
 }
 
 impl Dispatcher {
@@ -130,7 +174,7 @@ impl Dispatcher {
                     // The log may have become unwritable while this waited for a slot: an
                     // attempt sent now could not be recorded, and would be sent again, with
                     // the same attempt number, once the log is back. It stays due instead.
-                    if !me.app.ready() {
+                    if !me.app.ready() || me.stopping.load(Ordering::Acquire) {
                         return;
                     }
                     if !me.attempt(&id, attempt).await {

@@ -342,7 +342,8 @@ impl Gate {
             let _ = tx.send(());
         }
         if let Some(h) = self.served.take() {
-            tokio::time::timeout(Duration::from_secs(15), h)
+            // The server waits up to `webhooks::STOP_WAIT` for attempts already sent.
+            tokio::time::timeout(Duration::from_secs(30), h)
                 .await
                 .expect("serve ends after shutdown")
                 .expect("serve task")
@@ -1394,6 +1395,31 @@ async fn retry_after_delays_an_attempt_but_never_hastens_it() {
     let hit = step_to(&clock, &rx, t1 + Span::minutes(1), 4).await;
     assert_eq!(hit.id(), p2);
     assert_eq!(hit.attempt(), 2);
+    gate.stop().await;
+}
+
+/// A server stopped while a receiver is still answering an attempt waits for the answer and
+/// records it: after the restart the receiver is not sent the same delivery again. Before,
+/// the stop cut the attempt off unrecorded and it went out again as attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_waits_for_an_attempt_in_flight() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.then([Reply::status(200).delay(Duration::from_secs(2))]);
+    let dir = tempdir();
+    let clock = Arc::new(ManualClock::new(now_secs()));
+    let gate = Gate::start(dir.path(), true, clock.clone()).await;
+    let (key, _) = gate.partner("Acme", Some(&rx.url)).await;
+    let p1 = gate.ping(&key).await;
+    rx.wait_for(1, SOON, "the attempt reached the receiver")
+        .await;
+    gate.stop().await;
+    let gate = Gate::start(dir.path(), true, clock.clone()).await;
+    gate.wait_delivery(&key, &p1, "delivered before the stop", |d| {
+        d["status"] == "delivered"
+    })
+    .await;
+    rx.stays(1, "the delivery was sent again after the restart")
+        .await;
     gate.stop().await;
 }
 
