@@ -1383,6 +1383,7 @@ fn redecide(policy: &Policy, e: &Event, zone_last: &mut ZoneLast) -> Option<Opti
         reader_id,
         subject,
         erased,
+        similarity,
         mode,
         at,
         ..
@@ -1393,6 +1394,14 @@ fn redecide(policy: &Policy, e: &Event, zone_last: &mut ZoneLast) -> Option<Opti
     let Some(door) = policy.door_of_reader(reader_id) else {
         return Some(None);
     };
+    // A palm matched here whose partner the candidate does not admit would not have been
+    // searched for (the gateway's scope is the admitted partners): no match, not
+    // `partner_not_allowed`. A person an upstream Pass API named (no similarity) is judged as
+    // the gateway judges them.
+    let dropped = subject.as_ref().is_some_and(|s| {
+        similarity.is_some() && !policy.partner_allowed(s.partner_id, &s.partner_name)
+    });
+    let subject = subject.as_ref().filter(|_| !dropped);
     let zone = policy.zone_of_reader(reader_id);
     let key = |z: &str, s: &DoorSubject| (z.to_owned(), s.partner_id, s.external_id.clone());
     let last_in_zone = match (zone, subject) {
@@ -1402,7 +1411,11 @@ fn redecide(policy: &Policy, e: &Event, zone_last: &mut ZoneLast) -> Option<Opti
     let verdict = policy.decide(&Request {
         door: &door.id,
         reader: reader_id,
-        who: identified(subject.as_ref(), *erased),
+        who: if dropped {
+            crate::core::policy::Identified::NoMatch
+        } else {
+            identified(subject, *erased)
+        },
         at: *at,
         mode: *mode,
         last_in_zone,

@@ -585,6 +585,22 @@ async fn what_if_lists_the_decisions_a_new_policy_changes() {
             .changed
             .is_empty()
     );
+    // A candidate that admits another partner only: alice's palm would not have been searched
+    // for, so her grants become no_match (as the gateway would answer), not
+    // partner_not_allowed.
+    let others =
+        palmgate::core::policy::Policy::parse(&format!("partners = [\"Other\"]\n{SITE}")).unwrap();
+    let changed = audit::what_if(&store(&log.db()), &others, None, None)
+        .unwrap()
+        .changed;
+    assert_eq!(changed.len(), 4, "{changed:?}");
+    for c in &changed {
+        assert_eq!(
+            c.now.reason().map(|r| r.as_str()),
+            Some("no_match"),
+            "{c:?}"
+        );
+    }
 }
 
 /// A site with a lobby door (an entry and an exit reader) and a side door no level opens.
