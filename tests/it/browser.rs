@@ -27,13 +27,22 @@ fn missing_peer() -> Option<String> {
     None
 }
 
+/// Whether the browser peer is here; without it, says so and (under `PALMGATE_PEERS=required`)
+/// fails.
+fn browser_present() -> bool {
+    let Some(why) = missing_peer() else {
+        return true;
+    };
+    if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
+        panic!("browser peer missing and PALMGATE_PEERS=required: {why}");
+    }
+    println!("skipping the browser test: {why}");
+    false
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboards_in_headless_chromium() {
-    if let Some(why) = missing_peer() {
-        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
-            panic!("browser peer missing and PALMGATE_PEERS=required: {why}");
-        }
-        println!("skipping the browser tests: {why}");
+    if !browser_present() {
         return;
     }
     let demo = Demo::start();
@@ -80,11 +89,7 @@ async fn dashboards_in_headless_chromium() {
 /// no reader of that name needs to be online), is no wider than the viewport.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_reader_id_fits_a_360_px_phone() {
-    if let Some(why) = missing_peer() {
-        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
-            panic!("browser peer missing and PALMGATE_PEERS=required: {why}");
-        }
-        println!("skipping the browser check: {why}");
+    if !browser_present() {
         return;
     }
     let s = crate::fixtures::TestServer::start().await;
@@ -155,11 +160,7 @@ try {
 async fn the_operator_dashboard_shows_a_lost_broker_and_its_return() {
     use crate::readers::{Mosquitto, free_port, mosquitto_or_skip};
     use std::io::{BufRead, BufReader, Write};
-    if let Some(why) = missing_peer() {
-        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
-            panic!("browser peer missing and PALMGATE_PEERS=required: {why}");
-        }
-        println!("skipping the browser check: {why}");
+    if !browser_present() {
         return;
     }
     let Some(bin) = mosquitto_or_skip() else {
@@ -332,11 +333,7 @@ try {
 /// doors and the readers every 4 seconds, forever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dashboard_whose_login_ended_stops_polling() {
-    if let Some(why) = missing_peer() {
-        if std::env::var("PALMGATE_PEERS").as_deref() == Ok("required") {
-            panic!("browser peer missing and PALMGATE_PEERS=required: {why}");
-        }
-        println!("skipping the browser check: {why}");
+    if !browser_present() {
         return;
     }
     let s = crate::fixtures::TestServer::start().await;
