@@ -56,28 +56,39 @@ impl FromRequestParts<Arc<App>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let presented = bearer(&parts.headers);
-        if presented.is_none()
-            && super::dash::session::from_request(app, &parts.method, &parts.headers, true)
-                == Some(super::dash::session::Holder::Admin)
-        {
-            return Ok(Admin);
+        admin_credential(app, parts).unwrap_or_else(|| {
+            let ip = client_ip(&parts.extensions);
+            let v = spend_address(app, ip, app.clock.now().timestamp_micros());
+            Err(refused(v))
+        })
+    }
+}
+
+/// The admin credential `parts` present, checked: `None` when there is none (neither a bearer
+/// token nor the admin dashboard's session), which [`Admin`] charges to the address and
+/// `/metrics` serves anonymously; a wrong token is charged here ([`admin_token`]).
+pub fn admin_credential(app: &App, parts: &Parts) -> Option<Result<Admin, ApiError>> {
+    let Some(token) = bearer(&parts.headers) else {
+        let holder = super::dash::session::from_request(app, &parts.method, &parts.headers, true);
+        return (holder == Some(super::dash::session::Holder::Admin)).then_some(Ok(Admin));
+    };
+    let ip = client_ip(&parts.extensions);
+    Some(
+        admin_token(app, ip, app.clock.now().timestamp_micros(), token)
+            .map(|()| Admin)
+            .map_err(refused),
+    )
+}
+
+/// The answer to a call without a valid admin credential: 429 past the address's budget, 401
+/// within it.
+fn refused(v: Verdict) -> ApiError {
+    if v.allowed {
+        ApiError::AdminUnauthorized
+    } else {
+        ApiError::RateLimited {
+            retry_after_s: v.retry_after_s,
         }
-        let ip = client_ip(&parts.extensions);
-        let now_us = app.clock.now().timestamp_micros();
-        let v = match presented {
-            Some(token) => match admin_token(app, ip, now_us, token) {
-                Ok(()) => return Ok(Admin),
-                Err(v) => v,
-            },
-            None => spend_address(app, ip, now_us),
-        };
-        if !v.allowed {
-            return Err(ApiError::RateLimited {
-                retry_after_s: v.retry_after_s,
-            });
-        }
-        Err(ApiError::AdminUnauthorized)
     }
 }
 

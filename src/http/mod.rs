@@ -246,30 +246,12 @@ fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle
 /// webhooks, upstream), as a scraper without credentials always had them.
 async fn metrics(
     axum::extract::State(app): axum::extract::State<Arc<App>>,
-    method: axum::http::Method,
-    headers: axum::http::HeaderMap,
-    ext: axum::http::Extensions,
+    req: axum::extract::Request,
 ) -> Response {
     // Without a credential, nothing is spent of the address's budget: a scraper that never
     // had one keeps working as before. A bearer token is checked as the admin API checks it.
-    let admin = match auth::bearer(&headers) {
-        Some(token) => {
-            let now_us = app.clock.now().timestamp_micros();
-            match auth::admin_token(&app, auth::client_ip(&ext), now_us, token) {
-                Ok(()) => Ok(auth::Admin),
-                Err(v) if !v.allowed => Err(error::ApiError::RateLimited {
-                    retry_after_s: v.retry_after_s,
-                }),
-                Err(_) => Err(error::ApiError::AdminUnauthorized),
-            }
-        }
-        None if dash::session::from_request(&app, &method, &headers, true)
-            == Some(dash::session::Holder::Admin) =>
-        {
-            Ok(auth::Admin)
-        }
-        None => Err(error::ApiError::AdminUnauthorized),
-    };
+    let (parts, _) = req.into_parts();
+    let admin = auth::admin_credential(&app, &parts);
     let Some(h) = prometheus() else {
         return error::message(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -277,7 +259,7 @@ async fn metrics(
         );
     };
     let text = match admin {
-        Ok(auth::Admin) => {
+        Some(Ok(auth::Admin)) => {
             // First: it registers the door counters the recorder then renders.
             let doors = crate::app::metrics::render(&app);
             let mut text = h.render();
@@ -287,14 +269,10 @@ async fn metrics(
             text.push_str(&doors);
             text
         }
-        // A wrong token: counted against the address as on the admin API, 429 past its budget
-        // and 401 otherwise (a scraper with a stale token hears so, rather than losing series).
-        Err(e @ (error::ApiError::RateLimited { .. } | error::ApiError::AdminUnauthorized))
-            if auth::bearer(&headers).is_some() =>
-        {
-            return e.into_response();
-        }
-        Err(_) => {
+        // A wrong token: 401, or 429 past the address's budget, as on the admin API (a
+        // scraper with a stale token hears so, rather than losing series).
+        Some(Err(e)) => return e.into_response(),
+        None => {
             let mut text = String::new();
             for line in h.render().lines() {
                 if !crate::app::metrics::is_site_series(line) {
