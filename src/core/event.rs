@@ -660,6 +660,83 @@ impl Event {
         (self.kind(), self.version(), data)
     }
 
+    /// The stored text of `data`: compact JSON, object keys sorted at every depth (the hash
+    /// chain's canonical form), exactly `serde_json::to_string(&self.encode().2)`.
+    /// `SessionCreated`, one per identify or enroll request, is written field by field in key
+    /// order instead of through a `Value` tree (whose keys, strings and map nodes were ~5 % of
+    /// the request workers' samples, BENCHMARKS §2 session 18); `metadata` is already a
+    /// `Value`, whose maps serialize sorted.
+    pub fn data_text(&self) -> String {
+        match self {
+            Event::SessionCreated {
+                session_id,
+                partner_id,
+                reader_id,
+                kind,
+                language,
+                token_hash,
+                external_id,
+                username,
+                metadata,
+                created_at,
+                expires_at,
+                trigger_id,
+            } => {
+                let mut out = SortedObject::with_capacity(384);
+                out.field("created_at", created_at);
+                out.field("expires_at", expires_at);
+                out.optional("external_id", external_id.as_ref());
+                out.field("kind", kind);
+                out.field("language", language);
+                out.optional("metadata", metadata.as_ref());
+                out.optional("partner_id", partner_id.as_ref());
+                out.optional("reader_id", reader_id.as_ref());
+                out.field("session_id", session_id);
+                out.field("token_hash", token_hash);
+                out.optional("trigger_id", trigger_id.as_ref());
+                out.optional("username", username.as_ref());
+                out.finish()
+            }
+            _ => serde_json::to_string(&self.encode().2).expect("JSON values always serialize"),
+        }
+    }
+}
+
+/// A JSON object written one field at a time; the caller passes the keys in sorted order
+/// (plain ASCII, nothing to escape). Each value is written by the same serializer `Value`
+/// would use, so the bytes are the same.
+struct SortedObject(Vec<u8>);
+
+impl SortedObject {
+    fn with_capacity(n: usize) -> Self {
+        let mut v = Vec::with_capacity(n);
+        v.push(b'{');
+        SortedObject(v)
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        self.0.push(b'"');
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(b"\":");
+        serde_json::to_writer(&mut self.0, value).expect("event fields always serialize");
+    }
+
+    fn optional<T: Serialize + ?Sized>(&mut self, key: &str, value: Option<&T>) {
+        if let Some(v) = value {
+            self.field(key, v);
+        }
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push(b'}');
+        String::from_utf8(self.0).expect("serde_json writes UTF-8")
+    }
+}
+
+impl Event {
     /// Reads an event of any known version, upcasting old shapes to the current one.
     /// As [`Event::decode`], straight from the stored JSON text of `data`: serde is handed the
     /// envelope `{"type": kind, "data": <data>}` as a map whose `data` value is read from the

@@ -24,11 +24,10 @@ impl Encoded {
     }
 
     pub fn from_event(event: Event) -> Encoded {
-        let (kind, version, data) = event.encode();
         Encoded {
-            kind,
-            version,
-            data: serde_json::to_string(&data).expect("JSON values always serialize"),
+            kind: event.kind(),
+            version: event.version(),
+            data: event.data_text(),
             event,
         }
     }

@@ -224,6 +224,53 @@ fn encoded_data_is_compact_with_sorted_keys() {
     }
 }
 
+/// The stored text (`Event::data_text`, which writes `SessionCreated` field by field instead of
+/// through a `Value`) is byte for byte the canonical form of `encode`'s value: for every
+/// fixture, and for `SessionCreated` with each optional field present or absent, metadata whose
+/// keys arrive unsorted, strings that need escaping and sub-second times.
+#[test]
+fn stored_text_is_the_canonical_form_of_the_encoded_value() {
+    use palmgate::core::{ExternalId, Language, PartnerId, ReaderId, SecretHash, SessionId};
+    let canonical = |e: &Event| serde_json::to_string(&e.encode().2).unwrap();
+    for (name, e) in fixture_events() {
+        assert_eq!(e.data_text(), canonical(&e), "{name}");
+    }
+    let created = chrono::DateTime::parse_from_rfc3339("2026-11-28T02:03:04.123456789Z")
+        .unwrap()
+        .to_utc();
+    for mask in 0u32..64 {
+        let on = |bit: u32| mask & (1 << bit) != 0;
+        let e = Event::SessionCreated {
+            session_id: SessionId::time_ordered(1_764_295_384_123, [7; 16]),
+            partner_id: on(0).then(|| PartnerId::from_random([3; 16])),
+            reader_id: on(1).then(|| ReaderId("lobby-1".into())),
+            kind: if on(2) {
+                palmgate::core::SessionKind::Enroll
+            } else {
+                palmgate::core::SessionKind::Identify
+            },
+            language: Language::Kk,
+            token_hash: SecretHash("ab".repeat(32)),
+            external_id: on(3).then(|| ExternalId("EMP \"7\" \u{2014} Ж".into())),
+            username: on(4).then(|| "Айгерім \\ O'Neil\n".to_string()),
+            metadata: on(5).then(|| {
+                serde_json::from_str(
+                    r#"{"z":1,"a":{"y":[true,null,{"q":"x","b":2.5}],"b":"\u0001"},"m":-3}"#,
+                )
+                .unwrap()
+            }),
+            created_at: created,
+            expires_at: created + chrono::Duration::minutes(15),
+            trigger_id: on(1).then(|| "trg-9".to_string()),
+        };
+        assert_eq!(
+            e.data_text(),
+            canonical(&e),
+            "SessionCreated, fields {mask:06b}"
+        );
+    }
+}
+
 /// Scores as a reader reports them (two decimals) are written to the log as they came, not
 /// widened to f64 noise such as `0.9300000071525574`.
 #[test]
