@@ -68,6 +68,13 @@ pub enum RelayReport {
         coil: u16,
         on: bool,
         error: String,
+        /// The pulse this write served (its grant's capture id, or `exit-request`); empty for
+        /// a resting-state drive.
+        tag: String,
+        /// The write certainly took no effect: the board answered with an exception or read
+        /// back the coil as it was, or the write was never sent (the board was down). A
+        /// timeout or a lost link leaves it unknown (`false`).
+        refused: bool,
     },
     Input {
         device: String,

@@ -585,6 +585,8 @@ pub fn relay_report(
             coil,
             on,
             error,
+            tag,
+            refused,
         } => {
             let Some(door) = door_of_coil(device, *coil) else {
                 return Decision::new(vec![]);
@@ -598,6 +600,8 @@ pub fn relay_report(
                     coil: *coil,
                     on: *on,
                     error: error.clone(),
+                    tag: tag.clone(),
+                    refused: *refused,
                     at: reported,
                 },
             )])

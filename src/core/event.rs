@@ -403,6 +403,16 @@ pub enum Event {
         coil: u16,
         on: bool,
         error: String,
+        /// The pulse the write served (as `RelaySwitched`'s `tag`): a grant's capture id.
+        /// Absent for resting drives, and in logs from before it was recorded.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        tag: String,
+        /// The write certainly took no effect (the board refused it, or it was never sent): a
+        /// pulse's ON refused undoes the zone movement of the grant it served, whose person did
+        /// not pass (`DoorState::passage`). Absent when unknown (a timeout, a lost link) and in
+        /// logs from before it was recorded.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        refused: bool,
         #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },

@@ -66,7 +66,9 @@ use std::sync::Arc;
 /// 11: the duplicate memory keeps trigger ids apart from capture ids by type (`Seen`), not by
 ///    a `trigger:` prefix a capture id may also carry; a door decision tagged `trigger:X`
 ///    without a judged palm marks trigger `X`.
-pub const SCHEMA: u32 = 11;
+/// 12: a grant's zone movement is held at its door (`DoorState::passage`) until the board
+///    confirms the pulse; a pulse the board refused (`RelayFailed` `refused`) undoes it.
+pub const SCHEMA: u32 = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -183,6 +183,49 @@ pub struct DoorState {
     pub released_until: Option<DateTime<Utc>>,
     /// The last decision at this door.
     pub last_decision: Option<LastDecision>,
+    /// The zone movement of the last grant here whose pulse the board has not yet confirmed:
+    /// a pulse the board refused (`RelayFailed` `refused`, with the grant's capture id as its
+    /// tag) undoes it, since the person did not pass. Ends with the pulse's ON, or when a
+    /// later movement of the same person in that zone supersedes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passage: Option<Passage>,
+}
+
+/// A grant's zone movement, held at its door until the board confirms the pulse
+/// ([`DoorState::passage`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Passage {
+    /// The grant's capture id: the pulse's tag.
+    pub capture_id: String,
+    pub zone: String,
+    pub partner_id: PartnerId,
+    pub external_id: ExternalId,
+    pub direction: Direction,
+    /// The person's last movement in the zone before this one.
+    pub before: Option<Direction>,
+}
+
+impl Passage {
+    /// The grant's pulse was refused: the person did not pass, so their last movement in the
+    /// zone is the one before, unless something else changed it since (an erasure that
+    /// cleared their zones).
+    pub fn undo<S: std::hash::BuildHasher>(
+        self,
+        zone_last: &mut HashMap<(String, PartnerId, ExternalId), Direction, S>,
+    ) {
+        let key = (self.zone, self.partner_id, self.external_id);
+        if zone_last.get(&key) != Some(&self.direction) {
+            return;
+        }
+        match self.before {
+            Some(d) => {
+                zone_last.insert(key, d);
+            }
+            None => {
+                zone_last.remove(&key);
+            }
+        }
+    }
 }
 
 /// A door's last decision, as the operator's door list shows it.
@@ -714,16 +757,15 @@ impl State {
                 at,
                 ..
             } => {
+                if let (Some(s), Some((zone, dir))) = (&*subject, movement) {
+                    self.moved(door, capture_id, take(zone), s, *dir);
+                }
                 // A redelivered capture (QoS 1) is recognised and ignored.
                 self.seen.insert((
                     reader_id.clone(),
                     Seen::of_decision(take(capture_id), judged.is_some()),
                 ));
                 let granted = verdict.granted();
-                if let (Some(s), Some((zone, dir))) = (&*subject, movement) {
-                    self.zone_last
-                        .insert((take(zone), s.partner_id, s.external_id.clone()), *dir);
-                }
                 let pulse = self
                     .policy
                     .as_ref()
@@ -1194,8 +1236,7 @@ impl State {
                 ));
                 let granted = verdict.granted();
                 if let (Some(s), Some((zone, dir))) = (subject, movement) {
-                    self.zone_last
-                        .insert((zone.clone(), s.partner_id, s.external_id.clone()), *dir);
+                    self.moved(door, capture_id, zone.clone(), s, *dir);
                 }
                 let pulse = self
                     .policy
@@ -1237,13 +1278,29 @@ impl State {
             Event::DoorRestingChanged { door, unlocked, .. } => {
                 self.doors.entry(door.clone()).or_default().resting_unlocked = *unlocked;
             }
-            Event::RelaySwitched { door, on, .. } => {
+            Event::RelaySwitched { door, on, tag, .. } => {
                 let ds = self.doors.entry(door.clone()).or_default();
                 ds.relay_on = *on;
                 ds.relay_fault = None;
+                // The pulse started: the person could pass.
+                if *on && ds.passage.as_ref().is_some_and(|p| p.capture_id == *tag) {
+                    ds.passage = None;
+                }
             }
-            Event::RelayFailed { door, error, .. } => {
-                self.doors.entry(door.clone()).or_default().relay_fault = Some(error.clone());
+            Event::RelayFailed {
+                door,
+                error,
+                on,
+                tag,
+                refused,
+                ..
+            } => {
+                let ds = self.doors.entry(door.clone()).or_default();
+                ds.relay_fault = Some(error.clone());
+                if *on && *refused && ds.passage.as_ref().is_some_and(|p| p.capture_id == *tag) {
+                    let p = ds.passage.take().expect("checked");
+                    self.undo_passage(p);
+                }
             }
             Event::DeviceStatusChanged {
                 device,
@@ -1280,6 +1337,54 @@ impl State {
             | Event::UpstreamIdentifyFailed { .. }
             | Event::UpstreamSessionEnded { .. } => super::upstream::evolve(self, rec),
         }
+    }
+
+    /// A grant's zone movement: recorded in `zone_last`, and held at the door as its passage
+    /// until the pulse is confirmed. A passage elsewhere for the same person and zone is
+    /// superseded (undoing it later would undo this movement).
+    fn moved(
+        &mut self,
+        door: &DoorId,
+        capture_id: &str,
+        zone: String,
+        who: &crate::core::event::DoorSubject,
+        direction: Direction,
+    ) {
+        let before = self.zone_last.insert(
+            (zone.clone(), who.partner_id, who.external_id.clone()),
+            direction,
+        );
+        for ds in self.doors.values_mut() {
+            if ds.passage.as_ref().is_some_and(|p| {
+                p.zone == zone && p.partner_id == who.partner_id && p.external_id == who.external_id
+            }) {
+                ds.passage = None;
+            }
+        }
+        let passage = Passage {
+            capture_id: capture_id.to_string(),
+            zone,
+            partner_id: who.partner_id,
+            external_id: who.external_id.clone(),
+            direction,
+            before,
+        };
+        match self.doors.get_mut(door) {
+            Some(ds) => ds.passage = Some(passage),
+            None => {
+                self.doors.insert(
+                    door.clone(),
+                    DoorState {
+                        passage: Some(passage),
+                        ..DoorState::default()
+                    },
+                );
+            }
+        }
+    }
+
+    fn undo_passage(&mut self, p: Passage) {
+        p.undo(&mut self.zone_last);
     }
 
     fn set_due(&mut self, id: &str, next: Option<DateTime<Utc>>) {
@@ -1572,6 +1677,176 @@ mod evolve_take_tests {
             s.evolve(&erase(clears));
             assert_eq!(s.zone_last.len(), left, "clears_zones = {clears}");
         }
+    }
+}
+
+/// A grant's zone movement held at its door until the pulse is confirmed, undone when the
+/// board refuses the pulse (`DoorState::passage`).
+#[cfg(test)]
+mod passage_tests {
+    use super::*;
+    use crate::core::event::DoorSubject;
+    use crate::core::policy::{SiteMode, Verdict};
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn who() -> DoorSubject {
+        DoorSubject {
+            partner_id: PartnerId::from_random([1; 16]),
+            partner_name: "Acme".into(),
+            external_id: ExternalId("e-1".into()),
+            metadata: None,
+        }
+    }
+
+    fn grant(door: &str, capture: &str, dir: Direction) -> Event {
+        Event::DoorDecided {
+            door: DoorId(door.into()),
+            reader_id: ReaderId(format!("{door}-reader")),
+            capture_id: capture.into(),
+            subject: Some(who()),
+            erased: false,
+            similarity: Some(0.9),
+            quality: None,
+            judged: None,
+            policy: "p".into(),
+            mode: SiteMode::Normal,
+            last_in_zone: None,
+            movement: Some(("building".into(), dir)),
+            unopenable: false,
+            verdict: Verdict::Granted {
+                level: "standard".into(),
+                passback_violation: false,
+            },
+            at: at(0),
+        }
+    }
+
+    fn failed(door: &str, tag: &str, on: bool, refused: bool) -> Event {
+        Event::RelayFailed {
+            door: DoorId(door.into()),
+            device: "board-1".into(),
+            coil: 0,
+            on,
+            error: "device exception".into(),
+            tag: tag.into(),
+            refused,
+            at: at(0),
+        }
+    }
+
+    fn switched(door: &str, tag: &str) -> Event {
+        Event::RelaySwitched {
+            door: DoorId(door.into()),
+            device: "board-1".into(),
+            coil: 0,
+            on: true,
+            tag: tag.into(),
+            at: at(0),
+        }
+    }
+
+    fn erased() -> Event {
+        Event::UserErased {
+            partner_id: who().partner_id,
+            external_id: who().external_id,
+            at: at(0),
+            clears_zones: true,
+        }
+    }
+
+    /// Folds `events` into a fresh state by both `evolve` and `evolve_take`, checking after
+    /// each that the two agree and that the snapshot gives the state back; after event `i`,
+    /// the person's last movement must be `want[i]`.
+    fn fold(events: Vec<Event>, want: &[Option<Direction>]) {
+        assert_eq!(events.len(), want.len());
+        let (mut by_ref, mut owned) = (State::default(), State::default());
+        for (i, (event, want)) in events.into_iter().zip(want).enumerate() {
+            let mut rec = Recorded {
+                position: i as u64 + 1,
+                stream: format!("s-{i}"),
+                revision: 0,
+                recorded_at: at(i as i64),
+                event,
+                prev_hash: [0; 32],
+                hash: [0; 32],
+            };
+            by_ref.evolve(&rec);
+            owned.evolve_take(&mut rec);
+            let bytes = crate::core::snapshot::encode(&by_ref);
+            assert_eq!(bytes, crate::core::snapshot::encode(&owned), "event {i}");
+            let back = crate::core::snapshot::decode(&bytes, Rules::default()).expect("decodes");
+            assert_eq!(back, by_ref, "event {i}: the snapshot gives the state back");
+            let key = ("building".to_string(), who().partner_id, who().external_id);
+            assert_eq!(by_ref.zone_last.get(&key), want.as_ref(), "after event {i}");
+        }
+    }
+
+    #[test]
+    fn a_refused_pulse_undoes_its_grants_movement() {
+        use Direction::{Entry, Exit};
+        fold(
+            vec![
+                grant("main", "c-1", Entry),
+                // Unknown outcome (a timeout), another pulse's tag, a failed OFF: no undo.
+                failed("main", "c-1", true, false),
+                failed("main", "c-9", true, true),
+                failed("main", "c-1", false, true),
+                // Refused: back to no movement at all.
+                failed("main", "c-1", true, true),
+                // Confirmed: a later refusal with its tag changes nothing.
+                grant("main", "c-2", Entry),
+                switched("main", "c-2"),
+                failed("main", "c-2", true, true),
+                // Refused with a movement before it: back to that one.
+                grant("main", "c-3", Exit),
+                failed("main", "c-3", true, true),
+            ],
+            &[
+                Some(Entry),
+                Some(Entry),
+                Some(Entry),
+                Some(Entry),
+                None,
+                Some(Entry),
+                Some(Entry),
+                Some(Entry),
+                Some(Exit),
+                Some(Entry),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_refusal_undoes_nothing_that_came_after_its_grant() {
+        use Direction::{Entry, Exit};
+        fold(
+            vec![
+                grant("main", "c-1", Entry),
+                switched("main", "c-1"),
+                // A later movement of the same person at another door supersedes the passage
+                // (the same direction: soft anti-passback grants one, flagged).
+                grant("main", "c-2", Exit),
+                grant("lab", "c-3", Exit),
+                failed("main", "c-2", true, true),
+                // An erasure that cleared their zones is not undone by a refusal after it.
+                grant("main", "c-4", Exit),
+                erased(),
+                failed("main", "c-4", true, true),
+            ],
+            &[
+                Some(Entry),
+                Some(Entry),
+                Some(Exit),
+                Some(Exit),
+                Some(Exit),
+                Some(Exit),
+                None,
+                None,
+            ],
+        );
     }
 }
 

@@ -385,6 +385,8 @@ impl Device {
                                 coil: *coil,
                                 on: true,
                                 error: format!("device down (pulse {tag} dropped)"),
+                                tag: tag.clone(),
+                                refused: true,
                             });
                             continue;
                         }
@@ -414,11 +416,12 @@ impl Device {
 
     /// A coil did not do as asked: reported unless it is the failure last reported for it (a
     /// retry failing the same way adds nothing to the log).
-    fn coil_failed(&mut self, coil: u16, on: bool, tag: &str, error: String) {
+    fn coil_failed(&mut self, coil: u16, on: bool, tag: &str, fault: &Fault) {
+        let refused = matches!(fault, Fault::Point(_));
         let fault = CoilFault {
             on,
             tag: tag.to_string(),
-            error,
+            error: fault.to_string(),
         };
         if self.coil_faults.get(&coil) == Some(&fault) {
             return;
@@ -429,6 +432,8 @@ impl Device {
             coil,
             on,
             error: fault.error.clone(),
+            tag: fault.tag.clone(),
+            refused,
         });
         self.coil_faults.insert(coil, fault);
     }
@@ -460,7 +465,7 @@ impl Device {
         };
         match &r {
             Ok(()) => self.coil_ok(coil, on, tag),
-            Err(e) => self.coil_failed(coil, on, &tag, e.to_string()),
+            Err(e) => self.coil_failed(coil, on, &tag, e),
         }
         r
     }
@@ -502,11 +507,14 @@ impl Device {
                 coil,
                 true,
                 &tag,
-                format!("coil still reads OFF after the timed-pulse write to register {register}"),
+                &Fault::Point(format!(
+                    "coil still reads OFF after the timed-pulse write to register {register}"
+                )),
             ),
             Err(Fault::Point(e)) => {
-                self.coil_failed(coil, true, &tag, e.clone());
-                return Err(Fault::Point(e));
+                let fault = Fault::Point(e);
+                self.coil_failed(coil, true, &tag, &fault);
+                return Err(fault);
             }
             Err(link) => return Err(link),
         }

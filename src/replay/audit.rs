@@ -41,7 +41,7 @@ use crate::core::event::{
     CaptureRef, CaptureRejection, DoorSubject, Event, Judged, Recorded, UpstreamOutcome, stream,
 };
 use crate::core::policy::{DenyReason, Direction, DoorId, Policy, Request, Verdict};
-use crate::core::state::State;
+use crate::core::state::{Passage, State};
 use crate::core::{ExternalId, FailReason, PartnerId, ReaderId, SessionId, SessionKind};
 use crate::store::EventStore;
 use crate::store::chain::Verifier;
@@ -1372,15 +1372,28 @@ fn rejection_str(r: CaptureRejection) -> String {
 /// external id), as the gateway's state keeps it (`State::zone_last`).
 type ZoneLast = HashMap<(String, PartnerId, ExternalId), Direction>;
 
+/// The movement of each door's last re-derived grant, until the log confirms its pulse or
+/// records it refused (then undone, as the state does: `DoorState::passage`). Keyed by the
+/// door the log recorded, whose relay it is.
+type Passages = HashMap<DoorId, Passage>;
+
 /// A door scan decided again under `policy` as the gateway would have decided it: at the door
 /// `policy` binds the reader to, with the anti-passback state `zone_last` (kept under
-/// `policy`'s zones, and updated here with the movement a re-derived grant makes); the person,
+/// `policy`'s zones, and updated here with the movement a re-derived grant makes, held in
+/// `passages` until its pulse is confirmed or refused); the person,
 /// their record, the site mode and the instant as the log recorded them. `Some(None)`: the
 /// reader is at no door under `policy` (the capture would be rejected); `None` for any other
 /// event.
-fn redecide(policy: &Policy, e: &Event, zone_last: &mut ZoneLast) -> Option<Option<Verdict>> {
+fn redecide(
+    policy: &Policy,
+    e: &Event,
+    zone_last: &mut ZoneLast,
+    passages: &mut Passages,
+) -> Option<Option<Verdict>> {
     let Event::DoorDecided {
+        door: recorded_door,
         reader_id,
+        capture_id,
         subject,
         erased,
         similarity,
@@ -1423,7 +1436,21 @@ fn redecide(policy: &Policy, e: &Event, zone_last: &mut ZoneLast) -> Option<Opti
     if verdict.granted()
         && let (Some((z, dir)), Some(s)) = (zone, subject)
     {
-        zone_last.insert(key(z, s), dir);
+        let before = zone_last.insert(key(z, s), dir);
+        passages.retain(|_, p| {
+            !(p.zone == z && p.partner_id == s.partner_id && p.external_id == s.external_id)
+        });
+        passages.insert(
+            recorded_door.clone(),
+            Passage {
+                capture_id: capture_id.clone(),
+                zone: z.to_owned(),
+                partner_id: s.partner_id,
+                external_id: s.external_id.clone(),
+                direction: dir,
+                before,
+            },
+        );
     }
     Some(Some(verdict))
 }
@@ -1448,6 +1475,7 @@ pub fn what_if(
     to: Option<DateTime<Utc>>,
 ) -> Result<WhatIf, crate::store::StoreError> {
     let mut zone_last = ZoneLast::new();
+    let mut passages = Passages::new();
     let mut n = 0;
     let mut changed = vec![];
     let mut no_door: BTreeMap<ReaderId, (DoorId, usize)> = BTreeMap::new();
@@ -1490,8 +1518,28 @@ pub fn what_if(
                     clears_zones: true,
                     ..
                 } => zone_last.retain(|(_, p, x), _| !(p == partner_id && x == external_id)),
+                Event::RelaySwitched {
+                    door,
+                    on: true,
+                    tag,
+                    ..
+                } if passages.get(door).is_some_and(|p| p.capture_id == *tag) => {
+                    passages.remove(door);
+                }
+                Event::RelayFailed {
+                    door,
+                    on: true,
+                    refused: true,
+                    tag,
+                    ..
+                } if passages.get(door).is_some_and(|p| p.capture_id == *tag) => {
+                    if let Some(p) = passages.remove(door) {
+                        p.undo(&mut zone_last);
+                    }
+                }
                 Event::DoorDecided { verdict, at, .. } => {
-                    let Some(again) = redecide(policy, &rec.event, &mut zone_last) else {
+                    let Some(again) = redecide(policy, &rec.event, &mut zone_last, &mut passages)
+                    else {
                         continue;
                     };
                     if !in_range(*at, from, to) {

@@ -52,6 +52,8 @@ struct Runner {
     saved: HashMap<String, (String, String)>,
     answers: HashMap<PartnerId, VecDeque<(u16, Option<Duration>)>>,
     down: HashSet<String>,
+    /// Devices up but refusing every coil write (`relay_fault.refuses`).
+    refusing: HashSet<String>,
     offs: BTreeMap<(DateTime<Utc>, u64), (String, u16, String)>,
     seq: u64,
     sent: Vec<Sent>,
@@ -156,6 +158,7 @@ impl Runner {
             saved: HashMap::new(),
             answers: HashMap::new(),
             down: HashSet::new(),
+            refusing: HashSet::new(),
             offs: BTreeMap::new(),
             seq: 0,
             sent: vec![],
@@ -403,12 +406,14 @@ impl Runner {
                             (coil, on, String::new(), None)
                         }
                     };
-                    let report = if self.down.contains(&device) {
+                    let report = if let Some(error) = self.coil_fault(&device) {
                         RelayReport::CoilFailed {
                             device: device.clone(),
                             coil,
                             on,
-                            error: "device down".into(),
+                            error: error.into(),
+                            tag,
+                            refused: true,
                         }
                     } else {
                         if let Some(d) = off_after {
@@ -507,12 +512,14 @@ impl Runner {
                     })
                 });
                 let on = on.unwrap_or(false);
-                let report = if self.down.contains(&device) {
+                let report = if let Some(error) = self.coil_fault(&device) {
                     RelayReport::CoilFailed {
                         device,
                         coil,
                         on,
-                        error: "device down".into(),
+                        error: error.into(),
+                        tag,
+                        refused: true,
                     }
                 } else {
                     RelayReport::Coil {
@@ -533,6 +540,17 @@ impl Runner {
             }
         }
         Err("livelock: more than 10000 rounds at one instant".into())
+    }
+
+    /// Why a coil write to `device` fails now, if it does (`relay_fault`).
+    fn coil_fault(&self, device: &str) -> Option<&'static str> {
+        if self.down.contains(device) {
+            Some("device down")
+        } else if self.refusing.contains(device) {
+            Some("device exception IllegalDataAddress (scenario: the board refuses coil writes)")
+        } else {
+            None
+        }
     }
 
     fn next_time(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -719,7 +737,26 @@ impl Runner {
                 .extend(w.statuses.iter().map(|s| (*s, retry_after)));
         }
         if let Some(f) = &step.relay_fault {
-            if f.down {
+            if f.down.is_none() && f.refuses.is_none() {
+                return Err(format!(
+                    "relay_fault for {:?}: say `down = true|false` or `refuses = true|false`",
+                    f.device
+                ));
+            }
+            match f.refuses {
+                Some(true) => {
+                    self.refusing.insert(f.device.clone());
+                }
+                Some(false) => {
+                    self.refusing.remove(&f.device);
+                }
+                None => {}
+            }
+        }
+        if let Some(f) = &step.relay_fault
+            && let Some(down) = f.down
+        {
+            if down {
                 self.down.insert(f.device.clone());
                 self.exec(Command::relay(RelayReport::Down {
                     device: f.device.clone(),

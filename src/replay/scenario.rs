@@ -201,7 +201,12 @@ pub struct WebhookAnswers {
 #[serde(deny_unknown_fields)]
 pub struct RelayFault {
     pub device: String,
-    pub down: bool,
+    /// Reported down (`true`) or up again (`false`).
+    #[serde(default)]
+    pub down: Option<bool>,
+    /// Up, but answering every coil write with an exception (`true`), or no longer (`false`).
+    #[serde(default)]
+    pub refuses: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -868,6 +868,60 @@ async fn what_if_an_erasure_ends_the_persons_zone_presence() {
     assert_eq!(changes(&log, &positions, &site, None), (3, vec![]));
 }
 
+/// A grant whose pulse the board refused is no entry in the candidate's zones either (as the
+/// state fold has it, `DoorState::passage`): the entry after it is granted again under the
+/// policy in force, so what-if reports nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_a_refused_pulse_undoes_the_grants_movement() {
+    let site = lobby_zoned("lobby-in", "lobby-out");
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        ..
+    } = enrolled_with(
+        &site,
+        std::sync::Arc::new(palmgate::app::clock::SystemClock),
+    )
+    .await;
+    let scan = |id: &'static str, seed| {
+        app.reader_message(ReaderId("lobby-in".into()), capture("alice", seed, id))
+    };
+    scan("walk-0", 300).await.unwrap();
+    app.execute(palmgate::core::Command::relay(
+        palmgate::core::RelayReport::CoilFailed {
+            device: "board-1".into(),
+            coil: 0,
+            on: true,
+            error: "device exception IllegalDataAddress".into(),
+            tag: "walk-0".into(),
+            refused: true,
+        },
+    ))
+    .await
+    .unwrap();
+    scan("walk-1", 301).await.unwrap();
+    scan("walk-2", 302).await.unwrap();
+    drop(server);
+    drop(app);
+    let log = Log { dir, config };
+    let positions: Vec<u64> = decided_rows(&log.db())
+        .iter()
+        .map(|(p, _)| *p as u64)
+        .collect();
+    let verdicts: Vec<Value> = positions
+        .iter()
+        .map(|&p| row_data(&log.db(), p as i64)["verdict"]["verdict"].clone())
+        .collect();
+    assert_eq!(
+        verdicts,
+        [json!("granted"), json!("granted"), json!("denied")],
+        "the entry after the refused pulse is let in, the one after it is not"
+    );
+    assert_eq!(changes(&log, &positions, &site, None), (3, vec![]));
+}
+
 /// A log under [`SITE`] with one decision (alice at `lobby-1`), then three scans at `hall-1`
 /// and one at `attic-1`, readers at no door: rejected `no_door`. Returns the log and the
 /// instants of the `hall-1` rejections.

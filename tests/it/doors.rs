@@ -1799,6 +1799,51 @@ async fn hard_anti_passback_denies_a_second_entry_until_an_exit() {
     assert_eq!(r["granted"], true, "entry after the exit: {r}");
 }
 
+/// A grant whose pulse the board refuses (here: a door wired to a coil the board does not
+/// have, answered with an exception) is no entry: `RelayFailed` names the grant's capture and
+/// says `refused`, the movement is undone, and the person is let in at another entrance.
+/// Before, the movement stood and hard anti-passback refused them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_pulse_the_board_refused_is_no_entry() {
+    let board = new_board().await;
+    let missing = palmgate::modbus::sim::SIZE;
+    let mut layout = zone_site("hard");
+    layout.standard_doors = r#""main", "exit", "side""#.into();
+    layout.extra = layout
+        .extra
+        .replace(
+            r#"entry_readers = ["lobby-1"]"#,
+            r#"entry_readers = ["lobby-1", "side-1"]"#,
+        )
+        .replace(
+            "[[zones]]",
+            &format!(
+                "[[doors]]\nid = \"side\"\nreaders = [\"side-1\"]\nrelay = {{ device = \"board-1\", coil = {missing}, pulse_ms = 400 }}\n\n[[zones]]"
+            ),
+        );
+    let doc = site_doc(&board.url(), &layout);
+    let site = start_with(board, vec![], &doc).await;
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut side = site.reader("side-1", "alice", 1).await;
+    let mut entry = site.reader("lobby-1", "alice", 2).await;
+
+    let (id, r) = scan(&mut side, "alice").await;
+    assert_eq!(r["granted"], true, "at the side door: {r}");
+    let e = site
+        .wait_event("RelayFailed", |d| d["tag"] == id.as_str())
+        .await;
+    assert_eq!(data(&e)["on"], true, "{e}");
+    assert_eq!(data(&e)["refused"], true, "{e}");
+    let (id, r) = scan(&mut entry, "alice").await;
+    assert_eq!(r["granted"], true, "at the main entrance: {r}");
+    let e = site
+        .wait_event("DoorDecided", |d| d["capture_id"] == id.as_str())
+        .await;
+    assert!(data(&e).get("last_in_zone").is_none(), "{e}");
+    assert_eq!(data(&e)["movement"], json!(["building", "entry"]), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_anti_passback_grants_a_second_entry_but_records_the_violation() {
     let board = new_board().await;

@@ -256,5 +256,50 @@ async fn a_dead_board_is_reported_not_fatal() {
     })
     .unwrap();
     let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { .. })).await;
-    assert!(matches!(r, Report::CoilFailed { on: true, .. }));
+    // Never sent: certainly not opened, and the grant it served is named.
+    assert!(
+        matches!(&r, Report::CoilFailed { on: true, tag, refused: true, .. } if tag == "9"),
+        "{r:?}"
+    );
+}
+
+/// A pulse's ON the board answers with an exception is reported `refused` with the pulse's tag
+/// (the door certainly did not open: the core undoes the grant's zone movement); one that got
+/// no answer in time is reported with `refused` false (it may have opened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pulse_is_told_apart_from_an_unanswered_one() {
+    let board = SimBoard::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let dev = spawn_device(spec(&board), fast(), tx);
+    wait_for(&mut rx, |r| matches!(r, Report::Up { .. })).await;
+    // A coil the board does not have: IllegalDataAddress.
+    let missing = palmgate::modbus::sim::SIZE as u16;
+    dev.send(Command::Pulse {
+        coil: missing,
+        hold: Duration::from_millis(100),
+        tag: "cap-1".into(),
+        timed: None,
+    })
+    .unwrap();
+    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { .. })).await;
+    assert!(
+        matches!(&r, Report::CoilFailed { coil, on: true, tag, refused: true, .. } if *coil == missing && tag == "cap-1"),
+        "{r:?}"
+    );
+    // Slower than the response timeout (300 ms): unknown.
+    board.set_write_latency(Duration::from_millis(600));
+    dev.send(Command::Pulse {
+        coil: 0,
+        hold: Duration::from_millis(100),
+        tag: "cap-2".into(),
+        timed: None,
+    })
+    .unwrap();
+    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { coil: 0, .. })).await;
+    assert!(
+        matches!(&r, Report::CoilFailed { on: true, tag, refused: false, .. } if tag == "cap-2"),
+        "{r:?}"
+    );
 }

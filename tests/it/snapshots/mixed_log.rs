@@ -357,12 +357,15 @@ pub fn mixed_log(rounds: u64) -> Vec<Vec<StreamAppend>> {
                 tag: format!("door-{n}"),
                 at: at(n),
             }),
+            // Every other one refuses the grant's pulse (undoing its zone movement).
             3 => door_events.push(Event::RelayFailed {
                 door: door.clone(),
                 device: "board-1".into(),
                 coil: 1,
-                on: false,
+                on: n % 20 == 3,
                 error: "timeout".into(),
+                tag: format!("door-{n}"),
+                refused: n % 20 == 3,
                 at: at(n),
             }),
             4 => door_events.push(Event::DoorContactChanged {
