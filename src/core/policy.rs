@@ -663,66 +663,64 @@ impl fmt::Display for PolicyError {
 impl std::error::Error for PolicyError {}
 
 impl Policy {
-    /// Parses and validates a site document; all the errors found, sorted by line.
     /// [`Policy::parse`] for a document about to be activated: [`Policy::refused`] problems
-    /// are errors too.
+    /// are errors too, reported with the document's other errors, sorted by line.
     pub fn parse_new(text: &str) -> Result<Policy, Vec<PolicyError>> {
-        let mut p = Policy::parse(text)?;
-        if p.refused.is_empty() {
-            return Ok(p);
-        }
-        p.refused.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
-        Err(p.refused)
+        Policy::parse_new_checked(text, |_, _| Vec::new())
     }
 
     /// [`Policy::parse_new`] for a document activated at `now`: a schedule that a level or an
     /// unlock window uses must open again after `now` (one whose every window lies in the past
-    /// or matches no date would deny that level, or keep that door locked, for good).
+    /// or matches no date would deny that level, or keep that door locked, for good). Checked
+    /// on the schedules that compiled even when other parts of the document have errors, so one
+    /// upload reports everything wrong with it, each with its line.
     pub fn parse_new_at(text: &str, now: DateTime<Utc>) -> Result<Policy, Vec<PolicyError>> {
-        let policy = Policy::parse_new(text)?;
-        let local = now.with_timezone(&policy.timezone);
-        let used = policy
-            .levels
-            .iter()
-            .map(|l| (&l.schedule, format!("level `{}`", l.name)))
-            .chain(policy.unlock_windows.iter().map(|u| {
-                (
-                    &u.schedule,
-                    format!("the unlock window of door `{}`", u.door),
-                )
-            }));
-        let mut errors: Vec<PolicyError> = Vec::new();
-        for (name, user) in used {
-            let Some(window) = policy.schedules.get(name) else {
-                continue;
-            };
-            if window.opens_after(&local) {
-                continue;
-            }
-            match errors
-                .iter_mut()
-                .find(|e| e.key == format!("schedules.{name}"))
-            {
-                Some(e) => e.message.push_str(&format!(", {user}")),
-                None => errors.push(PolicyError {
-                    key: format!("schedules.{name}"),
-                    line: None,
-                    message: format!(
-                        "none of its windows ({window}) opens after {} (site time): it is used \
-                         by {user}",
-                        local.format("%Y-%m-%d %H:%M:%S")
-                    ),
-                }),
-            }
+        Policy::parse_new_checked(text, |policy, lines| never_opens(policy, lines, now))
+    }
+
+    /// [`Policy::parse_new`] with `more` problems found on the policy as far as it was built
+    /// (given the line of each schedule's key).
+    fn parse_new_checked(
+        text: &str,
+        more: impl FnOnce(&Policy, &HashMap<String, usize>) -> Vec<PolicyError>,
+    ) -> Result<Policy, Vec<PolicyError>> {
+        let Parsed {
+            policy,
+            mut errors,
+            refused,
+            schedule_lines,
+        } = Policy::parse_parts(text)?;
+        errors.extend(refused);
+        // Schedules are read in the site's zone: with no valid zone, no "never opens" verdict.
+        if !errors.iter().any(|e| e.key == "timezone") {
+            errors.extend(more(&policy, &schedule_lines));
         }
         if errors.is_empty() {
-            Ok(policy)
+            return Ok(policy);
+        }
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        Err(errors)
+    }
+
+    /// Parses and validates a site document; all the errors found, sorted by line.
+    pub fn parse(text: &str) -> Result<Policy, Vec<PolicyError>> {
+        let Parsed {
+            policy,
+            mut errors,
+            refused,
+            ..
+        } = Policy::parse_parts(text)?;
+        if errors.is_empty() {
+            Ok(Policy { refused, ..policy })
         } else {
+            errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
             Err(errors)
         }
     }
 
-    pub fn parse(text: &str) -> Result<Policy, Vec<PolicyError>> {
+    /// The document built as far as it goes (complete only when `errors` is empty), or the
+    /// TOML syntax error.
+    fn parse_parts(text: &str) -> Result<Parsed, Vec<PolicyError>> {
         let root = DeTable::parse(text).map_err(|e| {
             vec![PolicyError {
                 key: String::new(),
@@ -738,17 +736,77 @@ impl Policy {
             refused: Vec::new(),
         };
         let policy = build(&mut cx);
-        if cx.errors.is_empty() {
-            Ok(Policy {
-                warnings: cx.warnings,
-                refused: cx.refused,
-                ..policy
+        let schedule_lines = policy
+            .schedules
+            .keys()
+            .filter_map(|name| {
+                cx.line_of(&[Seg::from("schedules"), Seg::from(name.as_str())])
+                    .map(|l| (name.clone(), l))
             })
-        } else {
-            cx.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
-            Err(cx.errors)
+            .collect();
+        Ok(Parsed {
+            policy: Policy {
+                warnings: cx.warnings,
+                ..policy
+            },
+            errors: cx.errors,
+            refused: cx.refused,
+            schedule_lines,
+        })
+    }
+}
+
+/// A site document as far as it could be built.
+struct Parsed {
+    policy: Policy,
+    errors: Vec<PolicyError>,
+    /// Problems that refuse a new activation only ([`Policy::refused`]).
+    refused: Vec<PolicyError>,
+    /// The line of each schedule's key.
+    schedule_lines: HashMap<String, usize>,
+}
+
+/// The schedules that a level or an unlock window of `policy` uses and that never open again
+/// after `now`, each with its line.
+fn never_opens(
+    policy: &Policy,
+    lines: &HashMap<String, usize>,
+    now: DateTime<Utc>,
+) -> Vec<PolicyError> {
+    let local = now.with_timezone(&policy.timezone);
+    let used = policy
+        .levels
+        .iter()
+        .map(|l| (&l.schedule, format!("level `{}`", l.name)))
+        .chain(policy.unlock_windows.iter().map(|u| {
+            (
+                &u.schedule,
+                format!("the unlock window of door `{}`", u.door),
+            )
+        }));
+    let mut errors: Vec<PolicyError> = Vec::new();
+    for (name, user) in used {
+        let Some(window) = policy.schedules.get(name) else {
+            continue;
+        };
+        if window.opens_after(&local) {
+            continue;
+        }
+        let key = format!("schedules.{name}");
+        match errors.iter_mut().find(|e| e.key == key) {
+            Some(e) => e.message.push_str(&format!(", {user}")),
+            None => errors.push(PolicyError {
+                key,
+                line: lines.get(name).copied(),
+                message: format!(
+                    "none of its windows ({window}) opens after {} (site time): it is used by \
+                     {user}",
+                    local.format("%Y-%m-%d %H:%M:%S")
+                ),
+            }),
         }
     }
+    errors
 }
 
 #[derive(Deserialize)]

@@ -2391,6 +2391,53 @@ fn schedules_that_never_open_are_warned_about_or_refused() {
     assert!(Policy::parse_new_at(MINI, now).is_ok());
 }
 
+/// One upload reports everything wrong with a document at once, each with its line: a shape
+/// error, a problem refused for a new activation only (a timed-pulse register past 65535) and a
+/// schedule that never opens again. Before, they came in three rounds (each kind only once the
+/// one before was fixed), and the last without a line.
+#[test]
+fn one_upload_reports_every_kind_of_problem_with_its_line() {
+    let now = DateTime::parse_from_rfc3339("2026-11-27T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let text = edit(
+        RELAY,
+        "relay = { device = \"board-1\", coil = 536 }\ndevice_timed_pulse = true",
+    )
+    .replacen(
+        "modbus = \"tcp://127.0.0.1:5020\"",
+        "modbus = \"tcp://127.0.0.1:5020\"\ntimed_pulse = { register_base = 65000, unit_ms = 100 }",
+        1,
+    )
+    .replacen(
+        "always = [\"* * * * * *\"]",
+        "always = [\"* * 8-17 * * Mon-Fri 2025\"]",
+        1,
+    )
+    .replacen("[[levels]]", "colour = \"blue\"\n\n[[levels]]", 1);
+    let errors = Policy::parse_new_at(&text, now).expect_err("refused");
+    let found: Vec<(&str, Option<usize>)> =
+        errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("doors[0].relay.coil", Some(line_with(&text, "coil = 536"))),
+            ("schedules.always", Some(line_with(&text, "always = "))),
+            ("schedules.colour", Some(line_with(&text, "colour = "))),
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors[1].message.contains("level `admin`"), "{}", errors[1]);
+    // A zone that does not parse leaves no ground to say a schedule never opens.
+    let no_zone = text.replacen("Asia/Almaty", "Mars/Olympus", 1);
+    let errors = Policy::parse_new_at(&no_zone, now).expect_err("refused");
+    assert!(errors.iter().any(|e| e.key == "timezone"), "{errors:#?}");
+    assert!(
+        errors.iter().all(|e| e.key != "schedules.always"),
+        "{errors:#?}"
+    );
+}
+
 /// Holidays as TOML dates (`2026-12-16`, unquoted) are dates; a date-time is refused with a
 /// message that says so, not "invalid type: map".
 #[test]
