@@ -71,9 +71,10 @@ pub enum RelayReport {
         /// The pulse this write served (its grant's capture id, or `exit-request`); empty for
         /// a resting-state drive.
         tag: String,
-        /// The write certainly took no effect: the board answered with an exception or read
-        /// back the coil as it was, or the write was never sent (the board was down). A
-        /// timeout or a lost link leaves it unknown (`false`).
+        /// The write certainly left the door locked: the board refused it (exception 01–03)
+        /// or it was never sent (the board was down), and the coil was off before it as far
+        /// as the relay task knows. A timeout, a lost link, another exception or a coil that
+        /// may be on leaves it unknown (`false`).
         refused: bool,
     },
     Input {

@@ -327,6 +327,24 @@ pub fn decide_door(
         // Whether the board is down decides `unopenable` and the movement.
         read.push(stream::device(&door.relay.device));
     }
+    // The person's last movement in the zone may still be undone by a refused pulse at another
+    // door (`DoorState::passages`): a report landing there in between has this decided again.
+    if let (Some((z, _)), Some(s)) = (&zone, &subject) {
+        let mut held: Vec<&DoorId> = state
+            .doors
+            .iter()
+            .filter(|(id, ds)| {
+                **id != door.id
+                    && ds
+                        .passages
+                        .iter()
+                        .any(|p| p.is_of(z, s.partner_id, &s.external_id))
+            })
+            .map(|(id, _)| id)
+            .collect();
+        held.sort();
+        read.extend(held.into_iter().map(stream::door));
+    }
     for st in read {
         let expected = state.expected(&st);
         appends.push(StreamAppend {
@@ -591,6 +609,12 @@ pub fn relay_report(
             let Some(door) = door_of_coil(device, *coil) else {
                 return Decision::new(vec![]);
             };
+            // The door stayed locked only if the log also has its relay off: a refused ON
+            // while another pulse or an unlock holds it on left it open.
+            let off = state
+                .doors
+                .get(&door.id)
+                .is_none_or(|d| !d.relay_on && !d.resting_unlocked);
             Decision::new(vec![on_door(
                 state,
                 &door.id,
@@ -601,7 +625,7 @@ pub fn relay_report(
                     on: *on,
                     error: error.clone(),
                     tag: tag.clone(),
-                    refused: *refused,
+                    refused: *refused && *on && off,
                     at: reported,
                 },
             )])
@@ -611,6 +635,9 @@ pub fn relay_report(
         }
     }
 }
+
+/// The tag of an exit button's pulse (a grant's pulse is tagged with its capture id).
+pub const EXIT_REQUEST_TAG: &str = "exit-request";
 
 /// How old an exit button's press may be when it is recorded and still pulse the door.
 pub const EXIT_REQUEST_STALE: chrono::Duration = chrono::Duration::seconds(10);
@@ -689,7 +716,7 @@ fn input_changed(
                 command: RelayCommand::Pulse {
                     coil: door.relay.coil,
                     hold_ms: door.relay.pulse_ms,
-                    tag: "exit-request".into(),
+                    tag: EXIT_REQUEST_TAG.into(),
                 },
             });
         }
@@ -818,7 +845,131 @@ pub fn set_mode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Recorded;
     use serde_json::json;
+
+    /// A person's last movement in a zone that a refused pulse at another door may still undo
+    /// (a passage held there) is read as a condition on that door's stream: the refusal
+    /// landing in between has the decision taken again (review, session 18: otherwise
+    /// `audit verify` flagged the genuine log).
+    #[test]
+    fn a_passage_held_at_another_door_is_a_read_condition() {
+        let policy = Arc::new(
+            Policy::parse(
+                r#"timezone = "UTC"
+[[relay_devices]]
+id = "board-1"
+modbus = "tcp://127.0.0.1:5020"
+[[doors]]
+id = "main"
+readers = ["main-in"]
+relay = { device = "board-1", coil = 0 }
+[[doors]]
+id = "lab"
+readers = ["lab-in"]
+relay = { device = "board-1", coil = 1 }
+[[doors]]
+id = "attic"
+readers = ["attic-in"]
+relay = { device = "board-1", coil = 2 }
+[schedules]
+always = ["* * * * * *"]
+[[levels]]
+name = "standard"
+doors = ["*"]
+schedule = "always"
+[[zones]]
+name = "building"
+entry_readers = ["main-in", "lab-in"]
+exit_readers = ["main-out"]
+anti_passback = "soft"
+"#,
+            )
+            .expect("policy"),
+        );
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let who = |e: &str| DoorSubject {
+            partner_id: PartnerId::from_random([1; 16]),
+            partner_name: "Acme".into(),
+            external_id: ExternalId(e.into()),
+            metadata: Some(json!({"access_level": "standard"})),
+        };
+        let cref = |reader: &str, id: &str| CaptureRef {
+            reader_id: ReaderId(reader.into()),
+            capture_id: id.into(),
+            quality: 0.9,
+            similarity: Some(0.9),
+            judged: None,
+        };
+        let mut state = State {
+            policy: Some(policy.clone()),
+            ..State::default()
+        };
+        let door = |id: &str| policy.door(&DoorId(id.into())).expect("door").clone();
+        // A grant at the lab, its pulse not reported yet.
+        let d = decide_door(
+            &state,
+            &policy,
+            &door("lab"),
+            &cref("lab-in", "c-1"),
+            Some(who("e-1")),
+            false,
+            now,
+        );
+        for (i, a) in d.appends.iter().enumerate() {
+            for e in &a.events {
+                state.evolve(&Recorded {
+                    position: i as u64 + 1,
+                    stream: a.stream.clone(),
+                    revision: 0,
+                    recorded_at: now,
+                    event: e.clone(),
+                    prev_hash: [0; 32],
+                    hash: [0; 32],
+                });
+            }
+        }
+        let conditions = |d: &Decision| -> Vec<String> {
+            d.appends
+                .iter()
+                .filter(|a| a.events.is_empty())
+                .map(|a| a.stream.clone())
+                .collect()
+        };
+        let lab = stream::door(&DoorId("lab".into()));
+        // The same person at the main door, in the same zone: the lab's stream is read.
+        let d = decide_door(
+            &state,
+            &policy,
+            &door("main"),
+            &cref("main-in", "c-2"),
+            Some(who("e-1")),
+            false,
+            now,
+        );
+        assert!(conditions(&d).contains(&lab), "{:?}", conditions(&d));
+        // Someone else, or a door in no zone: not.
+        let d = decide_door(
+            &state,
+            &policy,
+            &door("main"),
+            &cref("main-in", "c-3"),
+            Some(who("e-2")),
+            false,
+            now,
+        );
+        assert!(!conditions(&d).contains(&lab), "{:?}", conditions(&d));
+        let d = decide_door(
+            &state,
+            &policy,
+            &door("attic"),
+            &cref("attic-in", "c-4"),
+            Some(who("e-1")),
+            false,
+            now,
+        );
+        assert!(!conditions(&d).contains(&lab), "{:?}", conditions(&d));
+    }
 
     /// `is_decision_metadata(m, r)` answers exactly `decision_metadata(m) == r`.
     #[test]

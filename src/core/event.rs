@@ -407,10 +407,12 @@ pub enum Event {
         /// Absent for resting drives, and in logs from before it was recorded.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         tag: String,
-        /// The write certainly took no effect (the board refused it, or it was never sent): a
-        /// pulse's ON refused undoes the zone movement of the grant it served, whose person did
-        /// not pass (`DoorState::passage`). Absent when unknown (a timeout, a lost link) and in
-        /// logs from before it was recorded.
+        /// The door certainly stayed locked: the board refused the write (exception 01–03) or it
+        /// was never sent, and the coil was off before it as the relay task and the log both
+        /// have it. A pulse's ON refused undoes the zone movement of the grant it served, whose
+        /// person did not pass (`DoorState::passages`). Absent when unknown (a timeout, a lost
+        /// link, another exception, the door already open) and in logs from before it was
+        /// recorded.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         refused: bool,
         #[serde(deserialize_with = "utc::deserialize")]

@@ -183,16 +183,22 @@ pub struct DoorState {
     pub released_until: Option<DateTime<Utc>>,
     /// The last decision at this door.
     pub last_decision: Option<LastDecision>,
-    /// The zone movement of the last grant here whose pulse the board has not yet confirmed:
-    /// a pulse the board refused (`RelayFailed` `refused`, with the grant's capture id as its
-    /// tag) undoes it, since the person did not pass. Ends with the pulse's ON, or when a
-    /// later movement of the same person in that zone supersedes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub passage: Option<Passage>,
+    /// The zone movements of the grants here whose pulse the board has not yet reported, oldest
+    /// first: a pulse the board refused (`RelayFailed` `refused`, with the grant's capture id
+    /// as its tag) undoes its grant's movement, since the person did not pass. Each ends with
+    /// its pulse's report (ON, refused, or failed without knowing), or when a later movement
+    /// of the same person in that zone supersedes it; at most [`MAX_PASSAGES`] are held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passages: Vec<Passage>,
 }
 
-/// A grant's zone movement, held at its door until the board confirms the pulse
-/// ([`DoorState::passage`]).
+/// How many unreported passages a door holds at most; the oldest goes first (its pulse's
+/// report is long overdue: the board answers within its response timeout, or is reported
+/// down).
+pub const MAX_PASSAGES: usize = 16;
+
+/// A grant's zone movement, held at its door until the board reports the pulse
+/// ([`DoorState::passages`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Passage {
     /// The grant's capture id: the pulse's tag.
@@ -206,6 +212,30 @@ pub struct Passage {
 }
 
 impl Passage {
+    /// Whether this is the movement of person (`partner_id`, `external_id`) in `zone`.
+    pub fn is_of(&self, zone: &str, partner_id: PartnerId, external_id: &ExternalId) -> bool {
+        self.zone == zone && self.partner_id == partner_id && self.external_id == *external_id
+    }
+
+    /// The pulse tagged `tag` was reported: the passage of the grant it served, taken out of
+    /// its door's `passages` if held there. The exit button's pulses serve no grant.
+    pub fn take(passages: &mut Vec<Passage>, tag: &str) -> Option<Passage> {
+        if tag == super::doors::EXIT_REQUEST_TAG {
+            return None;
+        }
+        let i = passages.iter().position(|p| p.capture_id == tag)?;
+        Some(passages.remove(i))
+    }
+
+    /// Holds this passage in its door's `passages`, after the ones there (at most
+    /// [`MAX_PASSAGES`]: the oldest goes).
+    pub fn hold(self, passages: &mut Vec<Passage>) {
+        if passages.len() >= MAX_PASSAGES {
+            passages.remove(0);
+        }
+        passages.push(self);
+    }
+
     /// The grant's pulse was refused: the person did not pass, so their last movement in the
     /// zone is the one before, unless something else changed it since (an erasure that
     /// cleared their zones).
@@ -1283,8 +1313,8 @@ impl State {
                 ds.relay_on = *on;
                 ds.relay_fault = None;
                 // The pulse started: the person could pass.
-                if *on && ds.passage.as_ref().is_some_and(|p| p.capture_id == *tag) {
-                    ds.passage = None;
+                if *on {
+                    Passage::take(&mut ds.passages, tag);
                 }
             }
             Event::RelayFailed {
@@ -1297,9 +1327,12 @@ impl State {
             } => {
                 let ds = self.doors.entry(door.clone()).or_default();
                 ds.relay_fault = Some(error.clone());
-                if *on && *refused && ds.passage.as_ref().is_some_and(|p| p.capture_id == *tag) {
-                    let p = ds.passage.take().expect("checked");
-                    self.undo_passage(p);
+                // Refused: the person did not pass. Otherwise unknown: the movement stands.
+                if *on
+                    && let Some(p) = Passage::take(&mut ds.passages, tag)
+                    && *refused
+                {
+                    p.undo(&mut self.zone_last);
                 }
             }
             Event::DeviceStatusChanged {
@@ -1339,8 +1372,8 @@ impl State {
         }
     }
 
-    /// A grant's zone movement: recorded in `zone_last`, and held at the door as its passage
-    /// until the pulse is confirmed. A passage elsewhere for the same person and zone is
+    /// A grant's zone movement: recorded in `zone_last`, and held at the door as a passage
+    /// until its pulse is reported. A passage anywhere for the same person and zone is
     /// superseded (undoing it later would undo this movement).
     fn moved(
         &mut self,
@@ -1355,11 +1388,8 @@ impl State {
             direction,
         );
         for ds in self.doors.values_mut() {
-            if ds.passage.as_ref().is_some_and(|p| {
-                p.zone == zone && p.partner_id == who.partner_id && p.external_id == who.external_id
-            }) {
-                ds.passage = None;
-            }
+            ds.passages
+                .retain(|p| !p.is_of(&zone, who.partner_id, &who.external_id));
         }
         let passage = Passage {
             capture_id: capture_id.to_string(),
@@ -1370,21 +1400,17 @@ impl State {
             before,
         };
         match self.doors.get_mut(door) {
-            Some(ds) => ds.passage = Some(passage),
+            Some(ds) => passage.hold(&mut ds.passages),
             None => {
                 self.doors.insert(
                     door.clone(),
                     DoorState {
-                        passage: Some(passage),
+                        passages: vec![passage],
                         ..DoorState::default()
                     },
                 );
             }
         }
-    }
-
-    fn undo_passage(&mut self, p: Passage) {
-        p.undo(&mut self.zone_last);
     }
 
     fn set_due(&mut self, id: &str, next: Option<DateTime<Utc>>) {
@@ -1680,33 +1706,35 @@ mod evolve_take_tests {
     }
 }
 
-/// A grant's zone movement held at its door until the pulse is confirmed, undone when the
-/// board refuses the pulse (`DoorState::passage`).
+/// A grant's zone movement held at its door until its pulse is reported, undone when the
+/// board refused the pulse (`DoorState::passages`).
 #[cfg(test)]
 mod passage_tests {
     use super::*;
     use crate::core::event::DoorSubject;
     use crate::core::policy::{SiteMode, Verdict};
+    use Direction::{Entry, Exit};
 
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
     }
 
-    fn who() -> DoorSubject {
+    fn who(e: &str) -> DoorSubject {
         DoorSubject {
             partner_id: PartnerId::from_random([1; 16]),
             partner_name: "Acme".into(),
-            external_id: ExternalId("e-1".into()),
+            external_id: ExternalId(e.into()),
             metadata: None,
         }
     }
 
-    fn grant(door: &str, capture: &str, dir: Direction) -> Event {
+    /// `e-N` granted at `door` (capture `capture`), moving `dir` in zone "building".
+    fn grant(door: &str, capture: &str, e: &str, dir: Direction) -> Event {
         Event::DoorDecided {
             door: DoorId(door.into()),
             reader_id: ReaderId(format!("{door}-reader")),
             capture_id: capture.into(),
-            subject: Some(who()),
+            subject: Some(who(e)),
             erased: false,
             similarity: Some(0.9),
             quality: None,
@@ -1748,10 +1776,10 @@ mod passage_tests {
         }
     }
 
-    fn erased() -> Event {
+    fn erased(e: &str) -> Event {
         Event::UserErased {
-            partner_id: who().partner_id,
-            external_id: who().external_id,
+            partner_id: who(e).partner_id,
+            external_id: who(e).external_id,
             at: at(0),
             clears_zones: true,
         }
@@ -1759,8 +1787,8 @@ mod passage_tests {
 
     /// Folds `events` into a fresh state by both `evolve` and `evolve_take`, checking after
     /// each that the two agree and that the snapshot gives the state back; after event `i`,
-    /// the person's last movement must be `want[i]`.
-    fn fold(events: Vec<Event>, want: &[Option<Direction>]) {
+    /// the last movements of `e-1` and `e-2` must be `want[i]`.
+    fn fold(events: Vec<Event>, want: &[(Option<Direction>, Option<Direction>)]) {
         assert_eq!(events.len(), want.len());
         let (mut by_ref, mut owned) = (State::default(), State::default());
         for (i, (event, want)) in events.into_iter().zip(want).enumerate() {
@@ -1779,72 +1807,128 @@ mod passage_tests {
             assert_eq!(bytes, crate::core::snapshot::encode(&owned), "event {i}");
             let back = crate::core::snapshot::decode(&bytes, Rules::default()).expect("decodes");
             assert_eq!(back, by_ref, "event {i}: the snapshot gives the state back");
-            let key = ("building".to_string(), who().partner_id, who().external_id);
-            assert_eq!(by_ref.zone_last.get(&key), want.as_ref(), "after event {i}");
+            let last = |e: &str| {
+                let key = (
+                    "building".to_string(),
+                    who(e).partner_id,
+                    who(e).external_id,
+                );
+                by_ref.zone_last.get(&key).copied()
+            };
+            assert_eq!((last("e-1"), last("e-2")), *want, "after event {i}");
         }
     }
 
     #[test]
     fn a_refused_pulse_undoes_its_grants_movement() {
-        use Direction::{Entry, Exit};
         fold(
             vec![
-                grant("main", "c-1", Entry),
-                // Unknown outcome (a timeout), another pulse's tag, a failed OFF: no undo.
-                failed("main", "c-1", true, false),
+                grant("main", "c-1", "e-1", Entry),
+                // Another pulse's tag, a failed OFF, the exit button's pulse: no undo.
                 failed("main", "c-9", true, true),
                 failed("main", "c-1", false, true),
+                failed("main", "exit-request", true, true),
                 // Refused: back to no movement at all.
                 failed("main", "c-1", true, true),
                 // Confirmed: a later refusal with its tag changes nothing.
-                grant("main", "c-2", Entry),
+                grant("main", "c-2", "e-1", Entry),
                 switched("main", "c-2"),
                 failed("main", "c-2", true, true),
-                // Refused with a movement before it: back to that one.
-                grant("main", "c-3", Exit),
+                // Failed without knowing (a timeout): the movement stands, and a later
+                // refusal of the same pulse is no longer matched.
+                grant("main", "c-3", "e-1", Exit),
+                failed("main", "c-3", true, false),
                 failed("main", "c-3", true, true),
+                // Refused with a movement before it: back to that one.
+                grant("main", "c-4", "e-1", Entry),
+                failed("main", "c-4", true, true),
             ],
             &[
-                Some(Entry),
-                Some(Entry),
-                Some(Entry),
-                Some(Entry),
-                None,
-                Some(Entry),
-                Some(Entry),
-                Some(Entry),
-                Some(Exit),
-                Some(Entry),
+                (Some(Entry), None),
+                (Some(Entry), None),
+                (Some(Entry), None),
+                (Some(Entry), None),
+                (None, None),
+                (Some(Entry), None),
+                (Some(Entry), None),
+                (Some(Entry), None),
+                (Some(Exit), None),
+                (Some(Exit), None),
+                (Some(Exit), None),
+                (Some(Entry), None),
+                (Some(Exit), None),
             ],
+        );
+    }
+
+    /// Two grants at one door before either pulse is reported (review, session 18: one slot
+    /// per door lost the first): each refusal undoes its own grant's movement.
+    #[test]
+    fn every_unreported_grant_at_a_door_is_held() {
+        fold(
+            vec![
+                grant("main", "c-1", "e-1", Entry),
+                grant("main", "c-2", "e-2", Entry),
+                failed("main", "c-1", true, true),
+                failed("main", "c-2", true, true),
+            ],
+            &[
+                (Some(Entry), None),
+                (Some(Entry), Some(Entry)),
+                (None, Some(Entry)),
+                (None, None),
+            ],
+        );
+        // At most MAX_PASSAGES are held: the oldest goes.
+        let mut events: Vec<Event> = (0..=MAX_PASSAGES)
+            .map(|i| grant("main", &format!("c-{i}"), &format!("p-{i}"), Entry))
+            .collect();
+        events.push(failed("main", "c-0", true, true));
+        let mut s = State::default();
+        for (i, event) in events.into_iter().enumerate() {
+            s.evolve(&Recorded {
+                position: i as u64 + 1,
+                stream: format!("s-{i}"),
+                revision: 0,
+                recorded_at: at(0),
+                event,
+                prev_hash: [0; 32],
+                hash: [0; 32],
+            });
+        }
+        assert_eq!(s.doors[&DoorId("main".into())].passages.len(), MAX_PASSAGES);
+        assert_eq!(
+            s.zone_last.len(),
+            MAX_PASSAGES + 1,
+            "c-0 was no longer held"
         );
     }
 
     #[test]
     fn a_refusal_undoes_nothing_that_came_after_its_grant() {
-        use Direction::{Entry, Exit};
         fold(
             vec![
-                grant("main", "c-1", Entry),
+                grant("main", "c-1", "e-1", Entry),
                 switched("main", "c-1"),
                 // A later movement of the same person at another door supersedes the passage
                 // (the same direction: soft anti-passback grants one, flagged).
-                grant("main", "c-2", Exit),
-                grant("lab", "c-3", Exit),
+                grant("main", "c-2", "e-1", Exit),
+                grant("lab", "c-3", "e-1", Exit),
                 failed("main", "c-2", true, true),
                 // An erasure that cleared their zones is not undone by a refusal after it.
-                grant("main", "c-4", Exit),
-                erased(),
+                grant("main", "c-4", "e-1", Exit),
+                erased("e-1"),
                 failed("main", "c-4", true, true),
             ],
             &[
-                Some(Entry),
-                Some(Entry),
-                Some(Exit),
-                Some(Exit),
-                Some(Exit),
-                Some(Exit),
-                None,
-                None,
+                (Some(Entry), None),
+                (Some(Entry), None),
+                (Some(Exit), None),
+                (Some(Exit), None),
+                (Some(Exit), None),
+                (Some(Exit), None),
+                (None, None),
+                (None, None),
             ],
         );
     }

@@ -20,7 +20,7 @@
 
 pub mod sim;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -140,6 +140,9 @@ struct Device {
     coil_retry: HashMap<u16, Duration>,
     /// Inputs the board refuses to read: logged once, read again later.
     input_faults: HashMap<u16, InputFault>,
+    /// Coils whose current pulse started from OFF ([`Device::known_off`]): a refused ON write
+    /// for it left the door locked.
+    from_off: HashSet<u16>,
 }
 
 /// The failure last reported for a coil.
@@ -170,12 +173,31 @@ enum Fault {
     /// The board answered, but not as asked: an exception for a coil or input (e.g. one it
     /// does not have), or a coil that reads back wrong. Only that coil or input is affected.
     Point(String),
+    /// A [`Fault::Point`] that says the request was not carried out: exception 01–03 (illegal
+    /// function, address or value). Others (a gateway's "target did not respond", "acknowledge",
+    /// "busy", "device failure") leave it unknown.
+    Refused(String),
+}
+
+impl Fault {
+    /// Only that coil or input is affected (the link is fine).
+    fn is_point(&self) -> bool {
+        !matches!(self, Fault::Link(_))
+    }
+
+    /// After a write the board took: whatever fails next, the write itself was carried out.
+    fn after_accepted(self) -> Fault {
+        match self {
+            Fault::Refused(e) => Fault::Point(e),
+            other => other,
+        }
+    }
 }
 
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Fault::Link(e) | Fault::Point(e) => f.write_str(e),
+            Fault::Link(e) | Fault::Point(e) | Fault::Refused(e) => f.write_str(e),
         }
     }
 }
@@ -229,7 +251,16 @@ async fn timed<T>(
     match tokio::time::timeout(d, f).await {
         Err(_) => Err(Fault::Link("no answer (timeout)".into())),
         Ok(Err(e)) => Err(Fault::Link(e.to_string())),
-        Ok(Ok(Err(code))) => Err(Fault::Point(format!("device exception {code:?}"))),
+        Ok(Ok(Err(code))) => {
+            use tokio_modbus::ExceptionCode::{
+                IllegalDataAddress, IllegalDataValue, IllegalFunction,
+            };
+            let e = format!("device exception {code:?}");
+            Err(match code {
+                IllegalFunction | IllegalDataAddress | IllegalDataValue => Fault::Refused(e),
+                _ => Fault::Point(e),
+            })
+        }
         Ok(Ok(Ok(v))) => Ok(v),
     }
 }
@@ -249,7 +280,16 @@ impl Device {
             coil_faults: HashMap::new(),
             coil_retry: HashMap::new(),
             input_faults: HashMap::new(),
+            from_off: HashSet::new(),
         }
+    }
+
+    /// Whether `coil` is off as far as this task knows: no pulse of it running, its resting
+    /// state locked, and its last write not a failed OFF.
+    fn known_off(&self, coil: u16) -> bool {
+        !self.pulsing.contains_key(&coil)
+            && !self.wanted.get(&coil).copied().unwrap_or(false)
+            && self.coil_faults.get(&coil).is_none_or(|f| f.on)
     }
 
     fn report(&self, r: Report) {
@@ -309,6 +349,11 @@ impl Device {
                 tag,
                 timed,
             } => {
+                if self.known_off(coil) {
+                    self.from_off.insert(coil);
+                } else {
+                    self.from_off.remove(&coil);
+                }
                 self.wanted.entry(coil).or_insert(false);
                 self.offs.retain(|(_, c), _| *c != coil);
                 let check = match timed {
@@ -386,7 +431,8 @@ impl Device {
                                 on: true,
                                 error: format!("device down (pulse {tag} dropped)"),
                                 tag: tag.clone(),
-                                refused: true,
+                                // Never sent; but a coil left on when the link went stays on.
+                                refused: self.known_off(*coil),
                             });
                             continue;
                         }
@@ -417,7 +463,9 @@ impl Device {
     /// A coil did not do as asked: reported unless it is the failure last reported for it (a
     /// retry failing the same way adds nothing to the log).
     fn coil_failed(&mut self, coil: u16, on: bool, tag: &str, fault: &Fault) {
-        let refused = matches!(fault, Fault::Point(_));
+        // The door certainly stayed locked: the board refused the write itself, and the coil
+        // was off before it (no other pulse running, not resting unlocked, no failed OFF).
+        let refused = matches!(fault, Fault::Refused(_)) && on && self.from_off.contains(&coil);
         let fault = CoilFault {
             on,
             tag: tag.to_string(),
@@ -498,7 +546,11 @@ impl Device {
         )
         .await
         {
-            Ok(()) => timed(self.timing.response, ctx.read_coils(coil, 1)).await,
+            // The board took the write: whatever the read-back says, it may be timing the
+            // pulse (so no failure from here on is `refused`).
+            Ok(()) => timed(self.timing.response, ctx.read_coils(coil, 1))
+                .await
+                .map_err(Fault::after_accepted),
             Err(e) => Err(e),
         };
         match started {
@@ -511,8 +563,7 @@ impl Device {
                     "coil still reads OFF after the timed-pulse write to register {register}"
                 )),
             ),
-            Err(Fault::Point(e)) => {
-                let fault = Fault::Point(e);
+            Err(fault) if fault.is_point() => {
                 self.coil_failed(coil, true, &tag, &fault);
                 return Err(fault);
             }
@@ -543,11 +594,11 @@ impl Device {
     ) -> Result<(), String> {
         match self.write(ctx, coil, on, tag.clone()).await {
             Ok(()) => Ok(()),
-            Err(Fault::Point(_)) => {
+            Err(f) if f.is_point() => {
                 self.retry_later(coil, tag);
                 Ok(())
             }
-            Err(Fault::Link(e)) => Err(e),
+            Err(f) => Err(f.to_string()),
         }
     }
 
@@ -570,8 +621,9 @@ impl Device {
                 }
                 // The gateway ends it: OFF with read-back (which reports what the board
                 // refuses).
-                Ok(false) | Err(Fault::Point(_)) => {}
-                Err(Fault::Link(e)) => return Err(e),
+                Ok(false) => {}
+                Err(f) if f.is_point() => {}
+                Err(f) => return Err(f.to_string()),
             }
         }
         match self.write(ctx, coil, rest, tag.clone()).await {
@@ -580,12 +632,12 @@ impl Device {
                 Ok(())
             }
             // Keep trying until the door is locked.
-            Err(Fault::Point(_)) => {
+            Err(f) if f.is_point() => {
                 self.retry_later(coil, tag);
                 Ok(())
             }
             // The reconnection drives every coil to its resting state.
-            Err(Fault::Link(e)) => Err(e),
+            Err(f) => Err(f.to_string()),
         }
     }
 
@@ -648,9 +700,9 @@ impl Device {
                         match self.drive(ctx, coil, on, tag.clone()).await {
                             Ok(()) => {}
                             // A refused pulse: its end drives the resting state, as always.
-                            Err(Fault::Point(_)) if self.pulsing.contains_key(&coil) => {}
-                            Err(Fault::Point(_)) => self.retry_later(coil, tag),
-                            Err(Fault::Link(e)) => return Ended::Lost(e),
+                            Err(f) if f.is_point() && self.pulsing.contains_key(&coil) => {}
+                            Err(f) if f.is_point() => self.retry_later(coil, tag),
+                            Err(f) => return Ended::Lost(f.to_string()),
                         }
                     }
                 }
@@ -725,8 +777,8 @@ impl Device {
                         });
                     }
                 }
-                Err(Fault::Point(error)) => self.input_refused(input, error),
-                Err(Fault::Link(e)) => return Err(e),
+                Err(f) if f.is_point() => self.input_refused(input, f.to_string()),
+                Err(f) => return Err(f.to_string()),
             }
         }
         Ok(())

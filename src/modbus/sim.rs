@@ -29,6 +29,8 @@ struct Board {
     timer_of: std::collections::HashMap<u16, u64>,
     /// How long the board takes to answer a write (done at once, answered after).
     write_latency: std::time::Duration,
+    /// Coils whose writes are answered with this exception (and not done).
+    refuse: std::collections::HashMap<u16, ExceptionCode>,
 }
 
 #[derive(Clone)]
@@ -53,6 +55,9 @@ impl tokio_modbus::server::Service for Service {
             (a + n <= SIZE).then_some(a..a + n)
         };
         let answer = match req {
+            Request::WriteSingleCoil(addr, _) if b.refuse.contains_key(&addr) => {
+                Err(b.refuse[&addr])
+            }
             Request::WriteSingleCoil(addr, on) if usize::from(addr) < SIZE => {
                 // A direct write overrides the coil's pulse timer, as on real boards.
                 b.timer_of.remove(&addr);
@@ -230,6 +235,16 @@ impl SimBoard {
         } else {
             b.stuck.remove(&n);
         }
+    }
+
+    /// From now on writes to coil `n` are answered with `exception` and not done (`None`: done
+    /// again).
+    pub fn answer_writes(&self, n: u16, exception: Option<ExceptionCode>) {
+        let mut b = self.board.lock().expect("lock");
+        match exception {
+            Some(e) => b.refuse.insert(n, e),
+            None => b.refuse.remove(&n),
+        };
     }
 
     /// Every coil write so far: (when, coil, value).

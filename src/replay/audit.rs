@@ -929,6 +929,22 @@ fn check_event(
                 ));
             }
         }
+        // A pulse recorded as refused undoes its grant's zone movement: only honest when the
+        // log had the door's relay off (a refusal while it was on left the door open).
+        Event::RelayFailed {
+            door,
+            on: true,
+            refused: true,
+            ..
+        } if state
+            .doors
+            .get(door)
+            .is_some_and(|d| d.relay_on || d.resting_unlocked) =>
+        {
+            problem(format!(
+                "door {door}: a pulse recorded as refused (undoing its grant's zone movement), but the log has the door's relay on or resting unlocked then"
+            ));
+        }
         // A relay switched ON that the log asked for: a granting decision's or exit request's
         // pulse, or the door's resting unlock (window, emergency). OFF locks: never a finding.
         Event::RelaySwitched {
@@ -1372,10 +1388,10 @@ fn rejection_str(r: CaptureRejection) -> String {
 /// external id), as the gateway's state keeps it (`State::zone_last`).
 type ZoneLast = HashMap<(String, PartnerId, ExternalId), Direction>;
 
-/// The movement of each door's last re-derived grant, until the log confirms its pulse or
-/// records it refused (then undone, as the state does: `DoorState::passage`). Keyed by the
-/// door the log recorded, whose relay it is.
-type Passages = HashMap<DoorId, Passage>;
+/// The movements of each door's re-derived grants, until the log reports their pulse (undone
+/// when refused, as the state does: `DoorState::passages`). Keyed by the door the log
+/// recorded, whose relay it is.
+type Passages = HashMap<DoorId, Vec<Passage>>;
 
 /// A door scan decided again under `policy` as the gateway would have decided it: at the door
 /// `policy` binds the reader to, with the anti-passback state `zone_last` (kept under
@@ -1437,20 +1453,18 @@ fn redecide(
         && let (Some((z, dir)), Some(s)) = (zone, subject)
     {
         let before = zone_last.insert(key(z, s), dir);
-        passages.retain(|_, p| {
-            !(p.zone == z && p.partner_id == s.partner_id && p.external_id == s.external_id)
-        });
-        passages.insert(
-            recorded_door.clone(),
-            Passage {
-                capture_id: capture_id.clone(),
-                zone: z.to_owned(),
-                partner_id: s.partner_id,
-                external_id: s.external_id.clone(),
-                direction: dir,
-                before,
-            },
-        );
+        for held in passages.values_mut() {
+            held.retain(|p| !p.is_of(z, s.partner_id, &s.external_id));
+        }
+        Passage {
+            capture_id: capture_id.clone(),
+            zone: z.to_owned(),
+            partner_id: s.partner_id,
+            external_id: s.external_id.clone(),
+            direction: dir,
+            before,
+        }
+        .hold(passages.entry(recorded_door.clone()).or_default());
     }
     Some(Some(verdict))
 }
@@ -1523,17 +1537,21 @@ pub fn what_if(
                     on: true,
                     tag,
                     ..
-                } if passages.get(door).is_some_and(|p| p.capture_id == *tag) => {
-                    passages.remove(door);
+                } => {
+                    if let Some(held) = passages.get_mut(door) {
+                        Passage::take(held, tag);
+                    }
                 }
                 Event::RelayFailed {
                     door,
                     on: true,
-                    refused: true,
+                    refused,
                     tag,
                     ..
-                } if passages.get(door).is_some_and(|p| p.capture_id == *tag) => {
-                    if let Some(p) = passages.remove(door) {
+                } => {
+                    if let Some(p) = passages.get_mut(door).and_then(|h| Passage::take(h, tag))
+                        && *refused
+                    {
                         p.undo(&mut zone_last);
                     }
                 }

@@ -868,6 +868,58 @@ async fn what_if_an_erasure_ends_the_persons_zone_presence() {
     assert_eq!(changes(&log, &positions, &site, None), (3, vec![]));
 }
 
+/// A refusal while the log has the door's relay on (another pulse holds it) left the door
+/// open: the gateway records it without `refused`, and a forger who adds the flag (undoing
+/// the grant's zone movement, so the palm can be passed back) is caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulse_forged_as_refused_while_the_relay_was_on_is_caught() {
+    let site = lobby_zoned("lobby-in", "lobby-out");
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        ..
+    } = enrolled_with(
+        &site,
+        std::sync::Arc::new(palmgate::app::clock::SystemClock),
+    )
+    .await;
+    app.reader_message(ReaderId("lobby-in".into()), capture("alice", 300, "walk-0"))
+        .await
+        .unwrap();
+    let relay = |report| app.execute(palmgate::core::Command::relay(report));
+    relay(palmgate::core::RelayReport::Coil {
+        device: "board-1".into(),
+        coil: 0,
+        on: true,
+        tag: "walk-0".into(),
+    })
+    .await
+    .unwrap();
+    relay(palmgate::core::RelayReport::CoilFailed {
+        device: "board-1".into(),
+        coil: 0,
+        on: true,
+        error: "device exception IllegalDataValue".into(),
+        tag: "walk-0".into(),
+        refused: true,
+    })
+    .await
+    .unwrap();
+    drop(server);
+    app.close();
+    drop(app);
+    let log = Log { dir, config };
+    let (pos, data) = first_row(&log.db(), "RelayFailed");
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    assert!(v.get("refused").is_none(), "the relay was on: {v}");
+    let r = audit::verify(&store(&log.db())).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    v["refused"] = json!(true);
+    forged_is_caught(&log.db(), pos, &v, &["refused", "relay on"]);
+}
+
 /// A grant whose pulse the board refused is no entry in the candidate's zones either (as the
 /// state fold has it, `DoorState::passage`): the entry after it is granted again under the
 /// policy in force, so what-if reports nothing changed.

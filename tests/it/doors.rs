@@ -1799,14 +1799,13 @@ async fn hard_anti_passback_denies_a_second_entry_until_an_exit() {
     assert_eq!(r["granted"], true, "entry after the exit: {r}");
 }
 
-/// A grant whose pulse the board refuses (here: a door wired to a coil the board does not
-/// have, answered with an exception) is no entry: `RelayFailed` names the grant's capture and
-/// says `refused`, the movement is undone, and the person is let in at another entrance.
-/// Before, the movement stood and hard anti-passback refused them there.
+/// A grant whose pulse the board refuses (an exception that says the write was not done, with
+/// the coil off before it) is no entry: `RelayFailed` names the grant's capture and says
+/// `refused`, the movement is undone, and the person is let in at another entrance. Before,
+/// the movement stood and hard anti-passback refused them there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_whose_pulse_the_board_refused_is_no_entry() {
     let board = new_board().await;
-    let missing = palmgate::modbus::sim::SIZE;
     let mut layout = zone_site("hard");
     layout.standard_doors = r#""main", "exit", "side""#.into();
     layout.extra = layout
@@ -1817,14 +1816,17 @@ async fn a_grant_whose_pulse_the_board_refused_is_no_entry() {
         )
         .replace(
             "[[zones]]",
-            &format!(
-                "[[doors]]\nid = \"side\"\nreaders = [\"side-1\"]\nrelay = {{ device = \"board-1\", coil = {missing}, pulse_ms = 400 }}\n\n[[zones]]"
-            ),
+            "[[doors]]\nid = \"side\"\nreaders = [\"side-1\"]\nrelay = { device = \"board-1\", coil = 5, pulse_ms = 400 }\n\n[[zones]]",
         );
     let doc = site_doc(&board.url(), &layout);
     let site = start_with(board, vec![], &doc).await;
     site.enroll("alice", "alice", json!({"access_level": "standard"}))
         .await;
+    // Locked at start-up, then the board starts refusing that coil's writes.
+    site.wait_event("RelaySwitched", |d| d["door"] == "side" && d["on"] == false)
+        .await;
+    site.board
+        .answer_writes(5, Some(tokio_modbus::ExceptionCode::IllegalDataValue));
     let mut side = site.reader("side-1", "alice", 1).await;
     let mut entry = site.reader("lobby-1", "alice", 2).await;
 

@@ -288,6 +288,82 @@ async fn a_refused_pulse_is_told_apart_from_an_unanswered_one() {
         matches!(&r, Report::CoilFailed { coil, on: true, tag, refused: true, .. } if *coil == missing && tag == "cap-1"),
         "{r:?}"
     );
+    // An exception that does not say the write was not done (a gateway's "target device
+    // failed to respond"): unknown.
+    board.answer_writes(3, Some(tokio_modbus::ExceptionCode::GatewayTargetDevice));
+    dev.send(Command::Pulse {
+        coil: 3,
+        hold: Duration::from_millis(100),
+        tag: "cap-3".into(),
+        timed: None,
+    })
+    .unwrap();
+    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { coil: 3, .. })).await;
+    assert!(
+        matches!(&r, Report::CoilFailed { on: true, tag, refused: false, .. } if tag == "cap-3"),
+        "{r:?}"
+    );
+    // Refused while the coil is on (another pulse running): the door was open anyway.
+    dev.send(Command::Pulse {
+        coil: 4,
+        hold: Duration::from_millis(1500),
+        tag: "cap-4".into(),
+        timed: None,
+    })
+    .unwrap();
+    wait_for(&mut rx, |r| {
+        matches!(
+            r,
+            Report::Coil {
+                coil: 4,
+                on: true,
+                ..
+            }
+        )
+    })
+    .await;
+    board.answer_writes(4, Some(tokio_modbus::ExceptionCode::IllegalDataValue));
+    dev.send(Command::Pulse {
+        coil: 4,
+        hold: Duration::from_millis(100),
+        tag: "cap-5".into(),
+        timed: None,
+    })
+    .unwrap();
+    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { coil: 4, .. })).await;
+    assert!(
+        matches!(&r, Report::CoilFailed { on: true, tag, refused: false, .. } if tag == "cap-5"),
+        "{r:?}"
+    );
+    // The same refusal with the coil off: certainly locked.
+    board.answer_writes(5, Some(tokio_modbus::ExceptionCode::IllegalDataValue));
+    dev.send(Command::Pulse {
+        coil: 5,
+        hold: Duration::from_millis(100),
+        tag: "cap-6".into(),
+        timed: None,
+    })
+    .unwrap();
+    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { coil: 5, .. })).await;
+    assert!(
+        matches!(&r, Report::CoilFailed { on: true, tag, refused: true, .. } if tag == "cap-6"),
+        "{r:?}"
+    );
+    // A board-timed pulse whose register write the board took but whose coil reads back OFF:
+    // it may still be timing it, so unknown.
+    board.stick(6, true);
+    dev.send(Command::Pulse {
+        coil: 6,
+        hold: Duration::from_millis(300),
+        tag: "cap-7".into(),
+        timed: Some((palmgate::modbus::sim::TIMED_BASE + 6, 3)),
+    })
+    .unwrap();
+    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { coil: 6, .. })).await;
+    assert!(
+        matches!(&r, Report::CoilFailed { on: true, tag, refused: false, .. } if tag == "cap-7"),
+        "{r:?}"
+    );
     // Slower than the response timeout (300 ms): unknown.
     board.set_write_latency(Duration::from_millis(600));
     dev.send(Command::Pulse {
