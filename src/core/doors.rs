@@ -609,12 +609,10 @@ pub fn relay_report(
             let Some(door) = door_of_coil(device, *coil) else {
                 return Decision::new(vec![]);
             };
-            // The door stayed locked only if the log also has its relay off: a refused ON
-            // while another pulse or an unlock holds it on left it open.
-            let off = state
-                .doors
-                .get(&door.id)
-                .is_none_or(|d| !d.relay_on && !d.resting_unlocked);
+            // The door stayed shut only if the log also has it so: its relay off (a refused ON
+            // while another pulse or an unlock held it on left it open) and, for a door with a
+            // contact, the door closed (one standing open let anyone through).
+            let off = state.doors.get(&door.id).is_none_or(|d| d.held_shut());
             Decision::new(vec![on_door(
                 state,
                 &door.id,

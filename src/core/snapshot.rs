@@ -68,7 +68,9 @@ use std::sync::Arc;
 ///    without a judged palm marks trigger `X`.
 /// 12: a grant's zone movement is held at its door (`DoorState::passage`) until the board
 ///    confirms the pulse; a pulse the board refused (`RelayFailed` `refused`) undoes it.
-pub const SCHEMA: u32 = 12;
+/// 13: every unreported grant at a door is held (`DoorState::passages`), and any report of
+///    its pulse resolves it (12 held one per door; never released).
+pub const SCHEMA: u32 = 13;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -192,6 +192,14 @@ pub struct DoorState {
     pub passages: Vec<Passage>,
 }
 
+impl DoorState {
+    /// As the log has it: the relay off, not resting unlocked, and the door not reported open
+    /// (a door with a contact). A pulse refused then left the door shut.
+    pub fn held_shut(&self) -> bool {
+        !self.relay_on && !self.resting_unlocked && self.open_since.is_none()
+    }
+}
+
 /// How many unreported passages a door holds at most; the oldest goes first (its pulse's
 /// report is long overdue: the board answers within its response timeout, or is reported
 /// down).

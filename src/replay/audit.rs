@@ -930,19 +930,16 @@ fn check_event(
             }
         }
         // A pulse recorded as refused undoes its grant's zone movement: only honest when the
-        // log had the door's relay off (a refusal while it was on left the door open).
+        // log had the door shut (a refusal while its relay was on, or the door stood open, let
+        // the person through).
         Event::RelayFailed {
             door,
             on: true,
             refused: true,
             ..
-        } if state
-            .doors
-            .get(door)
-            .is_some_and(|d| d.relay_on || d.resting_unlocked) =>
-        {
+        } if state.doors.get(door).is_some_and(|d| !d.held_shut()) => {
             problem(format!(
-                "door {door}: a pulse recorded as refused (undoing its grant's zone movement), but the log has the door's relay on or resting unlocked then"
+                "door {door}: a pulse recorded as refused (undoing its grant's zone movement), but the log has the door's relay on, resting unlocked or the door open then"
             ));
         }
         // A relay switched ON that the log asked for: a granting decision's or exit request's
@@ -1405,6 +1402,7 @@ fn redecide(
     e: &Event,
     zone_last: &mut ZoneLast,
     passages: &mut Passages,
+    down: &std::collections::HashSet<String>,
 ) -> Option<Option<Verdict>> {
     let Event::DoorDecided {
         door: recorded_door,
@@ -1449,7 +1447,10 @@ fn redecide(
         mode: *mode,
         last_in_zone,
     });
+    // A grant at a door whose board the log has down opens nothing: no movement (as the
+    // gateway records it, `unopenable`).
     if verdict.granted()
+        && !down.contains(&door.relay.device)
         && let (Some((z, dir)), Some(s)) = (zone, subject)
     {
         let before = zone_last.insert(key(z, s), dir);
@@ -1490,6 +1491,7 @@ pub fn what_if(
 ) -> Result<WhatIf, crate::store::StoreError> {
     let mut zone_last = ZoneLast::new();
     let mut passages = Passages::new();
+    let mut down = std::collections::HashSet::new();
     let mut n = 0;
     let mut changed = vec![];
     let mut no_door: BTreeMap<ReaderId, (DoorId, usize)> = BTreeMap::new();
@@ -1532,6 +1534,13 @@ pub fn what_if(
                     clears_zones: true,
                     ..
                 } => zone_last.retain(|(_, p, x), _| !(p == partner_id && x == external_id)),
+                Event::DeviceStatusChanged { device, up, .. } => {
+                    if *up {
+                        down.remove(device);
+                    } else {
+                        down.insert(device.clone());
+                    }
+                }
                 Event::RelaySwitched {
                     door,
                     on: true,
@@ -1556,7 +1565,8 @@ pub fn what_if(
                     }
                 }
                 Event::DoorDecided { verdict, at, .. } => {
-                    let Some(again) = redecide(policy, &rec.event, &mut zone_last, &mut passages)
+                    let Some(again) =
+                        redecide(policy, &rec.event, &mut zone_last, &mut passages, &down)
                     else {
                         continue;
                     };

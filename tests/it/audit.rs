@@ -868,6 +868,56 @@ async fn what_if_an_erasure_ends_the_persons_zone_presence() {
     assert_eq!(changes(&log, &positions, &site, None), (3, vec![]));
 }
 
+/// A grant at a door whose board the log has down makes no zone movement in what-if either
+/// (the gateway records it `unopenable`): the policy in force changes nothing, whether or not
+/// a refused pulse followed it (review, session 18: without one, the next entry read as a
+/// change to `anti_passback`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_a_grant_at_a_door_whose_board_is_down_moves_no_one() {
+    let site = lobby_zoned("lobby-in", "lobby-out");
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        ..
+    } = enrolled_with(
+        &site,
+        std::sync::Arc::new(palmgate::app::clock::SystemClock),
+    )
+    .await;
+    let relay = |report| app.execute(palmgate::core::Command::relay(report));
+    relay(palmgate::core::RelayReport::Down {
+        device: "board-1".into(),
+        error: "connect timeout".into(),
+    })
+    .await
+    .unwrap();
+    app.reader_message(ReaderId("lobby-in".into()), capture("alice", 300, "walk-0"))
+        .await
+        .unwrap();
+    relay(palmgate::core::RelayReport::Up {
+        device: "board-1".into(),
+    })
+    .await
+    .unwrap();
+    app.reader_message(ReaderId("lobby-in".into()), capture("alice", 301, "walk-1"))
+        .await
+        .unwrap();
+    drop(server);
+    drop(app);
+    let log = Log { dir, config };
+    let positions: Vec<u64> = decided_rows(&log.db())
+        .iter()
+        .map(|(p, _)| *p as u64)
+        .collect();
+    let first = row_data(&log.db(), positions[0] as i64);
+    assert_eq!(first["unopenable"], true, "{first}");
+    let second = row_data(&log.db(), positions[1] as i64);
+    assert_eq!(second["verdict"]["verdict"], "granted", "{second}");
+    assert_eq!(changes(&log, &positions, &site, None), (2, vec![]));
+}
+
 /// A refusal while the log has the door's relay on (another pulse holds it) left the door
 /// open: the gateway records it without `refused`, and a forger who adds the flag (undoing
 /// the grant's zone movement, so the palm can be passed back) is caught.
