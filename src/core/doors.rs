@@ -397,7 +397,9 @@ pub fn decide_door(
             unopenable,
         },
     });
-    if granted {
+    // A door that cannot open is not pulsed: a board reconnecting a moment later would open
+    // it for a grant that recorded no movement (review, session 18).
+    if granted && !unopenable {
         d = d.with_effect(Effect::Relay {
             device: door.relay.device.clone(),
             command: RelayCommand::Pulse {
@@ -609,10 +611,7 @@ pub fn relay_report(
             let Some(door) = door_of_coil(device, *coil) else {
                 return Decision::new(vec![]);
             };
-            // The door stayed shut only if the log also has it so: its relay off (a refused ON
-            // while another pulse or an unlock held it on left it open) and, for a door with a
-            // contact, the door closed (one standing open let anyone through).
-            let off = state.doors.get(&door.id).is_none_or(|d| d.held_shut());
+            let off = held_shut(state, door);
             Decision::new(vec![on_door(
                 state,
                 &door.id,
@@ -632,6 +631,18 @@ pub fn relay_report(
             input_changed(state, &policy, device, *input, *on, now, reported)
         }
     }
+}
+
+/// Whether the log has `door` shut: its relay off (a refused ON while another pulse or an
+/// unlock held it on left it open) and, for a door with a contact, the door closed and its
+/// contact's board up (one standing open, or not watched, may have let anyone through). A
+/// pulse refused then left the door shut.
+pub fn held_shut(state: &State, door: &Door) -> bool {
+    state.doors.get(&door.id).is_none_or(|d| d.held_shut())
+        && door
+            .contact
+            .as_ref()
+            .is_none_or(|c| !state.device_down(&c.device))
 }
 
 /// The tag of an exit button's pulse (a grant's pulse is tagged with its capture id).

@@ -194,7 +194,8 @@ pub struct DoorState {
 
 impl DoorState {
     /// As the log has it: the relay off, not resting unlocked, and the door not reported open
-    /// (a door with a contact). A pulse refused then left the door shut.
+    /// (a door with a contact; see also [`super::doors::held_shut`], which also asks for the
+    /// contact's board to be up).
     pub fn held_shut(&self) -> bool {
         !self.relay_on && !self.resting_unlocked && self.open_since.is_none()
     }
@@ -236,8 +237,10 @@ impl Passage {
     }
 
     /// Holds this passage in its door's `passages`, after the ones there (at most
-    /// [`MAX_PASSAGES`]: the oldest goes).
+    /// [`MAX_PASSAGES`]: the oldest goes). An older one with the same capture id (a reader
+    /// reusing ids) goes too: a report with that tag is this grant's pulse.
     pub fn hold(self, passages: &mut Vec<Passage>) {
+        passages.retain(|p| p.capture_id != self.capture_id);
         if passages.len() >= MAX_PASSAGES {
             passages.remove(0);
         }
@@ -1885,6 +1888,19 @@ mod passage_tests {
                 (Some(Entry), Some(Entry)),
                 (None, Some(Entry)),
                 (None, None),
+            ],
+        );
+        // A reader reusing a capture id: the report with that tag is the newest grant's.
+        fold(
+            vec![
+                grant("main", "c-1", "e-1", Entry),
+                grant("main", "c-1", "e-2", Entry),
+                failed("main", "c-1", true, true),
+            ],
+            &[
+                (Some(Entry), None),
+                (Some(Entry), Some(Entry)),
+                (Some(Entry), None),
             ],
         );
         // At most MAX_PASSAGES are held: the oldest goes.

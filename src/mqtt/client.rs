@@ -460,8 +460,8 @@ pub fn command_payload(app: &App, command: &ReaderCommand) -> serde_json::Value 
             let lang = crate::core::Language::parse(&app.config.mqtt.reader_language)
                 .unwrap_or(crate::core::Language::En);
             let c = crate::http::i18n::catalog(lang);
-            // A grant at a door whose relay board is known to be down opens nothing (the
-            // relay task drops the pulse and records `RelayFailed`): the person is told so,
+            // A grant at a door whose relay board is known to be down opens nothing (no pulse
+            // is sent): the person is told so,
             // not welcomed at a door that stays locked. The verdict itself stands (the log and
             // the audit keep it). Judged by the core from the state it decided on.
             let message = match (*granted, *unopenable) {

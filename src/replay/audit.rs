@@ -937,9 +937,14 @@ fn check_event(
             on: true,
             refused: true,
             ..
-        } if state.doors.get(door).is_some_and(|d| !d.held_shut()) => {
+        } if state
+            .policy
+            .as_deref()
+            .and_then(|p| p.door(door))
+            .is_some_and(|d| !crate::core::doors::held_shut(state, d)) =>
+        {
             problem(format!(
-                "door {door}: a pulse recorded as refused (undoing its grant's zone movement), but the log has the door's relay on, resting unlocked or the door open then"
+                "door {door}: a pulse recorded as refused (undoing its grant's zone movement), but the log has the door's relay on, resting unlocked, the door open or its contact's board down then"
             ));
         }
         // A relay switched ON that the log asked for: a granting decision's or exit request's
