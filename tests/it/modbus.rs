@@ -274,43 +274,43 @@ async fn a_refused_pulse_is_told_apart_from_an_unanswered_one() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let dev = spawn_device(spec(&board), fast(), tx);
     wait_for(&mut rx, |r| matches!(r, Report::Up { .. })).await;
+    let pulse = |coil: u16, hold_ms: u64, tag: &str, timed: Option<(u16, u16)>| {
+        dev.send(Command::Pulse {
+            coil,
+            hold: Duration::from_millis(hold_ms),
+            tag: tag.into(),
+            timed,
+        })
+        .unwrap();
+    };
+    // The failure reported for `coil`'s pulse `tag`: whether it says `refused`.
+    async fn refused(rx: &mut mpsc::UnboundedReceiver<Report>, coil: u16, tag: &str) -> bool {
+        let r = wait_for(
+            rx,
+            |r| matches!(r, Report::CoilFailed { coil: c, .. } if *c == coil),
+        )
+        .await;
+        match &r {
+            Report::CoilFailed {
+                on: true,
+                tag: t,
+                refused,
+                ..
+            } if t == tag => *refused,
+            other => panic!("{other:?}"),
+        }
+    }
     // A coil the board does not have: IllegalDataAddress.
     let missing = palmgate::modbus::sim::SIZE as u16;
-    dev.send(Command::Pulse {
-        coil: missing,
-        hold: Duration::from_millis(100),
-        tag: "cap-1".into(),
-        timed: None,
-    })
-    .unwrap();
-    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { .. })).await;
-    assert!(
-        matches!(&r, Report::CoilFailed { coil, on: true, tag, refused: true, .. } if *coil == missing && tag == "cap-1"),
-        "{r:?}"
-    );
+    pulse(missing, 100, "cap-1", None);
+    assert!(refused(&mut rx, missing, "cap-1").await);
     // An exception that does not say the write was not done (a gateway's "target device
     // failed to respond"): unknown.
     board.answer_writes(3, Some(tokio_modbus::ExceptionCode::GatewayTargetDevice));
-    dev.send(Command::Pulse {
-        coil: 3,
-        hold: Duration::from_millis(100),
-        tag: "cap-3".into(),
-        timed: None,
-    })
-    .unwrap();
-    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { coil: 3, .. })).await;
-    assert!(
-        matches!(&r, Report::CoilFailed { on: true, tag, refused: false, .. } if tag == "cap-3"),
-        "{r:?}"
-    );
+    pulse(3, 100, "cap-3", None);
+    assert!(!refused(&mut rx, 3, "cap-3").await);
     // Refused while the coil is on (another pulse running): the door was open anyway.
-    dev.send(Command::Pulse {
-        coil: 4,
-        hold: Duration::from_millis(1500),
-        tag: "cap-4".into(),
-        timed: None,
-    })
-    .unwrap();
+    pulse(4, 1500, "cap-4", None);
     wait_for(&mut rx, |r| {
         matches!(
             r,
@@ -323,59 +323,20 @@ async fn a_refused_pulse_is_told_apart_from_an_unanswered_one() {
     })
     .await;
     board.answer_writes(4, Some(tokio_modbus::ExceptionCode::IllegalDataValue));
-    dev.send(Command::Pulse {
-        coil: 4,
-        hold: Duration::from_millis(100),
-        tag: "cap-5".into(),
-        timed: None,
-    })
-    .unwrap();
-    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { coil: 4, .. })).await;
-    assert!(
-        matches!(&r, Report::CoilFailed { on: true, tag, refused: false, .. } if tag == "cap-5"),
-        "{r:?}"
-    );
+    pulse(4, 100, "cap-5", None);
+    assert!(!refused(&mut rx, 4, "cap-5").await);
     // The same refusal with the coil off: certainly locked.
     board.answer_writes(5, Some(tokio_modbus::ExceptionCode::IllegalDataValue));
-    dev.send(Command::Pulse {
-        coil: 5,
-        hold: Duration::from_millis(100),
-        tag: "cap-6".into(),
-        timed: None,
-    })
-    .unwrap();
-    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { coil: 5, .. })).await;
-    assert!(
-        matches!(&r, Report::CoilFailed { on: true, tag, refused: true, .. } if tag == "cap-6"),
-        "{r:?}"
-    );
+    pulse(5, 100, "cap-6", None);
+    assert!(refused(&mut rx, 5, "cap-6").await);
     // A board-timed pulse whose register write the board took but whose coil reads back OFF:
     // it may still be timing it, so unknown.
     board.stick(6, true);
-    dev.send(Command::Pulse {
-        coil: 6,
-        hold: Duration::from_millis(300),
-        tag: "cap-7".into(),
-        timed: Some((palmgate::modbus::sim::TIMED_BASE + 6, 3)),
-    })
-    .unwrap();
-    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { coil: 6, .. })).await;
-    assert!(
-        matches!(&r, Report::CoilFailed { on: true, tag, refused: false, .. } if tag == "cap-7"),
-        "{r:?}"
-    );
+    let register = palmgate::modbus::sim::TIMED_BASE + 6;
+    pulse(6, 300, "cap-7", Some((register, 3)));
+    assert!(!refused(&mut rx, 6, "cap-7").await);
     // Slower than the response timeout (300 ms): unknown.
     board.set_write_latency(Duration::from_millis(600));
-    dev.send(Command::Pulse {
-        coil: 0,
-        hold: Duration::from_millis(100),
-        tag: "cap-2".into(),
-        timed: None,
-    })
-    .unwrap();
-    let r = wait_for(&mut rx, |r| matches!(r, Report::CoilFailed { coil: 0, .. })).await;
-    assert!(
-        matches!(&r, Report::CoilFailed { on: true, tag, refused: false, .. } if tag == "cap-2"),
-        "{r:?}"
-    );
+    pulse(0, 100, "cap-2", None);
+    assert!(!refused(&mut rx, 0, "cap-2").await);
 }
