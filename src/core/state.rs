@@ -236,6 +236,14 @@ impl Passage {
         Some(passages.remove(i))
     }
 
+    /// A later movement of the same person in the same zone: the passages held for the earlier
+    /// ones (in any door's `passages`) are dropped, since undoing one would undo this movement.
+    pub fn supersede<'a>(&self, all: impl IntoIterator<Item = &'a mut Vec<Passage>>) {
+        for held in all {
+            held.retain(|p| !p.is_of(&self.zone, self.partner_id, &self.external_id));
+        }
+    }
+
     /// Holds this passage in its door's `passages`, after the ones there (at most
     /// [`MAX_PASSAGES`]: the oldest goes). An older one with the same capture id (a reader
     /// reusing ids) goes too: a report with that tag is this grant's pulse.
@@ -1398,10 +1406,6 @@ impl State {
             (zone.clone(), who.partner_id, who.external_id.clone()),
             direction,
         );
-        for ds in self.doors.values_mut() {
-            ds.passages
-                .retain(|p| !p.is_of(&zone, who.partner_id, &who.external_id));
-        }
         let passage = Passage {
             capture_id: capture_id.to_string(),
             zone,
@@ -1410,6 +1414,7 @@ impl State {
             direction,
             before,
         };
+        passage.supersede(self.doors.values_mut().map(|ds| &mut ds.passages));
         match self.doors.get_mut(door) {
             Some(ds) => passage.hold(&mut ds.passages),
             None => {

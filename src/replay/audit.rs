@@ -1458,19 +1458,16 @@ fn redecide(
         && !down.contains(&door.relay.device)
         && let (Some((z, dir)), Some(s)) = (zone, subject)
     {
-        let before = zone_last.insert(key(z, s), dir);
-        for held in passages.values_mut() {
-            held.retain(|p| !p.is_of(z, s.partner_id, &s.external_id));
-        }
-        Passage {
+        let passage = Passage {
             capture_id: capture_id.clone(),
             zone: z.to_owned(),
             partner_id: s.partner_id,
             external_id: s.external_id.clone(),
             direction: dir,
-            before,
-        }
-        .hold(passages.entry(recorded_door.clone()).or_default());
+            before: zone_last.insert(key(z, s), dir),
+        };
+        passage.supersede(passages.values_mut());
+        passage.hold(passages.entry(recorded_door.clone()).or_default());
     }
     Some(Some(verdict))
 }

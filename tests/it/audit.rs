@@ -637,6 +637,34 @@ fn lobby_zoned(entry: &str, exit: &str) -> String {
     )
 }
 
+/// A gateway under [`lobby_zoned`]`("lobby-in", "lobby-out")` (on the system clock), and that
+/// site.
+async fn zoned_lobby() -> (String, Enrolled) {
+    let site = lobby_zoned("lobby-in", "lobby-out");
+    let enrolled = enrolled_with(
+        &site,
+        std::sync::Arc::new(palmgate::app::clock::SystemClock),
+    )
+    .await;
+    (site, enrolled)
+}
+
+/// The log positions of `log`'s door decisions, in order.
+fn decided_positions(log: &Log) -> Vec<u64> {
+    decided_rows(&log.db())
+        .iter()
+        .map(|(p, _)| *p as u64)
+        .collect()
+}
+
+/// The verdict (`granted` / `denied`) recorded at each of `positions`.
+fn verdicts_at(log: &Log, positions: &[u64]) -> Vec<Value> {
+    positions
+        .iter()
+        .map(|&p| row_data(&log.db(), p as i64)["verdict"]["verdict"].clone())
+        .collect()
+}
+
 /// A log made under `site` by alice scanning at `readers` in turn (a few ms apart, so each
 /// decision has its own instant), and the log positions of its door decisions, in order.
 async fn lobby_log(site: &str, readers: &[&str]) -> (Log, Vec<u64>) {
@@ -659,10 +687,7 @@ async fn lobby_log(site: &str, readers: &[&str]) -> (Log, Vec<u64>) {
     drop(server);
     drop(app);
     let log = Log { dir, config };
-    let positions: Vec<u64> = decided_rows(&log.db())
-        .iter()
-        .map(|(p, _)| *p as u64)
-        .collect();
+    let positions = decided_positions(&log);
     assert_eq!(positions.len(), readers.len(), "every scan decided");
     (log, positions)
 }
@@ -825,18 +850,14 @@ async fn what_if_the_policy_in_force_changes_nothing_on_a_log_with_zones() {
 /// force changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_if_an_erasure_ends_the_persons_zone_presence() {
-    let site = lobby_zoned("lobby-in", "lobby-out");
+    let (site, enrolled) = zoned_lobby().await;
     let Enrolled {
         dir,
         config,
         server,
         app,
         partner,
-    } = enrolled_with(
-        &site,
-        std::sync::Arc::new(palmgate::app::clock::SystemClock),
-    )
-    .await;
+    } = enrolled;
     let scan = |palm: &'static str, id: &'static str, seed| {
         app.reader_message(ReaderId("lobby-in".into()), capture(palm, seed, id))
     };
@@ -853,14 +874,8 @@ async fn what_if_an_erasure_ends_the_persons_zone_presence() {
     drop(server);
     drop(app);
     let log = Log { dir, config };
-    let positions: Vec<u64> = decided_rows(&log.db())
-        .iter()
-        .map(|(p, _)| *p as u64)
-        .collect();
-    let verdicts: Vec<Value> = positions
-        .iter()
-        .map(|&p| row_data(&log.db(), p as i64)["verdict"]["verdict"].clone())
-        .collect();
+    let positions = decided_positions(&log);
+    let verdicts = verdicts_at(&log, &positions);
     assert_eq!(
         verdicts,
         [json!("granted"), json!("denied"), json!("granted")]
@@ -874,18 +889,14 @@ async fn what_if_an_erasure_ends_the_persons_zone_presence() {
 /// change to `anti_passback`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_if_a_grant_at_a_door_whose_board_is_down_moves_no_one() {
-    let site = lobby_zoned("lobby-in", "lobby-out");
+    let (site, enrolled) = zoned_lobby().await;
     let Enrolled {
         dir,
         config,
         server,
         app,
         ..
-    } = enrolled_with(
-        &site,
-        std::sync::Arc::new(palmgate::app::clock::SystemClock),
-    )
-    .await;
+    } = enrolled;
     let relay = |report| app.execute(palmgate::core::Command::relay(report));
     relay(palmgate::core::RelayReport::Down {
         device: "board-1".into(),
@@ -907,10 +918,7 @@ async fn what_if_a_grant_at_a_door_whose_board_is_down_moves_no_one() {
     drop(server);
     drop(app);
     let log = Log { dir, config };
-    let positions: Vec<u64> = decided_rows(&log.db())
-        .iter()
-        .map(|(p, _)| *p as u64)
-        .collect();
+    let positions = decided_positions(&log);
     let first = row_data(&log.db(), positions[0] as i64);
     assert_eq!(first["unopenable"], true, "{first}");
     let second = row_data(&log.db(), positions[1] as i64);
@@ -923,18 +931,14 @@ async fn what_if_a_grant_at_a_door_whose_board_is_down_moves_no_one() {
 /// the grant's zone movement, so the palm can be passed back) is caught.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pulse_forged_as_refused_while_the_relay_was_on_is_caught() {
-    let site = lobby_zoned("lobby-in", "lobby-out");
+    let (_, enrolled) = zoned_lobby().await;
     let Enrolled {
         dir,
         config,
         server,
         app,
         ..
-    } = enrolled_with(
-        &site,
-        std::sync::Arc::new(palmgate::app::clock::SystemClock),
-    )
-    .await;
+    } = enrolled;
     app.reader_message(ReaderId("lobby-in".into()), capture("alice", 300, "walk-0"))
         .await
         .unwrap();
@@ -975,18 +979,14 @@ async fn a_pulse_forged_as_refused_while_the_relay_was_on_is_caught() {
 /// policy in force, so what-if reports nothing changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_if_a_refused_pulse_undoes_the_grants_movement() {
-    let site = lobby_zoned("lobby-in", "lobby-out");
+    let (site, enrolled) = zoned_lobby().await;
     let Enrolled {
         dir,
         config,
         server,
         app,
         ..
-    } = enrolled_with(
-        &site,
-        std::sync::Arc::new(palmgate::app::clock::SystemClock),
-    )
-    .await;
+    } = enrolled;
     let scan = |id: &'static str, seed| {
         app.reader_message(ReaderId("lobby-in".into()), capture("alice", seed, id))
     };
@@ -1008,14 +1008,8 @@ async fn what_if_a_refused_pulse_undoes_the_grants_movement() {
     drop(server);
     drop(app);
     let log = Log { dir, config };
-    let positions: Vec<u64> = decided_rows(&log.db())
-        .iter()
-        .map(|(p, _)| *p as u64)
-        .collect();
-    let verdicts: Vec<Value> = positions
-        .iter()
-        .map(|&p| row_data(&log.db(), p as i64)["verdict"]["verdict"].clone())
-        .collect();
+    let positions = decided_positions(&log);
+    let verdicts = verdicts_at(&log, &positions);
     assert_eq!(
         verdicts,
         [json!("granted"), json!("granted"), json!("denied")],
