@@ -11,7 +11,12 @@
 //! - `BENCH_CONNECTIONS` (default 50), `BENCH_THREADS` (default 2): wrk's `-c` and `-t`;
 //! - `BENCH_TMPFS` (default 1 when `/dev/shm` exists): also measure the same palmgate with its
 //!   files on tmpfs, where fsync costs next to nothing — a diagnostic (NOT durable) that
-//!   separates the disk's share of the time from HTTP, app and SQLite CPU.
+//!   separates the disk's share of the time from HTTP, app and SQLite CPU;
+//! - `PALMGATE_*`: palmgate's config, as for `palmgate serve` (over the bench's own settings).
+//!
+//! Besides req/s and latency, each measurement reports the CPU time this process spent per
+//! request (the server's threads; wrk runs as another process), which other tenants of the
+//! machine disturb much less than throughput.
 //!
 //! All servers run in this process on one tokio runtime and are measured one after another,
 //! never at the same time: wrk and the server under test share the machine's cores. Each
@@ -104,6 +109,10 @@ struct WrkResult {
     socket_errors: String,
     /// Disk fsync p50 (ms) just before the server started and just after it was measured.
     fsync_ms: (f64, f64),
+    /// CPU time (user + system, every thread of this process: the server under test; wrk is
+    /// another process) per request over the measurement, in µs. Less sensitive than req/s to
+    /// other tenants of the machine taking cores for a while.
+    cpu_us: f64,
 }
 
 fn wrk_available() -> bool {
@@ -182,7 +191,20 @@ fn parse_wrk(text: &str) -> Option<WrkResult> {
         non_2xx,
         socket_errors,
         fsync_ms: (f64::NAN, f64::NAN),
+        cpu_us: f64::NAN,
     })
+}
+
+/// CPU time this process has used so far (user + system, all threads), in µs.
+fn process_cpu_us() -> f64 {
+    // SAFETY: `getrusage` fills the zeroed struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    us(usage.ru_utime) + us(usage.ru_stime)
 }
 
 /// p50 of 100-byte append + fsync on the temp dir's disk over `dur` (fsync latency on this
@@ -305,7 +327,9 @@ fn bench_config(dir: &Path) -> Config {
     table.insert("admin".into(), toml::Value::Table(admin));
     let file = dir.join("palmgate.toml");
     std::fs::write(&file, toml::to_string(&table).expect("config serializes")).expect("write");
-    Config::load(Some(&file), &[]).expect("bench config is valid")
+    // `PALMGATE_*` variables override it, as they do `palmgate serve`: a config variant can be
+    // benched without editing this file (e.g. `PALMGATE_STORE_SNAPSHOT_EVERY=0`).
+    Config::load_with_process_env(Some(&file)).expect("bench config is valid")
 }
 
 /// palmgate as shipped: `app::start` (SQLite store, group commit, fsync) + `Server::serve`,
@@ -423,14 +447,17 @@ fn measure(
         let w = wrk(s, s.warmup, &url, &warm_keys);
         eprintln!("  warm-up: {:.0} req/s", w.rps);
     }
+    let cpu_before = process_cpu_us();
     let r = wrk(s, s.secs, &url, &keys);
+    let cpu = process_cpu_us() - cpu_before;
     let r = WrkResult {
         fsync_ms: (fsync_before, fsync_p50_ms(probe)),
+        cpu_us: cpu / r.requests.max(1) as f64,
         ..r
     };
     eprintln!(
-        "  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}",
-        r.rps, r.p50_ms, r.p99_ms, r.non_2xx
+        "  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}, CPU {:.1} µs/request",
+        r.rps, r.p50_ms, r.p99_ms, r.non_2xx, r.cpu_us
     );
     rt.block_on(server.shutdown());
     r
@@ -494,9 +521,9 @@ fn main() {
     println!();
     println!(
         "| round | server | req/s | p50 (ms) | p99 (ms) | requests | non-2xx | ratio vs bare \
-         (same round) | disk fsync p50 before → after (ms) | state |"
+         (same round) | server CPU (µs/request) | disk fsync p50 before → after (ms) | state |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---|---|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
     for (round, kind, r) in &results {
         let bare = results
             .iter()
@@ -504,7 +531,7 @@ fn main() {
             .map(|(_, _, b)| b.rps)
             .expect("bare result");
         println!(
-            "| {round} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} % | {:.2} → {:.2} | {} |",
+            "| {round} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} % | {:.1} | {:.2} → {:.2} | {} |",
             kind.label(),
             r.rps,
             r.p50_ms,
@@ -512,13 +539,14 @@ fn main() {
             r.requests,
             r.non_2xx,
             100.0 * r.rps / bare,
+            r.cpu_us,
             r.fsync_ms.0,
             r.fsync_ms.1,
             regime(r).unwrap_or("mixed")
         );
         if !r.socket_errors.is_empty() {
             println!(
-                "|  | ↳ socket errors: {} |  |  |  |  |  |  |  |  |",
+                "|  | ↳ socket errors: {} |  |  |  |  |  |  |  |  |  |",
                 r.socket_errors
             );
         }
@@ -555,9 +583,10 @@ fn main() {
     );
     println!();
     println!(
-        "| server | rounds | req/s | p50 (ms) | p99 (ms) | ratio vs bare (median of per-round ratios) |"
+        "| server | rounds | req/s | p50 (ms) | p99 (ms) | ratio vs bare (median of per-round \
+         ratios) | server CPU (µs/request) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut verdicts = Vec::new();
     for (label, kind, state) in &groups {
         let rs: Vec<(usize, &WrkResult)> = results
@@ -571,12 +600,13 @@ fn main() {
         let ratio = median(rs.iter().map(|(rd, r)| r.rps / bare_of(*rd)).collect());
         let p99 = median(rs.iter().map(|(_, r)| r.p99_ms).collect());
         println!(
-            "| {label} | {} | {:.0} | {:.2} | {:.2} | {:.1} % |",
+            "| {label} | {} | {:.0} | {:.2} | {:.2} | {:.1} % | {:.1} |",
             rs.len(),
             median(rs.iter().map(|(_, r)| r.rps).collect()),
             median(rs.iter().map(|(_, r)| r.p50_ms).collect()),
             p99,
-            100.0 * ratio
+            100.0 * ratio,
+            median(rs.iter().map(|(_, r)| r.cpu_us).collect())
         );
         if let (Kind::Palmgate, Some(state)) = (kind, state) {
             verdicts.push((*state, rs.len(), ratio, p99));
@@ -595,6 +625,21 @@ fn main() {
             ratio * 100.0,
             verdict(ratio >= TARGET_RATIO),
             verdict(p99 <= TARGET_P99_MS)
+        );
+    }
+    let cpu_of = |kind: Kind| {
+        let v: Vec<f64> = results
+            .iter()
+            .filter(|(_, k, r)| *k == kind && r.cpu_us.is_finite())
+            .map(|(_, _, r)| r.cpu_us)
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    if let (Some(bare), Some(pg)) = (cpu_of(Kind::Bare), cpu_of(Kind::Palmgate)) {
+        println!(
+            "CPU per request (medians, this process's threads; wrk not counted): bare {bare:.1} \
+             µs, palmgate {pg:.1} µs: palmgate spends {:.2}× the bare handler's CPU per request.",
+            pg / bare
         );
     }
     let errors: u64 = results
