@@ -187,9 +187,11 @@ pub async fn v1_gate(State(app): State<Arc<App>>, mut req: Request, next: Next) 
                 .map(|p| (p.id, p.active))
         }),
         // The partner dashboard calls the same API with its login cookie (+ CSRF header).
+        // A cookie of a partner deactivated since it was issued is answered 403, as its key.
         None => {
-            match super::dash::session::from_request(&app, req.method(), req.headers(), false) {
-                Some(super::dash::session::Holder::Partner(id)) => Some((id, true)),
+            use super::dash::session::{Holder, from_request_status};
+            match from_request_status(&app, req.method(), req.headers(), false) {
+                Some((Holder::Partner(id), active)) => Some((id, active)),
                 _ => None,
             }
         }

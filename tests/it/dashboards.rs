@@ -232,15 +232,61 @@ async fn partner_cookie_speaks_for_that_partner_only_and_ends_with_deactivation(
     let r = send(s.get("/v1/sessions?limit=0").header("cookie", &cookie)).await;
     r.assert_error(400, "limit must be a whole number from 1 to 500");
 
-    // Deactivating the partner ends its dashboard login at once.
+    // Deactivating the partner ends its dashboard login at once; the API answers the cookie
+    // as it answers the key of an inactive partner.
     s.deactivate(&a_id).await;
     let r = send(s.get("/v1/sessions").header("cookie", &cookie)).await;
-    assert_eq!(r.status, 401);
+    r.assert_error(403, "partner account is inactive");
     let page = page_with(&s, "/dashboard", &cookie).await;
     assert!(!page.contains("data-csrf"), "signed out: the login form");
     // And its key cannot open a new one.
     let r = login(&s, "/dashboard/login", "api_key", &a_key).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A login ended by a deactivation stays ended: reactivating the partner does not bring the old
+/// cookie back (reads or writes, API or pages); a new sign-in works.
+#[tokio::test]
+async fn a_partner_cookie_stays_dead_after_reactivation() {
+    let s = TestServer::start().await;
+    let (a_id, a_key) = s.create_partner("A").await;
+    let (cookie, csrf) = session(&s, "/dashboard", "api_key", &a_key).await;
+    let r = send(s.get("/v1/users").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    s.deactivate(&a_id).await;
+    let r = send(s.get("/v1/users").header("cookie", &cookie)).await;
+    r.assert_error(403, "partner account is inactive");
+    let r = send(
+        s.post("/v1/identify")
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf),
+    )
+    .await;
+    r.assert_error(403, "partner account is inactive");
+
+    s.activate(&a_id).await;
+    let r = send(s.get("/v1/users").header("cookie", &cookie)).await;
+    r.assert_error(401, "invalid or missing API key");
+    let r = send(
+        s.post("/v1/identify")
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let page = page_with(&s, "/dashboard", &cookie).await;
+    assert!(!page.contains("data-csrf"), "the old login: the login form");
+    // A second round of deactivation and reactivation does not revive it either.
+    s.deactivate(&a_id).await;
+    s.activate(&a_id).await;
+    let r = send(s.get("/v1/users").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+
+    // The key still signs in, and the new login works.
+    let (fresh, _) = session(&s, "/dashboard", "api_key", &a_key).await;
+    let r = send(s.get("/v1/users").header("cookie", &fresh)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
 }
 
 #[tokio::test]

@@ -1,10 +1,12 @@
 //! Dashboard sessions: signed cookies and CSRF tokens, with no server-side session table.
 //!
 //! A cookie is `kind.subject.expiry.login.mac`, the MAC (HMAC-SHA256 under a key derived from
-//! the master key) covering the kind, subject, expiry, a random login id and the hash of the
-//! credential that opened it (the admin token's hash, or the partner's API-key hash): changing
-//! the admin token or replacing a partner ends its sessions. A deactivated partner's cookie is
-//! refused like its key.
+//! the master key) covering the kind, subject, expiry, a random login id, the hash of the
+//! credential that opened it (the admin token's hash, or the partner's API-key hash) and, for a
+//! partner, the revision of the activation it was issued under (see [`binding`]): changing the
+//! admin token or replacing a partner ends its sessions, and so does deactivating a partner,
+//! for good: reactivating it does not bring an older cookie back. While the partner is
+//! inactive its cookie is answered as its key is (403 on `/v1`, see [`from_request_status`]).
 //!
 //! Signing out revokes that one login: its id goes into an in-memory set that [`verify`]
 //! consults, so the cookie is refused even if replayed. There is one set per holder (the
@@ -78,26 +80,45 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The credential hash a holder's cookies are bound to, if the holder may still log in.
-fn binding(app: &App, holder: Holder) -> Option<SecretHash> {
+/// What a holder's cookies are bound to: the credential, and for a partner the revision of the
+/// partner stream's event that opened its current (or, while inactive, its last) active period.
+struct Binding {
+    credential: SecretHash,
+    epoch: u64,
+    /// Whether the holder may use its cookies now (a partner that is not deactivated).
+    active: bool,
+}
+
+/// The binding of a holder's cookies, if the holder (still) exists.
+///
+/// A partner's revision is that of its last `PartnerCreated`, `PartnerActivated` or
+/// `PartnerDeactivated` (the only events of its stream). While it is active, that event opened
+/// the current active period; while it is inactive, it is the deactivation, which directly
+/// follows the event that opened the period it ended (setting a partner to the state it is in
+/// records nothing), one revision earlier. Revisions only grow, so a cookie issued before a
+/// deactivation never matches an active period again.
+fn binding(app: &App, holder: Holder) -> Option<Binding> {
     match holder {
-        Holder::Admin => app.admin.hash().cloned(),
+        Holder::Admin => app.admin.hash().cloned().map(|credential| Binding {
+            credential,
+            epoch: 0,
+            active: true,
+        }),
         Holder::Partner(id) => app.read(|s| {
-            s.partner(id)
-                .filter(|p| p.active)
-                .map(|p| p.api_key_hash.clone())
+            s.partner(id).map(|p| Binding {
+                credential: p.api_key_hash.clone(),
+                epoch: if p.active {
+                    p.revision
+                } else {
+                    p.revision.saturating_sub(1)
+                },
+                active: p.active,
+            })
         }),
     }
 }
 
-fn mac(
-    app: &App,
-    kind: &str,
-    subject: &str,
-    expiry: i64,
-    login: &str,
-    bound: &SecretHash,
-) -> String {
+fn mac(app: &App, kind: &str, subject: &str, expiry: i64, login: &str, bound: &Binding) -> String {
     hex::encode(app.keys.dash_mac(&[
         kind.as_bytes(),
         b"\0",
@@ -107,7 +128,9 @@ fn mac(
         b"\0",
         login.as_bytes(),
         b"\0",
-        bound.0.as_bytes(),
+        bound.credential.0.as_bytes(),
+        b"\0",
+        bound.epoch.to_string().as_bytes(),
     ]))
 }
 
@@ -158,7 +181,7 @@ fn scope(app: &App, kind: &str, subject: &str) -> String {
 /// A fresh cookie value for `holder`, valid for [`LIFETIME_S`].
 pub fn issue(app: &App, holder: Holder) -> Option<String> {
     use crate::app::clock::Rng;
-    let bound = binding(app, holder)?;
+    let bound = binding(app, holder).filter(|b| b.active)?;
     let expiry = app.clock.now().timestamp() + LIFETIME_S;
     let (kind, subject) = (holder.kind(), holder.subject());
     let login = hex::encode(crate::app::clock::OsRng.bytes16());
@@ -185,8 +208,15 @@ fn parts(value: &str) -> Option<(&str, &str, i64, &str, &str)> {
 }
 
 /// The holder of a cookie value, if its MAC verifies, it has not expired, it was not signed
-/// out and its credential still stands.
+/// out and its credential still stands (a partner still active, in the period it was issued).
 pub fn verify(app: &App, value: &str) -> Option<Holder> {
+    verify_status(app, value).and_then(|(holder, active)| active.then_some(holder))
+}
+
+/// [`verify`], except that the cookie of a partner that is inactive now (and has not been
+/// reactivated since the cookie was issued) is returned too, with `false`: the caller answers
+/// it as it answers the key of an inactive partner.
+fn verify_status(app: &App, value: &str) -> Option<(Holder, bool)> {
     let (kind, subject, expiry, login, presented) = parts(value)?;
     if expiry <= app.clock.now().timestamp() {
         return None;
@@ -205,7 +235,7 @@ pub fn verify(app: &App, value: &str) -> Option<Holder> {
     let refused = r
         .get(&scope(app, kind, subject))
         .is_some_and(|h| expiry - LIFETIME_S <= h.floor || h.ids.contains_key(login));
-    (!refused).then_some(holder)
+    (!refused).then_some((holder, bound.active))
 }
 
 /// Signs out the login of a cookie value (which [`verify`] accepted): from now on it is
@@ -263,15 +293,27 @@ pub fn from_request(
     headers: &HeaderMap,
     admin: bool,
 ) -> Option<Holder> {
+    from_request_status(app, method, headers, admin)
+        .and_then(|(holder, active)| active.then_some(holder))
+}
+
+/// [`from_request`], also returning the cookie of a partner that is inactive now, with
+/// `false` (see [`verify_status`]): the `/v1` gate answers it 403 as it does that partner's key.
+pub fn from_request_status(
+    app: &App,
+    method: &Method,
+    headers: &HeaderMap,
+    admin: bool,
+) -> Option<(Holder, bool)> {
     let name = if admin { ADMIN_COOKIE } else { PARTNER_COOKIE };
     let value = cookie(headers, name)?;
-    let holder = verify(app, value)?;
+    let (holder, active) = verify_status(app, value)?;
     if holder.cookie_name() != name {
         return None;
     }
     let safe = method == Method::GET || method == Method::HEAD;
     let presented = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-    (safe || csrf_ok(app, value, presented)).then_some(holder)
+    (safe || csrf_ok(app, value, presented)).then_some((holder, active))
 }
 
 /// The dashboard login a long-lived answer (a server-sent event stream) was opened with, kept
