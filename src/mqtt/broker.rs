@@ -16,9 +16,16 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// How long one liveness probe may take (a loaded host must not look like a dead broker).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The largest MQTT payload the embedded broker takes (a capture is ~1 KiB), and the size of one
-/// segment of its per-topic message log.
-const MAX_PAYLOAD: usize = super::protocol::MAX_PAYLOAD;
+/// The size of one segment of the embedded broker's per-topic message log (a capture is ~1 KiB).
+const SEGMENT_SIZE: usize = super::protocol::MAX_PAYLOAD;
+
+/// The largest MQTT packet the embedded broker takes (rumqttd's `max_payload_size` bounds a
+/// packet's remaining length): four times the largest reader message the gateway parses
+/// ([`super::protocol::MAX_PAYLOAD`]), so that a message over the parser's limit reaches the
+/// gateway and is rejected, logged and counted (`too_large`, SPEC 5) while its reader stays
+/// connected. A packet over this limit makes rumqttd drop the sender's connection (and publish
+/// its last will); it must stay below the gateway client's own incoming limit.
+pub const MAX_PACKET: usize = 4 * super::protocol::MAX_PAYLOAD;
 
 #[derive(Debug, thiserror::Error)]
 #[error("embedded broker on {addr}: {reason}")]
@@ -44,7 +51,7 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
             connection_timeout_ms: 60_000,
-            max_payload_size: MAX_PAYLOAD,
+            max_payload_size: MAX_PACKET,
             max_inflight_count: 200,
             auth: None,
             external_auth: None,
@@ -59,8 +66,10 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
             // rumqttd keeps every topic's recent messages in memory, in segments, until the
             // count is reached: this is the most one topic holds (1 MiB, ~1 000 captures), not a
             // buffer that empties once delivered. At 16 MiB x 10 every busy topic grew for
-            // ever as far as a soak could see (BENCHMARKS.md section 7).
-            max_segment_size: MAX_PAYLOAD,
+            // ever as far as a soak could see (BENCHMARKS.md section 7). A segment is closed
+            // once it reaches this size, so it may overflow it by one packet: a topic flooded
+            // with packets of `MAX_PACKET` holds at most 5 x (256 KiB + 1 MiB).
+            max_segment_size: SEGMENT_SIZE,
             max_segment_count: 4,
             custom_segment: None,
             initialized_filters: None,

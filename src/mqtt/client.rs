@@ -88,6 +88,13 @@ pub fn credentials(url: &str) -> Option<(String, String)> {
 /// The largest packet taken from the broker (see `set_max_packet_size` below).
 const INCOMING_MAX: usize = 16 * 1024 * 1024;
 
+// A message the embedded broker lets through reaches the parser, and one over the parser's
+// limit gets through the embedded broker to be rejected as `too_large` (SPEC 5).
+const _: () = assert!(
+    INCOMING_MAX > super::broker::MAX_PACKET
+        && super::broker::MAX_PACKET > protocol::MAX_PAYLOAD + 1024
+);
+
 /// A connection that ends sooner than this after it was accepted does not reset the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
@@ -111,8 +118,9 @@ pub fn spawn(
     // not open a door now (the person has walked away): see `Backlog`.
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
-    // Incoming: far above what any broker palmgate ships lets through (256 KiB), so that an
-    // oversized message reaches the parser, is rejected and counted, and is acknowledged. A
+    // Incoming: far above what any broker palmgate ships lets through (the embedded one 1 MiB,
+    // the shipped Mosquitto configuration 256 KiB), so that an oversized message reaches the
+    // parser, is rejected and counted, and is acknowledged. A
     // packet over the client's own limit drops the connection before it can be acknowledged,
     // and a broker that redelivers it after every reconnect would cut the gateway off from
     // every reader.

@@ -75,8 +75,10 @@ pub enum ProtocolError {
     TooLarge(usize),
 }
 
-/// The largest reader message taken (a capture of a 128-float template is ~1 KiB; the embedded
-/// broker and the shipped Mosquitto configuration refuse larger packets already).
+/// The largest reader message taken (a capture of a 128-float template is ~1 KiB). The embedded
+/// broker takes packets up to four times larger (`broker::MAX_PACKET`), so that a larger
+/// message reaches the parser and is rejected `too_large` while its reader stays connected; the
+/// shipped Mosquitto configuration refuses packets over 256 KiB itself (and drops the sender).
 pub const MAX_PAYLOAD: usize = 256 * 1024;
 
 impl ProtocolError {

@@ -2130,3 +2130,190 @@ async fn capture_until_it_ends(g: &Gate, desk: &mut SimReader, id: &str, token: 
         );
     }
 }
+
+/// A reader as a bare rumqttc client with no packet limit of its own (as a reviewer's tool
+/// would be): `{"online": true}` retained once connected, `{"online": false}` as its last will;
+/// it receives its `cmd` topic.
+struct RawReader {
+    id: String,
+    client: rumqttc::AsyncClient,
+    /// Each PUBACK the broker sends.
+    acks: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// Each command received.
+    commands: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    /// How many times its connection ended.
+    drops: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawReader {
+    async fn connect(mqtt: &str, id: &str) -> RawReader {
+        let (host, port) = mqtt
+            .strip_prefix("mqtt://")
+            .and_then(|a| a.rsplit_once(':'))
+            .expect("an mqtt://host:port URL");
+        let status = format!("palmgate/readers/{id}/status");
+        let mut opts =
+            rumqttc::MqttOptions::new(format!("raw-{id}"), host, port.parse().expect("port"));
+        opts.set_max_packet_size(4 << 20, 4 << 20);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_last_will(rumqttc::LastWill::new(
+            status.clone(),
+            r#"{"online": false}"#,
+            rumqttc::QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
+        let (ack_tx, acks) = tokio::sync::mpsc::unbounded_channel();
+        let (cmd_tx, commands) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
+        let drops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (sub, cmd_topic, dropped) = (
+            client.clone(),
+            format!("palmgate/readers/{id}/cmd"),
+            drops.clone(),
+        );
+        let task = tokio::spawn(async move {
+            use rumqttc::{Event, Packet};
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = sub.try_subscribe(&cmd_topic, rumqttc::QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        let _ = ack_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
+                            let _ = cmd_tx.send(v);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(DEADLINE, ready.recv())
+            .await
+            .expect("the raw reader subscribed");
+        let mut r = RawReader {
+            id: id.to_string(),
+            client,
+            acks,
+            commands,
+            drops,
+            task,
+        };
+        r.publish_to(&status, true, br#"{"online": true}"#.to_vec())
+            .await;
+        r
+    }
+
+    /// Publishes at QoS 1 and waits for the broker's PUBACK.
+    async fn publish_to(&mut self, topic: &str, retain: bool, payload: Vec<u8>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+            .await
+            .expect("publish");
+        tokio::time::timeout(DEADLINE, self.acks.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no PUBACK for {topic} within {DEADLINE:?}"));
+    }
+
+    /// Publishes on its own topic of `kind`.
+    async fn publish(&mut self, kind: TopicKind, retain: bool, payload: Vec<u8>) {
+        let topic = format!("palmgate/readers/{}/{}", self.id, kind.as_str());
+        self.publish_to(&topic, retain, payload).await;
+    }
+
+    async fn command(&mut self) -> Value {
+        tokio::time::timeout(DEADLINE, self.commands.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no reader command within {DEADLINE:?}"))
+    }
+
+    fn drops(&self) -> usize {
+        self.drops.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for RawReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A valid capture of `palm` for session `token` (`None`: a door scan).
+fn raw_capture(capture_id: &str, token: Option<&str>, palm: &str) -> Vec<u8> {
+    let template = encode_template(&palmgate::synthetic::scan(palm, DIM, 7));
+    json!({"capture_id": capture_id, "session": token, "template": template,
+           "quality": 0.95, "liveness": true})
+    .to_string()
+    .into_bytes()
+}
+
+/// Waits until `palmgate_mqtt_rejected_total{reason}` reaches `at_least`.
+async fn rejected_reaches(g: &Gate, reason: &str, at_least: f64) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let m = g.metrics().await;
+        if rejected(&m, reason) >= at_least {
+            return m;
+        }
+        assert!(
+            Instant::now() < end,
+            "palmgate_mqtt_rejected_total{{reason=\"{reason}\"}} below {at_least}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// SPEC 5 ("a malformed message never stops anything"): a ~270 KB capture through the
+/// embedded broker is rejected `too_large` by the gateway, and its reader stays connected, its
+/// armed session pending, its next capture handled. The broker's packet limit once equalled the
+/// parser's: rumqttd dropped the reader (`PayloadSizeLimitExceeded`), its last will marked it
+/// offline, the session failed `reader_offline`, and nothing was logged or counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_capture_through_the_embedded_broker_keeps_its_reader_connected() {
+    let g = Gate::start().await;
+    let mut r = RawReader::connect(&g.mqtt, "desk-big").await;
+    g.reader_online("desk-big", true).await;
+    let (id, token) = g.enroll("EMP-BIG").await;
+    let (status, _) = g.page(&format!("/enroll/{token}?reader=desk-big")).await;
+    assert_eq!(status, 200);
+    assert_eq!(r.command().await["action"], "capture");
+
+    let before = rejected(&g.metrics().await, "too_large");
+    let big = json!({"capture_id": "c-big", "session": token, "template": "A".repeat(270_000),
+                     "quality": 0.9, "liveness": true});
+    r.publish(TopicKind::Capture, false, big.to_string().into_bytes())
+        .await;
+    rejected_reaches(&g, "too_large", before + 1.0).await;
+
+    assert_eq!(r.drops(), 0, "the broker kept the reader's connection");
+    assert_eq!(g.session(&id).await["state"], "pending");
+    let listed = g.readers().await;
+    assert!(
+        listed
+            .iter()
+            .any(|x| x["id"] == "desk-big" && x["online"] == true),
+        "{listed:?}"
+    );
+    r.publish(
+        TopicKind::Capture,
+        false,
+        raw_capture("c-after-big", Some(&token), "alice"),
+    )
+    .await;
+    let s = g.ended(&id).await;
+    assert_eq!(s["state"], "completed", "{s}");
+    assert_eq!(r.drops(), 0);
+}
