@@ -40,6 +40,10 @@ fn public_v4(ip: Ipv4Addr) -> bool {
 /// (`::ffff:0:0:0/96`), 6to4 (`2002::/16`, the IPv4 in bits 16–48) and well-known NAT64
 /// (`64:ff9b::/96`). A host that routes these reaches the IPv4 address, so the IPv4 rule
 /// judges it.
+///
+/// Teredo (`2001::/32`) is not one of them: it carries two IPv4 addresses (the relay server's in
+/// bits 32–63, the client's, inverted, in the last 32 bits), so neither alone says where a
+/// packet ends up; [`public_v6`] refuses it whatever it carries.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let low = |a: u16, b: u16| Ipv4Addr::new((a >> 8) as u8, a as u8, (b >> 8) as u8, b as u8);
@@ -59,6 +63,19 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     None
 }
 
+/// The parts of the IETF protocol assignments block (`2001::/23`) that IANA's special-purpose
+/// registry marks globally reachable: the PCP, TURN and DNS-SD SRP anycast addresses
+/// (`2001:1::1`–`3`), AMT (`2001:3::/32`) and AS112-v6 (`2001:4:112::/48`). The rest of the
+/// block is refused: Teredo (`2001::/32`), benchmarking (`2001:2::/48`), and the ORCHID (v1
+/// `2001:10::/28`, v2 `2001:20::/28`) and drone DET (`2001:30::/28`) blocks, which are
+/// cryptographic identifiers rather than locators (RFC 7343, RFC 9374): only a local overlay
+/// routes them, so no partner's webhook is reached at one.
+fn reachable_ietf_assignment(s: [u16; 8]) -> bool {
+    (s[..7] == [0x2001, 1, 0, 0, 0, 0, 0] && (1..=3).contains(&s[7]))
+        || s[1] == 3
+        || (s[1] == 4 && s[2] == 0x112)
+}
+
 fn public_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = embedded_v4(ip) {
         return public_v4(v4);
@@ -71,7 +88,11 @@ fn public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link-local
         || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed inside some sites)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64: local-use 64:ff9b:1::/48 and the rest
+        || (s[0] == 0x3fff && s[1] < 0x1000) // documentation (3fff::/20)
+        || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64: local-use 64:ff9b:1::/48 and the rest
+        || (s[..3] == [0x100, 0, 0] && s[3] <= 1) // discard-only 100::/64, dummy 100:0:0:1::/64
+        || (s[0] == 0x2001 && s[1] < 0x200 && !reachable_ietf_assignment(s)) // 2001::/23, Teredo
+        || s[0] == 0x5f00) // SRv6 segment identifiers (5f00::/16)
 }
 
 impl Guard {
@@ -246,6 +267,67 @@ mod tests {
         // The allow list still wins for the IPv6 form itself.
         let lo = Guard::new(vec!["2002:7f00::/24".parse().unwrap()]);
         assert!(lo.allows("2002:7f00:1::".parse().unwrap()));
+    }
+
+    /// Teredo carries a relay's IPv4 and the client's (inverted): neither judges it, it is
+    /// refused whatever it carries, unless the allow list covers the Teredo address itself.
+    #[test]
+    fn teredo_is_refused_whatever_it_carries() {
+        let g = Guard::default();
+        for bad in [
+            "2001:0:5db8:d822:0:0:80ff:fffe", // server 93.184.216.34, client 127.0.0.1
+            "2001:0:5db8:d822::f5ff:fffe",    // client 10.0.0.1
+            "2001:0:7f00:1::a2b7:1e2f",       // server 127.0.0.1
+            "2001:0:5db8:d822:0:0:a247:27dd", // client 93.184.216.34: still refused
+            "2001::1",
+        ] {
+            assert!(!g.allows(bad.parse().unwrap()), "{bad} allowed");
+        }
+        // The client's address is 127.0.0.1 once un-inverted: allowing loopback does not allow
+        // the Teredo form; allowing the Teredo prefix does.
+        let lo = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert!(!lo.allows("2001:0:5db8:d822::80ff:fffe".parse().unwrap()));
+        let teredo = Guard::new(vec!["2001::/32".parse().unwrap()]);
+        assert!(teredo.allows("2001:0:5db8:d822::80ff:fffe".parse().unwrap()));
+    }
+
+    /// IANA's special-purpose blocks that are not globally reachable are refused; its globally
+    /// reachable parts of 2001::/23 are not.
+    #[test]
+    fn special_purpose_ipv6_blocks_are_refused() {
+        let g = Guard::default();
+        for bad in [
+            "100::",                    // discard-only
+            "100::ffff:ffff:ffff:ffff", // discard-only, last
+            "100:0:0:1::1",             // dummy prefix
+            "2001:2::1",                // benchmarking
+            "2001:10::1",               // ORCHID (deprecated)
+            "2001:1f:ffff::1",          // ORCHID, last
+            "2001:20::1",               // ORCHIDv2
+            "2001:2f::1",               // ORCHIDv2, last
+            "2001:30::1",               // drone DETs
+            "2001:1::4",                // IETF protocol assignments, unassigned
+            "2001:1ff::1",              // 2001::/23, last
+            "3fff::1",                  // documentation
+            "3fff:fff::1",              // documentation, last
+            "5f00::1",                  // SRv6 SIDs
+        ] {
+            assert!(!g.allows(bad.parse().unwrap()), "{bad} allowed");
+        }
+        for good in [
+            "2001:1::1",         // PCP anycast
+            "2001:1::2",         // TURN anycast
+            "2001:1::3",         // DNS-SD SRP anycast
+            "2001:3::1",         // AMT
+            "2001:4:112::1",     // AS112-v6
+            "2001:200::1",       // just past 2001::/23
+            "100:0:0:2::1",      // past the discard and dummy blocks
+            "3fff:1000::1",      // past 3fff::/20
+            "2620:4f:8000::1",   // AS112 direct delegation
+            "2a00:1450:4001::1", // an ordinary global unicast address
+        ] {
+            assert!(g.allows(good.parse().unwrap()), "{good} refused");
+        }
     }
 
     #[tokio::test]
