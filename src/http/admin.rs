@@ -55,7 +55,7 @@ pub async fn create_partner(
     State(app): State<Arc<App>>,
     _: Admin,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<PartnerCreatedBody>), ApiError> {
+) -> Result<(StatusCode, super::webhook_api::NoStore<PartnerCreatedBody>), ApiError> {
     let bad = |m: &str| ApiError::BadRequest(m.to_string());
     let obj = body
         .as_object()
@@ -116,16 +116,20 @@ pub async fn create_partner(
     let p = app
         .read(|s| s.partner(partner_id).map(partner_body))
         .ok_or(ApiError::Internal)?;
+    // The key (and webhook secret) are shown once: no cache keeps the answer.
     Ok((
         StatusCode::CREATED,
-        Json(PartnerCreatedBody {
-            id: p.id,
-            name: p.name,
-            active: p.active,
-            created_at: p.created_at,
-            api_key,
-            webhook_secret,
-        }),
+        (
+            super::webhook_api::no_store(),
+            Json(PartnerCreatedBody {
+                id: p.id,
+                name: p.name,
+                active: p.active,
+                created_at: p.created_at,
+                api_key,
+                webhook_secret,
+            }),
+        ),
     ))
 }
 

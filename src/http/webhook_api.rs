@@ -1,8 +1,8 @@
 //! The partner's webhook endpoints under `/v1/webhook` (SPEC 2, partner extensions).
 //!
-//! The secret is shown once, in the answer to `PUT /v1/webhook` and `rotate-secret`; the log
-//! keeps it encrypted under the master key (signing needs the secret itself, so a hash would
-//! not do).
+//! The secret is shown once, in the answer to `PUT /v1/webhook` and `rotate-secret` (sent with
+//! `Cache-Control: no-store`, [`no_store`]); the log keeps it encrypted under the master key
+//! (signing needs the secret itself, so a hash would not do).
 
 use super::Path;
 use super::auth::Partner;
@@ -17,6 +17,7 @@ use crate::webhooks::guard::Guard;
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
+use axum::http::header::{CACHE_CONTROL, HeaderName};
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
@@ -191,12 +192,21 @@ pub async fn set(
     Ok(secret)
 }
 
+/// The headers of an answer that carries a secret shown once (a webhook secret, an API key):
+/// no browser or proxy cache may keep a copy of it.
+pub(super) fn no_store() -> [(HeaderName, &'static str); 1] {
+    [(CACHE_CONTROL, "no-store")]
+}
+
+/// A JSON answer with [`no_store`].
+pub(super) type NoStore<T> = ([(HeaderName, &'static str); 1], Json<T>);
+
 /// `PUT /v1/webhook` `{"url", "events"?}`
 pub async fn put(
     State(app): State<Arc<App>>,
     Partner(partner): Partner,
     JsonBody(body): JsonBody,
-) -> Result<Json<WebhookSecretBody>, ApiError> {
+) -> Result<NoStore<WebhookSecretBody>, ApiError> {
     let obj = body
         .as_object()
         .ok_or_else(|| ApiError::BadRequest("request body must be a JSON object".into()))?;
@@ -208,12 +218,15 @@ pub async fn put(
     .await?;
     let secret = set(&app, partner, url, events).await?;
     let w = current(&app, partner)?;
-    Ok(Json(WebhookSecretBody {
-        url: w.url,
-        status: w.status,
-        events: w.events,
-        secret,
-    }))
+    Ok((
+        no_store(),
+        Json(WebhookSecretBody {
+            url: w.url,
+            status: w.status,
+            events: w.events,
+            secret,
+        }),
+    ))
 }
 
 /// `GET /v1/webhook`
@@ -240,7 +253,7 @@ pub async fn enable(
 pub async fn rotate(
     State(app): State<Arc<App>>,
     Partner(partner): Partner,
-) -> Result<Json<WebhookSecretBody>, ApiError> {
+) -> Result<NoStore<WebhookSecretBody>, ApiError> {
     let (secret, sealed) = sealed_new_secret(&app);
     app.execute(Command::RotateWebhookSecret {
         partner_id: partner,
@@ -248,12 +261,15 @@ pub async fn rotate(
     })
     .await?;
     let w = current(&app, partner)?;
-    Ok(Json(WebhookSecretBody {
-        url: w.url,
-        status: w.status,
-        events: w.events,
-        secret,
-    }))
+    Ok((
+        no_store(),
+        Json(WebhookSecretBody {
+            url: w.url,
+            status: w.status,
+            events: w.events,
+            secret,
+        }),
+    ))
 }
 
 /// `POST /v1/webhook/test`: queues a signed `ping`.

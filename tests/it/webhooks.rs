@@ -1560,6 +1560,82 @@ async fn attempts_waiting_for_a_slot_are_not_sent_once_the_webhook_is_disabled()
 // 3. Test ping and secret rotation
 // ---------------------------------------------------------------------------------------------
 
+/// Every answer that carries a secret shown once (a new partner's API key and webhook secret, a
+/// webhook secret set or rotated) is sent `Cache-Control: no-store`, so no browser or proxy
+/// cache keeps a copy; an answer without a secret is not marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carrying_a_secret_are_sent_no_store() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    let dir = tempdir();
+    let gate = Gate::start(dir.path(), true, Arc::new(ManualClock::new(now_secs()))).await;
+    let call = |method: Method, path: &str, auth: Auth<'_>, body: Option<Value>| {
+        let mut req = gate.http.request(method, format!("{}{path}", gate.base));
+        req = match auth {
+            Auth::Admin => req.bearer_auth(ADMIN),
+            Auth::Key(k) => req.header("x-api-key", k),
+        };
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.expect("request to palmgate");
+            let status = r.status().as_u16();
+            let cache = r
+                .headers()
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap().to_string());
+            let v: Value = r.json().await.expect("JSON answer");
+            (status, cache, v)
+        }
+    };
+    let no_store = Some("no-store".to_string());
+    let (code, cache, v) = call(
+        Method::POST,
+        "/admin/v1/partners",
+        Auth::Admin,
+        Some(json!({"name": "A"})),
+    )
+    .await;
+    assert_eq!((code, &cache), (201, &no_store), "create partner: {v}");
+    let key = v["api_key"].as_str().unwrap().to_string();
+    let (code, cache, v) = call(
+        Method::POST,
+        "/admin/v1/partners",
+        Auth::Admin,
+        Some(json!({"name": "B", "webhook_url": rx.url})),
+    )
+    .await;
+    assert_eq!((code, &cache), (201, &no_store), "create with webhook: {v}");
+    assert!(v["webhook_secret"].is_string(), "{v}");
+
+    let (code, cache, v) = call(
+        Method::PUT,
+        "/v1/webhook",
+        Auth::Key(&key),
+        Some(json!({"url": rx.url})),
+    )
+    .await;
+    assert_eq!((code, &cache), (200, &no_store), "PUT /v1/webhook: {v}");
+    assert!(v["secret"].is_string(), "{v}");
+    let (code, cache, v) = call(
+        Method::POST,
+        "/v1/webhook/rotate-secret",
+        Auth::Key(&key),
+        None,
+    )
+    .await;
+    assert_eq!((code, &cache), (200, &no_store), "rotate-secret: {v}");
+    assert!(v["secret"].is_string(), "{v}");
+
+    let (code, cache, v) = call(Method::GET, "/v1/webhook", Auth::Key(&key), None).await;
+    assert_eq!(
+        (code, cache),
+        (200, None),
+        "GET /v1/webhook shows no secret: {v}"
+    );
+    gate.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_pings_are_signed_and_a_rotated_secret_signs_alongside_for_24_hours() {
     let rx = Receiver::start(Reply::status(200)).await;
