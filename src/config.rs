@@ -179,13 +179,21 @@ impl UpstreamConfig {
         !self.base_url.is_empty()
     }
 
-    /// `Err((key, reason))` for the first invalid key.
-    fn check(&self) -> Result<(), (&'static str, String)> {
+    /// `Err((key, reason))` for the first invalid key. `source` names where a key's value came
+    /// from: a key that is missing only because another one is set says where that one was set
+    /// (the missing key's own source is the defaults, which tells the operator nothing).
+    fn check(&self, source: &dyn Fn(&str) -> String) -> Result<(), (&'static str, String)> {
         if !self.enabled() {
-            if !self.api_key.is_empty() || !self.webhook_secret.is_empty() {
+            let set = [
+                ("upstream.api_key", &self.api_key),
+                ("upstream.webhook_secret", &self.webhook_secret),
+            ]
+            .into_iter()
+            .find(|(_, v)| !v.is_empty());
+            if let Some((set, _)) = set {
                 return Err((
                     "upstream.base_url",
-                    "is required when upstream.api_key or upstream.webhook_secret is set".into(),
+                    format!("is required when `{set}` (from {}) is set", source(set)),
                 ));
             }
             return Ok(());
@@ -207,7 +215,13 @@ impl UpstreamConfig {
             ("upstream.webhook_secret", &self.webhook_secret),
         ] {
             if v.trim().is_empty() {
-                return Err((key, "is required when upstream.base_url is set".into()));
+                return Err((
+                    key,
+                    format!(
+                        "is required when `upstream.base_url` (from {}) is set",
+                        source("upstream.base_url")
+                    ),
+                ));
             }
         }
         Ok(())
@@ -522,8 +536,14 @@ impl Config {
                 ));
             }
         }
+        let source = |key: &str| {
+            sources
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "the embedded defaults".into())
+        };
         self.upstream
-            .check()
+            .check(&source)
             .map_err(|(key, reason)| fail(key, reason))?;
         if let Some(k) = &self.secrets.master_key
             && (k.len() != 64 || hex::decode(k).is_err())
@@ -822,6 +842,61 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("mqtt.url") && !e.contains("s3cret"), "{e}");
+    }
+
+    /// A key that is required because another one is set names where that one was set (the
+    /// file, or the environment variable), not only the defaults the missing key came from.
+    #[test]
+    fn a_missing_upstream_key_names_where_the_key_requiring_it_was_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("up.toml");
+        std::fs::write(&f, "[upstream]\nbase_url = \"https://x\"\n").unwrap();
+        let name = f.display().to_string();
+        let e = Config::load(Some(&f), &env(&[])).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "config key `upstream.api_key` (from the embedded defaults): is required when \
+                 `upstream.base_url` (from {name}) is set"
+            )
+        );
+        let e = Config::load(Some(&f), &env(&[("PALMGATE_UPSTREAM_API_KEY", "k")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "config key `upstream.webhook_secret` (from the embedded defaults): is required \
+                 when `upstream.base_url` (from {name}) is set"
+            )
+        );
+        let e = Config::load(
+            None,
+            &env(&[
+                ("PALMGATE_UPSTREAM_BASE_URL", "https://x"),
+                ("PALMGATE_UPSTREAM_API_KEY", "k"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`upstream.webhook_secret`")
+                && e.contains("(from environment variable PALMGATE_UPSTREAM_BASE_URL)"),
+            "{e}"
+        );
+        // The other way round: the key set without a base URL is named with its source.
+        let e = Config::load(
+            None,
+            &env(&[("PALMGATE_UPSTREAM_WEBHOOK_SECRET", "whsec_x")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "config key `upstream.base_url` (from the embedded defaults): is required when \
+             `upstream.webhook_secret` (from environment variable \
+             PALMGATE_UPSTREAM_WEBHOOK_SECRET) is set"
+        );
     }
 
     /// A token and a token_sha256 that disagree are refused, naming both keys and where each
