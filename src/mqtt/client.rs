@@ -395,6 +395,12 @@ async fn handle(app: &App, prefix: &str, p: &Publish, stale: bool) -> Handled {
     if kind == TopicKind::Status && p.payload.is_empty() {
         return Handled::Ack; // a cleared retained status
     }
+    // A retained capture or trigger, replayed by the broker on a new subscription: it would be
+    // decided again once its id has left the dedupe window.
+    if let Err(e) = protocol::check_retain(kind, p.retain) {
+        reject(&e, Some(&reader.0));
+        return Handled::Ack;
+    }
     let msg = match protocol::parse(kind, &p.payload, app.config.matching.dim) {
         Ok(m) => m,
         Err(e) => {

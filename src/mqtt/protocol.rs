@@ -73,6 +73,11 @@ pub enum ProtocolError {
     Template(#[from] TemplateError),
     #[error("payload of {0} bytes is over the {MAX_PAYLOAD} bytes a reader message may have")]
     TooLarge(usize),
+    /// A capture or trigger with the retain flag: a broker replays a retained message to every
+    /// new subscription (each reconnection of the gateway), long after it was made. Only a
+    /// reader's `status` is retained (SPEC 5).
+    #[error("a retained {} is not taken (only a reader's status is retained)", .0.as_str())]
+    Retained(TopicKind),
 }
 
 /// The largest reader message taken (a capture of a 128-float template is ~1 KiB). The embedded
@@ -87,6 +92,7 @@ impl ProtocolError {
         match self {
             ProtocolError::Topic(_) => "topic",
             ProtocolError::TooLarge(_) => "too_large",
+            ProtocolError::Retained(_) => "retained",
             ProtocolError::NotJson(_) => "not_json",
             ProtocolError::NotObject => "not_object",
             ProtocolError::Missing(_) => "missing_field",
@@ -171,6 +177,16 @@ fn id_field(m: &Map<String, Value>, field: &'static str) -> Result<String, Proto
             field,
             expected: "a string of 1–128 letters, digits or -_.:",
         }),
+    }
+}
+
+/// Refuses a capture or trigger delivered with the retain flag ([`ProtocolError::Retained`]).
+/// A broker clears the flag when it forwards a message live, so what is refused is a retained
+/// one replayed on a new subscription.
+pub fn check_retain(kind: TopicKind, retain: bool) -> Result<(), ProtocolError> {
+    match kind {
+        TopicKind::Capture | TopicKind::Trigger if retain => Err(ProtocolError::Retained(kind)),
+        _ => Ok(()),
     }
 }
 
@@ -328,6 +344,17 @@ mod tests {
         assert!(!is_cmd_topic("palmgate", "palmgate/readers/x/y/cmd"));
         assert!(!is_cmd_topic("palmgate", "palmgate/readers//cmd"));
         assert!(!is_cmd_topic("palmgate", "other/readers/x/cmd"));
+    }
+
+    #[test]
+    fn only_a_status_may_be_retained() {
+        assert_eq!(check_retain(TopicKind::Status, true), Ok(()));
+        for kind in [TopicKind::Capture, TopicKind::Trigger] {
+            assert_eq!(check_retain(kind, false), Ok(()));
+            let e = check_retain(kind, true).unwrap_err();
+            assert_eq!(e.label(), "retained");
+            assert!(e.to_string().contains(kind.as_str()), "{e}");
+        }
     }
 
     #[test]

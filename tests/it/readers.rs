@@ -2363,3 +2363,38 @@ async fn messages_on_topics_that_are_not_a_readers_are_rejected_and_counted() {
     let s = g.ended(&id).await;
     assert_eq!(s["state"], "completed", "{s}");
 }
+
+/// SPEC 5 (only `status` is retained): a retained capture and a retained trigger, which a
+/// broker replays on every new subscription, are rejected `retained`, logged and counted by a
+/// gateway that subscribes after they were published (here a second gateway on the first one's
+/// embedded broker); the retained status still counts. They were handled as fresh messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_captures_and_triggers_are_rejected() {
+    let g = Gate::start().await;
+    let mut r = RawReader::connect(&g.mqtt, "kiosk-r").await;
+    g.reader_online("kiosk-r", true).await;
+    r.publish(
+        TopicKind::Capture,
+        true,
+        raw_capture("c-retained", None, "alice"),
+    )
+    .await;
+    r.publish(
+        TopicKind::Trigger,
+        true,
+        br#"{"trigger_id": "t-retained"}"#.to_vec(),
+    )
+    .await;
+    // Delivered live (the broker clears the flag), the trigger is handled as usual.
+    let show = r.command().await;
+    assert_eq!(show["action"], "show", "{show}");
+    let before = rejected(&g.metrics().await, "retained");
+
+    let second = Gate::start_with(Some(&g.mqtt)).await;
+    second.reader_online("kiosk-r", true).await;
+    let m = rejected_reaches(&second, "retained", before + 2.0).await;
+    assert_eq!(rejected(&m, "retained"), before + 2.0, "{m}");
+    if let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(500), r.commands.recv()).await {
+        panic!("a replayed trigger or capture was answered: {c}");
+    }
+}
