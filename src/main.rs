@@ -123,10 +123,13 @@ enum AuditCmd {
 enum ReaderCmd {
     /// Connect as reader ID and scan the synthetic palm NAME (SPEC 5).
     ///
-    /// With --session, scan for that hosted-page session (token or URL); with --door, scan at
-    /// the reader's door; with --trigger, report a hand at a kiosk. In every case the reader
-    /// then answers `capture` and `retry` commands with fresh scans for --wait seconds,
-    /// printing each command it receives as a JSON line.
+    /// With --session URL, arm the reader for that hosted-page session as a person choosing it
+    /// on the page does (`URL?reader=ID`) and scan when the server says `capture`; with
+    /// --session TOKEN, scan for it at once (a session this reader is already armed for, or a
+    /// kiosk's); with --door, scan at the reader's door; with --trigger, report a hand at a
+    /// kiosk. In every case the reader then answers `capture` and `retry` commands with fresh
+    /// scans for --wait seconds, printing each command it receives as a JSON line, and leaves
+    /// the broker cleanly (no last will: the reader is not reported offline).
     Simulate {
         #[arg(long)]
         reader: String,
@@ -525,6 +528,7 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
         wait,
     } = action;
     let config = Config::load_with_process_env(config.as_deref())?;
+    let sim_reader = reader.clone();
     let mqtt_url = mqtt
         .or_else(|| config.mqtt.url.clone())
         .unwrap_or_else(|| format!("mqtt://{}", config.mqtt.embedded.listen));
@@ -537,7 +541,7 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
         palmgate::mqtt::simulate::SimOptions {
             mqtt_url: mqtt_url.clone(),
             topic_prefix: config.mqtt.topic_prefix.clone(),
-            reader: palmgate::core::ReaderId(reader),
+            reader: palmgate::core::ReaderId(reader.clone()),
             palm,
             dim: config.matching.dim,
             quality,
@@ -553,31 +557,51 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
             palmgate::config::redact_url(&mqtt_url)
         )
     })?;
-    let token = session.map(|s| session_token(&s));
-    if let Some(t) = &token {
-        sim.capture(Some(t)).await?;
-    } else if door {
-        sim.capture(None).await?;
-    } else if trigger {
-        sim.trigger().await?;
+    match session.as_deref().map(|s| (s, arm_link(s, &sim_reader))) {
+        // A link: the reader is armed for it as a person choosing it on the page does
+        // (`?reader=ID`); the server's `capture` command then starts the scan. A capture
+        // counts only from the reader its session is armed at.
+        Some((link, Some(url))) => {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .header("accept", "application/json")
+                .send()
+                .await
+                .with_context(|| format!("cannot open the session's page {link}"))?;
+            if !resp.status().is_success() {
+                anyhow::bail!(
+                    "the session's page answered {}: {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                );
+            }
+        }
+        // A bare token: scanned for as it is (a kiosk's session shown to this reader, or one
+        // a page has armed it for).
+        Some((token, None)) => {
+            sim.capture(Some(token)).await?;
+        }
+        None if door => {
+            sim.capture(None).await?;
+        }
+        None if trigger => sim.trigger().await?,
+        None => {}
     }
-    sim.follow(std::time::Duration::from_secs(wait), true)
-        .await?;
+    let result = sim.follow(std::time::Duration::from_secs(wait), true).await;
+    sim.close().await;
+    result?;
     Ok(())
 }
 
-/// The session token in a hosted-page link (`http://host/enroll/<token>?reader=desk-1`: the
-/// last non-empty path segment, without query or fragment), or the argument itself when it is
-/// a bare token.
-fn session_token(s: &str) -> String {
-    match reqwest::Url::parse(s) {
-        Ok(u) => u
-            .path_segments()
-            .and_then(|mut p| p.rfind(|seg| !seg.is_empty()))
-            .unwrap_or_default()
-            .to_string(),
-        Err(_) => s.to_string(),
-    }
+/// The page link `link` asking to arm `reader` (`?reader=ID`, replacing any reader it already
+/// named; the rest of the query and the fragment dropped), or `None` when `link` is no URL (a
+/// bare token).
+fn arm_link(link: &str, reader: &str) -> Option<reqwest::Url> {
+    let mut url = reqwest::Url::parse(link).ok()?;
+    url.set_fragment(None);
+    url.set_query(None);
+    url.query_pairs_mut().append_pair("reader", reader);
+    Some(url)
 }
 
 fn instant(s: Option<String>, what: &str) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
@@ -762,15 +786,19 @@ mod tests {
     }
 
     #[test]
-    fn a_session_link_gives_its_token_whatever_follows_it() {
+    fn a_session_link_arms_the_simulated_reader_whatever_follows_it() {
         for link in [
             "http://127.0.0.1:8080/enroll/tok-1",
             "http://127.0.0.1:8080/enroll/tok-1?reader=desk-1",
-            "http://127.0.0.1:8080/enroll/tok-1/",
-            "https://gate.example/identify/tok-1#top",
-            "tok-1",
+            "http://127.0.0.1:8080/enroll/tok-1?reader=desk-1&reader=x#top",
         ] {
-            assert_eq!(super::session_token(link), "tok-1", "{link}");
+            let url = super::arm_link(link, "desk-7").expect("a link");
+            assert_eq!(
+                url.as_str(),
+                "http://127.0.0.1:8080/enroll/tok-1?reader=desk-7",
+                "{link}"
+            );
         }
+        assert!(super::arm_link("tok-1", "desk-7").is_none(), "a bare token");
     }
 }

@@ -831,8 +831,22 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
         return rejected(CaptureRejection::SessionNotPending);
     }
     // Only the reader the session is armed at speaks for it: one armed before the session
-    // moved on still holds its token.
-    if s.reader_id.as_ref().is_some_and(|r| *r != c.reader_id) {
+    // moved on still holds its token. A session armed nowhere takes a capture from a reader
+    // that serves no door (anyone holding its link could arm that reader anyway), but never
+    // from a door's reader, which no partner's session may be armed at: one that learnt the
+    // token some other way would enroll or identify whoever scans there to get in. A site
+    // session is bound to its reader from the trigger on.
+    let at_door_reader = || {
+        state
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.door_of_reader(&c.reader_id).is_some())
+    };
+    let speaks = match &s.reader_id {
+        Some(r) => *r == c.reader_id,
+        None => s.partner_id.is_none() || !at_door_reader(),
+    };
+    if !speaks {
         return rejected(CaptureRejection::WrongReader);
     }
     let rules = state.rules;

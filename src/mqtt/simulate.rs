@@ -8,9 +8,11 @@
 use super::client::{parse_url, tls_transport};
 use super::protocol::{self, TopicKind};
 use crate::core::ReaderId;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::{Value, json};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -35,6 +37,10 @@ pub struct SimReader {
     commands: mpsc::UnboundedReceiver<Value>,
     scans: u64,
     task: tokio::task::JoinHandle<()>,
+    /// The session token it last scanned for or was armed for: a `retry` is answered for it.
+    session: Option<String>,
+    /// Another client already said this reader was online when it connected (see `close`).
+    shared: Arc<AtomicBool>,
 }
 
 impl Drop for SimReader {
@@ -53,6 +59,11 @@ pub enum SimError {
     Timeout,
 }
 
+/// The retained status a simulated reader publishes on connecting.
+fn online_status() -> Value {
+    json!({"online": true, "model": "palmgate-sim", "firmware": env!("CARGO_PKG_VERSION")})
+}
+
 impl SimReader {
     /// Connects, subscribes to its `cmd` topic and publishes `{"online": true}` (retained).
     pub async fn connect(opts: SimOptions) -> Result<SimReader, SimError> {
@@ -67,7 +78,17 @@ impl SimReader {
     ) -> Result<SimReader, SimError> {
         let (host, port, tls) = parse_url(&opts.mqtt_url)?;
         let status = protocol::reader_topic(&opts.topic_prefix, &opts.reader, TopicKind::Status);
-        let mut mo = MqttOptions::new(format!("sim-{}", opts.reader), host, port);
+        // A client id of its own per connection: a second simulator of the same reader id (the
+        // CLI beside the demo's own) must not take the other's connection over, which the
+        // broker answers by dropping the older one (its last will then marks the reader
+        // offline).
+        let mut nonce = [0u8; 4];
+        getrandom::fill(&mut nonce).map_err(|e| SimError::Mqtt(e.to_string()))?;
+        let mut mo = MqttOptions::new(
+            format!("sim-{}-{}", opts.reader, hex::encode(nonce)),
+            host,
+            port,
+        );
         if let Some((user, password)) = super::client::credentials(&opts.mqtt_url) {
             mo.set_credentials(user, password);
         }
@@ -88,21 +109,57 @@ impl SimReader {
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
         let cmd_topic = protocol::cmd_topic(&opts.topic_prefix, &opts.reader);
         let sub = client.clone();
+        let online = online_status();
+        let shared = Arc::new(AtomicBool::new(false));
+        let shared_seen = shared.clone();
         let task = tokio::spawn(async move {
+            let mut connected_before = false;
+            let mut closing = false;
+            // Until its own `online` comes back live: a retained status saying `online` is
+            // another client speaking for this reader id (the demo's own simulated reader).
+            let mut probing = true;
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let _ = sub.try_subscribe(cmd_topic.clone(), QoS::AtLeastOnce);
+                        if !connected_before {
+                            let _ = sub.try_subscribe(status.clone(), QoS::AtLeastOnce);
+                        }
+                        // A reconnection says `online` again: the last will of the dropped
+                        // connection has left `{"online": false}` retained meanwhile.
+                        if connected_before {
+                            let _ = sub.try_publish(
+                                status.clone(),
+                                QoS::AtLeastOnce,
+                                true,
+                                online.to_string(),
+                            );
+                        }
+                        connected_before = true;
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == status => {
+                        if !p.retain {
+                            probing = false;
+                        } else if probing
+                            && serde_json::from_slice::<Value>(&p.payload)
+                                .is_ok_and(|v| v["online"] == true)
+                        {
+                            shared_seen.store(true, Ordering::Relaxed);
+                        }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
                             let _ = tx.send(v);
                         }
                     }
+                    // `close`: once the DISCONNECT is out, the connection ends cleanly (no will)
+                    // and is not made again.
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => closing = true,
                     Ok(_) => {}
+                    Err(_) if closing => break,
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
@@ -116,14 +173,29 @@ impl SimReader {
             commands,
             scans: 0,
             task,
+            session: None,
+            shared,
         };
-        r.publish(
-            TopicKind::Status,
-            json!({"online": true, "model": "palmgate-sim", "firmware": env!("CARGO_PKG_VERSION")}),
-            true,
-        )
-        .await?;
+        r.publish(TopicKind::Status, online_status(), true).await?;
         Ok(r)
+    }
+
+    /// Ends its run: says `{"online": false}` (retained) unless another client already spoke
+    /// for this reader id when it connected (the demo's own simulated reader, which stays
+    /// online), then leaves with a DISCONNECT, so its last will is not published either. Waits
+    /// up to 1 s for the packets to go out.
+    pub async fn close(self) {
+        if !self.shared.load(Ordering::Relaxed) {
+            let _ = self
+                .publish(TopicKind::Status, json!({"online": false}), true)
+                .await;
+        }
+        if self.client.disconnect().await.is_ok() {
+            let end = tokio::time::Instant::now() + Duration::from_secs(1);
+            while !self.task.is_finished() && tokio::time::Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     async fn publish(&self, kind: TopicKind, v: Value, retain: bool) -> Result<(), SimError> {
@@ -175,6 +247,9 @@ impl SimReader {
 
     /// Scans the palm for `session` (or at the door when `None`); returns the payload sent.
     pub async fn capture(&mut self, session: Option<&str>) -> Result<Value, SimError> {
+        if let Some(t) = session {
+            self.session = Some(t.to_string());
+        }
         let v = self.next_capture(session);
         self.publish(TopicKind::Capture, v.clone(), false).await?;
         Ok(v)
@@ -221,20 +296,20 @@ impl SimReader {
     /// `duration`; prints each command as a JSON line when `print` is set.
     pub async fn follow(&mut self, duration: Duration, print: bool) -> Result<(), SimError> {
         let end = tokio::time::Instant::now() + duration;
-        let mut session: Option<String> = None;
         while let Some(cmd) = self.next_command(end - tokio::time::Instant::now()).await {
             if print {
                 println!("{cmd}");
             }
             match cmd.get("action").and_then(Value::as_str) {
                 Some("capture") => {
-                    session = cmd
+                    let session = cmd
                         .get("session")
                         .and_then(Value::as_str)
                         .map(str::to_string);
                     self.capture(session.as_deref()).await?;
                 }
-                Some("retry") if session.is_some() => {
+                Some("retry") if self.session.is_some() => {
+                    let session = self.session.clone();
                     self.capture(session.as_deref()).await?;
                 }
                 _ => {}

@@ -2398,3 +2398,24 @@ async fn retained_captures_and_triggers_are_rejected() {
         panic!("a replayed trigger or capture was answered: {c}");
     }
 }
+
+/// `reader simulate` beside another client speaking for the same reader id (the demo's own
+/// simulated reader): each connects with a client id of its own (the broker dropped the older
+/// connection of a shared one, and its last will marked the reader offline), and the one that
+/// ends its run leaves the reader online while the other still speaks for it. Alone, a
+/// simulator that ends says the reader is offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulator_beside_another_client_of_the_same_reader_leaves_it_online() {
+    let g = Gate::start().await;
+    let first = g.reader("desk-5", "alice", 1).await;
+    let second = g.reader("desk-5", "bob", 2).await;
+    second.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = g.reader_online("desk-5", true).await;
+    assert_eq!(
+        r["online"], true,
+        "the first client still speaks for desk-5: {r}"
+    );
+    first.close().await;
+    g.reader_online("desk-5", false).await;
+}
