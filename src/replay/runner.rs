@@ -605,6 +605,12 @@ impl Runner {
                     .replace(&format!("{{{name}.session_id}}"), sid)
                     .replace(&format!("{{{name}.token}}"), token);
             }
+            if let Some(unknown) = unknown_placeholder(&path) {
+                return Err(format!(
+                    "api.path: no saved session {unknown:?} for its placeholder in {:?}",
+                    call.path
+                ));
+            }
             let auth = if call.admin {
                 Some(("authorization", format!("Bearer {ADMIN_TOKEN}")))
             } else {
@@ -740,6 +746,18 @@ impl Runner {
             if f.down.is_none() && f.refuses.is_none() {
                 return Err(format!(
                     "relay_fault for {:?}: say `down = true|false` or `refuses = true|false`",
+                    f.device
+                ));
+            }
+            let known: Vec<String> = self.app.read(|s| {
+                s.policy.as_ref().map_or(vec![], |p| {
+                    p.relay_devices.iter().map(|d| d.id.clone()).collect()
+                })
+            });
+            if !known.contains(&f.device) {
+                return Err(format!(
+                    "relay_fault.device {:?}: no such relay device in the policy in force (its \
+                     devices: {known:?})",
                     f.device
                 ));
             }
@@ -1079,8 +1097,41 @@ pub fn collect(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// The name in the first `{NAME.session_id}` or `{NAME.token}` left in `path` (no session was
+/// saved under that name), if any.
+fn unknown_placeholder(path: &str) -> Option<&str> {
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after.find('}')?;
+        let inner = &after[..close];
+        if let Some(name) = inner
+            .strip_suffix(".session_id")
+            .or_else(|| inner.strip_suffix(".token"))
+        {
+            return Some(name);
+        }
+        rest = &after[close + 1..];
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_placeholder_naming_no_saved_session_is_found() {
+        assert_eq!(
+            super::unknown_placeholder("/v1/sessions/{zz.session_id}"),
+            Some("zz")
+        );
+        assert_eq!(
+            super::unknown_placeholder("/identify/{t1.token}/cancel"),
+            Some("t1")
+        );
+        assert_eq!(super::unknown_placeholder("/v1/users/EMP-1?x={y}"), None);
+        assert_eq!(super::unknown_placeholder("/v1/sessions/0193"), None);
+    }
+
     use super::*;
 
     const HEAD: &str = "name = \"x\"\nstart = \"2026-03-02T09:00:00+05:00\"\n\
@@ -1102,6 +1153,31 @@ mod tests {
                 .unwrap_err();
         assert!(
             e.starts_with("step 0: webhook_answers: unknown partner \"ghost\""),
+            "{e}"
+        );
+    }
+
+    /// A relay fault for a device the policy does not have, or a path placeholder naming no
+    /// saved session, is an error naming it: both were silently nothing (the placeholder sent
+    /// as it was, so a scenario expecting 404 passed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fault_at_an_unknown_device_and_an_unknown_placeholder_name_it() {
+        let e = run_text("[[steps]]\nrelay_fault = { device = \"nope\", down = true }\n")
+            .await
+            .unwrap_err();
+        assert!(
+            e.starts_with("step 0: relay_fault.device \"nope\": no such relay device"),
+            "{e}"
+        );
+        let e = run_text(
+            "[[steps]]\n\
+             api = { method = \"GET\", path = \"/v1/sessions/{zz.session_id}\", partner = \"acme\" }\n\
+             expect = { status = 404 }\n",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.starts_with("step 0: api.path: no saved session \"zz\""),
             "{e}"
         );
     }
