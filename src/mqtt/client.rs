@@ -161,23 +161,10 @@ pub fn spawn(
                     // subscriptions below are made on every connection, and a SUBSCRIBE makes
                     // the broker send the retained statuses again.
                     set_link(&app, true);
-                    // Every topic under `readers/`: one that is not a reader's is rejected and
-                    // counted (`handle`), and the gateway's own commands come back, ignored.
-                    let filter = protocol::readers_filter(&sub_prefix);
-                    if let Err(e) = sub_client.try_subscribe(filter, QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, "cannot subscribe");
-                    }
-                    // The three filters of earlier versions, which an external broker's
-                    // persistent session may still hold: overlapping the one above, they would
-                    // make it (Mosquitto 2) deliver each reader message twice. (The embedded
-                    // broker's sessions live no longer than this process.)
-                    let legacy = ["status", "capture", "trigger"]
-                        .map(|kind| format!("{sub_prefix}/readers/+/{kind}"));
-                    if ack.session_present && app.config.mqtt.url.is_some() {
-                        for filter in legacy {
-                            if let Err(e) = sub_client.try_unsubscribe(filter) {
-                                tracing::warn!(error = %e, "cannot unsubscribe");
-                            }
+                    for kind in ["status", "capture", "trigger"] {
+                        let filter = format!("{sub_prefix}/readers/+/{kind}");
+                        if let Err(e) = sub_client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::error!(error = %e, "cannot subscribe");
                         }
                     }
                     if let Err(e) = sub_client.try_subscribe(&mark_topic, QoS::AtLeastOnce) {
@@ -382,9 +369,6 @@ enum Handled {
 /// when the remote's answer to it is recorded, which the MQTT loop does not wait for
 /// (`app::upstream`).
 async fn handle(app: &App, prefix: &str, p: &Publish, stale: bool) -> Handled {
-    if protocol::is_cmd_topic(prefix, &p.topic) {
-        return Handled::Ack; // a command of the gateway's, back through its own subscription
-    }
     let (reader, kind) = match protocol::parse_topic(prefix, &p.topic) {
         Ok(t) => t,
         Err(e) => {

@@ -112,6 +112,7 @@ impl SimReader {
         let online = online_status();
         let shared = Arc::new(AtomicBool::new(false));
         let shared_seen = shared.clone();
+        let (probed_tx, mut probed_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut connected_before = false;
             let mut closing = false;
@@ -142,6 +143,9 @@ impl SimReader {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic == status => {
                         if !p.retain {
+                            if probing {
+                                let _ = probed_tx.send(());
+                            }
                             probing = false;
                         } else if probing
                             && serde_json::from_slice::<Value>(&p.payload)
@@ -177,6 +181,8 @@ impl SimReader {
             shared,
         };
         r.publish(TopicKind::Status, online_status(), true).await?;
+        // Its own `online` back: whatever status was retained before has been seen (`close`).
+        let _ = tokio::time::timeout(Duration::from_secs(2), probed_rx.recv()).await;
         Ok(r)
     }
 
