@@ -685,6 +685,7 @@ async fn lobby_log(site: &str, readers: &[&str]) -> (Log, Vec<u64>) {
         .unwrap();
     }
     drop(server);
+    app.close();
     drop(app);
     let log = Log { dir, config };
     let positions = decided_positions(&log);
@@ -872,6 +873,7 @@ async fn what_if_an_erasure_ends_the_persons_zone_presence() {
     enroll(&app, partner, 9, "alice", "bob").await;
     scan("bob", "walk-2", 302).await.unwrap();
     drop(server);
+    app.close();
     drop(app);
     let log = Log { dir, config };
     let positions = decided_positions(&log);
@@ -916,6 +918,7 @@ async fn what_if_a_grant_at_a_door_whose_board_is_down_moves_no_one() {
         .await
         .unwrap();
     drop(server);
+    app.close();
     drop(app);
     let log = Log { dir, config };
     let positions = decided_positions(&log);
@@ -1006,6 +1009,7 @@ async fn what_if_a_refused_pulse_undoes_the_grants_movement() {
     scan("walk-1", 301).await.unwrap();
     scan("walk-2", 302).await.unwrap();
     drop(server);
+    app.close();
     drop(app);
     let log = Log { dir, config };
     let positions = decided_positions(&log);
@@ -1839,6 +1843,7 @@ async fn relay_log() -> (Log, [i64; 3]) {
     app.execute(coil(3, true, "")).await.unwrap();
     app.execute(mode(false)).await.unwrap();
     drop(server);
+    app.close();
     drop(app);
     let log = Log { dir, config };
     let c = Connection::open(log.db()).unwrap();
