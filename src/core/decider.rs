@@ -62,7 +62,8 @@ pub enum ReaderCommand {
     /// Show a URL made elsewhere (upstream mode: the remote's identify page).
     ShowUrl { url: String },
     /// No door decision for the person at the reader (upstream mode: the remote failed, expired,
-    /// answered too late or could not be reached); the shell localizes the message.
+    /// answered too late or could not be reached; a kiosk's site session at a door's reader:
+    /// it failed `low_quality`); sent as a denied `result`, the shell localizes the message.
     NotIdentified {
         door: Option<DoorId>,
         why: super::upstream::Unidentified,
@@ -852,23 +853,16 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
     let rules = state.rules;
     let matched = c.best.as_ref().filter(|b| b.similarity >= rules.threshold);
     let cref = c.reference(&rules);
-    let failed = |reason, cref| {
-        Ok(Decision::new(end(
-            state,
-            s,
-            End::Failed(reason),
-            Some(cref),
-            now,
-        )))
+    // A site session (a reader's trigger) at a door's reader: that door and its policy.
+    let site_door = || {
+        let policy = state.policy.as_ref().filter(|_| s.partner_id.is_none())?;
+        Some((policy, policy.door_of_reader(&c.reader_id)?))
     };
-    // A site session (a reader's trigger) at a door's reader: the door decision follows its
-    // end, as for a session-less capture at that door (SPEC 5, SPEC 7: a `result` follows).
+    // A site session at a door's reader: the door decision follows its end, as for a
+    // session-less capture at that door (SPEC 5, SPEC 7: a `result` follows).
     let at_door =
         |d: &mut Decision, cref: &CaptureRef, matched: Option<&super::matcher::Candidate>| {
-            if s.partner_id.is_none()
-                && let Some(policy) = &state.policy
-                && let Some(door) = policy.door_of_reader(&c.reader_id)
-            {
+            if let Some((policy, door)) = site_door() {
                 let user = matched.and_then(|m| state.user(m.partner_id, &m.external_id));
                 let subject = user.map(|u| doors::subject(state, u));
                 let erased = matched.is_some() && user.is_none();
@@ -891,7 +885,28 @@ fn capture(state: &State, c: &Capture, now: DateTime<Utc>) -> Result<Decision, R
     }
     if c.quality < rules.min_quality {
         if s.retries >= rules.max_retries {
-            return failed(FailReason::LowQuality, cref);
+            let mut d = Decision::new(end(
+                state,
+                s,
+                End::Failed(FailReason::LowQuality),
+                Some(cref),
+                now,
+            ));
+            // At a door's reader the person is told, in the shape of a denial (SPEC 7), with
+            // no door decision: a capture too poor to judge decides no door (a door scan of
+            // that quality is only a retry, and `audit verify` finds a decision on one).
+            if let Some((_, door)) = site_door() {
+                d = d.with_effect(Effect::Reader {
+                    reader_id: c.reader_id.clone(),
+                    command: ReaderCommand::NotIdentified {
+                        door: Some(door.id.clone()),
+                        why: super::upstream::Unidentified::Failed(
+                            FailReason::LowQuality.as_str().into(),
+                        ),
+                    },
+                });
+            }
+            return Ok(d);
         }
         return Ok(Decision::new(vec![one(
             stream::session(s.id),

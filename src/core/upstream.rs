@@ -185,12 +185,14 @@ pub struct RemoteEnd {
     pub partner_name: String,
 }
 
-/// Why the person at a reader got no door decision (upstream mode).
+/// Why the person at a reader got no door decision (upstream mode; and a kiosk's site session
+/// at a door's reader that failed `low_quality`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Unidentified {
     /// The remote could not be reached, or refused the identify call.
     Unavailable,
-    /// The remote session failed with this `fail_reason`.
+    /// The remote session failed with this `fail_reason` (or a kiosk's site session at a door's
+    /// reader failed `low_quality`).
     Failed(String),
     /// The remote session expired.
     Expired,

@@ -791,6 +791,99 @@ respect_holidays = true
     wait_pulse(&site.board, 0, t1).await;
 }
 
+/// A kiosk (site) session at a door's reader that fails tells the reader (SPEC 7: a `result`
+/// follows the door's outcome), in the same shape whichever way it fails. A failed liveness
+/// check is a denied door decision (`no_match`: it identifies no one); running out of retries
+/// on low-quality scans is answered `low_quality`, with no door decision (nobody was judged at
+/// the door, as a low-quality door scan is only a retry). Before, the low-quality failure sent
+/// the reader nothing after its last `retry`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kiosk_session_failing_low_quality_at_a_door_tells_the_reader_as_liveness_does() {
+    let site = start_site("").await;
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = site.reader("lobby-1", "alice", 1).await;
+    let capture = |n: &str, token: &str, quality: f64, liveness: bool| {
+        let k = SCANS.fetch_add(1, Ordering::Relaxed);
+        let values = palmgate::synthetic::scan("alice", 128, 5000 + k);
+        json!({
+            "capture_id": format!("kiosk-{n}-{k}-{}", std::process::id()),
+            "session": token,
+            "template": encode_template(&values),
+            "quality": quality,
+            "liveness": liveness,
+        })
+    };
+
+    // A failed liveness check: the door decides (denied), the reader is told.
+    let token = kiosk_session(&mut lobby).await;
+    lobby
+        .send_capture(capture("live", &token, 0.93, false))
+        .await
+        .unwrap();
+    let live = result_cmd(&mut lobby).await;
+    assert_eq!(live["granted"], false, "{live}");
+    assert_eq!(live["reason"], "no_match", "{live}");
+
+    // Low-quality scans: `retry` each time until the retries are spent, then a `result`.
+    let token = kiosk_session(&mut lobby).await;
+    for attempt in 1..=3 {
+        lobby
+            .send_capture(capture("low", &token, 0.1, true))
+            .await
+            .unwrap();
+        let c = lobby.next_command(WAIT).await.expect("a command");
+        assert_eq!(c["action"], "retry", "attempt {attempt}: {c}");
+        assert_eq!(c["reason"], "low_quality", "attempt {attempt}: {c}");
+    }
+    lobby
+        .send_capture(capture("low", &token, 0.1, true))
+        .await
+        .unwrap();
+    let low = lobby
+        .next_command(WAIT)
+        .await
+        .expect("a result after the last low-quality scan");
+    assert_eq!(low["action"], "result", "{low}");
+    assert_eq!(low["granted"], false, "{low}");
+    assert_eq!(low["door"], "main", "{low}");
+    assert_eq!(low["reason"], "low_quality", "{low}");
+    assert_eq!(low["message"], live["message"], "{low} vs {live}");
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&low), keys(&live), "{low} vs {live}");
+    let failed = site
+        .wait_event("SessionFailed", |d| d["reason"] == "low_quality")
+        .await;
+    let capture_id = data(&failed)["capture"]["capture_id"].clone();
+    assert!(
+        site.events_of("DoorDecided", |d| d["capture_id"] == capture_id)
+            .await
+            .is_empty(),
+        "a low-quality capture was decided at the door"
+    );
+    assert!(!site.board.coil(0));
+}
+
+/// Triggers a kiosk (site) session at `r` and returns its token (from the `show` URL).
+async fn kiosk_session(r: &mut SimReader) -> String {
+    r.trigger().await.expect("trigger");
+    let end = Instant::now() + WAIT;
+    loop {
+        let c = r
+            .next_command(end - Instant::now())
+            .await
+            .expect("a show command");
+        if c["action"] == "show" {
+            let url = c["url"].as_str().expect("url");
+            return url.rsplit('/').next().expect("token").to_string();
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Site modes
 // ---------------------------------------------------------------------------------------------
