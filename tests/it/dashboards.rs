@@ -1004,6 +1004,56 @@ async fn the_partner_dashboard_erases_users_named_dot_and_dot_dot() {
     assert_eq!(user_ids(&s, &b_key).await, [".", "b-only"]);
 }
 
+/// The dashboard's own routes answer a cookie of a partner deactivated since it signed in as
+/// `/v1` does (and as that partner's key is answered): the erasure 403 "partner account is
+/// inactive" with the rate-limit headers (it was 401 "not signed in"), erasing nothing; the
+/// page shows the login form saying the account is inactive. Reactivated, the old cookie is
+/// dead for good (401), as on `/v1`.
+#[tokio::test]
+async fn an_inactive_partners_cookie_is_answered_403_by_the_dashboard_routes_too() {
+    let mut s = TestServer::prepare(Options::default());
+    let a = s.seed_partner("A", &["EMP-1"]).await;
+    s.launch().await;
+    let (cookie, csrf) = session(&s, "/dashboard", "api_key", &a.api_key).await;
+    let erase = || {
+        send(
+            dashboard_erase(&s, "EMP-1")
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf),
+        )
+    };
+
+    s.deactivate(&a.id).await;
+    let t = crate::fixtures::unix_now_ms();
+    let r = erase().await;
+    r.assert_error(403, "partner account is inactive");
+    r.assert_rate_headers(t);
+    let page = no_redirects()
+        .get(s.url("/dashboard"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::FORBIDDEN);
+    let page = page.text().await.unwrap();
+    assert!(!page.contains("data-csrf"), "the login form: {page}");
+    assert!(
+        page.contains("This partner account is inactive"),
+        "the page says why: {page}"
+    );
+
+    s.activate(&a.id).await;
+    assert_eq!(user_ids(&s, &a.api_key).await, ["EMP-1"], "nothing erased");
+    erase()
+        .await
+        .assert_error_prefix(401, "not signed in to the partner dashboard");
+    let page = page_with(&s, "/dashboard", &cookie).await;
+    assert!(
+        !page.contains("data-csrf") && !page.contains("inactive"),
+        "{page}"
+    );
+}
+
 #[tokio::test]
 async fn a_dashboard_erasure_spends_the_apis_erase_budget() {
     let mut s = TestServer::prepare(Options::default().per_minute(2));

@@ -170,8 +170,24 @@ fn page(app: &App, board: Board, req: Request) -> Response {
             )
         })
         .map(str::to_string);
+    // The login of a partner deactivated since it signed in: the login form says so, 403 as
+    // `/v1` answers that cookie (and the partner's key).
+    let inactive = || {
+        board == Board::Partner
+            && matches!(
+                session::from_request_status(app, req.method(), req.headers(), false),
+                Some((Holder::Partner(_), false))
+            )
+    };
     let mut resp = match cookie {
         Some(value) => shell(app, board, lang, &value),
+        None if inactive() => login_form(
+            app,
+            board,
+            lang,
+            Some("login.inactive"),
+            StatusCode::FORBIDDEN,
+        ),
         None => login_form(app, board, lang, None, StatusCode::OK),
     };
     if chosen {
@@ -543,16 +559,21 @@ const ERASE_ENDPOINT: &str = "DELETE /v1/users/{external_id}";
 /// Only the partner dashboard's login cookie opens it (with its `X-CSRF-Token`, as for any
 /// write; no API key: API clients have the SPEC's path), and it erases only that partner's
 /// users: another partner's id is "not found", as on the API. As on the API: one request of
-/// the partner's `DELETE /v1/users/{external_id}` budget (429 past it), an unauthenticated
+/// the partner's `DELETE /v1/users/{external_id}` budget (429 past it), the cookie of a
+/// partner deactivated since it signed in 403 "partner account is inactive", an unauthenticated
 /// request spends the address budget, a log that cannot take writes answers 500, every answer
 /// carries the rate-limit headers, 204 on success and the API's JSON error bodies otherwise.
 async fn partner_erase_user(State(app): State<Arc<App>>, req: Request) -> Response {
     let now_us = app.clock.now().timestamp_micros();
-    let holder = session::from_request(&app, req.method(), req.headers(), false);
+    let holder = session::from_request_status(&app, req.method(), req.headers(), false);
     let (verdict, answer) = match holder {
-        Some(Holder::Partner(partner)) => {
+        Some((Holder::Partner(partner), active)) => {
             let v = app.limiter.partner(partner, ERASE_ENDPOINT, now_us);
-            let answer = if !v.allowed {
+            // A cookie of a partner deactivated since it was issued: 403, as `/v1` answers it
+            // (and that partner's key), before the rate limit (SPEC 2's order).
+            let answer = if !active {
+                ApiError::Forbidden.into_response()
+            } else if !v.allowed {
                 ApiError::RateLimited {
                     retry_after_s: v.retry_after_s,
                 }
