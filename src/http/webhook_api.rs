@@ -201,6 +201,25 @@ pub(super) fn no_store() -> [(HeaderName, &'static str); 1] {
 /// A JSON answer with [`no_store`].
 pub(super) type NoStore<T> = ([(HeaderName, &'static str); 1], Json<T>);
 
+/// The answer to a call that set a new secret: the webhook as it is now, with `secret` (shown
+/// this once, not cached).
+fn with_secret(
+    app: &App,
+    partner: PartnerId,
+    secret: String,
+) -> Result<NoStore<WebhookSecretBody>, ApiError> {
+    let w = current(app, partner)?;
+    Ok((
+        no_store(),
+        Json(WebhookSecretBody {
+            url: w.url,
+            status: w.status,
+            events: w.events,
+            secret,
+        }),
+    ))
+}
+
 /// `PUT /v1/webhook` `{"url", "events"?}`
 pub async fn put(
     State(app): State<Arc<App>>,
@@ -217,16 +236,7 @@ pub async fn put(
     )
     .await?;
     let secret = set(&app, partner, url, events).await?;
-    let w = current(&app, partner)?;
-    Ok((
-        no_store(),
-        Json(WebhookSecretBody {
-            url: w.url,
-            status: w.status,
-            events: w.events,
-            secret,
-        }),
-    ))
+    with_secret(&app, partner, secret)
 }
 
 /// `GET /v1/webhook`
@@ -260,16 +270,7 @@ pub async fn rotate(
         secret: sealed,
     })
     .await?;
-    let w = current(&app, partner)?;
-    Ok((
-        no_store(),
-        Json(WebhookSecretBody {
-            url: w.url,
-            status: w.status,
-            events: w.events,
-            secret,
-        }),
-    ))
+    with_secret(&app, partner, secret)
 }
 
 /// `POST /v1/webhook/test`: queues a signed `ping`.
