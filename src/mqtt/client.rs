@@ -2,6 +2,7 @@
 //! reconnection with backoff, re-subscription on every connection, and door scans of the
 //! backlog a reconnection delivers dropped.
 
+use super::acks::{self, Ticket};
 use super::protocol::{self, TopicKind};
 use crate::app::App;
 use crate::core::{ReaderCommand, ReaderId};
@@ -133,8 +134,13 @@ pub fn spawn(
     // earlier one is unacknowledged waits for the peer's delayed ACK (40 ms on Linux).
     eventloop.network_options.set_tcp_nodelay(true);
     let prefix = app.config.mqtt.topic_prefix.clone();
-    // Each message with whether it came in the backlog of a resumed session (see `Backlog`).
-    let (inbound_tx, mut inbound_rx) = mpsc::channel::<(Publish, bool)>(1024);
+    // Each message with whether it came in the backlog of a resumed session (see `Backlog`),
+    // and its place in the acknowledgement order.
+    let (inbound_tx, mut inbound_rx) = mpsc::channel::<(Publish, bool, Option<Ticket>)>(1024);
+    // Acknowledgements go out in the order the messages came, by one task (`acks`).
+    let (mut receipts, acker) = acks::start(client.clone());
+    let acker = tokio::spawn(acker);
+    let in_acks = receipts.acks().clone();
 
     // Event loop: connection, reconnection with backoff, re-subscription.
     let sub_client = client.clone();
@@ -161,10 +167,23 @@ pub fn spawn(
                     // subscriptions below are made on every connection, and a SUBSCRIBE makes
                     // the broker send the retained statuses again.
                     set_link(&app, true);
-                    for kind in ["status", "capture", "trigger"] {
-                        let filter = format!("{sub_prefix}/readers/+/{kind}");
-                        if let Err(e) = sub_client.try_subscribe(filter, QoS::AtLeastOnce) {
-                            tracing::error!(error = %e, "cannot subscribe");
+                    // Every topic under `readers/`: one that is not a reader's is rejected and
+                    // counted (`handle`), and the gateway's own commands come back, ignored.
+                    let filter = protocol::readers_filter(&sub_prefix);
+                    if let Err(e) = sub_client.try_subscribe(filter, QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot subscribe");
+                    }
+                    // The three filters of earlier versions, which an external broker's
+                    // persistent session may still hold: overlapping the one above, they would
+                    // make it (Mosquitto 2) deliver each reader message twice. (The embedded
+                    // broker's sessions live no longer than this process.)
+                    let legacy = ["status", "capture", "trigger"]
+                        .map(|kind| format!("{sub_prefix}/readers/+/{kind}"));
+                    if ack.session_present && app.config.mqtt.url.is_some() {
+                        for filter in legacy {
+                            if let Err(e) = sub_client.try_unsubscribe(filter) {
+                                tracing::warn!(error = %e, "cannot unsubscribe");
+                            }
                         }
                     }
                     if let Err(e) = sub_client.try_subscribe(&mark_topic, QoS::AtLeastOnce) {
@@ -187,12 +206,17 @@ pub fn spawn(
                         tracing::info!("the resumed session's backlog is delivered");
                         backlog.end();
                     }
-                    if let Err(e) = sub_client.try_ack(&p) {
-                        tracing::warn!(error = %e, "cannot acknowledge an MQTT message");
-                    }
+                    // After the backlog's messages, which may still be in the inbound queue.
+                    let ticket = receipts.received(&p);
+                    receipts.acks().done(ticket);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if inbound_tx.send((p, backlog.active())).await.is_err() {
+                    let ticket = receipts.received(&p);
+                    if inbound_tx
+                        .send((p, backlog.active(), ticket))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -203,6 +227,17 @@ pub fn spawn(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // No acknowledgement of this connection's messages may go out on the next
+                    // one: the broker delivers them again there, under new packet ids (rumqttd
+                    // numbers them afresh and drops a client whose acknowledgement matches
+                    // none). After `lost` none is queued; the event loop dropped those queued
+                    // when the connection failed (its own `clean`), and `clean` again drops any
+                    // queued in between. (Not after a failed attempt to connect: there was no
+                    // `clean`, and what is queued waits for the next connection.)
+                    receipts.lost();
+                    if connected_at.is_some() {
+                        eventloop.clean();
+                    }
                     // A connection that lived a while starts the backoff again; one that the
                     // broker or a bad message ends right after it was accepted keeps growing it.
                     if connected_at
@@ -221,27 +256,22 @@ pub fn spawn(
         }
     });
 
-    // Inbound: one message at a time, acknowledged once the app has handled it.
+    // Inbound: one message at a time, acknowledged once the app has handled it (in the order
+    // the messages came: `acks`).
     let in_app = app.clone();
-    let ack_client = client.clone();
     let in_prefix = prefix.clone();
     let inbound = tokio::spawn(async move {
-        while let Some((p, stale)) = inbound_rx.recv().await {
+        while let Some((p, stale, ticket)) = inbound_rx.recv().await {
             match handle(&in_app, &in_prefix, &p, stale).await {
-                Handled::Ack => {
-                    if let Err(e) = ack_client.ack(&p).await {
-                        tracing::warn!(error = %e, "cannot acknowledge an MQTT message");
-                    }
-                }
+                Handled::Ack => in_acks.done(ticket),
                 // An upstream trigger: acknowledged once its remote call's outcome is recorded
                 // (or given up), so a crash before that leaves it to the broker to redeliver.
                 Handled::AckWhenDone(done) => {
-                    let client = ack_client.clone();
+                    in_acks.held(ticket);
+                    let acks = in_acks.clone();
                     tokio::spawn(async move {
                         let _ = done.await;
-                        if let Err(e) = client.ack(&p).await {
-                            tracing::warn!(error = %e, "cannot acknowledge an MQTT message");
-                        }
+                        acks.done(ticket);
                     });
                 }
             }
@@ -264,7 +294,7 @@ pub fn spawn(
     });
 
     Ok(tokio::spawn(async move {
-        let _guard = AbortOnDrop(vec![poller, inbound, outbound]);
+        let _guard = AbortOnDrop(vec![poller, inbound, outbound, acker]);
         std::future::pending::<()>().await;
     }))
 }
@@ -369,6 +399,9 @@ enum Handled {
 /// when the remote's answer to it is recorded, which the MQTT loop does not wait for
 /// (`app::upstream`).
 async fn handle(app: &App, prefix: &str, p: &Publish, stale: bool) -> Handled {
+    if protocol::is_cmd_topic(prefix, &p.topic) {
+        return Handled::Ack; // a command of the gateway's, back through its own subscription
+    }
     let (reader, kind) = match protocol::parse_topic(prefix, &p.topic) {
         Ok(t) => t,
         Err(e) => {

@@ -129,6 +129,23 @@ pub fn parse_topic(prefix: &str, topic: &str) -> Result<(ReaderId, TopicKind), P
     Ok((ReaderId(id.to_string()), kind))
 }
 
+/// The gateway's one subscription for reader messages: every topic under `{prefix}/readers/`,
+/// so that a message on a topic that is not a reader's (an extra level, an unknown kind) is
+/// rejected `topic`, logged and counted (SPEC 5) rather than never seen.
+pub fn readers_filter(prefix: &str) -> String {
+    format!("{prefix}/readers/#")
+}
+
+/// `{prefix}/readers/{reader_id}/cmd`: a command the gateway published, which its subscription
+/// ([`readers_filter`]) brings back to it (MQTT 3.1.1 has no "no local" option). Ignored.
+pub fn is_cmd_topic(prefix: &str, topic: &str) -> bool {
+    topic
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix("/readers/"))
+        .and_then(|r| r.strip_suffix("/cmd"))
+        .is_some_and(valid_id)
+}
+
 fn object(payload: &[u8]) -> Result<Map<String, Value>, ProtocolError> {
     let text = std::str::from_utf8(payload).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
     match serde_json::from_str::<Value>(text) {
@@ -313,6 +330,20 @@ mod tests {
         assert!(parse_topic("palmgate", "palmgate/readers/lobby-1/cmd").is_err());
         assert!(parse_topic("palmgate", "other/readers/x/status").is_err());
         assert!(parse_topic("palmgate", "palmgate/readers//status").is_err());
+        for bad in [
+            "palmgate/readers/desk-1/capture/extra",
+            "palmgate/readers/x/y/capture",
+            "palmgate/readers/desk-1/foo",
+            "palmgate/readers/desk-1",
+            "palmgate/readers",
+        ] {
+            assert_eq!(parse_topic("palmgate", bad).unwrap_err().label(), "topic");
+            assert!(!is_cmd_topic("palmgate", bad), "{bad}");
+        }
+        assert!(is_cmd_topic("palmgate", "palmgate/readers/lobby-1/cmd"));
+        assert!(!is_cmd_topic("palmgate", "palmgate/readers/x/y/cmd"));
+        assert!(!is_cmd_topic("palmgate", "palmgate/readers//cmd"));
+        assert!(!is_cmd_topic("palmgate", "other/readers/x/cmd"));
     }
 
     #[test]

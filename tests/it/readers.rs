@@ -2380,3 +2380,49 @@ async fn a_simulator_beside_another_client_of_the_same_reader_leaves_it_online()
 /// The servers of these tests share this process's metrics: the two that count `too_large`
 /// run one at a time, so each sees only its own.
 static TOO_LARGE_COUNT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// SPEC 5: a message under `palmgate/readers/` on a topic that is not a reader's (an extra
+/// level, an unknown kind) is rejected `topic`, logged and counted; it was never seen, as the
+/// gateway subscribed to the three reader topics only. The gateway's own commands, which its
+/// subscription to `palmgate/readers/#` brings back, are ignored (not counted), and the reader
+/// keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_on_topics_that_are_not_a_readers_are_rejected_and_counted() {
+    let g = Gate::start().await;
+    let mut r = RawReader::connect(&g.mqtt, "desk-t").await;
+    g.reader_online("desk-t", true).await;
+    let before = rejected(&g.metrics().await, "topic");
+    for topic in [
+        "palmgate/readers/desk-t/capture/extra",
+        "palmgate/readers/x/y/capture",
+        "palmgate/readers/desk-t/foo",
+    ] {
+        r.publish_to(topic, false, raw_capture("c-topic", None, "alice"))
+            .await;
+    }
+    rejected_reaches(&g, "topic", before + 3.0).await;
+
+    // A command the gateway publishes comes back to it: not a rejected message.
+    let (id, token) = g.enroll("EMP-TOPIC").await;
+    let (status, _) = g.page(&format!("/enroll/{token}?reader=desk-t")).await;
+    assert_eq!(status, 200);
+    assert_eq!(r.command().await["action"], "capture");
+    // Published after the command was delivered: once it is counted, the command was handled.
+    r.publish_to("palmgate/readers/desk-t/foo", false, b"{}".to_vec())
+        .await;
+    let m = rejected_reaches(&g, "topic", before + 4.0).await;
+    assert_eq!(
+        rejected(&m, "topic"),
+        before + 4.0,
+        "the gateway's own command is not counted:\n{m}"
+    );
+
+    r.publish(
+        TopicKind::Capture,
+        false,
+        raw_capture("c-after-topics", Some(&token), "alice"),
+    )
+    .await;
+    let s = g.ended(&id).await;
+    assert_eq!(s["state"], "completed", "{s}");
+}

@@ -722,6 +722,72 @@ async fn a_trigger_in_flight_when_the_gateway_is_killed_is_answered_after_the_re
     proxy.abort();
 }
 
+/// A trigger's MQTT acknowledgement waits for its remote call's outcome; the messages G gets
+/// meanwhile (a door scan, and with G's subscription to `palmgate/readers/#` its own `show` and
+/// `result` commands) are acknowledged in the order they came all the same (MQTT 3.1.1
+/// [MQTT-4.6.0-2]). G acknowledged them at once, ahead of the held trigger: rumqttd, the
+/// embedded broker, drops a client that acknowledges out of order ("out of order ack"), and
+/// again on the held acknowledgement sent on the next connection (unsolicited there). Each time
+/// G was cut off from its readers for the backoff and what was in flight was delivered again;
+/// in the full suite, upstream tests stopped getting G's commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_after_a_held_trigger_keep_the_gateway_connected() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    // A remote that accepts and never answers: the trigger's acknowledgement is held for the
+    // whole timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let hold = tokio::spawn({
+        let calls = calls.clone();
+        async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = silent.accept().await {
+                calls.fetch_add(1, SeqCst);
+                held.push(s);
+            }
+        }
+    });
+    let p = pair_with(Some(&url), "3s").await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 47).await;
+    lobby.trigger().await.unwrap();
+    until("G called the upstream", || calls.load(SeqCst) >= 1).await;
+
+    // A door scan while the trigger's call hangs: decided and answered at once.
+    let scan = lobby.next_capture(None);
+    lobby.send_capture(scan).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], false, "{r}");
+    // The call times out: the reader is told, the trigger acknowledged.
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["reason"], "upstream_unavailable", "{r}");
+    // And G still answers a scan at once.
+    let scan = lobby.next_capture(None);
+    lobby.send_capture(scan).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], false, "{r}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    connected_throughout(&p.g).await;
+    hold.abort();
+}
+
+/// G never lost its connection to its (embedded) broker, which drops a client that
+/// acknowledges out of order.
+async fn connected_throughout(g: &TestServer) {
+    let lost = metric(g, "palmgate_mqtt_disconnects_total").await;
+    let log = g.stderr_log();
+    let cut: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("out of order ack") || l.contains("Unsolicited"))
+        .collect();
+    assert!(
+        lost == 0.0 && cut.is_empty(),
+        "G lost its broker {lost} time(s):\n{}",
+        cut.join("\n")
+    );
+}
+
 /// `[upstream]` is validated: all empty is off; a base URL needs the key and the secret and
 /// must be http(s); errors name the key.
 #[test]
@@ -1109,6 +1175,9 @@ async fn trigger_ids_and_capture_ids_do_not_collide_in_upstream_mode() {
         summary(&p.g).await
     );
     assert_eq!(events_of(&p.g, "DoorDecided").await.len(), 3);
+    // Its own commands came back to G (`palmgate/readers/#`) while triggers' acknowledgements
+    // were held: acknowledged in order all the same.
+    connected_throughout(&p.g).await;
 
     // The audit verifies G's log: the decisions, and the pulse by its tag.
     p.g.kill9();
@@ -1259,6 +1328,7 @@ async fn a_capture_named_like_a_triggers_tag_and_that_trigger_are_both_handled()
         "{}",
         summary(&p.g).await
     );
+    connected_throughout(&p.g).await;
 
     p.g.kill9();
     let store = palmgate::store::SqliteStore::open(p.g.store_path()).unwrap();
