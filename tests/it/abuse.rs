@@ -42,11 +42,8 @@ fn no_redirects() -> reqwest::Client {
 
 /// A webhook URL on loopback where nothing listens (deliveries fail fast and retry later).
 fn dead_hook(name: &str) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    // Below the ephemeral range, handed out once: nothing binds it later.
+    let port = crate::readers::free_port();
     format!("http://127.0.0.1:{port}/{name}")
 }
 

@@ -2144,11 +2144,7 @@ fn peers_required() -> bool {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    crate::readers::free_port()
 }
 
 /// The pymodbus board process: its JSON stdout lines arrive on `lines`.

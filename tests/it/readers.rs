@@ -1211,7 +1211,30 @@ pub(crate) fn find_mosquitto() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A loopback port free now, for a peer (a broker, a gateway) that a test starts on it a moment
+/// later. Taken below the kernel's ephemeral range: every `127.0.0.1:0` bind and outgoing
+/// connection of the suite takes its port from that range, so a port found free there by binding
+/// port 0 could be taken by another test before its peer bound it ("Address already in use":
+/// upstream tests failed so). Below the range only this function hands out ports, each once per
+/// process (from an offset chosen by the process id, so two suites on one machine rarely meet).
 pub(crate) fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low >= SPAN + 1024);
+    if let Some(low) = low {
+        let offset = std::process::id() % SPAN;
+        for _ in 0..SPAN {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (low - SPAN + (offset + n) % SPAN) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()

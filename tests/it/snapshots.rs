@@ -270,11 +270,7 @@ async fn a_snapshot_that_does_not_match_the_log_is_ignored() {
 // ---------------------------------------------------------------------------------------------
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    crate::readers::free_port()
 }
 
 /// A snapshot every `every` events, and the embedded broker on a known port (the fixture
