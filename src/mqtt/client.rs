@@ -167,23 +167,19 @@ pub fn spawn(
                     // subscriptions below are made on every connection, and a SUBSCRIBE makes
                     // the broker send the retained statuses again.
                     set_link(&app, true);
-                    // Every topic under `readers/`: one that is not a reader's is rejected and
-                    // counted (`handle`), and the gateway's own commands come back, ignored.
-                    let filter = protocol::readers_filter(&sub_prefix);
-                    if let Err(e) = sub_client.try_subscribe(filter, QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, "cannot subscribe");
+                    for filter in protocol::reader_filters(&sub_prefix) {
+                        if let Err(e) = sub_client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::error!(error = %e, "cannot subscribe");
+                        }
                     }
-                    // The three filters of earlier versions, which an external broker's
-                    // persistent session may still hold: overlapping the one above, they would
+                    // The one filter of an earlier build, which an external broker's
+                    // persistent session may still hold: overlapping the ones above, it would
                     // make it (Mosquitto 2) deliver each reader message twice. (The embedded
                     // broker's sessions live no longer than this process.)
-                    let legacy = ["status", "capture", "trigger"]
-                        .map(|kind| format!("{sub_prefix}/readers/+/{kind}"));
                     if ack.session_present && app.config.mqtt.url.is_some() {
-                        for filter in legacy {
-                            if let Err(e) = sub_client.try_unsubscribe(filter) {
-                                tracing::warn!(error = %e, "cannot unsubscribe");
-                            }
+                        let filter = protocol::legacy_filter(&sub_prefix);
+                        if let Err(e) = sub_client.try_unsubscribe(filter) {
+                            tracing::warn!(error = %e, "cannot unsubscribe");
                         }
                     }
                     if let Err(e) = sub_client.try_subscribe(&mark_topic, QoS::AtLeastOnce) {
@@ -426,9 +422,12 @@ async fn handle(app: &App, prefix: &str, p: &Publish, stale: bool) -> Handled {
         }
     };
     // A door scan from the backlog of a resumed session: dropped, logged and counted; the
-    // reader is told nothing, as for a rejected capture.
+    // reader is told nothing, as for a rejected capture. One already handled (decided before
+    // the connection was lost, its acknowledgement still waiting behind a held one) is a
+    // redelivery: ignored below as such, not counted as a scan the person must make again.
     if stale
         && let protocol::Inbound::Capture(c) = &msg
+        && !already_handled(app, &reader, &c.capture_id)
         && decides_a_door(app, c)
     {
         tracing::warn!(reader = %reader, capture = %c.capture_id, "door scan made while the gateway was away dropped (the person must scan again)");
@@ -454,6 +453,15 @@ async fn handle(app: &App, prefix: &str, p: &Publish, stale: bool) -> Handled {
         }
     }
     Handled::Ack
+}
+
+/// Whether `reader`'s capture `capture_id` was handled already (the duplicate memory).
+fn already_handled(app: &App, reader: &ReaderId, capture_id: &str) -> bool {
+    let key = (
+        reader.clone(),
+        crate::core::state::Seen::Capture(capture_id.to_string()),
+    );
+    app.read(|s| s.seen.contains(&key))
 }
 
 /// A session-less capture (a scan at a door), or one for a kiosk's site session (its door

