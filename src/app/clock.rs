@@ -41,12 +41,41 @@ impl Clock for SystemClock {
     }
 }
 
-/// The operating system's random source.
+/// The operating system's random source. Small requests (a session id's 16 bytes, on every
+/// enroll and identify) are served from a per-thread buffer of the OS's bytes, refilled
+/// [`OS_BUFFER`] bytes at a time, instead of one `getrandom` system call each (~0.9 % of the
+/// identify path's samples, BENCHMARKS.md §2 session 20). The bytes are the OS's all the same;
+/// each is handed out once and zeroed in the buffer as it is.
 pub struct OsRng;
+
+/// Bytes fetched from the OS per refill of a thread's buffer.
+const OS_BUFFER: usize = 512;
+/// Requests larger than this go to the OS directly.
+const BUFFERED_AT_MOST: usize = 64;
+
+thread_local! {
+    /// The OS's bytes not yet handed out: `buf[used..]`.
+    static OS_BYTES: std::cell::RefCell<([u8; OS_BUFFER], usize)> =
+        const { std::cell::RefCell::new(([0; OS_BUFFER], OS_BUFFER)) };
+}
 
 impl Rng for OsRng {
     fn fill(&self, buf: &mut [u8]) {
-        getrandom::fill(buf).expect("the OS random source is available");
+        if buf.len() > BUFFERED_AT_MOST {
+            getrandom::fill(buf).expect("the OS random source is available");
+            return;
+        }
+        OS_BYTES.with(|b| {
+            let (bytes, used) = &mut *b.borrow_mut();
+            if OS_BUFFER - *used < buf.len() {
+                getrandom::fill(bytes).expect("the OS random source is available");
+                *used = 0;
+            }
+            let taken = &mut bytes[*used..*used + buf.len()];
+            buf.copy_from_slice(taken);
+            taken.fill(0);
+            *used += buf.len();
+        });
     }
 }
 
@@ -113,5 +142,30 @@ impl Rng for SeededRng {
             z ^= z >> 31;
             chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Buffered or not, every request gets fresh bytes: no two of many 16-byte draws, across a
+    /// refill and beside large draws, are the same, and none is all zeros.
+    #[test]
+    fn os_bytes_are_never_handed_out_twice() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let b = OsRng.bytes16();
+            assert_ne!(b, [0; 16]);
+            assert!(seen.insert(b), "draw {i} repeated");
+            if i % 100 == 0 {
+                let mut big = [0u8; 100];
+                OsRng.fill(&mut big);
+                assert_ne!(big, [0; 100]);
+            }
+        }
+        let mut odd = [0u8; 63];
+        OsRng.fill(&mut odd);
+        assert_ne!(odd, [0; 63]);
     }
 }
