@@ -214,6 +214,13 @@ const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 /// `install_recorder` (unlike the exporter's own listener) schedules no upkeep: without the
 /// thread started here, a server nobody scrapes grew by every request's samples (the soak's
 /// RSS, BENCHMARKS §7).
+/// Installs the process's metrics recorder (once). The server calls it before it starts its
+/// tasks: a series counted before the recorder exists is lost (the MQTT client counted the
+/// stale door scans of a resumed backlog, delivered right at start-up, into nothing).
+pub fn install_metrics() {
+    prometheus();
+}
+
 fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
     static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
         std::sync::OnceLock::new();

@@ -202,6 +202,27 @@ async fn a_door_scan_made_while_the_gateway_was_down_opens_nothing_when_it_retur
             .any(|e| e["data"]["capture_id"] == queued_id.as_str()),
         "the scan made while the gateway was down was decided at its return: {decided:?}"
     );
+    // And counted: the backlog arrives as the server starts, and the metrics recorder is
+    // installed before the MQTT client (before, this count went to no recorder at all).
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stale = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("palmgate_mqtt_dropped_total{reason=\"stale\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    // (At least one: a fresh scan that reached the broker before the backlog's mark came back
+    // is dropped with it.)
+    assert!(
+        stale.is_some_and(|n| n >= 1.0),
+        "the dropped scan is counted:\n{metrics}"
+    );
     let fresh_granted = decided
         .iter()
         .filter(|e| {

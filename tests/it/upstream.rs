@@ -723,7 +723,7 @@ async fn a_trigger_in_flight_when_the_gateway_is_killed_is_answered_after_the_re
 }
 
 /// A trigger's MQTT acknowledgement waits for its remote call's outcome; the messages G gets
-/// meanwhile (a door scan, and with G's subscription to `palmgate/readers/#` its own `show` and
+/// meanwhile (a door scan, and, while G subscribed to `palmgate/readers/#`, its own `show` and
 /// `result` commands) are acknowledged in the order they came all the same (MQTT 3.1.1
 /// [MQTT-4.6.0-2]). G acknowledged them at once, ahead of the held trigger: rumqttd, the
 /// embedded broker, drops a client that acknowledges out of order ("out of order ack"), and
@@ -769,6 +769,82 @@ async fn messages_after_a_held_trigger_keep_the_gateway_connected() {
     assert_eq!(r["granted"], false, "{r}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     connected_throughout(&p.g).await;
+    hold.abort();
+}
+
+/// A door scan decided while a trigger's acknowledgement is held is not acknowledged either
+/// (acknowledgements go in order). Killed then, G gets both again from Mosquitto's persistent
+/// session when it returns, in the backlog. The scan was decided already: it is a redelivery,
+/// ignored as a duplicate, not a scan "made while the gateway was away" (before, it was counted
+/// `palmgate_mqtt_dropped_total{reason="stale"}` and logged as one the person must make again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_decided_behind_a_held_trigger_is_not_counted_stale_when_delivered_again() {
+    use crate::readers::{Mosquitto, free_port, mosquitto_or_skip};
+    let Some(bin) = mosquitto_or_skip() else {
+        return;
+    };
+    let port = free_port();
+    let _broker = Mosquitto::start(&bin, port);
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let hold = tokio::spawn({
+        let calls = calls.clone();
+        async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = silent.accept().await {
+                calls.fetch_add(1, SeqCst);
+                held.push(s);
+            }
+        }
+    });
+    let mut p = pair_full(
+        Some(&url),
+        "30s",
+        &format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
+    )
+    .await;
+    let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 48).await;
+    lobby.trigger().await.unwrap();
+    until("G called the upstream", || calls.load(SeqCst) >= 1).await;
+    let scan = lobby.next_capture(None);
+    let scan_id = scan["capture_id"].as_str().unwrap().to_string();
+    lobby.send_capture(scan).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], false, "{r}");
+
+    // Killed with both acknowledgements outstanding; back, it gets them again.
+    p.g.kill9();
+    p.g.launch().await;
+    let end = Instant::now() + WAIT;
+    while !p
+        .g
+        .stderr_log()
+        .contains("the resumed session's backlog is delivered")
+    {
+        assert!(
+            Instant::now() < end,
+            "no backlog mark:\n{}",
+            p.g.stderr_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A fresh scan, handled after the backlog (in order): once it is answered, so was the
+    // backlog.
+    let fresh = lobby.next_capture(None);
+    lobby.send_capture(fresh).await.unwrap();
+    let r = result_cmd(&mut lobby).await;
+    assert_eq!(r["granted"], false, "{r}");
+    let stale = metric(&p.g, "palmgate_mqtt_dropped_total{reason=\"stale\"}").await;
+    assert_eq!(stale, 0.0, "the decided scan was counted stale");
+    let decided = events(&p.g)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "DoorDecided" && e["data"]["capture_id"] == scan_id.as_str())
+        .count();
+    assert_eq!(decided, 1, "the scan is decided once");
     hold.abort();
 }
 
