@@ -204,25 +204,10 @@ async fn a_door_scan_made_while_the_gateway_was_down_opens_nothing_when_it_retur
     );
     // And counted: the backlog arrives as the server starts, and the metrics recorder is
     // installed before the MQTT client (before, this count went to no recorder at all).
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let stale = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("palmgate_mqtt_dropped_total{reason=\"stale\"} "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
+    let stale = crate::upstream::metric(&s, "palmgate_mqtt_dropped_total{reason=\"stale\"}").await;
     // (At least one: a fresh scan that reached the broker before the backlog's mark came back
     // is dropped with it.)
-    assert!(
-        stale.is_some_and(|n| n >= 1.0),
-        "the dropped scan is counted:\n{metrics}"
-    );
+    assert!(stale >= 1.0, "the dropped scan is counted: {stale}");
     let fresh_granted = decided
         .iter()
         .filter(|e| {

@@ -704,7 +704,10 @@ async fn a_trigger_in_flight_when_the_gateway_is_killed_is_answered_after_the_re
     assert_eq!(p.g.mqtt_url, mqtt, "G uses Mosquitto");
     let mut lobby = reader(&mqtt, "lobby-1", "nobody", 8).await;
     lobby.trigger().await.unwrap();
-    until("G called the upstream", || calls.load(SeqCst) >= 1).await;
+    until("G called the upstream", || {
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
     p.g.kill9();
     *target.lock().unwrap() = Some(p.r.base_url.trim_start_matches("http://").to_string());
     let listen = p.g_listen.clone();
@@ -732,27 +735,16 @@ async fn a_trigger_in_flight_when_the_gateway_is_killed_is_answered_after_the_re
 /// in the full suite, upstream tests stopped getting G's commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_after_a_held_trigger_keep_the_gateway_connected() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     // A remote that accepts and never answers: the trigger's acknowledgement is held for the
     // whole timeout.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", silent.local_addr().unwrap());
-    let calls = Arc::new(AtomicUsize::new(0));
-    let hold = tokio::spawn({
-        let calls = calls.clone();
-        async move {
-            let mut held = vec![];
-            while let Ok((s, _)) = silent.accept().await {
-                calls.fetch_add(1, SeqCst);
-                held.push(s);
-            }
-        }
-    });
+    let (url, calls, hold) = silent_remote().await;
     let p = pair_with(Some(&url), "3s").await;
     let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 47).await;
     lobby.trigger().await.unwrap();
-    until("G called the upstream", || calls.load(SeqCst) >= 1).await;
+    until("G called the upstream", || {
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
 
     // A door scan while the trigger's call hangs: decided and answered at once.
     let scan = lobby.next_capture(None);
@@ -785,21 +777,7 @@ async fn a_scan_decided_behind_a_held_trigger_is_not_counted_stale_when_delivere
     };
     let port = free_port();
     let _broker = Mosquitto::start(&bin, port);
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", silent.local_addr().unwrap());
-    let calls = Arc::new(AtomicUsize::new(0));
-    let hold = tokio::spawn({
-        let calls = calls.clone();
-        async move {
-            let mut held = vec![];
-            while let Ok((s, _)) = silent.accept().await {
-                calls.fetch_add(1, SeqCst);
-                held.push(s);
-            }
-        }
-    });
+    let (url, calls, hold) = silent_remote().await;
     let mut p = pair_full(
         Some(&url),
         "30s",
@@ -808,7 +786,10 @@ async fn a_scan_decided_behind_a_held_trigger_is_not_counted_stale_when_delivere
     .await;
     let mut lobby = reader(&p.g.mqtt_url, "lobby-1", "nobody", 48).await;
     lobby.trigger().await.unwrap();
-    until("G called the upstream", || calls.load(SeqCst) >= 1).await;
+    until("G called the upstream", || {
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
     let scan = lobby.next_capture(None);
     let scan_id = scan["capture_id"].as_str().unwrap().to_string();
     lobby.send_capture(scan).await.unwrap();
@@ -846,6 +827,29 @@ async fn a_scan_decided_behind_a_held_trigger_is_not_counted_stale_when_delivere
         .count();
     assert_eq!(decided, 1, "the scan is decided once");
     hold.abort();
+}
+
+/// A remote that accepts connections and never answers: its URL, how many connections it took,
+/// and the task holding them (abort it to let them go).
+async fn silent_remote() -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hold = tokio::spawn({
+        let calls = calls.clone();
+        async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = silent.accept().await {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s);
+            }
+        }
+    });
+    (url, calls, hold)
 }
 
 /// G never lost its connection to its (embedded) broker, which drops a client that
@@ -1451,7 +1455,7 @@ async fn commands_within(r: &mut SimReader, wait: Duration) -> Vec<Value> {
 }
 
 /// G's `/metrics` value of `name` (the whole line's name, labels included); 0 when absent.
-async fn metric(s: &TestServer, name: &str) -> f64 {
+pub(crate) async fn metric(s: &TestServer, name: &str) -> f64 {
     let text = s
         .client
         .get(s.url("/metrics"))
