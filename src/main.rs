@@ -129,7 +129,9 @@ enum ReaderCmd {
     /// kiosk's); with --door, scan at the reader's door; with --trigger, report a hand at a
     /// kiosk. In every case the reader then answers `capture` and `retry` commands with fresh
     /// scans for --wait seconds, printing each command it receives as a JSON line, and leaves
-    /// the broker cleanly (no last will: the reader is not reported offline).
+    /// the broker cleanly: it reports the reader offline (retained, which fails a session
+    /// armed there), unless another client already spoke for that reader id when it connected
+    /// (the demo's own reader stays online).
     Simulate {
         #[arg(long)]
         reader: String,

@@ -624,6 +624,8 @@ pub async fn start_with(
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
 ) -> Result<Server, StartError> {
+    // Before anything is counted: the start-up policy activation's commit included.
+    crate::http::install_metrics();
     for name in &config.unknown_env {
         tracing::warn!(
             variable = %name,

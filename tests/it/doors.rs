@@ -2777,3 +2777,43 @@ async fn partner_names_that_match_no_partner_are_warned_about() {
     let (_, r) = scan(&mut lobby, "alice").await;
     assert_eq!(r["granted"], true, "{r}");
 }
+
+/// The metrics recorder is installed before start-up writes anything: the commit of the
+/// policy activated from the site file at start-up is counted, as is the relay board's status
+/// recorded after it (it was installed with the HTTP router, and the first commit went to no
+/// recorder: one commit counted for two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_policy_activation_is_counted_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site.toml");
+    // A board where nothing listens: its status (down) is recorded once the relays start.
+    let board = format!("tcp://127.0.0.1:{}", free_port());
+    std::fs::write(&site, site_doc(&board, &Layout::default())).unwrap();
+    use crate::fixtures::{Options, TestServer};
+    let s = TestServer::start_with(
+        Options::default().extra_toml(&format!("site = {:?}", site.display().to_string())),
+    )
+    .await;
+    let end = tokio::time::Instant::now() + WAIT;
+    let kinds = loop {
+        let kinds: Vec<String> = crate::crash_suite::events_after(&s, 0)
+            .await
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if kinds.iter().any(|k| k == "DeviceStatusChanged") {
+            break kinds;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no board status: {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(kinds[0], "PolicyActivated", "{kinds:?}");
+    let commits = crate::upstream::metric(&s, "palmgate_store_commit_seconds_count").await;
+    assert!(
+        commits >= 2.0,
+        "the activation and the board's status are two commits, {commits} counted ({kinds:?})"
+    );
+}
