@@ -842,7 +842,6 @@ impl Server {
         extra: axum::Router,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        crate::http::install_metrics();
         let deadlines = tokio::spawn(self.app.clone().deadline_loop());
         let (reader_tx, reader_rx) = mpsc::unbounded_channel();
         let relays = relays::Relays::start(self.app.clone());

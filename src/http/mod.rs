@@ -214,9 +214,9 @@ const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 /// `install_recorder` (unlike the exporter's own listener) schedules no upkeep: without the
 /// thread started here, a server nobody scrapes grew by every request's samples (the soak's
 /// RSS, BENCHMARKS §7).
-/// Installs the process's metrics recorder (once). The server calls it before it starts its
-/// tasks: a series counted before the recorder exists is lost (the MQTT client counted the
-/// stale door scans of a resumed backlog, delivered right at start-up, into nothing).
+/// Installs the process's metrics recorder (once). `app::start_with` calls it first: a series
+/// counted before the recorder exists is lost (the start-up policy activation's commit, and
+/// the stale door scans of a resumed backlog, which the MQTT client meets right at start-up).
 pub fn install_metrics() {
     prometheus();
 }
