@@ -29,6 +29,7 @@ use keystore::KeyStore;
 use limiter::Limiter;
 use secrets::{AdminToken, Keys};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use templates::KeyWrap;
@@ -99,7 +100,11 @@ pub struct App {
     sessions_changed: broadcast::Sender<SessionId>,
     recorded: broadcast::Sender<Recorded>,
     evolved: Notify,
+    /// Wakes the deadline loop ([`App::deadline_loop`]).
     wake: Notify,
+    /// The instant (µs since the epoch) the deadline loop sleeps until; `i64::MAX` while it is
+    /// awake or waits with no deadline.
+    deadline_asleep_until: AtomicI64,
     outbox: Notify,
     snapshots: snapshot::Snapshotter,
     /// Upstream mode (`[upstream]`): the remote Pass API this gateway is a partner of.
@@ -234,12 +239,10 @@ impl App {
         );
         let snapshots = snapshot::Snapshotter::start(
             parts.store.clone(),
-            rules,
             config.store.snapshot_every,
-            config.store.snapshot_keep_state,
             loaded.snapshot.unwrap_or(0),
         );
-        snapshots.observe(state.position());
+        snapshots.observe(&state);
         let (effects, effects_rx) = mpsc::unbounded_channel();
         let upstream = upstream::Upstream::new(&config.upstream, &config.mqtt.reader_language);
         let app = Arc::new_cyclic(|me| App {
@@ -268,6 +271,7 @@ impl App {
             recorded: broadcast::channel(4096).0,
             evolved: Notify::new(),
             wake: Notify::new(),
+            deadline_asleep_until: AtomicI64::new(i64::MAX),
             outbox: Notify::new(),
             snapshots,
             upstream,
@@ -379,7 +383,7 @@ impl App {
         let mut erased_keys = Vec::new();
         // Enrolled templates are opened (a key store read) before the lock is taken.
         let opened = self.open_enrolled(recorded);
-        let position = {
+        {
             let mut s = self.state.write().expect("state lock");
             for (i, r) in recorded.iter().enumerate() {
                 let values = opened.get(i).and_then(|v| v.as_deref()).map(Vec::as_slice);
@@ -406,9 +410,9 @@ impl App {
             if !forgotten.is_empty() {
                 self.store.forget_streams(forgotten);
             }
-            s.position()
+            // Under the lock: a clone for the snapshot writer must not miss a fold.
+            self.snapshots.observe(&s);
         };
-        self.snapshots.observe(position);
         let keys = self.destroy_keys(&erased_keys);
         // Live listeners (the admin event stream) get a copy; with none, nothing is cloned.
         let listening = self.recorded.receiver_count() > 0;
@@ -421,7 +425,9 @@ impl App {
             }
         }
         self.evolved.notify_waiters();
-        self.wake.notify_one();
+        if !recorded.iter().all(|r| self.deadline_loop_covers(&r.event)) {
+            self.wake.notify_one();
+        }
         // A new session creates or schedules no webhook delivery: the dispatcher need not look
         // (the common case under load: every identify and enroll call records only that).
         if recorded
@@ -466,6 +472,20 @@ impl App {
         }
     }
 
+    /// Whether the deadline loop, asleep until its next deadline, need not be woken for
+    /// `event`: a new session whose expiry comes after that deadline (with one TTL for all,
+    /// every new session's). Waking it for each one had it look the state up and re-arm its
+    /// timer once per request under load. Anything else wakes it, as does any event while it
+    /// is not asleep ([`App::deadline_loop`]).
+    fn deadline_loop_covers(&self, event: &crate::core::Event) -> bool {
+        match event {
+            crate::core::Event::SessionCreated { expires_at, .. } => {
+                expires_at.timestamp_micros() > self.deadline_asleep_until.load(Ordering::SeqCst)
+            }
+            _ => false,
+        }
+    }
+
     /// Feeds `Tick` to the core whenever its next deadline passes. Runs until dropped.
     ///
     /// A deadline slept until is ticked when the sleep ends, not looked up again: unlock
@@ -473,17 +493,22 @@ impl App {
     /// second after the new `now`, so windows would never open or close.
     pub async fn deadline_loop(self: Arc<Self>) {
         loop {
+            // Awake: every event wakes it again (`deadline_loop_covers`) until it sleeps.
+            self.deadline_asleep_until.store(i64::MAX, Ordering::SeqCst);
             let now = self.clock.now();
             let next = self.read(|s| s.next_deadline_after(now));
             let due = match next {
                 Some(t) if t <= now => true,
                 Some(t) => {
+                    self.deadline_asleep_until
+                        .store(t.timestamp_micros(), Ordering::SeqCst);
                     tokio::select! {
                         _ = self.clock.sleep_until(t) => true,
                         _ = self.wake.notified() => false,
                     }
                 }
                 None => {
+                    // No deadline (`i64::MAX` still): any new session's is the next one.
                     self.wake.notified().await;
                     false
                 }

@@ -8,21 +8,33 @@
 //! every event before it. Anything else is logged and the snapshot ignored; with none usable
 //! the whole log is folded, as before snapshots existed.
 //!
-//! The writer never touches the request path: [`Snapshotter::observe`] (called after every fold)
-//! only compares two integers and at most posts a wake-up. The writer thread builds the state
-//! on its own the first time, exactly as start-up does (newest snapshot + the log after it),
-//! encodes and writes it, and keeps it: each later snapshot folds only the events after the
-//! previous one into that copy (the first way, it decoded the previous snapshot again each
-//! time: ~6 % of the identify throughput, BENCHMARKS.md §2 session 10). The price is a second
-//! copy of the state in memory from the first snapshot on. It takes no lock the request path
-//! needs; it folds only durable events, so a snapshot at position `p` is exactly the fold of
-//! events `1..=p`. `audit verify` never reads snapshots.
+//! The writer encodes a clone of the live state. [`Snapshotter::observe`] runs under the
+//! state's write lock after every fold: it compares two integers and, when a snapshot is due
+//! and the state holds exactly the events `1..=p` ([`State::is_prefix`]: appends committed
+//! together land in any order), hands the writer a copy of what a snapshot stores
+//! ([`State::snapshot_copy`]). The copy costs a reference count per chunk or shard of the
+//! large collections (`core::chunk_map`, `core::split_map`), which the live state then copies
+//! one at a time on its next writes to them; the indexes a snapshot does not store are not
+//! copied at all. Only events already
+//! durable are folded into the live state, so the snapshot at `p` is of a durable prefix.
+//!
+//! Earlier the writer kept a second copy of the state and folded the log's new events into it
+//! (reading and decoding them again): most of its cost, ~5 points of the identify throughput
+//! on a 2-core box, and twice the memory (BENCHMARKS.md §2, sessions 20–21).
+//!
+//! The live state folds an append's events when the append lands, in position order within
+//! it; appends on one stream land in their order (expected revisions), appends on different
+//! streams in the order their tasks run. The snapshot holds the state the gateway decided on,
+//! which a full fold in position order reproduces wherever folds of concurrent appends to
+//! different streams commute (every part of the state but two concurrent door decisions for
+//! one person in one anti-passback zone, and which of two partners given one key hash came
+//! last). `audit verify` never reads snapshots.
 
 use crate::core::snapshot::{self as snap, SCHEMA};
 use crate::core::{Rules, State};
 use crate::store::{EventStore, SnapshotDir, SnapshotInfo, StoreError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 /// Events read from the log per page.
@@ -41,15 +53,6 @@ pub struct Loaded {
 
 /// The state of the whole log: the newest usable snapshot, then every event after it.
 pub fn load(store: &dyn EventStore, rules: Rules) -> Result<Loaded, StoreError> {
-    load_until(store, rules, &AtomicBool::new(false), true)
-}
-
-fn load_until(
-    store: &dyn EventStore,
-    rules: Rules,
-    stop: &AtomicBool,
-    report: bool,
-) -> Result<Loaded, StoreError> {
     let mut restored = None;
     if let Some(dir) = store.snapshots() {
         match dir.list() {
@@ -60,27 +63,25 @@ fn load_until(
                             restored = Some(s);
                             break;
                         }
-                        Err(why) if report => tracing::warn!(
+                        Err(why) => tracing::warn!(
                             position = info.position,
                             file = %info.path().display(),
                             "snapshot ignored: {why}"
                         ),
-                        Err(_) => {}
                     }
                 }
-                if report && restored.is_none() && !list.is_empty() {
+                if restored.is_none() && !list.is_empty() {
                     tracing::warn!("no usable snapshot; folding the whole log");
                 }
             }
-            Err(e) if report => {
+            Err(e) => {
                 tracing::warn!(error = %e, "snapshots cannot be listed; folding the whole log")
             }
-            Err(_) => {}
         }
     }
     let snapshot = restored.as_ref().map(State::position);
     let mut state = restored.unwrap_or_else(|| State::new(rules));
-    let folded = fold(store, &mut state, stop)?;
+    let folded = fold(store, &mut state)?;
     Ok(Loaded {
         state,
         snapshot,
@@ -131,11 +132,11 @@ fn restore(
     Ok(state)
 }
 
-/// Folds every event after `state.position()` into `state` (until `stop`); returns how many.
-fn fold(store: &dyn EventStore, state: &mut State, stop: &AtomicBool) -> Result<u64, StoreError> {
+/// Folds every event after `state.position()` into `state`; returns how many.
+fn fold(store: &dyn EventStore, state: &mut State) -> Result<u64, StoreError> {
     let mut after = state.position();
     let mut folded = 0;
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         let page = store.read(after, PAGE)?;
         let Some(last) = page.last() else { break };
         after = last.position;
@@ -168,40 +169,28 @@ pub fn write(store: &dyn EventStore, state: &State) -> Result<Option<SnapshotInf
     Ok(Some(info))
 }
 
-/// The background snapshot writer. Dropping it stops the thread (a snapshot in progress is
-/// abandoned; its temporary file is removed by the next prune).
+/// The background snapshot writer. Dropping it stops the thread after the snapshot it may be
+/// writing.
 pub struct Snapshotter {
-    wake: Option<mpsc::SyncSender<()>>,
-    /// Position from which the next snapshot is due; `u64::MAX` when disabled.
+    wake: Option<mpsc::SyncSender<State>>,
+    /// Position from which the next snapshot is due; `u64::MAX` while one is being written, or
+    /// when disabled.
     due: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
 }
 
 impl Snapshotter {
     /// Starts the writer for a log whose newest snapshot is at `base` (0: none); `every == 0`
-    /// or a store without snapshots disables it. With `keep`, the writer keeps its state
-    /// between snapshots.
-    pub fn start(
-        store: Arc<dyn EventStore>,
-        rules: Rules,
-        every: u64,
-        keep: bool,
-        base: u64,
-    ) -> Snapshotter {
+    /// or a store without snapshots disables it.
+    pub fn start(store: Arc<dyn EventStore>, every: u64, base: u64) -> Snapshotter {
         let due = Arc::new(AtomicU64::new(u64::MAX));
-        let stop = Arc::new(AtomicBool::new(false));
         let mut wake = None;
         if every > 0 && store.snapshots().is_some() {
             let (tx, rx) = mpsc::sync_channel(1);
             let worker = Worker {
                 store,
-                rules,
                 every,
                 written: base,
-                keep,
-                kept: None,
                 due: due.clone(),
-                stop: stop.clone(),
             };
             match std::thread::Builder::new()
                 .name("palmgate-snapshots".into())
@@ -214,100 +203,72 @@ impl Snapshotter {
                 Err(e) => tracing::error!(error = %e, "snapshot writer not started"),
             }
         }
-        Snapshotter { wake, due, stop }
+        Snapshotter { wake, due }
     }
 
-    /// Called with the state's position after each fold: wakes the writer if a snapshot is
-    /// due. Never blocks.
-    pub fn observe(&self, position: u64) {
-        if position >= self.due.load(Ordering::Relaxed)
-            && let Some(tx) = &self.wake
-        {
-            let _ = tx.try_send(());
+    /// Called with the state after each fold, under its write lock (or before anything else
+    /// can reach it): when a snapshot is due and the state is the fold of exactly `1..=p`,
+    /// hands the writer a clone (module docs). Never blocks.
+    pub fn observe(&self, state: &State) {
+        if state.position() < self.due.load(Ordering::Relaxed) || !state.is_prefix() {
+            return;
+        }
+        let Some(tx) = &self.wake else { return };
+        // Not due again until the writer says when (it is the only one that lowers it).
+        self.due.store(u64::MAX, Ordering::Relaxed);
+        if let Err(mpsc::TrySendError::Full(_)) = tx.try_send(state.snapshot_copy()) {
+            // Cannot happen (one at a time, `due` says so); never lose the schedule if it did.
+            tracing::warn!("snapshot writer busy; state snapshot skipped");
         }
     }
-}
 
-impl Drop for Snapshotter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+    /// Whether a snapshot is due at `position` (tests, diagnostics).
+    pub fn due_at(&self, position: u64) -> bool {
+        position >= self.due.load(Ordering::Relaxed)
     }
 }
 
 struct Worker {
     store: Arc<dyn EventStore>,
-    rules: Rules,
     every: u64,
     /// Position of the newest snapshot on disk (0: none).
     written: u64,
-    /// Whether to keep the state between snapshots (config `store.snapshot_keep_state`).
-    keep: bool,
-    /// The state the last snapshot was taken of, folded on from there at the next one.
-    kept: Option<State>,
     due: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
 }
 
 impl Worker {
-    fn run(mut self, wake: mpsc::Receiver<()>) {
+    fn run(mut self, states: mpsc::Receiver<State>) {
         crate::background_priority();
-        while wake.recv().is_ok() && !self.stop.load(Ordering::Relaxed) {
-            let due = self.due.load(Ordering::Relaxed);
-            let next = match self.step() {
+        while let Ok(state) = states.recv() {
+            let next = match self.step(&state) {
                 Ok(records) => self.written.saturating_add(interval(self.every, records)),
                 Err(e) => {
                     tracing::error!(error = %e, "state snapshot not written");
                     // Try again `every` events later, not at every fold.
-                    due.saturating_add(self.every)
+                    state.position().saturating_add(self.every)
                 }
             };
+            // The clone's chunks the live state has copied since are freed here, off the
+            // request path.
+            drop(state);
+            crate::release_thread_memory();
             self.due.store(next, Ordering::Relaxed);
-            if self.kept.is_none() {
-                // The state built for the snapshot is dropped by now: give its pages back.
-                crate::release_thread_memory();
-            }
         }
     }
 
-    /// Brings the kept state up to the log's head (the first time, or after a failure: builds
-    /// it as start-up does, newest snapshot + tail) and writes it; returns how many records the
-    /// state holds. The state is kept for the next snapshot, which then folds only the events
-    /// after it instead of decoding the previous snapshot again.
-    fn step(&mut self) -> Result<u64, String> {
+    /// Writes `state`; returns how many records it holds.
+    fn step(&mut self, state: &State) -> Result<u64, String> {
         let started = std::time::Instant::now();
-        let (state, from, folded) = match self.kept.take() {
-            Some(mut state) => {
-                let from = state.position();
-                let folded =
-                    fold(&*self.store, &mut state, &self.stop).map_err(|e| e.to_string())?;
-                (state, (from > 0).then_some(from), folded)
-            }
-            None => {
-                let loaded = load_until(&*self.store, self.rules, &self.stop, false)
-                    .map_err(|e| e.to_string())?;
-                (loaded.state, loaded.snapshot, loaded.folded)
-            }
-        };
-        let records = records(&state);
-        if self.stop.load(Ordering::Relaxed) {
-            return Ok(records);
-        }
-        if state.position() >= self.written.saturating_add(self.every)
-            && let Some(info) = write(&*self.store, &state)?
-        {
+        let records = records(state);
+        if let Some(info) = write(&*self.store, state)? {
             self.written = info.position;
             tracing::info!(
                 position = info.position,
-                from,
-                folded,
                 bytes = info.len,
                 ms = started.elapsed().as_millis() as u64,
                 records,
                 "state snapshot written"
             );
-        }
-        if self.keep {
-            self.kept = Some(state);
         }
         Ok(records)
     }

@@ -4,6 +4,7 @@
 //! it): the shell passes `now` and random ids in, appends the events the core returns, folds
 //! them back with `evolve`, and performs the effects.
 
+pub mod chunk_map;
 pub mod command;
 pub mod decider;
 pub mod doors;

@@ -30,6 +30,7 @@
 //! tuples (JSON object keys are strings). [`encode_to`] streams: the encoding is never held in
 //! memory whole.
 
+use super::chunk_map::{ChunkMap, ChunkSet};
 use super::ids::*;
 use super::policy::{Direction, DoorId, Policy};
 use super::session::{Session, SessionState};
@@ -42,7 +43,6 @@ use super::state::{Map, Set};
 use super::upstream::UpstreamBinding;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -203,6 +203,8 @@ pub fn encode_to(state: &State, out: impl std::io::Write) -> std::io::Result<()>
         upstream,
         upstream_by_time,
         position,
+        // Equal to `position` in a state worth a snapshot (`State::is_prefix`).
+        folded: _,
         // Rebuilt from the records they index.
         ended_sessions: _,
         finished_deliveries: _,
@@ -261,13 +263,13 @@ pub fn encode_to(state: &State, out: impl std::io::Write) -> std::io::Result<()>
 }
 
 /// Inserts every `(key, value)`; a key twice means the bytes were not written by [`encode`].
-fn unique<K: Eq + Hash, V>(
+fn unique<K: Eq + Hash, V, M: Unique<K, V>>(
     what: &str,
     items: impl ExactSizeIterator<Item = (K, V)>,
-) -> Result<Map<K, V>, SnapshotError> {
-    let mut map = Map::with_capacity_and_hasher(items.len(), Default::default());
+) -> Result<M, SnapshotError> {
+    let mut map = M::with_capacity(items.len());
     for (k, v) in items {
-        if map.insert(k, v).is_some() {
+        if map.put(k, v) {
             return Err(SnapshotError::Inconsistent(format!(
                 "a {what} appears twice"
             )));
@@ -276,11 +278,36 @@ fn unique<K: Eq + Hash, V>(
     Ok(map)
 }
 
+/// A map [`unique`] fills: the state's hash maps and split maps.
+trait Unique<K, V> {
+    fn with_capacity(n: usize) -> Self;
+    /// Inserts; true when the key was there already.
+    fn put(&mut self, k: K, v: V) -> bool;
+}
+
+impl<K: Eq + Hash, V> Unique<K, V> for Map<K, V> {
+    fn with_capacity(n: usize) -> Self {
+        Map::with_capacity_and_hasher(n, Default::default())
+    }
+    fn put(&mut self, k: K, v: V) -> bool {
+        self.insert(k, v).is_some()
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Unique<K, V> for SplitMap<K, V> {
+    fn with_capacity(_: usize) -> Self {
+        SplitMap::new()
+    }
+    fn put(&mut self, k: K, v: V) -> bool {
+        self.insert(k, v).is_some()
+    }
+}
+
 /// Sessions in strictly increasing id order (as [`encode`] writes them) into their map, built
 /// in one pass; a session twice or out of order means the bytes were not written by [`encode`].
 fn sessions_in_order(
     sessions: Vec<Session>,
-) -> Result<std::collections::BTreeMap<SessionId, Session>, SnapshotError> {
+) -> Result<ChunkMap<SessionId, Session>, SnapshotError> {
     if sessions.windows(2).any(|w| w[0].id >= w[1].id) {
         return Err(SnapshotError::Inconsistent(
             "a session appears twice, or out of order".into(),
@@ -306,7 +333,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         })?)),
     };
     let mut session_by_token = SplitMap::new();
-    let mut deadlines = BTreeSet::new();
+    let mut deadlines = ChunkSet::new();
     for s in &sessions {
         session_by_token.insert(s.token_hash.clone(), s.id);
         if s.state == SessionState::Pending {
@@ -332,7 +359,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
                 "a seen capture appears twice".into(),
             ));
         }
-        Ok(set)
+        Ok(Arc::new(set))
     };
     let seen = SeenCaptures {
         current: generation(o.seen.current)?,
@@ -354,11 +381,11 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         .iter()
         .map(|(p, k, e)| (e.at, *p, k.clone()))
         .collect();
-    let upstream = unique(
+    let upstream: SplitMap<_, _> = unique(
         "upstream session",
         o.upstream.into_iter().map(|b| (b.session_id.clone(), b)),
     )?;
-    let mut upstream_by_time: BTreeSet<_> = upstream
+    let mut upstream_by_time: ChunkSet<_> = upstream
         .values()
         .map(|b| (super::upstream::open_until(b), b.session_id.clone()))
         .collect();
@@ -415,6 +442,7 @@ pub fn decode(bytes: &[u8], rules: Rules) -> Result<State, SnapshotError> {
         upstream,
         upstream_by_time,
         position: o.position,
+        folded: o.position,
         ended_sessions,
         finished_deliveries,
         idempotency_by_time,
@@ -452,6 +480,8 @@ impl PartialEq for State {
             upstream,
             upstream_by_time,
             position,
+            // How the state got there, not what it holds.
+            folded: _,
             ended_sessions,
             finished_deliveries,
             idempotency_by_time,
@@ -503,15 +533,14 @@ impl PartialEq for State {
 /// and order, so bytes not written by [`write_sessions`] and [`write_revisions`] are an error,
 /// never a panic.
 mod binary {
-    use super::{Session, SessionState, SnapshotError, SplitMap};
+    use super::{ChunkMap, Session, SessionState, SnapshotError, SplitMap};
     use crate::core::ids::*;
     use chrono::{DateTime, Utc};
-    use std::collections::BTreeMap;
     use std::io::{self, Write};
 
     pub fn write_sessions(
         out: &mut impl Write,
-        sessions: &BTreeMap<SessionId, Session>,
+        sessions: &ChunkMap<SessionId, Session>,
     ) -> io::Result<()> {
         out.write_all(&(sessions.len() as u64).to_le_bytes())?;
         let mut buf = Vec::with_capacity(512);
@@ -525,10 +554,9 @@ mod binary {
 
     pub fn write_revisions(
         out: &mut impl Write,
-        revisions: &SplitMap<String, u64>,
+        revisions: &SplitMap<std::sync::Arc<str>, u64>,
     ) -> io::Result<()> {
-        let mut entries: Vec<(&str, u64)> =
-            revisions.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let mut entries: Vec<(&str, u64)> = revisions.iter().map(|(k, v)| (&**k, *v)).collect();
         entries.sort_unstable();
         crate::core::split_map::revisions::write(out, entries.len(), entries)
     }
@@ -805,7 +833,9 @@ mod binary {
     }
 
     /// The stream revisions, which must be in strictly increasing stream order.
-    pub fn read_revisions(c: &mut Cursor<'_>) -> Result<SplitMap<String, u64>, SnapshotError> {
+    pub fn read_revisions(
+        c: &mut Cursor<'_>,
+    ) -> Result<SplitMap<std::sync::Arc<str>, u64>, SnapshotError> {
         let (map, rest) = crate::core::split_map::revisions::read(c.rest(), true)
             .map_err(SnapshotError::Decode)?;
         c.at = c.bytes.len() - rest.len();

@@ -89,6 +89,10 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
         self.iter().map(|(k, _)| k)
     }
 
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
+    }
+
     /// Whether a clone still shares a shard with this map (a write to that shard would copy
     /// it).
     pub fn is_shared(&self) -> bool {
@@ -129,6 +133,13 @@ impl<K: Hash + Eq + Clone, V: Clone> SplitMap<K, V> {
             self.len -= 1;
         }
         old
+    }
+
+    /// Every value, for writing (every shard a clone shares is copied).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.shards
+            .iter_mut()
+            .flat_map(|s| Arc::make_mut(s).values_mut())
     }
 
     /// Keeps the entries `keep` says yes to.
@@ -247,7 +258,10 @@ pub mod revisions {
     /// it. `in_order`: the streams must also be in strictly increasing order. A short or
     /// malformed input, a stream twice or (with `in_order`) out of order is an error saying
     /// which.
-    pub fn read(bytes: &[u8], in_order: bool) -> Result<(SplitMap<String, u64>, &[u8]), String> {
+    pub fn read<K: for<'s> From<&'s str> + std::hash::Hash + Eq + Clone>(
+        bytes: &[u8],
+        in_order: bool,
+    ) -> Result<(SplitMap<K, u64>, &[u8]), String> {
         let mut b = bytes;
         let count = u64::from_le_bytes(take(&mut b, 8)?.try_into().expect("8 bytes"));
         // Each entry is at least 12 bytes: a count the input cannot hold reserves nothing.
@@ -265,7 +279,7 @@ pub mod revisions {
                 return Err("stream revisions: a stream out of order".into());
             }
             last = Some(stream);
-            if map.insert(stream.to_string(), revision).is_some() {
+            if map.insert(K::from(stream), revision).is_some() {
                 return Err("stream revisions: a stream appears twice".into());
             }
         }
@@ -341,7 +355,7 @@ mod tests {
             "a wrong count"
         );
         out.extend_from_slice(b"after");
-        let (map, rest) = read(&out[5..], true).unwrap();
+        let (map, rest) = read::<String>(&out[5..], true).unwrap();
         assert_eq!(rest, b"after");
         assert_eq!(
             (map.len(), map.get("partner-1"), map.get("site")),
@@ -349,19 +363,27 @@ mod tests {
         );
         let body = &out[5..out.len() - 5];
         for cut in 0..body.len() {
-            assert!(read(&body[..cut], false).is_err(), "cut at {cut}");
+            assert!(read::<String>(&body[..cut], false).is_err(), "cut at {cut}");
         }
         let mut unsorted = Vec::new();
         write(&mut unsorted, 2, [("site", 1), ("partner-1", 2)]).unwrap();
-        assert!(read(&unsorted, false).is_ok());
-        assert!(read(&unsorted, true).unwrap_err().contains("out of order"));
+        assert!(read::<String>(&unsorted, false).is_ok());
+        assert!(
+            read::<String>(&unsorted, true)
+                .unwrap_err()
+                .contains("out of order")
+        );
         let mut twice = Vec::new();
         write(&mut twice, 2, [("site", 1), ("site", 2)]).unwrap();
-        assert!(read(&twice, false).unwrap_err().contains("twice"));
-        assert!(read(&twice, true).is_err());
+        assert!(read::<String>(&twice, false).unwrap_err().contains("twice"));
+        assert!(read::<String>(&twice, true).is_err());
         let mut absurd = u64::MAX.to_le_bytes().to_vec();
         absurd.extend_from_slice(&[0; 24]);
-        assert!(read(&absurd, false).unwrap_err().contains("truncated"));
+        assert!(
+            read::<String>(&absurd, false)
+                .unwrap_err()
+                .contains("truncated")
+        );
     }
 
     use super::*;

@@ -5,14 +5,16 @@
 //! folding a log gives the same state whether the events arrived live or from a replay; a
 //! session that has left `pending` never returns to it.
 
+use super::chunk_map::{ChunkMap, ChunkSet};
 use super::event::{Event, Recorded, SealedTemplate};
 use super::ids::*;
 use super::policy::{Direction, DoorId, Policy};
 use super::session::{Session, SessionState};
+use super::split_map::SplitMap;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Capture rules from the configuration (SPEC 5).
@@ -258,10 +260,7 @@ impl Passage {
     /// The grant's pulse was refused: the person did not pass, so their last movement in the
     /// zone is the one before, unless something else changed it since (an erasure that
     /// cleared their zones).
-    pub fn undo<S: std::hash::BuildHasher>(
-        self,
-        zone_last: &mut HashMap<(String, PartnerId, ExternalId), Direction, S>,
-    ) {
+    pub fn undo(self, zone_last: &mut SplitMap<(String, PartnerId, ExternalId), Direction>) {
         let key = (self.zone, self.partner_id, self.external_id);
         if zone_last.get(&key) != Some(&self.direction) {
             return;
@@ -317,27 +316,29 @@ pub struct State {
     pub rules: Rules,
     pub(crate) partners: Map<PartnerId, Partner>,
     pub(super) partner_by_key: Map<SecretHash, PartnerId>,
-    pub(crate) sessions: std::collections::BTreeMap<SessionId, Session>,
+    pub(crate) sessions: ChunkMap<SessionId, Session>,
     /// Split hash maps, as `revisions`: in a B-tree, each insert compared 64-character hashes
     /// about twenty times (3.7 % of the request workers' samples in `memcmp` alone, BENCHMARKS
     /// §2 session 8).
-    pub(super) session_by_token: super::split_map::SplitMap<SecretHash, SessionId>,
-    pub(crate) users: Map<(PartnerId, ExternalId), User>,
+    pub(super) session_by_token: SplitMap<SecretHash, SessionId>,
+    pub(crate) users: SplitMap<(PartnerId, ExternalId), User>,
     /// Revision of erased users' streams (a re-enrollment continues the stream).
-    pub(super) erased: Map<(PartnerId, ExternalId), u64>,
-    pub(crate) idempotency: Map<(PartnerId, String), IdemEntry>,
+    pub(super) erased: SplitMap<(PartnerId, ExternalId), u64>,
+    pub(crate) idempotency: SplitMap<(PartnerId, String), IdemEntry>,
     pub(crate) readers: Map<ReaderId, Reader>,
     /// `(reader, capture_id)` and `(reader, trigger_id)` already handled (QoS 1 redelivery).
     pub(crate) seen: SeenCaptures,
     /// Last revision of every stream seen, for expected-revision appends. Split hash maps:
     /// one hash map's resize, under the state lock, was the identify p99 (`split_map`).
-    pub(super) revisions: super::split_map::SplitMap<String, u64>,
+    /// Shared names (`Arc<str>`): a shard the snapshot's clone shares is copied on its next
+    /// write with reference counts, not a copy of every name.
+    pub(super) revisions: SplitMap<Arc<str>, u64>,
     /// Pending sessions by expiry.
-    pub(crate) deadlines: BTreeSet<(DateTime<Utc>, SessionId)>,
+    pub(crate) deadlines: ChunkSet<(DateTime<Utc>, SessionId)>,
     pub(crate) webhooks: Map<PartnerId, Webhook>,
-    pub(crate) deliveries: Map<String, Delivery>,
+    pub(crate) deliveries: SplitMap<String, Delivery>,
     /// Pending deliveries by next attempt time.
-    pub(super) due: BTreeSet<(DateTime<Utc>, String)>,
+    pub(super) due: ChunkSet<(DateTime<Utc>, String)>,
     /// The site policy in force.
     pub policy: Option<Arc<Policy>>,
     /// Its source text and when it was activated.
@@ -349,25 +350,28 @@ pub struct State {
     pub lockdown: bool,
     pub emergency: bool,
     /// Last movement of each user in each anti-passback zone.
-    pub(crate) zone_last: Map<(String, PartnerId, ExternalId), Direction>,
+    pub(crate) zone_last: SplitMap<(String, PartnerId, ExternalId), Direction>,
     pub(crate) doors: Map<DoorId, DoorState>,
     pub(crate) devices: Map<String, DeviceState>,
     /// Upstream mode: remote identify sessions bound to readers, until their webhook ends them
     /// (an ended one leaves only its stream's revision behind, until `upstream_by_time` lets
     /// it go).
-    pub(crate) upstream: Map<UpstreamSessionId, super::upstream::UpstreamBinding>,
+    pub(crate) upstream: SplitMap<UpstreamSessionId, super::upstream::UpstreamBinding>,
     pub(super) position: u64,
+    /// How many events were folded in: with `position` (events are numbered from 1 without
+    /// gaps), whether the state holds every event up to its position ([`State::is_prefix`]).
+    pub(super) folded: u64,
     /// Ended sessions by end time, until `rules.session_retention` has passed.
-    pub(super) ended_sessions: BTreeSet<(DateTime<Utc>, SessionId)>,
+    pub(super) ended_sessions: ChunkSet<(DateTime<Utc>, SessionId)>,
     /// Delivered or failed deliveries by their last attempt, until `rules.delivery_retention`.
-    pub(super) finished_deliveries: BTreeSet<(DateTime<Utc>, String)>,
+    pub(super) finished_deliveries: ChunkSet<(DateTime<Utc>, String)>,
     /// Idempotency keys by first use, until `IDEMPOTENCY_TTL` has passed.
-    pub(super) idempotency_by_time: BTreeSet<(DateTime<Utc>, PartnerId, String)>,
+    pub(super) idempotency_by_time: ChunkSet<(DateTime<Utc>, PartnerId, String)>,
     /// Upstream sessions by the instant their `sessions.retention` starts: when they ended, or,
     /// while open, when they expire on our clock ([`super::upstream::open_until`]). Once the
     /// retention has passed, the binding (if still open) and the stream's revision are let go
     /// of: a webhook for it is then a session palmgate does not know (200 `ignored`).
-    pub(crate) upstream_by_time: BTreeSet<(DateTime<Utc>, UpstreamSessionId)>,
+    pub(crate) upstream_by_time: ChunkSet<(DateTime<Utc>, UpstreamSessionId)>,
     /// When `Some`, the streams whose revision the state let go of (for the store's heads).
     pub(super) forgotten: Option<Vec<String>>,
 }
@@ -420,8 +424,8 @@ impl Seen {
 /// turn over by the time of the events folded, so a replay gives the same sets.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SeenCaptures {
-    pub(super) current: Set<(ReaderId, Seen)>,
-    pub(super) previous: Set<(ReaderId, Seen)>,
+    pub(super) current: Arc<Set<(ReaderId, Seen)>>,
+    pub(super) previous: Arc<Set<(ReaderId, Seen)>>,
     /// When `current` was started.
     pub(super) since: Option<DateTime<Utc>>,
 }
@@ -432,7 +436,7 @@ impl SeenCaptures {
     }
     pub fn insert(&mut self, key: (ReaderId, Seen)) {
         if !self.previous.contains(&key) {
-            self.current.insert(key);
+            Arc::make_mut(&mut self.current).insert(key);
         }
     }
     pub fn len(&self) -> usize {
@@ -468,6 +472,82 @@ impl State {
 
     pub fn position(&self) -> u64 {
         self.position
+    }
+
+    /// A copy of what a snapshot stores (`core::snapshot::encode`), for the snapshot writer:
+    /// the large collections are shared, not copied (`chunk_map`, `split_map`), and the
+    /// indexes a snapshot does not store (decoding rebuilds them from the records) are left
+    /// empty, so the live state's next writes to them copy nothing.
+    pub fn snapshot_copy(&self) -> State {
+        let State {
+            rules,
+            partners,
+            partner_by_key,
+            sessions,
+            session_by_token: _,
+            users,
+            erased,
+            idempotency,
+            readers,
+            seen,
+            revisions,
+            deadlines: _,
+            webhooks,
+            deliveries,
+            due: _,
+            policy,
+            policy_document,
+            policy_file_sha256,
+            lockdown,
+            emergency,
+            zone_last,
+            doors,
+            devices,
+            upstream,
+            upstream_by_time,
+            position,
+            folded,
+            ended_sessions: _,
+            finished_deliveries: _,
+            idempotency_by_time: _,
+            forgotten: _,
+        } = self;
+        State {
+            rules: *rules,
+            partners: partners.clone(),
+            partner_by_key: partner_by_key.clone(),
+            sessions: sessions.clone(),
+            users: users.clone(),
+            erased: erased.clone(),
+            idempotency: idempotency.clone(),
+            readers: readers.clone(),
+            seen: seen.clone(),
+            revisions: revisions.clone(),
+            webhooks: webhooks.clone(),
+            deliveries: deliveries.clone(),
+            policy: policy.clone(),
+            policy_document: policy_document.clone(),
+            policy_file_sha256: policy_file_sha256.clone(),
+            lockdown: *lockdown,
+            emergency: *emergency,
+            zone_last: zone_last.clone(),
+            doors: doors.clone(),
+            devices: devices.clone(),
+            upstream: upstream.clone(),
+            upstream_by_time: upstream_by_time.clone(),
+            position: *position,
+            folded: *folded,
+            ..State::default()
+        }
+    }
+
+    /// Whether the state is the fold of exactly the events `1..=position` (a log's positions
+    /// have no gaps): none missing behind one folded already. The app folds each append as it
+    /// lands, and appends committed together land in whichever order their tasks run, so a
+    /// state read in between may hold event `p` and not `p - 1`. A snapshot is only taken of a
+    /// state for which this holds (`app::snapshot`).
+    pub fn is_prefix(&self) -> bool {
+        self.folded == self.position
     }
     pub fn revision(&self, stream: &str) -> Option<u64> {
         self.revisions.get(stream).copied()
@@ -622,7 +702,7 @@ impl State {
         match &mut self.forgotten {
             Some(v) if !v.is_empty() => {
                 let mut v = std::mem::take(v);
-                v.retain(|s| !self.revisions.contains_key(s));
+                v.retain(|s| !self.revisions.contains_key(s.as_str()));
                 v
             }
             _ => vec![],
@@ -631,7 +711,7 @@ impl State {
 
     /// Every stream the state knows a revision of.
     pub fn streams(&self) -> impl Iterator<Item = &str> {
-        self.revisions.keys().map(String::as_str)
+        self.revisions.keys().map(|k| &**k)
     }
 
     /// Forgets what has ended longer ago than its retention, as of `now` (the time of the event
@@ -679,7 +759,7 @@ impl State {
     }
 
     fn forget_stream(&mut self, stream: String) {
-        self.revisions.remove(&stream);
+        self.revisions.remove(stream.as_str());
         if let Some(v) = &mut self.forgotten {
             v.push(stream);
         }
@@ -690,7 +770,7 @@ impl State {
         match self.revisions.get_mut(stream) {
             Some(rev) => *rev = (*rev).max(revision),
             None => {
-                self.revisions.insert(stream.to_string(), revision);
+                self.revisions.insert(Arc::from(stream), revision);
             }
         }
     }
@@ -714,11 +794,13 @@ impl State {
         }
         self.forget_ended(rec.recorded_at);
         self.position = self.position.max(rec.position);
+        self.folded += 1;
         let revision = rec.revision;
-        match self.revisions.get_mut(&rec.stream) {
+        match self.revisions.get_mut(rec.stream.as_str()) {
             Some(rev) => *rev = (*rev).max(revision),
             None => {
-                self.revisions.insert(take(&mut rec.stream), revision);
+                self.revisions
+                    .insert(Arc::from(rec.stream.as_str()), revision);
             }
         }
         match &mut rec.event {
@@ -736,12 +818,9 @@ impl State {
                 expires_at,
                 trigger_id,
             } => {
-                // One descent of the B-tree for the check and the insert.
-                let std::collections::btree_map::Entry::Vacant(slot) =
-                    self.sessions.entry(*session_id)
-                else {
+                if self.sessions.contains_key(session_id) {
                     return; // a session is created once; a repeat can only be a forged log
-                };
+                }
                 if let (Some(reader), Some(trigger)) = (&*reader_id, trigger_id.take()) {
                     // A redelivered trigger (QoS 1) is recognised and ignored.
                     self.seen.insert((reader.clone(), Seen::Trigger(trigger)));
@@ -749,25 +828,28 @@ impl State {
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);
                 self.deadlines.insert((*expires_at, *session_id));
-                slot.insert(Session {
-                    id: *session_id,
-                    partner_id: *partner_id,
-                    kind: *kind,
-                    language: *language,
-                    token_hash: SecretHash(take(&mut token_hash.0)),
-                    external_id: external_id.take(),
-                    username: username.take(),
-                    metadata: metadata.take(),
-                    state: SessionState::Pending,
-                    fail_reason: None,
-                    reader_armed_at: reader_id.is_some().then_some(*created_at),
-                    reader_id: reader_id.take(),
-                    retries: 0,
-                    created_at: *created_at,
-                    expires_at: *expires_at,
-                    ended_at: None,
-                    revision,
-                });
+                self.sessions.insert(
+                    *session_id,
+                    Session {
+                        id: *session_id,
+                        partner_id: *partner_id,
+                        kind: *kind,
+                        language: *language,
+                        token_hash: SecretHash(take(&mut token_hash.0)),
+                        external_id: external_id.take(),
+                        username: username.take(),
+                        metadata: metadata.take(),
+                        state: SessionState::Pending,
+                        fail_reason: None,
+                        reader_armed_at: reader_id.is_some().then_some(*created_at),
+                        reader_id: reader_id.take(),
+                        retries: 0,
+                        created_at: *created_at,
+                        expires_at: *expires_at,
+                        ended_at: None,
+                        revision,
+                    },
+                );
             }
             Event::SessionCompleted {
                 session_id,
@@ -872,6 +954,7 @@ impl State {
     pub fn evolve(&mut self, rec: &Recorded) {
         self.forget_ended(rec.recorded_at);
         self.position = self.position.max(rec.position);
+        self.folded += 1;
         self.note_revision(&rec.stream, rec.revision);
         let revision = rec.revision;
         match &rec.event {
@@ -916,12 +999,9 @@ impl State {
                 expires_at,
                 trigger_id,
             } => {
-                // One descent of the B-tree for the check and the insert.
-                let std::collections::btree_map::Entry::Vacant(slot) =
-                    self.sessions.entry(*session_id)
-                else {
+                if self.sessions.contains_key(session_id) {
                     return; // a session is created once; a repeat can only be a forged log
-                };
+                }
                 if let (Some(reader), Some(trigger)) = (reader_id, trigger_id.clone()) {
                     // A redelivered trigger (QoS 1) is recognised and ignored.
                     self.seen.insert((reader.clone(), Seen::Trigger(trigger)));
@@ -929,25 +1009,28 @@ impl State {
                 self.session_by_token
                     .insert(token_hash.clone(), *session_id);
                 self.deadlines.insert((*expires_at, *session_id));
-                slot.insert(Session {
-                    id: *session_id,
-                    partner_id: *partner_id,
-                    kind: *kind,
-                    language: *language,
-                    token_hash: token_hash.clone(),
-                    external_id: external_id.clone(),
-                    username: username.clone(),
-                    metadata: metadata.clone(),
-                    state: SessionState::Pending,
-                    fail_reason: None,
-                    reader_id: reader_id.clone(),
-                    reader_armed_at: reader_id.is_some().then_some(*created_at),
-                    retries: 0,
-                    created_at: *created_at,
-                    expires_at: *expires_at,
-                    ended_at: None,
-                    revision,
-                });
+                self.sessions.insert(
+                    *session_id,
+                    Session {
+                        id: *session_id,
+                        partner_id: *partner_id,
+                        kind: *kind,
+                        language: *language,
+                        token_hash: token_hash.clone(),
+                        external_id: external_id.clone(),
+                        username: username.clone(),
+                        metadata: metadata.clone(),
+                        state: SessionState::Pending,
+                        fail_reason: None,
+                        reader_id: reader_id.clone(),
+                        reader_armed_at: reader_id.is_some().then_some(*created_at),
+                        retries: 0,
+                        created_at: *created_at,
+                        expires_at: *expires_at,
+                        ended_at: None,
+                        revision,
+                    },
+                );
             }
             Event::IdempotencyKeyUsed {
                 partner_id,
@@ -2199,9 +2282,13 @@ mod retention_tests {
             },
         );
         tick(&mut log, 102);
-        let left: BTreeSet<&str> = log.state.deliveries.keys().map(String::as_str).collect();
+        let left: std::collections::BTreeSet<&str> =
+            log.state.deliveries.keys().map(String::as_str).collect();
         // The failed one stays, however old, until it is redelivered.
-        assert_eq!(left, BTreeSet::from(["again", "failed", "pending"]));
+        assert_eq!(
+            left,
+            std::collections::BTreeSet::from(["again", "failed", "pending"])
+        );
         assert_eq!(log.state.take_forgotten(), vec![stream::delivery("ok")]);
         tick(&mut log, 100_000);
         assert!(log.state.delivery("failed").is_some());

@@ -1388,7 +1388,7 @@ fn rejection_str(r: CaptureRejection) -> String {
 
 /// Each person's last movement in each zone of the candidate policy (zone name, partner,
 /// external id), as the gateway's state keeps it (`State::zone_last`).
-type ZoneLast = HashMap<(String, PartnerId, ExternalId), Direction>;
+type ZoneLast = crate::core::split_map::SplitMap<(String, PartnerId, ExternalId), Direction>;
 
 /// The movements of each door's re-derived grants, until the log reports their pulse (undone
 /// when refused, as the state does: `DoorState::passages`). Keyed by the door the log

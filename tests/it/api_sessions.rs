@@ -312,6 +312,59 @@ async fn a_session_is_expired_from_the_second_its_expires_at_names() {
     }
 }
 
+/// A session whose expiry comes before the deadline the server is waiting for is still
+/// recorded expired on time. The deadline loop is woken only by a new session that expires before what it
+/// sleeps until; here one made with a 1 h TTL holds it asleep for an hour, and after a restart
+/// with a 2 s TTL a new session must wake it.
+#[tokio::test]
+async fn a_session_expiring_before_the_awaited_deadline_still_expires_on_time() {
+    let mut s = TestServer::start_with(Options::default().ttl("1h")).await;
+    let (_, key) = s.create_partner("Early").await;
+    let long = s.identify(&key, "").await.created();
+    s.terminate();
+    let text = std::fs::read_to_string(s.config_path()).unwrap();
+    let patched = text.replacen("ttl = \"1h\"", "ttl = \"2s\"", 1);
+    assert_ne!(text, patched);
+    std::fs::write(s.config_path(), patched).unwrap();
+    s.launch().await;
+    let short = s.identify(&key, "").await.created();
+    let (srv, k, id) = (&s, key.as_str(), short.session_id.as_str());
+    poll(
+        "the 2 s session to expire",
+        Duration::from_secs(10),
+        move || async move {
+            let v = srv.session(k, id).await.json();
+            (v["state"] == "expired").then_some(v)
+        },
+    )
+    .await;
+    // Reading a session past its expiry already says `expired`; the deadline loop is what
+    // records it, and lets it go from the pending ones.
+    let srv = &s;
+    poll(
+        "the server to record the expiry",
+        Duration::from_secs(10),
+        move || async move {
+            let text = srv
+                .client
+                .get(srv.url("/metrics"))
+                .bearer_auth(crate::fixtures::ADMIN_TOKEN)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .any(|l| l == "palmgate_sessions_pending 1")
+                .then_some(())
+        },
+    )
+    .await;
+    let v = s.session(&key, &long.session_id).await.json();
+    assert_eq!(v["state"], "pending", "{v}");
+}
+
 #[tokio::test]
 async fn completed_enrollment_reads_completed_and_cannot_be_cancelled() {
     let mut s = TestServer::prepare(Options::default());
