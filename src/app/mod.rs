@@ -100,6 +100,9 @@ pub struct App {
     sessions_changed: broadcast::Sender<SessionId>,
     recorded: broadcast::Sender<Recorded>,
     evolved: Notify,
+    /// A site policy was activated ([`App::policy_activated`]), and how many were.
+    policy_activation: Notify,
+    policy_activations: std::sync::atomic::AtomicU64,
     /// Wakes the deadline loop ([`App::deadline_loop`]).
     wake: Notify,
     /// The instant (µs since the epoch) the deadline loop sleeps until; `i64::MAX` while it is
@@ -270,6 +273,8 @@ impl App {
             sessions_changed: broadcast::channel(1024).0,
             recorded: broadcast::channel(4096).0,
             evolved: Notify::new(),
+            policy_activation: Notify::new(),
+            policy_activations: Default::default(),
             wake: Notify::new(),
             deadline_asleep_until: AtomicI64::new(i64::MAX),
             outbox: Notify::new(),
@@ -425,6 +430,15 @@ impl App {
             }
         }
         self.evolved.notify_waiters();
+        let activations = recorded
+            .iter()
+            .filter(|r| matches!(r.event, crate::core::Event::PolicyActivated { .. }))
+            .count();
+        if activations > 0 {
+            self.policy_activations
+                .fetch_add(activations as u64, Ordering::SeqCst);
+            self.policy_activation.notify_one();
+        }
         if !recorded.iter().all(|r| self.deadline_loop_covers(&r.event)) {
             self.wake.notify_one();
         }
@@ -437,6 +451,18 @@ impl App {
             self.poke_outbox();
         }
         keys
+    }
+
+    /// Resolves when a site policy is activated, or was since the last time it resolved (one
+    /// waiter: the relays, which connect the boards a new policy names). It may resolve with
+    /// none new: compare [`App::policy_activations`].
+    pub fn policy_activated(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.policy_activation.notified()
+    }
+
+    /// How many site policies this app has folded in since it started.
+    pub fn policy_activations(&self) -> u64 {
+        self.policy_activations.load(Ordering::SeqCst)
     }
 
     /// Resolves at the next change that may make a delivery due (create it before reading the

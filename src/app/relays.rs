@@ -55,22 +55,23 @@ impl Relays {
             tasks: Mutex::new(Vec::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
+        let mut handled = app.policy_activations();
         relays.ensure_devices();
         // A new policy may name new boards, and drop doors: connect and lock as it activates.
+        // (Woken by activations only: subscribed to every recorded event, it had each one
+        // copied for it and was woken for it, once per request under load.)
         let watcher = relays.clone();
-        let mut recorded = app.recorded_events();
         tokio::spawn(async move {
             loop {
-                match recorded.recv().await {
-                    Ok(r) if matches!(r.event, crate::core::Event::PolicyActivated { .. }) => {
-                        watcher.ensure_devices()
-                    }
-                    // The missed events may include an activation.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        watcher.ensure_devices()
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                watcher.app.policy_activated().await;
+                if watcher.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                // Not again for one folded before the start above had read the policy.
+                let now = watcher.app.policy_activations();
+                if now != handled {
+                    handled = now;
+                    watcher.ensure_devices();
                 }
             }
         });
