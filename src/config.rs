@@ -83,8 +83,8 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// Events between two state snapshots (written in the background); 0: never write one.
     pub snapshot_every: u64,
-    /// The snapshot thread keeps its copy of the state between snapshots (faster; a second
-    /// copy of the state in memory) instead of rebuilding it from the newest snapshot each time.
+    /// No longer used: accepted so existing files still load. (The snapshot thread kept a
+    /// second state of its own; it now encodes a copy-on-write copy of the live one.)
     pub snapshot_keep_state: bool,
 }
 
