@@ -55,17 +55,25 @@ impl<K: Ord + Clone, V: Clone> ChunkMap<K, V> {
         self.chunks.len()
     }
 
-    /// The bound of the chunk `key` belongs in (the first chunk for a key below every bound).
-    fn bound_of(&self, key: &K) -> Option<&K> {
-        self.chunks
-            .range(..=key)
-            .next_back()
-            .or_else(|| self.chunks.first_key_value())
-            .map(|(b, _)| b)
+    /// The chunk `key` belongs in, if any: the last one with a bound at or below it. Keys are
+    /// mostly new (time-ordered ids and instants), so the last chunk is looked at first.
+    fn chunk_of(&self, key: &K) -> Option<&Arc<Chunk<K, V>>> {
+        match self.chunks.last_key_value() {
+            Some((b, c)) if b <= key => Some(c),
+            _ => self.chunks.range(..=key).next_back().map(|(_, c)| c),
+        }
+    }
+
+    /// As [`ChunkMap::chunk_of`], for writing, with the chunk's bound.
+    fn chunk_of_mut(&mut self, key: &K) -> Option<(&K, &mut Arc<Chunk<K, V>>)> {
+        if self.chunks.last_key_value().is_some_and(|(b, _)| b <= key) {
+            return self.chunks.iter_mut().next_back();
+        }
+        self.chunks.range_mut(..=key).next_back()
     }
 
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.chunks.range(..=key).next_back()?.1.get(key)
+        self.chunk_of(key)?.get(key)
     }
 
     pub fn contains_key(&self, key: &K) -> bool {
@@ -74,7 +82,7 @@ impl<K: Ord + Clone, V: Clone> ChunkMap<K, V> {
 
     /// The entry, its chunk copied first if a clone shares it (only when the key is there).
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let (_, chunk) = self.chunks.range_mut(..=key).next_back()?;
+        let (_, chunk) = self.chunk_of_mut(key)?;
         if !chunk.contains_key(key) {
             return None;
         }
@@ -82,49 +90,54 @@ impl<K: Ord + Clone, V: Clone> ChunkMap<K, V> {
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let Some(bound) = self.bound_of(&key).cloned() else {
-            self.chunks
-                .insert(key.clone(), Arc::new(Chunk::from([(key, value)])));
-            self.len = 1;
-            return None;
-        };
-        // A key below every bound lowers the first chunk's bound.
-        let bound = if key < bound {
-            let chunk = self.chunks.remove(&bound).expect("the bound is a chunk's");
-            self.chunks.insert(key.clone(), chunk);
-            key.clone()
-        } else {
-            bound
-        };
-        let last_chunk = self
-            .chunks
-            .last_key_value()
-            .is_some_and(|(b, _)| *b == bound);
-        let chunk = Arc::make_mut(self.chunks.get_mut(&bound).expect("found above"));
-        let appended = last_chunk && chunk.last_key_value().is_none_or(|(k, _)| *k < key);
-        let split_at = key.clone();
-        let old = chunk.insert(key, value);
-        if old.is_none() {
-            self.len += 1;
+        match self.chunks.first_key_value() {
+            None => {
+                self.chunks
+                    .insert(key.clone(), Arc::new(Chunk::from([(key, value)])));
+                self.len = 1;
+                return None;
+            }
+            // A key below every bound lowers the first chunk's bound.
+            Some((b, _)) if key < *b => {
+                let (_, chunk) = self.chunks.pop_first().expect("there is a first");
+                self.chunks.insert(key.clone(), chunk);
+            }
+            Some(_) => {}
         }
-        if chunk.len() > CHUNK {
-            let at = if appended {
-                split_at
+        let last = self.chunks.last_key_value().is_some_and(|(b, _)| *b <= key);
+        let (_, chunk) = self
+            .chunk_of_mut(&key)
+            .expect("a bound at or below the key");
+        let chunk = Arc::make_mut(chunk);
+        let appended = last && chunk.last_key_value().is_none_or(|(k, _)| *k < key);
+        let old = chunk.insert(key, value);
+        // A full chunk splits: off the new last key when it was appended to the last chunk (a
+        // map filled in order keeps full chunks), in halves otherwise.
+        let upper = (chunk.len() > CHUNK).then(|| {
+            if appended {
+                let (k, v) = chunk.pop_last().expect("a full chunk has a last");
+                (k.clone(), Chunk::from([(k, v)]))
             } else {
-                chunk
+                let at = chunk
                     .keys()
                     .nth(chunk.len() / 2)
                     .cloned()
-                    .expect("a full chunk has a middle")
-            };
-            let upper = chunk.split_off(&at);
+                    .expect("a full chunk has a middle");
+                let upper = chunk.split_off(&at);
+                (at, upper)
+            }
+        });
+        if old.is_none() {
+            self.len += 1;
+        }
+        if let Some((at, upper)) = upper {
             self.chunks.insert(at, Arc::new(upper));
         }
         old
     }
 
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        let (bound, chunk) = self.chunks.range_mut(..=key).next_back()?;
+        let (bound, chunk) = self.chunk_of_mut(key)?;
         if !chunk.contains_key(key) {
             return None;
         }
