@@ -27,8 +27,9 @@
 //! streams in the order their tasks run. The snapshot holds the state the gateway decided on,
 //! which a full fold in position order reproduces wherever folds of concurrent appends to
 //! different streams commute (every part of the state but two concurrent door decisions for
-//! one person in one anti-passback zone, and which of two partners given one key hash came
-//! last). `audit verify` never reads snapshots.
+//! one person in one anti-passback zone, which of two partners given one key hash came last,
+//! and the instant the duplicate-capture memory turns over: README, "State snapshots").
+//! `audit verify` never reads snapshots.
 
 use crate::core::snapshot::{self as snap, SCHEMA};
 use crate::core::{Rules, State};
