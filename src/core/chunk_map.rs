@@ -254,9 +254,6 @@ impl<T: Ord + Clone> ChunkSet<T> {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    pub fn contains(&self, item: &T) -> bool {
-        self.0.contains_key(item)
-    }
     /// True when it was not there.
     pub fn insert(&mut self, item: T) -> bool {
         self.0.insert(item, ()).is_none()
@@ -274,9 +271,6 @@ impl<T: Ord + Clone> ChunkSet<T> {
     /// In order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &T> {
         self.0.keys()
-    }
-    pub fn is_shared(&self) -> bool {
-        self.0.is_shared()
     }
 }
 

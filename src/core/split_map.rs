@@ -135,13 +135,6 @@ impl<K: Hash + Eq + Clone, V: Clone> SplitMap<K, V> {
         old
     }
 
-    /// Every value, for writing (every shard a clone shares is copied).
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.shards
-            .iter_mut()
-            .flat_map(|s| Arc::make_mut(s).values_mut())
-    }
-
     /// Keeps the entries `keep` says yes to.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         for s in self.shards.iter_mut() {

@@ -113,8 +113,16 @@ pub(crate) fn evolve(state: &mut State, rec: &Recorded) {
             };
             // The reader now shows this session's page: the earlier ones still open there no
             // longer speak to it (scans the open bindings: few, ended by their webhooks).
-            for other in state.upstream.values_mut() {
-                if other.reader_id == *reader_id {
+            // (Written only where it changes: a shard the snapshot's copy shares is copied on
+            // write.)
+            let earlier: Vec<UpstreamSessionId> = state
+                .upstream
+                .values()
+                .filter(|o| o.reader_id == *reader_id && !o.superseded)
+                .map(|o| o.session_id.clone())
+                .collect();
+            for id in earlier {
+                if let Some(other) = state.upstream.get_mut(&id) {
                     other.superseded = true;
                 }
             }
