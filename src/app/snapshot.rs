@@ -35,7 +35,7 @@ use crate::core::snapshot::{self as snap, SCHEMA};
 use crate::core::{Rules, State};
 use crate::store::{EventStore, SnapshotDir, SnapshotInfo, StoreError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
 /// Events read from the log per page.
@@ -177,6 +177,11 @@ pub struct Snapshotter {
     /// Position from which the next snapshot is due; `u64::MAX` while one is being written, or
     /// when disabled.
     due: Arc<AtomicU64>,
+    every: u64,
+    /// Whether the state has been due and not the fold of a prefix for `every` events or more
+    /// (reported once per such stretch: [`Snapshotter::stalls`]).
+    stalled: AtomicBool,
+    stalls: AtomicU64,
 }
 
 impl Snapshotter {
@@ -204,16 +209,45 @@ impl Snapshotter {
                 Err(e) => tracing::error!(error = %e, "snapshot writer not started"),
             }
         }
-        Snapshotter { wake, due }
+        Snapshotter {
+            wake,
+            due,
+            every,
+            stalled: AtomicBool::new(false),
+            stalls: AtomicU64::new(0),
+        }
     }
 
     /// Called with the state after each fold, under its write lock (or before anything else
     /// can reach it): when a snapshot is due and the state is the fold of exactly `1..=p`,
     /// hands the writer a clone (module docs). Never blocks.
+    ///
+    /// A state that stays due without being such a fold for `every` events more (an event
+    /// durable in the log but never folded in: not seen in practice) would write no snapshot
+    /// until a restart, and start-up would fold ever more of the log: that is logged, once per
+    /// such stretch, and counted in `palmgate_snapshots_stalled_total`.
     pub fn observe(&self, state: &State) {
-        if state.position() < self.due.load(Ordering::Relaxed) || !state.is_prefix() {
+        let due = self.due.load(Ordering::Relaxed);
+        if state.position() < due {
             return;
         }
+        if !state.is_prefix() {
+            if state.position() - due >= self.every && !self.stalled.swap(true, Ordering::Relaxed) {
+                self.stalls.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("palmgate_snapshots_stalled_total").increment(1);
+                tracing::warn!(
+                    position = state.position(),
+                    folded = state.folded(),
+                    due,
+                    "no state snapshot for {} events past due: the state is not the fold of \
+                     every event up to its position (a durable event was not folded in); \
+                     snapshots resume once it is, or at the next start",
+                    state.position() - due
+                );
+            }
+            return;
+        }
+        self.stalled.store(false, Ordering::Relaxed);
         let Some(tx) = &self.wake else { return };
         // Not due again until the writer says when (it is the only one that lowers it).
         self.due.store(u64::MAX, Ordering::Relaxed);
@@ -221,6 +255,11 @@ impl Snapshotter {
             // Cannot happen (one at a time, `due` says so); never lose the schedule if it did.
             tracing::warn!("snapshot writer busy; state snapshot skipped");
         }
+    }
+
+    /// How many times snapshots were found stalled ([`Snapshotter::observe`]).
+    pub fn stalls(&self) -> u64 {
+        self.stalls.load(Ordering::Relaxed)
     }
 
     /// Whether a snapshot is due at `position` (tests, diagnostics).

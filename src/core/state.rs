@@ -549,6 +549,11 @@ impl State {
     pub fn is_prefix(&self) -> bool {
         self.folded == self.position
     }
+
+    /// How many events were folded in ([`State::is_prefix`]).
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
     pub fn revision(&self, stream: &str) -> Option<u64> {
         self.revisions.get(stream).copied()
     }

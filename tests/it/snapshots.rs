@@ -222,6 +222,79 @@ async fn the_background_writer_snapshots_only_a_due_state_holding_every_event_up
     drop(writer);
 }
 
+/// A state that stays due without being the fold of every event up to its position is
+/// reported once `every` events have passed since the snapshot fell due, once per such
+/// stretch; a state that is such a fold again ends the stretch and is snapshotted.
+#[tokio::test]
+async fn a_state_that_stays_due_with_a_gap_is_reported_once_per_stretch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<SqliteStore> =
+        std::sync::Arc::new(write_log(&tmp.path().join("events.db"), mixed_log(400)).await);
+    let events = store.read(0, 100_000).unwrap();
+    assert!(events.len() > 420, "a long log: {} events", events.len());
+    let writer = snapshot::Snapshotter::start(store.clone(), 100, 0);
+    // Event `g` is held back, as a durable event no landing folded in (one whose stream has
+    // no later event up to 260, as in the gateway, where appends to one stream land in order).
+    let g = (40..100u64)
+        .find(|&g| {
+            let stream = &events[g as usize - 1].stream;
+            events[g as usize..260].iter().all(|r| &r.stream != stream)
+        })
+        .expect("an event on its own stream");
+    let mut state = State::new(Rules::default());
+    let fold_to = |state: &mut State, to: usize| {
+        for r in &events[state.position() as usize..to] {
+            if r.position != g {
+                state.evolve(r);
+            }
+        }
+    };
+    fold_to(&mut state, 150);
+    writer.observe(&state);
+    fold_to(&mut state, 199);
+    writer.observe(&state);
+    assert!(!state.is_prefix() && writer.due_at(199));
+    assert_eq!(writer.stalls(), 0, "due for 99 events: not reported yet");
+    fold_to(&mut state, 200);
+    writer.observe(&state);
+    assert_eq!(writer.stalls(), 1, "due for 100 events with a gap");
+    fold_to(&mut state, 260);
+    writer.observe(&state);
+    assert_eq!(writer.stalls(), 1, "once per stretch");
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    assert!(dir(&*store).list().unwrap().is_empty(), "nothing written");
+
+    // The gap folded in: the stretch ends, and the state is snapshotted.
+    state.evolve(&events[g as usize - 1]);
+    assert!(state.is_prefix());
+    writer.observe(&state);
+    newest_becomes(&*store, 260).await;
+    assert_eq!(writer.stalls(), 1);
+
+    // A later stretch is reported again.
+    let end = std::time::Instant::now() + StdDuration::from_secs(20);
+    while !writer.due_at(u64::MAX - 1) {
+        assert!(std::time::Instant::now() < end, "the writer never finished");
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    let mut due = 261;
+    while !writer.due_at(due) {
+        due += 1;
+    }
+    assert!(events.len() >= due as usize + 100, "due at {due}");
+    let mut gap = State::new(Rules::default());
+    for r in events[..due as usize + 100]
+        .iter()
+        .filter(|r| r.position != due)
+    {
+        gap.evolve(r);
+    }
+    assert!(!gap.is_prefix());
+    writer.observe(&gap);
+    assert_eq!(writer.stalls(), 2, "a second stretch (due at {due})");
+    drop(writer);
+}
+
 /// Replaces `len` bytes at `at` in a snapshot file.
 fn patch(path: &Path, at: usize, bytes: &[u8]) {
     let mut data = std::fs::read(path).unwrap();
