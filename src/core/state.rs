@@ -554,6 +554,7 @@ impl State {
     pub fn folded(&self) -> u64 {
         self.folded
     }
+
     pub fn revision(&self, stream: &str) -> Option<u64> {
         self.revisions.get(stream).copied()
     }
