@@ -321,6 +321,11 @@ impl Device {
             } => {
                 self.wanted.insert(coil, on);
                 if self.pulsing.contains_key(&coil) {
+                    if on && self.timed.remove(&coil).is_some() {
+                        // The board would end its timed pulse (locking the door) before the
+                        // pulse's end applies the wanted ON: a direct write overrides its timer.
+                        return Some((coil, true, String::new()));
+                    }
                     if !cut_pulse {
                         return None; // the pulse's end applies the wanted state
                     }
@@ -356,7 +361,10 @@ impl Device {
                 }
                 self.wanted.entry(coil).or_insert(false);
                 self.offs.retain(|(_, c), _| *c != coil);
-                let check = match timed {
+                // A coil resting ON (an unlock window, an emergency) is not pulsed by the
+                // board's timer: the board would switch it OFF at the timer's end.
+                let resting_on = self.wanted.get(&coil).copied().unwrap_or(false);
+                let check = match timed.filter(|_| !resting_on) {
                     Some(t) => {
                         self.timed.insert(coil, t);
                         hold + TIMED_GRACE

@@ -155,3 +155,47 @@ async fn a_gateway_killed_mid_pulse_leaves_the_door_locked_by_the_board() {
     );
     assert!(!board.coil(0));
 }
+
+/// A door resting unlocked (here an emergency) is never locked by the board's pulse timer: an
+/// emergency declared while a board-timed pulse runs overrides the timer at once (a direct
+/// coil write), and a grant while the door rests unlocked is not timed by the board (whose
+/// timer would switch the coil OFF at its end until the gateway switched it back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_door_resting_unlocked_is_never_locked_by_the_boards_timer() {
+    let board = new_board().await;
+    let doc = timed_doc(&board, 600);
+    let site = start_with(board, vec![], &doc).await;
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = site.reader("lobby-1", "alice", 1).await;
+    site.wait_door("main", "device up", |d| d["device_up"] == true)
+        .await;
+    // A timed pulse runs; the emergency comes 200 ms into it.
+    let (_, r) = scan(&mut lobby, "alice").await;
+    assert_eq!(r["granted"], true, "{r}");
+    until("coil 0 ON", || site.board.coil(0)).await;
+    let t0 = Instant::now();
+    site.set_mode("emergency-unlock", true).await;
+    site.wait_door("main", "resting unlocked", |d| d["state"] == "unlocked")
+        .await;
+    // Past the board's timer (600 ms) and the gateway's check after it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(site.board.coil(0), "the door stayed unlocked");
+    let offs: Vec<_> = writes_since(&site.board, 0, t0)
+        .into_iter()
+        .filter(|(_, on)| !on)
+        .collect();
+    assert_eq!(offs, vec![], "no OFF during the emergency");
+    // A grant while the door rests unlocked.
+    let t1 = Instant::now();
+    let (_, r) = scan(&mut lobby, "alice").await;
+    assert_eq!(r["granted"], true, "{r}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(site.board.coil(0), "the door stayed unlocked");
+    let writes = writes_since(&site.board, 0, t1);
+    assert!(
+        writes.iter().all(|(_, on)| *on),
+        "no OFF (no board timer): {writes:?}"
+    );
+    drop(lobby);
+}
