@@ -108,6 +108,8 @@ pub struct App {
     /// The instant (µs since the epoch) the deadline loop sleeps until; `i64::MAX` while it is
     /// awake or waits with no deadline.
     deadline_asleep_until: AtomicI64,
+    /// Relay coils locked by [`App::lock_unrecorded`] while the log could not be written.
+    locked_unrecorded: std::sync::Mutex<Vec<(String, u16)>>,
     outbox: Notify,
     snapshots: snapshot::Snapshotter,
     /// Upstream mode (`[upstream]`): the remote Pass API this gateway is a partner of.
@@ -277,6 +279,7 @@ impl App {
             policy_activations: Default::default(),
             wake: Notify::new(),
             deadline_asleep_until: AtomicI64::new(i64::MAX),
+            locked_unrecorded: Default::default(),
             outbox: Notify::new(),
             snapshots,
             upstream,
@@ -539,12 +542,98 @@ impl App {
                     false
                 }
             };
-            if due && let Err(e) = self.execute(Command::Tick).await {
-                tracing::warn!(error = %e, "deadline processing failed; retrying in 1 s");
-                let later = self.clock.now() + chrono::Duration::seconds(1);
-                self.clock.sleep_until(later).await;
+            if !due {
+                continue;
+            }
+            match self.execute(Command::Tick).await {
+                Ok(_) => self.relock_recorded(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "deadline processing failed; retrying in 1 s");
+                    self.lock_unrecorded();
+                    let later = self.clock.now() + chrono::Duration::seconds(1);
+                    self.clock.sleep_until(later).await;
+                }
             }
         }
+    }
+
+    /// A door whose unlock window closes while its `Tick` cannot be recorded (the log cannot
+    /// be written) is locked anyway: SPEC 7, a door is never left unlocked by a failure, and
+    /// locking is always safe. The lock is logged and counted
+    /// (`palmgate_doors_locked_unrecorded_total`), and recorded by the `Tick` that lands once
+    /// the log can be written again. Unlocking never happens unrecorded.
+    fn lock_unrecorded(&self) {
+        use crate::core::doors::RelayCommand;
+        let now = self.clock.now();
+        let Ok(decision) = self.read(|s| decide(s, &Command::Tick, now)) else {
+            return;
+        };
+        let mut locked = self
+            .locked_unrecorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for e in decision.effects {
+            let Effect::Relay {
+                device,
+                command:
+                    RelayCommand::Rest {
+                        coil, on: false, ..
+                    },
+            } = &e
+            else {
+                continue;
+            };
+            let key = (device.clone(), *coil);
+            if locked.contains(&key) {
+                continue;
+            }
+            tracing::warn!(
+                device = %device,
+                coil,
+                "door locked without a record: its unlock window closed while the event log \
+                 cannot be written (recorded once it can)"
+            );
+            ::metrics::counter!("palmgate_doors_locked_unrecorded_total").increment(1);
+            locked.push(key);
+            self.perform(vec![e]);
+        }
+    }
+
+    /// After a `Tick` landed: coils [`App::lock_unrecorded`] locked go back to the resting
+    /// state the log holds for their door. Usually that `Tick` recorded the lock; a door whose
+    /// window opened again before the log recovered has no change to record and would stay
+    /// locked through the window.
+    fn relock_recorded(&self) {
+        use crate::core::doors::RelayCommand;
+        let locked = std::mem::take(
+            &mut *self
+                .locked_unrecorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if locked.is_empty() {
+            return;
+        }
+        let effects = self.read(|s| {
+            let Some(policy) = &s.policy else {
+                return vec![];
+            };
+            policy
+                .doors
+                .iter()
+                .filter(|d| locked.contains(&(d.relay.device.clone(), d.relay.coil)))
+                .filter(|d| s.doors.get(&d.id).is_some_and(|ds| ds.resting_unlocked))
+                .map(|d| Effect::Relay {
+                    device: d.relay.device.clone(),
+                    command: RelayCommand::Rest {
+                        coil: d.relay.coil,
+                        on: true,
+                        cut_pulse: false,
+                    },
+                })
+                .collect::<Vec<_>>()
+        });
+        self.perform(effects);
     }
 
     /// Activates the configured site file (SIGHUP: the operator asks for it). An unreadable or

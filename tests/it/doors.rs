@@ -933,6 +933,120 @@ async fn an_unlock_window_opens_and_closes_on_schedule_while_the_gateway_runs() 
     assert_eq!(changes, [true, false, true], "policy, then schedule twice");
 }
 
+/// A site whose door `side` (coil 1) rests unlocked in even minutes, on a manual clock at
+/// 11:00:10 in Almaty (the window open), and the log's write lock held by another process
+/// (the writer then refuses after its 5 s busy timeout), once the window holds coil 1 ON.
+async fn even_window_site_with_a_locked_log() -> (Site, Arc<ManualClock>, rusqlite::Connection) {
+    use chrono::TimeZone;
+    let board = new_board().await;
+    let doc = site_doc(
+        &board.url(),
+        &Layout {
+            schedules: "even = [\"* */2 * * * *\"]".into(),
+            extra: format!(
+                "{}\n[[unlock_windows]]\ndoor = \"side\"\nschedule = \"even\"\n",
+                side_door("board-1", 1)
+            ),
+            ..Layout::default()
+        },
+    );
+    let start = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 27, 6, 0, 10)
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let site = start_on(board, vec![], &doc, clock.clone()).await;
+    until("the window holds coil 1 ON", || site.board.coil(1)).await;
+    let lock = rusqlite::Connection::open(site.store_path()).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    (site, clock, lock)
+}
+
+/// Waits (20 s at most, past the writer's busy timeout) until coil 1 is `on`.
+async fn side_coil_becomes(site: &Site, on: bool, what: &str) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while site.board.coil(1) != on {
+        assert!(Instant::now() < end, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An unlock window that closes while the log cannot be written still locks its door: SPEC 7,
+/// a door is never left unlocked by a failure. The lock cannot be recorded then; the deadline
+/// loop records it once the log is writable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_closing_while_the_log_is_unwritable_still_locks_the_door() {
+    let (site, clock, lock) = even_window_site_with_a_locked_log().await;
+    // 11:01:10: the window has closed; its Tick waits out the busy timeout and fails.
+    clock.advance(chrono::Duration::seconds(60));
+    side_coil_becomes(
+        &site,
+        false,
+        "the door stayed unlocked while the log was locked",
+    )
+    .await;
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    // The deadline loop retries a second later (on this clock) and records the lock.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        clock.advance(chrono::Duration::seconds(1));
+        let changes: Vec<bool> = site
+            .events_of("DoorRestingChanged", |d| d["door"] == "side")
+            .await
+            .iter()
+            .map(|d| d["data"]["unlocked"] == true)
+            .collect();
+        if changes == [true, false] {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the lock was not recorded: {changes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(!site.board.coil(1), "still locked");
+}
+
+/// The window locked unrecorded opens again before the log is writable: the log still says
+/// the door rests unlocked, and the window says so again, so nothing is recorded — the door
+/// goes back to what the log holds (unlocked) instead of staying locked through the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_door_locked_unrecorded_follows_the_log_again_when_its_window_reopens() {
+    let (site, clock, lock) = even_window_site_with_a_locked_log().await;
+    clock.advance(chrono::Duration::seconds(60));
+    side_coil_becomes(
+        &site,
+        false,
+        "the door stayed unlocked while the log was locked",
+    )
+    .await;
+    // 11:02:10, the log still locked: the window is open again (the deadline loop ticks each
+    // second of this clock).
+    clock.advance(chrono::Duration::seconds(60));
+    let end = Instant::now() + Duration::from_secs(20);
+    while !site.board.coil(1) {
+        assert!(
+            Instant::now() < end,
+            "the door stayed locked through its window"
+        );
+        clock.advance(chrono::Duration::seconds(1));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    lock.execute_batch("ROLLBACK").unwrap();
+    let changes: Vec<bool> = site
+        .events_of("DoorRestingChanged", |d| d["door"] == "side")
+        .await
+        .iter()
+        .map(|d| d["data"]["unlocked"] == true)
+        .collect();
+    assert_eq!(
+        changes,
+        [true],
+        "nothing to record: the log's state is the window's"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockdown_denies_every_grant_and_holds_every_relay_off_until_lifted() {
     // `side` rests unlocked by an unlock window: lockdown must lock it too.
