@@ -356,14 +356,14 @@ pub fn decide_door(
     if let Some(s) = &subject
         && let Some(hook) = state.webhook(s.partner_id).filter(|w| w.wants("access"))
     {
+        /// SPEC 4 lists every field: `reason` is null on a grant, `level` null when no level
+        /// of the subject's decided it.
         #[derive(Serialize)]
         struct Access<'a> {
             door: &'a DoorId,
             external_id: &'a ExternalId,
             granted: bool,
-            #[serde(skip_serializing_if = "Option::is_none")]
             reason: Option<&'static str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
             level: Option<&'a str>,
         }
         let data = Access {

@@ -182,6 +182,8 @@ listen = "127.0.0.1:0"
 token = "site-admin"
 [rate_limit]
 per_minute = 100000
+[webhooks]
+allow_networks = ["127.0.0.0/8"]
 "#,
             site.display()
         ),
@@ -931,6 +933,49 @@ async fn an_unlock_window_opens_and_closes_on_schedule_while_the_gateway_runs() 
         .map(|d| d["data"]["unlocked"] == true)
         .collect();
     assert_eq!(changes, [true, false, true], "policy, then schedule twice");
+}
+
+/// The `access` webhook carries every field SPEC 4 lists — `door`, `external_id`, `granted`,
+/// `reason`, `level` — with null for what a decision has none of (a grant's reason, the level
+/// of a user who has none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_webhook_has_every_field_of_spec_4() {
+    use crate::webhooks::{Receiver, Reply};
+    let site = start_site("").await;
+    let receiver = Receiver::start(Reply::status(200)).await;
+    let r = site
+        .http
+        .put(format!("{}/v1/webhook", site.base))
+        .header("x-api-key", &site.key)
+        .json(&json!({"url": receiver.url, "events": ["access"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    site.enroll("bob", "bob", json!({})).await;
+    let mut lobby = site.reader("lobby-1", "alice", 1).await;
+    let (_, r) = scan(&mut lobby, "alice").await;
+    assert_eq!(r["granted"], true, "{r}");
+    let (_, r) = scan(&mut lobby, "bob").await;
+    assert_eq!(r["granted"], false, "{r}");
+    let hits = receiver.wait_for(2, WAIT, "two access webhooks").await;
+    let mut data: Vec<Value> = hits
+        .iter()
+        .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap()["data"].clone())
+        .collect();
+    data.sort_by_key(|d| d["external_id"].as_str().unwrap_or_default().to_string());
+    assert_eq!(
+        data,
+        [
+            json!({"door": "main", "external_id": "alice", "granted": true, "reason": null,
+                   "level": "standard"}),
+            json!({"door": "main", "external_id": "bob", "granted": false,
+                   "reason": "no_access_level", "level": null}),
+        ]
+    );
+    drop(lobby);
 }
 
 /// A site whose door `side` (coil 1) rests unlocked in even minutes, on a manual clock at
