@@ -1349,6 +1349,8 @@ fn holidays<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> BTreeSet<NaiveD
 
 fn devices<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> Vec<RelayDevice> {
     let mut seen = BTreeMap::new();
+    // Serial port -> (index, id) of the first device on it.
+    let mut ports: BTreeMap<String, (usize, String)> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, raw) in cx.entries::<RawDevice>("relay_devices", v) {
         let at = |k: &str| path!["relay_devices", i, k];
@@ -1362,6 +1364,27 @@ fn devices<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> Vec<RelayDevice>
                 port: 0,
             }
         });
+        // Each device's task opens its own connection, and a serial port opens for one of
+        // them only (exclusively): a second board on the same RS-485 line could never be
+        // reached.
+        if let ModbusAddr::Rtu { path: port, .. } = &modbus {
+            match ports.get(port) {
+                Some((first, first_id)) => {
+                    let msg = format!(
+                        "serial port `{port}` is already relay device `{first_id}`'s \
+                         (relay_devices[{first}]): palmgate opens a serial port for one device \
+                         only, so this board could never be reached; give each board its own \
+                         port, or reach the line through a Modbus TCP gateway (tcp://… with \
+                         each board's `unit`)"
+                    );
+                    let e = cx.problem(&at("modbus"), msg);
+                    cx.refused.push(e);
+                }
+                None => {
+                    ports.insert(port.clone(), (i, raw.id.clone()));
+                }
+            }
+        }
         let unit = cx.ranged(&at("unit"), raw.unit, 0, 247);
         let timed_pulse = raw.timed_pulse.map(|t| {
             let tp = |k: &str| path!["relay_devices", i, "timed_pulse", k];
