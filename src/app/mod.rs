@@ -560,7 +560,7 @@ impl App {
     /// A door whose unlock window closes while its `Tick` cannot be recorded (the log cannot
     /// be written) is locked anyway: SPEC 7, a door is never left unlocked by a failure, and
     /// locking is always safe. The lock is logged and counted
-    /// (`palmgate_doors_locked_unrecorded_total`), and recorded by the `Tick` that lands once
+    /// (`palmgate_relay_locks_unrecorded_total`), and recorded by the `Tick` that lands once
     /// the log can be written again. Unlocking never happens unrecorded.
     fn lock_unrecorded(&self) {
         use crate::core::doors::RelayCommand;
@@ -593,7 +593,7 @@ impl App {
                 "door locked without a record: its unlock window closed while the event log \
                  cannot be written (recorded once it can)"
             );
-            ::metrics::counter!("palmgate_doors_locked_unrecorded_total").increment(1);
+            ::metrics::counter!("palmgate_relay_locks_unrecorded_total").increment(1);
             locked.push(key);
             self.perform(vec![e]);
         }

@@ -41,7 +41,8 @@ pub struct SessionCreatedBody {
     pub expires_at: String,
 }
 
-/// A session as its partner sees it.
+/// A session as its partner sees it. Every field is always there (SPEC 2 lists them), null
+/// when the session has none.
 #[derive(Serialize, ToSchema)]
 pub struct SessionBody {
     pub session_id: String,
@@ -50,23 +51,22 @@ pub struct SessionBody {
     /// pending, completed, failed or expired.
     pub state: String,
     pub language: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// null until known (an identify that matched nobody, or not ended yet).
     pub external_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// null unless the session failed.
     pub fail_reason: Option<String>,
     pub created_at: String,
     pub expires_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// null while pending.
     pub ended_at: Option<String>,
 }
 
-/// An enrolled user.
+/// An enrolled user. Every field is always there (SPEC 2 lists them), null when the user has
+/// none.
 #[derive(Serialize, ToSchema)]
 pub struct UserBody {
     pub external_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     pub enrolled_at: String,
@@ -556,4 +556,41 @@ pub async fn list_users(
             levels.as_deref(),
         ])
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a user or session has none of is null, not missing: SPEC 2 lists the fields.
+    #[test]
+    fn absent_fields_are_null_not_missing() {
+        let user = serde_json::to_value(UserBody {
+            external_id: "EMP-1".into(),
+            username: None,
+            metadata: None,
+            enrolled_at: "2026-11-28T00:00:00Z".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            user,
+            serde_json::json!({"external_id": "EMP-1", "username": null, "metadata": null,
+                               "enrolled_at": "2026-11-28T00:00:00Z"})
+        );
+        let session = serde_json::to_value(SessionBody {
+            session_id: "s".into(),
+            kind: "identify".into(),
+            state: "pending".into(),
+            language: "en".into(),
+            external_id: None,
+            fail_reason: None,
+            created_at: "c".into(),
+            expires_at: "e".into(),
+            ended_at: None,
+        })
+        .unwrap();
+        for k in ["external_id", "fail_reason", "ended_at"] {
+            assert_eq!(session.get(k), Some(&Value::Null), "{k}: {session}");
+        }
+    }
 }
