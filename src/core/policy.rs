@@ -1349,8 +1349,9 @@ fn holidays<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> BTreeSet<NaiveD
 
 fn devices<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> Vec<RelayDevice> {
     let mut seen = BTreeMap::new();
-    // Serial port -> (index, id) of the first device on it.
-    let mut ports: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    // Serial port -> the index, id and baud of the first device on it, and the units on it.
+    #[allow(clippy::type_complexity)]
+    let mut ports: BTreeMap<String, (usize, String, u32, Vec<i64>)> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, raw) in cx.entries::<RawDevice>("relay_devices", v) {
         let at = |k: &str| path!["relay_devices", i, k];
@@ -1364,24 +1365,34 @@ fn devices<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>) -> Vec<RelayDevice>
                 port: 0,
             }
         });
-        // Each device's task opens its own connection, and a serial port opens for one of
-        // them only (exclusively): a second board on the same RS-485 line could never be
-        // reached.
-        if let ModbusAddr::Rtu { path: port, .. } = &modbus {
-            match ports.get(port) {
-                Some((first, first_id)) => {
+        // The devices on one serial port share it (one RS-485 line): one baud, and each
+        // board its own unit.
+        if let ModbusAddr::Rtu { path: port, baud } = &modbus {
+            match ports.get_mut(port) {
+                Some((first, first_id, first_baud, _)) if *first_baud != *baud => {
                     let msg = format!(
-                        "serial port `{port}` is already relay device `{first_id}`'s \
-                         (relay_devices[{first}]): palmgate opens a serial port for one device \
-                         only, so this board could never be reached; give each board its own \
-                         port, or reach the line through a Modbus TCP gateway (tcp://… with \
-                         each board's `unit`)"
+                        "serial port `{port}` runs at {first_baud} baud for relay device \
+                         `{first_id}` (relay_devices[{first}]): every board on one RS-485 line \
+                         uses the same baud"
                     );
                     let e = cx.problem(&at("modbus"), msg);
                     cx.refused.push(e);
                 }
+                Some((first, first_id, _, units)) if units.contains(&raw.unit) => {
+                    let msg = format!(
+                        "unit {} on serial port `{port}` is already relay device `{first_id}`'s \
+                         (relay_devices[{first}]) or another's on that port: each board on one \
+                         RS-485 line needs its own unit id",
+                        raw.unit
+                    );
+                    let e = cx.problem(&at("unit"), msg);
+                    cx.refused.push(e);
+                }
+                Some((.., units)) => {
+                    units.push(raw.unit);
+                }
                 None => {
-                    ports.insert(port.clone(), (i, raw.id.clone()));
+                    ports.insert(port.clone(), (i, raw.id.clone(), *baud, vec![raw.unit]));
                 }
             }
         }

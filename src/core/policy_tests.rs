@@ -1907,34 +1907,50 @@ fn door_rules() {
     assert_eq!(d.name, "Main");
 }
 
-/// Two relay devices on one serial port: the second could never open it (each device's task
-/// opens its own connection, and a serial port opens exclusively), so a new activation is
-/// refused at the second device's `modbus`; a site logged before the rule still reads.
+/// Relay devices on one serial port share its RS-485 line: they must agree on the baud and
+/// each have its own unit, or a new activation is refused at the device that disagrees; a site
+/// logged before the rule still reads.
 #[test]
-fn two_relay_devices_on_one_serial_port_are_refused() {
-    let text = SITE
-        .replace("{tz}", "Asia/Almaty")
-        .replace("{partners}", &format!("[\"{ACME}\"]"))
-        .replacen(
-            "modbus = \"tcp://127.0.0.1:5020\"",
-            "modbus = \"rtu:///dev/ttyUSB0?baud=9600\"\n\n[[relay_devices]]\nid = \"board-2\"\n\
-             modbus = \"rtu:///dev/ttyUSB0?baud=19200\"\nunit = 2\n\n[[relay_devices]]\n\
-             id = \"board-3\"\nmodbus = \"rtu:///dev/ttyUSB1\"",
-            1,
-        );
-    let errors = Policy::parse_new(&text).unwrap_err();
-    assert_eq!(errors.len(), 1, "{errors:#?}");
-    let e = &errors[0];
-    assert_eq!(e.key, "relay_devices[1].modbus", "{e}");
-    assert_eq!(e.line, Some(line_with(&text, "baud=19200")), "{e}");
-    assert!(
-        e.message
-            .contains("serial port `/dev/ttyUSB0` is already relay device `board-1`'s"),
-        "{e}"
-    );
-    assert_eq!(Policy::parse(&text).unwrap().relay_devices.len(), 3);
-    // Each on its own port: fine.
-    Policy::parse_new(&text.replace("ttyUSB0?baud=19200", "ttyUSB2?baud=19200")).unwrap();
+fn relay_devices_on_one_serial_port_share_its_baud_and_not_a_unit() {
+    let site = |second: &str| {
+        SITE.replace("{tz}", "Asia/Almaty")
+            .replace("{partners}", &format!("[\"{ACME}\"]"))
+            .replacen(
+                "modbus = \"tcp://127.0.0.1:5020\"",
+                &format!(
+                    "modbus = \"rtu:///dev/ttyUSB0?baud=9600\"\n\n[[relay_devices]]\n\
+                     id = \"board-2\"\n{second}\n\n[[relay_devices]]\nid = \"board-3\"\n\
+                     modbus = \"rtu:///dev/ttyUSB1\""
+                ),
+                1,
+            )
+    };
+    // Another unit at the same baud: one line, two boards.
+    let p = Policy::parse_new(&site("modbus = \"rtu:///dev/ttyUSB0\"\nunit = 2")).unwrap();
+    assert_eq!(p.relay_devices.len(), 3);
+    for (second, key, needle, message) in [
+        (
+            "modbus = \"rtu:///dev/ttyUSB0?baud=19200\"\nunit = 2",
+            "relay_devices[1].modbus",
+            "baud=19200",
+            "serial port `/dev/ttyUSB0` runs at 9600 baud for relay device `board-1`",
+        ),
+        (
+            "modbus = \"rtu:///dev/ttyUSB0\"\nunit = 1",
+            "relay_devices[1].unit",
+            "unit = 1",
+            "unit 1 on serial port `/dev/ttyUSB0` is already relay device `board-1`'s",
+        ),
+    ] {
+        let text = site(second);
+        let errors = Policy::parse_new(&text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let e = &errors[0];
+        assert_eq!(e.key, key, "{e}");
+        assert_eq!(e.line, Some(line_with(&text, needle)), "{e}");
+        assert!(e.message.contains(message), "{e}");
+        assert_eq!(Policy::parse(&text).unwrap().relay_devices.len(), 3);
+    }
 }
 
 /// A timed-pulse register past 65535 (`register_base + coil`) is refused at the door's coil;

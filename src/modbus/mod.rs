@@ -1,6 +1,7 @@
 //! Relay boards over Modbus (tokio-modbus, TCP and RTU): one task per device.
 //!
-//! Each device task owns its connection: connect and response timeouts, reconnection with
+//! Each device task owns its connection (devices on one RS-485 serial port share the port, one
+//! request at a time, each to its own unit: [`SerialLine`]): connect and response timeouts, reconnection with
 //! backoff, and after every (re)connection it drives every coil to the state the app wants now
 //! (locked unless an unlock window or emergency says otherwise), so a board that restarted in
 //! the middle of a pulse ends with its door locked. A pulse is ON, hold, OFF — and the OFF is
@@ -24,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::client::{Client, Context, Reader, Writer};
 use tokio_modbus::prelude::Slave;
 
 /// Where a device is: the site policy's `modbus` address.
@@ -233,10 +234,119 @@ async fn connect(spec: &DeviceSpec) -> std::io::Result<Context> {
             tokio_modbus::client::tcp::connect_slave(addr, slave).await
         }
         Address::Rtu { path, baud } => {
-            let port = tokio_serial::SerialStream::open(&tokio_serial::new(path, *baud))
-                .map_err(std::io::Error::other)?;
-            Ok(tokio_modbus::client::rtu::attach_slave(port, slave))
+            let line = SerialLine::of(path, *baud);
+            line.open().await?;
+            let client: Box<dyn Client> = Box::new(OnLine { line, unit: slave });
+            Ok(Context::from(client))
         }
+    }
+}
+
+/// A Modbus RTU serial port and the RS-485 line behind it, shared by every relay device on it:
+/// the port is opened once in the process (a serial port opens exclusively, so a second
+/// device opening it for itself could never reach its board), and carries one request at a
+/// time, each addressed to its device's unit.
+struct SerialLine {
+    path: String,
+    baud: u32,
+    /// `None` until opened, and again after a transport or protocol error (stale bytes of a
+    /// late answer, an adapter unplugged): the next request opens it again.
+    port: tokio::sync::Mutex<Option<Context>>,
+}
+
+/// The serial lines in use, by path: a line lives while a device task holds it.
+static LINES: std::sync::Mutex<BTreeMap<String, std::sync::Weak<SerialLine>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+impl SerialLine {
+    /// The line at `path`, opened at `baud` by its first device (the site policy refuses two
+    /// bauds on one port).
+    fn of(path: &str, baud: u32) -> std::sync::Arc<SerialLine> {
+        let mut lines = LINES.lock().unwrap_or_else(|p| p.into_inner());
+        lines.retain(|_, l| l.strong_count() > 0);
+        if let Some(line) = lines.get(path).and_then(std::sync::Weak::upgrade) {
+            return line;
+        }
+        let line = std::sync::Arc::new(SerialLine {
+            path: path.to_string(),
+            baud,
+            port: tokio::sync::Mutex::new(None),
+        });
+        lines.insert(path.to_string(), std::sync::Arc::downgrade(&line));
+        line
+    }
+
+    /// Opens the port unless it is open.
+    async fn open(&self) -> std::io::Result<()> {
+        let mut port = self.port.lock().await;
+        self.open_in(&mut port)
+    }
+
+    fn open_in(&self, port: &mut Option<Context>) -> std::io::Result<()> {
+        if port.is_none() {
+            let stream =
+                tokio_serial::SerialStream::open(&tokio_serial::new(&self.path, self.baud))
+                    .map_err(std::io::Error::other)?;
+            *port = Some(tokio_modbus::client::rtu::attach(stream));
+        }
+        Ok(())
+    }
+}
+
+/// A request on a [`SerialLine`]: unless it completes, the line's port is dropped.
+struct Pending<'a> {
+    port: tokio::sync::MutexGuard<'a, Option<Context>>,
+    done: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            *self.port = None;
+        }
+    }
+}
+
+/// One device's client on a [`SerialLine`].
+struct OnLine {
+    line: std::sync::Arc<SerialLine>,
+    unit: Slave,
+}
+
+impl tokio_modbus::prelude::SlaveContext for OnLine {
+    fn set_slave(&mut self, slave: Slave) {
+        self.unit = slave;
+    }
+}
+
+#[async_trait::async_trait]
+impl Client for OnLine {
+    async fn call(
+        &mut self,
+        request: tokio_modbus::Request<'_>,
+    ) -> tokio_modbus::Result<tokio_modbus::Response> {
+        use tokio_modbus::prelude::SlaveContext;
+        let mut port = self.line.port.lock().await;
+        self.line
+            .open_in(&mut port)
+            .map_err(tokio_modbus::Error::Transport)?;
+        // A request that fails, or is given up (the response timeout), leaves the port to be
+        // opened again: what its board still sends must not be read as the next answer.
+        let mut pending = Pending { port, done: false };
+        let Some(ctx) = pending.port.as_mut() else {
+            return Err(tokio_modbus::Error::Transport(std::io::Error::other(
+                "serial port not open",
+            )));
+        };
+        ctx.set_slave(self.unit);
+        let answer = ctx.call(request).await;
+        pending.done = answer.is_ok();
+        answer
+    }
+
+    /// The line stays open for the other devices on it (it closes with the last of them).
+    async fn disconnect(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -2517,15 +2517,14 @@ impl Drop for Socat {
     }
 }
 
-/// Modbus RTU over a `socat` pty pair, pymodbus's serial server at the other end. Optional
-/// peers: without socat or pyserial the test says so and skips (even with
-/// PALMGATE_PEERS=required); without pymodbus it behaves as the TCP test.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grant_pulses_coil_0_of_a_pymodbus_board_over_modbus_rtu() {
-    let dir = tempfile::tempdir().unwrap();
-    let board_end = dir.path().join("board");
-    let gateway_end = dir.path().join("gateway");
-    let socat_log = dir.path().join("socat.stderr");
+/// A `socat` pty pair with pymodbus's serial server (`pymodbus_board.py --serial … extra`) at
+/// one end: the socat process, the board and the gateway's end. `None` (said on stdout) when
+/// socat or pyserial is missing (optional peers, even with PALMGATE_PEERS=required); a missing
+/// pymodbus is handled as in the TCP test.
+async fn rtu_line(dir: &Path, extra: &[&str]) -> Option<(Socat, PyBoard, PathBuf)> {
+    let board_end = dir.join("board");
+    let gateway_end = dir.join("gateway");
+    let socat_log = dir.join("socat.stderr");
     let spawned = std::process::Command::new("socat")
         .arg("-d")
         .arg("-d")
@@ -2535,11 +2534,11 @@ async fn a_grant_pulses_coil_0_of_a_pymodbus_board_over_modbus_rtu() {
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&socat_log).unwrap())
         .spawn();
-    let _socat = match spawned {
+    let socat = match spawned {
         Ok(child) => Socat(child),
         Err(e) => {
             println!("socat not available ({e}): skipping");
-            return;
+            return None;
         }
     };
     let end = Instant::now() + WAIT;
@@ -2552,12 +2551,13 @@ async fn a_grant_pulses_coil_0_of_a_pymodbus_board_over_modbus_rtu() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let board_arg = board_end.display().to_string();
-    let mut py = match PyBoard::start(&["--serial", &board_arg, "--baud", "9600"], dir.path()).await
-    {
-        Ok(py) => py,
+    let mut args = vec!["--serial", board_arg.as_str(), "--baud", "9600"];
+    args.extend_from_slice(extra);
+    match PyBoard::start(&args, dir).await {
+        Ok(py) => Some((socat, py, gateway_end)),
         Err(why) if why.contains("pyserial") => {
             println!("pymodbus serial support not available ({why}): skipping");
-            return;
+            None
         }
         Err(why) => {
             assert!(
@@ -2565,8 +2565,19 @@ async fn a_grant_pulses_coil_0_of_a_pymodbus_board_over_modbus_rtu() {
                 "pymodbus is not available ({why}) and PALMGATE_PEERS=required"
             );
             println!("pymodbus not available: skipping ({why})");
-            return;
+            None
         }
+    }
+}
+
+/// Modbus RTU over a `socat` pty pair, pymodbus's serial server at the other end. Optional
+/// peers: without socat or pyserial the test says so and skips (even with
+/// PALMGATE_PEERS=required); without pymodbus it behaves as the TCP test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_pulses_coil_0_of_a_pymodbus_board_over_modbus_rtu() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_socat, mut py, gateway_end)) = rtu_line(dir.path(), &[]).await else {
+        return;
     };
     let unused = new_board().await;
     let doc = site_doc(
@@ -2575,6 +2586,63 @@ async fn a_grant_pulses_coil_0_of_a_pymodbus_board_over_modbus_rtu() {
     );
     let site = start_with(unused, vec![], &doc).await;
     pulse_through_pymodbus(&site, &mut py).await;
+}
+
+/// Two boards on one RS-485 line (units 1 and 2 behind one serial port, as `deploy/README.md`
+/// wires them): the gateway opens the port once and addresses each board by its unit, so both
+/// come up and a grant at each door pulses its own board. Before, each device opened the port
+/// for itself, and the second could never open it (a serial port opens exclusively).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_boards_on_one_rs485_line_each_pulse_their_own_door() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_socat, mut py, gateway_end)) = rtu_line(dir.path(), &["--units", "1,2"]).await
+    else {
+        return;
+    };
+    let line = format!("rtu://{}?baud=9600", gateway_end.display());
+    let layout = Layout {
+        standard_doors: r#""main", "side""#.into(),
+        extra: format!(
+            "\n[[relay_devices]]\nid = \"board-2\"\nmodbus = \"{line}\"\nunit = 2\n{}",
+            side_door("board-2", 0)
+        ),
+        ..Layout::default()
+    };
+    let site = start_with(new_board().await, vec![], &site_doc(&line, &layout)).await;
+    for door in ["main", "side"] {
+        site.wait_door(door, "its board up on the shared line", |d| {
+            d["device_up"] == true
+        })
+        .await;
+    }
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let unit_writes = |lines: &[Value], unit: u64| -> Vec<bool> {
+        lines
+            .iter()
+            .filter(|v| v["unit"].as_u64() == Some(unit) && v["address"].as_u64() == Some(0))
+            .map(|v| v["value"].as_bool().unwrap_or_default())
+            .collect()
+    };
+    for (reader, unit) in [("lobby-1", 1), ("side-1", 2)] {
+        let mut r = site.reader(reader, "alice", unit).await;
+        let before = unit_writes(&py.seen, unit).len();
+        let (_, answer) = scan(&mut r, "alice").await;
+        assert_eq!(answer["granted"], true, "{reader}: {answer}");
+        py.wait(&format!("unit {unit}'s coil 0 ON then OFF"), |l| {
+            let w = unit_writes(l, unit);
+            let w = &w[before.min(w.len())..];
+            w.iter()
+                .position(|on| *on)
+                .is_some_and(|i| w[i..].iter().any(|on| !on))
+        })
+        .await;
+    }
+    // Each door's grant reached its own board only: unit 1 was pulsed once, unit 2 once.
+    for unit in [1, 2] {
+        let ons = unit_writes(&py.seen, unit).iter().filter(|on| **on).count();
+        assert_eq!(ons, 1, "unit {unit}: {:?}", py.seen);
+    }
 }
 
 /// A partner's enrollment page never offers a door's reader and never arms it, even when the
