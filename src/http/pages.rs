@@ -21,14 +21,49 @@ use std::sync::Arc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
+/// JSON when the client prefers it to HTML (RFC 9110 §12.5.1: each type's weight is the `q`
+/// of the most specific range that matches it); at equal weights, JSON when it names JSON
+/// more precisely than HTML (`application/json, */*`, as HTTP libraries send); otherwise, with
+/// no `Accept`, or one that cannot be read, HTML.
 fn wants_json(headers: &HeaderMap) -> bool {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    // Media types are case-insensitive (RFC 9110 §8.3.1).
-    let accept = accept.to_ascii_lowercase();
-    accept.contains("application/json") && !accept.contains("text/html")
+    let (json_q, json_s) = accept_weight(accept, "application", "json");
+    let (html_q, html_s) = accept_weight(accept, "text", "html");
+    json_q > 0.0 && (json_q, json_s) > (html_q, html_s)
+}
+
+/// The weight `accept` gives `kind/sub` (0 when no range matches it), and how specific the
+/// range that gave it is (2 the type itself, 1 `kind/*`, 0 `*/*` or none).
+fn accept_weight(accept: &str, kind: &str, sub: &str) -> (f32, u8) {
+    // (specificity, q) of the best match: 2 the type itself, 1 `kind/*`, 0 `*/*`.
+    let mut best: Option<(u8, f32)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        let Some((k, s)) = media.split_once('/') else {
+            continue;
+        };
+        // Media types are case-insensitive (RFC 9110 §8.3.1).
+        let specificity = match (k.trim(), s.trim()) {
+            ("*", "*") => 0,
+            (k, "*") if k.eq_ignore_ascii_case(kind) => 1,
+            (k, s) if k.eq_ignore_ascii_case(kind) && s.eq_ignore_ascii_case(sub) => 2,
+            _ => continue,
+        };
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok())
+            .filter(|q| (0.0..=1.0).contains(q))
+            .unwrap_or(0.0);
+        if best.is_none_or(|(b, _)| specificity > b) {
+            best = Some((specificity, q));
+        }
+    }
+    best.map_or((0.0, 0), |(specificity, q)| (q, specificity))
 }
 
 fn find(app: &App, kind: SessionKind, token: &str) -> Option<Session> {
@@ -817,4 +852,36 @@ pub async fn script() -> Response {
         SCRIPT,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    fn json(accept: &str) -> bool {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+        wants_json(&h)
+    }
+
+    #[test]
+    fn json_only_when_preferred_to_html() {
+        assert!(json("application/json"));
+        assert!(json("Application/JSON"));
+        assert!(json("application/json, text/html;q=0.1"));
+        assert!(json("application/json;q=0.9, */*;q=0.1"));
+        assert!(json("application/*"));
+        assert!(json("application/json, text/plain, */*"));
+        // A browser's Accept, curl's, a tie, a refusal, garbage.
+        assert!(!json(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        ));
+        assert!(!json("*/*"));
+        assert!(!json("application/json, text/html"));
+        assert!(!json("application/json;q=0"));
+        assert!(!json("application/json;q=2"));
+        assert!(!json("text/html;q=0.5, application/json;q=0.4"));
+        assert!(!json("nonsense"));
+        assert!(!wants_json(&HeaderMap::new()));
+    }
 }
