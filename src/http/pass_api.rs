@@ -94,10 +94,16 @@ pub fn session_body(
 fn language(query: Option<&str>) -> Result<Language, String> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
-    match pairs.iter().find(|(k, _)| k == "language") {
-        None => Ok(Language::En),
-        Some((_, v)) => Language::parse(v)
+    let mut given = pairs.iter().filter(|(k, _)| k == "language");
+    match (given.next(), given.count()) {
+        (None, _) => Ok(Language::En),
+        (Some((_, v)), 0) => Language::parse(v)
             .ok_or_else(|| format!("unsupported language {v:?}: use en, kk or ru")),
+        // Which one was meant is a guess: none is taken.
+        (Some(_), more) => Err(format!(
+            "language given {} times: give it once (en, kk or ru)",
+            more + 1
+        )),
     }
 }
 

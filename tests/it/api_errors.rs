@@ -548,6 +548,15 @@ async fn language_must_be_en_kk_or_ru() {
     s.enroll(&key, "?language=de", &enroll_body("EMP-1"))
         .await
         .assert_error(400, "unsupported language \"de\": use en, kk or ru");
+    // Twice, even twice the same: refused, not the first or last taken.
+    for q in ["?language=en&language=ru", "?language=kk&language=kk"] {
+        s.enroll(&key, q, &enroll_body("EMP-1"))
+            .await
+            .assert_error(400, "language given 2 times: give it once (en, kk or ru)");
+        s.identify(&key, q)
+            .await
+            .assert_error(400, "language given 2 times: give it once (en, kk or ru)");
+    }
 
     for (q, lang) in [
         ("", "en"),
