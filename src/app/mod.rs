@@ -572,13 +572,10 @@ impl App {
             .locked_unrecorded
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        for e in decision.effects {
+        for e in locks(decision.effects) {
             let Effect::Relay {
                 device,
-                command:
-                    RelayCommand::Rest {
-                        coil, on: false, ..
-                    },
+                command: RelayCommand::Rest { coil, .. },
             } = &e
             else {
                 continue;
@@ -597,6 +594,41 @@ impl App {
             locked.push(key);
             self.perform(vec![e]);
         }
+    }
+
+    /// Sets or lifts lockdown (`POST /admin/v1/lockdown`). A lockdown the log cannot record
+    /// (the disk failing) still locks every door, pulses cut, before the error is answered:
+    /// locking is always safe, and an operator locking down must not find the doors open
+    /// because a disk is full. It is logged and counted
+    /// (`palmgate_relay_locks_unrecorded_total`), not recorded: the site is not in lockdown
+    /// for the log, and the doors stay locked until a recorded change moves them (the
+    /// operator sets lockdown again once the log can be written).
+    pub async fn set_lockdown(&self, on: bool) -> Result<Outcome, AppError> {
+        let cmd = Command::SetSiteMode {
+            lockdown: Some(on),
+            emergency: None,
+        };
+        let result = self.execute(cmd.clone()).await;
+        if on && result.is_err() {
+            let now = self.clock.now();
+            if let Ok(decision) = self.read(|s| decide(s, &cmd, now)) {
+                let effects = locks(decision.effects);
+                tracing::warn!(
+                    relays = effects.len(),
+                    "lockdown applied to the relays without a record: the event log cannot \
+                     be written (set lockdown again once it can)"
+                );
+                ::metrics::counter!("palmgate_relay_locks_unrecorded_total")
+                    .increment(effects.len() as u64);
+                // Not to be unlocked again by the deadline loop's return to the log's state.
+                self.locked_unrecorded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                self.perform(effects);
+            }
+        }
+        result
     }
 
     /// After a `Tick` landed: coils [`App::lock_unrecorded`] locked go back to the resting
@@ -725,6 +757,23 @@ impl App {
         self.store.close();
         self.keystore.close();
     }
+}
+
+/// The effects of `effects` that lock a door (a relay driven to rest OFF).
+fn locks(effects: Vec<Effect>) -> Vec<Effect> {
+    use crate::core::doors::RelayCommand;
+    effects
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Effect::Relay {
+                    command: RelayCommand::Rest { on: false, .. },
+                    ..
+                }
+            )
+        })
+        .collect()
 }
 
 fn session_of(e: &crate::core::Event) -> Option<SessionId> {

@@ -109,11 +109,7 @@ pub async fn lockdown(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let on = on_flag(&body)?;
-    app.execute(Command::SetSiteMode {
-        lockdown: Some(on),
-        emergency: None,
-    })
-    .await?;
+    app.set_lockdown(on).await?;
     Ok(mode(&app))
 }
 

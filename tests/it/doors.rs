@@ -1092,6 +1092,54 @@ async fn a_door_locked_unrecorded_follows_the_log_again_when_its_window_reopens(
     );
 }
 
+/// A lockdown the log cannot record (its write lock held by another process) still locks
+/// every door, a door resting unlocked by its window included, before the operator hears the
+/// error: an operator locking down must not find the doors open because the disk failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockdown_the_log_cannot_record_still_locks_every_door() {
+    let extra = format!(
+        "{}\n[[unlock_windows]]\ndoor = \"side\"\nschedule = \"always\"\n",
+        side_door("board-1", 1)
+    );
+    let site = start_site(&extra).await;
+    until("the unlock window holds coil 1 ON", || site.board.coil(1)).await;
+    let lock = rusqlite::Connection::open(site.store_path()).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let r = site
+        .admin_post("/admin/v1/lockdown", json!({"on": true}))
+        .await;
+    assert_eq!(r.status(), 500, "the lockdown could not be recorded");
+    assert!(!site.board.coil(1), "locked before the answer");
+    assert!(!site.board.coil(0));
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    // Unrecorded: the log has no lockdown, and the door stays locked until a recorded change.
+    let mode = site.admin_get("/admin/v1/mode").await;
+    assert_eq!(mode["lockdown"], false, "{mode}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !site.board.coil(1),
+        "not unlocked again by the deadline loop"
+    );
+    // Once the log can be written, the operator's lockdown is recorded.
+    let end = Instant::now() + WAIT;
+    loop {
+        let r = site
+            .admin_post("/admin/v1/lockdown", json!({"on": true}))
+            .await;
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "lockdown still refused: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(site.events_of("SiteModeChanged", |_| true).await.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockdown_denies_every_grant_and_holds_every_relay_off_until_lifted() {
     // `side` rests unlocked by an unlock window: lockdown must lock it too.
