@@ -875,6 +875,14 @@ pub async fn start_with(
     };
     let public_url = if config.http.public_url.is_empty() {
         let scheme = if tls.is_some() { "https" } else { "http" };
+        if addr.ip().is_unspecified() {
+            tracing::warn!(
+                listen = %addr,
+                "http.public_url is not set and http.listen is every address: the links of \
+                 201 answers and webhooks will name {scheme}://{addr}, which no phone can \
+                 open; set http.public_url to the address people reach the gateway at"
+            );
+        }
         format!("{scheme}://{addr}")
     } else {
         config.http.public_url.clone()

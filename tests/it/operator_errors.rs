@@ -143,6 +143,30 @@ async fn logs_to_a_non_terminal_carry_no_colour_codes() {
     assert!(!log.contains("\x1b["), "{log:?}");
 }
 
+/// Listening on every address with no `http.public_url`, the links palmgate hands out would
+/// name `0.0.0.0`: start-up says so, naming the key to set; with a specific address it does not.
+#[tokio::test]
+async fn links_to_every_address_are_warned_about_at_start_up() {
+    for (listen, warned) in [("0.0.0.0:0", true), ("127.0.0.1:0", false)] {
+        let mut s = TestServer::prepare(Options::default());
+        s.launch_env(&[("PALMGATE_HTTP_LISTEN", listen)]).await;
+        let log = crate::fixtures::poll(
+            "the server's first log lines",
+            Duration::from_secs(10),
+            || {
+                let log = s.stderr_log();
+                async move { log.contains("serving").then_some(log) }
+            },
+        )
+        .await;
+        assert_eq!(
+            log.contains("http.public_url is not set and http.listen is every address"),
+            warned,
+            "{listen}: {log}"
+        );
+    }
+}
+
 // --- The key store is bound to its log and its master key ---------------------------------
 
 /// Connects a simulated reader with `palm` and waits until the server lists it online (its
