@@ -896,26 +896,7 @@ async fn kiosk_session(r: &mut SimReader) -> String {
 /// second later again, and never ticked: a window kept the state it had at start-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlock_window_opens_and_closes_on_schedule_while_the_gateway_runs() {
-    use chrono::TimeZone;
-    let board = new_board().await;
-    let doc = site_doc(
-        &board.url(),
-        &Layout {
-            schedules: "even = [\"* */2 * * * *\"]".into(),
-            extra: format!(
-                "{}\n[[unlock_windows]]\ndoor = \"side\"\nschedule = \"even\"\n",
-                side_door("board-1", 1)
-            ),
-            ..Layout::default()
-        },
-    );
-    // 11:00:10 in Almaty: an even minute, the window is open.
-    let start = chrono::Utc
-        .with_ymd_and_hms(2026, 11, 27, 6, 0, 10)
-        .unwrap();
-    let clock = Arc::new(ManualClock::new(start));
-    let site = start_on(board, vec![], &doc, clock.clone()).await;
-    until("the window holds coil 1 ON", || site.board.coil(1)).await;
+    let (site, clock) = even_window_site().await;
     clock.advance(chrono::Duration::seconds(60));
     until("the window closes at 11:01: coil 1 OFF", || {
         !site.board.coil(1)
@@ -979,9 +960,8 @@ async fn an_access_webhook_has_every_field_of_spec_4() {
 }
 
 /// A site whose door `side` (coil 1) rests unlocked in even minutes, on a manual clock at
-/// 11:00:10 in Almaty (the window open), and the log's write lock held by another process
-/// (the writer then refuses after its 5 s busy timeout), once the window holds coil 1 ON.
-async fn even_window_site_with_a_locked_log() -> (Site, Arc<ManualClock>, rusqlite::Connection) {
+/// 11:00:10 in Almaty (an even minute: the window open), once the window holds coil 1 ON.
+async fn even_window_site() -> (Site, Arc<ManualClock>) {
     use chrono::TimeZone;
     let board = new_board().await;
     let doc = site_doc(
@@ -1001,6 +981,13 @@ async fn even_window_site_with_a_locked_log() -> (Site, Arc<ManualClock>, rusqli
     let clock = Arc::new(ManualClock::new(start));
     let site = start_on(board, vec![], &doc, clock.clone()).await;
     until("the window holds coil 1 ON", || site.board.coil(1)).await;
+    (site, clock)
+}
+
+/// [`even_window_site`] with the log's write lock held by another process (the writer then
+/// refuses after its 5 s busy timeout).
+async fn even_window_site_with_a_locked_log() -> (Site, Arc<ManualClock>, rusqlite::Connection) {
+    let (site, clock) = even_window_site().await;
     let lock = rusqlite::Connection::open(site.store_path()).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     (site, clock, lock)
@@ -1092,17 +1079,24 @@ async fn a_door_locked_unrecorded_follows_the_log_again_when_its_window_reopens(
     );
 }
 
-/// A lockdown the log cannot record (its write lock held by another process) still locks
-/// every door, a door resting unlocked by its window included, before the operator hears the
-/// error: an operator locking down must not find the doors open because the disk failed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lockdown_the_log_cannot_record_still_locks_every_door() {
+/// The fixture's site with a door `side` (coil 1) that an unlock window always rests unlocked,
+/// once the window holds coil 1 ON.
+async fn side_always_unlocked_site() -> Site {
     let extra = format!(
         "{}\n[[unlock_windows]]\ndoor = \"side\"\nschedule = \"always\"\n",
         side_door("board-1", 1)
     );
     let site = start_site(&extra).await;
     until("the unlock window holds coil 1 ON", || site.board.coil(1)).await;
+    site
+}
+
+/// A lockdown the log cannot record (its write lock held by another process) still locks
+/// every door, a door resting unlocked by its window included, before the operator hears the
+/// error: an operator locking down must not find the doors open because the disk failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockdown_the_log_cannot_record_still_locks_every_door() {
+    let site = side_always_unlocked_site().await;
     let lock = rusqlite::Connection::open(site.store_path()).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let r = site
@@ -1143,12 +1137,7 @@ async fn a_lockdown_the_log_cannot_record_still_locks_every_door() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockdown_denies_every_grant_and_holds_every_relay_off_until_lifted() {
     // `side` rests unlocked by an unlock window: lockdown must lock it too.
-    let extra = format!(
-        "{}\n[[unlock_windows]]\ndoor = \"side\"\nschedule = \"always\"\n",
-        side_door("board-1", 1)
-    );
-    let site = start_site(&extra).await;
-    until("the unlock window holds coil 1 ON", || site.board.coil(1)).await;
+    let site = side_always_unlocked_site().await;
     site.enroll("alice", "alice", json!({"access_level": "standard"}))
         .await;
     let mut lobby = site.reader("lobby-1", "alice", 1).await;

@@ -27,16 +27,23 @@ fn timed_doc(board: &SimBoard, pulse_ms: u32) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_board_timed_pulse_is_one_write_and_the_board_ends_it() {
+/// A site whose door `main` is board-timed (`pulse_ms`), alice enrolled at level `standard`,
+/// and her reader at `lobby-1`, once the board is up.
+async fn timed_site_with_alice(pulse_ms: u32) -> (crate::doors::Site, SimReader) {
     let board = new_board().await;
-    let doc = timed_doc(&board, 800);
+    let doc = timed_doc(&board, pulse_ms);
     let site = start_with(board, vec![], &doc).await;
     site.enroll("alice", "alice", json!({"access_level": "standard"}))
         .await;
-    let mut lobby = site.reader("lobby-1", "alice", 1).await;
+    let lobby = site.reader("lobby-1", "alice", 1).await;
     site.wait_door("main", "device up", |d| d["device_up"] == true)
         .await;
+    (site, lobby)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_timed_pulse_is_one_write_and_the_board_ends_it() {
+    let (site, mut lobby) = timed_site_with_alice(800).await;
     let t0 = Instant::now();
     let (_, r) = scan(&mut lobby, "alice").await;
     assert_eq!(r["granted"], true, "{r}");
@@ -162,14 +169,7 @@ async fn a_gateway_killed_mid_pulse_leaves_the_door_locked_by_the_board() {
 /// timer would switch the coil OFF at its end until the gateway switched it back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_door_resting_unlocked_is_never_locked_by_the_boards_timer() {
-    let board = new_board().await;
-    let doc = timed_doc(&board, 600);
-    let site = start_with(board, vec![], &doc).await;
-    site.enroll("alice", "alice", json!({"access_level": "standard"}))
-        .await;
-    let mut lobby = site.reader("lobby-1", "alice", 1).await;
-    site.wait_door("main", "device up", |d| d["device_up"] == true)
-        .await;
+    let (site, mut lobby) = timed_site_with_alice(600).await;
     // A timed pulse runs; the emergency comes 200 ms into it.
     let (_, r) = scan(&mut lobby, "alice").await;
     assert_eq!(r["granted"], true, "{r}");

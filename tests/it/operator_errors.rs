@@ -131,7 +131,13 @@ async fn logs_to_a_non_terminal_carry_no_colour_codes() {
     // The fixture sets NO_COLOR=1; empty counts as unset (no-color.org).
     s.launch_env(&[("NO_COLOR", ""), ("RUST_LOG", "info")])
         .await;
-    let log = crate::fixtures::poll(
+    let log = log_until_serving(&s).await;
+    assert!(!log.contains("\x1b["), "{log:?}");
+}
+
+/// The server's log up to its "serving" line.
+async fn log_until_serving(s: &TestServer) -> String {
+    crate::fixtures::poll(
         "the server's first log lines",
         Duration::from_secs(10),
         || {
@@ -139,8 +145,7 @@ async fn logs_to_a_non_terminal_carry_no_colour_codes() {
             async move { log.contains("serving").then_some(log) }
         },
     )
-    .await;
-    assert!(!log.contains("\x1b["), "{log:?}");
+    .await
 }
 
 /// Listening on every address with no `http.public_url`, the links palmgate hands out would
@@ -150,15 +155,7 @@ async fn links_to_every_address_are_warned_about_at_start_up() {
     for (listen, warned) in [("0.0.0.0:0", true), ("127.0.0.1:0", false)] {
         let mut s = TestServer::prepare(Options::default());
         s.launch_env(&[("PALMGATE_HTTP_LISTEN", listen)]).await;
-        let log = crate::fixtures::poll(
-            "the server's first log lines",
-            Duration::from_secs(10),
-            || {
-                let log = s.stderr_log();
-                async move { log.contains("serving").then_some(log) }
-            },
-        )
-        .await;
+        let log = log_until_serving(&s).await;
         assert_eq!(
             log.contains("http.public_url is not set and http.listen is every address"),
             warned,
