@@ -937,8 +937,18 @@ pub async fn start_with(
     follow_shared_log(&app);
     // The site file is activated if it changed since it was last read (an admin API policy
     // survives restarts); an invalid file is reported and the policy in force (from the log)
-    // stays.
-    let _ = app.start_site_file().await;
+    // stays. With no policy in force (a new site) there is nothing to stay: the gateway would
+    // run, and report ready, with no doors at all, so it does not start.
+    if let Err(e) = app.start_site_file().await
+        && app.read(|s| s.policy.is_none())
+    {
+        let closing = app.clone();
+        let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+        return Err(StartError::Config(format!(
+            "config key `site`: {e}; no site policy is in force yet, so the gateway would run \
+             with no doors: fix the site file, or remove `site` to run the Pass API alone"
+        )));
+    }
     Ok(Server {
         addr,
         public_url,

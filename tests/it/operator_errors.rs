@@ -164,6 +164,38 @@ async fn links_to_every_address_are_warned_about_at_start_up() {
     }
 }
 
+/// A new site whose site file cannot be activated (here a time zone typo, then a missing
+/// file) does not start: with no policy in force it would run, and report ready, with no doors.
+/// With the file fixed it starts; a broken file later keeps the policy in force, as before.
+#[tokio::test]
+async fn a_new_site_with_a_broken_site_file_does_not_start() {
+    let site = tempfile::tempdir().unwrap();
+    let path = site.path().join("site.toml");
+    let good = include_str!("../../config/site.toml");
+    std::fs::write(&path, good.replace("Asia/Almaty", "Asia/Almatyy")).unwrap();
+    let mut s = TestServer::prepare(
+        Options::default().extra_toml(&format!("site = {:?}", path.display().to_string())),
+    );
+    let stderr = refused_start(&s, &[]);
+    assert!(
+        stderr.contains("config key `site`")
+            && stderr.contains("unknown time zone `Asia/Almatyy`")
+            && stderr.contains("no site policy is in force yet"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    let stderr = refused_start(&s, &[]);
+    assert!(stderr.contains("cannot read site policy"), "{stderr}");
+    std::fs::write(&path, good).unwrap();
+    s.launch().await;
+    log_until_serving(&s).await;
+    s.terminate();
+    std::fs::write(&path, good.replace("Asia/Almaty", "Asia/Almatyy")).unwrap();
+    s.launch().await;
+    let log = log_until_serving(&s).await;
+    assert!(log.contains("the policy in force stays"), "{log}");
+}
+
 // --- The key store is bound to its log and its master key ---------------------------------
 
 /// Connects a simulated reader with `palm` and waits until the server lists it online (its
