@@ -205,6 +205,22 @@ pub fn prepare_data_dir(data: Option<PathBuf>, tmp: &Path) -> Result<PathBuf, De
             .mode(0o700)
             .create(&d)
             .map_err(|e| data_err(&d, e))?;
+        // A log the demo did not make (a site's own `palmgate serve` data): the demo would add
+        // its partner, people and site policy to it, for good (the log is append-only).
+        let demo_made = [DEMO_MARK, API_KEY_FILE].iter().any(|f| d.join(f).exists());
+        if d.join("events.db").exists() && !demo_made {
+            return Err(DemoError::Data {
+                path: d.display().to_string(),
+                reason: "it holds an event log the demo did not make (a site's own data?): the \
+                         demo would add its partner, people and site policy to that log for \
+                         good; give --data an empty or new directory, or one a demo made"
+                    .into(),
+            });
+        }
+        if !demo_made {
+            std::fs::write(d.join(DEMO_MARK), "made by `palmgate demo`\n")
+                .map_err(|e| data_err(&d, e))?;
+        }
         return Ok(d);
     }
     let mut tries = 0;
@@ -350,6 +366,9 @@ async fn connect_reader(app: &App, mqtt: &str, id: &str) -> Result<SimReader, De
         reason: e.to_string(),
     })
 }
+
+/// The file that marks a data directory as the demo's (`prepare_data_dir`).
+const DEMO_MARK: &str = "made-by-palmgate-demo";
 
 /// The file, in the data directory, holding the demo partner's API key.
 pub const API_KEY_FILE: &str = "demo-api-key";
@@ -685,6 +704,32 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&site).unwrap(),
             site_policy("127.0.0.1:1502")
+        );
+    }
+
+    /// `--data` naming a site's own data (an event log the demo did not make) is refused: the
+    /// demo would add its partner, people and policy to that log for good. A demo's own
+    /// directory with a log is used again.
+    #[test]
+    fn a_log_the_demo_did_not_make_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let site = tmp.path().join("site-data");
+        std::fs::create_dir(&site).unwrap();
+        std::fs::write(site.join("events.db"), "").unwrap();
+        let err = prepare_data_dir(Some(site.clone()), tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("site-data") && err.contains("an event log the demo did not make"),
+            "{err}"
+        );
+        assert!(!site.join(DEMO_MARK).exists(), "nothing written there");
+        let demo = tmp.path().join("demo");
+        prepare_data_dir(Some(demo.clone()), tmp.path()).unwrap();
+        std::fs::write(demo.join("events.db"), "").unwrap();
+        assert_eq!(
+            prepare_data_dir(Some(demo.clone()), tmp.path()).unwrap(),
+            demo
         );
     }
 }
