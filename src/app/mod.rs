@@ -868,7 +868,7 @@ pub async fn start_with(
         Some(url) => url.clone(),
         None => {
             let listen = crate::mqtt::broker::start_embedded(config.mqtt.embedded.listen)
-                .map_err(|e| StartError::Mqtt(e.to_string()))?;
+                .map_err(|e| StartError::Mqtt(format!("config key `mqtt.embedded.listen`: {e}")))?;
             config.mqtt.embedded.listen = listen;
             format!("mqtt://{listen}")
         }

@@ -18,7 +18,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
-    #[error("master key file {path}: {reason}")]
+    #[error("secrets.key_file {path}: {reason}")]
     KeyFile { path: String, reason: String },
     #[error(
         "secrets.key_file {path}: the master key is missing, but {why}. Restore the master key \
@@ -232,6 +232,11 @@ fn read_private(path: &Path) -> std::io::Result<Result<String, String>> {
     {
         use std::os::unix::fs::MetadataExt;
         let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Ok(Err(
+                "is not a regular file (a directory?): name the key file itself".into(),
+            ));
+        }
         let mode = meta.mode() & 0o777;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
@@ -387,6 +392,27 @@ mod tests {
             Keys::from_master(&[5; 32]).session_token(id)
         );
     }
+    /// A key file path that is a directory is refused as such (not with advice to chmod it).
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_that_is_a_directory_is_refused_as_such() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = Keys::load_or_create(&p, None, [6; 32])
+            .err()
+            .expect("a directory was taken for a key file")
+            .to_string();
+        assert!(
+            err.contains(&format!("secrets.key_file {}", p.display()))
+                && err.contains("is not a regular file")
+                && !err.contains("chmod"),
+            "{err}"
+        );
+    }
+
     /// With `IfMissing::Refuse`, a missing key file is an error naming `secrets.key_file` and
     /// the reason, and no file is created; an existing one loads.
     #[test]

@@ -372,8 +372,13 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| io(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                io(format!(
+                    "store.path {}: cannot create {}: {e}",
+                    path.display(),
+                    dir.display()
+                ))
+            })?;
         }
         let lock = lock_store(&path)?;
         create_private(&path)?;
@@ -2108,6 +2113,19 @@ mod tests {
 
     /// A corrupt log stops start-up with an error naming the file and its config key, not
     /// SQLite's bare "file is not a database".
+    /// A log path under a plain file (a directory that cannot be made) names `store.path`.
+    #[test]
+    fn a_log_directory_that_cannot_be_made_is_named_with_its_config_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("afile"), "").unwrap();
+        let path = dir.path().join("afile").join("sub").join("events.db");
+        let err = SqliteStore::open(&path).err().expect("opened").to_string();
+        assert!(
+            err.contains(&format!("store.path {}: cannot create", path.display())),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_corrupt_log_is_named_with_its_config_key() {
         let dir = tempfile::tempdir().unwrap();
