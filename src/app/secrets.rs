@@ -401,10 +401,10 @@ mod tests {
         let p = dir.path().join("keys");
         std::fs::create_dir(&p).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let err = Keys::load_or_create(&p, None, [6; 32])
-            .err()
-            .expect("a directory was taken for a key file")
-            .to_string();
+        let Err(err) = Keys::load_or_create(&p, None, [6; 32]) else {
+            panic!("a directory was taken for a key file");
+        };
+        let err = err.to_string();
         assert!(
             err.contains(&format!("secrets.key_file {}", p.display()))
                 && err.contains("is not a regular file")

@@ -2119,7 +2119,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("afile"), "").unwrap();
         let path = dir.path().join("afile").join("sub").join("events.db");
-        let err = SqliteStore::open(&path).err().expect("opened").to_string();
+        let Err(err) = SqliteStore::open(&path) else {
+            panic!("opened under a plain file");
+        };
+        let err = err.to_string();
         assert!(
             err.contains(&format!("store.path {}: cannot create", path.display())),
             "{err}"
