@@ -529,6 +529,18 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
         seed,
         wait,
     } = action;
+    // What the gateway would refuse is refused here, by name: a reader id no topic can carry
+    // fails as a broker client id, and a bad quality only shows in the server's log.
+    anyhow::ensure!(
+        palmgate::core::ReaderId::is_valid(&reader),
+        "--reader {reader:?}: a reader id is 1–{} letters, digits or `-_.:` (it is a level of \
+         the reader's MQTT topics)",
+        palmgate::core::ReaderId::MAX_LEN
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&quality),
+        "--quality {quality}: a capture's quality is a number from 0 to 1"
+    );
     let config = Config::load_with_process_env(config.as_deref())?;
     let sim_reader = reader.clone();
     let mqtt_url = mqtt

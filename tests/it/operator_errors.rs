@@ -196,6 +196,40 @@ async fn a_new_site_with_a_broken_site_file_does_not_start() {
     assert!(log.contains("the policy in force stays"), "{log}");
 }
 
+/// `reader simulate` refuses, by name, what the gateway would refuse: a reader id no topic can
+/// carry (it failed later as "no connection to the broker") and a quality outside 0–1 (it
+/// exited 0, the refusal only in the server's log).
+#[test]
+fn the_simulated_reader_refuses_a_bad_reader_id_or_quality_by_name() {
+    for (args, expected) in [
+        (
+            ["--reader", "bad/id#", "--quality", "0.9"],
+            "--reader \"bad/id#\": a reader id is 1–128 letters, digits or `-_.:`",
+        ),
+        (
+            ["--reader", "lobby-1", "--quality", "7"],
+            "--quality 7: a capture's quality is a number from 0 to 1",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_palmgate"))
+            .args([
+                "reader",
+                "simulate",
+                "--palm",
+                "alice",
+                "--mqtt",
+                "mqtt://127.0.0.1:9",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
 // --- The key store is bound to its log and its master key ---------------------------------
 
 /// Connects a simulated reader with `palm` and waits until the server lists it online (its
