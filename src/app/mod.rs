@@ -759,6 +759,26 @@ impl App {
     }
 }
 
+/// Values that are valid but most likely a mistake: said at start-up, not refused.
+fn config_warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if config.sessions.ttl < Duration::from_secs(60) {
+        out.push(format!(
+            "sessions.ttl is {:?}: every enrollment and identify link expires within a minute \
+             (a typo for minutes, e.g. \"15ms\" for \"15m\"? SPEC 3: 15 minutes)",
+            config.sessions.ttl
+        ));
+    }
+    if !config.admin.token.is_empty() && config.admin.token.chars().count() < 16 {
+        out.push(format!(
+            "admin.token has {} characters: anyone who guesses it runs the site (partners, \
+             lockdown, emergency unlock); use 32 random characters or more",
+            config.admin.token.chars().count()
+        ));
+    }
+    out
+}
+
 /// The effects of `effects` that lock a door (a relay driven to rest OFF).
 fn locks(effects: Vec<Effect>) -> Vec<Effect> {
     use crate::core::doors::RelayCommand;
@@ -822,6 +842,9 @@ pub async fn start_with(
              variable is PALMGATE_ plus the key in upper case, dots as underscores, e.g. \
              PALMGATE_HTTP_PUBLIC_URL)"
         );
+    }
+    for w in config_warnings(&config) {
+        tracing::warn!("{w}");
     }
     let tls = match &config.http.tls {
         Some(t) => Some(crate::http::serve::load_tls(&t.cert, &t.key).map_err(StartError::Tls)?),
@@ -1093,5 +1116,23 @@ impl Server {
         let app = self.app.clone();
         let _ = tokio::task::spawn_blocking(move || app.close()).await;
         result
+    }
+}
+
+#[cfg(test)]
+mod config_warning_tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_under_a_minute_and_a_short_admin_token_are_warned_about() {
+        let mut c = Config::load(None, &[]).unwrap();
+        c.admin.token = "0123456789abcdef0123456789abcdef".into();
+        assert_eq!(config_warnings(&c), Vec::<String>::new());
+        c.sessions.ttl = Duration::from_millis(15);
+        c.admin.token = "x".into();
+        let w = config_warnings(&c);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("sessions.ttl is 15ms"), "{w:?}");
+        assert!(w[1].starts_with("admin.token has 1 characters"), "{w:?}");
     }
 }
