@@ -404,13 +404,29 @@ async fn shutdown_signal() {
     ctrl_c.await.ok();
 }
 
+/// `listen` as this machine reaches it: every address (`0.0.0.0`, `[::]`) is the loopback one.
+fn local(mut listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    if listen.ip().is_unspecified() {
+        listen.set_ip(match listen {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    listen
+}
+
 async fn partner(target: AdminTarget, action: PartnerCmd) -> anyhow::Result<()> {
     let config = Config::load_with_process_env(target.config.as_deref())?;
     let base = match target.server {
         Some(s) => s,
-        None if !config.http.public_url.is_empty() => config.http.public_url.clone(),
-        None if config.http.tls.is_some() => format!("https://{}", config.http.listen),
-        None => format!("http://{}", config.http.listen),
+        // The certificate names the public host: TLS goes there.
+        None if config.http.tls.is_some() && !config.http.public_url.is_empty() => {
+            config.http.public_url.clone()
+        }
+        None if config.http.tls.is_some() => format!("https://{}", local(config.http.listen)),
+        // Plain HTTP goes to the server's own listener, never out through the public URL (a
+        // reverse proxy, split DNS) with the admin token.
+        None => format!("http://{}", local(config.http.listen)),
     };
     let base = base.trim_end_matches('/').to_string();
     let token = target

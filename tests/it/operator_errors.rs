@@ -230,6 +230,33 @@ fn the_simulated_reader_refuses_a_bad_reader_id_or_quality_by_name() {
     }
 }
 
+/// Without TLS the `partner` command talks to the server's own listener (every address read
+/// as the loopback one), never out through `http.public_url` with the admin token: here the
+/// public URL does not even resolve.
+#[tokio::test]
+async fn the_partner_cli_uses_the_local_listener_not_the_public_url() {
+    let s = TestServer::start().await;
+    s.create_partner("Local Co").await;
+    let port = s.base_url.rsplit(':').next().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_palmgate"))
+            .args(["partner", "list", "--token", crate::fixtures::ADMIN_TOKEN])
+            .env("PALMGATE_HTTP_LISTEN", format!("0.0.0.0:{port}"))
+            .env("PALMGATE_HTTP_PUBLIC_URL", "https://gate.example.invalid")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("Local Co"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // --- The key store is bound to its log and its master key ---------------------------------
 
 /// Connects a simulated reader with `palm` and waits until the server lists it online (its
