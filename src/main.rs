@@ -348,6 +348,10 @@ async fn demo(
     let mut config = Config::load_with_process_env(config.as_deref())?;
     if let Some(l) = listen {
         config.http.listen = l;
+        // An error about it names the option, not where the config had it from.
+        config
+            .sources
+            .insert("http.listen".into(), "--listen".into());
     }
     init_logging(config.log.format);
     forbid_core_dumps();

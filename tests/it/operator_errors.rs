@@ -257,6 +257,30 @@ async fn the_partner_cli_uses_the_local_listener_not_the_public_url() {
     );
 }
 
+/// `demo --listen` on a port in use names the option it came from.
+#[test]
+fn a_demo_listen_address_in_use_names_the_option() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let stderr = refused(
+        &[
+            "demo".as_ref(),
+            "--listen".as_ref(),
+            addr.as_ref(),
+            "--data".as_ref(),
+            data.path().as_os_str(),
+        ],
+        &[],
+    );
+    assert!(
+        stderr.contains(&format!(
+            "config key `http.listen` (from --listen): cannot listen on {addr}"
+        )),
+        "{stderr}"
+    );
+}
+
 // --- The key store is bound to its log and its master key ---------------------------------
 
 /// Connects a simulated reader with `palm` and waits until the server lists it online (its
@@ -346,9 +370,15 @@ fn data_keys(s: &TestServer) -> i64 {
 
 /// `palmgate serve` on the server's config with `env`, expected to refuse to start: its stderr.
 fn refused_start(s: &TestServer, env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let config = s.config_path().as_os_str();
+    refused(&["serve".as_ref(), "--config".as_ref(), config], env)
+}
+
+/// Runs `palmgate args` (no PALMGATE_* variables but `env`, logs off) and returns its
+/// stderr, asserting it exited with a failure within 15 s.
+fn refused(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_palmgate"));
-    cmd.args(["serve", "--config"])
-        .arg(s.config_path())
+    cmd.args(args)
         .env("RUST_LOG", "off")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
