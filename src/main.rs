@@ -248,6 +248,8 @@ fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> 
 }
 
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     let builder = tracing_subscriber::fmt()
@@ -258,9 +260,48 @@ fn init_logging(format: LogFormat) {
         ))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().finish().with(BrokerDisconnects).init(),
+        LogFormat::Text => builder.finish().with(BrokerDisconnects).init(),
     }
+}
+
+/// Drops what rumqttd (the embedded broker) logs at ERROR for a client's ordinary
+/// disconnection: `router-drop error=Recv(Disconnected)` when a client leaves, and
+/// `no-connection id N is already gone` when it sent DISCONNECT and then closed its socket
+/// (rumqttd's own comment calls that double disconnection normal). Every reader reconnecting
+/// made an operator's `grep ERROR` of the journal cry wolf. Every other broker error stays.
+struct BrokerDisconnects;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BrokerDisconnects {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let m = event.metadata();
+        if *m.level() != tracing::Level::ERROR || !m.target().starts_with("rumqttd") {
+            return true;
+        }
+        let mut text = FieldText(String::new());
+        event.record(&mut text);
+        !is_broker_disconnect(&text.0)
+    }
+}
+
+/// An event's fields as `name=value` text.
+struct FieldText(String);
+
+impl tracing::field::Visit for FieldText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{}={value:?} ", field.name());
+    }
+}
+
+/// Whether rumqttd's ERROR text (`FieldText`) is an ordinary disconnection.
+fn is_broker_disconnect(text: &str) -> bool {
+    (text.contains("router-drop") && text.contains("Disconnected"))
+        || (text.contains("no-connection id") && text.contains("is already gone"))
 }
 
 /// Makes the process non-dumpable (`PR_SET_DUMPABLE` 0): no core dump, and no other process
@@ -796,6 +837,44 @@ async fn replay(paths: Vec<PathBuf>) -> anyhow::Result<()> {
 mod tests {
     use super::log_colours;
     use std::ffi::OsStr;
+
+    /// rumqttd's ERRORs for an ordinary disconnection are dropped, as rumqttd words them;
+    /// its other errors, and everyone else's, pass.
+    #[test]
+    fn the_brokers_disconnection_errors_are_dropped_and_no_other() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+        struct Seen(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let mut text = super::FieldText(String::new());
+                event.record(&mut text);
+                self.0.lock().unwrap().push(text.0);
+            }
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry()
+            .with(super::BrokerDisconnects)
+            .with(Seen(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            // As rumqttd logs it: `error!(error=?e, "router-drop")`.
+            let e = "Recv(Disconnected)";
+            tracing::error!(target: "rumqttd::server::broker", error = %e, "router-drop");
+            tracing::error!(target: "rumqttd::router::routing", "no-connection id {} is already gone", 5);
+            tracing::error!(target: "rumqttd::server::broker", error = "Io(BrokenPipe)", "router-drop");
+            tracing::error!(target: "rumqttd::server::broker", "connection-stop");
+            tracing::error!(target: "palmgate::app", "no-connection id 5 is already gone");
+        });
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(seen[0].contains("BrokenPipe"), "{seen:?}");
+        assert!(seen[1].contains("connection-stop"), "{seen:?}");
+        assert!(seen[2].contains("is already gone"), "{seen:?}");
+    }
 
     /// Colour only on a terminal, and there only without a non-empty NO_COLOR.
     #[test]
