@@ -597,7 +597,8 @@ impl App {
     }
 
     /// Sets or lifts lockdown (`POST /admin/v1/lockdown`). A lockdown the log cannot record
-    /// (the disk failing) still locks every door, pulses cut, before the error is answered:
+    /// (the disk failing) still locks every door, pulses cut (the relays are told before the
+    /// error is answered):
     /// locking is always safe, and an operator locking down must not find the doors open
     /// because a disk is full. It is logged and counted
     /// (`palmgate_relay_locks_unrecorded_total`), not recorded: the site is not in lockdown
@@ -850,7 +851,7 @@ pub async fn start_with(
         Some(t) => Some(crate::http::serve::load_tls(&t.cert, &t.key).map_err(StartError::Tls)?),
         None => None,
     };
-    // The listener first: a start that cannot listen creates nothing (no log, no key store,
+    // The listeners first: a start that cannot listen creates nothing (no log, no key store,
     // no master key of a new site).
     let bind_err = |e: std::io::Error| StartError::Bind {
         addr: config.http.listen,
@@ -861,6 +862,16 @@ pub async fn start_with(
         .await
         .map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
+    // The embedded broker's port next, for the same reason.
+    let mqtt = match &config.mqtt.url {
+        Some(url) => url.clone(),
+        None => {
+            let listen = crate::mqtt::broker::start_embedded(config.mqtt.embedded.listen)
+                .map_err(|e| StartError::Mqtt(format!("config key `mqtt.embedded.listen`: {e}")))?;
+            config.mqtt.embedded.listen = listen;
+            format!("mqtt://{listen}")
+        }
+    };
     let store = open_store(&config.store)?;
     let keystore = KeyStore::open(&config.secrets.key_store)?;
     // The key store is bound to its log (the hash of the log's first event) and to its master
@@ -887,15 +898,6 @@ pub async fn start_with(
             config.secrets.master_key.as_deref(),
         ),
     )?;
-    let mqtt = match &config.mqtt.url {
-        Some(url) => url.clone(),
-        None => {
-            let listen = crate::mqtt::broker::start_embedded(config.mqtt.embedded.listen)
-                .map_err(|e| StartError::Mqtt(format!("config key `mqtt.embedded.listen`: {e}")))?;
-            config.mqtt.embedded.listen = listen;
-            format!("mqtt://{listen}")
-        }
-    };
     let public_url = if config.http.public_url.is_empty() {
         let scheme = if tls.is_some() { "https" } else { "http" };
         if addr.ip().is_unspecified() {

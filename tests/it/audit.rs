@@ -1239,6 +1239,9 @@ async fn a_scan_decided_before_a_lockdown_cannot_land_after_it() {
     // Through the app, the same scan is decided again, under the lockdown.
     g.app.execute(Command::Capture(cap)).await.unwrap();
     let store = g.app.store.clone();
+    // Closed before the forgery: the close saves the log's head, which a later close would
+    // save over the forged chain (a second finding).
+    g.app.close();
     drop(g.server);
     drop(g.app);
     let decided = decided_rows(&g.dir.path().join("events.db"));
@@ -1378,6 +1381,9 @@ async fn a_session_ending_without_its_judgement_is_caught_but_old_logs_verify() 
         .await
         .unwrap();
     let db = g.dir.path().join("events.db");
+    // Closed before the forgery: the close saves the log's head, which a later close would
+    // save over the forged chain (a second finding).
+    g.app.close();
     drop(g.server);
     drop(g.app);
     let c = Connection::open(&db).unwrap();

@@ -281,6 +281,31 @@ fn a_demo_listen_address_in_use_names_the_option() {
     );
 }
 
+/// The embedded broker's port taken: start-up fails naming `mqtt.embedded.listen`, and has
+/// created nothing (no log, no key store, no master key), as for the HTTP port.
+#[test]
+fn an_mqtt_port_in_use_stops_start_up_before_any_file_is_made() {
+    let s = TestServer::prepare(Options::default());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let before: Vec<_> = std::fs::read_dir(s.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let stderr = refused_start(&s, &[("PALMGATE_MQTT_EMBEDDED_LISTEN", addr.as_ref())]);
+    assert!(
+        stderr.contains(&format!(
+            "config key `mqtt.embedded.listen`: embedded broker on {addr}"
+        )),
+        "{stderr}"
+    );
+    let after: Vec<_> = std::fs::read_dir(s.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(after, before, "files made by a start that could not listen");
+}
+
 // --- The key store is bound to its log and its master key ---------------------------------
 
 /// Connects a simulated reader with `palm` and waits until the server lists it online (its
