@@ -546,7 +546,7 @@ impl App {
                 continue;
             }
             match self.execute(Command::Tick).await {
-                Ok(_) => self.relock_recorded(),
+                Ok(_) => self.restore_recorded_rest(),
                 Err(e) => {
                     tracing::warn!(error = %e, "deadline processing failed; retrying in 1 s");
                     self.lock_unrecorded();
@@ -598,9 +598,8 @@ impl App {
 
     /// Sets or lifts lockdown (`POST /admin/v1/lockdown`). A lockdown the log cannot record
     /// (the disk failing) still locks every door, pulses cut (the relays are told before the
-    /// error is answered):
-    /// locking is always safe, and an operator locking down must not find the doors open
-    /// because a disk is full. It is logged and counted
+    /// error is answered): locking is always safe, and an operator locking down must not find
+    /// the doors open because a disk is full. It is logged and counted
     /// (`palmgate_relay_locks_unrecorded_total`), not recorded: the site is not in lockdown
     /// for the log, and the doors stay locked until a recorded change moves them (the
     /// operator sets lockdown again once the log can be written).
@@ -636,7 +635,7 @@ impl App {
     /// state the log holds for their door. Usually that `Tick` recorded the lock; a door whose
     /// window opened again before the log recovered has no change to record and would stay
     /// locked through the window.
-    fn relock_recorded(&self) {
+    fn restore_recorded_rest(&self) {
         use crate::core::doors::RelayCommand;
         let locked = std::mem::take(
             &mut *self

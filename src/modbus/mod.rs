@@ -1,10 +1,10 @@
 //! Relay boards over Modbus (tokio-modbus, TCP and RTU): one task per device.
 //!
-//! Each device task owns its connection (devices on one RS-485 serial port share the port, one
-//! request at a time, each to its own unit: [`SerialLine`]): connect and response timeouts, reconnection with
-//! backoff, and after every (re)connection it drives every coil to the state the app wants now
-//! (locked unless an unlock window or emergency says otherwise), so a board that restarted in
-//! the middle of a pulse ends with its door locked. A pulse is ON, hold, OFF — and the OFF is
+//! Each device task owns its connection (devices on one RS-485 serial port share the port,
+//! one request at a time, each to its own unit: [`SerialLine`]): connect and response
+//! timeouts, reconnection with backoff, and after every (re)connection it drives every coil
+//! to the state the app wants now (locked unless an unlock window or emergency says
+//! otherwise), so a board that restarted in the middle of a pulse ends with its door locked. A pulse is ON, hold, OFF — and the OFF is
 //! read back and retried until it sticks. A board with its own pulse timer (`timed_pulse` in the
 //! policy) gets one register write instead, and the gateway only checks afterwards that the
 //! coil is OFF (switching it off itself if not): a gateway crash mid-pulse cannot hold a door.
