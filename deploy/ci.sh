@@ -245,6 +245,32 @@ else
 fi
 # systemd's EnvironmentFile=: KEY=VALUE lines; comments and blank lines ignored.
 mapfile -t unit_env < <(grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$env_file")
+# `palmgate check` as the palmgate user with the unit's environment: the installed config and
+# example site pass (nothing started, nothing made); a broken site file is named, exit 1.
+as_palmgate() {
+  setpriv --reuid palmgate --regid palmgate --init-groups -- env -i PATH=/usr/bin:/bin NO_COLOR=1 \
+    "${unit_env[@]}" "$@"
+}
+if as_palmgate /usr/bin/palmgate check --config /etc/palmgate/palmgate.toml >"$smoke_dir/check" 2>&1 \
+   && grep -q '^site policy /etc/palmgate/site.toml: valid, ' "$smoke_dir/check" \
+   && grep -q '^/etc/palmgate/palmgate.toml: OK (' "$smoke_dir/check"; then
+  ok "palmgate check: the installed config and example site"
+else
+  cat "$smoke_dir/check"
+  bad "palmgate check on the installed config"
+fi
+sed 's#Asia/Almaty#Asia/Almatyy#' /etc/palmgate/site.toml >"$smoke_dir/broken-site.toml"
+chmod 644 "$smoke_dir/broken-site.toml"
+if as_palmgate PALMGATE_SITE="$smoke_dir/broken-site.toml" /usr/bin/palmgate check \
+     --config /etc/palmgate/palmgate.toml >"$smoke_dir/check" 2>&1; then
+  cat "$smoke_dir/check"
+  bad "palmgate check passed a broken site file"
+elif grep -q 'unknown time zone `Asia/Almatyy`' "$smoke_dir/check"; then
+  ok "palmgate check: a broken site file is named, exit 1"
+else
+  cat "$smoke_dir/check"
+  bad "palmgate check on a broken site file: no time zone error"
+fi
 # setpriv execs (no fork): $! is palmgate itself.
 setpriv --reuid palmgate --regid palmgate --init-groups -- env -i PATH=/usr/bin:/bin NO_COLOR=1 \
   "${unit_env[@]}" \

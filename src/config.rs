@@ -305,22 +305,24 @@ impl Config {
         apply_env(&mut merged, env, &mut sources)?;
         let mut config: Config = serde_path_to_error::deserialize(Value::Table(merged.clone()))
             .map_err(|e| {
-                let key = e.path().to_string();
-                let item = array_item(&merged, &key);
+                let mut key = e.path().to_string();
+                let mut item = array_item(&merged, &key);
+                let mut reason = e.into_inner().to_string();
+                // A section given as something else (`http = 5`, or `[[http]]`, an array of
+                // tables, which serde would otherwise read as the struct's fields in order).
+                if let Some(section) = misplaced_section(&merged, &key) {
+                    reason = format!(
+                        "is a section: write it as [{section}] with its keys under it, not as {}",
+                        toml_kind(lookup(&merged, &section))
+                    );
+                    key = section;
+                    item = None;
+                }
                 // `webhooks.allow_networks[0]`: the source is the array's (arrays are leaves).
                 let base = key.split('[').next().unwrap_or(&key);
-                let source_name = sources
-                    .iter()
-                    .rev()
-                    .find(|(k, _)| {
-                        base == k.as_str()
-                            || base.starts_with(&format!("{k}."))
-                            || k.starts_with(&format!("{base}."))
-                    })
-                    .map(|(_, v)| v.clone())
+                let source_name = key_source(&sources, base)
                     .or_else(|| file.map(|p| p.display().to_string()))
                     .unwrap_or_else(|| "the embedded defaults".into());
-                let reason = e.into_inner().to_string();
                 ConfigError::Key {
                     key,
                     source_name,
@@ -783,6 +785,53 @@ fn array_item(table: &Table, key: &str) -> Option<String> {
     Some(format!("item {n} ({shown})"))
 }
 
+/// Where the value at `base` came from: its own leaf's source, else the source of a leaf
+/// above it (an array is a leaf: `webhooks.allow_networks[0]`), else that of a leaf under it
+/// set by the file or the environment (a later layer that replaced the section), else that of
+/// one from the defaults.
+fn key_source(sources: &BTreeMap<String, String>, base: &str) -> Option<String> {
+    if let Some(s) = sources.get(base) {
+        return Some(s.clone());
+    }
+    if let Some((_, s)) = sources
+        .iter()
+        .rev()
+        .find(|(k, _)| base.starts_with(&format!("{k}.")))
+    {
+        return Some(s.clone());
+    }
+    let under = format!("{base}.");
+    let mut children = sources.iter().filter(|(k, _)| k.starts_with(&under));
+    let first = children.clone().next().map(|(_, s)| s.clone());
+    children
+        .find(|(_, s)| s.as_str() != "the embedded defaults")
+        .map(|(_, s)| s.clone())
+        .or(first)
+}
+
+/// The dotted key of a section of the defaults that `key` is in (or is) whose value in
+/// `merged` is not a table, if any.
+fn misplaced_section(merged: &Table, key: &str) -> Option<String> {
+    let defaults: Table = DEFAULTS.parse().ok()?;
+    let base = key.split('[').next().unwrap_or(key);
+    let parts: Vec<&str> = base.split('.').collect();
+    (1..=parts.len()).map(|n| parts[..n].join(".")).find(|k| {
+        lookup(&defaults, k).is_some_and(Value::is_table)
+            && lookup(merged, k).is_some_and(|v| !v.is_table())
+    })
+}
+
+/// What a TOML value is, as the error shows it.
+fn toml_kind(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::Array(a)) if a.iter().all(Value::is_table) && !a.is_empty() => {
+            "an array of tables ([[...]])".into()
+        }
+        Some(v) => format!("{} {v}", v.type_str()),
+        None => "something else".into(),
+    }
+}
+
 fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
     let mut parts = key.split('.').peekable();
     let mut t = table;
@@ -842,6 +891,57 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("mqtt.url") && !e.contains("s3cret"), "{e}");
+    }
+
+    /// A section written as something else names the file it came from and says how to write
+    /// it: `[[http]]` (an array of tables) was read by serde as the struct's fields in order
+    /// ("item 0: invalid type: map, expected socket address") and blamed on the defaults.
+    #[test]
+    fn a_section_given_as_another_kind_is_named_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bad.toml");
+        let name = f.display().to_string();
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            Config::load(Some(&f), &env(&[])).unwrap_err().to_string()
+        };
+        assert_eq!(
+            load("[[http]]\nlisten = \"127.0.0.1:0\"\n"),
+            format!(
+                "config key `http` (from {name}): is a section: write it as [http] with its keys \
+                 under it, not as an array of tables ([[...]])"
+            )
+        );
+        assert_eq!(
+            load("http = 5\n"),
+            format!(
+                "config key `http` (from {name}): is a section: write it as [http] with its keys \
+                 under it, not as integer 5"
+            )
+        );
+        assert_eq!(
+            load("[mqtt]\nembedded = \"yes\"\n"),
+            format!(
+                "config key `mqtt.embedded` (from {name}): is a section: write it as \
+                 [mqtt.embedded] with its keys under it, not as string \"yes\""
+            )
+        );
+        // A leaf of the wrong type keeps serde's message and its own source.
+        let e = load("[http]\nlisten = 5\n");
+        assert!(
+            e.starts_with(&format!(
+                "config key `http.listen` (from {name}): invalid type"
+            )),
+            "{e}"
+        );
+        // The environment is named when it is the layer that set the value.
+        let e = Config::load(None, &env(&[("PALMGATE_HTTP_LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`http.listen` (from environment variable PALMGATE_HTTP_LISTEN)"),
+            "{e}"
+        );
     }
 
     /// A key that is required because another one is set names where that one was set (the

@@ -25,6 +25,13 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check a configuration without starting: its keys, its warnings, its TLS files and its
+    /// site file (validated as a new activation would be). Exits 1 on any error.
+    Check {
+        /// Configuration file (TOML). Without it: embedded defaults and PALMGATE_* variables.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Run everything on this machine with no hardware: embedded store and broker, a simulated
     /// relay board, simulated readers, a demo site, partner and people. Prints the URLs to open.
     Demo {
@@ -212,6 +219,7 @@ fn main() -> std::process::ExitCode {
                     Cmd::Partner { target, action } => partner(target, action).await,
                     Cmd::Reader { action } => reader(action).await,
                     Cmd::Audit { action } => audit(action),
+                    Cmd::Check { config } => check(config),
                     Cmd::Replay { paths } => replay(paths).await,
                 }
             })
@@ -706,12 +714,38 @@ fn open_log(
     }
 }
 
+fn check(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load_with_process_env(file.as_deref())?;
+    let found = palmgate::app::check_config(&config, chrono::Utc::now());
+    for w in &found.warnings {
+        println!("warning: {w}");
+    }
+    for e in &found.errors {
+        println!("error: {e}");
+    }
+    if let Some(site) = &found.site {
+        println!("{site}");
+    }
+    let name = file.map_or("the embedded defaults".into(), |f| f.display().to_string());
+    if !found.errors.is_empty() {
+        println!("{name}: {} error(s)", found.errors.len());
+        return Err(Failed("config check failed".into()).into());
+    }
+    println!("{name}: OK ({} warning(s))", found.warnings.len());
+    Ok(())
+}
+
 fn audit(action: AuditCmd) -> anyhow::Result<()> {
     use palmgate::replay::audit;
     match action {
         AuditCmd::Verify { config } => {
             let store = open_log(config.as_deref())?;
             let report = audit::verify(&*store)?;
+            // Not the log's: the file the next start (or SIGHUP) activates. Said, not failed on.
+            let site = Config::load_with_process_env(config.as_deref())?;
+            for p in palmgate::app::site_file_problems(&site, chrono::Utc::now()) {
+                println!("warning: {p} (the log is not affected; `palmgate check` says more)");
+            }
             for f in &report.findings {
                 println!("position {}: {}", f.position, f.problem);
             }

@@ -759,9 +759,23 @@ impl App {
     }
 }
 
-/// Values that are valid but most likely a mistake: said at start-up, not refused.
+/// Values that are valid but most likely a mistake: said at start-up (and by `palmgate
+/// check`), not refused.
 fn config_warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    let listen = config.http.listen;
+    if config.http.public_url.is_empty() && listen.ip().is_unspecified() {
+        let scheme = if config.http.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        out.push(format!(
+            "http.public_url is not set and http.listen is every address: the links of 201 \
+             answers and webhooks will name {scheme}://{listen}, which no phone can open; set \
+             http.public_url to the address people reach the gateway at"
+        ));
+    }
     if config.sessions.ttl < Duration::from_secs(60) {
         out.push(format!(
             "sessions.ttl is {:?}: every enrollment and identify link expires within a minute \
@@ -777,6 +791,101 @@ fn config_warnings(config: &Config) -> Vec<String> {
         ));
     }
     out
+}
+
+/// What `palmgate check` finds in a loaded config without starting anything: its warnings (as
+/// start-up logs them) and the problems that would stop a start or refuse its site file.
+#[derive(Debug, Default)]
+pub struct ConfigCheck {
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+    /// One line on the site file when it is valid (its doors, readers and time zone).
+    pub site: Option<String>,
+}
+
+/// Checks `config` as a start would, short of opening the log, the key store or a port: the
+/// variables that set no key, the values that are likely mistakes, the TLS files, and the site
+/// file read and validated as a new activation at `now` (start-up refuses to start a new site
+/// on an invalid one, and keeps the policy in force of an old one).
+pub fn check_config(config: &Config, now: chrono::DateTime<chrono::Utc>) -> ConfigCheck {
+    let mut out = ConfigCheck::default();
+    for name in &config.unknown_env {
+        out.warnings.push(format!(
+            "environment variable {name} sets no config key: ignored (a typo? every key's \
+             variable is PALMGATE_ plus the key in upper case, dots as underscores)"
+        ));
+    }
+    out.warnings.extend(config_warnings(config));
+    if let Some(t) = &config.http.tls
+        && let Err(e) = crate::http::serve::load_tls(&t.cert, &t.key)
+    {
+        out.errors.push(format!("http.tls: {e}"));
+    }
+    out.site = site_file_check(config, now, &mut out.warnings, &mut out.errors);
+    out
+}
+
+/// The site file's check for [`check_config`] (and `audit verify`, which warns with it).
+fn site_file_check(
+    config: &Config,
+    now: chrono::DateTime<chrono::Utc>,
+    warnings: &mut Vec<String>,
+    errors: &mut Vec<String>,
+) -> Option<String> {
+    let path = &config.site;
+    if path.as_os_str().is_empty() {
+        return Some(
+            "site is not set: no site file (a policy activated through the admin API applies)"
+                .into(),
+        );
+    }
+    let source = config.source_of("site");
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(format!(
+                "site (from {source}): cannot read site policy {}: {e}",
+                path.display()
+            ));
+            return None;
+        }
+    };
+    match crate::core::policy::Policy::parse_new_at(&text, now) {
+        Ok(p) => {
+            for w in &p.warnings {
+                warnings.push(format!("site policy {}: {w}", path.display()));
+            }
+            let readers: usize = p.doors.iter().map(|d| d.readers.len()).sum();
+            Some(format!(
+                "site policy {}: valid, {} door(s), {readers} reader(s), {} level(s), time zone \
+                 {}, sha256 {}",
+                path.display(),
+                p.doors.len(),
+                p.levels.len(),
+                p.timezone,
+                p.sha256
+            ))
+        }
+        Err(errs) => {
+            for e in errs {
+                errors.push(format!(
+                    "site (from {source}): {} is not a valid site policy: {e} (a new site does \
+                     not start with it; a site with a policy in force keeps that one)",
+                    path.display()
+                ));
+            }
+            None
+        }
+    }
+}
+
+/// What is wrong with `config`'s site file, if anything (for `palmgate audit verify`, which
+/// says it beside the log's report: the log may be intact while the next start would refuse
+/// the file).
+pub fn site_file_problems(config: &Config, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    let mut errors = Vec::new();
+    site_file_check(config, now, &mut Vec::new(), &mut errors);
+    errors
 }
 
 /// The effects of `effects` that lock a door (a relay driven to rest OFF).
@@ -899,14 +1008,6 @@ pub async fn start_with(
     )?;
     let public_url = if config.http.public_url.is_empty() {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        if addr.ip().is_unspecified() {
-            tracing::warn!(
-                listen = %addr,
-                "http.public_url is not set and http.listen is every address: the links of \
-                 201 answers and webhooks will name {scheme}://{addr}, which no phone can \
-                 open; set http.public_url to the address people reach the gateway at"
-            );
-        }
         format!("{scheme}://{addr}")
     } else {
         config.http.public_url.clone()

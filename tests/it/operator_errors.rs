@@ -196,6 +196,99 @@ async fn a_new_site_with_a_broken_site_file_does_not_start() {
     assert!(log.contains("the policy in force stays"), "{log}");
 }
 
+/// `palmgate check --config FILE`: (success, stdout), with no `PALMGATE_*` variable but `env`.
+fn check(config: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palmgate"));
+    cmd.arg("check")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PALMGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.envs(env.iter().copied()).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `palmgate check` says, without starting anything, what a start would refuse or warn about:
+/// a site file that is not a valid policy (by line and key), a variable that sets no key, and
+/// links that would name 0.0.0.0; a good config passes with its site file summed up. And
+/// `audit verify` on a config with a broken site file still verifies the log (exit 0) but says
+/// the file is broken (it passed in silence).
+#[tokio::test]
+async fn check_names_a_broken_site_file_and_audit_verify_warns_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site.toml");
+    let good = include_str!("../../config/site.toml");
+    std::fs::write(&site, good).unwrap();
+    let config = dir.path().join("palmgate.toml");
+    let text = format!(
+        "site = {:?}\n[store]\npath = {:?}\n",
+        site.display().to_string(),
+        dir.path().join("events.db").display().to_string()
+    );
+    std::fs::write(&config, &text).unwrap();
+    let (ok, out) = check(&config, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("valid, 3 door(s)") && out.contains("time zone Asia/Almaty"),
+        "{out}"
+    );
+    assert!(out.contains(": OK (0 warning(s))"), "{out}");
+    // Nothing was made: no log, no key file.
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "check made files"
+    );
+    let (ok, out) = check(
+        &config,
+        &[
+            ("PALMGATE_HTTP_LISTEN", "0.0.0.0:8080"),
+            ("PALMGATE_HTTP_PUBLICURL", "https://x"),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: environment variable PALMGATE_HTTP_PUBLICURL sets no config key")
+            && out.contains("warning: http.public_url is not set")
+            && out.contains("OK (2 warning(s))"),
+        "{out}"
+    );
+    std::fs::write(&site, good.replace("Asia/Almaty", "Asia/Almatyy")).unwrap();
+    let (ok, out) = check(&config, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("error: site (from ")
+            && out.contains("unknown time zone `Asia/Almatyy`")
+            && out.contains("1 error(s)"),
+        "{out}"
+    );
+    // audit verify: a log made by a server started from the good file, then the file broken.
+    std::fs::write(&site, good).unwrap();
+    let mut s = TestServer::prepare(
+        Options::default().extra_toml(&format!("site = {:?}", site.display().to_string())),
+    );
+    s.launch().await;
+    log_until_serving(&s).await;
+    s.terminate();
+    std::fs::write(&site, good.replace("Asia/Almaty", "Asia/Almatyy")).unwrap();
+    let (ok, out, err) = audit(&s, &["verify"], &s.store_path());
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("hash chain intact")
+            && out.contains("warning: site (from ")
+            && out.contains("unknown time zone `Asia/Almatyy`"),
+        "{out}"
+    );
+}
+
 /// `reader simulate` refuses, by name, what the gateway would refuse: a reader id no topic can
 /// carry (it failed later as "no connection to the broker") and a quality outside 0–1 (it
 /// exited 0, the refusal only in the server's log).
