@@ -72,7 +72,8 @@ impl Drop for Runner {
     }
 }
 
-fn instant(start: DateTime<Utc>, s: &str) -> Result<DateTime<Utc>, String> {
+/// A scenario's instant: `+duration` after `start`, or RFC 3339.
+pub(crate) fn instant(start: DateTime<Utc>, s: &str) -> Result<DateTime<Utc>, String> {
     if let Some(rel) = s.strip_prefix('+') {
         let d = humantime::parse_duration(rel).map_err(|e| format!("{s:?}: {e}"))?;
         return Duration::from_std(d)
@@ -129,7 +130,22 @@ impl Runner {
         if let Some(q) = s.settings.min_quality {
             env.push(("PALMGATE_MATCHING_MIN_QUALITY".into(), q.to_string()));
         }
-        let config = Config::load(None, &env).map_err(|e| format!("settings: {e}"))?;
+        let config = Config::load(None, &env).map_err(|e| {
+            // The scenario's settings reach the config as variables: name them as written.
+            let mut text = format!("settings: {e}");
+            for (var, key) in [
+                ("PALMGATE_RATE_LIMIT_PER_MINUTE", "rate_limit"),
+                ("PALMGATE_SESSIONS_TTL", "ttl"),
+                ("PALMGATE_MATCHING_THRESHOLD", "threshold"),
+                ("PALMGATE_MATCHING_MIN_QUALITY", "min_quality"),
+            ] {
+                text = text.replace(
+                    &format!("environment variable {var}"),
+                    &format!("the scenario's settings.{key}"),
+                );
+            }
+            text
+        })?;
         let clock = Arc::new(ManualClock::new(start));
         let rng = Arc::new(SeededRng::new(7));
         let store = Arc::new(SqliteStore::open(dir.join("events.db")).map_err(|e| e.to_string())?);
@@ -875,11 +891,24 @@ impl Runner {
                 });
                 if found.is_none() {
                     let seen: Vec<&str> = evs.iter().map(|r| r.event.kind()).collect();
+                    // The data of each event of the type asked for: what differed.
+                    let same: Vec<String> = evs
+                        .iter()
+                        .filter(|r| r.event.kind() == e.kind)
+                        .map(|r| format!("position {}: {}", r.position, r.event.encode().2))
+                        .collect();
                     self.fail(
                         i,
                         format!(
-                            "no {} event matching {:?} (in order); recorded: {seen:?}",
-                            e.kind, want
+                            "no {} event {} (in order); recorded: {seen:?}{}",
+                            e.kind,
+                            want.as_ref()
+                                .map_or("at all".to_string(), |w| format!("matching {w}")),
+                            if same.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; the {} events seen: {}", e.kind, same.join("; "))
+                            }
                         ),
                     );
                 }
@@ -920,10 +949,10 @@ impl Runner {
                     self.fail(
                         i,
                         format!(
-                            "no relay write {} {} {:?} (in order); writes: {writes:?}",
+                            "no relay write {} {}{} (in order); writes: {writes:?}",
                             e.door,
                             if e.on { "on" } else { "off" },
-                            e.at
+                            e.at.as_ref().map_or(String::new(), |a| format!(" at {a}"))
                         ),
                     );
                 }
@@ -964,11 +993,13 @@ impl Runner {
                     self.fail(
                         i,
                         format!(
-                            "no webhook {} {} attempt {:?} at {:?} (in order); sent: {:?}",
+                            "no webhook {} {}{}{}{} (in order); sent: {:?}",
                             e.partner,
                             e.event,
-                            e.attempt,
-                            e.at,
+                            e.attempt.map_or(String::new(), |a| format!(" attempt {a}")),
+                            e.at.as_ref().map_or(String::new(), |a| format!(" at {a}")),
+                            data.as_ref()
+                                .map_or(String::new(), |d| format!(" with data {d}")),
                             new.iter()
                                 .map(|s| (&s.partner, &s.event, s.attempt, s.at))
                                 .collect::<Vec<_>>()
@@ -1017,8 +1048,13 @@ impl Runner {
                 self.fail(
                     i,
                     format!(
-                        "session {}: {state} {reason:?}, expected {} {:?}",
-                        e.session, e.state, e.fail_reason
+                        "session {}: {state}{}, expected {}{}",
+                        e.session,
+                        reason.as_ref().map_or(String::new(), |r| format!(" ({r})")),
+                        e.state,
+                        e.fail_reason
+                            .as_ref()
+                            .map_or(String::new(), |r| format!(" ({r})"))
                     ),
                 );
             }
@@ -1137,8 +1173,12 @@ mod tests {
     const HEAD: &str = "name = \"x\"\nstart = \"2026-03-02T09:00:00+05:00\"\n\
                         [[partners]]\nname = \"acme\"\nwebhook = [\"session\"]\n";
 
+    /// Every scenario must expect something: these tests are about other failures, so each
+    /// body gets a last step that expects no failed session.
+    const LAST: &str = "[[steps]]\nexpect_no_events = [\"SessionFailed\"]\n";
+
     fn parse(body: &str) -> Scenario {
-        scenario::parse(&format!("{HEAD}{body}")).unwrap()
+        scenario::parse(&format!("{HEAD}{body}{LAST}")).unwrap()
     }
 
     async fn run_text(body: &str) -> Result<Vec<String>, String> {
@@ -1198,27 +1238,24 @@ mod tests {
     }
 
     /// A step `at` (or an expected `at`) past what the clock can hold is an error naming the
-    /// step, not a panic; so is the start.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn huge_instants_fail_the_scenario_naming_the_step() {
+    /// step and key when the file is read, not a panic; so is the start.
+    #[test]
+    fn huge_instants_fail_the_scenario_naming_the_step() {
+        let parse_err = |body: &str| scenario::parse(&format!("{HEAD}{body}{LAST}")).unwrap_err();
         for at in ["+300000y", "+1000000000y"] {
-            let e = run_text(&format!(
+            let e = parse_err(&format!(
                 "[[steps]]\nat = \"+1s\"\n[[steps]]\nat = \"{at}\"\n"
-            ))
-            .await
-            .unwrap_err();
+            ));
             assert!(
-                e.starts_with("step 1: at: ") && e.contains("out of range"),
+                e.starts_with("steps[1].at: ") && e.contains("out of range"),
                 "{e}"
             );
         }
-        let e = run_text(
+        let e = parse_err(
             "[[steps]]\nexpect_relay = [{ door = \"d\", on = true, at = \"+300000y\" }]\n",
-        )
-        .await
-        .unwrap_err();
+        );
         assert!(
-            e.starts_with("step 0: ") && e.contains("out of range"),
+            e.starts_with("steps[0].expect_relay[0].at: ") && e.contains("out of range"),
             "{e}"
         );
         // The start is an instant, never relative to the wall clock (runs would differ).
@@ -1316,6 +1353,7 @@ mod tests {
                 "[[steps]]\nexpect_no_events = [\"SessionCreatd\"]\n",
             ),
             ("b.toml", "[[steps]]\nat = \"+300000y\"\n"),
+            ("b2.toml", "[[steps]]\nat = \"+1s\"\n"),
             (
                 "c.toml",
                 "[[steps]]\nwebhook_answers = { partner = \"acme\", statuses = [429], retry_after = 9223372036854775807 }\n",
@@ -1326,10 +1364,11 @@ mod tests {
             ),
         ];
         for (name, body) in files {
-            std::fs::write(dir.path().join(name), format!("{HEAD}{body}")).unwrap();
+            let last = if name == "b2.toml" { "" } else { LAST };
+            std::fs::write(dir.path().join(name), format!("{HEAD}{body}{last}")).unwrap();
         }
         let paths = collect(&[dir.path().to_path_buf()]);
-        assert_eq!(paths.len(), 4);
+        assert_eq!(paths.len(), 5);
         let mut outcomes = vec![];
         for p in &paths {
             outcomes.push(run_file(p).await);
@@ -1344,15 +1383,21 @@ mod tests {
             "{lines:?}"
         );
         assert!(
-            outcomes[1].name.contains("b.toml")
-                && outcomes[1].failures[0].starts_with("step 0: at: "),
+            outcomes[1].name.ends_with("b.toml")
+                && outcomes[1].failures[0].contains("b.toml: steps[0].at: "),
+            "{lines:?}"
+        );
+        // A scenario that expects nothing could never fail: refused, naming the file.
+        assert!(
+            outcomes[2].name.ends_with("b2.toml")
+                && outcomes[2].failures[0].contains("b2.toml: steps: no step expects anything"),
             "{lines:?}"
         );
         assert!(
-            outcomes[2].name.contains("c.toml")
-                && outcomes[2].failures[0].starts_with("step 0: webhook_answers.retry_after"),
+            outcomes[3].name.contains("c.toml")
+                && outcomes[3].failures[0].starts_with("step 0: webhook_answers.retry_after"),
             "{lines:?}"
         );
-        assert!(outcomes[3].failures.is_empty(), "{lines:?}");
+        assert!(outcomes[4].failures.is_empty(), "{lines:?}");
     }
 }

@@ -122,6 +122,20 @@ pub struct Step {
     pub expect_session: Option<ExpectSession>,
 }
 
+impl Step {
+    /// Whether this step checks anything.
+    fn expects(&self) -> bool {
+        self.expect.is_some()
+            || !self.expect_events.is_empty()
+            || !self.expect_no_events.is_empty()
+            || !self.expect_webhooks.is_empty()
+            || self.expect_webhook_count.is_some()
+            || !self.expect_relay.is_empty()
+            || !self.expect_reader.is_empty()
+            || self.expect_session.is_some()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiCall {
@@ -330,8 +344,79 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
     if let Some(ttl) = &s.settings.ttl {
         check_duration(ttl).map_err(|e| format!("settings.ttl: {e}"))?;
     }
+    for (key, v) in [
+        ("threshold", s.settings.threshold.map(f64::from)),
+        ("min_quality", s.settings.min_quality),
+    ] {
+        if let Some(v) = v
+            && !(0.0..=1.0).contains(&v)
+        {
+            return Err(format!("settings.{key}: {v} is outside 0–1"));
+        }
+    }
+    if s.steps.is_empty() {
+        return Err("steps: a scenario needs at least one step".into());
+    }
+    let start = chrono::DateTime::parse_from_rfc3339(&s.start)
+        .map_err(|e| format!("start: {e}"))?
+        .with_timezone(&chrono::Utc);
+    let mut previous: Option<(usize, chrono::DateTime<chrono::Utc>)> = None;
+    let at = |key: String, text: &str| {
+        crate::replay::runner::instant(start, text).map_err(|e| format!("{key}: {e}"))
+    };
     let known = |kind: &str| crate::core::event::KNOWN_TYPES.contains(&kind);
     for (i, step) in s.steps.iter().enumerate() {
+        if let Some(text) = &step.at {
+            let t = at(format!("steps[{i}].at"), text)?;
+            if t < start {
+                return Err(format!(
+                    "steps[{i}].at: {text:?} is before the scenario's start ({})",
+                    s.start
+                ));
+            }
+            if let Some((k, p)) = previous
+                && t < p
+            {
+                return Err(format!(
+                    "steps[{i}].at: {text:?} is before steps[{k}].at (steps run in time order)"
+                ));
+            }
+            previous = Some((i, t));
+        }
+        for (j, w) in step.expect_webhooks.iter().enumerate() {
+            if let Some(text) = &w.at {
+                at(format!("steps[{i}].expect_webhooks[{j}].at"), text)?;
+            }
+            if let Some(n) = w.attempt
+                && !(1..=crate::core::webhook::MAX_ATTEMPTS).contains(&n)
+            {
+                return Err(format!(
+                    "steps[{i}].expect_webhooks[{j}].attempt: {n} is no attempt (they are 1–{})",
+                    crate::core::webhook::MAX_ATTEMPTS
+                ));
+            }
+        }
+        for (j, r) in step.expect_relay.iter().enumerate() {
+            if let Some(text) = &r.at {
+                at(format!("steps[{i}].expect_relay[{j}].at"), text)?;
+            }
+        }
+        if let Some(c) = &step.capture
+            && !(0.0..=1.0).contains(&c.quality)
+        {
+            return Err(format!(
+                "steps[{i}].capture.quality: {} is outside 0–1",
+                c.quality
+            ));
+        }
+        if let Some(m) = &step.mode
+            && m.lockdown.is_none()
+            && m.emergency.is_none()
+        {
+            return Err(format!(
+                "steps[{i}].mode: give `lockdown` or `emergency` (an empty mode changes nothing)"
+            ));
+        }
         if let Some(e) = &step.expect {
             if step.api.is_none() {
                 return Err(format!(
@@ -361,6 +446,15 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 ));
             }
         }
+    }
+    if !s.steps.iter().any(Step::expects) {
+        return Err(
+            "steps: no step expects anything (a scenario without an expectation can \
+                    never fail): give one of expect, expect_events, expect_no_events, \
+                    expect_webhooks, expect_webhook_count, expect_relay, expect_reader, \
+                    expect_session"
+                .into(),
+        );
     }
     Ok(s)
 }
@@ -435,11 +529,76 @@ mod tests {
             ("soon", "invalid duration"),
             ("0s", "greater than zero"),
         ] {
-            let e = err(&format!("settings = {{ ttl = \"{ttl}\" }}\n[[steps]]\n"));
+            let e = err(&format!("settings = {{ ttl = \"{ttl}\" }}\n{CHECK}"));
             assert!(e.contains("settings.ttl") && e.contains(what), "{ttl}: {e}");
         }
+        parse(&format!("{HEAD}settings = {{ ttl = \"100y\" }}\n{CHECK}")).unwrap();
+    }
+
+    /// A step expecting something, for tests about other keys.
+    const CHECK: &str = "[[steps]]\nexpect_no_events = [\"SessionFailed\"]\n";
+
+    /// What could never fail, or never be seen, is refused when the file is read, by key: no
+    /// step, no expectation in any step, an empty `mode`, a quality or threshold outside 0–1,
+    /// a webhook attempt the schedule never makes. Steps out of time order (or before the
+    /// start) and a bad expected `at` name their step and key (they were runtime errors
+    /// naming "step N" only, or "before the previous step" for a step before the start).
+    #[test]
+    fn what_could_never_fail_is_refused_by_key() {
+        for (body, want) in [
+            ("steps = []\n", "steps: a scenario needs at least one step"),
+            (
+                "[[steps]]\nat = \"+1s\"\n[[steps]]\nmode = { lockdown = true }\n",
+                "steps: no step expects anything",
+            ),
+            (
+                "[[steps]]\nmode = {}\n",
+                "steps[0].mode: give `lockdown` or `emergency`",
+            ),
+            (
+                "[[steps]]\ncapture = { reader = \"r\", palm = \"p\", quality = 7.5 }\n",
+                "steps[0].capture.quality: 7.5 is outside 0–1",
+            ),
+            (
+                "settings = { threshold = 2.5 }\n",
+                "settings.threshold: 2.5 is outside 0–1",
+            ),
+            (
+                "[[steps]]\nexpect_webhooks = [{ partner = \"a\", event = \"ping\", attempt = 9 }]\n",
+                "steps[0].expect_webhooks[0].attempt: 9 is no attempt (they are 1–5)",
+            ),
+            (
+                "[[steps]]\nexpect_webhooks = [{ partner = \"a\", event = \"ping\", at = \"yesterday\" }]\n",
+                "steps[0].expect_webhooks[0].at: \"yesterday\" is neither",
+            ),
+            (
+                "[[steps]]\nat = \"+10s\"\n[[steps]]\nat = \"+5s\"\n",
+                "steps[1].at: \"+5s\" is before steps[0].at",
+            ),
+            (
+                "[[steps]]\nat = \"2026-03-02T03:00:00Z\"\n",
+                "steps[0].at: \"2026-03-02T03:00:00Z\" is before the scenario's start",
+            ),
+        ] {
+            let text = if body.starts_with("steps = []") {
+                format!("{HEAD}{body}")
+            } else {
+                format!("{HEAD}{body}{CHECK}")
+            };
+            let text = if body.starts_with("[[steps]]\nat = \"+1s\"") {
+                format!("{HEAD}{body}")
+            } else {
+                text
+            };
+            let e = parse(&text).map(|_| ()).unwrap_err();
+            assert!(e.starts_with(want), "{body}: {e}");
+        }
+        // The same keys in range parse.
         parse(&format!(
-            "{HEAD}settings = {{ ttl = \"100y\" }}\n[[steps]]\n"
+            "{HEAD}settings = {{ threshold = 0.9 }}\n[[steps]]\nat = \"+5s\"\nmode = {{ emergency = false }}\n\
+             capture = {{ reader = \"r\", palm = \"p\", quality = 1.0 }}\n\
+             [[steps]]\nat = \"2026-03-02T04:00:10Z\"\n\
+             expect_webhooks = [{{ partner = \"a\", event = \"ping\", attempt = 5, at = \"+1m\" }}]\n"
         ))
         .unwrap();
     }
