@@ -98,6 +98,11 @@ enum AuditCmd {
     Verify {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// A head kept elsewhere, `POSITION:HASH` as an earlier verify printed it: the log
+        /// must still hold that hash at that position (a re-sealed chain with its saved head
+        /// rewritten, or a cut tail, no longer does). Repeatable.
+        #[arg(long, value_name = "POSITION:HASH")]
+        expect_head: Vec<String>,
     },
     /// Who went through which door, when, and why (door decisions).
     Export {
@@ -119,8 +124,10 @@ enum AuditCmd {
         /// The candidate site policy (TOML).
         #[arg(long)]
         policy: PathBuf,
+        /// From this instant (RFC 3339), inclusive.
         #[arg(long)]
         from: Option<String>,
+        /// Until this instant (RFC 3339), exclusive.
         #[arg(long)]
         to: Option<String>,
     },
@@ -687,6 +694,25 @@ fn arm_link(link: &str, reader: &str) -> Option<reqwest::Url> {
     Some(url)
 }
 
+/// One end of an audit range (`--from`, `--to`).
+type Bound = Option<chrono::DateTime<chrono::Utc>>;
+
+/// `--from` and `--to`: each an RFC 3339 instant if given, `from` not after `to` (an empty
+/// range answered nothing and exit 0, as if nobody had gone through).
+fn range(from: Option<String>, to: Option<String>) -> anyhow::Result<(Bound, Bound)> {
+    let (f, t) = (instant(from, "from")?, instant(to, "to")?);
+    if let (Some(a), Some(b)) = (f, t)
+        && a > b
+    {
+        bail!(
+            "--from {} is after --to {}: the range is empty (--from is inclusive, --to exclusive)",
+            a.to_rfc3339(),
+            b.to_rfc3339()
+        );
+    }
+    Ok((f, t))
+}
+
 fn instant(s: Option<String>, what: &str) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
     s.map(|s| {
         chrono::DateTime::parse_from_rfc3339(&s)
@@ -738,9 +764,20 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<()> {
 fn audit(action: AuditCmd) -> anyhow::Result<()> {
     use palmgate::replay::audit;
     match action {
-        AuditCmd::Verify { config } => {
+        AuditCmd::Verify {
+            config,
+            expect_head,
+        } => {
+            let heads = expect_head
+                .iter()
+                .map(|h| audit::parse_head(h))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
             let store = open_log(config.as_deref())?;
-            let report = audit::verify(&*store)?;
+            let mut report = audit::verify(&*store)?;
+            for head in heads {
+                audit::check_expected_head(&*store, &mut report, head)?;
+            }
             // Not the log's: the file the next start (or SIGHUP) activates. Said, not failed on.
             let site = Config::load_with_process_env(config.as_deref())?;
             for p in palmgate::app::site_file_problems(&site, chrono::Utc::now()) {
@@ -755,8 +792,9 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             if let Some((position, hash)) = &report.head {
                 // What the chain cannot show by itself: events cut off the end.
                 println!(
-                    "head: position {position}, hash {hash} (kept elsewhere, it shows a later log \
-                     that no longer reaches it)"
+                    "head: position {position}, hash {hash} (keep it elsewhere: a later `audit \
+                     verify --expect-head {position}:{hash}` fails on a log that no longer holds \
+                     it)"
                 );
             }
             println!(
@@ -779,13 +817,9 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             to,
             format,
         } => {
+            let (from, to) = range(from, to)?;
             let store = open_log(config.as_deref())?;
-            let text = audit::export(
-                &*store,
-                instant(from, "from")?,
-                instant(to, "to")?,
-                format == "csv",
-            )?;
+            let text = audit::export(&*store, from, to, format == "csv")?;
             std::io::stdout().lock().write_all(text.as_bytes())?;
         }
         AuditCmd::WhatIf {
@@ -806,13 +840,9 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
                         .join("\n")
                 )
             })?;
+            let (from, to) = range(from, to)?;
             let store = open_log(config.as_deref())?;
-            let found = audit::what_if(
-                &*store,
-                &candidate,
-                instant(from, "from")?,
-                instant(to, "to")?,
-            )?;
+            let found = audit::what_if(&*store, &candidate, from, to)?;
             for c in &found.changed {
                 let now = c.now_text();
                 println!("{}  now: {now}", c.row);

@@ -216,16 +216,56 @@ fn check_saved_head(
             return Ok(());
         }
     };
-    let (position, hash) = saved;
-    let at = store.read_raw(position - 1, 1)?;
+    check_head(
+        store,
+        report,
+        saved,
+        "it saved its head",
+        "the log saved its head",
+    )
+}
+
+/// Checks a head kept outside the log (`audit verify --expect-head POS:HASH`: one printed by
+/// an earlier verify, or taken from another gateway) against the log just verified. It is
+/// what the chain and the saved head cannot show: a forger who re-sealed the chain and
+/// rewrote the saved head too (a person swapped in a grant, a decision removed and the rest
+/// renumbered) or cut the tail after the last save leaves a log that no longer holds that
+/// hash at that position.
+pub fn check_expected_head(
+    store: &dyn EventStore,
+    report: &mut Report,
+    head: (u64, [u8; 32]),
+) -> Result<(), crate::store::StoreError> {
+    check_head(
+        store,
+        report,
+        head,
+        "the head kept elsewhere (--expect-head) is",
+        "the head kept elsewhere (--expect-head) is here",
+    )
+}
+
+/// `head` must be in the log: an event at its position with its hash. `ends` and `here` word
+/// the two findings for whose head it is.
+fn check_head(
+    store: &dyn EventStore,
+    report: &mut Report,
+    (position, hash): (u64, [u8; 32]),
+    ends: &str,
+    here: &str,
+) -> Result<(), crate::store::StoreError> {
+    let at = match position {
+        0 => Vec::new(),
+        p => store.read_raw(p - 1, 1)?,
+    };
     match at.first().filter(|e| e.position == position) {
         None => {
             let last = report.head.as_ref().map_or(0, |(p, _)| *p);
             report.findings.push(Finding {
                 position: last + 1,
                 problem: format!(
-                    "the log ends at position {last}, but it saved its head at position \
-                     {position} (hash {}): events {}..={position} at least were removed",
+                    "the log ends at position {last}, but {ends} at position {position} (hash \
+                     {}): events {}..={position} at least were removed",
                     hex::encode(hash),
                     last + 1
                 ),
@@ -234,8 +274,8 @@ fn check_saved_head(
         Some(e) if e.hash != hash => report.findings.push(Finding {
             position,
             problem: format!(
-                "the log saved its head here with hash {}, but this event's hash is {}: \
-                 rewritten, and the chain re-sealed after it",
+                "{here} with hash {}, but this event's hash is {}: rewritten, and the chain \
+                 re-sealed after it",
                 hex::encode(hash),
                 hex::encode(e.hash)
             ),
@@ -243,6 +283,25 @@ fn check_saved_head(
         Some(_) => {}
     }
     Ok(())
+}
+
+/// `POS:HASH` as `audit verify` prints a head (`head: position POS, hash HASH`), for
+/// `--expect-head`.
+pub fn parse_head(text: &str) -> Result<(u64, [u8; 32]), String> {
+    let bad = || {
+        format!(
+            "--expect-head {text:?}: give POSITION:HASH as `audit verify` prints them (e.g. \
+             1042:3f9a…, the hash as 64 hex digits)"
+        )
+    };
+    let (p, h) = text.trim().split_once(':').ok_or_else(bad)?;
+    let position: u64 = p.trim().parse().map_err(|_| bad())?;
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(h.trim(), &mut hash).map_err(|_| bad())?;
+    if position == 0 {
+        return Err(format!("--expect-head {text:?}: positions start at 1"));
+    }
+    Ok((position, hash))
 }
 
 /// [`verify`] with pages of `page` events read by `decoders` threads; `decoders = 0` does

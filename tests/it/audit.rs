@@ -2214,3 +2214,94 @@ async fn a_tail_cut_off_the_log_is_caught_by_the_head_it_saved() {
         r.findings
     );
 }
+
+/// What a forger with write access can make consistent (here a capture's quality rewritten in
+/// a grant, the chain and the saved head re-sealed; then the tail cut and the saved head moved
+/// back with it) passes `verify` alone, as the README says; the head printed by an earlier
+/// verify and given back with `--expect-head` catches both. The untouched log passes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_kept_elsewhere_catches_a_resealed_rewrite_and_a_cut_tail() {
+    let log = make_log().await;
+    let db = log.db();
+    let before = audit::verify(&store(&db)).unwrap();
+    assert!(before.ok(), "{:?}", before.findings);
+    let (last, hash) = before.head.clone().unwrap();
+    let kept = audit::parse_head(&format!("{last}:{hash}")).unwrap();
+    let mut r = audit::verify(&store(&db)).unwrap();
+    audit::check_expected_head(&store(&db), &mut r, kept).unwrap();
+    assert!(
+        r.ok(),
+        "the untouched log holds its own head: {:?}",
+        r.findings
+    );
+
+    // A grant's capture quality rewritten: consistent, so verify alone passes.
+    let (pos, data) = decided_rows(&db)[0].clone();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    v["quality"] = json!(0.99);
+    forge(&db, pos, &serde_json::to_string(&v).unwrap());
+    let mut r = audit::verify(&store(&db)).unwrap();
+    assert!(
+        r.ok(),
+        "a consistent rewrite passes alone: {:?}",
+        r.findings
+    );
+    audit::check_expected_head(&store(&db), &mut r, kept).unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].position, last);
+    assert!(
+        r.findings[0]
+            .problem
+            .contains("the head kept elsewhere (--expect-head) is here with hash")
+            && r.findings[0].problem.contains("rewritten"),
+        "{:?}",
+        r.findings
+    );
+
+    // The last event cut off, and the saved head moved back to the new end.
+    let c = Connection::open(&db).unwrap();
+    c.execute("DELETE FROM events WHERE position = ?1", [last as i64])
+        .unwrap();
+    c.execute(
+        "UPDATE store_heads SET position = ?1, hash = (SELECT hash FROM events WHERE position = ?1)",
+        [last as i64 - 1],
+    )
+    .unwrap();
+    let mut r = audit::verify(&store(&db)).unwrap();
+    assert!(
+        r.ok(),
+        "a cut tail with its saved head moved passes alone: {:?}",
+        r.findings
+    );
+    audit::check_expected_head(&store(&db), &mut r, kept).unwrap();
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert!(
+        r.findings[0].problem.contains(&format!(
+            "the log ends at position {}, but the head kept elsewhere (--expect-head) is at \
+             position {last}",
+            last - 1
+        )),
+        "{:?}",
+        r.findings
+    );
+}
+
+/// `--expect-head` takes the head as `verify` prints it, and refuses anything else by name.
+#[test]
+fn an_expected_head_is_parsed_as_verify_prints_it() {
+    let hash = "ab".repeat(32);
+    assert_eq!(
+        audit::parse_head(&format!("42:{hash}")).unwrap(),
+        (42, [0xab; 32])
+    );
+    for bad in [
+        "42",
+        "x:ab",
+        &format!("42:{}", &hash[..62]),
+        "42:zz",
+        &format!("0:{hash}"),
+    ] {
+        let e = audit::parse_head(bad).unwrap_err();
+        assert!(e.starts_with("--expect-head "), "{bad}: {e}");
+    }
+}

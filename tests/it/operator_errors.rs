@@ -856,3 +856,79 @@ async fn a_lost_key_store_names_a_few_unopened_templates_and_counts_the_rest() {
         "the refused start left the key store it created"
     );
 }
+
+/// `audit verify --expect-head` on the command line: the head a verify printed passes, the
+/// same position with another hash fails (exit 1, naming it), and a head that is no
+/// `POSITION:HASH` is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_checks_a_head_kept_elsewhere() {
+    let (s, _) = enrolled_and_stopped().await;
+    let log = s.store_path();
+    let (ok, out, err) = audit(&s, &["verify"], &log);
+    assert!(ok, "{out}{err}");
+    let head = out
+        .lines()
+        .find_map(|l| l.strip_prefix("head: position "))
+        .unwrap_or_else(|| panic!("no head in {out}"));
+    let (position, rest) = head.split_once(", hash ").unwrap();
+    let hash = &rest[..64];
+    assert!(
+        out.contains(&format!("--expect-head {position}:{hash}")),
+        "{out}"
+    );
+    let kept = format!("{position}:{hash}");
+    let (ok, out, err) = audit(&s, &["verify", "--expect-head", &kept], &log);
+    assert!(ok, "{out}{err}");
+    let other = format!("{position}:{}", "0".repeat(64));
+    let (ok, out, _) = audit(&s, &["verify", "--expect-head", &other], &log);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "position {position}: the head kept elsewhere (--expect-head) is here with hash {}",
+            "0".repeat(64)
+        )),
+        "{out}"
+    );
+    let (ok, out, err) = audit(&s, &["verify", "--expect-head", "latest"], &log);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("--expect-head \"latest\": give POSITION:HASH"),
+        "{err}"
+    );
+}
+
+/// `audit export` and `what-if` with `--from` after `--to` are refused, naming both (an empty
+/// answer and exit 0 read as "nobody went through").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_range_that_ends_before_it_starts_is_refused() {
+    let (s, _) = enrolled_and_stopped().await;
+    let log = s.store_path();
+    let policy = s.dir().join("candidate.toml");
+    std::fs::write(&policy, include_str!("../../config/site.toml")).unwrap();
+    let policy = policy.display().to_string();
+    let range = [
+        "--from",
+        "2026-11-29T00:00:00Z",
+        "--to",
+        "2026-11-28T00:00:00Z",
+    ];
+    for action in [&["export"][..], &["what-if", "--policy", &policy][..]] {
+        let args: Vec<&str> = action.iter().chain(range.iter()).copied().collect();
+        let (ok, out, err) = audit(&s, &args, &log);
+        assert!(!ok, "{action:?}: {out}");
+        assert!(
+            err.contains(
+                "--from 2026-11-29T00:00:00+00:00 is after --to 2026-11-28T00:00:00+00:00"
+            ),
+            "{action:?}: {err}"
+        );
+        // The same range the right way round answers.
+        let args: Vec<&str> = action
+            .iter()
+            .chain(["--from", range[3], "--to", range[1]].iter())
+            .copied()
+            .collect();
+        let (ok, out, err) = audit(&s, &args, &log);
+        assert!(ok, "{action:?}: {out}{err}");
+    }
+}
