@@ -307,7 +307,14 @@ impl Config {
             .map_err(|e| {
                 let mut key = e.path().to_string();
                 let mut item = array_item(&merged, &key);
-                let mut reason = e.into_inner().to_string();
+                // toml's message ends with "\nin `key`": the key is named before it already.
+                let full = e.into_inner().to_string();
+                let mut reason = full
+                    .split("\nin `")
+                    .next()
+                    .unwrap_or(&full)
+                    .trim_end()
+                    .to_string();
                 // A section given as something else (`http = 5`, or `[[http]]`, an array of
                 // tables, which serde would otherwise read as the struct's fields in order).
                 if let Some(section) = misplaced_section(&merged, &key) {

@@ -235,6 +235,17 @@ pub fn prepare_data_dir(data: Option<PathBuf>, tmp: &Path) -> Result<PathBuf, De
     }
 }
 
+/// Removes a directory and everything in it when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove the demo's data");
+        }
+    }
+}
+
 /// Writes the demo site's policy to `<data>/site.toml` (mode 0600), replacing the file of an
 /// earlier run, but never through a symbolic link (`O_NOFOLLOW`): one planted there would
 /// have the demo overwrite the file it points to.
@@ -264,7 +275,11 @@ pub async fn run(
     on_started: impl FnOnce(&Started),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
+    let temporary = data.is_none();
     let data = prepare_data_dir(data, &std::env::temp_dir())?;
+    // A directory of our own making (no --data) goes when the demo stops, however it stops: it
+    // holds a master key and people's (synthetic) templates nobody asked to keep.
+    let _remove = temporary.then(|| RemoveDir(data.clone()));
     let board = SimBoard::start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .map_err(DemoError::Board)?;
@@ -517,8 +532,21 @@ fn routes(demo: Arc<Demo>) -> Router {
     Router::new()
         .route("/admin/v1/demo/people", get(people))
         .route("/admin/v1/demo/scan", post(scan))
-        .route("/demo/receiver", post(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/demo/receiver",
+            post(|| async { StatusCode::NO_CONTENT }).get(receiver_page),
+        )
         .with_state(demo)
+}
+
+/// `GET /demo/receiver`: the demo prints this link, so a browser opening it is told what it is
+/// (a bare 405 showed a blank page).
+async fn receiver_page() -> Json<Value> {
+    Json(serde_json::json!({
+        "message": "the demo's webhook test receiver: set this URL as a webhook (partner \
+                    dashboard or PUT /v1/webhook); it answers every POST with 204, and the \
+                    deliveries show in the partner dashboard"
+    }))
 }
 
 /// The admin check of the product's own API, for the demo's routes.

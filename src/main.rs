@@ -384,8 +384,14 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    if app.activate_site_file("sighup").await.is_ok() {
-                        tracing::info!("site policy reloaded");
+                    match app.activate_site_file("sighup").await {
+                        Ok(true) => tracing::info!("site policy reloaded"),
+                        Ok(false) => tracing::warn!(
+                            "SIGHUP: no site file to reload (`site` is not set); the policy in \
+                             force, if any, stays"
+                        ),
+                        // Logged where it was found.
+                        Err(_) => {}
                     }
                 }
             });
@@ -411,6 +417,7 @@ async fn demo(
     }
     init_logging(config.log.format);
     forbid_core_dumps();
+    let temporary = data.is_none();
     palmgate::demo::run(
         config,
         data,
@@ -430,13 +437,14 @@ async fn demo(
                  \n  Webhook test receiver: {url}/demo/receiver\n\
                  \n  Simulated readers: {readers}, enrollment desk {desk} (MQTT {mqtt})\n\
                  \n  Try: open the operator dashboard, sign in with the token, and scan daniyar at the server room.\n\
-                 \n  Data: {data} — Ctrl-C stops the demo.",
+                 \n  Data: {data}{removed} — Ctrl-C stops the demo.",
                 url = s.url,
                 token = s.admin_token,
                 readers = palmgate::demo::DOOR_READERS.join(", "),
                 desk = palmgate::demo::DESK_READER,
                 mqtt = palmgate::config::redact_url(&s.mqtt),
                 data = s.data.display(),
+                removed = if temporary { " (removed when the demo stops; --data DIR keeps it)" } else { "" },
             );
             std::io::stdout().flush().ok();
         },
@@ -741,7 +749,18 @@ fn open_log(
 }
 
 fn check(file: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load_with_process_env(file.as_deref())?;
+    let name = file
+        .as_ref()
+        .map_or("the embedded defaults".into(), |f| f.display().to_string());
+    // Loading stops at the first wrong key: it is the one error said.
+    let config = match Config::load_with_process_env(file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("error: {e}");
+            println!("{name}: 1 error(s) (the first wrong key; fix it and check again)");
+            return Err(Failed("config check failed".into()).into());
+        }
+    };
     let found = palmgate::app::check_config(&config, chrono::Utc::now());
     for w in &found.warnings {
         println!("warning: {w}");
@@ -752,7 +771,6 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(site) = &found.site {
         println!("{site}");
     }
-    let name = file.map_or("the embedded defaults".into(), |f| f.display().to_string());
     if !found.errors.is_empty() {
         println!("{name}: {} error(s)", found.errors.len());
         return Err(Failed("config check failed".into()).into());

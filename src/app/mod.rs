@@ -669,11 +669,15 @@ impl App {
     }
 
     /// Activates the configured site file (SIGHUP: the operator asks for it). An unreadable or
-    /// invalid file is reported and the policy in force stays. Returns the errors, if any.
-    pub async fn activate_site_file(&self, source: &str) -> Result<(), String> {
+    /// invalid file is reported and the policy in force stays. Returns whether a file was
+    /// activated (`false`: `site` is not set), or the errors.
+    pub async fn activate_site_file(&self, source: &str) -> Result<bool, String> {
         match self.read_site_file()? {
-            Some(document) => self.activate_site_document(document, source).await,
-            None => Ok(()),
+            Some(document) => self
+                .activate_site_document(document, source)
+                .await
+                .map(|()| true),
+            None => Ok(false),
         }
     }
 

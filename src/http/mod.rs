@@ -175,6 +175,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // The gateway's own address, typed into a browser (the demo prints it first): the
+        // operator dashboard, not a 404.
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/admin") }),
+        )
         .fallback(not_found)
         // Outside /v1 (where a wrong method is an unknown route, 404): 405 with `Allow`, as JSON.
         .method_not_allowed_fallback(method_not_allowed)

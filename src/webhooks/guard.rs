@@ -12,7 +12,8 @@ use std::sync::Arc;
 /// The one answer for a webhook host name that is refused, whether it does not resolve or
 /// resolves to an address the guard refuses.
 pub const NAME_REFUSED: &str = "url must resolve to a public address; list its network in \
-     webhooks.allow_networks to allow a private one";
+     webhooks.allow_networks to allow a private one (a name that does not resolve from the \
+     gateway is refused the same way)";
 
 #[derive(Clone, Debug, Default)]
 pub struct Guard {

@@ -625,6 +625,28 @@ async fn demo_runs_a_site_with_people_doors_and_a_virtual_reader() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+    // The address the demo prints first leads to the operator dashboard.
+    let r = no_redirects()
+        .get(format!("{}/", demo.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/admin");
+    // Opened in a browser (the demo prints the link), it says what it is.
+    let r = http
+        .get(format!("{}/demo/receiver", demo.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("the demo's webhook test receiver")),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -1374,4 +1396,48 @@ async fn every_key_the_dashboard_scripts_use_is_in_every_catalog() {
         ru["error.conflict.already_enrolled"],
         "Пользователь с этим внешним ID уже зарегистрирован."
     );
+}
+
+/// Without `--data`, the demo's directory (its log, master key and people's templates) is a
+/// new temporary one, said so when it starts, and removed when it stops (it was left in the
+/// temporary directory, master key included).
+#[test]
+fn the_demo_removes_its_temporary_data_when_it_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palmgate"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PALMGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("TMPDIR", tmp.path())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut data = None;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if let Some(rest) = line.trim().strip_prefix("Data: ") {
+            assert!(
+                rest.contains("(removed when the demo stops; --data DIR keeps it)"),
+                "{line}"
+            );
+            data = Some(std::path::PathBuf::from(rest.split(" (").next().unwrap()));
+            break;
+        }
+    }
+    let data = data.expect("the demo names its data directory");
+    assert!(data.starts_with(tmp.path()), "{}", data.display());
+    assert!(data.join("master.key").exists());
+    // SAFETY: kill(2) only reads its integer arguments; the pid is our own child's.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!data.exists(), "{} is still there", data.display());
 }

@@ -281,6 +281,15 @@ listen = "127.0.0.1:0"
         }
     }
 
+    /// Sends `signal` to the running server (SIGHUP: `systemctl reload`).
+    pub fn signal(&self, signal: i32) {
+        let c = self.child.as_ref().expect("server running");
+        // SAFETY: kill(2) only reads its integer arguments; the pid is our own child's.
+        unsafe {
+            libc::kill(c.id() as i32, signal);
+        }
+    }
+
     /// SIGTERM, as systemd stops the service: waits up to 15 s for the process to exit and
     /// returns its exit status (SIGKILL after that).
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {

@@ -164,6 +164,26 @@ async fn links_to_every_address_are_warned_about_at_start_up() {
     }
 }
 
+/// SIGHUP with no site file set says there is nothing to reload (it logged "site policy
+/// reloaded" although nothing was read).
+#[tokio::test]
+async fn sighup_without_a_site_file_says_there_is_nothing_to_reload() {
+    let mut s = TestServer::prepare(Options::default());
+    s.launch().await;
+    log_until_serving(&s).await;
+    s.signal(libc::SIGHUP);
+    let log = crate::fixtures::poll("the SIGHUP's log line", Duration::from_secs(10), || {
+        let log = s.stderr_log();
+        async move { log.contains("SIGHUP").then_some(log) }
+    })
+    .await;
+    assert!(
+        log.contains("SIGHUP: no site file to reload (`site` is not set)")
+            && !log.contains("site policy reloaded"),
+        "{log}"
+    );
+}
+
 /// A new site whose site file cannot be activated (here a time zone typo, then a missing
 /// file) does not start: with no policy in force it would run, and report ready, with no doors.
 /// With the file fixed it starts; a broken file later keeps the policy in force, as before.
@@ -259,6 +279,17 @@ async fn check_names_a_broken_site_file_and_audit_verify_warns_of_it() {
         out.contains("warning: environment variable PALMGATE_HTTP_PUBLICURL sets no config key")
             && out.contains("warning: http.public_url is not set")
             && out.contains("OK (2 warning(s))"),
+        "{out}"
+    );
+    // A wrong key: said on stdout like the others (it was only on stderr, with a stray
+    // "in `sessions.ttl`" line).
+    let (ok, out) = check(&config, &[("PALMGATE_SESSIONS_TTL", "soon")]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.starts_with(
+            "error: config key `sessions.ttl` (from environment variable PALMGATE_SESSIONS_TTL)"
+        ) && out.contains(": 1 error(s)")
+            && !out.contains("in `"),
         "{out}"
     );
     std::fs::write(&site, good.replace("Asia/Almaty", "Asia/Almatyy")).unwrap();

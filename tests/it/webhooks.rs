@@ -2128,7 +2128,8 @@ async fn webhook_urls_into_private_networks_are_refused_and_redirects_not_follow
     assert_eq!(
         refusals[0],
         "url must resolve to a public address; list its network in webhooks.allow_networks \
-         to allow a private one"
+         to allow a private one (a name that does not resolve from the gateway is refused the \
+         same way)"
     );
     let (code, v) = gate
         .send(
