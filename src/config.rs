@@ -125,10 +125,30 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedMqtt {
     pub listen: SocketAddr,
-    /// Let the built-in broker (no authentication, no TLS) listen beyond loopback: for a closed
+    /// Let the built-in broker (no TLS, no topic rules) listen beyond loopback: for a closed
     /// lab network only. Readers on a real LAN go through Mosquitto (deploy/README.md).
     #[serde(default)]
     pub allow_network: bool,
+    /// The password every client of the built-in broker must give (any user name); empty:
+    /// none.
+    #[serde(default)]
+    pub password: String,
+}
+
+impl EmbeddedMqtt {
+    /// The URL of the built-in broker on `addr` for a client named `user`: with the password
+    /// (percent-encoded) when one is set.
+    pub fn url(&self, addr: SocketAddr, user: &str) -> String {
+        if self.password.is_empty() {
+            return format!("mqtt://{addr}");
+        }
+        use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+        format!(
+            "mqtt://{}:{}@{addr}",
+            utf8_percent_encode(user, NON_ALPHANUMERIC),
+            utf8_percent_encode(&self.password, NON_ALPHANUMERIC)
+        )
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -162,6 +162,10 @@ pub struct Started {
     pub api_key: Option<String>,
     pub data: PathBuf,
     pub mqtt: String,
+    /// The broker URL to show: with the demo's own broker, whole (its password is the demo's,
+    /// shown like its admin token, so `palmgate reader simulate --broker` can use it); an
+    /// external broker's with its password hidden.
+    pub mqtt_shown: String,
 }
 
 /// The demo's shared state behind its routes.
@@ -180,6 +184,11 @@ pub fn configure(mut config: Config, data: &Path, site: &Path) -> Config {
     if config.mqtt.url.is_none() && config.mqtt.embedded.listen.port() == 1883 {
         // A local Mosquitto often holds 1883; the demo's readers are in-process anyway.
         config.mqtt.embedded.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    }
+    if config.mqtt.url.is_none() && config.mqtt.embedded.password.is_empty() {
+        // Other processes of this machine do not act as the demo's readers without it.
+        config.mqtt.embedded.password =
+            hex::encode(crate::app::clock::Rng::bytes16(&crate::app::clock::OsRng));
     }
     let loopback: ipnet::IpNet = "127.0.0.0/8".parse().expect("valid network");
     if !config.webhooks.allow_networks.contains(&loopback) {
@@ -293,6 +302,7 @@ pub async fn run(
     } else {
         config.admin.token.clone()
     };
+    let own_broker = config.mqtt.url.is_none();
     let server = crate::app::start(config).await?;
     let app = server.app.clone();
     let url = server.public_url.clone();
@@ -337,12 +347,18 @@ pub async fn run(
         _ => {}
     }
     *demo.readers.lock().await = readers;
+    let mqtt_shown = if own_broker {
+        mqtt.clone()
+    } else {
+        crate::config::redact_url(&mqtt)
+    };
     on_started(&Started {
         url,
         admin_token,
         api_key,
         data,
         mqtt,
+        mqtt_shown,
     });
     let result = serving.await;
     drop(board);

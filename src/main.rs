@@ -442,7 +442,7 @@ async fn demo(
                 token = s.admin_token,
                 readers = palmgate::demo::DOOR_READERS.join(", "),
                 desk = palmgate::demo::DESK_READER,
-                mqtt = palmgate::config::redact_url(&s.mqtt),
+                mqtt = s.mqtt_shown,
                 data = s.data.display(),
                 removed = if temporary { " (removed when the demo stops; --data DIR keeps it)" } else { "" },
             );
@@ -627,9 +627,12 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
     );
     let config = Config::load_with_process_env(config.as_deref())?;
     let sim_reader = reader.clone();
-    let mqtt_url = mqtt
-        .or_else(|| config.mqtt.url.clone())
-        .unwrap_or_else(|| format!("mqtt://{}", config.mqtt.embedded.listen));
+    let mqtt_url = mqtt.or_else(|| config.mqtt.url.clone()).unwrap_or_else(|| {
+        config
+            .mqtt
+            .embedded
+            .url(config.mqtt.embedded.listen, "reader")
+    });
     let seed = seed.unwrap_or_else(|| {
         let mut b = [0u8; 8];
         getrandom::fill(&mut b).ok();

@@ -787,6 +787,20 @@ fn config_warnings(config: &Config) -> Vec<String> {
             config.sessions.ttl
         ));
     }
+    if config.mqtt.url.is_none() && config.mqtt.embedded.password.is_empty() {
+        out.push(format!(
+            "mqtt.embedded.password is not set: any process that reaches the built-in broker \
+             ({}) can act as any reader (replay a capture at a door, complete a session) and \
+             read the captures readers send; set PALMGATE_MQTT_EMBEDDED_PASSWORD and give it \
+             to the readers, or use Mosquitto with per-reader credentials (mqtt.url)",
+            config.mqtt.embedded.listen
+        ));
+    } else if config.mqtt.url.is_none() && config.mqtt.embedded.password.chars().count() < 16 {
+        out.push(format!(
+            "mqtt.embedded.password has {} characters: use 32 random characters or more",
+            config.mqtt.embedded.password.chars().count()
+        ));
+    }
     if !config.admin.token.is_empty() && config.admin.token.chars().count() < 16 {
         out.push(format!(
             "admin.token has {} characters: anyone who guesses it runs the site (partners, \
@@ -978,10 +992,13 @@ pub async fn start_with(
     let mqtt = match &config.mqtt.url {
         Some(url) => url.clone(),
         None => {
-            let listen = crate::mqtt::broker::start_embedded(config.mqtt.embedded.listen)
-                .map_err(|e| StartError::Mqtt(format!("config key `mqtt.embedded.listen`: {e}")))?;
+            let listen = crate::mqtt::broker::start_embedded(
+                config.mqtt.embedded.listen,
+                &config.mqtt.embedded.password,
+            )
+            .map_err(|e| StartError::Mqtt(format!("config key `mqtt.embedded.listen`: {e}")))?;
             config.mqtt.embedded.listen = listen;
-            format!("mqtt://{listen}")
+            config.mqtt.embedded.url(listen, "palmgate")
         }
     };
     let store = open_store(&config.store)?;

@@ -35,7 +35,9 @@ pub struct BrokerError {
 }
 
 /// Starts the broker on `listen` (port 0: a free port is chosen) and returns its address.
-pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
+/// With a `password` (non-empty), a client must give it in its CONNECT (any user name): one
+/// without it, or with another, is disconnected before its session starts.
+pub fn start_embedded(listen: SocketAddr, password: &str) -> Result<SocketAddr, BrokerError> {
     let err = |reason: String| BrokerError {
         addr: listen,
         reason,
@@ -44,7 +46,7 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
     let probe = TcpListener::bind(listen).map_err(|e| err(e.to_string()))?;
     let addr = probe.local_addr().map_err(|e| err(e.to_string()))?;
     drop(probe);
-    let server = ServerSettings {
+    let mut server = ServerSettings {
         name: "palmgate-v4".into(),
         listen: addr,
         tls: None,
@@ -58,6 +60,22 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
             dynamic_filters: true,
         },
     };
+    let password: Arc<str> = password.into();
+    if !password.is_empty() {
+        let expected = password.clone();
+        server.set_auth_handler(move |client_id: String, _user: String, given: String| {
+            use subtle::ConstantTimeEq;
+            let ok: bool = given.as_bytes().ct_eq(expected.as_bytes()).into();
+            if !ok {
+                metrics::counter!("palmgate_mqtt_embedded_logins_refused_total").increment(1);
+                tracing::warn!(
+                    client_id = %client_id.escape_debug(),
+                    "embedded MQTT broker: a client gave no password or a wrong one; refused"
+                );
+            }
+            std::future::ready(ok)
+        });
+    }
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -89,9 +107,15 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         .map_err(|e| err(e.to_string()))?;
     // Wait until it accepts MQTT sessions.
     for _ in 0..100 {
-        if mqtt_handshake(addr, b"palmgate-start-probe", Duration::from_millis(500)).is_ok() {
+        let probe = mqtt_handshake(
+            addr,
+            b"palmgate-start-probe",
+            &password,
+            Duration::from_millis(500),
+        );
+        if probe.is_ok() {
             tracing::info!(%addr, "embedded MQTT broker listening");
-            watch(addr, PROBE_EVERY).map_err(|e| err(e.to_string()))?;
+            watch(addr, password.clone(), PROBE_EVERY).map_err(|e| err(e.to_string()))?;
             return Ok(addr);
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -106,7 +130,7 @@ static LIVE: Mutex<Vec<(SocketAddr, Arc<AtomicBool>)>> = Mutex::new(Vec::new());
 /// Probes the broker on `addr` every `every` on a thread of its own (for the life of the
 /// process, like the broker): a failed probe logs one ERROR per outage and makes [`unready`]
 /// name the broker until a probe succeeds again.
-pub fn watch(addr: SocketAddr, every: Duration) -> std::io::Result<()> {
+pub fn watch(addr: SocketAddr, password: Arc<str>, every: Duration) -> std::io::Result<()> {
     let live = Arc::new(AtomicBool::new(true));
     LIVE.lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -116,7 +140,8 @@ pub fn watch(addr: SocketAddr, every: Duration) -> std::io::Result<()> {
         .spawn(move || {
             loop {
                 std::thread::sleep(every);
-                let probe = mqtt_handshake(addr, b"palmgate-liveness-probe", PROBE_TIMEOUT);
+                let probe =
+                    mqtt_handshake(addr, b"palmgate-liveness-probe", &password, PROBE_TIMEOUT);
                 let was = live.swap(probe.is_ok(), Ordering::Relaxed);
                 match probe {
                     Err(e) if was => {
@@ -151,10 +176,16 @@ pub fn unready(mqtt: &crate::config::MqttConfig) -> Option<String> {
     down.then(|| format!("the embedded MQTT broker on {addr} does not accept MQTT sessions"))
 }
 
-/// A whole MQTT 3.1.1 session as client `id`: CONNECT, CONNACK (accepted), PINGREQ, PINGRESP,
-/// then the TCP connection is closed. rumqttd logs an ERROR for a bare TCP connect that hangs up
-/// and ("router-drop") for a DISCONNECT packet; a close after a session only an INFO.
-fn mqtt_handshake(addr: SocketAddr, id: &[u8], timeout: Duration) -> std::io::Result<()> {
+/// A whole MQTT 3.1.1 session as client `id` (with `password`, user name `palmgate`, when it
+/// is not empty): CONNECT, CONNACK (accepted), PINGREQ, PINGRESP, then the TCP connection is
+/// closed. rumqttd logs an ERROR for a bare TCP connect that hangs up and ("router-drop") for a
+/// DISCONNECT packet; a close after a session only an INFO.
+fn mqtt_handshake(
+    addr: SocketAddr,
+    id: &[u8],
+    password: &str,
+    timeout: Duration,
+) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let fail =
         |what: &str, e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"));
@@ -162,12 +193,7 @@ fn mqtt_handshake(addr: SocketAddr, id: &[u8], timeout: Duration) -> std::io::Re
         std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail("TCP connect", e))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    let mut connect = vec![0x10, (10 + 2 + id.len()) as u8];
-    // Protocol "MQTT", level 4, clean session, keep-alive 60 s, then the client id.
-    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60]);
-    connect.extend_from_slice(&[0, id.len() as u8]);
-    connect.extend_from_slice(id);
-    s.write_all(&connect)
+    s.write_all(&connect_packet(id, password))
         .map_err(|e| fail("sending CONNECT", e))?;
     let mut connack = [0u8; 4];
     s.read_exact(&mut connack)
@@ -188,6 +214,36 @@ fn mqtt_handshake(addr: SocketAddr, id: &[u8], timeout: Duration) -> std::io::Re
         )));
     }
     Ok(())
+}
+
+/// An MQTT 3.1.1 CONNECT for client `id`: clean session, keep-alive 60 s, and the user name
+/// `palmgate` with `password` when it is not empty.
+fn connect_packet(id: &[u8], password: &str) -> Vec<u8> {
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    // Protocol "MQTT", level 4, flags (clean session; user name and password), keep-alive 60.
+    let flags = if password.is_empty() { 0x02 } else { 0xC2 };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
+    field(&mut body, id);
+    if !password.is_empty() {
+        field(&mut body, b"palmgate");
+        field(&mut body, password.as_bytes());
+    }
+    // Fixed header: CONNECT, then the remaining length as MQTT's variable-length integer.
+    let mut packet = vec![0x10];
+    let mut n = body.len();
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        packet.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
 }
 
 #[cfg(test)]
@@ -233,7 +289,7 @@ mod tests {
         mqtt.url = None;
         mqtt.embedded.listen = addr;
         assert_eq!(unready(&mqtt), None, "a broker not probed yet");
-        watch(addr, Duration::from_millis(50)).expect("probe thread");
+        watch(addr, "".into(), Duration::from_millis(50)).expect("probe thread");
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(unready(&mqtt), None, "the broker answers");
 
@@ -251,5 +307,22 @@ mod tests {
 
         up.store(true, Ordering::Relaxed);
         wait_until("the broker is ready again", || unready(&mqtt).is_none());
+    }
+
+    /// With a password, the built-in broker takes only clients that give it (any user name):
+    /// none or a wrong one is disconnected before a session starts, and counted; the right one
+    /// gets a session. The CONNECT the probe writes is valid MQTT with a long password too (its
+    /// remaining length takes two bytes).
+    #[test]
+    fn a_password_keeps_out_clients_without_it() {
+        let pw = "s3cret-Pässwort-".repeat(10);
+        let addr = start_embedded("127.0.0.1:0".parse().unwrap(), &pw).expect("broker");
+        let t = Duration::from_secs(2);
+        assert!(mqtt_handshake(addr, b"no-password", "", t).is_err());
+        assert!(mqtt_handshake(addr, b"wrong", "s3cret", t).is_err());
+        mqtt_handshake(addr, b"right", &pw, t).expect("the right password gets a session");
+        // Without a password set, anyone gets one (as before).
+        let open = start_embedded("127.0.0.1:0".parse().unwrap(), "").expect("broker");
+        mqtt_handshake(open, b"anyone", "", t).expect("a session");
     }
 }

@@ -111,6 +111,84 @@ async fn the_server_and_readers_log_in_to_a_broker_without_anonymous_access() {
     let _ = broker.wait();
 }
 
+/// The built-in broker with `mqtt.embedded.password`: a reader without it, or with another,
+/// is refused (it could replay captures at doors and read everyone's); one with it (any user
+/// name) connects and the gateway, logged in with it too, sees it online; the liveness probe
+/// logs in as well (`/readyz` 200); the refusals are counted; and nothing prints the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_broker_takes_only_clients_with_its_password() {
+    let pw = "emb3dded p@ss-0123456789";
+    let mut s = TestServer::prepare(Options::default());
+    s.launch_env(&[("PALMGATE_MQTT_EMBEDDED_PASSWORD", pw)])
+        .await;
+    // Announced without the password.
+    assert!(
+        s.mqtt_url.starts_with("mqtt://palmgate:***@127.0.0.1:"),
+        "{}",
+        s.mqtt_url
+    );
+    let addr = s.mqtt_url.rsplit('@').next().unwrap().to_string();
+    let anon = SimReader::connect(reader(&format!("mqtt://{addr}"))).await;
+    assert!(anon.is_err(), "a reader without the password got in");
+    let wrong = SimReader::connect(reader(&format!("mqtt://door-7:nope@{addr}"))).await;
+    assert!(wrong.is_err(), "a wrong password got in");
+    let _r = SimReader::connect(reader(&format!(
+        "mqtt://door-7:emb3dded%20p%40ss-0123456789@{addr}"
+    )))
+    .await
+    .expect("the reader logs in with the password");
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = send(s.get("/admin/v1/readers").bearer_auth(ADMIN_TOKEN)).await;
+        let v = r.json();
+        if v.as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == "door-7" && x["online"] == true)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the server never saw the reader: {v}\n{}",
+            s.stderr_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(send(s.get("/readyz")).await.status, 200);
+    let metrics = send(s.get("/metrics").bearer_auth(ADMIN_TOKEN)).await.text;
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("palmgate_mqtt_embedded_logins_refused_total "))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 2.0, "refusals counted: {refused}\n{metrics}");
+    let log = s.stderr_log();
+    assert!(
+        !log.contains("emb3dded"),
+        "the password is in the log:\n{log}"
+    );
+    assert!(
+        !log.contains("mqtt.embedded.password is not set"),
+        "warned although set:\n{log}"
+    );
+}
+
+/// Without a password the built-in broker takes anyone, and start-up says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_warns_when_the_built_in_broker_has_no_password() {
+    let s = TestServer::start().await;
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.stderr_log().contains("mqtt.embedded.password is not set") {
+        assert!(
+            std::time::Instant::now() < end,
+            "no warning:\n{}",
+            s.stderr_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A door scan published while the gateway is stopped (SIGTERM; Mosquitto keeps running) is
 /// not decided when the gateway comes back: the persistent session's broker queues it and
 /// delivers it in the backlog, which the gateway tells apart by its mark and drops, so no

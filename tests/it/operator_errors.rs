@@ -254,7 +254,8 @@ async fn check_names_a_broken_site_file_and_audit_verify_warns_of_it() {
         dir.path().join("events.db").display().to_string()
     );
     std::fs::write(&config, &text).unwrap();
-    let (ok, out) = check(&config, &[]);
+    const PW: (&str, &str) = ("PALMGATE_MQTT_EMBEDDED_PASSWORD", "0123456789abcdef0123");
+    let (ok, out) = check(&config, &[PW]);
     assert!(ok, "{out}");
     assert!(
         out.contains("valid, 3 door(s)") && out.contains("time zone Asia/Almaty"),
@@ -272,6 +273,7 @@ async fn check_names_a_broken_site_file_and_audit_verify_warns_of_it() {
         &[
             ("PALMGATE_HTTP_LISTEN", "0.0.0.0:8080"),
             ("PALMGATE_HTTP_PUBLICURL", "https://x"),
+            PW,
         ],
     );
     assert!(ok, "{out}");
@@ -279,6 +281,14 @@ async fn check_names_a_broken_site_file_and_audit_verify_warns_of_it() {
         out.contains("warning: environment variable PALMGATE_HTTP_PUBLICURL sets no config key")
             && out.contains("warning: http.public_url is not set")
             && out.contains("OK (2 warning(s))"),
+        "{out}"
+    );
+    // The built-in broker without a password: a warning.
+    let (ok, out) = check(&config, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: mqtt.embedded.password is not set")
+            && out.contains("OK (1 warning(s))"),
         "{out}"
     );
     // A wrong key: said on stdout like the others (it was only on stderr, with a stray
