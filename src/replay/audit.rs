@@ -1279,11 +1279,19 @@ pub fn decision_row(rec: &Recorded) -> Option<Value> {
         policy,
         verdict,
         at,
+        unopenable,
         ..
     } = &rec.event
     else {
         return None;
     };
+    let passback = matches!(
+        verdict,
+        crate::core::policy::Verdict::Granted {
+            passback_violation: true,
+            ..
+        }
+    );
     Some(json!({
         "position": rec.position,
         "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -1298,6 +1306,10 @@ pub fn decision_row(rec: &Recorded) -> Option<Value> {
         "similarity": similarity,
         "threshold": judged.map(|j| j.threshold),
         "liveness": judged.map(|j| j.liveness),
+        // A grant at a door whose relay board was down: the person was told it cannot open.
+        "unopenable": unopenable,
+        // A grant under soft anti-passback whose movement repeated the last one.
+        "passback_violation": passback,
     }))
 }
 
@@ -1325,7 +1337,7 @@ pub fn decisions(
     }
 }
 
-pub const CSV_HEADER: &str = "position,at,door,reader,partner_id,external_id,granted,reason,level,policy,similarity,threshold,liveness";
+pub const CSV_HEADER: &str = "position,at,door,reader,partner_id,external_id,granted,reason,level,policy,similarity,threshold,liveness,unopenable,passback_violation";
 
 /// A CSV line (RFC 4180 quoting) of an export row.
 ///
@@ -1333,24 +1345,10 @@ pub const CSV_HEADER: &str = "position,at,door,reader,partner_id,external_id,gra
 /// tab or a carriage return: an `external_id` is chosen by a partner) is prefixed with `'`,
 /// as OWASP advises against CSV injection; quoting follows.
 pub fn csv_line(row: &Value) -> String {
-    let cols = [
-        "position",
-        "at",
-        "door",
-        "reader",
-        "partner_id",
-        "external_id",
-        "granted",
-        "reason",
-        "level",
-        "policy",
-        "similarity",
-        "threshold",
-        "liveness",
-    ];
-    cols.iter()
+    CSV_HEADER
+        .split(',')
         .map(|c| {
-            let v = match &row[*c] {
+            let v = match &row[c] {
                 Value::Null => String::new(),
                 Value::String(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => {
                     format!("'{s}")

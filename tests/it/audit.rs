@@ -337,7 +337,10 @@ async fn an_untouched_log_verifies_and_every_decision_is_reproduced() {
     assert!(rows[2]["similarity"].as_f64().unwrap() < threshold);
     assert_eq!(rows[2]["liveness"], true);
     let csv = audit::csv_line(&rows[0]);
-    assert!(csv.ends_with(&format!(",{threshold},true")), "{csv}");
+    assert!(
+        csv.ends_with(&format!(",{threshold},true,false,false")),
+        "{csv}"
+    );
     assert_eq!(
         audit::CSV_HEADER.split(',').count(),
         csv.split(',').count(),
@@ -927,6 +930,34 @@ async fn what_if_a_grant_at_a_door_whose_board_is_down_moves_no_one() {
     let second = row_data(&log.db(), positions[1] as i64);
     assert_eq!(second["verdict"]["verdict"], "granted", "{second}");
     assert_eq!(changes(&log, &positions, &site, None), (2, vec![]));
+    // The export tells the grant that opened nothing from the one that opened the door: both
+    // were `granted=true` with nothing else to tell them apart.
+    let rows: Vec<Value> = audit::decisions(&store(&log.db()), None, None)
+        .unwrap()
+        .iter()
+        .filter_map(audit::decision_row)
+        .collect();
+    let flags: Vec<(bool, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["granted"].as_bool().unwrap(),
+                r["unopenable"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(flags, [(true, true), (true, false)]);
+    let csv = audit::export(&store(&log.db()), None, None, true).unwrap();
+    let mut lines = csv.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .ends_with(",liveness,unopenable,passback_violation"),
+        "{csv}"
+    );
+    assert!(lines.next().unwrap().ends_with(",true,false"), "{csv}");
+    assert!(lines.next().unwrap().ends_with(",false,false"), "{csv}");
 }
 
 /// A refusal while the log has the door's relay on (another pulse holds it) left the door
@@ -1775,7 +1806,7 @@ async fn the_csv_export_neutralises_formula_cells() {
     assert!(lines[4].contains(",'-2,"), "{}", lines[4]);
     assert!(lines[6].contains(",'@SUM(A1),"), "{}", lines[6]);
     // The other cells as before: similarities and thresholds are numbers, never prefixed.
-    assert!(lines[1].ends_with(",0.8,true"), "{}", lines[1]);
+    assert!(lines[1].ends_with(",0.8,true,false,false"), "{}", lines[1]);
     assert_eq!(
         text.matches(",'").count() + text.matches(",\"'").count(),
         5,
