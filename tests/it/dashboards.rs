@@ -464,17 +464,24 @@ impl Drop for Demo {
     }
 }
 
+/// `palmgate demo --listen 127.0.0.1:0` with no `PALMGATE_*` variable of the test's
+/// environment.
+fn demo_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palmgate"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PALMGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["demo", "--listen", "127.0.0.1:0"]);
+    cmd
+}
+
 impl Demo {
     pub fn start() -> Demo {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palmgate"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PALMGATE_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .args(["demo", "--listen", "127.0.0.1:0", "--data"])
+        let mut child = demo_command()
+            .arg("--data")
             .arg(dir.path().join("demo"))
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -1404,14 +1411,7 @@ async fn every_key_the_dashboard_scripts_use_is_in_every_catalog() {
 #[test]
 fn the_demo_removes_its_temporary_data_when_it_stops() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palmgate"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PALMGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .args(["demo", "--listen", "127.0.0.1:0"])
+    let mut child = demo_command()
         .env("TMPDIR", tmp.path())
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())

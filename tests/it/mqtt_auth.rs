@@ -22,6 +22,29 @@ fn reader(url: &str) -> SimOptions {
     }
 }
 
+/// Waits until the server lists reader `door-7` online: its retained status reached the
+/// server, which therefore logged in to the broker and subscribed.
+async fn door_7_online(s: &TestServer) {
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = send(s.get("/admin/v1/readers").bearer_auth(ADMIN_TOKEN)).await;
+        let v = r.json();
+        if v.as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == "door-7" && x["online"] == true)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the server never saw the reader: {v}\n{}",
+            s.stderr_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_and_readers_log_in_to_a_broker_without_anonymous_access() {
     let Some(bin) = crate::readers::mosquitto_or_skip() else {
@@ -89,24 +112,7 @@ async fn the_server_and_readers_log_in_to_a_broker_without_anonymous_access() {
     let _r = SimReader::connect(reader(&format!("mqtt://door-7:r7-secret@127.0.0.1:{port}")))
         .await
         .expect("the reader logs in");
-    let end = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = send(s.get("/admin/v1/readers").bearer_auth(ADMIN_TOKEN)).await;
-        let v = r.json();
-        if v.as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["id"] == "door-7" && x["online"] == true)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "the server never saw the reader: {v}\n{}",
-            s.stderr_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    door_7_online(&s).await;
     let _ = broker.kill();
     let _ = broker.wait();
 }
@@ -137,24 +143,7 @@ async fn the_built_in_broker_takes_only_clients_with_its_password() {
     )))
     .await
     .expect("the reader logs in with the password");
-    let end = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = send(s.get("/admin/v1/readers").bearer_auth(ADMIN_TOKEN)).await;
-        let v = r.json();
-        if v.as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["id"] == "door-7" && x["online"] == true)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "the server never saw the reader: {v}\n{}",
-            s.stderr_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    door_7_online(&s).await;
     assert_eq!(send(s.get("/readyz")).await.status, 200);
     let metrics = send(s.get("/metrics").bearer_auth(ADMIN_TOKEN)).await.text;
     let refused = metrics
