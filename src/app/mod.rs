@@ -1250,6 +1250,7 @@ mod config_warning_tests {
     fn a_ttl_under_a_minute_and_a_short_admin_token_are_warned_about() {
         let mut c = Config::load(None, &[]).unwrap();
         c.admin.token = "0123456789abcdef0123456789abcdef".into();
+        c.mqtt.embedded.password = "fedcba9876543210fedcba9876543210".into();
         assert_eq!(config_warnings(&c), Vec::<String>::new());
         c.sessions.ttl = Duration::from_millis(15);
         c.admin.token = "x".into();
@@ -1257,5 +1258,28 @@ mod config_warning_tests {
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].starts_with("sessions.ttl is 15ms"), "{w:?}");
         assert!(w[1].starts_with("admin.token has 1 characters"), "{w:?}");
+    }
+
+    /// The built-in broker without a password (anyone can act as a reader), or with a short
+    /// one, is warned about; with an external broker (`mqtt.url`) the key plays no part.
+    #[test]
+    fn a_built_in_broker_without_a_strong_password_is_warned_about() {
+        let mut c = Config::load(None, &[]).unwrap();
+        c.admin.token = "0123456789abcdef0123456789abcdef".into();
+        let w = config_warnings(&c);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("mqtt.embedded.password is not set: any process"),
+            "{w:?}"
+        );
+        c.mqtt.embedded.password = "short".into();
+        let w = config_warnings(&c);
+        assert_eq!(
+            w,
+            ["mqtt.embedded.password has 5 characters: use 32 random characters or more"]
+        );
+        c.mqtt.embedded.password = String::new();
+        c.mqtt.url = Some("mqtt://127.0.0.1:1883".into());
+        assert_eq!(config_warnings(&c), Vec::<String>::new());
     }
 }
