@@ -72,6 +72,11 @@ pub enum Command {
     Retarget { address: Address, unit: u8 },
 }
 
+/// How often a board with no input to poll is read anyway (one coil): a board that died while
+/// idle is then reported down within about this long, not at the next grant's write (which
+/// welcomed the person at a door that stayed locked).
+pub const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+
 /// How long after a board-timed pulse should have ended the gateway checks that it did.
 pub const TIMED_GRACE: Duration = Duration::from_millis(300);
 
@@ -144,6 +149,8 @@ struct Device {
     /// Coils whose current pulse started from OFF ([`Device::known_off`]): a refused ON write
     /// for it left the door locked.
     from_off: HashSet<u16>,
+    /// When a board with no inputs was last heard from ([`LIVENESS_EVERY`]).
+    heard: Instant,
 }
 
 /// The failure last reported for a coil.
@@ -391,6 +398,7 @@ impl Device {
             coil_retry: HashMap::new(),
             input_faults: HashMap::new(),
             from_off: HashSet::new(),
+            heard: Instant::now(),
         }
     }
 
@@ -872,6 +880,9 @@ impl Device {
     /// and read again with backoff; the others are read as usual. Err only when the link
     /// failed.
     async fn poll(&mut self, ctx: &mut Context) -> Result<(), String> {
+        if self.spec.inputs.is_empty() {
+            return self.check_alive(ctx).await;
+        }
         let inputs = self.spec.inputs.clone();
         for input in inputs {
             if self
@@ -899,6 +910,23 @@ impl Device {
                 Err(f) => return Err(f.to_string()),
             }
         }
+        Ok(())
+    }
+
+    /// A board with no inputs is read (its lowest coil) every [`LIVENESS_EVERY`]: a transport
+    /// failure ends the connection, which reports the device down. A refusal (a Modbus
+    /// exception) is an answer: the board is there.
+    async fn check_alive(&mut self, ctx: &mut Context) -> Result<(), String> {
+        if self.heard.elapsed() < LIVENESS_EVERY {
+            return Ok(());
+        }
+        let coil = self.wanted.keys().min().copied().unwrap_or(0);
+        match timed(self.timing.response, ctx.read_coils(coil, 1)).await {
+            Ok(_) => {}
+            Err(f) if f.is_point() => {}
+            Err(f) => return Err(f.to_string()),
+        }
+        self.heard = Instant::now();
         Ok(())
     }
 

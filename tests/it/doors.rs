@@ -1303,6 +1303,34 @@ async fn two_board_site(extra: &str) -> Site {
     start_with(board, vec![board2], &doc).await
 }
 
+/// A board with no contact input (nothing to poll) that dies while idle is reported down by
+/// itself within a few seconds, so the first scan after it is told the door cannot open. Before,
+/// nothing read it until the grant's write failed: the board showed up, and the first person
+/// was welcomed at a door that stayed locked (review, session 24).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_with_no_inputs_that_dies_while_idle_is_reported_down() {
+    let board = new_board().await;
+    let contact = "contact = { device = \"board-1\", input = 0, held_open_after_s = 2 }\n";
+    let doc = site_doc(&board.url(), &Layout::default());
+    assert!(doc.contains(contact));
+    let site = start_with(board, vec![], &doc.replace(contact, "")).await;
+    site.enroll("alice", "alice", json!({"access_level": "standard"}))
+        .await;
+    let mut lobby = site.reader("lobby-1", "alice", 1).await;
+    site.wait_door("main", "its board up", |d| {
+        d["device_up"] == true && d["state"] == "locked"
+    })
+    .await;
+    site.board.stop();
+    site.wait_door("main", "device_down with no scan", |d| {
+        d["state"] == "device_down"
+    })
+    .await;
+    let (_, r) = scan(&mut lobby, "alice").await;
+    assert_eq!(r["granted"], true, "{r}");
+    assert_eq!(r["reason"], "door_unavailable", "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_board_is_reported_decisions_go_on_and_other_boards_keep_working() {
     let site = two_board_site("").await;
