@@ -801,6 +801,14 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             }
             // Not the log's: the file the next start (or SIGHUP) activates. Said, not failed on.
             let site = Config::load_with_process_env(config.as_deref())?;
+            if site.store.url.is_none() {
+                let at = palmgate::store::acked::path_beside(&site.store.path);
+                match palmgate::store::acked::read(&at) {
+                    Ok(Some(mark)) => audit::check_acknowledged(&*store, &mut report, mark)?,
+                    Ok(None) => {}
+                    Err(e) => println!("warning: {e}: not checked"),
+                }
+            }
             for p in palmgate::app::site_file_problems(&site, chrono::Utc::now()) {
                 println!("warning: {p} (the log is not affected; `palmgate check` says more)");
             }

@@ -245,6 +245,23 @@ pub fn check_expected_head(
     )
 }
 
+/// Checks the acknowledged mark kept beside a SQLite log (`<log>.acked`, outside its `-wal`):
+/// the log must still hold that event. A `-wal` removed or damaged after a crash takes the
+/// newest events with it, and the saved head too; the mark still names what was acknowledged.
+pub fn check_acknowledged(
+    store: &dyn EventStore,
+    report: &mut Report,
+    mark: crate::store::acked::Mark,
+) -> Result<(), crate::store::StoreError> {
+    check_head(
+        store,
+        report,
+        (mark.position, mark.hash),
+        "it acknowledged an event (the mark beside it, <log>.acked)",
+        "the log acknowledged this event (the mark beside it, <log>.acked)",
+    )
+}
+
 /// `head` must be in the log: an event at its position with its hash. `ends` and `here` word
 /// the two findings for whose head it is.
 fn check_head(

@@ -7,6 +7,7 @@
 //! event breaks the chain at its position. A backend may keep state snapshots beside the log
 //! ([`snapshots`]): a cache for start-up, never a source of facts.
 
+pub mod acked;
 pub mod chain;
 mod group;
 mod heads_file;

@@ -139,6 +139,52 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Refuses a log that no longer holds what it acknowledged: the mark beside it
+/// ([`super::acked`]) names an event past the log's end (`last`), or one whose hash differs.
+/// An unreadable mark is only warned about (it is a detection aid, not the log).
+fn check_acked(conn: &Connection, acked: &Path, last: u64) -> Result<(), StoreError> {
+    let mark = match super::acked::read(acked) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            tracing::warn!("{e}: ignored (it only helps find acknowledged events lost)");
+            return Ok(());
+        }
+    };
+    let aside = format!(
+        "to start from this log anyway (a backup restored on purpose), move {} aside",
+        acked.display()
+    );
+    if mark.position > last {
+        return Err(io(format!(
+            "the log ends at position {last}, but position {} was acknowledged (made durable) \
+             before: events {}..={} are gone (was the -wal file removed or damaged after a \
+             crash? it holds the newest events until a checkpoint); restore them from a \
+             backup, or, {aside}",
+            mark.position,
+            last + 1,
+            mark.position
+        )));
+    }
+    let hash: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT hash FROM events WHERE position = ?1",
+            [mark.position as i64],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(io)?;
+    if mark.position > 0 && hash.as_deref() != Some(&mark.hash[..]) {
+        return Err(io(format!(
+            "the event at position {} is not the one acknowledged there (hash {}): the log \
+             was replaced or rewritten; {aside}",
+            mark.position,
+            hex::encode(mark.hash)
+        )));
+    }
+    Ok(())
+}
+
 /// The log's write-ahead log: `<path>-wal`.
 fn wal_path(path: &Path) -> PathBuf {
     let mut wal = path.as_os_str().to_owned();
@@ -403,6 +449,8 @@ impl SqliteStore {
             .map_err(named)?;
         let heads_at = heads_file::path_beside(&path);
         let heads = load_heads(&conn, &heads_at).map_err(named)?;
+        let acked_at = super::acked::path_beside(&path);
+        check_acked(&conn, &acked_at, heads.position).map_err(named)?;
         let saver = heads_file::Saver::start(heads_at).map_err(io)?;
         let checkpointer = Checkpointer::start(open_conn(&path).map_err(named)?)?;
         let readers = Readers::new(path.clone(), open_conn(&path).map_err(named)?);
@@ -417,6 +465,7 @@ impl SqliteStore {
             healthy: healthy.clone(),
             failed: sync_failed.clone(),
             on_disk: on_disk.clone(),
+            acked: super::acked::Writer::new(acked_at),
         };
         let syncer = std::thread::Builder::new()
             .name("palmgate-wal-sync".into())
@@ -933,10 +982,18 @@ struct Syncer {
     failed: Arc<AtomicBool>,
     /// Raised to the last position of what each good fsync covered, before its callers hear.
     on_disk: Arc<AtomicU64>,
+    /// The acknowledged mark beside the log (`acked`), after callers heard.
+    acked: super::acked::Writer,
 }
 
 impl Syncer {
     fn run(mut self, committed: mpsc::Receiver<Committed>) {
+        self.serve(committed);
+        // A clean stop: the mark names the last event made durable.
+        self.acked.flush();
+    }
+
+    fn serve(&mut self, committed: mpsc::Receiver<Committed>) {
         while let Ok(first) = committed.recv() {
             let mut groups = vec![first];
             groups.extend(committed.try_iter());
@@ -955,10 +1012,13 @@ impl Syncer {
                     let last = groups
                         .iter()
                         .flat_map(|g| g.accepted.iter().flat_map(|(_, rows)| rows.last()))
-                        .map(|r| r.position)
-                        .max();
-                    if let Some(p) = last {
-                        self.on_disk.fetch_max(p, Ordering::AcqRel);
+                        .max_by_key(|r| r.position)
+                        .map(|r| super::acked::Mark {
+                            position: r.position,
+                            hash: r.hash,
+                        });
+                    if let Some(m) = last {
+                        self.on_disk.fetch_max(m.position, Ordering::AcqRel);
                     }
                     let slow = Slow::of(&groups, sync);
                     for g in groups {
@@ -970,6 +1030,9 @@ impl Syncer {
                     }
                     if let Some(s) = slow {
                         s.warn();
+                    }
+                    if let Some(m) = last {
+                        self.acked.durable(m);
                     }
                 }
                 Err(e) => {
@@ -1530,6 +1593,7 @@ mod tests {
             healthy: healthy.clone(),
             failed: failed.clone(),
             on_disk: on_disk.clone(),
+            acked: crate::store::acked::Writer::new(dir.path().join("events.db.acked")),
         };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || syncer.run(rx));

@@ -973,3 +973,80 @@ async fn an_audit_range_that_ends_before_it_starts_is_refused() {
         assert!(ok, "{action:?}: {out}{err}");
     }
 }
+
+/// A log that lost acknowledged events since (its `-wal` removed after a crash, a tail cut)
+/// is refused at start-up, naming the range and how to start anyway; so is one whose event at
+/// the acknowledged position is another; `audit verify` reports the same. The mark beside the
+/// log (`events.db.acked`) is what tells: before it, the tail vanished with no word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_lost_acknowledged_events_is_refused_at_start_up() {
+    let mut s = TestServer::start().await;
+    let (_, key) = s.create_partner("acked").await;
+    for _ in 0..3 {
+        let r = crate::fixtures::send(s.post("/v1/identify").header("X-API-Key", &key)).await;
+        assert_eq!(r.status, 201);
+    }
+    s.terminate();
+    let log = s.store_path();
+    let mark = std::fs::read_to_string(log.with_extension("db.acked")).unwrap();
+    let c = rusqlite::Connection::open(&log).unwrap();
+    let last: i64 = c
+        .query_row("SELECT max(position) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert!(mark.starts_with("palmgate-acked 1 "), "{mark}");
+    assert!(mark.contains(&format!("{last:020}")), "{mark} vs {last}");
+
+    // The tail gone (as a removed -wal leaves it): refused, naming the range.
+    c.execute("DELETE FROM events WHERE position >= ?1", [last - 1])
+        .unwrap();
+    drop(c);
+    let stderr = refused_start(&s, &[]);
+    assert!(
+        stderr.contains(&format!(
+            "the log ends at position {}, but position {last} was acknowledged",
+            last - 2
+        )) && stderr.contains(&format!("events {}..={last} are gone", last - 1))
+            && stderr.contains("move ")
+            && stderr.contains("events.db.acked aside"),
+        "{stderr}"
+    );
+    let (ok, out, _) = audit(&s, &["verify"], &log);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "position {}: the log ends at position {}, but it acknowledged",
+            last - 1,
+            last - 2
+        )),
+        "{out}"
+    );
+    // Moved aside, as the message says: it starts.
+    std::fs::rename(
+        log.with_extension("db.acked"),
+        log.with_extension("db.acked.old"),
+    )
+    .unwrap();
+    s.launch().await;
+    let r = crate::fixtures::send(s.post("/v1/identify").header("X-API-Key", &key)).await;
+    assert_eq!(r.status, 201);
+    s.terminate();
+
+    // The event at the acknowledged position replaced: refused too.
+    let c = rusqlite::Connection::open(&log).unwrap();
+    let last: i64 = c
+        .query_row("SELECT max(position) FROM events", [], |r| r.get(0))
+        .unwrap();
+    c.execute(
+        "UPDATE events SET hash = zeroblob(32) WHERE position = ?1",
+        [last],
+    )
+    .unwrap();
+    drop(c);
+    let stderr = refused_start(&s, &[]);
+    assert!(
+        stderr.contains(&format!(
+            "the event at position {last} is not the one acknowledged there"
+        )),
+        "{stderr}"
+    );
+}
