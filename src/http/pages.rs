@@ -442,7 +442,7 @@ fn open_body(
         )
     };
     format!(
-        r#"<div class="palm" aria-hidden="true">&#9995;</div>
+        r#"<div class="palm" aria-hidden="true"><svg viewBox="0 0 64 64" width="72" height="72" fill="currentColor"><rect x="20" y="10" width="7" height="26" rx="3.5"/><rect x="28.5" y="5" width="7" height="31" rx="3.5"/><rect x="37" y="7" width="7" height="29" rx="3.5"/><rect x="45.5" y="13" width="7" height="24" rx="3.5"/><path d="M20 30h32.5v10c0 11-8 19-18 19-7 0-12-4-15-10l-7-12c-1.5-2.5 1.5-5 4-3l3.5 4z"/></svg></div>
 <h2>{place}</h2>
 <p>{hint}</p>
 {picker}
@@ -476,7 +476,7 @@ fn alert(text: &str) -> String {
 const STYLE: &str = "body{margin:0;font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;\
 background:#f4f6f8;color:#1d2733}main{max-width:30rem;margin:0 auto;padding:2rem 1.25rem}\
 h1{font-size:1.5rem;margin:0 0 1rem}h2{font-size:1.2rem}.card{background:#fff;border-radius:12px;\
-padding:1.5rem;box-shadow:0 1px 4px rgba(0,0,0,.08)}.palm{font-size:4rem;text-align:center}\
+padding:1.5rem;box-shadow:0 1px 4px rgba(0,0,0,.08)}.palm{text-align:center;color:#2b6cb0}\
 .muted{color:#5b6875;font-size:.9rem}.status{font-weight:600}.alert{color:#9b1c1c;font-weight:600}\
 .card{overflow-wrap:anywhere}.readers{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.5rem}\
 .readers li{max-width:100%;min-width:0}.reader{display:inline-block;max-width:100%;\
