@@ -242,6 +242,7 @@ impl App {
             templates = index.len(),
             "projections rebuilt from the log"
         );
+        warn_if_clock_behind(&*parts.store, state.position(), parts.clock.now());
         let snapshots = snapshot::Snapshotter::start(
             parts.store.clone(),
             config.store.snapshot_every,
@@ -763,6 +764,35 @@ impl App {
     }
 }
 
+/// How far behind the log's last event the clock may be at start-up before it is warned about
+/// (the audit's own tolerance for a `recorded_at` stepping back).
+const CLOCK_BEHIND_WARN: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Start-up says so when this machine's clock is well behind the log's last event: schedules,
+/// holidays, session expiry and webhook retries all follow the clock, and every event recorded
+/// until it is corrected steps back in time (`audit verify` warns of each). Returns the gap
+/// warned about.
+fn warn_if_clock_behind(
+    store: &dyn EventStore,
+    position: u64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::Duration> {
+    let last = store.read_raw(position.checked_sub(1)?, 1).ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(&last.first()?.recorded_at).ok()?;
+    let behind = at.with_timezone(&chrono::Utc) - now;
+    (behind > CLOCK_BEHIND_WARN).then(|| {
+        tracing::warn!(
+            last_event = %at.to_rfc3339(),
+            now = %now.to_rfc3339(),
+            "this machine's clock is {} min behind the log's last event: check its time \
+             (NTP); door schedules, session expiry and webhook retries follow the clock, and \
+             events recorded until it is corrected step back in time",
+            behind.num_minutes()
+        );
+        behind
+    })
+}
+
 /// Values that are valid but most likely a mistake: said at start-up (and by `palmgate
 /// check`), not refused.
 fn config_warnings(config: &Config) -> Vec<String> {
@@ -1258,6 +1288,42 @@ mod config_warning_tests {
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].starts_with("sessions.ttl is 15ms"), "{w:?}");
         assert!(w[1].starts_with("admin.token has 1 characters"), "{w:?}");
+    }
+
+    /// A clock well behind the log's last event is warned about at start-up (5 minutes of
+    /// tolerance, as the audit's); one ahead of it, or a log with no event, is not.
+    #[test]
+    fn a_clock_behind_the_log_is_warned_about() {
+        use crate::core::{Event, Expected, PartnerId, SecretHash, StreamAppend};
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(dir.path().join("events.db")).unwrap();
+        let at = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        assert_eq!(warn_if_clock_behind(&store, 0, at), None);
+        let p = PartnerId::from_random([1; 16]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(store.append(
+            vec![StreamAppend {
+                stream: crate::core::event::stream::partner(p),
+                expected: Expected::NoStream,
+                events: vec![Event::PartnerCreated {
+                    partner_id: p,
+                    name: "p".into(),
+                    api_key_hash: SecretHash("0".repeat(64)),
+                    at,
+                }],
+            }],
+            at,
+        ))
+        .unwrap();
+        let minutes = |m| chrono::Duration::minutes(m);
+        assert_eq!(warn_if_clock_behind(&store, 1, at + minutes(60)), None);
+        assert_eq!(warn_if_clock_behind(&store, 1, at - minutes(4)), None);
+        let behind = warn_if_clock_behind(&store, 1, at - minutes(120)).unwrap();
+        assert_eq!(behind.num_minutes(), 120);
+        store.close();
     }
 
     /// The built-in broker without a password (anyone can act as a reader), or with a short
