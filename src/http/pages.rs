@@ -278,13 +278,20 @@ fn page_body(
                 (_, Some(R::ReaderOffline)) => (c.failed, Some(c.fail_reader_offline)),
                 (_, None) => (c.failed, None),
             };
+            // The outcome is the page's title and heading: a person who has just scanned hears
+            // "Verification completed", not "Link already used" (accessibility review, session
+            // 24); that the link is spent follows in the text.
             let body = format!(
-                "{}{}{}",
-                notice(outcome),
+                "{}{}",
                 why.map(notice).unwrap_or_default(),
-                notice(c.gone_body)
+                notice(&format!("{}. {}", c.gone_title, c.gone_body))
             );
-            html(StatusCode::GONE, s.language, c.gone_title, &body)
+            html(
+                StatusCode::GONE,
+                s.language,
+                outcome.trim_end_matches('.'),
+                &body,
+            )
         }
         PageView::Open if json => {
             axum::Json(super::pass_api::session_body(&s, app.clock.now())).into_response()
@@ -475,14 +482,14 @@ fn alert(text: &str) -> String {
 
 const STYLE: &str = "body{margin:0;font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;\
 background:#f4f6f8;color:#1d2733}main{max-width:30rem;margin:0 auto;padding:2rem 1.25rem}\
-h1{font-size:1.5rem;margin:0 0 1rem}h2{font-size:1.2rem}.card{background:#fff;border-radius:12px;\
+h1{font-size:1.5rem;margin:0 0 1rem;overflow-wrap:anywhere;hyphens:auto}h2{font-size:1.2rem}.card{background:#fff;border-radius:12px;\
 padding:1.5rem;box-shadow:0 1px 4px rgba(0,0,0,.08)}.palm{text-align:center;color:#2b6cb0}\
 .muted{color:#5b6875;font-size:.9rem}.status{font-weight:600}.alert{color:#9b1c1c;font-weight:600}\
 .card{overflow-wrap:anywhere}.readers{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.5rem}\
 .readers li{max-width:100%;min-width:0}.reader{display:inline-block;max-width:100%;\
-overflow-wrap:anywhere;box-sizing:border-box;padding:.6rem 1rem;border:1px solid #c4ccd4;border-radius:8px;\
-text-decoration:none;color:#1d2733;min-height:24px}.reader.current{background:#2b6cb0;color:#fff}button{width:100%;min-height:48px;\
-font-size:1rem;border-radius:8px;border:1px solid #c4ccd4;background:#fff;cursor:pointer}\
+overflow-wrap:anywhere;box-sizing:border-box;padding:.75rem 1rem;border:1px solid #6b7785;border-radius:8px;\
+text-decoration:none;color:#1d2733;min-height:44px}.reader.current{background:#2b6cb0;color:#fff}button{width:100%;min-height:48px;\
+font-size:1rem;border-radius:8px;border:1px solid #6b7785;background:#fff;cursor:pointer}\
 button:focus{outline:3px solid #2b6cb0}";
 
 fn html(status: StatusCode, lang: Language, title: &str, body: &str) -> Response {

@@ -39,6 +39,10 @@ async function scan(page, person, door) {
     const r = document.getElementById("scan-result");
     return r && !r.hasAttribute("aria-busy") && (r.classList.contains("granted") || r.classList.contains("denied") || r.classList.contains("failed"));
   }, null, { timeout: 15000 });
+  // The button was disabled while the scan ran, which sends focus to <body>; it gets focus
+  // back, so a keyboard user goes on from where they were (WCAG 2.4.3).
+  eq(await page.evaluate(() => document.activeElement && document.activeElement.id), "scan-button",
+    "focus back on the scan button");
   const result = page.locator("#scan-result");
   return {
     granted: await result.getAttribute("data-granted"),

@@ -101,11 +101,19 @@ async fn admin_login_cookie_reads_and_csrf_guards_writes() {
     let html = page.text().await.unwrap();
     assert!(html.contains(r#"<html lang="ru">"#) && html.contains("Вход оператора"));
     assert!(!html.contains("data-csrf"));
+    assert!(!html.contains("aria-invalid"), "no error yet: {html}");
 
-    // A wrong token: 401 with the form again, no cookie.
+    // A wrong token: 401 with the form again, no cookie; the field is marked invalid and
+    // described by the message (WCAG 3.3.1).
     let bad = login(&s, "/admin/login", "token", "nope").await;
     assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
     assert!(cookie_of(&bad, "pg_admin").is_none());
+    let html = bad.text().await.unwrap();
+    assert!(
+        html.contains(r#"id="login-error""#)
+            && html.contains(r#"aria-invalid="true" aria-describedby="login-error""#),
+        "{html}"
+    );
 
     let (cookie, csrf) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
     // Reads work with the cookie alone.

@@ -275,12 +275,18 @@ fn login_form(
 {error}
 <form method="post" action="{path}/login" class="card">
 <label for="credential">{label}</label>
-<input id="credential" name="{field}" type="password" autocomplete="current-password" required autofocus>
+<input id="credential" name="{field}" type="password" autocomplete="current-password" required autofocus{invalid}>
 <input type="hidden" name="lang" value="{code}">
 <button type="submit">{submit}</button>
 </form>
 </main>"#,
         brand = t("brand"),
+        // A refused sign-in marks the field and points it at the message (WCAG 3.3.1).
+        invalid = if error.is_empty() {
+            ""
+        } else {
+            r#" aria-invalid="true" aria-describedby="login-error""#
+        },
         langs = lang_switch(board, lang),
         path = board.path(),
         code = lang.code(),

@@ -612,9 +612,9 @@
       result.dataset.granted = "";
       replace(result, h("p", { class: "error", role: "alert" }, PG.errorText(e)));
     } finally {
-      button.disabled = false;
       button.textContent = tr("scan.button");
       result.removeAttribute("aria-busy");
+      PG.enable(button);
     }
   }
 
@@ -924,7 +924,7 @@
         await loadPartners();
       });
     } finally {
-      button.disabled = false;
+      PG.enable(button);
     }
   }
 
@@ -1124,7 +1124,7 @@
       showPolicyErrors(e.status === 400 || e.status === 422 ? e.message : PG.errorText(e));
       document.getElementById("policy-errors").scrollIntoView({ block: "nearest" });
     } finally {
-      button.disabled = false;
+      PG.enable(button);
     }
   }
 

@@ -191,5 +191,13 @@
     return { bar, panels };
   }
 
-  window.PG = { t, iso, api, h, showError, attempt, confirmDialog, stream, time, tabs, root, ApiError, refusal, errorText };
+  // Re-enables a button disabled while its request ran. Disabling the focused button sent focus
+  // to <body> (WCAG 2.4.3): it gets focus back unless the user moved on meanwhile.
+  function enable(button) {
+    const lost = !document.activeElement || document.activeElement === document.body;
+    button.disabled = false;
+    if (lost && button.isConnected) button.focus();
+  }
+
+  window.PG = { t, iso, api, h, showError, attempt, confirmDialog, stream, time, tabs, root, ApiError, refusal, errorText, enable };
 })();

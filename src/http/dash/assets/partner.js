@@ -86,7 +86,7 @@
     try {
       return await attempt(fn);
     } finally {
-      if (button) button.disabled = false;
+      if (button) PG.enable(button);
     }
   }
 
@@ -276,9 +276,14 @@
       e.preventDefault();
       const events = [evSession, evAccess].filter((c) => c.checked).map((c) => c.value);
       if (!url.value.trim()) {
+        // The error is tied to its field for assistive technology (WCAG 3.3.1).
+        url.setAttribute("aria-invalid", "true");
+        url.setAttribute("aria-describedby", "webhook-message webhook-url-hint");
         url.focus();
         return say(msg, t("partner.webhook.url_required"), "bad");
       }
+      url.removeAttribute("aria-invalid");
+      url.setAttribute("aria-describedby", "webhook-url-hint");
       if (!events.length) return say(msg, t("partner.webhook.events_required"), "bad");
       busy(save, async () => {
         say(msg, "");
