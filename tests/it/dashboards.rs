@@ -473,7 +473,7 @@ impl Drop for Demo {
 }
 
 /// `palmgate demo --listen 127.0.0.1:0` with no `PALMGATE_*` variable of the test's
-/// environment.
+/// environment, its stdout piped (the URLs and secrets it prints).
 fn demo_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_palmgate"));
     for (k, _) in std::env::vars() {
@@ -481,7 +481,10 @@ fn demo_command() -> Command {
             cmd.env_remove(k);
         }
     }
-    cmd.args(["demo", "--listen", "127.0.0.1:0"]);
+    cmd.args(["demo", "--listen", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     cmd
 }
 
@@ -491,9 +494,6 @@ impl Demo {
         let mut child = demo_command()
             .arg("--data")
             .arg(dir.path().join("demo"))
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -1419,13 +1419,7 @@ async fn every_key_the_dashboard_scripts_use_is_in_every_catalog() {
 #[test]
 fn the_demo_removes_its_temporary_data_when_it_stops() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = demo_command()
-        .env("TMPDIR", tmp.path())
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = demo_command().env("TMPDIR", tmp.path()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut data = None;
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
