@@ -799,17 +799,18 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             for head in heads {
                 audit::check_expected_head(&*store, &mut report, head)?;
             }
-            // Not the log's: the file the next start (or SIGHUP) activates. Said, not failed on.
-            let site = Config::load_with_process_env(config.as_deref())?;
-            if site.store.url.is_none() {
-                let at = palmgate::store::acked::path_beside(&site.store.path);
+            let loaded = Config::load_with_process_env(config.as_deref())?;
+            // What the SQLite log acknowledged, from the mark beside it (outside its -wal).
+            if loaded.store.url.is_none() {
+                let at = palmgate::store::acked::path_beside(&loaded.store.path);
                 match palmgate::store::acked::read(&at) {
                     Ok(Some(mark)) => audit::check_acknowledged(&*store, &mut report, mark)?,
                     Ok(None) => {}
                     Err(e) => println!("warning: {e}: not checked"),
                 }
             }
-            for p in palmgate::app::site_file_problems(&site, chrono::Utc::now()) {
+            // Not the log's: the file the next start (or SIGHUP) activates. Said, not failed on.
+            for p in palmgate::app::site_file_problems(&loaded, chrono::Utc::now()) {
                 println!("warning: {p} (the log is not affected; `palmgate check` says more)");
             }
             for f in &report.findings {

@@ -114,6 +114,8 @@ impl Writer {
                 self.at = Some(Instant::now());
             }
             Err(e) => {
+                // Tried again a second later, not at every fsync.
+                self.at = Some(Instant::now());
                 // The mark only helps find a lost tail: the log goes on without it.
                 if !self.warned {
                     self.warned = true;
