@@ -796,7 +796,17 @@ fn warn_if_clock_behind(
 /// Values that are valid but most likely a mistake: said at start-up (and by `palmgate
 /// check`), not refused.
 fn config_warnings(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out: Vec<String> = config
+        .unknown_env
+        .iter()
+        .map(|name| {
+            format!(
+                "environment variable {name} sets no config key: ignored (a typo? every key's \
+                 variable is PALMGATE_ plus the key in upper case, dots as underscores, e.g. \
+                 PALMGATE_HTTP_PUBLIC_URL)"
+            )
+        })
+        .collect();
     let listen = config.http.listen;
     if config.http.public_url.is_empty() && listen.ip().is_unspecified() {
         let scheme = if config.http.tls.is_some() {
@@ -857,12 +867,6 @@ pub struct ConfigCheck {
 /// on an invalid one, and keeps the policy in force of an old one).
 pub fn check_config(config: &Config, now: chrono::DateTime<chrono::Utc>) -> ConfigCheck {
     let mut out = ConfigCheck::default();
-    for name in &config.unknown_env {
-        out.warnings.push(format!(
-            "environment variable {name} sets no config key: ignored (a typo? every key's \
-             variable is PALMGATE_ plus the key in upper case, dots as underscores)"
-        ));
-    }
     out.warnings.extend(config_warnings(config));
     if let Some(t) = &config.http.tls
         && let Err(e) = crate::http::serve::load_tls(&t.cert, &t.key)
@@ -992,14 +996,6 @@ pub async fn start_with(
 ) -> Result<Server, StartError> {
     // Before anything is counted: the start-up policy activation's commit included.
     crate::http::install_metrics();
-    for name in &config.unknown_env {
-        tracing::warn!(
-            variable = %name,
-            "environment variable {name} sets no config key: ignored (a typo? every key's \
-             variable is PALMGATE_ plus the key in upper case, dots as underscores, e.g. \
-             PALMGATE_HTTP_PUBLIC_URL)"
-        );
-    }
     for w in config_warnings(&config) {
         tracing::warn!("{w}");
     }
