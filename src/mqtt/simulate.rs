@@ -8,7 +8,7 @@
 use super::client::{parse_url, tls_transport};
 use super::protocol::{self, TopicKind};
 use crate::core::ReaderId;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -122,10 +122,17 @@ impl SimReader {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = sub.try_subscribe(cmd_topic.clone(), QoS::AtLeastOnce);
+                        // Both in one SUBSCRIBE at first: its one SUBACK comes with the status
+                        // retained then, before this reader's own `online` is published
+                        // (`connect` waits for it). Apart, the own `online` could overtake the
+                        // status subscription and come back as if retained by another client,
+                        // as rumqttd reads retained messages when it first serves a filter.
+                        let mut filters =
+                            vec![SubscribeFilter::new(cmd_topic.clone(), QoS::AtLeastOnce)];
                         if !connected_before {
-                            let _ = sub.try_subscribe(status.clone(), QoS::AtLeastOnce);
+                            filters.push(SubscribeFilter::new(status.clone(), QoS::AtLeastOnce));
                         }
+                        let _ = sub.try_subscribe_many(filters);
                         // A reconnection says `online` again: the last will of the dropped
                         // connection has left `{"online": false}` retained meanwhile.
                         if connected_before {
