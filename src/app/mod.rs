@@ -16,6 +16,7 @@ pub mod relays;
 pub mod secrets;
 pub mod snapshot;
 pub mod templates;
+pub mod throttle;
 pub mod upstream;
 
 use crate::config::Config;
@@ -130,6 +131,8 @@ pub struct App {
     /// offer no reader and arm none, `/admin/v1/readers` says `broker_up: false`, `/readyz`
     /// answers 503. True in an app no MQTT client runs for.
     pub mqtt_up: std::sync::atomic::AtomicBool,
+    /// Rejected reader messages written to the log ([`throttle`]); all are counted.
+    pub rejects_logged: throttle::LogThrottle,
 }
 
 /// An append handed to the store, with the effects of its decision. Awaited by the command
@@ -256,6 +259,7 @@ impl App {
             partner_creation: tokio::sync::Mutex::new(()),
             page_streams: Default::default(),
             mqtt_up: std::sync::atomic::AtomicBool::new(true),
+            rejects_logged: Default::default(),
             state: RwLock::new(state),
             admin: AdminToken::new(&config.admin.token, &config.admin.token_sha256),
             limiter: Limiter::new(

@@ -63,15 +63,19 @@ pub fn start_embedded(listen: SocketAddr, password: &str) -> Result<SocketAddr, 
     let password: Arc<str> = password.into();
     if !password.is_empty() {
         let expected = password.clone();
+        let logged = Arc::new(crate::app::throttle::LogThrottle::default());
         server.set_auth_handler(move |client_id: String, _user: String, given: String| {
             use subtle::ConstantTimeEq;
             let ok: bool = given.as_bytes().ct_eq(expected.as_bytes()).into();
             if !ok {
                 metrics::counter!("palmgate_mqtt_embedded_logins_refused_total").increment(1);
-                tracing::warn!(
-                    client_id = %client_id.escape_debug(),
-                    "embedded MQTT broker: a client gave no password or a wrong one; refused"
-                );
+                if let Some(left_out) = logged.admit(std::time::Instant::now()) {
+                    tracing::warn!(
+                        client_id = %client_id.escape_debug(),
+                        left_out_before = left_out,
+                        "embedded MQTT broker: a client gave no password or a wrong one; refused"
+                    );
+                }
             }
             std::future::ready(ok)
         });

@@ -401,7 +401,7 @@ async fn handle(app: &App, prefix: &str, p: &Publish, stale: bool) -> Handled {
     let (reader, kind) = match protocol::parse_topic(prefix, &p.topic) {
         Ok(t) => t,
         Err(e) => {
-            reject(&e, None);
+            reject(app, &e, None);
             return Handled::Ack;
         }
     };
@@ -411,13 +411,13 @@ async fn handle(app: &App, prefix: &str, p: &Publish, stale: bool) -> Handled {
     // A retained capture or trigger, replayed by the broker on a new subscription: it would be
     // decided again once its id has left the dedupe window.
     if let Err(e) = protocol::check_retain(kind, p.retain) {
-        reject(&e, Some(&reader.0));
+        reject(app, &e, Some(&reader.0));
         return Handled::Ack;
     }
     let msg = match protocol::parse(kind, &p.payload, app.config.matching.dim) {
         Ok(m) => m,
         Err(e) => {
-            reject(&e, Some(&reader.0));
+            reject(app, &e, Some(&reader.0));
             return Handled::Ack;
         }
     };
@@ -479,9 +479,13 @@ fn decides_a_door(app: &App, c: &protocol::CaptureMsg) -> bool {
     }
 }
 
-fn reject(e: &protocol::ProtocolError, reader: Option<&str>) {
-    tracing::warn!(reader = reader.unwrap_or("?"), reason = %e, "malformed reader message rejected");
+/// Counts a rejected reader message, and logs it unless the rejections of the last minute
+/// were already logged (`app::throttle`).
+fn reject(app: &App, e: &protocol::ProtocolError, reader: Option<&str>) {
     metrics::counter!("palmgate_mqtt_rejected_total", "reason" => e.label()).increment(1);
+    if let Some(left_out) = app.rejects_logged.admit(std::time::Instant::now()) {
+        tracing::warn!(reader = reader.unwrap_or("?"), reason = %e, left_out_before = left_out, "malformed reader message rejected");
+    }
 }
 
 /// The JSON a reader receives for `command` (tokens and URLs filled in here).

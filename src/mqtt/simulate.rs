@@ -55,8 +55,10 @@ pub enum SimError {
     Url(#[from] super::client::MqttError),
     #[error("MQTT: {0}")]
     Mqtt(String),
-    #[error("no connection to the broker within 10 s")]
-    Timeout,
+    #[error("the broker refused the connection ({0})")]
+    Refused(String),
+    #[error("no connection to the broker within 10 s (last error: {0})")]
+    Timeout(String),
 }
 
 /// The retained status a simulated reader publishes on connecting.
@@ -106,7 +108,9 @@ impl SimReader {
         // As the server's client does (`mqtt::client`): no 40 ms Nagle/delayed-ACK stalls.
         eventloop.network_options.set_tcp_nodelay(true);
         let (tx, commands) = mpsc::unbounded_channel();
-        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), SimError>>();
+        let last_error = Arc::new(std::sync::Mutex::new(String::from("none")));
+        let last_error_seen = last_error.clone();
         let cmd_topic = protocol::cmd_topic(&opts.topic_prefix, &opts.reader);
         let sub = client.clone();
         let online = online_status();
@@ -146,7 +150,7 @@ impl SimReader {
                         connected_before = true;
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = ready_tx.send(());
+                        let _ = ready_tx.send(Ok(()));
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic == status => {
                         if !p.retain {
@@ -171,13 +175,40 @@ impl SimReader {
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => closing = true,
                     Ok(_) => {}
                     Err(_) if closing => break,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    // Refused by the broker before ever connecting (a wrong password, with a
+                    // broker that answers it): retrying would not change the answer.
+                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) if !connected_before => {
+                        let _ = ready_tx.send(Err(SimError::Refused(format!("{code:?}"))));
+                        break;
+                    }
+                    Err(e) => {
+                        if !connected_before {
+                            let mut said = e.to_string();
+                            // What the built-in broker does to a wrong password (no CONNACK).
+                            if said.contains("closed by peer") {
+                                said.push_str(
+                                    "; the broker may be refusing the user name or password",
+                                );
+                            }
+                            *last_error_seen.lock().unwrap_or_else(|p| p.into_inner()) = said;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
-            .await
-            .map_err(|_| SimError::Timeout)?;
+        // Not connected in time, or refused: the task stops (it would go on trying).
+        let ready = match tokio::time::timeout(Duration::from_secs(10), ready_rx.recv()).await {
+            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(None) | Err(_) => Err(SimError::Timeout(
+                last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            )),
+        };
+        if let Err(e) = ready {
+            task.abort();
+            return Err(e);
+        }
         let r = SimReader {
             opts,
             client,
