@@ -203,6 +203,18 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
         .map((sel) => getComputedStyle(document.querySelector(sel)).unicodeBidi));
       eq(bidi[0], "isolate", "unicode-bidi of .ev-summary");
       await shot("events");
+      // Paused (WCAG 2.2.2), the feed holds still while events arrive, and says how many; resumed,
+      // it shows them.
+      await page.click("#events-pause");
+      eq((await page.textContent("#events-pause")).trim(), en["admin.events.resume"], "paused button");
+      const held = Number(await page.getAttribute("#event-feed li[data-position] >> nth=0", "data-position"));
+      await page.evaluate(async () => PG.api("POST", "/admin/v1/demo/scan", { reader: "lobby-1", person: "olga" }));
+      await page.waitForFunction(() => /\d/.test(document.querySelector("#events-pause").textContent), null, { timeout: 8000 });
+      eq(Number(await page.getAttribute("#event-feed li[data-position] >> nth=0", "data-position")), held, "feed held still");
+      await page.click("#events-pause");
+      eq((await page.textContent("#events-pause")).trim(), en["admin.events.pause"], "resumed button");
+      assert(Number(await page.getAttribute("#event-feed li[data-position] >> nth=0", "data-position")) > held,
+        "the events that arrived while paused are shown on resume");
     });
 
     await step("readers and users tabs", async () => {

@@ -886,6 +886,19 @@ pub const ADMIN: &[Entry] = &[
         "admin.events.reconnecting",
         ["Reconnecting…", "Қайта қосылуда…", "Переподключение…"],
     ),
+    ("admin.events.pause", ["Pause", "Кідірту", "Пауза"]),
+    (
+        "admin.events.resume",
+        ["Resume", "Жалғастыру", "Продолжить"],
+    ),
+    (
+        "admin.events.resume_new",
+        [
+            "Resume ({n} new)",
+            "Жалғастыру ({n} жаңа)",
+            "Продолжить (новых: {n})",
+        ],
+    ),
     // Users.
     (
         "admin.users.title",

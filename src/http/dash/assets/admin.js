@@ -41,6 +41,10 @@
     lastPos: 0,
     decisions: new Map(), // door id -> data of its last DoorDecided event seen
     live: false,
+    // The events feed held still by the operator (WCAG 2.2.2): events are still received and
+    // kept, and shown when the feed is resumed; `pausedNew` counts them meanwhile.
+    paused: false,
+    pausedNew: 0,
     // The gateway's link to its MQTT broker, from `broker_up` of GET /admin/v1/readers: true,
     // false, or null while unknown (not fetched yet, or no reader known: the list is empty).
     brokerUp: null,
@@ -327,6 +331,7 @@
     let i = 0;
     while (i < S.events.length && S.events[i].position > e.position) i++;
     S.events.splice(i, 0, e);
+    if (S.paused) S.pausedNew++;
     while (S.events.length > FEED_MAX) S.seen.delete(S.events.pop().position);
     if (e.type === "DoorDecided" && e.data && e.data.door) {
       const prev = S.decisions.get(e.data.door);
@@ -785,7 +790,9 @@
   function buildEvents(p) {
     p.append(h("div", { class: "card" },
       h("div", { class: "panel-head" }, h("h2", {}, tr("events.title")),
-        h("span", { id: "events-live", "aria-live": "polite" }, badge("", tr("events.connecting")))),
+        h("div", { class: "row" },
+          h("span", { id: "events-live", "aria-live": "polite" }, badge("", tr("events.connecting"))),
+          h("button", { type: "button", id: "events-pause", onclick: togglePause }, tr("events.pause")))),
       h("p", { class: "muted" }, tr("events.intro", { max: FEED_MAX })),
       h("ol", { id: "event-feed", class: "feed events" })));
     if (S.live) setLive(true);
@@ -841,9 +848,25 @@
     return "";
   }
 
+  function togglePause() {
+    S.paused = !S.paused;
+    S.pausedNew = 0;
+    renderPause();
+    if (!S.paused) renderEvents();
+  }
+
+  function renderPause() {
+    const b = document.getElementById("events-pause");
+    if (!b) return;
+    b.dataset.paused = S.paused ? "true" : "false";
+    replace(b, !S.paused ? tr("events.pause")
+      : S.pausedNew ? tr("events.resume_new", { n: number(S.pausedNew) }) : tr("events.resume"));
+  }
+
   function renderEvents() {
     const feed = document.getElementById("event-feed");
     if (!feed) return;
+    if (S.paused) return renderPause();
     if (!S.events.length) return replace(feed, h("li", { class: "muted" }, PG.t("none")));
     replace(feed, S.events.map((e) => h("li", { "data-type": e.type, "data-position": e.position },
       h("time", { datetime: e.recorded_at, class: "ev-time" }, shortTime(e.recorded_at)),
