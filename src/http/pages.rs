@@ -797,6 +797,17 @@ fn progress(
 const SCRIPT: &str = r#"(function () {
   var el = document.getElementById('status');
   if (!el) { return; }
+  // Back from choosing a reader (a link to `?reader=`, which armed it): focus returns to that
+  // reader, now marked current (or to the status line), not to the top of the page; and the
+  // address loses `?reader=`, so that a reload does not arm the reader again.
+  if (/[?&]reader=/.test(window.location.search)) {
+    if (window.history && window.history.replaceState) {
+      window.history.replaceState(null, '', window.location.pathname);
+    }
+    var chosen = document.querySelector('a.reader.current');
+    if (!chosen) { el.setAttribute('tabindex', '-1'); chosen = el; }
+    chosen.focus();
+  }
   var events = el.getAttribute('data-events');
   var lastRetries = null;
   var polling = false;
@@ -825,6 +836,12 @@ const SCRIPT: &str = r#"(function () {
     return;
   }
   var source = new EventSource(events);
+  // Choosing a reader loads this page again: the stream, which would see that reader armed
+  // first and load the page itself, cutting that load short, is closed meanwhile.
+  var links = document.querySelectorAll('a.reader');
+  for (var i = 0; i < links.length; i++) {
+    links[i].addEventListener('click', function () { source.close(); });
+  }
   source.onerror = function () {
     if (source.readyState === EventSource.CLOSED && !polling) {
       polling = true;

@@ -77,6 +77,29 @@ export async function run({ browser, baseUrl, apiKey, shots, step }) {
     await page.close();
   });
 
+  await step("a reader chosen on the page keeps the focus, and a reload does not arm it again", async () => {
+    const s = await identify(baseUrl, apiKey);
+    const page = await context.newPage();
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(`${baseUrl}${s.path}`);
+    const first = page.locator("a.reader").first();
+    const reader = (await first.textContent()).trim();
+    await first.focus();
+    await Promise.all([page.waitForNavigation(), page.keyboard.press("Enter")]);
+    await page.locator("a.reader.current").waitFor({ timeout: WAIT });
+    await page.waitForFunction(() => document.activeElement && document.activeElement.matches("a.reader.current"),
+      null, { timeout: 2000 }).catch(() => {});
+    const focused = await page.evaluate(() => {
+      const a = document.activeElement;
+      return a && a.matches("a.reader.current") ? a.textContent.trim() : String(a && a.outerHTML).slice(0, 120);
+    });
+    check(focused === reader, `focus after choosing ${reader}: ${focused}`);
+    check(new URL(page.url()).search === "", `the address kept its query: ${page.url()}`);
+    await cancel(baseUrl, apiKey, s.id);
+    await showsCancelled(page);
+    await page.close();
+  });
+
   await step("no script error on the hosted pages", async () => {
     check(errors.length === 0, `script errors: ${errors.join("; ")}`);
   });
