@@ -119,6 +119,8 @@ pub struct App {
     me: Weak<App>,
     /// Held while a partner is created (names are unique, [`App::execute_made`]).
     partner_creation: tokio::sync::Mutex<()>,
+    /// Held while a reader is armed or a kiosk trigger binds one ([`App::execute_made`]).
+    reader_binding: tokio::sync::Mutex<()>,
     /// Hosted pages' live event streams open now, per session, with the session's partner
     /// (bounded by the page handler).
     #[allow(clippy::type_complexity)]
@@ -257,6 +259,7 @@ impl App {
         let app = Arc::new_cyclic(|me| App {
             me: me.clone(),
             partner_creation: tokio::sync::Mutex::new(()),
+            reader_binding: tokio::sync::Mutex::new(()),
             page_streams: Default::default(),
             mqtt_up: std::sync::atomic::AtomicBool::new(true),
             rejects_logged: Default::default(),
@@ -345,12 +348,23 @@ impl App {
         before_append: impl Fn(&Decision) -> Result<(), AppError>,
     ) -> Result<Outcome, AppError> {
         // Partner names are unique: creations are decided one at a time, each against the state
-        // holding the ones before it (two at once would both find their name free).
-        let mut one_creation = None;
+        // holding the ones before it (two at once would both find their name free). So are the
+        // commands that bind a reader to a session: which session holds a reader is read
+        // across streams, so two enrollments of two partners armed at once would each find
+        // the reader free, and both would be armed there.
+        let mut one_at_a_time = None;
         for _ in 0..MAX_ATTEMPTS {
             let cmd = make();
-            if one_creation.is_none() && matches!(cmd.borrow(), Command::CreatePartner { .. }) {
-                one_creation = Some(self.partner_creation.lock().await);
+            if one_at_a_time.is_none() {
+                match cmd.borrow() {
+                    Command::CreatePartner { .. } => {
+                        one_at_a_time = Some(self.partner_creation.lock().await)
+                    }
+                    Command::ArmReader { .. } | Command::Trigger { .. } => {
+                        one_at_a_time = Some(self.reader_binding.lock().await)
+                    }
+                    _ => {}
+                }
             }
             let now = self.clock.now();
             let mut decision = self.read(|s| decide(s, cmd.borrow(), now))?;

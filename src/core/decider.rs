@@ -42,6 +42,9 @@ pub enum Rejection {
     /// A partner's session asked for a door's reader: door readers decide doors only.
     #[error("reader belongs to a door")]
     ReaderAtDoor,
+    /// The partner was deactivated (after its request passed the gate: its body was slow).
+    #[error("partner account is inactive")]
+    PartnerInactive,
     #[error("{0}")]
     Invalid(&'static str),
     #[error("invalid site policy: {}", .0.join("; "))]
@@ -328,6 +331,14 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             }
             if !state.readers.get(reader_id).is_some_and(|r| r.online) {
                 return Err(Rejection::ReaderOffline);
+            }
+            // Armed there already, and still holding it (a page opened twice at once): nothing
+            // to record, and the reader is not told again.
+            if state
+                .session_holding_reader(reader_id, now)
+                .is_some_and(|h| h.id == s.id)
+            {
+                return Ok(Decision::new(vec![]));
             }
             // A kiosk's site session stays at the reader whose trigger started it: moved to a
             // desk, its door would never get the decision, and the door's reader could no
@@ -1061,7 +1072,13 @@ fn create_session(
     now: DateTime<Utc>,
     n: NewSession<'_>,
 ) -> Result<Decision, Rejection> {
-    let mut appends = Vec::with_capacity(2);
+    // The gate checked the partner before the body was read; it may have been deactivated
+    // since. The condition on its stream refuses a deactivation that lands meanwhile, and the
+    // decision taken again says 403.
+    if !state.partners.get(&n.partner_id).is_some_and(|p| p.active) {
+        return Err(Rejection::PartnerInactive);
+    }
+    let mut appends = Vec::with_capacity(3);
     if let Some(idem) = n.idempotency {
         let live = state
             .idempotency
@@ -1124,6 +1141,7 @@ fn create_session(
             },
         ));
     }
+    appends.push(read_condition(state, stream::partner(n.partner_id)));
     Ok(Decision {
         appends,
         effects: vec![],

@@ -109,6 +109,7 @@ impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
         match r {
             Rejection::NotFound => ApiError::NotFound,
+            Rejection::PartnerInactive => ApiError::Forbidden,
             Rejection::AlreadyEnrolled
             | Rejection::SessionNotPending
             | Rejection::IdempotencyMismatch

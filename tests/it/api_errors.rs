@@ -6,7 +6,7 @@ use crate::fixtures::{Answer, Options, TestServer, send, unix_now_ms};
 use palmgate::store::{EventStore, SqliteStore};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const BAD_KEY: &str = "pgk_this-key-was-never-issued-0000000000000";
 
@@ -108,6 +108,44 @@ async fn inactive_partner_is_403_until_activated() {
     s.activate(&id).await;
     s.identify(&key, "").await.created();
     assert_eq!(s.session(&key, &c.session_id).await.status, 200);
+}
+
+/// A partner deactivated while its request's body is still arriving (a slow network) gets the
+/// 403 too: the gate checked it before the body, the decision checks it again, and no session
+/// is made after the deactivation.
+#[tokio::test]
+async fn a_partner_deactivated_while_its_body_arrives_gets_403_and_no_session() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await;
+    let (id, key) = s.create_partner("Slow").await;
+    let addr = s.base_url.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let body = br#"{"external_id":"SLOW-1"}"#;
+    let head = format!(
+        "POST /v1/enroll HTTP/1.1\r\nHost: {addr}\r\nx-api-key: {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("write head");
+    conn.write_all(&body[..5]).await.expect("write a part");
+    // The gate has passed the request (its handler waits for the body) before this lands.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.deactivate(&id).await;
+    conn.write_all(&body[5..]).await.expect("write the rest");
+    let (head, answer) = read_response(&mut conn).await.expect("answer");
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    let v: Value = serde_json::from_slice(&answer).expect("JSON");
+    assert_eq!(v, json!({"message": "partner account is inactive"}));
+    s.activate(&id).await;
+    let list = send(s.get("/v1/sessions").header("x-api-key", &key)).await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert!(
+        !list.text.contains("SLOW-1"),
+        "a session was made: {}",
+        list.text
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

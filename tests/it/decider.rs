@@ -143,6 +143,18 @@ impl Then {
         self
     }
 
+    /// As `then`, for a session created for partner `p`: the decision also holds the condition
+    /// that `p`'s stream is unchanged (a deactivation landing meanwhile refuses it).
+    #[track_caller]
+    fn then_created(&self, p: PartnerId, mut expected: Vec<StreamAppend>) -> &Self {
+        expected.push(StreamAppend {
+            stream: stream::partner(p),
+            expected: Expected::Revision(0),
+            events: vec![],
+        });
+        self.then(expected)
+    }
+
     #[track_caller]
     fn then_nothing(&self) -> &Self {
         assert_eq!(self.decision().appends, vec![], "no events");
@@ -502,6 +514,10 @@ fn set_partner_active_toggles() {
     )]);
     let g = off.and();
     assert!(!g.state.partner(P1).unwrap().active);
+    // An inactive partner's request that passed the gate before the deactivation (a slow
+    // body) makes no session.
+    g.when(create_identify(P1, sid(9)), t(11))
+        .then_rejected(Rejection::PartnerInactive);
 
     let on = g.when(
         Command::SetPartnerActive {
@@ -585,24 +601,27 @@ fn create_enroll_session() {
         ttl: TTL,
     };
     let then = given([partner_created(P1)]).when(cmd, t(100));
-    then.then(vec![one(
-        session_stream(s),
-        Expected::NoStream,
-        Event::SessionCreated {
-            session_id: s,
-            partner_id: Some(P1),
-            reader_id: None,
-            kind: SessionKind::Enroll,
-            language: Language::Kk,
-            token_hash: token(s),
-            external_id: Some(ext("EMP-12345")),
-            username: Some("John Doe".into()),
-            metadata: Some(json!({"access_level": "standard"})),
-            created_at: t(100),
-            expires_at: t(100) + TTL,
-            trigger_id: None,
-        },
-    )])
+    then.then_created(
+        P1,
+        vec![one(
+            session_stream(s),
+            Expected::NoStream,
+            Event::SessionCreated {
+                session_id: s,
+                partner_id: Some(P1),
+                reader_id: None,
+                kind: SessionKind::Enroll,
+                language: Language::Kk,
+                token_hash: token(s),
+                external_id: Some(ext("EMP-12345")),
+                username: Some("John Doe".into()),
+                metadata: Some(json!({"access_level": "standard"})),
+                created_at: t(100),
+                expires_at: t(100) + TTL,
+                trigger_id: None,
+            },
+        )],
+    )
     .outcome(Outcome::Session {
         id: s,
         replayed: false,
@@ -630,24 +649,27 @@ fn create_identify_session() {
     }
     given([partner_created(P1)])
         .when(cmd, t(7))
-        .then(vec![one(
-            session_stream(s),
-            Expected::NoStream,
-            Event::SessionCreated {
-                session_id: s,
-                partner_id: Some(P1),
-                reader_id: None,
-                kind: SessionKind::Identify,
-                language: Language::Ru,
-                token_hash: token(s),
-                external_id: None,
-                username: None,
-                metadata: None,
-                created_at: t(7),
-                expires_at: t(97),
-                trigger_id: None,
-            },
-        )])
+        .then_created(
+            P1,
+            vec![one(
+                session_stream(s),
+                Expected::NoStream,
+                Event::SessionCreated {
+                    session_id: s,
+                    partner_id: Some(P1),
+                    reader_id: None,
+                    kind: SessionKind::Identify,
+                    language: Language::Ru,
+                    token_hash: token(s),
+                    external_id: None,
+                    username: None,
+                    metadata: None,
+                    created_at: t(7),
+                    expires_at: t(97),
+                    trigger_id: None,
+                },
+            )],
+        )
         .outcome(Outcome::Session {
             id: s,
             replayed: false,
@@ -658,6 +680,7 @@ fn create_identify_session() {
 fn enroll_of_an_enrolled_external_id_is_refused() {
     let g = given([
         partner_created(P1),
+        partner_created(P2),
         enroll_created(sid(1), P1, "EMP-1", t(0)),
         completed(sid(1), t(30)),
         enrolled(P1, "EMP-1", sid(1)),
@@ -706,11 +729,14 @@ fn enroll_is_allowed_again_after_erasure() {
         erased(P1, "EMP-1", t(100)),
     ])
     .when(create_enroll(P1, sid(2), "EMP-1"), t(200))
-    .then(vec![one(
-        session_stream(sid(2)),
-        Expected::NoStream,
-        enroll_created(sid(2), P1, "EMP-1", t(200)),
-    )]);
+    .then_created(
+        P1,
+        vec![one(
+            session_stream(sid(2)),
+            Expected::NoStream,
+            enroll_created(sid(2), P1, "EMP-1", t(200)),
+        )],
+    );
 }
 
 #[test]
@@ -764,18 +790,21 @@ fn first_use_of_an_idempotency_key_claims_it() {
     let s = sid(1);
     let then =
         given([partner_created(P1)]).when(with_key(create_identify(P1, s), "k-1", "fp-a"), t(0));
-    then.then(vec![
-        one(
-            session_stream(s),
-            Expected::NoStream,
-            identify_created(s, P1, t(0)),
-        ),
-        one(
-            stream::idempotency(P1, "k-1"),
-            Expected::NoStream,
-            key_used(P1, "k-1", "fp-a", s, t(0)),
-        ),
-    ])
+    then.then_created(
+        P1,
+        vec![
+            one(
+                session_stream(s),
+                Expected::NoStream,
+                identify_created(s, P1, t(0)),
+            ),
+            one(
+                stream::idempotency(P1, "k-1"),
+                Expected::NoStream,
+                key_used(P1, "k-1", "fp-a", s, t(0)),
+            ),
+        ],
+    )
     .outcome(Outcome::Session {
         id: s,
         replayed: false,
@@ -827,18 +856,21 @@ fn an_idempotency_key_is_usable_again_after_24h() {
     let g = key_claimed_at_zero();
     let later = t(0) + IDEMPOTENCY_TTL;
     let then = g.when(with_key(create_identify(P1, sid(2)), "k-1", "fp-b"), later);
-    then.then(vec![
-        one(
-            session_stream(sid(2)),
-            Expected::NoStream,
-            identify_created(sid(2), P1, later),
-        ),
-        one(
-            stream::idempotency(P1, "k-1"),
-            Expected::Revision(0),
-            key_used(P1, "k-1", "fp-b", sid(2), later),
-        ),
-    ])
+    then.then_created(
+        P1,
+        vec![
+            one(
+                session_stream(sid(2)),
+                Expected::NoStream,
+                identify_created(sid(2), P1, later),
+            ),
+            one(
+                stream::idempotency(P1, "k-1"),
+                Expected::Revision(0),
+                key_used(P1, "k-1", "fp-b", sid(2), later),
+            ),
+        ],
+    )
     .outcome(Outcome::Session {
         id: sid(2),
         replayed: false,
@@ -879,18 +911,21 @@ fn idempotency_keys_are_per_partner() {
     key_claimed_at_zero()
         .and([partner_created(P2)])
         .when(with_key(create_identify(P2, sid(2)), "k-1", "fp-b"), t(5))
-        .then(vec![
-            one(
-                session_stream(sid(2)),
-                Expected::NoStream,
-                identify_created(sid(2), P2, t(5)),
-            ),
-            one(
-                stream::idempotency(P2, "k-1"),
-                Expected::NoStream,
-                key_used(P2, "k-1", "fp-b", sid(2), t(5)),
-            ),
-        ]);
+        .then_created(
+            P2,
+            vec![
+                one(
+                    session_stream(sid(2)),
+                    Expected::NoStream,
+                    identify_created(sid(2), P2, t(5)),
+                ),
+                one(
+                    stream::idempotency(P2, "k-1"),
+                    Expected::NoStream,
+                    key_used(P2, "k-1", "fp-b", sid(2), t(5)),
+                ),
+            ],
+        );
 }
 
 /// A partner whose network dropped the 201 retries with the same key; meanwhile the person

@@ -802,6 +802,75 @@ async fn a_reader_armed_for_one_session_is_not_taken_by_another_link() {
     assert_eq!(command(&mut desk).await["session"], token_a.as_str());
 }
 
+/// The same, when the two links are opened at the same moment: which session holds a reader is
+/// read across streams, so both were armed (and the reader told twice) before arming was
+/// decided one at a time. Of two other partners' enrollments opened at once, exactly one gets
+/// the reader; and one link opened many times at once is armed once and always answered 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_opened_at_the_same_moment_arm_a_reader_once() {
+    let g = Gate::start().await;
+    let mut desk = g.reader("desk-9", "alice", 1).await;
+    for round in 0..4 {
+        let (id_b, token_b) = g.enroll(&format!("b-{round}")).await;
+        let (key_a, id_a, token_a) = g
+            .other_partner_enroll(&format!("other-{round}"), &format!("a-{round}"))
+            .await;
+        let (path_a, path_b) = (
+            format!("/enroll/{token_a}?reader=desk-9"),
+            format!("/enroll/{token_b}?reader=desk-9"),
+        );
+        let (a, b) = tokio::join!(g.page(&path_a), g.page(&path_b));
+        assert_eq!((a.0, b.0), (200, 200));
+        let busy = [&a.1, &b.1]
+            .iter()
+            .filter(|h| h.contains("in use by someone else"))
+            .count();
+        assert_eq!(busy, 1, "round {round}: one page says busy");
+        let first = command(&mut desk).await;
+        if let Some(c) = desk.next_command(Duration::from_millis(300)).await {
+            panic!("round {round}: the reader was armed twice: {first} then {c}");
+        }
+        // Free the reader for the next round: end both sessions.
+        for (id, key) in [(&id_a, &key_a), (&id_b, &g.key)] {
+            let r = g
+                .http
+                .post(format!("{}/v1/sessions/{id}/cancel", g.base))
+                .header("X-API-Key", key)
+                .send()
+                .await
+                .expect("cancel");
+            assert_eq!(r.status(), 200);
+        }
+    }
+
+    let (id, token) = g.enroll("many").await;
+    let mut pages = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (http, url) = (
+            g.http.clone(),
+            format!("{}/enroll/{token}?reader=desk-9", g.base),
+        );
+        pages.spawn(async move {
+            let r = http.get(url).send().await.expect("GET page");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        });
+    }
+    while let Some(page) = pages.join_next().await {
+        let (status, html) = page.expect("page task");
+        assert_eq!(status, 200, "{html}");
+    }
+    assert_eq!(command(&mut desk).await["session"], token.as_str());
+    if let Some(c) = desk.next_command(Duration::from_millis(300)).await {
+        panic!("one session armed twice: {c}");
+    }
+    let armed = g
+        .raw_events()
+        .iter()
+        .filter(|e| e.kind == "SessionReaderArmed" && e.data.contains(&id))
+        .count();
+    assert_eq!(armed, 1, "SessionReaderArmed events for one session");
+}
+
 /// A hold lapses: a reader armed for one partner's session and left idle refuses another
 /// partner's enrollment only for `READER_HOLD` (2 min) after it was armed; from then on the
 /// other partner's page takes the reader over and its capture completes that enrollment, while
