@@ -692,8 +692,19 @@ impl Policy {
         } = Policy::parse_parts(text)?;
         errors.extend(refused);
         // Schedules are read in the site's zone: with no valid zone, no "never opens" verdict.
+        // Nor on a schedule with an expression refused: it is judged once it is written right.
         if !errors.iter().any(|e| e.key == "timezone") {
-            errors.extend(more(&policy, &schedule_lines));
+            let schedule_of = |key: &str| {
+                key.strip_prefix("schedules.")
+                    .map(|k| k.split(['[', '.']).next().unwrap_or(k).to_owned())
+            };
+            let broken: std::collections::HashSet<String> =
+                errors.iter().filter_map(|e| schedule_of(&e.key)).collect();
+            errors.extend(
+                more(&policy, &schedule_lines)
+                    .into_iter()
+                    .filter(|e| schedule_of(&e.key).is_none_or(|n| !broken.contains(&n))),
+            );
         }
         if errors.is_empty() {
             return Ok(policy);
@@ -876,8 +887,9 @@ struct RawLevel {
 struct RawUnlock {
     door: String,
     schedule: String,
+    /// Unset reads as `false` (as before it was warned about).
     #[serde(default)]
-    respect_holidays: bool,
+    respect_holidays: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -1209,7 +1221,7 @@ fn build<'t>(cx: &mut Cx<'t>) -> Policy {
         .unwrap_or_default();
     let unlock_windows = root
         .get("unlock_windows")
-        .map(|v| unlocks(cx, v, &known))
+        .map(|v| unlocks(cx, v, &known, !holidays.is_empty()))
         .unwrap_or_default();
     let zones = root
         .get("zones")
@@ -1644,9 +1656,27 @@ fn levels<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Ve
     out
 }
 
-fn unlocks<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Vec<UnlockWindow> {
+fn unlocks<'t>(
+    cx: &mut Cx<'t>,
+    v: &'t Spanned<DeValue<'t>>,
+    known: &Known,
+    holidays: bool,
+) -> Vec<UnlockWindow> {
     let mut out = Vec::new();
     for (i, raw) in cx.entries::<RawUnlock>("unlock_windows", v) {
+        // A site that lists holidays and a window that does not say: the door rests unlocked
+        // on a holiday too, which an operator closing the building that day rarely means.
+        if holidays && raw.respect_holidays.is_none() {
+            cx.warn(
+                &path!["unlock_windows", i],
+                format!(
+                    "the unlock window of door `{}` also unlocks it on the site's holidays: \
+                     set `respect_holidays = true` to keep it locked then, or `false` to say \
+                     that it is meant",
+                    raw.door
+                ),
+            );
+        }
         if !known.doors.contains(&raw.door) {
             cx.error(
                 &path!["unlock_windows", i, "door"],
@@ -1660,7 +1690,7 @@ fn unlocks<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> V
         out.push(UnlockWindow {
             door: DoorId(raw.door),
             schedule: raw.schedule,
-            respect_holidays: raw.respect_holidays,
+            respect_holidays: raw.respect_holidays.unwrap_or(false),
         });
     }
     out
@@ -1698,6 +1728,31 @@ fn zones<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Vec
                     cx.warn(&p, msg);
                 }
             }
+        }
+        // A zone that never sees an entry decides nothing; a hard one that never sees an exit
+        // denies everyone's second entry for good (an exit button records no movement). Refused
+        // for a new activation only: a document already in the log reads as it did.
+        let zone_problem = if raw.entry_readers.is_empty() {
+            Some((
+                "entry_readers",
+                "a zone needs at least one entry reader: with none it never sees anyone enter"
+                    .to_owned(),
+            ))
+        } else if raw.exit_readers.is_empty() && raw.anti_passback == AntiPassback::Hard {
+            Some((
+                "exit_readers",
+                "a hard anti-passback zone needs at least one exit reader: with none no exit is \
+                 ever recorded (an exit button records no movement), so everyone is denied \
+                 `anti_passback` from their second entry on, for good; list the readers people \
+                 leave by, or use `anti_passback = \"soft\"`"
+                    .to_owned(),
+            ))
+        } else {
+            None
+        };
+        if let Some((list, msg)) = zone_problem {
+            let e = cx.problem(&path!["zones", i, list], msg);
+            cx.refused.push(e);
         }
         out.push(Zone {
             name: raw.name,

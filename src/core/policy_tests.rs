@@ -1183,7 +1183,9 @@ fn lookups_and_defaults() {
         p.is_holiday(utc("2026-12-15T19:00:00Z")) && !p.is_holiday(utc("2026-12-15T18:59:59Z"))
     );
     assert_eq!(p.sha256.len(), 64);
-    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    // The `lab` window does not say whether it keeps the holidays (it does not, by default).
+    let keys: Vec<&str> = p.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["unlock_windows[1]"], "{:?}", p.warnings);
 }
 
 #[test]
@@ -1654,7 +1656,7 @@ fn reader_ids_no_reader_can_use_refuse_a_new_activation() {
         ),
         (
             "[schedules]",
-            "[[zones]]\nname = \"z\"\nentry_readers = [\"gate/in\"]\nanti_passback = \"hard\"\n\n[schedules]",
+            "[[zones]]\nname = \"z\"\nentry_readers = [\"gate/in\"]\nanti_passback = \"soft\"\n\n[schedules]",
             "zones[0].entry_readers[0]",
             "gate/in",
         ),
@@ -2186,6 +2188,96 @@ fn unlock_window_rules() {
             "unknown field `until`",
         ),
     ]);
+}
+
+/// A zone that can never see an entry, or a hard one that can never see an exit (everyone
+/// would be denied `anti_passback` from their second entry on), refuses a new activation with
+/// its line; a logged document still reads.
+#[test]
+fn zones_without_the_readers_they_need_refuse_a_new_activation() {
+    for (zone, key, needle) in [
+        (
+            "[[zones]]\nname = \"z\"\nentry_readers = [\"main-in\"]\nanti_passback = \"hard\"\n",
+            "zones[0].exit_readers",
+            "a hard anti-passback zone needs at least one exit reader",
+        ),
+        (
+            "[[zones]]\nname = \"z\"\nentry_readers = [\"main-in\"]\nexit_readers = []\nanti_passback = \"hard\"\n",
+            "zones[0].exit_readers",
+            "a hard anti-passback zone needs at least one exit reader",
+        ),
+        (
+            "[[zones]]\nname = \"z\"\nanti_passback = \"soft\"\n",
+            "zones[0].entry_readers",
+            "a zone needs at least one entry reader",
+        ),
+    ] {
+        let text = format!("{MINI}\n{zone}");
+        let errors = Policy::parse_new(&text).expect_err(zone);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].key, key);
+        assert!(
+            errors[0].line >= Some(line_with(&text, "[[zones]]")),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[0].message.contains(needle), "{}", errors[0]);
+        assert_eq!(
+            Policy::parse(&text)
+                .expect("a logged document still reads")
+                .refused
+                .len(),
+            1
+        );
+    }
+    // A soft zone may have no exit reader: it only marks repeated entries.
+    let soft = format!(
+        "{MINI}\n[[zones]]\nname = \"z\"\nentry_readers = [\"main-in\"]\nanti_passback = \"soft\"\n"
+    );
+    Policy::parse_new(&soft).expect("a soft zone without exits");
+}
+
+/// A site with holidays and an unlock window that does not say whether it keeps them: the
+/// door would rest unlocked on a holiday (unset reads as `false`, as it always did), so it is
+/// accepted with a warning; saying either way silences it.
+#[test]
+fn an_unlock_window_silent_on_the_sites_holidays_is_warned_about() {
+    let window = "\n[[unlock_windows]]\ndoor = \"main\"\nschedule = \"always\"\n";
+    let with_holidays = MINI.replace(
+        "timezone = \"Asia/Almaty\"",
+        "timezone = \"Asia/Almaty\"\nholidays = [\"2026-12-16\"]",
+    );
+    let p = Policy::parse_new(&format!("{with_holidays}{window}")).expect("accepted");
+    assert_eq!(p.warnings.len(), 1, "{:#?}", p.warnings);
+    assert_eq!(p.warnings[0].key, "unlock_windows[0]");
+    assert!(
+        p.warnings[0].message.contains("respect_holidays = true"),
+        "{}",
+        p.warnings[0]
+    );
+    assert!(!p.unlock_windows[0].respect_holidays);
+    for said in ["true", "false"] {
+        let text = format!("{with_holidays}{window}respect_holidays = {said}\n");
+        let p = Policy::parse_new(&text).expect("accepted");
+        assert!(p.warnings.is_empty(), "{said}: {:#?}", p.warnings);
+        assert_eq!(p.unlock_windows[0].respect_holidays, said == "true");
+    }
+    // No holidays, nothing to say.
+    let p = Policy::parse_new(&format!("{MINI}{window}")).expect("accepted");
+    assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
+}
+
+/// A schedule whose expression is refused is not also said never to open.
+#[test]
+fn a_refused_expression_is_not_also_a_schedule_that_never_opens() {
+    let text = MINI.replace(
+        "always = [\"* * * * * *\"]",
+        "always = [\"* * 22-6 * * Mon-Fri\"]",
+    );
+    let now = "2026-11-28T00:00:00Z".parse().expect("instant");
+    let errors = Policy::parse_new_at(&text, now).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].key, "schedules.always[0]");
 }
 
 #[test]

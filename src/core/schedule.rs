@@ -117,22 +117,88 @@ pub fn parse_expr(expr: &str) -> Result<Schedule, String> {
             fields[0]
         ));
     }
-    Schedule::from_str(expr).map_err(|e| {
-        let e = e.to_string();
-        // cron refuses a range whose start is past its end; say how to write what was meant.
-        let hint = if e.contains("Invalid range for Hours") {
-            " (a window across midnight is two ranges: e.g. `22-23,0-5` for 22:00 to 06:00)"
-        } else if e.contains("Invalid named range") || e.contains("Invalid range for Days of") {
+    Schedule::from_str(expr).map_err(|e| cron_error(expr, &e.to_string()))
+}
+
+/// The fields of a window expression, by position.
+const FIELD_NAMES: [&str; 7] = [
+    "seconds",
+    "minutes",
+    "hours",
+    "day of month",
+    "month",
+    "day of week",
+    "year",
+];
+
+/// cron's refusal of `expr` as one line that names the field: cron writes the expression, a
+/// caret under the column it stopped at and then its message (sometimes empty, and with "less
+/// than N" for a largest allowed value of N), which lands in one-line places (a log line, the
+/// JSON `errors` of `PUT /admin/v1/policy`).
+fn cron_error(expr: &str, raw: &str) -> String {
+    let lines: Vec<&str> = raw.lines().collect();
+    let caret = lines
+        .iter()
+        .position(|l| l.trim() == "^")
+        .map(|i| (lines[i].find('^').unwrap_or(0), i));
+    let (message, field) = match caret {
+        Some((col, i)) => {
+            let message = lines[i + 1..].join(" ");
+            // The field the caret is in: the words of the expression before its column.
+            let index = expr
+                .get(..col.min(expr.len()))
+                .map_or(0, |before| before.split_whitespace().count());
+            let starts_word = expr[..col.min(expr.len())]
+                .chars()
+                .last()
+                .is_none_or(char::is_whitespace);
+            let index = if starts_word {
+                index
+            } else {
+                index.saturating_sub(1)
+            };
+            let word = expr.split_whitespace().nth(index).unwrap_or("");
+            (message, Some((index, word)))
+        }
+        None => (raw.replace('\n', " "), None),
+    };
+    let mut message = message
+        .trim()
+        .replace("must be less than ", "must be at most ");
+    let name = field.and_then(|(i, _)| FIELD_NAMES.get(i).copied());
+    if message.is_empty() {
+        message = match name {
+            Some("year") => "not a year or range of years cron reads (1970 to 2100)".into(),
+            _ => "not something cron reads in this field".into(),
+        };
+    }
+    let hint = match (
+        name,
+        message.contains("Invalid range") || message.contains("Invalid named range"),
+    ) {
+        (Some("hours"), true) => {
+            " (a window across midnight is two ranges: e.g. `22-23,0-5` for 22:00 to 06:00; when \
+             the days are named, the hours after midnight belong to the next day: write two \
+             windows, e.g. `* * 22-23 * * Mon-Fri` and `* * 0-5 * * Tue-Sat`)"
+        }
+        (Some("day of week"), true) => {
             " (a range cannot wrap past the end of the week: write the days as a list, e.g. \
              `Sat,Sun`, or as two ranges)"
-        } else if e.contains("Invalid range") {
-            " (a range must go from the smaller value to the larger: a range that wraps around is \
-             written as two, e.g. `22-23,0-5`)"
-        } else {
-            ""
-        };
-        format!("`{expr}`: {e}{hint}")
-    })
+        }
+        (Some("month"), true) => {
+            " (a range cannot wrap past the end of the year: write two ranges, e.g. `Dec,Jan` or \
+             `Nov-Dec,Jan-Feb`)"
+        }
+        (_, true) => {
+            " (a range must go from the smaller value to the larger: a range that wraps around \
+             is written as two, e.g. `22-23,0-5`)"
+        }
+        _ => "",
+    };
+    match (field, name) {
+        (Some((_, word)), Some(name)) => format!("`{expr}`: {name} `{word}`: {message}{hint}"),
+        _ => format!("`{expr}`: {message}{hint}"),
+    }
 }
 
 /// A warning for a window whose day-of-week field uses numbers: cron 0.17 counts Sunday = 1 …
@@ -296,10 +362,25 @@ mod tests {
             ("* * 22-6 * * *", "`22-23,0-5`"),
             ("* * 8-17 * * Sat-Sun", "`Sat,Sun`"),
             ("* 50-10 * * * *", "written as two"),
+            // With named days, the hours after midnight are the next day's.
+            ("* * 22-6 * * Mon-Fri", "`* * 0-5 * * Tue-Sat`"),
+            ("* * 8-17 * Dec-Jan *", "`Dec,Jan`"),
+            // One line, naming the field and its largest value; never an empty reason.
+            ("* * 24 * * *", "hours `24`: Hours must be at most 23"),
+            ("* 60 * * * *", "minutes `60`: Minutes must be at most 59"),
+            (
+                "* * * * * * 2101",
+                "year `2101`: not a year or range of years cron reads",
+            ),
+            (
+                "* * 1,2,,4 * * *",
+                "hours `1,2,,4`: not something cron reads",
+            ),
         ];
         for (expr, want) in cases {
             let err = parse_expr(expr).unwrap_err();
             assert!(err.contains(want), "{expr}: {err}");
+            assert!(!err.contains('\n') && !err.contains('^'), "{expr}: {err:?}");
         }
     }
 
