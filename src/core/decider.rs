@@ -42,6 +42,9 @@ pub enum Rejection {
     /// A partner's session asked for a door's reader: door readers decide doors only.
     #[error("reader belongs to a door")]
     ReaderAtDoor,
+    /// A test ping asked of a disabled webhook.
+    #[error("webhook is disabled: enable it (POST /v1/webhook/enable), then send the test")]
+    WebhookDisabled,
     /// The partner was deactivated (after its request passed the gate: its body was slow).
     #[error("partner account is inactive")]
     PartnerInactive,
@@ -541,6 +544,11 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             delivery_id,
         } => {
             let w = state.webhook(*partner_id).ok_or(Rejection::NotFound)?;
+            // A disabled webhook sends nothing: the ping would wait, held, for a `recover`,
+            // long after it was asked for.
+            if !w.active {
+                return Err(Rejection::WebhookDisabled);
+            }
             let data = serde_json::json!({ "message": "palmgate webhook test" });
             Ok(Decision::new(vec![one(
                 stream::delivery(delivery_id),
@@ -551,7 +559,7 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
                     event: "ping".into(),
                     session_id: None,
                     body: webhook::body("ping", now, &data),
-                    held: !w.active,
+                    held: false,
                     at: now,
                 },
             )]))

@@ -357,7 +357,9 @@ pub fn decide_door(
         && let Some(hook) = state.webhook(s.partner_id).filter(|w| w.wants("access"))
     {
         /// SPEC 4 lists every field: `reason` is null on a grant, `level` null when no level
-        /// of the subject's decided it.
+        /// of the subject's decided it. A grant at a door whose board is down says
+        /// `door_unavailable`, as the reader and the metrics do: the person was granted but
+        /// not let in (an attendance system must not count an entry).
         #[derive(Serialize)]
         struct Access<'a> {
             door: &'a DoorId,
@@ -370,7 +372,10 @@ pub fn decide_door(
             door: &door.id,
             external_id: &s.external_id,
             granted,
-            reason: verdict.reason().map(|r| r.as_str()),
+            reason: verdict
+                .reason()
+                .map(|r| r.as_str())
+                .or(unopenable.then_some("door_unavailable")),
             level: verdict.level(),
         };
         let id = access_delivery_id(state, &cref.reader_id, &cref.capture_id);

@@ -116,7 +116,8 @@ impl From<Rejection> for ApiError {
             | Rejection::PartnerExists
             | Rejection::ReaderOffline
             | Rejection::ReaderBusy
-            | Rejection::ReaderAtDoor => ApiError::Conflict(r.to_string()),
+            | Rejection::ReaderAtDoor
+            | Rejection::WebhookDisabled => ApiError::Conflict(r.to_string()),
             Rejection::Invalid(m) => ApiError::BadRequest(m.to_string()),
             Rejection::InvalidPolicy(errors) => ApiError::InvalidPolicy(errors),
         }

@@ -272,7 +272,8 @@ fn rotate_webhook_secret() {}
 
 #[utoipa::path(post, path = "/v1/webhook/test", tag = "webhooks",
     responses((status = 202, body = DeliveryQueuedBody, description = "a signed ping is queued"),
-              (status = 404, body = ErrorBody)),
+              (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "the webhook is disabled: enable it first")),
     security(("api_key" = [])))]
 fn test_webhook() {}
 

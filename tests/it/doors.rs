@@ -918,7 +918,7 @@ async fn an_unlock_window_opens_and_closes_on_schedule_while_the_gateway_runs() 
 
 /// The `access` webhook carries every field SPEC 4 lists — `door`, `external_id`, `granted`,
 /// `reason`, `level` — with null for what a decision has none of (a grant's reason, the level
-/// of a user who has none).
+/// of a user who has none); a grant at a door that could not open says `door_unavailable`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_webhook_has_every_field_of_spec_4() {
     use crate::webhooks::{Receiver, Reply};
@@ -955,6 +955,24 @@ async fn an_access_webhook_has_every_field_of_spec_4() {
             json!({"door": "main", "external_id": "bob", "granted": false,
                    "reason": "no_access_level", "level": null}),
         ]
+    );
+    // A grant at a door whose board is down lets nobody in: the webhook says so, as the
+    // reader is told (an attendance system must not count an entry).
+    site.board.stop();
+    site.wait_door("main", "device_down", |d| d["state"] == "device_down")
+        .await;
+    let (_, r) = scan(&mut lobby, "alice").await;
+    assert_eq!(r["reason"], "door_unavailable", "{r}");
+    let hits = receiver.wait_for(3, WAIT, "the third access webhook").await;
+    let third = hits
+        .iter()
+        .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap()["data"].clone())
+        .find(|d| d["reason"] == "door_unavailable")
+        .unwrap_or_else(|| panic!("no door_unavailable webhook: {hits:?}"));
+    assert_eq!(
+        third,
+        json!({"door": "main", "external_id": "alice", "granted": true,
+               "reason": "door_unavailable", "level": "standard"})
     );
     drop(lobby);
 }

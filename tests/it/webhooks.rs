@@ -1262,6 +1262,13 @@ async fn failures_retry_on_the_seed_schedule_then_disable_until_recovered() {
     clock.advance(Span::hours(3));
     rx.stays(5, "nothing is sent while the webhook is disabled")
         .await;
+    // A test ping is refused while disabled (it would wait, held, for a recover).
+    let (code, v) = gate.v1(Method::POST, "/v1/webhook/test", &key, None).await;
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(
+        v["message"],
+        "webhook is disabled: enable it (POST /v1/webhook/enable), then send the test"
+    );
 
     // Enable: active again; the held one waits for a redeliver or recover.
     let (code, v) = gate
