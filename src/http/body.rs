@@ -95,31 +95,101 @@ pub fn refuse_head(headers: &header::HeaderMap, msg: &str) -> ApiError {
     }
 }
 
-/// Parses JSON with a message that says where it went wrong.
+/// Parses JSON with a message that says where it went wrong. A key given twice in one object
+/// is refused (serde_json alone keeps the last one, where another parser in front of palmgate,
+/// a proxy or a WAF, may have judged the first); so is a leading byte order mark, by name.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("request body is empty".into()));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        // serde_json's own words say what is wrong ("expected value", "trailing characters",
-        // "recursion limit exceeded", "invalid unicode code point", ...): they name the input,
-        // never the server. Its position suffix is replaced by ours.
-        let what = e.to_string();
-        let what = what
-            .rsplit_once(" at line ")
-            .map_or(what.as_str(), |(w, _)| w)
-            .to_string();
-        let what = match what.as_str() {
-            "recursion limit exceeded" => "nested more than 128 levels deep".to_string(),
-            "" => "syntax error".to_string(),
-            _ => what,
-        };
-        ApiError::BadRequest(format!(
-            "invalid JSON at line {} column {}: {what}",
-            e.line(),
-            e.column(),
-        ))
-    })
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        return Err(ApiError::BadRequest(
+            "request body starts with a byte order mark (U+FEFF): send the JSON without it".into(),
+        ));
+    }
+    serde_json::from_slice::<Strict>(bytes)
+        .map(|s| s.0)
+        .map_err(|e| {
+            // serde_json's own words say what is wrong ("expected value", "trailing characters",
+            // "recursion limit exceeded", "invalid unicode code point", ...): they name the input,
+            // never the server. Its position suffix is replaced by ours.
+            let what = e.to_string();
+            let what = what
+                .rsplit_once(" at line ")
+                .map_or(what.as_str(), |(w, _)| w)
+                .to_string();
+            let what = match what.as_str() {
+                "recursion limit exceeded" => "nested more than 128 levels deep".to_string(),
+                "" => "syntax error".to_string(),
+                _ => what,
+            };
+            ApiError::BadRequest(format!(
+                "invalid JSON at line {} column {}: {what}",
+                e.line(),
+                e.column(),
+            ))
+        })
+}
+
+/// A JSON value whose objects have no key twice.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.contains_key(&key) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format!(
+                    "key {shown:?} is given twice in one object"
+                )));
+            }
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// The first integer literal of a valid JSON text that fits neither `i64` nor `u64`. serde_json

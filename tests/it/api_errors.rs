@@ -408,6 +408,35 @@ async fn bad_json_and_content_type_are_400() {
     enroll_raw(&s, &key, Some("application/json"), b"[\"EMP-1\"]".to_vec())
         .await
         .assert_error(400, "request body must be a JSON object");
+    // A key twice: refused, not the last one silently kept (a proxy in front may have judged
+    // the first); a byte order mark is named.
+    enroll_raw(
+        &s,
+        &key,
+        Some("application/json"),
+        br#"{"external_id":"A","metadata":{"x":1},"external_id":"B"}"#.to_vec(),
+    )
+    .await
+    .assert_error(
+        400,
+        "invalid JSON at line 1 column 56: key \"external_id\" is given twice in one object",
+    );
+    enroll_raw(
+        &s,
+        &key,
+        Some("application/json"),
+        br#"{"external_id":"A","metadata":{"x":1,"y":{"x":2,"x":3}}}"#.to_vec(),
+    )
+    .await
+    .assert_error_prefix(400, "invalid JSON at line 1 column");
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend_from_slice(br#"{"external_id":"EMP-BOM"}"#);
+    enroll_raw(&s, &key, Some("application/json"), bom)
+        .await
+        .assert_error(
+            400,
+            "request body starts with a byte order mark (U+FEFF): send the JSON without it",
+        );
 
     // Valid JSON, wrong or missing Content-Type.
     for ct in [

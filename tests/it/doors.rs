@@ -3024,6 +3024,13 @@ async fn the_sites_metrics_are_for_the_operator_only() {
     assert_eq!(status, 401, "{text}");
     let (status, text) = scrape_as(&site, Some(ADMIN)).await;
     assert_eq!(status, 200, "{text}");
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let token = ADMIN.replacen("Bearer", scheme, 1);
+        let (status, text) = scrape_as(&site, Some(&token)).await;
+        assert_eq!(status, 200, "{scheme}: {text}");
+        assert!(text.contains(site_series[0]), "{scheme}: {text}");
+    }
     for s in site_series {
         assert!(text.contains(s), "{s} missing for the operator:\n{text}");
     }
