@@ -158,6 +158,21 @@ pub fn parse_enroll(body: &Value) -> Result<EnrollRequest, ApiError> {
             if depth(m) > MAX_METADATA_DEPTH {
                 return Err(bad("metadata must be nested at most 32 levels deep"));
             }
+            // The site policy reads these (SPEC 6); in another form they would deny the person
+            // at every door, as `expired` or `not_yet_valid`, with nothing said at enrollment.
+            for key in ["valid_from", "valid_until"] {
+                match m.get(key) {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(v)) if crate::core::schedule::Bound::parse(v).is_some() => {}
+                    Some(_) => {
+                        return Err(ApiError::BadRequest(format!(
+                            "metadata.{key} must be a date (2026-12-31, in the site's time \
+                             zone) or an RFC 3339 instant with its offset \
+                             (2026-12-31T18:00:00+05:00)"
+                        )));
+                    }
+                }
+            }
             Some(m.clone())
         }
         Some(_) => return Err(bad("metadata must be a JSON object")),

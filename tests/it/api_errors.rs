@@ -597,6 +597,35 @@ async fn username_and_metadata_are_validated() {
     s.enroll(&key, "", &json!({"external_id": "E", "metadata": {}}))
         .await
         .created();
+    // The validity bounds the site policy reads (SPEC 6): a date or an instant with its offset;
+    // another form would deny the person at every door, so it is refused here.
+    for (key_name, v) in [
+        ("valid_until", json!("2027-12-31T23:59:59")),
+        ("valid_from", json!("2026-01-01 08:00")),
+        ("valid_until", json!(20271231)),
+    ] {
+        s.enroll(
+            &key,
+            "",
+            &json!({"external_id": "E", "metadata": {key_name: v}}),
+        )
+        .await
+        .assert_error(
+            400,
+            &format!(
+                "metadata.{key_name} must be a date (2026-12-31, in the site's time zone) or an \
+                 RFC 3339 instant with its offset (2026-12-31T18:00:00+05:00)"
+            ),
+        );
+    }
+    s.enroll(
+        &key,
+        "",
+        &json!({"external_id": "E", "metadata": {"valid_from": "2026-01-01",
+            "valid_until": "2027-12-31T23:59:59+05:00"}}),
+    )
+    .await
+    .created();
 }
 
 #[tokio::test]
