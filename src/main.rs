@@ -662,19 +662,38 @@ async fn reader(action: ReaderCmd) -> anyhow::Result<()> {
         // A link: the reader is armed for it as a person choosing it on the page does
         // (`?reader=ID`); the server's `capture` command then starts the scan. A capture
         // counts only from the reader its session is armed at.
+        // Until the server has seen this reader online (its retained status reaches the server
+        // a moment after the connection), the page cannot arm it: asked again until the
+        // server's command comes, for up to 5 s (asked again, a page whose session holds the
+        // reader already changes nothing).
         Some((link, Some(url))) => {
-            let resp = reqwest::Client::new()
-                .get(url)
-                .header("accept", "application/json")
-                .send()
-                .await
-                .with_context(|| format!("cannot open the session's page {link}"))?;
-            if !resp.status().is_success() {
-                anyhow::bail!(
-                    "the session's page answered {}: {}",
-                    resp.status(),
-                    resp.text().await.unwrap_or_default()
-                );
+            let http = reqwest::Client::new();
+            let end = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let resp = http
+                    .get(url.clone())
+                    .header("accept", "application/json")
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot open the session's page {link}"))?;
+                if !resp.status().is_success() {
+                    anyhow::bail!(
+                        "the session's page answered {}: {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    );
+                }
+                let wait = std::time::Duration::from_millis(700);
+                if let Some(cmd) = sim.next_command(wait).await {
+                    sim.answer(&cmd, true).await?;
+                    break;
+                }
+                if tokio::time::Instant::now() >= end {
+                    anyhow::bail!(
+                        "the server did not arm reader {sim_reader} for this session within 5 s: \
+                         is the reader busy with another session's page, or at a door?"
+                    );
+                }
             }
         }
         // A bare token: scanned for as it is (a kiosk's session shown to this reader, or one

@@ -341,23 +341,29 @@ impl SimReader {
     pub async fn follow(&mut self, duration: Duration, print: bool) -> Result<(), SimError> {
         let end = tokio::time::Instant::now() + duration;
         while let Some(cmd) = self.next_command(end - tokio::time::Instant::now()).await {
-            if print {
-                println!("{cmd}");
+            self.answer(&cmd, print).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers one command as [`SimReader::follow`] does.
+    pub async fn answer(&mut self, cmd: &Value, print: bool) -> Result<(), SimError> {
+        if print {
+            println!("{cmd}");
+        }
+        match cmd.get("action").and_then(Value::as_str) {
+            Some("capture") => {
+                let session = cmd
+                    .get("session")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                self.capture(session.as_deref()).await?;
             }
-            match cmd.get("action").and_then(Value::as_str) {
-                Some("capture") => {
-                    let session = cmd
-                        .get("session")
-                        .and_then(Value::as_str)
-                        .map(str::to_string);
-                    self.capture(session.as_deref()).await?;
-                }
-                Some("retry") if self.session.is_some() => {
-                    let session = self.session.clone();
-                    self.capture(session.as_deref()).await?;
-                }
-                _ => {}
+            Some("retry") if self.session.is_some() => {
+                let session = self.session.clone();
+                self.capture(session.as_deref()).await?;
             }
+            _ => {}
         }
         Ok(())
     }

@@ -1050,3 +1050,46 @@ async fn a_log_that_lost_acknowledged_events_is_refused_at_start_up() {
         "{stderr}"
     );
 }
+
+/// `reader simulate --session URL` with a reader the server has not seen yet: its retained
+/// status reaches the server a moment after the simulator connects, and the page refused to arm
+/// an offline reader, so the simulator waited for a `capture` that never came (review, session
+/// 25: 2 runs in 9). It now asks the page again until the reader is armed: every run enrolls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_simulate_with_a_link_arms_a_reader_the_server_has_not_seen_yet() {
+    let s = TestServer::start().await;
+    let (_, key) = s.create_partner("Desks").await;
+    for i in 0..4 {
+        let e = s
+            .enroll(
+                &key,
+                "",
+                &serde_json::json!({"external_id": format!("EMP-{i}")}),
+            )
+            .await
+            .created();
+        let out = tokio::task::spawn_blocking({
+            let (config, mqtt) = (s.config_path().to_path_buf(), s.mqtt_url.clone());
+            move || {
+                Command::new(env!("CARGO_BIN_EXE_palmgate"))
+                    .args(["reader", "simulate", "--reader", &format!("new-desk-{i}")])
+                    .args(["--mqtt", &mqtt])
+                    .args(["--palm", &format!("person-{i}"), "--session", &e.url])
+                    .args(["--wait", "1", "--config"])
+                    .arg(&config)
+                    .output()
+                    .expect("run reader simulate")
+            }
+        })
+        .await
+        .expect("join");
+        assert!(
+            out.status.success(),
+            "run {i}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = s.session(&key, &e.session_id).await.json();
+        assert_eq!(v["state"], "completed", "run {i}: {v}");
+    }
+}
