@@ -910,6 +910,20 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
                     r.door.as_str().escape_debug(),
                 );
             }
+            if let Some(u) = &found.unadmitted {
+                let names: Vec<String> = u
+                    .partners
+                    .iter()
+                    .map(|n| format!("{:?}", n.as_str()))
+                    .collect();
+                println!(
+                    "{} door scan(s) in range matched nobody while partner(s) {} were not \
+                     admitted; the candidate admits them; a scan that matched nobody names no \
+                     person, so they cannot be re-decided",
+                    u.scans,
+                    names.join(", ")
+                );
+            }
             println!(
                 "{} decisions replayed, {} would change",
                 found.replayed,

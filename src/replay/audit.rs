@@ -1414,6 +1414,18 @@ pub struct WhatIf {
     /// per reader (by reader id). No person was matched when they were rejected, so they
     /// cannot be decided again: the candidate's outcome for them is unknown.
     pub not_redecidable: Vec<NoDoorScans>,
+    /// Door scans in range that matched nobody while partners that the candidate admits were
+    /// not admitted (a door scan searches only the admitted partners' users): they name no
+    /// person and cannot be decided again, though the candidate might grant them.
+    pub unadmitted: Option<UnadmittedScans>,
+}
+
+/// The `no_match` scans in range made while partners the candidate admits were not admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnadmittedScans {
+    pub scans: usize,
+    /// The names of those partners, sorted.
+    pub partners: std::collections::BTreeSet<String>,
 }
 
 /// The scans in range at one reader the log recorded as rejected `no_door` (its reader at no
@@ -1571,12 +1583,18 @@ pub fn what_if(
     let mut n = 0;
     let mut changed = vec![];
     let mut no_door: BTreeMap<ReaderId, (DoorId, usize)> = BTreeMap::new();
+    // The policy in force as the log goes, and the partners so far: for `no_match` scans made
+    // while a partner the candidate admits was not admitted.
+    let mut in_force: Option<Policy> = None;
+    let mut partners: Vec<(PartnerId, String)> = Vec::new();
+    let mut unadmitted: Option<UnadmittedScans> = None;
     let mut after = 0;
     loop {
         let page = store.read(after, 10_000)?;
         let Some(last) = page.last() else {
             return Ok(WhatIf {
                 replayed: n,
+                unadmitted,
                 changed,
                 not_redecidable: no_door
                     .into_iter()
@@ -1590,6 +1608,38 @@ pub fn what_if(
         };
         after = last.position;
         for rec in &page {
+            match &rec.event {
+                Event::PolicyActivated { document, .. } => in_force = Policy::parse(document).ok(),
+                Event::PartnerCreated {
+                    partner_id, name, ..
+                } => partners.push((*partner_id, name.clone())),
+                Event::DoorDecided {
+                    subject: None,
+                    verdict,
+                    at,
+                    ..
+                } if verdict.reason() == Some(DenyReason::NoMatch) && in_range(*at, from, to) => {
+                    let newly: std::collections::BTreeSet<String> = partners
+                        .iter()
+                        .filter(|(id, name)| {
+                            policy.partner_allowed(*id, name)
+                                && !in_force
+                                    .as_ref()
+                                    .is_some_and(|p| p.partner_allowed(*id, name))
+                        })
+                        .map(|(_, name)| name.clone())
+                        .collect();
+                    if !newly.is_empty() {
+                        let u = unadmitted.get_or_insert_with(|| UnadmittedScans {
+                            scans: 0,
+                            partners: Default::default(),
+                        });
+                        u.scans += 1;
+                        u.partners.extend(newly);
+                    }
+                }
+                _ => {}
+            }
             match &rec.event {
                 Event::CaptureRejected {
                     reader_id,

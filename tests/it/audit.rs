@@ -2336,3 +2336,49 @@ fn an_expected_head_is_parsed_as_verify_prints_it() {
         assert!(e.starts_with("--expect-head "), "{bad}: {e}");
     }
 }
+
+/// A door scan searches only the admitted partners' users: one made while the partner was not
+/// admitted matched nobody and names no person. A candidate that admits the partner is told how
+/// many such scans there are (review, session 25: it said "0 would change"); the policy in
+/// force says nothing of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_counts_the_scans_that_matched_nobody_while_a_partner_it_admits_was_not() {
+    let closed = SITE.replacen(
+        "timezone = \"Asia/Almaty\"",
+        "timezone = \"Asia/Almaty\"\npartners = [\"Nobody\"]",
+        1,
+    );
+    assert_ne!(closed, SITE);
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        ..
+    } = enrolled_with(
+        &closed,
+        std::sync::Arc::new(palmgate::app::clock::SystemClock),
+    )
+    .await;
+    app.reader_message(
+        ReaderId("lobby-1".into()),
+        capture("alice", 500, "walk-closed"),
+    )
+    .await
+    .unwrap();
+    drop(server);
+    app.close();
+    drop(app);
+    let log = Log { dir, config };
+    let (code, out) = what_if_cli(&log, SITE);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out,
+        "1 door scan(s) in range matched nobody while partner(s) \"Acme\" were not admitted; \
+         the candidate admits them; a scan that matched nobody names no person, so they cannot \
+         be re-decided\n1 decisions replayed, 0 would change\n"
+    );
+    let (code, out) = what_if_cli(&log, &closed);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out, "1 decisions replayed, 0 would change\n");
+}

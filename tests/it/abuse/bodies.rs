@@ -282,7 +282,7 @@ async fn malformed_bodies_are_400_never_500() {
             "byte order mark",
             b"\xef\xbb\xbf{\"external_id\":\"E\"}".to_vec(),
             400,
-            "invalid JSON",
+            "request body starts with a byte order mark",
         ),
         ("UTF-16", utf16, 400, "invalid JSON"),
         (
@@ -352,8 +352,8 @@ async fn malformed_bodies_are_400_never_500() {
         (
             "duplicate keys",
             br#"{"external_id":"A","external_id":"B"}"#.to_vec(),
-            201,
-            "",
+            400,
+            "invalid JSON",
         ),
         (
             "escaped NUL",
