@@ -145,13 +145,10 @@ fn cron_error(expr: &str, raw: &str) -> String {
         Some((col, i)) => {
             let message = lines[i + 1..].join(" ");
             // The field the caret is in: the words of the expression before its column.
-            let index = expr
-                .get(..col.min(expr.len()))
-                .map_or(0, |before| before.split_whitespace().count());
-            let starts_word = expr[..col.min(expr.len())]
-                .chars()
-                .last()
-                .is_none_or(char::is_whitespace);
+            // (`get`: the column is a byte offset only for ASCII; elsewhere, no field named.)
+            let before = expr.get(..col.min(expr.len())).unwrap_or("");
+            let index = before.split_whitespace().count();
+            let starts_word = before.chars().last().is_none_or(char::is_whitespace);
             let index = if starts_word {
                 index
             } else {
@@ -376,6 +373,11 @@ mod tests {
                 "* * 1,2,,4 * * *",
                 "hours `1,2,,4`: not something cron reads",
             ),
+            // Not ASCII: no panic, whatever column cron points at.
+            ("* * 8-17 * * Пн-Пт", "`* * 8-17 * * Пн-Пт`"),
+            ("* * 8-17 * Декабрь *", "`* * 8-17 * Декабрь *`"),
+            ("* * ☃ * * *", "`* * ☃ * * *`"),
+            ("* * 8-17 * * Mon-Пт", "`* * 8-17 * * Mon-Пт`"),
         ];
         for (expr, want) in cases {
             let err = parse_expr(expr).unwrap_err();
