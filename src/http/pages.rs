@@ -837,10 +837,15 @@ const SCRIPT: &str = r#"(function () {
   }
   var source = new EventSource(events);
   // Choosing a reader loads this page again: the stream, which would see that reader armed
-  // first and load the page itself, cutting that load short, is closed meanwhile.
+  // first and load the page itself, cutting that load short, is closed meanwhile (not for a
+  // click that opens the link elsewhere: this page goes on following its session).
   var links = document.querySelectorAll('a.reader');
   for (var i = 0; i < links.length; i++) {
-    links[i].addEventListener('click', function () { source.close(); });
+    links[i].addEventListener('click', function (e) {
+      if (e.button === 0 && !e.ctrlKey && !e.metaKey && !e.shiftKey && !e.altKey) {
+        source.close();
+      }
+    });
   }
   source.onerror = function () {
     if (source.readyState === EventSource.CLOSED && !polling) {
