@@ -95,6 +95,11 @@ pub struct Webhook {
     pub events: Vec<String>,
     pub active: bool,
     pub last_failure: Option<DateTime<Utc>>,
+    /// What the last failed attempt got: `HTTP 500`, `HTTP 301: redirect …`, or the transport
+    /// error (`timed out after 10 s`, `connection failed: …`). Absent from snapshots written
+    /// before it was kept.
+    #[serde(default)]
+    pub last_failure_reason: Option<String>,
     pub revision: u64,
 }
 
@@ -1193,19 +1198,37 @@ impl State {
                 url,
                 secret,
                 events,
-                ..
+                at,
             } => {
+                // A new configuration brings a new secret; the one it replaces keeps signing
+                // `webhook-signature` for 24 h, as after `rotate-secret`, so a receiver that has
+                // not taken the new secret yet still verifies what is sent meanwhile.
+                let (previous, older) = match self.webhooks.get(partner_id) {
+                    None => (None, Vec::new()),
+                    Some(w) => {
+                        let mut older = w.older.clone();
+                        if let Some(before) = w.previous.clone() {
+                            older.insert(0, before);
+                        }
+                        older.retain(|(_, until)| at < until);
+                        (
+                            Some((w.secret.clone(), *at + super::decider::ROTATION_OVERLAP)),
+                            older,
+                        )
+                    }
+                };
                 self.webhooks.insert(
                     *partner_id,
                     Webhook {
                         partner_id: *partner_id,
                         url: url.clone(),
                         secret: secret.clone(),
-                        previous: None,
-                        older: Vec::new(),
+                        previous,
+                        older,
                         events: events.clone(),
                         active: true,
                         last_failure: None,
+                        last_failure_reason: None,
                         revision,
                     },
                 );
@@ -1315,6 +1338,8 @@ impl State {
                     });
                     if !*delivered && let Some(w) = self.webhooks.get_mut(&d.partner_id) {
                         w.last_failure = Some(*at);
+                        w.last_failure_reason =
+                            Some(super::webhook::failure_text(*status_code, error.as_deref()));
                     }
                 }
             }

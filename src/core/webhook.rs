@@ -48,6 +48,17 @@ pub fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
 }
 
+/// How a failed attempt failed, in one line: `HTTP 503`, `HTTP 301: redirect … not followed`,
+/// or the transport error alone when no status line came.
+pub fn failure_text(status_code: Option<u16>, error: Option<&str>) -> String {
+    match (status_code, error) {
+        (Some(code), None) => format!("HTTP {code}"),
+        (Some(code), Some(e)) => format!("HTTP {code}: {e}"),
+        (None, Some(e)) => e.to_string(),
+        (None, None) => "no answer".to_string(),
+    }
+}
+
 #[derive(Serialize)]
 struct Payload<'a, T: Serialize> {
     event: &'a str,

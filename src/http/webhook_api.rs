@@ -8,6 +8,7 @@ use super::Path;
 use super::auth::Partner;
 use super::body::JsonBody;
 use super::error::ApiError;
+use super::pass_api::{ListQuery, Page};
 use super::time_text;
 use crate::app::App;
 use crate::core::state::{Delivery, DeliveryStatus, Webhook};
@@ -37,7 +38,11 @@ pub struct WebhookBody {
     pub status: String,
     pub events: Vec<String>,
     pub last_failure: Option<String>,
-    /// Until when the previous secret still signs, after a rotation.
+    /// What the last failed attempt got: `HTTP 500`, `HTTP 301: redirect to … not followed`, or
+    /// the transport error (`timed out after 10 s`, `connection failed: …`).
+    pub last_failure_reason: Option<String>,
+    /// Until when the previous secret still signs `webhook-signature`, after a rotation or a
+    /// new configuration (`PUT`).
     pub previous_secret_valid_until: Option<String>,
 }
 
@@ -80,6 +85,11 @@ fn webhook_body(w: &Webhook, now: chrono::DateTime<chrono::Utc>) -> WebhookBody 
         status: if w.active { "active" } else { "disabled" }.into(),
         events: w.events.clone(),
         last_failure: w.last_failure.map(time_text),
+        last_failure_reason: w
+            .last_failure
+            .and(w.last_failure_reason.clone())
+            // Disabled by a failure logged before the reason was kept.
+            .or_else(|| w.last_failure.map(|_| "not recorded".to_string())),
         previous_secret_valid_until: w
             .previous
             .as_ref()
@@ -290,12 +300,15 @@ pub async fn test(
     ))
 }
 
-/// `GET /v1/webhook/deliveries?status=failed|pending|delivered|held`
+/// `GET /v1/webhook/deliveries?status=failed|pending|delivered|held&limit=N&offset=M&q=TEXT`:
+/// newest first, paged like the other lists (`limit` 1–500, default 50; `X-Total-Count`); `q`
+/// matches the delivery id, event and session id.
 pub async fn deliveries(
     State(app): State<Arc<App>>,
     Partner(partner): Partner,
     RawQuery(query): RawQuery,
-) -> Result<Json<Vec<DeliveryBody>>, ApiError> {
+) -> Result<Page<DeliveryBody>, ApiError> {
+    let list_query = ListQuery::parse(query.as_deref())?;
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
     let filter = match pairs
@@ -321,7 +334,13 @@ pub async fn deliveries(
             .collect()
     });
     list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
-    Ok(Json(list))
+    Ok(list_query.page(list, |d| {
+        list_query.matches([
+            Some(d.id.as_str()),
+            Some(d.event.as_str()),
+            d.session_id.as_deref(),
+        ])
+    }))
 }
 
 /// `POST /v1/webhook/deliveries/{id}/redeliver`

@@ -248,13 +248,13 @@ impl Dispatcher {
                     .iter()
                     .filter_map(|s| standard_signature(s, id, ts, body.as_bytes()))
                     .collect();
-                self.send(&url, id, attempt, ts, current, &standard.join(" "), body)
+                self.send(&url, id, attempt, now, current, &standard.join(" "), body)
                     .await
             }
         };
         let latency_ms = started.elapsed().as_millis() as u64;
         let (status_code, error, response, retry_after) = match result {
-            Ok((status, text, retry_after)) => (Some(status), None, text, retry_after),
+            Ok(a) => (Some(a.status), a.note, a.excerpt, a.retry_after),
             Err(e) => (None, Some(e), String::new(), None),
         };
         metrics::counter!("palmgate_webhook_attempts_total",
@@ -290,11 +290,12 @@ impl Dispatcher {
         url: &str,
         id: &str,
         attempt: u32,
-        ts: i64,
+        now: chrono::DateTime<chrono::Utc>,
         secret: &str,
         standard: &str,
         body: String,
-    ) -> Result<(u16, String, Option<chrono::Duration>), String> {
+    ) -> Result<Answer, String> {
+        let ts = now.timestamp();
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid url: {e}"))?;
         self.guard.check_literal(&parsed)?;
         let request = self
@@ -322,16 +323,18 @@ impl Dispatcher {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .filter(|s| *s >= 0)
-            // Capped before it becomes a duration (the core caps it at 24 h anyway): a huge
-            // value overflowed `Duration::seconds`, whose panic left the delivery in flight,
-            // never attempted again until a restart.
-            .map(|s| {
-                chrono::Duration::seconds(
-                    s.min(crate::core::webhook::MAX_RETRY_AFTER.num_seconds()),
-                )
-            });
+            .and_then(|v| retry_after(v, now));
+        // Redirects are not followed (SPEC 4: the address checked is the address posted to);
+        // the attempt says so, with where the receiver pointed.
+        let note = resp.status().is_redirection().then(|| {
+            let to = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(|l| format!(" to {}", l.chars().take(200).collect::<String>()))
+                .unwrap_or_default();
+            format!("redirect{to} not followed: webhook URLs must answer the POST themselves")
+        });
         // Only the excerpt that is kept is read, within what is left of a short wait. The status
         // decided the outcome: a body cut off or still coming only leaves a note in the excerpt
         // (a 2xx stays delivered, any other status keeps its code).
@@ -356,8 +359,41 @@ impl Dispatcher {
                 }
             }
         }
-        Ok((status, excerpt(&kept, cut.as_deref()), retry_after))
+        Ok(Answer {
+            status,
+            note,
+            excerpt: excerpt(&kept, cut.as_deref()),
+            retry_after,
+        })
     }
+}
+
+/// What a receiver answered, as an attempt records it.
+struct Answer {
+    status: u16,
+    /// Said beside the status (a redirect not followed).
+    note: Option<String>,
+    excerpt: String,
+    retry_after: Option<chrono::Duration>,
+}
+
+/// A `Retry-After` value as a delay from `now`: whole seconds, or an HTTP date (RFC 9110
+/// 10.2.3); a date already past is no delay. Capped before it becomes a duration (the core caps
+/// it at 24 h anyway): a huge value overflowed `Duration::seconds`, whose panic left the
+/// delivery in flight, never attempted again until a restart. Anything else is ignored.
+fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<chrono::Duration> {
+    let cap = crate::core::webhook::MAX_RETRY_AFTER.num_seconds();
+    let value = value.trim();
+    let secs = match value.parse::<i64>() {
+        Ok(s) if s >= 0 => s,
+        Ok(_) => return None,
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            let at = chrono::DateTime::<chrono::Utc>::from(at);
+            (at - now).num_seconds().max(0)
+        }
+    };
+    Some(chrono::Duration::seconds(secs.min(cap)))
 }
 
 /// What is kept of an answer's body: at most [`RESPONSE_KEPT`] bytes of text, ending with a
@@ -407,5 +443,46 @@ fn describe(e: reqwest::Error) -> String {
             msg = format!("{msg}: {cause}");
         }
         msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after;
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 29, 8, 0, 0).unwrap();
+        assert_eq!(retry_after("120", now), Some(Duration::seconds(120)));
+        assert_eq!(retry_after(" 0 ", now), Some(Duration::zero()));
+        // RFC 9110's IMF-fixdate, and the two obsolete forms it still accepts.
+        for date in [
+            "Sun, 29 Nov 2026 08:10:00 GMT",
+            "Sunday, 29-Nov-26 08:10:00 GMT",
+            "Sun Nov 29 08:10:00 2026",
+        ] {
+            assert_eq!(
+                retry_after(date, now),
+                Some(Duration::minutes(10)),
+                "{date}"
+            );
+        }
+        // A date already past asks for no delay; a date days away is capped at 24 h.
+        assert_eq!(
+            retry_after("Sun, 29 Nov 2026 07:00:00 GMT", now),
+            Some(Duration::zero())
+        );
+        assert_eq!(
+            retry_after("Fri, 25 Dec 2026 00:00:00 GMT", now),
+            Some(Duration::hours(24))
+        );
+        assert_eq!(
+            retry_after("99999999999999999", now),
+            Some(Duration::hours(24))
+        );
+        for junk in ["-5", "soon", "", "1.5", "Sun, 29 Nov 2026 25:00:00 GMT"] {
+            assert_eq!(retry_after(junk, now), None, "{junk:?}");
+        }
     }
 }

@@ -145,7 +145,8 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
     await step("partner: a disabled webhook offers Re-enable (answer simulated)", async () => {
       const real = await (await page.request.get(`${baseUrl}/v1/webhook`, { headers: { "X-API-Key": apiKey } })).json();
       await page.route("**/v1/webhook", (route) => route.request().method() === "GET"
-        ? route.fulfill({ json: { ...real, status: "disabled", last_failure: new Date().toISOString() } })
+        ? route.fulfill({ json: { ...real, status: "disabled", last_failure: new Date().toISOString(),
+          last_failure_reason: "HTTP 503" } })
         : route.continue());
       try {
         await openTab(page, "users");
@@ -153,6 +154,7 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
         await page.locator("#webhook-enable").waitFor({ state: "visible" });
         await page.locator("#webhook-status .badge.bad").waitFor();
         await page.locator("#webhook-disabled-note").waitFor();
+        check((await text(page, "#webhook-last-failure-reason")) === "HTTP 503", "last failure's reason not shown");
         await shot("webhook-disabled-en");
         await page.click("#webhook-enable");
         await page.locator("#webhook-status .badge.ok").waitFor();

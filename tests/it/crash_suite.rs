@@ -781,14 +781,26 @@ async fn sigkill_under_mixed_load_loses_nothing_acknowledged() {
     let deliveries = {
         let end = Instant::now() + Duration::from_secs(120);
         loop {
-            let r = s
-                .client
-                .get(s.url("/v1/webhook/deliveries"))
-                .header("x-api-key", &key)
-                .send()
-                .await
-                .unwrap();
-            let list: Vec<Value> = r.json().await.unwrap();
+            // Every page of the list (500 a page, newest first).
+            let mut list: Vec<Value> = Vec::new();
+            loop {
+                let r = s
+                    .client
+                    .get(s.url(&format!(
+                        "/v1/webhook/deliveries?limit=500&offset={}",
+                        list.len()
+                    )))
+                    .header("x-api-key", &key)
+                    .send()
+                    .await
+                    .unwrap();
+                let page: Vec<Value> = r.json().await.unwrap();
+                let last = page.len() < 500;
+                list.extend(page);
+                if last {
+                    break;
+                }
+            }
             let open = list.iter().filter(|d| d["status"] != "delivered").count();
             if open == 0 {
                 break list;

@@ -487,8 +487,8 @@ impl Gate {
 
     pub(crate) async fn deliveries(&self, key: &str, status: Option<&str>) -> Vec<Value> {
         let path = match status {
-            Some(s) => format!("/v1/webhook/deliveries?status={s}"),
-            None => "/v1/webhook/deliveries".to_string(),
+            Some(s) => format!("/v1/webhook/deliveries?status={s}&limit=500"),
+            None => "/v1/webhook/deliveries?limit=500".to_string(),
         };
         let (code, v) = self.v1(Method::GET, &path, key, None).await;
         assert_eq!(code, 200, "deliveries: {v}");
@@ -1245,6 +1245,7 @@ async fn failures_retry_on_the_seed_schedule_then_disable_until_recovered() {
         text(t0 + Span::minutes(156)),
         "last failure: {w}"
     );
+    assert_eq!(w["last_failure_reason"], "HTTP 500", "{w}");
 
     // A session ending now is kept, not sent.
     rx.set_default(Reply::status(200));
@@ -1451,6 +1452,169 @@ async fn an_absurd_retry_after_is_capped_and_the_delivery_goes_on() {
     assert_eq!((hit.id(), hit.attempt()), (p1.clone(), 2));
     gate.wait_delivery(&key, &p1, "delivered", |d| d["status"] == "delivered")
         .await;
+    gate.stop().await;
+}
+
+/// `Retry-After` given as an HTTP date (RFC 9110) delays the next attempt to that date, read
+/// against the gateway's clock; before, only whole seconds were read and a date was ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_date_delays_the_next_attempt_to_that_date() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    let dir = tempdir();
+    let t0 = now_secs();
+    let at = t0 + Span::minutes(20);
+    rx.then([Reply::status(503).retry_after(&at.format("%a, %d %b %Y %H:%M:%S GMT").to_string())]);
+    let clock = Arc::new(ManualClock::new(t0));
+    let gate = Gate::start(dir.path(), true, clock.clone()).await;
+    let (key, _) = gate.partner("Acme", Some(&rx.url)).await;
+    let p1 = gate.ping(&key).await;
+    rx.wait_for(1, SOON, "attempt 1").await;
+    let d = gate.wait_attempts(&key, &p1, 1).await;
+    assert_eq!(d["next_attempt_at"], text(at), "{d}");
+    clock.advance(Span::minutes(1));
+    rx.stays(1, "the date must delay past the 1 min schedule")
+        .await;
+    let hit = step_to(&clock, &rx, at, 2).await;
+    assert_eq!((hit.id(), hit.attempt()), (p1.clone(), 2));
+    let w = gate.webhook(&key).await;
+    assert_eq!(w["last_failure_reason"], "HTTP 503", "{w}");
+    gate.stop().await;
+}
+
+/// The deliveries list is paged like the other lists: newest first, `limit`/`offset`,
+/// `X-Total-Count`, `q` on the id, event and session id, together with `status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deliveries_list_is_paged_and_searchable() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    let dir = tempdir();
+    let t0 = now_secs();
+    let clock = Arc::new(ManualClock::new(t0));
+    let gate = Gate::start(dir.path(), true, clock.clone()).await;
+    let (key, _) = gate.partner("Acme", Some(&rx.url)).await;
+    let mut pings = Vec::new();
+    for _ in 0..3 {
+        pings.push(gate.ping(&key).await);
+        clock.advance(Span::seconds(1));
+    }
+    rx.wait_for(3, SOON, "three pings").await;
+    for p in &pings {
+        gate.wait_delivery(&key, p, "delivered", |d| d["status"] == "delivered")
+            .await;
+    }
+    let page = |query: &'static str| {
+        let gate = &gate;
+        let key = &key;
+        async move {
+            let r = gate
+                .http
+                .get(format!("{}/v1/webhook/deliveries{query}", gate.base))
+                .header("x-api-key", key.as_str())
+                .send()
+                .await
+                .expect("request to palmgate");
+            let code = r.status().as_u16();
+            let total = r
+                .headers()
+                .get("x-total-count")
+                .map(|v| v.to_str().unwrap().to_string());
+            let v: Value = r.json().await.expect("JSON");
+            (code, total, v)
+        }
+    };
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (code, total, v) = page("?limit=2").await;
+    assert_eq!((code, total.as_deref()), (200, Some("3")), "{v}");
+    assert_eq!(
+        ids(&v),
+        [pings[2].clone(), pings[1].clone()],
+        "newest first"
+    );
+    let (_, total, v) = page("?limit=2&offset=2&status=delivered").await;
+    assert_eq!(total.as_deref(), Some("3"));
+    assert_eq!(ids(&v), [pings[0].clone()]);
+    let (_, total, v) = page("?status=failed").await;
+    assert_eq!((total.as_deref(), ids(&v).len()), (Some("0"), 0));
+    let q = format!("?q={}", &pings[1][4..16].to_uppercase());
+    let q: &'static str = Box::leak(q.into_boxed_str());
+    let (_, total, v) = page(q).await;
+    assert_eq!(
+        total.as_deref(),
+        Some("1"),
+        "q matches the id, ignoring case: {v}"
+    );
+    assert_eq!(ids(&v), [pings[1].clone()]);
+    for bad in ["?limit=0", "?limit=501", "?offset=-1", "?status=lost"] {
+        let (code, _, v) = page(bad).await;
+        assert_eq!(code, 400, "{bad}: {v}");
+        assert!(v["message"].is_string(), "{bad}: {v}");
+    }
+    gate.stop().await;
+}
+
+/// A new configuration (`PUT /v1/webhook`, here to change `events` only) brings a new secret
+/// and the one it replaces keeps signing `webhook-signature` for 24 h, as after
+/// `rotate-secret`: a receiver that has not switched yet still verifies what is sent. Before,
+/// the old secret stopped signing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_configuration_keeps_the_old_secret_signing_for_24_hours() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    let dir = tempdir();
+    let t0 = now_secs();
+    let clock = Arc::new(ManualClock::new(t0));
+    let gate = Gate::start(dir.path(), true, clock.clone()).await;
+    let (key, _) = gate.partner("Acme", None).await;
+    let put = |events: Value| {
+        let gate = &gate;
+        let key = &key;
+        let url = rx.url.clone();
+        async move {
+            let (code, v) = gate
+                .v1(
+                    Method::PUT,
+                    "/v1/webhook",
+                    key,
+                    Some(json!({"url": url, "events": events})),
+                )
+                .await;
+            assert_eq!(code, 200, "PUT /v1/webhook: {v}");
+            v["secret"].as_str().expect("secret shown once").to_string()
+        }
+    };
+    let s0 = put(json!(["session"])).await;
+    assert!(gate.webhook(&key).await["previous_secret_valid_until"].is_null());
+    clock.advance(Span::hours(1));
+    let s1 = put(json!(["session", "access"])).await;
+    assert_ne!(s0, s1);
+    let w = gate.webhook(&key).await;
+    assert_eq!(
+        w["previous_secret_valid_until"],
+        text(t0 + Span::hours(25)),
+        "{w}"
+    );
+    assert_eq!(w["events"], json!(["session", "access"]));
+
+    gate.ping(&key).await;
+    let hit = rx.wait_for(1, SOON, "ping after the PUT").await.remove(0);
+    assert_eq!(
+        standard_signatures(&hit).len(),
+        2,
+        "{:?}",
+        standard_signatures(&hit)
+    );
+    assert_signed(&hit, &[&s1, &s0]);
+
+    // 24 h after the PUT: the new secret alone.
+    clock.advance(Span::hours(24));
+    gate.ping(&key).await;
+    let hit = rx.wait_for(2, SOON, "ping 24 h later").await.remove(1);
+    assert_signed(&hit, &[&s1]);
+    assert_eq!(standard_signatures(&hit).len(), 1);
     gate.stop().await;
 }
 
@@ -2171,6 +2335,18 @@ async fn webhook_urls_into_private_networks_are_refused_and_redirects_not_follow
     assert_eq!(a["status_code"], 302, "{d}");
     assert_eq!(a["delivered"], false, "{d}");
     assert_eq!(d["status"], "pending", "a 302 is retried: {d}");
+    let error = a["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("not followed") && error.contains(&target.url),
+        "the attempt says the redirect was not followed, and where it pointed: {d}"
+    );
+    let w = gate.webhook(&key).await;
+    assert!(
+        w["last_failure_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("HTTP 302: redirect to ")),
+        "{w}"
+    );
     target.stays(0, "the redirect target got nothing").await;
     gate.stop().await;
 

@@ -153,8 +153,13 @@
       // One page of `base` at the offset wanted now: { rows, total, at }.
       async get(base) {
         const at = offset;
-        const page = await getPage(base + "?limit=" + size + "&offset=" + at);
+        const page = await getPage(base + (base.includes("?") ? "&" : "?") + "limit=" + size + "&offset=" + at);
         return { ...page, at };
+      },
+      // Back to the first page (the list's filter changed).
+      reset() {
+        offset = 0;
+        back = [];
       },
       // Shows a fetched page: true when shown, false when the page emptied under it (go back
       // and fetch again), null when another page is wanted by now (a newer fetch shows it).
@@ -363,7 +368,10 @@
         [t("partner.webhook.events"),
           (w.events || []).map((e) => word("partner.webhook.event.", e)).join("; ")],
         [t("partner.webhook.last_failure"),
-          w.last_failure ? when(w.last_failure) : t("partner.webhook.never")],
+          w.last_failure
+            ? h("span", null, when(w.last_failure), w.last_failure_reason
+              ? [" — ", h("code", { id: "webhook-last-failure-reason" }, w.last_failure_reason)] : null)
+            : t("partner.webhook.never")],
       ];
       if (w.previous_secret_valid_until) {
         rows.push([t("partner.webhook.previous_until"), when(w.previous_secret_valid_until)]);
@@ -404,7 +412,7 @@
       deliveries.load();
       for (let i = 0; i < 16; i++) {
         await new Promise((r) => setTimeout(r, i < 4 ? 500 : 1500));
-        const all = await api("GET", "/v1/webhook/deliveries");
+        const all = await api("GET", "/v1/webhook/deliveries?q=" + encodeURIComponent(id));
         const d = (all || []).find((x) => x.id === id);
         if (!d) continue;
         if (d.status === "held") return say(msg, t("partner.webhook.test_held"), "warn");
@@ -447,7 +455,7 @@
       h("option", { value: "" }, t("partner.deliveries.all")),
       ["pending", "delivered", "failed", "held"].map((s) =>
         h("option", { value: s }, t("partner.delivery." + s))));
-    filter.addEventListener("change", () => load(true));
+    filter.addEventListener("change", () => { pages.reset(); load(true); });
     const refresh = h("button", { type: "button", id: "deliveries-refresh" }, t("refresh"));
     refresh.addEventListener("click", () => busy(refresh, () => load(true)));
     const auto = h("input", { type: "checkbox", id: "deliveries-auto", checked: true });
@@ -455,6 +463,7 @@
     const holder = h("div", { id: "deliveries-list" });
     const open = new Set(); // ids whose attempts are shown
     let last = null; // the last answer, to skip re-rendering an unchanged list
+    const pages = pager("deliveries", 50, () => load(true));
 
     panel.append(
       msg,
@@ -465,7 +474,7 @@
           filter, refresh,
           h("label", { class: "check inline" }, auto, " ", t("partner.deliveries.auto")),
           updated),
-        holder));
+        holder, pages.el));
 
     function attemptsView(d) {
       if (!d.attempts.length) {
@@ -534,13 +543,20 @@
     async function load(force) {
       const q = filter.value ? "?status=" + encodeURIComponent(filter.value) : "";
       let data;
-      try {
-        data = await api("GET", "/v1/webhook/deliveries" + q);
-      } catch (e) {
-        if (e.status === 401) auto.checked = false; // signed out: stop polling
-        else if (force) PG.showError(PG.errorText(e));
-        return;
+      for (let tries = 0; tries < 3 && data === undefined; tries++) {
+        let page;
+        try {
+          page = await pages.get("/v1/webhook/deliveries" + q);
+        } catch (e) {
+          if (e.status === 401) auto.checked = false; // signed out: stop polling
+          else if (force) PG.showError(PG.errorText(e));
+          return;
+        }
+        const shown = pages.show(page);
+        if (shown === null) return; // a newer load shows the page wanted
+        if (shown) data = page.rows;
       }
+      if (data === undefined) return;
       updated.textContent = t("partner.updated", { time: new Date().toLocaleTimeString(lang) });
       const text = JSON.stringify(data);
       if (!force && last && text === JSON.stringify(last)) return;
