@@ -747,6 +747,8 @@ impl Policy {
             refused: Vec::new(),
         };
         let policy = build(&mut cx);
+        // In the document's order, whatever order the checks ran in.
+        cx.warnings.sort_by_key(|w| w.line.unwrap_or(usize::MAX));
         let schedule_lines = policy
             .schedules
             .keys()
@@ -1290,12 +1292,51 @@ fn timezone<'t>(cx: &mut Cx<'t>, v: Option<&'t Spanned<DeValue<'t>>>) -> Tz {
     let Some(name) = cx.de::<String>(&p, v) else {
         return Tz::UTC;
     };
-    name.parse().unwrap_or_else(|_| {
+    let tz = name.parse().unwrap_or_else(|_| {
         cx.error(
             &p,
             format!("unknown time zone `{name}` (an IANA name such as \"Europe/Berlin\")"),
         );
         Tz::UTC
+    });
+    if let Some(offset) = fixed_offset_name(&name) {
+        cx.warn(
+            &p,
+            format!(
+                "`{name}` is {offset} all year, with no summer time: a site's clock follows its \
+                 place, so name the place (e.g. \"America/New_York\", \"Asia/Almaty\"){}",
+                if name.starts_with("Etc/") {
+                    "; in `Etc/GMT+N` the sign is inverted (`Etc/GMT+5` is UTC−05:00)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    tz
+}
+
+/// The offset, as text, of a zone name that is a fixed offset from UTC other than zero and
+/// names no place: `Etc/GMT+5` (UTC−05:00: the POSIX sign is inverted), and the old `EST`,
+/// `MST` and `HST`. Such a site never changes to summer time, which is rarely what was meant.
+fn fixed_offset_name(name: &str) -> Option<String> {
+    let hours: i32 = match name {
+        "EST" => -5,
+        "MST" => -7,
+        "HST" => -10,
+        _ => {
+            let rest = name.strip_prefix("Etc/GMT")?;
+            let (sign, digits) = match rest.as_bytes().first()? {
+                b'+' => (-1, &rest[1..]),
+                b'-' => (1, &rest[1..]),
+                _ => return None,
+            };
+            sign * digits.parse::<i32>().ok()?
+        }
+    };
+    (hours != 0).then(|| {
+        let sign = if hours < 0 { '−' } else { '+' };
+        format!("UTC{sign}{:02}:00", hours.abs())
     })
 }
 

@@ -2267,6 +2267,67 @@ fn an_unlock_window_silent_on_the_sites_holidays_is_warned_about() {
     assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
 }
 
+/// A fixed non-zero offset (`EST`, `Etc/GMT+5`) is accepted with a warning: such a site never
+/// changes to summer time, and in `Etc/GMT+N` the sign is inverted. A place, or UTC itself, is
+/// not warned about.
+#[test]
+fn a_fixed_offset_time_zone_is_warned_about() {
+    for (name, says) in [
+        ("EST", "UTC−05:00"),
+        ("HST", "UTC−10:00"),
+        ("Etc/GMT+5", "UTC−05:00"),
+        ("Etc/GMT-14", "UTC+14:00"),
+    ] {
+        let text = MINI.replace("\"Asia/Almaty\"", &format!("{name:?}"));
+        let p = Policy::parse_new(&text).unwrap_or_else(|e| panic!("{name}: {e:#?}"));
+        assert_eq!(p.warnings.len(), 1, "{name}: {:#?}", p.warnings);
+        let w = &p.warnings[0];
+        assert_eq!(w.key, "timezone", "{name}");
+        assert!(w.message.contains(says), "{name}: {w}");
+        assert_eq!(
+            w.message.contains("inverted"),
+            name.starts_with("Etc/"),
+            "{name}: {w}"
+        );
+    }
+    for name in [
+        "Asia/Almaty",
+        "America/New_York",
+        "UTC",
+        "Etc/UTC",
+        "Etc/GMT",
+        "Etc/GMT+0",
+    ] {
+        let text = MINI.replace("\"Asia/Almaty\"", &format!("{name:?}"));
+        let p = Policy::parse_new(&text).unwrap_or_else(|e| panic!("{name}: {e:#?}"));
+        assert!(p.warnings.is_empty(), "{name}: {:#?}", p.warnings);
+    }
+}
+
+/// Warnings come in the document's order, whatever order the checks ran in: unlock windows
+/// are checked before zones, and here the zone comes first in the document.
+#[test]
+fn warnings_come_in_the_documents_order() {
+    let text = format!(
+        "{}\n[[zones]]\nname = \"z\"\nentry_readers = [\"main-in\", \"ghost\"]\n\
+         anti_passback = \"soft\"\n\n[[unlock_windows]]\ndoor = \"main\"\nschedule = \"always\"\n",
+        MINI.replace(
+            "timezone = \"Asia/Almaty\"",
+            "timezone = \"EST\"\nholidays = [\"2026-12-16\"]",
+        )
+    );
+    let p = Policy::parse_new(&text).expect("accepted");
+    let keys: Vec<&str> = p.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["timezone", "zones[0].entry_readers[1]", "unlock_windows[0]"],
+        "{:#?}",
+        p.warnings
+    );
+    let lines: Vec<_> = p.warnings.iter().map(|w| w.line).collect();
+    assert!(lines.windows(2).all(|w| w[0] < w[1]), "{lines:?}");
+}
+
 /// A schedule whose expression is refused is not also said never to open.
 #[test]
 fn a_refused_expression_is_not_also_a_schedule_that_never_opens() {
