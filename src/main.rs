@@ -108,10 +108,12 @@ enum AuditCmd {
     Export {
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// From this instant (RFC 3339), inclusive.
+        /// From this instant (RFC 3339), inclusive; a plain date (YYYY-MM-DD) is that day's
+        /// start in the site's time zone (the `site` file's `timezone`).
         #[arg(long)]
         from: Option<String>,
-        /// Until this instant (RFC 3339), exclusive.
+        /// Until this instant (RFC 3339), exclusive; a plain date is that day's start, so
+        /// `--from 2026-11-01 --to 2026-12-01` is November.
         #[arg(long)]
         to: Option<String>,
         #[arg(long, value_parser = ["jsonl", "csv"], default_value = "jsonl")]
@@ -124,10 +126,11 @@ enum AuditCmd {
         /// The candidate site policy (TOML).
         #[arg(long)]
         policy: PathBuf,
-        /// From this instant (RFC 3339), inclusive.
+        /// From this instant (RFC 3339), inclusive; a plain date (YYYY-MM-DD) is that day's
+        /// start in the candidate's time zone.
         #[arg(long)]
         from: Option<String>,
-        /// Until this instant (RFC 3339), exclusive.
+        /// Until this instant (RFC 3339), exclusive; a plain date is that day's start.
         #[arg(long)]
         to: Option<String>,
     },
@@ -727,10 +730,21 @@ fn arm_link(link: &str, reader: &str) -> Option<reqwest::Url> {
 /// One end of an audit range (`--from`, `--to`).
 type Bound = Option<chrono::DateTime<chrono::Utc>>;
 
-/// `--from` and `--to`: each an RFC 3339 instant if given, `from` not after `to` (an empty
+/// `--from` and `--to`: each an RFC 3339 instant or a plain date (that day's start in the
+/// zone `zone` gives, asked for only when a date is given), `from` not after `to` (an empty
 /// range answered nothing and exit 0, as if nobody had gone through).
-fn range(from: Option<String>, to: Option<String>) -> anyhow::Result<(Bound, Bound)> {
-    let (f, t) = (instant(from, "from")?, instant(to, "to")?);
+fn range(
+    from: Option<String>,
+    to: Option<String>,
+    zone: impl FnOnce() -> anyhow::Result<chrono_tz::Tz>,
+) -> anyhow::Result<(Bound, Bound)> {
+    let is_date = |s: &Option<String>| s.as_deref().is_some_and(|s| plain_date(s).is_some());
+    let tz = if is_date(&from) || is_date(&to) {
+        Some(zone()?)
+    } else {
+        None
+    };
+    let (f, t) = (instant(from, "from", tz)?, instant(to, "to", tz)?);
     if let (Some(a), Some(b)) = (f, t)
         && a > b
     {
@@ -743,13 +757,71 @@ fn range(from: Option<String>, to: Option<String>) -> anyhow::Result<(Bound, Bou
     Ok((f, t))
 }
 
-fn instant(s: Option<String>, what: &str) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+fn instant(
+    s: Option<String>,
+    what: &str,
+    tz: Option<chrono_tz::Tz>,
+) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
     s.map(|s| {
+        if let (Some(day), Some(tz)) = (plain_date(&s), tz) {
+            return Ok(day_start(day, tz));
+        }
         chrono::DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&chrono::Utc))
-            .with_context(|| format!("--{what} {s:?} is not an RFC 3339 instant"))
+            .with_context(|| {
+                format!(
+                    "--{what} {s:?} is neither an RFC 3339 instant (2026-11-01T08:00:00+05:00) \
+                     nor a date (2026-11-01)"
+                )
+            })
     })
     .transpose()
+}
+
+fn plain_date(s: &str) -> Option<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
+}
+
+/// The first instant of `day` in `tz`: its midnight, or the first minute after it that
+/// exists when the clocks skip midnight.
+fn day_start(day: chrono::NaiveDate, tz: chrono_tz::Tz) -> chrono::DateTime<chrono::Utc> {
+    let midnight = day.and_time(chrono::NaiveTime::MIN);
+    (0..=24 * 60)
+        .find_map(|m| {
+            (midnight + chrono::Duration::minutes(m))
+                .and_local_timezone(tz)
+                .earliest()
+        })
+        .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&chrono::Utc))
+}
+
+/// The site's time zone, from the `site` file named by the configuration.
+fn site_zone(config: Option<&std::path::Path>) -> anyhow::Result<chrono_tz::Tz> {
+    let config = Config::load_with_process_env(config)?;
+    let path = &config.site;
+    if path.as_os_str().is_empty() {
+        bail!(
+            "a date in --from/--to is read in the site's time zone, but no site file is \
+             configured (key `site`); give RFC 3339 instants instead"
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "a date in --from/--to is read in the site's time zone, but the site file {} \
+             (key `site`) cannot be read; give RFC 3339 instants instead",
+            path.display()
+        )
+    })?;
+    palmgate::core::policy::Policy::parse(&text)
+        .map(|p| p.timezone)
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "a date in --from/--to is read in the site's time zone, but the site file {} \
+                 (key `site`) is not valid (`palmgate check` says why); give RFC 3339 \
+                 instants instead",
+                path.display()
+            )
+        })
 }
 
 fn open_log(
@@ -866,7 +938,7 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             to,
             format,
         } => {
-            let (from, to) = range(from, to)?;
+            let (from, to) = range(from, to, || site_zone(config.as_deref()))?;
             let store = open_log(config.as_deref())?;
             let text = audit::export(&*store, from, to, format == "csv")?;
             std::io::stdout().lock().write_all(text.as_bytes())?;
@@ -889,7 +961,8 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
                         .join("\n")
                 )
             })?;
-            let (from, to) = range(from, to)?;
+            let zone = candidate.timezone;
+            let (from, to) = range(from, to, || Ok(zone))?;
             let store = open_log(config.as_deref())?;
             let found = audit::what_if(&*store, &candidate, from, to)?;
             for c in &found.changed {

@@ -974,6 +974,60 @@ async fn an_audit_range_that_ends_before_it_starts_is_refused() {
     }
 }
 
+/// A plain date in `--from`/`--to` is that day's start in the site's time zone: the
+/// candidate's for `what-if` (Asia/Almaty, UTC+5, so 2026-11-29 starts at 2026-11-28T19:00Z),
+/// the `site` file's for `export`, which says so when there is none. Before, only RFC 3339
+/// instants were taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_range_takes_plain_dates_in_the_sites_time_zone() {
+    let (s, _) = enrolled_and_stopped().await;
+    let log = s.store_path();
+    let policy = s.dir().join("candidate.toml");
+    std::fs::write(&policy, include_str!("../../config/site.toml")).unwrap();
+    let policy = policy.display().to_string();
+    let args = [
+        "what-if",
+        "--policy",
+        &policy,
+        "--from",
+        "2026-11-29",
+        "--to",
+        "2026-11-28",
+    ];
+    let (ok, out, err) = audit(&s, &args, &log);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("--from 2026-11-28T19:00:00+00:00 is after --to 2026-11-27T19:00:00+00:00"),
+        "{err}"
+    );
+    let args = [
+        "what-if",
+        "--policy",
+        &policy,
+        "--from",
+        "2026-11-28",
+        "--to",
+        "2026-11-29",
+    ];
+    let (ok, out, err) = audit(&s, &args, &log);
+    assert!(ok, "{out}{err}");
+    // The test server has no site file: a date cannot be placed, and the refusal says why.
+    let (ok, out, err) = audit(&s, &["export", "--from", "2026-11-28"], &log);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("no site file is configured (key `site`)"),
+        "{err}"
+    );
+    let (ok, out, err) = audit(&s, &["export", "--from", "2026-11-28T00:00:00Z"], &log);
+    assert!(ok, "an instant needs no zone: {out}{err}");
+    let (ok, _, err) = audit(&s, &["export", "--from", "28.11.2026"], &log);
+    assert!(!ok);
+    assert!(
+        err.contains("\"28.11.2026\" is neither an RFC 3339 instant") && err.contains("nor a date"),
+        "{err}"
+    );
+}
+
 /// A log that lost acknowledged events since (its `-wal` removed after a crash, a tail cut)
 /// is refused at start-up, naming the range and how to start anyway; so is one whose event at
 /// the acknowledged position is another; `audit verify` reports the same. The mark beside the
