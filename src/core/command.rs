@@ -220,6 +220,12 @@ pub enum Command {
         lockdown: Option<bool>,
         emergency: Option<bool>,
     },
+    /// Forgive anti-passback in `zone`: one person's presence (`person`), or everyone's.
+    ForgiveZone {
+        zone: String,
+        person: Option<(PartnerId, ExternalId)>,
+        reason: Option<String>,
+    },
     /// A relay board's report. `at`: when the gateway had it from the board (`None`: now). A
     /// report waits while the log cannot be written (`app::relays`), so the time it is recorded
     /// may be long after the board's write; the events it gives carry `at` (never later than

@@ -121,6 +121,8 @@ pub enum Outcome {
     Duplicate,
     /// How many deliveries a recover rescheduled.
     Rescheduled(usize),
+    /// How many people's zone presence an operator's forgive ended.
+    Forgiven(usize),
 }
 
 impl Decision {
@@ -481,6 +483,11 @@ fn decide_parts(state: &State, cmd: &Command, now: DateTime<Utc>) -> Result<Deci
             lockdown,
             emergency,
         } => Ok(doors::set_mode(state, *lockdown, *emergency, now)),
+        Command::ForgiveZone {
+            zone,
+            person,
+            reason,
+        } => doors::forgive(state, zone, person.as_ref(), reason.as_deref(), now),
         Command::Relay { report, at } => Ok(doors::relay_report(
             state,
             report,

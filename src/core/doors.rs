@@ -807,6 +807,65 @@ pub fn activate(
 }
 
 /// Lockdown / emergency unlock.
+/// Whether forgiving `zone`, for one person (`partner` and `external_id`) or for everyone
+/// (both `None`), ends the presence kept under `key` (zone, partner, external id).
+pub fn forgives(
+    zone: &str,
+    partner: Option<PartnerId>,
+    external_id: Option<&ExternalId>,
+    key: &(String, PartnerId, ExternalId),
+) -> bool {
+    key.0 == zone && partner.is_none_or(|p| p == key.1) && external_id.is_none_or(|e| *e == key.2)
+}
+
+/// An operator forgives anti-passback in `zone` (of the policy in force): one person's
+/// presence, or everyone's. Nothing to forgive decides nothing (outcome `Forgiven(0)`).
+pub fn forgive(
+    state: &State,
+    zone: &str,
+    person: Option<&(PartnerId, ExternalId)>,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Decision, Rejection> {
+    let known = state
+        .policy
+        .as_deref()
+        .is_some_and(|p| p.zones.iter().any(|z| z.name == zone));
+    if !known {
+        return Err(Rejection::NotFound);
+    }
+    let (partner, external_id) = person.map_or((None, None), |(p, e)| (Some(*p), Some(e)));
+    let cleared = match (partner, external_id) {
+        (Some(p), Some(e)) => usize::from(state.zone_last.contains_key(&(
+            zone.to_string(),
+            p,
+            e.clone(),
+        ))),
+        _ => state
+            .zone_last
+            .keys()
+            .filter(|k| forgives(zone, None, None, k))
+            .count(),
+    };
+    let mut d = Decision::new(vec![]);
+    if cleared > 0 {
+        d.appends.push(one(
+            stream::zone(zone),
+            Expected::Any,
+            Event::ZonePresenceForgiven {
+                zone: zone.to_string(),
+                partner_id: partner,
+                external_id: external_id.cloned(),
+                cleared: cleared as u64,
+                reason: reason.map(str::to_string),
+                at: now,
+            },
+        ));
+    }
+    d.outcome = super::decider::Outcome::Forgiven(cleared);
+    Ok(d)
+}
+
 pub fn set_mode(
     state: &State,
     lockdown: Option<bool>,
@@ -860,7 +919,116 @@ pub fn set_mode(
 mod tests {
     use super::*;
     use crate::core::Recorded;
+    use crate::core::policy::Direction;
     use serde_json::json;
+
+    /// Forgiving one person ends their presence in that zone only; forgiving everyone ends the
+    /// zone's; nothing to forgive records nothing; a zone the policy does not have is not found.
+    #[test]
+    fn a_forgive_ends_one_persons_presence_or_the_whole_zones() {
+        let policy = Policy::parse(
+            r#"timezone = "UTC"
+[[relay_devices]]
+id = "board-1"
+modbus = "tcp://127.0.0.1:5020"
+[[doors]]
+id = "main"
+readers = ["main-in", "main-out", "park-in"]
+relay = { device = "board-1", coil = 0 }
+[[zones]]
+name = "building"
+entry_readers = ["main-in"]
+exit_readers = ["main-out"]
+anti_passback = "hard"
+[[zones]]
+name = "car-park"
+entry_readers = ["park-in"]
+anti_passback = "soft"
+"#,
+        )
+        .expect("policy");
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let acme = PartnerId::from_random([1; 16]);
+        let key = |z: &str, e: &str| (z.to_string(), acme, ExternalId(e.into()));
+        let mut state = State {
+            policy: Some(Arc::new(policy)),
+            ..State::default()
+        };
+        for (z, e, d) in [
+            ("building", "e-1", Direction::Entry),
+            ("building", "e-2", Direction::Exit),
+            ("car-park", "e-1", Direction::Entry),
+        ] {
+            state.zone_last.insert(key(z, e), d);
+        }
+        let apply = |state: &mut State, d: &Decision| {
+            for (i, a) in d.appends.iter().enumerate() {
+                for event in &a.events {
+                    state.evolve(&Recorded {
+                        position: state.position() + 1 + i as u64,
+                        stream: a.stream.clone(),
+                        revision: 0,
+                        recorded_at: now,
+                        event: event.clone(),
+                        prev_hash: [0; 32],
+                        hash: [0; 32],
+                    });
+                }
+            }
+        };
+        let one = (acme, ExternalId("e-1".into()));
+        let d = forgive(&state, "building", Some(&one), Some("fire exit"), now).expect("decided");
+        assert!(matches!(
+            d.outcome,
+            super::super::decider::Outcome::Forgiven(1)
+        ));
+        assert_eq!(d.appends.len(), 1);
+        assert_eq!(d.appends[0].stream, "zone-building");
+        assert_eq!(
+            d.appends[0].events,
+            [Event::ZonePresenceForgiven {
+                zone: "building".into(),
+                partner_id: Some(acme),
+                external_id: Some(ExternalId("e-1".into())),
+                cleared: 1,
+                reason: Some("fire exit".into()),
+                at: now,
+            }]
+        );
+        apply(&mut state, &d);
+        assert!(!state.zone_last.contains_key(&key("building", "e-1")));
+        assert!(state.zone_last.contains_key(&key("building", "e-2")));
+        assert!(
+            state.zone_last.contains_key(&key("car-park", "e-1")),
+            "another zone keeps the person's presence"
+        );
+        // Again: nothing to forgive, nothing recorded.
+        let d = forgive(&state, "building", Some(&one), None, now).expect("decided");
+        assert!(matches!(
+            d.outcome,
+            super::super::decider::Outcome::Forgiven(0)
+        ));
+        assert!(d.appends.is_empty());
+        // Everyone in the building (the exit counts too: it is a presence as well).
+        let d = forgive(&state, "building", None, None, now).expect("decided");
+        assert!(matches!(
+            d.outcome,
+            super::super::decider::Outcome::Forgiven(1)
+        ));
+        apply(&mut state, &d);
+        assert_eq!(state.zone_last.len(), 1);
+        assert!(state.zone_last.contains_key(&key("car-park", "e-1")));
+        assert_eq!(
+            forgive(&state, "lab", None, None, now).unwrap_err(),
+            Rejection::NotFound
+        );
+        let empty = State::default();
+        assert_eq!(
+            forgive(&empty, "building", None, None, now).unwrap_err(),
+            Rejection::NotFound,
+            "no policy in force: no zone"
+        );
+    }
 
     /// A person's last movement in a zone that a refused pulse at another door may still undo
     /// (a passage held there) is read as a condition on that door's stream: the refusal

@@ -453,6 +453,23 @@ pub enum Event {
         #[serde(deserialize_with = "utc::deserialize")]
         at: DateTime<Utc>,
     },
+    /// An operator forgave anti-passback in `zone`: the presence of one person (`partner_id`
+    /// and `external_id`), or of everyone when both are absent, is ended, so their next scan
+    /// there is judged as a first movement (a person who left without scanning out, a reader
+    /// that was down). `cleared`: how many people's presence it ended.
+    ZonePresenceForgiven {
+        zone: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partner_id: Option<PartnerId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_id: Option<ExternalId>,
+        cleared: u64,
+        /// The operator's words, for the audit trail.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(deserialize_with = "utc::deserialize")]
+        at: DateTime<Utc>,
+    },
     /// Upstream mode: a reader's trigger opened an identify session at the remote Pass API,
     /// now bound to the reader: the remote's webhook for it decides at the reader's door. The
     /// session's URL (a bearer link) is shown on the reader, never written here.
@@ -650,6 +667,7 @@ impl Event {
             Event::DoorExitRequested { .. } => "DoorExitRequested",
             Event::DoorForcedOpen { .. } => "DoorForcedOpen",
             Event::DoorHeldOpen { .. } => "DoorHeldOpen",
+            Event::ZonePresenceForgiven { .. } => "ZonePresenceForgiven",
             Event::UpstreamIdentifyStarted { .. } => "UpstreamIdentifyStarted",
             Event::UpstreamIdentifyFailed { .. } => "UpstreamIdentifyFailed",
             Event::UpstreamSessionEnded { .. } => "UpstreamSessionEnded",
@@ -839,6 +857,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "UpstreamIdentifyStarted",
     "UpstreamIdentifyFailed",
     "UpstreamSessionEnded",
+    "ZonePresenceForgiven",
 ];
 
 /// The envelope `{"type": kind, "data": …}` as a serde map, for [`Event::decode_text`]: the
@@ -909,6 +928,10 @@ pub mod stream {
     pub const SITE: &str = "site";
     pub fn reader(id: &ReaderId) -> String {
         format!("reader-{id}")
+    }
+    /// An anti-passback zone's operator actions (forgiving presence).
+    pub fn zone(name: &str) -> String {
+        format!("zone-{name}")
     }
     /// A remote identify session bound to a reader (upstream mode).
     pub fn upstream(id: &UpstreamSessionId) -> String {

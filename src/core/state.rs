@@ -1193,6 +1193,16 @@ impl State {
                 }
                 self.erased.insert(key, revision);
             }
+            Event::ZonePresenceForgiven {
+                zone,
+                partner_id,
+                external_id,
+                ..
+            } => {
+                self.zone_last.retain(|key, _| {
+                    !super::doors::forgives(zone, *partner_id, external_id.as_ref(), key)
+                });
+            }
             Event::WebhookConfigured {
                 partner_id,
                 url,

@@ -128,6 +128,127 @@ pub async fn emergency(
     Ok(mode(&app))
 }
 
+/// An anti-passback zone of the policy in force, as the operator sees it.
+#[derive(Serialize, ToSchema)]
+pub struct ZoneBody {
+    pub name: String,
+    /// hard or soft.
+    pub anti_passback: String,
+    pub entry_readers: Vec<String>,
+    pub exit_readers: Vec<String>,
+    /// People whose last movement here was an entry.
+    pub inside: u64,
+    /// People whose last movement here was an exit.
+    pub outside: u64,
+}
+
+/// `GET /admin/v1/zones`: the zones of the policy in force, with how many people the gateway
+/// holds inside and outside each.
+pub async fn zones(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<ZoneBody>> {
+    Json(app.read(|s| {
+        let Some(policy) = &s.policy else {
+            return vec![];
+        };
+        policy
+            .zones
+            .iter()
+            .map(|z| {
+                let (mut inside, mut outside) = (0, 0);
+                for ((zone, _, _), d) in s.zone_last.iter() {
+                    if *zone == z.name {
+                        match d {
+                            crate::core::policy::Direction::Entry => inside += 1,
+                            crate::core::policy::Direction::Exit => outside += 1,
+                        }
+                    }
+                }
+                ZoneBody {
+                    name: z.name.clone(),
+                    anti_passback: match z.anti_passback {
+                        crate::core::policy::AntiPassback::Hard => "hard",
+                        crate::core::policy::AntiPassback::Soft => "soft",
+                    }
+                    .into(),
+                    entry_readers: z.entry_readers.iter().map(|r| r.0.clone()).collect(),
+                    exit_readers: z.exit_readers.iter().map(|r| r.0.clone()).collect(),
+                    inside,
+                    outside,
+                }
+            })
+            .collect()
+    }))
+}
+
+/// The longest `reason` a forgive keeps, in characters.
+pub const MAX_FORGIVE_REASON: usize = 500;
+
+/// `POST /admin/v1/zones/{zone}/forgive` `{"partner_id"?, "external_id"?, "reason"?}`: ends the
+/// anti-passback presence of one person in the zone (both ids given), or of everyone (neither),
+/// so the next scan there is judged as a first movement. Answers `{"zone", "forgiven": N}`.
+pub async fn forgive(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    super::Path(zone): super::Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let bad = |m: &str| ApiError::BadRequest(m.to_string());
+    let obj = body
+        .as_object()
+        .ok_or_else(|| bad("request body must be a JSON object ({} forgives everyone)"))?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["partner_id", "external_id", "reason"].contains(&k.as_str()))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "unknown key {k:?}: the body takes partner_id, external_id and reason"
+        )));
+    }
+    let text = |k: &str| -> Result<Option<String>, ApiError> {
+        match obj.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(v)) if v.trim().is_empty() => {
+                Err(ApiError::BadRequest(format!("{k} must not be blank")))
+            }
+            Some(Value::String(v)) => Ok(Some(v.clone())),
+            Some(_) => Err(ApiError::BadRequest(format!("{k} must be a string"))),
+        }
+    };
+    let person = match (text("partner_id")?, text("external_id")?) {
+        (None, None) => None,
+        (Some(p), Some(e)) => {
+            let p = crate::core::PartnerId::parse(&p)
+                .ok_or_else(|| bad("partner_id must be a partner's id (a UUID)"))?;
+            Some((p, crate::core::ExternalId(e)))
+        }
+        _ => {
+            return Err(bad(
+                "give partner_id and external_id together (one person), or neither (everyone)",
+            ));
+        }
+    };
+    let reason = text("reason")?;
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_FORGIVE_REASON)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "reason must be at most {MAX_FORGIVE_REASON} characters"
+        )));
+    }
+    let outcome = app
+        .execute(Command::ForgiveZone {
+            zone: zone.clone(),
+            person,
+            reason,
+        })
+        .await?;
+    let n = match outcome {
+        crate::core::Outcome::Forgiven(n) => n,
+        _ => 0,
+    };
+    Ok(Json(json!({ "zone": zone, "forgiven": n })))
+}
+
 /// A door as the operator sees it.
 #[derive(Serialize, ToSchema)]
 pub struct DoorBody {

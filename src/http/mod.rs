@@ -87,6 +87,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/v1/lockdown"),
     ("post", "/admin/v1/emergency-unlock"),
     ("get", "/admin/v1/doors"),
+    ("get", "/admin/v1/zones"),
+    ("post", "/admin/v1/zones/{zone}/forgive"),
     ("get", "/admin/v1/events"),
     ("get", "/admin/v1/events/stream"),
     ("get", "/enroll/{token}"),
@@ -159,6 +161,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/lockdown", post(admin_site::lockdown))
         .route("/emergency-unlock", post(admin_site::emergency))
         .route("/doors", get(admin_site::doors))
+        .route("/zones", get(admin_site::zones))
+        .route("/zones/{zone}/forgive", post(admin_site::forgive))
         .route("/events", get(admin_site::events))
         .route("/events/stream", get(admin_site::event_stream));
     // Everything outside the `/v1` gate, whose head limits (414/431) the layer below checks;

@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use super::admin::{AdminUserBody, PartnerBody, PartnerCreatedBody, ReaderBody};
-use super::admin_site::DoorBody;
+use super::admin_site::{DoorBody, ZoneBody};
 use super::pass_api::{SessionBody, SessionCreatedBody, UserBody};
 use super::webhook_api::{AttemptBody, DeliveryBody, WebhookBody, WebhookSecretBody};
 use axum::Json;
@@ -344,6 +344,33 @@ fn emergency_unlock() {}
     security(("admin_token" = [])))]
 fn doors() {}
 
+/// The body of `POST /admin/v1/zones/{zone}/forgive`: both ids (one person) or neither
+/// (everyone in the zone).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ForgiveBody {
+    /// The person's partner (a UUID); with `external_id`.
+    partner_id: Option<String>,
+    /// The person's `external_id`; with `partner_id`.
+    external_id: Option<String>,
+    /// Why, for the audit trail (at most 500 characters).
+    #[schema(max_length = 500)]
+    reason: Option<String>,
+}
+
+#[utoipa::path(get, path = "/admin/v1/zones", tag = "admin",
+    responses((status = 200, body = Vec<ZoneBody>, description = "the zones of the policy in force, with how many people are inside and outside each")),
+    security(("admin_token" = [])))]
+fn zones() {}
+
+#[utoipa::path(post, path = "/admin/v1/zones/{zone}/forgive", tag = "admin",
+    params(("zone" = String, Path, description = "a zone of the policy in force")),
+    request_body(content = ForgiveBody, content_type = "application/json"),
+    responses((status = 200, description = "`{\"zone\": name, \"forgiven\": n}`: how many people's presence was ended (0: nothing to forgive, nothing recorded)"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody, description = "no such zone in the policy in force")),
+    security(("admin_token" = [])))]
+fn forgive_zone() {}
+
 #[utoipa::path(get, path = "/admin/v1/events", tag = "admin",
     params(("after" = Option<i64>, Query, minimum = 0, description = "the position after which to read; default 0"),
            ("limit" = Option<i64>, Query, minimum = 0, description = "default 100; clamped to 1–1000")),
@@ -616,12 +643,12 @@ impl Modify for Security {
           put_webhook, get_webhook, enable_webhook, rotate_webhook_secret, test_webhook,
           list_deliveries, redeliver, recover,
           create_partner, list_partners, activate_partner, deactivate_partner, list_readers,
-          get_policy, put_policy, get_mode, lockdown, emergency_unlock, doors, events, event_stream,
+          get_policy, put_policy, get_mode, lockdown, emergency_unlock, doors, zones, forgive_zone, events, event_stream,
           enroll_page, identify_page, page_cancel, page_events, upstream_hook, healthz, readyz, metrics),
     components(schemas(ErrorBody, Language, DeliveryStatusFilter, AuditFormat, PageKind, EnrollBody, SessionCreatedBody, SessionBody, UserBody,
                        PartnerBody, PartnerCreatedBody, CreatePartnerBody, ReaderBody,
                        WebhookPutBody, WebhookBody, WebhookSecretBody, DeliveryBody, AttemptBody,
-                       RecoverBody, OnBody, DoorBody, AdminUserBody, UpstreamHookBody,
+                       RecoverBody, OnBody, DoorBody, ZoneBody, ForgiveBody, AdminUserBody, UpstreamHookBody,
                        DeliveryQueuedBody, RecoverQueuedBody)),
     modifiers(&Security, &CommonErrors, &RateLimitHeaders)
 )]

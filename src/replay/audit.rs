@@ -1660,6 +1660,16 @@ pub fn what_if(
                     clears_zones: true,
                     ..
                 } => zone_last.retain(|(_, p, x), _| !(p == partner_id && x == external_id)),
+                // The operator forgave presence in a zone by name: the candidate's zone of that
+                // name (if it has one) forgets it too.
+                Event::ZonePresenceForgiven {
+                    zone,
+                    partner_id,
+                    external_id,
+                    ..
+                } => zone_last.retain(|key, _| {
+                    !crate::core::doors::forgives(zone, *partner_id, external_id.as_ref(), key)
+                }),
                 Event::DeviceStatusChanged { device, up, .. } => {
                     if *up {
                         down.remove(device);

@@ -888,6 +888,53 @@ async fn what_if_an_erasure_ends_the_persons_zone_presence() {
     assert_eq!(changes(&log, &positions, &site, None), (3, vec![]));
 }
 
+/// An operator's forgive ends presence in the candidate's zone of that name too (as the state
+/// fold does): entry, denied entry, forgive, granted entry; the policy in force changes
+/// nothing, and `audit verify` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_an_operators_forgive_ends_presence_in_the_zone() {
+    let (site, enrolled) = zoned_lobby().await;
+    let Enrolled {
+        dir,
+        config,
+        server,
+        app,
+        partner,
+    } = enrolled;
+    let scan = |palm: &'static str, id: &'static str, seed| {
+        app.reader_message(ReaderId("lobby-in".into()), capture(palm, seed, id))
+    };
+    scan("alice", "walk-0", 300).await.unwrap();
+    scan("alice", "walk-1", 301).await.unwrap();
+    let zone = palmgate::core::policy::Policy::parse(&site).unwrap().zones[0]
+        .name
+        .clone();
+    let outcome = app
+        .execute(palmgate::core::Command::ForgiveZone {
+            zone,
+            person: Some((partner, palmgate::core::ExternalId("alice".into()))),
+            reason: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, palmgate::core::Outcome::Forgiven(1)),
+        "{outcome:?}"
+    );
+    scan("alice", "walk-2", 302).await.unwrap();
+    drop(server);
+    app.close();
+    drop(app);
+    let log = Log { dir, config };
+    let positions = decided_positions(&log);
+    let verdicts = verdicts_at(&log, &positions);
+    assert_eq!(
+        verdicts,
+        [json!("granted"), json!("denied"), json!("granted")]
+    );
+    assert_eq!(changes(&log, &positions, &site, None), (3, vec![]));
+}
+
 /// A grant at a door whose board the log has down makes no zone movement in what-if either
 /// (the gateway records it `unopenable`): the policy in force changes nothing, whether or not
 /// a refused pulse followed it (review, session 18: without one, the next entry read as a

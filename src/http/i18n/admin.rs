@@ -759,6 +759,111 @@ pub const ADMIN: &[Entry] = &[
         ],
     ),
     // Doors.
+    (
+        "admin.zones.title",
+        [
+            "Anti-passback zones",
+            "Қайта өтуге тыйым салынған аймақтар",
+            "Зоны антипассбэка",
+        ],
+    ),
+    (
+        "admin.zones.help",
+        [
+            "Who the gateway holds inside or outside each zone. Forgiving ends that presence: the person's next scan there counts as a first movement (someone who left by a fire door, a reader that was down).",
+            "Шлюз әр аймақта кімді ішінде не сыртында деп санайды. Кешіру бұл күйді тоқтатады: адамның сол жердегі келесі сканерлеуі алғашқы қозғалыс болып саналады (өрт есігінен шыққан адам, істен шыққан сканер).",
+            "Кого шлюз считает находящимся внутри или снаружи каждой зоны. Сброс завершает это состояние: следующее сканирование человека там считается первым проходом (кто-то вышел через пожарный выход, считыватель не работал).",
+        ],
+    ),
+    ("admin.zones.zone", ["Zone", "Аймақ", "Зона"]),
+    (
+        "admin.zones.anti_passback",
+        ["Anti-passback", "Қайта өтуге тыйым", "Антипассбэк"],
+    ),
+    (
+        "admin.apb.hard",
+        ["Hard (denies)", "Қатаң (тыйым салады)", "Строгий (отказ)"],
+    ),
+    (
+        "admin.apb.soft",
+        ["Soft (records)", "Жұмсақ (тіркейді)", "Мягкий (запись)"],
+    ),
+    ("admin.zones.inside", ["Inside", "Ішінде", "Внутри"]),
+    ("admin.zones.outside", ["Outside", "Сыртында", "Снаружи"]),
+    (
+        "admin.zones.forgive_all",
+        ["Forgive everyone", "Барлығын кешіру", "Сбросить для всех"],
+    ),
+    (
+        "admin.zones.forgive_all_named",
+        [
+            "Forgive everyone in {zone}",
+            "{zone} аймағындағы барлығын кешіру",
+            "Сбросить для всех в зоне {zone}",
+        ],
+    ),
+    (
+        "admin.zones.confirm_all",
+        [
+            "Forgive everyone in {zone} ({n})? Their next scan there counts as a first movement.",
+            "{zone} аймағындағы барлығын ({n}) кешіру керек пе? Олардың сол жердегі келесі сканерлеуі алғашқы қозғалыс болып саналады.",
+            "Сбросить для всех в зоне {zone} ({n})? Следующее сканирование каждого там будет считаться первым проходом.",
+        ],
+    ),
+    (
+        "admin.zones.forgive_one",
+        [
+            "Forgive one person",
+            "Бір адамды кешіру",
+            "Сбросить для одного человека",
+        ],
+    ),
+    ("admin.zones.partner", ["Partner", "Серіктес", "Партнёр"]),
+    (
+        "admin.zones.external_id",
+        ["External ID", "Сыртқы ID", "Внешний ID"],
+    ),
+    (
+        "admin.zones.reason",
+        [
+            "Reason (kept in the log)",
+            "Себебі (журналда сақталады)",
+            "Причина (сохраняется в журнале)",
+        ],
+    ),
+    ("admin.zones.forgive", ["Forgive", "Кешіру", "Сбросить"]),
+    (
+        "admin.zones.forgiven",
+        [
+            "{zone}: {n} forgiven",
+            "{zone}: {n} адам кешірілді",
+            "{zone}: сброшено — {n}",
+        ],
+    ),
+    (
+        "admin.zones.external_id_required",
+        [
+            "Enter the person's external ID.",
+            "Адамның сыртқы ID-ін енгізіңіз.",
+            "Введите внешний ID человека.",
+        ],
+    ),
+    (
+        "admin.sum.forgiven",
+        [
+            "{zone}: presence forgiven ({n})",
+            "{zone}: күй кешірілді ({n})",
+            "{zone}: состояние сброшено ({n})",
+        ],
+    ),
+    (
+        "admin.type.ZonePresenceForgiven",
+        [
+            "Anti-passback forgiven",
+            "Қайта өтуге тыйым кешірілді",
+            "Антипассбэк сброшен",
+        ],
+    ),
     ("admin.doors.title", ["Doors", "Есіктер", "Двери"]),
     (
         "admin.doors.none",

@@ -29,6 +29,7 @@
     demo: false,
     people: [],
     doors: [],
+    zones: [], // anti-passback zones of the policy in force, with who is inside
     readers: [],
     users: [], // the users tab's current page
     usersPage: { offset: 0, shownAt: 0, back: [], total: 0, q: "", seq: 0, moving: false },
@@ -168,9 +169,11 @@
   // ---------- data ----------
 
   async function loadDoors() {
-    const doors = await api("GET", A + "/doors");
+    const [doors, zones] = await Promise.all([api("GET", A + "/doors"), api("GET", A + "/zones")]);
     S.doors = Array.isArray(doors) ? doors : [];
+    S.zones = Array.isArray(zones) ? zones : [];
     renderDoors();
+    renderZones();
     renderScanDoors();
   }
 
@@ -692,8 +695,107 @@
     p.append(h("div", { class: "panel-head" },
       h("h2", {}, tr("doors.title")),
       h("button", { type: "button", id: "doors-refresh", onclick: () => PG.attempt(loadDoors) }, PG.t("refresh"))),
-    h("div", { id: "doors-list", class: "grid doors" }));
+    h("div", { id: "doors-list", class: "grid doors" }),
+    buildZones());
     renderDoors();
+    renderZones();
+  }
+
+  // ---------- anti-passback zones: who is inside, and forgiving ----------
+
+  function buildZones() {
+    const zone = h("select", { id: "forgive-zone", name: "zone" });
+    const partner = h("select", { id: "forgive-partner", name: "partner_id" });
+    const ext = h("input", { id: "forgive-external-id", name: "external_id", required: true, maxlength: 100,
+      autocomplete: "off", spellcheck: "false" });
+    const reason = h("input", { id: "forgive-reason", name: "reason", maxlength: 500, autocomplete: "off" });
+    const form = h("form", { id: "forgive-form", onsubmit: (ev) => { ev.preventDefault(); forgiveOne(); } },
+      h("h3", {}, tr("zones.forgive_one")),
+      h("div", { class: "form-grid" },
+        h("div", {}, h("label", { for: "forgive-zone" }, tr("zones.zone")), zone),
+        h("div", {}, h("label", { for: "forgive-partner" }, tr("zones.partner")), partner),
+        h("div", {}, h("label", { for: "forgive-external-id" }, tr("zones.external_id")), ext)),
+      h("label", { for: "forgive-reason" }, tr("zones.reason")), reason,
+      h("div", { class: "row actions" }, h("button", { type: "submit", id: "forgive-submit" }, tr("zones.forgive"))));
+    return h("section", { class: "card", id: "zones-card", "aria-labelledby": "zones-title", hidden: true },
+      h("h2", { id: "zones-title" }, tr("zones.title")),
+      h("p", { class: "muted" }, tr("zones.help")),
+      h("p", { id: "zones-message", role: "status", class: "notice", hidden: true }),
+      h("div", { id: "zones-list" }),
+      form);
+  }
+
+  let zonesShown = null; // what renderZones last drew: the doors' poll redraws nothing unchanged
+  function renderZones() {
+    const card = document.getElementById("zones-card");
+    if (!card) return;
+    const key = JSON.stringify([S.zones, (S.partners || []).map((p) => [p.id, p.name])]);
+    if (key === zonesShown) return;
+    zonesShown = key;
+    card.hidden = !S.zones.length;
+    replace(document.getElementById("zones-list"), table("zones-table", [
+      { label: tr("zones.zone"), cell: (z) => h("span", { class: "mono" }, z.name) },
+      { label: tr("zones.anti_passback"), cell: (z) => code("apb", z.anti_passback) },
+      { label: tr("zones.inside"), cell: (z) => h("span", { class: "zone-inside" }, String(z.inside)) },
+      { label: tr("zones.outside"), cell: (z) => h("span", { class: "zone-outside" }, String(z.outside)) },
+      { label: tr("partners.actions"), cell: (z) => h("button", { type: "button", id: "forgive-all-" + z.name,
+        class: "forgive-all", disabled: !(z.inside + z.outside), onclick: () => forgiveAll(z),
+        "aria-label": tr("zones.forgive_all_named", { zone: z.name }) }, tr("zones.forgive_all")) },
+    ], S.zones.map((z) => ({ row: z, attrs: { "data-zone": z.name } }))));
+    const zone = document.getElementById("forgive-zone");
+    const before = zone.value;
+    replace(zone, S.zones.map((z) => h("option", { value: z.name }, z.name)));
+    if (S.zones.some((z) => z.name === before)) zone.value = before;
+    const partner = document.getElementById("forgive-partner");
+    const chosen = partner.value;
+    replace(partner, (S.partners || []).map((p) => h("option", { value: p.id }, p.name)));
+    if ((S.partners || []).some((p) => p.id === chosen)) partner.value = chosen;
+  }
+
+  function zonesSay(text) {
+    const m = document.getElementById("zones-message");
+    m.textContent = text;
+    m.hidden = !text;
+  }
+
+  async function forgive(zone, body) {
+    const r = await api("POST", `${A}/zones/${encodeURIComponent(zone)}/forgive`, body);
+    zonesSay(tr("zones.forgiven", { zone, n: r.forgiven }));
+    const zones = await api("GET", A + "/zones");
+    S.zones = Array.isArray(zones) ? zones : [];
+    renderZones();
+  }
+
+  async function forgiveAll(z) {
+    if (!(await PG.confirmDialog(tr("zones.confirm_all", { zone: z.name, n: z.inside + z.outside })))) return;
+    const reason = document.getElementById("forgive-reason").value.trim();
+    await PG.attempt(() => forgive(z.name, reason ? { reason } : {}));
+    // The button is drawn again (disabled now that nobody is left): focus stays in the card.
+    const b = document.getElementById("forgive-all-" + z.name);
+    (b && !b.disabled ? b : document.getElementById("forgive-zone")).focus();
+  }
+
+  async function forgiveOne() {
+    const zone = document.getElementById("forgive-zone").value;
+    const ext = document.getElementById("forgive-external-id");
+    const partner = document.getElementById("forgive-partner").value;
+    const reason = document.getElementById("forgive-reason").value.trim();
+    if (!ext.value.trim()) {
+      ext.focus();
+      return zonesSay(tr("zones.external_id_required"));
+    }
+    const button = document.getElementById("forgive-submit");
+    button.disabled = true;
+    try {
+      await PG.attempt(async () => {
+        const body = { partner_id: partner, external_id: ext.value.trim() };
+        if (reason) body.reason = reason;
+        await forgive(zone, body);
+        ext.value = "";
+      });
+    } finally {
+      PG.enable(button);
+    }
   }
 
   // The door endpoint gives granted, reason and time; the log (or a newer server's
@@ -821,6 +923,9 @@
         return tr(d.up ? "sum.device_up" : "sum.device_down", { device: d.device }) + (d.error ? " — " + d.error : "");
       case "ReaderStatusChanged": return tr(d.online ? "sum.reader_online" : "sum.reader_offline", { reader: d.reader_id });
       case "SiteModeChanged": return modeText(d);
+      case "ZonePresenceForgiven":
+        return tr("sum.forgiven", { zone: d.zone, n: d.cleared }) + (d.external_id ? " · " + d.external_id : "")
+          + (d.reason ? " — " + d.reason : "");
       case "PolicyActivated": return tr("sum.policy", { sha: String(d.sha256 || "").slice(0, 12), source: code("source", d.source || "") });
       case "PartnerCreated": return d.name;
       case "UserEnrolled": return who({ external_id: d.external_id, username: d.username, partner_id: d.partner_id });
