@@ -259,8 +259,18 @@ fn read_private(path: &Path) -> std::io::Result<Result<String, String>> {
     Ok(Ok(text))
 }
 
+/// Creates `path` (mode 0600) holding `bytes`, whole or not at all: the bytes go to a
+/// temporary file beside it, synced, which is then linked in as `path` (refused if `path`
+/// exists by then) and the directory synced. Written in place, a kill or a power cut between
+/// the create and the write left an empty key file, and the next start refused it.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no file name"))?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp); // left by a process of the same id that was killed
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -268,9 +278,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The admin bearer token, held as its hash.
@@ -362,6 +382,23 @@ mod tests {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // The key went in whole through a temporary file, which is gone.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("k"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["master.key"]);
+        assert_eq!(std::fs::read_to_string(&p).unwrap().len(), 65);
+        // A stale temporary file of a killed first start does not stand in the way.
+        let q = dir.path().join("k/other.key");
+        std::fs::write(
+            dir.path()
+                .join(format!("k/.other.key.{}.tmp", std::process::id())),
+            "",
+        )
+        .unwrap();
+        Keys::load_or_create(&q, None, [5; 32]).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join("k")).unwrap().count(), 2);
     }
 
     /// A key file others can read (or write) is refused, naming the file and its mode; the
