@@ -71,7 +71,9 @@ impl KeyStore {
             .map_err(|e| at(&e))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS data_keys (id TEXT PRIMARY KEY, wrapped BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
+             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS signouts (scope TEXT NOT NULL, login TEXT NOT NULL,
+                 until INTEGER NOT NULL, PRIMARY KEY (scope, login));",
         )
         .map_err(|e| at(&e))?;
         #[cfg(unix)]
@@ -145,6 +147,43 @@ impl KeyStore {
             .filter_map(|s| KeyId::parse(&s))
             .collect();
         Ok(ids)
+    }
+
+    /// Records a dashboard login signed out: `login` of the holder `scope`, refused until
+    /// `until` (Unix seconds; the cookie expires then anyway). Kept here, beside the keys, so a
+    /// restart does not bring a signed-out cookie back (`http::dash::session`).
+    pub fn record_signout(
+        &self,
+        scope: &str,
+        login: &str,
+        until: i64,
+    ) -> Result<(), KeyStoreError> {
+        self.conn
+            .lock()
+            .expect("key store lock")
+            .execute(
+                "INSERT OR REPLACE INTO signouts (scope, login, until) VALUES (?1, ?2, ?3)",
+                params![scope, login, until],
+            )
+            .map(|_| ())
+            .map_err(|e| self.at(e))
+    }
+
+    /// The sign-outs still in force at `now` (Unix seconds), as `(scope, login, until)`; the
+    /// ones past are deleted.
+    pub fn signouts(&self, now: i64) -> Result<Vec<(String, String, i64)>, KeyStoreError> {
+        let conn = self.conn.lock().expect("key store lock");
+        conn.execute("DELETE FROM signouts WHERE until <= ?1", params![now])
+            .map_err(|e| self.at(e))?;
+        let mut stmt = conn
+            .prepare("SELECT scope, login, until FROM signouts")
+            .map_err(|e| self.at(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.at(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.at(e))?;
+        Ok(rows)
     }
 
     /// Whether the file holds at least one data key.

@@ -93,7 +93,7 @@ pub struct App {
     /// Base of hosted-page URLs, without a trailing slash.
     pub public_url: String,
     index: RwLock<Index>,
-    keystore: KeyStore,
+    pub(crate) keystore: KeyStore,
     /// Erased users' data keys waiting to be deleted (`App::destroy_keys`).
     doomed: readers::Doomed,
     wrap: KeyWrap,
@@ -705,6 +705,38 @@ impl App {
     /// start-up or SIGHUP), or when no policy came from it yet. An unchanged file leaves the
     /// log's policy in force, so a policy activated later through the admin API survives the
     /// restart; when that policy differs from the file, a warning names both.
+    /// With the built-in broker, the readers' retained statuses and last wills lived in the
+    /// gateway's last process and died with it: a reader the log has online may have gone
+    /// while the gateway was down, and no broker is left to say so. Each is recorded offline
+    /// now (sessions armed on it fail `reader_offline`), before the new broker's clients are
+    /// heard; a reader that is there reconnects and publishes `online` again (SPEC 5). Before,
+    /// a reader gone during a restart stayed `online` for good, and pages armed it.
+    async fn readers_gone_with_the_broker(&self) {
+        let online: Vec<crate::core::ReaderId> = self.read(|s| {
+            s.readers()
+                .filter(|r| r.online)
+                .map(|r| r.id.clone())
+                .collect()
+        });
+        if !online.is_empty() {
+            tracing::info!(
+                readers = online.len(),
+                "readers online before the restart are offline until they reconnect to the built-in broker"
+            );
+        }
+        for reader_id in online {
+            let cmd = Command::ReaderStatus {
+                reader_id: reader_id.clone(),
+                online: false,
+                model: None,
+                firmware: None,
+            };
+            if let Err(e) = self.execute(cmd).await {
+                tracing::warn!(reader = %reader_id, error = %e, "cannot record the reader offline");
+            }
+        }
+    }
+
     pub async fn start_site_file(&self) -> Result<(), String> {
         let Some(document) = self.read_site_file()? else {
             return Ok(());
@@ -1095,6 +1127,8 @@ pub async fn start_with(
         app.config.secrets.master_key.as_deref(),
     );
     app.read(|s| app.keystore.adopt(s, &app.keys, &log, &source))?;
+    // Dashboard logins signed out before this start stay refused.
+    crate::http::dash::session::load_signouts(&app);
     if first.is_none() {
         // An empty log: the key store records the log's identity as soon as it has a first
         // event (subscribed before anything below can append one).
@@ -1138,6 +1172,9 @@ pub async fn start_with(
             "config key `site`: {e}; no site policy is in force yet, so the gateway would run \
              with no doors: fix the site file, or remove `site` to run the Pass API alone"
         )));
+    }
+    if app.config.mqtt.url.is_none() {
+        app.readers_gone_with_the_broker().await;
     }
     Ok(Server {
         addr,

@@ -5,7 +5,9 @@
 //! resting state as the state says now; device tasks re-drive those states after every
 //! reconnection, so a door never stays unlocked because a board restarted. A coil the gateway
 //! has driven that a new policy no longer gives to a door (the door removed or moved, or its
-//! board dropped from the policy) is told to rest locked, and stays so across reconnects.
+//! board dropped from the policy) is told to rest locked, and stays so across reconnects; so is
+//! one the log has ON for a door that the policy in force at start-up no longer has there
+//! (`State::orphan_coils`), at the board's old address if it moved.
 //!
 //! Reports are recorded in the order they come, and none is dropped because the log cannot be
 //! written for a while: a board reports an input, a coil or its own state only when it
@@ -31,6 +33,12 @@ pub struct Relays {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Set by [`Relays::stop`]: no device is started after it.
     stopped: std::sync::atomic::AtomicBool,
+    /// Coils the log left ON at a board the policy in force still has at the same address,
+    /// that no door of it owns: the board's task, when it starts, counts them as driven, so
+    /// they are locked like the coils of a door a new policy removes ([`State::orphan_coils`]).
+    ///
+    /// [`State::orphan_coils`]: crate::core::state::State::orphan_coils
+    seeded: Mutex<HashMap<String, BTreeSet<u16>>>,
 }
 
 /// A device task, kept for as long as the gateway runs (also once a policy drops its board).
@@ -54,8 +62,10 @@ impl Relays {
             reports,
             tasks: Mutex::new(Vec::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            seeded: Mutex::new(HashMap::new()),
         });
         let mut handled = app.policy_activations();
+        relays.adopt_orphans();
         relays.ensure_devices();
         // A new policy may name new boards, and drop doors: connect and lock as it activates.
         // (Woken by activations only: subscribed to every recorded event, it had each one
@@ -95,6 +105,69 @@ impl Relays {
             }
         });
         relays
+    }
+
+    /// Coils the log left ON that the policy in force gives to no door (the door removed or
+    /// moved, its board dropped or readdressed, while the gateway was stopped or before it
+    /// started): at a board the policy has at the same address they are counted as driven, so
+    /// [`Relays::ensure_devices`] locks them; at an address the policy no longer uses, a task
+    /// for that board drives them OFF there (and, for a board moved, then follows it to the
+    /// new address, as when a running gateway applies such a policy).
+    fn adopt_orphans(&self) {
+        let (orphans, policy) = self.app.read(|s| (s.orphan_coils(), s.policy.clone()));
+        if orphans.is_empty() {
+            return;
+        }
+        let mut devices = self.devices.lock().expect("relays lock");
+        let mut seeded = self.seeded.lock().expect("relays lock");
+        for o in orphans {
+            tracing::warn!(
+                device = %o.device,
+                coil = o.coil,
+                address = o.address.as_deref().unwrap_or("?"),
+                "a coil the log has ON belongs to no door of the policy in force: driving it OFF"
+            );
+            let same_board = policy.as_deref().and_then(|p| {
+                p.relay_devices.iter().find(|b| {
+                    b.id == o.device
+                        && b.unit == o.unit
+                        && o.address.as_deref() == Some(b.modbus.to_string().as_str())
+                })
+            });
+            if same_board.is_some() {
+                seeded.entry(o.device.clone()).or_default().insert(o.coil);
+                continue;
+            }
+            let Some(address) = o
+                .address
+                .as_deref()
+                .and_then(|a| modbus::Address::parse(a).ok())
+            else {
+                tracing::error!(device = %o.device, coil = o.coil, "the board's old address is unknown: its coil cannot be driven OFF");
+                continue;
+            };
+            let d = devices.entry(o.device.clone()).or_insert_with(|| {
+                let (tx, task) = modbus::start_device(
+                    DeviceSpec {
+                        id: o.device.clone(),
+                        address: address.clone(),
+                        unit: o.unit,
+                        inputs: vec![],
+                    },
+                    Timing::default(),
+                    self.reports.clone(),
+                );
+                self.tasks.lock().expect("relays lock").push(task);
+                Device {
+                    tx,
+                    address,
+                    unit: o.unit,
+                    coils: BTreeSet::new(),
+                }
+            });
+            d.coils.insert(o.coil);
+            lock(&d.tx, std::iter::once(&o.coil));
+        }
     }
 
     /// Starts a task for every relay device of the policy that has none yet, and tells every
@@ -153,7 +226,8 @@ impl Relays {
                         self.reports.clone(),
                     );
                     self.tasks.lock().expect("relays lock").push(task);
-                    (tx, BTreeSet::new())
+                    let seeded = self.seeded.lock().expect("relays lock").remove(&dev.id);
+                    (tx, seeded.unwrap_or_default())
                 }
             };
             let mut coils = BTreeSet::new();

@@ -589,14 +589,20 @@ pub fn relay_report(
             on,
             tag,
         } => {
-            let Some(door) = door_of_coil(device, *coil) else {
-                return Decision::new(vec![]);
+            // A coil no door of this policy owns, left ON by a door an earlier policy had
+            // there: its OFF is recorded under that door, which the log then has locked.
+            let door = match door_of_coil(device, *coil) {
+                Some(d) => d.id.clone(),
+                None => match state.orphan_door(device, *coil).filter(|_| !*on) {
+                    Some(id) => id.clone(),
+                    None => return Decision::new(vec![]),
+                },
             };
             Decision::new(vec![on_door(
                 state,
-                &door.id,
+                &door,
                 Event::RelaySwitched {
-                    door: door.id.clone(),
+                    door: door.clone(),
                     device: device.clone(),
                     coil: *coil,
                     on: *on,

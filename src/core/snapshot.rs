@@ -70,7 +70,10 @@ use std::sync::Arc;
 ///    confirms the pulse; a pulse the board refused (`RelayFailed` `refused`) undoes it.
 /// 13: every unreported grant at a door is held (`DoorState::passages`), and any report of
 ///    its pulse resolves it (12 held one per door; never released).
-pub const SCHEMA: u32 = 13;
+/// 14: a door keeps where its relay was last switched ON (`DoorState::relay`, for the coils a
+///    later policy orphans); a webhook configured again keeps the replaced secret signing
+///    (`previous`) and the last failure's reason; `ZonePresenceForgiven` ends zone presence.
+pub const SCHEMA: u32 = 14;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -197,6 +197,89 @@ pub struct DoorState {
     /// of the same person in that zone supersedes it; at most [`MAX_PASSAGES`] are held.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passages: Vec<Passage>,
+    /// Where this door's coil is while it may be ON (from a grant, an exit request, an unlock
+    /// or a report of ON, until a report of OFF), under the policy in force then: a coil left
+    /// ON by a door a later policy removed or moved (or whose board it dropped or readdressed)
+    /// is found here at start-up and driven OFF ([`State::orphan_coils`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayAt>,
+}
+
+/// Where a door's relay was switched: device, coil, and the board's address and unit under
+/// the policy in force then (the address as the policy writes it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayAt {
+    pub device: String,
+    pub coil: u16,
+    pub address: Option<String>,
+    pub unit: u8,
+}
+
+impl State {
+    /// Coils the log has left ON that the policy in force does not give to the door that
+    /// switched them (the door removed, moved to another coil, or its board dropped or
+    /// readdressed): where each was switched. Start-up drives them OFF; before, the device
+    /// task of a restarted gateway knew none of them and they stayed ON for good.
+    pub fn orphan_coils(&self) -> Vec<RelayAt> {
+        let policy = self.policy.as_deref();
+        let mut out: Vec<RelayAt> = self
+            .doors
+            .iter()
+            .filter_map(|(id, ds)| {
+                let at = ds.relay.as_ref()?;
+                let still = policy.is_some_and(|p| {
+                    p.door(id)
+                        .is_some_and(|d| d.relay.device == at.device && d.relay.coil == at.coil)
+                        && p.relay_devices.iter().any(|b| {
+                            b.id == at.device
+                                && b.unit == at.unit
+                                && at.address.as_deref() == Some(b.modbus.to_string().as_str())
+                        })
+                });
+                (!still).then(|| at.clone())
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.device, a.coil).cmp(&(&b.device, b.coil)));
+        out.dedup();
+        out
+    }
+
+    /// Where `door`'s coil is under the policy in force.
+    fn relay_at(&self, door: &DoorId) -> Option<RelayAt> {
+        let p = self.policy.as_deref()?;
+        let d = p.door(door)?;
+        let board = p.relay_devices.iter().find(|b| b.id == d.relay.device);
+        Some(RelayAt {
+            device: d.relay.device.clone(),
+            coil: d.relay.coil,
+            address: board.map(|b| b.modbus.to_string()),
+            unit: board.map_or(1, |b| b.unit),
+        })
+    }
+
+    /// `door`'s coil may be ON from now on: where it is is kept ([`DoorState::relay`]).
+    fn relay_may_be_on(&mut self, door: &DoorId) {
+        let Some(at) = self.relay_at(door) else {
+            return;
+        };
+        let ds = self.doors.entry(door.clone()).or_default();
+        if ds.relay.as_ref() != Some(&at) {
+            ds.relay = Some(at);
+        }
+    }
+
+    /// The door whose relay the log has ON at `device`/`coil` although the policy in force
+    /// gives that coil to no door: its OFF is recorded under that door.
+    pub fn orphan_door(&self, device: &str, coil: u16) -> Option<&DoorId> {
+        self.doors
+            .iter()
+            .find(|(_, ds)| {
+                ds.relay
+                    .as_ref()
+                    .is_some_and(|r| r.device == device && r.coil == coil)
+            })
+            .map(|(id, _)| id)
+    }
 }
 
 impl DoorState {
@@ -908,6 +991,9 @@ impl State {
                     Seen::of_decision(take(capture_id), judged.is_some()),
                 ));
                 let granted = verdict.granted();
+                if granted {
+                    self.relay_may_be_on(door);
+                }
                 let pulse = self
                     .policy
                     .as_ref()
@@ -1411,6 +1497,9 @@ impl State {
                 if let (Some(s), Some((zone, dir))) = (subject, movement) {
                     self.moved(door, capture_id, zone.clone(), s, *dir);
                 }
+                if granted {
+                    self.relay_may_be_on(door);
+                }
                 let pulse = self
                     .policy
                     .as_ref()
@@ -1437,6 +1526,7 @@ impl State {
             Event::DoorExitRequested { door, at }
                 if !super::doors::exit_request_stale(*at, rec.recorded_at) =>
             {
+                self.relay_may_be_on(door);
                 let pulse = self
                     .policy
                     .as_ref()
@@ -1449,10 +1539,34 @@ impl State {
             }
             Event::DoorExitRequested { .. } => {}
             Event::DoorRestingChanged { door, unlocked, .. } => {
+                if *unlocked {
+                    self.relay_may_be_on(door);
+                }
                 self.doors.entry(door.clone()).or_default().resting_unlocked = *unlocked;
             }
-            Event::RelaySwitched { door, on, tag, .. } => {
+            Event::RelaySwitched {
+                door,
+                device,
+                coil,
+                on,
+                tag,
+                ..
+            } => {
+                let board = self
+                    .policy
+                    .as_deref()
+                    .and_then(|p| p.relay_devices.iter().find(|d| d.id == *device));
+                let at = on.then(|| RelayAt {
+                    device: device.clone(),
+                    coil: *coil,
+                    address: board.map(|b| b.modbus.to_string()),
+                    unit: board.map_or(1, |b| b.unit),
+                });
                 let ds = self.doors.entry(door.clone()).or_default();
+                // ON: where it is; OFF: nothing left ON to find.
+                if ds.relay != at {
+                    ds.relay = at;
+                }
                 ds.relay_on = *on;
                 ds.relay_fault = None;
                 // The pulse started: the person could pass.

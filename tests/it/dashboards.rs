@@ -787,6 +787,25 @@ async fn a_cookie_replayed_after_sign_out_is_refused() {
     assert_eq!(r.status, 200, "{}", r.text);
 }
 
+/// A sign-out survives a restart: it is written to the key store before the sign-out is
+/// answered, and loaded at start-up. A login not signed out still works after the restart.
+/// Before, a restart forgot every sign-out and the cookie worked again until its expiry
+/// (crash-consistency review, session 26).
+#[tokio::test]
+async fn a_sign_out_survives_a_restart() {
+    let mut s = TestServer::start().await;
+    let (cookie, csrf) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let (other, _) = session(&s, "/admin", "token", ADMIN_TOKEN).await;
+    let out = logout(&s, "/admin", &cookie, &csrf).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    s.kill9();
+    s.launch().await;
+    let r = send(s.get("/admin/v1/partners").header("cookie", &cookie)).await;
+    assert_eq!(r.status, 401, "signed out before the restart: {}", r.text);
+    let r = send(s.get("/admin/v1/partners").header("cookie", &other)).await;
+    assert_eq!(r.status, 200, "never signed out: {}", r.text);
+}
+
 /// The same for a partner's login.
 #[tokio::test]
 async fn a_partner_cookie_replayed_after_sign_out_is_refused() {

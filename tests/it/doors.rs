@@ -1675,6 +1675,93 @@ async fn a_policy_put_changes_decisions_and_an_invalid_one_changes_nothing() {
     );
 }
 
+/// A coil an unlock window held ON whose door is gone from the site file after a restart
+/// (removed, moved to another coil, or its board moved to another address) is driven OFF at
+/// start-up, and the log records it locked. Before, a restarted gateway's device task knew
+/// nothing of it: the coil stayed ON for good while the log and the doors page showed nothing
+/// (crash-consistency review, session 26).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coil_left_on_by_a_door_the_restart_removed_is_locked() {
+    use crate::fixtures::{Options, TestServer};
+    let board = new_board().await;
+    let moved_to = new_board().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("site.toml");
+    let file_name = file.display().to_string();
+    let with_side = |url: &str, coil: u16| {
+        site_doc(
+            url,
+            &Layout {
+                extra: format!("{}{SIDE_ALWAYS_OPEN}", side_door("board-1", coil)),
+                ..Layout::default()
+            },
+        )
+    };
+    async fn on_within(b: &SimBoard, coil: u16, want: bool, what: &str) {
+        let end = Instant::now() + WAIT;
+        while b.coil(coil) != want {
+            assert!(Instant::now() < end, "{what}: coil {coil} is not {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    std::fs::write(&file, with_side(&board.url(), 1)).unwrap();
+    let mut s =
+        TestServer::start_with(Options::default().extra_toml(&format!("site = {file_name:?}")))
+            .await;
+    on_within(&board, 1, true, "the window holds the side door").await;
+    let log = s.store_path();
+    let side_offs = || -> i64 {
+        let c = rusqlite::Connection::open(&log).unwrap();
+        c.query_row(
+            "SELECT count(*) FROM events WHERE type = 'RelaySwitched' \
+             AND data LIKE '%\"door\":\"side\"%' AND data LIKE '%\"on\":false%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+
+    // Removed: a stop, the door gone from the file, a start.
+    s.terminate();
+    assert!(
+        board.coil(1),
+        "a clean stop leaves the window's door as it rests"
+    );
+    let offs = side_offs();
+    std::fs::write(&file, site_doc(&board.url(), &Layout::default())).unwrap();
+    s.launch().await;
+    on_within(&board, 1, false, "the removed door's coil at start-up").await;
+    let end = Instant::now() + WAIT;
+    while side_offs() == offs {
+        assert!(
+            Instant::now() < end,
+            "the OFF of the removed door is not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Moved to another coil across a restart: the old coil goes OFF, the new one ON.
+    std::fs::write(&file, with_side(&board.url(), 1)).unwrap();
+    s.terminate();
+    s.launch().await;
+    on_within(&board, 1, true, "the window again").await;
+    s.terminate();
+    std::fs::write(&file, with_side(&board.url(), 2)).unwrap();
+    s.launch().await;
+    on_within(&board, 2, true, "the moved door's new coil").await;
+    on_within(&board, 1, false, "the moved door's old coil").await;
+
+    // Its board moved to another address across a restart: OFF at the old one.
+    s.terminate();
+    std::fs::write(&file, with_side(&moved_to.url(), 2)).unwrap();
+    s.launch().await;
+    on_within(&moved_to, 2, true, "the door at the board's new address").await;
+    on_within(&board, 2, false, "the coil at the board's old address").await;
+    s.terminate();
+    let (ok, out) = crate::crash_suite::audit_verify(s.config_path());
+    assert!(ok, "{out}");
+}
+
 /// A policy activated through the admin API stays in force across restarts (SIGTERM and
 /// SIGKILL): start-up activates the site file only when it changed since the gateway last read
 /// it, and warns when the policy in force differs from the unchanged file. SIGHUP still

@@ -1802,6 +1802,78 @@ async fn the_start_up_sweep_retries_a_key_it_cannot_delete_yet() {
     );
 }
 
+/// With the built-in broker, a reader the log had online is offline after a restart until it
+/// reconnects: the broker that held its status and last will died with the gateway. A reader
+/// gone meanwhile is not offered or armed, and an enrollment armed on it fails
+/// `reader_offline`; one that connects again is online. Before, it stayed `online` for good
+/// (crash-consistency review, session 26).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_gone_while_the_gateway_was_down_is_offline_after_the_restart() {
+    use crate::fixtures::{ADMIN_TOKEN, TestServer};
+    let mut s = TestServer::start().await;
+    let (_, key) = s.create_partner("acme").await;
+    let presence = async |s: &TestServer| -> Value {
+        let v: Value = s
+            .get("/admin/v1/readers")
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == "desk-8")
+            .map(|r| r["presence"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let until = async |s: &TestServer, want: &str| {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let p = presence(s).await;
+            if p == want {
+                return;
+            }
+            assert!(Instant::now() < end, "desk-8 is {p}, not {want}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let desk = SimReader::connect(sim_options(&s.mqtt_url, "desk-8", "alice", 1))
+        .await
+        .unwrap();
+    until(&s, "online").await;
+    let created = s
+        .enroll(&key, "", &json!({"external_id": "EMP-8"}))
+        .await
+        .created();
+    let r = s
+        .get(&format!("/enroll/{}?reader=desk-8", created.token()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The gateway dies, and the reader is unplugged while it is down.
+    s.kill9();
+    drop(desk);
+    s.launch().await;
+    until(&s, "offline").await;
+    let v: Value = s.session(&key, &created.session_id).await.json();
+    assert_eq!(
+        (v["state"].as_str(), v["fail_reason"].as_str()),
+        (Some("failed"), Some("reader_offline")),
+        "{v}"
+    );
+
+    // Plugged in again: online.
+    let _desk = SimReader::connect(sim_options(&s.mqtt_url, "desk-8", "alice", 2))
+        .await
+        .unwrap();
+    until(&s, "online").await;
+}
+
 /// A raw MQTT 3.1.1 CONNECT as client `id` to the broker at `mqtt` (`mqtt://host:port`). With
 /// `reset`, the TCP connection is reset (RST) right after the CONNECT is sent; otherwise the
 /// broker's answer is read until it closes the connection or 2 s pass.

@@ -14,9 +14,10 @@
 //! valid anyway ([`LIFETIME_S`] after it was revoked); a holder's set holds at most
 //! [`MAX_REVOKED`] ids, and past that every login of that holder issued so far is refused (that
 //! holder signs in again) rather than any revoked one coming back. Nobody else's logins are
-//! touched: a partner signing out in a loop only ever signs itself out. The sets are not
-//! persisted: a restart forgets them, so a cookie signed out before a restart works again until
-//! its expiry.
+//! touched: a partner signing out in a loop only ever signs itself out. Each sign-out is also
+//! written to the key store (`signouts`, until the cookie's expiry) before it is answered, and
+//! the sets are loaded from there at start-up ([`load_signouts`]): a cookie signed out before a
+//! restart stays refused (before session 26 a restart forgot them, and it worked again).
 //!
 //! Invariants: a cookie authenticates reads (GET/HEAD) on its own; any other method also needs
 //! the `X-CSRF-Token` header (or a `csrf` form field on the logout forms) equal to the token
@@ -246,9 +247,10 @@ pub fn revoke(app: &App, value: &str) {
 
 /// [`revoke`] with at most `cap` ids remembered for the cookie's holder.
 fn revoke_capped(app: &App, value: &str, cap: usize) {
-    let Some((kind, subject, _, login, _)) = parts(value) else {
+    let Some((kind, subject, expiry, login, _)) = parts(value) else {
         return;
     };
+    let key = scope(app, kind, subject);
     let now = Instant::now();
     let lifetime = Duration::from_secs(LIFETIME_S as u64);
     let now_s = app.clock.now().timestamp();
@@ -260,11 +262,12 @@ fn revoke_capped(app: &App, value: &str, cap: usize) {
             !h.ids.is_empty() || h.floor > now_s - LIFETIME_S
         });
     }
-    let h = r.entry(scope(app, kind, subject)).or_default();
+    let h = r.entry(key.clone()).or_default();
     h.ids.retain(|_, at| live(at));
     if h.ids.len() >= cap {
         h.ids.clear();
         h.floor = now_s;
+        persist(app, &key, FLOOR, now_s + LIFETIME_S);
         tracing::warn!(
             holder = if kind == "a" { "admin" } else { subject },
             "more than {cap} dashboard logins of one holder signed out within {LIFETIME_S} s: \
@@ -273,6 +276,42 @@ fn revoke_capped(app: &App, value: &str, cap: usize) {
         return;
     }
     h.ids.insert(login.to_string(), now);
+    persist(app, &key, login, expiry.min(now_s + LIFETIME_S));
+}
+
+/// The login id that stands for a holder's floor in the key store (`until` − [`LIFETIME_S`]
+/// is the floor): no cookie's login id has a `*`.
+const FLOOR: &str = "*floor";
+
+/// Writes a sign-out to the key store. A failure is logged: the sign-out still holds until
+/// the process stops.
+fn persist(app: &App, scope: &str, login: &str, until: i64) {
+    if let Err(e) = app.keystore.record_signout(scope, login, until) {
+        tracing::error!(error = %e, "cannot record a dashboard sign-out: it holds until the server stops");
+    }
+}
+
+/// Loads the sign-outs the key store keeps (those of earlier runs still in force) into the
+/// sets [`verify`] consults. Called once at start-up.
+pub fn load_signouts(app: &App) {
+    let now_s = app.clock.now().timestamp();
+    let rows = match app.keystore.signouts(now_s) {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the dashboard sign-outs: logins signed out before this start are accepted until they expire");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let mut r = revoked();
+    for (scope, login, until) in rows {
+        let h = r.entry(scope).or_default();
+        if login == FLOOR {
+            h.floor = h.floor.max(until - LIFETIME_S);
+        } else {
+            h.ids.insert(login, now);
+        }
+    }
 }
 
 /// The CSRF token that goes with a cookie value.

@@ -353,6 +353,13 @@ fn admin_probes(victim_id: &str) -> Vec<(&'static str, &'static str, String, Opt
             on,
         ),
         ("get", "/admin/v1/doors", "/admin/v1/doors".into(), None),
+        ("get", "/admin/v1/zones", "/admin/v1/zones".into(), None),
+        (
+            "post",
+            "/admin/v1/zones/{zone}/forgive",
+            "/admin/v1/zones/building/forgive".into(),
+            Some(json!({})),
+        ),
         ("get", "/admin/v1/events", "/admin/v1/events".into(), None),
         (
             "get",
