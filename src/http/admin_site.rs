@@ -149,19 +149,23 @@ pub async fn zones(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<ZoneBody>>
         let Some(policy) = &s.policy else {
             return vec![];
         };
+        // One pass over everyone's presence (the doors page polls this), counted per zone.
+        let mut counts: std::collections::HashMap<&str, (u64, u64)> =
+            std::collections::HashMap::new();
+        if !policy.zones.is_empty() {
+            for ((zone, _, _), d) in s.zone_last.iter() {
+                let c = counts.entry(zone.as_str()).or_default();
+                match d {
+                    crate::core::policy::Direction::Entry => c.0 += 1,
+                    crate::core::policy::Direction::Exit => c.1 += 1,
+                }
+            }
+        }
         policy
             .zones
             .iter()
             .map(|z| {
-                let (mut inside, mut outside) = (0, 0);
-                for ((zone, _, _), d) in s.zone_last.iter() {
-                    if *zone == z.name {
-                        match d {
-                            crate::core::policy::Direction::Entry => inside += 1,
-                            crate::core::policy::Direction::Exit => outside += 1,
-                        }
-                    }
-                }
+                let (inside, outside) = counts.get(z.name.as_str()).copied().unwrap_or_default();
                 ZoneBody {
                     name: z.name.clone(),
                     anti_passback: match z.anti_passback {
