@@ -366,6 +366,10 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     if config.admin.token.is_empty() && config.admin.token_sha256.is_empty() {
         tracing::warn!("admin.token is not set: the admin API refuses every call");
     }
+    // Caught from here on: a SIGTERM during start-up stops the server cleanly once it runs
+    // (before, one that came before the serve loop first waited for it killed the process,
+    // skipping the relays' stop).
+    let shutdown = shutdown_signal();
     let server = palmgate::app::start(config).await?;
     println!(
         "palmgate readers connect to {}",
@@ -400,7 +404,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             });
         }
     }
-    server.serve(shutdown_signal()).await?;
+    server.serve(shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -457,22 +461,30 @@ async fn demo(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM or Ctrl-C (SIGINT). The handlers are installed when this is called, not when the
+/// future is first polled: a signal in between is not lost (nor, for SIGTERM, fatal).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => tokio::signal::ctrl_c().await.unwrap_or(()),
+            }
         }
     }
     #[cfg(not(unix))]
-    ctrl_c.await.ok();
+    async {
+        tokio::signal::ctrl_c().await.ok();
+    }
 }
 
 /// `listen` as this machine reaches it: every address (`0.0.0.0`, `[::]`) is the loopback one.

@@ -152,21 +152,31 @@ impl KeyStore {
     /// Records a dashboard login signed out: `login` of the holder `scope`, refused until
     /// `until` (Unix seconds; the cookie expires then anyway). Kept here, beside the keys, so a
     /// restart does not bring a signed-out cookie back (`http::dash::session`).
+    /// The ones past at `now` go at the same time, and a holder's floor (`floor`: a login id
+    /// of `*floor`, see the session module) replaces that holder's ids, so the table holds no
+    /// more than the sets in memory.
     pub fn record_signout(
         &self,
         scope: &str,
         login: &str,
         until: i64,
+        now: i64,
+        floor: bool,
     ) -> Result<(), KeyStoreError> {
-        self.conn
-            .lock()
-            .expect("key store lock")
-            .execute(
-                "INSERT OR REPLACE INTO signouts (scope, login, until) VALUES (?1, ?2, ?3)",
-                params![scope, login, until],
-            )
-            .map(|_| ())
-            .map_err(|e| self.at(e))
+        let mut conn = self.conn.lock().expect("key store lock");
+        let tx = conn.transaction().map_err(|e| self.at(e))?;
+        tx.execute("DELETE FROM signouts WHERE until <= ?1", params![now])
+            .map_err(|e| self.at(e))?;
+        if floor {
+            tx.execute("DELETE FROM signouts WHERE scope = ?1", params![scope])
+                .map_err(|e| self.at(e))?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO signouts (scope, login, until) VALUES (?1, ?2, ?3)",
+            params![scope, login, until],
+        )
+        .map_err(|e| self.at(e))?;
+        tx.commit().map_err(|e| self.at(e))
     }
 
     /// The sign-outs still in force at `now` (Unix seconds), as `(scope, login, until)`; the

@@ -1173,7 +1173,9 @@ pub async fn start_with(
              with no doors: fix the site file, or remove `site` to run the Pass API alone"
         )));
     }
-    if app.config.mqtt.url.is_none() {
+    // Only for a log of this gateway alone: a shared log (KurrentDB) also holds the readers
+    // of other gateways, still connected to their brokers.
+    if app.config.mqtt.url.is_none() && app.config.store.url.is_none() {
         app.readers_gone_with_the_broker().await;
     }
     Ok(Server {

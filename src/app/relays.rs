@@ -110,63 +110,88 @@ impl Relays {
     /// Coils the log left ON that the policy in force gives to no door (the door removed or
     /// moved, its board dropped or readdressed, while the gateway was stopped or before it
     /// started): at a board the policy has at the same address they are counted as driven, so
-    /// [`Relays::ensure_devices`] locks them; at an address the policy no longer uses, a task
-    /// for that board drives them OFF there (and, for a board moved, then follows it to the
-    /// new address, as when a running gateway applies such a policy).
+    /// [`Relays::ensure_devices`] locks them (and a coil another door owns now is left to that
+    /// door's resting state); at an address the policy no longer uses, a task of its own
+    /// switches them OFF there, retrying for [`ORPHAN_RETRY_FOR`], and records the OFF under
+    /// the door that left it (`RelayReport::OrphanOff`). It reports no board status: the board
+    /// id may name another address now, whose state is the device task's to tell.
     fn adopt_orphans(&self) {
         let (orphans, policy) = self.app.read(|s| (s.orphan_coils(), s.policy.clone()));
-        if orphans.is_empty() {
-            return;
-        }
-        let mut devices = self.devices.lock().expect("relays lock");
         let mut seeded = self.seeded.lock().expect("relays lock");
+        let mut elsewhere: HashMap<(String, String, u8), Vec<u16>> = HashMap::new();
         for o in orphans {
-            tracing::warn!(
-                device = %o.device,
-                coil = o.coil,
-                address = o.address.as_deref().unwrap_or("?"),
-                "a coil the log has ON belongs to no door of the policy in force: driving it OFF"
-            );
-            let same_board = policy.as_deref().and_then(|p| {
+            let board = policy.as_deref().and_then(|p| {
                 p.relay_devices.iter().find(|b| {
                     b.id == o.device
                         && b.unit == o.unit
                         && o.address.as_deref() == Some(b.modbus.to_string().as_str())
                 })
             });
-            if same_board.is_some() {
-                seeded.entry(o.device.clone()).or_default().insert(o.coil);
+            if board.is_some() {
+                let owned = policy.as_deref().is_some_and(|p| {
+                    p.doors
+                        .iter()
+                        .any(|d| d.relay.device == o.device && d.relay.coil == o.coil)
+                });
+                if !owned {
+                    tracing::warn!(device = %o.device, coil = o.coil, "a coil the log has ON belongs to no door of the policy in force: driving it OFF");
+                    seeded.entry(o.device.clone()).or_default().insert(o.coil);
+                }
                 continue;
             }
-            let Some(address) = o
-                .address
-                .as_deref()
-                .and_then(|a| modbus::Address::parse(a).ok())
-            else {
-                tracing::error!(device = %o.device, coil = o.coil, "the board's old address is unknown: its coil cannot be driven OFF");
+            match o.address {
+                Some(a) => elsewhere
+                    .entry((o.device.clone(), a, o.unit))
+                    .or_default()
+                    .push(o.coil),
+                None => {
+                    tracing::error!(device = %o.device, coil = o.coil, "a coil the log has ON was switched at an unknown address: it cannot be driven OFF")
+                }
+            }
+        }
+        drop(seeded);
+        for ((device, address, unit), coils) in elsewhere {
+            let Ok(addr) = modbus::Address::parse(&address) else {
+                tracing::error!(device = %device, address = %address, "the board's old address does not parse: its coils cannot be driven OFF");
                 continue;
             };
-            let d = devices.entry(o.device.clone()).or_insert_with(|| {
-                let (tx, task) = modbus::start_device(
-                    DeviceSpec {
-                        id: o.device.clone(),
-                        address: address.clone(),
-                        unit: o.unit,
-                        inputs: vec![],
-                    },
-                    Timing::default(),
-                    self.reports.clone(),
-                );
-                self.tasks.lock().expect("relays lock").push(task);
-                Device {
-                    tx,
-                    address,
-                    unit: o.unit,
-                    coils: BTreeSet::new(),
+            tracing::warn!(device = %device, address = %address, coils = ?coils, "coils the log has ON at an address the policy no longer gives this board: driving them OFF there");
+            let spec = DeviceSpec {
+                id: device.clone(),
+                address: addr,
+                unit,
+                inputs: vec![],
+            };
+            let reports = self.reports.clone();
+            // Not one of `tasks`: a stop does not wait for a board that may never answer.
+            tokio::spawn(async move {
+                let end = tokio::time::Instant::now() + ORPHAN_RETRY_FOR;
+                let mut wait = Duration::from_secs(1);
+                loop {
+                    match modbus::lock_at(&spec, &coils, Timing::default()).await {
+                        Ok(()) => {
+                            tracing::info!(device = %device, address = %address, coils = ?coils, "coils at the board's old address are OFF");
+                            for &coil in &coils {
+                                let _ = reports.send(Report::OrphanOff {
+                                    device: device.clone(),
+                                    coil,
+                                    address: address.clone(),
+                                });
+                            }
+                            return;
+                        }
+                        Err(e) if tokio::time::Instant::now() + wait >= end => {
+                            tracing::error!(device = %device, address = %address, coils = ?coils, error = %e, "cannot drive the coils at the board's old address OFF: giving up until the next start");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(device = %device, address = %address, error = %e, "the board's old address does not answer; retrying");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(30));
+                        }
+                    }
                 }
             });
-            d.coils.insert(o.coil);
-            lock(&d.tx, std::iter::once(&o.coil));
         }
     }
 
@@ -268,6 +293,25 @@ impl Relays {
     pub async fn stop(&self, within: Duration) {
         let tasks = {
             let mut devices = self.devices.lock().expect("relays lock");
+            // Doors an unlock window with `lock_on_stop` holds unlocked are locked before the
+            // tasks stop (never in an emergency: fire safety keeps them open).
+            let now = self.app.clock.now();
+            let locked: Vec<(String, u16)> = self.app.read(|s| {
+                let Some(p) = s.policy.as_deref().filter(|_| !s.emergency && !s.lockdown) else {
+                    return vec![];
+                };
+                p.doors
+                    .iter()
+                    .filter(|d| p.locks_on_stop(&d.id, now))
+                    .map(|d| (d.relay.device.clone(), d.relay.coil))
+                    .collect()
+            });
+            for (device, coil) in locked {
+                if let Some(d) = devices.get(&device) {
+                    tracing::info!(device = %device, coil, "locking a door its unlock window holds open: the gateway is stopping (lock_on_stop)");
+                    lock(&d.tx, std::iter::once(&coil));
+                }
+            }
             self.stopped
                 .store(true, std::sync::atomic::Ordering::Release);
             devices.clear(); // the device tasks' senders: each task ends its pulses and stops
@@ -359,6 +403,9 @@ impl Relays {
         let _ = d.tx.send(cmd);
     }
 }
+
+/// How long start-up keeps trying to switch OFF the coils left ON at a board's old address.
+const ORPHAN_RETRY_FOR: Duration = Duration::from_secs(600);
 
 /// The first pause before a refused report is offered again, and the longest.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);

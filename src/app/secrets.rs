@@ -256,7 +256,37 @@ fn read_private(path: &Path) -> std::io::Result<Result<String, String>> {
     }
     let mut text = String::new();
     file.read_to_string(&mut text)?;
+    remove_stale_copies(path);
     Ok(Ok(text))
+}
+
+/// Removes the temporary files [`write_private`] leaves beside `path` when it is killed
+/// between linking the key in and removing them (`.<name>.<pid>.tmp`): a second copy of the
+/// key that no later start would otherwise remove.
+fn remove_stale_copies(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix)
+            && n.ends_with(".tmp")
+            && n[prefix.len()..n.len() - 4]
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Creates `path` (mode 0600) holding `bytes`, whole or not at all: the bytes go to a
@@ -282,7 +312,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::hard_link(&tmp, path)
+        match std::fs::hard_link(&tmp, path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                // A file system without hard links (vfat, some network mounts): a rename,
+                // after making sure nothing is there (the rename would replace it).
+                if path.exists() {
+                    return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+                }
+                tracing::debug!(error = %e, "no hard link here: the new key file is renamed into place");
+                std::fs::rename(&tmp, path)
+            }
+            other => other,
+        }
     })();
     let _ = std::fs::remove_file(&tmp);
     written?;
@@ -398,6 +439,10 @@ mod tests {
         )
         .unwrap();
         Keys::load_or_create(&q, None, [5; 32]).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join("k")).unwrap().count(), 2);
+        // A copy left by a start killed after the link is removed by the next load.
+        std::fs::write(dir.path().join("k/.master.key.4242.tmp"), "copy").unwrap();
+        Keys::load_or_create(&p, None, [6; 32]).unwrap();
         assert_eq!(std::fs::read_dir(dir.path().join("k")).unwrap().count(), 2);
     }
 

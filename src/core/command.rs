@@ -82,6 +82,14 @@ pub enum RelayReport {
         input: u16,
         on: bool,
     },
+    /// A coil left ON by a door a later policy removed, at an address the policy no longer
+    /// gives its board, was switched OFF there (`app::relays`, at start-up). Recorded under the
+    /// door whose coil the log has there (`DoorState::relay` at that address), if any.
+    OrphanOff {
+        device: String,
+        coil: u16,
+        address: String,
+    },
 }
 
 impl Capture {

@@ -327,6 +327,12 @@ pub fn decide_door(
         // Whether the board is down decides `unopenable` and the movement.
         read.push(stream::device(&door.relay.device));
     }
+    // An operator's forgive in the zone (`ZonePresenceForgiven`) appended after this was
+    // decided has it decided again on the presence it leaves (review, session 26: a scan
+    // decided before a forgive and written after it failed `audit verify`).
+    if let (Some((z, _)), Some(_)) = (&zone, &subject) {
+        read.push(stream::zone(z));
+    }
     // The person's last movement in the zone may still be undone by a refused pulse at another
     // door (`DoorState::passages`): a report landing there in between has this decided again.
     if let (Some((z, _)), Some(s)) = (&zone, &subject) {
@@ -634,6 +640,27 @@ pub fn relay_report(
                     error: error.clone(),
                     tag: tag.clone(),
                     refused: *refused && *on && off,
+                    at: reported,
+                },
+            )])
+        }
+        RelayReport::OrphanOff {
+            device,
+            coil,
+            address,
+        } => {
+            let Some(door) = state.orphan_door_at(device, *coil, address) else {
+                return Decision::new(vec![]);
+            };
+            Decision::new(vec![on_door(
+                state,
+                door,
+                Event::RelaySwitched {
+                    door: door.clone(),
+                    device: device.clone(),
+                    coil: *coil,
+                    on: false,
+                    tag: String::new(),
                     at: reported,
                 },
             )])
@@ -1136,6 +1163,13 @@ anti_passback = "soft"
             now,
         );
         assert!(conditions(&d).contains(&lab), "{:?}", conditions(&d));
+        // The zone's own stream too: an operator's forgive landing in between has the scan
+        // decided again (review, session 26).
+        assert!(
+            conditions(&d).contains(&stream::zone("building")),
+            "{:?}",
+            conditions(&d)
+        );
         // Someone else, or a door in no zone: not.
         let d = decide_door(
             &state,
@@ -1157,6 +1191,11 @@ anti_passback = "soft"
             now,
         );
         assert!(!conditions(&d).contains(&lab), "{:?}", conditions(&d));
+        assert!(
+            !conditions(&d).contains(&stream::zone("building")),
+            "a door in no zone reads no zone: {:?}",
+            conditions(&d)
+        );
     }
 
     /// `is_decision_metadata(m, r)` answers exactly `decision_metadata(m) == r`.

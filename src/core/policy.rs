@@ -283,6 +283,10 @@ pub struct UnlockWindow {
     pub door: DoorId,
     pub schedule: String,
     pub respect_holidays: bool,
+    /// The door is locked when the gateway stops (SIGTERM) while this window holds it
+    /// unlocked, instead of resting unlocked with no gateway watching it; the next start
+    /// unlocks it again if the window is still open. Default `false`.
+    pub lock_on_stop: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -499,9 +503,18 @@ impl Policy {
 
     /// Whether an unlock window holds `door` unlocked at `t`.
     pub fn unlocked_by_window(&self, door: &DoorId, t: DateTime<Utc>) -> bool {
+        self.open_windows(door, t).next().is_some()
+    }
+
+    /// The unlock windows holding `door` unlocked at `t`.
+    fn open_windows<'a>(
+        &'a self,
+        door: &'a DoorId,
+        t: DateTime<Utc>,
+    ) -> impl Iterator<Item = &'a UnlockWindow> + 'a {
         let local = self.local(t);
         let holiday = self.holidays.contains(&local.date_naive());
-        self.unlock_windows.iter().any(|w| {
+        self.unlock_windows.iter().filter(move |w| {
             &w.door == door
                 && !(w.respect_holidays && holiday)
                 && self
@@ -509,6 +522,12 @@ impl Policy {
                     .get(&w.schedule)
                     .is_some_and(|s| s.includes(&local))
         })
+    }
+
+    /// Whether a window holding `door` unlocked at `t` asks for it to be locked when the
+    /// gateway stops (`lock_on_stop`).
+    pub fn locks_on_stop(&self, door: &DoorId, t: DateTime<Utc>) -> bool {
+        self.open_windows(door, t).any(|w| w.lock_on_stop)
     }
 
     /// Whether the site admits users of this partner (by partner id or by partner name).
@@ -892,6 +911,8 @@ struct RawUnlock {
     /// Unset reads as `false` (as before it was warned about).
     #[serde(default)]
     respect_holidays: Option<bool>,
+    #[serde(default)]
+    lock_on_stop: bool,
 }
 
 #[derive(Deserialize)]
@@ -1732,6 +1753,7 @@ fn unlocks<'t>(
             door: DoorId(raw.door),
             schedule: raw.schedule,
             respect_holidays: raw.respect_holidays.unwrap_or(false),
+            lock_on_stop: raw.lock_on_stop,
         });
     }
     out

@@ -2328,6 +2328,24 @@ fn warnings_come_in_the_documents_order() {
     assert!(lines.windows(2).all(|w| w[0] < w[1]), "{lines:?}");
 }
 
+/// `lock_on_stop` is read per unlock window (default false), and asked of the windows open now.
+#[test]
+fn lock_on_stop_is_read_per_window() {
+    let now = "2026-11-28T06:00:00Z".parse().expect("instant");
+    let window = "\n[[unlock_windows]]\ndoor = \"main\"\nschedule = \"always\"\n";
+    let p = Policy::parse_new(&format!("{MINI}{window}")).expect("accepted");
+    assert!(!p.unlock_windows[0].lock_on_stop);
+    assert!(!p.locks_on_stop(&DoorId("main".into()), now));
+    let p = Policy::parse_new(&format!("{MINI}{window}lock_on_stop = true\n")).expect("accepted");
+    assert!(p.unlock_windows[0].lock_on_stop);
+    assert!(p.locks_on_stop(&DoorId("main".into()), now));
+    let errors = Policy::parse_new(&format!("{MINI}{window}lock_on_stop = \"yes\"\n")).unwrap_err();
+    assert_eq!(
+        errors[0].key, "unlock_windows[0].lock_on_stop",
+        "{errors:#?}"
+    );
+}
+
 /// A schedule whose expression is refused is not also said never to open.
 #[test]
 fn a_refused_expression_is_not_also_a_schedule_that_never_opens() {

@@ -269,16 +269,38 @@ impl State {
     }
 
     /// The door whose relay the log has ON at `device`/`coil` although the policy in force
-    /// gives that coil to no door: its OFF is recorded under that door.
+    /// gives that coil to no door: its OFF is recorded under that door (the first by id when
+    /// several left it so).
     pub fn orphan_door(&self, device: &str, coil: u16) -> Option<&DoorId> {
+        let address = self.policy.as_deref().and_then(|p| {
+            p.relay_devices
+                .iter()
+                .find(|b| b.id == device)
+                .map(|b| b.modbus.to_string())
+        });
         self.doors
             .iter()
-            .find(|(_, ds)| {
+            .filter(|(_, ds)| {
                 ds.relay
                     .as_ref()
-                    .is_some_and(|r| r.device == device && r.coil == coil)
+                    .is_some_and(|r| r.device == device && r.coil == coil && r.address == address)
             })
             .map(|(id, _)| id)
+            .min()
+    }
+
+    /// [`State::orphan_door`] for a coil switched OFF at `address`, an address the policy in
+    /// force no longer gives the board.
+    pub fn orphan_door_at(&self, device: &str, coil: u16, address: &str) -> Option<&DoorId> {
+        self.doors
+            .iter()
+            .filter(|(_, ds)| {
+                ds.relay.as_ref().is_some_and(|r| {
+                    r.device == device && r.coil == coil && r.address.as_deref() == Some(address)
+                })
+            })
+            .map(|(id, _)| id)
+            .min()
     }
 }
 

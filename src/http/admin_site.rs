@@ -209,7 +209,15 @@ pub async fn forgive(
     }
     let text = |k: &str| -> Result<Option<String>, ApiError> {
         match obj.get(k) {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
+            // A script's unset variable must not widen a forgive to everyone: only a key left
+            // out means "none".
+            Some(Value::Null) => Err(ApiError::BadRequest(format!(
+                "{k} must be a string (leave it out rather than null)"
+            ))),
+            Some(Value::String(v)) if v.chars().any(char::is_control) => Err(ApiError::BadRequest(
+                format!("{k} must not hold control characters"),
+            )),
             Some(Value::String(v)) if v.trim().is_empty() => {
                 Err(ApiError::BadRequest(format!("{k} must not be blank")))
             }

@@ -279,7 +279,7 @@ fn test_webhook() {}
 
 #[utoipa::path(get, path = "/v1/webhook/deliveries", tag = "webhooks",
     params(("status" = Option<DeliveryStatusFilter>, Query, description = "pending (with held), delivered, failed or held"),
-           ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500; with limit or offset the list is paged (limit default 50), without either it is whole"),
            ("offset" = Option<u32>, Query, minimum = 0, maximum = 1000000000, description = "matches to skip, 0–1000000000, default 0"),
            ("q" = Option<String>, Query, max_length = 200, description = "case-insensitive substring; matches the delivery id, event or session id")),
     responses((status = 200, body = Vec<DeliveryBody>, description = "the partner's deliveries, newest first", headers(("X-Total-Count" = u64, description = "matches before offset and limit"))),

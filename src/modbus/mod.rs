@@ -230,6 +230,33 @@ enum Offline {
     Gone,
 }
 
+/// Connects to `spec`'s board and switches `coils` OFF there, each read back. For coils left
+/// ON at an address the policy no longer gives the board (`app::relays`, at start-up): nothing
+/// is reported here, the caller records what was done.
+pub async fn lock_at(spec: &DeviceSpec, coils: &[u16], timing: Timing) -> Result<(), String> {
+    let mut ctx = tokio::time::timeout(timing.connect, connect(spec))
+        .await
+        .map_err(|_| "connect timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut result = Ok(());
+    for &coil in coils {
+        let done = match timed(timing.response, ctx.write_single_coil(coil, false)).await {
+            Ok(()) => match timed(timing.response, ctx.read_coils(coil, 1)).await {
+                Ok(got) if got.first() == Some(&false) => Ok(()),
+                Ok(_) => Err(format!("coil {coil} still reads ON after OFF")),
+                Err(e) => Err(format!("coil {coil}: {e}")),
+            },
+            Err(e) => Err(format!("coil {coil}: {e}")),
+        };
+        if let Err(e) = done {
+            result = Err(e);
+            break;
+        }
+    }
+    let _ = ctx.disconnect().await;
+    result
+}
+
 async fn connect(spec: &DeviceSpec) -> std::io::Result<Context> {
     let slave = Slave(spec.unit);
     match &spec.address {

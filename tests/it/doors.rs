@@ -1675,6 +1675,59 @@ async fn a_policy_put_changes_decisions_and_an_invalid_one_changes_nothing() {
     );
 }
 
+/// An unlock window with `lock_on_stop = true` has its door locked when the gateway stops
+/// (SIGTERM), and unlocked again by the next start while the window is open; a window without
+/// it leaves the door as it rests (decision: the default keeps the behaviour sites had).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_with_lock_on_stop_locks_its_door_when_the_gateway_stops() {
+    use crate::fixtures::{Options, TestServer};
+    let board = new_board().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("site.toml");
+    let file_name = file.display().to_string();
+    let doc = site_doc(
+        &board.url(),
+        &Layout {
+            extra: format!(
+                "{}{SIDE_ALWAYS_OPEN}lock_on_stop = true\n",
+                side_door("board-1", 1)
+            ),
+            ..Layout::default()
+        },
+    );
+    std::fs::write(&file, &doc).unwrap();
+    let mut s =
+        TestServer::start_with(Options::default().extra_toml(&format!("site = {file_name:?}")))
+            .await;
+    let until = async |coil: u16, want: bool, what: &str| {
+        let end = Instant::now() + WAIT;
+        while board.coil(coil) != want {
+            assert!(Instant::now() < end, "{what}: coil {coil} is not {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    until(1, true, "the window holds the side door").await;
+    let status = s.terminate();
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "a clean stop: {status:?}"
+    );
+    assert!(
+        !board.coil(1),
+        "stopped: the side door is locked (lock_on_stop); log:\n{}",
+        s.stderr_log()
+    );
+    s.launch().await;
+    until(1, true, "started again inside the window").await;
+    // Without the key: left as it rests.
+    s.terminate();
+    std::fs::write(&file, doc.replace("lock_on_stop = true\n", "")).unwrap();
+    s.launch().await;
+    until(1, true, "the window again").await;
+    s.terminate();
+    assert!(board.coil(1), "no lock_on_stop: the door rests unlocked");
+}
+
 /// A coil an unlock window held ON whose door is gone from the site file after a restart
 /// (removed, moved to another coil, or its board moved to another address) is driven OFF at
 /// start-up, and the log records it locked. Before, a restarted gateway's device task knew

@@ -267,7 +267,8 @@ fn revoke_capped(app: &App, value: &str, cap: usize) {
     if h.ids.len() >= cap {
         h.ids.clear();
         h.floor = now_s;
-        persist(app, &key, FLOOR, now_s + LIFETIME_S);
+        drop(r); // the key store's write (an fsync) holds no one else's sign-in check
+        persist(app, &key, FLOOR, now_s + LIFETIME_S, now_s, true);
         tracing::warn!(
             holder = if kind == "a" { "admin" } else { subject },
             "more than {cap} dashboard logins of one holder signed out within {LIFETIME_S} s: \
@@ -276,7 +277,15 @@ fn revoke_capped(app: &App, value: &str, cap: usize) {
         return;
     }
     h.ids.insert(login.to_string(), now);
-    persist(app, &key, login, expiry.min(now_s + LIFETIME_S));
+    drop(r);
+    persist(
+        app,
+        &key,
+        login,
+        expiry.min(now_s + LIFETIME_S),
+        now_s,
+        false,
+    );
 }
 
 /// The login id that stands for a holder's floor in the key store (`until` − [`LIFETIME_S`]
@@ -285,8 +294,8 @@ const FLOOR: &str = "*floor";
 
 /// Writes a sign-out to the key store. A failure is logged: the sign-out still holds until
 /// the process stops.
-fn persist(app: &App, scope: &str, login: &str, until: i64) {
-    if let Err(e) = app.keystore.record_signout(scope, login, until) {
+fn persist(app: &App, scope: &str, login: &str, until: i64, now: i64, floor: bool) {
+    if let Err(e) = app.keystore.record_signout(scope, login, until, now, floor) {
         tracing::error!(error = %e, "cannot record a dashboard sign-out: it holds until the server stops");
     }
 }

@@ -788,7 +788,8 @@
     button.disabled = true;
     try {
       await PG.attempt(async () => {
-        const body = { partner_id: partner, external_id: ext.value.trim() };
+        // Sent as typed: an external id is compared exactly (blank is refused above).
+        const body = { partner_id: partner, external_id: ext.value };
         if (reason) body.reason = reason;
         await forgive(zone, body);
         ext.value = "";

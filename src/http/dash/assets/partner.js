@@ -409,7 +409,7 @@
     async function sendTest() {
       const { delivery_id: id } = await api("POST", "/v1/webhook/test");
       say(msg, t("partner.webhook.test_queued"));
-      deliveries.load();
+      deliveries.first(); // the ping is the newest: the first page shows it
       for (let i = 0; i < 16; i++) {
         await new Promise((r) => setTimeout(r, i < 4 ? 500 : 1500));
         const all = await api("GET", "/v1/webhook/deliveries?q=" + encodeURIComponent(id));
@@ -569,7 +569,7 @@
       load(false);
     }, DELIVERY_REFRESH_MS);
 
-    return { load: () => load(true) };
+    return { load: () => load(true), first: () => { pages.reset(); return load(true); } };
   })();
 
   // ---- sessions ------------------------------------------------------------------------
