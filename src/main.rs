@@ -369,8 +369,16 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     // Caught from here on: a SIGTERM during start-up stops the server cleanly once it runs
     // (before, one that came before the serve loop first waited for it killed the process,
     // skipping the relays' stop).
-    let shutdown = shutdown_signal();
-    let server = palmgate::app::start(config).await?;
+    let mut shutdown = Box::pin(shutdown_signal());
+    // A signal while starting (a long fold, a store that waits) ends the start, as it did when
+    // nothing caught it yet.
+    let server = tokio::select! {
+        started = palmgate::app::start(config) => started?,
+        _ = &mut shutdown => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
     println!(
         "palmgate readers connect to {}",
         palmgate::config::redact_url(&server.mqtt)

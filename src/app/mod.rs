@@ -135,7 +135,14 @@ pub struct App {
     pub mqtt_up: std::sync::atomic::AtomicBool,
     /// Rejected reader messages written to the log ([`throttle`]); all are counted.
     pub rejects_logged: throttle::LogThrottle,
+    /// With the built-in broker, the readers the log had online at start-up and not heard
+    /// from since ([`App::expect_readers_back`]); `None` otherwise, or once the grace is over.
+    unheard_readers: std::sync::Mutex<Option<std::collections::HashSet<crate::core::ReaderId>>>,
 }
+
+/// How long after the MQTT client starts a reader the log had online may take to reconnect to
+/// a restarted built-in broker before it is recorded offline.
+pub const READER_GRACE: Duration = Duration::from_secs(10);
 
 /// An append handed to the store, with the effects of its decision. Awaited by the command
 /// that made it ([`Landing::land`]); if that command is cancelled first (its HTTP client hung
@@ -262,6 +269,7 @@ impl App {
             reader_binding: tokio::sync::Mutex::new(()),
             page_streams: Default::default(),
             mqtt_up: std::sync::atomic::AtomicBool::new(true),
+            unheard_readers: std::sync::Mutex::new(None),
             rejects_logged: Default::default(),
             state: RwLock::new(state),
             admin: AdminToken::new(&config.admin.token, &config.admin.token_sha256),
@@ -700,31 +708,47 @@ impl App {
         }
     }
 
-    /// Start-up: activates the configured site file only when it changed since the gateway last
-    /// activated it (its sha256 differs from the last `PolicyActivated` from the file, at
-    /// start-up or SIGHUP), or when no policy came from it yet. An unchanged file leaves the
-    /// log's policy in force, so a policy activated later through the admin API survives the
-    /// restart; when that policy differs from the file, a warning names both.
     /// With the built-in broker, the readers' retained statuses and last wills lived in the
     /// gateway's last process and died with it: a reader the log has online may have gone
-    /// while the gateway was down, and no broker is left to say so. Each is recorded offline
-    /// now (sessions armed on it fail `reader_offline`), before the new broker's clients are
-    /// heard; a reader that is there reconnects and publishes `online` again (SPEC 5). Before,
-    /// a reader gone during a restart stayed `online` for good, and pages armed it.
-    async fn readers_gone_with_the_broker(&self) {
-        let online: Vec<crate::core::ReaderId> = self.read(|s| {
+    /// while the gateway was down, and no broker is left to say so. The readers the log has
+    /// online are noted at start-up; each one that says nothing within [`READER_GRACE`] of the
+    /// MQTT client's start is recorded offline ([`App::readers_not_back`]; sessions armed on it
+    /// fail `reader_offline`). One that is there reconnects and publishes its status (SPEC 5)
+    /// well within that, so a restart does not fail the enrollments at its desks. Before
+    /// (review, session 26), a reader gone during a restart stayed `online` for good, and pages
+    /// armed it.
+    fn expect_readers_back(&self) {
+        let online: std::collections::HashSet<crate::core::ReaderId> = self.read(|s| {
             s.readers()
                 .filter(|r| r.online)
                 .map(|r| r.id.clone())
                 .collect()
         });
-        if !online.is_empty() {
+        *self.unheard_readers.lock().expect("readers lock") = Some(online);
+    }
+
+    /// A reader was heard from (any message): it is back.
+    pub(crate) fn reader_heard(&self, reader: &crate::core::ReaderId) {
+        if let Some(set) = self.unheard_readers.lock().expect("readers lock").as_mut() {
+            set.remove(reader);
+        }
+    }
+
+    /// The grace is over: the readers noted by [`App::expect_readers_back`] that have not been
+    /// heard from are recorded offline.
+    pub(crate) async fn readers_not_back(&self) {
+        let Some(gone) = self.unheard_readers.lock().expect("readers lock").take() else {
+            return;
+        };
+        let mut gone: Vec<crate::core::ReaderId> = gone.into_iter().collect();
+        gone.sort();
+        if !gone.is_empty() {
             tracing::info!(
-                readers = online.len(),
-                "readers online before the restart are offline until they reconnect to the built-in broker"
+                readers = gone.len(),
+                "readers online before the restart did not reconnect to the built-in broker: recorded offline"
             );
         }
-        for reader_id in online {
+        for reader_id in gone {
             let cmd = Command::ReaderStatus {
                 reader_id: reader_id.clone(),
                 online: false,
@@ -737,6 +761,11 @@ impl App {
         }
     }
 
+    /// Start-up: activates the configured site file only when it changed since the gateway last
+    /// activated it (its sha256 differs from the last `PolicyActivated` from the file, at
+    /// start-up or SIGHUP), or when no policy came from it yet. An unchanged file leaves the
+    /// log's policy in force, so a policy activated later through the admin API survives the
+    /// restart; when that policy differs from the file, a warning names both.
     pub async fn start_site_file(&self) -> Result<(), String> {
         let Some(document) = self.read_site_file()? else {
             return Ok(());
@@ -1176,7 +1205,7 @@ pub async fn start_with(
     // Only for a log of this gateway alone: a shared log (KurrentDB) also holds the readers
     // of other gateways, still connected to their brokers.
     if app.config.mqtt.url.is_none() && app.config.store.url.is_none() {
-        app.readers_gone_with_the_broker().await;
+        app.expect_readers_back();
     }
     Ok(Server {
         addr,
@@ -1296,6 +1325,11 @@ impl Server {
         });
         let mqtt = crate::mqtt::client::spawn(self.app.clone(), &self.mqtt, reader_rx)
             .map_err(std::io::Error::other)?;
+        let grace_app = self.app.clone();
+        let reader_grace = tokio::spawn(async move {
+            tokio::time::sleep(READER_GRACE).await;
+            grace_app.readers_not_back().await;
+        });
         let webhooks = crate::webhooks::spawn(self.app.clone());
         let upstream = upstream::spawn(self.app.clone());
         let router = crate::http::router(self.app.clone()).merge(extra);
@@ -1307,6 +1341,7 @@ impl Server {
             crate::http::serve::serve(self.listener, self.tls, limits, router, shutdown).await;
         deadlines.abort();
         router_task.abort();
+        reader_grace.abort();
         mqtt.abort();
         if let Some(u) = upstream {
             u.abort();

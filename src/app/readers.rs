@@ -22,6 +22,7 @@ impl App {
         reader_id: ReaderId,
         msg: Inbound,
     ) -> Result<Outcome, AppError> {
+        self.reader_heard(&reader_id);
         match msg {
             Inbound::Status {
                 online,

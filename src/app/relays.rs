@@ -120,34 +120,59 @@ impl Relays {
         let mut seeded = self.seeded.lock().expect("relays lock");
         let mut elsewhere: HashMap<(String, String, u8), Vec<u16>> = HashMap::new();
         for o in orphans {
-            let board = policy.as_deref().and_then(|p| {
-                p.relay_devices.iter().find(|b| {
-                    b.id == o.device
-                        && b.unit == o.unit
-                        && o.address.as_deref() == Some(b.modbus.to_string().as_str())
-                })
+            let Some(address) = o
+                .address
+                .as_deref()
+                .and_then(|a| modbus::Address::parse(a).ok())
+            else {
+                tracing::error!(device = %o.device, coil = o.coil, "a coil the log has ON was switched at an unknown address: it cannot be driven OFF");
+                continue;
+            };
+            // The board of the policy in force at that place (whatever its id now: a board
+            // renamed, or another id moved there): the place is the address and unit, an RTU
+            // line's path without its baud. Its own task drives the coil, never a second
+            // connection, which could switch OFF a coil that task holds ON.
+            let place = |a: &modbus::Address| match a {
+                modbus::Address::Tcp { host, port } => format!("tcp {host}:{port}"),
+                modbus::Address::Rtu { path, .. } => format!("rtu {path}"),
+            };
+            let here = policy.as_deref().and_then(|p| {
+                p.relay_devices
+                    .iter()
+                    .find(|b| place(&b.modbus) == place(&address) && b.unit == o.unit)
             });
-            if board.is_some() {
+            if let Some(board) = here {
                 let owned = policy.as_deref().is_some_and(|p| {
                     p.doors
                         .iter()
-                        .any(|d| d.relay.device == o.device && d.relay.coil == o.coil)
+                        .any(|d| d.relay.device == board.id && d.relay.coil == o.coil)
                 });
                 if !owned {
-                    tracing::warn!(device = %o.device, coil = o.coil, "a coil the log has ON belongs to no door of the policy in force: driving it OFF");
-                    seeded.entry(o.device.clone()).or_default().insert(o.coil);
+                    tracing::warn!(device = %board.id, coil = o.coil, "a coil the log has ON belongs to no door of the policy in force: driving it OFF");
+                    seeded.entry(board.id.clone()).or_default().insert(o.coil);
                 }
                 continue;
             }
-            match o.address {
-                Some(a) => elsewhere
-                    .entry((o.device.clone(), a, o.unit))
-                    .or_default()
-                    .push(o.coil),
-                None => {
-                    tracing::error!(device = %o.device, coil = o.coil, "a coil the log has ON was switched at an unknown address: it cannot be driven OFF")
-                }
+            // A serial line the policy in force still uses (for another unit): a second opener
+            // could take the line at another baud, or hold it waiting for a unit that is gone.
+            let line_in_use = matches!(&address, modbus::Address::Rtu { .. })
+                && policy.as_deref().is_some_and(|p| {
+                    p.relay_devices
+                        .iter()
+                        .any(|b| place(&b.modbus) == place(&address))
+                });
+            if line_in_use {
+                tracing::error!(device = %o.device, coil = o.coil, address = %address, "a coil the log has ON is on a serial line the policy uses for other units only: it is not driven OFF (lock it by hand, or give the line's unit to a board of the policy)");
+                continue;
             }
+            elsewhere
+                .entry((
+                    o.device.clone(),
+                    o.address.clone().unwrap_or_default(),
+                    o.unit,
+                ))
+                .or_default()
+                .push(o.coil);
         }
         drop(seeded);
         for ((device, address, unit), coils) in elsewhere {

@@ -1810,6 +1810,24 @@ async fn a_coil_left_on_by_a_door_the_restart_removed_is_locked() {
     s.launch().await;
     on_within(&moved_to, 2, true, "the door at the board's new address").await;
     on_within(&board, 2, false, "the coil at the board's old address").await;
+
+    // The board renamed, at the same address: its coils are its own task's, so no second
+    // connection switches the window's door OFF (review, session 26).
+    s.terminate();
+    std::fs::write(
+        &file,
+        with_side(&moved_to.url(), 2).replace("board-1", "board-a"),
+    )
+    .unwrap();
+    s.launch().await;
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        assert!(
+            moved_to.coil(2),
+            "the renamed board's door went OFF at start-up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     s.terminate();
     let (ok, out) = crate::crash_suite::audit_verify(s.config_path());
     assert!(ok, "{out}");

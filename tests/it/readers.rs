@@ -1802,17 +1802,18 @@ async fn the_start_up_sweep_retries_a_key_it_cannot_delete_yet() {
     );
 }
 
-/// With the built-in broker, a reader the log had online is offline after a restart until it
-/// reconnects: the broker that held its status and last will died with the gateway. A reader
-/// gone meanwhile is not offered or armed, and an enrollment armed on it fails
-/// `reader_offline`; one that connects again is online. Before, it stayed `online` for good
+/// With the built-in broker, a reader the log had online and that does not reconnect within
+/// the grace (`app::READER_GRACE`) after a restart is recorded offline: the broker that held its
+/// status and last will died with the gateway. An enrollment armed on it fails
+/// `reader_offline`, and it is offered again once it connects. A reader that reconnects at once
+/// keeps its armed enrollment. Before, a reader gone during a restart stayed `online` for good
 /// (crash-consistency review, session 26).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_gone_while_the_gateway_was_down_is_offline_after_the_restart() {
     use crate::fixtures::{ADMIN_TOKEN, TestServer};
     let mut s = TestServer::start().await;
     let (_, key) = s.create_partner("acme").await;
-    let presence = async |s: &TestServer| -> Value {
+    let presence = async |s: &TestServer, id: &str| -> Value {
         let v: Value = s
             .get("/admin/v1/readers")
             .bearer_auth(ADMIN_TOKEN)
@@ -1825,53 +1826,70 @@ async fn a_reader_gone_while_the_gateway_was_down_is_offline_after_the_restart()
         v.as_array()
             .unwrap()
             .iter()
-            .find(|r| r["id"] == "desk-8")
+            .find(|r| r["id"] == id)
             .map(|r| r["presence"].clone())
             .unwrap_or(Value::Null)
     };
-    let until = async |s: &TestServer, want: &str| {
+    let until = async |s: &TestServer, id: &str, want: &str| {
         let end = Instant::now() + DEADLINE;
         loop {
-            let p = presence(s).await;
+            let p = presence(s, id).await;
             if p == want {
                 return;
             }
-            assert!(Instant::now() < end, "desk-8 is {p}, not {want}");
+            assert!(Instant::now() < end, "{id} is {p}, not {want}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     };
-    let desk = SimReader::connect(sim_options(&s.mqtt_url, "desk-8", "alice", 1))
-        .await
-        .unwrap();
-    until(&s, "online").await;
-    let created = s
-        .enroll(&key, "", &json!({"external_id": "EMP-8"}))
-        .await
-        .created();
-    let r = s
-        .get(&format!("/enroll/{}?reader=desk-8", created.token()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let mut armed = Vec::new();
+    let mut readers = Vec::new();
+    for (desk, seed) in [("desk-8", 1), ("desk-9", 2)] {
+        readers.push(
+            SimReader::connect(sim_options(&s.mqtt_url, desk, "alice", seed))
+                .await
+                .unwrap(),
+        );
+        until(&s, desk, "online").await;
+        let created = s
+            .enroll(&key, "", &json!({"external_id": format!("EMP-{desk}")}))
+            .await
+            .created();
+        let r = s
+            .get(&format!("/enroll/{}?reader={desk}", created.token()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        armed.push(created.session_id);
+    }
 
-    // The gateway dies, and the reader is unplugged while it is down.
+    // The gateway dies; desk-8 is unplugged while it is down, desk-9 reconnects at once.
     s.kill9();
-    drop(desk);
+    drop(readers);
     s.launch().await;
-    until(&s, "offline").await;
-    let v: Value = s.session(&key, &created.session_id).await.json();
+    let _desk9 = SimReader::connect(sim_options(&s.mqtt_url, "desk-9", "alice", 3))
+        .await
+        .unwrap();
+    until(&s, "desk-8", "offline").await;
+    let state = async |id: &str| -> Value { s.session(&key, id).await.json() };
+    let v = state(&armed[0]).await;
     assert_eq!(
         (v["state"].as_str(), v["fail_reason"].as_str()),
         (Some("failed"), Some("reader_offline")),
         "{v}"
     );
+    assert_eq!(presence(&s, "desk-9").await, "online");
+    let v = state(&armed[1]).await;
+    assert_eq!(
+        v["state"], "pending",
+        "desk-9 came back within the grace: {v}"
+    );
 
-    // Plugged in again: online.
-    let _desk = SimReader::connect(sim_options(&s.mqtt_url, "desk-8", "alice", 2))
+    // desk-8 plugged in again: online.
+    let _desk8 = SimReader::connect(sim_options(&s.mqtt_url, "desk-8", "alice", 4))
         .await
         .unwrap();
-    until(&s, "online").await;
+    until(&s, "desk-8", "online").await;
 }
 
 /// A raw MQTT 3.1.1 CONNECT as client `id` to the broker at `mqtt` (`mqtt://host:port`). With
