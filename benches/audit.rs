@@ -453,6 +453,18 @@ fn main() {
         ),
     )
     .unwrap();
+    // A log with events gets no new master key at start-up (its templates and secrets would
+    // have been sealed with another): the bench's log was written without one, so it is made
+    // here, as an operator restoring the site's key would.
+    {
+        let key = dir.join("master.key");
+        std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
     let snapshots = SnapshotDir::beside(&path);
     let start = |label: &str, run: usize| {
         let config = palmgate::config::Config::load(Some(&cfg), &[]).unwrap();
