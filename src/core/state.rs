@@ -104,6 +104,16 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// `secret` replaces the current one, which keeps signing until `until`; those rotated out
+    /// before keep their own ends, and the ones already past at `at` are dropped.
+    fn rotate(&mut self, secret: String, until: DateTime<Utc>, at: DateTime<Utc>) {
+        let old = std::mem::replace(&mut self.secret, secret);
+        if let Some(before) = self.previous.replace((old, until)) {
+            self.older.insert(0, before);
+        }
+        self.older.retain(|(_, u)| at < *u);
+    }
+
     pub fn wants(&self, kind: &str) -> bool {
         self.events.iter().any(|e| e == kind)
     }
@@ -244,17 +254,24 @@ impl State {
         out
     }
 
-    /// Where `door`'s coil is under the policy in force.
-    fn relay_at(&self, door: &DoorId) -> Option<RelayAt> {
-        let p = self.policy.as_deref()?;
-        let d = p.door(door)?;
-        let board = p.relay_devices.iter().find(|b| b.id == d.relay.device);
-        Some(RelayAt {
-            device: d.relay.device.clone(),
-            coil: d.relay.coil,
+    /// Where `device`/`coil` is under the policy in force (its board's address and unit).
+    fn relay_place(&self, device: &str, coil: u16) -> RelayAt {
+        let board = self
+            .policy
+            .as_deref()
+            .and_then(|p| p.relay_devices.iter().find(|b| b.id == device));
+        RelayAt {
+            device: device.to_string(),
+            coil,
             address: board.map(|b| b.modbus.to_string()),
             unit: board.map_or(1, |b| b.unit),
-        })
+        }
+    }
+
+    /// Where `door`'s coil is under the policy in force.
+    fn relay_at(&self, door: &DoorId) -> Option<RelayAt> {
+        let d = self.policy.as_deref()?.door(door)?;
+        Some(self.relay_place(&d.relay.device, d.relay.coil))
     }
 
     /// `door`'s coil may be ON from now on: where it is is kept ([`DoorState::relay`]).
@@ -272,31 +289,23 @@ impl State {
     /// gives that coil to no door: its OFF is recorded under that door (the first by id when
     /// several left it so).
     pub fn orphan_door(&self, device: &str, coil: u16) -> Option<&DoorId> {
-        let address = self.policy.as_deref().and_then(|p| {
-            p.relay_devices
-                .iter()
-                .find(|b| b.id == device)
-                .map(|b| b.modbus.to_string())
-        });
-        self.doors
-            .iter()
-            .filter(|(_, ds)| {
-                ds.relay
-                    .as_ref()
-                    .is_some_and(|r| r.device == device && r.coil == coil && r.address == address)
-            })
-            .map(|(id, _)| id)
-            .min()
+        let address = self.relay_place(device, coil).address;
+        self.door_left_on(device, coil, address.as_deref())
     }
 
     /// [`State::orphan_door`] for a coil switched OFF at `address`, an address the policy in
     /// force no longer gives the board.
     pub fn orphan_door_at(&self, device: &str, coil: u16, address: &str) -> Option<&DoorId> {
+        self.door_left_on(device, coil, Some(address))
+    }
+
+    /// The door (the first by id) whose coil may be ON at `device`/`coil` at `address`.
+    fn door_left_on(&self, device: &str, coil: u16, address: Option<&str>) -> Option<&DoorId> {
         self.doors
             .iter()
             .filter(|(_, ds)| {
                 ds.relay.as_ref().is_some_and(|r| {
-                    r.device == device && r.coil == coil && r.address.as_deref() == Some(address)
+                    r.device == device && r.coil == coil && r.address.as_deref() == address
                 })
             })
             .map(|(id, _)| id)
@@ -1321,35 +1330,31 @@ impl State {
                 // A new configuration brings a new secret; the one it replaces keeps signing
                 // `webhook-signature` for 24 h, as after `rotate-secret`, so a receiver that has
                 // not taken the new secret yet still verifies what is sent meanwhile.
-                let (previous, older) = match self.webhooks.get(partner_id) {
-                    None => (None, Vec::new()),
-                    Some(w) => {
-                        let mut older = w.older.clone();
-                        if let Some(before) = w.previous.clone() {
-                            older.insert(0, before);
-                        }
-                        older.retain(|(_, until)| at < until);
-                        (
-                            Some((w.secret.clone(), *at + super::decider::ROTATION_OVERLAP)),
-                            older,
-                        )
+                let mut w = match self.webhooks.remove(partner_id) {
+                    Some(mut w) => {
+                        w.rotate(secret.clone(), *at + super::decider::ROTATION_OVERLAP, *at);
+                        w
                     }
-                };
-                self.webhooks.insert(
-                    *partner_id,
-                    Webhook {
+                    None => Webhook {
                         partner_id: *partner_id,
-                        url: url.clone(),
+                        url: String::new(),
                         secret: secret.clone(),
-                        previous,
-                        older,
-                        events: events.clone(),
+                        previous: None,
+                        older: Vec::new(),
+                        events: Vec::new(),
                         active: true,
                         last_failure: None,
                         last_failure_reason: None,
                         revision,
                     },
-                );
+                };
+                w.url = url.clone();
+                w.events = events.clone();
+                w.active = true;
+                w.last_failure = None;
+                w.last_failure_reason = None;
+                w.revision = revision;
+                self.webhooks.insert(*partner_id, w);
             }
             Event::WebhookSecretRotated {
                 partner_id,
@@ -1358,11 +1363,7 @@ impl State {
                 at,
             } => {
                 if let Some(w) = self.webhooks.get_mut(partner_id) {
-                    let old = std::mem::replace(&mut w.secret, secret.clone());
-                    if let Some(before) = w.previous.replace((old, *previous_until)) {
-                        w.older.insert(0, before);
-                    }
-                    w.older.retain(|(_, until)| at < until);
+                    w.rotate(secret.clone(), *previous_until, *at);
                     w.revision = revision;
                 }
             }
@@ -1574,16 +1575,7 @@ impl State {
                 tag,
                 ..
             } => {
-                let board = self
-                    .policy
-                    .as_deref()
-                    .and_then(|p| p.relay_devices.iter().find(|d| d.id == *device));
-                let at = on.then(|| RelayAt {
-                    device: device.clone(),
-                    coil: *coil,
-                    address: board.map(|b| b.modbus.to_string()),
-                    unit: board.map_or(1, |b| b.unit),
-                });
+                let at = on.then(|| self.relay_place(device, *coil));
                 let ds = self.doors.entry(door.clone()).or_default();
                 // ON: where it is; OFF: nothing left ON to find.
                 if ds.relay != at {
