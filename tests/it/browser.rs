@@ -27,6 +27,12 @@ fn missing_peer() -> Option<String> {
     None
 }
 
+/// The last `n` lines of `text`, in order.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Whether the browser peer is here; without it, says so and (under `PALMGATE_PEERS=required`)
 /// fails.
 fn browser_present() -> bool {
@@ -72,10 +78,19 @@ async fn dashboards_in_headless_chromium() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    // The failed checks alone, each cut short, so a CI log that keeps only the end of a
+    // failure's output still says which check failed and why.
+    let failed: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL"))
+        .map(|l| l.chars().take(1200).collect())
+        .collect();
     assert!(
         out.status.success(),
-        "browser checks failed (screenshots in {}):\n{stdout}",
-        shots.display()
+        "browser checks failed (screenshots in {}; the whole output above):\n{}\n{}",
+        shots.display(),
+        failed.join("\n"),
+        last_lines(&String::from_utf8_lossy(&out.stderr), 5)
     );
     assert!(
         stdout.contains(" passed, 0 failed"),
