@@ -287,6 +287,7 @@ impl Relays {
                     coil: door.relay.coil,
                     on,
                     cut_pulse: false,
+                    lease: self.lease(&dev.id, door.relay.coil, on),
                 });
                 coils.insert(door.relay.coil);
             }
@@ -386,6 +387,35 @@ impl Relays {
         })
     }
 
+    /// The lease a door resting unlocked on `device`/`coil` is held by: asked for by an
+    /// unlock window holding it now (`lease_s`), its board having a pulse timer, and no
+    /// emergency in force (an emergency holds doors open whatever becomes of the gateway).
+    fn lease(&self, device: &str, coil: u16, on: bool) -> Option<modbus::Lease> {
+        if !on {
+            return None;
+        }
+        let now = self.app.clock.now();
+        self.app.read(|s| {
+            let policy = s.policy.as_deref().filter(|_| !s.emergency)?;
+            let door = policy
+                .doors
+                .iter()
+                .find(|d| d.relay.device == device && d.relay.coil == coil)?;
+            let secs = policy.lease_of(&door.id, now)?;
+            let timer = policy
+                .relay_devices
+                .iter()
+                .find(|d| d.id == device)?
+                .timed_pulse?;
+            let (register, count) = timer.write_for(coil, secs.saturating_mul(1000))?;
+            Some(modbus::Lease {
+                register,
+                count,
+                renew: Duration::from_millis(u64::from(secs) * 1000 / 3),
+            })
+        })
+    }
+
     /// Performs a relay effect of the core.
     pub fn perform(&self, device: &str, command: RelayCommand) {
         if !self
@@ -418,12 +448,16 @@ impl Relays {
                 coil,
                 on,
                 cut_pulse,
-            } => modbus::Command::Want {
-                coil,
+            } => {
                 // Decided under a policy since replaced: a coil no door owns now rests locked.
-                on: on && self.door_coil(device, coil),
-                cut_pulse,
-            },
+                let on = on && self.door_coil(device, coil);
+                modbus::Command::Want {
+                    coil,
+                    on,
+                    cut_pulse,
+                    lease: self.lease(device, coil, on),
+                }
+            }
         };
         let _ = d.tx.send(cmd);
     }
@@ -491,6 +525,7 @@ fn lock<'a>(tx: &mpsc::UnboundedSender<modbus::Command>, coils: impl Iterator<It
             coil,
             on: false,
             cut_pulse: false,
+            lease: None,
         });
     }
 }

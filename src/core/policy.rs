@@ -287,6 +287,11 @@ pub struct UnlockWindow {
     /// unlocked, instead of resting unlocked with no gateway watching it; the next start
     /// unlocks it again if the window is still open. Default `false`.
     pub lock_on_stop: bool,
+    /// The door's unlock is held as a lease on its board's pulse timer (`timed_pulse`): the
+    /// gateway writes the timer for this many seconds and renews it every third of that, so a
+    /// gateway that dies (crash, power, network) leaves the door locked within `lease_s`.
+    /// 3..=3600; unset (the default) holds the coil ON with no timer.
+    pub lease_s: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -528,6 +533,12 @@ impl Policy {
     /// gateway stops (`lock_on_stop`).
     pub fn locks_on_stop(&self, door: &DoorId, t: DateTime<Utc>) -> bool {
         self.open_windows(door, t).any(|w| w.lock_on_stop)
+    }
+
+    /// The lease (in seconds) the windows holding `door` unlocked at `t` ask for: the shortest
+    /// of those that ask (the strictest wins); none when no open window asks for one.
+    pub fn lease_of(&self, door: &DoorId, t: DateTime<Utc>) -> Option<u32> {
+        self.open_windows(door, t).filter_map(|w| w.lease_s).min()
     }
 
     /// Whether the site admits users of this partner (by partner id or by partner name).
@@ -913,6 +924,7 @@ struct RawUnlock {
     respect_holidays: Option<bool>,
     #[serde(default)]
     lock_on_stop: bool,
+    lease_s: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -1244,7 +1256,7 @@ fn build<'t>(cx: &mut Cx<'t>) -> Policy {
         .unwrap_or_default();
     let unlock_windows = root
         .get("unlock_windows")
-        .map(|v| unlocks(cx, v, &known, !holidays.is_empty()))
+        .map(|v| unlocks(cx, v, &known, !holidays.is_empty(), &doors, &relay_devices))
         .unwrap_or_default();
     let zones = root
         .get("zones")
@@ -1723,6 +1735,8 @@ fn unlocks<'t>(
     v: &'t Spanned<DeValue<'t>>,
     known: &Known,
     holidays: bool,
+    doors: &[Door],
+    devices: &[RelayDevice],
 ) -> Vec<UnlockWindow> {
     let mut out = Vec::new();
     for (i, raw) in cx.entries::<RawUnlock>("unlock_windows", v) {
@@ -1749,14 +1763,76 @@ fn unlocks<'t>(
             let msg = format!("unknown schedule `{}`", raw.schedule);
             cx.error(&path!["unlock_windows", i, "schedule"], msg);
         }
+        let lease_s = raw.lease_s.map(|n| {
+            lease(
+                cx,
+                &path!["unlock_windows", i, "lease_s"],
+                n,
+                &raw.door,
+                doors,
+                devices,
+            )
+        });
         out.push(UnlockWindow {
             door: DoorId(raw.door),
             schedule: raw.schedule,
             respect_holidays: raw.respect_holidays.unwrap_or(false),
             lock_on_stop: raw.lock_on_stop,
+            lease_s,
         });
     }
     out
+}
+
+/// An unlock window's `lease_s`: in range, and its door's board able to time it (a
+/// `timed_pulse` map, its register within 65535, the lease within the timer's count).
+fn lease(
+    cx: &mut Cx<'_>,
+    path: &[Seg],
+    n: i64,
+    door: &str,
+    doors: &[Door],
+    devices: &[RelayDevice],
+) -> u32 {
+    let secs: u32 = cx.ranged(path, n, 3, 3600);
+    let Some(d) = doors.iter().find(|d| d.id.0 == door) else {
+        return secs; // the unknown door is reported on its own key
+    };
+    let Some(dev) = devices.iter().find(|x| x.id == d.relay.device) else {
+        return secs;
+    };
+    let Some(timer) = dev.timed_pulse else {
+        cx.error(
+            path,
+            format!(
+                "door `{door}`'s relay device `{}` has no `timed_pulse` register map to hold \
+                 a lease on: add `timed_pulse = {{ register_base = N, unit_ms = 100 }}` to it, \
+                 or remove `lease_s`",
+                dev.id
+            ),
+        );
+        return secs;
+    };
+    let units = u64::from(secs) * 1000 / u64::from(timer.unit_ms.max(1));
+    if u32::from(timer.register_base) + u32::from(d.relay.coil) > 65535 {
+        let msg = format!(
+            "door `{door}`'s coil {} would be timed through holding register {} + {} = {}, \
+             past the last register 65535",
+            d.relay.coil,
+            timer.register_base,
+            d.relay.coil,
+            u32::from(timer.register_base) + u32::from(d.relay.coil)
+        );
+        cx.error(path, msg);
+    } else if (3..=3600).contains(&n) && units > u64::from(u16::MAX) {
+        let msg = format!(
+            "a lease of {secs} s is {units} units of the board's {} ms timer, past the \
+             register's 65535: shorten it",
+            timer.unit_ms
+        );
+        cx.error(path, msg);
+    }
+    secs
 }
 
 fn zones<'t>(cx: &mut Cx<'t>, v: &'t Spanned<DeValue<'t>>, known: &Known) -> Vec<Zone> {

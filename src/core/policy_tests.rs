@@ -2694,3 +2694,62 @@ fn holidays_take_toml_dates() {
         errors[1]
     );
 }
+
+/// `lease_s` on an unlock window: read (3..=3600), asked of the windows open now (the
+/// shortest wins), and refused with a message naming what is missing when the door's board has
+/// no pulse timer to hold it or the lease would not fit the timer's register.
+#[test]
+fn an_unlock_windows_lease_needs_a_board_timer_that_can_hold_it() {
+    let now = "2026-11-28T06:00:00Z".parse().expect("instant");
+    let main = DoorId("main".into());
+    let timed = MINI.replace(
+        "modbus = \"tcp://127.0.0.1:5020\"\n",
+        "modbus = \"tcp://127.0.0.1:5020\"\ntimed_pulse = { register_base = 256, unit_ms = 100 }\n",
+    );
+    let window = "\n[[unlock_windows]]\ndoor = \"main\"\nschedule = \"always\"\n";
+    let p = Policy::parse_new(&format!("{timed}{window}")).expect("accepted");
+    assert_eq!(p.unlock_windows[0].lease_s, None);
+    assert_eq!(p.lease_of(&main, now), None);
+    let p = Policy::parse_new(&format!(
+        "{timed}{window}lease_s = 30\n{window}lease_s = 12\n{window}"
+    ))
+    .expect("accepted");
+    assert_eq!(p.unlock_windows[0].lease_s, Some(30));
+    assert_eq!(p.lease_of(&main, now), Some(12), "the shortest lease asked");
+
+    let errors_of = |doc: String| {
+        Policy::parse_new(&doc)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| (e.key, e.message))
+            .collect::<Vec<_>>()
+    };
+    let e = errors_of(format!("{MINI}{window}lease_s = 30\n"));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].0, "unlock_windows[0].lease_s");
+    assert!(e[0].1.contains("`board-1` has no `timed_pulse`"), "{e:#?}");
+    for bad in ["2", "3601", "0", "-5"] {
+        let e = errors_of(format!("{timed}{window}lease_s = {bad}\n"));
+        assert_eq!(e.len(), 1, "{bad}: {e:#?}");
+        assert_eq!(e[0].0, "unlock_windows[0].lease_s");
+        assert!(e[0].1.contains("out of range 3..=3600"), "{bad}: {e:#?}");
+    }
+    let e = errors_of(format!("{timed}{window}lease_s = \"30s\"\n"));
+    assert_eq!(e[0].0, "unlock_windows[0].lease_s", "{e:#?}");
+    // 3600 s in 10 ms units is past the register's 65535.
+    let fine = timed.replace("unit_ms = 100", "unit_ms = 10");
+    let e = errors_of(format!("{fine}{window}lease_s = 3600\n"));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].1.contains("360000 units"), "{e:#?}");
+    Policy::parse_new(&format!("{fine}{window}lease_s = 600\n")).expect("60000 units fit");
+    // The coil's register past 65535.
+    let high = timed
+        .replace("register_base = 256", "register_base = 65535")
+        .replace("coil = 0 }", "coil = 1 }");
+    let e = errors_of(format!("{high}{window}lease_s = 30\n"));
+    assert!(
+        e.iter()
+            .any(|(k, m)| k == "unlock_windows[0].lease_s" && m.contains("past the last register")),
+        "{e:#?}"
+    );
+}

@@ -59,10 +59,12 @@ pub enum Command {
     },
     /// The state a coil should rest in (locked = false); applied now and after reconnects.
     /// A pulse in progress ends first, unless `cut_pulse` (lockdown: every relay off now).
+    /// ON with a `lease` is held through the board's pulse timer, renewed before it runs out.
     Want {
         coil: u16,
         on: bool,
         cut_pulse: bool,
+        lease: Option<Lease>,
     },
     /// The inputs to poll (a new site policy may add contacts or exit buttons).
     Inputs(Vec<u16>),
@@ -71,6 +73,19 @@ pub enum Command {
     /// one, where the wanted states are driven as after any reconnect.
     Retarget { address: Address, unit: u8 },
 }
+
+/// A resting ON held through the board's pulse timer: `count` written to holding `register`
+/// (the timer, as for a board-timed pulse) every `renew`, so the board switches the coil OFF by
+/// itself within the lease when the gateway stops renewing it (dead, cut off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub register: u16,
+    pub count: u16,
+    pub renew: Duration,
+}
+
+/// How soon a lease renewal the board did not take is tried again.
+const LEASE_RETRY: Duration = Duration::from_millis(500);
 
 /// How often a board with no input to poll is read anyway (one coil): a board that died while
 /// idle is then reported down within about this long, not at the next grant's write (which
@@ -151,6 +166,10 @@ struct Device {
     from_off: HashSet<u16>,
     /// When a board with no inputs was last heard from ([`LIVENESS_EVERY`]).
     heard: Instant,
+    /// Coils resting ON through the board's timer, and when each lease is next renewed (set
+    /// once the board holds it).
+    leases: HashMap<u16, Lease>,
+    renew_at: HashMap<u16, Instant>,
 }
 
 /// The failure last reported for a coil.
@@ -426,6 +445,8 @@ impl Device {
             input_faults: HashMap::new(),
             from_off: HashSet::new(),
             heard: Instant::now(),
+            leases: HashMap::new(),
+            renew_at: HashMap::new(),
         }
     }
 
@@ -463,8 +484,18 @@ impl Device {
                 coil,
                 on,
                 cut_pulse,
+                lease,
             } => {
                 self.wanted.insert(coil, on);
+                match lease.filter(|_| on) {
+                    Some(l) => {
+                        self.leases.insert(coil, l);
+                    }
+                    None => {
+                        self.leases.remove(&coil);
+                        self.renew_at.remove(&coil);
+                    }
+                }
                 if self.pulsing.contains_key(&coil) {
                     if on && self.timed.remove(&coil).is_some() {
                         // The board would end its timed pulse (locking the door) before the
@@ -652,6 +683,11 @@ impl Device {
     }
 
     async fn write(&mut self, ctx: &mut Context, coil: u16, on: bool, tag: String) -> Io<()> {
+        if let Some(lease) = self.leases.get(&coil).copied().filter(|_| on) {
+            return self.hold_lease(ctx, coil, lease, tag).await;
+        }
+        // A direct write ends any lease the board was timing.
+        self.renew_at.remove(&coil);
         let r = timed(self.timing.response, ctx.write_single_coil(coil, on)).await;
         let r = match r {
             Ok(()) if !on => {
@@ -669,6 +705,75 @@ impl Device {
             Err(e) => self.coil_failed(coil, on, &tag, e),
         }
         r
+    }
+
+    /// Holds `coil` ON through the board's timer for a lease and reads it back: ON is reported
+    /// once the board says so, and the lease is renewed from then on.
+    async fn hold_lease(
+        &mut self,
+        ctx: &mut Context,
+        coil: u16,
+        lease: Lease,
+        tag: String,
+    ) -> Io<()> {
+        let r = match timed(
+            self.timing.response,
+            ctx.write_single_register(lease.register, lease.count),
+        )
+        .await
+        {
+            Ok(()) => match timed(self.timing.response, ctx.read_coils(coil, 1)).await {
+                Ok(got) if got.first() == Some(&true) => Ok(()),
+                Ok(_) => Err(Fault::Point(format!(
+                    "coil still reads OFF after the lease write to register {}",
+                    lease.register
+                ))),
+                Err(e) => Err(e.after_accepted()),
+            },
+            Err(e) => Err(e),
+        };
+        match &r {
+            Ok(()) => {
+                self.renew_at.insert(coil, Instant::now() + lease.renew);
+                self.coil_ok(coil, true, tag);
+            }
+            Err(e) => self.coil_failed(coil, true, &tag, e),
+        }
+        r
+    }
+
+    /// Renews the leases due: the timer written again (nothing reported while the board takes
+    /// it; a renewal it refuses is logged and tried again soon). Err only when the link failed.
+    async fn renew_leases(&mut self, ctx: &mut Context, now: Instant) -> Result<(), String> {
+        let mut due: Vec<u16> = self
+            .renew_at
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        due.sort_unstable();
+        for coil in due {
+            let Some(lease) = self.leases.get(&coil).copied() else {
+                self.renew_at.remove(&coil);
+                continue;
+            };
+            match timed(
+                self.timing.response,
+                ctx.write_single_register(lease.register, lease.count),
+            )
+            .await
+            {
+                Ok(()) => {
+                    self.renew_at.insert(coil, Instant::now() + lease.renew);
+                }
+                Err(f) if f.is_point() => {
+                    tracing::warn!(device = %self.spec.id, coil, error = %f, "lease renewal refused; trying again");
+                    self.renew_at.insert(coil, Instant::now() + LEASE_RETRY);
+                }
+                Err(f) => return Err(f.to_string()),
+            }
+        }
+        Ok(())
     }
 
     /// A command's write: a board-timed pulse starts with its register write, anything else
@@ -803,6 +908,7 @@ impl Device {
         self.pulsing.clear();
         self.timed.clear();
         self.offs.clear();
+        self.renew_at.clear();
         let mut wanted: Vec<(u16, bool)> = self.wanted.iter().map(|(c, o)| (*c, *o)).collect();
         wanted.sort_unstable();
         for (coil, on) in wanted {
@@ -818,7 +924,11 @@ impl Device {
         let mut next_poll = Instant::now() + self.timing.poll;
         loop {
             let next_off = self.offs.keys().next().map(|(t, _)| *t);
-            let wake = next_off.map_or(next_poll, |t| t.min(next_poll));
+            let next_renew = self.renew_at.values().min().copied();
+            let wake = [next_off, next_renew]
+                .into_iter()
+                .flatten()
+                .fold(next_poll, Instant::min);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
@@ -831,6 +941,9 @@ impl Device {
                         if let Err(e) = self.end_pulse(ctx, key, tag).await {
                             return Ended::Lost(e);
                         }
+                    }
+                    if let Err(e) = self.renew_leases(ctx, now).await {
+                        return Ended::Lost(e);
                     }
                     if now >= next_poll {
                         if let Err(e) = self.poll(ctx).await {

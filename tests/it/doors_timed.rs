@@ -3,7 +3,9 @@
 //! cannot leave the door open. Against the simulated board's pulse timer
 //! (`palmgate::modbus::sim::TIMED_BASE`, 100 ms units).
 
-use crate::doors::{Layout, WAIT, new_board, scan, site_doc, start_with, until, writes_since};
+use crate::doors::{
+    Layout, WAIT, new_board, relay_switched, scan, site_doc, start_with, until, writes_since,
+};
 use crate::fixtures::{ADMIN_TOKEN, Options, TestServer};
 use palmgate::core::ReaderId;
 use palmgate::modbus::sim::{SimBoard, TIMED_BASE, TIMED_UNIT_MS};
@@ -198,4 +200,147 @@ async fn a_door_resting_unlocked_is_never_locked_by_the_boards_timer() {
         "no OFF (no board timer): {writes:?}"
     );
     drop(lobby);
+}
+
+/// A site whose door `side` (coil 1 of the timed board) rests unlocked all day through an
+/// unlock window holding it as a lease of `lease_s` on the board's timer.
+fn leased_doc(board: &SimBoard, lease_s: u32) -> String {
+    let layout = Layout {
+        extra: format!(
+            "\n[[doors]]\nid = \"side\"\nreaders = [\"side-1\"]\n\
+             relay = {{ device = \"board-1\", coil = 1, pulse_ms = 400 }}\n\n\
+             [[unlock_windows]]\ndoor = \"side\"\nschedule = \"always\"\nlease_s = {lease_s}\n"
+        ),
+        ..Layout::default()
+    };
+    site_doc(&board.url(), &layout).replacen(
+        "unit = 1",
+        &format!(
+            "unit = 1\ntimed_pulse = {{ register_base = {TIMED_BASE}, unit_ms = {TIMED_UNIT_MS} }}"
+        ),
+        1,
+    )
+}
+
+/// Waits (up to `within`) for coil `coil` to read `on`; how long that took.
+async fn coil_within(
+    board: &SimBoard,
+    coil: u16,
+    on: bool,
+    within: Duration,
+    what: &str,
+) -> Duration {
+    let t0 = Instant::now();
+    while board.coil(coil) != on {
+        assert!(
+            t0.elapsed() < within,
+            "{what}: coil {coil} is not {on} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t0.elapsed()
+}
+
+/// Declares or lifts the emergency unlock through the admin API.
+async fn emergency(s: &TestServer, on: bool) -> reqwest::Response {
+    s.client
+        .post(s.url("/admin/v1/emergency-unlock"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "on": on }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `lease_s` on an unlock window: the door rests unlocked through the board's timer, renewed
+/// by the gateway, so it stays unlocked while the gateway runs and locks by itself within the
+/// lease when the gateway dies (SIGKILL): SPEC 7's "never left unlocked by a failure" for a
+/// crash too. The next start unlocks it again. An emergency is not leased (a dead gateway must
+/// not lock the doors of a building on fire); lifting it brings the lease back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_unlock_window_locks_its_door_when_the_gateway_dies() {
+    let board = new_board().await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site.toml");
+    std::fs::write(&site, leased_doc(&board, 3)).unwrap();
+    let mut s = TestServer::start_with(
+        Options::default().extra_toml(&format!("site = {:?}", site.display().to_string())),
+    )
+    .await;
+    coil_within(&board, 1, true, WAIT, "the window holds the side door").await;
+    // The log's count of the side door's ONs, which renewals do not add to.
+    let log = s.store_path();
+    let side_ons = || relay_switched(&log, "side", true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ons = side_ons();
+    assert!(ons >= 1, "the leased rest's ON is recorded");
+    // Renewed: ON for twice the lease, with the timer written again and never an OFF.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(6) {
+        assert!(
+            board.coil(1),
+            "the leased door locked while the gateway ran ({:?})",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let writes = writes_since(&board, 1, t0);
+    assert!(writes.iter().all(|(_, on)| *on), "no OFF: {writes:?}");
+    assert!(
+        writes.len() >= 4,
+        "the lease renewed about every second: {writes:?}"
+    );
+    assert_eq!(side_ons(), ons, "renewals are not recorded");
+
+    // Killed: the board locks the door within the lease.
+    s.kill9();
+    let took = coil_within(
+        &board,
+        1,
+        false,
+        Duration::from_secs(6),
+        "the board ends the lease",
+    )
+    .await;
+    assert!(
+        took <= Duration::from_millis(3500),
+        "locked {took:?} after the kill (lease 3 s)"
+    );
+    // Back: unlocked again inside the window.
+    s.launch().await;
+    coil_within(&board, 1, true, WAIT, "started again inside the window").await;
+
+    // An emergency: a plain ON, which outlives the gateway.
+    let r = emergency(&s, true).await;
+    assert_eq!(r.status(), 200);
+    // The emergency's ON is a coil write (which ends the board's timer).
+    let t1 = Instant::now();
+    let end = t1 + WAIT;
+    while !board
+        .writes()
+        .iter()
+        .any(|(t, c, on)| *c == 1 && *on && *t >= t1 - Duration::from_millis(500))
+    {
+        assert!(Instant::now() < end, "no write for the emergency");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.kill9();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(board.coil(1), "an emergency's unlock outlives the gateway");
+    s.launch().await;
+    let r = emergency(&s, false).await;
+    assert_eq!(r.status(), 200);
+    // Lifted: the window's lease again (a timer write), so a kill locks the door.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(board.coil(1), "the window still holds the door");
+    s.kill9();
+    coil_within(
+        &board,
+        1,
+        false,
+        Duration::from_secs(6),
+        "the lease is back after the emergency",
+    )
+    .await;
 }

@@ -203,12 +203,14 @@ async fn wanted_states_are_driven_at_connect_and_inputs_reported() {
         coil: 3,
         on: false,
         cut_pulse: false,
+        lease: None,
     })
     .unwrap();
     dev.send(Command::Want {
         coil: 4,
         on: true,
         cut_pulse: false,
+        lease: None,
     })
     .unwrap();
     until(|| !board.coil(3) && board.coil(4)).await;
