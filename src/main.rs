@@ -109,7 +109,8 @@ enum AuditCmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// From this instant (RFC 3339), inclusive; a plain date (YYYY-MM-DD) is that day's
-        /// start in the site's time zone (the `site` file's `timezone`).
+        /// start in the site's time zone (the policy in force in the log; the `site` file's
+        /// `timezone` when the log holds no policy).
         #[arg(long)]
         from: Option<String>,
         /// Until this instant (RFC 3339), exclusive; a plain date is that day's start, so
@@ -958,8 +959,13 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
             to,
             format,
         } => {
-            let (from, to) = range(from, to, || site_zone(config.as_deref()))?;
             let store = open_log(config.as_deref())?;
+            // A plain date is read in the zone of the policy in force in the log (the site
+            // file may say another, or be missing, when the audit runs elsewhere).
+            let (from, to) = range(from, to, || match audit::zone_in_force(&*store)? {
+                Some(tz) => Ok(tz),
+                None => site_zone(config.as_deref()),
+            })?;
             let text = audit::export(&*store, from, to, format == "csv")?;
             std::io::stdout().lock().write_all(text.as_bytes())?;
         }

@@ -1384,6 +1384,32 @@ pub fn csv_line(row: &Value) -> String {
 }
 
 /// The export of door decisions in range: CSV with a header line, or JSON lines.
+/// The time zone of the site policy last activated in the log (the one in force), if any.
+/// Read from the stored text alone (no hash check: `audit verify` does that).
+pub fn zone_in_force(
+    store: &dyn EventStore,
+) -> Result<Option<chrono_tz::Tz>, crate::store::StoreError> {
+    const PAGE: usize = 10_000;
+    let (mut after, mut last) = (0, None::<String>);
+    loop {
+        let lent = store.read_raw_each(after, PAGE, &mut |r| {
+            after = r.position;
+            if r.kind == "PolicyActivated" {
+                last = Some(r.data.to_string());
+            }
+        })?;
+        if lent < PAGE {
+            break;
+        }
+    }
+    Ok(last.and_then(|data| {
+        let v: Value = serde_json::from_str(&data).ok()?;
+        Policy::parse(v.get("document")?.as_str()?)
+            .ok()
+            .map(|p| p.timezone)
+    }))
+}
+
 pub fn export(
     store: &dyn EventStore,
     from: Option<DateTime<Utc>>,

@@ -1020,6 +1020,35 @@ async fn an_audit_range_takes_plain_dates_in_the_sites_time_zone() {
     );
     let (ok, out, err) = audit(&s, &["export", "--from", "2026-11-28T00:00:00Z"], &log);
     assert!(ok, "an instant needs no zone: {out}{err}");
+    // A policy in force in the log gives the zone (Tokyo, +09:00), with still no site file.
+    let mut s = s;
+    s.launch().await;
+    let r = crate::fixtures::send(
+        s.client
+            .put(s.url("/admin/v1/policy"))
+            .bearer_auth(crate::fixtures::ADMIN_TOKEN)
+            .header("Content-Type", "application/toml")
+            .body(include_str!("../../config/site.toml").replace("Asia/Almaty", "Asia/Tokyo")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    s.terminate();
+    let (ok, out, err) = audit(
+        &s,
+        &["export", "--from", "2026-11-29", "--to", "2026-11-28"],
+        &log,
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("--from 2026-11-28T15:00:00+00:00 is after --to 2026-11-27T15:00:00+00:00"),
+        "the day starts at midnight in Tokyo: {err}"
+    );
+    let (ok, out, err) = audit(
+        &s,
+        &["export", "--from", "2026-11-28", "--to", "2026-11-30"],
+        &log,
+    );
+    assert!(ok, "{out}{err}");
     let (ok, _, err) = audit(&s, &["export", "--from", "28.11.2026"], &log);
     assert!(!ok);
     assert!(
