@@ -1813,7 +1813,8 @@ fn lease(
         );
         return secs;
     };
-    let units = u64::from(secs) * 1000 / u64::from(timer.unit_ms.max(1));
+    let unit = u64::from(timer.unit_ms.max(1));
+    let units = u64::from(secs) * 1000 / unit;
     if u32::from(timer.register_base) + u32::from(d.relay.coil) > 65535 {
         let msg = format!(
             "door `{door}`'s coil {} would be timed through holding register {} + {} = {}, \
@@ -1822,6 +1823,17 @@ fn lease(
             timer.register_base,
             d.relay.coil,
             u32::from(timer.register_base) + u32::from(d.relay.coil)
+        );
+        cx.error(path, msg);
+    } else if (3..=3600).contains(&n) && u64::from(secs) * 1000 % unit != 0 {
+        // The board counts whole units: it would hold the door longer than the lease says.
+        let msg = format!(
+            "a lease of {secs} s is not a whole number of the board's {} ms timer units: \
+             the board would hold the door unlocked up to {} s after the gateway went silent; \
+             make it a multiple of {} s",
+            timer.unit_ms,
+            (u64::from(secs) * 1000).div_ceil(unit) * unit / 1000,
+            unit as f64 / 1000.0
         );
         cx.error(path, msg);
     } else if (3..=3600).contains(&n) && units > u64::from(u16::MAX) {

@@ -2742,6 +2742,16 @@ fn an_unlock_windows_lease_needs_a_board_timer_that_can_hold_it() {
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].1.contains("360000 units"), "{e:#?}");
     Policy::parse_new(&format!("{fine}{window}lease_s = 600\n")).expect("60000 units fit");
+    // A timer counting minutes cannot hold a lease of 30 s: the door would stay unlocked for a
+    // whole minute after the gateway went silent.
+    let minutes = timed.replace("unit_ms = 100", "unit_ms = 60000");
+    let e = errors_of(format!("{minutes}{window}lease_s = 30\n"));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].1.contains("up to 60 s") && e[0].1.contains("multiple of 60 s"),
+        "{e:#?}"
+    );
+    Policy::parse_new(&format!("{minutes}{window}lease_s = 120\n")).expect("two minutes");
     // The coil's register past 65535.
     let high = timed
         .replace("register_base = 256", "register_base = 65535")

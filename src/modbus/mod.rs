@@ -84,9 +84,6 @@ pub struct Lease {
     pub renew: Duration,
 }
 
-/// How soon a lease renewal the board did not take is tried again.
-const LEASE_RETRY: Duration = Duration::from_millis(500);
-
 /// How often a board with no input to poll is read anyway (one coil): a board that died while
 /// idle is then reported down within about this long, not at the next grant's write (which
 /// welcomed the person at a door that stayed locked).
@@ -487,7 +484,9 @@ impl Device {
                 lease,
             } => {
                 self.wanted.insert(coil, on);
-                match lease.filter(|_| on) {
+                let lease = lease.filter(|_| on);
+                let lease_changed = self.leases.get(&coil).copied() != lease;
+                match lease {
                     Some(l) => {
                         self.leases.insert(coil, l);
                     }
@@ -497,9 +496,10 @@ impl Device {
                     }
                 }
                 if self.pulsing.contains_key(&coil) {
-                    if on && self.timed.remove(&coil).is_some() {
-                        // The board would end its timed pulse (locking the door) before the
-                        // pulse's end applies the wanted ON: a direct write overrides its timer.
+                    // The board would end its timed pulse, or the lease it holds (no longer
+                    // renewed), locking the door before the pulse's end applies the wanted ON
+                    // (an emergency declared mid-pulse): the new state is written now.
+                    if on && (self.timed.remove(&coil).is_some() || lease_changed) {
                         return Some((coil, true, String::new()));
                     }
                     if !cut_pulse {
@@ -522,6 +522,10 @@ impl Device {
             Command::Retarget { address, unit } => {
                 self.spec.address = address;
                 self.spec.unit = unit;
+                // The new board may have no timer there: the leases come again with the
+                // wanted states told after the move.
+                self.leases.clear();
+                self.renew_at.clear();
                 None
             }
             Command::Pulse {
@@ -743,7 +747,9 @@ impl Device {
     }
 
     /// Renews the leases due: the timer written again (nothing reported while the board takes
-    /// it; a renewal it refuses is logged and tried again soon). Err only when the link failed.
+    /// it). A renewal it refuses is held again as a refused coil is driven, with read-back and
+    /// backoff ([`Device::retry_later`]): the failure is reported (the lease may lapse and lock
+    /// the door), and so is the ON once the board takes it. Err only when the link failed.
     async fn renew_leases(&mut self, ctx: &mut Context, now: Instant) -> Result<(), String> {
         let mut due: Vec<u16> = self
             .renew_at
@@ -767,8 +773,9 @@ impl Device {
                     self.renew_at.insert(coil, Instant::now() + lease.renew);
                 }
                 Err(f) if f.is_point() => {
-                    tracing::warn!(device = %self.spec.id, coil, error = %f, "lease renewal refused; trying again");
-                    self.renew_at.insert(coil, Instant::now() + LEASE_RETRY);
+                    tracing::warn!(device = %self.spec.id, coil, error = %f, "lease renewal refused; holding it again");
+                    self.renew_at.remove(&coil);
+                    self.retry_later(coil, String::new());
                 }
                 Err(f) => return Err(f.to_string()),
             }
