@@ -727,6 +727,18 @@ impl App {
         *self.unheard_readers.lock().expect("readers lock") = Some(online);
     }
 
+    /// Whether `reader` is one the log had online before this start that has not been heard
+    /// from since, during the [`READER_GRACE`]: it may be gone (the built-in broker that held
+    /// its session died with the last process), and a command to it would be lost, so pages
+    /// neither offer nor arm it until it reconnects.
+    pub fn reader_unconfirmed(&self, reader: &crate::core::ReaderId) -> bool {
+        self.unheard_readers
+            .lock()
+            .expect("readers lock")
+            .as_ref()
+            .is_some_and(|set| set.contains(reader))
+    }
+
     /// A reader was heard from (any message): it is back.
     pub(crate) fn reader_heard(&self, reader: &crate::core::ReaderId) {
         if let Some(set) = self.unheard_readers.lock().expect("readers lock").as_mut() {

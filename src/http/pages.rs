@@ -153,13 +153,19 @@ async fn arm_then_page(
             let notice = Notice::RateLimited(v.retry_after_s.max(1));
             return with_status_of(page(app, kind, token, headers, Some(notice)), &refused);
         }
-        let cmd = Command::ArmReader {
-            session_id: s.id,
-            reader_id: crate::core::ReaderId(reader.clone()),
-        };
+
         // Without the broker the reader cannot hear the command: refused as for an offline
-        // reader, with nothing recorded (the session would wait in vain until it expires).
-        let armed = if app.mqtt_up.load(std::sync::atomic::Ordering::Relaxed) {
+        // reader, with nothing recorded (the session would wait in vain until it expires). So
+        // is a reader not heard from since a restart, during the grace that decides whether it
+        // is gone ([`App::reader_unconfirmed`]).
+        let reader_id = crate::core::ReaderId(reader.clone());
+        let armed = if app.mqtt_up.load(std::sync::atomic::Ordering::Relaxed)
+            && !app.reader_unconfirmed(&reader_id)
+        {
+            let cmd = Command::ArmReader {
+                session_id: s.id,
+                reader_id,
+            };
             app.execute(cmd).await
         } else {
             Err(crate::app::AppError::Rejected(
@@ -377,14 +383,15 @@ fn reader_status(
 /// The readers a page may offer: online, and in no door (a door's reader is never armed for a
 /// partner's session; a kiosk's page names its own reader). None while the gateway is not
 /// connected to the MQTT broker: a reader's last status says nothing then, and it could not
-/// hear the capture command.
+/// hear the capture command. Nor one not yet heard from since a restart
+/// ([`App::reader_unconfirmed`]).
 fn online_readers(app: &App) -> Vec<String> {
     if !app.mqtt_up.load(std::sync::atomic::Ordering::Relaxed) {
         return Vec::new();
     }
     let mut ids: Vec<String> = app.read(|s| {
         s.readers()
-            .filter(|r| r.online)
+            .filter(|r| r.online && !app.reader_unconfirmed(&r.id))
             .filter(|r| {
                 s.policy
                     .as_ref()

@@ -1870,6 +1870,63 @@ async fn a_reader_gone_while_the_gateway_was_down_is_offline_after_the_restart()
     let _desk9 = SimReader::connect(sim_options(&s.mqtt_url, "desk-9", "alice", 3))
         .await
         .unwrap();
+    // Inside the grace, a page offers desk-9 (heard again) and not desk-8 (the log still has
+    // it online), and picking desk-8 says it is offline, arming nothing.
+    let page = s.identify(&key, "").await.created();
+    let offered = async |s: &TestServer| -> String {
+        s.get(&page.path())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let end = Instant::now() + DEADLINE;
+    while !offered(&s).await.contains("?reader=desk-9") {
+        assert!(
+            Instant::now() < end,
+            "desk-9 is not offered after it reconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        presence(&s, "desk-8").await,
+        "online",
+        "still inside the grace"
+    );
+    let html = offered(&s).await;
+    assert!(
+        !html.contains("?reader=desk-8"),
+        "desk-8 is offered in the grace: {html}"
+    );
+    let picked = s
+        .get(&format!("{}?reader=desk-8", page.path()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(picked.status(), 200);
+    let html = picked.text().await.unwrap();
+    assert!(html.contains("This scanner is offline"), "{html}");
+    let armed_here = |s: &TestServer| {
+        rusqlite::Connection::open(s.store_path())
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM events WHERE type = 'SessionReaderArmed' \
+                 AND json_extract(data, '$.session_id') = ?1",
+                [&page.session_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(armed_here(&s), 0, "nothing armed on desk-8");
+    let picked = s
+        .get(&format!("{}?reader=desk-9", page.path()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(picked.status(), 200);
+    assert_eq!(armed_here(&s), 1, "desk-9, heard again, is armed");
     until(&s, "desk-8", "offline").await;
     let state = async |id: &str| -> Value { s.session(&key, id).await.json() };
     let v = state(&armed[0]).await;
