@@ -103,6 +103,11 @@ enum AuditCmd {
         /// rewritten, or a cut tail, no longer does). Repeatable.
         #[arg(long, value_name = "POSITION:HASH")]
         expect_head: Vec<String>,
+        /// Every head named in a file (`-`: standard input) as `--expect-head POSITION:HASH`,
+        /// as the gateway writes them to its journal at start-up, hourly and at stop:
+        /// `journalctl -u palmgate -o cat | palmgate audit verify --expect-heads-from -`.
+        #[arg(long, value_name = "FILE")]
+        expect_heads_from: Option<PathBuf>,
     },
     /// Who went through which door, when, and why (door decisions).
     Export {
@@ -900,12 +905,32 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
         AuditCmd::Verify {
             config,
             expect_head,
+            expect_heads_from,
         } => {
-            let heads = expect_head
+            let mut heads = expect_head
                 .iter()
                 .map(|h| audit::parse_head(h))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(anyhow::Error::msg)?;
+            if let Some(path) = &expect_heads_from {
+                let text = if path.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin().lock())
+                        .context("cannot read the heads from standard input")?
+                } else {
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                };
+                let found = audit::heads_in(&text);
+                if found.is_empty() {
+                    bail!(
+                        "--expect-heads-from {}: no `--expect-head POSITION:HASH` in it (the \
+                         gateway writes one at start-up, hourly and at stop)",
+                        path.display()
+                    );
+                }
+                println!("{} head(s) read from {}", found.len(), path.display());
+                heads.extend(found);
+            }
             let store = open_log(config.as_deref())?;
             let mut report = audit::verify(&*store)?;
             for head in heads {

@@ -144,6 +144,9 @@ pub struct App {
 /// a restarted built-in broker before it is recorded offline.
 pub const READER_GRACE: Duration = Duration::from_secs(10);
 
+/// How often a running gateway writes the log's head to its own log ([`App::log_head`]).
+pub const HEAD_LOG_EVERY: Duration = Duration::from_secs(3600);
+
 /// An append handed to the store, with the effects of its decision. Awaited by the command
 /// that made it ([`Landing::land`]); if that command is cancelled first (its HTTP client hung
 /// up, and hyper dropped the handler), the append is still in the store's hands and will
@@ -846,6 +849,38 @@ impl App {
         self.store.healthy()
     }
 
+    /// The log's head as this gateway has folded it: the last position and its hash (none for
+    /// an empty log).
+    pub fn head(&self) -> Result<Option<(u64, [u8; 32])>, crate::store::StoreError> {
+        let position = self.read(|s| s.position());
+        if position == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .read_raw(position - 1, 1)?
+            .into_iter()
+            .find(|r| r.position == position)
+            .map(|r| (r.position, r.hash)))
+    }
+
+    /// Writes the log's head to the gateway's own log (the journal), where a forger of the
+    /// event log file does not reach: `audit verify --expect-heads-from` reads these lines
+    /// back and fails on a log that no longer holds them (a rewritten, re-sealed or cut log).
+    pub fn log_head(&self, when: &str) {
+        match self.head() {
+            Ok(Some((position, hash))) => {
+                let hash = hex::encode(hash);
+                tracing::info!(
+                    "log head {when}: position {position}, hash {hash} (audit verify \
+                     --expect-head {position}:{hash})"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the log's head {when}"),
+        }
+    }
+
     /// Closes the log (after what is queued) and lets go of the log's and the key store's
     /// locks: another start on the same files may then write them. Called when the server
     /// stops; appends afterwards answer [`StoreError::Closed`].
@@ -1337,6 +1372,17 @@ impl Server {
         });
         let mqtt = crate::mqtt::client::spawn(self.app.clone(), &self.mqtt, reader_rx)
             .map_err(std::io::Error::other)?;
+        // The head, now and every hour, into the journal (see [`App::log_head`]).
+        self.app.log_head("at start-up");
+        let head_app = self.app.clone();
+        let head_log = tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEAD_LOG_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                head_app.log_head("hourly");
+            }
+        });
         let grace_app = self.app.clone();
         let reader_grace = tokio::spawn(async move {
             tokio::time::sleep(READER_GRACE).await;
@@ -1354,6 +1400,7 @@ impl Server {
         deadlines.abort();
         router_task.abort();
         reader_grace.abort();
+        head_log.abort();
         mqtt.abort();
         if let Some(u) = upstream {
             u.abort();
@@ -1364,6 +1411,7 @@ impl Server {
             stopping.stop(Duration::from_secs(3)),
             webhooks.stop(crate::webhooks::STOP_WAIT)
         );
+        self.app.log_head("at stop");
         // Tasks that outlive the server (a webhook delivery in flight) keep the app, and so
         // the store, alive: close it here, so the locks go with the server.
         let app = self.app.clone();

@@ -98,6 +98,28 @@ fn mode(app: &App) -> Json<Value> {
 }
 
 /// `GET /admin/v1/mode`: `{lockdown, emergency}` now.
+/// `GET /admin/v1/head`: the log's head ([`App::head`]), for a system that keeps it elsewhere.
+pub async fn head(State(app): State<Arc<App>>, _: Admin) -> Result<Json<Value>, ApiError> {
+    let head = tokio::task::spawn_blocking(move || app.head())
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read the log's head");
+            ApiError::Internal
+        })?;
+    Ok(Json(match head {
+        Some((position, hash)) => {
+            let hash = hex::encode(hash);
+            json!({
+                "position": position,
+                "expect_head": format!("{position}:{hash}"),
+                "hash": hash,
+            })
+        }
+        None => json!({ "position": 0, "hash": null, "expect_head": null }),
+    }))
+}
+
 pub async fn get_mode(State(app): State<Arc<App>>, _: Admin) -> Json<Value> {
     mode(&app)
 }

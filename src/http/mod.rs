@@ -90,6 +90,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/v1/zones"),
     ("post", "/admin/v1/zones/{zone}/forgive"),
     ("get", "/admin/v1/events"),
+    ("get", "/admin/v1/head"),
     ("get", "/admin/v1/events/stream"),
     ("get", "/enroll/{token}"),
     ("get", "/identify/{token}"),
@@ -158,6 +159,7 @@ pub fn router(app: Arc<App>) -> Router {
             get(admin_site::get_policy).put(admin_site::put_policy),
         )
         .route("/mode", get(admin_site::get_mode))
+        .route("/head", get(admin_site::head))
         .route("/lockdown", post(admin_site::lockdown))
         .route("/emergency-unlock", post(admin_site::emergency))
         .route("/doors", get(admin_site::doors))

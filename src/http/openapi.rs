@@ -321,6 +321,12 @@ fn get_policy() {}
     security(("admin_token" = [])))]
 fn put_policy() {}
 
+#[utoipa::path(get, path = "/admin/v1/head", tag = "admin",
+    responses((status = 200, description = "The log's head as this gateway has it: `{\"position\": n, \"hash\": \"64 hex digits\", \"expect_head\": \"n:hash\"}` (`position` 0 and the other two null for an empty log). Keep it outside the gateway (a monitoring system): `palmgate audit verify --expect-head n:hash` fails on a log that no longer holds it."),
+              (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("admin_token" = [])))]
+fn head() {}
+
 #[utoipa::path(get, path = "/admin/v1/mode", tag = "admin",
     responses((status = 200, description = "`{\"lockdown\": bool, \"emergency\": bool}`"),
               (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
@@ -643,7 +649,7 @@ impl Modify for Security {
           put_webhook, get_webhook, enable_webhook, rotate_webhook_secret, test_webhook,
           list_deliveries, redeliver, recover,
           create_partner, list_partners, activate_partner, deactivate_partner, list_readers,
-          get_policy, put_policy, get_mode, lockdown, emergency_unlock, doors, zones, forgive_zone, events, event_stream,
+          get_policy, put_policy, get_mode, head, lockdown, emergency_unlock, doors, zones, forgive_zone, events, event_stream,
           enroll_page, identify_page, page_cancel, page_events, upstream_hook, healthz, readyz, metrics),
     components(schemas(ErrorBody, Language, DeliveryStatusFilter, AuditFormat, PageKind, EnrollBody, SessionCreatedBody, SessionBody, UserBody,
                        PartnerBody, PartnerCreatedBody, CreatePartnerBody, ReaderBody,

@@ -321,6 +321,28 @@ pub fn parse_head(text: &str) -> Result<(u64, [u8; 32]), String> {
     Ok((position, hash))
 }
 
+/// Every head a text names as `--expect-head POSITION:HASH` (the gateway's journal lines, an
+/// earlier verify's output), each once, in the order first named. A malformed one is skipped.
+pub fn heads_in(text: &str) -> Vec<(u64, [u8; 32])> {
+    let mut out: Vec<(u64, [u8; 32])> = Vec::new();
+    const FLAG: &str = "--expect-head";
+    for (i, _) in text.match_indices(FLAG) {
+        let rest = text[i + FLAG.len()..].trim_start_matches([' ', '=']);
+        let end = rest
+            .find(|c: char| !(c.is_ascii_hexdigit() || c == ':'))
+            .unwrap_or(rest.len());
+        // A token running on into letters or digits is not a head.
+        let whole = !rest[end..].starts_with(|c: char| c.is_alphanumeric() || c == '_');
+        if whole
+            && let Ok(head) = parse_head(&rest[..end])
+            && !out.contains(&head)
+        {
+            out.push(head);
+        }
+    }
+    out
+}
+
 /// [`verify`] with pages of `page` events read by `decoders` threads; `decoders = 0` does
 /// everything on the calling thread (the benchmark's baseline). Tests use tiny pages to cross
 /// page boundaries.
@@ -1962,5 +1984,36 @@ schedule = "always"
         state_events.extend([ended("s1", "r1", false), decided(&key, upstream)]);
         let local = findings(state_events);
         assert!(has(&local, "recorded under local partner"), "{local:?}");
+    }
+}
+
+#[cfg(test)]
+mod heads_tests {
+    use super::heads_in;
+
+    /// The heads of journal lines (and of an earlier verify's output), each once; malformed
+    /// ones skipped.
+    #[test]
+    fn heads_are_read_from_journal_lines() {
+        let a = "ab".repeat(32);
+        let b = "0F".repeat(32);
+        let text = format!(
+            "Nov 29 05:00:00 gw palmgate[1]: INFO log head at start-up: position 12, hash {a} \
+             (audit verify --expect-head 12:{a})\n\
+             noise --expect-head 13:{a}x\n\
+             2026-11-29T05:10:00Z INFO log head at stop: position 40, hash {b} (audit verify \
+             --expect-head 40:{b})\n\
+             head: position 12, hash {a} (keep it elsewhere: a later `audit verify \
+             --expect-head 12:{a}` fails)\n\
+             --expect-head 0:{a} --expect-head 7:{} --expect-head=41:{b}\n",
+            "ab".repeat(31)
+        );
+        let heads = heads_in(&text);
+        let mut hb = [0u8; 32];
+        hex::decode_to_slice(&b, &mut hb).unwrap();
+        let positions: Vec<u64> = heads.iter().map(|h| h.0).collect();
+        assert_eq!(positions, vec![12, 40, 41], "{heads:?}");
+        assert_eq!(heads[1].1, hb);
+        assert!(heads_in("nothing here").is_empty());
     }
 }

@@ -1176,3 +1176,93 @@ async fn reader_simulate_with_a_link_arms_a_reader_the_server_has_not_seen_yet()
         assert_eq!(v["state"], "completed", "run {i}: {v}");
     }
 }
+
+/// The gateway writes the log's head to its own log (the journal) at start-up, hourly and at
+/// stop, and `GET /admin/v1/head` gives it. `audit verify --expect-heads-from` reads those
+/// lines back: a log whose tail was cut after them, its saved head removed too (which `audit
+/// verify` alone cannot tell from a genuine log), fails naming the position; the genuine log
+/// passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_the_gateway_wrote_to_its_journal_catch_a_cut_log() {
+    let mut s = TestServer::start().await;
+    let (_, key) = s.create_partner("Acme").await;
+    for _ in 0..3 {
+        let r = crate::fixtures::send(s.post("/v1/identify").header("X-API-Key", &key)).await;
+        assert_eq!(r.status, 201);
+    }
+    let r = crate::fixtures::send(s.get("/admin/v1/head").bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let head = r.json();
+    let position = head["position"].as_u64().expect("a position");
+    assert!(position >= 4, "{head}");
+    let hash = head["hash"].as_str().expect("a hash");
+    assert_eq!(hash.len(), 64, "{head}");
+    assert_eq!(head["expect_head"], format!("{position}:{hash}"));
+    let r = crate::fixtures::send(s.get("/admin/v1/head")).await;
+    assert_eq!(r.status, 401, "the head is the operator's");
+    s.terminate();
+    let journal = s.stderr_log();
+    assert!(
+        journal.contains(&format!(
+            "log head at stop: position {position}, hash {hash} (audit verify --expect-head \
+             {position}:{hash})"
+        )),
+        "the head at stop is the one the API gave: {journal}"
+    );
+    // The next start names the head it starts from (an empty log has none to name).
+    s.launch().await;
+    s.terminate();
+    let journal = s.stderr_log();
+    assert!(
+        journal.contains(&format!(
+            "log head at start-up: position {position}, hash {hash}"
+        )),
+        "{journal}"
+    );
+    let file = s.dir().join("journal.txt");
+    std::fs::write(&file, &journal).unwrap();
+    let file = file.display().to_string();
+    let log = s.store_path();
+    let (ok, out, err) = audit(&s, &["verify", "--expect-heads-from", &file], &log);
+    assert!(ok, "the genuine log: {out}{err}");
+    assert!(out.contains("head(s) read from"), "{out}");
+
+    // The tail cut, and the head the log saved of itself with it.
+    let c = rusqlite::Connection::open(&log).unwrap();
+    c.execute("DELETE FROM events WHERE position = ?1", [position as i64])
+        .unwrap();
+    c.execute("DELETE FROM store_heads", []).unwrap();
+    drop(c);
+    let _ = std::fs::remove_file(log.with_extension("db.acked"));
+    let (ok, out, err) = audit(&s, &["verify"], &log);
+    assert!(
+        ok,
+        "without the journal's heads the cut log passes: {out}{err}"
+    );
+    let (ok, out, _) = audit(&s, &["verify", "--expect-heads-from", &file], &log);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "the log ends at position {}, but the head kept elsewhere (--expect-head) is at",
+            position - 1
+        )),
+        "{out}"
+    );
+    // A file naming no head is refused, saying what it looked for.
+    let empty = s.dir().join("empty.txt");
+    std::fs::write(&empty, "nothing\n").unwrap();
+    let (ok, _, err) = audit(
+        &s,
+        &[
+            "verify",
+            "--expect-heads-from",
+            &empty.display().to_string(),
+        ],
+        &log,
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("no `--expect-head POSITION:HASH` in it"),
+        "{err}"
+    );
+}

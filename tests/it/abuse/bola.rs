@@ -361,6 +361,7 @@ fn admin_probes(victim_id: &str) -> Vec<(&'static str, &'static str, String, Opt
             Some(json!({})),
         ),
         ("get", "/admin/v1/events", "/admin/v1/events".into(), None),
+        ("get", "/admin/v1/head", "/admin/v1/head".into(), None),
         (
             "get",
             "/admin/v1/events/stream",
