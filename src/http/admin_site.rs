@@ -293,6 +293,10 @@ pub struct DoorBody {
     pub state: String,
     pub relay_on: bool,
     pub resting_unlocked: bool,
+    /// Seconds of the lease on the board's timer that holds the door resting unlocked (an
+    /// unlock window's `lease_s`; the board locks it within that if the gateway goes silent);
+    /// null when no lease holds it (locked, an emergency, a window without one).
+    pub lease_s: Option<u32>,
     pub device: String,
     pub device_up: Option<bool>,
     pub open: Option<bool>,
@@ -305,6 +309,7 @@ pub struct DoorBody {
 
 /// `GET /admin/v1/doors`
 pub async fn doors(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<DoorBody>> {
+    let now = app.clock.now();
     Json(app.read(|s| {
         let Some(policy) = &s.policy else {
             return vec![];
@@ -338,6 +343,9 @@ pub async fn doors(State(app): State<Arc<App>>, _: Admin) -> Json<Vec<DoorBody>>
                     state: state.into(),
                     relay_on: ds.relay_on,
                     resting_unlocked: ds.resting_unlocked,
+                    lease_s: policy
+                        .lease_of(&d.id, now)
+                        .filter(|_| ds.resting_unlocked && !s.emergency),
                     device: d.relay.device.clone(),
                     device_up,
                     open: d.contact.as_ref().map(|_| ds.open_since.is_some()),

@@ -243,6 +243,29 @@ async fn coil_within(
     t0.elapsed()
 }
 
+/// The side door's `lease_s` as `GET /admin/v1/doors` gives it.
+async fn side_lease(s: &TestServer) -> Value {
+    let doors: Value = s
+        .client
+        .get(s.url("/admin/v1/doors"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let side = doors
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "side")
+        .cloned()
+        .expect("the side door");
+    assert!(side.get("lease_s").is_some(), "{side}");
+    side["lease_s"].clone()
+}
+
 /// Declares or lifts the emergency unlock through the admin API.
 async fn emergency(s: &TestServer, on: bool) -> reqwest::Response {
     s.client
@@ -270,6 +293,11 @@ async fn a_leased_unlock_window_locks_its_door_when_the_gateway_dies() {
     )
     .await;
     coil_within(&board, 1, true, WAIT, "the window holds the side door").await;
+    assert_eq!(
+        side_lease(&s).await,
+        json!(3),
+        "the doors API names the lease"
+    );
     // The log's count of the side door's ONs, which renewals do not add to.
     let log = s.store_path();
     let side_ons = || relay_switched(&log, "side", true);
@@ -323,6 +351,11 @@ async fn a_leased_unlock_window_locks_its_door_when_the_gateway_dies() {
         assert!(Instant::now() < end, "no coil write for the emergency");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        side_lease(&s).await,
+        Value::Null,
+        "no lease in an emergency"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.kill9();
     tokio::time::sleep(Duration::from_secs(5)).await;
