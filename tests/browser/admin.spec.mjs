@@ -261,6 +261,31 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
       }
     });
 
+    await step("doors tab: a door an unlock window holds on a lease says so", async () => {
+      const auth = { Authorization: `Bearer ${adminToken}` };
+      const policy = await (await page.request.get(url("/admin/v1/policy"), { headers: auth })).json();
+      const leased = policy.document.replace("unit = 1\n", "unit = 1\ntimed_pulse = { register_base = 256, unit_ms = 100 }\n") +
+        '\n[[unlock_windows]]\ndoor = "office"\nschedule = "always"\nlease_s = 30\n';
+      const put = (doc) => page.request.put(url("/admin/v1/policy"), { headers: { ...auth, "Content-Type": "application/toml" }, data: doc });
+      const r = await put(leased);
+      eq(r.status(), 200, "leased policy activated: " + (await r.text()));
+      try {
+        await openTab(page, "doors");
+        await page.click("#doors-refresh");
+        await page.locator("#door-office[data-state=unlocked]").waitFor({ timeout: 10000 });
+        const card = (await page.locator("#door-office").textContent()).replace(/[\u2068\u2069]/g, "");
+        const said = en["admin.doors.lease"].replace("{seconds}", "30");
+        assert(card.includes(en["admin.doors.lease_title"]) && card.includes(said), `the lease is named: ${card}`);
+        assert(!(await page.locator("#door-server-room").textContent()).includes(en["admin.doors.lease_title"]),
+          "a door without a lease names none");
+        await shot("doors-lease");
+      } finally {
+        eq((await put(policy.document)).status(), 200, "the demo's policy back");
+      }
+      await page.click("#doors-refresh");
+      await page.locator("#door-office[data-state=locked]").waitFor({ timeout: 10000 });
+    });
+
     await step("readers and users tabs", async () => {
       await openTab(page, "readers");
       await page.locator("#readers-table").waitFor();

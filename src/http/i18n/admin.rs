@@ -908,6 +908,18 @@ pub const ADMIN: &[Entry] = &[
             "удерживается отпертой (окно разблокировки или авария)",
         ],
     ),
+    (
+        "admin.doors.lease_title",
+        ["Lease", "Таймермен ұстау", "Удержание по таймеру"],
+    ),
+    (
+        "admin.doors.lease",
+        [
+            "on the board's timer: locks by itself within {seconds} s if the gateway goes silent",
+            "платаның таймерімен: шлюз үнсіз қалса, {seconds} с ішінде өзі құлыпталады",
+            "на таймере платы: запрётся сама в течение {seconds} с, если шлюз замолчит",
+        ],
+    ),
     ("admin.doors.alarm", ["Alarm", "Дабыл", "Тревога"]),
     (
         "admin.doors.relay_fault",

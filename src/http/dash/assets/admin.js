@@ -837,6 +837,7 @@
       ];
       if (d.open !== null && d.open !== undefined) facts.push([tr("doors.contact"), d.open ? tr("doors.open") : tr("doors.closed")]);
       if (d.resting_unlocked) facts.push([tr("doors.resting"), tr("doors.resting_unlocked")]);
+      if (d.lease_s) facts.push([tr("doors.lease_title"), tr("doors.lease", { seconds: String(d.lease_s) })]);
       if (d.alarm) facts.push([tr("doors.alarm"), code("alarm", d.alarm)]);
       if (d.relay_fault) facts.push([tr("doors.relay_fault"), d.relay_fault]);
       return h("article", { class: "card door", id: "door-" + d.id, "data-state": d.state },
