@@ -913,13 +913,18 @@ fn audit(action: AuditCmd) -> anyhow::Result<()> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(anyhow::Error::msg)?;
             if let Some(path) = &expect_heads_from {
-                let text = if path.as_os_str() == "-" {
-                    std::io::read_to_string(std::io::stdin().lock())
-                        .context("cannot read the heads from standard input")?
+                // Journal exports may hold bytes that are not UTF-8 (other services' lines):
+                // they are read as they are, never refused for it.
+                let bytes = if path.as_os_str() == "-" {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut b)
+                        .context("cannot read the heads from standard input")?;
+                    b
                 } else {
-                    std::fs::read_to_string(path)
+                    std::fs::read(path)
                         .with_context(|| format!("cannot read {}", path.display()))?
                 };
+                let text = String::from_utf8_lossy(&bytes);
                 let found = audit::heads_in(&text);
                 if found.is_empty() {
                     bail!(

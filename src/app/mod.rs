@@ -752,7 +752,8 @@ impl App {
     /// The grace is over: the readers noted by [`App::expect_readers_back`] that have not been
     /// heard from are recorded offline.
     pub(crate) async fn readers_not_back(&self) {
-        let Some(gone) = self.unheard_readers.lock().expect("readers lock").take() else {
+        // Each stays unconfirmed (not offered, not armed) until its offline is recorded.
+        let Some(gone) = self.unheard_readers.lock().expect("readers lock").clone() else {
             return;
         };
         let mut gone: Vec<crate::core::ReaderId> = gone.into_iter().collect();
@@ -764,6 +765,10 @@ impl App {
             );
         }
         for reader_id in gone {
+            // Heard from since the list was read: back, not gone.
+            if !self.reader_unconfirmed(&reader_id) {
+                continue;
+            }
             let cmd = Command::ReaderStatus {
                 reader_id: reader_id.clone(),
                 online: false,
@@ -773,7 +778,9 @@ impl App {
             if let Err(e) = self.execute(cmd).await {
                 tracing::warn!(reader = %reader_id, error = %e, "cannot record the reader offline");
             }
+            self.reader_heard(&reader_id);
         }
+        *self.unheard_readers.lock().expect("readers lock") = None;
     }
 
     /// Start-up: activates the configured site file only when it changed since the gateway last
@@ -1373,14 +1380,15 @@ impl Server {
         let mqtt = crate::mqtt::client::spawn(self.app.clone(), &self.mqtt, reader_rx)
             .map_err(std::io::Error::other)?;
         // The head, now and every hour, into the journal (see [`App::log_head`]).
-        self.app.log_head("at start-up");
         let head_app = self.app.clone();
         let head_log = tokio::spawn(async move {
             let mut every = tokio::time::interval(HEAD_LOG_EVERY);
-            every.tick().await;
+            let mut when = "at start-up";
             loop {
                 every.tick().await;
-                head_app.log_head("hourly");
+                let app = head_app.clone();
+                let _ = tokio::task::spawn_blocking(move || app.log_head(when)).await;
+                when = "hourly";
             }
         });
         let grace_app = self.app.clone();
@@ -1411,7 +1419,8 @@ impl Server {
             stopping.stop(Duration::from_secs(3)),
             webhooks.stop(crate::webhooks::STOP_WAIT)
         );
-        self.app.log_head("at stop");
+        let app = self.app.clone();
+        let _ = tokio::task::spawn_blocking(move || app.log_head("at stop")).await;
         // Tasks that outlive the server (a webhook delivery in flight) keep the app, and so
         // the store, alive: close it here, so the locks go with the server.
         let app = self.app.clone();

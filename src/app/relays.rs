@@ -50,6 +50,32 @@ struct Device {
     /// Coils the gateway has driven: the door coils of the policy last applied and any coil a
     /// relay effect named since. One a new policy gives to no door is driven OFF.
     coils: BTreeSet<u16>,
+    /// Coils last told to rest ON, with the lease they were told ([`Relays::follow_leases`]).
+    rests: HashMap<u16, Option<modbus::Lease>>,
+}
+
+impl Device {
+    /// Tells the task the resting state of `coil`, and remembers a resting ON's lease.
+    fn want(&mut self, coil: u16, on: bool, cut_pulse: bool, lease: Option<modbus::Lease>) {
+        if on {
+            self.rests.insert(coil, lease);
+        } else {
+            self.rests.remove(&coil);
+        }
+        let _ = self.tx.send(modbus::Command::Want {
+            coil,
+            on,
+            cut_pulse,
+            lease,
+        });
+    }
+
+    /// Tells the task that `coils` rest locked.
+    fn lock<'a>(&mut self, coils: impl Iterator<Item = &'a u16>) {
+        for &coil in coils {
+            self.want(coil, false, false, None);
+        }
+    }
 }
 
 impl Relays {
@@ -67,6 +93,17 @@ impl Relays {
         let mut handled = app.policy_activations();
         relays.adopt_orphans();
         relays.ensure_devices();
+        let follower = relays.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(LEASE_FOLLOW_EVERY);
+            loop {
+                every.tick().await;
+                if follower.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                follower.follow_leases();
+            }
+        });
         // A new policy may name new boards, and drop doors: connect and lock as it activates.
         // (Woken by activations only: subscribed to every recorded event, it had each one
         // copied for it and was woken for it, once per request under load.)
@@ -251,7 +288,7 @@ impl Relays {
             inputs.dedup();
             // A board already running learns the policy's coils and inputs (a new policy may
             // add doors, contacts or exit buttons to it).
-            let (tx, driven) = match devices.remove(&dev.id) {
+            let (tx, driven, rests) = match devices.remove(&dev.id) {
                 Some(d) => {
                     if (&d.address, d.unit) != (&dev.modbus, dev.unit) {
                         // Its coils go OFF at the old address, then the task connects to the
@@ -262,7 +299,7 @@ impl Relays {
                         });
                     }
                     let _ = d.tx.send(modbus::Command::Inputs(inputs));
-                    (d.tx, d.coils)
+                    (d.tx, d.coils, d.rests)
                 }
                 None => {
                     let (tx, task) = modbus::start_device(
@@ -277,37 +314,33 @@ impl Relays {
                     );
                     self.tasks.lock().expect("relays lock").push(task);
                     let seeded = self.seeded.lock().expect("relays lock").remove(&dev.id);
-                    (tx, seeded.unwrap_or_default())
+                    (tx, seeded.unwrap_or_default(), HashMap::new())
                 }
             };
-            let mut coils = BTreeSet::new();
+            let mut d = Device {
+                tx,
+                address: dev.modbus.clone(),
+                unit: dev.unit,
+                coils: BTreeSet::new(),
+                rests,
+            };
             for door in policy.doors.iter().filter(|d| d.relay.device == dev.id) {
                 let on = self.app.read(|s| s.rests_unlocked(&door.id, now));
-                let _ = tx.send(modbus::Command::Want {
-                    coil: door.relay.coil,
-                    on,
-                    cut_pulse: false,
-                    lease: self.lease(&dev.id, door.relay.coil, on),
-                });
-                coils.insert(door.relay.coil);
+                let lease = self.lease(&dev.id, door.relay.coil, on);
+                d.want(door.relay.coil, on, false, lease);
+                d.coils.insert(door.relay.coil);
             }
             // A door removed, or moved to another coil: its old coil rests locked.
-            lock(&tx, driven.difference(&coils));
-            devices.insert(
-                dev.id.clone(),
-                Device {
-                    tx,
-                    address: dev.modbus.clone(),
-                    unit: dev.unit,
-                    coils,
-                },
-            );
+            let gone: Vec<u16> = driven.difference(&d.coils).copied().collect();
+            d.lock(gone.iter());
+            devices.insert(dev.id.clone(), d);
         }
         // A board the policy no longer lists: its coils locked (its task goes on re-driving
         // them OFF after reconnects), its inputs no longer polled.
         for (id, d) in devices.iter_mut() {
             if !policy.relay_devices.iter().any(|dev| dev.id == *id) {
-                lock(&d.tx, std::mem::take(&mut d.coils).iter());
+                let coils = std::mem::take(&mut d.coils);
+                d.lock(coils.iter());
                 let _ = d.tx.send(modbus::Command::Inputs(vec![]));
             }
         }
@@ -333,9 +366,9 @@ impl Relays {
                     .collect()
             });
             for (device, coil) in locked {
-                if let Some(d) = devices.get(&device) {
+                if let Some(d) = devices.get_mut(&device) {
                     tracing::info!(device = %device, coil, "locking a door its unlock window holds open: the gateway is stopping (lock_on_stop)");
-                    lock(&d.tx, std::iter::once(&coil));
+                    d.lock(std::iter::once(&coil));
                 }
             }
             self.stopped
@@ -437,13 +470,15 @@ impl Relays {
         };
         let (RelayCommand::Pulse { coil, .. } | RelayCommand::Rest { coil, .. }) = command;
         d.coils.insert(coil);
-        let cmd = match command {
-            RelayCommand::Pulse { coil, hold_ms, tag } => modbus::Command::Pulse {
-                coil,
-                hold: Duration::from_millis(u64::from(hold_ms)),
-                tag,
-                timed: self.board_timer(device, coil, hold_ms),
-            },
+        match command {
+            RelayCommand::Pulse { coil, hold_ms, tag } => {
+                let _ = d.tx.send(modbus::Command::Pulse {
+                    coil,
+                    hold: Duration::from_millis(u64::from(hold_ms)),
+                    tag,
+                    timed: self.board_timer(device, coil, hold_ms),
+                });
+            }
             RelayCommand::Rest {
                 coil,
                 on,
@@ -451,15 +486,36 @@ impl Relays {
             } => {
                 // Decided under a policy since replaced: a coil no door owns now rests locked.
                 let on = on && self.door_coil(device, coil);
-                modbus::Command::Want {
-                    coil,
-                    on,
-                    cut_pulse,
-                    lease: self.lease(device, coil, on),
-                }
+                let lease = self.lease(device, coil, on);
+                d.want(coil, on, cut_pulse, lease);
             }
-        };
-        let _ = d.tx.send(cmd);
+        }
+    }
+
+    /// Keeps each lease as the state asks for it now: a door resting ON whose lease changed
+    /// since it was told (a leased window opening or closing while another window holds the
+    /// door, an emergency beginning or ending, a new policy) is told again, so an emergency is
+    /// never left on a lease a dead gateway would let lapse, and a leased window is not left on
+    /// a plain ON. Run every [`LEASE_FOLLOW_EVERY`].
+    fn follow_leases(&self) {
+        let mut devices = self.devices.lock().expect("relays lock");
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        for (id, d) in devices.iter_mut() {
+            let changed: Vec<(u16, Option<modbus::Lease>)> = d
+                .rests
+                .iter()
+                .filter_map(|(&coil, &sent)| {
+                    let now = self.lease(id, coil, true);
+                    (now != sent).then_some((coil, now))
+                })
+                .collect();
+            for (coil, lease) in changed {
+                tracing::info!(device = %id, coil, lease_ms = lease.map(|l| l.renew.as_millis() * 3), "a resting unlock's lease changed");
+                d.want(coil, true, false, lease);
+            }
+        }
     }
 }
 
@@ -518,14 +574,6 @@ async fn record(app: &App, report: Report, at: chrono::DateTime<chrono::Utc>) ->
     }
 }
 
-/// Tells a device task that `coils` rest locked.
-fn lock<'a>(tx: &mpsc::UnboundedSender<modbus::Command>, coils: impl Iterator<Item = &'a u16>) {
-    for &coil in coils {
-        let _ = tx.send(modbus::Command::Want {
-            coil,
-            on: false,
-            cut_pulse: false,
-            lease: None,
-        });
-    }
-}
+/// How often the leases of doors resting unlocked are compared with what the state asks for
+/// ([`Relays::follow_leases`]).
+const LEASE_FOLLOW_EVERY: Duration = Duration::from_secs(1);

@@ -465,20 +465,6 @@ pub fn resting_changes(
             .get(&door.id)
             .is_some_and(|s| s.resting_unlocked);
         if want == had {
-            // Still unlocked, but an emergency begins or ends at a door a window holds with a
-            // lease on the board's timer (`lease_s`): the coil is told again, so the lease
-            // gives way to the emergency's plain ON (which no dead gateway can end) and comes
-            // back after it. No event: the door's resting state did not change.
-            if want && emergency != state.emergency && policy.lease_of(&door.id, now).is_some() {
-                d = d.with_effect(Effect::Relay {
-                    device: door.relay.device.clone(),
-                    command: RelayCommand::Rest {
-                        coil: door.relay.coil,
-                        on: true,
-                        cut_pulse: false,
-                    },
-                });
-            }
             continue;
         }
         d.appends.push(on_door(

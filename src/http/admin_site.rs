@@ -97,7 +97,6 @@ fn mode(app: &App) -> Json<Value> {
     Json(app.read(|s| json!({ "lockdown": s.lockdown, "emergency": s.emergency })))
 }
 
-/// `GET /admin/v1/mode`: `{lockdown, emergency}` now.
 /// `GET /admin/v1/head`: the log's head ([`App::head`]), for a system that keeps it elsewhere.
 pub async fn head(State(app): State<Arc<App>>, _: Admin) -> Result<Json<Value>, ApiError> {
     let head = tokio::task::spawn_blocking(move || app.head())
@@ -120,6 +119,7 @@ pub async fn head(State(app): State<Arc<App>>, _: Admin) -> Result<Json<Value>, 
     }))
 }
 
+/// `GET /admin/v1/mode`: `{lockdown, emergency}` now.
 pub async fn get_mode(State(app): State<Arc<App>>, _: Admin) -> Json<Value> {
     mode(&app)
 }

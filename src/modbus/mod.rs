@@ -774,8 +774,14 @@ impl Device {
                 }
                 Err(f) if f.is_point() => {
                     tracing::warn!(device = %self.spec.id, coil, error = %f, "lease renewal refused; holding it again");
-                    self.renew_at.remove(&coil);
-                    self.retry_later(coil, String::new());
+                    if self.pulsing.contains_key(&coil) {
+                        // A pulse runs here (the gateway times it): its end holds the lease
+                        // again with read-back; until then the renewal is retried as is.
+                        self.renew_at.insert(coil, Instant::now() + RETRY_FIRST);
+                    } else {
+                        self.renew_at.remove(&coil);
+                        self.retry_later(coil, String::new());
+                    }
                 }
                 Err(f) => return Err(f.to_string()),
             }

@@ -325,6 +325,7 @@ pub fn parse_head(text: &str) -> Result<(u64, [u8; 32]), String> {
 /// earlier verify's output), each once, in the order first named. A malformed one is skipped.
 pub fn heads_in(text: &str) -> Vec<(u64, [u8; 32])> {
     let mut out: Vec<(u64, [u8; 32])> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     const FLAG: &str = "--expect-head";
     for (i, _) in text.match_indices(FLAG) {
         let rest = text[i + FLAG.len()..].trim_start_matches([' ', '=']);
@@ -335,7 +336,7 @@ pub fn heads_in(text: &str) -> Vec<(u64, [u8; 32])> {
         let whole = !rest[end..].starts_with(|c: char| c.is_alphanumeric() || c == '_');
         if whole
             && let Ok(head) = parse_head(&rest[..end])
-            && !out.contains(&head)
+            && seen.insert(head)
         {
             out.push(head);
         }
@@ -1405,7 +1406,6 @@ pub fn csv_line(row: &Value) -> String {
         .join(",")
 }
 
-/// The export of door decisions in range: CSV with a header line, or JSON lines.
 /// The time zone of the site policy last activated in the log (the one in force), if any.
 /// Read from the stored text alone (no hash check: `audit verify` does that).
 pub fn zone_in_force(
@@ -1432,6 +1432,7 @@ pub fn zone_in_force(
     }))
 }
 
+/// The export of door decisions in range: CSV with a header line, or JSON lines.
 pub fn export(
     store: &dyn EventStore,
     from: Option<DateTime<Utc>>,

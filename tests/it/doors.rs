@@ -508,7 +508,6 @@ pub async fn until(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-/// Writes to `coil` at or after `since`: (when, value).
 /// How many `RelaySwitched` of `door` to `on` the log file at `log` holds (read directly,
 /// so it can be asked while the server is down).
 pub fn relay_switched(log: &std::path::Path, door: &str, on: bool) -> i64 {
@@ -522,6 +521,7 @@ pub fn relay_switched(log: &std::path::Path, door: &str, on: bool) -> i64 {
     .unwrap()
 }
 
+/// Writes to `coil` at or after `since`: (when, value).
 pub fn writes_since(board: &SimBoard, coil: u16, since: Instant) -> Vec<(Instant, bool)> {
     board
         .writes()

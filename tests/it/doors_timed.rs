@@ -323,6 +323,7 @@ async fn a_leased_unlock_window_locks_its_door_when_the_gateway_dies() {
     assert_eq!(side_ons(), ons, "renewals are not recorded");
 
     // Killed: the board locks the door within the lease.
+    let before_restart = side_ons();
     s.kill9();
     let took = coil_within(
         &board,
@@ -339,6 +340,13 @@ async fn a_leased_unlock_window_locks_its_door_when_the_gateway_dies() {
     // Back: unlocked again inside the window.
     s.launch().await;
     coil_within(&board, 1, true, WAIT, "started again inside the window").await;
+    // The restart's own ON recorded (and any second drive of it) before counting.
+    let end = Instant::now() + WAIT;
+    while side_ons() == before_restart {
+        assert!(Instant::now() < end, "the restart's ON is not recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // An emergency: a plain ON, which outlives the gateway.
     let ons = side_ons();

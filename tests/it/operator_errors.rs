@@ -1049,6 +1049,31 @@ async fn an_audit_range_takes_plain_dates_in_the_sites_time_zone() {
         &log,
     );
     assert!(ok, "{out}{err}");
+    // A site file naming another zone (Almaty, +05:00) does not win over the log's policy.
+    let site = s.dir().join("site-almaty.toml");
+    std::fs::write(&site, include_str!("../../config/site.toml")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_palmgate"))
+        .args([
+            "audit",
+            "export",
+            "--from",
+            "2026-11-29",
+            "--to",
+            "2026-11-28",
+        ])
+        .arg("--config")
+        .arg(s.config_path())
+        .env("RUST_LOG", "off")
+        .env("PALMGATE_STORE_PATH", &log)
+        .env("PALMGATE_SITE", &site)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--from 2026-11-28T15:00:00+00:00 is after"),
+        "the log's zone, not the site file's: {err}"
+    );
     let (ok, _, err) = audit(&s, &["export", "--from", "28.11.2026"], &log);
     assert!(!ok);
     assert!(
