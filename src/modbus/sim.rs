@@ -211,6 +211,11 @@ impl SimBoard {
         self.board.lock().expect("lock").coils[usize::from(n)]
     }
 
+    /// Whether the board's pulse timer is running on coil `n` (it will switch it OFF).
+    pub fn timer_running(&self, n: u16) -> bool {
+        self.board.lock().expect("lock").timer_of.contains_key(&n)
+    }
+
     /// Forces a coil's state (e.g. a relay found ON at start-up).
     pub fn force_coil(&self, n: u16, on: bool) {
         self.board.lock().expect("lock").coils[usize::from(n)] = on;

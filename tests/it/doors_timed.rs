@@ -413,3 +413,63 @@ async fn an_emergency_during_a_pulse_at_a_leased_door_keeps_it_unlocked() {
     }
     drop(side);
 }
+
+/// Leases follow the windows as they open and close while another window holds the door: a
+/// leased window opening later puts the door on the board's timer, and its closing takes it
+/// off again (a plain ON under the window left), the door unlocked throughout. Before (review,
+/// session 27), the lease was settled only when the door started resting unlocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_window_opening_and_closing_under_another_moves_the_lease() {
+    use chrono::TimeZone;
+    let board = new_board().await;
+    let doc = leased_doc(&board, 3, 400)
+        .replace(
+            "lease_s = 3\n",
+            "lease_s = 3\n\n[[unlock_windows]]\ndoor = \"side\"\nschedule = \"always\"\n",
+        )
+        .replacen(
+            "[[unlock_windows]]\ndoor = \"side\"\nschedule = \"always\"\nlease_s = 3",
+            "[[unlock_windows]]\ndoor = \"side\"\nschedule = \"even\"\nlease_s = 3",
+            1,
+        )
+        .replacen(
+            "[schedules]\n",
+            "[schedules]\neven = [\"* */2 * * * *\"]\n",
+            1,
+        );
+    assert!(doc.contains("schedule = \"even\"\nlease_s = 3"), "{doc}");
+    // 11:01:10 in Almaty: an odd minute, the leased window closed.
+    let start = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 27, 6, 1, 10)
+        .unwrap();
+    let clock = std::sync::Arc::new(palmgate::app::clock::ManualClock::new(start));
+    let site = crate::doors::start_on(board, vec![], &doc, clock.clone()).await;
+    coil_within(
+        &site.board,
+        1,
+        true,
+        WAIT,
+        "the unleased window holds the door",
+    )
+    .await;
+    let timer = async |want: bool, what: &str| {
+        let end = Instant::now() + WAIT;
+        while site.board.timer_running(1) != want {
+            assert!(Instant::now() < end, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !site.board.timer_running(1),
+        "no lease while only the unleased window is open"
+    );
+    // 11:02:10: the leased window opens too.
+    clock.advance(chrono::Duration::seconds(60));
+    timer(true, "the leased window's lease is not held").await;
+    // 11:03:10: it closes; the other still holds the door, on a plain ON.
+    clock.advance(chrono::Duration::seconds(60));
+    timer(false, "the closed window's lease is still held").await;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert!(site.board.coil(1), "the door stayed unlocked throughout");
+}
