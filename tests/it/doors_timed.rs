@@ -245,16 +245,7 @@ async fn coil_within(
 
 /// The side door's `lease_s` as `GET /admin/v1/doors` gives it.
 async fn side_lease(s: &TestServer) -> Value {
-    let doors: Value = s
-        .client
-        .get(s.url("/admin/v1/doors"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doors = s.admin_json("/admin/v1/doors").await;
     let side = doors
         .as_array()
         .unwrap()

@@ -377,6 +377,18 @@ listen = "127.0.0.1:0"
         self.client.post(self.url(path))
     }
 
+    /// `GET path` with the admin token: the JSON answer (a 200 is asserted).
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = self
+            .get(path)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.unwrap()
+    }
+
     /// `POST /v1/enroll{query}` with a JSON body.
     pub async fn enroll(&self, key: &str, query: &str, body: &Value) -> Answer {
         let r = self

@@ -1810,19 +1810,11 @@ async fn the_start_up_sweep_retries_a_key_it_cannot_delete_yet() {
 /// (crash-consistency review, session 26).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_gone_while_the_gateway_was_down_is_offline_after_the_restart() {
-    use crate::fixtures::{ADMIN_TOKEN, TestServer};
+    use crate::fixtures::TestServer;
     let mut s = TestServer::start().await;
     let (_, key) = s.create_partner("acme").await;
     let presence = async |s: &TestServer, id: &str| -> Value {
-        let v: Value = s
-            .get("/admin/v1/readers")
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = s.admin_json("/admin/v1/readers").await;
         v.as_array()
             .unwrap()
             .iter()
