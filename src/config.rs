@@ -180,6 +180,10 @@ pub struct WebhooksConfig {
 pub struct AdminConfig {
     pub token: String,
     pub token_sha256: String,
+    /// SHA-256 (hex) of a read-only token for a monitoring system: the log's head
+    /// (`GET /admin/v1/head`), the site mode and the operator's series of `/metrics`, nothing
+    /// that changes the site or names a person. Empty: none.
+    pub monitor_token_sha256: String,
 }
 
 /// `[upstream]`: palmgate as a partner of a remote Pass API (all empty: off).
@@ -535,13 +539,35 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if !self.admin.token_sha256.is_empty()
-            && (self.admin.token_sha256.len() != 64
-                || hex::decode(&self.admin.token_sha256).is_err())
+        for (key, value) in [
+            ("admin.token_sha256", &self.admin.token_sha256),
+            (
+                "admin.monitor_token_sha256",
+                &self.admin.monitor_token_sha256,
+            ),
+        ] {
+            if !value.is_empty() && (value.len() != 64 || hex::decode(value).is_err()) {
+                return Err(fail(key, "must be 64 hex characters".into()));
+            }
+        }
+        // The monitor token must not be the admin token: it would then open everything.
+        let admin_hash = if self.admin.token_sha256.is_empty() {
+            (!self.admin.token.is_empty()).then(|| {
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                    self.admin.token.as_bytes(),
+                ))
+            })
+        } else {
+            Some(self.admin.token_sha256.to_lowercase())
+        };
+        if !self.admin.monitor_token_sha256.is_empty()
+            && admin_hash.as_deref()
+                == Some(self.admin.monitor_token_sha256.to_lowercase().as_str())
         {
             return Err(fail(
-                "admin.token_sha256",
-                "must be 64 hex characters".into(),
+                "admin.monitor_token_sha256",
+                "is the hash of the admin token: give the monitoring system a token of its own"
+                    .into(),
             ));
         }
         // Both given: they must be the same token, or the hash silently wins and the token

@@ -88,6 +88,8 @@ pub struct App {
     pub rng: Arc<dyn Rng>,
     pub keys: Keys,
     pub admin: AdminToken,
+    /// The monitoring system's read-only token (`admin.monitor_token_sha256`).
+    pub monitor: AdminToken,
     pub limiter: Limiter,
     pub config: Config,
     /// Base of hosted-page URLs, without a trailing slash.
@@ -276,6 +278,7 @@ impl App {
             rejects_logged: Default::default(),
             state: RwLock::new(state),
             admin: AdminToken::new(&config.admin.token, &config.admin.token_sha256),
+            monitor: AdminToken::new("", &config.admin.monitor_token_sha256),
             limiter: Limiter::new(
                 config.rate_limit.per_minute,
                 config.rate_limit.unauthenticated_per_minute,

@@ -1,7 +1,7 @@
 //! The operator's site endpoints under `/admin/v1` (SPEC 10): the site policy, lockdown and
 //! emergency unlock, doors, and the event log (paged, and live over server-sent events).
 
-use super::auth::Admin;
+use super::auth::{Admin, Monitor};
 use super::body::JsonBody;
 use super::dash::session::Login;
 use super::error::ApiError;
@@ -98,7 +98,7 @@ fn mode(app: &App) -> Json<Value> {
 }
 
 /// `GET /admin/v1/head`: the log's head ([`App::head`]), for a system that keeps it elsewhere.
-pub async fn head(State(app): State<Arc<App>>, _: Admin) -> Result<Json<Value>, ApiError> {
+pub async fn head(State(app): State<Arc<App>>, _: Monitor) -> Result<Json<Value>, ApiError> {
     let head = tokio::task::spawn_blocking(move || app.head())
         .await
         .map_err(|_| ApiError::Internal)?
@@ -120,7 +120,7 @@ pub async fn head(State(app): State<Arc<App>>, _: Admin) -> Result<Json<Value>, 
 }
 
 /// `GET /admin/v1/mode`: `{lockdown, emergency}` now.
-pub async fn get_mode(State(app): State<Arc<App>>, _: Admin) -> Json<Value> {
+pub async fn get_mode(State(app): State<Arc<App>>, _: Monitor) -> Json<Value> {
     mode(&app)
 }
 

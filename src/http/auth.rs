@@ -85,6 +85,34 @@ pub fn admin_credential(app: &App, parts: &Parts) -> Option<Result<Admin, ApiErr
     )
 }
 
+/// The admin's credential, or the monitoring system's read-only token
+/// (`admin.monitor_token_sha256`): for what a monitor may read (the log's head, the site
+/// mode, the site's series of `/metrics`), never for what changes the site or names a person.
+pub struct Monitor;
+
+impl FromRequestParts<Arc<App>> for Monitor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        monitor_credential(app, parts).unwrap_or_else(|| {
+            let ip = client_ip(&parts.extensions);
+            let v = spend_address(app, ip, app.clock.now().timestamp_micros());
+            Err(refused(v))
+        })
+    }
+}
+
+/// [`admin_credential`], also taking the monitor token: `None` without any credential.
+pub fn monitor_credential(app: &App, parts: &Parts) -> Option<Result<Monitor, ApiError>> {
+    if let Some(token) = bearer(&parts.headers)
+        && !token.is_empty()
+        && app.monitor.verify(token)
+    {
+        return Some(Ok(Monitor));
+    }
+    admin_credential(app, parts).map(|r| r.map(|Admin| Monitor))
+}
+
 /// The answer to a call without a valid admin credential: 429 past the address's budget, 401
 /// within it.
 fn refused(v: Verdict) -> ApiError {

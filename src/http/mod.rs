@@ -270,7 +270,7 @@ async fn metrics(
     // Without a credential, nothing is spent of the address's budget: a scraper that never
     // had one keeps working as before. A bearer token is checked as the admin API checks it.
     let (parts, _) = req.into_parts();
-    let admin = auth::admin_credential(&app, &parts);
+    let admin = auth::monitor_credential(&app, &parts);
     let Some(h) = prometheus() else {
         return error::message(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -278,7 +278,7 @@ async fn metrics(
         );
     };
     let text = match admin {
-        Some(Ok(auth::Admin)) => {
+        Some(Ok(auth::Monitor)) => {
             // First: it registers the door counters the recorder then renders.
             let doors = crate::app::metrics::render(&app);
             let mut text = h.render();

@@ -322,7 +322,7 @@ fn get_policy() {}
 fn put_policy() {}
 
 #[utoipa::path(get, path = "/admin/v1/head", tag = "admin",
-    responses((status = 200, description = "The log's head as this gateway has it: `{\"position\": n, \"hash\": \"64 hex digits\", \"expect_head\": \"n:hash\"}` (`position` 0 and the other two null for an empty log). Keep it outside the gateway (a monitoring system): `palmgate audit verify --expect-head n:hash` fails on a log that no longer holds it."),
+    responses((status = 200, description = "The log's head as this gateway has it: `{\"position\": n, \"hash\": \"64 hex digits\", \"expect_head\": \"n:hash\"}` (`position` 0 and the other two null for an empty log). Keep it outside the gateway (a monitoring system): `palmgate audit verify --expect-head n:hash` fails on a log that no longer holds it. The read-only monitor token (`admin.monitor_token_sha256`) is accepted here too."),
               (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("admin_token" = [])))]
 fn head() {}

@@ -1291,3 +1291,94 @@ async fn heads_the_gateway_wrote_to_its_journal_catch_a_cut_log() {
         "{err}"
     );
 }
+
+/// A monitoring system's read-only token (`admin.monitor_token_sha256`) reads the log's head,
+/// the site mode and the site's series of `/metrics`, and nothing else: no lockdown, no events,
+/// no people, no partners. A wrong token is refused as on the admin API; the admin token still
+/// reads everything. The monitor token may not be the admin token's (refused at start-up,
+/// naming the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_token_reads_the_head_and_the_site_metrics_and_nothing_else() {
+    use sha2::Digest;
+    const MONITOR: &str = "monitor-token-for-prometheus-0123456789";
+    let hash = hex::encode(sha2::Sha256::digest(MONITOR.as_bytes()));
+    let mut s = TestServer::prepare(Options::default());
+    s.launch_env(&[("PALMGATE_ADMIN_MONITOR_TOKEN_SHA256", &hash)])
+        .await;
+    let (_, key) = s.create_partner("Acme").await;
+    let r = crate::fixtures::send(s.post("/v1/identify").header("X-API-Key", &key)).await;
+    assert_eq!(r.status, 201);
+    let as_monitor = async |method: &str, path: &str| {
+        let rb = match method {
+            "GET" => s.get(path),
+            _ => s.post(path).json(&serde_json::json!({"on": true})),
+        };
+        crate::fixtures::send(rb.bearer_auth(MONITOR)).await
+    };
+    let head = as_monitor("GET", "/admin/v1/head").await;
+    assert_eq!(head.status, 200, "{}", head.text);
+    assert!(head.json()["position"].as_u64().unwrap() >= 2);
+    let admin_head = crate::fixtures::send(s.get("/admin/v1/head").bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(
+        admin_head.json(),
+        head.json(),
+        "the same head for both tokens"
+    );
+    let mode = as_monitor("GET", "/admin/v1/mode").await;
+    assert_eq!(mode.status, 200, "{}", mode.text);
+    assert_eq!(mode.json()["lockdown"], false);
+    let metrics = as_monitor("GET", "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text.contains("palmgate_site_mode"),
+        "the site's series for the monitor: {}",
+        metrics.text
+    );
+    for (method, path) in [
+        ("POST", "/admin/v1/lockdown"),
+        ("POST", "/admin/v1/emergency-unlock"),
+        ("GET", "/admin/v1/events"),
+        ("GET", "/admin/v1/users"),
+        ("GET", "/admin/v1/partners"),
+        ("GET", "/admin/v1/doors"),
+        ("GET", "/admin/v1/audit/export"),
+    ] {
+        let r = as_monitor(method, path).await;
+        assert_eq!(
+            r.status, 401,
+            "{method} {path} with the monitor token: {}",
+            r.text
+        );
+    }
+    let mode = crate::fixtures::send(s.get("/admin/v1/mode").bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(
+        mode.json()["lockdown"],
+        false,
+        "the monitor locked nothing down"
+    );
+    let wrong = crate::fixtures::send(s.get("/admin/v1/head").bearer_auth("not-the-token")).await;
+    assert_eq!(wrong.status, 401);
+    let bare = crate::fixtures::send(s.get("/metrics").bearer_auth("not-the-token")).await;
+    assert_eq!(
+        bare.status, 401,
+        "a wrong token on /metrics is refused as before"
+    );
+    s.terminate();
+
+    // The admin token's own hash as the monitor's: refused, naming the key.
+    let admin_hash = hex::encode(sha2::Sha256::digest(ADMIN_TOKEN.as_bytes()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palmgate"))
+        .args(["serve", "--config"])
+        .arg(s.config_path())
+        .env("PALMGATE_ADMIN_MONITOR_TOKEN_SHA256", &admin_hash)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin.monitor_token_sha256")
+            && err.contains("is the hash of the admin token"),
+        "{err}"
+    );
+}
