@@ -442,6 +442,12 @@ export async function run({ browser, baseUrl, adminToken, apiKey, shots, step })
     await step("lockdown on (confirmed) denies daniyar with the lockdown reason, then off", async () => {
       await openTab(page, "site");
       await page.locator("#site-mode-badge").waitFor();
+      // The page was reloaded in the step before: the badge says "unknown" until the mode
+      // has been fetched (a CI run on a loaded machine read it before, session 27).
+      await page.waitForFunction((unknown) => {
+        const b = document.getElementById("site-mode-badge");
+        return b && b.textContent.trim() !== unknown;
+      }, en["admin.mode.unknown"], { timeout: 15000 });
       eq((await page.locator("#site-mode-badge").textContent()).trim(), en["admin.mode.normal"], "mode before");
       // Cancel first: nothing changes.
       await page.click("#lockdown-toggle");
