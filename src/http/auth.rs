@@ -61,11 +61,7 @@ impl FromRequestParts<Arc<App>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        admin_credential(app, parts).unwrap_or_else(|| {
-            let ip = client_ip(&parts.extensions);
-            let v = spend_address(app, ip, app.clock.now().timestamp_micros());
-            Err(refused(v))
-        })
+        or_refused(app, parts, admin_credential(app, parts))
     }
 }
 
@@ -94,11 +90,7 @@ impl FromRequestParts<Arc<App>> for Monitor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        monitor_credential(app, parts).unwrap_or_else(|| {
-            let ip = client_ip(&parts.extensions);
-            let v = spend_address(app, ip, app.clock.now().timestamp_micros());
-            Err(refused(v))
-        })
+        or_refused(app, parts, monitor_credential(app, parts))
     }
 }
 
@@ -111,6 +103,19 @@ pub fn monitor_credential(app: &App, parts: &Parts) -> Option<Result<Monitor, Ap
         return Some(Ok(Monitor));
     }
     admin_credential(app, parts).map(|r| r.map(|Admin| Monitor))
+}
+
+/// A credential checked, or — none given — the call charged to the address and refused.
+fn or_refused<T>(
+    app: &App,
+    parts: &Parts,
+    credential: Option<Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    credential.unwrap_or_else(|| {
+        let ip = client_ip(&parts.extensions);
+        let v = spend_address(app, ip, app.clock.now().timestamp_micros());
+        Err(refused(v))
+    })
 }
 
 /// The answer to a call without a valid admin credential: 429 past the address's budget, 401

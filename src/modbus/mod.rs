@@ -720,20 +720,15 @@ impl Device {
         lease: Lease,
         tag: String,
     ) -> Io<()> {
-        let r = match timed(
-            self.timing.response,
-            ctx.write_single_register(lease.register, lease.count),
-        )
-        .await
+        let r = match self
+            .timer_write(ctx, coil, lease.register, lease.count)
+            .await
         {
-            Ok(()) => match timed(self.timing.response, ctx.read_coils(coil, 1)).await {
-                Ok(got) if got.first() == Some(&true) => Ok(()),
-                Ok(_) => Err(Fault::Point(format!(
-                    "coil still reads OFF after the lease write to register {}",
-                    lease.register
-                ))),
-                Err(e) => Err(e.after_accepted()),
-            },
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Fault::Point(format!(
+                "coil still reads OFF after the lease write to register {}",
+                lease.register
+            ))),
             Err(e) => Err(e),
         };
         match &r {
@@ -801,6 +796,27 @@ impl Device {
         }
     }
 
+    /// Writes `count` to the board's timer `register` for `coil` and reads the coil back:
+    /// whether it reads ON. Once the board took the write, whatever the read-back says it may
+    /// be timing the coil, so no failure from there on is `refused`.
+    async fn timer_write(
+        &mut self,
+        ctx: &mut Context,
+        coil: u16,
+        register: u16,
+        count: u16,
+    ) -> Io<bool> {
+        timed(
+            self.timing.response,
+            ctx.write_single_register(register, count),
+        )
+        .await?;
+        let got = timed(self.timing.response, ctx.read_coils(coil, 1))
+            .await
+            .map_err(Fault::after_accepted)?;
+        Ok(got.first() == Some(&true))
+    }
+
     /// Starts a board-timed pulse and reads the coil back: ON is reported once the board says
     /// so. A board that does not turn the coil on is reported (the door stays locked).
     async fn start_timed(
@@ -811,22 +827,9 @@ impl Device {
         count: u16,
         tag: String,
     ) -> Io<()> {
-        let started = match timed(
-            self.timing.response,
-            ctx.write_single_register(register, count),
-        )
-        .await
-        {
-            // The board took the write: whatever the read-back says, it may be timing the
-            // pulse (so no failure from here on is `refused`).
-            Ok(()) => timed(self.timing.response, ctx.read_coils(coil, 1))
-                .await
-                .map_err(Fault::after_accepted),
-            Err(e) => Err(e),
-        };
-        match started {
-            Ok(got) if got.first() == Some(&true) => self.coil_ok(coil, true, tag),
-            Ok(_) => self.coil_failed(
+        match self.timer_write(ctx, coil, register, count).await {
+            Ok(true) => self.coil_ok(coil, true, tag),
+            Ok(false) => self.coil_failed(
                 coil,
                 true,
                 &tag,
